@@ -1,0 +1,196 @@
+//! Internet checksum arithmetic (RFC 1071) and incremental update (RFC 1624, eqn. 3:
+//! `HC' = ~(~HC + ~m + m')`), shared by the XDP program and the host tests that check it
+//! against from-scratch computation.
+//!
+//! All values are in *wire order* as loaded with native byte order (see the crate docs): the
+//! one's-complement sum is byte-order independent (RFC 1071 §2(B)), so folding native-endian
+//! loads of big-endian words gives the right checksum bytes when stored back natively.
+
+/// Folds a 32-bit (or wider, ≤ 2^16 additions) one's-complement accumulator to 16 bits.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Adds a 32-bit word's two halves to an accumulator.
+#[inline(always)]
+fn add32(acc: u32, w: u32) -> u32 {
+    acc + (w & 0xffff) + (w >> 16)
+}
+
+/// New checksum after a 16-bit field changed from `old` to `new`.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    !fold(sum)
+}
+
+/// New checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
+#[inline(always)]
+pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    let sum = add32(add32(u32::from(!check), !old), new);
+    !fold(sum)
+}
+
+/// New checksum after a 128-bit field (an IPv6 address) changed from `old` to `new`.
+#[inline(always)]
+pub fn replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut sum = u32::from(!check);
+    let mut i = 0;
+    while i < 4 {
+        sum = add32(add32(sum, !old[i]), new[i]);
+        i += 1;
+    }
+    !fold(sum)
+}
+
+/// UDP flavour of [`replace32`]: a zero checksum means "none" over IPv4 (RFC 768) and stays
+/// zero; a computed zero is sent as 0xffff.
+#[inline(always)]
+pub fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match replace32(check, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// UDP flavour of [`replace128`] (IPv6 UDP checksums are mandatory, RFC 8200 §8.1; a computed
+/// zero is sent as 0xffff).
+#[inline(always)]
+pub fn udp_replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    match replace128(check, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// One's-complement sum of a byte slice as 16-bit words read in native order; with
+/// [`fold`] and `!` it gives the checksum of the slice (host tests and builders).
+pub fn sum_bytes(bytes: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_ne_bytes([c[0], c[1]]));
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    if let [b] = chunks.remainder() {
+        acc += u32::from(u16::from_ne_bytes([*b, 0]));
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// The checksum of `bytes` from scratch (stored natively into the header field).
+pub fn checksum(bytes: &[u8]) -> u16 {
+    !fold(sum_bytes(bytes, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator so the tests cover many values without a dependency.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (self.0 >> 33) as u32
+        }
+    }
+
+    fn ipv4_header(src: u32, dst: u32, ttl: u8) -> [u8; 20] {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        h[8] = ttl;
+        h[9] = 17;
+        h[12..16].copy_from_slice(&src.to_ne_bytes());
+        h[16..20].copy_from_slice(&dst.to_ne_bytes());
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_ne_bytes());
+        h
+    }
+
+    fn field(h: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes([h[at], h[at + 1]])
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3: bytes 00 01 f2 03 f4 f5 f6 f7 sum to 0xddf2 (big-endian view).
+        let bytes = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        let sum = fold(sum_bytes(&bytes, 0));
+        assert_eq!(u16::from_be_bytes(sum.to_ne_bytes()), 0xddf2);
+    }
+
+    #[test]
+    fn header_with_its_checksum_sums_to_zero() {
+        let h = ipv4_header(0x0100_000a, 0x0a71_00cb, 64);
+        assert_eq!(checksum(&h), 0);
+    }
+
+    #[test]
+    fn replace32_matches_from_scratch_for_address_changes() {
+        let mut rng = Lcg(1);
+        for _ in 0..10_000 {
+            let (src, old, new) = (rng.next(), rng.next(), rng.next());
+            let before = ipv4_header(src, old, 64);
+            let after = ipv4_header(src, new, 64);
+            let incremental = replace32(field(&before, 10), old, new);
+            assert_eq!(incremental, field(&after, 10), "{old:#x} -> {new:#x}");
+        }
+    }
+
+    #[test]
+    fn replace16_matches_from_scratch_for_ttl_decrement() {
+        for ttl in 2..=255u8 {
+            let before = ipv4_header(0x0102_0304, 0x0506_0708, ttl);
+            let after = ipv4_header(0x0102_0304, 0x0506_0708, ttl - 1);
+            // TTL shares its 16-bit word with the protocol byte.
+            let old = field(&before, 8);
+            let new = field(&after, 8);
+            assert_eq!(replace16(field(&before, 10), old, new), field(&after, 10));
+        }
+    }
+
+    #[test]
+    fn replace128_matches_from_scratch() {
+        let mut rng = Lcg(7);
+        for _ in 0..2_000 {
+            let mut buf = [0u8; 40];
+            for b in buf.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            let old: [u32; 4] = core::array::from_fn(|i| {
+                u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().unwrap())
+            });
+            let new: [u32; 4] = core::array::from_fn(|_| rng.next());
+            let before = checksum(&buf);
+            let mut changed = buf;
+            for (i, w) in new.iter().enumerate() {
+                changed[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let expected = checksum(&changed);
+            let got = replace128(before, &old, &new);
+            // 0x0000 and 0xffff are the same one's-complement value.
+            assert!(got == expected || (got ^ expected) == 0xffff && (got == 0 || expected == 0));
+        }
+    }
+
+    #[test]
+    fn udp_zero_checksum_stays_zero_and_computed_zero_becomes_ffff() {
+        assert_eq!(udp_replace32(0, 1, 2), 0);
+        // Find a change whose result is 0 and check it is mapped to 0xffff.
+        let check = 0x1234u16;
+        let old = 0u32;
+        // Choose new so that ~check + new folds to 0xffff, i.e. result 0.
+        let target = 0xffffu32 - u32::from(!check);
+        assert_eq!(replace32(check, old, target), 0);
+        assert_eq!(udp_replace32(check, old, target), 0xffff);
+    }
+}

@@ -1,0 +1,92 @@
+//! The client hash: `slot = client_hash(addr, seed) % ring_size`.
+//!
+//! MurmurHash3 (x86_32) over the address words as they sit in the header, so the XDP program
+//! hashes raw header words and the daemon (`lb-ctl lookup`, tests) gets the same slot from
+//! `u32::from_ne_bytes(octets)`. Two ikelb nodes with the same seed and backends therefore
+//! pick the same backend for a client — what makes scale-out behind ECMP stateless.
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of an IPv4 client address (wire order word).
+#[inline(always)]
+pub fn client_hash_v4(addr: u32, seed: u32) -> u32 {
+    fmix(mix(seed, addr) ^ 4)
+}
+
+/// Hash of an IPv6 client address (wire order words).
+#[inline(always)]
+pub fn client_hash_v6(addr: &[u32; 4], seed: u32) -> u32 {
+    let h = mix(mix(mix(mix(seed, addr[0]), addr[1]), addr[2]), addr[3]);
+    fmix(h ^ 16)
+}
+
+/// General-purpose MurmurHash3 over bytes, for the Maglev permutation of a backend
+/// (host side only; not on the per-packet path).
+pub fn murmur3(bytes: &[u8], seed: u32) -> u32 {
+    let mut h = seed;
+    let mut chunks = bytes.chunks_exact(4);
+    for c in &mut chunks {
+        h = mix(h, u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut k = 0u32;
+        for (i, b) in rest.iter().enumerate() {
+            k |= u32::from(*b) << (8 * i);
+        }
+        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    }
+    fmix(h ^ bytes.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference values of MurmurHash3_x86_32 (Appleby's smhasher test vectors).
+    #[test]
+    fn murmur3_matches_reference_vectors() {
+        assert_eq!(murmur3(b"", 0), 0);
+        assert_eq!(murmur3(b"", 1), 0x514e_28b7);
+        assert_eq!(murmur3(b"", 0xffff_ffff), 0x81f1_6f39);
+        assert_eq!(murmur3(&[0xff, 0xff, 0xff, 0xff], 0), 0x7629_3b50);
+        assert_eq!(murmur3(&[0x21, 0x43, 0x65, 0x87], 0), 0xf55b_516b);
+        assert_eq!(murmur3(&[0x21, 0x43, 0x65, 0x87], 0x5082_edee), 0x2362_f9de);
+        assert_eq!(murmur3(&[0x21, 0x43, 0x65], 0), 0x7e4a_8634);
+        assert_eq!(murmur3(b"Hello, world!", 1234), 0xfaf6_cdb3);
+    }
+
+    #[test]
+    fn client_hash_is_murmur3_of_the_wire_bytes() {
+        let octets = [198u8, 51, 100, 7];
+        let word = u32::from_ne_bytes(octets);
+        assert_eq!(client_hash_v4(word, 0x5eed), murmur3(&word.to_le_bytes(), 0x5eed));
+        let v6: [u32; 4] = [1, 2, 3, 0xdead_beef];
+        let mut bytes = [0u8; 16];
+        for (i, w) in v6.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(client_hash_v6(&v6, 7), murmur3(&bytes, 7));
+    }
+
+    #[test]
+    fn seed_changes_the_hash() {
+        assert_ne!(client_hash_v4(0x0a00_0001, 1), client_hash_v4(0x0a00_0001, 2));
+    }
+}

@@ -1,0 +1,283 @@
+//! Types and constants shared by ikelb's XDP program (`lb-ebpf`) and its daemon (`lb-ctl`).
+//!
+//! Everything that crosses the kernel/user boundary is defined here once: map keys and
+//! values (`#[repr(C)]`, no implicit padding, size asserted beside each type), map and
+//! global names, counter indices, the client hash, and incremental checksum arithmetic.
+//!
+//! ## Byte order
+//!
+//! Addresses and ports are kept **as they appear on the wire**: an IPv4 address is the four
+//! header bytes loaded into a `u32` with native byte order (`u32::from_ne_bytes(octets)` on
+//! the host), an IPv6 address is four such words, a port is the two header bytes loaded into a
+//! `u16` with native byte order. The data path then compares and hashes raw header words with
+//! no byte swapping, and the host computes the same values with `from_ne_bytes`.
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+pub mod csum;
+pub mod hash;
+#[cfg(feature = "user")]
+pub mod maglev;
+
+use core::mem::size_of;
+
+/// Backend id that means "no backend". Ring slots and persistence entries never hold it for
+/// a usable choice; a ring made of zeros drops every packet as `no_backend`.
+pub const BACKEND_NONE: u32 = 0;
+/// Ports per protocol per service (UDP and TCP each).
+pub const MAX_PORTS: usize = 8;
+/// Interfaces ikelb can attach to (indices into [`maps::IFACES`] / [`maps::TX_PORTS`]).
+pub const MAX_IFACES: u32 = 64;
+/// Default Maglev table size (prime), as in the Maglev paper and Katran.
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Bits of a ring slot that hold the backend id; the rest are flags (`RING_F_*`).
+pub const RING_BACKEND_MASK: u32 = 0x00ff_ffff;
+
+/// Persistence time is counted in ticks of 2^30 ns (≈ 1.074 s): `bpf_ktime_get_coarse_ns() >>
+/// TICK_SHIFT`. Coarse on purpose — an entry's timestamp is rewritten at most once a tick.
+pub const TICK_SHIFT: u32 = 30;
+
+/// Address family tags in [`Service::family`] and [`Backend::family`].
+pub const FAMILY_V4: u32 = 4;
+pub const FAMILY_V6: u32 = 6;
+
+/// [`Service::flags`]: forward IP protocol 50 (ESP) to the client's backend too.
+pub const SVC_F_ESP: u32 = 1 << 0;
+
+/// [`Backend::flags`]: the backend may receive packets (present and healthy). A persisted
+/// client whose backend lacks this flag is re-selected from the ring. Draining backends keep
+/// it (they are only left out of the ring) until the drain ends.
+pub const BACKEND_F_USABLE: u32 = 1 << 0;
+
+/// One virtual IP of a virtual server with its port set and active Maglev table — internally
+/// a *service*. A config virtual server with an IPv4 and an IPv6 VIP is two services (clients
+/// of different families never share a persistence entry anyway).
+///
+/// Value of [`maps::VIPS_V4`] / [`maps::VIPS_V6`] (keyed by VIP) and of [`maps::SERVICES`]
+/// (keyed by `id`, for the reverse path). Written by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of this service: key in `SERVICES`, first word of persistence keys.
+    pub id: u32,
+    /// `SVC_F_*`.
+    pub flags: u32,
+    /// Index in `RINGS` of slot 0 of the *active* Maglev table. The daemon writes the other
+    /// buffer (`(id * 2 + 1 - active) * ring_size`), then rewrites this value: the flip.
+    pub ring_base: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// The VIP, wire order (IPv4 in word 0, words 1–3 zero).
+    pub vip: [u32; 4],
+    /// UDP destination ports in the persistency group, wire order, unused entries 0 and last.
+    pub udp_ports: [u16; MAX_PORTS],
+    /// TCP destination ports in the persistency group (SSTP fallback), as `udp_ports`.
+    pub tcp_ports: [u16; MAX_PORTS],
+}
+const _: () = assert!(size_of::<Service>() == 64);
+
+/// A backend (real server). Value of [`maps::BACKENDS`], an array indexed by backend id
+/// (id 0 = [`BACKEND_NONE`], never used). Written by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address, wire order (IPv4 in word 0).
+    pub addr: [u32; 4],
+    /// Service this backend belongs to ([`Service::id`]).
+    pub service: u32,
+    /// `BACKEND_F_*`.
+    pub flags: u32,
+    /// Egress port: key in `TX_PORTS` and `IFACES` of the interface toward this backend.
+    pub tx_port: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u32,
+    /// Destination MAC: the backend's (or its next hop's) address, resolved by the daemon.
+    pub dmac: [u8; 6],
+    /// Source MAC: the MAC of the egress interface.
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<Backend>() == 44);
+
+/// Key of [`maps::PERSIST_V4`]: one entry per (service, client address); all ports of the
+/// service share it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKeyV4 {
+    pub service: u32,
+    /// Client address, wire order.
+    pub client: u32,
+}
+const _: () = assert!(size_of::<PersistKeyV4>() == 8);
+
+/// Key of [`maps::PERSIST_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKeyV6 {
+    pub service: u32,
+    /// Client address, wire order.
+    pub client: [u32; 4],
+}
+const _: () = assert!(size_of::<PersistKeyV6>() == 20);
+
+/// Value of the persistence maps. Written by the XDP program (insert on a miss, re-select
+/// when the backend is unusable or the entry idle, `atime` at most once a tick); read by the
+/// daemon for `lookup`, client counts and drain.
+///
+/// `client_mac` and `port` remember where the client's packets came from (the previous hop's
+/// MAC and the ingress interface — NetScaler's MAC-based forwarding), so the reverse path
+/// sends replies back the same way without a per-packet FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistValue {
+    /// Chosen backend id.
+    pub backend: u32,
+    /// Last time a packet of this client was seen, in ticks (see [`TICK_SHIFT`]).
+    pub atime: u32,
+    /// Source MAC of the client's last frame (its router's, or its own on the same segment).
+    pub client_mac: [u8; 6],
+    /// Ingress port (index in `IFACES`) of the client's last frame.
+    pub port: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PersistValue>() == 16);
+
+/// An interface ikelb is attached to. Value of [`maps::IFACES`], indexed by port (position in
+/// the config's `interfaces` list). Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Iface>() == 12);
+
+/// Packets and bytes, one per CPU, per backend and direction. Value of
+/// [`maps::BACKEND_STATS`], indexed by `backend_id * 2 + DIR_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Traffic>() == 16);
+
+/// Direction index in [`maps::BACKEND_STATS`]: client → backend.
+pub const DIR_FORWARD: u32 = 0;
+/// Direction index in [`maps::BACKEND_STATS`]: backend → client.
+pub const DIR_REVERSE: u32 = 1;
+
+/// Map names (the `static` names in `lb-ebpf`), so the daemon never spells one by hand.
+pub mod maps {
+    /// HashMap<u32 VIP (wire order), Service>.
+    pub const VIPS_V4: &str = "VIPS_V4";
+    /// HashMap<[u32; 4] VIP, Service>.
+    pub const VIPS_V6: &str = "VIPS_V6";
+    /// Array<Service> indexed by service id (reverse path).
+    pub const SERVICES: &str = "SERVICES";
+    /// Array<u32 backend id | RING_F_*>: every service's two Maglev tables back to back.
+    pub const RINGS: &str = "RINGS";
+    /// Array<Backend> indexed by backend id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// HashMap<u32 backend address, u32 backend id> (reverse path).
+    pub const BACKEND_IDS_V4: &str = "BACKEND_IDS_V4";
+    /// HashMap<[u32; 4] backend address, u32 backend id> (reverse path).
+    pub const BACKEND_IDS_V6: &str = "BACKEND_IDS_V6";
+    /// LruHashMap<PersistKeyV4, PersistValue>.
+    pub const PERSIST_V4: &str = "PERSIST_V4";
+    /// LruHashMap<PersistKeyV6, PersistValue>.
+    pub const PERSIST_V6: &str = "PERSIST_V6";
+    /// Array<Iface> indexed by port.
+    pub const IFACES: &str = "IFACES";
+    /// HashMap<u32 ifindex, u32 port>.
+    pub const IFINDEX_PORTS: &str = "IFINDEX_PORTS";
+    /// DevMap indexed by port.
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// PerCpuArray<u64> indexed by [`crate::counter`] index.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// PerCpuArray<Traffic> indexed by backend id * 2 + direction.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Load-time globals of the XDP program (`EbpfLoader::set_global`).
+pub mod globals {
+    /// u32: Maglev table size M (prime).
+    pub const RING_SIZE: &str = "RING_SIZE";
+    /// u32: idle time, in ticks, after which a persisted client may be re-balanced.
+    pub const PERSIST_TIMEOUT_TICKS: &str = "PERSIST_TIMEOUT_TICKS";
+    /// u32: client hash seed (config `hash_seed`).
+    pub const HASH_SEED: &str = "HASH_SEED";
+    /// u32: 1 for `mode: dsr` (MAC rewrite only, no reverse path), 0 for `mode: nat`.
+    pub const MODE_DSR: &str = "MODE_DSR";
+}
+
+/// Indices of [`maps::COUNTERS`]: every verdict the program returns is counted under exactly
+/// one of these, named `(action, reason)` for `ikelb_xdp_packets_total{action,reason}`.
+pub mod counter {
+    /// Client → backend, rewritten and redirected (or XDP_TX).
+    pub const FORWARD: u32 = 0;
+    /// Backend → client, rewritten and redirected (or XDP_TX).
+    pub const REVERSE: u32 = 1;
+    /// Not IPv4/IPv6 (ARP, LLDP, …): the kernel's business.
+    pub const PASS_NOT_IP: u32 = 2;
+    /// 802.1Q/802.1ad tagged: ikelb does not parse VLANs; the kernel may.
+    pub const PASS_VLAN: u32 = 3;
+    /// Not addressed to a VIP and not a reply of a backend to one of its clients.
+    pub const PASS_NOT_VIP: u32 = 4;
+    /// Addressed to a VIP but not a protocol/port in its persistency group.
+    pub const PASS_NOT_SERVICE_PORT: u32 = 5;
+    /// TTL / hop limit ≤ 1: the kernel sends ICMP time exceeded.
+    pub const PASS_TTL: u32 = 6;
+    /// IPv4 options / IPv6 extension headers ikelb does not walk.
+    pub const PASS_IP_OPTIONS: u32 = 7;
+    /// From a backend but not to a client the forward path recorded for it (e.g. to the
+    /// gateway itself, health check replies).
+    pub const PASS_NOT_CLIENT: u32 = 8;
+    /// A frame cut short or inconsistent (Ethernet/IP/L4 header truncated, IHL < 5, total
+    /// length beyond the frame).
+    pub const DROP_MALFORMED: u32 = 9;
+    /// To a VIP whose service has no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 10;
+    /// A backend id whose entry is missing or whose egress port has no interface.
+    pub const DROP_BAD_BACKEND: u32 = 11;
+    /// The persistence map refused an insert (logged; the packet is still forwarded).
+    pub const FORWARD_PERSIST_FULL: u32 = 12;
+    /// IPv6 (until IPv6 services exist): passed unchanged.
+    pub const PASS_IPV6: u32 = 13;
+    /// Number of counters (size of `COUNTERS`).
+    pub const COUNT: u32 = 14;
+
+    /// `(action, reason)` label pair of each counter, indexed like the counters.
+    pub const LABELS: [(&str, &str); COUNT as usize] = [
+        ("redirect", "forward"),
+        ("redirect", "reverse"),
+        ("pass", "not_ip"),
+        ("pass", "vlan"),
+        ("pass", "not_vip"),
+        ("pass", "not_service_port"),
+        ("pass", "ttl_exceeded"),
+        ("pass", "ip_options"),
+        ("pass", "not_client"),
+        ("drop", "malformed"),
+        ("drop", "no_backend"),
+        ("drop", "bad_backend"),
+        ("redirect", "persist_full"),
+        ("pass", "ipv6"),
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type below is #[repr(C)], made of integers and byte arrays only, with no
+    // padding (asserted by the size checks next to each definition).
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for PersistKeyV4 {}
+    unsafe impl aya::Pod for PersistKeyV6 {}
+    unsafe impl aya::Pod for PersistValue {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for Traffic {}
+}
