@@ -39,7 +39,7 @@ pub const RING_BACKEND_MASK: u32 = 0x00ff_ffff;
 /// TICK_SHIFT`. Coarse on purpose — an entry's timestamp is rewritten at most once a tick.
 pub const TICK_SHIFT: u32 = 30;
 
-/// Address family tags in [`Service::family`] and [`Backend::family`].
+/// Address family tags in [`Service::family`].
 pub const FAMILY_V4: u32 = 4;
 pub const FAMILY_V6: u32 = 6;
 
@@ -91,8 +91,9 @@ pub struct Backend {
     pub flags: u32,
     /// Egress port: key in `TX_PORTS` and `IFACES` of the interface toward this backend.
     pub tx_port: u32,
-    /// [`FAMILY_V4`] or [`FAMILY_V6`].
-    pub family: u32,
+    /// ifindex of that interface: a frame that arrived on it leaves with XDP_TX instead of
+    /// a redirect.
+    pub ifindex: u32,
     /// Destination MAC: the backend's (or its next hop's) address, resolved by the daemon.
     pub dmac: [u8; 6],
     /// Source MAC: the MAC of the egress interface.
