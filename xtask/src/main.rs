@@ -1,1 +1,86 @@
-fn main() {}
+//! `cargo xtask`: what needs privilege or orchestration — toolchain bootstrap, the demo, the
+//! full test suite (host unit tests + root-only namespace and BPF_PROG_TEST_RUN tests) and the
+//! benchmark.
+
+mod bootstrap;
+mod cmd;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ikelb development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing ikelb needs (apt packages, nightly rust-src,
+    /// bpf-linker), saying what it installs. Run by `test` and `run` too.
+    Bootstrap,
+    /// Run every test: host unit tests, then (as root) BPF_PROG_TEST_RUN and namespace tests.
+    Test {
+        /// Extra arguments for the root-only test run (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Without arguments: a self-contained demo in network namespaces. With `--config FILE`:
+    /// run the daemon for real.
+    Run {
+        /// Run `lb-ctl daemon --config FILE` instead of the demo.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Bootstrap => bootstrap::all(),
+        Task::Test { args } => test(&args),
+        Task::Run { config } => run(config),
+    }
+}
+
+/// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces).
+fn test(args: &[String]) -> Result<()> {
+    bootstrap::all()?;
+    cmd::step("host unit tests (cargo test --workspace --exclude ikelb-tests)");
+    cmd::cargo(&["test", "--workspace", "--exclude", "ikelb-tests"])?;
+    if !cmd::is_root() {
+        anyhow::bail!(
+            "the BPF_PROG_TEST_RUN and namespace tests need root (CAP_NET_ADMIN, CAP_BPF, \
+             CAP_SYS_ADMIN): run `cargo xtask test` as root"
+        );
+    }
+    cmd::step("build lb-ctl for the namespace tests");
+    cmd::cargo(&["build", "-p", "lb-ctl", "-p", "ikelb-tests", "--bins"])?;
+    cmd::step("root tests (cargo test -p ikelb-tests)");
+    let mut cargo_args = vec!["test", "-p", "ikelb-tests", "--"];
+    cargo_args.extend(args.iter().map(String::as_str));
+    cmd::cargo(&cargo_args)
+}
+
+fn run(config: Option<PathBuf>) -> Result<()> {
+    bootstrap::all()?;
+    if !cmd::is_root() {
+        anyhow::bail!("ikelb attaches XDP programs and builds network namespaces: run as root");
+    }
+    cmd::step("build lb-ctl and the demo (release)");
+    cmd::cargo(&["build", "--release", "-p", "lb-ctl", "-p", "ikelb-tests", "--bins"])?;
+    let lb_ctl = cmd::target_dir().join("release/lb-ctl");
+    match config {
+        Some(config) => {
+            cmd::step(&format!("lb-ctl daemon --config {}", config.display()));
+            cmd::exec(&lb_ctl, &["daemon".as_ref(), "--config".as_ref(), config.as_os_str()])
+        }
+        None => {
+            cmd::step("demo: namespace lab with clients, the ikelb gateway and 3 backends");
+            let demo = cmd::target_dir().join("release/ikelb-demo");
+            cmd::exec(&demo, &["--lb-ctl".as_ref(), lb_ctl.as_os_str()])
+        }
+    }
+}

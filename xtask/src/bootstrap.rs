@@ -1,0 +1,128 @@
+//! Toolchain and system bootstrap: everything a fresh machine of the project's kind lacks.
+//!
+//! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables, …);
+//! * the `nightly` toolchain's `rust-src` (for `-Z build-std=core`);
+//! * `bpf-linker`, built against the LLVM that ships inside the nightly toolchain (no
+//!   prebuilt binary or matching system LLVM is reachable here; see docs/toolchain.md).
+//!
+//! Each step checks first and says what it installs; a second run installs nothing.
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+
+/// Debian packages (binary → package) needed by tests, demo and benchmark.
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("ping", "iputils-ping"),
+    ("nft", "nftables"),
+    ("tcpdump", "tcpdump"),
+    ("prometheus", "prometheus"),
+];
+
+pub fn all() -> Result<()> {
+    packages()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+fn have(binary: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .any(|dir| std::path::Path::new(dir).join(binary).exists())
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("missing Debian packages {missing:?}: install them (apt-get install) or run as root");
+    }
+    cmd::step(&format!("installing Debian packages: {}", missing.join(" ")));
+    cmd::run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    // Debian's prometheus package starts no daemon here (no systemd); the tests start their own.
+    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
+    cmd::run("apt-get", &args)
+}
+
+fn rust_src() -> Result<()> {
+    let installed = cmd::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .context("rustup has no `nightly` toolchain: install one (`rustup toolchain install nightly`)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    cmd::step("installing the nightly toolchain's rust-src (needed for -Z build-std=core)");
+    cmd::run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+}
+
+/// The nightly toolchain's LLVM: its sysroot, the dylib name to link, and the major version.
+struct NightlyLlvm {
+    lib_dir: String,
+    dylib: String,
+    major: String,
+}
+
+fn nightly_llvm() -> Result<NightlyLlvm> {
+    let sysroot = cmd::output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("`rustc +nightly` does not run")?
+        .trim()
+        .to_owned();
+    let lib_dir = format!("{sysroot}/lib");
+    let dylib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {lib_dir}"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM-*-rust-* library in {lib_dir}"))?;
+    let dylib = dylib.trim_start_matches("lib").trim_end_matches(".so").to_owned();
+    let version = cmd::output("rustc", &["+nightly", "-vV"]).context("`rustc +nightly -vV` failed")?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc +nightly -vV` names no LLVM version")?
+        .to_owned();
+    Ok(NightlyLlvm { lib_dir, dylib, major })
+}
+
+/// bpf-linker must run and be linked against *this* nightly's LLVM (a nightly update
+/// replaces the library it was linked to).
+fn bpf_linker_ok(llvm: &NightlyLlvm) -> bool {
+    let Some(path) = cmd::output("sh", &["-c", "command -v bpf-linker"]) else { return false };
+    if cmd::output("bpf-linker", &["--version"]).is_none() {
+        return false;
+    }
+    cmd::output("ldd", &[path.trim()]).is_some_and(|ldd| ldd.contains(&llvm.lib_dir))
+}
+
+fn bpf_linker() -> Result<()> {
+    let llvm = nightly_llvm()?;
+    if bpf_linker_ok(&llvm) {
+        return Ok(());
+    }
+    cmd::step(&format!(
+        "installing bpf-linker against the nightly toolchain's LLVM {} ({}), ~1 min",
+        llvm.major, llvm.dylib
+    ));
+    let rustflags = format!(
+        "-L {dir} -l dylib={lib} -C link-arg=-Wl,-rpath,{dir}",
+        dir = llvm.lib_dir,
+        lib = llvm.dylib
+    );
+    let features = format!("llvm-{},no-llvm-linking", llvm.major);
+    let status = std::process::Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features"])
+        .args(["--features", &features])
+        .env("RUSTFLAGS", rustflags)
+        .status()
+        .context("could not run cargo install")?;
+    if !status.success() {
+        bail!("installing bpf-linker failed ({status}); see the output above");
+    }
+    Ok(())
+}
