@@ -1,1 +1,3 @@
+//! ikelb integration tests
 
+pub mod lab;

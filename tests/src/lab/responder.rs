@@ -1,0 +1,204 @@
+//! The backends' UDP responder (`ikelb-responder`) and its wire format, shared by the binary and
+//! the clients that parse its answers.
+//!
+//! Every datagram is answered, to its source, with one line:
+//!
+//! ```text
+//! b2 100.64.1.17 len=4000 port=4500 tag=q17
+//! ```
+//!
+//! the responder's name, the source address it saw (with "Use Client IP" that is the client's
+//! own), the datagram's length (a fragmented datagram reports its reassembled length), the
+//! local port it arrived on, and the request's first word (so a client can tell the reply to a
+//! retry from a stale one). The request `?stats` is answered with counters instead and not
+//! counted:
+//!
+//! ```text
+//! b2 stats datagrams=512 bytes=40960 clients=170
+//! ```
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use anyhow::{bail, Context, Result};
+
+/// The request that asks for counters.
+pub const STATS_QUERY: &[u8] = b"?stats";
+/// Largest tag echoed back.
+const MAX_TAG: usize = 32;
+
+/// A parsed answer to an ordinary datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Echo {
+    pub backend: String,
+    pub seen: IpAddr,
+    pub len: usize,
+    pub port: u16,
+    pub tag: String,
+}
+
+/// A parsed answer to [`STATS_QUERY`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub backend: String,
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub clients: u64,
+}
+
+/// A responder's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Echo(Echo),
+    Stats(Stats),
+}
+
+impl Answer {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut words = text.split_whitespace();
+        let backend = words.next().context("empty answer")?.to_string();
+        let second = words.next().context("answer has one word")?;
+        let mut field = |name: &str| -> Result<String> {
+            let w = words.next().with_context(|| format!("no {name}= in {text:?}"))?;
+            match w.strip_prefix(name).and_then(|w| w.strip_prefix('=')) {
+                Some(v) => Ok(v.to_string()),
+                None => bail!("expected {name}= in {text:?}, found {w:?}"),
+            }
+        };
+        if second == "stats" {
+            return Ok(Self::Stats(Stats {
+                backend,
+                datagrams: field("datagrams")?.parse()?,
+                bytes: field("bytes")?.parse()?,
+                clients: field("clients")?.parse()?,
+            }));
+        }
+        Ok(Self::Echo(Echo {
+            backend,
+            seen: second.parse().with_context(|| format!("bad address in {text:?}"))?,
+            len: field("len")?.parse()?,
+            port: field("port")?.parse()?,
+            tag: field("tag")?,
+        }))
+    }
+}
+
+/// The request's first word (up to [`MAX_TAG`] bytes), `-` if it has none.
+fn tag_of(request: &[u8]) -> String {
+    let word: Vec<u8> = request
+        .iter()
+        .take(MAX_TAG)
+        .take_while(|b| b.is_ascii_graphic())
+        .copied()
+        .collect();
+    if word.is_empty() {
+        "-".into()
+    } else {
+        String::from_utf8(word).expect("ASCII")
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    datagrams: u64,
+    bytes: u64,
+    clients: HashSet<IpAddr>,
+}
+
+/// Serve `ports` on `bind` (one thread per port) as `name`, forever. Fails only if a port
+/// cannot be bound.
+pub fn serve(name: &str, bind: Ipv4Addr, ports: &[u16]) -> Result<()> {
+    let counters = Arc::new(Mutex::new(Counters::default()));
+    let sockets = ports
+        .iter()
+        .map(|&p| UdpSocket::bind((bind, p)).with_context(|| format!("bind {bind}:{p}")))
+        .collect::<Result<Vec<_>>>()?;
+    println!("{name}: answering on {bind} ports {ports:?}");
+    let threads: Vec<_> = sockets
+        .into_iter()
+        .zip(ports.iter().copied())
+        .map(|(sock, port)| {
+            let (name, counters) = (name.to_string(), Arc::clone(&counters));
+            thread::spawn(move || answer_loop(&sock, &name, port, &counters))
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("responder thread panicked")?;
+    }
+    Ok(())
+}
+
+fn answer_loop(sock: &UdpSocket, name: &str, port: u16, counters: &Mutex<Counters>) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).context("recv")?;
+        let request = &buf[..n];
+        let answer = if request == STATS_QUERY {
+            let c = counters.lock().expect("poisoned");
+            format!(
+                "{name} stats datagrams={} bytes={} clients={}",
+                c.datagrams,
+                c.bytes,
+                c.clients.len()
+            )
+        } else {
+            let mut c = counters.lock().expect("poisoned");
+            c.datagrams += 1;
+            c.bytes += n as u64;
+            c.clients.insert(from.ip());
+            drop(c);
+            echo_line(name, from, n, port, &tag_of(request))
+        };
+        // A reply that cannot be sent (no route, full buffer) is the client's problem to
+        // notice; the responder keeps serving.
+        if let Err(e) = sock.send_to(answer.as_bytes(), from) {
+            eprintln!("{name}: reply to {from}: {e}");
+        }
+    }
+}
+
+/// The line the responder sends for an ordinary datagram.
+pub fn echo_line(name: &str, from: SocketAddr, len: usize, port: u16, tag: &str) -> String {
+    format!("{name} {} len={len} port={port} tag={tag}", from.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_round_trips() {
+        let line = echo_line("b2", "100.64.1.17:1234".parse().unwrap(), 4000, 4500, "q17");
+        assert_eq!(line, "b2 100.64.1.17 len=4000 port=4500 tag=q17");
+        assert_eq!(
+            Answer::parse(&line).unwrap(),
+            Answer::Echo(Echo {
+                backend: "b2".into(),
+                seen: "100.64.1.17".parse().unwrap(),
+                len: 4000,
+                port: 4500,
+                tag: "q17".into()
+            })
+        );
+    }
+
+    #[test]
+    fn stats_parse() {
+        let a = Answer::parse("b1 stats datagrams=3 bytes=40 clients=2").unwrap();
+        assert_eq!(
+            a,
+            Answer::Stats(Stats { backend: "b1".into(), datagrams: 3, bytes: 40, clients: 2 })
+        );
+        assert!(Answer::parse("b1").is_err());
+        assert!(Answer::parse("b1 1.2.3.4 len=x port=1 tag=a").is_err());
+    }
+
+    #[test]
+    fn tag_is_first_word() {
+        assert_eq!(tag_of(b"q17 xxxxx"), "q17");
+        assert_eq!(tag_of(b""), "-");
+        assert_eq!(tag_of(&[0u8; 10]), "-");
+    }
+}

@@ -1,0 +1,200 @@
+//! Client side of the lab: a UDP socket bound to one client address that asks a responder
+//! (through the VIP or directly) and matches the answer to the question.
+
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::responder::{Answer, Echo, Stats, STATS_QUERY};
+
+/// An answer and where it came from (the address the client saw: the VIP when ikelb rewrote
+/// it, the backend's own address when the kernel merely routed it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub from: SocketAddrV4,
+    pub echo: Echo,
+}
+
+/// A UDP socket bound to `addr:0` that never sets DF: a datagram larger than the path MTU is
+/// fragmented by the sender, as an IKE_AUTH with certificates is.
+#[derive(Debug)]
+pub struct UdpProbe {
+    sock: UdpSocket,
+    local: SocketAddrV4,
+    sent: Cell<u64>,
+}
+
+impl UdpProbe {
+    pub fn bind(addr: Ipv4Addr) -> Result<Self> {
+        let sock = UdpSocket::bind((addr, 0)).with_context(|| format!("bind {addr}:0"))?;
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: setsockopt on an open socket with a correctly sized int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&dont as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("IP_MTU_DISCOVER");
+        }
+        let SocketAddr::V4(local) = sock.local_addr()? else { bail!("not IPv4") };
+        Ok(Self { sock, local, sent: Cell::new(0) })
+    }
+
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// Send a `len`-byte datagram to `to` and wait up to `timeout` for its echo; resend up to
+    /// `tries` times in all. `Ok(None)`: no answer at all.
+    pub fn ask(
+        &self,
+        to: SocketAddrV4,
+        len: usize,
+        tries: u32,
+        timeout: Duration,
+    ) -> Result<Option<Reply>> {
+        for _ in 0..tries {
+            let n = self.sent.get();
+            self.sent.set(n + 1);
+            let tag = format!("q{}.{n}", self.local.port());
+            let mut payload = format!("{tag} ").into_bytes();
+            payload.resize(len.max(payload.len()), b'x');
+            self.sock.send_to(&payload, to).with_context(|| format!("send to {to}"))?;
+            let deadline = Instant::now() + timeout;
+            while let Some((from, answer)) = self.recv(deadline)? {
+                match answer {
+                    Answer::Echo(echo) if echo.tag == tag => return Ok(Some(Reply { from, echo })),
+                    _ => continue, // the answer to an earlier try, or stray stats
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ask the responder at `to` for its counters; `Ok(None)` if it does not answer within
+    /// `timeout`.
+    pub fn stats(&self, to: SocketAddrV4, timeout: Duration) -> Result<Option<Stats>> {
+        self.sock.send_to(STATS_QUERY, to).with_context(|| format!("send to {to}"))?;
+        let deadline = Instant::now() + timeout;
+        while let Some((_, answer)) = self.recv(deadline)? {
+            if let Answer::Stats(s) = answer {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+
+    fn recv(&self, deadline: Instant) -> Result<Option<(SocketAddrV4, Answer)>> {
+        let mut buf = [0u8; 512];
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        self.sock.set_read_timeout(Some(deadline - now))?;
+        match self.sock.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(from))) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let answer = Answer::parse(&text)
+                    .with_context(|| format!("{} got a garbled answer from {from}", self.local))?;
+                Ok(Some((from, answer)))
+            }
+            Ok((_, from)) => bail!("answer from non-IPv4 {from}"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
+            // An ICMP error (port unreachable) surfaces on the next call; it is "no answer".
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(None),
+            Err(e) => Err(e).context("recv"),
+        }
+    }
+}
+
+/// Send one UDP datagram from `src` to `dst:port` whose UDP checksum is deliberately wrong,
+/// through a raw socket of the calling thread's namespace. The receiver must count it in
+/// `Udp: InCsumErrors`: the lab's proof that checksums are really verified there (so a zero
+/// count after ikelb's rewrites means something).
+pub fn send_bad_checksum(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
+    let payload = b"bad checksum";
+    let udp_len = (8 + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(udp_len as usize);
+    udp.extend_from_slice(&40_000u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // RFC 768: one's complement sum over the pseudo-header and the datagram.
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    let good = internet_checksum(&pseudo);
+    let bad: u16 = if good == 0xdead { 0xbeef } else { 0xdead };
+    udp[6..8].copy_from_slice(&bad.to_be_bytes());
+
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let ip_sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    ip.extend_from_slice(&udp);
+
+    // SAFETY: plain socket(2); the fd is owned and closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("raw socket");
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: buffer and address are valid for the lengths passed.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            ip.as_ptr().cast(),
+            ip.len(),
+            0,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("sendto (raw)");
+    }
+    Ok(())
+}
+
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complemented 220d.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(super::internet_checksum(&data), !0xddf2);
+    }
+}

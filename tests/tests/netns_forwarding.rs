@@ -1,0 +1,263 @@
+//! Network tests: real UDP through the standard lab (`ikelb_tests::lab`), with and without
+//! the ikelb daemon on the gateway. Root only: without root each test says why and returns.
+//!
+//! * `lab_forwards_client_addresses_without_ikelb` checks the lab itself with plain kernel
+//!   routing: every client reaches the backends directly and is seen with its own address,
+//!   fragments reassemble, the VIP belongs to the gateway, and a corrupted UDP checksum is
+//!   counted — so the zero checksum-error counts asserted later mean something.
+//! * `daemon_balances_clients_and_keeps_ike_and_nat_t_together` runs `lb-ctl daemon` on the
+//!   gateway (`$IKELB_LB_CTL`, or the `lb-ctl` built next to this test) and sends, from each
+//!   of 250 client addresses, IKE (500), NAT-T (4500) and a 4,000-byte fragmented NAT-T
+//!   datagram to the VIP.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ikelb_tests::lab::{self, send_bad_checksum, Lab, LabSpec, Reply, UdpProbe, BACKEND_PORTS, VIP};
+
+const BIG: usize = 4000;
+const TRIES: u32 = 3;
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Root is needed for namespaces, veth and XDP; say so and skip otherwise.
+fn skip_unless_root(test: &str) -> bool {
+    if lab::is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIP {test}: needs root (CAP_SYS_ADMIN for network namespaces, CAP_NET_ADMIN and \
+         CAP_BPF for veth and XDP); run `cargo xtask test` as root"
+    );
+    true
+}
+
+fn responder() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder"))
+}
+
+/// What a reply must look like; `Err` says how it differed.
+fn check(
+    reply: Option<Reply>,
+    client: Ipv4Addr,
+    from: SocketAddrV4,
+    len: usize,
+    backend: Option<&str>,
+) -> Result<String, String> {
+    let Some(r) = reply else { return Err(format!("{client} → {from}: no answer")) };
+    let mut bad = Vec::new();
+    if r.from != from {
+        bad.push(format!("answer came from {} (want {from})", r.from));
+    }
+    if r.echo.seen != IpAddr::V4(client) {
+        bad.push(format!("backend saw {} (want the client's own address)", r.echo.seen));
+    }
+    if r.echo.len != len {
+        bad.push(format!("backend got {} bytes (want {len})", r.echo.len));
+    }
+    if r.echo.port != from.port() {
+        bad.push(format!("backend got it on port {} (want {})", r.echo.port, from.port()));
+    }
+    if let Some(b) = backend {
+        if r.echo.backend != b {
+            bad.push(format!("answered by {} (want {b})", r.echo.backend));
+        }
+    }
+    if bad.is_empty() {
+        Ok(r.echo.backend)
+    } else {
+        Err(format!("{client} → {from} ({len} B): {}", bad.join("; ")))
+    }
+}
+
+fn assert_no_failures(what: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failures, first ones:\n  {}",
+        failures.len(),
+        failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+    );
+}
+
+fn assert_no_csum_errors(lab: &Lab) {
+    let errors = lab.udp_csum_errors().expect("read /proc/net/snmp");
+    let nonzero: Vec<_> = errors.iter().filter(|(_, n)| *n != 0).collect();
+    assert!(nonzero.is_empty(), "Udp InCsumErrors must stay 0 everywhere: {nonzero:?}");
+}
+
+/// Ask the VIP from `client` on both ports once; returns any answers (there must be none while
+/// nothing balances) and how many datagrams the gateway's own stack refused meanwhile.
+fn vip_answers_without_balancer(lab: &Lab, client: Ipv4Addr) -> (Vec<Reply>, i64) {
+    let no_ports = || lab.gateway.snmp().expect("gateway snmp").get("Udp.NoPorts");
+    let before = no_ports();
+    let answers = lab
+        .client_ns
+        .run(|| {
+            let probe = UdpProbe::bind(client).expect("bind client");
+            BACKEND_PORTS
+                .iter()
+                .filter_map(|&p| probe.ask(SocketAddrV4::new(VIP, p), 64, 1, TIMEOUT).expect("ask"))
+                .collect::<Vec<_>>()
+        })
+        .expect("client namespace");
+    (answers, no_ports() - before)
+}
+
+#[test]
+fn lab_forwards_client_addresses_without_ikelb() {
+    if skip_unless_root("lab_forwards_client_addresses_without_ikelb") {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut lab = Lab::build(&LabSpec::default()).expect("build the lab");
+    lab.start_responders(&responder()).expect("start responders");
+    let built = t0.elapsed();
+
+    // Every client reaches a backend directly (round robin), which sees the client's own
+    // address and answers from its own: plain routing, both ways, through the gateway.
+    let backends: Vec<(String, Ipv4Addr)> =
+        lab.backends.iter().map(|b| (b.name.clone(), b.addr)).collect();
+    let t1 = Instant::now();
+    let failures = lab
+        .client_ns
+        .run(|| {
+            let mut failures = Vec::new();
+            for (i, &client) in lab.clients.iter().enumerate() {
+                let (name, addr) = &backends[i % backends.len()];
+                let probe = UdpProbe::bind(client).expect("bind client");
+                for (port, len) in [(500, 64), (4500, 64), (4500, BIG)] {
+                    let to = SocketAddrV4::new(*addr, port);
+                    let reply = probe.ask(to, len, TRIES, TIMEOUT).expect("ask");
+                    if let Err(e) = check(reply, client, to, len, Some(name)) {
+                        failures.push(e);
+                    }
+                }
+            }
+            failures
+        })
+        .expect("client namespace");
+    let traffic = t1.elapsed();
+    assert_no_failures("direct client → backend traffic", &failures);
+
+    // The VIP is the gateway's own: without ikelb nobody behind it answers, and the gateway's
+    // stack refuses both datagrams (no socket on 500/4500 there).
+    let (answers, refused) = vip_answers_without_balancer(&lab, lab.clients[0]);
+    assert!(answers.is_empty(), "VIP answered without ikelb: {answers:?}");
+    assert_eq!(refused, 2, "the gateway's own stack should have refused both datagrams");
+
+    // Receivers verify UDP checksums: a corrupted one is counted where it lands.
+    assert_no_csum_errors(&lab);
+    let (client, b1) = (lab.clients[0], lab.backends[0].addr);
+    lab.client_ns
+        .run(|| send_bad_checksum(client, b1, 9))
+        .expect("client namespace")
+        .expect("send a corrupted datagram");
+    let counted = lab::wait_for(
+        "b1 to count the corrupted datagram",
+        Duration::from_secs(2),
+        Duration::from_millis(10),
+        || Ok((lab.backends[0].ns.snmp()?.get("Udp.InCsumErrors") == 1).then_some(())),
+    );
+    counted.expect("checksum errors are counted by the receiver");
+
+    eprintln!(
+        "lab: {} clients, {} backends built in {built:.2?}; {} direct round trips in \
+         {traffic:.2?}",
+        lab.clients.len(),
+        lab.backends.len(),
+        lab.clients.len() * 3
+    );
+}
+
+#[test]
+fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
+    if skip_unless_root("daemon_balances_clients_and_keeps_ike_and_nat_t_together") {
+        return;
+    }
+    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
+    let t0 = Instant::now();
+    let mut lab = Lab::build(&LabSpec::default()).expect("build the lab");
+    lab.start_responders(&responder()).expect("start responders");
+    let built = t0.elapsed();
+
+    // Negative control: the kernel alone never takes a client to a backend through the VIP.
+    let (answers, _) = vip_answers_without_balancer(&lab, lab.clients[0]);
+    assert!(answers.is_empty(), "VIP answered before the daemon ran: {answers:?}");
+
+    let t1 = Instant::now();
+    lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
+    let attached = t1.elapsed();
+    // Attachment comes before maps and health checks settle: wait for the first answer.
+    let first = lab
+        .client_ns
+        .run(|| {
+            let probe = UdpProbe::bind(lab.clients[0]).expect("bind client");
+            lab::wait_for(
+                "the first answer through the VIP",
+                Duration::from_secs(20),
+                Duration::ZERO,
+                || Ok(probe.ask(SocketAddrV4::new(VIP, 500), 64, 1, Duration::from_millis(100))?),
+            )
+        })
+        .expect("client namespace");
+    if let Err(e) = first {
+        panic!("{e:#}\n{}", lab.daemon_output_tail(40));
+    }
+    let ready = t1.elapsed();
+
+    let t2 = Instant::now();
+    let (failures, chosen) = lab
+        .client_ns
+        .run(|| {
+            let mut failures = Vec::new();
+            let mut chosen: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+            for &client in &lab.clients {
+                let probe = UdpProbe::bind(client).expect("bind client");
+                let mut backend: Option<String> = None;
+                for (port, len) in [(500, 64), (4500, 64), (4500, BIG)] {
+                    let to = SocketAddrV4::new(VIP, port);
+                    let reply = probe.ask(to, len, TRIES, TIMEOUT).expect("ask");
+                    match check(reply, client, to, len, backend.as_deref()) {
+                        Ok(b) => backend = Some(b),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                if let Some(b) = backend {
+                    chosen.insert(client, b);
+                }
+            }
+            (failures, chosen)
+        })
+        .expect("client namespace");
+    let traffic = t2.elapsed();
+    if !failures.is_empty() {
+        eprintln!("{}", lab.daemon_output_tail(40));
+    }
+    assert_no_failures("client → VIP traffic", &failures);
+
+    // Spread: each backend within ±30 % of an even share.
+    let mut per_backend: BTreeMap<&str, usize> =
+        lab.backends.iter().map(|b| (b.name.as_str(), 0)).collect();
+    for b in chosen.values() {
+        *per_backend.get_mut(b.as_str()).expect("known backend") += 1;
+    }
+    let even = lab.clients.len() as f64 / lab.backends.len() as f64;
+    for (b, n) in &per_backend {
+        let dev = (*n as f64 - even) / even;
+        assert!(dev.abs() <= 0.30, "{b} got {n} clients, {:+.0} % off even ({even:.1}): {per_backend:?}", dev * 100.0);
+    }
+
+    assert_no_csum_errors(&lab);
+
+    eprintln!(
+        "ikelb: {} clients over {} backends {per_backend:?}; lab built in {built:.2?}, XDP \
+         attached {attached:.2?} and answering {ready:.2?} after start; {} round trips via \
+         the VIP in {traffic:.2?}",
+        lab.clients.len(),
+        lab.backends.len(),
+        lab.clients.len() * 3
+    );
+    let status = lab.stop_daemon().expect("stop the daemon");
+    assert!(status.success(), "daemon exited with {status} on SIGTERM\n{}", lab.daemon_output_tail(20));
+}
