@@ -1,3 +1,4 @@
 //! ikelb integration tests
 
 pub mod lab;
+pub mod packet;

@@ -1,0 +1,135 @@
+//! Every map and load-time global of the program, named exactly as `lb_common::maps::*` and
+//! `lb_common::globals::*` so the daemon finds them by those constants.
+//!
+//! The `max_entries` below are small defaults for tests and `cargo xtask run`; the daemon sets
+//! the real sizes from its configuration with `EbpfLoader::set_max_entries`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    counter, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, Service, Traffic,
+    DEFAULT_RING_SIZE, MAX_IFACES,
+};
+
+/// Default number of services (VIPs) and backends the maps hold.
+const SERVICES_DEFAULT: u32 = 16;
+const BACKENDS_DEFAULT: u32 = 256;
+const PERSIST_DEFAULT: u32 = 4096;
+
+/// Key: VIP (IPv4, wire order). Value: its [`Service`]. Written by the daemon; read by the
+/// forward path (the first lookup of every IPv4 packet).
+#[map]
+pub static VIPS_V4: HashMap<u32, Service> = HashMap::with_max_entries(SERVICES_DEFAULT, 0);
+
+/// Key: VIP (IPv6, wire order words). Value: its [`Service`]. Written by the daemon; not read
+/// yet (IPv6 is passed as `pass_ipv6` until IPv6 services exist).
+#[map]
+pub static VIPS_V6: HashMap<[u32; 4], Service> = HashMap::with_max_entries(SERVICES_DEFAULT, 0);
+
+/// Key: service id. Value: its [`Service`]. Written by the daemon; read by the reverse path
+/// (backend → client) to find the VIP and port set of a backend's service.
+#[map]
+pub static SERVICES: Array<Service> = Array::with_max_entries(SERVICES_DEFAULT, 0);
+
+/// Key: `Service::ring_base + slot`. Value: backend id (`RING_BACKEND_MASK`) | `RING_F_*`.
+/// Every service's two Maglev tables back to back. Written by the daemon (inactive half, then
+/// the `ring_base` flip); read by the forward path on a persistence miss.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(2 * DEFAULT_RING_SIZE, 0);
+
+/// Key: backend id (0 = none, never written). Value: [`Backend`]. Written by the daemon;
+/// read by both paths. A slot whose address is 0 was never written and counts as missing.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(BACKENDS_DEFAULT, 0);
+
+/// Key: backend address (IPv4, wire order). Value: backend id. Written by the daemon; read by
+/// the reverse path to recognise a backend's replies.
+#[map]
+pub static BACKEND_IDS_V4: HashMap<u32, u32> = HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
+
+/// Key: backend address (IPv6, wire order words). Value: backend id. Written by the daemon;
+/// not read yet.
+#[map]
+pub static BACKEND_IDS_V6: HashMap<[u32; 4], u32> =
+    HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
+
+/// Key: (service id, client address). Value: [`PersistValue`] (backend, last seen, where the
+/// client's frames come from). Written by the forward path (insert on a miss, in-place
+/// re-select, `atime`, learned MAC and port); read by both paths and by the daemon (`lookup`,
+/// client counts, drain).
+#[map]
+pub static PERSIST_V4: LruHashMap<PersistKeyV4, PersistValue> =
+    LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
+
+/// As [`PERSIST_V4`] for IPv6 clients. Not used yet.
+#[map]
+pub static PERSIST_V6: LruHashMap<PersistKeyV6, PersistValue> =
+    LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
+
+/// Key: port (position in the config's `interfaces`). Value: [`Iface`] (ifindex, MAC).
+/// Written by the daemon; read by the reverse path for the source MAC toward a client.
+#[map]
+pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFACES, 0);
+
+/// Key: ifindex. Value: port. Written by the daemon; read by the forward path only when it
+/// learns a client's ingress port (new client or changed source MAC), never per packet.
+#[map]
+pub static IFINDEX_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Key: port. Value: the interface (devmap entry). Written by the daemon; read by
+/// `bpf_redirect_map` when a frame leaves by another interface than it came in on.
+#[map]
+pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
+
+/// Key: `lb_common::counter::*`. Value: packets, per CPU. Written by the program (every
+/// verdict bumps exactly one); read by the daemon for `ikelb_xdp_packets_total`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Key: `backend id * 2 + DIR_*`. Value: [`Traffic`], per CPU. Written by the program on
+/// every forwarded packet; read by the daemon for `ikelb_backend_{packets,bytes}_total`.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(2 * BACKENDS_DEFAULT, 0);
+
+// Load-time globals (`EbpfLoader::set_global`), read with `read_volatile` so the compiler
+// does not fold the defaults into the code.
+
+/// Maglev table size M (prime).
+#[no_mangle]
+static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+/// Idle ticks after which a persisted client is re-selected.
+#[no_mangle]
+static PERSIST_TIMEOUT_TICKS: u32 = 1676; // 30 min, the config default
+/// Client hash seed (config `hash_seed`).
+#[no_mangle]
+static HASH_SEED: u32 = 0;
+/// 1 = `mode: dsr` (MAC rewrite only, no reverse path).
+#[no_mangle]
+static MODE_DSR: u32 = 0;
+
+#[inline(always)]
+pub fn ring_size() -> u32 {
+    // SAFETY: a plain aligned read of an initialised static.
+    unsafe { core::ptr::read_volatile(&RING_SIZE) }
+}
+
+#[inline(always)]
+pub fn persist_timeout_ticks() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&PERSIST_TIMEOUT_TICKS) }
+}
+
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&HASH_SEED) }
+}
+
+#[inline(always)]
+pub fn mode_dsr() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&MODE_DSR) != 0 }
+}

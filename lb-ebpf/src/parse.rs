@@ -1,0 +1,173 @@
+//! Header access and classification: the one bounds helper, Ethernet and IPv4 parsing, and
+//! the persistency-group test (which packets of a service are ikelb's to steer).
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Service, MAX_PORTS, SVC_F_ESP};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    udp::UdpHdr,
+};
+
+use crate::counters::{
+    Verdict, DROP_MALFORMED, PASS_IPV6, PASS_NOT_IP, PASS_VLAN,
+};
+
+/// IP protocol numbers (RFC 790 / IANA).
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ESP: u8 = 50;
+/// Fragment offset bits of the IPv4 flags/offset word (RFC 791 §3.1), host order.
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// The one bounds check: a pointer to a `T` at `offset` from the start of the frame, or
+/// `DROP_MALFORMED` when the frame is too short to hold it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Verdict> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return Err(DROP_MALFORMED);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// Length of the whole frame (for the per-backend byte counters).
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// Network layer of a frame ikelb may handle.
+pub enum L3 {
+    V4(*mut Ipv4Hdr),
+}
+
+/// Ethernet: tagged frames, IPv6 (for now) and non-IP frames are the kernel's.
+#[inline(always)]
+pub fn l3(ctx: &XdpContext, eth: *mut EthHdr) -> Result<L3, Verdict> {
+    // SAFETY (all header reads below): `ptr_at` checked the header lies inside the frame.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ipv4 as u16 {
+        return Ok(L3::V4(ipv4(ctx)?));
+    }
+    Err(if ether_type == EtherType::Ipv6 as u16 {
+        PASS_IPV6
+    } else if ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16
+    {
+        PASS_VLAN
+    } else {
+        PASS_NOT_IP
+    })
+}
+
+/// IPv4 header sanity (RFC 791 §3.1, RFC 1812 §5.2.2): version 4, IHL ≥ 5, total length
+/// between the header length and what the frame holds (the frame may carry Ethernet padding
+/// beyond it).
+#[inline(always)]
+fn ipv4(ctx: &XdpContext) -> Result<*mut Ipv4Hdr, Verdict> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+    let vihl = unsafe { (*ip).vihl };
+    let header_len = u16::from(vihl & 0x0f) * 4;
+    let total_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let room = ctx.data_end() - ctx.data() - EthHdr::LEN;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN as u16 || total_len < header_len
+        || usize::from(total_len) > room
+    {
+        return Err(DROP_MALFORMED);
+    }
+    Ok(ip)
+}
+
+/// IPv4 source and destination addresses, wire order.
+#[inline(always)]
+pub fn saddr(ip: *const Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes(unsafe { (*ip).src_addr })
+}
+
+#[inline(always)]
+pub fn daddr(ip: *const Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes(unsafe { (*ip).dst_addr })
+}
+
+#[inline(always)]
+pub fn has_options(ip: *const Ipv4Hdr) -> bool {
+    unsafe { (*ip).vihl != 0x45 }
+}
+
+#[inline(always)]
+pub fn ttl(ip: *const Ipv4Hdr) -> u8 {
+    unsafe { (*ip).ttl }
+}
+
+/// Which port of a UDP header names the service: the destination on the way to a VIP, the
+/// source on a backend's reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Forward,
+    Reverse,
+}
+
+/// Whether an IPv4 packet (without options) belongs to `svc`'s persistency group, and if so
+/// where its UDP header is (`None` when there is no transport checksum to fix: a non-first
+/// fragment, or ESP). `miss` is the verdict for packets outside the group.
+///
+/// * UDP, unfragmented or first fragment: the service port must be in `udp_ports`; the UDP
+///   header must be in the frame and in the datagram, else `DROP_MALFORMED`.
+/// * Non-first fragment of UDP (or of ESP): steered by the client address alone — it carries
+///   no ports, and the persistence key does not need them (RFC 791 §2.3 fragments; IKE
+///   messages with certificates are routinely fragmented).
+/// * ESP (protocol 50) when the service has `SVC_F_ESP`.
+#[inline(always)]
+pub fn classify_v4(
+    ctx: &XdpContext,
+    ip: *const Ipv4Hdr,
+    svc: &Service,
+    side: Side,
+    miss: Verdict,
+) -> Result<Option<*mut UdpHdr>, Verdict> {
+    let proto = unsafe { (*ip).proto };
+    let offset = u16::from_be_bytes(unsafe { (*ip).frags }) & IP_OFFSET_MASK;
+    if proto == IPPROTO_UDP {
+        if offset != 0 {
+            return Ok(None);
+        }
+        let udp: *mut UdpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
+        let total_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+        if usize::from(total_len) < Ipv4Hdr::LEN + UdpHdr::LEN {
+            return Err(DROP_MALFORMED);
+        }
+        let port = u16::from_ne_bytes(unsafe {
+            match side {
+                Side::Forward => (*udp).dst,
+                Side::Reverse => (*udp).src,
+            }
+        });
+        if has_port(&svc.udp_ports, port) {
+            return Ok(Some(udp));
+        }
+        return Err(miss);
+    }
+    if proto == IPPROTO_ESP && svc.flags & SVC_F_ESP != 0 {
+        return Ok(None);
+    }
+    Err(miss)
+}
+
+/// `port` (wire order) is one of `ports` (unused entries are 0 and last; port 0 never
+/// matches).
+#[inline(always)]
+fn has_port(ports: &[u16; MAX_PORTS], port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_PORTS {
+        let p = ports[i];
+        if p == 0 {
+            return false;
+        }
+        if p == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
