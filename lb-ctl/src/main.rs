@@ -1,1 +1,22 @@
-fn main() {}
+//! `lb-ctl`: the ikelb daemon and operator commands. Exit status 0 on success; otherwise
+//! non-zero with the reason on stderr (one line per problem).
+
+use clap::Parser;
+use lb_ctl::cli::{self, Cli};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            eprintln!("lb-ctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

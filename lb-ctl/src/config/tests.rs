@@ -1,0 +1,218 @@
+use super::*;
+
+/// A complete, valid file using every key of schema v1 and the extensions. Line numbers in
+/// the table below refer to it.
+const FULL: &str = "\
+interfaces: [eth0, eth1]
+mode: nat
+xdp_mode: auto
+persistence_timeout: 30m
+hash_seed: 0x5eed
+maglev_table_size: 65537
+persistence_entries: 1048576
+virtual_servers:
+  - name: aovpn
+    vip: 203.0.113.10
+    ports: [500, 4500]
+    esp: true
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+        weight: 2
+  - name: second
+    vip: 203.0.113.11
+    tcp_ports: [443]
+    backends:
+      - address: 10.0.1.11
+health_check:
+  interval: 5s
+  timeout: 2s
+  fall: 3
+  rise: 2
+control:
+  socket: /run/ikelb/ctl.sock
+metrics:
+  listen: 127.0.0.1:9435
+state_dir: /var/lib/ikelb
+bpffs: /sys/fs/bpf/ikelb
+";
+
+fn refused(source: &str) -> String {
+    match parse("ikelb.yaml", source) {
+        Ok(_) => panic!("config was accepted:\n{source}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn full_config_parses() {
+    let c = parse("ikelb.yaml", FULL).expect("valid config");
+    assert_eq!(c.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.mode, Mode::Nat);
+    assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
+    assert_eq!(c.persistence_timeout, Duration::from_secs(1800));
+    assert_eq!(c.hash_seed, 0x5eed);
+    assert_eq!(c.maglev_table_size, 65537);
+    assert_eq!(c.persistence_entries, 1 << 20);
+    assert_eq!(c.virtual_servers.len(), 2);
+    let vs = &c.virtual_servers[0];
+    assert_eq!(vs.name, "aovpn");
+    assert_eq!(vs.vip, "203.0.113.10".parse::<IpAddr>().unwrap());
+    assert_eq!(vs.ports, [500, 4500]);
+    assert!(vs.esp);
+    assert_eq!(
+        vs.backends,
+        [
+            BackendConfig { address: "10.0.0.11".parse().unwrap(), weight: 1 },
+            BackendConfig { address: "10.0.0.12".parse().unwrap(), weight: 2 },
+        ]
+    );
+    assert_eq!(c.virtual_servers[1].tcp_ports, [443]);
+    assert_eq!(
+        c.health_check,
+        HealthCheck { interval: Duration::from_secs(5), timeout: Duration::from_secs(2), fall: 3, rise: 2 }
+    );
+    assert_eq!(c.control_socket, Path::new("/run/ikelb/ctl.sock"));
+    assert_eq!(c.metrics_listen, "127.0.0.1:9435".parse().unwrap());
+    assert_eq!(c.bpffs, Path::new("/sys/fs/bpf/ikelb"));
+    assert_eq!(c.backend_count(), 3);
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(
+        "m.yaml",
+        "interfaces: [eth0]\nvirtual_servers:\n  - name: a\n    vip: 192.0.2.1\n    backends:\n      - address: 10.0.0.1\n",
+    )
+    .expect("valid config");
+    assert_eq!(c.mode, Mode::Nat);
+    assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
+    assert_eq!(c.persistence_timeout, Duration::from_secs(1800));
+    assert_eq!(c.hash_seed, 0);
+    assert_eq!(c.maglev_table_size, 65537);
+    assert_eq!(c.persistence_entries, 1_048_576);
+    assert_eq!(c.virtual_servers[0].ports, [500, 4500]);
+    assert!(c.virtual_servers[0].esp);
+    assert_eq!(c.virtual_servers[0].backends[0].weight, 1);
+    assert_eq!(c.health_check.fall, 3);
+    assert_eq!(c.control_socket, Path::new(paths::CONTROL_SOCKET));
+    assert_eq!(c.state_dir, Path::new(paths::STATE_DIR));
+    assert_eq!(c.bpffs, Path::new(paths::BPFFS));
+}
+
+/// One row per kind of bad value: (what, replace this, with that, the report must contain).
+const BAD: &[(&str, &str, &str, &str)] = &[
+    ("bad address", "- address: 10.0.0.12", "- address: 10.0.0.300",
+        "ikelb.yaml:15: virtual_servers[0].backends[1].address: \"10.0.0.300\" is not an IP address"),
+    ("bad VIP", "vip: 203.0.113.10", "vip: vip.example",
+        "ikelb.yaml:10: virtual_servers[0].vip: \"vip.example\" is not an IP address"),
+    ("multicast backend", "- address: 10.0.0.11", "- address: 224.0.0.5",
+        "ikelb.yaml:14: virtual_servers[0].backends[0].address: 224.0.0.5 is not a unicast address"),
+    ("IPv6 not yet", "vip: 203.0.113.11", "vip: 2001:db8::1",
+        "ikelb.yaml:18: virtual_servers[1].vip: 2001:db8::1: IPv6"),
+    ("duplicate backend", "- address: 10.0.0.12", "- address: 10.0.0.11",
+        "ikelb.yaml:15: virtual_servers[0].backends[1].address: 10.0.0.11 is already virtual_servers[0].backends[0]"),
+    ("backend in two virtual servers", "- address: 10.0.1.11", "- address: 10.0.0.11",
+        "ikelb.yaml:21: virtual_servers[1].backends[0].address: 10.0.0.11 is already a backend of virtual_servers[0]"),
+    ("VIP that is a backend", "- address: 10.0.1.11", "- address: 203.0.113.10",
+        "ikelb.yaml:21: virtual_servers[1].backends[0].address: 203.0.113.10 is the VIP of virtual_servers[0]"),
+    ("duplicate VIP", "vip: 203.0.113.11", "vip: 203.0.113.10",
+        "ikelb.yaml:18: virtual_servers[1].vip: 203.0.113.10 is already the VIP of virtual_servers[0]"),
+    ("duplicate name", "name: second", "name: aovpn",
+        "ikelb.yaml:17: virtual_servers[1].name: \"aovpn\" is already the name of virtual_servers[0]"),
+    ("bad name", "name: second", "name: \"two words\"",
+        "ikelb.yaml:17: virtual_servers[1].name: \"two words\" is not a valid name"),
+    ("port 0", "ports: [500, 4500]", "ports: [500, 0]",
+        "ikelb.yaml:11: virtual_servers[0].ports[1]: port 0 is not a valid port"),
+    ("port listed twice", "ports: [500, 4500]", "ports: [500, 500]",
+        "ikelb.yaml:11: virtual_servers[0].ports[1]: port 500 is listed twice"),
+    ("more than 8 ports", "ports: [500, 4500]", "ports: [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        "ikelb.yaml:11: virtual_servers[0].ports: 9 ports given, at most 8 per protocol"),
+    ("more than 8 TCP ports", "tcp_ports: [443]", "tcp_ports: [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        "ikelb.yaml:19: virtual_servers[1].tcp_ports: 9 ports given, at most 8 per protocol"),
+    ("port out of range", "ports: [500, 4500]", "ports: [500, 70000]",
+        "ikelb.yaml:11: virtual_servers[0].ports[1]: invalid value: integer `70000`"),
+    ("unknown key at top", "mode: nat", "mdoe: nat",
+        "ikelb.yaml:2: unknown field `mdoe`"),
+    ("unknown key in a backend", "        weight: 2", "        wieght: 2",
+        "ikelb.yaml:16: virtual_servers[0].backends[1]: unknown field `wieght`"),
+    ("bad mode", "mode: nat", "mode: snat",
+        "ikelb.yaml:2: mode: unknown variant `snat`"),
+    ("bad xdp_mode", "xdp_mode: auto", "xdp_mode: fast",
+        "ikelb.yaml:3: xdp_mode: unknown variant `fast`"),
+    ("non-prime table", "maglev_table_size: 65537", "maglev_table_size: 65536",
+        "ikelb.yaml:6: maglev_table_size: 65536 is not a prime"),
+    ("tiny table", "maglev_table_size: 65537", "maglev_table_size: 7",
+        "ikelb.yaml:6: maglev_table_size: 7 is outside"),
+    ("zero persistence entries", "persistence_entries: 1048576", "persistence_entries: 0",
+        "ikelb.yaml:7: persistence_entries: 0 is outside"),
+    ("weight 0", "weight: 2", "weight: 0",
+        "ikelb.yaml:16: virtual_servers[0].backends[1].weight: 0 is outside 1..=1000"),
+    ("huge weight", "weight: 2", "weight: 1000000",
+        "ikelb.yaml:16: virtual_servers[0].backends[1].weight: 1000000 is outside 1..=1000"),
+    ("zero duration", "persistence_timeout: 30m", "persistence_timeout: 0s",
+        "ikelb.yaml:4: persistence_timeout: must be greater than 0"),
+    ("bad duration", "interval: 5s", "interval: 5 parsecs",
+        "ikelb.yaml:23: health_check.interval: "),
+    ("timeout not below interval", "timeout: 2s", "timeout: 5s",
+        "ikelb.yaml:24: health_check.timeout: 5s must be shorter than health_check.interval (5s)"),
+    ("fall 0", "fall: 3", "fall: 0",
+        "ikelb.yaml:25: health_check.fall: must be at least 1"),
+    ("rise 0", "rise: 2", "rise: 0",
+        "ikelb.yaml:26: health_check.rise: must be at least 1"),
+    ("interface listed twice", "interfaces: [eth0, eth1]", "interfaces: [eth0, eth0]",
+        "ikelb.yaml:1: interfaces[1]: interface \"eth0\" is listed twice"),
+    ("bad interface name", "interfaces: [eth0, eth1]", "interfaces: [eth0, this-name-is-far-too-long]",
+        "ikelb.yaml:1: interfaces[1]: \"this-name-is-far-too-long\" is not a valid interface name"),
+    ("no interfaces", "interfaces: [eth0, eth1]", "interfaces: []",
+        "ikelb.yaml:1: interfaces: at least one interface is required"),
+    ("bad metrics address", "listen: 127.0.0.1:9435", "listen: localhost",
+        "ikelb.yaml:30: metrics.listen: \"localhost\" is not an address:port"),
+    ("relative path", "state_dir: /var/lib/ikelb", "state_dir: var/lib",
+        "ikelb.yaml:31: state_dir: \"var/lib\" is not an absolute path"),
+    ("hash seed too large", "hash_seed: 0x5eed", "hash_seed: 0x1ffffffff",
+        "ikelb.yaml:5: hash_seed: invalid value"),
+    ("missing required key", "interfaces: [eth0, eth1]\n", "",
+        "missing field `interfaces`"),
+];
+
+#[test]
+fn bad_configs_are_refused_naming_line_key_and_reason() {
+    let mut failures = Vec::new();
+    for &(what, from, to, want) in BAD {
+        assert!(FULL.contains(from), "{what}: {from:?} is not in the base config");
+        let source = FULL.replacen(from, to, 1);
+        let got = refused(&source);
+        if !got.contains(want) {
+            failures.push(format!("{what}:\n  want: {want}\n  got:  {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_one_per_line() {
+    let source = FULL.replace("fall: 3", "fall: 0").replace("rise: 2", "rise: 0");
+    let got = refused(&source);
+    assert_eq!(got.lines().count(), 2, "{got}");
+}
+
+#[test]
+fn missing_interfaces_are_refused_with_their_line() {
+    let c = parse("ikelb.yaml", FULL).unwrap();
+    assert_eq!(c.resolve_interfaces(|n| (n == "eth0").then_some(3)).unwrap_err().to_string(),
+        "ikelb.yaml:1: interfaces[1]: interface \"eth1\" does not exist");
+    assert_eq!(c.resolve_interfaces(|n| Some(if n == "eth0" { 3 } else { 4 })).unwrap(), [3, 4]);
+}
+
+#[test]
+fn persistence_timeout_rounds_up_to_ticks() {
+    let mut c = parse("ikelb.yaml", FULL).unwrap();
+    c.persistence_timeout = Duration::from_nanos(1 << TICK_SHIFT);
+    assert_eq!(c.persist_timeout_ticks(), 1);
+    c.persistence_timeout = Duration::from_nanos((1 << TICK_SHIFT) + 1);
+    assert_eq!(c.persist_timeout_ticks(), 2);
+    c.persistence_timeout = Duration::from_secs(1800);
+    assert_eq!(c.persist_timeout_ticks(), 1677); // 1.8e12 ns / 2^30 ns = 1676.4
+}
+

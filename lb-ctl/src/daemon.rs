@@ -1,0 +1,397 @@
+//! `lb-ctl daemon`: validate, load, fill the maps, attach, keep next hops current, and on
+//! SIGINT/SIGTERM detach and exit.
+//!
+//! Order matters and is fixed:
+//! 1. the whole config is validated and every interface looked up — nothing is loaded
+//!    before the file is known good;
+//! 2. the XDP object is loaded with its load-time globals and map sizes from the config;
+//! 3. interfaces, services, backends and tables are written, and next hops resolved, so the
+//!    first packet already meets a complete configuration;
+//! 4. the program is attached to every interface (`xdp_mode`);
+//! 5. next hops are re-resolved every [`RESOLVE_INTERVAL`] until a signal arrives;
+//! 6. every attachment is detached.
+//!
+//! No bpffs pinning yet (next issue): the maps and attachments live as long as the process,
+//! which also makes the daemon work under `ip netns exec` as it is.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use aya::{
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    EbpfError, EbpfLoader,
+};
+use lb_common::{counter, globals, maps};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{self, Config, ConfigError, Mode, XdpAttachMode},
+    dataplane::{AyaDataplane, Dataplane},
+    neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
+    paths,
+    state::{backend_capacity, Balancer, IfaceInfo, NextHop, StateError},
+    EBPF_OBJECT, XDP_PROGRAM,
+};
+
+/// How often next hops are looked up again: unresolved backends are retried, resolved ones
+/// re-checked (a backend or gateway whose MAC changed is rewritten).
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("reading the MAC address of interface {iface} from {path}: {source}")]
+    InterfaceMac { iface: String, path: PathBuf, source: std::io::Error },
+    #[error("interface {iface} has no Ethernet address ({found:?} in {path})")]
+    InterfaceNotEthernet { iface: String, path: PathBuf, found: String },
+    #[error(
+        "the embedded XDP object is empty: lb-ctl was built with AYA_BUILD_SKIP=1; \
+         rebuild without it (cargo xtask bootstrap installs bpf-linker)"
+    )]
+    NoObject,
+    #[error("loading the XDP object: {source}")]
+    Load { source: EbpfError },
+    #[error("program {name} is not in the XDP object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name} is not an XDP program: {source}")]
+    ProgramType { name: &'static str, source: ProgramError },
+    #[error("loading program {name} into the kernel: {source}")]
+    LoadProgram { name: &'static str, source: ProgramError },
+    #[error("attaching to {iface} in {mode} mode: {source}")]
+    Attach { iface: String, mode: &'static str, source: ProgramError },
+    #[error("detaching from {iface}: {source}")]
+    Detach { iface: String, source: ProgramError },
+    #[error("filling the maps: {0}")]
+    State(#[from] StateError),
+    #[error("installing the {signal} handler: {source}")]
+    Signal { signal: &'static str, source: std::io::Error },
+    #[error("starting the async runtime: {source}")]
+    Runtime { source: std::io::Error },
+}
+
+/// Validates the config at `path` and looks up its interfaces, as the daemon does before
+/// loading anything. `lb-ctl daemon --check` stops here.
+pub fn check(path: &std::path::Path) -> Result<(Config, Vec<u32>), DaemonError> {
+    let config = config::load(path)?;
+    let ifindexes = config.resolve_interfaces(if_nametoindex)?;
+    Ok((config, ifindexes))
+}
+
+/// `if_nametoindex(3)`; `None` when there is no such interface.
+pub fn if_nametoindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+fn interface_mac(name: &str) -> Result<[u8; 6], DaemonError> {
+    let path = PathBuf::from(paths::SYSFS_NET).join(name).join("address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| DaemonError::InterfaceMac { iface: name.to_owned(), path: path.clone(), source })?;
+    parse_mac(&text).ok_or_else(|| DaemonError::InterfaceNotEthernet {
+        iface: name.to_owned(),
+        path,
+        found: text.trim().to_owned(),
+    })
+}
+
+/// Runs the daemon on an already checked config until SIGINT or SIGTERM.
+pub fn run(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Runtime { source })?;
+    rt.block_on(run_async(config, ifindexes))
+}
+
+/// One attachment of the program.
+struct Attachment {
+    iface: String,
+    link: XdpLinkId,
+    mode: &'static str,
+}
+
+struct Daemon {
+    config: Config,
+    balancer: Balancer<AyaDataplane>,
+    attachments: Vec<Attachment>,
+    /// Last reported next-hop status per backend id, so the log shows transitions only.
+    status: HashMap<u32, String>,
+}
+
+async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
+    let mut ifaces = Vec::new();
+    for (name, &ifindex) in config.interfaces.iter().zip(&ifindexes) {
+        ifaces.push(IfaceInfo { name: name.clone(), ifindex, mac: interface_mac(name)? });
+    }
+    // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|source| DaemonError::Signal { signal: "SIGTERM", source })?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|source| DaemonError::Signal { signal: "SIGINT", source })?;
+
+    let capacity = backend_capacity(config.backend_count());
+    let ebpf = load(&config, capacity)?;
+    let mut daemon = Daemon {
+        balancer: Balancer::new(AyaDataplane::new(ebpf), &config, ifaces, capacity)?,
+        config,
+        attachments: Vec::new(),
+        status: HashMap::new(),
+    };
+    start_ebpf_logger(daemon.balancer.dataplane_mut());
+
+    // Fill everything (backends unusable), then resolve next hops, then attach.
+    daemon.balancer.apply()?;
+    daemon.refresh_next_hops().await?;
+    let attached = daemon.attach_all();
+    let outcome = match attached {
+        Ok(()) => {
+            info!(
+                virtual_servers = daemon.config.virtual_servers.len(),
+                backends = daemon.config.backend_count(),
+                usable = daemon.balancer.backends().filter(|b| b.usable()).count(),
+                "ikelb running; SIGINT or SIGTERM stops it"
+            );
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RESOLVE_INTERVAL, RESOLVE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
+                    _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
+                    _ = tick.tick() => {
+                        if let Err(e) = daemon.refresh_next_hops().await {
+                            // The mirror is only advanced on success: the next tick retries.
+                            warn!("updating the maps failed, retrying in {}: {e}", humantime::format_duration(RESOLVE_INTERVAL));
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let detached = daemon.detach_all();
+    daemon.log_counters();
+    outcome.and(detached)
+}
+
+/// Loads the embedded object with the config's globals and map sizes and loads the XDP
+/// program into the kernel (not attached).
+fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(DaemonError::NoObject);
+    }
+    raise_memlock_limit();
+    let services = config.virtual_servers.len() as u32;
+    let v6_services = config.virtual_servers.iter().filter(|vs| vs.vip.is_ipv6()).count() as u32;
+    let ring_size = config.maglev_table_size;
+    let ticks = config.persist_timeout_ticks();
+    let seed = config.hash_seed;
+    let dsr = u32::from(config.mode == Mode::Dsr);
+    // Config validation bounds services × 2 × M below 2^32.
+    let rings = services * 2 * ring_size;
+    // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
+    // every entry, and with no IPv6 service nothing is ever inserted there.
+    let v6_persist = if v6_services == 0 { 1 } else { config.persistence_entries };
+    debug!(ring_size, ticks, seed, dsr, rings, backend_capacity, "loading the XDP object");
+    let ebpf = EbpfLoader::new()
+        .override_global(globals::RING_SIZE, &ring_size, true)
+        .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
+        .override_global(globals::HASH_SEED, &seed, true)
+        .override_global(globals::MODE_DSR, &dsr, true)
+        .map_max_entries(maps::RINGS, rings)
+        .map_max_entries(maps::SERVICES, services)
+        .map_max_entries(maps::VIPS_V4, services)
+        .map_max_entries(maps::VIPS_V6, v6_services.max(1))
+        .map_max_entries(maps::BACKENDS, backend_capacity)
+        .map_max_entries(maps::BACKEND_IDS_V4, backend_capacity)
+        .map_max_entries(maps::BACKEND_IDS_V6, backend_capacity)
+        .map_max_entries(maps::BACKEND_STATS, backend_capacity * 2)
+        .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
+        .map_max_entries(maps::PERSIST_V6, v6_persist)
+        .load(EBPF_OBJECT)
+        .map_err(|source| DaemonError::Load { source })?;
+    let mut ebpf = ebpf;
+    let prog = xdp_program(&mut ebpf)?;
+    prog.load().map_err(|source| DaemonError::LoadProgram { name: XDP_PROGRAM, source })?;
+    info!(program = XDP_PROGRAM, ring_size, persist_timeout_ticks = ticks, hash_seed = seed, dsr = dsr == 1, "XDP program loaded");
+    Ok(ebpf)
+}
+
+fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(DaemonError::MissingProgram { name: XDP_PROGRAM })?
+        .try_into()
+        .map_err(|source| DaemonError::ProgramType { name: XDP_PROGRAM, source })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and ignore
+/// it. Raising it is harmless either way.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!("raising RLIMIT_MEMLOCK failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Relays the XDP program's aya-log records (rare events only) to our log.
+fn start_ebpf_logger(dp: &mut AyaDataplane) {
+    match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring buffer map's fd, which stays open and the same
+            // for the logger's whole life; the AsyncFd owns the logger.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+            };
+            match registered {
+                Ok(mut fd) => {
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(mut guard) = fd.readable_mut().await else { break };
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+                Err(e) => warn!("cannot poll the XDP program's log: {e}"),
+            }
+        }
+        Err(e) => debug!("the XDP program does not log (no aya-log map): {e}"),
+    }
+}
+
+impl Daemon {
+    /// Resolves every backend's next hop (in the blocking pool: it runs `ip` and waits for
+    /// ARP), records changes and applies them.
+    async fn refresh_next_hops(&mut self) -> Result<(), StateError> {
+        let targets: Vec<(u32, IpAddr)> = self.balancer.backends().map(|b| (b.id, b.address)).collect();
+        let interfaces = self.config.interfaces.clone();
+        let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
+        let results = tokio::task::spawn_blocking(move || IpCommand.resolve_all(&addrs, &interfaces))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        for ((id, addr), result) in targets.into_iter().zip(results) {
+            let next_hop = self.note_next_hop(id, addr, result);
+            self.balancer.set_next_hop(id, next_hop)?;
+        }
+        let report = self.balancer.apply()?;
+        for (service, slots) in &report.flips {
+            let name = &self.balancer.services()[*service as usize].name;
+            info!(virtual_server = %name, slots_written = slots, "Maglev table rebuilt and flipped");
+        }
+        Ok(())
+    }
+
+    /// Turns a resolution result into a next hop, logging transitions only.
+    fn note_next_hop(&mut self, id: u32, addr: IpAddr, result: Result<Resolved, ResolveError>) -> Option<NextHop> {
+        let vs = self
+            .balancer
+            .backend(id)
+            .map(|b| self.balancer.services()[b.service as usize].name.clone())
+            .unwrap_or_default();
+        let (status, next_hop) = match result {
+            Ok(r) => {
+                let port = self.config.interfaces.iter().position(|i| *i == r.dev).map(|p| p as u32);
+                let mac = format_mac(&r.mac);
+                let how = if r.via == addr { "on-link".to_owned() } else { format!("via {}", r.via) };
+                (format!("next hop {mac} on {} ({how})", r.dev), port.map(|port| NextHop { port, mac: r.mac }))
+            }
+            Err(e) => (e.to_string(), None),
+        };
+        if self.status.get(&id) != Some(&status) {
+            if next_hop.is_some() {
+                info!(virtual_server = %vs, backend = %addr, id, "backend usable: {status}");
+            } else {
+                warn!(
+                    virtual_server = %vs, backend = %addr, id,
+                    "backend unusable: {status}; retrying every {}", humantime::format_duration(RESOLVE_INTERVAL)
+                );
+            }
+            self.status.insert(id, status);
+        }
+        next_hop
+    }
+
+    fn attach_all(&mut self) -> Result<(), DaemonError> {
+        let mode = self.config.xdp_mode;
+        let ifaces: Vec<IfaceInfo> = self.balancer.ifaces().to_vec();
+        let prog = xdp_program(self.balancer.dataplane_mut().ebpf_mut())?;
+        for iface in ifaces {
+            let attempts: &[(XdpMode, &'static str)] = match mode {
+                XdpAttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+                XdpAttachMode::Native => &[(XdpMode::Driver, "native")],
+                XdpAttachMode::Generic => &[(XdpMode::Skb, "generic")],
+            };
+            let mut last_err = None;
+            for &(xdp_mode, name) in attempts {
+                match prog.attach_to_if_index(iface.ifindex, xdp_mode) {
+                    Ok(link) => {
+                        info!(interface = %iface.name, ifindex = iface.ifindex, mode = name, "XDP attached");
+                        self.attachments.push(Attachment { iface: iface.name.clone(), link, mode: name });
+                        last_err = None;
+                        break;
+                    }
+                    Err(source) => {
+                        if attempts.len() > 1 {
+                            info!(interface = %iface.name, "{name} XDP unavailable ({source}); trying the next mode");
+                        }
+                        last_err = Some(DaemonError::Attach { iface: iface.name.clone(), mode: name, source });
+                    }
+                }
+            }
+            if let Some(e) = last_err {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches every attachment; reports the first failure after trying them all.
+    fn detach_all(&mut self) -> Result<(), DaemonError> {
+        let mut first_err = None;
+        let attachments = std::mem::take(&mut self.attachments);
+        let prog = match xdp_program(self.balancer.dataplane_mut().ebpf_mut()) {
+            Ok(p) => p,
+            Err(e) => return Err(e),
+        };
+        for a in attachments {
+            match prog.detach(a.link) {
+                Ok(()) => info!(interface = %a.iface, mode = a.mode, "XDP detached"),
+                Err(source) => {
+                    warn!(interface = %a.iface, "detaching failed: {source}");
+                    first_err.get_or_insert(DaemonError::Detach { iface: a.iface, source });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Logs the non-zero packet counters (the metrics endpoint arrives with the next issue).
+    fn log_counters(&self) {
+        match self.balancer.dataplane().counters() {
+            Ok(c) => {
+                let nonzero: Vec<String> = c
+                    .iter()
+                    .zip(counter::LABELS)
+                    .filter(|(n, _)| **n > 0)
+                    .map(|(n, (action, reason))| format!("{action}/{reason}={n}"))
+                    .collect();
+                info!("packet counters: {}", if nonzero.is_empty() { "none".to_owned() } else { nonzero.join(" ") });
+            }
+            Err(e) => debug!("reading counters: {e}"),
+        }
+    }
+}
+
+fn format_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}

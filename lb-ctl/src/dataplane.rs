@@ -1,0 +1,310 @@
+//! The BPF maps, behind a small trait (Katran's `BaseBpfAdapter`): [`AyaDataplane`] writes
+//! the real maps of a loaded [`aya::Ebpf`]; [`fake::FakeDataplane`] keeps them in memory and
+//! records every operation in order, so the control logic is unit-tested without root.
+//!
+//! The trait speaks the contract types of `lb-common` and nothing else; which map a value
+//! lands in (and in which byte order its key is) is decided here once.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, xdp::XdpMapError},
+    Ebpf, Pod,
+};
+use lb_common::{
+    counter, maps, Backend, Iface, PersistKeyV4, PersistValue, Service, FAMILY_V4,
+};
+
+/// A BPF map operation that failed, naming the map and the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("map {map} is not in the XDP object (is the embedded lb-ebpf older than lb-ctl?)")]
+    MissingMap { map: &'static str },
+    #[error("map {map} does not have the expected type: {source}")]
+    MapType { map: &'static str, source: MapError },
+    #[error("updating {map}[{key}]: {source}")]
+    Update { map: &'static str, key: String, source: MapError },
+    #[error("updating {map}[{key}]: {source}")]
+    UpdateDevMap { map: &'static str, key: String, source: XdpMapError },
+    #[error("reading {map}: {source}")]
+    Read { map: &'static str, source: MapError },
+}
+
+/// What the control plane needs from the data path.
+pub trait Dataplane {
+    /// Records interface `port` (its position in the config's `interfaces`): `IFACES[port]`,
+    /// `IFINDEX_PORTS[ifindex] = port` and the devmap entry `TX_PORTS[port] = ifindex`.
+    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError>;
+
+    /// Writes a service's value to `VIPS_V4`/`VIPS_V6` (by family, keyed by VIP) and to
+    /// `SERVICES[id]`.
+    fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError>;
+
+    /// Makes `service.ring_base` the active table: the same writes as [`set_service`], in
+    /// the same order (VIP map first, the forward path's entry point). Called only after the
+    /// new table's slots are written.
+    ///
+    /// [`set_service`]: Dataplane::set_service
+    fn flip(&mut self, service: &Service) -> Result<(), DataplaneError> {
+        self.set_service(service)
+    }
+
+    /// Writes `BACKENDS[id]` and the reverse-path index `BACKEND_IDS_V4/V6[addr] = id`.
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError>;
+
+    /// Writes `RINGS[index] = value` for each pair (absolute indices).
+    fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+
+    /// `COUNTERS`, summed over CPUs, indexed like [`lb_common::counter`].
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
+
+    /// Every entry of `PERSIST_V4`.
+    fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+}
+
+/// Wire-order words of an address: IPv4 in word 0 (see `lb-common`, "Byte order").
+pub fn addr_words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+        }
+    }
+}
+
+/// Inverse of [`addr_words`].
+pub fn words_addr(family: u32, words: &[u32; 4]) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
+/// A port in wire order (the two header bytes loaded natively).
+pub fn port_wire(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// The maps of a loaded `lb-ebpf` object.
+pub struct AyaDataplane {
+    ebpf: Ebpf,
+}
+
+impl AyaDataplane {
+    pub fn new(ebpf: Ebpf) -> Self {
+        Self { ebpf }
+    }
+
+    /// The object, for attaching and detaching its program.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    fn map_mut(&mut self, map: &'static str) -> Result<&mut Map, DataplaneError> {
+        self.ebpf.map_mut(map).ok_or(DataplaneError::MissingMap { map })
+    }
+
+    fn map(&self, map: &'static str) -> Result<&Map, DataplaneError> {
+        self.ebpf.map(map).ok_or(DataplaneError::MissingMap { map })
+    }
+
+    fn hash_insert<K: Pod + std::fmt::Debug, V: Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+        value: V,
+    ) -> Result<(), DataplaneError> {
+        let mut m: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        m.insert(key, value, 0)
+            .map_err(|source| DataplaneError::Update { map, key: format!("{key:?}"), source })
+    }
+
+    fn array_set<V: Pod>(&mut self, map: &'static str, index: u32, value: V) -> Result<(), DataplaneError> {
+        let mut m: Array<&mut MapData, V> =
+            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        m.set(index, value, 0)
+            .map_err(|source| DataplaneError::Update { map, key: index.to_string(), source })
+    }
+}
+
+impl Dataplane for AyaDataplane {
+    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
+        self.array_set(maps::IFACES, port, *iface)?;
+        self.hash_insert(maps::IFINDEX_PORTS, iface.ifindex, port)?;
+        let map = maps::TX_PORTS;
+        let mut tx: DevMap<&mut MapData> =
+            DevMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        tx.set(port, iface.ifindex, None, 0)
+            .map_err(|source| DataplaneError::UpdateDevMap { map, key: port.to_string(), source })
+    }
+
+    fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError> {
+        if service.family == FAMILY_V4 {
+            self.hash_insert(maps::VIPS_V4, service.vip[0], *service)?;
+        } else {
+            self.hash_insert(maps::VIPS_V6, service.vip, *service)?;
+        }
+        self.array_set(maps::SERVICES, service.id, *service)
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.array_set(maps::BACKENDS, id, *backend)?;
+        // The family of a backend is its service's; an IPv4 address has words 1–3 zero and
+        // no IPv6 backend is accepted yet (config refuses them).
+        if backend.addr[1..] == [0, 0, 0] {
+            self.hash_insert(maps::BACKEND_IDS_V4, backend.addr[0], id)
+        } else {
+            self.hash_insert(maps::BACKEND_IDS_V6, backend.addr, id)
+        }
+    }
+
+    fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        let map = maps::RINGS;
+        let mut rings: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        for &(index, value) in slots {
+            rings
+                .set(index, value, 0)
+                .map_err(|source| DataplaneError::Update { map, key: index.to_string(), source })?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+        let map = maps::COUNTERS;
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        (0..counter::COUNT)
+            .map(|i| {
+                c.get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|source| DataplaneError::Read { map, source })
+            })
+            .collect()
+    }
+
+    fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+        let map = maps::PERSIST_V4;
+        let m: HashMap<&MapData, PersistKeyV4, PersistValue> =
+            HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
+        m.iter()
+            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
+            .map(|r| r.map_err(|source| DataplaneError::Read { map, source }))
+            .collect()
+    }
+}
+
+pub mod fake {
+    //! An in-memory [`Dataplane`] that records every operation in order.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// One recorded operation.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Op {
+        SetIface { port: u32, ifindex: u32 },
+        SetService { id: u32, ring_base: u32 },
+        Flip { id: u32, ring_base: u32 },
+        SetBackend { id: u32, flags: u32 },
+        /// `count` slots written, the lowest and highest index among them.
+        RingSlots { count: usize, first: u32, last: u32 },
+    }
+
+    #[derive(Debug, Default)]
+    pub struct FakeDataplane {
+        pub ops: Vec<Op>,
+        pub ifaces: BTreeMap<u32, Iface>,
+        pub ifindex_ports: BTreeMap<u32, u32>,
+        pub vips: BTreeMap<[u32; 4], Service>,
+        pub services: BTreeMap<u32, Service>,
+        pub backends: BTreeMap<u32, Backend>,
+        pub backend_ids: BTreeMap<[u32; 4], u32>,
+        pub rings: BTreeMap<u32, u32>,
+        pub counters: Vec<u64>,
+        pub persist_v4: Vec<(PersistKeyV4, PersistValue)>,
+    }
+
+    impl FakeDataplane {
+        /// The table starting at `base` as the data path would read it (unwritten slots 0).
+        pub fn table(&self, base: u32, size: u32) -> Vec<u32> {
+            (base..base + size).map(|i| self.rings.get(&i).copied().unwrap_or(0)).collect()
+        }
+
+        fn store_service(&mut self, s: &Service) {
+            self.vips.insert(s.vip, *s);
+            self.services.insert(s.id, *s);
+        }
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
+            self.ops.push(Op::SetIface { port, ifindex: iface.ifindex });
+            self.ifaces.insert(port, *iface);
+            self.ifindex_ports.insert(iface.ifindex, port);
+            Ok(())
+        }
+
+        fn set_service(&mut self, s: &Service) -> Result<(), DataplaneError> {
+            self.ops.push(Op::SetService { id: s.id, ring_base: s.ring_base });
+            self.store_service(s);
+            Ok(())
+        }
+
+        fn flip(&mut self, s: &Service) -> Result<(), DataplaneError> {
+            self.ops.push(Op::Flip { id: s.id, ring_base: s.ring_base });
+            self.store_service(s);
+            Ok(())
+        }
+
+        fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
+            self.ops.push(Op::SetBackend { id, flags: b.flags });
+            self.backends.insert(id, *b);
+            self.backend_ids.insert(b.addr, id);
+            Ok(())
+        }
+
+        fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+            let first = slots.iter().map(|s| s.0).min().unwrap_or(0);
+            let last = slots.iter().map(|s| s.0).max().unwrap_or(0);
+            self.ops.push(Op::RingSlots { count: slots.len(), first, last });
+            self.rings.extend(slots.iter().copied());
+            Ok(())
+        }
+
+        fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+            let mut c = self.counters.clone();
+            c.resize(counter::COUNT as usize, 0);
+            Ok(c)
+        }
+
+        fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+            Ok(self.persist_v4.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_ports_are_wire_order() {
+        let ip: IpAddr = "10.0.0.11".parse().unwrap();
+        let w = addr_words(ip);
+        assert_eq!(w[0].to_ne_bytes(), [10, 0, 0, 11]);
+        assert_eq!(words_addr(FAMILY_V4, &w), ip);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(words_addr(lb_common::FAMILY_V6, &addr_words(v6)), v6);
+        assert_eq!(port_wire(4500).to_ne_bytes(), [0x11, 0x94]);
+    }
+}

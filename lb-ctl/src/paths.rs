@@ -1,0 +1,23 @@
+//! Every filesystem location lb-ctl uses by default, in one place (bpfman's `directories.rs`).
+//! No other module spells a path: they take these as defaults and let the config override
+//! them.
+
+/// The daemon's configuration file (`lb-ctl daemon --config` default).
+pub const CONFIG_FILE: &str = "/etc/ikelb/ikelb.yaml";
+
+/// Root-only Unix socket between the daemon and the operator commands (config
+/// `control.socket` default).
+pub const CONTROL_SOCKET: &str = "/run/ikelb/ctl.sock";
+
+/// Where runtime changes (backend add/remove) are persisted (config `state_dir` default).
+pub const STATE_DIR: &str = "/var/lib/ikelb";
+
+/// Pin root for maps and the XDP link, on a bpffs (config `bpffs` default).
+pub const BPFFS: &str = "/sys/fs/bpf/ikelb";
+
+/// Per-interface attributes (`address` = MAC). Under `ip netns exec` sysfs is remounted for
+/// the namespace, so this shows the namespace's interfaces.
+pub const SYSFS_NET: &str = "/sys/class/net";
+
+/// The iproute2 binary used for route and neighbour look-ups (`ip -j`), found on `PATH`.
+pub const IP_COMMAND: &str = "ip";
