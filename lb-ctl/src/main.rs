@@ -1,6 +1,8 @@
 //! `lb-ctl`: the ikelb daemon and operator commands. Exit status 0 on success; otherwise
 //! non-zero with the reason on stderr (one line per problem).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use lb_ctl::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
@@ -10,6 +12,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
