@@ -19,11 +19,17 @@ pub struct Verdict {
 
 impl Verdict {
     const fn pass(counter: u32) -> Self {
-        Self { action: XDP_PASS, counter }
+        Self {
+            action: XDP_PASS,
+            counter,
+        }
     }
 
     const fn drop(counter: u32) -> Self {
-        Self { action: XDP_DROP, counter }
+        Self {
+            action: XDP_DROP,
+            counter,
+        }
     }
 
     /// Counts the verdict and returns its action (the entry point's `unwrap_or_else`).

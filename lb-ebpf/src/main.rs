@@ -56,7 +56,7 @@ mod prog {
     #[inline(always)]
     fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, Verdict> {
         // SAFETY: a plain-old-data map value, read-only here.
-        match unsafe { VIPS_V4.get(&parse::daddr(ip)) } {
+        match unsafe { VIPS_V4.get(parse::daddr(ip)) } {
             Some(svc) => forward_v4(ctx, eth, ip, svc),
             None => reverse_v4(ctx, eth, ip),
         }
@@ -82,7 +82,11 @@ mod prog {
         let b = unsafe { &*choice.backend };
         rewrite::forward_v4(eth, ip, udp, b, !maps::mode_dsr());
         let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
-        let counter = if choice.persisted { counter::FORWARD } else { counter::FORWARD_PERSIST_FULL };
+        let counter = if choice.persisted {
+            counter::FORWARD
+        } else {
+            counter::FORWARD_PERSIST_FULL
+        };
         counters::forwarded(counter, choice.id, DIR_FORWARD, parse::frame_len(ctx));
         Ok(action)
     }
@@ -105,9 +109,9 @@ mod prog {
             return Err(PASS_TTL);
         }
         // SAFETY: pointers into the PERSIST_V4 and IFACES maps.
-        let (client_mac, port) = unsafe { ((*entry).client_mac, (*entry).port) };
+        let (client_mac, port) = unsafe { (&(*entry).client_mac, (*entry).port) };
         let iface = unsafe { &*IFACES.get_ptr(u32::from(port)).ok_or(DROP_BAD_BACKEND)? };
-        rewrite::reverse_v4(eth, ip, udp, svc.vip[0], &client_mac, &iface.mac);
+        rewrite::reverse_v4(eth, ip, udp, svc.vip[0], client_mac, &iface.mac);
         let action = rewrite::send(ctx, iface.ifindex, u32::from(port))?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
         Ok(action)

@@ -52,8 +52,7 @@ pub static BACKEND_IDS_V4: HashMap<u32, u32> = HashMap::with_max_entries(BACKEND
 /// Key: backend address (IPv6, wire order words). Value: backend id. Written by the daemon;
 /// not read yet.
 #[map]
-pub static BACKEND_IDS_V6: HashMap<[u32; 4], u32> =
-    HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
+pub static BACKEND_IDS_V6: HashMap<[u32; 4], u32> = HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
 
 /// Key: (service id, client address). Value: [`PersistValue`] (backend, last seen, where the
 /// client's frames come from). Written by the forward path (insert on a miss, in-place

@@ -10,6 +10,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use crate::{
     counters::{Verdict, DROP_BAD_BACKEND},
     maps::TX_PORTS,
+    parse::{load16, load32, load_mac, store16, store32, store_mac},
 };
 
 /// Client → backend. NAT: destination VIP → backend address (IP and UDP checksums; the client
@@ -25,17 +26,17 @@ pub fn forward_v4(
 ) {
     // SAFETY: bounds-checked header pointers (module docs).
     unsafe {
-        let mut check = u16::from_ne_bytes((*ip).check);
+        let mut check = load16(&(*ip).check);
         if nat {
-            let old = u32::from_ne_bytes((*ip).dst_addr);
+            let old = load32(&(*ip).dst_addr);
             let new = b.addr[0];
-            (*ip).dst_addr = new.to_ne_bytes();
+            store32(&mut (*ip).dst_addr, new);
             check = csum::replace32(check, old, new);
             fix_udp(udp, old, new);
         }
-        (*ip).check = decrement_ttl(ip, check).to_ne_bytes();
-        (*eth).dst_addr = b.dmac;
-        (*eth).src_addr = b.smac;
+        store16(&mut (*ip).check, decrement_ttl(ip, check));
+        store_mac(&mut (*eth).dst_addr, load_mac(&b.dmac));
+        store_mac(&mut (*eth).src_addr, load_mac(&b.smac));
     }
 }
 
@@ -52,13 +53,13 @@ pub fn reverse_v4(
 ) {
     // SAFETY: bounds-checked header pointers (module docs).
     unsafe {
-        let old = u32::from_ne_bytes((*ip).src_addr);
-        (*ip).src_addr = vip.to_ne_bytes();
-        let check = csum::replace32(u16::from_ne_bytes((*ip).check), old, vip);
-        (*ip).check = decrement_ttl(ip, check).to_ne_bytes();
+        let old = load32(&(*ip).src_addr);
+        store32(&mut (*ip).src_addr, vip);
+        let check = csum::replace32(load16(&(*ip).check), old, vip);
+        store16(&mut (*ip).check, decrement_ttl(ip, check));
         fix_udp(udp, old, vip);
-        (*eth).dst_addr = *dst_mac;
-        (*eth).src_addr = *src_mac;
+        store_mac(&mut (*eth).dst_addr, load_mac(dst_mac));
+        store_mac(&mut (*eth).src_addr, load_mac(src_mac));
     }
 }
 
@@ -69,8 +70,8 @@ unsafe fn fix_udp(udp: Option<*mut UdpHdr>, old: u32, new: u32) {
     if let Some(udp) = udp {
         // SAFETY: caller's bounds-checked header.
         unsafe {
-            let c = csum::udp_replace32(u16::from_ne_bytes((*udp).check), old, new);
-            (*udp).check = c.to_ne_bytes();
+            let c = csum::udp_replace32(load16(&(*udp).check), old, new);
+            store16(&mut (*udp).check, c);
         }
     }
 }
@@ -81,9 +82,13 @@ unsafe fn fix_udp(udp: Option<*mut UdpHdr>, old: u32, new: u32) {
 unsafe fn decrement_ttl(ip: *mut Ipv4Hdr, check: u16) -> u16 {
     // SAFETY: caller's bounds-checked header.
     unsafe {
-        let (ttl, proto) = ((*ip).ttl, (*ip).proto);
-        (*ip).ttl = ttl.wrapping_sub(1);
-        csum::replace16(check, u16::from_ne_bytes([ttl, proto]), u16::from_ne_bytes([ttl.wrapping_sub(1), proto]))
+        // TTL is the high byte of the TTL/protocol word in wire order: TTL − 1 is the word
+        // minus 0x0100 (no borrow: TTL > 1 here), i.e. minus `0x0100u16.to_be()` as loaded.
+        let field = (&raw mut (*ip).ttl).cast::<[u8; 2]>();
+        let old = load16(field);
+        let new = old.wrapping_sub(0x0100u16.to_be());
+        store16(field, new);
+        csum::replace16(check, old, new)
     }
 }
 

@@ -11,6 +11,7 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::{Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, PASS_NOT_CLIENT, PASS_NOT_VIP},
     maps::{self, BACKENDS, BACKEND_IDS_V4, IFINDEX_PORTS, PERSIST_V4, RINGS, SERVICES},
+    parse::{load_mac, store_mac},
 };
 
 /// Port recorded for a client whose ingress interface is not in `IFINDEX_PORTS` (the daemon
@@ -52,7 +53,7 @@ pub fn backend(id: u32) -> Option<*const Backend> {
 fn ingress_port(ctx: &XdpContext) -> u8 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: plain-old-data value read once.
-    match unsafe { IFINDEX_PORTS.get(&ifindex) } {
+    match unsafe { IFINDEX_PORTS.get(ifindex) } {
         Some(&p) if p < u32::from(PORT_UNKNOWN) => p as u8,
         _ => PORT_UNKNOWN,
     }
@@ -71,12 +72,15 @@ pub fn forward_v4(
     svc: &Service,
     saddr: u32,
 ) -> Result<Choice, Verdict> {
-    let key = PersistKeyV4 { service: svc.id, client: saddr };
+    let key = PersistKeyV4 {
+        service: svc.id,
+        client: saddr,
+    };
     let now = now_ticks();
     // SAFETY (entry accesses): a pointer into the LRU map's value. A concurrent eviction can
     // recycle it under us; the worst outcome is one stale or lost entry update.
-    let src_mac = unsafe { (*eth).src_addr };
-    let entry = PERSIST_V4.get_ptr_mut(&key);
+    let src_mac = unsafe { load_mac(&(*eth).src_addr) };
+    let entry = PERSIST_V4.get_ptr_mut(key);
     if let Some(e) = entry {
         let id = unsafe { (*e).backend };
         if let Some(b) = backend(id) {
@@ -87,12 +91,16 @@ pub fn forward_v4(
                     if atime != now {
                         (*e).atime = now;
                     }
-                    if (*e).client_mac != src_mac {
-                        (*e).client_mac = src_mac;
+                    if load_mac(&(*e).client_mac) != src_mac {
+                        store_mac(&mut (*e).client_mac, src_mac);
                         (*e).port = ingress_port(ctx);
                     }
                 }
-                return Ok(Choice { id, backend: b, persisted: true });
+                return Ok(Choice {
+                    id,
+                    backend: b,
+                    persisted: true,
+                });
             }
         }
     }
@@ -108,22 +116,28 @@ pub fn forward_v4(
         return Err(DROP_NO_BACKEND);
     }
     let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
-    let value = PersistValue {
+    let mut value = PersistValue {
         backend: id,
         atime: now,
-        client_mac: src_mac,
+        client_mac: [0; 6],
         port: ingress_port(ctx),
         _pad: 0,
     };
+    // SAFETY: a field of a local.
+    unsafe { store_mac(&mut value.client_mac, src_mac) };
     let persisted = match entry {
         Some(e) => {
             // Re-selection: overwrite in place, no LRU insert (and no eviction) needed.
             unsafe { *e = value };
             true
         }
-        None => PERSIST_V4.insert(&key, &value, 0).is_ok(),
+        None => PERSIST_V4.insert(key, value, 0).is_ok(),
     };
-    Ok(Choice { id, backend: b, persisted })
+    Ok(Choice {
+        id,
+        backend: b,
+        persisted,
+    })
 }
 
 /// The backend whose address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is no
@@ -132,10 +146,12 @@ pub fn forward_v4(
 #[inline(always)]
 pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Service), Verdict> {
     // SAFETY: plain-old-data value read once.
-    let id = *unsafe { BACKEND_IDS_V4.get(&saddr) }.ok_or(PASS_NOT_VIP)?;
+    let id = *unsafe { BACKEND_IDS_V4.get(saddr) }.ok_or(PASS_NOT_VIP)?;
     let b = backend(id).ok_or(PASS_NOT_CLIENT)?;
     // SAFETY: a pointer into the array map's value area.
-    let svc = SERVICES.get_ptr(unsafe { (*b).service }).ok_or(PASS_NOT_CLIENT)?;
+    let svc = SERVICES
+        .get_ptr(unsafe { (*b).service })
+        .ok_or(PASS_NOT_CLIENT)?;
     Ok((id, svc))
 }
 
@@ -144,8 +160,11 @@ pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Service), Verdict> 
 /// another backend's client — is `PASS_NOT_CLIENT`).
 #[inline(always)]
 pub fn client_entry_v4(svc: &Service, id: u32, daddr: u32) -> Result<*const PersistValue, Verdict> {
-    let key = PersistKeyV4 { service: svc.id, client: daddr };
-    let e = PERSIST_V4.get_ptr(&key).ok_or(PASS_NOT_CLIENT)?;
+    let key = PersistKeyV4 {
+        service: svc.id,
+        client: daddr,
+    };
+    let e = PERSIST_V4.get_ptr(key).ok_or(PASS_NOT_CLIENT)?;
     // SAFETY: see `forward_v4`.
     if unsafe { (*e).backend } != id {
         return Err(PASS_NOT_CLIENT);

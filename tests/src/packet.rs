@@ -36,7 +36,14 @@ pub struct Ipv4Frame {
 
 impl Ipv4Frame {
     /// A frame with protocol `proto` and an opaque payload.
-    pub fn raw(eth_src: Mac, eth_dst: Mac, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Self {
+    pub fn raw(
+        eth_src: Mac,
+        eth_dst: Mac,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        payload: &[u8],
+    ) -> Self {
         Self {
             eth_src,
             eth_dst,
@@ -89,7 +96,11 @@ impl Ipv4Frame {
     /// The datagram with new addresses and every checksum recomputed from scratch — what a
     /// correct NAT produces. (`udp` frames only; other payloads are copied unchanged.)
     pub fn readdressed(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        let mut f = Self { src, dst, ..self.clone() };
+        let mut f = Self {
+            src,
+            dst,
+            ..self.clone()
+        };
         if f.proto == PROTO_UDP && f.frag_offset == 0 && !f.more_fragments {
             let (udp, data) = UdpHeader::from_slice(&self.payload).expect("a UDP header");
             if udp.checksum != 0 {

@@ -39,8 +39,11 @@ const RING: u32 = 251;
 const SEED: u32 = 0x5eed;
 const SERVICE_ID: u32 = 1;
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const BACKEND_ADDRS: [Ipv4Addr; 3] =
-    [Ipv4Addr::new(10, 0, 0, 11), Ipv4Addr::new(10, 0, 0, 12), Ipv4Addr::new(10, 0, 0, 13)];
+const BACKEND_ADDRS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 0, 0, 11),
+    Ipv4Addr::new(10, 0, 0, 12),
+    Ipv4Addr::new(10, 0, 0, 13),
+];
 const GATEWAY_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 /// `lo`, where `test_run` delivers frames.
@@ -88,7 +91,11 @@ struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Self { topology: Topology::TwoArm, dsr: false, persist_timeout_ticks: 1676 }
+        Self {
+            topology: Topology::TwoArm,
+            dsr: false,
+            persist_timeout_ticks: 1676,
+        }
     }
 }
 
@@ -118,7 +125,11 @@ impl Lb {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::RING_SIZE, &RING, true)
             .override_global(globals::HASH_SEED, &SEED, true)
-            .override_global(globals::PERSIST_TIMEOUT_TICKS, &setup.persist_timeout_ticks, true)
+            .override_global(
+                globals::PERSIST_TIMEOUT_TICKS,
+                &setup.persist_timeout_ticks,
+                true,
+            )
             .override_global(globals::MODE_DSR, &dsr, true)
             .map_max_entries(maps::RINGS, 4 * RING)
             .map_max_entries(maps::PERSIST_V4, 64)
@@ -148,7 +159,11 @@ impl Lb {
             udp_ports,
             tcp_ports: [0; lb_common::MAX_PORTS],
         };
-        let mut lb = Self { ebpf, setup, service };
+        let mut lb = Self {
+            ebpf,
+            setup,
+            service,
+        };
         lb.fill();
         Some(lb)
     }
@@ -165,8 +180,28 @@ impl Lb {
         services.set(SERVICE_ID, service, 0).unwrap();
 
         let mut ifaces: Array<_, Iface> = self.map(maps::IFACES);
-        ifaces.set(PORT_EXT, Iface { ifindex: ext_ifindex, mac: EXT_MAC, _pad: [0; 2] }, 0).unwrap();
-        ifaces.set(PORT_INT, Iface { ifindex: int_ifindex, mac: INT_MAC, _pad: [0; 2] }, 0).unwrap();
+        ifaces
+            .set(
+                PORT_EXT,
+                Iface {
+                    ifindex: ext_ifindex,
+                    mac: EXT_MAC,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+        ifaces
+            .set(
+                PORT_INT,
+                Iface {
+                    ifindex: int_ifindex,
+                    mac: INT_MAC,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
         let mut ports: HashMap<_, u32, u32> = self.map(maps::IFINDEX_PORTS);
         ports.insert(LO, PORT_EXT, 0).unwrap();
         let mut tx: DevMap<_> = self.map(maps::TX_PORTS);
@@ -178,7 +213,11 @@ impl Lb {
             ids.insert(wire32(*addr), i as u32 + 1, 0).unwrap();
         }
         for id in 1..=BACKEND_ADDRS.len() as u32 {
-            let smac = if backend_port == PORT_INT { INT_MAC } else { EXT_MAC };
+            let smac = if backend_port == PORT_INT {
+                INT_MAC
+            } else {
+                EXT_MAC
+            };
             self.set_backend(
                 id,
                 Backend {
@@ -199,7 +238,11 @@ impl Lb {
     where
         M::Error: std::fmt::Debug,
     {
-        self.ebpf.map_mut(name).unwrap_or_else(|| panic!("map {name}")).try_into().unwrap()
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name}"))
+            .try_into()
+            .unwrap()
     }
 
     /// The Maglev table over the three backends, with `down` ids unusable.
@@ -244,32 +287,48 @@ impl Lb {
     }
 
     fn persisted(&mut self, client: Ipv4Addr) -> Option<PersistValue> {
-        let key = PersistKeyV4 { service: SERVICE_ID, client: wire32(client) };
+        let key = PersistKeyV4 {
+            service: SERVICE_ID,
+            client: wire32(client),
+        };
         let persist: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
         persist.get(&key, 0).ok()
     }
 
     fn persist(&mut self, client: Ipv4Addr, v: PersistValue) {
-        let key = PersistKeyV4 { service: SERVICE_ID, client: wire32(client) };
+        let key = PersistKeyV4 {
+            service: SERVICE_ID,
+            client: wire32(client),
+        };
         let mut persist: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
         persist.insert(key, v, 0).unwrap();
     }
 
     fn counters(&mut self) -> Vec<u64> {
         let c: PerCpuArray<_, u64> = self.map(maps::COUNTERS);
-        (0..counter::COUNT).map(|i| c.get(&i, 0).unwrap().iter().sum()).collect()
+        (0..counter::COUNT)
+            .map(|i| c.get(&i, 0).unwrap().iter().sum())
+            .collect()
     }
 
     fn traffic(&mut self, id: u32, dir: u32) -> Traffic {
         let s: PerCpuArray<_, Traffic> = self.map(maps::BACKEND_STATS);
-        s.get(&(id * 2 + dir), 0).unwrap().iter().fold(Traffic::default(), |a, t| Traffic {
-            packets: a.packets + t.packets,
-            bytes: a.bytes + t.bytes,
-        })
+        s.get(&(id * 2 + dir), 0)
+            .unwrap()
+            .iter()
+            .fold(Traffic::default(), |a, t| Traffic {
+                packets: a.packets + t.packets,
+                bytes: a.bytes + t.bytes,
+            })
     }
 
     fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.ebpf.program(lb_ctl::XDP_PROGRAM).unwrap().try_into().unwrap();
+        let prog: &Xdp = self
+            .ebpf
+            .program(lb_ctl::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut out = vec![0u8; input.len() + 256];
         let r = prog
             .test_run(TestRunOptions {
@@ -297,11 +356,18 @@ impl Lb {
                 Expect::Tx(f) => (XDP_TX, Some(f)),
             };
             if action != want_action {
-                failures.push(format!("{}: action {action}, want {want_action}", case.name));
+                failures.push(format!(
+                    "{}: action {action}, want {want_action}",
+                    case.name
+                ));
             }
             if let Some(want) = want_frame {
                 if &out != want {
-                    failures.push(format!("{}: output frame differs: {}", case.name, diff(&out, want)));
+                    failures.push(format!(
+                        "{}: output frame differs: {}",
+                        case.name,
+                        diff(&out, want)
+                    ));
                 }
             }
             let deltas: Vec<(&str, u64)> = before
@@ -313,16 +379,28 @@ impl Lb {
                 .collect();
             let want = vec![(counter::LABELS[case.counter as usize].1, 1)];
             if deltas != want {
-                failures.push(format!("{}: counter deltas {deltas:?}, want {want:?}", case.name));
+                failures.push(format!(
+                    "{}: counter deltas {deltas:?}, want {want:?}",
+                    case.name
+                ));
             }
         }
-        assert!(failures.is_empty(), "{} row(s) failed:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} row(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
 /// Where two frames differ, with the bytes around it.
 fn diff(got: &[u8], want: &[u8]) -> String {
-    let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
     let window = |b: &[u8]| -> String {
         b[at.saturating_sub(8).min(b.len())..(at + 16).min(b.len())]
             .iter()
@@ -357,7 +435,12 @@ struct Case {
 }
 
 fn case(name: &'static str, input: Vec<u8>, expect: Expect, counter: u32) -> Case {
-    Case { name, input, expect, counter }
+    Case {
+        name,
+        input,
+        expect,
+        counter,
+    }
 }
 
 const C1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -382,20 +465,29 @@ fn forwarded(f: &Ipv4Frame, id: u32) -> Vec<u8> {
 /// As [`forwarded`], leaving by the interface whose MAC is `smac`.
 fn forwarded_from(f: &Ipv4Frame, id: u32, smac: Mac) -> Vec<u8> {
     let addr = BACKEND_ADDRS[id as usize - 1];
-    f.readdressed(f.src, addr).with_ttl(f.ttl - 1).with_macs(smac, backend_mac(id)).bytes()
+    f.readdressed(f.src, addr)
+        .with_ttl(f.ttl - 1)
+        .with_macs(smac, backend_mac(id))
+        .bytes()
 }
 
 /// The two fragments of `whole` after a correct forward NAT to `addr`: the first fragment's
 /// UDP checksum covers the whole datagram, so it is computed on the rewritten whole.
 fn nat_fragments(whole: &Ipv4Frame, addr: Ipv4Addr, smac: Mac, dmac: Mac) -> (Vec<u8>, Vec<u8>) {
-    let out = whole.readdressed(whole.src, addr).with_ttl(whole.ttl - 1).with_macs(smac, dmac);
+    let out = whole
+        .readdressed(whole.src, addr)
+        .with_ttl(whole.ttl - 1)
+        .with_macs(smac, dmac);
     let (a, b) = out.fragments(FRAG_LEN);
     (a.bytes(), b.bytes())
 }
 
 /// As [`nat_fragments`] for a backend's reply going back to its client.
 fn reverse_fragments(whole: &Ipv4Frame) -> (Vec<u8>, Vec<u8>) {
-    let out = whole.readdressed(VIP, whole.dst).with_ttl(whole.ttl - 1).with_macs(EXT_MAC, ROUTER_MAC);
+    let out = whole
+        .readdressed(VIP, whole.dst)
+        .with_ttl(whole.ttl - 1)
+        .with_macs(EXT_MAC, ROUTER_MAC);
     let (a, b) = out.fragments(FRAG_LEN);
     (a.bytes(), b.bytes())
 }
@@ -416,12 +508,17 @@ fn from_backend(id: u32, sport: u16, client: Ipv4Addr, dport: u16, data: &[u8]) 
 
 /// What a correct reverse NAT makes of `f`: source VIP, MACs toward the client's router.
 fn reversed(f: &Ipv4Frame, router: Mac) -> Vec<u8> {
-    f.readdressed(VIP, f.dst).with_ttl(f.ttl - 1).with_macs(EXT_MAC, router).bytes()
+    f.readdressed(VIP, f.dst)
+        .with_ttl(f.ttl - 1)
+        .with_macs(EXT_MAC, router)
+        .bytes()
 }
 
 #[test]
 fn forward_path() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let b1 = lb.ring_choice(C1);
     let b2 = lb.ring_choice(C2);
     let b3 = lb.ring_choice(C3);
@@ -434,12 +531,20 @@ fn forward_path() {
     // UDP header (whose checksum covers the whole datagram), the second has no ports.
     let big = to_vip(C2, 4500, 4500, &ike(1800));
     let (frag1, frag2) = big.fragments(FRAG_LEN);
-    let (frag1_out, frag2_out) = nat_fragments(&big, BACKEND_ADDRS[b2 as usize - 1], INT_MAC, backend_mac(b2));
+    let (frag1_out, frag2_out) = nat_fragments(
+        &big,
+        BACKEND_ADDRS[b2 as usize - 1],
+        INT_MAC,
+        backend_mac(b2),
+    );
     // C3 is first seen through a non-first fragment: steered by address alone.
     let (_, c3_frag2) = to_vip(C3, 4500, 4500, &ike(1800)).fragments(FRAG_LEN);
-    let esp_out = esp.readdressed(C1, BACKEND_ADDRS[b1 as usize - 1]).with_ttl(63);
+    let esp_out = esp
+        .readdressed(C1, BACKEND_ADDRS[b1 as usize - 1])
+        .with_ttl(63);
     let esp_out = esp_out.with_macs(INT_MAC, backend_mac(b1)).bytes();
 
+    #[rustfmt::skip]
     let rows = vec![
         case("UDP 500 to the VIP", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
         case("UDP 4500, same client", auth.bytes(), Expect::Redirect(forwarded(&auth, b1)), counter::FORWARD),
@@ -458,10 +563,16 @@ fn forward_path() {
     // Persistence entries remember the backend and where the client's frames came from.
     for (client, id) in [(C1, b1), (C2, b2), (C3, b3)] {
         let e = lb.persisted(client).expect("a persistence entry");
-        assert_eq!((e.backend, e.client_mac, e.port), (id, ROUTER_MAC, PORT_EXT as u8));
+        assert_eq!(
+            (e.backend, e.client_mac, e.port),
+            (id, ROUTER_MAC, PORT_EXT as u8)
+        );
     }
     // Per-backend traffic: every forwarded frame, its length.
-    let c1_bytes: u64 = [&init, &auth, &nocsum, &esp].iter().map(|f| f.bytes().len() as u64).sum();
+    let c1_bytes: u64 = [&init, &auth, &nocsum, &esp]
+        .iter()
+        .map(|f| f.bytes().len() as u64)
+        .sum();
     let c2_bytes = (frag1.bytes().len() + frag2.bytes().len()) as u64;
     let mut want = [Traffic::default(); 4];
     for (id, packets, bytes) in [(b1, 4, c1_bytes), (b2, 2, c2_bytes)] {
@@ -471,13 +582,19 @@ fn forward_path() {
     want[b3 as usize].packets += 1;
     want[b3 as usize].bytes += c3_frag2.bytes().len() as u64;
     for id in 1..=3 {
-        assert_eq!(lb.traffic(id, DIR_FORWARD), want[id as usize], "backend {id} forward traffic");
+        assert_eq!(
+            lb.traffic(id, DIR_FORWARD),
+            want[id as usize],
+            "backend {id} forward traffic"
+        );
     }
 }
 
 #[test]
 fn malformed_and_foreign_frames_are_never_forwarded() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let good = to_vip(C1, 500, 500, &ike(64)).bytes();
     let ip = packet::IP_OFFSET;
 
@@ -501,6 +618,7 @@ fn malformed_and_foreign_frames_are_never_forwarded() {
     let mut udp_cut_padded = udp_cut.clone();
     udp_cut_padded.resize(60, 0);
 
+    #[rustfmt::skip]
     let rows = vec![
         // test_run refuses frames shorter than an Ethernet header (EINVAL), so the
         // truncated-Ethernet branch is reachable only on a real interface.
@@ -519,12 +637,18 @@ fn malformed_and_foreign_frames_are_never_forwarded() {
         case("IPv6", packet::ipv6_udp(ROUTER_MAC, EXT_MAC), Expect::Pass, counter::PASS_IPV6),
     ];
     lb.check(&rows);
-    assert_eq!(lb.persisted(C1), None, "nothing was learned from refused frames");
+    assert_eq!(
+        lb.persisted(C1),
+        None,
+        "nothing was learned from refused frames"
+    );
 }
 
 #[test]
 fn reverse_path() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let b1 = lb.ring_choice(C1);
     let other = if b1 == 1 { 2 } else { 1 };
     let init = to_vip(C1, 500, 500, &ike(300));
@@ -535,10 +659,29 @@ fn reverse_path() {
     let big = from_backend(b1, 4500, C1, 4500, &ike(1600));
     let (frag1, frag2) = big.fragments(FRAG_LEN);
     let (frag1_out, frag2_out) = reverse_fragments(&big);
-    let esp = Ipv4Frame::raw(backend_mac(b1), INT_MAC, BACKEND_ADDRS[b1 as usize - 1], C1, PROTO_ESP, &ike(100));
-    let esp_out = esp.readdressed(VIP, C1).with_ttl(63).with_macs(EXT_MAC, ROUTER_MAC).bytes();
-    let echo_reply = Ipv4Frame::raw(backend_mac(b1), INT_MAC, BACKEND_ADDRS[b1 as usize - 1], GATEWAY_INT, PROTO_ICMP, &[0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+    let esp = Ipv4Frame::raw(
+        backend_mac(b1),
+        INT_MAC,
+        BACKEND_ADDRS[b1 as usize - 1],
+        C1,
+        PROTO_ESP,
+        &ike(100),
+    );
+    let esp_out = esp
+        .readdressed(VIP, C1)
+        .with_ttl(63)
+        .with_macs(EXT_MAC, ROUTER_MAC)
+        .bytes();
+    let echo_reply = Ipv4Frame::raw(
+        backend_mac(b1),
+        INT_MAC,
+        BACKEND_ADDRS[b1 as usize - 1],
+        GATEWAY_INT,
+        PROTO_ICMP,
+        &[0, 0, 0xff, 0xff, 0, 0, 0, 0],
+    );
 
+    #[rustfmt::skip]
     let rows = vec![
         case("client's IKE_SA_INIT", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
         case("backend reply from 500", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
@@ -557,59 +700,88 @@ fn reverse_path() {
     ];
     lb.check(&rows);
 
-    let sent: u64 = [&reply, &nat_t, &nocsum, &frag1, &frag2, &esp].iter().map(|f| f.bytes().len() as u64).sum();
-    assert_eq!(lb.traffic(b1, DIR_REVERSE), Traffic { packets: 6, bytes: sent });
+    let sent: u64 = [&reply, &nat_t, &nocsum, &frag1, &frag2, &esp]
+        .iter()
+        .map(|f| f.bytes().len() as u64)
+        .sum();
+    assert_eq!(
+        lb.traffic(b1, DIR_REVERSE),
+        Traffic {
+            packets: 6,
+            bytes: sent
+        }
+    );
 }
 
 #[test]
 fn client_behind_a_new_router_is_relearned() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let b1 = lb.ring_choice(C1);
     let first = to_vip(C1, 500, 500, &ike(100));
     let moved = to_vip(C1, 4500, 4500, &ike(100)).with_macs(ROUTER2_MAC, EXT_MAC);
     let reply = from_backend(b1, 4500, C1, 4500, &ike(60));
-    lb.check(&[
+    #[rustfmt::skip]
+    let rows = [
         case("via router 1", first.bytes(), Expect::Redirect(forwarded(&first, b1)), counter::FORWARD),
         case("via router 2", moved.bytes(), Expect::Redirect(forwarded(&moved, b1)), counter::FORWARD),
         case("reply goes to router 2", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER2_MAC)), counter::REVERSE),
-    ]);
+    ];
+    lb.check(&rows);
 }
 
 #[test]
 fn one_arm_leaves_by_xdp_tx() {
-    let Some(mut lb) = Lb::load(Setup { topology: Topology::OneArm, ..Setup::default() }) else {
+    let Some(mut lb) = Lb::load(Setup {
+        topology: Topology::OneArm,
+        ..Setup::default()
+    }) else {
         return;
     };
     let b1 = lb.ring_choice(C1);
     let init = to_vip(C1, 500, 500, &ike(100));
     let reply = from_backend(b1, 500, C1, 500, &ike(60));
-    lb.check(&[
+    #[rustfmt::skip]
+    let rows = [
         case("client to VIP", init.bytes(), Expect::Tx(forwarded_from(&init, b1, EXT_MAC)), counter::FORWARD),
         case("backend reply", reply.bytes(), Expect::Tx(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
-    ]);
+    ];
+    lb.check(&rows);
 }
 
 #[test]
 fn dsr_rewrites_macs_and_ttl_only() {
-    let Some(mut lb) = Lb::load(Setup { dsr: true, ..Setup::default() }) else { return };
+    let Some(mut lb) = Lb::load(Setup {
+        dsr: true,
+        ..Setup::default()
+    }) else {
+        return;
+    };
     let b1 = lb.ring_choice(C1);
     let init = to_vip(C1, 500, 500, &ike(100));
     let b = lb.backend(b1);
     let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
-    lb.check(&[
+    #[rustfmt::skip]
+    let rows = [
         case("client to VIP", init.bytes(), Expect::Redirect(want), counter::FORWARD),
         // In DSR mode backends answer from the VIP themselves; a packet from a backend
         // address is not ikelb's.
         case("backend packet", from_backend(b1, 500, C1, 500, &ike(60)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-    ]);
+    ];
+    lb.check(&rows);
 }
 
 #[test]
 fn unusable_backend_is_reselected() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let b1 = lb.ring_choice(C1);
     let init = to_vip(C1, 500, 500, &ike(100));
-    lb.check(&[case("before", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD)]);
+    #[rustfmt::skip]
+    let rows = [case("before", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD)];
+    lb.check(&rows);
 
     // The daemon marks b1 down and rebuilds the ring without it.
     let mut b = lb.backend(b1);
@@ -621,21 +793,32 @@ fn unusable_backend_is_reselected() {
     assert_ne!(now, b1);
 
     let auth = to_vip(C1, 4500, 4500, &ike(100));
-    lb.check(&[case("after", auth.bytes(), Expect::Redirect(forwarded(&auth, now)), counter::FORWARD)]);
+    #[rustfmt::skip]
+    let rows = [case("after", auth.bytes(), Expect::Redirect(forwarded(&auth, now)), counter::FORWARD)];
+    lb.check(&rows);
     assert_eq!(lb.persisted(C1).map(|e| e.backend), Some(now));
 }
 
 /// `bpf_ktime_get_coarse_ns()` in persistence ticks, from userspace.
 fn now_ticks() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
     ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> TICK_SHIFT) as u32
 }
 
 #[test]
 fn persistence_wins_over_the_ring_until_idle() {
-    let Some(mut lb) = Lb::load(Setup { persist_timeout_ticks: 100, ..Setup::default() }) else {
+    let Some(mut lb) = Lb::load(Setup {
+        persist_timeout_ticks: 100,
+        ..Setup::default()
+    }) else {
         return;
     };
     // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
@@ -644,16 +827,24 @@ fn persistence_wins_over_the_ring_until_idle() {
     let p1 = r1 % 3 + 1;
     let p2 = r2 % 3 + 1;
     let now = now_ticks();
-    let entry = |backend, atime| PersistValue { backend, atime, client_mac: ROUTER_MAC, port: 0, _pad: 0 };
+    let entry = |backend, atime| PersistValue {
+        backend,
+        atime,
+        client_mac: ROUTER_MAC,
+        port: 0,
+        _pad: 0,
+    };
     lb.persist(C1, entry(p1, now - 5));
     lb.persist(C2, entry(p2, now - 500));
 
     let f1 = to_vip(C1, 4500, 4500, &ike(80));
     let f2 = to_vip(C2, 4500, 4500, &ike(80));
-    lb.check(&[
+    #[rustfmt::skip]
+    let rows = [
         case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
         case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
-    ]);
+    ];
+    lb.check(&rows);
     let e1 = lb.persisted(C1).unwrap();
     assert_eq!(e1.backend, p1);
     assert!(e1.atime >= now, "atime refreshed");
@@ -662,18 +853,26 @@ fn persistence_wins_over_the_ring_until_idle() {
 
 #[test]
 fn no_usable_backend_drops() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     lb.write_ring(&vec![0; RING as usize]);
-    lb.check(&[case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)]);
+    #[rustfmt::skip]
+    let rows = [case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)];
+    lb.check(&rows);
     assert_eq!(lb.persisted(C1), None);
 }
 
 #[test]
 fn inconsistent_maps_drop_as_bad_backend() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     // A ring naming a backend id whose BACKENDS slot was never written.
     lb.write_ring(&vec![9; RING as usize]);
-    lb.check(&[case("missing backend", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)]);
+    #[rustfmt::skip]
+    let rows = [case("missing backend", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
+    lb.check(&rows);
 
     // A backend whose egress port has no devmap entry.
     let ring = lb.maglev(&[]);
@@ -682,5 +881,7 @@ fn inconsistent_maps_drop_as_bad_backend() {
     let mut b = lb.backend(b1);
     b.tx_port = 5;
     lb.set_backend(b1, b);
-    lb.check(&[case("no egress interface", to_vip(C2, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)]);
+    #[rustfmt::skip]
+    let rows = [case("no egress interface", to_vip(C2, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
+    lb.check(&rows);
 }
