@@ -885,3 +885,22 @@ fn inconsistent_maps_drop_as_bad_backend() {
     let rows = [case("no egress interface", to_vip(C2, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
     lb.check(&rows);
 }
+
+#[test]
+fn client_on_an_unknown_interface_gets_no_replies() {
+    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let mut ports: HashMap<_, u32, u32> = lb.map(maps::IFINDEX_PORTS);
+    ports.remove(&LO).unwrap();
+    let b1 = lb.ring_choice(C1);
+    let init = to_vip(C1, 500, 500, &ike(100));
+    let reply = from_backend(b1, 500, C1, 500, &ike(60));
+    // Forwarded (the backend is known), but the reply has no interface to leave by: dropped
+    // rather than sent out of a guessed one.
+    #[rustfmt::skip]
+    let rows = [
+        case("client to VIP", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
+        case("backend reply", reply.bytes(), Expect::Drop, counter::DROP_BAD_BACKEND),
+    ];
+    lb.check(&rows);
+    assert_eq!(lb.persisted(C1).map(|e| e.port), Some(u8::MAX));
+}
