@@ -61,7 +61,8 @@ fn ingress_port(ctx: &XdpContext) -> u8 {
 
 /// The backend for client `saddr` of `svc`.
 ///
-/// A persisted choice wins while its backend is usable and the entry is not idle (so adding
+/// A persisted choice wins while its backend is usable (and still this service's) and the
+/// entry is not idle (so adding
 /// backends or changing weights never moves an established client); its `atime` is rewritten
 /// at most once a tick, its MAC/port only when the client's previous hop changed. Otherwise
 /// the client's Maglev slot picks, and the entry is created or overwritten in place.
@@ -85,7 +86,9 @@ pub fn forward_v4(
         let id = unsafe { (*e).backend };
         if let Some(b) = backend(id) {
             let atime = unsafe { (*e).atime };
-            let usable = unsafe { (*b).flags } & BACKEND_F_USABLE != 0;
+            // A backend id reused by another service (the daemon recycles ids) is not this
+            // client's backend any more.
+            let usable = unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id };
             if usable && now.wrapping_sub(atime) <= maps::persist_timeout_ticks() {
                 unsafe {
                     if atime != now {

@@ -836,19 +836,29 @@ fn persistence_wins_over_the_ring_until_idle() {
     };
     lb.persist(C1, entry(p1, now - 5));
     lb.persist(C2, entry(p2, now - 500));
+    // C3 is persisted on a backend id the daemon has since given to another service.
+    let r3 = lb.ring_choice(C3);
+    let p3 = r3 % 3 + 1;
+    lb.persist(C3, entry(p3, now));
+    let mut b = lb.backend(p3);
+    b.service = SERVICE_ID + 1;
+    lb.set_backend(p3, b);
 
     let f1 = to_vip(C1, 4500, 4500, &ike(80));
     let f2 = to_vip(C2, 4500, 4500, &ike(80));
+    let f3 = to_vip(C3, 4500, 4500, &ike(80));
     #[rustfmt::skip]
     let rows = [
         case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
         case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
+        case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
     ];
     lb.check(&rows);
     let e1 = lb.persisted(C1).unwrap();
     assert_eq!(e1.backend, p1);
     assert!(e1.atime >= now, "atime refreshed");
     assert_eq!(lb.persisted(C2).unwrap().backend, r2);
+    assert_eq!(lb.persisted(C3).unwrap().backend, r3);
 }
 
 #[test]
@@ -888,7 +898,9 @@ fn inconsistent_maps_drop_as_bad_backend() {
 
 #[test]
 fn client_on_an_unknown_interface_gets_no_replies() {
-    let Some(mut lb) = Lb::load(Setup::default()) else { return };
+    let Some(mut lb) = Lb::load(Setup::default()) else {
+        return;
+    };
     let mut ports: HashMap<_, u32, u32> = lb.map(maps::IFINDEX_PORTS);
     ports.remove(&LO).unwrap();
     let b1 = lb.ring_choice(C1);
