@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{daemon, paths};
 
 #[derive(Debug, Parser)]
-#[command(name = "lb-ctl", version, about = "ikelb: XDP load balancer for IKEv2 VPN servers")]
+#[command(
+    name = "lb-ctl",
+    version,
+    about = "ikelb: XDP load balancer for IKEv2 VPN servers"
+)]
 pub struct Cli {
     /// Control socket of the daemon (operator commands).
     #[arg(long, value_name = "PATH", default_value = paths::CONTROL_SOCKET)]
@@ -77,7 +81,9 @@ pub enum BackendCommand {
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("{command}: not implemented yet (the daemon's control socket comes with the next release)")]
+    #[error(
+        "{command}: not implemented yet (the daemon's control socket comes with the next release)"
+    )]
     NotImplemented { command: &'static str },
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
@@ -100,9 +106,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(daemon::run(config, ifindexes)?)
         }
-        Command::Backend(BackendCommand::Add { .. }) => Err(CliError::NotImplemented { command: "backend add" }),
-        Command::Backend(BackendCommand::Remove { .. }) => Err(CliError::NotImplemented { command: "backend remove" }),
-        Command::Backend(BackendCommand::List { .. }) => Err(CliError::NotImplemented { command: "backend list" }),
+        Command::Backend(BackendCommand::Add { .. }) => Err(CliError::NotImplemented {
+            command: "backend add",
+        }),
+        Command::Backend(BackendCommand::Remove { .. }) => Err(CliError::NotImplemented {
+            command: "backend remove",
+        }),
+        Command::Backend(BackendCommand::List { .. }) => Err(CliError::NotImplemented {
+            command: "backend list",
+        }),
         Command::Status { .. } => Err(CliError::NotImplemented { command: "status" }),
         Command::Lookup { .. } => Err(CliError::NotImplemented { command: "lookup" }),
     }
@@ -129,10 +141,17 @@ mod tests {
 
     #[test]
     fn operator_commands_say_not_implemented() {
-        for line in ["lb-ctl status", "lb-ctl backend list", "lb-ctl lookup 192.0.2.1"] {
+        for line in [
+            "lb-ctl status",
+            "lb-ctl backend list",
+            "lb-ctl lookup 192.0.2.1",
+        ] {
             let cli = Cli::try_parse_from(line.split(' ')).unwrap();
             let err = run(cli).unwrap_err();
-            assert!(err.to_string().contains("not implemented yet"), "{line}: {err}");
+            assert!(
+                err.to_string().contains("not implemented yet"),
+                "{line}: {err}"
+            );
         }
     }
 }

@@ -14,13 +14,7 @@
 //! No bpffs pinning yet (next issue): the maps and attachments live as long as the process,
 //! which also makes the daemon work under `ip netns exec` as it is.
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    net::IpAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashMap, ffi::CString, net::IpAddr, path::PathBuf, time::Duration};
 
 use aya::{
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
@@ -49,32 +43,60 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("reading the MAC address of interface {iface} from {path}: {source}")]
-    InterfaceMac { iface: String, path: PathBuf, source: std::io::Error },
+    InterfaceMac {
+        iface: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("interface {iface} has no Ethernet address ({found:?} in {path})")]
-    InterfaceNotEthernet { iface: String, path: PathBuf, found: String },
+    InterfaceNotEthernet {
+        iface: String,
+        path: PathBuf,
+        found: String,
+    },
     #[error(
         "the embedded XDP object is empty: lb-ctl was built with AYA_BUILD_SKIP=1; \
          rebuild without it (cargo xtask bootstrap installs bpf-linker)"
     )]
     NoObject,
     #[error("loading the XDP object: {source}")]
-    Load { source: EbpfError },
+    Load { source: Box<EbpfError> },
     #[error("program {name} is not in the XDP object")]
     MissingProgram { name: &'static str },
     #[error("program {name} is not an XDP program: {source}")]
-    ProgramType { name: &'static str, source: ProgramError },
+    ProgramType {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("loading program {name} into the kernel: {source}")]
-    LoadProgram { name: &'static str, source: ProgramError },
+    LoadProgram {
+        name: &'static str,
+        source: ProgramError,
+    },
     #[error("attaching to {iface} in {mode} mode: {source}")]
-    Attach { iface: String, mode: &'static str, source: ProgramError },
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
     #[error("detaching from {iface}: {source}")]
     Detach { iface: String, source: ProgramError },
+    /// Boxed: `StateError` carries aya's (large) map errors.
     #[error("filling the maps: {0}")]
-    State(#[from] StateError),
+    State(Box<StateError>),
     #[error("installing the {signal} handler: {source}")]
-    Signal { signal: &'static str, source: std::io::Error },
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
     #[error("starting the async runtime: {source}")]
     Runtime { source: std::io::Error },
+}
+
+impl From<StateError> for DaemonError {
+    fn from(e: StateError) -> Self {
+        DaemonError::State(Box::new(e))
+    }
 }
 
 /// Validates the config at `path` and looks up its interfaces, as the daemon does before
@@ -95,8 +117,11 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
 
 fn interface_mac(name: &str) -> Result<[u8; 6], DaemonError> {
     let path = PathBuf::from(paths::SYSFS_NET).join(name).join("address");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|source| DaemonError::InterfaceMac { iface: name.to_owned(), path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| DaemonError::InterfaceMac {
+        iface: name.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
     parse_mac(&text).ok_or_else(|| DaemonError::InterfaceNotEthernet {
         iface: name.to_owned(),
         path,
@@ -131,13 +156,21 @@ struct Daemon {
 async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
     let mut ifaces = Vec::new();
     for (name, &ifindex) in config.interfaces.iter().zip(&ifindexes) {
-        ifaces.push(IfaceInfo { name: name.clone(), ifindex, mac: interface_mac(name)? });
+        ifaces.push(IfaceInfo {
+            name: name.clone(),
+            ifindex,
+            mac: interface_mac(name)?,
+        });
     }
     // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|source| DaemonError::Signal { signal: "SIGTERM", source })?;
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|source| DaemonError::Signal { signal: "SIGINT", source })?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
 
     let capacity = backend_capacity(config.backend_count());
     let ebpf = load(&config, capacity)?;
@@ -161,7 +194,10 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                 usable = daemon.balancer.backends().filter(|b| b.usable()).count(),
                 "ikelb running; SIGINT or SIGTERM stops it"
             );
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RESOLVE_INTERVAL, RESOLVE_INTERVAL);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + RESOLVE_INTERVAL,
+                RESOLVE_INTERVAL,
+            );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -191,7 +227,11 @@ fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError
     }
     raise_memlock_limit();
     let services = config.virtual_servers.len() as u32;
-    let v6_services = config.virtual_servers.iter().filter(|vs| vs.vip.is_ipv6()).count() as u32;
+    let v6_services = config
+        .virtual_servers
+        .iter()
+        .filter(|vs| vs.vip.is_ipv6())
+        .count() as u32;
     let ring_size = config.maglev_table_size;
     let ticks = config.persist_timeout_ticks();
     let seed = config.hash_seed;
@@ -200,8 +240,15 @@ fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError
     let rings = services * 2 * ring_size;
     // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
     // every entry, and with no IPv6 service nothing is ever inserted there.
-    let v6_persist = if v6_services == 0 { 1 } else { config.persistence_entries };
-    debug!(ring_size, ticks, seed, dsr, rings, backend_capacity, "loading the XDP object");
+    let v6_persist = if v6_services == 0 {
+        1
+    } else {
+        config.persistence_entries
+    };
+    debug!(
+        ring_size,
+        ticks, seed, dsr, rings, backend_capacity, "loading the XDP object"
+    );
     let ebpf = EbpfLoader::new()
         .override_global(globals::RING_SIZE, &ring_size, true)
         .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
@@ -218,11 +265,23 @@ fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError
         .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
         .map_max_entries(maps::PERSIST_V6, v6_persist)
         .load(EBPF_OBJECT)
-        .map_err(|source| DaemonError::Load { source })?;
+        .map_err(|source| DaemonError::Load {
+            source: Box::new(source),
+        })?;
     let mut ebpf = ebpf;
     let prog = xdp_program(&mut ebpf)?;
-    prog.load().map_err(|source| DaemonError::LoadProgram { name: XDP_PROGRAM, source })?;
-    info!(program = XDP_PROGRAM, ring_size, persist_timeout_ticks = ticks, hash_seed = seed, dsr = dsr == 1, "XDP program loaded");
+    prog.load().map_err(|source| DaemonError::LoadProgram {
+        name: XDP_PROGRAM,
+        source,
+    })?;
+    info!(
+        program = XDP_PROGRAM,
+        ring_size,
+        persist_timeout_ticks = ticks,
+        hash_seed = seed,
+        dsr = dsr == 1,
+        "XDP program loaded"
+    );
     Ok(ebpf)
 }
 
@@ -230,16 +289,25 @@ fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
     ebpf.program_mut(XDP_PROGRAM)
         .ok_or(DaemonError::MissingProgram { name: XDP_PROGRAM })?
         .try_into()
-        .map_err(|source| DaemonError::ProgramType { name: XDP_PROGRAM, source })
+        .map_err(|source| DaemonError::ProgramType {
+            name: XDP_PROGRAM,
+            source,
+        })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and ignore
 /// it. Raising it is harmless either way.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        debug!("raising RLIMIT_MEMLOCK failed: {}", std::io::Error::last_os_error());
+        debug!(
+            "raising RLIMIT_MEMLOCK failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -250,13 +318,18 @@ fn start_ebpf_logger(dp: &mut AyaDataplane) {
             // SAFETY: the logger owns its ring buffer map's fd, which stays open and the same
             // for the logger's whole life; the AsyncFd owns the logger.
             let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
             };
             match registered {
                 Ok(mut fd) => {
                     tokio::spawn(async move {
                         loop {
-                            let Ok(mut guard) = fd.readable_mut().await else { break };
+                            let Ok(mut guard) = fd.readable_mut().await else {
+                                break;
+                            };
                             guard.get_inner_mut().flush();
                             guard.clear_ready();
                         }
@@ -273,12 +346,17 @@ impl Daemon {
     /// Resolves every backend's next hop (in the blocking pool: it runs `ip` and waits for
     /// ARP), records changes and applies them.
     async fn refresh_next_hops(&mut self) -> Result<(), StateError> {
-        let targets: Vec<(u32, IpAddr)> = self.balancer.backends().map(|b| (b.id, b.address)).collect();
+        let targets: Vec<(u32, IpAddr)> = self
+            .balancer
+            .backends()
+            .map(|b| (b.id, b.address))
+            .collect();
         let interfaces = self.config.interfaces.clone();
         let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
-        let results = tokio::task::spawn_blocking(move || IpCommand.resolve_all(&addrs, &interfaces))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let results =
+            tokio::task::spawn_blocking(move || IpCommand.resolve_all(&addrs, &interfaces))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         for ((id, addr), result) in targets.into_iter().zip(results) {
             let next_hop = self.note_next_hop(id, addr, result);
             self.balancer.set_next_hop(id, next_hop)?;
@@ -292,7 +370,12 @@ impl Daemon {
     }
 
     /// Turns a resolution result into a next hop, logging transitions only.
-    fn note_next_hop(&mut self, id: u32, addr: IpAddr, result: Result<Resolved, ResolveError>) -> Option<NextHop> {
+    fn note_next_hop(
+        &mut self,
+        id: u32,
+        addr: IpAddr,
+        result: Result<Resolved, ResolveError>,
+    ) -> Option<NextHop> {
         let vs = self
             .balancer
             .backend(id)
@@ -300,10 +383,22 @@ impl Daemon {
             .unwrap_or_default();
         let (status, next_hop) = match result {
             Ok(r) => {
-                let port = self.config.interfaces.iter().position(|i| *i == r.dev).map(|p| p as u32);
+                let port = self
+                    .config
+                    .interfaces
+                    .iter()
+                    .position(|i| *i == r.dev)
+                    .map(|p| p as u32);
                 let mac = format_mac(&r.mac);
-                let how = if r.via == addr { "on-link".to_owned() } else { format!("via {}", r.via) };
-                (format!("next hop {mac} on {} ({how})", r.dev), port.map(|port| NextHop { port, mac: r.mac }))
+                let how = if r.via == addr {
+                    "on-link".to_owned()
+                } else {
+                    format!("via {}", r.via)
+                };
+                (
+                    format!("next hop {mac} on {} ({how})", r.dev),
+                    port.map(|port| NextHop { port, mac: r.mac }),
+                )
             }
             Err(e) => (e.to_string(), None),
         };
@@ -336,7 +431,11 @@ impl Daemon {
                 match prog.attach_to_if_index(iface.ifindex, xdp_mode) {
                     Ok(link) => {
                         info!(interface = %iface.name, ifindex = iface.ifindex, mode = name, "XDP attached");
-                        self.attachments.push(Attachment { iface: iface.name.clone(), link, mode: name });
+                        self.attachments.push(Attachment {
+                            iface: iface.name.clone(),
+                            link,
+                            mode: name,
+                        });
                         last_err = None;
                         break;
                     }
@@ -344,7 +443,11 @@ impl Daemon {
                         if attempts.len() > 1 {
                             info!(interface = %iface.name, "{name} XDP unavailable ({source}); trying the next mode");
                         }
-                        last_err = Some(DaemonError::Attach { iface: iface.name.clone(), mode: name, source });
+                        last_err = Some(DaemonError::Attach {
+                            iface: iface.name.clone(),
+                            mode: name,
+                            source,
+                        });
                     }
                 }
             }
@@ -359,16 +462,16 @@ impl Daemon {
     fn detach_all(&mut self) -> Result<(), DaemonError> {
         let mut first_err = None;
         let attachments = std::mem::take(&mut self.attachments);
-        let prog = match xdp_program(self.balancer.dataplane_mut().ebpf_mut()) {
-            Ok(p) => p,
-            Err(e) => return Err(e),
-        };
+        let prog = xdp_program(self.balancer.dataplane_mut().ebpf_mut())?;
         for a in attachments {
             match prog.detach(a.link) {
                 Ok(()) => info!(interface = %a.iface, mode = a.mode, "XDP detached"),
                 Err(source) => {
                     warn!(interface = %a.iface, "detaching failed: {source}");
-                    first_err.get_or_insert(DaemonError::Detach { iface: a.iface, source });
+                    first_err.get_or_insert(DaemonError::Detach {
+                        iface: a.iface,
+                        source,
+                    });
                 }
             }
         }
@@ -385,7 +488,14 @@ impl Daemon {
                     .filter(|(n, _)| **n > 0)
                     .map(|(n, (action, reason))| format!("{action}/{reason}={n}"))
                     .collect();
-                info!("packet counters: {}", if nonzero.is_empty() { "none".to_owned() } else { nonzero.join(" ") });
+                info!(
+                    "packet counters: {}",
+                    if nonzero.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        nonzero.join(" ")
+                    }
+                );
             }
             Err(e) => debug!("reading counters: {e}"),
         }
@@ -393,5 +503,8 @@ impl Daemon {
 }
 
 fn format_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }

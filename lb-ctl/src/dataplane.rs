@@ -8,26 +8,39 @@
 use std::net::IpAddr;
 
 use aya::{
-    maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, xdp::XdpMapError},
+    maps::{xdp::XdpMapError, Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf, Pod,
 };
-use lb_common::{
-    counter, maps, Backend, Iface, PersistKeyV4, PersistValue, Service, FAMILY_V4,
-};
+use lb_common::{counter, maps, Backend, Iface, PersistKeyV4, PersistValue, Service, FAMILY_V4};
 
-/// A BPF map operation that failed, naming the map and the entry.
+/// A BPF map operation that failed, naming the map and the entry. aya's errors are boxed:
+/// they are large and this error travels through every control-plane call.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("map {map} is not in the XDP object (is the embedded lb-ebpf older than lb-ctl?)")]
     MissingMap { map: &'static str },
     #[error("map {map} does not have the expected type: {source}")]
-    MapType { map: &'static str, source: MapError },
+    MapType {
+        map: &'static str,
+        source: Box<MapError>,
+    },
     #[error("updating {map}[{key}]: {source}")]
-    Update { map: &'static str, key: String, source: MapError },
+    Update {
+        map: &'static str,
+        key: String,
+        source: Box<MapError>,
+    },
     #[error("updating {map}[{key}]: {source}")]
-    UpdateDevMap { map: &'static str, key: String, source: XdpMapError },
+    UpdateDevMap {
+        map: &'static str,
+        key: String,
+        source: Box<XdpMapError>,
+    },
     #[error("reading {map}: {source}")]
-    Read { map: &'static str, source: MapError },
+    Read {
+        map: &'static str,
+        source: Box<MapError>,
+    },
 }
 
 /// What the control plane needs from the data path.
@@ -68,7 +81,9 @@ pub fn addr_words(ip: IpAddr) -> [u32; 4] {
         IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
         IpAddr::V6(v6) => {
             let o = v6.octets();
-            core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
         }
     }
 }
@@ -107,7 +122,9 @@ impl AyaDataplane {
     }
 
     fn map_mut(&mut self, map: &'static str) -> Result<&mut Map, DataplaneError> {
-        self.ebpf.map_mut(map).ok_or(DataplaneError::MissingMap { map })
+        self.ebpf
+            .map_mut(map)
+            .ok_or(DataplaneError::MissingMap { map })
     }
 
     fn map(&self, map: &'static str) -> Result<&Map, DataplaneError> {
@@ -121,16 +138,35 @@ impl AyaDataplane {
         value: V,
     ) -> Result<(), DataplaneError> {
         let mut m: HashMap<&mut MapData, K, V> =
-            HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+            HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         m.insert(key, value, 0)
-            .map_err(|source| DataplaneError::Update { map, key: format!("{key:?}"), source })
+            .map_err(|source| DataplaneError::Update {
+                map,
+                key: format!("{key:?}"),
+                source: Box::new(source),
+            })
     }
 
-    fn array_set<V: Pod>(&mut self, map: &'static str, index: u32, value: V) -> Result<(), DataplaneError> {
+    fn array_set<V: Pod>(
+        &mut self,
+        map: &'static str,
+        index: u32,
+        value: V,
+    ) -> Result<(), DataplaneError> {
         let mut m: Array<&mut MapData, V> =
-            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         m.set(index, value, 0)
-            .map_err(|source| DataplaneError::Update { map, key: index.to_string(), source })
+            .map_err(|source| DataplaneError::Update {
+                map,
+                key: index.to_string(),
+                source: Box::new(source),
+            })
     }
 }
 
@@ -140,9 +176,16 @@ impl Dataplane for AyaDataplane {
         self.hash_insert(maps::IFINDEX_PORTS, iface.ifindex, port)?;
         let map = maps::TX_PORTS;
         let mut tx: DevMap<&mut MapData> =
-            DevMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+            DevMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         tx.set(port, iface.ifindex, None, 0)
-            .map_err(|source| DataplaneError::UpdateDevMap { map, key: port.to_string(), source })
+            .map_err(|source| DataplaneError::UpdateDevMap {
+                map,
+                key: port.to_string(),
+                source: Box::new(source),
+            })
     }
 
     fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError> {
@@ -168,11 +211,18 @@ impl Dataplane for AyaDataplane {
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
         let map = maps::RINGS;
         let mut rings: Array<&mut MapData, u32> =
-            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+            Array::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         for &(index, value) in slots {
             rings
                 .set(index, value, 0)
-                .map_err(|source| DataplaneError::Update { map, key: index.to_string(), source })?;
+                .map_err(|source| DataplaneError::Update {
+                    map,
+                    key: index.to_string(),
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }
@@ -180,24 +230,38 @@ impl Dataplane for AyaDataplane {
     fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
         let map = maps::COUNTERS;
         let c: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         (0..counter::COUNT)
             .map(|i| {
                 c.get(&i, 0)
                     .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(|source| DataplaneError::Read { map, source })
+                    .map_err(|source| DataplaneError::Read {
+                        map,
+                        source: Box::new(source),
+                    })
             })
             .collect()
     }
 
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
         let map = maps::PERSIST_V4;
-        let m: HashMap<&MapData, PersistKeyV4, PersistValue> =
-            HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType { map, source })?;
+        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
+            .map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
         // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
         m.iter()
             .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-            .map(|r| r.map_err(|source| DataplaneError::Read { map, source }))
+            .map(|r| {
+                r.map_err(|source| DataplaneError::Read {
+                    map,
+                    source: Box::new(source),
+                })
+            })
             .collect()
     }
 }
@@ -212,12 +276,28 @@ pub mod fake {
     /// One recorded operation.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub enum Op {
-        SetIface { port: u32, ifindex: u32 },
-        SetService { id: u32, ring_base: u32 },
-        Flip { id: u32, ring_base: u32 },
-        SetBackend { id: u32, flags: u32 },
+        SetIface {
+            port: u32,
+            ifindex: u32,
+        },
+        SetService {
+            id: u32,
+            ring_base: u32,
+        },
+        Flip {
+            id: u32,
+            ring_base: u32,
+        },
+        SetBackend {
+            id: u32,
+            flags: u32,
+        },
         /// `count` slots written, the lowest and highest index among them.
-        RingSlots { count: usize, first: u32, last: u32 },
+        RingSlots {
+            count: usize,
+            first: u32,
+            last: u32,
+        },
     }
 
     #[derive(Debug, Default)]
@@ -232,12 +312,16 @@ pub mod fake {
         pub rings: BTreeMap<u32, u32>,
         pub counters: Vec<u64>,
         pub persist_v4: Vec<(PersistKeyV4, PersistValue)>,
+        /// Fail the next `write_ring_slots` after writing this many of its slots.
+        pub fail_ring_write_after: Option<usize>,
     }
 
     impl FakeDataplane {
         /// The table starting at `base` as the data path would read it (unwritten slots 0).
         pub fn table(&self, base: u32, size: u32) -> Vec<u32> {
-            (base..base + size).map(|i| self.rings.get(&i).copied().unwrap_or(0)).collect()
+            (base..base + size)
+                .map(|i| self.rings.get(&i).copied().unwrap_or(0))
+                .collect()
         }
 
         fn store_service(&mut self, s: &Service) {
@@ -248,20 +332,29 @@ pub mod fake {
 
     impl Dataplane for FakeDataplane {
         fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
-            self.ops.push(Op::SetIface { port, ifindex: iface.ifindex });
+            self.ops.push(Op::SetIface {
+                port,
+                ifindex: iface.ifindex,
+            });
             self.ifaces.insert(port, *iface);
             self.ifindex_ports.insert(iface.ifindex, port);
             Ok(())
         }
 
         fn set_service(&mut self, s: &Service) -> Result<(), DataplaneError> {
-            self.ops.push(Op::SetService { id: s.id, ring_base: s.ring_base });
+            self.ops.push(Op::SetService {
+                id: s.id,
+                ring_base: s.ring_base,
+            });
             self.store_service(s);
             Ok(())
         }
 
         fn flip(&mut self, s: &Service) -> Result<(), DataplaneError> {
-            self.ops.push(Op::Flip { id: s.id, ring_base: s.ring_base });
+            self.ops.push(Op::Flip {
+                id: s.id,
+                ring_base: s.ring_base,
+            });
             self.store_service(s);
             Ok(())
         }
@@ -276,7 +369,19 @@ pub mod fake {
         fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
             let first = slots.iter().map(|s| s.0).min().unwrap_or(0);
             let last = slots.iter().map(|s| s.0).max().unwrap_or(0);
-            self.ops.push(Op::RingSlots { count: slots.len(), first, last });
+            if let Some(n) = self.fail_ring_write_after.take() {
+                self.rings.extend(slots.iter().take(n).copied());
+                return Err(DataplaneError::Update {
+                    map: maps::RINGS,
+                    key: n.to_string(),
+                    source: Box::new(MapError::KeyNotFound),
+                });
+            }
+            self.ops.push(Op::RingSlots {
+                count: slots.len(),
+                first,
+                last,
+            });
             self.rings.extend(slots.iter().copied());
             Ok(())
         }

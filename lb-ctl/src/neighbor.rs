@@ -39,11 +39,17 @@ pub struct Resolved {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("running `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
     #[error("parsing the output of `{command}`: {source}")]
-    Parse { command: String, source: serde_json::Error },
+    Parse {
+        command: String,
+        source: serde_json::Error,
+    },
     #[error("no route to {addr}")]
     NoRoute { addr: IpAddr },
     #[error("{addr} is routed as {kind}, not to a neighbour")]
@@ -51,16 +57,27 @@ pub enum ResolveError {
     #[error("{addr} is routed out of {dev}, which is not one of the configured interfaces")]
     ForeignInterface { addr: IpAddr, dev: String },
     #[error("neighbour {via} on {dev} did not resolve (state {state})")]
-    Unresolved { via: IpAddr, dev: String, state: String },
+    Unresolved {
+        via: IpAddr,
+        dev: String,
+        state: String,
+    },
     #[error("sending the resolution probe to {addr}: {source}")]
-    Probe { addr: IpAddr, source: std::io::Error },
+    Probe {
+        addr: IpAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Resolves backend next hops; a trait so the daemon's loop can be tested without a kernel.
 pub trait Resolver {
     /// Next hop of each of `addrs` (in order), which must leave through one of
     /// `interfaces`.
-    fn resolve_all(&self, addrs: &[IpAddr], interfaces: &[String]) -> Vec<Result<Resolved, ResolveError>>;
+    fn resolve_all(
+        &self,
+        addrs: &[IpAddr],
+        interfaces: &[String],
+    ) -> Vec<Result<Resolved, ResolveError>>;
 }
 
 /// The kernel's view through iproute2's JSON output.
@@ -85,27 +102,56 @@ struct NeighEntry {
 }
 
 /// (egress device, address to resolve) from `ip -j route get ADDR` output.
-fn parse_route(addr: IpAddr, json: &str) -> Result<Result<(String, IpAddr), ResolveError>, serde_json::Error> {
+fn parse_route(
+    addr: IpAddr,
+    json: &str,
+) -> Result<Result<(String, IpAddr), ResolveError>, serde_json::Error> {
     let routes: Vec<RouteEntry> = serde_json::from_str(json)?;
-    let Some(r) = routes.into_iter().next() else { return Ok(Err(ResolveError::NoRoute { addr })) };
+    let Some(r) = routes.into_iter().next() else {
+        return Ok(Err(ResolveError::NoRoute { addr }));
+    };
     if let Some(kind) = r.kind.filter(|k| k != "unicast") {
         return Ok(Err(ResolveError::NotUnicast { addr, kind }));
     }
-    let Some(dev) = r.dev else { return Ok(Err(ResolveError::NoRoute { addr })) };
+    let Some(dev) = r.dev else {
+        return Ok(Err(ResolveError::NoRoute { addr }));
+    };
     Ok(Ok((dev, r.gateway.unwrap_or(addr))))
 }
 
-/// The MAC from `ip -j neigh show to VIA dev DEV` output, or the entry's state when it has
-/// none usable. REACHABLE, STALE, DELAY, PROBE, PERMANENT and NOARP entries carry a valid
-/// address; INCOMPLETE and FAILED do not.
-fn parse_neigh(json: &str) -> Result<Result<[u8; 6], String>, serde_json::Error> {
+/// A neighbour entry with a usable address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Neigh {
+    mac: [u8; 6],
+    /// Not confirmed lately. The kernel re-verifies a STALE entry only when it sends through
+    /// it, which forwarded traffic never makes it do (XDP bypasses the stack), so the daemon
+    /// sends a probe: a backend whose MAC changed is then re-learnt, one that is gone turns
+    /// FAILED.
+    stale: bool,
+}
+
+/// The neighbour from `ip -j neigh show to VIA dev DEV` output, or the entry's state when it
+/// has no usable address. REACHABLE, STALE, DELAY, PROBE, PERMANENT and NOARP entries carry
+/// a valid address; INCOMPLETE and FAILED do not.
+fn parse_neigh(json: &str) -> Result<Result<Neigh, String>, serde_json::Error> {
     let entries: Vec<NeighEntry> = serde_json::from_str(json)?;
-    let Some(e) = entries.into_iter().next() else { return Ok(Err("none".to_owned())) };
-    let state = if e.state.is_empty() { "unknown".to_owned() } else { e.state.join(",") };
+    let Some(e) = entries.into_iter().next() else {
+        return Ok(Err("none".to_owned()));
+    };
+    let state = if e.state.is_empty() {
+        "unknown".to_owned()
+    } else {
+        e.state.join(",")
+    };
     if e.state.iter().any(|s| s == "INCOMPLETE" || s == "FAILED") {
         return Ok(Err(state));
     }
-    Ok(e.lladdr.as_deref().and_then(parse_mac).ok_or(state))
+    let stale = e.state.iter().any(|s| s == "STALE");
+    Ok(e.lladdr
+        .as_deref()
+        .and_then(parse_mac)
+        .map(|mac| Neigh { mac, stale })
+        .ok_or(state))
 }
 
 /// `aa:bb:cc:dd:ee:ff` → bytes.
@@ -124,7 +170,10 @@ impl IpCommand {
         let out = Command::new(paths::IP_COMMAND)
             .args(args)
             .output()
-            .map_err(|source| ResolveError::Spawn { command: command.clone(), source })?;
+            .map_err(|source| ResolveError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(ResolveError::Command { command, stderr });
@@ -136,21 +185,32 @@ impl IpCommand {
         let a = addr.to_string();
         let args = ["-j", "route", "get", a.as_str()];
         let json = Self::run(&args)?;
-        parse_route(addr, &json).map_err(|source| ResolveError::Parse { command: args.join(" "), source })?
+        parse_route(addr, &json).map_err(|source| ResolveError::Parse {
+            command: args.join(" "),
+            source,
+        })?
     }
 
-    fn neigh(via: IpAddr, dev: &str) -> Result<Result<[u8; 6], String>, ResolveError> {
+    fn neigh(via: IpAddr, dev: &str) -> Result<Result<Neigh, String>, ResolveError> {
         let v = via.to_string();
         let args = ["-j", "neigh", "show", "to", v.as_str(), "dev", dev];
         let json = Self::run(&args)?;
-        parse_neigh(&json).map_err(|source| ResolveError::Parse { command: args.join(" "), source })
+        parse_neigh(&json).map_err(|source| ResolveError::Parse {
+            command: args.join(" "),
+            source,
+        })
     }
 
     /// Makes the kernel resolve the next hop toward `addr` by sending it one UDP datagram to
     /// the discard port; unprivileged, and harmless to the backend.
     fn probe(addr: IpAddr) -> Result<(), ResolveError> {
-        let bind: IpAddr = if addr.is_ipv4() { [0u8; 4].into() } else { [0u8; 16].into() };
-        let sock = UdpSocket::bind((bind, 0)).map_err(|source| ResolveError::Probe { addr, source })?;
+        let bind: IpAddr = if addr.is_ipv4() {
+            [0u8; 4].into()
+        } else {
+            [0u8; 16].into()
+        };
+        let sock =
+            UdpSocket::bind((bind, 0)).map_err(|source| ResolveError::Probe { addr, source })?;
         // EHOSTUNREACH from an earlier failed resolution is expected; the look-up that
         // follows tells the real outcome.
         let _ = sock.send_to(b"ikelb neighbour probe", (addr, PROBE_PORT));
@@ -168,7 +228,11 @@ struct Pending {
 impl Resolver for IpCommand {
     /// Looks every address up once; probes all that lack a neighbour entry at the same time,
     /// then polls those for up to `PROBE_POLL * PROBE_POLLS` (one second) in total.
-    fn resolve_all(&self, addrs: &[IpAddr], interfaces: &[String]) -> Vec<Result<Resolved, ResolveError>> {
+    fn resolve_all(
+        &self,
+        addrs: &[IpAddr],
+        interfaces: &[String],
+    ) -> Vec<Result<Resolved, ResolveError>> {
         let mut out: Vec<Result<Resolved, ResolveError>> = Vec::with_capacity(addrs.len());
         let mut pending: Vec<(usize, Pending)> = Vec::new();
         for (i, &addr) in addrs.iter().enumerate() {
@@ -176,13 +240,29 @@ impl Resolver for IpCommand {
                 if !interfaces.contains(&dev) {
                     return Err(ResolveError::ForeignInterface { addr, dev });
                 }
-                Ok(Self::neigh(via, &dev)?.map(|mac| Resolved { dev: dev.clone(), via, mac }).map_err(|state| Pending { dev, via, state }))
+                match Self::neigh(via, &dev)? {
+                    Ok(n) => {
+                        if n.stale {
+                            Self::probe(addr)?;
+                        }
+                        Ok(Ok(Resolved {
+                            dev,
+                            via,
+                            mac: n.mac,
+                        }))
+                    }
+                    Err(state) => Ok(Err(Pending { dev, via, state })),
+                }
             });
             match first {
                 Ok(Ok(r)) => out.push(Ok(r)),
                 Ok(Err(p)) => {
                     // Placeholder until the polls below settle it.
-                    out.push(Err(ResolveError::Unresolved { via: p.via, dev: p.dev.clone(), state: p.state.clone() }));
+                    out.push(Err(ResolveError::Unresolved {
+                        via: p.via,
+                        dev: p.dev.clone(),
+                        state: p.state.clone(),
+                    }));
                     match Self::probe(addr) {
                         Ok(()) => pending.push((i, p)),
                         Err(e) => out[i] = Err(e),
@@ -197,8 +277,12 @@ impl Resolver for IpCommand {
             }
             thread::sleep(PROBE_POLL);
             pending.retain_mut(|(i, p)| match Self::neigh(p.via, &p.dev) {
-                Ok(Ok(mac)) => {
-                    out[*i] = Ok(Resolved { dev: p.dev.clone(), via: p.via, mac });
+                Ok(Ok(n)) => {
+                    out[*i] = Ok(Resolved {
+                        dev: p.dev.clone(),
+                        via: p.via,
+                        mac: n.mac,
+                    });
                     false
                 }
                 Ok(Err(state)) => {
@@ -212,7 +296,11 @@ impl Resolver for IpCommand {
             });
         }
         for (i, p) in pending {
-            out[i] = Err(ResolveError::Unresolved { via: p.via, dev: p.dev, state: p.state });
+            out[i] = Err(ResolveError::Unresolved {
+                via: p.via,
+                dev: p.dev,
+                state: p.state,
+            });
         }
         out
     }
@@ -226,21 +314,51 @@ mod tests {
     fn route_direct_and_via_gateway() {
         let addr: IpAddr = "10.0.0.11".parse().unwrap();
         let direct = r#"[{"dst":"10.0.0.11","dev":"int0","prefsrc":"10.0.0.1","flags":[],"uid":0,"cache":[]}]"#;
-        assert_eq!(parse_route(addr, direct).unwrap().unwrap(), ("int0".to_owned(), addr));
+        assert_eq!(
+            parse_route(addr, direct).unwrap().unwrap(),
+            ("int0".to_owned(), addr)
+        );
         let gw = r#"[{"dst":"10.0.0.11","gateway":"10.9.0.1","dev":"eth1","prefsrc":"10.9.0.2","flags":[],"uid":0,"cache":[]}]"#;
-        assert_eq!(parse_route(addr, gw).unwrap().unwrap(), ("eth1".to_owned(), "10.9.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_route(addr, gw).unwrap().unwrap(),
+            ("eth1".to_owned(), "10.9.0.1".parse().unwrap())
+        );
         let local = r#"[{"type":"local","dst":"10.0.0.11","dev":"lo","prefsrc":"10.0.0.11","flags":[],"uid":0,"cache":["local"]}]"#;
-        assert!(matches!(parse_route(addr, local).unwrap(), Err(ResolveError::NotUnicast { .. })));
-        assert!(matches!(parse_route(addr, "[]").unwrap(), Err(ResolveError::NoRoute { .. })));
+        assert!(matches!(
+            parse_route(addr, local).unwrap(),
+            Err(ResolveError::NotUnicast { .. })
+        ));
+        assert!(matches!(
+            parse_route(addr, "[]").unwrap(),
+            Err(ResolveError::NoRoute { .. })
+        ));
         assert!(parse_route(addr, "not json").is_err());
     }
 
     #[test]
     fn neighbour_states() {
         let ok = r#"[{"dst":"10.0.0.11","lladdr":"02:00:00:00:00:0b","state":["STALE"]}]"#;
-        assert_eq!(parse_neigh(ok).unwrap(), Ok([2, 0, 0, 0, 0, 0x0b]));
+        assert_eq!(
+            parse_neigh(ok).unwrap(),
+            Ok(Neigh {
+                mac: [2, 0, 0, 0, 0, 0x0b],
+                stale: true
+            })
+        );
+        let reachable =
+            r#"[{"dst":"10.0.0.11","lladdr":"02:00:00:00:00:0b","state":["REACHABLE"]}]"#;
+        assert_eq!(
+            parse_neigh(reachable).unwrap(),
+            Ok(Neigh {
+                mac: [2, 0, 0, 0, 0, 0x0b],
+                stale: false
+            })
+        );
         let incomplete = r#"[{"dst":"10.0.0.11","state":["INCOMPLETE"]}]"#;
-        assert_eq!(parse_neigh(incomplete).unwrap(), Err("INCOMPLETE".to_owned()));
+        assert_eq!(
+            parse_neigh(incomplete).unwrap(),
+            Err("INCOMPLETE".to_owned())
+        );
         let failed = r#"[{"dst":"10.0.0.11","lladdr":"02:00:00:00:00:0b","state":["FAILED"]}]"#;
         assert_eq!(parse_neigh(failed).unwrap(), Err("FAILED".to_owned()));
         assert_eq!(parse_neigh("[]").unwrap(), Err("none".to_owned()));
@@ -248,7 +366,10 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("aa:BB:0c:00:00:01"), Some([0xaa, 0xbb, 0x0c, 0, 0, 1]));
+        assert_eq!(
+            parse_mac("aa:BB:0c:00:00:01"),
+            Some([0xaa, 0xbb, 0x0c, 0, 0, 1])
+        );
         assert_eq!(parse_mac("aa:bb:cc:dd:ee"), None);
         assert_eq!(parse_mac("aa:bb:cc:dd:ee:ff:00"), None);
         assert_eq!(parse_mac("zz:bb:cc:dd:ee:ff"), None);

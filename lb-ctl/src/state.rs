@@ -41,7 +41,10 @@ pub const MIN_BACKEND_CAPACITY: u32 = 1024;
 /// runtime additions, at least [`MIN_BACKEND_CAPACITY`], within the 24-bit id space.
 pub fn backend_capacity(configured: usize) -> u32 {
     let want = (configured as u64 + 1).saturating_mul(2);
-    want.clamp(u64::from(MIN_BACKEND_CAPACITY), u64::from(lb_common::RING_BACKEND_MASK)) as u32
+    want.clamp(
+        u64::from(MIN_BACKEND_CAPACITY),
+        u64::from(lb_common::RING_BACKEND_MASK),
+    ) as u32
 }
 
 /// An interface ikelb is attached to, as the control plane knows it.
@@ -88,7 +91,11 @@ impl BackendState {
     }
 
     fn value(&self, ifaces: &[IfaceInfo]) -> Backend {
-        let mut b = Backend { addr: addr_words(self.address), service: self.service, ..Backend::default() };
+        let mut b = Backend {
+            addr: addr_words(self.address),
+            service: self.service,
+            ..Backend::default()
+        };
         if let (true, Some(nh)) = (self.usable(), self.next_hop) {
             let iface = &ifaces[nh.port as usize];
             b.flags = BACKEND_F_USABLE;
@@ -157,7 +164,11 @@ pub struct ApplyReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("no backend id left for {address} in {service} (capacity {capacity})")]
-    IdsExhausted { service: String, address: IpAddr, capacity: u32 },
+    IdsExhausted {
+        service: String,
+        address: IpAddr,
+        capacity: u32,
+    },
     #[error("backend id {id} is unknown")]
     UnknownBackend { id: u32 },
     #[error("next hop port {port} of backend {id} is not a configured interface")]
@@ -174,7 +185,10 @@ pub struct Balancer<D> {
     ifaces: Vec<IfaceInfo>,
     services: Vec<ServiceState>,
     backends: BTreeMap<u32, BackendState>,
-    #[expect(dead_code, reason = "runtime `backend add` (next issue) allocates ids from it")]
+    #[expect(
+        dead_code,
+        reason = "runtime `backend add` (next issue) allocates ids from it"
+    )]
     ids: IdAllocator,
     ifaces_written: bool,
 }
@@ -192,7 +206,11 @@ impl<D: Dataplane> Balancer<D> {
         backend_capacity: u32,
     ) -> Result<Self, StateError> {
         let m = config.maglev_table_size;
-        let mut ids = IdAllocator { next: BACKEND_NONE + 1, capacity: backend_capacity, free: VecDeque::new() };
+        let mut ids = IdAllocator {
+            next: BACKEND_NONE + 1,
+            capacity: backend_capacity,
+            free: VecDeque::new(),
+        };
         let mut services = Vec::new();
         let mut backends = BTreeMap::new();
         for (id, vs) in config.virtual_servers.iter().enumerate() {
@@ -201,14 +219,26 @@ impl<D: Dataplane> Balancer<D> {
                 id,
                 flags: if vs.esp { SVC_F_ESP } else { 0 },
                 ring_base: id * 2 * m,
-                family: if vs.vip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+                family: if vs.vip.is_ipv4() {
+                    FAMILY_V4
+                } else {
+                    FAMILY_V6
+                },
                 vip: addr_words(vs.vip),
                 ..Service::default()
             };
-            for (slot, &p) in value.udp_ports.iter_mut().zip(vs.ports.iter().take(MAX_PORTS)) {
+            for (slot, &p) in value
+                .udp_ports
+                .iter_mut()
+                .zip(vs.ports.iter().take(MAX_PORTS))
+            {
                 *slot = port_wire(p);
             }
-            for (slot, &p) in value.tcp_ports.iter_mut().zip(vs.tcp_ports.iter().take(MAX_PORTS)) {
+            for (slot, &p) in value
+                .tcp_ports
+                .iter_mut()
+                .zip(vs.tcp_ports.iter().take(MAX_PORTS))
+            {
                 *slot = port_wire(p);
             }
             let mut members = Vec::new();
@@ -235,12 +265,24 @@ impl<D: Dataplane> Balancer<D> {
                 name: vs.name.clone(),
                 value,
                 members,
-                buffers: [vec![BACKEND_NONE; m as usize], vec![BACKEND_NONE; m as usize]],
+                buffers: [
+                    vec![BACKEND_NONE; m as usize],
+                    vec![BACKEND_NONE; m as usize],
+                ],
                 active: 0,
                 written: false,
             });
         }
-        Ok(Self { dp, ring_size: m, seed: config.hash_seed, ifaces, services, backends, ids, ifaces_written: false })
+        Ok(Self {
+            dp,
+            ring_size: m,
+            seed: config.hash_seed,
+            ifaces,
+            services,
+            backends,
+            ids,
+            ifaces_written: false,
+        })
     }
 
     pub fn dataplane(&self) -> &D {
@@ -275,7 +317,10 @@ impl<D: Dataplane> Balancer<D> {
                 return Err(StateError::UnknownPort { id, port: nh.port });
             }
         }
-        let b = self.backends.get_mut(&id).ok_or(StateError::UnknownBackend { id })?;
+        let b = self
+            .backends
+            .get_mut(&id)
+            .ok_or(StateError::UnknownBackend { id })?;
         let changed = b.next_hop != next_hop;
         b.next_hop = next_hop;
         Ok(changed)
@@ -286,7 +331,14 @@ impl<D: Dataplane> Balancer<D> {
         let mut report = ApplyReport::default();
         if !self.ifaces_written {
             for (port, i) in self.ifaces.iter().enumerate() {
-                self.dp.set_iface(port as u32, &Iface { ifindex: i.ifindex, mac: i.mac, _pad: [0; 2] })?;
+                self.dp.set_iface(
+                    port as u32,
+                    &Iface {
+                        ifindex: i.ifindex,
+                        mac: i.mac,
+                        _pad: [0; 2],
+                    },
+                )?;
             }
             self.ifaces_written = true;
         }
@@ -325,7 +377,12 @@ impl<D: Dataplane> Balancer<D> {
             .iter()
             .map(|id| {
                 let b = &self.backends[id];
-                Member { id: b.id, key: key_bytes(b.address), weight: b.weight, usable: b.in_ring() }
+                Member {
+                    id: b.id,
+                    key: key_bytes(b.address),
+                    weight: b.weight,
+                    usable: b.in_ring(),
+                }
             })
             .collect();
         let table = maglev::build(&members, self.ring_size, self.seed);
@@ -376,7 +433,10 @@ fn key_bytes(ip: IpAddr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config, dataplane::fake::{FakeDataplane, Op}};
+    use crate::{
+        config,
+        dataplane::fake::{FakeDataplane, Op},
+    };
 
     const M: u32 = 251;
 
@@ -406,8 +466,16 @@ mod tests {
 
     fn ifaces() -> Vec<IfaceInfo> {
         vec![
-            IfaceInfo { name: "ext".into(), ifindex: 10, mac: [2, 0, 0, 0, 0, 10] },
-            IfaceInfo { name: "int".into(), ifindex: 20, mac: [2, 0, 0, 0, 0, 20] },
+            IfaceInfo {
+                name: "ext".into(),
+                ifindex: 10,
+                mac: [2, 0, 0, 0, 0, 10],
+            },
+            IfaceInfo {
+                name: "int".into(),
+                ifindex: 20,
+                mac: [2, 0, 0, 0, 0, 20],
+            },
         ]
     }
 
@@ -418,7 +486,14 @@ mod tests {
     fn resolve_all(lb: &mut Balancer<FakeDataplane>) {
         let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
         for id in ids {
-            lb.set_next_hop(id, Some(NextHop { port: 1, mac: [0xaa, 0, 0, 0, 0, id as u8] })).unwrap();
+            lb.set_next_hop(
+                id,
+                Some(NextHop {
+                    port: 1,
+                    mac: [0xaa, 0, 0, 0, 0, id as u8],
+                }),
+            )
+            .unwrap();
         }
     }
 
@@ -426,9 +501,14 @@ mod tests {
     fn ids_are_stable_and_zero_is_reserved() {
         let a = balancer();
         let b = balancer();
-        let ids = |lb: &Balancer<FakeDataplane>| lb.backends().map(|b| (b.id, b.address)).collect::<Vec<_>>();
+        let ids = |lb: &Balancer<FakeDataplane>| {
+            lb.backends().map(|b| (b.id, b.address)).collect::<Vec<_>>()
+        };
         assert_eq!(ids(&a), ids(&b));
-        assert_eq!(ids(&a).iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            ids(&a).iter().map(|x| x.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         assert_eq!(a.services()[0].members, [1, 2, 3]);
         assert_eq!(a.services()[1].members, [4]);
     }
@@ -437,16 +517,34 @@ mod tests {
     fn first_apply_writes_interfaces_services_and_unusable_backends() {
         let mut lb = balancer();
         let r = lb.apply().unwrap();
-        assert!(r.flips.is_empty(), "no usable backend: the all-zero table stays");
+        assert!(
+            r.flips.is_empty(),
+            "no usable backend: the all-zero table stays"
+        );
         let dp = lb.dataplane();
-        assert_eq!(dp.ops[..2], [Op::SetIface { port: 0, ifindex: 10 }, Op::SetIface { port: 1, ifindex: 20 }]);
+        assert_eq!(
+            dp.ops[..2],
+            [
+                Op::SetIface {
+                    port: 0,
+                    ifindex: 10
+                },
+                Op::SetIface {
+                    port: 1,
+                    ifindex: 20
+                }
+            ]
+        );
         assert_eq!(dp.ifindex_ports[&20], 1);
         let s = dp.services[&1];
         assert_eq!(s.ring_base, 2 * M);
         assert_eq!(s.flags, 0);
         assert_eq!(s.udp_ports[..2], [port_wire(4500), 0]);
         assert_eq!(dp.services[&0].flags, SVC_F_ESP);
-        assert_eq!(dp.services[&0].udp_ports[..3], [port_wire(500), port_wire(4500), 0]);
+        assert_eq!(
+            dp.services[&0].udp_ports[..3],
+            [port_wire(500), port_wire(4500), 0]
+        );
         assert_eq!(dp.vips[&addr_words("203.0.113.11".parse().unwrap())], s);
         assert_eq!(dp.backends.len(), 4);
         assert!(dp.backends.values().all(|b| b.flags == 0));
@@ -463,11 +561,46 @@ mod tests {
         assert_eq!(r.backends_written, 4);
         assert_eq!(r.flips, [(0, M as usize), (1, M as usize)]);
         let ops = &lb.dataplane().ops;
-        assert!(ops[..4].iter().all(|o| matches!(o, Op::SetBackend { flags: BACKEND_F_USABLE, .. })), "{ops:?}");
-        assert_eq!(ops[4], Op::RingSlots { count: M as usize, first: M, last: 2 * M - 1 });
-        assert_eq!(ops[5], Op::Flip { id: 0, ring_base: M });
-        assert_eq!(ops[6], Op::RingSlots { count: M as usize, first: 3 * M, last: 4 * M - 1 });
-        assert_eq!(ops[7], Op::Flip { id: 1, ring_base: 3 * M });
+        assert!(
+            ops[..4].iter().all(|o| matches!(
+                o,
+                Op::SetBackend {
+                    flags: BACKEND_F_USABLE,
+                    ..
+                }
+            )),
+            "{ops:?}"
+        );
+        assert_eq!(
+            ops[4],
+            Op::RingSlots {
+                count: M as usize,
+                first: M,
+                last: 2 * M - 1
+            }
+        );
+        assert_eq!(
+            ops[5],
+            Op::Flip {
+                id: 0,
+                ring_base: M
+            }
+        );
+        assert_eq!(
+            ops[6],
+            Op::RingSlots {
+                count: M as usize,
+                first: 3 * M,
+                last: 4 * M - 1
+            }
+        );
+        assert_eq!(
+            ops[7],
+            Op::Flip {
+                id: 1,
+                ring_base: 3 * M
+            }
+        );
         assert_eq!(ops.len(), 8);
 
         let dp = lb.dataplane();
@@ -476,7 +609,10 @@ mod tests {
         assert!(table.iter().all(|&b| (1..=3).contains(&b)));
         assert!(dp.table(3 * M, M).iter().all(|&b| b == 4));
         let b = dp.backends[&4];
-        assert_eq!((b.tx_port, b.ifindex, b.smac, b.dmac), (1, 20, [2, 0, 0, 0, 0, 20], [0xaa, 0, 0, 0, 0, 4]));
+        assert_eq!(
+            (b.tx_port, b.ifindex, b.smac, b.dmac),
+            (1, 20, [2, 0, 0, 0, 0, 20], [0xaa, 0, 0, 0, 0, 4])
+        );
         assert_eq!(b.addr[0].to_ne_bytes(), [10, 0, 1, 11]);
         assert_eq!(b.service, 1);
     }
@@ -505,16 +641,34 @@ mod tests {
         assert_eq!(r.flips, [(0, M as usize)]);
         let without2 = lb.services()[0].active_table().to_vec();
         let moved = full.iter().zip(&without2).filter(|(a, b)| a != b).count();
-        assert_eq!(moved, full.iter().filter(|&&b| b == 2).count(), "only backend 2's slots move");
+        assert_eq!(
+            moved,
+            full.iter().filter(|&&b| b == 2).count(),
+            "only backend 2's slots move"
+        );
         let ops = &lb.dataplane().ops;
-        assert_eq!(ops[1], Op::Flip { id: 0, ring_base: 0 });
-        assert_eq!(ops[2], Op::SetBackend { id: 2, flags: 0 }, "unusable backend written after the flip");
+        assert_eq!(
+            ops[1],
+            Op::Flip {
+                id: 0,
+                ring_base: 0
+            }
+        );
+        assert_eq!(
+            ops[2],
+            Op::SetBackend { id: 2, flags: 0 },
+            "unusable backend written after the flip"
+        );
 
         // Backend 2 back: buffer 1 still holds `full`, which is exactly the new table.
         resolve_all(&mut lb);
         lb.dataplane_mut().ops.clear();
         let r = lb.apply().unwrap();
-        assert_eq!(r.flips, [(0, 0)], "buffer 1 already holds the table: no slot written");
+        assert_eq!(
+            r.flips,
+            [(0, 0)],
+            "buffer 1 already holds the table: no slot written"
+        );
         assert_eq!(lb.services()[0].active_table(), full);
         assert_eq!(lb.dataplane().table(M, M), full);
 
@@ -541,27 +695,93 @@ mod tests {
         resolve_all(&mut lb);
         lb.apply().unwrap();
         lb.dataplane_mut().ops.clear();
-        assert!(lb.set_next_hop(4, Some(NextHop { port: 0, mac: [0xbb; 6] })).unwrap());
+        assert!(lb
+            .set_next_hop(
+                4,
+                Some(NextHop {
+                    port: 0,
+                    mac: [0xbb; 6]
+                })
+            )
+            .unwrap());
         let r = lb.apply().unwrap();
-        assert_eq!(r, ApplyReport { backends_written: 1, flips: vec![] });
+        assert_eq!(
+            r,
+            ApplyReport {
+                backends_written: 1,
+                flips: vec![]
+            }
+        );
         assert_eq!(lb.dataplane().backends[&4].ifindex, 10);
         assert_eq!(lb.dataplane().backends[&4].smac, [2, 0, 0, 0, 0, 10]);
+    }
+
+    #[test]
+    fn a_failed_ring_write_is_retried_in_full_and_nothing_flips() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap(); // service 0: buffer 1 active
+        let full = lb.services()[0].active_table().to_vec();
+        lb.set_next_hop(1, None).unwrap();
+        lb.apply().unwrap(); // buffer 0 active (without backend 1)
+        lb.set_next_hop(
+            1,
+            Some(NextHop {
+                port: 1,
+                mac: [0xaa, 0, 0, 0, 0, 1],
+            }),
+        )
+        .unwrap();
+        lb.set_next_hop(2, None).unwrap();
+        lb.dataplane_mut().fail_ring_write_after = Some(10);
+        lb.dataplane_mut().ops.clear();
+        assert!(lb.apply().is_err());
+        assert!(
+            !lb.dataplane()
+                .ops
+                .iter()
+                .any(|o| matches!(o, Op::Flip { .. })),
+            "no flip after a failed write"
+        );
+        assert_eq!(lb.services()[0].value.ring_base, 0);
+        assert_eq!(lb.dataplane().services[&0].ring_base, 0);
+
+        // Some slots of buffer 1 now hold an unknown mix: the retry rewrites all of them.
+        let r = lb.apply().unwrap();
+        assert_eq!(r.flips, [(0, M as usize)]);
+        let want = lb.services()[0].active_table().to_vec();
+        assert_ne!(want, full);
+        assert_eq!(lb.dataplane().table(M, M), want);
     }
 
     #[test]
     fn unknown_ports_and_ids_are_refused() {
         let mut lb = balancer();
         assert!(matches!(
-            lb.set_next_hop(1, Some(NextHop { port: 2, mac: [0; 6] })),
+            lb.set_next_hop(
+                1,
+                Some(NextHop {
+                    port: 2,
+                    mac: [0; 6]
+                })
+            ),
             Err(StateError::UnknownPort { id: 1, port: 2 })
         ));
-        assert!(matches!(lb.set_next_hop(99, None), Err(StateError::UnknownBackend { id: 99 })));
+        assert!(matches!(
+            lb.set_next_hop(99, None),
+            Err(StateError::UnknownBackend { id: 99 })
+        ));
     }
 
     #[test]
     fn ids_run_out_with_a_clear_error() {
-        let err = Balancer::new(FakeDataplane::default(), &config(), ifaces(), 3).err().unwrap();
-        assert!(matches!(err, StateError::IdsExhausted { capacity: 3, .. }), "{err}");
+        let err = Balancer::new(FakeDataplane::default(), &config(), ifaces(), 3)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, StateError::IdsExhausted { capacity: 3, .. }),
+            "{err}"
+        );
     }
 
     #[test]

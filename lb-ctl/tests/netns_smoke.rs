@@ -16,7 +16,12 @@ const LB_CTL: &str = env!("CARGO_BIN_EXE_lb-ctl");
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Deletes the namespace on drop (its veth ends go with it).
@@ -50,7 +55,10 @@ impl Drop for ChildGuard {
 
 /// The `xdp` object of `ip -j link show dev DEV` in namespace `ns`, if any.
 fn xdp_of(ns: &str, dev: &str) -> Option<serde_json::Value> {
-    let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", dev]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
     links[0].get("xdp").cloned()
@@ -71,7 +79,9 @@ fn wait_for(log: &Mutex<String>, needle: &str, timeout: Duration) -> bool {
 fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root (network namespaces, XDP attach); `cargo xtask test` runs it");
+        eprintln!(
+            "SKIPPED: needs root (network namespaces, XDP attach); `cargo xtask test` runs it"
+        );
         return;
     }
     if lb_ctl::EBPF_OBJECT.is_empty() {
@@ -81,7 +91,9 @@ fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
     let pid = std::process::id();
     let lb = NetNs::new(format!("ikc-{pid}"));
     let be = NetNs::new(format!("ikc-{pid}-be"));
-    ip(&["-n", &lb.0, "link", "add", "lb0", "type", "veth", "peer", "name", "be0", "netns", &be.0]);
+    ip(&[
+        "-n", &lb.0, "link", "add", "lb0", "type", "veth", "peer", "name", "be0", "netns", &be.0,
+    ]);
     ip(&["-n", &lb.0, "addr", "add", "10.99.0.1/24", "dev", "lb0"]);
     ip(&["-n", &be.0, "addr", "add", "10.99.0.2/24", "dev", "be0"]);
     ip(&["-n", &lb.0, "link", "set", "lb0", "up"]);
@@ -127,9 +139,16 @@ fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
     let ready = wait_for(&log, "ikelb running", Duration::from_secs(30));
     let so_far = log.lock().unwrap().clone();
     assert!(ready, "daemon did not come up:\n{so_far}");
-    assert!(so_far.contains("backend usable") && so_far.contains("10.99.0.2"), "{so_far}");
-    assert!(so_far.contains("backend unusable") && so_far.contains("10.99.0.3"), "{so_far}");
-    let xdp = xdp_of(&lb.0, "lb0").unwrap_or_else(|| panic!("no XDP on lb0 after start:\n{so_far}"));
+    assert!(
+        so_far.contains("backend usable") && so_far.contains("10.99.0.2"),
+        "{so_far}"
+    );
+    assert!(
+        so_far.contains("backend unusable") && so_far.contains("10.99.0.3"),
+        "{so_far}"
+    );
+    let xdp =
+        xdp_of(&lb.0, "lb0").unwrap_or_else(|| panic!("no XDP on lb0 after start:\n{so_far}"));
     assert_eq!(xdp["prog"]["name"], "ikelb", "{xdp}");
 
     // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs lb-ctl in place).
@@ -139,14 +158,20 @@ fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "daemon ignored SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "daemon ignored SIGTERM"
+        );
         thread::sleep(Duration::from_millis(50));
     };
     reader.join().unwrap();
     let full = log.lock().unwrap().clone();
     assert!(status.success(), "daemon exited with {status}:\n{full}");
     assert!(full.contains("XDP detached"), "{full}");
-    assert!(xdp_of(&lb.0, "lb0").is_none(), "XDP still attached after SIGTERM");
+    assert!(
+        xdp_of(&lb.0, "lb0").is_none(),
+        "XDP still attached after SIGTERM"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -160,7 +185,11 @@ fn check_refuses_a_missing_interface_before_touching_anything() {
         "interfaces: [ikc-nosuch0]\nvirtual_servers:\n  - name: a\n    vip: 203.0.113.10\n",
     )
     .unwrap();
-    let out = Command::new(LB_CTL).args(["daemon", "--check", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(LB_CTL)
+        .args(["daemon", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

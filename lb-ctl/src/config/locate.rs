@@ -40,7 +40,12 @@ fn lines(source: &str) -> Vec<Line<'_>> {
             }
             _ => (None, indent, rest),
         };
-        out.push(Line { no: i + 1, dash, col, text });
+        out.push(Line {
+            no: i + 1,
+            dash,
+            col,
+            text,
+        });
     }
     out
 }
@@ -73,9 +78,14 @@ fn segments(key: &str) -> Vec<Seg<'_>> {
 
 /// If `text` is the mapping entry `key: …`, returns what follows the colon.
 fn entry_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
-    let after = [("", ""), ("\"", "\""), ("'", "'")].iter().find_map(|(open, close)| {
-        text.strip_prefix(open)?.strip_prefix(key)?.strip_prefix(close)?.strip_prefix(':')
-    })?;
+    let after = [("", ""), ("\"", "\""), ("'", "'")]
+        .iter()
+        .find_map(|(open, close)| {
+            text.strip_prefix(open)?
+                .strip_prefix(key)?
+                .strip_prefix(close)?
+                .strip_prefix(':')
+        })?;
     (after.is_empty() || after.starts_with([' ', '\t'])).then_some(after)
 }
 
@@ -93,7 +103,9 @@ pub fn line_of(source: &str, key: &str) -> Option<usize> {
                 let col = lines[start].col;
                 let hit = (start..end).find(|&i| {
                     let l = &lines[i];
-                    l.col == col && (i == start || l.dash.is_none()) && entry_value(l.text, k).is_some()
+                    l.col == col
+                        && (i == start || l.dash.is_none())
+                        && entry_value(l.text, k).is_some()
                 });
                 let Some(i) = hit else { break };
                 found = Some(lines[i].no);
@@ -114,10 +126,14 @@ pub fn line_of(source: &str, key: &str) -> Option<usize> {
             }
             Seg::Index(n) => {
                 let Some(d) = lines[start].dash else { break };
-                let Some(i) = (start..end).filter(|&i| lines[i].dash == Some(d)).nth(n) else { break };
+                let Some(i) = (start..end).filter(|&i| lines[i].dash == Some(d)).nth(n) else {
+                    break;
+                };
                 found = Some(lines[i].no);
                 start = i;
-                end = (i + 1..end).find(|&j| lines[j].indent() <= d).unwrap_or(end);
+                end = (i + 1..end)
+                    .find(|&j| lines[j].indent() <= d)
+                    .unwrap_or(end);
             }
         }
     }
@@ -156,16 +172,28 @@ health_check:
         assert_eq!(line_of(SRC, "interfaces[1]"), Some(2));
         assert_eq!(line_of(SRC, "virtual_servers[0].name"), Some(5));
         assert_eq!(line_of(SRC, "virtual_servers[0].ports[1]"), Some(7));
-        assert_eq!(line_of(SRC, "virtual_servers[0].backends[1].address"), Some(10));
-        assert_eq!(line_of(SRC, "virtual_servers[0].backends[1].weight"), Some(11));
+        assert_eq!(
+            line_of(SRC, "virtual_servers[0].backends[1].address"),
+            Some(10)
+        );
+        assert_eq!(
+            line_of(SRC, "virtual_servers[0].backends[1].weight"),
+            Some(11)
+        );
         assert_eq!(line_of(SRC, "virtual_servers[1].vip"), Some(13));
-        assert_eq!(line_of(SRC, "virtual_servers[1].backends[1].address"), Some(17));
+        assert_eq!(
+            line_of(SRC, "virtual_servers[1].backends[1].address"),
+            Some(17)
+        );
         assert_eq!(line_of(SRC, "health_check.interval"), Some(19));
     }
 
     #[test]
     fn falls_back_to_the_deepest_ancestor() {
-        assert_eq!(line_of(SRC, "virtual_servers[0].backends[0].weight"), Some(9));
+        assert_eq!(
+            line_of(SRC, "virtual_servers[0].backends[0].weight"),
+            Some(9)
+        );
         assert_eq!(line_of(SRC, "health_check.timeout"), Some(18));
         assert_eq!(line_of(SRC, "metrics.listen"), None);
     }

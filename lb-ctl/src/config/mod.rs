@@ -167,7 +167,9 @@ struct RawControl {
 
 impl Default for RawControl {
     fn default() -> Self {
-        Self { socket: default_socket() }
+        Self {
+            socket: default_socket(),
+        }
     }
 }
 
@@ -180,7 +182,9 @@ struct RawMetrics {
 
 impl Default for RawMetrics {
     fn default() -> Self {
-        Self { listen: default_listen() }
+        Self {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -322,13 +326,21 @@ impl Config {
 
     /// Number of backends over all virtual servers.
     pub fn backend_count(&self) -> usize {
-        self.virtual_servers.iter().map(|vs| vs.backends.len()).sum()
+        self.virtual_servers
+            .iter()
+            .map(|vs| vs.backends.len())
+            .sum()
     }
 }
 
 impl Origin {
     fn problem(&self, key: String, reason: String) -> Problem {
-        Problem { file: self.file.clone(), line: line_of(&self.source, &key), key, reason }
+        Problem {
+            file: self.file.clone(),
+            line: line_of(&self.source, &key),
+            key,
+            reason,
+        }
     }
 }
 
@@ -361,26 +373,38 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// One or more problems, one per line.
     #[error("{}", display_lines(problems))]
     Invalid { problems: Vec<Problem> },
 }
 
 fn display_lines(problems: &[Problem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(&path.display().to_string(), &source)
 }
 
 /// Validates `source`; `file` is the name used in problem reports.
 pub fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
-    let origin = Origin { file: file.to_owned(), source: source.to_owned() };
+    let origin = Origin {
+        file: file.to_owned(),
+        source: source.to_owned(),
+    };
     let raw: RawConfig = serde_yaml::from_str(source).map_err(|e| ConfigError::Invalid {
         problems: vec![serde_problem(file, &e)],
     })?;
@@ -398,7 +422,12 @@ fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
         }
         loc.line()
     });
-    Problem { file: file.to_owned(), line, key: String::new(), reason }
+    Problem {
+        file: file.to_owned(),
+        line,
+        key: String::new(),
+        reason,
+    }
 }
 
 /// Collects problems while walking the raw config.
@@ -409,7 +438,8 @@ struct Checker<'o> {
 
 impl Checker<'_> {
     fn refuse(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.problems.push(self.origin.problem(key.into(), reason.into()));
+        self.problems
+            .push(self.origin.problem(key.into(), reason.into()));
     }
 
     fn duration(&mut self, key: &str, d: Duration) {
@@ -420,7 +450,10 @@ impl Checker<'_> {
 
     fn absolute(&mut self, key: &str, p: &Path) {
         if !p.is_absolute() {
-            self.refuse(key, format!("{:?} is not an absolute path", p.display().to_string()));
+            self.refuse(
+                key,
+                format!("{:?} is not an absolute path", p.display().to_string()),
+            );
         }
     }
 
@@ -442,7 +475,10 @@ impl Checker<'_> {
         if ip.is_ipv6() {
             // The XDP program passes IPv6 unchanged until IPv6 services exist (counter
             // PASS_IPV6); accepting an IPv6 VIP now would silently balance nothing.
-            self.refuse(key, format!("{ip}: IPv6 virtual servers and backends are not supported yet"));
+            self.refuse(
+                key,
+                format!("{ip}: IPv6 virtual servers and backends are not supported yet"),
+            );
             return None;
         }
         Some(ip)
@@ -450,7 +486,13 @@ impl Checker<'_> {
 
     fn ports(&mut self, key: &str, ports: &[u16]) {
         if ports.len() > MAX_PORTS {
-            self.refuse(key, format!("{} ports given, at most {MAX_PORTS} per protocol", ports.len()));
+            self.refuse(
+                key,
+                format!(
+                    "{} ports given, at most {MAX_PORTS} per protocol",
+                    ports.len()
+                ),
+            );
         }
         for (i, &p) in ports.iter().enumerate() {
             if p == 0 {
@@ -463,19 +505,29 @@ impl Checker<'_> {
 }
 
 fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
-    let mut c = Checker { origin: &origin, problems: Vec::new() };
+    let mut c = Checker {
+        origin: &origin,
+        problems: Vec::new(),
+    };
 
     if raw.interfaces.is_empty() {
         c.refuse("interfaces", "at least one interface is required");
     }
     if raw.interfaces.len() > MAX_IFACES as usize {
-        c.refuse("interfaces", format!("{} interfaces given, at most {MAX_IFACES}", raw.interfaces.len()));
+        c.refuse(
+            "interfaces",
+            format!(
+                "{} interfaces given, at most {MAX_IFACES}",
+                raw.interfaces.len()
+            ),
+        );
     }
     for (i, name) in raw.interfaces.iter().enumerate() {
         let key = format!("interfaces[{i}]");
         if name.is_empty()
             || name.len() > MAX_IFNAME_LEN
-            || name.contains(['/', ':']) || name.contains(char::is_whitespace)
+            || name.contains(['/', ':'])
+            || name.contains(char::is_whitespace)
         {
             c.refuse(key, format!("{name:?} is not a valid interface name"));
         } else if raw.interfaces[..i].contains(name) {
@@ -485,24 +537,37 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
 
     c.duration("persistence_timeout", raw.persistence_timeout);
     if !lb_common::maglev::is_prime(raw.maglev_table_size) {
-        c.refuse("maglev_table_size", format!("{} is not a prime", raw.maglev_table_size));
+        c.refuse(
+            "maglev_table_size",
+            format!("{} is not a prime", raw.maglev_table_size),
+        );
     } else if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&raw.maglev_table_size) {
         c.refuse(
             "maglev_table_size",
-            format!("{} is outside {MIN_TABLE_SIZE}..={MAX_TABLE_SIZE}", raw.maglev_table_size),
+            format!(
+                "{} is outside {MIN_TABLE_SIZE}..={MAX_TABLE_SIZE}",
+                raw.maglev_table_size
+            ),
         );
     } else if u64::from(raw.maglev_table_size) * 2 * raw.virtual_servers.len() as u64
         > u64::from(u32::MAX)
     {
         c.refuse(
             "maglev_table_size",
-            format!("{} × 2 tables × {} virtual servers exceeds the ring array", raw.maglev_table_size, raw.virtual_servers.len()),
+            format!(
+                "{} × 2 tables × {} virtual servers exceeds the ring array",
+                raw.maglev_table_size,
+                raw.virtual_servers.len()
+            ),
         );
     }
     if raw.persistence_entries == 0 || raw.persistence_entries > MAX_PERSISTENCE_ENTRIES {
         c.refuse(
             "persistence_entries",
-            format!("{} is outside 1..={MAX_PERSISTENCE_ENTRIES}", raw.persistence_entries),
+            format!(
+                "{} is outside 1..={MAX_PERSISTENCE_ENTRIES}",
+                raw.persistence_entries
+            ),
         );
     }
 
@@ -532,7 +597,10 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     let metrics_listen = match raw.metrics.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            c.refuse("metrics.listen", format!("{:?} is not an address:port", raw.metrics.listen));
+            c.refuse(
+                "metrics.listen",
+                format!("{:?} is not an address:port", raw.metrics.listen),
+            );
             None
         }
     };
@@ -549,39 +617,68 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     for (v, vs) in raw.virtual_servers.iter().enumerate() {
         let key = format!("virtual_servers[{v}]");
         if vs.name.is_empty()
-            || !vs.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            || !vs
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         {
-            c.refuse(format!("{key}.name"), format!("{:?} is not a valid name (letters, digits, - _ .)", vs.name));
+            c.refuse(
+                format!("{key}.name"),
+                format!("{:?} is not a valid name (letters, digits, - _ .)", vs.name),
+            );
         } else if let Some(first) = names.insert(&vs.name, v) {
-            c.refuse(format!("{key}.name"), format!("{:?} is already the name of virtual_servers[{first}]", vs.name));
+            c.refuse(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is already the name of virtual_servers[{first}]",
+                    vs.name
+                ),
+            );
         }
         let vip = c.address(&format!("{key}.vip"), &vs.vip);
         if let Some(vip) = vip {
             if let Some(first) = vips.insert(vip, v) {
-                c.refuse(format!("{key}.vip"), format!("{vip} is already the VIP of virtual_servers[{first}]"));
+                c.refuse(
+                    format!("{key}.vip"),
+                    format!("{vip} is already the VIP of virtual_servers[{first}]"),
+                );
             }
         }
         c.ports(&format!("{key}.ports"), &vs.ports);
         c.ports(&format!("{key}.tcp_ports"), &vs.tcp_ports);
         if vs.ports.is_empty() && vs.tcp_ports.is_empty() && !vs.esp {
-            c.refuse(format!("{key}.ports"), "no ports and esp: false — the virtual server would forward nothing");
+            c.refuse(
+                format!("{key}.ports"),
+                "no ports and esp: false — the virtual server would forward nothing",
+            );
         }
         let mut backends = Vec::new();
         for (b, be) in vs.backends.iter().enumerate() {
             let bkey = format!("{key}.backends[{b}]");
             if be.weight == 0 || be.weight > MAX_WEIGHT {
-                c.refuse(format!("{bkey}.weight"), format!("{} is outside 1..={MAX_WEIGHT}", be.weight));
+                c.refuse(
+                    format!("{bkey}.weight"),
+                    format!("{} is outside 1..={MAX_WEIGHT}", be.weight),
+                );
             }
-            let Some(addr) = c.address(&format!("{bkey}.address"), &be.address) else { continue };
+            let Some(addr) = c.address(&format!("{bkey}.address"), &be.address) else {
+                continue;
+            };
             if let Some(vip) = vip {
                 if addr.is_ipv4() != vip.is_ipv4() {
-                    c.refuse(format!("{bkey}.address"), format!("{addr} is not of the VIP's address family ({vip})"));
+                    c.refuse(
+                        format!("{bkey}.address"),
+                        format!("{addr} is not of the VIP's address family ({vip})"),
+                    );
                     continue;
                 }
             }
             match backend_owner.get(&addr) {
                 Some(&(ov, ob)) if ov == v => {
-                    c.refuse(format!("{bkey}.address"), format!("{addr} is already {key}.backends[{ob}]"));
+                    c.refuse(
+                        format!("{bkey}.address"),
+                        format!("{addr} is already {key}.backends[{ob}]"),
+                    );
                     continue;
                 }
                 Some(&(ov, ob)) => {
@@ -595,7 +692,10 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
                     backend_owner.insert(addr, (v, b));
                 }
             }
-            backends.push(BackendConfig { address: addr, weight: be.weight });
+            backends.push(BackendConfig {
+                address: addr,
+                weight: be.weight,
+            });
         }
         if let Some(vip) = vip {
             servers.push(VirtualServer {
@@ -611,7 +711,9 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     // A VIP that is also a backend would loop packets back into the load balancer.
     for (v, vs) in raw.virtual_servers.iter().enumerate() {
         for (b, be) in vs.backends.iter().enumerate() {
-            let Ok(addr) = be.address.parse::<IpAddr>() else { continue };
+            let Ok(addr) = be.address.parse::<IpAddr>() else {
+                continue;
+            };
             if let Some(&owner) = vips.get(&addr) {
                 c.refuse(
                     format!("virtual_servers[{v}].backends[{b}].address"),
@@ -622,7 +724,9 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     }
 
     if !c.problems.is_empty() {
-        return Err(ConfigError::Invalid { problems: c.problems });
+        return Err(ConfigError::Invalid {
+            problems: c.problems,
+        });
     }
     Ok(Config {
         interfaces: raw.interfaces,

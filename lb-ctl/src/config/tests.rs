@@ -63,14 +63,25 @@ fn full_config_parses() {
     assert_eq!(
         vs.backends,
         [
-            BackendConfig { address: "10.0.0.11".parse().unwrap(), weight: 1 },
-            BackendConfig { address: "10.0.0.12".parse().unwrap(), weight: 2 },
+            BackendConfig {
+                address: "10.0.0.11".parse().unwrap(),
+                weight: 1
+            },
+            BackendConfig {
+                address: "10.0.0.12".parse().unwrap(),
+                weight: 2
+            },
         ]
     );
     assert_eq!(c.virtual_servers[1].tcp_ports, [443]);
     assert_eq!(
         c.health_check,
-        HealthCheck { interval: Duration::from_secs(5), timeout: Duration::from_secs(2), fall: 3, rise: 2 }
+        HealthCheck {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2
+        }
     );
     assert_eq!(c.control_socket, Path::new("/run/ikelb/ctl.sock"));
     assert_eq!(c.metrics_listen, "127.0.0.1:9435".parse().unwrap());
@@ -180,7 +191,10 @@ const BAD: &[(&str, &str, &str, &str)] = &[
 fn bad_configs_are_refused_naming_line_key_and_reason() {
     let mut failures = Vec::new();
     for &(what, from, to, want) in BAD {
-        assert!(FULL.contains(from), "{what}: {from:?} is not in the base config");
+        assert!(
+            FULL.contains(from),
+            "{what}: {from:?} is not in the base config"
+        );
         let source = FULL.replacen(from, to, 1);
         let got = refused(&source);
         if !got.contains(want) {
@@ -192,7 +206,9 @@ fn bad_configs_are_refused_naming_line_key_and_reason() {
 
 #[test]
 fn every_problem_is_reported_at_once_one_per_line() {
-    let source = FULL.replace("fall: 3", "fall: 0").replace("rise: 2", "rise: 0");
+    let source = FULL
+        .replace("fall: 3", "fall: 0")
+        .replace("rise: 2", "rise: 0");
     let got = refused(&source);
     assert_eq!(got.lines().count(), 2, "{got}");
 }
@@ -200,9 +216,17 @@ fn every_problem_is_reported_at_once_one_per_line() {
 #[test]
 fn missing_interfaces_are_refused_with_their_line() {
     let c = parse("ikelb.yaml", FULL).unwrap();
-    assert_eq!(c.resolve_interfaces(|n| (n == "eth0").then_some(3)).unwrap_err().to_string(),
-        "ikelb.yaml:1: interfaces[1]: interface \"eth1\" does not exist");
-    assert_eq!(c.resolve_interfaces(|n| Some(if n == "eth0" { 3 } else { 4 })).unwrap(), [3, 4]);
+    assert_eq!(
+        c.resolve_interfaces(|n| (n == "eth0").then_some(3))
+            .unwrap_err()
+            .to_string(),
+        "ikelb.yaml:1: interfaces[1]: interface \"eth1\" does not exist"
+    );
+    assert_eq!(
+        c.resolve_interfaces(|n| Some(if n == "eth0" { 3 } else { 4 }))
+            .unwrap(),
+        [3, 4]
+    );
 }
 
 #[test]
@@ -215,4 +239,3 @@ fn persistence_timeout_rounds_up_to_ticks() {
     c.persistence_timeout = Duration::from_secs(1800);
     assert_eq!(c.persist_timeout_ticks(), 1677); // 1.8e12 ns / 2^30 ns = 1676.4
 }
-
