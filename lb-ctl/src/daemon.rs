@@ -172,6 +172,14 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         source,
     })?;
 
+    for vs in config.virtual_servers.iter().filter(|vs| !vs.tcp_ports.is_empty()) {
+        warn!(
+            virtual_server = %vs.name,
+            "tcp_ports {:?} are recorded in the service but not forwarded: TCP (SSTP fallback) \
+             is reserved for a later release",
+            vs.tcp_ports
+        );
+    }
     let capacity = backend_capacity(config.backend_count());
     let ebpf = load(&config, capacity)?;
     let mut daemon = Daemon {
