@@ -214,7 +214,11 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                     _ = tick.tick() => {
                         if let Err(e) = daemon.refresh_next_hops().await {
                             // The mirror is only advanced on success: the next tick retries.
-                            warn!("updating the maps failed, retrying in {}: {e}", humantime::format_duration(RESOLVE_INTERVAL));
+                            warn!(
+                                "updating the maps failed, retrying in {}: {}",
+                                humantime::format_duration(RESOLVE_INTERVAL),
+                                crate::error_chain(&e)
+                            );
                         }
                     }
                 }
@@ -343,7 +347,7 @@ fn start_ebpf_logger(dp: &mut AyaDataplane) {
                         }
                     });
                 }
-                Err(e) => warn!("cannot poll the XDP program's log: {e}"),
+                Err(e) => warn!("cannot poll the XDP program's log: {}", crate::error_chain(&e)),
             }
         }
         Err(e) => debug!("the XDP program does not log (no aya-log map): {e}"),
@@ -408,7 +412,7 @@ impl Daemon {
                     port.map(|port| NextHop { port, mac: r.mac }),
                 )
             }
-            Err(e) => (e.to_string(), None),
+            Err(e) => (crate::error_chain(&e), None),
         };
         if self.status.get(&id) != Some(&status) {
             if next_hop.is_some() {
@@ -449,7 +453,7 @@ impl Daemon {
                     }
                     Err(source) => {
                         if attempts.len() > 1 {
-                            info!(interface = %iface.name, "{name} XDP unavailable ({source}); trying the next mode");
+                            info!(interface = %iface.name, "{name} XDP unavailable ({}); trying the next mode", crate::error_chain(&source));
                         }
                         last_err = Some(DaemonError::Attach {
                             iface: iface.name.clone(),
@@ -475,7 +479,7 @@ impl Daemon {
             match prog.detach(a.link) {
                 Ok(()) => info!(interface = %a.iface, mode = a.mode, "XDP detached"),
                 Err(source) => {
-                    warn!(interface = %a.iface, "detaching failed: {source}");
+                    warn!(interface = %a.iface, "detaching failed: {}", crate::error_chain(&source));
                     first_err.get_or_insert(DaemonError::Detach {
                         iface: a.iface,
                         source,
@@ -505,7 +509,7 @@ impl Daemon {
                     }
                 );
             }
-            Err(e) => debug!("reading counters: {e}"),
+            Err(e) => debug!("reading counters: {}", crate::error_chain(&e)),
         }
     }
 }

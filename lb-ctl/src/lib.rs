@@ -20,6 +20,23 @@ pub mod neighbor;
 pub mod paths;
 pub mod state;
 
+/// `e` and its sources on one line. Our errors already print their direct source; aya's
+/// often do not (`SyscallError` names the call, its source the errno), so each source is
+/// appended unless its text is already there.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// The XDP object built from `lb-ebpf` by `build.rs`, embedded so `lb-ctl` is one file to
 /// deploy.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

@@ -19,8 +19,7 @@ fn main() -> std::process::ExitCode {
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let e = anyhow::Error::from(e);
-            eprintln!("lb-ctl: {e:#}");
+            eprintln!("lb-ctl: {}", lb_ctl::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
