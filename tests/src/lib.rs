@@ -1,4 +1,6 @@
-//! ikelb integration tests
+//! ikelb's black-box integration tests: network-namespace labs, the backends' UDP responder,
+//! and the demo (see `lab`).
 
+pub mod ike;
 pub mod lab;
 pub mod packet;

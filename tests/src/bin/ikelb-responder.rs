@@ -15,7 +15,10 @@ fn main() -> Result<()> {
     let mut bind = Ipv4Addr::UNSPECIFIED;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--name" => name = Some(value()?),
             "--ports" => {

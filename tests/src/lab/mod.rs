@@ -11,6 +11,7 @@
 //! Only namespaces made here carry traffic: nothing touches the root namespace's links or
 //! routes.
 
+pub mod metrics;
 pub mod responder;
 mod topology;
 mod traffic;
@@ -145,7 +146,11 @@ fn ip_batch(netns: Option<&str>, commands: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot run ip (is iproute2 installed?)")?;
-    child.stdin.take().expect("piped").write_all(commands.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(commands.as_bytes())?;
     let out = child.wait_with_output()?;
     ensure!(
         out.status.success(),
@@ -278,7 +283,9 @@ impl NetNs {
     /// program id.
     pub fn xdp(&self, ifname: &str) -> Result<Option<XdpAttachment>> {
         let link = self.link(ifname)?;
-        let Some(xdp) = link.get("xdp") else { return Ok(None) };
+        let Some(xdp) = link.get("xdp") else {
+            return Ok(None);
+        };
         let mode = xdp.get("mode").and_then(|m| m.as_u64()).unwrap_or(0);
         let prog_id = xdp
             .get("prog")
@@ -332,7 +339,9 @@ impl Snmp {
         let mut map = HashMap::new();
         let lines: Vec<&str> = text.lines().collect();
         for pair in lines.chunks(2) {
-            let [header, values] = pair else { bail!("odd line count in /proc/net/snmp") };
+            let [header, values] = pair else {
+                bail!("odd line count in /proc/net/snmp")
+            };
             let (proto, names) = header.split_once(':').context("snmp: no ':'")?;
             let (_, values) = values.split_once(':').context("snmp: no ':'")?;
             for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
@@ -364,11 +373,24 @@ impl Veth {
         run(
             "ip",
             &[
-                "link", "add", a.1, "netns", a.0.name(), "type", "veth", "peer", "name", b.1,
-                "netns", b.0.name(),
+                "link",
+                "add",
+                a.1,
+                "netns",
+                a.0.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b.1,
+                "netns",
+                b.0.name(),
             ],
         )?;
-        let veth = Self { ns: a.0.name().to_string(), ifname: a.1.to_string() };
+        let veth = Self {
+            ns: a.0.name().to_string(),
+            ifname: a.1.to_string(),
+        };
         a.0.ip(&["link", "set", a.1, "up"])?;
         b.0.ip(&["link", "set", b.1, "up"])?;
         Ok(veth)
@@ -412,7 +434,12 @@ impl Child {
             .process_group(0)
             .spawn()
             .with_context(|| format!("spawn {name}: {cmd:?}"))?;
-        Ok(Self { name: name.to_string(), child, log, exited: None })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+            exited: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -456,9 +483,16 @@ impl Child {
             }
             thread::sleep(Duration::from_millis(10));
         }
-        eprintln!("lab: {} (pid {}) ignored SIGTERM for {grace:?}: SIGKILL", self.name, self.pid());
+        eprintln!(
+            "lab: {} (pid {}) ignored SIGTERM for {grace:?}: SIGKILL",
+            self.name,
+            self.pid()
+        );
         self.signal(libc::SIGKILL);
-        let status = self.child.wait().with_context(|| format!("wait {}", self.name))?;
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("wait {}", self.name))?;
         self.exited = Some(status);
         Ok(status)
     }
@@ -559,7 +593,9 @@ pub fn wait_for<T>(
 pub fn sibling_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join(name), dir.parent()?.join(name)].into_iter().find(|p| p.is_file())
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// The `lb-ctl` to test: `$IKELB_LB_CTL`, else the one built next to this executable.

@@ -61,7 +61,9 @@ impl Answer {
         let backend = words.next().context("empty answer")?.to_string();
         let second = words.next().context("answer has one word")?;
         let mut field = |name: &str| -> Result<String> {
-            let w = words.next().with_context(|| format!("no {name}= in {text:?}"))?;
+            let w = words
+                .next()
+                .with_context(|| format!("no {name}= in {text:?}"))?;
             match w.strip_prefix(name).and_then(|w| w.strip_prefix('=')) {
                 Some(v) => Ok(v.to_string()),
                 None => bail!("expected {name}= in {text:?}, found {w:?}"),
@@ -77,7 +79,9 @@ impl Answer {
         }
         Ok(Self::Echo(Echo {
             backend,
-            seen: second.parse().with_context(|| format!("bad address in {text:?}"))?,
+            seen: second
+                .parse()
+                .with_context(|| format!("bad address in {text:?}"))?,
             len: field("len")?.parse()?,
             port: field("port")?.parse()?,
             tag: field("tag")?,
@@ -189,7 +193,12 @@ mod tests {
         let a = Answer::parse("b1 stats datagrams=3 bytes=40 clients=2").unwrap();
         assert_eq!(
             a,
-            Answer::Stats(Stats { backend: "b1".into(), datagrams: 3, bytes: 40, clients: 2 })
+            Answer::Stats(Stats {
+                backend: "b1".into(),
+                datagrams: 3,
+                bytes: 40,
+                clients: 2
+            })
         );
         assert!(Answer::parse("b1").is_err());
         assert!(Answer::parse("b1 1.2.3.4 len=x port=1 tag=a").is_err());

@@ -36,9 +36,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::responder::Stats;
 use super::{
-    reap_stale, wait_for, BpfFs, Child, NetNs, RunPrefix, TempDir, UdpProbe, Veth,
-    XdpAttachment,
+    reap_stale, wait_for, BpfFs, Child, NetNs, RunPrefix, TempDir, UdpProbe, Veth, XdpAttachment,
 };
 
 /// The virtual server's address.
@@ -69,7 +69,11 @@ pub struct LabSpec {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        Self { role: 't', clients: 250, backends: 3 }
+        Self {
+            role: 't',
+            clients: 250,
+            backends: 3,
+        }
     }
 }
 
@@ -111,7 +115,10 @@ fn client_addr(i: usize) -> Ipv4Addr {
 impl Lab {
     /// Build the namespaces, links, addresses and routes. No process runs yet.
     pub fn build(spec: &LabSpec) -> Result<Self> {
-        ensure!(spec.backends >= 1 && spec.backends <= 200, "1..=200 backends");
+        ensure!(
+            spec.backends >= 1 && spec.backends <= 200,
+            "1..=200 backends"
+        );
         ensure!(spec.clients >= 1, "at least one client");
         reap_stale();
         let prefix = RunPrefix::new(spec.role);
@@ -198,7 +205,11 @@ impl Lab {
 
     /// Every namespace of the lab with a short role name, for per-namespace checks.
     pub fn namespaces(&self) -> Vec<(&str, &NetNs)> {
-        let mut v = vec![("client", &self.client_ns), ("gw", &self.gateway), ("bridge", &self.bridge)];
+        let mut v = vec![
+            ("client", &self.client_ns),
+            ("gw", &self.gateway),
+            ("bridge", &self.bridge),
+        ];
         v.extend(self.backends.iter().map(|b| (b.name.as_str(), &b.ns)));
         v
     }
@@ -211,7 +222,8 @@ impl Lab {
             let mut cmd = b.ns.command(responder);
             cmd.args(["--name", &b.name, "--ports", &ports.join(",")]);
             let log = self.dir.path().join(format!("responder-{}.log", b.name));
-            self.responders.push(Child::spawn(&format!("responder {}", b.name), cmd, log)?);
+            self.responders
+                .push(Child::spawn(&format!("responder {}", b.name), cmd, log)?);
         }
         let targets: Vec<(String, SocketAddrV4)> = self
             .backends
@@ -225,11 +237,29 @@ impl Lab {
                     &format!("responder {name} on {to}"),
                     Duration::from_secs(10),
                     Duration::from_millis(20),
-                    || Ok(probe.stats(*to, Duration::from_millis(100))?),
+                    || probe.stats(*to, Duration::from_millis(100)),
                 )?;
                 ensure!(reply.backend == *name, "{to} answered as {}", reply.backend);
             }
             Ok(())
+        })?
+    }
+
+    /// Every backend's responder counters, asked directly from the gateway (which reaches
+    /// them on the internal segment without going through the VIP); `None` where a responder
+    /// does not answer.
+    pub fn responder_stats(&self) -> Result<Vec<Option<Stats>>> {
+        let targets: Vec<SocketAddrV4> = self
+            .backends
+            .iter()
+            .map(|b| SocketAddrV4::new(b.addr, BACKEND_PORTS[0]))
+            .collect();
+        self.gateway.run(|| -> Result<Vec<Option<Stats>>> {
+            let probe = UdpProbe::bind(GW_INT_ADDR)?;
+            targets
+                .iter()
+                .map(|&to| probe.stats(to, Duration::from_millis(200)))
+                .collect()
         })?
     }
 
@@ -295,7 +325,11 @@ impl Lab {
         std::fs::write(&config, self.daemon_config())?;
         let mut cmd = self.gateway.command(lb_ctl);
         cmd.arg("daemon").arg("--config").arg(&config);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        cmd.env("NO_COLOR", "1");
         let log = self.dir.path().join("daemon.log");
         self.daemon = Some(Child::spawn("lb-ctl daemon", cmd, log)?);
         let attached = wait_for(
@@ -305,7 +339,10 @@ impl Lab {
             || {
                 let daemon = self.daemon.as_mut().expect("just set");
                 if let Some(status) = daemon.exit_status() {
-                    bail!("lb-ctl daemon exited ({status}):\n{}", daemon.output_tail(40));
+                    bail!(
+                        "lb-ctl daemon exited ({status}):\n{}",
+                        daemon.output_tail(40)
+                    );
                 }
                 let ext = self.gateway.xdp(GW_EXT)?;
                 let int = self.gateway.xdp(GW_INT)?;
@@ -347,23 +384,26 @@ impl Lab {
         let sock = self.control_socket();
         let mut all = vec!["--socket", sock.to_str().context("non-UTF-8 path")?];
         all.extend_from_slice(args);
-        self.gateway.exec(lb_ctl.to_str().context("non-UTF-8 path")?, &all)
+        self.gateway
+            .exec(lb_ctl.to_str().context("non-UTF-8 path")?, &all)
     }
 
     /// The daemon's `/metrics` page (HTTP/1.0 GET on the gateway's loopback).
     pub fn metrics(&self) -> Result<String> {
-        self.gateway
-            .run(|| -> Result<String> {
-                let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))
-                    .context("connect to the daemon's metrics endpoint")?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
-                let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-                ensure!(head.starts_with("HTTP/1.") && head.contains(" 200"), "metrics: {head}");
-                Ok(body.to_string())
-            })?
+        self.gateway.run(|| -> Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))
+                .context("connect to the daemon's metrics endpoint")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+            ensure!(
+                head.starts_with("HTTP/1.") && head.contains(" 200"),
+                "metrics: {head}"
+            );
+            Ok(body.to_string())
+        })?
     }
 
     /// `Udp: InCsumErrors` of every namespace, as (role, count).

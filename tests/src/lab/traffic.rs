@@ -1,7 +1,8 @@
 //! Client side of the lab: a UDP socket bound to one client address that asks a responder
 //! (through the VIP or directly) and matches the answer to the question.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -20,13 +21,22 @@ pub struct Reply {
 }
 
 /// A UDP socket bound to `addr:0` that never sets DF: a datagram larger than the path MTU is
-/// fragmented by the sender, as an IKE_AUTH with certificates is.
+/// fragmented by the sender, as an IKE_AUTH with certificates is. The socket is non-blocking;
+/// waits use poll(2), so many probes can have questions in flight at once ([`UdpProbe::send`]
+/// then [`UdpProbe::collect`]).
 #[derive(Debug)]
 pub struct UdpProbe {
     sock: UdpSocket,
     local: SocketAddrV4,
     sent: Cell<u64>,
+    /// Echoes read while waiting for another tag: with several questions in flight, answers
+    /// may come in any order.
+    early: RefCell<VecDeque<Reply>>,
 }
+
+/// Echoes kept for a later [`UdpProbe::collect`]; older ones (answers to abandoned tries) are
+/// dropped.
+const MAX_EARLY: usize = 16;
 
 impl UdpProbe {
     pub fn bind(addr: Ipv4Addr) -> Result<Self> {
@@ -45,12 +55,54 @@ impl UdpProbe {
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).context("IP_MTU_DISCOVER");
         }
-        let SocketAddr::V4(local) = sock.local_addr()? else { bail!("not IPv4") };
-        Ok(Self { sock, local, sent: Cell::new(0) })
+        sock.set_nonblocking(true)?;
+        let SocketAddr::V4(local) = sock.local_addr()? else {
+            bail!("not IPv4")
+        };
+        Ok(Self {
+            sock,
+            local,
+            sent: Cell::new(0),
+            early: RefCell::default(),
+        })
     }
 
     pub fn local(&self) -> SocketAddrV4 {
         self.local
+    }
+
+    /// Send a `len`-byte datagram to `to` and return its tag (the word the responder echoes).
+    pub fn send(&self, to: SocketAddrV4, len: usize) -> Result<String> {
+        let n = self.sent.get();
+        self.sent.set(n + 1);
+        let tag = format!("q{}.{n}", self.local.port());
+        let mut payload = format!("{tag} ").into_bytes();
+        payload.resize(len.max(payload.len()), b'x');
+        self.sock
+            .send_to(&payload, to)
+            .with_context(|| format!("send to {to}"))?;
+        Ok(tag)
+    }
+
+    /// Wait until `deadline` for the echo of the datagram tagged `tag`, keeping the others for
+    /// their own `collect`. `Ok(None)`: it did not come.
+    pub fn collect(&self, tag: &str, deadline: Instant) -> Result<Option<Reply>> {
+        let mut early = self.early.borrow_mut();
+        if let Some(i) = early.iter().position(|r| r.echo.tag == tag) {
+            return Ok(early.remove(i));
+        }
+        while let Some((from, answer)) = self.recv(deadline)? {
+            let Answer::Echo(echo) = answer else { continue };
+            let reply = Reply { from, echo };
+            if reply.echo.tag == tag {
+                return Ok(Some(reply));
+            }
+            if early.len() == MAX_EARLY {
+                early.pop_front();
+            }
+            early.push_back(reply);
+        }
+        Ok(None)
     }
 
     /// Send a `len`-byte datagram to `to` and wait up to `timeout` for its echo; resend up to
@@ -63,18 +115,9 @@ impl UdpProbe {
         timeout: Duration,
     ) -> Result<Option<Reply>> {
         for _ in 0..tries {
-            let n = self.sent.get();
-            self.sent.set(n + 1);
-            let tag = format!("q{}.{n}", self.local.port());
-            let mut payload = format!("{tag} ").into_bytes();
-            payload.resize(len.max(payload.len()), b'x');
-            self.sock.send_to(&payload, to).with_context(|| format!("send to {to}"))?;
-            let deadline = Instant::now() + timeout;
-            while let Some((from, answer)) = self.recv(deadline)? {
-                match answer {
-                    Answer::Echo(echo) if echo.tag == tag => return Ok(Some(Reply { from, echo })),
-                    _ => continue, // the answer to an earlier try, or stray stats
-                }
+            let tag = self.send(to, len)?;
+            if let Some(reply) = self.collect(&tag, Instant::now() + timeout)? {
+                return Ok(Some(reply));
             }
         }
         Ok(None)
@@ -83,7 +126,9 @@ impl UdpProbe {
     /// Ask the responder at `to` for its counters; `Ok(None)` if it does not answer within
     /// `timeout`.
     pub fn stats(&self, to: SocketAddrV4, timeout: Duration) -> Result<Option<Stats>> {
-        self.sock.send_to(STATS_QUERY, to).with_context(|| format!("send to {to}"))?;
+        self.sock
+            .send_to(STATS_QUERY, to)
+            .with_context(|| format!("send to {to}"))?;
         let deadline = Instant::now() + timeout;
         while let Some((_, answer)) = self.recv(deadline)? {
             if let Answer::Stats(s) = answer {
@@ -93,25 +138,45 @@ impl UdpProbe {
         Ok(None)
     }
 
+    /// The next answer, waiting until `deadline` (not at all once it has passed: then only
+    /// what is already queued).
     fn recv(&self, deadline: Instant) -> Result<Option<(SocketAddrV4, Answer)>> {
         let mut buf = [0u8; 512];
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        self.sock.set_read_timeout(Some(deadline - now))?;
-        match self.sock.recv_from(&mut buf) {
-            Ok((n, SocketAddr::V4(from))) => {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                let answer = Answer::parse(&text)
-                    .with_context(|| format!("{} got a garbled answer from {from}", self.local))?;
-                Ok(Some((from, answer)))
+        loop {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(from))) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let answer = Answer::parse(&text).with_context(|| {
+                        format!("{} got a garbled answer from {from}", self.local)
+                    })?;
+                    return Ok(Some((from, answer)));
+                }
+                Ok((_, from)) => bail!("answer from non-IPv4 {from}"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // An ICMP error (port unreachable) reported on the socket: no answer.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(None),
+                Err(e) => return Err(e).context("recv"),
             }
-            Ok((_, from)) => bail!("answer from non-IPv4 {from}"),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(None),
-            // An ICMP error (port unreachable) surfaces on the next call; it is "no answer".
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(None),
-            Err(e) => Err(e).context("recv"),
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            let mut pfd = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == ErrorKind::Interrupted {
+                    // A signal (the demo's Ctrl-C) ends the wait.
+                    return Ok(None);
+                }
+                return Err(e).context("poll");
+            }
         }
     }
 }
@@ -158,7 +223,9 @@ pub fn send_bad_checksum(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> 
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: buffer and address are valid for the lengths passed.
