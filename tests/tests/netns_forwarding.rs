@@ -1,14 +1,14 @@
-//! Network tests: real UDP through the standard lab (`ikelb_tests::lab`), with and without
+//! Network tests: real UDP and ESP through the standard lab (`ikelb_tests::lab`), with and without
 //! the ikelb daemon on the gateway. Root only: without root each test says why and returns.
 //!
 //! * `lab_forwards_client_addresses_without_ikelb` checks the lab itself with plain kernel
-//!   routing: every client reaches the backends directly and is seen with its own address,
-//!   fragments reassemble, the VIP belongs to the gateway, and a corrupted UDP checksum is
+//!   routing: every client reaches the backends directly (UDP and ESP) and is seen with its
+//!   own address, fragments reassemble, the VIP belongs to the gateway, and a corrupted UDP checksum is
 //!   counted — so the zero checksum-error counts asserted later mean something.
 //! * `daemon_balances_clients_and_keeps_ike_and_nat_t_together` runs `lb-ctl daemon` on the
 //!   gateway (`$IKELB_LB_CTL`, or the `lb-ctl` built next to this test) and sends, from each
-//!   of 250 client addresses, IKE (500), NAT-T (4500) and a 4,000-byte fragmented NAT-T
-//!   datagram to the VIP.
+//!   of 250 client addresses, IKE (500), NAT-T (4500), a 4,000-byte fragmented NAT-T
+//!   datagram and an ESP packet to the VIP: one backend answers them all, from the VIP.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -16,10 +16,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ikelb_tests::lab::{
-    self, metrics, send_bad_checksum, Lab, LabSpec, Reply, UdpProbe, BACKEND_PORTS, VIP,
+    self, metrics, send_bad_checksum, EspProbe, Lab, LabSpec, Reply, UdpProbe, BACKEND_PORTS, VIP,
 };
 
 const BIG: usize = 4000;
+/// ESP packet size (header included), a typical small tunnelled packet.
+const ESP_LEN: usize = 120;
 const TRIES: u32 = 3;
 const TIMEOUT: Duration = Duration::from_millis(300);
 /// Stop sending after this many failures: the first ones say what is wrong, and a broken
@@ -166,6 +168,12 @@ fn lab_forwards_client_addresses_without_ikelb() {
                         failures.push(e);
                     }
                 }
+                let esp = EspProbe::bind(client).expect("bind ESP");
+                let reply = esp.ask(*addr, ESP_LEN, TRIES, TIMEOUT).expect("ask ESP");
+                let to = SocketAddrV4::new(*addr, 0);
+                if let Err(e) = check(reply, client, to, ESP_LEN, Some(name)) {
+                    failures.push(format!("ESP: {e}"));
+                }
             }
             failures
         })
@@ -205,7 +213,7 @@ fn lab_forwards_client_addresses_without_ikelb() {
          {traffic:.2?}",
         lab.clients.len(),
         lab.backends.len(),
-        lab.clients.len() * 3
+        lab.clients.len() * 4
     );
 }
 
@@ -276,6 +284,14 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
                         Err(e) => failures.push(e),
                     }
                 }
+                // ESP follows the client's UDP: same backend, replies from the VIP.
+                let esp = EspProbe::bind(client).expect("bind ESP");
+                let reply = esp.ask(VIP, ESP_LEN, TRIES, TIMEOUT).expect("ask ESP");
+                let to = SocketAddrV4::new(VIP, 0);
+                match check(reply, client, to, ESP_LEN, backend.as_deref()) {
+                    Ok(b) => backend = Some(b),
+                    Err(e) => failures.push(format!("ESP: {e}")),
+                }
                 if let Some(b) = backend {
                     chosen.insert(client, b);
                 }
@@ -309,7 +325,7 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
 
     // The daemon's own account, where it serves one: every datagram went through the XDP
     // forward and reverse paths (fragments count once each, so "at least").
-    let round_trips = (lab.clients.len() * 3) as f64;
+    let round_trips = (lab.clients.len() * 4) as f64;
     match lab.metrics() {
         Ok(text) => {
             let count = |reason| {
@@ -338,7 +354,7 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
          the VIP in {traffic:.2?}",
         lab.clients.len(),
         lab.backends.len(),
-        lab.clients.len() * 3
+        lab.clients.len() * 4
     );
     let status = lab.stop_daemon().expect("stop the daemon");
     assert!(

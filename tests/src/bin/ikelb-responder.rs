@@ -1,4 +1,4 @@
-//! `ikelb-responder --name b1 [--ports 500,4500] [--bind 0.0.0.0]`: the lab's stand-in for a
+//! `ikelb-responder --name b1 [--ports 500,4500] [--bind 0.0.0.0] [--esp]`: the lab's stand-in for a
 //! VPN server. Answers every UDP datagram with its name and the source address it saw; see
 //! `ikelb_tests::lab::responder` for the format.
 
@@ -7,12 +7,13 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context, Result};
 use ikelb_tests::lab::responder;
 
-const USAGE: &str = "usage: ikelb-responder --name NAME [--ports 500,4500] [--bind ADDR]";
+const USAGE: &str = "usage: ikelb-responder --name NAME [--ports 500,4500] [--bind ADDR] [--esp]";
 
 fn main() -> Result<()> {
     let mut name = None;
     let mut ports = vec![500, 4500];
     let mut bind = Ipv4Addr::UNSPECIFIED;
+    let mut esp = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -28,6 +29,7 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?
             }
             "--bind" => bind = value()?.parse().context("bad --bind address")?,
+            "--esp" => esp = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -36,5 +38,5 @@ fn main() -> Result<()> {
         }
     }
     let name = name.context(USAGE)?;
-    responder::serve(&name, bind, &ports)
+    responder::serve(&name, bind, &ports, esp)
 }

@@ -12,12 +12,13 @@
 //! routes.
 
 pub mod metrics;
+pub mod raw;
 pub mod responder;
 mod topology;
 mod traffic;
 
 pub use topology::{Lab, LabSpec, BACKEND_PORTS, GW_EXT, GW_INT, VIP};
-pub use traffic::{send_bad_checksum, Reply, UdpProbe};
+pub use traffic::{send_bad_checksum, EspProbe, Reply, UdpProbe};
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

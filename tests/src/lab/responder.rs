@@ -9,7 +9,7 @@
 //!
 //! the responder's name, the source address it saw (with "Use Client IP" that is the client's
 //! own), the datagram's length (a fragmented datagram reports its reassembled length), the
-//! local port it arrived on, and the request's first word (so a client can tell the reply to a
+//! local port it arrived on (0 for ESP, answered in ESP), and the request's first word (so a client can tell the reply to a
 //! retry from a stale one). The request `?stats` is answered with counters instead and not
 //! counted:
 //!
@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::{bail, Context, Result};
+
+use super::raw::{esp_packet, RawSocket, ESP_HEADER, IPPROTO_ESP};
 
 /// The request that asks for counters.
 pub const STATS_QUERY: &[u8] = b"?stats";
@@ -111,16 +113,16 @@ struct Counters {
     clients: HashSet<IpAddr>,
 }
 
-/// Serve `ports` on `bind` (one thread per port) as `name`, forever. Fails only if a port
-/// cannot be bound.
-pub fn serve(name: &str, bind: Ipv4Addr, ports: &[u16]) -> Result<()> {
+/// Serve `ports` on `bind` (one thread per port) as `name`, and ESP too when `esp` (answered
+/// in ESP, with `port=0`; see [`super::raw`]), forever. Fails only if a socket cannot be
+/// opened.
+pub fn serve(name: &str, bind: Ipv4Addr, ports: &[u16], esp: bool) -> Result<()> {
     let counters = Arc::new(Mutex::new(Counters::default()));
     let sockets = ports
         .iter()
         .map(|&p| UdpSocket::bind((bind, p)).with_context(|| format!("bind {bind}:{p}")))
         .collect::<Result<Vec<_>>>()?;
-    println!("{name}: answering on {bind} ports {ports:?}");
-    let threads: Vec<_> = sockets
+    let mut threads: Vec<_> = sockets
         .into_iter()
         .zip(ports.iter().copied())
         .map(|(sock, port)| {
@@ -128,10 +130,48 @@ pub fn serve(name: &str, bind: Ipv4Addr, ports: &[u16]) -> Result<()> {
             thread::spawn(move || answer_loop(&sock, &name, port, &counters))
         })
         .collect();
+    if esp {
+        let raw = RawSocket::new(IPPROTO_ESP)?;
+        if !bind.is_unspecified() {
+            raw.bind(bind)?;
+        }
+        let (name, counters) = (name.to_string(), Arc::clone(&counters));
+        threads.push(thread::spawn(move || esp_loop(&raw, &name, &counters)));
+    }
+    println!(
+        "{name}: answering on {bind} UDP ports {ports:?}{}",
+        if esp { " and ESP" } else { "" }
+    );
     for t in threads {
         t.join().expect("responder thread panicked")?;
     }
     Ok(())
+}
+
+fn count(counters: &Mutex<Counters>, from: IpAddr, bytes: usize) {
+    let mut c = counters.lock().expect("poisoned");
+    c.datagrams += 1;
+    c.bytes += bytes as u64;
+    c.clients.insert(from);
+}
+
+fn esp_loop(sock: &RawSocket, name: &str, counters: &Mutex<Counters>) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Some((from, body)) = sock.recv(&mut buf, None)? else {
+            continue;
+        };
+        let Some(data) = body.get(ESP_HEADER..) else {
+            continue;
+        };
+        let seq = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes"));
+        count(counters, IpAddr::V4(from), body.len());
+        let line = echo_line(name, (from, 0).into(), body.len(), 0, &tag_of(data));
+        let reply = esp_packet(seq, line.as_bytes());
+        if let Err(e) = sock.send_to(&reply, from) {
+            eprintln!("{name}: ESP reply to {from}: {e:#}");
+        }
+    }
 }
 
 fn answer_loop(sock: &UdpSocket, name: &str, port: u16, counters: &Mutex<Counters>) -> Result<()> {
@@ -148,11 +188,7 @@ fn answer_loop(sock: &UdpSocket, name: &str, port: u16, counters: &Mutex<Counter
                 c.clients.len()
             )
         } else {
-            let mut c = counters.lock().expect("poisoned");
-            c.datagrams += 1;
-            c.bytes += n as u64;
-            c.clients.insert(from.ip());
-            drop(c);
+            count(counters, from.ip(), n);
             echo_line(name, from, n, port, &tag_of(request))
         };
         // A reply that cannot be sent (no route, full buffer) is the client's problem to

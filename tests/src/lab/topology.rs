@@ -214,13 +214,13 @@ impl Lab {
         v
     }
 
-    /// Start `ikelb-responder` in every backend namespace on [`BACKEND_PORTS`] and wait until
+    /// Start `ikelb-responder` in every backend namespace on [`BACKEND_PORTS`] and ESP, and wait until
     /// each answers on every port (asked directly from the gateway, which is on their segment).
     pub fn start_responders(&mut self, responder: &Path) -> Result<()> {
         let ports: Vec<String> = BACKEND_PORTS.iter().map(u16::to_string).collect();
         for b in &self.backends {
             let mut cmd = b.ns.command(responder);
-            cmd.args(["--name", &b.name, "--ports", &ports.join(",")]);
+            cmd.args(["--name", &b.name, "--ports", &ports.join(","), "--esp"]);
             let log = self.dir.path().join(format!("responder-{}.log", b.name));
             self.responders
                 .push(Child::spawn(&format!("responder {}", b.name), cmd, log)?);

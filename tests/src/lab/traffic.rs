@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::raw::{esp_packet, RawSocket, ESP_HEADER, IPPROTO_ESP};
 use super::responder::{Answer, Echo, Stats, STATS_QUERY};
 
 /// An answer and where it came from (the address the client saw: the VIP when ikelb rewrote
@@ -181,6 +182,65 @@ impl UdpProbe {
     }
 }
 
+/// ESP (IP protocol 50) from one client address: raw packets with the lab's SPI whose text the
+/// responder echoes back in ESP (see [`super::raw`]).
+#[derive(Debug)]
+pub struct EspProbe {
+    raw: RawSocket,
+    local: Ipv4Addr,
+    seq: Cell<u32>,
+}
+
+impl EspProbe {
+    /// A raw ESP socket bound to `addr`: it sends from `addr` and sees only ESP to `addr`.
+    pub fn bind(addr: Ipv4Addr) -> Result<Self> {
+        let raw = RawSocket::new(IPPROTO_ESP)?;
+        raw.bind(addr)?;
+        Ok(Self {
+            raw,
+            local: addr,
+            seq: Cell::new(1),
+        })
+    }
+
+    /// Send an ESP packet of `len` bytes (header included) to `to` and wait up to `timeout`
+    /// for the echo; resend up to `tries` times in all. The reply's `from` has port 0.
+    pub fn ask(
+        &self,
+        to: Ipv4Addr,
+        len: usize,
+        tries: u32,
+        timeout: Duration,
+    ) -> Result<Option<Reply>> {
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..tries {
+            let seq = self.seq.get();
+            self.seq.set(seq + 1);
+            let tag = format!("e{}.{seq}", self.local);
+            let mut data = format!("{tag} ").into_bytes();
+            data.resize(len.saturating_sub(ESP_HEADER).max(data.len()), b'x');
+            self.raw.send_to(&esp_packet(seq, &data), to)?;
+            let deadline = Instant::now() + timeout;
+            while let Some((from, body)) = self.raw.recv(&mut buf, Some(deadline))? {
+                let Some(text) = body.get(ESP_HEADER..) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(text);
+                match Answer::parse(&text) {
+                    Ok(Answer::Echo(echo)) if echo.tag == tag => {
+                        return Ok(Some(Reply {
+                            from: SocketAddrV4::new(from, 0),
+                            echo,
+                        }))
+                    }
+                    _ => continue, // an earlier try's answer, or not the responder's
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Send one UDP datagram from `src` to `dst:port` whose UDP checksum is deliberately wrong,
 /// through a raw socket of the calling thread's namespace. The receiver must count it in
 /// `Udp: InCsumErrors`: the lab's proof that checksums are really verified there (so a zero
@@ -213,36 +273,7 @@ pub fn send_bad_checksum(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> 
     ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
     ip.extend_from_slice(&udp);
 
-    // SAFETY: plain socket(2); the fd is owned and closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("raw socket");
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: buffer and address are valid for the lengths passed.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            ip.as_ptr().cast(),
-            ip.len(),
-            0,
-            (&sin as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("sendto (raw)");
-    }
-    Ok(())
+    RawSocket::new(libc::IPPROTO_RAW)?.send_to(&ip, dst)
 }
 
 fn internet_checksum(data: &[u8]) -> u16 {
