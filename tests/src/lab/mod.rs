@@ -69,14 +69,15 @@ impl RunPrefix {
     }
 }
 
-/// PID encoded in a name made by [`RunPrefix`] (`ik?<pid>n<k>-…`), if it is one.
+/// PID encoded in a name made by [`RunPrefix`] (`ik?<pid>n<k>` or `ik?<pid>n<k>-…`), if it
+/// is one.
 fn prefix_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("ik")?;
     let mut chars = rest.chars();
     chars.next().filter(char::is_ascii_lowercase)?;
     let rest = chars.as_str();
     let (pid, rest) = rest.split_once('n')?;
-    let (counter, _) = rest.split_once('-')?;
+    let counter = rest.split_once('-').map_or(rest, |(counter, _)| counter);
     if counter.is_empty() || !counter.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -94,7 +95,18 @@ pub fn reap_stale() {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if dead(&name) {
-                eprintln!("lab: removing stale namespace {name}");
+                eprintln!("lab: removing stale namespace {name} and its processes");
+                // Children of the dead run that outlived it (they normally die with it: see
+                // `Child`): only processes inside this run's own namespace.
+                if let Ok(pids) = run("ip", &["netns", "pids", &name]) {
+                    for pid in pids
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
             }
         }
@@ -411,7 +423,9 @@ impl Drop for Veth {
 /// A child process, stopped on drop: SIGTERM, a grace period, then SIGKILL, always reaped by
 /// PID. Output goes to a log file so a failing test can show it. The child runs in its own
 /// process group, so a Ctrl-C at the terminal reaches only the parent, which then stops its
-/// children in order (daemon before namespaces).
+/// children in order (daemon before namespaces). If the parent is killed outright, the child
+/// gets SIGTERM (`PR_SET_PDEATHSIG`), and the next lab's [`reap_stale`] removes whatever is
+/// left in the dead run's namespaces.
 #[derive(Debug)]
 pub struct Child {
     name: String,
@@ -428,6 +442,18 @@ impl Child {
             .append(true)
             .open(&log)
             .with_context(|| format!("open {}", log.display()))?;
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // If this process dies without running destructors (SIGKILL), the child is told
+                // to stop too. The signal follows the *thread* that spawned the child, so guards
+                // are created on the thread that owns the lab (never inside `NetNs::run`).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -622,7 +648,9 @@ mod tests {
         assert_eq!(prefix_pid(&p.name("gw")), Some(std::process::id()));
         assert!(p.name("client").len() <= 32);
         assert_eq!(prefix_pid("ikt12n3-gw"), Some(12));
+        assert_eq!(prefix_pid("ikt12n3"), Some(12));
         assert_eq!(prefix_pid("ikt12-gw"), None);
+        assert_eq!(prefix_pid("ikt12n-gw"), None);
         assert_eq!(prefix_pid("other"), None);
         assert_eq!(prefix_pid("ikT12n3-gw"), None);
     }
