@@ -38,7 +38,7 @@ use super::charon::{Charon, CharonFiles, Fragmentation, Initiation};
 use super::log::{CharonLog, Received};
 use super::pki::{client_id, Pki};
 use super::sas::IkeSa;
-use crate::lab::{Lab, LabSpec, NetNs, Snmp, Veth, VIP};
+use crate::lab::{wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, VIP};
 
 /// The network behind the responders: what clients reach through their tunnels.
 pub const HOST_NET: &str = "10.200.0.0/24";
@@ -432,7 +432,85 @@ impl IkeLab {
     }
 }
 
+/// A `tcpdump` of UDP on one interface, written to a file; [`Capture::checksums`] stops it
+/// and decodes it.
+#[derive(Debug)]
+pub struct Capture {
+    /// Where: `namespace/interface`.
+    pub at: String,
+    file: PathBuf,
+    child: Child,
+}
+
+/// UDP checksums tcpdump verified in a capture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChecksumTally {
+    /// `[udp sum ok]`.
+    pub ok: usize,
+    /// `[bad udp cksum …]`.
+    pub bad: usize,
+}
+
+impl Capture {
+    /// Start capturing UDP on `ifname` in `ns` into `file`; returns once tcpdump listens.
+    pub fn start(ns: &NetNs, ifname: &str, file: PathBuf) -> Result<Self> {
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-i", ifname, "-n", "-U", "--immediate-mode", "-w"])
+            .arg(&file)
+            .arg("udp");
+        let log = file.with_extension("log");
+        let at = format!("{}/{ifname}", ns.name());
+        let mut child = Child::spawn(&format!("tcpdump {at}"), cmd, log)?;
+        wait_for(
+            &format!("tcpdump on {at}"),
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                if let Some(status) = child.exit_status() {
+                    anyhow::bail!(
+                        "tcpdump on {at} exited ({status}): {}",
+                        child.output_tail(5)
+                    );
+                }
+                Ok(child.output().contains("listening on").then_some(()))
+            },
+        )?;
+        Ok(Self { at, file, child })
+    }
+
+    /// Stop the capture and count the UDP checksums tcpdump could verify (whole datagrams:
+    /// it cannot check a fragmented one).
+    pub fn checksums(mut self) -> Result<ChecksumTally> {
+        self.child.stop(Duration::from_secs(3))?;
+        let file = self.file.to_str().context("non-UTF-8 path")?;
+        let text = crate::lab::run("tcpdump", &["-nn", "-vv", "-r", file])?;
+        Ok(ChecksumTally {
+            ok: text.matches("[udp sum ok]").count(),
+            bad: text.matches("[bad udp cksum").count(),
+        })
+    }
+}
+
 impl IkeLab {
+    /// Capture UDP where it has just crossed ikelb: every responder's `eth0` (forward path,
+    /// destination rewritten) and the router's uplink (reverse path, source rewritten; also the
+    /// clients' packets after the router's NAT).
+    pub fn start_captures(&self) -> Result<Vec<Capture>> {
+        let mut caps = vec![Capture::start(
+            &self.lab.client_ns,
+            "eth0",
+            self.lab.dir().join("router-eth0.pcap"),
+        )?];
+        for b in &self.lab.backends {
+            caps.push(Capture::start(
+                &b.ns,
+                "eth0",
+                self.lab.dir().join(format!("{}-eth0.pcap", b.name)),
+            )?);
+        }
+        Ok(caps)
+    }
+
     /// Copy every charon's log (and the daemon's, if any) to `dest/<run prefix>/`: the lab's
     /// own directory disappears with the lab.
     pub fn save_logs(&self, dest: &Path) -> Result<PathBuf> {

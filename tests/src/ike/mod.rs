@@ -32,7 +32,8 @@ mod sas;
 
 pub use charon::{Charon, CharonFiles, Fragmentation, Initiation};
 pub use lab::{
-    ClientReport, Gateway, IkeLab, IkeLabSpec, PingResult, Snapshot, HOST_ADDR, HOST_NET, LOGS_ENV,
+    Capture, ChecksumTally, ClientReport, Gateway, IkeLab, IkeLabSpec, PingResult, Snapshot,
+    HOST_ADDR, HOST_NET, LOGS_ENV,
 };
 pub use log::{CharonLog, IkeSaLog, Received};
 pub use pki::{client_id, Pki, SERVER_ID};
@@ -75,12 +76,13 @@ pub const PACKAGES: &[&str] = &[
     "libstrongswan-extra-plugins",
     "libstrongswan-standard-plugins",
     "nftables",
+    "tcpdump",
     "ethtool",
     "iputils-ping",
 ];
 
 /// Why real IKEv2 peers cannot run on this machine, or `None` when they can: the tests need
-/// root (namespaces), charon and its plugins, swanctl, pki, nft, ethtool, ping and a TUN
+/// root (namespaces), charon and its plugins, swanctl, pki, nft, tcpdump, ethtool, ping and a TUN
 /// device. The interop tests print this and skip.
 pub fn unavailable() -> Option<String> {
     if !crate::lab::is_root() {
@@ -96,7 +98,9 @@ pub fn unavailable() -> Option<String> {
             missing.push(so.display().to_string());
         }
     }
-    for tool in ["swanctl", "pki", "nft", "ethtool", "ping", "unshare"] {
+    for tool in [
+        "swanctl", "pki", "nft", "tcpdump", "ethtool", "ping", "unshare",
+    ] {
         if !on_path(tool) {
             missing.push(tool.into());
         }
