@@ -41,6 +41,12 @@ pub enum DataplaneError {
         map: &'static str,
         source: Box<MapError>,
     },
+    #[error("deleting {map}[{key}]: {source}")]
+    Delete {
+        map: &'static str,
+        key: String,
+        source: Box<MapError>,
+    },
 }
 
 /// What the control plane needs from the data path.
@@ -65,6 +71,11 @@ pub trait Dataplane {
     /// Writes `BACKENDS[id]` and the reverse-path index `BACKEND_IDS_V4/V6[addr] = id`.
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError>;
 
+    /// Forgets backend `id`: `BACKENDS[id]` is zeroed (address 0 is "missing" to the data
+    /// path, so a persisted client naming it is re-selected) and, when `index` is given (its
+    /// address words), `BACKEND_IDS_V4/V6[index]` is deleted.
+    fn remove_backend(&mut self, id: u32, index: Option<[u32; 4]>) -> Result<(), DataplaneError>;
+
     /// Writes `RINGS[index] = value` for each pair (absolute indices).
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
 
@@ -73,6 +84,12 @@ pub trait Dataplane {
 
     /// Every entry of `PERSIST_V4`.
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+
+    /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
+    fn persistence_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<PersistValue>, DataplaneError>;
 }
 
 /// Wire-order words of an address: IPv4 in word 0 (see `lb-common`, "Byte order").
@@ -150,6 +167,27 @@ impl AyaDataplane {
             })
     }
 
+    /// Deletes `key`; a key that is not there is no error (the goal is its absence).
+    fn hash_remove<K: Pod + std::fmt::Debug>(
+        &mut self,
+        map: &'static str,
+        key: K,
+    ) -> Result<(), DataplaneError> {
+        let mut m: HashMap<&mut MapData, K, u32> =
+            HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        match m.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Delete {
+                map,
+                key: format!("{key:?}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     fn array_set<V: Pod>(
         &mut self,
         map: &'static str,
@@ -205,6 +243,19 @@ impl Dataplane for AyaDataplane {
             self.hash_insert(maps::BACKEND_IDS_V4, backend.addr[0], id)
         } else {
             self.hash_insert(maps::BACKEND_IDS_V6, backend.addr, id)
+        }
+    }
+
+    fn remove_backend(&mut self, id: u32, index: Option<[u32; 4]>) -> Result<(), DataplaneError> {
+        self.array_set(maps::BACKENDS, id, Backend::default())?;
+        let Some(addr) = index else {
+            return Ok(());
+        };
+        // As in `set_backend`: words 1–3 zero means IPv4.
+        if addr[1..] == [0, 0, 0] {
+            self.hash_remove(maps::BACKEND_IDS_V4, addr[0])
+        } else {
+            self.hash_remove(maps::BACKEND_IDS_V6, addr)
         }
     }
 
@@ -264,6 +315,26 @@ impl Dataplane for AyaDataplane {
             })
             .collect()
     }
+
+    fn persistence_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        let map = maps::PERSIST_V4;
+        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
+            .map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Read {
+                map,
+                source: Box::new(source),
+            }),
+        }
+    }
 }
 
 pub mod fake {
@@ -291,6 +362,11 @@ pub mod fake {
         SetBackend {
             id: u32,
             flags: u32,
+        },
+        RemoveBackend {
+            id: u32,
+            /// Whether the reverse index entry was deleted.
+            index: bool,
         },
         /// `count` slots written, the lowest and highest index among them.
         RingSlots {
@@ -366,6 +442,22 @@ pub mod fake {
             Ok(())
         }
 
+        fn remove_backend(
+            &mut self,
+            id: u32,
+            index: Option<[u32; 4]>,
+        ) -> Result<(), DataplaneError> {
+            self.ops.push(Op::RemoveBackend {
+                id,
+                index: index.is_some(),
+            });
+            self.backends.insert(id, Backend::default());
+            if let Some(addr) = index {
+                self.backend_ids.remove(&addr);
+            }
+            Ok(())
+        }
+
         fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
             let first = slots.iter().map(|s| s.0).min().unwrap_or(0);
             let last = slots.iter().map(|s| s.0).max().unwrap_or(0);
@@ -394,6 +486,17 @@ pub mod fake {
 
         fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
             Ok(self.persist_v4.clone())
+        }
+
+        fn persistence_v4_get(
+            &self,
+            key: &PersistKeyV4,
+        ) -> Result<Option<PersistValue>, DataplaneError> {
+            Ok(self
+                .persist_v4
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| *v))
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   slot-by-slot into the inactive buffer and flipped;
 //! * [`dataplane`] — the BPF maps behind a small trait (aya implementation, in-memory fake);
 //! * [`neighbor`] — next-hop MAC and egress interface of each backend;
+//! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
 //! * [`cli`] — the command line.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod neighbor;
 pub mod paths;
 pub mod state;

@@ -1,0 +1,569 @@
+//! ICMP health checks: every backend is pinged (ICMP echo, ICMPv6 for IPv6 backends) every
+//! `health_check.interval`, each probe bounded by `health_check.timeout`.
+//!
+//! ## Verdicts (NetScaler PING monitor semantics)
+//!
+//! A [`Tracker`] per backend turns probe results into a [`HealthState`] with consecutive
+//! counts, as pingora's `observe_health`: [`Tracker::observe`] returns `true` only when the
+//! state flips, and the daemon acts on flips only (one table rebuild per transition, one
+//! log line).
+//!
+//! * **Unknown** — a backend nobody has probed yet (daemon start, `lb-ctl backend add`).
+//!   It is *not* usable: no packet goes to a server ikelb has not seen alive. The first
+//!   successful probe makes it **Up** at once (NetScaler and F5 bring a new service/pool
+//!   member up on the first successful probe; `rise` damps a server that *was* failing, it is
+//!   not a warm-up). `fall` consecutive failures make it **Down**.
+//! * **Up** → **Down** after `fall` consecutive failures.
+//! * **Down** → **Up** after `rise` consecutive successes.
+//!
+//! The daemon probes every backend once *before* it attaches the program, and probes a
+//! backend added at runtime at once (not at the next interval), so start-up and `backend
+//! add` cost one round trip, not one interval. A backend is usable by the data path when it
+//! is Up *and* its next hop (MAC) is resolved (see `state::BackendState::usable`).
+//!
+//! A probe fails on timeout or on any error (host unreachable, send failure). Health-check
+//! traffic is ICMP between the gateway's own address and the backend: the XDP program
+//! passes it untouched both ways (ICMP is no service protocol; replies come back as
+//! `pass/not_vip`-or-`pass/not_client`, never rewritten).
+//!
+//! ## Pieces
+//!
+//! * [`Prober`]: one probe of one address; [`IcmpProber`] (surge-ping) is the real one, tests
+//!   use scripted fakes.
+//! * [`Monitor`]: probes a set of [`Target`]s every interval (and new targets at once) and
+//!   sends each round's [`Report`]s to the daemon's loop, which owns the trackers and the
+//!   balancer (`runtime::Controller::on_health`).
+//!
+//! ## For the metrics endpoint (`ikelb_health_check_duration_seconds{backend}`,
+//! `ikelb_health_checks_total{backend,result}`)
+//!
+//! Every probe the monitor completes is handed to the optional [`ProbeObserver`] given to
+//! [`Monitor::new`] — `observer(backend_address, &probe)` — *as it completes*, from the
+//! monitor task. Use `probe.duration.as_secs_f64()` for the histogram and
+//! `probe.outcome.label()` (`success` | `timeout` | `error`) for the result label; the
+//! `backend` label is the address (`backend.to_string()`). The observer must not block.
+//! Current up/down state for `ikelb_backend_up{vs,backend}` is
+//! `BackendState::health` / `BackendState::usable()` in the balancer.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use surge_ping::{Client, PingIdentifier, PingSequence, SurgeError, ICMP};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::MissedTickBehavior,
+};
+use tracing::debug;
+
+use crate::config::HealthCheck;
+
+/// What the health checks say about a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not probed successfully yet, and not `fall` failures either: not usable.
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Consecutive-result counter of one backend (see the module doc for the transitions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracker {
+    state: HealthState,
+    /// Consecutive results that argue for leaving `state` (failures while Up/Unknown,
+    /// successes while Down).
+    consecutive: u32,
+}
+
+impl Tracker {
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+
+    /// Records one probe result; `true` when the state flipped (pingora `observe_health`).
+    pub fn observe(&mut self, success: bool, rise: u32, fall: u32) -> bool {
+        let next = match (self.state, success) {
+            (HealthState::Unknown, true) => Some(HealthState::Up),
+            (HealthState::Up, true) | (HealthState::Down, false) => {
+                self.consecutive = 0;
+                None
+            }
+            (HealthState::Unknown | HealthState::Up, false) => {
+                self.consecutive += 1;
+                (self.consecutive >= fall).then_some(HealthState::Down)
+            }
+            (HealthState::Down, true) => {
+                self.consecutive += 1;
+                (self.consecutive >= rise).then_some(HealthState::Up)
+            }
+        };
+        match next {
+            Some(state) => {
+                self.state = state;
+                self.consecutive = 0;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// How one probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeOutcome {
+    /// An echo reply came back within the timeout.
+    Success,
+    /// No reply within the timeout.
+    Timeout,
+    /// The probe could not be sent or an error came back (e.g. host unreachable).
+    Error,
+}
+
+impl ProbeOutcome {
+    /// Value of the `result` label of `ikelb_health_checks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProbeOutcome::Success => "success",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Error => "error",
+        }
+    }
+
+    pub fn is_success(self) -> bool {
+        self == ProbeOutcome::Success
+    }
+}
+
+/// One completed probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub outcome: ProbeOutcome,
+    /// From sending the echo request to the reply, the timeout or the error.
+    pub duration: Duration,
+    /// What went wrong, for the log (`None` on success and timeout).
+    pub error: Option<String>,
+}
+
+/// Sends one probe. `Send + Sync` so the monitor can run probes concurrently.
+pub trait Prober: Send + Sync + 'static {
+    /// Probes `addr`, giving up after `timeout`.
+    fn probe(&self, addr: IpAddr, timeout: Duration) -> impl Future<Output = Probe> + Send;
+}
+
+/// Why the ICMP prober could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("opening the {kind} socket for health checks (needs CAP_NET_RAW, or a ping_group_range that includes our group): {source}")]
+    Socket {
+        kind: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Payload of every echo request (the kernel echoes it back).
+const PAYLOAD: &[u8] = b"ikelb health check";
+
+/// ICMP echo through surge-ping: an unprivileged ICMP socket where `ping_group_range` allows,
+/// a raw socket otherwise (root; the case under `ip netns exec`, whose fresh namespace has
+/// an empty `ping_group_range`). One socket per family, shared by every probe; replies are
+/// matched by (address, identifier, sequence).
+pub struct IcmpProber {
+    v4: Client,
+    /// `None` when the host has no IPv6 (only needed for IPv6 backends).
+    v6: Option<Client>,
+    ident: u16,
+    seq: AtomicU16,
+}
+
+impl IcmpProber {
+    /// Opens the sockets. Must run inside a tokio runtime (surge-ping spawns its receiver).
+    pub fn new() -> Result<Self, HealthError> {
+        let v4 = Client::new(&surge_ping::Config::builder().kind(ICMP::V4).build()).map_err(
+            |source| HealthError::Socket {
+                kind: "ICMP",
+                source,
+            },
+        )?;
+        let v6 = match Client::new(&surge_ping::Config::builder().kind(ICMP::V6).build()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                debug!("no ICMPv6 socket ({e}): IPv6 backends would fail their health checks");
+                None
+            }
+        };
+        Ok(Self {
+            v4,
+            v6,
+            // Raw sockets see every echo reply of the host: a per-process identifier keeps
+            // ours apart from other pingers'.
+            ident: std::process::id() as u16,
+            seq: AtomicU16::new(0),
+        })
+    }
+}
+
+impl Prober for IcmpProber {
+    fn probe(&self, addr: IpAddr, timeout: Duration) -> impl Future<Output = Probe> + Send {
+        let client = match addr {
+            IpAddr::V4(_) => Some(self.v4.clone()),
+            IpAddr::V6(_) => self.v6.clone(),
+        };
+        let ident = PingIdentifier(self.ident);
+        let seq = PingSequence(self.seq.fetch_add(1, Ordering::Relaxed));
+        async move {
+            let start = Instant::now();
+            let Some(client) = client else {
+                return Probe {
+                    outcome: ProbeOutcome::Error,
+                    duration: start.elapsed(),
+                    error: Some("no ICMPv6 socket".to_owned()),
+                };
+            };
+            let mut pinger = client.pinger(addr, ident).await;
+            pinger.timeout(timeout);
+            // surge-ping enforces the timeout on the reply; the outer one also bounds a send
+            // that blocks.
+            let result = tokio::time::timeout(timeout, pinger.ping(seq, PAYLOAD)).await;
+            let duration = start.elapsed();
+            let (outcome, error) = match result {
+                Ok(Ok(_)) => (ProbeOutcome::Success, None),
+                Ok(Err(SurgeError::Timeout { .. })) | Err(_) => (ProbeOutcome::Timeout, None),
+                Ok(Err(e)) => (ProbeOutcome::Error, Some(e.to_string())),
+            };
+            Probe {
+                outcome,
+                duration: duration.min(timeout),
+                error,
+            }
+        }
+    }
+}
+
+/// A backend to probe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub id: u32,
+    pub addr: IpAddr,
+}
+
+/// The result of probing one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub probe: Probe,
+}
+
+/// Called with every completed probe (backend address, probe), from the monitor task: the
+/// hook for `ikelb_health_check_duration_seconds` and `ikelb_health_checks_total`. Must not
+/// block.
+pub type ProbeObserver = Arc<dyn Fn(IpAddr, &Probe) + Send + Sync>;
+
+/// Probes targets every interval and reports each round.
+pub struct Monitor<P> {
+    prober: Arc<P>,
+    check: HealthCheck,
+    observer: Option<ProbeObserver>,
+}
+
+impl<P: Prober> Monitor<P> {
+    pub fn new(prober: Arc<P>, check: HealthCheck, observer: Option<ProbeObserver>) -> Self {
+        Self {
+            prober,
+            check,
+            observer,
+        }
+    }
+
+    /// Probes every target concurrently, each bounded by the timeout; reports come back in
+    /// target order.
+    pub async fn round(&self, targets: &[Target]) -> Vec<Report> {
+        let mut set = JoinSet::new();
+        for (i, t) in targets.iter().enumerate() {
+            let prober = Arc::clone(&self.prober);
+            let t = t.clone();
+            let timeout = self.check.timeout;
+            set.spawn(async move {
+                let probe = prober.probe(t.addr, timeout).await;
+                (
+                    i,
+                    Report {
+                        id: t.id,
+                        addr: t.addr,
+                        probe,
+                    },
+                )
+            });
+        }
+        let mut out: Vec<(usize, Report)> = Vec::with_capacity(targets.len());
+        while let Some(joined) = set.join_next().await {
+            let (i, report) =
+                joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            if let Some(observe) = &self.observer {
+                observe(report.addr, &report.probe);
+            }
+            out.push((i, report));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Runs until `reports` is closed or `targets`' sender is dropped: a round of every
+    /// target each interval (the first one interval from now — the daemon runs the first
+    /// round itself before attaching), and a round of just the new targets as soon as
+    /// `targets` gains some.
+    pub async fn run(self, mut targets: watch::Receiver<Vec<Target>>, reports: mpsc::Sender<Vec<Report>>) {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.check.interval,
+            self.check.interval,
+        );
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut known: HashSet<Target> = targets.borrow_and_update().iter().cloned().collect();
+        loop {
+            let batch: Vec<Target> = tokio::select! {
+                _ = tick.tick() => {
+                    let all = targets.borrow_and_update().clone();
+                    known = all.iter().cloned().collect();
+                    all
+                }
+                changed = targets.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let all = targets.borrow_and_update().clone();
+                    let new: Vec<Target> =
+                        all.iter().filter(|t| !known.contains(*t)).cloned().collect();
+                    known = all.into_iter().collect();
+                    new
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let round = self.round(&batch).await;
+            if reports.send(round).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{collections::HashMap, sync::Mutex};
+
+    fn run(tracker: &mut Tracker, results: &str, rise: u32, fall: u32) -> Vec<(HealthState, bool)> {
+        results
+            .chars()
+            .map(|c| {
+                let flipped = tracker.observe(c == '+', rise, fall);
+                (tracker.state(), flipped)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_backend_is_up_on_its_first_success() {
+        let mut t = Tracker::default();
+        assert_eq!(t.state(), HealthState::Unknown);
+        assert_eq!(run(&mut t, "+", 2, 3), [(HealthState::Up, true)]);
+    }
+
+    #[test]
+    fn a_new_backend_that_never_answers_is_down_after_fall_failures() {
+        let mut t = Tracker::default();
+        let states = run(&mut t, "---", 2, 3);
+        assert_eq!(
+            states,
+            [
+                (HealthState::Unknown, false),
+                (HealthState::Unknown, false),
+                (HealthState::Down, true)
+            ]
+        );
+        // Once it has been down, `rise` applies.
+        assert_eq!(
+            run(&mut t, "++", 2, 3),
+            [(HealthState::Down, false), (HealthState::Up, true)]
+        );
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_it_down_and_a_success_resets_the_count() {
+        let mut t = Tracker::default();
+        run(&mut t, "+", 2, 3);
+        let states = run(&mut t, "--+--+---", 2, 3);
+        let flips: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.1)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(flips, [8], "{states:?}");
+        assert_eq!(t.state(), HealthState::Down);
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_it_back_and_a_failure_resets_the_count() {
+        let mut t = Tracker::default();
+        run(&mut t, "+---", 3, 3);
+        assert_eq!(t.state(), HealthState::Down);
+        let states = run(&mut t, "++-+++", 3, 3);
+        assert_eq!(
+            states.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [false, false, false, false, false, true]
+        );
+        assert_eq!(t.state(), HealthState::Up);
+    }
+
+    #[test]
+    fn fall_and_rise_of_one_flip_at_once() {
+        let mut t = Tracker::default();
+        assert_eq!(
+            run(&mut t, "+-+-", 1, 1),
+            [
+                (HealthState::Up, true),
+                (HealthState::Down, true),
+                (HealthState::Up, true),
+                (HealthState::Down, true)
+            ]
+        );
+    }
+
+    /// Answers from a script: address → outcomes in order (then the last one forever).
+    #[derive(Default)]
+    struct Scripted {
+        script: Mutex<HashMap<IpAddr, Vec<ProbeOutcome>>>,
+    }
+
+    impl Prober for Scripted {
+        fn probe(&self, addr: IpAddr, _timeout: Duration) -> impl Future<Output = Probe> + Send {
+            let mut s = self.script.lock().unwrap();
+            let v = s.entry(addr).or_default();
+            let outcome = if v.len() > 1 {
+                v.remove(0)
+            } else {
+                v.first().copied().unwrap_or(ProbeOutcome::Success)
+            };
+            std::future::ready(Probe {
+                outcome,
+                duration: Duration::from_millis(1),
+                error: None,
+            })
+        }
+    }
+
+    fn check() -> HealthCheck {
+        HealthCheck {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            fall: 3,
+            rise: 2,
+        }
+    }
+
+    fn target(id: u32) -> Target {
+        Target {
+            id,
+            addr: IpAddr::from([10, 0, 0, id as u8]),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_reports_in_target_order_and_feeds_the_observer() {
+        let prober = Arc::new(Scripted::default());
+        prober
+            .script
+            .lock()
+            .unwrap()
+            .insert(target(2).addr, vec![ProbeOutcome::Timeout]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let observer: ProbeObserver = Arc::new(move |addr, p: &Probe| {
+            seen2.lock().unwrap().push((addr, p.outcome.label()));
+        });
+        let m = Monitor::new(prober, check(), Some(observer));
+        let reports = m.round(&[target(1), target(2), target(3)]).await;
+        assert_eq!(
+            reports.iter().map(|r| (r.id, r.probe.outcome)).collect::<Vec<_>>(),
+            [
+                (1, ProbeOutcome::Success),
+                (2, ProbeOutcome::Timeout),
+                (3, ProbeOutcome::Success)
+            ]
+        );
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (target(1).addr, "success"),
+                (target(2).addr, "timeout"),
+                (target(3).addr, "success")
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_probes_every_interval_and_new_targets_at_once() {
+        let m = Monitor::new(Arc::new(Scripted::default()), check(), None);
+        let (targets_tx, targets_rx) = watch::channel(vec![target(1)]);
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(m.run(targets_rx, tx));
+        let t0 = tokio::time::Instant::now();
+
+        // Nothing before the first interval: the daemon ran round one itself.
+        let first = rx.recv().await.unwrap();
+        assert_eq!(t0.elapsed(), check().interval);
+        assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+
+        // A new target is probed at once, alone.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        targets_tx.send(vec![target(1), target(2)]).unwrap();
+        let new = rx.recv().await.unwrap();
+        assert_eq!(new.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+        assert!(t0.elapsed() < 2 * check().interval);
+
+        // The next interval probes both.
+        let both = rx.recv().await.unwrap();
+        assert_eq!(both.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(t0.elapsed(), 2 * check().interval);
+
+        // A removed target is not probed any more.
+        targets_tx.send(vec![target(2)]).unwrap();
+        let after = rx.recv().await.unwrap();
+        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), [2]);
+
+        drop(targets_tx);
+        task.await.unwrap();
+    }
+}
