@@ -363,3 +363,83 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
         lab.daemon_output_tail(20)
     );
 }
+
+#[test]
+fn daemon_leaves_everything_else_to_the_kernel() {
+    if skip_unless_root("daemon_leaves_everything_else_to_the_kernel") {
+        return;
+    }
+    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
+    let mut lab = Lab::build(&LabSpec {
+        clients: 8,
+        ..LabSpec::default()
+    })
+    .expect("build the lab");
+    lab.start_responders(&responder())
+        .expect("start responders");
+    lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
+    let client = lab.clients[0];
+    let first = lab
+        .client_ns
+        .run(|| {
+            let probe = UdpProbe::bind(client).expect("bind client");
+            let to = SocketAddrV4::new(VIP, 500);
+            lab::wait_for(
+                "the first answer through the VIP",
+                Duration::from_secs(20),
+                Duration::ZERO,
+                || probe.ask(to, 64, 1, Duration::from_millis(100)),
+            )
+        })
+        .expect("client namespace");
+    if let Err(e) = first {
+        panic!("{e:#}\n{}", lab.daemon_output_tail(40));
+    }
+
+    let backend_datagrams = |lab: &Lab| -> u64 {
+        let stats = lab.responder_stats().expect("responder stats");
+        stats
+            .iter()
+            .map(|s| s.as_ref().expect("every responder answers").datagrams)
+            .sum()
+    };
+    let before = backend_datagrams(&lab);
+    let no_ports = || lab.gateway.snmp().expect("gateway snmp").get("Udp.NoPorts");
+    let refused_before = no_ports();
+
+    // A port outside the persistency group is the gateway's own business: its stack refuses
+    // it, no backend sees it.
+    let answer = lab
+        .client_ns
+        .run(|| {
+            let probe = UdpProbe::bind(client).expect("bind client");
+            probe
+                .ask(SocketAddrV4::new(VIP, 80), 64, 1, TIMEOUT)
+                .expect("ask")
+        })
+        .expect("client namespace");
+    assert!(answer.is_none(), "VIP:80 answered: {answer:?}");
+    assert_eq!(
+        no_ports() - refused_before,
+        1,
+        "the gateway should refuse VIP:80 itself"
+    );
+
+    // ICMP to the VIP is answered by the gateway; the gateway reaches its backends (what
+    // health checks need) and their replies to it are not taken for client traffic.
+    let ping = |ns: &lab::NetNs, from: &str, to: &str| {
+        ns.exec("ping", &["-c", "1", "-W", "2", "-I", from, to])
+            .unwrap_or_else(|e| panic!("ping {to} from {from} in {}: {e:#}", ns.name()))
+    };
+    ping(&lab.client_ns, &client.to_string(), &VIP.to_string());
+    for b in &lab.backends {
+        ping(&lab.gateway, "int", &b.addr.to_string());
+    }
+
+    assert_eq!(
+        backend_datagrams(&lab),
+        before,
+        "a backend got traffic that was not its own"
+    );
+    assert_no_csum_errors(&lab);
+}
