@@ -9,7 +9,8 @@
 //!    same responder (vici SAs matched by SPI, responder logs, ESP counters);
 //! 3. with `fragmentation = no`, IKE_AUTH crosses the gateway as IP fragments (counted where
 //!    they are made and reassembled) and every client still comes up;
-//! 4. failover — see `ikelb_failover_reinitiates_on_survivors`;
+//! 4. a responder whose link is cut is marked down; its clients, re-initiating, come up on
+//!    the survivors within [`FAILOVER_BOUND`] of the cut, and nobody else is disturbed;
 //! 5. a negative control, nft DNAT sending UDP 4500 to another responder than UDP 500, fails
 //!    assertion 1 for most clients;
 //! 6. checksums are real (tx offload off where UDP originates) and no namespace counts a UDP
@@ -39,6 +40,10 @@ const RESPONDERS: usize = 3;
 /// finishes within charon's ~7 s retransmit budget.
 const INITIATE_TIMEOUT: Duration = Duration::from_secs(15);
 const PINGS: u32 = 3;
+/// Assertion 4's bound, from cutting a responder's link to every one of its clients being up
+/// again on a survivor. The lab's health checks (200 ms interval, fall 3) need ~0.8 s to see
+/// the failure, a re-initiation ~0.5 s under load; the rest is slack for a busy machine.
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
 /// One lab at a time: each runs ~30 charons, and the suite must stay fast on 2 cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -407,4 +412,162 @@ fn ikelb_ike_fragments() {
     assert_spread(TEST, snap);
     drop(lab);
     eprintln!("{TEST}: {:?} in all", start.elapsed());
+}
+
+/// Assertion 4: cut the busiest responder's link; once the gateway has noticed
+/// (`mark_down` returns), its clients re-initiate and must come up on the survivors within
+/// [`FAILOVER_BOUND`] of the cut, while every other client keeps its SA (same responder, same
+/// SPIs) and its tunnel.
+fn fail_over(test: &str, lab: &IkeLab, mark_down: impl FnOnce(usize) -> Duration) {
+    let before = connect_all(test, lab, false).snap;
+    assert_all_connected(test, lab, &before);
+    let per = before.clients_per_responder();
+    let dead = (0..per.len()).max_by_key(|&r| per[r]).expect("responders");
+    let moved: Vec<usize> = before
+        .clients
+        .iter()
+        .filter(|c| c.established_at == Some(dead))
+        .map(|c| c.index)
+        .collect();
+    let cut = Instant::now();
+    lab.cut_responder(dead)
+        .unwrap_or_else(|e| panic!("{test}: cutting responder {dead}: {e:#}"));
+    let noticed = mark_down(dead);
+    for &i in &moved {
+        lab.clients[i]
+            .charon
+            .terminate_ike("vpn")
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    }
+    let initiations = lab.initiate(&moved, INITIATE_TIMEOUT);
+    let back = cut.elapsed();
+    let pings = lab.ping_all(PINGS);
+    let after = lab
+        .snapshot(None, Some(&pings))
+        .unwrap_or_else(|e| panic!("{test}: collecting SAs and logs: {e:#}"));
+    eprintln!("{test}: after the failover\n{}", after.table());
+    for (k, &i) in moved.iter().enumerate() {
+        let init = &initiations[k];
+        assert!(
+            init.ok,
+            "{test}: assertion 4: client{i:02} did not re-establish:\n{}",
+            init.output
+        );
+    }
+    assert_all_connected(test, lab, &after);
+    assert_same_responder(test, &after);
+    for c in &after.clients {
+        let was = &before.clients[c.index];
+        if moved.contains(&c.index) {
+            assert_ne!(
+                c.established_at,
+                Some(dead),
+                "{test}: assertion 4: {} is back on the dead responder",
+                c.id
+            );
+        } else {
+            let ids = |r: &ike::ClientReport| {
+                (
+                    r.established_at,
+                    r.sa.as_ref().map(|s| (s.uniqueid, s.initiator_spi.clone())),
+                )
+            };
+            assert_eq!(
+                ids(c),
+                ids(was),
+                "{test}: assertion 4: {} was disturbed by the failover",
+                c.id
+            );
+        }
+    }
+    assert!(
+        back <= FAILOVER_BOUND,
+        "{test}: assertion 4: {} clients took {back:?} from the cut to be up again (bound {FAILOVER_BOUND:?})",
+        moved.len()
+    );
+    eprintln!(
+        "{test}: failover: cut {} ({} clients); gateway noticed after {noticed:?}; all {} \
+         re-established on {:?} {back:?} after the cut (bound {FAILOVER_BOUND:?}); {} others \
+         untouched",
+        before.responders[dead],
+        moved.len(),
+        moved.len(),
+        after.clients_per_responder(),
+        before.clients.len() - moved.len(),
+    );
+}
+
+/// Assertion 4's harness without ikelb: the nft gateway is told by the test what health
+/// checks would tell ikelb.
+#[test]
+fn control_nft_failover() {
+    const TEST: &str = "control_nft_failover";
+    if !can_run(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let start = Instant::now();
+    let lab = build(TEST, spec(Gateway::NftSourceHash, Fragmentation::Ip));
+    fail_over(TEST, &lab, |dead| {
+        let t = Instant::now();
+        lab.nft_fail_over(dead)
+            .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+        t.elapsed()
+    });
+    drop(lab);
+    eprintln!("{TEST}: {:?} in all", start.elapsed());
+}
+
+/// Assertion 4 through ikelb: its health checks must take the cut responder out.
+#[test]
+fn ikelb_failover() {
+    const TEST: &str = "ikelb_failover";
+    if !can_run(TEST) {
+        return;
+    }
+    let Some(lb_ctl) = lb_ctl(TEST) else { return };
+    let _serial = serial();
+    let start = Instant::now();
+    let lab = build(TEST, spec(Gateway::Ikelb(lb_ctl), Fragmentation::Ip));
+    // TODO(issue 3): health checks. Until the daemon reports `ikelb_backend_up` on /metrics
+    // there is nothing that could take a dead responder out, so this assertion cannot run;
+    // it starts running by itself once the metric appears.
+    if let Err(why) = backend_up(&lab, lab.responders[0].addr) {
+        eprintln!("SKIPPED {TEST} (TODO issue 3, health checks): {why}");
+        return;
+    }
+    fail_over(TEST, &lab, |dead| {
+        let t = Instant::now();
+        let addr = lab.responders[dead].addr;
+        lab::wait_for(
+            &format!("ikelb to mark {addr} down"),
+            FAILOVER_BOUND,
+            Duration::from_millis(50),
+            || Ok(backend_up(&lab, addr).ok().filter(|up| !up)),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{TEST}: assertion 4: {e:#}\n{}",
+                lab.lab.daemon_output_tail(30)
+            )
+        });
+        t.elapsed()
+    });
+    drop(lab);
+    eprintln!("{TEST}: {:?} in all", start.elapsed());
+}
+
+/// `ikelb_backend_up{backend=ADDR}` from the daemon's /metrics.
+fn backend_up(lab: &IkeLab, addr: std::net::Ipv4Addr) -> Result<bool, String> {
+    let text = lab
+        .lab
+        .metrics()
+        .map_err(|e| format!("no /metrics: {e:#}"))?;
+    let addr = addr.to_string();
+    let samples = lab::metrics::samples(&text, "ikelb_backend_up");
+    let sample = samples
+        .iter()
+        .find(|s| s.label("backend") == addr)
+        .ok_or_else(|| format!("/metrics has no ikelb_backend_up for {addr}"))?;
+    Ok(sample.value != 0.0)
 }

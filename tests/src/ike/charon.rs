@@ -386,11 +386,24 @@ impl Charon {
         }
     }
 
-    /// Forget IKE SA `ike` at once, without waiting for the peer (`--force`): the way a client
-    /// whose server vanished starts over.
+    /// Forget every IKE SA of connection `ike` without waiting for the peer, the way a
+    /// client whose server vanished starts over: `--force` without `--timeout` sends the
+    /// DELETE and destroys the SA at once (with `--timeout 1` swanctl waits that second and
+    /// then reports failure although the SA is gone).
     pub fn terminate_ike(&self, ike: &str) -> Result<()> {
-        self.swanctl(&["--terminate", "--ike", ike, "--force", "--timeout", "1"])
-            .map(drop)
+        self.swanctl(&["--terminate", "--ike", ike, "--force"])?;
+        let left: Vec<u32> = self
+            .list_sas()?
+            .iter()
+            .filter(|s| s.name == ike)
+            .map(|s| s.uniqueid)
+            .collect();
+        ensure!(
+            left.is_empty(),
+            "charon {}: IKE SAs {left:?} of {ike} survived --terminate --force",
+            self.name
+        );
+        Ok(())
     }
 
     /// Every IKE SA charon holds, half-open ones included.

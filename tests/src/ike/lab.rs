@@ -198,10 +198,11 @@ impl IkeLab {
             b.ns.sysctl("net/ipv4/ip_forward", "1")?;
         }
 
+        let identity: Vec<usize> = (0..spec.responders).collect();
         match &spec.gateway {
             Gateway::Ikelb(lb_ctl) => lab.start_daemon(lb_ctl)?,
-            Gateway::NftSourceHash => nft(&lab.gateway, &nft_dnat(&lab, 0))?,
-            Gateway::NftSplitPorts => nft(&lab.gateway, &nft_dnat(&lab, 1))?,
+            Gateway::NftSourceHash => nft(&lab.gateway, &nft_dnat(&lab, &identity, 0))?,
+            Gateway::NftSplitPorts => nft(&lab.gateway, &nft_dnat(&lab, &identity, 1))?,
         }
 
         // Start every charon, then wait for all: their start-ups overlap.
@@ -298,6 +299,37 @@ impl IkeLab {
     pub fn cut_responder(&self, i: usize) -> Result<()> {
         let port = &self.lab.backends[i].name;
         self.lab.bridge.ip(&["link", "set", port, "down"]).map(drop)
+    }
+
+    /// Control gateway only ([`Gateway::NftSourceHash`]): do what health checks make ikelb do
+    /// when responder `dead` fails — send its hash slot to the next responder and forget its
+    /// flows (conntrack entries whose replies come from it) — so the failover harness can be
+    /// proven without ikelb.
+    pub fn nft_fail_over(&self, dead: usize) -> Result<()> {
+        ensure!(
+            matches!(self.spec.gateway, Gateway::NftSourceHash),
+            "not an nft source-hash gateway"
+        );
+        let n = self.responders.len();
+        ensure!(n >= 2, "no survivor");
+        let slots: Vec<usize> = (0..n)
+            .map(|k| if k == dead { (k + 1) % n } else { k })
+            .collect();
+        let ruleset = format!(
+            "flush table ip ikelb_interop\n{}",
+            nft_dnat(&self.lab, &slots, 0)
+        );
+        nft(&self.lab.gateway, &ruleset)?;
+        let addr = self.responders[dead].addr.to_string();
+        // Exit status 1 when nothing matched: not an error here.
+        let _ = self
+            .lab
+            .gateway
+            .command("conntrack")
+            .args(["-D", "-p", "udp", "--reply-src", &addr])
+            .output()
+            .context("cannot run conntrack")?;
+        Ok(())
     }
 
     /// Interfaces where UDP originates (clients' `eth0`, responders' `eth0`) whose tx
@@ -828,13 +860,15 @@ fn in_net(a: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
     u32::from(a) & mask == u32::from(net) & mask
 }
 
-/// The control gateways' DNAT: responder = jhash(client source address) mod N, for UDP 500;
-/// for UDP 4500 the same hash shifted by `shift_4500` responders.
-fn nft_dnat(lab: &Lab, shift_4500: usize) -> String {
-    let n = lab.backends.len();
+/// The control gateways' DNAT: slot = jhash(client source address) mod N picks
+/// `lab.backends[slots[slot]]`, for UDP 500; for UDP 4500 the slot is shifted by `shift_4500`
+/// first. `slots` is the identity at start; a failover points the dead responder's slot at a
+/// survivor (only its clients move, as with Maglev).
+fn nft_dnat(lab: &Lab, slots: &[usize], shift_4500: usize) -> String {
+    let n = slots.len();
     let map = |shift: usize| {
         (0..n)
-            .map(|k| format!("{k} : {}", lab.backends[(k + shift) % n].addr))
+            .map(|k| format!("{k} : {}", lab.backends[slots[(k + shift) % n]].addr))
             .collect::<Vec<_>>()
             .join(", ")
     };

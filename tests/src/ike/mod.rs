@@ -77,13 +77,14 @@ pub const PACKAGES: &[&str] = &[
     "libstrongswan-standard-plugins",
     "nftables",
     "tcpdump",
+    "conntrack",
     "ethtool",
     "iputils-ping",
 ];
 
 /// Why real IKEv2 peers cannot run on this machine, or `None` when they can: the tests need
-/// root (namespaces), charon and its plugins, swanctl, pki, nft, tcpdump, ethtool, ping and a TUN
-/// device. The interop tests print this and skip.
+/// root (namespaces), charon and its plugins, swanctl, pki, nft, tcpdump, conntrack, ethtool,
+/// ping and a TUN device. The interop tests print this and skip.
 pub fn unavailable() -> Option<String> {
     if !crate::lab::is_root() {
         return Some("needs root (network and mount namespaces)".into());
