@@ -282,7 +282,7 @@ fn lab_forwards_client_addresses_without_ikelb() {
     assert_no_csum_errors(&lab);
     let (client, b1) = (lab.clients[0], lab.backends[0].addr);
     lab.client_ns
-        .run(|| send_bad_checksum(client, b1, 9))
+        .run(|| send_bad_checksum(SocketAddrV4::new(client, 40_000), SocketAddrV4::new(b1, 9)))
         .expect("client namespace")
         .expect("send a corrupted datagram");
     let counted = lab::wait_for(
@@ -349,6 +349,7 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
     }
 
     assert_no_csum_errors(&lab);
+    corrupted_checksums_survive_ikelb(&lab, &chosen);
 
     // The daemon's own account, where it serves one: every datagram went through the XDP
     // forward and reverse paths (fragments count once each, so "at least").
@@ -551,5 +552,57 @@ fn failed_backend_loses_only_its_clients_and_takes_none_back() {
          of {} new clients went to it after it came back",
         known.len(),
         unseen.len()
+    );
+}
+
+/// The zero `InCsumErrors` above mean something only if the receivers verify the frames ikelb
+/// rewrote and redirected: a corrupted datagram sent through the VIP (forward) and one sent
+/// back from the backend's service port (reverse) must each be counted by its receiver — the
+/// incremental update keeps a bad checksum bad.
+fn corrupted_checksums_survive_ikelb(lab: &Lab, chosen: &BTreeMap<Ipv4Addr, String>) {
+    let client = lab.clients[0];
+    let backend = lab
+        .backends
+        .iter()
+        .find(|b| b.name == chosen[&client])
+        .expect("the client's backend");
+    let csum_errors = |ns: &lab::NetNs| ns.snmp().expect("snmp").get("Udp.InCsumErrors");
+    let wait_count = |what: &str, ns: &lab::NetNs| {
+        lab::wait_for(
+            what,
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+            || Ok((csum_errors(ns) == 1).then_some(())),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    let from_client = SocketAddrV4::new(client, 40_000);
+    lab.client_ns
+        .run(|| send_bad_checksum(from_client, SocketAddrV4::new(VIP, 500)))
+        .expect("client namespace")
+        .expect("send a corrupted datagram to the VIP");
+    wait_count(
+        &format!(
+            "{} to count the corrupted datagram from the VIP",
+            backend.name
+        ),
+        &backend.ns,
+    );
+    let from_backend = SocketAddrV4::new(backend.addr, 500);
+    backend
+        .ns
+        .run(|| send_bad_checksum(from_backend, from_client))
+        .expect("backend namespace")
+        .expect("send a corrupted reply");
+    wait_count("the client to count the corrupted reply", &lab.client_ns);
+    let elsewhere: Vec<_> = lab
+        .udp_csum_errors()
+        .expect("snmp")
+        .into_iter()
+        .filter(|(role, n)| *n != 0 && role != "client" && *role != backend.name)
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "checksum errors where none were sent: {elsewhere:?}"
     );
 }

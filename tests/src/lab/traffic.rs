@@ -241,15 +241,18 @@ impl EspProbe {
     }
 }
 
-/// Send one UDP datagram from `src` to `dst:port` whose UDP checksum is deliberately wrong,
-/// through a raw socket of the calling thread's namespace. The receiver must count it in
+/// Send one UDP datagram from `src` to `dst` whose UDP checksum is deliberately wrong, through
+/// a raw socket of the calling thread's namespace. The receiver must count it in
 /// `Udp: InCsumErrors`: the lab's proof that checksums are really verified there (so a zero
-/// count after ikelb's rewrites means something).
-pub fn send_bad_checksum(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
+/// count after ikelb's rewrites means something). Sent through ikelb, it also shows that the
+/// incremental checksum update keeps a bad checksum bad.
+pub fn send_bad_checksum(src: SocketAddrV4, dst: SocketAddrV4) -> Result<()> {
+    let (sport, port) = (src.port(), dst.port());
+    let (src, dst) = (*src.ip(), *dst.ip());
     let payload = b"bad checksum";
     let udp_len = (8 + payload.len()) as u16;
     let mut udp = Vec::with_capacity(udp_len as usize);
-    udp.extend_from_slice(&40_000u16.to_be_bytes());
+    udp.extend_from_slice(&sport.to_be_bytes());
     udp.extend_from_slice(&port.to_be_bytes());
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
