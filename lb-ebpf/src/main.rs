@@ -12,6 +12,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod bench;
+#[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -40,7 +42,14 @@ mod prog {
 
     #[xdp]
     pub fn ikelb(ctx: XdpContext) -> u32 {
-        try_ikelb(&ctx).unwrap_or_else(Verdict::record)
+        process(&ctx)
+    }
+
+    /// The whole per-packet work of `ikelb` (verdict counted), also called by the bench-only
+    /// programs of `crate::bench` after they stamp the frame.
+    #[inline(always)]
+    pub(crate) fn process(ctx: &XdpContext) -> u32 {
+        try_ikelb(ctx).unwrap_or_else(Verdict::record)
     }
 
     /// `Ok(action)` for a forwarded packet (already counted), `Err(verdict)` for everything
