@@ -1,6 +1,7 @@
 //! Toolchain and system bootstrap: everything a fresh machine of the project's kind lacks.
 //!
-//! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables, …);
+//! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables,
+//!   prometheus, strongSwan, …);
 //! * the `nightly` toolchain's `rust-src` (for `-Z build-std=core`);
 //! * `bpf-linker`, built against the LLVM that ships inside the nightly toolchain (no
 //!   prebuilt binary or matching system LLVM is reachable here; see docs/toolchain.md).
@@ -11,14 +12,23 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
-/// Debian packages (binary → package) needed by tests, demo and benchmark.
+/// Debian packages needed by tests, demo and benchmark, each with a file that proves it is
+/// installed (a binary, or a plugin for the strongSwan packages).
 const PACKAGES: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("ethtool", "ethtool"),
-    ("ping", "iputils-ping"),
-    ("nft", "nftables"),
-    ("tcpdump", "tcpdump"),
-    ("prometheus", "prometheus"),
+    ("/usr/bin/ip", "iproute2"),
+    ("/usr/sbin/ethtool", "ethtool"),
+    ("/usr/bin/ping", "iputils-ping"),
+    ("/usr/sbin/nft", "nftables"),
+    ("/usr/sbin/conntrack", "conntrack"),
+    ("/usr/bin/tcpdump", "tcpdump"),
+    ("/usr/bin/prometheus", "prometheus"),
+    // Real IKEv2 peers for the interop tests and the demo (docs/interop.md).
+    ("/usr/lib/ipsec/charon", "strongswan-charon"),
+    ("/usr/sbin/swanctl", "strongswan-swanctl"),
+    ("/usr/bin/pki", "strongswan-pki"),
+    ("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so", "libcharon-extra-plugins"),
+    ("/usr/lib/ipsec/plugins/libstrongswan-curve25519.so", "libstrongswan-extra-plugins"),
+    ("/usr/lib/ipsec/plugins/libstrongswan-openssl.so", "libstrongswan-standard-plugins"),
 ];
 
 pub fn all() -> Result<()> {
@@ -27,15 +37,9 @@ pub fn all() -> Result<()> {
     bpf_linker()
 }
 
-fn have(binary: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"]
-        .iter()
-        .any(|dir| std::path::Path::new(dir).join(binary).exists())
-}
-
 fn packages() -> Result<()> {
     let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+        PACKAGES.iter().filter(|(file, _)| !std::path::Path::new(file).exists()).map(|(_, pkg)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }
