@@ -1,0 +1,496 @@
+//! Prometheus metrics (DESIGN.md, "Metrics"): the text exposition format at `/metrics` on
+//! `metrics.listen` ([`http`]).
+//!
+//! Two kinds of metric, one registry:
+//!
+//! * **Read from the data path when scraped** ([`DataplaneCollector`], a custom
+//!   `prometheus::core::Collector`; nothing polls in a loop): `ikelb_xdp_packets_total{action,
+//!   reason}` (per-CPU `COUNTERS`, one label pair per `lb_common::counter::LABELS` entry),
+//!   `ikelb_backend_packets_total` / `ikelb_backend_bytes_total{vs,backend,direction}`
+//!   (per-CPU `BACKEND_STATS`, `direction` = `forward` client → backend | `reverse`
+//!   backend → client), `ikelb_backend_clients{vs,backend}` and `ikelb_persistence_entries`
+//!   (a walk of `PERSIST_V4`), plus `ikelb_backend_up{vs,backend}` and
+//!   `ikelb_persistence_capacity` from the control plane's view.
+//! * **Kept by the daemon**: `ikelb_maglev_rebuilds_total` (one per table flip),
+//!   `ikelb_health_check_duration_seconds{backend}` (histogram) and
+//!   `ikelb_health_checks_total{backend,result}` (fed by the health monitor through
+//!   [`Metrics::probe_observer`]), `ikelb_build_info{version}`.
+//!
+//! Counters live in pinned maps, so they keep counting across daemon restarts (a map
+//! migration starts them from zero, which Prometheus' `rate()` treats as a counter reset).
+//!
+//! A *client* is a persistence entry that still holds its client, i.e. seen within
+//! `persistence_timeout`: an older entry is re-balanced on its next packet and is only
+//! waiting for the LRU to recycle it. `ikelb_persistence_entries` counts those live entries,
+//! so `ikelb_persistence_entries / ikelb_persistence_capacity` (the alert in
+//! `deploy/prometheus/ikelb-alerts.yml`) says how close the LRU is to evicting clients that
+//! are still active. Walking the map costs two syscalls per entry (≈ 1 s per million entries
+//! on one core); it runs on the blocking pool, never on the daemon's event loop.
+
+pub mod http;
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, RwLock},
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::{
+    counter, maps, PersistKeyV4, PersistValue, Traffic, DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
+};
+use prometheus::{
+    core::{Collector, Desc},
+    proto::MetricFamily,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use tracing::warn;
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    health::{Probe, ProbeObserver},
+    state::Balancer,
+};
+
+/// Histogram buckets of an ICMP round trip, 0.5 ms to 5 s (timeouts end a probe at
+/// `health_check.timeout`, 2 s by default).
+const PROBE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A backend as the metrics label it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendLabel {
+    /// Backend id (index in `BACKENDS` / `BACKEND_STATS`).
+    pub id: u32,
+    /// Service id (first word of its clients' persistence keys).
+    pub service: u32,
+    /// `vs` label: the virtual server's name.
+    pub vs: String,
+    /// `backend` label: its address.
+    pub address: IpAddr,
+    /// `ikelb_backend_up`: usable (next hop known and health checks Up).
+    pub up: bool,
+}
+
+/// What the scrape reads from the data path.
+pub trait StatsSource: Send + Sync + 'static {
+    /// `COUNTERS` summed over CPUs, indexed like `lb_common::counter`.
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
+    /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
+    fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
+    /// Every `PERSIST_V4` entry.
+    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+}
+
+fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Read {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// [`StatsSource`] over the pinned maps: its own fds (opened from the pins), so a scrape
+/// never waits for the control loop.
+pub struct PinnedStats {
+    counters: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Traffic>,
+    persist: HashMap<MapData, PersistKeyV4, PersistValue>,
+}
+
+impl PinnedStats {
+    /// Opens `COUNTERS`, `BACKEND_STATS` and `PERSIST_V4` from `maps_dir` (`pin::Pins::maps_dir`).
+    pub fn open(maps_dir: &Path) -> Result<Self, DataplaneError> {
+        fn open(dir: &Path, map: &'static str) -> Result<Map, DataplaneError> {
+            let data = MapData::from_pin(dir.join(map)).map_err(read_err(map))?;
+            Map::from_map_data(data).map_err(read_err(map))
+        }
+        let typed = |map: &'static str| {
+            move |source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            }
+        };
+        Ok(Self {
+            counters: PerCpuArray::try_from(open(maps_dir, maps::COUNTERS)?)
+                .map_err(typed(maps::COUNTERS))?,
+            stats: PerCpuArray::try_from(open(maps_dir, maps::BACKEND_STATS)?)
+                .map_err(typed(maps::BACKEND_STATS))?,
+            persist: HashMap::try_from(open(maps_dir, maps::PERSIST_V4)?)
+                .map_err(typed(maps::PERSIST_V4))?,
+        })
+    }
+}
+
+impl StatsSource for PinnedStats {
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..counter::COUNT)
+            .map(|i| {
+                self.counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(read_err(maps::COUNTERS))
+            })
+            .collect()
+    }
+
+    fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
+        let dir = |d: u32| -> Result<Traffic, DataplaneError> {
+            let per_cpu = self
+                .stats
+                .get(&(id * 2 + d), 0)
+                .map_err(read_err(maps::BACKEND_STATS))?;
+            Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
+                packets: a.packets + t.packets,
+                bytes: a.bytes + t.bytes,
+            }))
+        };
+        Ok([dir(DIR_FORWARD)?, dir(DIR_REVERSE)?])
+    }
+
+    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+        // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
+        self.persist
+            .iter()
+            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
+            .map(|r| r.map_err(read_err(maps::PERSIST_V4)))
+            .collect()
+    }
+}
+
+/// The control plane's side of a scrape, replaced whole on every change.
+#[derive(Clone, Debug, Default)]
+struct View {
+    backends: Vec<BackendLabel>,
+}
+
+/// Now in the data path's persistence ticks: `bpf_ktime_get_coarse_ns()` is
+/// `CLOCK_MONOTONIC_COARSE`.
+pub(crate) fn now_ticks() -> u32 {
+    // SAFETY: clock_gettime writes the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> TICK_SHIFT) as u32
+}
+
+/// The metrics read from the data path at scrape time.
+pub struct DataplaneCollector {
+    source: Arc<dyn StatsSource>,
+    view: Arc<RwLock<View>>,
+    persist_timeout_ticks: u32,
+    persistence_capacity: i64,
+    descs: Vec<Desc>,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric definition")
+}
+
+/// Fresh (empty) metrics of every family the collector exports; one set per scrape.
+struct Families {
+    xdp: IntCounterVec,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    up: IntGaugeVec,
+    clients: IntGaugeVec,
+    entries: IntGauge,
+    capacity: IntGauge,
+}
+
+impl Families {
+    fn new() -> Self {
+        Self {
+            xdp: counter_vec(
+                "ikelb_xdp_packets_total",
+                "Packets the XDP program handled, by verdict (action) and why (reason).",
+                &["action", "reason"],
+            ),
+            packets: counter_vec(
+                "ikelb_backend_packets_total",
+                "Packets forwarded to (forward) or from (reverse) a backend.",
+                &["vs", "backend", "direction"],
+            ),
+            bytes: counter_vec(
+                "ikelb_backend_bytes_total",
+                "Bytes (Ethernet frames) forwarded to (forward) or from (reverse) a backend.",
+                &["vs", "backend", "direction"],
+            ),
+            up: gauge_vec(
+                "ikelb_backend_up",
+                "1 when the backend may receive packets (health checks Up, next hop known).",
+                &["vs", "backend"],
+            ),
+            clients: gauge_vec(
+                "ikelb_backend_clients",
+                "Clients persisted to the backend and seen within persistence_timeout.",
+                &["vs", "backend"],
+            ),
+            entries: gauge(
+                "ikelb_persistence_entries",
+                "Persistence entries still holding a client (seen within persistence_timeout).",
+            ),
+            capacity: gauge(
+                "ikelb_persistence_capacity",
+                "Capacity of the persistence map (persistence_entries).",
+            ),
+        }
+    }
+
+    fn descs(&self) -> Vec<Desc> {
+        let mut d = Vec::new();
+        for c in [
+            &self.xdp as &dyn Collector,
+            &self.packets,
+            &self.bytes,
+            &self.up,
+            &self.clients,
+            &self.entries,
+            &self.capacity,
+        ] {
+            d.extend(c.desc().into_iter().cloned());
+        }
+        d
+    }
+}
+
+impl DataplaneCollector {
+    fn new(
+        source: Arc<dyn StatsSource>,
+        view: Arc<RwLock<View>>,
+        persist_timeout_ticks: u32,
+        persistence_capacity: u32,
+    ) -> Self {
+        Self {
+            source,
+            view,
+            persist_timeout_ticks,
+            persistence_capacity: i64::from(persistence_capacity),
+            descs: Families::new().descs(),
+        }
+    }
+
+    fn fill(&self, f: &Families) -> Result<(), DataplaneError> {
+        let counters = self.source.counters()?;
+        for ((action, reason), n) in counter::LABELS.iter().zip(&counters) {
+            f.xdp.with_label_values(&[*action, *reason]).inc_by(*n);
+        }
+        f.capacity.set(self.persistence_capacity);
+        let backends = self.view.read().expect("not poisoned").backends.clone();
+        for b in &backends {
+            let addr = b.address.to_string();
+            f.up.with_label_values(&[b.vs.as_str(), &addr])
+                .set(i64::from(b.up));
+            let t = self.source.backend_traffic(b.id)?;
+            for (dir, name) in [(DIR_FORWARD, "forward"), (DIR_REVERSE, "reverse")] {
+                let t = t[dir as usize];
+                let labels = [b.vs.as_str(), &addr, name];
+                f.packets.with_label_values(&labels).inc_by(t.packets);
+                f.bytes.with_label_values(&labels).inc_by(t.bytes);
+            }
+            // Present (0) for every backend, also before it has a client.
+            f.clients.with_label_values(&[b.vs.as_str(), &addr]).set(0);
+        }
+        let now = now_ticks();
+        let mut live = 0;
+        for (key, value) in self.source.persistence()? {
+            if now.wrapping_sub(value.atime) > self.persist_timeout_ticks {
+                continue;
+            }
+            live += 1;
+            if let Some(b) = backends
+                .iter()
+                .find(|b| b.id == value.backend && b.service == key.service)
+            {
+                f.clients
+                    .with_label_values(&[b.vs.as_str(), &b.address.to_string()])
+                    .inc();
+            }
+        }
+        f.entries.set(live);
+        Ok(())
+    }
+}
+
+impl Collector for DataplaneCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = Families::new();
+        if let Err(e) = self.fill(&f) {
+            // Whatever was read is still exported; the rest is missing from this scrape.
+            warn!("scrape: reading the data path: {}", crate::error_chain(&e));
+        }
+        let mut out = Vec::new();
+        for c in [
+            &f.xdp as &dyn Collector,
+            &f.packets,
+            &f.bytes,
+            &f.up,
+            &f.clients,
+            &f.entries,
+            &f.capacity,
+        ] {
+            out.extend(c.collect());
+        }
+        out
+    }
+}
+
+/// Why the metrics could not be set up or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric {name}: {source}")]
+    Register {
+        name: &'static str,
+        source: prometheus::Error,
+    },
+    #[error("encoding the text exposition: {source}")]
+    Encode { source: prometheus::Error },
+}
+
+/// The daemon's metrics: a registry with the data path collector and the daemon's own.
+pub struct Metrics {
+    registry: Registry,
+    view: Arc<RwLock<View>>,
+    rebuilds: IntCounter,
+    /// `Balancer::flips` at the last publish.
+    flips_seen: std::sync::atomic::AtomicU64,
+    probe_duration: HistogramVec,
+    probes: IntCounterVec,
+}
+
+impl Metrics {
+    /// `persist_timeout_ticks` and `persistence_capacity` come from the config (a client
+    /// idle longer than the former is not counted).
+    pub fn new(
+        source: Arc<dyn StatsSource>,
+        persist_timeout_ticks: u32,
+        persistence_capacity: u32,
+    ) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let view = Arc::new(RwLock::new(View::default()));
+        let reg = |name: &'static str, c: Box<dyn Collector>| {
+            registry
+                .register(c)
+                .map_err(|source| MetricsError::Register { name, source })
+        };
+        reg(
+            "data path collector",
+            Box::new(DataplaneCollector::new(
+                source,
+                Arc::clone(&view),
+                persist_timeout_ticks,
+                persistence_capacity,
+            )),
+        )?;
+        let rebuilds = IntCounter::new(
+            "ikelb_maglev_rebuilds_total",
+            "Maglev tables rebuilt and flipped (any virtual server).",
+        )
+        .expect("valid metric definition");
+        reg("ikelb_maglev_rebuilds_total", Box::new(rebuilds.clone()))?;
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ikelb_health_check_duration_seconds",
+                "Duration of ICMP health check probes (to the reply, timeout or error).",
+            )
+            .buckets(PROBE_BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("valid metric definition");
+        reg(
+            "ikelb_health_check_duration_seconds",
+            Box::new(probe_duration.clone()),
+        )?;
+        let probes = counter_vec(
+            "ikelb_health_checks_total",
+            "ICMP health check probes by result (success, timeout, error).",
+            &["backend", "result"],
+        );
+        reg("ikelb_health_checks_total", Box::new(probes.clone()))?;
+        let build = gauge_vec(
+            "ikelb_build_info",
+            "Always 1; the version label names the running lb-ctl.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        reg("ikelb_build_info", Box::new(build))?;
+        Ok(Self {
+            registry,
+            view,
+            rebuilds,
+            flips_seen: std::sync::atomic::AtomicU64::new(0),
+            probe_duration,
+            probes,
+        })
+    }
+
+    /// Replaces the backend list (labels and up state).
+    pub fn set_backends(&self, backends: Vec<BackendLabel>) {
+        self.view.write().expect("not poisoned").backends = backends;
+    }
+
+    /// [`set_backends`](Self::set_backends) and the rebuild count from the balancer's
+    /// current model; call after every `apply` (calling it more often is harmless).
+    pub fn publish<D: Dataplane>(&self, balancer: &Balancer<D>) {
+        let flips = balancer.flips();
+        let seen = self
+            .flips_seen
+            .swap(flips, std::sync::atomic::Ordering::Relaxed);
+        self.rebuilds.inc_by(flips.saturating_sub(seen));
+        let services = balancer.services();
+        self.set_backends(
+            balancer
+                .backends()
+                .map(|b| BackendLabel {
+                    id: b.id,
+                    service: b.service,
+                    vs: services[b.service as usize].name.clone(),
+                    address: b.address,
+                    up: b.usable(),
+                })
+                .collect(),
+        );
+    }
+
+    /// Records one health check probe.
+    pub fn observe_probe(&self, backend: IpAddr, probe: &Probe) {
+        let backend = backend.to_string();
+        self.probe_duration
+            .with_label_values(&[&backend])
+            .observe(probe.duration.as_secs_f64());
+        self.probes
+            .with_label_values(&[backend.as_str(), probe.outcome.label()])
+            .inc();
+    }
+
+    /// The observer to give the health monitor (`health::Monitor::new`).
+    pub fn probe_observer(self: &Arc<Self>) -> ProbeObserver {
+        let me = Arc::clone(self);
+        Arc::new(move |addr, probe| me.observe_probe(addr, probe))
+    }
+
+    /// The text exposition of every metric (reads the data path: call off the event loop).
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .map_err(|source| MetricsError::Encode { source })?;
+        Ok(String::from_utf8(buf).expect("the text encoder writes UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The text exposition through the fake dataplane: a balancer on `FakeDataplane`, its model
+//! published, counters and persistence entries in the fake, one scrape.
+
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
+
+use lb_common::{counter, PersistKeyV4, PersistValue, Traffic};
+
+use super::*;
+use crate::{
+    config,
+    dataplane::{fake::FakeDataplane, Dataplane},
+    health::{Probe, ProbeOutcome},
+    state::{IfaceInfo, NextHop},
+};
+
+/// The fake's maps plus per-backend traffic (which `FakeDataplane` does not model).
+struct Fake {
+    dp: Mutex<FakeDataplane>,
+    traffic: BTreeMap<u32, [Traffic; 2]>,
+}
+
+impl StatsSource for Fake {
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+        self.dp.lock().unwrap().counters()
+    }
+    fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
+        Ok(self.traffic.get(&id).copied().unwrap_or_default())
+    }
+    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+        self.dp.lock().unwrap().persistence_v4()
+    }
+}
+
+fn line_value(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
+    let cfg = config::parse(
+        "t.yaml",
+        "interfaces: [ext, int]\nmaglev_table_size: 251\npersistence_entries: 1000\n\
+         persistence_timeout: 10m\nvirtual_servers:
+  - name: aovpn
+    vip: 203.0.113.10
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+",
+    )
+    .unwrap();
+    let ifaces = vec![
+        IfaceInfo {
+            name: "ext".into(),
+            ifindex: 10,
+            mac: [2, 0, 0, 0, 0, 10],
+        },
+        IfaceInfo {
+            name: "int".into(),
+            ifindex: 20,
+            mac: [2, 0, 0, 0, 0, 20],
+        },
+    ];
+    let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces, 1024).unwrap();
+    // Backend 1 usable; backend 2's next hop unknown (down).
+    lb.set_next_hop(
+        1,
+        Some(NextHop {
+            port: 1,
+            mac: [0xaa; 6],
+        }),
+    )
+    .unwrap();
+    lb.set_health(1, crate::health::HealthState::Up).unwrap();
+
+    let now = now_ticks();
+    let stale = now.wrapping_sub(cfg.persist_timeout_ticks() + 5);
+    let entry = |client: u8, backend, atime| {
+        (
+            PersistKeyV4 {
+                service: 0,
+                client: u32::from_ne_bytes([100, 64, 1, client]),
+            },
+            PersistValue {
+                backend,
+                atime,
+                ..PersistValue::default()
+            },
+        )
+    };
+    let mut dp = FakeDataplane::default();
+    dp.counters = vec![0; counter::COUNT as usize];
+    dp.counters[counter::FORWARD as usize] = 750;
+    dp.counters[counter::DROP_NO_BACKEND as usize] = 3;
+    dp.persist_v4 = vec![
+        entry(1, 1, now),
+        entry(2, 1, now),
+        entry(3, 2, now),
+        entry(4, 1, stale), // idle: no longer a client
+    ];
+    let source = Arc::new(Fake {
+        dp: Mutex::new(dp),
+        traffic: BTreeMap::from([(
+            1,
+            [
+                Traffic {
+                    packets: 500,
+                    bytes: 64_000,
+                },
+                Traffic {
+                    packets: 250,
+                    bytes: 32_000,
+                },
+            ],
+        )]),
+    });
+    let metrics = Arc::new(Metrics::new(source, cfg.persist_timeout_ticks(), 1000).unwrap());
+    lb.apply().unwrap(); // backend 1's table: one flip
+    metrics.publish(&lb);
+    metrics.publish(&lb); // counted once
+    let observe = metrics.probe_observer();
+    for (ms, outcome) in [
+        (1, ProbeOutcome::Success),
+        (3, ProbeOutcome::Success),
+        (150, ProbeOutcome::Timeout),
+    ] {
+        observe(
+            "10.0.0.11".parse().unwrap(),
+            &Probe {
+                outcome,
+                duration: Duration::from_millis(ms),
+                error: None,
+            },
+        );
+    }
+
+    let text = metrics.render().unwrap();
+    let v = |l: &str| line_value(&text, l).unwrap_or_else(|| panic!("no {l} in\n{text}"));
+    assert_eq!(v(r#"ikelb_backend_up{backend="10.0.0.11",vs="aovpn"}"#), 1.0);
+    assert_eq!(v(r#"ikelb_backend_up{backend="10.0.0.12",vs="aovpn"}"#), 0.0);
+    assert_eq!(
+        v(r#"ikelb_backend_packets_total{backend="10.0.0.11",direction="forward",vs="aovpn"}"#),
+        500.0
+    );
+    assert_eq!(
+        v(r#"ikelb_backend_bytes_total{backend="10.0.0.11",direction="reverse",vs="aovpn"}"#),
+        32_000.0
+    );
+    assert_eq!(
+        v(r#"ikelb_backend_packets_total{backend="10.0.0.12",direction="forward",vs="aovpn"}"#),
+        0.0
+    );
+    assert_eq!(v(r#"ikelb_backend_clients{backend="10.0.0.11",vs="aovpn"}"#), 2.0);
+    assert_eq!(v(r#"ikelb_backend_clients{backend="10.0.0.12",vs="aovpn"}"#), 1.0);
+    assert_eq!(v("ikelb_persistence_entries "), 3.0);
+    assert_eq!(v("ikelb_persistence_capacity "), 1000.0);
+    assert_eq!(
+        v(r#"ikelb_xdp_packets_total{action="redirect",reason="forward"}"#),
+        750.0
+    );
+    assert_eq!(
+        v(r#"ikelb_xdp_packets_total{action="drop",reason="no_backend"}"#),
+        3.0
+    );
+    // Every (action, reason) pair is exported, zeros included.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("ikelb_xdp_packets_total{"))
+            .count(),
+        counter::COUNT as usize
+    );
+    assert_eq!(v("ikelb_maglev_rebuilds_total "), 1.0);
+    assert_eq!(
+        v(r#"ikelb_health_checks_total{backend="10.0.0.11",result="success"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"ikelb_health_checks_total{backend="10.0.0.11",result="timeout"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ikelb_health_check_duration_seconds_bucket{backend="10.0.0.11",le="0.005"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"ikelb_health_check_duration_seconds_count{backend="10.0.0.11"}"#),
+        3.0
+    );
+    assert_eq!(
+        v(&format!(
+            r#"ikelb_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    for family in [
+        "# TYPE ikelb_backend_up gauge",
+        "# TYPE ikelb_backend_packets_total counter",
+        "# TYPE ikelb_backend_bytes_total counter",
+        "# TYPE ikelb_backend_clients gauge",
+        "# TYPE ikelb_health_check_duration_seconds histogram",
+        "# TYPE ikelb_health_checks_total counter",
+        "# TYPE ikelb_xdp_packets_total counter",
+        "# TYPE ikelb_persistence_entries gauge",
+        "# TYPE ikelb_persistence_capacity gauge",
+        "# TYPE ikelb_maglev_rebuilds_total counter",
+        "# TYPE ikelb_build_info gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing in\n{text}");
+    }
+
+    // A backend that goes down shows at the next scrape.
+    lb.set_next_hop(1, None).unwrap();
+    metrics.publish(&lb);
+    let text = metrics.render().unwrap();
+    assert_eq!(
+        line_value(&text, r#"ikelb_backend_up{backend="10.0.0.11",vs="aovpn"}"#),
+        Some(0.0)
+    );
+}

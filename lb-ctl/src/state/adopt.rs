@@ -1,0 +1,397 @@
+//! Adoption of a data path a previous daemon left pinned (`crate::pin`): the restart that
+//! loses no packet and moves no client.
+//!
+//! [`Balancer::new`] assumes empty maps: ids 1, 2, … in config order, every backend unusable
+//! until its next hop and health are known, both ring buffers zero. Applied as such to pinned
+//! maps, its first [`Balancer::apply`] would flip every table to "no backend" and renumber
+//! backends under the persisted clients. [`Balancer::adopt`], called once after `new` (and
+//! after runtime state is re-applied) and before the first `apply`, makes the model match the
+//! maps instead:
+//!
+//! * **ids**: a backend keeps the id the maps give its address in its service (persisted
+//!   clients name backends by id). Others get ids above every pinned one, so an id whose
+//!   persisted clients may still exist is not handed to a newcomer.
+//! * **usable backends stay usable**: a pinned `BACKEND_F_USABLE` entry gives the backend its
+//!   next hop back and health `Up`; re-resolution and health checks then change it only on a
+//!   real transition.
+//! * **tables**: when the maps are reused as they are, each service adopts its active half
+//!   (from `ring_base`) and the contents of both halves, so the next rebuild writes only the
+//!   slots that differ and flips as usual — and writes nothing when nothing changed.
+//! * **stale backends** (pinned, no longer configured) are forgotten by the first `apply`,
+//!   after the flip (step 4 of the write order).
+//!
+//! After a map migration (`pin::MapPlan::Migrate`) the maps the balancer writes are new and
+//! empty: ids and health are still adopted from the old set, but nothing counts as written.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{Backend, BACKEND_F_USABLE};
+
+use super::{Balancer, NextHop, StateError};
+use crate::{
+    dataplane::{addr_words, words_addr, Dataplane},
+    health::HealthState,
+    pin::PinnedState,
+};
+
+/// What [`Balancer::adopt`] took over, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Backends that kept their pinned id.
+    pub kept_ids: usize,
+    /// Of those, the ones that were usable and stay so.
+    pub usable: usize,
+    /// Backends with no pinned entry (new in the config), given fresh ids.
+    pub new: usize,
+    /// Pinned backends no longer configured, forgotten by the next apply.
+    pub stale: usize,
+    /// Services whose active table half was adopted.
+    pub tables: usize,
+}
+
+impl<D: Dataplane> Balancer<D> {
+    /// Takes over the ids, next hops, health and tables `pinned` records (see the module
+    /// doc). `maps_reused`: the maps this balancer writes are the pinned ones (not a new set
+    /// after a migration).
+    pub fn adopt(
+        &mut self,
+        pinned: &PinnedState,
+        maps_reused: bool,
+    ) -> Result<AdoptReport, StateError> {
+        let mut report = AdoptReport::default();
+        let m = self.ring_size;
+        // A pinned service is the same one when its slot holds the same VIP.
+        let same_service: Vec<bool> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                pinned
+                    .services
+                    .get(i)
+                    .is_some_and(|p| p.vip == s.value.vip && p.family == s.value.family)
+            })
+            .collect();
+        let mut pinned_by_key: HashMap<(u32, [u32; 4]), (u32, Backend)> = pinned
+            .backends
+            .iter()
+            .filter(|(_, b)| same_service.get(b.service as usize) == Some(&true))
+            .map(|(&id, b)| ((b.service, b.addr), (id, *b)))
+            .collect();
+
+        // New id of every backend: its pinned one, else one above everything pinned.
+        let mut renumber: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut adopted: BTreeMap<u32, Backend> = BTreeMap::new();
+        for b in self.backends.values() {
+            if let Some((id, value)) = pinned_by_key.remove(&(b.service, addr_words(b.address))) {
+                renumber.insert(b.id, id);
+                adopted.insert(id, value);
+            }
+        }
+        let taken: BTreeSet<u32> = adopted.keys().copied().collect();
+        // Ids `new` handed out are all re-assigned here, so counting restarts above the pins.
+        let mut next = pinned.backends.keys().max().map_or(1, |&max| max + 1);
+        let unmatched: Vec<(u32, String, std::net::IpAddr)> = self
+            .backends
+            .values()
+            .filter(|b| !renumber.contains_key(&b.id))
+            .map(|b| {
+                (
+                    b.id,
+                    self.services[b.service as usize].name.clone(),
+                    b.address,
+                )
+            })
+            .collect();
+        for (old, service, address) in unmatched {
+            while taken.contains(&next) {
+                next += 1;
+            }
+            if next >= self.ids.capacity {
+                return Err(StateError::IdsExhausted {
+                    service,
+                    address,
+                    capacity: self.ids.capacity,
+                });
+            }
+            renumber.insert(old, next);
+            next += 1;
+            report.new += 1;
+        }
+
+        let old = std::mem::take(&mut self.backends);
+        for (old_id, mut b) in old {
+            b.id = renumber[&old_id];
+            if let Some(v) = adopted.get(&b.id) {
+                report.kept_ids += 1;
+                let port = v.tx_port as usize;
+                let same_iface = self
+                    .ifaces
+                    .get(port)
+                    .is_some_and(|i| i.ifindex == v.ifindex && i.mac == v.smac);
+                if v.flags & BACKEND_F_USABLE != 0 && same_iface {
+                    b.next_hop = Some(NextHop {
+                        port: v.tx_port,
+                        mac: v.dmac,
+                    });
+                    b.health = HealthState::Up;
+                    report.usable += 1;
+                }
+                b.written = maps_reused.then_some(*v);
+            }
+            self.backends.insert(b.id, b);
+        }
+        for s in &mut self.services {
+            for id in &mut s.members {
+                *id = renumber[id];
+            }
+        }
+        self.ids.next = next;
+        self.ids.free.clear();
+
+        // Stale entries: pinned but not configured any more (or moved to another service).
+        self.removed.clear();
+        if maps_reused {
+            for (&id, b) in &pinned.backends {
+                if !taken.contains(&id) {
+                    let family = if b.addr[1..] == [0, 0, 0] {
+                        lb_common::FAMILY_V4
+                    } else {
+                        lb_common::FAMILY_V6
+                    };
+                    self.removed.push((id, words_addr(family, &b.addr)));
+                    report.stale += 1;
+                }
+            }
+        }
+
+        // Tables: the active half and what both halves hold.
+        if maps_reused {
+            for (i, s) in self.services.iter_mut().enumerate() {
+                let (Some(p), Some(rings)) = (pinned.services.get(i), pinned.rings.get(i)) else {
+                    continue;
+                };
+                if !same_service[i] || rings[0].len() != m as usize || rings[1].len() != m as usize
+                {
+                    continue;
+                }
+                let base = |b: u32| (i as u32 * 2 + b) * m;
+                let active = if p.ring_base == base(0) {
+                    0
+                } else if p.ring_base == base(1) {
+                    1
+                } else {
+                    continue;
+                };
+                s.buffers = rings.clone();
+                s.active = active;
+                s.value.ring_base = p.ring_base;
+                s.written = *p == s.value;
+                report.tables += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{Service, BACKEND_F_USABLE};
+
+    use super::*;
+    use crate::{
+        config,
+        dataplane::fake::{FakeDataplane, Op},
+        state::{IfaceInfo, NextHop},
+    };
+
+    const M: u32 = 251;
+
+    fn config(backends: &[&str]) -> config::Config {
+        let list: String = backends
+            .iter()
+            .map(|b| format!("      - address: {b}\n"))
+            .collect();
+        config::parse(
+            "t.yaml",
+            &format!(
+                "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nvirtual_servers:
+  - name: a
+    vip: 203.0.113.10
+    backends:
+{list}"
+            ),
+        )
+        .expect("valid config")
+    }
+
+    fn ifaces() -> Vec<IfaceInfo> {
+        vec![
+            IfaceInfo {
+                name: "ext".into(),
+                ifindex: 10,
+                mac: [2, 0, 0, 0, 0, 10],
+            },
+            IfaceInfo {
+                name: "int".into(),
+                ifindex: 20,
+                mac: [2, 0, 0, 0, 0, 20],
+            },
+        ]
+    }
+
+    /// A balancer run to a steady state, and what its maps hold, as a restart finds them.
+    fn running(backends: &[&str]) -> (Balancer<FakeDataplane>, PinnedState) {
+        let mut lb = Balancer::new(FakeDataplane::default(), &config(backends), ifaces(), 1024)
+            .unwrap();
+        let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
+        for id in ids {
+            lb.set_next_hop(
+                id,
+                Some(NextHop {
+                    port: 1,
+                    mac: [0xaa, 0, 0, 0, 0, id as u8],
+                }),
+            )
+            .unwrap();
+            lb.backends.get_mut(&id).unwrap().health = HealthState::Up;
+        }
+        lb.apply().unwrap();
+        let state = pinned_of(lb.dataplane());
+        (lb, state)
+    }
+
+    fn pinned_of(dp: &FakeDataplane) -> PinnedState {
+        let services: Vec<Service> = dp.services.values().copied().collect();
+        PinnedState {
+            backends: dp
+                .backends
+                .iter()
+                .filter(|(_, b)| b.addr != [0; 4])
+                .map(|(&id, b)| (id, *b))
+                .collect(),
+            rings: services
+                .iter()
+                .map(|s| [dp.table(s.id * 2 * M, M), dp.table((s.id * 2 + 1) * M, M)])
+                .collect(),
+            services,
+        }
+    }
+
+    /// A restarted daemon's balancer over the same (pinned) maps.
+    fn restarted(
+        backends: &[&str],
+        before: &Balancer<FakeDataplane>,
+    ) -> Balancer<FakeDataplane> {
+        let dp = FakeDataplane {
+            backends: before.dataplane().backends.clone(),
+            backend_ids: before.dataplane().backend_ids.clone(),
+            rings: before.dataplane().rings.clone(),
+            services: before.dataplane().services.clone(),
+            vips: before.dataplane().vips.clone(),
+            ..FakeDataplane::default()
+        };
+        Balancer::new(dp, &config(backends), ifaces(), 1024).unwrap()
+    }
+
+    #[test]
+    fn a_restart_over_the_same_maps_writes_no_backend_and_flips_nothing() {
+        let (before, pinned) = running(&["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+        let mut after = restarted(&["10.0.0.11", "10.0.0.12", "10.0.0.13"], &before);
+        let r = after.adopt(&pinned, true).unwrap();
+        assert_eq!(
+            r,
+            AdoptReport {
+                kept_ids: 3,
+                usable: 3,
+                new: 0,
+                stale: 0,
+                tables: 1
+            }
+        );
+        let report = after.apply().unwrap();
+        assert!(report.flips.is_empty(), "{report:?}");
+        assert_eq!(report.backends_written, 0);
+        let ops = &after.dataplane().ops;
+        assert!(
+            ops.iter().all(|o| matches!(o, Op::SetIface { .. })),
+            "only the (idempotent) interface entries are rewritten: {ops:?}"
+        );
+        assert_eq!(
+            after.services()[0].value.ring_base,
+            before.services()[0].value.ring_base
+        );
+        assert_eq!(after.services()[0].active_table(), before.services()[0].active_table());
+    }
+
+    #[test]
+    fn ids_follow_addresses_not_config_order_and_stale_ones_are_forgotten_after_the_flip() {
+        let (before, pinned) = running(&["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+        let id_of = |lb: &Balancer<FakeDataplane>, a: &str| {
+            lb.backend_by_address(a.parse().unwrap()).unwrap().id
+        };
+        // .11 removed from the file, .14 added in front while the daemon was down.
+        let mut after = restarted(&["10.0.0.14", "10.0.0.13", "10.0.0.12"], &before);
+        let r = after.adopt(&pinned, true).unwrap();
+        assert_eq!((r.kept_ids, r.new, r.stale, r.usable), (2, 1, 1, 2));
+        assert_eq!(id_of(&after, "10.0.0.12"), id_of(&before, "10.0.0.12"));
+        assert_eq!(id_of(&after, "10.0.0.13"), id_of(&before, "10.0.0.13"));
+        assert_eq!(id_of(&after, "10.0.0.14"), 4, "above every pinned id");
+        assert!(!after.backend(4).unwrap().usable(), "new: unknown until checked");
+
+        after.dataplane_mut().ops.clear();
+        let report = after.apply().unwrap();
+        assert_eq!(report.flips.len(), 1, "backend 1's slots move to the survivors");
+        let ops = &after.dataplane().ops;
+        let flip = ops.iter().position(|o| matches!(o, Op::Flip { .. })).unwrap();
+        let forget = ops
+            .iter()
+            .position(|o| *o == Op::RemoveBackend { id: 1, index: true })
+            .expect("stale backend 1 forgotten");
+        assert!(forget > flip, "forgotten only after no table names it: {ops:?}");
+        let table = after.services()[0].active_table();
+        assert!(table.iter().all(|&b| b == 2 || b == 3), "the new backend is not usable yet");
+        // Backend 1 leaves the member list: a plain Maglev recompute moves its slots and
+        // only a few others (the persistence map keeps those clients where they are anyway).
+        let old = before.services()[0].active_table();
+        let of_1 = old.iter().filter(|&&b| b == 1).count();
+        let moved = old.iter().zip(table).filter(|(a, b)| a != b).count();
+        assert!(moved >= of_1 && moved < of_1 + of_1 / 5, "{moved} moved, {of_1} were backend 1's");
+    }
+
+    #[test]
+    fn after_a_migration_everything_is_written_into_the_new_maps() {
+        let (before, mut pinned) = running(&["10.0.0.11", "10.0.0.12"]);
+        pinned.rings.clear(); // a migration does not adopt rings
+        let mut after = Balancer::new(
+            FakeDataplane::default(),
+            &config(&["10.0.0.12", "10.0.0.11"]),
+            ifaces(),
+            1024,
+        )
+        .unwrap();
+        let r = after.adopt(&pinned, false).unwrap();
+        assert_eq!((r.kept_ids, r.usable, r.tables, r.stale), (2, 2, 0, 0));
+        let report = after.apply().unwrap();
+        assert_eq!(report.backends_written, 2);
+        assert_eq!(report.flips.len(), 1);
+        let dp = after.dataplane();
+        assert_eq!(dp.backends[&1].addr, before.dataplane().backends[&1].addr);
+        assert_eq!(dp.backends[&1].flags, BACKEND_F_USABLE);
+        assert_eq!(
+            after.services()[0].active_table(),
+            before.services()[0].active_table(),
+            "same backends, same seed, same M: the same table"
+        );
+    }
+
+    #[test]
+    fn a_backend_pinned_on_another_interface_is_adopted_but_not_usable() {
+        let (before, mut pinned) = running(&["10.0.0.11"]);
+        pinned.backends.get_mut(&1).unwrap().ifindex = 99; // the interface was re-created
+        let mut after = restarted(&["10.0.0.11"], &before);
+        let r = after.adopt(&pinned, true).unwrap();
+        assert_eq!((r.kept_ids, r.usable), (1, 0));
+        assert_eq!(after.backend(1).unwrap().health, HealthState::Unknown);
+    }
+}
