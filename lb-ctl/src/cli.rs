@@ -1,14 +1,13 @@
 //! The command line (DESIGN.md, "Operator interface").
 //!
-//! `lb-ctl daemon` is implemented. The operator commands talk to the daemon over its
-//! control socket, which arrives with the next issue; until then each of them says so and
-//! exits non-zero rather than pretend.
+//! `lb-ctl daemon` runs the load balancer; the operator commands talk to it over its control
+//! socket ([`crate::operator`], [`crate::api`]).
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{daemon, paths};
+use crate::{api::Request, daemon, operator, paths};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,14 +58,20 @@ pub struct DaemonArgs {
 pub enum BackendCommand {
     /// Add a backend to a virtual server (name or VIP).
     Add {
+        /// Virtual server name or VIP.
         vs: String,
+        /// Backend address.
         addr: IpAddr,
-        #[arg(long, default_value_t = 1)]
+        /// Relative weight.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_WEIGHT)))]
         weight: u32,
     },
-    /// Remove a backend, optionally letting its clients drain first.
+    /// Remove a backend at once, or with --drain let its persisted clients stay until they
+    /// are idle or the drain time is up (it takes no new client meanwhile).
     Remove {
+        /// Virtual server name or VIP.
         vs: String,
+        /// Backend address.
         addr: IpAddr,
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         drain: Option<Duration>,
@@ -81,12 +86,10 @@ pub enum BackendCommand {
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error(
-        "{command}: not implemented yet (the daemon's control socket comes with the next release)"
-    )]
-    NotImplemented { command: &'static str },
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    Operator(#[from] operator::OperatorError),
 }
 
 /// Runs a parsed command line. `Ok` means exit status 0.
@@ -106,17 +109,29 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(daemon::run(config, ifindexes)?)
         }
-        Command::Backend(BackendCommand::Add { .. }) => Err(CliError::NotImplemented {
-            command: "backend add",
-        }),
-        Command::Backend(BackendCommand::Remove { .. }) => Err(CliError::NotImplemented {
-            command: "backend remove",
-        }),
-        Command::Backend(BackendCommand::List { .. }) => Err(CliError::NotImplemented {
-            command: "backend list",
-        }),
-        Command::Status { .. } => Err(CliError::NotImplemented { command: "status" }),
-        Command::Lookup { .. } => Err(CliError::NotImplemented { command: "lookup" }),
+        Command::Backend(BackendCommand::Add { vs, addr, weight }) => {
+            let request = Request::BackendAdd {
+                virtual_server: vs,
+                address: addr,
+                weight,
+            };
+            Ok(operator::run(&cli.socket, &request, false)?)
+        }
+        Command::Backend(BackendCommand::Remove { vs, addr, drain }) => {
+            let request = Request::BackendRemove {
+                virtual_server: vs,
+                address: addr,
+                drain,
+            };
+            Ok(operator::run(&cli.socket, &request, false)?)
+        }
+        Command::Backend(BackendCommand::List { json }) => {
+            Ok(operator::run(&cli.socket, &Request::BackendList, json)?)
+        }
+        Command::Status { json } => Ok(operator::run(&cli.socket, &Request::Status, json)?),
+        Command::Lookup { client, json } => {
+            Ok(operator::run(&cli.socket, &Request::Lookup { client }, json)?)
+        }
     }
 }
 
@@ -140,17 +155,47 @@ mod tests {
     }
 
     #[test]
-    fn operator_commands_say_not_implemented() {
+    fn operator_commands_without_a_daemon_say_where_they_looked() {
+        let sock = std::env::temp_dir().join(format!("ikelb-no-daemon-{}.sock", std::process::id()));
         for line in [
-            "lb-ctl status",
-            "lb-ctl backend list",
-            "lb-ctl lookup 192.0.2.1",
+            "status",
+            "backend list",
+            "lookup 192.0.2.1",
+            "backend add aovpn 10.0.0.14",
+            "backend remove aovpn 10.0.0.14 --drain 1m",
         ] {
-            let cli = Cli::try_parse_from(line.split(' ')).unwrap();
-            let err = run(cli).unwrap_err();
+            let mut args = vec!["lb-ctl", "--socket", sock.to_str().unwrap()];
+            args.extend(line.split(' '));
+            let cli = Cli::try_parse_from(args).unwrap();
+            let err = crate::error_chain(&run(cli).unwrap_err());
             assert!(
-                err.to_string().contains("not implemented yet"),
+                err.contains("cannot connect to the daemon's control socket")
+                    && err.contains(sock.to_str().unwrap())
+                    && !err.contains('\n'),
                 "{line}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_operator_arguments_are_refused_by_the_parser() {
+        for line in [
+            "lb-ctl backend add aovpn 10.0.0.300",
+            "lb-ctl backend add aovpn 10.0.0.14 --weight 0",
+            "lb-ctl backend add aovpn 10.0.0.14 --weight 1001",
+            "lb-ctl backend add aovpn 10.0.0.14 --weight x",
+            "lb-ctl backend add aovpn",
+            "lb-ctl backend add aovpn 10.0.0.14 --colour red",
+            "lb-ctl backend remove aovpn 10.0.0.14 --drain soon",
+            "lb-ctl backend remove aovpn 10.0.0.14 --drain",
+            "lb-ctl backend list --yaml",
+            "lb-ctl backend rename aovpn 10.0.0.14",
+            "lb-ctl lookup not-an-address",
+            "lb-ctl status extra",
+        ] {
+            assert!(
+                Cli::try_parse_from(line.split(' ')).is_err(),
+                "{line} should not parse"
             );
         }
     }

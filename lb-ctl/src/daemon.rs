@@ -25,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
 use crate::{
+    runtime,
     config::{self, Config, ConfigError, Mode, XdpAttachMode},
     dataplane::{AyaDataplane, Dataplane},
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
@@ -91,6 +92,9 @@ pub enum DaemonError {
     },
     #[error("starting the async runtime: {source}")]
     Runtime { source: std::io::Error },
+    /// Boxed: large. Runtime changes, health checks, control socket.
+    #[error(transparent)]
+    Control(Box<crate::runtime::RuntimeError>),
 }
 
 impl From<StateError> for DaemonError {
@@ -189,6 +193,14 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         status: HashMap::new(),
     };
     start_ebpf_logger(daemon.balancer.dataplane_mut());
+    // Runtime backend changes (state_dir), then one health round before the maps are
+    // applied and the program attached; then the health monitor, the control socket and
+    // drains run in the loop below.
+    let controller = runtime::Controller::for_daemon(&daemon.config, &mut daemon.balancer)
+        .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    let mut control = runtime::Runtime::start(controller, &mut daemon.balancer, None)
+        .await
+        .map_err(|e| DaemonError::Control(Box::new(e)))?;
 
     // Fill everything (backends unusable), then resolve next hops, then attach.
     daemon.balancer.apply()?;
@@ -211,6 +223,13 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                 tokio::select! {
                     _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
                     _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
+                    event = control.next_event() => {
+                        if control.handle(&mut daemon.balancer, event) {
+                            if let Err(e) = daemon.refresh_next_hops().await {
+                                warn!("updating the maps failed: {}", crate::error_chain(&e));
+                            }
+                        }
+                    }
                     _ = tick.tick() => {
                         if let Err(e) = daemon.refresh_next_hops().await {
                             // The mirror is only advanced on success: the next tick retries.

@@ -10,16 +10,22 @@
 //! * [`dataplane`] — the BPF maps behind a small trait (aya implementation, in-memory fake);
 //! * [`neighbor`] — next-hop MAC and egress interface of each backend;
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
+//! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
+//! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
+//! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
 //! * [`cli`] — the command line.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod neighbor;
+pub mod operator;
 pub mod paths;
+pub mod runtime;
 pub mod state;
 
 /// `e` and its sources on one line. Our errors already print their direct source; aya's

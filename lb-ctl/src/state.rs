@@ -15,11 +15,21 @@
 //! cannot use:
 //! 1. backends that become usable (or change next hop) are written first;
 //! 2. tables are rebuilt and flipped;
-//! 3. backends that stop being usable are written last (after no table points at them).
+//! 3. backends that stop being usable are written last (after no table points at them);
+//! 4. removed backends are forgotten last of all (`BACKENDS[id]` zeroed, reverse index
+//!    entry deleted), and only then is their id free again.
+//!
+//! A backend is *usable* (`BACKEND_F_USABLE`: persisted clients may reach it) when its next
+//! hop is resolved and its health checks say Up; it is *in the ring* (takes new clients) when
+//! it is usable and not draining. Down or draining backends stay in the Maglev member list
+//! with `usable: false`, so only their own slots move (`lb_common::maglev::build`); a
+//! removed backend leaves the list (plain Maglev recompute: persisted clients of the others
+//! stay where they are, the persistence map wins over the ring).
 
 use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
+    time::SystemTime,
 };
 
 use lb_common::{
@@ -31,10 +41,11 @@ use lb_common::{
 use crate::{
     config::Config,
     dataplane::{addr_words, port_wire, Dataplane, DataplaneError},
+    health::HealthState,
 };
 
 /// Smallest `BACKENDS` capacity. The map is sized with headroom over the configured
-/// backends so runtime `backend add` (next issue) needs no reload.
+/// backends so runtime `backend add` needs no reload.
 pub const MIN_BACKEND_CAPACITY: u32 = 1024;
 
 /// `BACKENDS` capacity for `configured` backends: id 0 plus the backends, doubled for
@@ -73,21 +84,29 @@ pub struct BackendState {
     pub weight: u32,
     /// Resolved next hop; `None` until the neighbour is known (the backend is unusable).
     pub next_hop: Option<NextHop>,
+    /// The health checks' verdict; only `Up` is usable.
+    pub health: HealthState,
+    /// Drain deadline while draining (`lb-ctl backend remove --drain`): out of the ring,
+    /// still usable for its persisted clients.
+    pub drain_until: Option<SystemTime>,
     /// What `BACKENDS[id]` holds now, `None` before the first write.
     written: Option<Backend>,
 }
 
 impl BackendState {
-    /// May the data path send to it (persisted clients included)? Health checks and drain
-    /// deadlines join this condition with the next issue.
+    /// May the data path send to it (persisted clients included)? Next hop resolved and
+    /// health Up.
     pub fn usable(&self) -> bool {
-        self.next_hop.is_some()
+        self.next_hop.is_some() && self.health == HealthState::Up
     }
 
-    /// Does it take new clients (hold ring slots)? Same as [`usable`](Self::usable) until
-    /// draining exists, when a draining backend stays usable but leaves the ring.
+    /// Does it take new clients (hold ring slots)? Usable and not draining.
     pub fn in_ring(&self) -> bool {
-        self.usable()
+        self.usable() && self.drain_until.is_none()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.drain_until.is_some()
     }
 
     fn value(&self, ifaces: &[IfaceInfo]) -> Backend {
@@ -149,6 +168,10 @@ impl IdAllocator {
             self.free.pop_front()
         }
     }
+
+    fn release(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
 }
 
 /// What one [`Balancer::apply`] changed.
@@ -158,6 +181,8 @@ pub struct ApplyReport {
     pub backends_written: usize,
     /// (service id, ring slots written) for every service whose table was flipped.
     pub flips: Vec<(u32, usize)>,
+    /// Removed backends forgotten in the maps.
+    pub backends_removed: usize,
 }
 
 /// Errors of the control logic.
@@ -173,6 +198,8 @@ pub enum StateError {
     UnknownBackend { id: u32 },
     #[error("next hop port {port} of backend {id} is not a configured interface")]
     UnknownPort { id: u32, port: u32 },
+    #[error("service id {service} is unknown")]
+    UnknownService { service: u32 },
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -185,11 +212,10 @@ pub struct Balancer<D> {
     ifaces: Vec<IfaceInfo>,
     services: Vec<ServiceState>,
     backends: BTreeMap<u32, BackendState>,
-    #[expect(
-        dead_code,
-        reason = "runtime `backend add` (next issue) allocates ids from it"
-    )]
     ids: IdAllocator,
+    /// Removed backends (id, address) still to be forgotten in the maps (step 4 of the
+    /// write order); their ids are released once that is done.
+    removed: Vec<(u32, IpAddr)>,
     ifaces_written: bool,
 }
 
@@ -257,6 +283,8 @@ impl<D: Dataplane> Balancer<D> {
                         address: b.address,
                         weight: b.weight,
                         next_hop: None,
+                        health: HealthState::Unknown,
+                        drain_until: None,
                         written: None,
                     },
                 );
@@ -281,6 +309,7 @@ impl<D: Dataplane> Balancer<D> {
             services,
             backends,
             ids,
+            removed: Vec::new(),
             ifaces_written: false,
         })
     }
@@ -307,6 +336,106 @@ impl<D: Dataplane> Balancer<D> {
 
     pub fn ifaces(&self) -> &[IfaceInfo] {
         &self.ifaces
+    }
+
+    /// Size of `BACKENDS`: ids 1 to `capacity - 1` can be handed out.
+    pub fn capacity(&self) -> u32 {
+        self.ids.capacity
+    }
+
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+
+    /// The backend with `address` (any service; an address serves one service).
+    pub fn backend_by_address(&self, address: IpAddr) -> Option<&BackendState> {
+        self.backends.values().find(|b| b.address == address)
+    }
+
+    /// Adds a backend to service `service` (health Unknown, next hop unresolved: unusable
+    /// until both are known). Returns its id. The caller has validated the address.
+    pub fn add_backend(
+        &mut self,
+        service: u32,
+        address: IpAddr,
+        weight: u32,
+    ) -> Result<u32, StateError> {
+        let svc = self
+            .services
+            .get(service as usize)
+            .ok_or(StateError::UnknownService { service })?;
+        let id = self.ids.alloc().ok_or_else(|| StateError::IdsExhausted {
+            service: svc.name.clone(),
+            address,
+            capacity: self.ids.capacity,
+        })?;
+        self.services[service as usize].members.push(id);
+        self.backends.insert(
+            id,
+            BackendState {
+                id,
+                service,
+                address,
+                weight,
+                next_hop: None,
+                health: HealthState::Unknown,
+                drain_until: None,
+                written: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Removes a backend: it leaves its service's table at the next [`apply`], which then
+    /// forgets it in the maps and frees its id.
+    ///
+    /// [`apply`]: Balancer::apply
+    pub fn remove_backend(&mut self, id: u32) -> Result<BackendState, StateError> {
+        let b = self
+            .backends
+            .remove(&id)
+            .ok_or(StateError::UnknownBackend { id })?;
+        self.services[b.service as usize].members.retain(|&m| m != id);
+        self.removed.push((id, b.address));
+        Ok(b)
+    }
+
+    /// Records a health verdict; returns whether it changed.
+    pub fn set_health(&mut self, id: u32, health: HealthState) -> Result<bool, StateError> {
+        let b = self
+            .backends
+            .get_mut(&id)
+            .ok_or(StateError::UnknownBackend { id })?;
+        let changed = b.health != health;
+        b.health = health;
+        Ok(changed)
+    }
+
+    /// Starts (`Some(deadline)`), moves or cancels (`None`) a drain; returns whether it
+    /// changed.
+    pub fn set_drain(&mut self, id: u32, until: Option<SystemTime>) -> Result<bool, StateError> {
+        let b = self
+            .backends
+            .get_mut(&id)
+            .ok_or(StateError::UnknownBackend { id })?;
+        let changed = b.drain_until != until;
+        b.drain_until = until;
+        Ok(changed)
+    }
+
+    /// Changes a backend's weight; returns whether it changed.
+    pub fn set_weight(&mut self, id: u32, weight: u32) -> Result<bool, StateError> {
+        let b = self
+            .backends
+            .get_mut(&id)
+            .ok_or(StateError::UnknownBackend { id })?;
+        let changed = b.weight != weight;
+        b.weight = weight;
+        Ok(changed)
     }
 
     /// Sets (or clears) a backend's resolved next hop. Returns whether it changed; the maps
@@ -349,7 +478,24 @@ impl<D: Dataplane> Balancer<D> {
             }
         }
         report.backends_written += self.write_backends(false)?;
+        report.backends_removed = self.forget_removed()?;
         Ok(report)
+    }
+
+    /// Zeroes `BACKENDS[id]` of every removed backend (the data path then treats the id as
+    /// missing: a persisted client naming it is re-selected) and deletes its reverse index
+    /// entry unless a live backend has taken the address again; then frees the id.
+    fn forget_removed(&mut self) -> Result<usize, StateError> {
+        let mut n = 0;
+        while let Some(&(id, address)) = self.removed.first() {
+            let readded = self.backends.values().any(|b| b.address == address);
+            let index = (!readded).then(|| addr_words(address));
+            self.dp.remove_backend(id, index)?;
+            self.removed.remove(0);
+            self.ids.release(id);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Writes the backends whose value changed and that are (`usable`) or are not usable.
@@ -483,9 +629,11 @@ mod tests {
         Balancer::new(FakeDataplane::default(), &config(), ifaces(), 1024).unwrap()
     }
 
+    /// Resolves every backend's next hop and marks it healthy.
     fn resolve_all(lb: &mut Balancer<FakeDataplane>) {
         let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
         for id in ids {
+            lb.set_health(id, HealthState::Up).unwrap();
             lb.set_next_hop(
                 id,
                 Some(NextHop {
@@ -709,7 +857,7 @@ mod tests {
             r,
             ApplyReport {
                 backends_written: 1,
-                flips: vec![]
+                ..ApplyReport::default()
             }
         );
         assert_eq!(lb.dataplane().backends[&4].ifindex, 10);

@@ -200,8 +200,16 @@ fn check_refuses_a_missing_interface_before_touching_anything() {
 }
 
 #[test]
-fn operator_commands_exit_non_zero_saying_not_implemented() {
-    let out = Command::new(LB_CTL).args(["status"]).output().unwrap();
+fn operator_commands_without_a_daemon_exit_non_zero_with_one_line() {
+    let sock = std::env::temp_dir().join(format!("ikelb-smoke-{}.sock", std::process::id()));
+    let out = Command::new(LB_CTL)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["status"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("status: not implemented yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to the daemon's control socket"), "{stderr}");
 }

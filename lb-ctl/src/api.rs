@@ -1,0 +1,628 @@
+//! The control API between `lb-ctl daemon` and the operator commands: line-delimited JSON
+//! over a Unix stream socket (`control.socket`, mode 0600, root only).
+//!
+//! ## Protocol
+//!
+//! The client sends one [`Request`] per line, the daemon answers each with one [`Response`]
+//! line, in order; a connection may carry several requests (`lb-ctl` sends one). Every line is
+//! a single JSON object of at most [`MAX_LINE`] bytes. Requests are tagged by `command`:
+//!
+//! ```text
+//! → {"command":"backend_add","virtual_server":"aovpn","address":"10.0.0.14","weight":2}
+//! ← {"ok":{"kind":"backend_added","backend":{"virtual_server":"aovpn","address":"10.0.0.14",…}}}
+//! → {"command":"backend_remove","virtual_server":"203.0.113.10","address":"10.0.0.12","drain":"10m"}
+//! → {"command":"backend_list"}      {"command":"status"}      {"command":"lookup","client":"100.64.1.7"}
+//! ← {"error":{"code":"unknown_virtual_server","message":"no virtual server \"vpn\" (known: aovpn 203.0.113.10)"}}
+//! ```
+//!
+//! Unknown commands or fields, bad addresses and malformed JSON are answered with
+//! `bad_request` by the connection task without reaching the daemon's state. Every error
+//! leaves the daemon's state unchanged. The daemon checks the peer's credentials
+//! (`SO_PEERCRED`): only its own user (root) is served, in addition to the socket's mode.
+//!
+//! The same types are the `--json` output of `lb-ctl` (the `ok` payload), so scripts see
+//! exactly what the daemon said.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::IpAddr,
+    os::unix::{
+        fs::{DirBuilderExt, PermissionsExt},
+        net::UnixStream as StdUnixStream,
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, warn};
+
+use crate::health::HealthState;
+
+/// Longest request or response line accepted, newline included.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// How long the CLI waits for the daemon's answer (a `backend list` on a full persistence
+/// map reads every entry).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One request. `virtual_server` is a name or a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    BackendAdd {
+        virtual_server: String,
+        address: IpAddr,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+    BackendRemove {
+        virtual_server: String,
+        address: IpAddr,
+        /// Let persisted clients drain for at most this long (humantime, e.g. `"10m"`).
+        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        drain: Option<Duration>,
+    },
+    BackendList,
+    Status,
+    Lookup {
+        client: IpAddr,
+    },
+}
+
+/// One answer: `{"ok": Reply}` or `{"error": ApiError}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(ApiError),
+}
+
+impl From<Result<Reply, ApiError>> for Response {
+    fn from(r: Result<Reply, ApiError>) -> Self {
+        match r {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// What a successful request returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// The backend as it is now (health unknown until its first probe, unless it was
+    /// draining: then the drain was cancelled and it is back in the table).
+    BackendAdded {
+        backend: BackendInfo,
+        drain_cancelled: bool,
+    },
+    /// `backend` as it was; `draining_until` set when it drains instead of leaving at once.
+    BackendRemoved {
+        backend: BackendInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        draining_until: Option<String>,
+    },
+    Backends {
+        backends: Vec<BackendInfo>,
+    },
+    Status(Status),
+    Lookup {
+        client: IpAddr,
+        results: Vec<LookupResult>,
+    },
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a request this daemon understands (JSON, command, field, value).
+    BadRequest,
+    UnknownVirtualServer,
+    UnknownBackend,
+    DuplicateBackend,
+    /// Not usable as a backend address (not unicast, a VIP, wrong family, …).
+    InvalidAddress,
+    InvalidWeight,
+    InvalidDrain,
+    /// No backend id left (the `BACKENDS` map is full).
+    CapacityExhausted,
+    /// Saving the runtime state or writing the maps failed.
+    Internal,
+    /// The peer is not allowed to use the socket.
+    Forbidden,
+}
+
+/// A backend as the daemon sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub virtual_server: String,
+    pub address: IpAddr,
+    /// Backend id in the maps (`BACKENDS`, persistence entries).
+    pub id: u32,
+    pub weight: u32,
+    /// `active` (takes new clients), `draining` (keeps its persisted clients only) or
+    /// `unusable` (health not up, or next hop unresolved: its clients are re-balanced).
+    pub state: String,
+    pub health: HealthState,
+    /// `aa:bb:cc:dd:ee:ff on int`, or `None` while unresolved.
+    pub next_hop: Option<String>,
+    /// RFC 3339 drain deadline while draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<String>,
+    /// Slots of the active Maglev table it holds.
+    pub ring_slots: u32,
+    /// Persisted clients that are not idle (`persistence_timeout`) and would still be sent
+    /// here.
+    pub clients: u64,
+    /// `config` or `runtime` (added with `lb-ctl backend add`).
+    pub origin: String,
+}
+
+/// `lb-ctl status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub config: String,
+    pub interfaces: Vec<String>,
+    pub mode: String,
+    pub health_check: HealthCheckInfo,
+    pub persistence: PersistenceInfo,
+    pub virtual_servers: Vec<VirtualServerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckInfo {
+    pub interval: String,
+    pub timeout: String,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistenceInfo {
+    /// Entries in `PERSIST_V4` (idle ones included, until the LRU evicts them).
+    pub entries: u64,
+    pub capacity: u32,
+    pub timeout: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualServerStatus {
+    pub name: String,
+    pub vip: IpAddr,
+    pub ports: Vec<u16>,
+    pub esp: bool,
+    /// Backends holding slots in the active table (0: every packet is dropped as
+    /// `no_backend`).
+    pub active: usize,
+    pub backends: Vec<BackendInfo>,
+}
+
+/// Where the next packet of a client to one virtual server goes, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResult {
+    pub virtual_server: String,
+    pub vip: IpAddr,
+    /// The backend, or `None` when the packet would be dropped (`no_backend`).
+    pub backend: Option<IpAddr>,
+    pub backend_id: Option<u32>,
+    /// `persistence` (a live `PERSIST_V4` entry), `maglev` (the client's ring slot) or
+    /// `none` (empty table).
+    pub source: String,
+    /// The client's slot in the active Maglev table.
+    pub slot: u32,
+    /// The persistence entry, if any, also when it no longer decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<PersistedInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedInfo {
+    pub backend_id: u32,
+    /// Its address, when the id still names a backend.
+    pub backend: Option<IpAddr>,
+    pub idle_seconds: u64,
+    /// Why it no longer decides (`idle`, `backend unusable`, `backend removed`), or `None`
+    /// when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_because: Option<String>,
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("creating the control socket directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another daemon is serving the control socket {path}")]
+    InUse { path: PathBuf },
+    #[error("removing the stale control socket {path}: {source}")]
+    RemoveStale {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("binding the control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("restricting the control socket {path} to mode 0600: {source}")]
+    Chmod {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The daemon's listening socket; the file is removed when this is dropped.
+pub struct ControlSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600. The parent directory is created (mode 0700) when missing.
+    /// A socket file nobody answers on is a leftover of a killed daemon and is replaced; one
+    /// that answers belongs to a running daemon and is an error.
+    pub fn bind(path: &Path) -> Result<Self, SocketError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| SocketError::CreateDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+            }
+        }
+        if path.exists() {
+            if StdUnixStream::connect(path).is_ok() {
+                return Err(SocketError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        // Created 0600 from the start (no window in which others could connect), then set
+        // explicitly in case the umask was already stricter/looser than expected.
+        // SAFETY: umask(2) cannot fail; the previous mask is restored right after the bind.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.map_err(|source| SocketError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| SocketError::Chmod {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+        Ok(Self {
+            listener: Some(listener),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves connections until the daemon's end of `requests` closes: each request line
+    /// that parses is sent, with a reply channel, to the daemon's loop; everything else is
+    /// answered here.
+    pub async fn serve(&mut self, requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(connection(stream, requests.clone()));
+                    }
+                    Err(e) => {
+                        warn!("control socket: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = requests.closed() => return,
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves one connection: request lines in, response lines out.
+async fn connection(stream: UnixStream, requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let (read, mut write) = stream.into_split();
+    let peer = write.as_ref().peer_cred().ok();
+    if peer.map(|c| c.uid()) != Some(me) {
+        let e = ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "uid {} may not use this socket (only uid {me})",
+                peer.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string())
+            ),
+        );
+        let _ = write_line(&mut write, &Response::Error(e)).await;
+        return;
+    }
+    let mut lines = TokioBufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("control socket: read failed: {e}");
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        if buf.last() != Some(&b'\n') && n >= MAX_LINE {
+            let e = ApiError::new(
+                ErrorCode::BadRequest,
+                format!("request longer than {MAX_LINE} bytes"),
+            );
+            let _ = write_line(&mut write, &Response::Error(e)).await;
+            return;
+        }
+        let response = match parse_request(&buf) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if requests.send((request, tx)).await.is_err() {
+                    return; // the daemon is stopping
+                }
+                match rx.await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+            Err(e) => Response::Error(e),
+        };
+        if write_line(&mut write, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Parses one request line; the error is the `bad_request` answer.
+pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
+    serde_json::from_slice(line)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+async fn write_line(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("responses always serialize");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+/// Why the CLI could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the daemon's control socket {path}: {source} (is `lb-ctl daemon` running, and are you root?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the daemon closed {path} without answering")]
+    NoAnswer { path: PathBuf },
+    #[error("the daemon's answer on {path} is not understood: {source}")]
+    Garbled {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Sends one request to the daemon at `path` and waits for its answer (blocking: the CLI
+/// needs no runtime).
+pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
+    let stream = StdUnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    let io = |source| ClientError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    let mut line = serde_json::to_vec(request).expect("requests always serialize");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .take(MAX_LINE as u64)
+        .read_line(&mut answer)
+        .map_err(io)?;
+    if answer.is_empty() {
+        return Err(ClientError::NoAnswer {
+            path: path.to_owned(),
+        });
+    }
+    serde_json::from_str(&answer).map_err(|source| ClientError::Garbled {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_read_as_documented() {
+        let add = Request::BackendAdd {
+            virtual_server: "aovpn".into(),
+            address: "10.0.0.14".parse().unwrap(),
+            weight: 2,
+        };
+        let json = serde_json::to_string(&add).unwrap();
+        assert_eq!(
+            json,
+            r#"{"command":"backend_add","virtual_server":"aovpn","address":"10.0.0.14","weight":2}"#
+        );
+        assert_eq!(parse_request(json.as_bytes()).unwrap(), add);
+        let rm = parse_request(
+            br#"{"command":"backend_remove","virtual_server":"203.0.113.10","address":"10.0.0.12","drain":"10m"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rm,
+            Request::BackendRemove {
+                virtual_server: "203.0.113.10".into(),
+                address: "10.0.0.12".parse().unwrap(),
+                drain: Some(Duration::from_secs(600)),
+            }
+        );
+        assert_eq!(
+            parse_request(br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1"}"#)
+                .unwrap(),
+            Request::BackendAdd {
+                virtual_server: "a".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                weight: 1
+            }
+        );
+        assert_eq!(
+            parse_request(br#"{"command":"status"}"#).unwrap(),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_bad_requests() {
+        for line in [
+            &b"not json"[..],
+            br#"{"command":"reboot"}"#,
+            br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.300"}"#,
+            br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1","wieght":2}"#,
+            br#"{"command":"backend_remove","virtual_server":"a","address":"10.0.0.1","drain":"soon"}"#,
+            br#"{"command":"lookup"}"#,
+        ] {
+            let e = parse_request(line).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn responses_are_ok_or_error_objects() {
+        let r = Response::Error(ApiError::new(ErrorCode::UnknownVirtualServer, "no"));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"error":{"code":"unknown_virtual_server","message":"no"}}"#
+        );
+        let r = Response::Ok(Reply::Backends { backends: vec![] });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"ok":{"kind":"backends","backends":[]}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_0600_serves_requests_and_answers_bad_ones_itself() {
+        let dir = std::env::temp_dir().join(format!("ikelb-api-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/ctl.sock");
+        let mut sock = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(dir.join("sub")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(SocketError::InUse { .. })
+        ));
+
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(4);
+        let server = tokio::spawn(async move {
+            sock.serve(tx).await;
+            sock
+        });
+        let daemon = tokio::spawn(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                assert_eq!(req, Request::BackendList);
+                let _ = reply.send(Response::Ok(Reply::Backends { backends: vec![] }));
+            }
+        });
+        let p = path.clone();
+        let (good, bad) = tokio::task::spawn_blocking(move || {
+            let good = call(&p, &Request::BackendList).unwrap();
+            let stream = StdUnixStream::connect(&p).unwrap();
+            (&stream).write_all(b"{\"command\":\"nope\"}\n").unwrap();
+            let mut answer = String::new();
+            BufReader::new(&stream).read_line(&mut answer).unwrap();
+            (good, answer)
+        })
+        .await
+        .unwrap();
+        assert_eq!(good, Response::Ok(Reply::Backends { backends: vec![] }));
+        assert!(bad.starts_with(r#"{"error":{"code":"bad_request""#), "{bad}");
+
+        daemon.abort();
+        let _ = daemon.await;
+        let sock = server.await.unwrap();
+        drop(sock);
+        assert!(!path.exists(), "socket file removed on drop");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

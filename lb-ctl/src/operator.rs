@@ -1,0 +1,257 @@
+//! The operator commands (`lb-ctl backend …`, `status`, `lookup`): one request to the
+//! daemon's control socket ([`crate::api`]), then its answer as a table on stdout, or with
+//! `--json` as the reply object the daemon sent. A refusal is one line on stderr and exit
+//! status 1.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::api::{self, ApiError, BackendInfo, ClientError, LookupResult, Reply, Request, Response};
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The daemon refused the request; its message says why.
+    #[error("{0}")]
+    Refused(ApiError),
+}
+
+/// Sends `request` to the daemon at `socket` and prints the answer.
+pub fn run(socket: &Path, request: &Request, json: bool) -> Result<(), OperatorError> {
+    match api::call(socket, request)? {
+        Response::Error(e) => Err(OperatorError::Refused(e)),
+        Response::Ok(reply) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).expect("replies always serialize")
+                );
+            } else {
+                print!("{}", render(&reply));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The human form of a reply.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::BackendAdded {
+            backend: b,
+            drain_cancelled: true,
+        } => format!(
+            "{} in {}: drain cancelled, back in the table (id {}, weight {})\n",
+            b.address, b.virtual_server, b.id, b.weight
+        ),
+        Reply::BackendAdded { backend: b, .. } => format!(
+            "added {} to {} (id {}, weight {}); it takes new clients after its first successful health check\n",
+            b.address, b.virtual_server, b.id, b.weight
+        ),
+        Reply::BackendRemoved {
+            backend: b,
+            draining_until: Some(until),
+        } => format!(
+            "draining {} of {} until {until}: no new clients; removed when its {} active clients are idle, or at the deadline\n",
+            b.address, b.virtual_server, b.clients
+        ),
+        Reply::BackendRemoved { backend: b, .. } => format!(
+            "removed {} from {} (id {}); its {} active clients are re-balanced on their next packet\n",
+            b.address, b.virtual_server, b.id, b.clients
+        ),
+        Reply::Backends { backends } => backend_table(backends, true),
+        Reply::Status(s) => {
+            let mut out = String::new();
+            let up = std::time::Duration::from_secs(s.uptime_seconds);
+            let _ = writeln!(
+                out,
+                "ikelb {} (pid {}), up {}, config {}",
+                s.version,
+                s.pid,
+                humantime::format_duration(up),
+                s.config
+            );
+            let _ = writeln!(out, "interfaces: {} (mode {})", s.interfaces.join(", "), s.mode);
+            let h = &s.health_check;
+            let _ = writeln!(
+                out,
+                "health checks: ICMP echo every {}, timeout {}, down after {} failures, up after {} successes",
+                h.interval, h.timeout, h.fall, h.rise
+            );
+            let p = &s.persistence;
+            let _ = writeln!(
+                out,
+                "persistence: {} of {} entries, idle timeout {}",
+                p.entries, p.capacity, p.timeout
+            );
+            for vs in &s.virtual_servers {
+                let ports: Vec<String> = vs.ports.iter().map(u16::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "\nvirtual server {} {} udp {}{}: {} of {} backends active{}",
+                    vs.name,
+                    vs.vip,
+                    ports.join(","),
+                    if vs.esp { " + esp" } else { "" },
+                    vs.active,
+                    vs.backends.len(),
+                    if vs.active == 0 {
+                        " — NO BACKEND: packets are dropped"
+                    } else {
+                        ""
+                    }
+                );
+                if !vs.backends.is_empty() {
+                    for line in backend_table(&vs.backends, false).lines() {
+                        let _ = writeln!(out, "  {line}");
+                    }
+                }
+            }
+            out
+        }
+        Reply::Lookup { client, results } => lookup_table(*client, results),
+    }
+}
+
+fn backend_table(backends: &[BackendInfo], with_vs: bool) -> String {
+    let mut header = vec![];
+    if with_vs {
+        header.push("VIRTUAL SERVER");
+    }
+    header.extend([
+        "BACKEND", "ID", "WEIGHT", "STATE", "HEALTH", "SLOTS", "CLIENTS", "NEXT HOP", "ORIGIN",
+    ]);
+    let rows = backends.iter().map(|b| {
+        let mut row = vec![];
+        if with_vs {
+            row.push(b.virtual_server.clone());
+        }
+        let state = match &b.drain_until {
+            Some(until) => format!("{} (until {until})", b.state),
+            None => b.state.clone(),
+        };
+        row.extend([
+            b.address.to_string(),
+            b.id.to_string(),
+            b.weight.to_string(),
+            state,
+            b.health.to_string(),
+            b.ring_slots.to_string(),
+            b.clients.to_string(),
+            b.next_hop.clone().unwrap_or_else(|| "unresolved".to_owned()),
+            b.origin.clone(),
+        ]);
+        row
+    });
+    table(&header, rows)
+}
+
+fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
+    if results.is_empty() {
+        return format!("{client}: no virtual server of its address family\n");
+    }
+    let rows = results.iter().map(|r| {
+        let detail = match &r.persisted {
+            None => "no persistence entry".to_owned(),
+            Some(p) => {
+                let on = p
+                    .backend
+                    .map_or_else(|| format!("id {}", p.backend_id), |a| a.to_string());
+                match &p.ignored_because {
+                    None => format!("persisted, idle {}s", p.idle_seconds),
+                    Some(why) => format!("persisted on {on} (idle {}s), ignored: {why}", p.idle_seconds),
+                }
+            }
+        };
+        vec![
+            r.virtual_server.clone(),
+            r.vip.to_string(),
+            r.backend
+                .map_or_else(|| "none (dropped: no backend)".to_owned(), |a| a.to_string()),
+            r.source.clone(),
+            r.slot.to_string(),
+            detail,
+        ]
+    });
+    table(
+        &["VIRTUAL SERVER", "VIP", "BACKEND", "FROM", "SLOT", "DETAIL"],
+        rows,
+    )
+}
+
+/// Left-aligned columns, two spaces apart, no trailing spaces.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows)
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::HealthState;
+
+    fn backend(addr: &str, state: &str) -> BackendInfo {
+        BackendInfo {
+            virtual_server: "aovpn".into(),
+            address: addr.parse().unwrap(),
+            id: 1,
+            weight: 1,
+            state: state.into(),
+            health: HealthState::Up,
+            next_hop: Some("02:00:00:00:00:0b on int".into()),
+            drain_until: None,
+            ring_slots: 21846,
+            clients: 84,
+            origin: "config".into(),
+        }
+    }
+
+    #[test]
+    fn backend_list_is_an_aligned_table() {
+        let mut draining = backend("10.0.0.12", "draining");
+        draining.drain_until = Some("2030-01-01T00:00:00Z".into());
+        draining.next_hop = None;
+        let text = render(&Reply::Backends {
+            backends: vec![backend("10.0.0.11", "active"), draining],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("VIRTUAL SERVER  BACKEND    ID  WEIGHT  STATE"));
+        assert!(lines[2].contains("draining (until 2030-01-01T00:00:00Z)"));
+        assert!(lines[2].contains("unresolved"));
+        let col = lines[0].find("HEALTH").unwrap();
+        assert_eq!(&lines[1][col..col + 2], "up");
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn removal_says_what_happens_to_the_clients() {
+        let text = render(&Reply::BackendRemoved {
+            backend: backend("10.0.0.11", "active"),
+            draining_until: None,
+        });
+        assert_eq!(
+            text,
+            "removed 10.0.0.11 from aovpn (id 1); its 84 active clients are re-balanced on their next packet\n"
+        );
+    }
+}

@@ -1,0 +1,1154 @@
+//! Runtime management: what `lb-ctl backend add/remove/list`, `status` and `lookup` do to a
+//! running daemon, the runtime changes persisted under `state_dir`, drains, and the health
+//! verdicts applied to the balancer.
+//!
+//! [`Controller`] holds the logic and is generic over the [`Dataplane`], so all of it is
+//! unit-tested against the in-memory fake; [`Runtime`] wires it to the real world for the
+//! daemon (health monitor task, control socket, drain timer).
+//!
+//! ## Runtime changes (`state_dir/backends.json`)
+//!
+//! The config file stays the operator's: runtime changes are kept beside it as a difference,
+//! per virtual server *name*: backends `added` (address, weight — an address the config
+//! already lists is a weight override), config backends `removed`, and backends `draining`
+//! (address, RFC 3339 deadline). Every change is written before it takes effect, atomically
+//! (temporary file, fsync, rename, fsync of the directory): a crash leaves the old or the new
+//! file, never a mix; a request whose change cannot be saved fails and changes nothing.
+//!
+//! At start the config is loaded as usual (backend ids 1, 2, … in file order), then the file
+//! is replayed: removals, then additions (fresh ids in the order they were made — the ids the
+//! previous run gave them when the config is unchanged), then drains (a drain whose deadline
+//! passed while the daemon was down completes at once). Entries the config has made
+//! meaningless (virtual server gone, address now a VIP or another virtual server's backend,
+//! removed backend no longer in the config) are dropped with a warning and the file is
+//! rewritten; an unreadable file stops the daemon with its path and the reason — it is never
+//! silently discarded.
+//!
+//! ## Drain
+//!
+//! `backend remove --drain D` takes the backend out of the Maglev table (no new client lands
+//! there) but leaves it usable, so the data path keeps sending its persisted clients to it.
+//! Every health interval (at least every second) the daemon reads `PERSIST_V4` and counts,
+//! per draining backend, the entries that still name it and are not idle — exactly the
+//! data path's own test: `now − atime ≤ persistence_timeout` in 2^30 ns ticks of
+//! `CLOCK_MONOTONIC_COARSE` (what `bpf_ktime_get_coarse_ns` reads). When none is left, or
+//! the deadline has passed, the backend is removed (usable flag cleared, id freed): any
+//! client still sending is re-balanced on its next packet. An IKEv2 client that is connected
+//! sends at least NAT-T keepalives or DPD, so "idle for `persistence_timeout`" means gone.
+//! The scan costs two syscalls per entry; it runs only while something drains.
+//!
+//! `backend add` of a draining backend cancels the drain (it rejoins the table).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::Write,
+    net::IpAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use lb_common::{hash::client_hash_v4, PersistKeyV4, PersistValue, TICK_SHIFT};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        ApiError, BackendInfo, ControlSocket, ErrorCode, HealthCheckInfo, LookupResult,
+        PersistedInfo, PersistenceInfo, Reply, Request, Response, SocketError, Status,
+        VirtualServerStatus,
+    },
+    config::{Config, Mode, MAX_WEIGHT},
+    dataplane::{Dataplane, DataplaneError},
+    health::{HealthError, HealthState, IcmpProber, Monitor, ProbeObserver, Report, Target, Tracker},
+    state::{ApplyReport, Balancer, BackendState, StateError},
+};
+
+/// File under `state_dir` holding the runtime changes.
+pub const STATE_FILE: &str = "backends.json";
+/// Longest accepted drain.
+pub const MAX_DRAIN: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Drains are checked at least this often.
+const DRAIN_CHECK_MAX: Duration = Duration::from_secs(1);
+
+/// Now, as both clocks that matter see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall clock: drain deadlines (persisted, so they survive a restart).
+    pub wall: SystemTime,
+    /// `CLOCK_MONOTONIC_COARSE >> TICK_SHIFT`: the data path's persistence clock.
+    pub tick: u32,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC_COARSE exists on
+        // every kernel with BPF (it is what bpf_ktime_get_coarse_ns reads).
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        Self {
+            wall: SystemTime::now(),
+            tick: (ns >> TICK_SHIFT) as u32,
+        }
+    }
+}
+
+/// Length of a tick.
+const TICK: Duration = Duration::from_nanos(1 << TICK_SHIFT);
+
+// ---------------------------------------------------------------------------------------
+// Persisted runtime changes
+
+/// The content of `backends.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeChanges {
+    pub version: u32,
+    #[serde(default)]
+    pub virtual_servers: BTreeMap<String, VsChanges>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsChanges {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedBackend>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<Draining>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedBackend {
+    pub address: IpAddr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Draining {
+    pub address: IpAddr,
+    /// RFC 3339 (UTC).
+    pub until: String,
+}
+
+impl VsChanges {
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.draining.is_empty()
+    }
+}
+
+impl RuntimeChanges {
+    const VERSION: u32 = 1;
+
+    fn vs(&mut self, name: &str) -> &mut VsChanges {
+        self.virtual_servers.entry(name.to_owned()).or_default()
+    }
+
+    fn tidy(&mut self) {
+        self.version = Self::VERSION;
+        self.virtual_servers.retain(|_, v| !v.is_empty());
+    }
+
+    /// `address` is (again) a backend of `vs` with `weight`; `in_config` says whether the
+    /// config lists it (with `config_weight`).
+    fn record_add(&mut self, vs: &str, address: IpAddr, weight: u32, config_weight: Option<u32>) {
+        let v = self.vs(vs);
+        v.removed.retain(|a| *a != address);
+        v.draining.retain(|d| d.address != address);
+        v.added.retain(|a| a.address != address);
+        if config_weight != Some(weight) {
+            v.added.push(AddedBackend { address, weight });
+        }
+        self.tidy();
+    }
+
+    /// `address` is no backend of `vs` any more.
+    fn record_remove(&mut self, vs: &str, address: IpAddr, in_config: bool) {
+        let v = self.vs(vs);
+        v.added.retain(|a| a.address != address);
+        v.draining.retain(|d| d.address != address);
+        if in_config && !v.removed.contains(&address) {
+            v.removed.push(address);
+        }
+        self.tidy();
+    }
+
+    fn record_drain(&mut self, vs: &str, address: IpAddr, until: SystemTime) {
+        let v = self.vs(vs);
+        v.draining.retain(|d| d.address != address);
+        v.draining.push(Draining {
+            address,
+            until: humantime::format_rfc3339_seconds(until).to_string(),
+        });
+        self.tidy();
+    }
+}
+
+/// Why the runtime state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reading the runtime state {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the runtime state {path} is not valid (line {line}: {reason}); fix it, or move it away to start from the config alone")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("the runtime state {path} has version {found}; this lb-ctl reads version {}", RuntimeChanges::VERSION)]
+    Version { path: PathBuf, found: u32 },
+    #[error("writing the runtime state {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `backends.json` on disk.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(STATE_FILE),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved changes; none when the file does not exist.
+    pub fn load(&self) -> Result<RuntimeChanges, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RuntimeChanges::default())
+            }
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let changes: RuntimeChanges =
+            serde_json::from_str(&text).map_err(|e| StoreError::Parse {
+                path: self.path.clone(),
+                line: e.line(),
+                reason: e.to_string(),
+            })?;
+        if changes.version != RuntimeChanges::VERSION {
+            return Err(StoreError::Version {
+                path: self.path.clone(),
+                found: changes.version,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Replaces the file atomically: write a temporary file, fsync it, rename it over the
+    /// old one, fsync the directory (so the rename itself survives a power loss).
+    pub fn save(&self, changes: &RuntimeChanges) -> Result<(), StoreError> {
+        let err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut text = serde_json::to_vec_pretty(changes).expect("state always serializes");
+        text.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&text).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(err)?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The controller
+
+/// What the daemon should do after an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Resolve next hops now (a backend came up, or was added, and may need its MAC).
+    pub resolve: bool,
+    /// The health targets changed (backends added or removed).
+    pub targets_changed: bool,
+}
+
+/// The control logic: requests, health verdicts, drains, runtime changes.
+pub struct Controller {
+    config: Config,
+    store: Store,
+    changes: RuntimeChanges,
+    trackers: HashMap<u32, Tracker>,
+    started: Instant,
+}
+
+impl Controller {
+    /// A controller for `config` with runtime changes saved in `store`. Nothing is read or
+    /// written until [`replay`](Controller::replay).
+    pub fn new(config: Config, store: Store) -> Self {
+        Self {
+            config,
+            store,
+            changes: RuntimeChanges::default(),
+            trackers: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn changes(&self) -> &RuntimeChanges {
+        &self.changes
+    }
+
+    /// Loads the saved runtime changes and applies them to `lb` (built from the config, not
+    /// yet applied to the maps). Returns one warning per change that was dropped.
+    pub fn replay<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let saved = self.store.load()?;
+        let mut warnings = Vec::new();
+        let mut kept = RuntimeChanges::default();
+        for (vs, changes) in &saved.virtual_servers {
+            let Some(service) = lb.services().iter().position(|s| s.name == *vs) else {
+                warnings.push(format!(
+                    "virtual server {vs} is not in the config any more: its runtime changes are dropped"
+                ));
+                continue;
+            };
+            for &address in &changes.removed {
+                match self.member(lb, service, address) {
+                    Some(id) => {
+                        lb.remove_backend(id).expect("member exists");
+                        kept.record_remove(vs, address, true);
+                    }
+                    None => warnings.push(format!(
+                        "{address} was removed from {vs} at runtime and is not in the config any more: forgotten"
+                    )),
+                }
+            }
+            for added in &changes.added {
+                let address = added.address;
+                if let Err(e) = self.check_new_backend(lb, service, address, added.weight) {
+                    // A duplicate in this virtual server is a weight override of a config
+                    // backend; anything else (another virtual server's backend too) is dropped.
+                    let own = e.code == ErrorCode::DuplicateBackend
+                        && self.member(lb, service, address).is_some();
+                    if !own {
+                        warnings.push(format!("runtime backend {address} of {vs} dropped: {e}"));
+                        continue;
+                    }
+                }
+                match self.member(lb, service, address) {
+                    Some(id) => {
+                        lb.set_weight(id, added.weight).expect("member exists");
+                    }
+                    None => {
+                        if let Err(e) = lb.add_backend(service as u32, address, added.weight) {
+                            warnings.push(format!("runtime backend {address} of {vs} dropped: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let config_weight = self.config_weight(service, address);
+                kept.record_add(vs, address, added.weight, config_weight);
+            }
+            for d in &changes.draining {
+                let Some(id) = self.member(lb, service, d.address) else {
+                    warnings.push(format!(
+                        "draining backend {} of {vs} is not a backend any more: forgotten",
+                        d.address
+                    ));
+                    continue;
+                };
+                let until = match humantime::parse_rfc3339_weak(&d.until) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warnings.push(format!(
+                            "drain of {} in {vs}: bad deadline {:?} ({e}): it ends now",
+                            d.address, d.until
+                        ));
+                        now
+                    }
+                };
+                if until <= now {
+                    info!(virtual_server = %vs, backend = %d.address, "drain deadline passed while the daemon was down: removed");
+                    lb.remove_backend(id).expect("member exists");
+                    kept.record_remove(vs, d.address, self.config_weight(service, d.address).is_some());
+                } else {
+                    lb.set_drain(id, Some(until)).expect("member exists");
+                    kept.record_drain(vs, d.address, until);
+                }
+            }
+        }
+        kept.tidy();
+        let mut normalized = saved.clone();
+        normalized.tidy();
+        if kept != normalized {
+            self.store.save(&kept)?;
+        }
+        self.changes = kept;
+        Ok(warnings)
+    }
+
+    /// The health-check targets: every backend.
+    pub fn targets<D: Dataplane>(&self, lb: &Balancer<D>) -> Vec<Target> {
+        lb.backends()
+            .map(|b| Target {
+                id: b.id,
+                addr: b.address,
+            })
+            .collect()
+    }
+
+    /// Feeds one round of probe results to the trackers and records every flip in `lb`
+    /// (transitions only; the caller applies). Reports of backends removed meanwhile are
+    /// ignored.
+    pub fn on_health<D: Dataplane>(&mut self, lb: &mut Balancer<D>, reports: &[Report]) -> Effects {
+        let hc = self.config.health_check;
+        let mut effects = Effects::default();
+        for r in reports {
+            let Some(b) = lb.backend(r.id).filter(|b| b.address == r.addr) else {
+                continue;
+            };
+            let vs = lb.services()[b.service as usize].name.clone();
+            let tracker = self.trackers.entry(r.id).or_default();
+            let before = tracker.state();
+            if !tracker.observe(r.probe.outcome.is_success(), hc.rise, hc.fall) {
+                continue;
+            }
+            let after = tracker.state();
+            lb.set_health(r.id, after).expect("backend exists");
+            let why = match &r.probe.error {
+                Some(e) => format!("{} ({e})", r.probe.outcome.label()),
+                None => r.probe.outcome.label().to_owned(),
+            };
+            match after {
+                HealthState::Up => {
+                    info!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → up (last probe {why} in {:.1?})", r.probe.duration);
+                    effects.resolve = true;
+                }
+                _ => warn!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → {after} after {} failed probes (last: {why})", hc.fall),
+            }
+        }
+        effects
+    }
+
+    /// Ends drains whose deadline passed or whose clients are all idle. Returns whether
+    /// anything was removed (the caller applies).
+    pub fn check_drains<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        now: Clock,
+    ) -> Result<Effects, ApiError> {
+        let draining: Vec<(u32, SystemTime)> = lb
+            .backends()
+            .filter_map(|b| b.drain_until.map(|u| (b.id, u)))
+            .collect();
+        if draining.is_empty() {
+            return Ok(Effects::default());
+        }
+        let clients = self.active_clients(lb, now)?;
+        let mut done = Vec::new();
+        for (id, until) in draining {
+            let n = clients.get(&id).copied().unwrap_or(0);
+            if now.wall >= until {
+                done.push((id, format!("drain deadline reached with {n} active clients left (re-balanced on their next packet)")));
+            } else if n == 0 {
+                done.push((id, "drained: no active client left".to_owned()));
+            }
+        }
+        let mut effects = Effects::default();
+        for (id, why) in done {
+            let b = lb.backend(id).expect("listed above").clone();
+            let vs = lb.services()[b.service as usize].name.clone();
+            let in_config = self.config_weight(b.service as usize, b.address).is_some();
+            let mut next = self.changes.clone();
+            next.record_remove(&vs, b.address, in_config);
+            self.save(next)?;
+            lb.remove_backend(id).expect("exists");
+            self.trackers.remove(&id);
+            info!(virtual_server = %vs, backend = %b.address, id, "{why}: removed");
+            effects.targets_changed = true;
+        }
+        Ok(effects)
+    }
+
+    /// How often drains should be checked.
+    pub fn drain_check_interval(&self) -> Duration {
+        self.config.health_check.interval.min(DRAIN_CHECK_MAX)
+    }
+
+    /// Handles one API request. Mutations are validated completely, then saved, then
+    /// applied to `lb`; an error at any step before the save leaves everything unchanged.
+    pub fn handle<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        request: Request,
+        now: Clock,
+    ) -> (Response, Effects) {
+        let mut effects = Effects::default();
+        let result = match request {
+            Request::BackendAdd {
+                virtual_server,
+                address,
+                weight,
+            } => self.add(lb, &virtual_server, address, weight, &mut effects, now),
+            Request::BackendRemove {
+                virtual_server,
+                address,
+                drain,
+            } => self.remove(lb, &virtual_server, address, drain, &mut effects, now),
+            Request::BackendList => self.list(lb, now).map(|backends| Reply::Backends { backends }),
+            Request::Status => self.status(lb, now).map(Reply::Status),
+            Request::Lookup { client } => self.lookup(lb, client, now),
+        };
+        (result.into(), effects)
+    }
+
+    fn add<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        vs: &str,
+        address: IpAddr,
+        weight: u32,
+        effects: &mut Effects,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let service = self.service(lb, vs)?;
+        let name = lb.services()[service].name.clone();
+        let existing = self.member(lb, service, address);
+        let draining = existing.and_then(|id| lb.backend(id)).is_some_and(BackendState::draining);
+        if !draining {
+            self.check_new_backend(lb, service, address, weight)?;
+        } else {
+            check_weight(weight)?;
+        }
+        if existing.is_none() && lb.backends().count() >= lb_capacity(lb) {
+            return Err(ApiError::new(
+                ErrorCode::CapacityExhausted,
+                format!("no backend id left for {address} (the BACKENDS map holds {} backends)", lb_capacity(lb)),
+            ));
+        }
+        let mut next = self.changes.clone();
+        next.record_add(&name, address, weight, self.config_weight(service, address));
+        self.save(next)?;
+        let id = match existing {
+            Some(id) => {
+                lb.set_drain(id, None).expect("member");
+                lb.set_weight(id, weight).expect("member");
+                info!(virtual_server = %name, backend = %address, id, weight, "drain cancelled: back in the table");
+                id
+            }
+            None => {
+                let id = lb.add_backend(service as u32, address, weight).map_err(internal)?;
+                info!(virtual_server = %name, backend = %address, id, weight, "backend added; it takes clients after its first successful health check");
+                effects.targets_changed = true;
+                effects.resolve = true;
+                id
+            }
+        };
+        let clients = self.active_clients(lb, now).unwrap_or_default();
+        let b = lb.backend(id).expect("just added");
+        Ok(Reply::BackendAdded {
+            backend: self.info(lb, b, &clients),
+            drain_cancelled: draining,
+        })
+    }
+
+    fn remove<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        vs: &str,
+        address: IpAddr,
+        drain: Option<Duration>,
+        effects: &mut Effects,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let service = self.service(lb, vs)?;
+        let name = lb.services()[service].name.clone();
+        let id = self.member(lb, service, address).ok_or_else(|| {
+            let elsewhere = lb
+                .backend_by_address(address)
+                .map(|b| format!(" (it is a backend of {})", lb.services()[b.service as usize].name))
+                .unwrap_or_default();
+            ApiError::new(
+                ErrorCode::UnknownBackend,
+                format!("{address} is not a backend of {name}{elsewhere}"),
+            )
+        })?;
+        if let Some(d) = drain {
+            if d > MAX_DRAIN {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidDrain,
+                    format!(
+                        "drain {} is longer than the maximum {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_DRAIN)
+                    ),
+                ));
+            }
+        }
+        let clients = self.active_clients(lb, now).unwrap_or_default();
+        let before = self.info(lb, lb.backend(id).expect("member"), &clients);
+        let in_config = self.config_weight(service, address).is_some();
+        let mut next = self.changes.clone();
+        match drain.filter(|d| !d.is_zero()) {
+            Some(d) => {
+                let until = now.wall + d;
+                next.record_drain(&name, address, until);
+                self.save(next)?;
+                lb.set_drain(id, Some(until)).expect("member");
+                let rfc = humantime::format_rfc3339_seconds(until).to_string();
+                info!(virtual_server = %name, backend = %address, id, until = %rfc, "draining: no new clients; removed when its clients are idle or at the deadline");
+                Ok(Reply::BackendRemoved {
+                    backend: before,
+                    draining_until: Some(rfc),
+                })
+            }
+            None => {
+                next.record_remove(&name, address, in_config);
+                self.save(next)?;
+                lb.remove_backend(id).expect("member");
+                self.trackers.remove(&id);
+                effects.targets_changed = true;
+                info!(virtual_server = %name, backend = %address, id, "backend removed");
+                Ok(Reply::BackendRemoved {
+                    backend: before,
+                    draining_until: None,
+                })
+            }
+        }
+    }
+
+    fn list<D: Dataplane>(&self, lb: &Balancer<D>, now: Clock) -> Result<Vec<BackendInfo>, ApiError> {
+        let clients = self.active_clients(lb, now)?;
+        Ok(lb
+            .services()
+            .iter()
+            .flat_map(|s| s.members.iter())
+            .filter_map(|id| lb.backend(*id))
+            .map(|b| self.info(lb, b, &clients))
+            .collect())
+    }
+
+    fn status<D: Dataplane>(&self, lb: &Balancer<D>, now: Clock) -> Result<Status, ApiError> {
+        let backends = self.list(lb, now)?;
+        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?.len() as u64;
+        let c = &self.config;
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            config: c.file().to_owned(),
+            interfaces: c.interfaces.clone(),
+            mode: match c.mode {
+                Mode::Nat => "nat",
+                Mode::Dsr => "dsr",
+            }
+            .to_owned(),
+            health_check: HealthCheckInfo {
+                interval: fmt(c.health_check.interval),
+                timeout: fmt(c.health_check.timeout),
+                fall: c.health_check.fall,
+                rise: c.health_check.rise,
+            },
+            persistence: PersistenceInfo {
+                entries,
+                capacity: c.persistence_entries,
+                timeout: fmt(c.persistence_timeout),
+            },
+            virtual_servers: lb
+                .services()
+                .iter()
+                .zip(&c.virtual_servers)
+                .map(|(s, vs)| {
+                    let mine: Vec<BackendInfo> = backends
+                        .iter()
+                        .filter(|b| b.virtual_server == s.name)
+                        .cloned()
+                        .collect();
+                    VirtualServerStatus {
+                        name: s.name.clone(),
+                        vip: vs.vip,
+                        ports: vs.ports.clone(),
+                        esp: vs.esp,
+                        active: mine.iter().filter(|b| b.ring_slots > 0).count(),
+                        backends: mine,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    fn lookup<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        client: IpAddr,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let IpAddr::V4(v4) = client else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidAddress,
+                format!("{client}: IPv6 clients are not balanced yet (the data path passes IPv6)"),
+            ));
+        };
+        let word = u32::from_ne_bytes(v4.octets());
+        let timeout = self.config.persist_timeout_ticks();
+        let mut results = Vec::new();
+        for (s, vs) in lb.services().iter().zip(&self.config.virtual_servers) {
+            if !vs.vip.is_ipv4() {
+                continue;
+            }
+            let slot = client_hash_v4(word, lb.seed()) % lb.ring_size();
+            let ring_id = s.active_table()[slot as usize];
+            let entry = lb
+                .dataplane()
+                .persistence_v4_get(&PersistKeyV4 {
+                    service: s.value.id,
+                    client: word,
+                })
+                .map_err(dp_error)?;
+            let mut persisted = None;
+            let mut chosen = None;
+            if let Some(e) = entry {
+                let idle = now.tick.wrapping_sub(e.atime);
+                let b = lb.backend(e.backend).filter(|b| b.service == s.value.id);
+                let ignored = match b {
+                    None => Some("backend removed"),
+                    Some(b) if !b.usable() => Some("backend unusable"),
+                    Some(_) if idle > timeout => Some("idle"),
+                    Some(_) => None,
+                };
+                if ignored.is_none() {
+                    chosen = Some(e.backend);
+                }
+                persisted = Some(PersistedInfo {
+                    backend_id: e.backend,
+                    backend: b.map(|b| b.address),
+                    idle_seconds: (TICK * idle).as_secs(),
+                    ignored_because: ignored.map(str::to_owned),
+                });
+            }
+            let (source, id) = match chosen {
+                Some(id) => ("persistence", Some(id)),
+                None if ring_id == lb_common::BACKEND_NONE => ("none", None),
+                None => ("maglev", Some(ring_id)),
+            };
+            results.push(LookupResult {
+                virtual_server: s.name.clone(),
+                vip: vs.vip,
+                backend: id.and_then(|id| lb.backend(id)).map(|b| b.address),
+                backend_id: id,
+                source: source.to_owned(),
+                slot,
+                persisted,
+            });
+        }
+        Ok(Reply::Lookup { client, results })
+    }
+
+    // -- helpers -----------------------------------------------------------------------
+
+    fn save(&mut self, next: RuntimeChanges) -> Result<(), ApiError> {
+        if next == self.changes {
+            return Ok(());
+        }
+        self.store.save(&next).map_err(|e| {
+            ApiError::new(ErrorCode::Internal, format!("{e}; nothing was changed"))
+        })?;
+        self.changes = next;
+        Ok(())
+    }
+
+    /// Service index of `vs`, a name or a VIP.
+    fn service<D: Dataplane>(&self, lb: &Balancer<D>, vs: &str) -> Result<usize, ApiError> {
+        let by_name = lb.services().iter().position(|s| s.name == vs);
+        let by_vip = || {
+            let ip: IpAddr = vs.parse().ok()?;
+            self.config.virtual_servers.iter().position(|v| v.vip == ip)
+        };
+        by_name.or_else(by_vip).ok_or_else(|| {
+            let known: Vec<String> = self
+                .config
+                .virtual_servers
+                .iter()
+                .map(|v| format!("{} {}", v.name, v.vip))
+                .collect();
+            ApiError::new(
+                ErrorCode::UnknownVirtualServer,
+                format!("no virtual server {vs:?} (known: {})", known.join(", ")),
+            )
+        })
+    }
+
+    /// Id of `address` among `service`'s backends.
+    fn member<D: Dataplane>(&self, lb: &Balancer<D>, service: usize, address: IpAddr) -> Option<u32> {
+        lb.services()[service]
+            .members
+            .iter()
+            .copied()
+            .find(|id| lb.backend(*id).is_some_and(|b| b.address == address))
+    }
+
+    fn config_weight(&self, service: usize, address: IpAddr) -> Option<u32> {
+        self.config.virtual_servers[service]
+            .backends
+            .iter()
+            .find(|b| b.address == address)
+            .map(|b| b.weight)
+    }
+
+    /// The config's rules for a backend (`config::validate`), against the running state.
+    fn check_new_backend<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        service: usize,
+        address: IpAddr,
+        weight: u32,
+    ) -> Result<(), ApiError> {
+        let vs = &self.config.virtual_servers[service];
+        let invalid = |why: String| Err(ApiError::new(ErrorCode::InvalidAddress, why));
+        let unusable = match address {
+            IpAddr::V4(v4) => {
+                v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast()
+            }
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_loopback() || v6.is_multicast(),
+        };
+        if unusable {
+            return invalid(format!("{address} is not a unicast address"));
+        }
+        if address.is_ipv4() != vs.vip.is_ipv4() {
+            return invalid(format!(
+                "{address} is not of the address family of {} ({})",
+                vs.name, vs.vip
+            ));
+        }
+        if address.is_ipv6() {
+            return invalid(format!(
+                "{address}: IPv6 backends are not supported yet"
+            ));
+        }
+        if let Some(owner) = self.config.virtual_servers.iter().find(|v| v.vip == address) {
+            return invalid(format!(
+                "{address} is the VIP of virtual server {}",
+                owner.name
+            ));
+        }
+        if let Some(b) = lb.backend_by_address(address) {
+            let owner = &lb.services()[b.service as usize].name;
+            let msg = if b.service as usize == service {
+                format!("{address} is already a backend of {owner} (id {})", b.id)
+            } else {
+                format!(
+                    "{address} is already a backend of {owner}; a backend address may serve one virtual server"
+                )
+            };
+            return Err(ApiError::new(ErrorCode::DuplicateBackend, msg));
+        }
+        check_weight(weight)
+    }
+
+    /// Active persisted clients per backend id (entries of the backend's own service that
+    /// the data path would still honour).
+    fn active_clients<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        now: Clock,
+    ) -> Result<HashMap<u32, u64>, ApiError> {
+        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?;
+        Ok(count_active(lb, &entries, now.tick, self.config.persist_timeout_ticks()))
+    }
+
+    fn info<D: Dataplane>(&self, lb: &Balancer<D>, b: &BackendState, clients: &HashMap<u32, u64>) -> BackendInfo {
+        let svc = &lb.services()[b.service as usize];
+        let state = if b.in_ring() {
+            "active"
+        } else if b.draining() && b.usable() {
+            "draining"
+        } else {
+            "unusable"
+        };
+        let in_config = self.config_weight(b.service as usize, b.address).is_some();
+        BackendInfo {
+            virtual_server: svc.name.clone(),
+            address: b.address,
+            id: b.id,
+            weight: b.weight,
+            state: state.to_owned(),
+            health: b.health,
+            next_hop: b.next_hop.map(|nh| {
+                let m = nh.mac;
+                let dev = lb.ifaces().get(nh.port as usize).map_or("?", |i| i.name.as_str());
+                format!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on {dev}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                )
+            }),
+            drain_until: b
+                .drain_until
+                .map(|u| humantime::format_rfc3339_seconds(u).to_string()),
+            ring_slots: svc.active_table().iter().filter(|&&id| id == b.id).count() as u32,
+            clients: clients.get(&b.id).copied().unwrap_or(0),
+            origin: if in_config { "config" } else { "runtime" }.to_owned(),
+        }
+    }
+}
+
+/// Entries per backend id that name a backend of their own service and are not idle.
+fn count_active<D: Dataplane>(
+    lb: &Balancer<D>,
+    entries: &[(PersistKeyV4, PersistValue)],
+    now: u32,
+    timeout: u32,
+) -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    for (k, v) in entries {
+        let Some(b) = lb.backend(v.backend) else {
+            continue;
+        };
+        if b.service == k.service && now.wrapping_sub(v.atime) <= timeout {
+            *out.entry(v.backend).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn lb_capacity<D: Dataplane>(lb: &Balancer<D>) -> usize {
+    lb.capacity() as usize - 1
+}
+
+fn check_weight(weight: u32) -> Result<(), ApiError> {
+    if weight == 0 || weight > MAX_WEIGHT {
+        return Err(ApiError::new(
+            ErrorCode::InvalidWeight,
+            format!("weight {weight} is outside 1..={MAX_WEIGHT}"),
+        ));
+    }
+    Ok(())
+}
+
+fn internal(e: StateError) -> ApiError {
+    ApiError::new(ErrorCode::Internal, crate::error_chain(&e))
+}
+
+fn dp_error(e: DataplaneError) -> ApiError {
+    ApiError::new(ErrorCode::Internal, crate::error_chain(&e))
+}
+
+/// Applies `lb` to the maps and logs every flip.
+pub fn apply_and_log<D: Dataplane>(lb: &mut Balancer<D>) -> Result<ApplyReport, StateError> {
+    let report = lb.apply()?;
+    for (service, slots) in &report.flips {
+        let svc = &lb.services()[*service as usize];
+        let active = lb
+            .backends()
+            .filter(|b| b.service == *service && b.in_ring())
+            .count();
+        if active == 0 {
+            warn!(virtual_server = %svc.name, slots_written = slots, "Maglev table flipped with no usable backend: packets to this virtual server are dropped (no_backend)");
+        } else {
+            info!(virtual_server = %svc.name, slots_written = slots, active, "Maglev table rebuilt and flipped");
+        }
+    }
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon's side: tasks and channels
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("applying the runtime changes: {0}")]
+    State(Box<StateError>),
+}
+
+/// Something for the daemon's loop.
+pub enum Event {
+    Health(Vec<Report>),
+    Request(Request, oneshot::Sender<Response>),
+    DrainCheck,
+}
+
+/// The controller plus its tasks: the health monitor and the control socket.
+pub struct Runtime {
+    pub controller: Controller,
+    targets: watch::Sender<Vec<Target>>,
+    reports: mpsc::Receiver<Vec<Report>>,
+    requests: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
+    drain_tick: tokio::time::Interval,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Controller {
+    /// The daemon's controller: replays the runtime changes saved under `state_dir` into
+    /// `lb` (just built from the config, nothing applied yet). Call before
+    /// `Balancer::adopt`, so adopted ids follow the replayed backends' addresses; no health
+    /// tracker exists yet, so renumbering is harmless.
+    pub fn for_daemon<D: Dataplane>(
+        config: &Config,
+        lb: &mut Balancer<D>,
+    ) -> Result<Self, RuntimeError> {
+        let mut controller = Controller::new(config.clone(), Store::new(&config.state_dir));
+        for w in controller.replay(lb, SystemTime::now())? {
+            warn!("{w}");
+        }
+        if !controller.changes().virtual_servers.is_empty() {
+            info!(file = %controller.store.path().display(), "runtime backend changes re-applied");
+        }
+        Ok(controller)
+    }
+}
+
+impl Runtime {
+    /// Runs one health round over every backend and records the verdicts in `lb` (the
+    /// caller applies), binds the control socket and starts the monitor and the socket
+    /// server. Call before the maps are first applied and the program attached, so the first
+    /// packet meets checked backends: start-up costs at most one probe timeout.
+    ///
+    /// `observer` receives every probe (for the metrics endpoint).
+    pub async fn start<D: Dataplane>(
+        mut controller: Controller,
+        lb: &mut Balancer<D>,
+        observer: Option<ProbeObserver>,
+    ) -> Result<Self, RuntimeError> {
+        let config = controller.config().clone();
+        let prober = Arc::new(IcmpProber::new()?);
+        let monitor = Monitor::new(prober, config.health_check, observer);
+        let targets = controller.targets(lb);
+        let first = monitor.round(&targets).await;
+        controller.on_health(lb, &first);
+        let (targets_tx, targets_rx) = watch::channel(targets);
+        let (reports_tx, reports_rx) = mpsc::channel(16);
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let mut socket = ControlSocket::bind(&config.control_socket)?;
+        info!(socket = %socket.path().display(), "control socket ready");
+        let tasks = vec![
+            tokio::spawn(monitor.run(targets_rx, reports_tx)),
+            tokio::spawn(async move { socket.serve(requests_tx).await }),
+        ];
+        let mut drain_tick = tokio::time::interval(controller.drain_check_interval());
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            controller,
+            targets: targets_tx,
+            reports: reports_rx,
+            requests: requests_rx,
+            drain_tick,
+            tasks,
+        })
+    }
+
+    /// The next thing to handle (cancel-safe: use in `select!`).
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            tokio::select! {
+                Some(r) = self.reports.recv() => return Event::Health(r),
+                Some((req, reply)) = self.requests.recv() => return Event::Request(req, reply),
+                _ = self.drain_tick.tick() => return Event::DrainCheck,
+            }
+        }
+    }
+
+    /// Handles an event: records it in `lb`, applies the maps, answers requests. Returns
+    /// whether next hops should be resolved now.
+    pub fn handle<D: Dataplane>(&mut self, lb: &mut Balancer<D>, event: Event) -> bool {
+        let effects = match event {
+            Event::Health(reports) => self.controller.on_health(lb, &reports),
+            Event::DrainCheck => match self.controller.check_drains(lb, Clock::now()) {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!("checking drains: {e}");
+                    Effects::default()
+                }
+            },
+            Event::Request(request, reply) => {
+                let mutating = matches!(
+                    request,
+                    Request::BackendAdd { .. } | Request::BackendRemove { .. }
+                );
+                let (mut response, effects) = self.controller.handle(lb, request, Clock::now());
+                if mutating && matches!(response, Response::Ok(_)) {
+                    if let Err(e) = apply_and_log(lb) {
+                        response = Response::Error(ApiError::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "the change is saved but writing the maps failed (retried with the next update): {}",
+                                crate::error_chain(&e)
+                            ),
+                        ));
+                    }
+                }
+                let _ = reply.send(response);
+                if effects.targets_changed {
+                    self.targets.send_replace(self.controller.targets(lb));
+                }
+                return effects.resolve;
+            }
+        };
+        if effects.targets_changed {
+            self.targets.send_replace(self.controller.targets(lb));
+        }
+        if let Err(e) = apply_and_log(lb) {
+            warn!("updating the maps failed (retried with the next update): {}", crate::error_chain(&e));
+        }
+        effects.resolve
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
