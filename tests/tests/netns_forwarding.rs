@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ikelb_tests::lab::{
@@ -457,23 +457,26 @@ fn daemon_leaves_everything_else_to_the_kernel() {
     assert_no_csum_errors(&lab);
 }
 
-/// `ikelb_backend_up{backend="ADDR"}` from the daemon's `/metrics`.
-fn backend_up(lab: &Lab, addr: Ipv4Addr) -> anyhow::Result<Option<bool>> {
-    let text = lab.metrics()?;
+/// The health of backend `addr` as `lb-ctl backend list --json` reports it (`up`, `down`,
+/// `unknown`).
+fn backend_health(lab: &Lab, lb_ctl: &Path, addr: Ipv4Addr) -> anyhow::Result<String> {
+    let out = lab.lb_ctl(lb_ctl, &["backend", "list", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     let addr = addr.to_string();
-    Ok(metrics::samples(&text, "ikelb_backend_up")
-        .iter()
-        .find(|s| s.label("backend") == addr)
-        .map(|s| s.value == 1.0))
+    let backend = v["backends"]
+        .as_array()
+        .and_then(|list| list.iter().find(|b| b["address"] == addr.as_str()))
+        .ok_or_else(|| anyhow::anyhow!("{addr} not in `backend list --json`: {out}"))?;
+    Ok(backend["health"].as_str().unwrap_or_default().to_string())
 }
 
-fn wait_backend_up(lab: &Lab, addr: Ipv4Addr, up: bool) {
-    let what = format!("ikelb_backend_up{{backend=\"{addr}\"}} == {}", u8::from(up));
+fn wait_backend_health(lab: &Lab, lb_ctl: &Path, addr: Ipv4Addr, health: &str) {
+    let what = format!("lb-ctl backend list to say {addr} is {health}");
     let waited = lab::wait_for(
         &what,
         Duration::from_secs(15),
         Duration::from_millis(50),
-        || Ok((backend_up(lab, addr)? == Some(up)).then_some(())),
+        || Ok((backend_health(lab, lb_ctl, addr)? == health).then_some(())),
     );
     if let Err(e) = waited {
         panic!("{e:#}\n{}", lab.daemon_output_tail(30));
@@ -483,9 +486,9 @@ fn wait_backend_up(lab: &Lab, addr: Ipv4Addr, up: bool) {
 /// Health checks and persistence together (DESIGN.md, "Selection"): when a backend stops
 /// answering its ICMP health checks, exactly its clients move (each keeping IKE and NAT-T
 /// together), the others stay; when it comes back, nobody moves back, and only clients the
-/// balancer has not seen yet are given to it.
+/// balancer has not seen yet are given to it. Health is read with `lb-ctl backend list
+/// --json`, so nothing waits on a guessed delay.
 #[test]
-#[ignore = "needs the daemon's health checks and /metrics (ikelb_backend_up), in progress"]
 fn failed_backend_loses_only_its_clients_and_takes_none_back() {
     if skip_unless_root("failed_backend_loses_only_its_clients_and_takes_none_back") {
         return;
@@ -513,7 +516,7 @@ fn failed_backend_loses_only_its_clients_and_takes_none_back() {
         .ns
         .sysctl("net/ipv4/icmp_echo_ignore_all", "1")
         .expect("sysctl");
-    wait_backend_up(&lab, b1, false);
+    wait_backend_health(&lab, &lb_ctl, b1, "down");
     let (failures, during) = ask_via_vip(&lab, known, Ask::Ike);
     assert_no_failures("while b1 is down", &failures);
     let mut wrong = Vec::new();
@@ -529,7 +532,7 @@ fn failed_backend_loses_only_its_clients_and_takes_none_back() {
         .ns
         .sysctl("net/ipv4/icmp_echo_ignore_all", "0")
         .expect("sysctl");
-    wait_backend_up(&lab, b1, true);
+    wait_backend_health(&lab, &lb_ctl, b1, "up");
     let (failures, after) = ask_via_vip(&lab, known, Ask::Ike);
     assert_no_failures("after b1 is back", &failures);
     let moved: Vec<String> = during
