@@ -180,6 +180,13 @@ impl AyaDataplane {
             })?;
         match m.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            // bpf_map_delete_elem reports a missing key as ENOENT (e.g. a backend removed
+            // before it was ever written).
+            Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(DataplaneError::Delete {
                 map,
                 key: format!("{key:?}"),
