@@ -52,6 +52,14 @@ pub struct DaemonArgs {
     /// Validate the configuration (including that every interface exists) and exit.
     #[arg(long)]
     pub check: bool,
+    /// On SIGINT/SIGTERM detach XDP and remove the pins, as if the config said
+    /// `detach_on_exit: true` (by default the data path stays attached for the next daemon).
+    #[arg(long, conflicts_with_all = ["check", "unload"])]
+    pub detach_on_exit: bool,
+    /// Detach XDP from this config's interfaces and remove every pin of its instance
+    /// (`<bpffs>/<instance>`: maps, program, links), then exit. Stop the daemon first.
+    #[arg(long, conflicts_with = "check")]
+    pub unload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,8 +103,20 @@ pub enum CliError {
 /// Runs a parsed command line. `Ok` means exit status 0.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Daemon(args) if args.unload => {
+            // Interfaces may be gone by now: only the file has to be valid.
+            let config = crate::config::load(&args.config).map_err(daemon::DaemonError::from)?;
+            let detached = daemon::unload(&config)?;
+            println!(
+                "{}: detached from [{}], pins removed",
+                config.bpffs.join(&config.instance).display(),
+                detached.join(", ")
+            );
+            Ok(())
+        }
         Command::Daemon(args) => {
-            let (config, ifindexes) = daemon::check(&args.config)?;
+            let (mut config, ifindexes) = daemon::check(&args.config)?;
+            config.detach_on_exit |= args.detach_on_exit;
             if args.check {
                 println!(
                     "{}: OK ({} virtual servers, {} backends, {} interfaces)",

@@ -9,15 +9,18 @@
 //!    first packet already meets a complete configuration;
 //! 4. the program is attached to every interface (`xdp_mode`);
 //! 5. next hops are re-resolved every [`RESOLVE_INTERVAL`] until a signal arrives;
-//! 6. every attachment is detached.
+//! 6. with `detach_on_exit`, every attachment is detached and the pins removed; without it
+//!    (the default) the data path stays attached for the next daemon.
 //!
-//! No bpffs pinning yet (next issue): the maps and attachments live as long as the process,
-//! which also makes the daemon work under `ip netns exec` as it is.
+//! Maps, program and links are pinned under `<bpffs>/<instance>` ([`crate::pin`]): step 2
+//! reuses (or migrates) what a previous daemon pinned, step 3 adopts its state
+//! ([`Balancer::adopt`]), and step 4 keeps the running program or swaps the new one in
+//! atomically.
 
 use std::{collections::HashMap, ffi::CString, net::IpAddr, path::PathBuf, time::Duration};
 
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, Xdp, XdpMode},
     EbpfError, EbpfLoader,
 };
 use lb_common::{counter, globals, maps};
@@ -30,6 +33,7 @@ use crate::{
     dataplane::{AyaDataplane, Dataplane},
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
     paths,
+    pin::{self, MapPlan, PinError, PinnedState, Pins},
     state::{backend_capacity, Balancer, IfaceInfo, NextHop, StateError},
     EBPF_OBJECT, XDP_PROGRAM,
 };
@@ -80,8 +84,9 @@ pub enum DaemonError {
         mode: &'static str,
         source: ProgramError,
     },
-    #[error("detaching from {iface}: {source}")]
-    Detach { iface: String, source: ProgramError },
+    /// Boxed: carries aya's (large) map and program errors.
+    #[error("pinning: {0}")]
+    Pin(Box<PinError>),
     /// Boxed: `StateError` carries aya's (large) map errors.
     #[error("filling the maps: {0}")]
     State(Box<StateError>),
@@ -92,9 +97,19 @@ pub enum DaemonError {
     },
     #[error("starting the async runtime: {source}")]
     Runtime { source: std::io::Error },
+    #[error(transparent)]
+    MetricsListen(#[from] crate::metrics::http::BindError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Boxed: large. Runtime changes, health checks, control socket.
     #[error(transparent)]
     Control(Box<crate::runtime::RuntimeError>),
+}
+
+impl From<PinError> for DaemonError {
+    fn from(e: PinError) -> Self {
+        DaemonError::Pin(Box::new(e))
+    }
 }
 
 impl From<StateError> for DaemonError {
@@ -142,17 +157,14 @@ pub fn run(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
     rt.block_on(run_async(config, ifindexes))
 }
 
-/// One attachment of the program.
-struct Attachment {
-    iface: String,
-    link: XdpLinkId,
-    mode: &'static str,
-}
-
 struct Daemon {
     config: Config,
     balancer: Balancer<AyaDataplane>,
-    attachments: Vec<Attachment>,
+    pins: Pins,
+    /// [`pin::fingerprint`] of the program this daemon would run.
+    fingerprint: String,
+    /// The maps were migrated to a new set: the program must be replaced even if unchanged.
+    migrate: bool,
     /// Last reported next-hop status per backend id, so the log shows transitions only.
     status: HashMap<u32, String>,
 }
@@ -184,30 +196,61 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
             vs.tcp_ports
         );
     }
+    // A taken metrics port stops the start before the data path is touched.
+    let metrics_listener = crate::metrics::http::bind(config.metrics_listen).await?;
     let capacity = backend_capacity(config.backend_count());
-    let ebpf = load(&config, capacity)?;
+    let pins = Pins::new(&config.bpffs, &config.instance);
+    let loaded = load(&config, capacity, &pins)?;
+    // Scrapes read the maps through their own fds (opened from the pins just made or
+    // reused), never through the control loop.
+    let stats = crate::metrics::PinnedStats::open(&pins.load_dir(&loaded.plan))
+        .map_err(|e| DaemonError::State(Box::new(StateError::Dataplane(e))))?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(
+        std::sync::Arc::new(stats),
+        config.persist_timeout_ticks(),
+        config.persistence_entries,
+    )?);
+    let mut balancer = Balancer::new(AyaDataplane::new(loaded.ebpf), &config, ifaces, capacity)?;
+    // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
+    let controller = runtime::Controller::for_daemon(&config, &mut balancer)
+        .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    if let Some(pinned) = &loaded.pinned {
+        let r = balancer.adopt(pinned, loaded.plan == MapPlan::Reuse)?;
+        info!(
+            kept_ids = r.kept_ids,
+            usable = r.usable,
+            new = r.new,
+            stale = r.stale,
+            tables = r.tables,
+            "adopted the pinned data path's backends and tables"
+        );
+    }
     let mut daemon = Daemon {
-        balancer: Balancer::new(AyaDataplane::new(ebpf), &config, ifaces, capacity)?,
+        balancer,
         config,
-        attachments: Vec::new(),
+        pins,
+        fingerprint: loaded.fingerprint,
+        migrate: matches!(loaded.plan, MapPlan::Migrate(_)),
         status: HashMap::new(),
     };
     start_ebpf_logger(daemon.balancer.dataplane_mut());
-    // Runtime backend changes (state_dir), then one health round before the maps are
-    // applied and the program attached; then the health monitor, the control socket and
-    // drains run in the loop below.
-    let controller = runtime::Controller::for_daemon(&daemon.config, &mut daemon.balancer)
-        .map_err(|e| DaemonError::Control(Box::new(e)))?;
-    let mut control = runtime::Runtime::start(controller, &mut daemon.balancer, None)
+    // One health round before the maps are applied and the program attached; then the
+    // health monitor, the control socket and drains run in the loop below.
+    let mut control =
+        runtime::Runtime::start(controller, &mut daemon.balancer, Some(metrics.probe_observer()))
         .await
         .map_err(|e| DaemonError::Control(Box::new(e)))?;
 
-    // Fill everything (backends unusable), then resolve next hops, then attach.
+    // Fill everything (fresh: backends unusable; adopted: nothing changes), then resolve
+    // next hops, then attach.
     daemon.balancer.apply()?;
     daemon.refresh_next_hops().await?;
     let attached = daemon.attach_all();
     let outcome = match attached {
         Ok(()) => {
+            metrics.publish(&daemon.balancer);
+            let server = crate::metrics::http::serve(metrics_listener, std::sync::Arc::clone(&metrics));
+            info!(listen = %daemon.config.metrics_listen, "Prometheus metrics at http://{}/metrics", daemon.config.metrics_listen);
             info!(
                 virtual_servers = daemon.config.virtual_servers.len(),
                 backends = daemon.config.backend_count(),
@@ -219,7 +262,7 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                 RESOLVE_INTERVAL,
             );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            let outcome = loop {
                 tokio::select! {
                     _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
                     _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
@@ -229,6 +272,7 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                                 warn!("updating the maps failed: {}", crate::error_chain(&e));
                             }
                         }
+                        metrics.publish(&daemon.balancer);
                     }
                     _ = tick.tick() => {
                         if let Err(e) = daemon.refresh_next_hops().await {
@@ -239,9 +283,12 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                                 crate::error_chain(&e)
                             );
                         }
+                        metrics.publish(&daemon.balancer);
                     }
                 }
-            }
+            };
+            server.abort();
+            outcome
         }
         Err(e) => Err(e),
     };
@@ -250,9 +297,19 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     outcome.and(detached)
 }
 
-/// Loads the embedded object with the config's globals and map sizes and loads the XDP
-/// program into the kernel (not attached).
-fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError> {
+/// The embedded object loaded against the pins, not yet attached.
+struct Loaded {
+    ebpf: aya::Ebpf,
+    plan: MapPlan,
+    /// What the pinned maps held (ids, health, tables), unless the start is fresh.
+    pinned: Option<PinnedState>,
+    fingerprint: String,
+}
+
+/// Loads the embedded object with the config's globals and map sizes, its maps bound to the
+/// pins of `pins` (reused, created, or a new set for a migration: [`pin::plan`]). The program
+/// itself is loaded into the kernel only when it is to be attached ([`pin::attach`]).
+fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, DaemonError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DaemonError::NoObject);
     }
@@ -276,44 +333,88 @@ fn load(config: &Config, backend_capacity: u32) -> Result<aya::Ebpf, DaemonError
     } else {
         config.persistence_entries
     };
+    let globals = [
+        (globals::RING_SIZE, ring_size),
+        (globals::PERSIST_TIMEOUT_TICKS, ticks),
+        (globals::HASH_SEED, seed),
+        (globals::MODE_DSR, dsr),
+    ];
+    let max_entries = [
+        (maps::RINGS, rings),
+        (maps::SERVICES, services),
+        (maps::VIPS_V4, services),
+        (maps::VIPS_V6, v6_services.max(1)),
+        (maps::BACKENDS, backend_capacity),
+        (maps::BACKEND_IDS_V4, backend_capacity),
+        (maps::BACKEND_IDS_V6, backend_capacity),
+        (maps::BACKEND_STATS, backend_capacity * 2),
+        (maps::PERSIST_V4, config.persistence_entries),
+        (maps::PERSIST_V6, v6_persist),
+    ];
     debug!(
         ring_size,
         ticks, seed, dsr, rings, backend_capacity, "loading the XDP object"
     );
-    let ebpf = EbpfLoader::new()
-        .override_global(globals::RING_SIZE, &ring_size, true)
-        .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
-        .override_global(globals::HASH_SEED, &seed, true)
-        .override_global(globals::MODE_DSR, &dsr, true)
-        .map_max_entries(maps::RINGS, rings)
-        .map_max_entries(maps::SERVICES, services)
-        .map_max_entries(maps::VIPS_V4, services)
-        .map_max_entries(maps::VIPS_V6, v6_services.max(1))
-        .map_max_entries(maps::BACKENDS, backend_capacity)
-        .map_max_entries(maps::BACKEND_IDS_V4, backend_capacity)
-        .map_max_entries(maps::BACKEND_IDS_V6, backend_capacity)
-        .map_max_entries(maps::BACKEND_STATS, backend_capacity * 2)
-        .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
-        .map_max_entries(maps::PERSIST_V6, v6_persist)
+    pin::ensure_bpffs(&config.bpffs)?;
+    let specs = pin::expected_specs(EBPF_OBJECT, &max_entries)?;
+    let plan = pin::plan(pins, &specs)?;
+    let dir = pins.dir().display();
+    let pinned = match &plan {
+        MapPlan::Fresh => {
+            info!(pins = %dir, "no pinned data path: creating and pinning the maps");
+            None
+        }
+        MapPlan::Reuse => {
+            info!(pins = %dir, "reusing the pinned maps (persistence, counters, tables)");
+            Some(pin::read_state(pins, Some(ring_size))?)
+        }
+        MapPlan::Migrate(reasons) => {
+            warn!(
+                pins = %dir,
+                "the pinned maps do not fit this build or config ({}): building a new map set \
+                 and moving the persistence entries over",
+                reasons.join("; ")
+            );
+            Some(pin::read_state(pins, None)?)
+        }
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    for &(name, n) in &max_entries {
+        loader.map_max_entries(name, n);
+    }
+    pin::configure_loader(&mut loader, pins, &plan, &specs)?;
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|source| DaemonError::Load {
             source: Box::new(source),
         })?;
-    let mut ebpf = ebpf;
-    let prog = xdp_program(&mut ebpf)?;
-    prog.load().map_err(|source| DaemonError::LoadProgram {
-        name: XDP_PROGRAM,
-        source,
-    })?;
+    xdp_program(&mut ebpf)?;
+    let fingerprint = pin::fingerprint(EBPF_OBJECT, &globals);
     info!(
         program = XDP_PROGRAM,
+        fingerprint = %fingerprint,
         ring_size,
         persist_timeout_ticks = ticks,
         hash_seed = seed,
         dsr = dsr == 1,
-        "XDP program loaded"
+        "XDP object loaded"
     );
-    Ok(ebpf)
+    Ok(Loaded {
+        ebpf,
+        plan,
+        pinned,
+        fingerprint,
+    })
+}
+
+/// `lb-ctl daemon --unload`: detaches the data path of `config`'s instance and removes its
+/// pins (stop the daemon first: it holds the maps open, though not the links).
+pub fn unload(config: &Config) -> Result<Vec<String>, DaemonError> {
+    let pins = Pins::new(&config.bpffs, &config.instance);
+    Ok(pin::remove_all(&pins)?)
 }
 
 fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
@@ -447,66 +548,64 @@ impl Daemon {
         next_hop
     }
 
+    /// Puts the program on every interface through the pins ([`pin::attach`]): keeps a
+    /// running identical program, swaps a different one in atomically, attaches fresh where
+    /// nothing is pinned.
     fn attach_all(&mut self) -> Result<(), DaemonError> {
-        let mode = self.config.xdp_mode;
-        let ifaces: Vec<IfaceInfo> = self.balancer.ifaces().to_vec();
-        let prog = xdp_program(self.balancer.dataplane_mut().ebpf_mut())?;
-        for iface in ifaces {
-            let attempts: &[(XdpMode, &'static str)] = match mode {
-                XdpAttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-                XdpAttachMode::Native => &[(XdpMode::Driver, "native")],
-                XdpAttachMode::Generic => &[(XdpMode::Skb, "generic")],
-            };
-            let mut last_err = None;
-            for &(xdp_mode, name) in attempts {
-                match prog.attach_to_if_index(iface.ifindex, xdp_mode) {
-                    Ok(link) => {
-                        info!(interface = %iface.name, ifindex = iface.ifindex, mode = name, "XDP attached");
-                        self.attachments.push(Attachment {
-                            iface: iface.name.clone(),
-                            link,
-                            mode: name,
-                        });
-                        last_err = None;
-                        break;
-                    }
-                    Err(source) => {
-                        if attempts.len() > 1 {
-                            info!(interface = %iface.name, "{name} XDP unavailable ({}); trying the next mode", crate::error_chain(&source));
-                        }
-                        last_err = Some(DaemonError::Attach {
-                            iface: iface.name.clone(),
-                            mode: name,
-                            source,
-                        });
-                    }
-                }
-            }
-            if let Some(e) = last_err {
-                return Err(e);
-            }
+        let modes: &[(XdpMode, &'static str)] = match self.config.xdp_mode {
+            XdpAttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            XdpAttachMode::Native => &[(XdpMode::Driver, "native")],
+            XdpAttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let targets: Vec<pin::Target> = self
+            .balancer
+            .ifaces()
+            .iter()
+            .map(|i| pin::Target {
+                iface: i.name.clone(),
+                ifindex: i.ifindex,
+            })
+            .collect();
+        let r = pin::attach(
+            self.balancer.dataplane_mut().ebpf_mut(),
+            XDP_PROGRAM,
+            &self.pins,
+            &targets,
+            modes,
+            &self.fingerprint,
+            self.migrate,
+        )?;
+        for iface in &r.kept {
+            info!(interface = %iface, "XDP program unchanged: the pinned link keeps running it");
+        }
+        for iface in &r.replaced {
+            info!(interface = %iface, fingerprint = %self.fingerprint, "XDP program replaced atomically (BPF_LINK_UPDATE)");
+        }
+        for (iface, mode) in &r.attached {
+            info!(interface = %iface, mode, "XDP attached and pinned");
+        }
+        for iface in &r.removed {
+            info!(interface = %iface, "XDP detached: the interface left the config");
+        }
+        if let Some(n) = r.copied {
+            info!(entries = n, "map migration committed; persistence entries carried over");
         }
         Ok(())
     }
 
-    /// Detaches every attachment; reports the first failure after trying them all.
+    /// On the way out: with `detach_on_exit`, detach and remove every pin; otherwise leave
+    /// the data path running for the next daemon.
     fn detach_all(&mut self) -> Result<(), DaemonError> {
-        let mut first_err = None;
-        let attachments = std::mem::take(&mut self.attachments);
-        let prog = xdp_program(self.balancer.dataplane_mut().ebpf_mut())?;
-        for a in attachments {
-            match prog.detach(a.link) {
-                Ok(()) => info!(interface = %a.iface, mode = a.mode, "XDP detached"),
-                Err(source) => {
-                    warn!(interface = %a.iface, "detaching failed: {}", crate::error_chain(&source));
-                    first_err.get_or_insert(DaemonError::Detach {
-                        iface: a.iface,
-                        source,
-                    });
-                }
-            }
+        let dir = self.pins.dir().display();
+        if !self.config.detach_on_exit {
+            info!(pins = %dir, "leaving XDP attached (detach_on_exit: false): the next daemon takes over the pinned data path");
+            return Ok(());
         }
-        first_err.map_or(Ok(()), Err)
+        for iface in pin::remove_all(&self.pins)? {
+            info!(interface = %iface, "XDP detached");
+        }
+        info!(pins = %dir, "pins removed");
+        Ok(())
     }
 
     /// Logs the non-zero packet counters (the metrics endpoint arrives with the next issue).

@@ -12,6 +12,8 @@
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
 //! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
+//! * [`metrics`] — Prometheus `/metrics`, read from the per-CPU maps when scraped;
+//! * [`pin`] — bpffs pins: reuse, atomic program replacement, map migration;
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
 //! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
 //! * [`cli`] — the command line.
@@ -22,10 +24,12 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod metrics;
 pub mod neighbor;
 pub mod operator;
 pub mod paths;
 pub mod runtime;
+pub mod pin;
 pub mod state;
 
 /// `e` and its sources on one line. Our errors already print their direct source; aya's

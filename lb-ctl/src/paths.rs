@@ -15,6 +15,10 @@ pub const STATE_DIR: &str = "/var/lib/ikelb";
 /// Pin root for maps and the XDP link, on a bpffs (config `bpffs` default).
 pub const BPFFS: &str = "/sys/fs/bpf/ikelb";
 
+/// Name of a daemon's pin directory under the pin root (config `instance` default): pins
+/// live in `<bpffs>/<instance>/` (see `crate::pin`).
+pub const INSTANCE: &str = "default";
+
 /// Per-interface attributes (`address` = MAC). Under `ip netns exec` sysfs is remounted for
 /// the namespace, so this shows the namespace's interfaces.
 pub const SYSFS_NET: &str = "/sys/class/net";

@@ -217,6 +217,8 @@ pub struct Balancer<D> {
     /// write order); their ids are released once that is done.
     removed: Vec<(u32, IpAddr)>,
     ifaces_written: bool,
+    /// Table flips since start (`ikelb_maglev_rebuilds_total`).
+    flips: u64,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -311,6 +313,7 @@ impl<D: Dataplane> Balancer<D> {
             ids,
             removed: Vec::new(),
             ifaces_written: false,
+            flips: 0,
         })
     }
 
@@ -336,6 +339,11 @@ impl<D: Dataplane> Balancer<D> {
 
     pub fn ifaces(&self) -> &[IfaceInfo] {
         &self.ifaces
+    }
+
+    /// Maglev tables flipped since this balancer was made (`ikelb_maglev_rebuilds_total`).
+    pub fn flips(&self) -> u64 {
+        self.flips
     }
 
     /// Size of `BACKENDS`: ids 1 to `capacity - 1` can be handed out.
@@ -563,6 +571,7 @@ impl<D: Dataplane> Balancer<D> {
         svc.value = value;
         svc.active = inactive;
         svc.written = true;
+        self.flips += 1;
         Ok(Some((value.id, slots.len())))
     }
 }
@@ -575,6 +584,10 @@ fn key_bytes(ip: IpAddr) -> Vec<u8> {
         IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
+
+// Restart over pinned maps (`crate::pin`): a separate file, `state/adopt.rs`.
+mod adopt;
+pub use adopt::AdoptReport;
 
 #[cfg(test)]
 mod tests {

@@ -97,6 +97,8 @@ fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
     ip(&["-n", &lb.0, "addr", "add", "10.99.0.1/24", "dev", "lb0"]);
     ip(&["-n", &be.0, "addr", "add", "10.99.0.2/24", "dev", "be0"]);
     ip(&["-n", &lb.0, "link", "set", "lb0", "up"]);
+    // Loopback carries the daemon's /metrics listener (127.0.0.1:9435 by default).
+    ip(&["-n", &lb.0, "link", "set", "lo", "up"]);
     ip(&["-n", &be.0, "link", "set", "be0", "up"]);
 
     let dir = std::env::temp_dir().join(format!("ikc-{pid}"));
@@ -115,7 +117,7 @@ fn daemon_attaches_in_a_netns_and_detaches_on_sigterm() {
     .unwrap();
 
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &lb.0, LB_CTL, "daemon", "--config"])
+        .args(["netns", "exec", &lb.0, LB_CTL, "daemon", "--detach-on-exit", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

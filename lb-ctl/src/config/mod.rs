@@ -109,6 +109,10 @@ struct RawConfig {
     state_dir: PathBuf,
     #[serde(default = "default_bpffs")]
     bpffs: PathBuf,
+    #[serde(default = "default_instance")]
+    instance: String,
+    #[serde(default)]
+    detach_on_exit: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +234,9 @@ fn default_state_dir() -> PathBuf {
 fn default_bpffs() -> PathBuf {
     PathBuf::from(paths::BPFFS)
 }
+fn default_instance() -> String {
+    paths::INSTANCE.to_owned()
+}
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -248,6 +255,11 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    /// Name of this daemon's pin directory under `bpffs` (extension, see `crate::pin`).
+    pub instance: String,
+    /// Detach the data path and remove the pins on SIGTERM/SIGINT (extension; default
+    /// false: the data path keeps forwarding across a restart).
+    pub detach_on_exit: bool,
     /// Where it came from, for reporting problems found after validation.
     origin: Origin,
 }
@@ -594,6 +606,22 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     c.absolute("control.socket", &raw.control.socket);
     c.absolute("state_dir", &raw.state_dir);
     c.absolute("bpffs", &raw.bpffs);
+    // A bpffs directory name: bpffs refuses dots ("reserved for future use").
+    if raw.instance.is_empty()
+        || raw.instance.len() > 64
+        || !raw
+            .instance
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+    {
+        c.refuse(
+            "instance",
+            format!(
+                "{:?} is not a valid instance name (1–64 letters, digits, - _)",
+                raw.instance
+            ),
+        );
+    }
     let metrics_listen = match raw.metrics.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -747,6 +775,8 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
         metrics_listen: metrics_listen.expect("checked above"),
         state_dir: raw.state_dir,
         bpffs: raw.bpffs,
+        instance: raw.instance,
+        detach_on_exit: raw.detach_on_exit,
         origin,
     })
 }

@@ -109,6 +109,8 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.control_socket, Path::new(paths::CONTROL_SOCKET));
     assert_eq!(c.state_dir, Path::new(paths::STATE_DIR));
     assert_eq!(c.bpffs, Path::new(paths::BPFFS));
+    assert_eq!(c.instance, paths::INSTANCE);
+    assert!(!c.detach_on_exit, "production default: the data path survives the daemon");
 }
 
 /// One row per kind of bad value: (what, replace this, with that, the report must contain).
@@ -183,6 +185,11 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "ikelb.yaml:31: state_dir: \"var/lib\" is not an absolute path"),
     ("hash seed too large", "hash_seed: 0x5eed", "hash_seed: 0x1ffffffff",
         "ikelb.yaml:5: hash_seed: invalid value"),
+    ("instance with a dot (bpffs refuses it)", "bpffs: /sys/fs/bpf/ikelb",
+        "bpffs: /sys/fs/bpf/ikelb\ninstance: edge.1",
+        "ikelb.yaml:33: instance: \"edge.1\" is not a valid instance name"),
+    ("detach_on_exit not a bool", "bpffs: /sys/fs/bpf/ikelb",
+        "bpffs: /sys/fs/bpf/ikelb\ndetach_on_exit: sometimes", "detach_on_exit: invalid type"),
     ("missing required key", "interfaces: [eth0, eth1]\n", "",
         "missing field `interfaces`"),
 ];

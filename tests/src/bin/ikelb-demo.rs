@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -154,9 +154,18 @@ fn main() -> Result<()> {
     if let Err(e) = lab.start_daemon(&lb_ctl) {
         bail!("{e:#}\n{}", lab.daemon_output_tail(30));
     }
-    println!("XDP attached to ext and int; sending (Ctrl-C to stop)\n");
+    println!("XDP attached to ext and int; sending (Ctrl-C to stop)");
+    let b2 = lab
+        .backends
+        .get(1)
+        .map_or(lab.backends[0].ns.name(), |b| b.ns.name());
+    println!(
+        "try, from another shell: fail a backend's health checks with\n  ip netns exec {b2} \
+         sysctl -w net.ipv4.icmp_echo_ignore_all=1\nwatch its clients move (and stay moved when \
+         you set it back to 0)\n"
+    );
 
-    let result = drive(&mut lab, args.every);
+    let result = drive(&mut lab, &lb_ctl, args.every);
     println!("\nstopping: daemon, responders, namespaces …");
     match lab.stop_daemon() {
         Ok(status) => println!("daemon exited: {status}"),
@@ -168,7 +177,7 @@ fn main() -> Result<()> {
     result
 }
 
-fn drive(lab: &mut Lab, every: Duration) -> Result<()> {
+fn drive(lab: &mut Lab, lb_ctl: &Path, every: Duration) -> Result<()> {
     let clients = lab.clients.clone();
     let probes: Vec<UdpProbe> = lab.client_ns.run(|| {
         clients
@@ -229,6 +238,7 @@ fn drive(lab: &mut Lab, every: Duration) -> Result<()> {
         if last_print.elapsed() >= every && !stopping() {
             print_table(
                 lab,
+                lb_ctl,
                 &clients,
                 &views,
                 &totals,
@@ -245,8 +255,29 @@ fn drive(lab: &mut Lab, every: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Each backend's health (`up`, `down`, `unknown`) by address, from `lb-ctl backend list
+/// --json`; empty if the daemon does not answer.
+fn backend_health(lab: &Lab, lb_ctl: &Path) -> BTreeMap<String, String> {
+    let Ok(out) = lab.lb_ctl(lb_ctl, &["backend", "list", "--json"]) else {
+        return BTreeMap::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            Some((
+                b["address"].as_str()?.to_string(),
+                b["health"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 fn print_table(
     lab: &Lab,
+    lb_ctl: &Path,
     clients: &[Ipv4Addr],
     views: &[ClientView],
     totals: &Totals,
@@ -263,6 +294,7 @@ fn print_table(
     }
     let stats = lab.responder_stats().unwrap_or_default();
     let metrics = lab.metrics().ok();
+    let health = backend_health(lab, lb_ctl);
     let moved: u32 = views.iter().map(|v| v.moved).sum();
     let wrong: u32 = views.iter().map(|v| v.wrong).sum();
 
@@ -275,8 +307,8 @@ fn print_table(
         totals.lost
     );
     println!(
-        "{:<8}{:<12}{:>8}{:>8}{:>14}{:>14}{:>14}{:>5}",
-        "backend", "address", "clients", "share", "resp.dgrams", "ikelb fwd", "ikelb rev", "up"
+        "{:<8}{:<12}{:>8}{:>8}{:>14}{:>14}{:>14}  {}",
+        "backend", "address", "clients", "share", "resp.dgrams", "ikelb fwd", "ikelb rev", "health"
     );
     let n_clients = clients.len().max(1) as f64;
     for (i, b) in lab.backends.iter().enumerate() {
@@ -302,7 +334,7 @@ fn print_table(
             }
         };
         println!(
-            "{:<8}{:<12}{:>8}{:>7.1}%{:>14}{:>14}{:>14}{:>5}",
+            "{:<8}{:<12}{:>8}{:>7.1}%{:>14}{:>14}{:>14}  {}",
             b.name,
             addr,
             n,
@@ -310,7 +342,7 @@ fn print_table(
             dgrams,
             metric("ikelb_backend_packets_total", &[("direction", "forward")]),
             metric("ikelb_backend_packets_total", &[("direction", "reverse")]),
-            metric("ikelb_backend_up", &[]),
+            health.get(&addr).map_or("-", String::as_str),
         );
     }
     let sample: Vec<String> = clients

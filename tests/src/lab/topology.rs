@@ -301,7 +301,8 @@ impl Lab {
              metrics:\n\
              \x20 listen: 127.0.0.1:{METRICS_PORT}\n\
              state_dir: {state}\n\
-             bpffs: {bpffs}\n",
+             bpffs: {bpffs}\n\
+             detach_on_exit: true\n",
             prefix = self.prefix.as_str(),
             p0 = BACKEND_PORTS[0],
             p1 = BACKEND_PORTS[1],
@@ -320,9 +321,20 @@ impl Lab {
     /// namespace, then wait until an XDP program is attached to both gateway interfaces in
     /// native mode. Fails early, with the daemon's output, if it exits.
     pub fn start_daemon(&mut self, lb_ctl: &Path) -> Result<()> {
-        ensure!(self.daemon.is_none(), "daemon already running");
+        let config = self.daemon_config();
+        self.start_daemon_with_config(lb_ctl, &config)
+    }
+
+    /// [`Lab::start_daemon`] with another config text (e.g. [`Lab::daemon_config`] edited).
+    /// A daemon that has exited (or was killed) may be started again: its output goes on in
+    /// the same log. On a restart over pinned maps XDP is already attached, so this returns
+    /// as soon as the process runs; wait for its log line to know it took over.
+    pub fn start_daemon_with_config(&mut self, lb_ctl: &Path, config_text: &str) -> Result<()> {
+        if let Some(d) = self.daemon.as_mut() {
+            ensure!(d.exit_status().is_some(), "daemon already running");
+        }
         let config = self.dir.path().join("ikelb.yaml");
-        std::fs::write(&config, self.daemon_config())?;
+        std::fs::write(&config, config_text)?;
         let mut cmd = self.gateway.command(lb_ctl);
         cmd.arg("daemon").arg("--config").arg(&config);
         cmd.env(
