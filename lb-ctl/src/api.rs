@@ -69,7 +69,11 @@ pub enum Request {
         virtual_server: String,
         address: IpAddr,
         /// Let persisted clients drain for at most this long (humantime, e.g. `"10m"`).
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
         drain: Option<Duration>,
     },
     BackendList,
@@ -376,7 +380,10 @@ impl Drop for ControlSocket {
 }
 
 /// Serves one connection: request lines in, response lines out.
-async fn connection(stream: UnixStream, requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+async fn connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let (read, mut write) = stream.into_split();
@@ -535,8 +542,10 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_request(br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1"}"#)
-                .unwrap(),
+            parse_request(
+                br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1"}"#
+            )
+            .unwrap(),
             Request::BackendAdd {
                 virtual_server: "a".into(),
                 address: "10.0.0.1".parse().unwrap(),
@@ -586,7 +595,11 @@ mod tests {
         let mut sock = ControlSocket::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = std::fs::metadata(dir.join("sub")).unwrap().permissions().mode() & 0o777;
+        let dir_mode = std::fs::metadata(dir.join("sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dir_mode, 0o700);
         assert!(matches!(
             ControlSocket::bind(&path),
@@ -616,7 +629,10 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(good, Response::Ok(Reply::Backends { backends: vec![] }));
-        assert!(bad.starts_with(r#"{"error":{"code":"bad_request""#), "{bad}");
+        assert!(
+            bad.starts_with(r#"{"error":{"code":"bad_request""#),
+            "{bad}"
+        );
 
         daemon.abort();
         let _ = daemon.await;

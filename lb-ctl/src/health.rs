@@ -325,8 +325,7 @@ impl<P: Prober> Monitor<P> {
         }
         let mut out: Vec<(usize, Report)> = Vec::with_capacity(targets.len());
         while let Some(joined) = set.join_next().await {
-            let (i, report) =
-                joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let (i, report) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             if let Some(observe) = &self.observer {
                 observe(report.addr, &report.probe);
             }
@@ -340,7 +339,11 @@ impl<P: Prober> Monitor<P> {
     /// target each interval (the first one interval from now — the daemon runs the first
     /// round itself before attaching), and a round of just the new targets as soon as
     /// `targets` gains some.
-    pub async fn run(self, mut targets: watch::Receiver<Vec<Target>>, reports: mpsc::Sender<Vec<Report>>) {
+    pub async fn run(
+        self,
+        mut targets: watch::Receiver<Vec<Target>>,
+        reports: mpsc::Sender<Vec<Report>>,
+    ) {
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + self.check.interval,
             self.check.interval,
@@ -514,7 +517,10 @@ mod tests {
         let m = Monitor::new(prober, check(), Some(observer));
         let reports = m.round(&[target(1), target(2), target(3)]).await;
         assert_eq!(
-            reports.iter().map(|r| (r.id, r.probe.outcome)).collect::<Vec<_>>(),
+            reports
+                .iter()
+                .map(|r| (r.id, r.probe.outcome))
+                .collect::<Vec<_>>(),
             [
                 (1, ProbeOutcome::Success),
                 (2, ProbeOutcome::Timeout),

@@ -5,7 +5,9 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::api::{self, ApiError, BackendInfo, ClientError, LookupResult, Reply, Request, Response};
+use crate::api::{
+    self, ApiError, BackendInfo, ClientError, LookupResult, Reply, Request, Response,
+};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +141,9 @@ fn backend_table(backends: &[BackendInfo], with_vs: bool) -> String {
             b.health.to_string(),
             b.ring_slots.to_string(),
             b.clients.to_string(),
-            b.next_hop.clone().unwrap_or_else(|| "unresolved".to_owned()),
+            b.next_hop
+                .clone()
+                .unwrap_or_else(|| "unresolved".to_owned()),
             b.origin.clone(),
         ]);
         row
@@ -160,15 +164,20 @@ fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
                     .map_or_else(|| format!("id {}", p.backend_id), |a| a.to_string());
                 match &p.ignored_because {
                     None => format!("persisted, idle {}s", p.idle_seconds),
-                    Some(why) => format!("persisted on {on} (idle {}s), ignored: {why}", p.idle_seconds),
+                    Some(why) => format!(
+                        "persisted on {on} (idle {}s), ignored: {why}",
+                        p.idle_seconds
+                    ),
                 }
             }
         };
         vec![
             r.virtual_server.clone(),
             r.vip.to_string(),
-            r.backend
-                .map_or_else(|| "none (dropped: no backend)".to_owned(), |a| a.to_string()),
+            r.backend.map_or_else(
+                || "none (dropped: no backend)".to_owned(),
+                |a| a.to_string(),
+            ),
             r.source.clone(),
             r.slot.to_string(),
             detail,

@@ -63,8 +63,10 @@ use crate::{
     },
     config::{Config, Mode, MAX_WEIGHT},
     dataplane::{Dataplane, DataplaneError},
-    health::{HealthError, HealthState, IcmpProber, Monitor, ProbeObserver, Report, Target, Tracker},
-    state::{ApplyReport, Balancer, BackendState, StateError},
+    health::{
+        HealthError, HealthState, IcmpProber, Monitor, ProbeObserver, Report, Target, Tracker,
+    },
+    state::{ApplyReport, BackendState, Balancer, StateError},
 };
 
 /// File under `state_dir` holding the runtime changes.
@@ -208,7 +210,10 @@ pub enum StoreError {
         line: usize,
         reason: String,
     },
-    #[error("the runtime state {path} has version {found}; this lb-ctl reads version {}", RuntimeChanges::VERSION)]
+    #[error(
+        "the runtime state {path} has version {found}; this lb-ctl reads version {}",
+        RuntimeChanges::VERSION
+    )]
     Version { path: PathBuf, found: u32 },
     #[error("writing the runtime state {path}: {source}")]
     Write {
@@ -290,7 +295,9 @@ impl Store {
         f.sync_all().map_err(err)?;
         drop(f);
         fs::rename(&tmp, &self.path).map_err(err)?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -383,7 +390,8 @@ impl Controller {
                     }
                     None => {
                         if let Err(e) = lb.add_backend(service as u32, address, added.weight) {
-                            warnings.push(format!("runtime backend {address} of {vs} dropped: {e}"));
+                            warnings
+                                .push(format!("runtime backend {address} of {vs} dropped: {e}"));
                             continue;
                         }
                     }
@@ -412,7 +420,11 @@ impl Controller {
                 if until <= now {
                     info!(virtual_server = %vs, backend = %d.address, "drain deadline passed while the daemon was down: removed");
                     lb.remove_backend(id).expect("member exists");
-                    kept.record_remove(vs, d.address, self.config_weight(service, d.address).is_some());
+                    kept.record_remove(
+                        vs,
+                        d.address,
+                        self.config_weight(service, d.address).is_some(),
+                    );
                 } else {
                     lb.set_drain(id, Some(until)).expect("member exists");
                     kept.record_drain(vs, d.address, until);
@@ -466,7 +478,9 @@ impl Controller {
                     info!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → up (last probe {why} in {:.1?})", r.probe.duration);
                     effects.resolve = true;
                 }
-                _ => warn!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → {after} after {} failed probes (last: {why})", hc.fall),
+                _ => {
+                    warn!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → {after} after {} failed probes (last: {why})", hc.fall)
+                }
             }
         }
         effects
@@ -537,7 +551,9 @@ impl Controller {
                 address,
                 drain,
             } => self.remove(lb, &virtual_server, address, drain, &mut effects, now),
-            Request::BackendList => self.list(lb, now).map(|backends| Reply::Backends { backends }),
+            Request::BackendList => self
+                .list(lb, now)
+                .map(|backends| Reply::Backends { backends }),
             Request::Status => self.status(lb, now).map(Reply::Status),
             Request::Lookup { client } => self.lookup(lb, client, now),
         };
@@ -556,7 +572,9 @@ impl Controller {
         let service = self.service(lb, vs)?;
         let name = lb.services()[service].name.clone();
         let existing = self.member(lb, service, address);
-        let draining = existing.and_then(|id| lb.backend(id)).is_some_and(BackendState::draining);
+        let draining = existing
+            .and_then(|id| lb.backend(id))
+            .is_some_and(BackendState::draining);
         if !draining {
             self.check_new_backend(lb, service, address, weight)?;
         } else {
@@ -565,7 +583,10 @@ impl Controller {
         if existing.is_none() && lb.backends().count() >= lb_capacity(lb) {
             return Err(ApiError::new(
                 ErrorCode::CapacityExhausted,
-                format!("no backend id left for {address} (the BACKENDS map holds {} backends)", lb_capacity(lb)),
+                format!(
+                    "no backend id left for {address} (the BACKENDS map holds {} backends)",
+                    lb_capacity(lb)
+                ),
             ));
         }
         let mut next = self.changes.clone();
@@ -579,7 +600,9 @@ impl Controller {
                 id
             }
             None => {
-                let id = lb.add_backend(service as u32, address, weight).map_err(internal)?;
+                let id = lb
+                    .add_backend(service as u32, address, weight)
+                    .map_err(internal)?;
                 info!(virtual_server = %name, backend = %address, id, weight, "backend added; it takes clients after its first successful health check");
                 effects.targets_changed = true;
                 effects.resolve = true;
@@ -608,7 +631,12 @@ impl Controller {
         let id = self.member(lb, service, address).ok_or_else(|| {
             let elsewhere = lb
                 .backend_by_address(address)
-                .map(|b| format!(" (it is a backend of {})", lb.services()[b.service as usize].name))
+                .map(|b| {
+                    format!(
+                        " (it is a backend of {})",
+                        lb.services()[b.service as usize].name
+                    )
+                })
                 .unwrap_or_default();
             ApiError::new(
                 ErrorCode::UnknownBackend,
@@ -659,7 +687,11 @@ impl Controller {
         }
     }
 
-    fn list<D: Dataplane>(&self, lb: &Balancer<D>, now: Clock) -> Result<Vec<BackendInfo>, ApiError> {
+    fn list<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        now: Clock,
+    ) -> Result<Vec<BackendInfo>, ApiError> {
         let clients = self.active_clients(lb, now)?;
         Ok(lb
             .services()
@@ -793,9 +825,9 @@ impl Controller {
         if next == self.changes {
             return Ok(());
         }
-        self.store.save(&next).map_err(|e| {
-            ApiError::new(ErrorCode::Internal, format!("{e}; nothing was changed"))
-        })?;
+        self.store
+            .save(&next)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{e}; nothing was changed")))?;
         self.changes = next;
         Ok(())
     }
@@ -822,7 +854,12 @@ impl Controller {
     }
 
     /// Id of `address` among `service`'s backends.
-    fn member<D: Dataplane>(&self, lb: &Balancer<D>, service: usize, address: IpAddr) -> Option<u32> {
+    fn member<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        service: usize,
+        address: IpAddr,
+    ) -> Option<u32> {
         lb.services()[service]
             .members
             .iter()
@@ -864,11 +901,14 @@ impl Controller {
             ));
         }
         if address.is_ipv6() {
-            return invalid(format!(
-                "{address}: IPv6 backends are not supported yet"
-            ));
+            return invalid(format!("{address}: IPv6 backends are not supported yet"));
         }
-        if let Some(owner) = self.config.virtual_servers.iter().find(|v| v.vip == address) {
+        if let Some(owner) = self
+            .config
+            .virtual_servers
+            .iter()
+            .find(|v| v.vip == address)
+        {
             return invalid(format!(
                 "{address} is the VIP of virtual server {}",
                 owner.name
@@ -896,10 +936,20 @@ impl Controller {
         now: Clock,
     ) -> Result<HashMap<u32, u64>, ApiError> {
         let entries = lb.dataplane().persistence_v4().map_err(dp_error)?;
-        Ok(count_active(lb, &entries, now.tick, self.config.persist_timeout_ticks()))
+        Ok(count_active(
+            lb,
+            &entries,
+            now.tick,
+            self.config.persist_timeout_ticks(),
+        ))
     }
 
-    fn info<D: Dataplane>(&self, lb: &Balancer<D>, b: &BackendState, clients: &HashMap<u32, u64>) -> BackendInfo {
+    fn info<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        b: &BackendState,
+        clients: &HashMap<u32, u64>,
+    ) -> BackendInfo {
         let svc = &lb.services()[b.service as usize];
         let state = if b.in_ring() {
             "active"
@@ -918,7 +968,10 @@ impl Controller {
             health: b.health,
             next_hop: b.next_hop.map(|nh| {
                 let m = nh.mac;
-                let dev = lb.ifaces().get(nh.port as usize).map_or("?", |i| i.name.as_str());
+                let dev = lb
+                    .ifaces()
+                    .get(nh.port as usize)
+                    .map_or("?", |i| i.name.as_str());
                 format!(
                     "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on {dev}",
                     m[0], m[1], m[2], m[3], m[4], m[5]
@@ -1087,12 +1140,12 @@ impl Runtime {
 
     /// The next thing to handle (cancel-safe: use in `select!`).
     pub async fn next_event(&mut self) -> Event {
-        loop {
-            tokio::select! {
-                Some(r) = self.reports.recv() => return Event::Health(r),
-                Some((req, reply)) = self.requests.recv() => return Event::Request(req, reply),
-                _ = self.drain_tick.tick() => return Event::DrainCheck,
-            }
+        // The drain timer never ends, so a closed channel (its branch disabled) cannot leave
+        // the select without a branch.
+        tokio::select! {
+            Some(r) = self.reports.recv() => Event::Health(r),
+            Some((req, reply)) = self.requests.recv() => Event::Request(req, reply),
+            _ = self.drain_tick.tick() => Event::DrainCheck,
         }
     }
 
@@ -1136,7 +1189,10 @@ impl Runtime {
             self.targets.send_replace(self.controller.targets(lb));
         }
         if let Err(e) = apply_and_log(lb) {
-            warn!("updating the maps failed (retried with the next update): {}", crate::error_chain(&e));
+            warn!(
+                "updating the maps failed (retried with the next update): {}",
+                crate::error_chain(&e)
+            );
         }
         effects.resolve
     }

@@ -103,7 +103,9 @@ impl Harness {
         let cfg = config(&dir.0);
         let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces(), 64).unwrap();
         let mut c = Controller::new(cfg.clone(), Store::new(&cfg.state_dir));
-        let warnings = c.replay(&mut lb, SystemTime::UNIX_EPOCH + Duration::from_secs(1000)).unwrap();
+        let warnings = c
+            .replay(&mut lb, SystemTime::UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         let mut h = Self {
             lb,
@@ -219,7 +221,10 @@ impl Harness {
         }
         let b: Backend = dp.backends[&id];
         assert!(b.addr[0] != 0, "ring names missing backend {id}");
-        assert!(b.flags & BACKEND_F_USABLE != 0, "ring names unusable backend {id}");
+        assert!(
+            b.flags & BACKEND_F_USABLE != 0,
+            "ring names unusable backend {id}"
+        );
         let value = PersistValue {
             backend: id,
             atime: now,
@@ -251,8 +256,16 @@ fn every_backend_is_up_and_in_the_table_after_the_first_round() {
     let mut h = Harness::new();
     let list = h.list();
     assert_eq!(list.len(), 4);
-    assert!(list.iter().all(|b| b.state == "active" && b.health == HealthState::Up), "{list:?}");
-    let slots: u32 = list.iter().filter(|b| b.virtual_server == "aovpn").map(|b| b.ring_slots).sum();
+    assert!(
+        list.iter()
+            .all(|b| b.state == "active" && b.health == HealthState::Up),
+        "{list:?}"
+    );
+    let slots: u32 = list
+        .iter()
+        .filter(|b| b.virtual_server == "aovpn")
+        .map(|b| b.ring_slots)
+        .sum();
     assert_eq!(slots, M);
 }
 
@@ -299,7 +312,10 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
         1,
         "{ops:?}"
     );
-    let flip = ops.iter().position(|o| matches!(o, Op::Flip { id: 0, .. })).unwrap();
+    let flip = ops
+        .iter()
+        .position(|o| matches!(o, Op::Flip { id: 0, .. }))
+        .unwrap();
     let cleared = ops
         .iter()
         .position(|o| *o == Op::SetBackend { id: dead, flags: 0 })
@@ -310,10 +326,17 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
     let during = h.traffic(600);
     for (c, b) in &before {
         if *b == Some(dead) {
-            assert_ne!(during[c], Some(dead), "client {c} still on the dead backend");
+            assert_ne!(
+                during[c],
+                Some(dead),
+                "client {c} still on the dead backend"
+            );
             assert!(during[c].is_some());
         } else {
-            assert_eq!(during[c], *b, "client {c} moved although its backend is alive");
+            assert_eq!(
+                during[c], *b,
+                "client {c} moved although its backend is alive"
+            );
         }
     }
 
@@ -325,7 +348,10 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
     let after = h.traffic(600);
     assert_eq!(after, during, "nobody moves when the backend comes back");
     let newcomers: Vec<Option<u32>> = (601..=900).map(|c| h.route(0, client(c))).collect();
-    assert!(newcomers.contains(&Some(dead)), "new clients land on the recovered backend");
+    assert!(
+        newcomers.contains(&Some(dead)),
+        "new clients land on the recovered backend"
+    );
 }
 
 #[test]
@@ -335,7 +361,10 @@ fn all_backends_down_gives_an_empty_table_and_no_packet_to_a_dead_server() {
     for _ in 0..3 {
         h.health_round(|a| !a.to_string().starts_with("10.0.0."));
     }
-    assert!(h.lb.services()[0].active_table().iter().all(|&b| b == BACKEND_NONE));
+    assert!(h.lb.services()[0]
+        .active_table()
+        .iter()
+        .all(|&b| b == BACKEND_NONE));
     assert!(h.traffic(200).values().all(Option::is_none));
     // The other virtual server is untouched.
     assert!(h.route(1, client(1)).is_some());
@@ -361,14 +390,25 @@ fn backend_add_moves_no_established_client_and_is_probed_before_it_takes_clients
         },
         h.now,
     );
-    let Reply::BackendAdded { backend, drain_cancelled } = ok(resp) else {
+    let Reply::BackendAdded {
+        backend,
+        drain_cancelled,
+    } = ok(resp)
+    else {
         panic!()
     };
     assert!(!drain_cancelled);
-    assert_eq!((backend.id, backend.weight, backend.health), (5, 2, HealthState::Unknown));
+    assert_eq!(
+        (backend.id, backend.weight, backend.health),
+        (5, 2, HealthState::Unknown)
+    );
     assert!(effects.targets_changed && effects.resolve);
     h.apply();
-    assert_eq!(h.traffic(600), before, "not in the table before its first probe");
+    assert_eq!(
+        h.traffic(600),
+        before,
+        "not in the table before its first probe"
+    );
     h.resolve();
     h.health_round(|_| true);
     let new = h.id("10.0.0.14");
@@ -377,7 +417,10 @@ fn backend_add_moves_no_established_client_and_is_probed_before_it_takes_clients
     let newcomers: Vec<Option<u32>> = (601..=900).map(|c| h.route(0, client(c))).collect();
     assert!(newcomers.contains(&Some(new)));
     let file = h.state_file().unwrap();
-    assert!(file.contains("\"10.0.0.14\"") && file.contains("\"weight\": 2"), "{file}");
+    assert!(
+        file.contains("\"10.0.0.14\"") && file.contains("\"weight\": 2"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -386,19 +429,35 @@ fn backend_remove_stops_every_packet_to_it_and_frees_it_in_the_maps() {
     let before = h.traffic(600);
     let gone = h.id("10.0.0.11");
     h.lb.dataplane_mut().ops.clear();
-    let Reply::BackendRemoved { backend, draining_until: None } = ok(h.request(Request::BackendRemove {
+    let Reply::BackendRemoved {
+        backend,
+        draining_until: None,
+    } = ok(h.request(Request::BackendRemove {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.11"),
         drain: None,
-    })) else {
+    }))
+    else {
         panic!()
     };
     assert_eq!(backend.id, gone);
     assert!(backend.clients > 100);
     let ops = &h.lb.dataplane().ops;
-    assert_eq!(ops.last(), Some(&Op::RemoveBackend { id: gone, index: true }), "{ops:?}");
+    assert_eq!(
+        ops.last(),
+        Some(&Op::RemoveBackend {
+            id: gone,
+            index: true
+        }),
+        "{ops:?}"
+    );
     assert_eq!(h.lb.dataplane().backends[&gone], Backend::default());
-    assert!(!h.lb.dataplane().backend_ids.contains_key(&[u32::from_ne_bytes([10, 0, 0, 11]), 0, 0, 0]));
+    assert!(!h.lb.dataplane().backend_ids.contains_key(&[
+        u32::from_ne_bytes([10, 0, 0, 11]),
+        0,
+        0,
+        0
+    ]));
     let after = h.traffic(600);
     for (c, b) in &before {
         assert_ne!(after[c], Some(gone));
@@ -408,7 +467,10 @@ fn backend_remove_stops_every_packet_to_it_and_frees_it_in_the_maps() {
     }
     assert!(h.list().iter().all(|b| b.address != ip("10.0.0.11")));
     let file = h.state_file().unwrap();
-    assert!(file.contains("\"removed\"") && file.contains("10.0.0.11"), "{file}");
+    assert!(
+        file.contains("\"removed\"") && file.contains("10.0.0.11"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -421,12 +483,25 @@ fn drain_keeps_persisted_clients_takes_no_new_ones_and_ends_when_they_are_idle()
         address: ip("10.0.0.13"),
         drain: Some(Duration::from_secs(3600)),
     }));
-    assert!(matches!(ok_reply, Reply::BackendRemoved { draining_until: Some(_), .. }));
+    assert!(matches!(
+        ok_reply,
+        Reply::BackendRemoved {
+            draining_until: Some(_),
+            ..
+        }
+    ));
     let b = h.lb.backend(d).unwrap();
     assert!(b.usable() && !b.in_ring());
-    assert_eq!(h.traffic(600), before, "persisted clients keep flowing, nobody moves");
+    assert_eq!(
+        h.traffic(600),
+        before,
+        "persisted clients keep flowing, nobody moves"
+    );
     let newcomers: Vec<Option<u32>> = (601..=900).map(|c| h.route(0, client(c))).collect();
-    assert!(!newcomers.contains(&Some(d)), "no new client lands on a draining backend");
+    assert!(
+        !newcomers.contains(&Some(d)),
+        "no new client lands on a draining backend"
+    );
     let listed = h.list().into_iter().find(|b| b.id == d).unwrap();
     assert_eq!(listed.state, "draining");
     assert_eq!(listed.ring_slots, 0);
@@ -435,7 +510,10 @@ fn drain_keeps_persisted_clients_takes_no_new_ones_and_ends_when_they_are_idle()
     // Active clients: the drain goes on.
     h.now.tick += 5;
     h.traffic(600);
-    assert_eq!(h.c.check_drains(&mut h.lb, h.now).unwrap(), Effects::default());
+    assert_eq!(
+        h.c.check_drains(&mut h.lb, h.now).unwrap(),
+        Effects::default()
+    );
     // Everyone idle longer than persistence_timeout (10 s = 10 ticks): removed.
     h.now.tick += 11;
     let e = h.c.check_drains(&mut h.lb, h.now).unwrap();
@@ -444,7 +522,10 @@ fn drain_keeps_persisted_clients_takes_no_new_ones_and_ends_when_they_are_idle()
     assert!(h.lb.backend(d).is_none());
     assert_eq!(h.lb.dataplane().backends[&d], Backend::default());
     let file = h.state_file().unwrap();
-    assert!(file.contains("\"removed\"") && !file.contains("draining"), "{file}");
+    assert!(
+        file.contains("\"removed\"") && !file.contains("draining"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -481,9 +562,19 @@ fn adding_a_draining_backend_cancels_the_drain() {
         address: ip("10.0.0.12"),
         weight: 1,
     }));
-    assert!(matches!(r, Reply::BackendAdded { drain_cancelled: true, .. }));
+    assert!(matches!(
+        r,
+        Reply::BackendAdded {
+            drain_cancelled: true,
+            ..
+        }
+    ));
     assert!(h.lb.backend(h.id("10.0.0.12")).unwrap().in_ring());
-    assert!(h.c.changes().virtual_servers.is_empty(), "{:?}", h.c.changes());
+    assert!(
+        h.c.changes().virtual_servers.is_empty(),
+        "{:?}",
+        h.c.changes()
+    );
 }
 
 #[test]
@@ -518,7 +609,11 @@ fn runtime_changes_survive_a_restart_with_the_same_ids() {
     std::mem::forget(std::mem::replace(&mut h._dir, TempDir(PathBuf::new())));
     let h2 = Harness::start(dir2);
     assert_eq!(ids(&h2), before);
-    assert_eq!(h2.state_file().unwrap(), file, "nothing to normalise: file unchanged");
+    assert_eq!(
+        h2.state_file().unwrap(),
+        file,
+        "nothing to normalise: file unchanged"
+    );
     assert!(!file.contains(".tmp"));
 }
 
@@ -534,7 +629,10 @@ fn a_drain_whose_deadline_passed_while_down_completes_at_start() {
     let h = Harness::start(dir);
     assert!(h.lb.backend_by_address(ip("10.0.0.12")).is_none());
     let file = h.state_file().unwrap();
-    assert!(file.contains("\"removed\"") && !file.contains("draining"), "{file}");
+    assert!(
+        file.contains("\"removed\"") && !file.contains("draining"),
+        "{file}"
+    );
 }
 
 #[test]
@@ -556,15 +654,25 @@ fn stale_runtime_changes_are_dropped_with_a_warning_and_a_bad_file_stops_the_sta
     assert_eq!(w.len(), 4, "{w:#?}");
     assert!(lb.backend_by_address(ip("10.0.0.20")).is_some());
     let file = fs::read_to_string(dir.0.join(STATE_FILE)).unwrap();
-    assert!(file.contains("10.0.0.20") && !file.contains("gone") && !file.contains("10.0.0.99"), "{file}");
+    assert!(
+        file.contains("10.0.0.20") && !file.contains("gone") && !file.contains("10.0.0.99"),
+        "{file}"
+    );
 
-    fs::write(dir.0.join(STATE_FILE), "{\"version\":1,\n\"virtual_servers\": {\"aovpn\": {\"addded\": []}}}").unwrap();
+    fs::write(
+        dir.0.join(STATE_FILE),
+        "{\"version\":1,\n\"virtual_servers\": {\"aovpn\": {\"addded\": []}}}",
+    )
+    .unwrap();
     let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces(), 64).unwrap();
     let e = Controller::new(cfg.clone(), Store::new(&cfg.state_dir))
         .replay(&mut lb, SystemTime::now())
         .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("backends.json") && msg.contains("line 2") && msg.contains("addded"), "{msg}");
+    assert!(
+        msg.contains("backends.json") && msg.contains("line 2") && msg.contains("addded"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -590,30 +698,108 @@ fn every_bad_request_is_refused_and_changes_nothing() {
         drain: drain.map(Duration::from_secs),
     };
     let cases = [
-        (add("vpn", "10.0.0.14", 1), ErrorCode::UnknownVirtualServer, "no virtual server \"vpn\""),
-        (add("203.0.113.99", "10.0.0.14", 1), ErrorCode::UnknownVirtualServer, "known: aovpn 203.0.113.10"),
-        (add("aovpn", "10.0.0.11", 1), ErrorCode::DuplicateBackend, "already a backend of aovpn"),
-        (add("aovpn", "10.0.1.11", 1), ErrorCode::DuplicateBackend, "already a backend of other"),
-        (add("aovpn", "203.0.113.11", 1), ErrorCode::InvalidAddress, "VIP of virtual server other"),
-        (add("aovpn", "2001:db8::1", 1), ErrorCode::InvalidAddress, "address family"),
-        (add("aovpn", "0.0.0.0", 1), ErrorCode::InvalidAddress, "not a unicast address"),
-        (add("aovpn", "127.0.0.1", 1), ErrorCode::InvalidAddress, "not a unicast address"),
-        (add("aovpn", "224.0.0.1", 1), ErrorCode::InvalidAddress, "not a unicast address"),
-        (add("aovpn", "255.255.255.255", 1), ErrorCode::InvalidAddress, "not a unicast address"),
-        (add("aovpn", "10.0.0.14", 0), ErrorCode::InvalidWeight, "outside 1..=1000"),
-        (add("aovpn", "10.0.0.14", 1001), ErrorCode::InvalidWeight, "outside 1..=1000"),
-        (add("aovpn", "10.0.0.13", 0), ErrorCode::InvalidWeight, "outside"),
-        (remove("aovpn", "10.0.0.99", None), ErrorCode::UnknownBackend, "not a backend of aovpn"),
-        (remove("aovpn", "10.0.1.11", None), ErrorCode::UnknownBackend, "it is a backend of other"),
-        (remove("nope", "10.0.0.11", None), ErrorCode::UnknownVirtualServer, "no virtual server"),
-        (remove("aovpn", "10.0.0.11", Some(31 * 24 * 3600)), ErrorCode::InvalidDrain, "longer than the maximum"),
-        (Request::Lookup { client: ip("2001:db8::7") }, ErrorCode::InvalidAddress, "IPv6"),
+        (
+            add("vpn", "10.0.0.14", 1),
+            ErrorCode::UnknownVirtualServer,
+            "no virtual server \"vpn\"",
+        ),
+        (
+            add("203.0.113.99", "10.0.0.14", 1),
+            ErrorCode::UnknownVirtualServer,
+            "known: aovpn 203.0.113.10",
+        ),
+        (
+            add("aovpn", "10.0.0.11", 1),
+            ErrorCode::DuplicateBackend,
+            "already a backend of aovpn",
+        ),
+        (
+            add("aovpn", "10.0.1.11", 1),
+            ErrorCode::DuplicateBackend,
+            "already a backend of other",
+        ),
+        (
+            add("aovpn", "203.0.113.11", 1),
+            ErrorCode::InvalidAddress,
+            "VIP of virtual server other",
+        ),
+        (
+            add("aovpn", "2001:db8::1", 1),
+            ErrorCode::InvalidAddress,
+            "address family",
+        ),
+        (
+            add("aovpn", "0.0.0.0", 1),
+            ErrorCode::InvalidAddress,
+            "not a unicast address",
+        ),
+        (
+            add("aovpn", "127.0.0.1", 1),
+            ErrorCode::InvalidAddress,
+            "not a unicast address",
+        ),
+        (
+            add("aovpn", "224.0.0.1", 1),
+            ErrorCode::InvalidAddress,
+            "not a unicast address",
+        ),
+        (
+            add("aovpn", "255.255.255.255", 1),
+            ErrorCode::InvalidAddress,
+            "not a unicast address",
+        ),
+        (
+            add("aovpn", "10.0.0.14", 0),
+            ErrorCode::InvalidWeight,
+            "outside 1..=1000",
+        ),
+        (
+            add("aovpn", "10.0.0.14", 1001),
+            ErrorCode::InvalidWeight,
+            "outside 1..=1000",
+        ),
+        (
+            add("aovpn", "10.0.0.13", 0),
+            ErrorCode::InvalidWeight,
+            "outside",
+        ),
+        (
+            remove("aovpn", "10.0.0.99", None),
+            ErrorCode::UnknownBackend,
+            "not a backend of aovpn",
+        ),
+        (
+            remove("aovpn", "10.0.1.11", None),
+            ErrorCode::UnknownBackend,
+            "it is a backend of other",
+        ),
+        (
+            remove("nope", "10.0.0.11", None),
+            ErrorCode::UnknownVirtualServer,
+            "no virtual server",
+        ),
+        (
+            remove("aovpn", "10.0.0.11", Some(31 * 24 * 3600)),
+            ErrorCode::InvalidDrain,
+            "longer than the maximum",
+        ),
+        (
+            Request::Lookup {
+                client: ip("2001:db8::7"),
+            },
+            ErrorCode::InvalidAddress,
+            "IPv6",
+        ),
     ];
     for (req, code, text) in cases {
         let shown = format!("{req:?}");
         let e = err(h.request(req));
         assert_eq!(e.code, code, "{shown}: {e:?}");
-        assert!(e.message.contains(text), "{shown}: {:?} lacks {text:?}", e.message);
+        assert!(
+            e.message.contains(text),
+            "{shown}: {:?} lacks {text:?}",
+            e.message
+        );
         assert!(!e.message.contains('\n'), "one line: {:?}", e.message);
     }
     assert!(
@@ -665,7 +851,10 @@ fn lookup_tells_persistence_from_maglev() {
         panic!()
     };
     assert_eq!(results[0].source, "persistence");
-    assert_eq!(results[0].backend, Some(h.lb.backend(chosen).unwrap().address));
+    assert_eq!(
+        results[0].backend,
+        Some(h.lb.backend(chosen).unwrap().address)
+    );
     // Its backend goes down: the entry no longer decides.
     let down = h.lb.backend(chosen).unwrap().address;
     for _ in 0..3 {
@@ -677,7 +866,12 @@ fn lookup_tells_persistence_from_maglev() {
     assert_eq!(results[0].source, "maglev");
     assert_ne!(results[0].backend_id, Some(chosen));
     assert_eq!(
-        results[0].persisted.as_ref().unwrap().ignored_because.as_deref(),
+        results[0]
+            .persisted
+            .as_ref()
+            .unwrap()
+            .ignored_because
+            .as_deref(),
         Some("backend unusable")
     );
     assert_eq!(results[0].backend_id, h.route(0, c));

@@ -11,6 +11,7 @@
 //! Only namespaces made here carry traffic: nothing touches the root namespace's links or
 //! routes.
 
+pub mod control;
 pub mod metrics;
 pub mod raw;
 pub mod responder;
