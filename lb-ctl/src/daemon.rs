@@ -157,6 +157,11 @@ pub fn run(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
     rt.block_on(run_async(config, ifindexes))
 }
 
+/// A next-hop resolution running in the blocking pool: the backends asked about (id,
+/// address) and the answers, in the same order.
+type Resolution =
+    tokio::task::JoinHandle<(Vec<(u32, IpAddr)>, Vec<Result<Resolved, ResolveError>>)>;
+
 struct Daemon {
     config: Config,
     balancer: Balancer<AyaDataplane>,
@@ -262,26 +267,45 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
                 RESOLVE_INTERVAL,
             );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Next-hop resolution runs in the blocking pool (`ip`, ARP waits of up to a
+            // second) while the loop keeps serving health reports and requests: a failover
+            // is never held up behind a neighbour that does not answer.
+            let mut resolving: Option<Resolution> = None;
+            let mut resolve_again = false;
             let outcome = loop {
                 tokio::select! {
                     _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
                     _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
                     event = control.next_event() => {
                         if control.handle(&mut daemon.balancer, event) {
-                            if let Err(e) = daemon.refresh_next_hops().await {
-                                warn!("updating the maps failed: {}", crate::error_chain(&e));
+                            // A backend came up or was added: look up its next hop now.
+                            match resolving {
+                                None => resolving = Some(daemon.start_resolve()),
+                                Some(_) => resolve_again = true,
                             }
                         }
                         metrics.publish(&daemon.balancer);
                     }
                     _ = tick.tick() => {
-                        if let Err(e) = daemon.refresh_next_hops().await {
-                            // The mirror is only advanced on success: the next tick retries.
+                        if resolving.is_none() {
+                            resolving = Some(daemon.start_resolve());
+                        }
+                    }
+                    done = async { resolving.as_mut().expect("guarded by the condition").await },
+                        if resolving.is_some() => {
+                        resolving = None;
+                        let (targets, results) =
+                            done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        if let Err(e) = daemon.finish_resolve(targets, results) {
+                            // The mirror is only advanced on success: the next pass retries.
                             warn!(
                                 "updating the maps failed, retrying in {}: {}",
                                 humantime::format_duration(RESOLVE_INTERVAL),
                                 crate::error_chain(&e)
                             );
+                        }
+                        if std::mem::take(&mut resolve_again) {
+                            resolving = Some(daemon.start_resolve());
                         }
                         metrics.publish(&daemon.balancer);
                     }
@@ -478,27 +502,43 @@ impl Daemon {
     /// Resolves every backend's next hop (in the blocking pool: it runs `ip` and waits for
     /// ARP), records changes and applies them.
     async fn refresh_next_hops(&mut self) -> Result<(), StateError> {
+        let (targets, results) = self
+            .start_resolve()
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.finish_resolve(targets, results)
+    }
+
+    /// Starts resolving every backend's next hop in the blocking pool.
+    fn start_resolve(&self) -> Resolution {
         let targets: Vec<(u32, IpAddr)> = self
             .balancer
             .backends()
             .map(|b| (b.id, b.address))
             .collect();
         let interfaces = self.config.interfaces.clone();
-        let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
-        let results =
-            tokio::task::spawn_blocking(move || IpCommand.resolve_all(&addrs, &interfaces))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        tokio::task::spawn_blocking(move || {
+            let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
+            let results = IpCommand.resolve_all(&addrs, &interfaces);
+            (targets, results)
+        })
+    }
+
+    /// Records the results of [`start_resolve`](Daemon::start_resolve) and applies them.
+    /// Backends removed (or whose id was reused) while it ran are skipped.
+    fn finish_resolve(
+        &mut self,
+        targets: Vec<(u32, IpAddr)>,
+        results: Vec<Result<Resolved, ResolveError>>,
+    ) -> Result<(), StateError> {
         for ((id, addr), result) in targets.into_iter().zip(results) {
+            if self.balancer.backend(id).map(|b| b.address) != Some(addr) {
+                continue;
+            }
             let next_hop = self.note_next_hop(id, addr, result);
             self.balancer.set_next_hop(id, next_hop)?;
         }
-        let report = self.balancer.apply()?;
-        for (service, slots) in &report.flips {
-            let name = &self.balancer.services()[*service as usize].name;
-            info!(virtual_server = %name, slots_written = slots, "Maglev table rebuilt and flipped");
-        }
-        Ok(())
+        runtime::apply_and_log(&mut self.balancer).map(drop)
     }
 
     /// Turns a resolution result into a next hop, logging transitions only.
