@@ -18,7 +18,8 @@
 //! Unknown commands or fields, bad addresses and malformed JSON are answered with
 //! `bad_request` by the connection task without reaching the daemon's state. Every error
 //! leaves the daemon's state unchanged. The daemon checks the peer's credentials
-//! (`SO_PEERCRED`): only its own user (root) is served, in addition to the socket's mode.
+//! (`SO_PEERCRED`): only root and the daemon's own user are served, in addition to the
+//! socket's mode.
 //!
 //! The same types are the `--json` output of `lb-ctl` (the `ok` payload), so scripts see
 //! exactly what the daemon said.
@@ -388,11 +389,12 @@ async fn connection(
     let me = unsafe { libc::geteuid() };
     let (read, mut write) = stream.into_split();
     let peer = write.as_ref().peer_cred().ok();
-    if peer.map(|c| c.uid()) != Some(me) {
+    // Root, and the daemon's own user when it runs as another one with capabilities.
+    if !peer.is_some_and(|c| c.uid() == 0 || c.uid() == me) {
         let e = ApiError::new(
             ErrorCode::Forbidden,
             format!(
-                "uid {} may not use this socket (only uid {me})",
+                "uid {} may not use this socket (only root and uid {me})",
                 peer.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string())
             ),
         );
