@@ -28,12 +28,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
 use crate::{
-    runtime,
     config::{self, Config, ConfigError, Mode, XdpAttachMode},
     dataplane::{AyaDataplane, Dataplane},
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
     paths,
     pin::{self, MapPlan, PinError, PinnedState, Pins},
+    runtime,
     state::{backend_capacity, Balancer, IfaceInfo, NextHop, StateError},
     EBPF_OBJECT, XDP_PROGRAM,
 };
@@ -193,7 +193,11 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         source,
     })?;
 
-    for vs in config.virtual_servers.iter().filter(|vs| !vs.tcp_ports.is_empty()) {
+    for vs in config
+        .virtual_servers
+        .iter()
+        .filter(|vs| !vs.tcp_ports.is_empty())
+    {
         warn!(
             virtual_server = %vs.name,
             "tcp_ports {:?} are recorded in the service but not forwarded: TCP (SSTP fallback) \
@@ -241,10 +245,13 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     start_ebpf_logger(daemon.balancer.dataplane_mut());
     // One health round before the maps are applied and the program attached; then the
     // health monitor, the control socket and drains run in the loop below.
-    let mut control =
-        runtime::Runtime::start(controller, &mut daemon.balancer, Some(metrics.probe_observer()))
-        .await
-        .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    let mut control = runtime::Runtime::start(
+        controller,
+        &mut daemon.balancer,
+        Some(metrics.probe_observer()),
+    )
+    .await
+    .map_err(|e| DaemonError::Control(Box::new(e)))?;
 
     // Fill everything (fresh: backends unusable; adopted: nothing changes), then resolve
     // next hops, then attach.
@@ -254,7 +261,8 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     let outcome = match attached {
         Ok(()) => {
             metrics.publish(&daemon.balancer);
-            let server = crate::metrics::http::serve(metrics_listener, std::sync::Arc::clone(&metrics));
+            let server =
+                crate::metrics::http::serve(metrics_listener, std::sync::Arc::clone(&metrics));
             info!(listen = %daemon.config.metrics_listen, "Prometheus metrics at http://{}/metrics", daemon.config.metrics_listen);
             info!(
                 virtual_servers = daemon.config.virtual_servers.len(),
@@ -491,7 +499,10 @@ fn start_ebpf_logger(dp: &mut AyaDataplane) {
                         }
                     });
                 }
-                Err(e) => warn!("cannot poll the XDP program's log: {}", crate::error_chain(&e)),
+                Err(e) => warn!(
+                    "cannot poll the XDP program's log: {}",
+                    crate::error_chain(&e)
+                ),
             }
         }
         Err(e) => debug!("the XDP program does not log (no aya-log map): {e}"),
@@ -628,7 +639,10 @@ impl Daemon {
             info!(interface = %iface, "XDP detached: the interface left the config");
         }
         if let Some(n) = r.copied {
-            info!(entries = n, "map migration committed; persistence entries carried over");
+            info!(
+                entries = n,
+                "map migration committed; persistence entries carried over"
+            );
         }
         Ok(())
     }

@@ -233,7 +233,11 @@ fn statfs_magic(path: &Path) -> std::io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 or u32 depending on the libc target")]
+    // f_type is `__fsword_t`: i64 here, other widths on other targets.
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width depends on the libc target"
+    )]
     Ok(st.f_type as i64)
 }
 
@@ -333,7 +337,10 @@ pub struct MapSpec {
 }
 
 /// The spec of every pinned map in `object`, with the `max_entries` the daemon sets.
-pub fn expected_specs(object: &[u8], max_entries: &[(&str, u32)]) -> Result<Vec<MapSpec>, PinError> {
+pub fn expected_specs(
+    object: &[u8],
+    max_entries: &[(&str, u32)],
+) -> Result<Vec<MapSpec>, PinError> {
     use aya_obj::generated::bpf_map_type::{
         BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH, BPF_MAP_TYPE_RINGBUF,
     };
@@ -378,7 +385,11 @@ fn mismatch(spec: &MapSpec, info: &MapInfo) -> Option<String> {
         why.push(format!("type {found_type} (want {})", spec.map_type));
     }
     if info.key_size() != spec.key_size {
-        why.push(format!("key size {} (want {})", info.key_size(), spec.key_size));
+        why.push(format!(
+            "key size {} (want {})",
+            info.key_size(),
+            spec.key_size
+        ));
     }
     if let Some(v) = spec.value_size {
         if info.value_size() != v {
@@ -391,7 +402,11 @@ fn mismatch(spec: &MapSpec, info: &MapInfo) -> Option<String> {
         }
     }
     if info.map_flags() != spec.flags {
-        why.push(format!("flags {:#x} (want {:#x})", info.map_flags(), spec.flags));
+        why.push(format!(
+            "flags {:#x} (want {:#x})",
+            info.map_flags(),
+            spec.flags
+        ));
     }
     (!why.is_empty()).then(|| format!("{}: {}", spec.name, why.join(", ")))
 }
@@ -555,8 +570,9 @@ pub fn read_state(pins: &Pins, ring_size: Option<u32>) -> Result<PinnedState, Pi
         }
     }
     if let Some(m) = ring_size {
-        let rings = Array::<MapData, u32>::try_from(open_pinned(&pins.map(maps::RINGS), maps::RINGS)?)
-            .map_err(op(maps::RINGS, "type"))?;
+        let rings =
+            Array::<MapData, u32>::try_from(open_pinned(&pins.map(maps::RINGS), maps::RINGS)?)
+                .map_err(op(maps::RINGS, "type"))?;
         for id in 0..state.services.len() as u32 {
             let read = |b: u32| -> Result<Vec<u32>, PinError> {
                 let base = (id * 2 + b) * m;
@@ -582,7 +598,10 @@ pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinE
             return Ok(0);
         };
         let Ok(old) = HashMap::<MapData, K, PersistValue>::try_from(old) else {
-            warn!(map, "the old persistence map has another layout: clients are re-balanced by Maglev");
+            warn!(
+                map,
+                "the old persistence map has another layout: clients are re-balanced by Maglev"
+            );
             return Ok(0);
         };
         let Some(new) = ebpf.map_mut(map) else {
@@ -657,11 +676,12 @@ pub fn attach(
     let mut report = AttachReport::default();
     let pinned = pinned_links(pins);
     let previous = pinned_fingerprint(pins);
-    let all_linked = targets.iter().all(|t| pinned.contains(&t.iface));
-    let prog_err = |op| move |source| PinError::Program {
-        name: program,
-        op,
-        source,
+    let prog_err = |op| {
+        move |source| PinError::Program {
+            name: program,
+            op,
+            source,
+        }
     };
     let prog: &mut Xdp = ebpf
         .program_mut(program)
@@ -671,6 +691,24 @@ pub fn attach(
         .try_into()
         .map_err(prog_err("type"))?;
 
+    // A link whose interface was deleted (and maybe re-created) while no daemon ran is
+    // defunct: it runs on nothing. Such a pin is dropped and the interface attached afresh.
+    let mut pinned = pinned;
+    for t in targets {
+        if !pinned.contains(&t.iface) {
+            continue;
+        }
+        let path = pins.link(&t.iface);
+        match pinned_link_ifindex(&path) {
+            Ok(ifindex) if ifindex == t.ifindex => {}
+            found => {
+                warn!(interface = %t.iface, ifindex = t.ifindex, ?found, "the pinned link is not on this interface any more (it was re-created?): attaching afresh");
+                fs::remove_file(&path).map_err(io(&path))?;
+                pinned.retain(|i| *i != t.iface);
+            }
+        }
+    }
+    let all_linked = targets.iter().all(|t| pinned.contains(&t.iface));
     if all_linked && !migrate && previous.as_deref() == Some(fingerprint) {
         report.kept = targets.iter().map(|t| t.iface.clone()).collect();
     } else {
@@ -736,6 +774,78 @@ fn copy_persistence_of(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinEr
     copy_persistence(pins, ebpf)
 }
 
+/// The ifindex an XDP link pinned at `path` is attached to; 0 when its interface is gone
+/// (the kernel detaches the link then, `dev_xdp_uninstall`). aya 0.14's `LinkInfo` does not
+/// expose it, so this is `BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD` by hand.
+fn pinned_link_ifindex(path: &Path) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use aya_obj::generated::{bpf_link_info, bpf_link_type::BPF_LINK_TYPE_XDP};
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: bpf(2) reads `attr` (size given) and the NUL-terminated path it points to.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            size_of::<ObjGet>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: plain-old-data, all zeros is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let attr = GetInfo {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<bpf_link_info>() as u32,
+        info: &mut info as *mut bpf_link_info as u64,
+    };
+    // SAFETY: bpf(2) writes at most `info_len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const GetInfo,
+            size_of::<GetInfo>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info.type_ != BPF_LINK_TYPE_XDP as u32 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("link type {} is not XDP", info.type_),
+        ));
+    }
+    // SAFETY: the union member that matches the link type checked above.
+    Ok(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+}
+
 /// `BPF_LINK_UPDATE` of the link pinned at `path` to `prog`: atomic, the interface never
 /// runs without a program.
 fn replace_link(prog: &mut Xdp, path: &Path) -> Result<(), PinError> {
@@ -748,11 +858,13 @@ fn replace_link(prog: &mut Xdp, path: &Path) -> Result<(), PinError> {
         path: path.to_owned(),
         source,
     })?;
-    let id = prog.attach_to_link(link).map_err(|source| PinError::Program {
-        name: "xdp",
-        op: "BPF_LINK_UPDATE",
-        source,
-    })?;
+    let id = prog
+        .attach_to_link(link)
+        .map_err(|source| PinError::Program {
+            name: "xdp",
+            op: "BPF_LINK_UPDATE",
+            source,
+        })?;
     // The pin keeps the link; drop our fd so removing the pin alone detaches.
     drop(prog.take_link(id));
     Ok(())
@@ -822,18 +934,36 @@ mod tests {
     fn fingerprint_changes_with_object_and_globals() {
         let a = fingerprint(b"obj", &[("RING_SIZE", 251), ("HASH_SEED", 7)]);
         assert_eq!(a.len(), 16);
-        assert_eq!(a, fingerprint(b"obj", &[("RING_SIZE", 251), ("HASH_SEED", 7)]));
-        assert_ne!(a, fingerprint(b"obk", &[("RING_SIZE", 251), ("HASH_SEED", 7)]));
-        assert_ne!(a, fingerprint(b"obj", &[("RING_SIZE", 251), ("HASH_SEED", 8)]));
+        assert_eq!(
+            a,
+            fingerprint(b"obj", &[("RING_SIZE", 251), ("HASH_SEED", 7)])
+        );
+        assert_ne!(
+            a,
+            fingerprint(b"obk", &[("RING_SIZE", 251), ("HASH_SEED", 7)])
+        );
+        assert_ne!(
+            a,
+            fingerprint(b"obj", &[("RING_SIZE", 251), ("HASH_SEED", 8)])
+        );
     }
 
     #[test]
     fn layout_is_below_the_instance_directory() {
         let p = Pins::new(Path::new("/sys/fs/bpf/ikelb"), "edge-1");
         assert_eq!(p.dir(), Path::new("/sys/fs/bpf/ikelb/edge-1"));
-        assert_eq!(p.map("RINGS"), Path::new("/sys/fs/bpf/ikelb/edge-1/maps/RINGS"));
-        assert_eq!(p.link("ext"), Path::new("/sys/fs/bpf/ikelb/edge-1/links/ext"));
-        assert_eq!(p.link("eth0.100"), Path::new("/sys/fs/bpf/ikelb/edge-1/links/eth0%2e100"));
+        assert_eq!(
+            p.map("RINGS"),
+            Path::new("/sys/fs/bpf/ikelb/edge-1/maps/RINGS")
+        );
+        assert_eq!(
+            p.link("ext"),
+            Path::new("/sys/fs/bpf/ikelb/edge-1/links/ext")
+        );
+        assert_eq!(
+            p.link("eth0.100"),
+            Path::new("/sys/fs/bpf/ikelb/edge-1/links/eth0%2e100")
+        );
         for name in ["eth0.100", "a%2eb", "x%", "plain"] {
             assert_eq!(iface_of_pin(&link_pin_name(name)), name);
             assert!(!link_pin_name(name).contains('.'));

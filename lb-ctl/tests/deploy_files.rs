@@ -4,7 +4,9 @@
 use std::path::Path;
 
 fn deploy(file: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -13,7 +15,10 @@ fn the_example_config_is_valid_and_names_every_key() {
     let text = deploy("ikelb.yaml");
     let config = lb_ctl::config::parse("deploy/ikelb.yaml", &text)
         .unwrap_or_else(|e| panic!("deploy/ikelb.yaml is refused:\n{e}"));
-    assert!(!config.detach_on_exit, "the production example keeps the data path attached");
+    assert!(
+        !config.detach_on_exit,
+        "the production example keeps the data path attached"
+    );
     for key in [
         "interfaces:",
         "mode:",
@@ -57,9 +62,21 @@ fn the_unit_keeps_the_host_bpffs_and_restarts_without_detaching() {
     assert!(unit.contains("Requires=sys-fs-bpf.mount"), "{unit}");
     assert!(unit.contains("ReadWritePaths=/sys/fs/bpf"), "{unit}");
     assert!(unit.contains("Restart=always"), "{unit}");
-    assert!(!unit.contains("--detach-on-exit"), "a restart must not detach: {unit}");
-    assert!(!unit.contains("ExecReload=/bin/kill -HUP"), "the daemon has no SIGHUP reload");
-    for cap in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"] {
+    assert!(
+        !unit.contains("--detach-on-exit"),
+        "a restart must not detach: {unit}"
+    );
+    assert!(
+        !unit.contains("ExecReload=/bin/kill -HUP"),
+        "the daemon has no SIGHUP reload"
+    );
+    for cap in [
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_SYS_ADMIN",
+    ] {
         assert!(unit.contains(cap), "{cap} missing: {unit}");
     }
 }

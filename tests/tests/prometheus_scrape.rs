@@ -36,7 +36,11 @@ fn skip(test: &str) -> bool {
         );
         return true;
     }
-    if Command::new("prometheus").arg("--version").output().is_err() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!(
             "SKIP {test}: no `prometheus` binary on PATH (Debian package prometheus; \
              `cargo xtask bootstrap` installs it)"
@@ -84,10 +88,7 @@ fn query(lab: &Lab, q: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect();
-            let value = r["value"][1]
-                .as_str()
-                .context("no value")?
-                .parse::<f64>()?;
+            let value = r["value"][1].as_str().context("no value")?.parse::<f64>()?;
             Ok((labels, value))
         })
         .collect()
@@ -139,7 +140,10 @@ fn start_prometheus(lab: &Lab) -> Result<Child> {
     )?;
     let mut cmd = lab.gateway.command("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
         .arg("--log.level=warn");
     let mut prom = Child::spawn("prometheus", cmd, dir.join("prometheus.log"))?;
@@ -178,7 +182,8 @@ fn prometheus_sees_every_backend_up_then_the_failed_one_down() {
         backends: 3,
     })
     .expect("build the lab");
-    lab.start_responders(&responder()).expect("start responders");
+    lab.start_responders(&responder())
+        .expect("start responders");
     lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
     let prom = start_prometheus(&lab).expect("start prometheus");
 

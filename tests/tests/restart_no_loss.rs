@@ -15,6 +15,10 @@
 //!    (`persistence_timeout` 30m → 31m, so `PERSIST_TIMEOUT_TICKS` differs): it loads the new
 //!    program and swaps it in with `BPF_LINK_UPDATE` — a new program id on both interfaces,
 //!    never a moment without one.
+//! 3. `kill -9` again; start one whose maps cannot be reused (`maglev_table_size` 65537 →
+//!    65521 and `persistence_entries` 65536 → 131072): it builds a new map set, copies the
+//!    persistence entries, swaps the program in, and commits the new maps — the clients stay
+//!    on their backends although the Maglev table itself changed.
 //!
 //! Every datagram must be answered (a reply is awaited up to 2 s after the last one), every
 //! client must be answered by one backend throughout, and the counts are printed. Root only;
@@ -32,8 +36,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ikelb_tests::lab::{
-    self, responder::Answer, Lab, LabSpec, UdpProbe, XdpAttachment, BACKEND_PORTS, GW_EXT,
-    GW_INT, VIP,
+    self, responder::Answer, Lab, LabSpec, UdpProbe, XdpAttachment, BACKEND_PORTS, GW_EXT, GW_INT,
+    VIP,
 };
 
 /// Client addresses sending at once.
@@ -156,7 +160,10 @@ fn send_until(netns: String, clients: Vec<Ipv4Addr>, stop: Arc<AtomicBool>) -> T
                 else {
                     continue;
                 };
-                let Some(seq) = echo.tag.strip_prefix('r').and_then(|t| t.parse::<u64>().ok())
+                let Some(seq) = echo
+                    .tag
+                    .strip_prefix('r')
+                    .and_then(|t| t.parse::<u64>().ok())
                 else {
                     continue;
                 };
@@ -247,10 +254,12 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         backends: 3,
     })
     .expect("build the lab");
-    lab.start_responders(&responder()).expect("start responders");
+    lab.start_responders(&responder())
+        .expect("start responders");
     let config = lab
         .daemon_config()
-        .replace("detach_on_exit: true", "detach_on_exit: false");
+        .replace("detach_on_exit: true", "detach_on_exit: false")
+        + "maglev_table_size: 65537\npersistence_entries: 65536\n";
     assert!(config.contains("detach_on_exit: false"), "{config}");
     lab.start_daemon_with_config(&lb_ctl, &config)
         .expect("start lb-ctl daemon");
@@ -262,7 +271,12 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
             for &c in &clients {
                 let probe = UdpProbe::bind(c).unwrap();
                 let r = probe
-                    .ask(SocketAddrV4::new(VIP, 500), 64, 20, Duration::from_millis(200))
+                    .ask(
+                        SocketAddrV4::new(VIP, 500),
+                        64,
+                        20,
+                        Duration::from_millis(200),
+                    )
                     .unwrap();
                 assert!(r.is_some(), "{c} got no answer through the VIP");
             }
@@ -286,13 +300,21 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     kill_daemon(&mut lab, libc::SIGKILL);
     let killed_at = t0.elapsed();
     thread::sleep(Duration::from_secs(1));
-    assert_eq!(prog_ids(&lab), before, "the program changed while no daemon ran");
+    assert_eq!(
+        prog_ids(&lab),
+        before,
+        "the program changed while no daemon ran"
+    );
     lab.start_daemon_with_config(&lb_ctl, &config)
         .expect("restart lb-ctl daemon");
     wait_log(&mut lab, "ikelb running", 2);
     let restarted_at = t0.elapsed();
     wait_log(&mut lab, "XDP program unchanged", 1);
-    assert_eq!(prog_ids(&lab), before, "same build and config: the program is kept");
+    assert_eq!(
+        prog_ids(&lab),
+        before,
+        "same build and config: the program is kept"
+    );
     thread::sleep(Duration::from_secs(2));
 
     // 2. An upgrade: another load-time global → another program, swapped in atomically.
@@ -316,12 +338,36 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     );
     thread::sleep(Duration::from_secs(2));
 
+    // 3. Maps that do not fit: migrated under traffic.
+    kill_daemon(&mut lab, libc::SIGKILL);
+    let migrated_config = upgraded
+        .replace("maglev_table_size: 65537", "maglev_table_size: 65521")
+        .replace("persistence_entries: 65536", "persistence_entries: 131072");
+    lab.start_daemon_with_config(&lb_ctl, &migrated_config)
+        .expect("start the daemon with other map sizes");
+    wait_log(&mut lab, "ikelb running", 4);
+    let migrated_at = t0.elapsed();
+    wait_log(&mut lab, "map migration committed", 1);
+    let out = lab.daemon().expect("daemon").output();
+    let copied = out
+        .lines()
+        .find(|l| l.contains("map migration committed"))
+        .unwrap_or_default()
+        .to_string();
+    let migrated = prog_ids(&lab);
+    assert!(
+        migrated.0 != after.0 && migrated.1 != after.1,
+        "the migrated maps come with a new program: {after:?} → {migrated:?}"
+    );
+    thread::sleep(Duration::from_secs(2));
+
     stop.store(true, Ordering::Relaxed);
     let tally = sender.join().expect("sender thread");
     eprintln!(
         "restart: {} datagrams sent at {RATE}/s from {CLIENTS} clients over {:.1} s, {} answered, \
          {} lost, {} wrong, {} clients moved; per backend {:?}; kill -9 at {:.1} s, restarted \
-         daemon running at {:.1} s, upgraded daemon (program {:?} → {:?}) at {:.1} s",
+         daemon running at {:.1} s, upgraded daemon (program {:?} → {:?}) at {:.1} s, \
+         migrated maps (program {:?}) at {:.1} s: {copied}",
         tally.sent,
         t0.elapsed().as_secs_f64(),
         tally.answered,
@@ -334,9 +380,30 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         before,
         after,
         upgraded_at.as_secs_f64(),
+        migrated,
+        migrated_at.as_secs_f64(),
     );
+    // What each daemon found and did, for the record.
+    let out = lab.daemon().expect("daemon").output();
+    for line in out.lines().filter(|l| {
+        [
+            "pinned",
+            "adopted",
+            "XDP program",
+            "XDP attached",
+            "migration",
+            "ikelb running",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        eprintln!(
+            "restart: daemon: {}",
+            line.split_once("  ").map_or(line, |x| x.1)
+        );
+    }
     let log = lab.daemon_output_tail(60);
-    assert!(tally.sent >= 6 * RATE, "the sender fell behind: {tally:?}");
+    assert!(tally.sent >= 8 * RATE, "the sender fell behind: {tally:?}");
     assert!(
         tally.lost.is_empty(),
         "{} datagrams lost (seq, s): {:?}\n{log}",
@@ -344,7 +411,10 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         &tally.lost[..tally.lost.len().min(20)]
     );
     assert_eq!(tally.answered, tally.sent);
-    assert_eq!(tally.wrong, 0, "answers not from the VIP or not to the client's address");
+    assert_eq!(
+        tally.wrong, 0,
+        "answers not from the VIP or not to the client's address"
+    );
     assert!(tally.moved.is_empty(), "clients moved: {:?}", tally.moved);
     assert!(
         tally.per_backend.len() == 3,

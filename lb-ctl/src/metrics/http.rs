@@ -69,8 +69,10 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> JoinHandle<()> {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid header"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("valid header"),
+    );
     r
 }
 

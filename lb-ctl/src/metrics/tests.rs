@@ -91,16 +91,19 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
             },
         )
     };
-    let mut dp = FakeDataplane::default();
-    dp.counters = vec![0; counter::COUNT as usize];
-    dp.counters[counter::FORWARD as usize] = 750;
-    dp.counters[counter::DROP_NO_BACKEND as usize] = 3;
-    dp.persist_v4 = vec![
-        entry(1, 1, now),
-        entry(2, 1, now),
-        entry(3, 2, now),
-        entry(4, 1, stale), // idle: no longer a client
-    ];
+    let mut counters = vec![0; counter::COUNT as usize];
+    counters[counter::FORWARD as usize] = 750;
+    counters[counter::DROP_NO_BACKEND as usize] = 3;
+    let dp = FakeDataplane {
+        counters,
+        persist_v4: vec![
+            entry(1, 1, now),
+            entry(2, 1, now),
+            entry(3, 2, now),
+            entry(4, 1, stale), // idle: no longer a client
+        ],
+        ..FakeDataplane::default()
+    };
     let source = Arc::new(Fake {
         dp: Mutex::new(dp),
         traffic: BTreeMap::from([(
@@ -139,8 +142,14 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
 
     let text = metrics.render().unwrap();
     let v = |l: &str| line_value(&text, l).unwrap_or_else(|| panic!("no {l} in\n{text}"));
-    assert_eq!(v(r#"ikelb_backend_up{backend="10.0.0.11",vs="aovpn"}"#), 1.0);
-    assert_eq!(v(r#"ikelb_backend_up{backend="10.0.0.12",vs="aovpn"}"#), 0.0);
+    assert_eq!(
+        v(r#"ikelb_backend_up{backend="10.0.0.11",vs="aovpn"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"ikelb_backend_up{backend="10.0.0.12",vs="aovpn"}"#),
+        0.0
+    );
     assert_eq!(
         v(r#"ikelb_backend_packets_total{backend="10.0.0.11",direction="forward",vs="aovpn"}"#),
         500.0
@@ -153,8 +162,14 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
         v(r#"ikelb_backend_packets_total{backend="10.0.0.12",direction="forward",vs="aovpn"}"#),
         0.0
     );
-    assert_eq!(v(r#"ikelb_backend_clients{backend="10.0.0.11",vs="aovpn"}"#), 2.0);
-    assert_eq!(v(r#"ikelb_backend_clients{backend="10.0.0.12",vs="aovpn"}"#), 1.0);
+    assert_eq!(
+        v(r#"ikelb_backend_clients{backend="10.0.0.11",vs="aovpn"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"ikelb_backend_clients{backend="10.0.0.12",vs="aovpn"}"#),
+        1.0
+    );
     assert_eq!(v("ikelb_persistence_entries "), 3.0);
     assert_eq!(v("ikelb_persistence_capacity "), 1000.0);
     assert_eq!(

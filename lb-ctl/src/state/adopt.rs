@@ -242,8 +242,8 @@ mod tests {
 
     /// A balancer run to a steady state, and what its maps hold, as a restart finds them.
     fn running(backends: &[&str]) -> (Balancer<FakeDataplane>, PinnedState) {
-        let mut lb = Balancer::new(FakeDataplane::default(), &config(backends), ifaces(), 1024)
-            .unwrap();
+        let mut lb =
+            Balancer::new(FakeDataplane::default(), &config(backends), ifaces(), 1024).unwrap();
         let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
         for id in ids {
             lb.set_next_hop(
@@ -279,10 +279,7 @@ mod tests {
     }
 
     /// A restarted daemon's balancer over the same (pinned) maps.
-    fn restarted(
-        backends: &[&str],
-        before: &Balancer<FakeDataplane>,
-    ) -> Balancer<FakeDataplane> {
+    fn restarted(backends: &[&str], before: &Balancer<FakeDataplane>) -> Balancer<FakeDataplane> {
         let dp = FakeDataplane {
             backends: before.dataplane().backends.clone(),
             backend_ids: before.dataplane().backend_ids.clone(),
@@ -321,7 +318,10 @@ mod tests {
             after.services()[0].value.ring_base,
             before.services()[0].value.ring_base
         );
-        assert_eq!(after.services()[0].active_table(), before.services()[0].active_table());
+        assert_eq!(
+            after.services()[0].active_table(),
+            before.services()[0].active_table()
+        );
     }
 
     #[test]
@@ -337,26 +337,45 @@ mod tests {
         assert_eq!(id_of(&after, "10.0.0.12"), id_of(&before, "10.0.0.12"));
         assert_eq!(id_of(&after, "10.0.0.13"), id_of(&before, "10.0.0.13"));
         assert_eq!(id_of(&after, "10.0.0.14"), 4, "above every pinned id");
-        assert!(!after.backend(4).unwrap().usable(), "new: unknown until checked");
+        assert!(
+            !after.backend(4).unwrap().usable(),
+            "new: unknown until checked"
+        );
 
         after.dataplane_mut().ops.clear();
         let report = after.apply().unwrap();
-        assert_eq!(report.flips.len(), 1, "backend 1's slots move to the survivors");
+        assert_eq!(
+            report.flips.len(),
+            1,
+            "backend 1's slots move to the survivors"
+        );
         let ops = &after.dataplane().ops;
-        let flip = ops.iter().position(|o| matches!(o, Op::Flip { .. })).unwrap();
+        let flip = ops
+            .iter()
+            .position(|o| matches!(o, Op::Flip { .. }))
+            .unwrap();
         let forget = ops
             .iter()
             .position(|o| *o == Op::RemoveBackend { id: 1, index: true })
             .expect("stale backend 1 forgotten");
-        assert!(forget > flip, "forgotten only after no table names it: {ops:?}");
+        assert!(
+            forget > flip,
+            "forgotten only after no table names it: {ops:?}"
+        );
         let table = after.services()[0].active_table();
-        assert!(table.iter().all(|&b| b == 2 || b == 3), "the new backend is not usable yet");
+        assert!(
+            table.iter().all(|&b| b == 2 || b == 3),
+            "the new backend is not usable yet"
+        );
         // Backend 1 leaves the member list: a plain Maglev recompute moves its slots and
         // only a few others (the persistence map keeps those clients where they are anyway).
         let old = before.services()[0].active_table();
         let of_1 = old.iter().filter(|&&b| b == 1).count();
         let moved = old.iter().zip(table).filter(|(a, b)| a != b).count();
-        assert!(moved >= of_1 && moved < of_1 + of_1 / 5, "{moved} moved, {of_1} were backend 1's");
+        assert!(
+            moved >= of_1 && moved < of_1 + of_1 / 5,
+            "{moved} moved, {of_1} were backend 1's"
+        );
     }
 
     #[test]
