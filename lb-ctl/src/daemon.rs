@@ -662,7 +662,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Logs the non-zero packet counters (the metrics endpoint arrives with the next issue).
+    /// Logs the non-zero packet counters on the way out (while running they are on /metrics).
     fn log_counters(&self) {
         match self.balancer.dataplane().counters() {
             Ok(c) => {
