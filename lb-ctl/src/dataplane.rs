@@ -85,11 +85,36 @@ pub trait Dataplane {
     /// Every entry of `PERSIST_V4`.
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
 
+    /// A reader of every `PERSIST_V4` entry that owns its own handle on the map, so a scan
+    /// of a large map (two syscalls per entry) can run in the blocking pool while the
+    /// daemon's loop goes on (drain idle detection).
+    fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError>;
+
     /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
     fn persistence_v4_get(
         &self,
         key: &PersistKeyV4,
     ) -> Result<Option<PersistValue>, DataplaneError>;
+}
+
+/// See [`Dataplane::persistence_v4_reader`].
+pub type PersistReader =
+    Box<dyn FnOnce() -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> + Send>;
+
+/// Every entry of `m`; an LRU entry evicted between `next_key` and the lookup shows as
+/// `KeyNotFound` and is skipped.
+fn read_persistence_v4<T: std::borrow::Borrow<MapData>>(
+    m: &HashMap<T, PersistKeyV4, PersistValue>,
+) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+    m.iter()
+        .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
+        .map(|r| {
+            r.map_err(|source| DataplaneError::Read {
+                map: maps::PERSIST_V4,
+                source: Box::new(source),
+            })
+        })
+        .collect()
 }
 
 /// Wire-order words of an address: IPv4 in word 0 (see `lb-common`, "Byte order").
@@ -311,16 +336,42 @@ impl Dataplane for AyaDataplane {
                 map,
                 source: Box::new(source),
             })?;
-        // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
-        m.iter()
-            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-            .map(|r| {
-                r.map_err(|source| DataplaneError::Read {
-                    map,
-                    source: Box::new(source),
-                })
-            })
-            .collect()
+        read_persistence_v4(&m)
+    }
+
+    fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError> {
+        use std::os::fd::AsFd;
+        let map = maps::PERSIST_V4;
+        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
+            .map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        let read_err = |source: MapError| DataplaneError::Read {
+            map,
+            source: Box::new(source),
+        };
+        let fd = aya::maps::IterableMap::map(&m)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                read_err(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }))
+            })?;
+        Ok(Box::new(move || {
+            let data = MapData::from_fd(fd).map_err(read_err)?;
+            let m: HashMap<MapData, PersistKeyV4, PersistValue> =
+                HashMap::try_from(Map::LruHashMap(data)).map_err(|source| {
+                    DataplaneError::MapType {
+                        map,
+                        source: Box::new(source),
+                    }
+                })?;
+            read_persistence_v4(&m)
+        }))
     }
 
     fn persistence_v4_get(
@@ -493,6 +544,11 @@ pub mod fake {
 
         fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
             Ok(self.persist_v4.clone())
+        }
+
+        fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError> {
+            let entries = self.persist_v4.clone();
+            Ok(Box::new(move || Ok(entries)))
         }
 
         fn persistence_v4_get(

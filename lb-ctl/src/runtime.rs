@@ -28,14 +28,17 @@
 //!
 //! `backend remove --drain D` takes the backend out of the Maglev table (no new client lands
 //! there) but leaves it usable, so the data path keeps sending its persisted clients to it.
-//! Every health interval (at least every second) the daemon reads `PERSIST_V4` and counts,
+//! Every health interval the daemon reads `PERSIST_V4` and counts,
 //! per draining backend, the entries that still name it and are not idle — exactly the
 //! data path's own test: `now − atime ≤ persistence_timeout` in 2^30 ns ticks of
 //! `CLOCK_MONOTONIC_COARSE` (what `bpf_ktime_get_coarse_ns` reads). When none is left, or
 //! the deadline has passed, the backend is removed (usable flag cleared, id freed): any
 //! client still sending is re-balanced on its next packet. An IKEv2 client that is connected
 //! sends at least NAT-T keepalives or DPD, so "idle for `persistence_timeout`" means gone.
-//! The scan costs two syscalls per entry; it runs only while something drains.
+//! The scan costs two syscalls per entry (seconds for a million entries): it runs only while
+//! something drains, in the blocking pool through its own handle on the map, so the loop
+//! keeps serving health reports and requests meanwhile; deadlines are checked every second
+//! without a scan.
 //!
 //! `backend add` of a draining backend cancels the drain (it rejoins the table).
 
@@ -486,12 +489,32 @@ impl Controller {
         effects
     }
 
-    /// Ends drains whose deadline passed or whose clients are all idle. Returns whether
-    /// anything was removed (the caller applies).
+    /// Ends drains whose deadline passed or whose clients are all idle, reading
+    /// `PERSIST_V4` on the spot. Returns whether anything was removed (the caller applies).
     pub fn check_drains<D: Dataplane>(
         &mut self,
         lb: &mut Balancer<D>,
         now: Clock,
+    ) -> Result<Effects, ApiError> {
+        if !self.draining(lb) {
+            return Ok(Effects::default());
+        }
+        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?;
+        self.end_drains(lb, now, Some(&entries))
+    }
+
+    /// Whether some backend drains.
+    pub fn draining<D: Dataplane>(&self, lb: &Balancer<D>) -> bool {
+        lb.backends().any(BackendState::draining)
+    }
+
+    /// Ends drains whose deadline passed and, given `entries` (a read of `PERSIST_V4`),
+    /// drains that have no active client left.
+    pub fn end_drains<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        now: Clock,
+        entries: Option<&[(PersistKeyV4, PersistValue)]>,
     ) -> Result<Effects, ApiError> {
         let draining: Vec<(u32, SystemTime)> = lb
             .backends()
@@ -500,13 +523,15 @@ impl Controller {
         if draining.is_empty() {
             return Ok(Effects::default());
         }
-        let clients = self.active_clients(lb, now)?;
+        let timeout = self.config.persist_timeout_ticks();
+        let clients = entries.map(|e| count_active(lb, e, now.tick, timeout));
         let mut done = Vec::new();
         for (id, until) in draining {
-            let n = clients.get(&id).copied().unwrap_or(0);
+            let n = clients.as_ref().map(|c| c.get(&id).copied().unwrap_or(0));
             if now.wall >= until {
-                done.push((id, format!("drain deadline reached with {n} active clients left (re-balanced on their next packet)")));
-            } else if n == 0 {
+                let left = n.map_or_else(String::new, |n| format!(" with {n} active clients left"));
+                done.push((id, format!("drain deadline reached{left} (re-balanced on their next packet)")));
+            } else if n == Some(0) {
                 done.push((id, "drained: no active client left".to_owned()));
             }
         }
@@ -526,7 +551,7 @@ impl Controller {
         Ok(effects)
     }
 
-    /// How often drains should be checked.
+    /// How often drain deadlines are checked (idle clients: every health interval).
     pub fn drain_check_interval(&self) -> Duration {
         self.config.health_check.interval.min(DRAIN_CHECK_MAX)
     }
@@ -1066,8 +1091,14 @@ pub enum RuntimeError {
 pub enum Event {
     Health(Vec<Report>),
     Request(Request, oneshot::Sender<Response>),
+    /// Time to check drain deadlines (and maybe to start a persistence scan).
     DrainCheck,
+    /// A persistence scan for drains finished.
+    DrainScanned(Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>),
 }
+
+/// A `PERSIST_V4` scan running in the blocking pool.
+type Scan = tokio::task::JoinHandle<Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>>;
 
 /// The controller plus its tasks: the health monitor and the control socket.
 pub struct Runtime {
@@ -1076,6 +1107,10 @@ pub struct Runtime {
     reports: mpsc::Receiver<Vec<Report>>,
     requests: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
     drain_tick: tokio::time::Interval,
+    /// The drain scan in flight, and when the last one started: scans (two syscalls per
+    /// entry) run off the loop, at most once per health interval.
+    scan: Option<Scan>,
+    last_scan: Option<tokio::time::Instant>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -1134,6 +1169,8 @@ impl Runtime {
             reports: reports_rx,
             requests: requests_rx,
             drain_tick,
+            scan: None,
+            last_scan: None,
             tasks,
         })
     }
@@ -1146,6 +1183,14 @@ impl Runtime {
             Some(r) = self.reports.recv() => Event::Health(r),
             Some((req, reply)) = self.requests.recv() => Event::Request(req, reply),
             _ = self.drain_tick.tick() => Event::DrainCheck,
+            done = async { self.scan.as_mut().expect("guarded by the condition").await },
+                if self.scan.is_some() =>
+            {
+                self.scan = None;
+                Event::DrainScanned(
+                    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                )
+            }
         }
     }
 
@@ -1154,13 +1199,28 @@ impl Runtime {
     pub fn handle<D: Dataplane>(&mut self, lb: &mut Balancer<D>, event: Event) -> bool {
         let effects = match event {
             Event::Health(reports) => self.controller.on_health(lb, &reports),
-            Event::DrainCheck => match self.controller.check_drains(lb, Clock::now()) {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!("checking drains: {e}");
+            Event::DrainCheck => {
+                let effects = self
+                    .controller
+                    .end_drains(lb, Clock::now(), None)
+                    .unwrap_or_else(|e| {
+                        warn!("ending drains: {e}");
+                        Effects::default()
+                    });
+                self.maybe_scan(lb);
+                effects
+            }
+            Event::DrainScanned(Ok(entries)) => self
+                .controller
+                .end_drains(lb, Clock::now(), Some(&entries))
+                .unwrap_or_else(|e| {
+                    warn!("ending drains: {e}");
                     Effects::default()
-                }
-            },
+                }),
+            Event::DrainScanned(Err(e)) => {
+                warn!("reading the persistence map for drains: {}", crate::error_chain(&e));
+                Effects::default()
+            }
             Event::Request(request, reply) => {
                 let mutating = matches!(
                     request,
@@ -1195,6 +1255,25 @@ impl Runtime {
             );
         }
         effects.resolve
+    }
+}
+
+impl Runtime {
+    /// Starts a persistence scan when something drains, none is running, and the last one
+    /// started at least a health interval ago.
+    fn maybe_scan<D: Dataplane>(&mut self, lb: &Balancer<D>) {
+        let every = self.controller.config().health_check.interval;
+        let due = self.last_scan.is_none_or(|t| t.elapsed() >= every);
+        if self.scan.is_some() || !due || !self.controller.draining(lb) {
+            return;
+        }
+        match lb.dataplane().persistence_v4_reader() {
+            Ok(read) => {
+                self.last_scan = Some(tokio::time::Instant::now());
+                self.scan = Some(tokio::task::spawn_blocking(read));
+            }
+            Err(e) => warn!("reading the persistence map for drains: {}", crate::error_chain(&e)),
+        }
     }
 }
 

@@ -51,6 +51,16 @@ fn or_log<T>(lab: &Lab, r: anyhow::Result<T>, what: &str) -> T {
 /// backends in `configured` (by name), health checks every 200 ms. Waits until those are
 /// active.
 fn lab_with(backends: usize, configured: &[&str], lb_ctl: &Path) -> Lab {
+    lab_with_config(backends, configured, lb_ctl, |c| c)
+}
+
+/// [`lab_with`], the config text passed through `edit` first.
+fn lab_with_config(
+    backends: usize,
+    configured: &[&str],
+    lb_ctl: &Path,
+    edit: impl Fn(String) -> String,
+) -> Lab {
     let mut lab = Lab::build(&LabSpec {
         role: 'h',
         clients: 120,
@@ -59,7 +69,13 @@ fn lab_with(backends: usize, configured: &[&str], lb_ctl: &Path) -> Lab {
     .expect("build the lab");
     lab.start_responders(&responder())
         .expect("start responders");
-    let mut config = control::with_health(&lab.daemon_config(), "200ms", "100ms", 3, 2);
+    let mut config = edit(control::with_health(
+        &lab.daemon_config(),
+        "200ms",
+        "100ms",
+        3,
+        2,
+    ));
     for b in &lab.backends {
         if !configured.contains(&b.name.as_str()) {
             config = control::without_backend(&config, b.addr);
@@ -286,7 +302,11 @@ fn drain_keeps_clients_until_the_deadline_and_takes_no_new_one() {
         return;
     }
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    let mut lab = lab_with(3, &["b1", "b2", "b3"], &lb_ctl);
+    // Persistence timeout 3 s: short enough to see a drain end because its clients went
+    // idle, long enough for the 100 ms rounds below to keep entries fresh.
+    let mut lab = lab_with_config(3, &["b1", "b2", "b3"], &lb_ctl, |c| {
+        c.replace("persistence_timeout: 30m\n", "persistence_timeout: 3s\n")
+    });
     let (old, new) = lab.clients.split_at(60);
     let clients = Clients::bind(&lab, old, 500).expect("bind clients");
     let before = or_log(&lab, clients.all_answered(5, WAIT), "first answers");
@@ -365,6 +385,42 @@ fn drain_keeps_clients_until_the_deadline_and_takes_no_new_one() {
         stats(&lab, "b2").datagrams,
         seen,
         "b2 received datagrams after the drain"
+    );
+
+    // A drain whose clients go quiet ends when they are idle (persistence_timeout), long
+    // before its deadline: the daemon reads the persistence map for it.
+    let b3 = addr_of(&lab, "b3");
+    let quiet = after.values().filter(|b| *b == "b3").count() as u64;
+    let t1 = Instant::now();
+    lab.lb_ctl(
+        &lb_ctl,
+        &[
+            "backend",
+            "remove",
+            "aovpn",
+            &b3.to_string(),
+            "--drain",
+            "1h",
+        ],
+    )
+    .expect("backend remove --drain 1h");
+    let listed = control::backend(&lab, &lb_ctl, b3).unwrap().unwrap();
+    assert_eq!(listed["state"], "draining", "{listed}");
+    // Its clients among the 60 asked last, plus the newcomers it took earlier.
+    assert!(listed["clients"].as_u64().unwrap() >= quiet, "{listed}");
+    assert!(quiet > 0);
+    let idle = control::wait_backends(
+        &lab,
+        &lb_ctl,
+        "b3 removed once its clients are idle",
+        Duration::from_secs(15),
+        |l| !l.iter().any(|b| b["address"] == b3.to_string()),
+    );
+    or_log(&lab, idle, "idle drain end");
+    eprintln!("DRAIN (idle): b3 removed {:.2?} after `remove --drain 1h`, its {quiet} clients silent (persistence_timeout 3s)", t1.elapsed());
+    assert!(
+        t1.elapsed() >= Duration::from_secs(2),
+        "removed before its clients could be idle"
     );
     let status = lab.stop_daemon().expect("stop");
     assert!(status.success(), "{}", lab.daemon_output_tail(20));

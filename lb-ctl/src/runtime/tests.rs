@@ -876,3 +876,25 @@ fn lookup_tells_persistence_from_maglev() {
     );
     assert_eq!(results[0].backend_id, h.route(0, c));
 }
+
+#[test]
+fn without_a_scan_only_deadlines_end_drains() {
+    let mut h = Harness::new();
+    let d = h.id("10.0.0.12");
+    ok(h.request(Request::BackendRemove {
+        virtual_server: "aovpn".into(),
+        address: ip("10.0.0.12"),
+        drain: Some(Duration::from_secs(30)),
+    }));
+    // No client at all, but no scan either: the drain goes on.
+    assert_eq!(h.c.end_drains(&mut h.lb, h.now, None).unwrap(), Effects::default());
+    assert!(h.lb.backend(d).is_some());
+    // A scan with no active client ends it.
+    let e = h.c.end_drains(&mut h.lb, h.now, Some(&[])).unwrap();
+    assert!(e.targets_changed);
+    assert!(h.lb.backend(d).is_none());
+    // The reader the daemon runs off the loop sees what the map holds.
+    h.route(0, client(1));
+    let read = h.lb.dataplane().persistence_v4_reader().unwrap();
+    assert_eq!(read().unwrap().len(), 1);
+}
