@@ -530,7 +530,10 @@ impl Controller {
             let n = clients.as_ref().map(|c| c.get(&id).copied().unwrap_or(0));
             if now.wall >= until {
                 let left = n.map_or_else(String::new, |n| format!(" with {n} active clients left"));
-                done.push((id, format!("drain deadline reached{left} (re-balanced on their next packet)")));
+                done.push((
+                    id,
+                    format!("drain deadline reached{left} (re-balanced on their next packet)"),
+                ));
             } else if n == Some(0) {
                 done.push((id, "drained: no active client left".to_owned()));
             }
@@ -576,13 +579,43 @@ impl Controller {
                 address,
                 drain,
             } => self.remove(lb, &virtual_server, address, drain, &mut effects, now),
-            Request::BackendList => self
-                .list(lb, now)
-                .map(|backends| Reply::Backends { backends }),
-            Request::Status => self.status(lb, now).map(Reply::Status),
+            Request::BackendList | Request::Status => {
+                let response = lb
+                    .dataplane()
+                    .persistence_v4()
+                    .map_err(dp_error)
+                    .map(|entries| self.answer_with(lb, &request, &entries, now));
+                return (response.unwrap_or_else(Response::Error), effects);
+            }
             Request::Lookup { client } => self.lookup(lb, client, now),
         };
         (result.into(), effects)
+    }
+
+    /// Whether `request` reads the whole persistence map (the daemon answers it with
+    /// [`answer_with`](Controller::answer_with) once a scan off the loop is done).
+    pub fn needs_scan(request: &Request) -> bool {
+        matches!(request, Request::BackendList | Request::Status)
+    }
+
+    /// Answers a read-only request with `entries`, a read of `PERSIST_V4`.
+    pub fn answer_with<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        request: &Request,
+        entries: &[(PersistKeyV4, PersistValue)],
+        now: Clock,
+    ) -> Response {
+        match request {
+            Request::BackendList => Response::Ok(Reply::Backends {
+                backends: self.list(lb, entries, now),
+            }),
+            Request::Status => Response::Ok(Reply::Status(self.status(lb, entries, now))),
+            other => Response::Error(ApiError::new(
+                ErrorCode::Internal,
+                format!("{other:?} is not answered from a persistence scan"),
+            )),
+        }
     }
 
     fn add<D: Dataplane>(
@@ -715,24 +748,28 @@ impl Controller {
     fn list<D: Dataplane>(
         &self,
         lb: &Balancer<D>,
+        entries: &[(PersistKeyV4, PersistValue)],
         now: Clock,
-    ) -> Result<Vec<BackendInfo>, ApiError> {
-        let clients = self.active_clients(lb, now)?;
-        Ok(lb
-            .services()
+    ) -> Vec<BackendInfo> {
+        let clients = count_active(lb, entries, now.tick, self.config.persist_timeout_ticks());
+        lb.services()
             .iter()
             .flat_map(|s| s.members.iter())
             .filter_map(|id| lb.backend(*id))
             .map(|b| self.info(lb, b, &clients))
-            .collect())
+            .collect()
     }
 
-    fn status<D: Dataplane>(&self, lb: &Balancer<D>, now: Clock) -> Result<Status, ApiError> {
-        let backends = self.list(lb, now)?;
-        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?.len() as u64;
+    fn status<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        entries: &[(PersistKeyV4, PersistValue)],
+        now: Clock,
+    ) -> Status {
+        let backends = self.list(lb, entries, now);
         let c = &self.config;
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
-        Ok(Status {
+        Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -750,7 +787,7 @@ impl Controller {
                 rise: c.health_check.rise,
             },
             persistence: PersistenceInfo {
-                entries,
+                entries: entries.len() as u64,
                 capacity: c.persistence_entries,
                 timeout: fmt(c.persistence_timeout),
             },
@@ -774,7 +811,7 @@ impl Controller {
                     }
                 })
                 .collect(),
-        })
+        }
     }
 
     fn lookup<D: Dataplane>(
@@ -1093,8 +1130,8 @@ pub enum Event {
     Request(Request, oneshot::Sender<Response>),
     /// Time to check drain deadlines (and maybe to start a persistence scan).
     DrainCheck,
-    /// A persistence scan for drains finished.
-    DrainScanned(Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>),
+    /// A persistence scan (for drains, `backend list`, `status`) finished.
+    Scanned(Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>),
 }
 
 /// A `PERSIST_V4` scan running in the blocking pool.
@@ -1107,10 +1144,12 @@ pub struct Runtime {
     reports: mpsc::Receiver<Vec<Report>>,
     requests: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
     drain_tick: tokio::time::Interval,
-    /// The drain scan in flight, and when the last one started: scans (two syscalls per
-    /// entry) run off the loop, at most once per health interval.
+    /// The persistence scan in flight, and when the last one for drains started. Scans
+    /// (two syscalls per entry) run off the loop: for drains at most once per health
+    /// interval, and for `backend list`/`status`, which wait in `queries` for it.
     scan: Option<Scan>,
     last_scan: Option<tokio::time::Instant>,
+    queries: Vec<(Request, oneshot::Sender<Response>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -1171,6 +1210,7 @@ impl Runtime {
             drain_tick,
             scan: None,
             last_scan: None,
+            queries: Vec::new(),
             tasks,
         })
     }
@@ -1187,7 +1227,7 @@ impl Runtime {
                 if self.scan.is_some() =>
             {
                 self.scan = None;
-                Event::DrainScanned(
+                Event::Scanned(
                     done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
                 )
             }
@@ -1210,16 +1250,35 @@ impl Runtime {
                 self.maybe_scan(lb);
                 effects
             }
-            Event::DrainScanned(Ok(entries)) => self
-                .controller
-                .end_drains(lb, Clock::now(), Some(&entries))
-                .unwrap_or_else(|e| {
-                    warn!("ending drains: {e}");
-                    Effects::default()
-                }),
-            Event::DrainScanned(Err(e)) => {
-                warn!("reading the persistence map for drains: {}", crate::error_chain(&e));
+            Event::Scanned(Ok(entries)) => {
+                let now = Clock::now();
+                for (request, reply) in self.queries.drain(..) {
+                    let _ = reply.send(self.controller.answer_with(lb, &request, &entries, now));
+                }
+                self.controller
+                    .end_drains(lb, now, Some(&entries))
+                    .unwrap_or_else(|e| {
+                        warn!("ending drains: {e}");
+                        Effects::default()
+                    })
+            }
+            Event::Scanned(Err(e)) => {
+                let message = crate::error_chain(&e);
+                warn!("reading the persistence map: {message}");
+                for (_, reply) in self.queries.drain(..) {
+                    let _ = reply.send(Response::Error(ApiError::new(
+                        ErrorCode::Internal,
+                        message.clone(),
+                    )));
+                }
                 Effects::default()
+            }
+            Event::Request(request, reply) if Controller::needs_scan(&request) => {
+                self.queries.push((request, reply));
+                if self.scan.is_none() {
+                    self.start_scan(lb);
+                }
+                return false;
             }
             Event::Request(request, reply) => {
                 let mutating = matches!(
@@ -1267,13 +1326,17 @@ impl Runtime {
         if self.scan.is_some() || !due || !self.controller.draining(lb) {
             return;
         }
-        match lb.dataplane().persistence_v4_reader() {
-            Ok(read) => {
-                self.last_scan = Some(tokio::time::Instant::now());
-                self.scan = Some(tokio::task::spawn_blocking(read));
-            }
-            Err(e) => warn!("reading the persistence map for drains: {}", crate::error_chain(&e)),
-        }
+        self.last_scan = Some(tokio::time::Instant::now());
+        self.start_scan(lb);
+    }
+
+    /// Starts a persistence scan in the blocking pool; a failure to start is reported as
+    /// the scan's result.
+    fn start_scan<D: Dataplane>(&mut self, lb: &Balancer<D>) {
+        self.scan = Some(match lb.dataplane().persistence_v4_reader() {
+            Ok(read) => tokio::task::spawn_blocking(read),
+            Err(e) => tokio::spawn(async move { Err(e) }),
+        });
     }
 }
 
