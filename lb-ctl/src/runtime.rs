@@ -1186,6 +1186,10 @@ impl Runtime {
         observer: Option<ProbeObserver>,
     ) -> Result<Self, RuntimeError> {
         let config = controller.config().clone();
+        // The socket first: a second daemon with the same socket stops here, before it
+        // probes or writes anything.
+        let mut socket = ControlSocket::bind(&config.control_socket)?;
+        info!(socket = %socket.path().display(), "control socket ready");
         let prober = Arc::new(IcmpProber::new()?);
         let monitor = Monitor::new(prober, config.health_check, observer);
         let targets = controller.targets(lb);
@@ -1194,8 +1198,6 @@ impl Runtime {
         let (targets_tx, targets_rx) = watch::channel(targets);
         let (reports_tx, reports_rx) = mpsc::channel(16);
         let (requests_tx, requests_rx) = mpsc::channel(16);
-        let mut socket = ControlSocket::bind(&config.control_socket)?;
-        info!(socket = %socket.path().display(), "control socket ready");
         let tasks = vec![
             tokio::spawn(monitor.run(targets_rx, reports_tx)),
             tokio::spawn(async move { socket.serve(requests_tx).await }),

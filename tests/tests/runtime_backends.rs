@@ -597,6 +597,36 @@ fn bad_requests_and_arguments_change_nothing() {
         "{raw}"
     );
 
+    // A second daemon on the same socket refuses to start and leaves the first alone.
+    let second = lab
+        .gateway
+        .command(&lb_ctl)
+        .arg("daemon")
+        .arg("--config")
+        .arg(lab.dir().join("ikelb.yaml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run a second daemon");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "a second daemon started: {stderr}"
+    );
+    // Refused on the first endpoint it finds taken (metrics listener or control socket).
+    assert!(
+        stderr.contains("another daemon is serving the control socket")
+            || stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    assert!(
+        sock.exists(),
+        "the second daemon removed the first one's socket"
+    );
+    assert!(
+        lab.gateway.xdp("ext").unwrap().is_some() && lab.gateway.xdp("int").unwrap().is_some(),
+        "the second daemon detached the first one's program"
+    );
+
     // Another user may not even connect (mode 0600).
     let other = lab.gateway.exec(
         "setpriv",
