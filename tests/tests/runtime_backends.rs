@@ -350,7 +350,11 @@ fn drain_keeps_clients_until_the_deadline_and_takes_no_new_one() {
         "a new client landed on draining b2"
     );
     let traffic = clients.background(Duration::from_millis(100), Duration::from_millis(200));
-    std::thread::sleep(drain.saturating_sub(t0.elapsed()) - Duration::from_millis(500));
+    std::thread::sleep(
+        drain
+            .saturating_sub(t0.elapsed())
+            .saturating_sub(Duration::from_millis(500)),
+    );
     let (clients, rounds) = traffic.stop().expect("traffic");
     assert!(
         t0.elapsed() < drain,
