@@ -887,7 +887,10 @@ fn without_a_scan_only_deadlines_end_drains() {
         drain: Some(Duration::from_secs(30)),
     }));
     // No client at all, but no scan either: the drain goes on.
-    assert_eq!(h.c.end_drains(&mut h.lb, h.now, None).unwrap(), Effects::default());
+    assert_eq!(
+        h.c.end_drains(&mut h.lb, h.now, None).unwrap(),
+        Effects::default()
+    );
     assert!(h.lb.backend(d).is_some());
     // A scan with no active client ends it.
     let e = h.c.end_drains(&mut h.lb, h.now, Some(&[])).unwrap();
