@@ -35,6 +35,14 @@ enum Task {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Benchmark (root, < 10 min, not part of `test`): program cost, closed-loop throughput
+    /// against a trivial forwarder and nftables, memory, control plane. Prints a table,
+    /// writes target/bench/results.json and docs/bench-closed-loop.png (docs/benchmarks.md).
+    Bench {
+        /// Extra arguments for `ikelb-bench` (e.g. `--seconds 5 --repeats 5`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,7 +50,42 @@ fn main() -> Result<()> {
         Task::Bootstrap => bootstrap::all(),
         Task::Test { args } => test(&args),
         Task::Run { config } => run(config),
+        Task::Bench { args } => bench(&args),
     }
+}
+
+/// Builds `lb-ctl` and `ikelb-bench` in release and runs the benchmark as root.
+fn bench(args: &[String]) -> Result<()> {
+    bootstrap::all()?;
+    if !cmd::is_root() {
+        anyhow::bail!(
+            "the benchmark loads XDP programs and builds network namespaces: run it as root"
+        );
+    }
+    // The chart's font (plotters renders text with ab_glyph from a TrueType file).
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    if !std::path::Path::new(FONT).exists() {
+        cmd::step("installing fonts-dejavu-core (the benchmark chart's font)");
+        cmd::run("apt-get", &["update", "-qq"])?;
+        cmd::run("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "fonts-dejavu-core"])?;
+    }
+    cmd::step("build lb-ctl and ikelb-bench (release)");
+    cmd::cargo(&["build", "--release", "-p", "lb-ctl", "--bin", "lb-ctl"])?;
+    cmd::cargo(&["build", "--release", "-p", "xtask", "--features", "bench", "--bin", "ikelb-bench"])?;
+    let release = cmd::target_dir().join("release");
+    let out = cmd::target_dir().join("bench");
+    let chart = cmd::workspace_root().join("docs/bench-closed-loop.png");
+    cmd::step("ikelb-bench (about 5 minutes)");
+    let mut all: Vec<std::ffi::OsString> = vec![
+        "--lb-ctl".into(),
+        release.join("lb-ctl").into(),
+        "--out".into(),
+        out.into(),
+        "--chart".into(),
+        chart.into(),
+    ];
+    all.extend(args.iter().map(Into::into));
+    cmd::exec(&release.join("ikelb-bench"), &all)
 }
 
 /// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces).

@@ -1,0 +1,457 @@
+//! Throughput through real veth in a single-core closed loop:
+//!
+//! ```text
+//!            ┌ to_a ══ in [gw-a: MAC swap + redirect] out ══ s0 [sink-a] ┐
+//!  [gen] ────┼ to_b ══ in [gw-b: lb-ctl daemon, ikelb] out ══ s0 [sink-b] ┤ XDP_DROP +
+//!  stamp,    ├ to_c ══ in [gw-c: nft DNAT jhash + conntrack] out ══ s0 [sink-c] ┤ per-CPU count
+//!  live      └ to_d ══ in [gw-d: kernel forwarding] out ══ s0 [sink-d] ┘
+//! ```
+//!
+//! The generator is `bench_stamp` driven by `BPF_PROG_TEST_RUN` with
+//! `BPF_F_TEST_XDP_LIVE_FRAMES` (batch 64) on the chosen `to_*` veth: every frame is rewritten
+//! from the template (next client address) and sent with XDP_TX into that gateway. Everything
+//! downstream — the gateway's NAPI, its XDP program or the kernel stack, the sink's NAPI and
+//! XDP program — runs in the softirqs the generator's `local_bh_enable` triggers, on the
+//! generator's CPU: one core carries the whole loop, so packets per second measure the cost
+//! per packet of the path. The four gateways stay configured for the whole run, so the
+//! variants alternate (A B C D, A B C D, …) with nothing rebuilt in between.
+//!
+//! * gw-a: `bench_fwd` (MAC swap + devmap redirect): the physical limit of this path.
+//! * gw-b: `lb-ctl daemon` with the benchmark configuration — the real program with the maps
+//!   the daemon fills (it resolves the backends and health-checks them like in production;
+//!   the sinks hold the backend addresses and answer ARP and ping through the kernel).
+//! * gw-c: nftables DNAT `jhash ip saddr mod 10 map {…}` with conntrack, kernel forwarding.
+//! * gw-d: kernel forwarding, a static route for the VIP.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{DevMap, MapData, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_ctl::EBPF_OBJECT;
+
+use crate::{
+    frame::{self, BenchCfg, Template, FRAME_LEN, MODE_FORWARD},
+    lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
+    stats::median,
+    sys::{self, ChildGuard, NetNs, Prefix, Sysctl, TempDir},
+};
+
+/// The compared paths, in the order they alternate.
+pub const VARIANTS: [(&str, &str); 4] = [
+    ("trivial", "MAC swap + redirect (XDP)"),
+    ("ikelb", "ikelb (lb-ctl daemon)"),
+    ("nft", "nft DNAT jhash + conntrack"),
+    ("kernel", "kernel forwarding"),
+];
+
+/// Client counts of the sweep.
+pub const SIZES: [(&str, u32); 3] = [("1k", 1_000), ("64k", 65_536), ("1M", 1_000_000)];
+
+const CLIENT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+/// Frames per test_run call (≈ 20–100 ms); the loop stops at the first call past the deadline.
+const CHUNK: u32 = 1 << 16;
+const BATCH: u32 = 64;
+
+/// Conntrack entries the nft gateway needs at 1M clients (the per-namespace value is
+/// read-only: the global one is raised for the run and restored).
+const CONNTRACK_MAX: &str = "2097152";
+const CONNTRACK_BUCKETS: &str = "1048576";
+
+pub struct Options {
+    pub cpu: usize,
+    pub daemon_cpu: usize,
+    pub measure: Duration,
+    pub repeats: usize,
+    pub lb_ctl: PathBuf,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub size: &'static str,
+    pub variant: &'static str,
+    pub repeat: usize,
+    pub generated: u64,
+    pub received: u64,
+    pub secs: f64,
+    pub mpps: f64,
+}
+
+pub struct Results {
+    pub samples: Vec<Sample>,
+    pub opts_cpu: usize,
+    pub measure_secs: f64,
+    pub repeats: usize,
+}
+
+impl Results {
+    /// Median Mpps of a (size, variant).
+    pub fn median(&self, size: &str, variant: &str) -> f64 {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.size == size && s.variant == variant)
+            .map(|s| s.mpps)
+            .collect();
+        median(&v)
+    }
+
+    /// The samples of an earlier `results.json`, and its machine line (for `--redraw`).
+    pub fn from_json(text: &str) -> Result<(Self, String)> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let mut samples = Vec::new();
+        for s in v["closed_loop_samples"].as_array().context("closed_loop_samples")? {
+            let size = SIZES
+                .iter()
+                .find(|(k, _)| s["clients"] == *k)
+                .context("unknown size")?
+                .0;
+            let variant = VARIANTS
+                .iter()
+                .find(|(k, _)| s["variant"] == *k)
+                .context("unknown variant")?
+                .0;
+            samples.push(Sample {
+                size,
+                variant,
+                repeat: s["repeat"].as_u64().unwrap_or(0) as usize,
+                generated: s["generated"].as_u64().unwrap_or(0),
+                received: s["received"].as_u64().unwrap_or(0),
+                secs: s["seconds"].as_f64().unwrap_or(0.0),
+                mpps: s["mpps"].as_f64().unwrap_or(0.0),
+            });
+        }
+        let m = &v["machine"];
+        let machine = format!(
+            "{} · {} vCPU {} · {:.0} GiB · Linux {} · ikelb {} · cargo xtask bench",
+            m["date"].as_str().unwrap_or(""),
+            m["cpus"],
+            m["cpu"].as_str().unwrap_or(""),
+            m["mem_gib"].as_f64().unwrap_or(0.0),
+            m["kernel"].as_str().unwrap_or(""),
+            m["commit"].as_str().unwrap_or("")
+        );
+        let method = &v["closed_loop_method"];
+        Ok((
+            Self {
+                samples,
+                opts_cpu: method["cpu"].as_u64().unwrap_or(0) as usize,
+                measure_secs: method["seconds_per_point"].as_f64().unwrap_or(0.0),
+                repeats: method["repeats"].as_u64().unwrap_or(0) as usize,
+            },
+            machine,
+        ))
+    }
+
+    /// Frames generated but not counted by the sink, summed over the measurements of a
+    /// (size, variant).
+    pub fn lost(&self, size: &str, variant: &str) -> u64 {
+        self.samples
+            .iter()
+            .filter(|s| s.size == size && s.variant == variant)
+            .map(|s| s.generated.saturating_sub(s.received))
+            .sum()
+    }
+}
+
+/// Everything the loop is made of, torn down in field order: the daemon first, then the
+/// programs, the namespaces, the run directory (bpffs) and the global sysctls.
+struct Rig {
+    daemon: Option<ChildGuard>,
+    ebpf: Ebpf,
+    gen: NetNs,
+    _gws: Vec<NetNs>,
+    _sinks: Vec<NetNs>,
+    _dir: TempDir,
+    _conntrack: (Sysctl, Sysctl),
+    /// Per variant: the generator's egress ifindex and the frame template.
+    paths: Vec<(u32, Template)>,
+    log: PathBuf,
+}
+
+pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
+    let mut rig = build(prefix, o)?;
+    let mut samples = Vec::new();
+    for (size, clients) in SIZES {
+        set_clients(&mut rig, clients)?;
+        for repeat in 0..o.repeats {
+            for (vi, (variant, _)) in VARIANTS.iter().enumerate() {
+                // Warm-up: in the first round of a size every path sees every client at
+                // least twice (LRU entries, conntrack entries exist before measuring).
+                let (min_frames, min_time) = if repeat == 0 {
+                    (2 * u64::from(clients), Duration::from_secs(1))
+                } else {
+                    (0, Duration::from_millis(500))
+                };
+                lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
+                run_calls(&rig, vi, o.cpu, CHUNK, |elapsed, frames| {
+                    elapsed < min_time || frames < min_frames
+                })?;
+                thread::sleep(Duration::from_millis(20));
+                let before = sink_count(&rig.ebpf)?;
+                let (generated, secs) = generate(&mut rig, vi, o.measure, o.cpu)?;
+                thread::sleep(Duration::from_millis(50));
+                let received = sink_count(&rig.ebpf)? - before;
+                let mpps = received as f64 / secs / 1e6;
+                eprintln!(
+                    "  closed loop {size:>3} {variant:8} #{repeat}: {mpps:6.3} Mpps \
+                     ({received} of {generated} frames in {secs:.2} s)"
+                );
+                samples.push(Sample {
+                    size,
+                    variant,
+                    repeat,
+                    generated,
+                    received,
+                    secs,
+                    mpps,
+                });
+            }
+        }
+    }
+    if let Some(d) = rig.daemon.as_mut() {
+        if !d.alive() {
+            bail!("the daemon exited during the run; its log: {}", tail(&rig.log));
+        }
+    }
+    Ok(Results {
+        samples,
+        opts_cpu: o.cpu,
+        measure_secs: o.measure.as_secs_f64(),
+        repeats: o.repeats,
+    })
+}
+
+fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
+    let conntrack = (
+        Sysctl::set("net/netfilter/nf_conntrack_max", CONNTRACK_MAX)?,
+        Sysctl::set("net/netfilter/nf_conntrack_buckets", CONNTRACK_BUCKETS)?,
+    );
+    let mut dir = TempDir::new(prefix, "loop")?;
+    let bpffs = dir.mount_bpffs()?;
+    let gen = NetNs::new(prefix.name("gen"))?;
+    let mut gws = Vec::new();
+    let mut sinks = Vec::new();
+    let letters = ['a', 'b', 'c', 'd'];
+    for l in letters {
+        let gw = NetNs::new(prefix.name(&format!("gw{l}")))?;
+        let sink = NetNs::new(prefix.name(&format!("sink{l}")))?;
+        sys::veth((&gen, &format!("to_{l}")), (&gw, "in"))?;
+        sys::veth((&gw, "out"), (&sink, "s0"))?;
+        let mut cmds = String::from(
+            "addr add 192.0.2.1/24 dev in\naddr add 10.0.0.1/24 dev out\n",
+        );
+        if l == 'd' {
+            cmds.push_str(&format!("route add {VIP}/32 via {}\n", backend_addr(0)));
+        }
+        gw.ip_batch(&cmds)?;
+        for key in [
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/all/rp_filter",
+            "net/ipv4/conf/default/rp_filter",
+            "net/ipv4/conf/in/rp_filter",
+        ] {
+            gw.sysctl(key, if key.ends_with("ip_forward") { "1" } else { "0" })?;
+        }
+        let mut cmds = String::new();
+        for i in 0..BACKENDS {
+            cmds.push_str(&format!("addr add {}/24 dev s0\n", backend_addr(i)));
+        }
+        sink.ip_batch(&cmds)?;
+        gws.push(gw);
+        sinks.push(sink);
+    }
+    // Kernel paths: NAPI on the gateway's ingress veth (GRO) so XDP_TX frames from the
+    // generator are accepted (a veth drops XDP frames unless the receiver has XDP or GRO).
+    for gw in &gws[2..] {
+        gw.exec("ethtool", &["-K", "in", "gro", "on"])?;
+    }
+    nft_rules(&gws[2])?;
+
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the XDP object (bench programs)")?;
+    for p in ["bench_stamp", "bench_sink", "bench_fwd"] {
+        lb::load_prog(&mut ebpf, p)?;
+    }
+    for sink in &sinks {
+        let prog: &mut Xdp = ebpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
+        sink.run(|| {
+            prog.attach("s0", XdpMode::Driver)
+                .context("attach bench_sink (native)")
+        })?;
+    }
+    {
+        let out = gws[0].ifindex("out")?;
+        let mut tx: DevMap<&mut MapData> =
+            DevMap::try_from(ebpf.map_mut("BENCH_TX").context("BENCH_TX")?)?;
+        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw-a out"))?;
+        let prog: &mut Xdp = ebpf.program_mut("bench_fwd").context("bench_fwd")?.try_into()?;
+        gws[0].run(|| prog.attach("in", XdpMode::Driver).context("attach bench_fwd"))?;
+    }
+
+    let mut paths = Vec::new();
+    for (i, l) in letters.iter().enumerate() {
+        let ifname = format!("to_{l}");
+        let t = frame::template(gws[i].mac("in")?, gen.mac(&ifname)?, Some(VIP));
+        paths.push((gen.ifindex(&ifname)?, t));
+    }
+
+    let log = dir.path.join("daemon.log");
+    let mut rig = Rig {
+        daemon: None,
+        ebpf,
+        gen,
+        _gws: gws,
+        _sinks: sinks,
+        _dir: dir,
+        _conntrack: conntrack,
+        paths,
+        log,
+    };
+    start_daemon(&mut rig, prefix, o, &bpffs)?;
+    Ok(rig)
+}
+
+fn nft_rules(gw: &NetNs) -> Result<()> {
+    let map: Vec<String> = (0..BACKENDS)
+        .map(|i| format!("{i} : {}", backend_addr(i)))
+        .collect();
+    let rules = format!(
+        "table ip ikelb_bench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {VIP} udp dport {{ 500, 4500 }} dnat to jhash ip saddr mod {BACKENDS} map {{ {} }}\n  }}\n}}\n",
+        map.join(", ")
+    );
+    sys::run_stdin("ip", &["netns", "exec", gw.name(), "nft", "-f", "-"], &rules)
+        .context("loading the nft DNAT rules")
+}
+
+/// Starts `lb-ctl daemon` in gw-b (pinned to the other CPU) and waits until it forwards every
+/// frame of a probe burst (backends resolved and health-checked up).
+fn start_daemon(rig: &mut Rig, prefix: &Prefix, o: &Options, bpffs: &Path) -> Result<()> {
+    let gw = prefix.name("gwb");
+    let dir = rig._dir.path.clone();
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
+    let yaml = lb::config_yaml(
+        &["in", "out"],
+        &backends,
+        Some(&DaemonPaths { dir: &dir, bpffs }),
+    );
+    let cfg_path = dir.join("ikelb.yaml");
+    fs::write(&cfg_path, &yaml)?;
+    let log = fs::File::create(&rig.log)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &gw, "taskset", "-c", &o.daemon_cpu.to_string()])
+        .arg(&o.lb_ctl)
+        .args(["daemon", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting lb-ctl daemon")?;
+    rig.daemon = Some(ChildGuard {
+        child,
+        what: "lb-ctl daemon".into(),
+    });
+    set_clients(rig, 1_000)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        sys::check_interrupted()?;
+        if !rig.daemon.as_mut().expect("set").alive() {
+            bail!("lb-ctl daemon exited; its log:\n{}", tail(&rig.log));
+        }
+        let before = sink_count(&rig.ebpf)?;
+        let (generated, _) = generate_n(rig, 1, 4096, o.cpu)?;
+        thread::sleep(Duration::from_millis(20));
+        if sink_count(&rig.ebpf)? - before == generated {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ikelb did not forward within 60 s of the daemon's start; its log:\n{}",
+                tail(&rig.log)
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn set_clients(rig: &mut Rig, clients: u32) -> Result<()> {
+    lb::set_cfg(
+        &mut rig.ebpf,
+        BenchCfg {
+            mode: MODE_FORWARD,
+            clients,
+            base: CLIENT_BASE,
+            _pad: 0,
+        },
+    )
+}
+
+fn sink_count(ebpf: &Ebpf) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map("BENCH_SINK").context("BENCH_SINK")?)?;
+    Ok(m.get(&0, 0)?.iter().sum())
+}
+
+/// Generates through variant `vi` for `dur`; (frames generated, seconds).
+fn generate(rig: &mut Rig, vi: usize, dur: Duration, cpu: usize) -> Result<(u64, f64)> {
+    lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
+    run_calls(rig, vi, cpu, CHUNK, |elapsed, _| elapsed < dur)
+}
+
+/// Generates `n` frames (one call) through variant `vi`.
+fn generate_n(rig: &mut Rig, vi: usize, n: u32, cpu: usize) -> Result<(u64, f64)> {
+    lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
+    run_calls(rig, vi, cpu, n, |_, frames| frames == 0)
+}
+
+fn run_calls(
+    rig: &Rig,
+    vi: usize,
+    cpu: usize,
+    chunk: u32,
+    go_on: impl Fn(Duration, u64) -> bool + Send + Sync,
+) -> Result<(u64, f64)> {
+    let prog: &Xdp = lb::prog(&rig.ebpf, "bench_stamp")?;
+    let (ifindex, ref t) = rig.paths[vi];
+    let md = frame::xdp_md(ifindex, FRAME_LEN);
+    let frame_bytes = &t.frame;
+    rig.gen.run(|| {
+        sys::pin_to_cpu(cpu)?;
+        let start = Instant::now();
+        let mut generated = 0u64;
+        while go_on(start.elapsed(), generated) {
+            sys::check_interrupted()?;
+            prog.test_run(TestRunOptions {
+                    data_in: Some(frame_bytes),
+                    ctx_in: Some(&md),
+                    repeat: chunk,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::new()
+                })
+                .context("test_run (live frames) of the generator")?;
+            generated += u64::from(chunk);
+        }
+        Ok((generated, start.elapsed().as_secs_f64()))
+    })
+}

@@ -1,0 +1,126 @@
+//! The frames the benchmark sends and the bench maps' user-side layouts (mirrors of
+//! `lb-ebpf/src/bench/mod.rs`).
+
+use std::net::Ipv4Addr;
+
+use lb_common::csum;
+
+/// Bytes of the stamped header block (Ethernet + IPv4 + UDP).
+pub const HEADERS: usize = 42;
+/// Whole frame, without FCS: 64 bytes on the wire with it, the smallest UDP frame class and
+/// the usual packet-rate benchmark size.
+pub const FRAME_LEN: usize = 60;
+/// UDP port of every benchmark frame (IKE; the sink counts only these).
+pub const IKE_PORT: u16 = 500;
+
+/// `BenchCfg::mode` values.
+pub const MODE_FORWARD: u32 = 0;
+pub const MODE_REVERSE: u32 = 1;
+
+/// Value of `BENCH_CFG` (`lb-ebpf/src/bench/mod.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchCfg {
+    pub mode: u32,
+    pub clients: u32,
+    /// First client address, host order.
+    pub base: u32,
+    pub _pad: u32,
+}
+// SAFETY: #[repr(C)], four u32, no padding.
+unsafe impl aya::Pod for BenchCfg {}
+
+/// The template block and a frame built from it (addresses 0 where the stamp writes them).
+pub struct Template {
+    pub block: [u8; 64],
+    pub frame: Vec<u8>,
+}
+
+/// Builds the header block: `daddr` is fixed (`None` = left 0 for the stamp, reverse mode);
+/// the source is always 0 in the template. Checksums are computed over those zeros, so the
+/// stamp only adds the addresses it writes.
+pub fn template(dst_mac: [u8; 6], src_mac: [u8; 6], daddr: Option<Ipv4Addr>) -> Template {
+    let mut f = vec![0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (FRAME_LEN - 14) as u16;
+    let udp_len = ip_len - 20;
+    {
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[8] = 64; // TTL
+        ip[9] = 17; // UDP
+        if let Some(d) = daddr {
+            ip[16..20].copy_from_slice(&d.octets());
+        }
+        let c = csum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    }
+    {
+        f[34..36].copy_from_slice(&IKE_PORT.to_be_bytes());
+        f[36..38].copy_from_slice(&IKE_PORT.to_be_bytes());
+        f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        for (i, b) in f[42..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        // Pseudo-header (RFC 768) with the template's addresses, then header + payload.
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&f[26..30]);
+        pseudo[4..8].copy_from_slice(&f[30..34]);
+        pseudo[9] = 17;
+        pseudo[10..12].copy_from_slice(&udp_len.to_be_bytes());
+        let sum = csum::sum_bytes(&f[34..], csum::sum_bytes(&pseudo, 0));
+        let c = match !csum::fold(sum) {
+            0 => 0xffff,
+            c => c,
+        };
+        f[40..42].copy_from_slice(&c.to_ne_bytes());
+    }
+    let mut block = [0u8; 64];
+    block[..HEADERS].copy_from_slice(&f[..HEADERS]);
+    Template { block, frame: f }
+}
+
+/// `struct xdp_md` for `BPF_PROG_TEST_RUN`'s `ctx_in`: the frame arrives on `ifindex` (looked
+/// up in the calling thread's namespace). `data_end` must equal the frame size.
+pub fn xdp_md(ifindex: u32, len: usize) -> [u8; 24] {
+    let words = [0u32, len as u32, 0, ifindex, 0, 0];
+    let mut out = [0u8; 24];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
+/// Host-order client address `i` from `base`, as a wire-order word (`lb-common` byte order).
+pub fn client_wire(base: u32, i: u32) -> u32 {
+    u32::from_ne_bytes(base.wrapping_add(i).to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The template's checksums verify, and so do they after adding an address the way the
+    /// stamp does (incrementally).
+    #[test]
+    fn template_checksums() {
+        let t = template([2; 6], [4; 6], Some(Ipv4Addr::new(203, 0, 113, 10)));
+        assert_eq!(csum::checksum(&t.frame[14..34]), 0);
+        let mut f = t.frame.clone();
+        let client = client_wire(0x2000_0000, 7);
+        let ip_c = u16::from_ne_bytes([f[24], f[25]]);
+        let udp_c = u16::from_ne_bytes([f[40], f[41]]);
+        f[26..30].copy_from_slice(&client.to_ne_bytes());
+        f[24..26].copy_from_slice(&csum::replace32(ip_c, 0, client).to_ne_bytes());
+        f[40..42].copy_from_slice(&csum::udp_replace32(udp_c, 0, client).to_ne_bytes());
+        assert_eq!(csum::checksum(&f[14..34]), 0);
+        let mut pseudo = [0u8; 12];
+        pseudo[0..8].copy_from_slice(&f[26..34]);
+        pseudo[9] = 17;
+        pseudo[10..12].copy_from_slice(&f[38..40]);
+        assert_eq!(csum::fold(csum::sum_bytes(&f[34..], csum::sum_bytes(&pseudo, 0))), 0xffff);
+    }
+}

@@ -1,0 +1,164 @@
+//! ikelb as the daemon sets it up: the benchmark's configuration file, and (for the program
+//! cost) the embedded object loaded with the daemon's globals and map sizes and filled by
+//! `lb_ctl`'s own control logic (`Balancer`), plus the bench programs of the same object.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, MapData},
+    programs::Xdp,
+    Ebpf, EbpfLoader,
+};
+use lb_common::{globals, maps};
+use lb_ctl::{
+    config::{self, Config, Mode},
+    dataplane::AyaDataplane,
+    health::HealthState,
+    state::{backend_capacity, Balancer, IfaceInfo, NextHop},
+    EBPF_OBJECT,
+};
+
+use crate::frame::BenchCfg;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const HASH_SEED: u32 = 0x5eed;
+/// Backends of the benchmark's virtual server: 10.0.0.11 … 10.0.0.(10 + BACKENDS).
+pub const BACKENDS: u32 = 10;
+
+pub fn backend_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 11 + i as u8)
+}
+
+/// Where the daemon keeps its runtime files (all inside the run's temporary directory).
+pub struct DaemonPaths<'a> {
+    pub dir: &'a Path,
+    pub bpffs: &'a Path,
+}
+
+/// The benchmark's configuration: one virtual server (UDP 500/4500 + ESP) over `backends`,
+/// every other key at its default (persistence capacity included) except where the daemon
+/// must keep its files in the run's directory.
+pub fn config_yaml(
+    interfaces: &[&str],
+    backends: &[Ipv4Addr],
+    paths: Option<&DaemonPaths<'_>>,
+) -> String {
+    let mut y = format!(
+        "interfaces: [{}]\nmode: nat\nxdp_mode: native\nhash_seed: {HASH_SEED:#x}\n\
+         virtual_servers:\n  - name: bench\n    vip: {VIP}\n    ports: [500, 4500]\n    \
+         esp: true\n    backends:\n",
+        interfaces.join(", ")
+    );
+    for b in backends {
+        y.push_str(&format!("      - address: {b}\n"));
+    }
+    y.push_str("health_check:\n  interval: 5s\n  timeout: 2s\n");
+    if let Some(p) = paths {
+        y.push_str(&format!(
+            "control:\n  socket: {}\nmetrics:\n  listen: 127.0.0.1:9435\nstate_dir: {}\nbpffs: {}\n",
+            p.dir.join("ctl.sock").display(),
+            p.dir.join("state").display(),
+            p.bpffs.display()
+        ));
+    }
+    y
+}
+
+pub fn parse_config(yaml: &str) -> Result<Config> {
+    config::parse("bench.yaml", yaml).map_err(|e| anyhow::anyhow!("bench config: {e}"))
+}
+
+/// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
+/// `config` (mirrors `lb_ctl::daemon::load`), plus the size of `BENCH_REV`.
+pub fn load_like_daemon(config: &Config, rev_entries: u32) -> Result<Ebpf> {
+    anyhow::ensure!(
+        !EBPF_OBJECT.is_empty(),
+        "lb-ctl was built with AYA_BUILD_SKIP=1: no XDP object embedded"
+    );
+    let services = config.virtual_servers.len() as u32;
+    let capacity = backend_capacity(config.backend_count());
+    let ticks = config.persist_timeout_ticks();
+    let dsr = u32::from(config.mode == Mode::Dsr);
+    let ebpf = EbpfLoader::new()
+        .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
+        .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
+        .override_global(globals::HASH_SEED, &config.hash_seed, true)
+        .override_global(globals::MODE_DSR, &dsr, true)
+        .map_max_entries(maps::RINGS, services * 2 * config.maglev_table_size)
+        .map_max_entries(maps::SERVICES, services)
+        .map_max_entries(maps::VIPS_V4, services)
+        .map_max_entries(maps::VIPS_V6, 1)
+        .map_max_entries(maps::BACKENDS, capacity)
+        .map_max_entries(maps::BACKEND_IDS_V4, capacity)
+        .map_max_entries(maps::BACKEND_IDS_V6, capacity)
+        .map_max_entries(maps::BACKEND_STATS, capacity * 2)
+        .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
+        .map_max_entries(maps::PERSIST_V6, 1)
+        .map_max_entries("BENCH_REV", rev_entries.max(1))
+        .load(EBPF_OBJECT)
+        .context("loading the XDP object")?;
+    Ok(ebpf)
+}
+
+/// Fills the maps exactly as the daemon does (`Balancer::apply`), every backend usable with
+/// next hop `backend_mac` out of interface port 1.
+pub fn fill_like_daemon(
+    ebpf: Ebpf,
+    config: &Config,
+    ifaces: Vec<IfaceInfo>,
+    backend_mac: [u8; 6],
+) -> Result<Balancer<AyaDataplane>> {
+    let capacity = backend_capacity(config.backend_count());
+    let mut b = Balancer::new(AyaDataplane::new(ebpf), config, ifaces, capacity)
+        .map_err(|e| anyhow::anyhow!("{}", lb_ctl::error_chain(&e)))?;
+    let ids: Vec<u32> = b.backends().map(|b| b.id).collect();
+    for id in ids {
+        b.set_next_hop(
+            id,
+            Some(NextHop {
+                port: 1,
+                mac: backend_mac,
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!("{}", lb_ctl::error_chain(&e)))?;
+        // What the health checker reports for a backend that answers.
+        b.set_health(id, HealthState::Up)
+            .map_err(|e| anyhow::anyhow!("{}", lb_ctl::error_chain(&e)))?;
+    }
+    b.apply()
+        .map_err(|e| anyhow::anyhow!("{}", lb_ctl::error_chain(&e)))?;
+    Ok(b)
+}
+
+/// Loads program `name` of `ebpf` into the kernel (verifier) and returns it.
+pub fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let p: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is not in the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    p.load().with_context(|| format!("loading {name}"))?;
+    Ok(p)
+}
+
+pub fn prog<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .with_context(|| format!("program {name} is not in the object"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+pub fn set_cfg(ebpf: &mut Ebpf, cfg: BenchCfg) -> Result<()> {
+    let mut m: Array<&mut MapData, BenchCfg> =
+        Array::try_from(ebpf.map_mut("BENCH_CFG").context("BENCH_CFG")?)?;
+    m.set(0, cfg, 0)?;
+    Ok(())
+}
+
+pub fn set_template(ebpf: &mut Ebpf, block: [u8; 64]) -> Result<()> {
+    let mut m: Array<&mut MapData, [u8; 64]> =
+        Array::try_from(ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?)?;
+    m.set(0, block, 0)?;
+    Ok(())
+}

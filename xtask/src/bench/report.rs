@@ -1,0 +1,321 @@
+//! The readable table on stdout, `target/bench/results.json`, and the targets of issue 4
+//! checked against the figures (reported, never asserted).
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    closed_loop::{self, SIZES, VARIANTS},
+    control::{self, Health, MAGLEV_M},
+    progcost::ProgCost,
+};
+
+/// Where and when the figures were taken.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    pub date: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub mem_gib: f64,
+    pub load_start: String,
+    pub load_end: String,
+    pub commit: String,
+    pub nightly: String,
+    pub seconds: f64,
+}
+
+impl Machine {
+    pub fn one_line(&self) -> String {
+        format!(
+            "{} · {} vCPU {} · {:.0} GiB · Linux {} · ikelb {} · {}",
+            self.date, self.cpus, self.cpu, self.mem_gib, self.kernel, self.commit, "cargo xtask bench"
+        )
+    }
+}
+
+pub struct All<'a> {
+    pub machine: &'a Machine,
+    pub prog: &'a ProgCost,
+    pub closed: &'a closed_loop::Results,
+    pub maglev: &'a [(u32, f64)],
+    pub health: &'a Health,
+}
+
+struct Target {
+    what: &'static str,
+    value: f64,
+    goal: f64,
+    higher_is_better: bool,
+    unit: &'static str,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        if self.higher_is_better {
+            self.value >= self.goal
+        } else {
+            self.value <= self.goal
+        }
+    }
+}
+
+fn targets(a: &All<'_>) -> Vec<Target> {
+    let c = a.closed;
+    let ratio = |s: &str, v: &str| c.median(s, "ikelb") / c.median(s, v);
+    vec![
+        Target {
+            what: "ikelb ÷ trivial forwarder at 64k clients",
+            value: ratio("64k", "trivial"),
+            goal: 0.85,
+            higher_is_better: true,
+            unit: "",
+        },
+        Target {
+            what: "ikelb ÷ trivial forwarder at 1M clients",
+            value: ratio("1M", "trivial"),
+            goal: 0.70,
+            higher_is_better: true,
+            unit: "",
+        },
+        Target {
+            what: "ikelb ÷ nft DNAT+conntrack at 64k clients",
+            value: ratio("64k", "nft"),
+            goal: 4.0,
+            higher_is_better: true,
+            unit: "×",
+        },
+        Target {
+            what: "bytes per persistence entry",
+            value: bytes_per_entry(a.prog),
+            goal: 100.0,
+            higher_is_better: false,
+            unit: " B",
+        },
+        Target {
+            what: "hit-path cost over stamp at 64k clients",
+            value: a
+                .prog
+                .rows
+                .iter()
+                .find(|r| r.key == "hit_64k")
+                .map_or(f64::NAN, |r| r.cost_ns),
+            goal: 60.0,
+            higher_is_better: false,
+            unit: " ns",
+        },
+    ]
+}
+
+pub fn bytes_per_entry(p: &ProgCost) -> f64 {
+    p.memory.persist_memlock as f64 / f64::from(p.memory.persist_entries)
+}
+
+pub fn table(a: &All<'_>) -> String {
+    let mut o = String::new();
+    let m = a.machine;
+    o += &format!(
+        "ikelb benchmark — {}\n  machine: {} vCPU, {}, {:.0} GiB, Linux {}\n  \
+         ikelb {} (BPF built with {}); load average at start {}, at end {}; {:.0} s\n\n",
+        m.date, m.cpus, m.cpu, m.mem_gib, m.kernel, m.commit, m.nightly, m.load_start, m.load_end,
+        m.seconds
+    );
+
+    let p = a.prog;
+    o += &format!(
+        "1. Program cost — BPF_PROG_TEST_RUN, stamp method, pinned to CPU {}, {} trials × {} \
+         frames, medians\n",
+        p.cpu, p.trials, p.repeat
+    );
+    o += &format!(
+        "   {:<9} {:<58} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8}\n",
+        "row", "path", "clients", "stamp", "stamp+lb", "ikelb", "spread", "resident"
+    );
+    for r in &p.rows {
+        o += &format!(
+            "   {:<9} {:<58} {:>9} {:>6.0}ns {:>8.0}ns {:>7.0}ns {:>5.0}ns {:>8}\n",
+            r.key,
+            r.what,
+            r.clients,
+            r.stamp_ns,
+            r.lb_ns,
+            r.cost_ns,
+            r.spread_ns,
+            r.resident
+                .map_or(String::new(), |f| format!("{:.1}%", f * 100.0))
+        );
+    }
+
+    let c = a.closed;
+    o += &format!(
+        "\n2. Closed loop — one core (CPU {}), 60-byte frames (64 on the wire), {} × {:.0} s per \
+         point, variants alternating, medians, Mpps\n",
+        c.opts_cpu, c.repeats, c.measure_secs
+    );
+    o += &format!("   {:<8}", "clients");
+    for (v, _) in VARIANTS {
+        o += &format!(" {v:>8}");
+    }
+    o += &format!(" {:>14} {:>10} {:>14}\n", "ikelb÷trivial", "ikelb÷nft", "sink≠generated");
+    for (s, _) in SIZES {
+        o += &format!("   {s:<8}");
+        for (v, _) in VARIANTS {
+            o += &format!(" {:>8.3}", c.median(s, v));
+        }
+        let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
+        o += &format!(
+            " {:>14.2} {:>9.2}× {:>14}\n",
+            c.median(s, "ikelb") / c.median(s, "trivial"),
+            c.median(s, "ikelb") / c.median(s, "nft"),
+            if lost == 0 {
+                "0".to_owned()
+            } else {
+                format!("{lost} lost")
+            }
+        );
+    }
+    o += "   (trivial = XDP MAC swap + redirect, the path's physical limit; ikelb = lb-ctl daemon;\n\
+          \x20   nft = kernel forwarding + nft DNAT jhash ip saddr mod 10 + conntrack; kernel = plain forwarding)\n";
+
+    let mem = &p.memory;
+    o += &format!(
+        "\n3. Memory — PERSIST_V4 at its configured capacity ({} entries): memlock {} B = {:.1} B \
+         per entry; 1,000,000 clients ≈ {:.1} MB.\n   Every map of the daemon's configuration \
+         (1 virtual server, M = {}): {:.1} MB.\n",
+        mem.persist_entries,
+        mem.persist_memlock,
+        bytes_per_entry(p),
+        bytes_per_entry(p) * 1e6 / 1e6,
+        MAGLEV_M,
+        mem.all_maps_memlock as f64 / 1e6
+    );
+
+    o += &format!("\n4. Control plane\n   Maglev table build (M = {MAGLEV_M}):");
+    for (n, ms) in a.maglev {
+        o += &format!(" {n} backends {ms:.1} ms;");
+    }
+    let h = a.health;
+    o += &format!(
+        "\n   Health checks, {} backends every {:.0} s (lb-ctl daemon, {:.0} s observed): \
+         {:.0} ICMP echoes/s at the backends;\n   daemon {:.1}% of a core, plus {:.1}% in the \
+         `ip` commands of its next-hop refresh; ICMP floor (one raw socket, 1,000 echoes) \
+         {:.2}% of a core.\n",
+        h.backends,
+        h.interval_s,
+        h.observed_s,
+        h.echoes_per_s,
+        h.daemon_cpu_pct,
+        h.children_cpu_pct,
+        h.floor_cpu_pct
+    );
+    if !h.note.is_empty() {
+        o += &format!("   Note: {}\n", h.note);
+    }
+
+    o += "\nTargets (issue 4; read, never asserted)\n";
+    for t in targets(a) {
+        o += &format!(
+            "   {} {:<45} {:>8.2}{} (target {} {}{})\n",
+            if t.met() { "met   " } else { "MISSED" },
+            t.what,
+            t.value,
+            t.unit,
+            if t.higher_is_better { "≥" } else { "≤" },
+            t.goal,
+            t.unit
+        );
+    }
+    o
+}
+
+pub fn json(a: &All<'_>) -> Value {
+    let mut program_ns = Map::new();
+    let mut rows = Vec::new();
+    for r in &a.prog.rows {
+        program_ns.insert(r.key.into(), json!(round1(r.cost_ns)));
+        rows.push(json!({
+            "key": r.key, "path": r.what, "clients": r.clients,
+            "stamp_ns": r.stamp_ns, "stamp_plus_ikelb_ns": r.lb_ns, "ikelb_ns": r.cost_ns,
+            "spread_ns": r.spread_ns, "resident_fraction": r.resident,
+        }));
+    }
+    let c = a.closed;
+    let mut closed = Map::new();
+    for (s, clients) in SIZES {
+        let mut e = Map::new();
+        e.insert("clients".into(), json!(clients));
+        for (v, _) in VARIANTS {
+            e.insert(format!("{v}_mpps"), json!(round3(c.median(s, v))));
+        }
+        e.insert(
+            "ikelb_over_trivial".into(),
+            json!(round3(c.median(s, "ikelb") / c.median(s, "trivial"))),
+        );
+        e.insert(
+            "ikelb_over_nft".into(),
+            json!(round3(c.median(s, "ikelb") / c.median(s, "nft"))),
+        );
+        e.insert(
+            "ikelb_over_kernel".into(),
+            json!(round3(c.median(s, "ikelb") / c.median(s, "kernel"))),
+        );
+        let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
+        e.insert("frames_lost".into(), json!(lost));
+        closed.insert(s.into(), Value::Object(e));
+    }
+    let samples: Vec<Value> = c
+        .samples
+        .iter()
+        .map(|s| {
+            json!({"clients": s.size, "variant": s.variant, "repeat": s.repeat,
+                   "generated": s.generated, "received": s.received, "seconds": s.secs,
+                   "mpps": s.mpps})
+        })
+        .collect();
+    let mut maglev = Map::new();
+    for (n, ms) in a.maglev {
+        maglev.insert(n.to_string(), json!(round3(*ms)));
+    }
+    let h = a.health;
+    let m = a.machine;
+    let targets: Vec<Value> = targets(a)
+        .iter()
+        .map(|t| json!({"what": t.what, "value": t.value, "goal": t.goal, "met": t.met()}))
+        .collect();
+    json!({
+        "machine": {
+            "date": m.date, "kernel": m.kernel, "cpu": m.cpu, "cpus": m.cpus,
+            "mem_gib": m.mem_gib, "load_average_start": m.load_start,
+            "load_average_end": m.load_end, "commit": m.commit, "bpf_toolchain": m.nightly,
+            "seconds": m.seconds,
+        },
+        "program_ns": program_ns,
+        "program_rows": rows,
+        "program_method": {"trials": a.prog.trials, "repeat": a.prog.repeat, "cpu": a.prog.cpu},
+        "closed_loop": closed,
+        "closed_loop_samples": samples,
+        "closed_loop_method": {"cpu": c.opts_cpu, "seconds_per_point": c.measure_secs,
+                               "repeats": c.repeats, "frame_bytes": crate::frame::FRAME_LEN},
+        "persistence_bytes_per_entry": round1(bytes_per_entry(a.prog)),
+        "persistence_entries_configured": a.prog.memory.persist_entries,
+        "persistence_memlock_bytes": a.prog.memory.persist_memlock,
+        "persistence_bytes_1M_clients": (bytes_per_entry(a.prog) * 1e6).round(),
+        "all_maps_memlock_bytes": a.prog.memory.all_maps_memlock,
+        "maglev_build_ms": maglev,
+        "maglev_table_size": control::MAGLEV_M,
+        "health_checks": {
+            "backends": h.backends, "interval_s": h.interval_s, "observed_s": h.observed_s,
+            "echoes_per_s": h.echoes_per_s, "daemon_cpu_percent": h.daemon_cpu_pct,
+            "next_hop_commands_cpu_percent": h.children_cpu_pct,
+            "icmp_floor_cpu_percent": h.floor_cpu_pct, "note": h.note,
+        },
+        "targets": targets,
+    })
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
