@@ -54,14 +54,10 @@ pub fn output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Replaces this process's work with `program` (waits for it; forwards its exit status).
+/// Replaces this process with `program` (execve): Ctrl-C then reaches the program alone, which
+/// cleans up (the demo removes its namespaces) before the shell prompt returns.
 pub fn exec<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("could not start {}", program.display()))?;
-    if !status.success() {
-        bail!("{} exited with {status}", program.display());
-    }
-    Ok(())
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(program).args(args).exec();
+    Err(err).with_context(|| format!("could not start {}", program.display()))
 }
