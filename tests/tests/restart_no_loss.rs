@@ -20,6 +20,9 @@
 //!    persistence entries, swaps the program in, and commits the new maps — the clients stay
 //!    on their backends although the Maglev table itself changed.
 //!
+//! Finally `lb-ctl daemon --unload` (daemon stopped) detaches both interfaces and removes
+//! the pins.
+//!
 //! Every datagram must be answered (a reply is awaited up to 2 s after the last one), every
 //! client must be answered by one backend throughout, and the counts are printed. Root only;
 //! otherwise the test says why and returns.
@@ -421,4 +424,31 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         "every backend served clients: {:?}",
         tally.per_backend
     );
+
+    // Taking ikelb off for good: stop the daemon (the data path stays), then --unload.
+    kill_daemon(&mut lab, libc::SIGTERM);
+    prog_ids(&lab);
+    let config_file = lab.dir().join("ikelb.yaml");
+    let out = lab
+        .gateway
+        .exec(
+            lb_ctl.to_str().unwrap(),
+            &[
+                "daemon",
+                "--config",
+                config_file.to_str().unwrap(),
+                "--unload",
+            ],
+        )
+        .expect("lb-ctl daemon --unload");
+    eprintln!("restart: --unload: {}", out.trim());
+    for ifname in [GW_EXT, GW_INT] {
+        assert_eq!(
+            lab.gateway.xdp(ifname).unwrap(),
+            None,
+            "XDP still on {ifname} after --unload"
+        );
+    }
+    let pin_dir = lab.dir().join("bpffs/default");
+    assert!(!pin_dir.exists(), "{} still there", pin_dir.display());
 }
