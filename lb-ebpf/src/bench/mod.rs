@@ -14,7 +14,7 @@
 //!   backend address `ikelb` wrote and take the pass-through branch.
 //! * [`bench_fwd`]: the physical limit of a forwarding path — MAC swap and a devmap
 //!   redirect, nothing else.
-//! * [`bench_sink`]: counts and drops the generator's frames (IPv4 UDP to port 500); everything
+//! * [`bench_sink`]: counts and drops the generator's frames (IPv4 UDP to 500 or 4500); everything
 //!   else (ARP, ICMP, the daemon's neighbour probes) goes to the kernel, so a backend address
 //!   held by the sink answers ARP and pings.
 //! * [`variants`]: `ikelb`'s forward path with one step taken out at a time, to attribute its
@@ -172,8 +172,8 @@ pub fn bench_fwd(ctx: XdpContext) -> u32 {
     BENCH_TX.redirect(0, 0).unwrap_or(XDP_ABORTED)
 }
 
-/// The closed loop's sink: counts and drops IPv4 UDP to port 500 (the generator's frames),
-/// passes everything else to the kernel.
+/// The closed loop's sink: counts and drops IPv4 UDP to port 500 or 4500 (the generator's
+/// frames), passes everything else to the kernel.
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -188,7 +188,7 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
         (*eth).ether_type == network_types::eth::EtherType::Ipv4 as u16
             && (*ip).vihl == 0x45
             && (*ip).proto == 17
-            && load16(&(*udp).dst) == 500u16.to_be()
+            && (load16(&(*udp).dst) == 4500u16.to_be() || load16(&(*udp).dst) == 500u16.to_be())
     };
     if !ours {
         return XDP_PASS;

@@ -1,1 +1,302 @@
-//! `ikelb`'s forward path with one step taken out at a time (phase 2 attribution).
+//! Attribution: `ikelb`'s IPv4 forward path (`main.rs` `forward_v4` + `select::forward_v4`),
+//! copied step for step with one step taken out at a time, each as a stamp + variant program.
+//! `bench_v_full` takes nothing out and must cost what `bench_stamp_lb` costs on the forward
+//! path (the harness prints both, so a drift of this copy from the real code shows).
+//!
+//! Cost of a step = cost(full) − cost(variant without it). The variants exist to measure;
+//! none of them is a correct load balancer.
+//!
+//! `bench_v_lever` is the design lever of the benchmarking notes, data path only: the
+//! client's Maglev slot is read first; when its `RING_F_CHANGED` bit is clear (the slot's
+//! backend never changed since the sessions in it began) and the packet is not an IKE
+//! message (which always takes the persistence path, so session starts are recorded and
+//! keepalives keep entries fresh), the ring's backend is used without the LRU lookup.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_TX},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    counter, hash::client_hash_v4, PersistKeyV4, PersistValue, Service, BACKEND_F_USABLE,
+    BACKEND_NONE, DIR_FORWARD, RING_BACKEND_MASK, TICK_SHIFT,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+
+use crate::{
+    counters::{
+        self, Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, PASS_IP_OPTIONS, PASS_NOT_SERVICE_PORT,
+        PASS_NOT_VIP, PASS_TTL,
+    },
+    maps::{self, IFINDEX_PORTS, PERSIST_V4, RINGS, SERVICES, VIPS_V4},
+    parse::{self, load_mac, ptr_at, store_mac, Side, L3},
+    rewrite, select,
+};
+
+/// Steps a variant leaves out.
+const NO_VIP: u32 = 1 << 0;
+const NO_PERSIST: u32 = 1 << 1;
+const NO_TIME: u32 = 1 << 2;
+const NO_COUNT: u32 = 1 << 3;
+const NO_REWRITE: u32 = 1 << 4;
+const NO_REDIRECT: u32 = 1 << 5;
+/// Not a removal: the lever (ring first, LRU only for changed slots and IKE messages).
+const LEVER: u32 = 1 << 6;
+
+/// Ring slot flag of the lever: this slot's backend changed since sessions in it began.
+/// (Would live in `lb_common` next to `RING_BACKEND_MASK` if adopted.)
+const RING_F_CHANGED: u32 = 1 << 24;
+
+#[inline(always)]
+fn has(skip: u32, step: u32) -> bool {
+    skip & step != 0
+}
+
+#[inline(always)]
+fn run<const SKIP: u32>(ctx: &XdpContext) -> u32 {
+    if super::stamp(ctx).is_none() {
+        return XDP_ABORTED;
+    }
+    match try_fwd::<SKIP>(ctx) {
+        Ok(a) => a,
+        Err(v) => v.record(),
+    }
+}
+
+#[inline(always)]
+fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let L3::V4(ip) = parse::l3(ctx, eth)?;
+    let svc: &Service = if has(SKIP, NO_VIP) {
+        // SAFETY: a plain-old-data array value, read-only.
+        unsafe { &*SERVICES.get_ptr(0).ok_or(PASS_NOT_VIP)? }
+    } else {
+        // SAFETY: as above, hash map value.
+        unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?
+    };
+    if parse::has_options(ip) {
+        return Err(PASS_IP_OPTIONS);
+    }
+    let udp = parse::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+    if parse::ttl(ip) <= 1 {
+        return Err(PASS_TTL);
+    }
+    let (id, b) = if has(SKIP, LEVER) {
+        lever(ctx, eth, ip, udp, svc)?
+    } else {
+        select_fwd::<SKIP>(ctx, eth, svc, parse::saddr(ip))?
+    };
+    // SAFETY: a pointer into the BACKENDS array map.
+    let b = unsafe { &*b };
+    if !has(SKIP, NO_REWRITE) {
+        rewrite::forward_v4(eth, ip, udp, b, !maps::mode_dsr());
+    }
+    let action = if has(SKIP, NO_REDIRECT) {
+        XDP_TX
+    } else {
+        rewrite::send(ctx, b.ifindex, b.tx_port)?
+    };
+    if !has(SKIP, NO_COUNT) {
+        counters::forwarded(counter::FORWARD, id, DIR_FORWARD, parse::frame_len(ctx));
+    }
+    Ok(action)
+}
+
+#[inline(always)]
+fn now<const SKIP: u32>() -> u32 {
+    if has(SKIP, NO_TIME) {
+        return 0;
+    }
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } >> TICK_SHIFT) as u32
+}
+
+#[inline(always)]
+fn ring_choice(svc: &Service, saddr: u32) -> Result<u32, Verdict> {
+    let slot = client_hash_v4(saddr, maps::hash_seed())
+        .checked_rem(maps::ring_size())
+        .ok_or(DROP_NO_BACKEND)?;
+    match RINGS.get(svc.ring_base.wrapping_add(slot)) {
+        Some(&s) => Ok(s),
+        None => Ok(BACKEND_NONE),
+    }
+}
+
+#[inline(always)]
+fn ingress_port(ctx: &XdpContext) -> u8 {
+    // SAFETY: plain-old-data value read once.
+    match unsafe { IFINDEX_PORTS.get(ctx.ingress_ifindex() as u32) } {
+        Some(&p) if p < u32::from(select::PORT_UNKNOWN) => p as u8,
+        _ => select::PORT_UNKNOWN,
+    }
+}
+
+/// `select::forward_v4`, step for step, with `NO_PERSIST` / `NO_TIME` removable.
+#[inline(always)]
+fn select_fwd<const SKIP: u32>(
+    ctx: &XdpContext,
+    eth: *const EthHdr,
+    svc: &Service,
+    saddr: u32,
+) -> Result<(u32, *const lb_common::Backend), Verdict> {
+    let key = PersistKeyV4 {
+        service: svc.id,
+        client: saddr,
+    };
+    let now = now::<SKIP>();
+    // SAFETY (entry accesses): see `select::forward_v4`.
+    let src_mac = unsafe { load_mac(&(*eth).src_addr) };
+    let entry = if has(SKIP, NO_PERSIST) {
+        None
+    } else {
+        PERSIST_V4.get_ptr_mut(key)
+    };
+    if let Some(e) = entry {
+        let id = unsafe { (*e).backend };
+        if let Some(b) = select::backend(id) {
+            let atime = unsafe { (*e).atime };
+            let usable = unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id };
+            let fresh = has(SKIP, NO_TIME) || now.wrapping_sub(atime) <= maps::persist_timeout_ticks();
+            if usable && fresh {
+                unsafe {
+                    if !has(SKIP, NO_TIME) && atime != now {
+                        (*e).atime = now;
+                    }
+                    if load_mac(&(*e).client_mac) != src_mac {
+                        store_mac(&mut (*e).client_mac, src_mac);
+                        (*e).port = ingress_port(ctx);
+                    }
+                }
+                return Ok((id, b));
+            }
+        }
+    }
+    let id = ring_choice(svc, saddr)? & RING_BACKEND_MASK;
+    if id == BACKEND_NONE {
+        return Err(DROP_NO_BACKEND);
+    }
+    let b = select::backend(id).ok_or(DROP_BAD_BACKEND)?;
+    if has(SKIP, NO_PERSIST) {
+        return Ok((id, b));
+    }
+    let mut value = PersistValue {
+        backend: id,
+        atime: now,
+        client_mac: [0; 6],
+        port: ingress_port(ctx),
+        _pad: 0,
+    };
+    unsafe { store_mac(&mut value.client_mac, src_mac) };
+    match entry {
+        Some(e) => unsafe { *e = value },
+        None => {
+            let _ = PERSIST_V4.insert(key, value, 0);
+        }
+    }
+    Ok((id, b))
+}
+
+/// An IKE message (RFC 7296 §2.23, RFC 3948 §2.2): UDP to 500, or to 4500 starting with the
+/// 4-byte non-ESP marker (zero), or a NAT keepalive (one 0xff byte). Everything else of the
+/// persistency group — ESP, ESP-in-UDP (non-zero SPI on 4500), fragments — is bulk data.
+#[inline(always)]
+fn ike_message(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -> bool {
+    let Some(udp) = udp else {
+        return false;
+    };
+    // SAFETY: `classify_v4` bounds-checked the UDP header.
+    let dport = unsafe { parse::load16(&(*udp).dst) };
+    if dport == 500u16.to_be() {
+        return true;
+    }
+    let _ = ip;
+    let off = EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN;
+    match ptr_at::<[u8; 4]>(ctx, off) {
+        // SAFETY: bounds-checked just now.
+        Ok(p) => unsafe { parse::load32(p) == 0 },
+        // Shorter than a marker: a NAT keepalive (1 byte) or malformed: the slow path.
+        Err(_) => true,
+    }
+}
+
+/// The lever's selection: ring first; the persistence path only for changed slots, IKE
+/// messages, or a ring backend that is not usable.
+#[inline(always)]
+fn lever(
+    ctx: &XdpContext,
+    eth: *const EthHdr,
+    ip: *const Ipv4Hdr,
+    udp: Option<*mut UdpHdr>,
+    svc: &Service,
+) -> Result<(u32, *const lb_common::Backend), Verdict> {
+    let saddr = parse::saddr(ip);
+    let s = ring_choice(svc, saddr)?;
+    let id = s & RING_BACKEND_MASK;
+    if s & RING_F_CHANGED == 0 && id != BACKEND_NONE && !ike_message(ctx, ip, udp) {
+        if let Some(b) = select::backend(id) {
+            // SAFETY: a pointer into the BACKENDS array map.
+            if unsafe { (*b).flags & BACKEND_F_USABLE != 0 } {
+                return Ok((id, b));
+            }
+        }
+    }
+    select_fwd::<0>(ctx, eth, svc, saddr)
+}
+
+#[xdp]
+pub fn bench_v_full(ctx: XdpContext) -> u32 {
+    run::<0>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_novip(ctx: XdpContext) -> u32 {
+    run::<NO_VIP>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_nopers(ctx: XdpContext) -> u32 {
+    run::<NO_PERSIST>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_notime(ctx: XdpContext) -> u32 {
+    run::<NO_TIME>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_nocount(ctx: XdpContext) -> u32 {
+    run::<NO_COUNT>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_norewr(ctx: XdpContext) -> u32 {
+    run::<NO_REWRITE>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_noredir(ctx: XdpContext) -> u32 {
+    run::<NO_REDIRECT>(&ctx)
+}
+
+#[xdp]
+pub fn bench_v_lever(ctx: XdpContext) -> u32 {
+    run::<LEVER>(&ctx)
+}
+
+/// Everything but parsing and the verdict: stamp + parse + VIP + classify, then XDP_TX.
+#[xdp]
+pub fn bench_v_parse(ctx: XdpContext) -> u32 {
+    if super::stamp(&ctx).is_none() {
+        return XDP_ABORTED;
+    }
+    let r = (|| -> Result<u32, Verdict> {
+        let eth: *mut EthHdr = ptr_at(&ctx, 0)?;
+        let L3::V4(ip) = parse::l3(&ctx, eth)?;
+        // SAFETY: hash map value, read-only.
+        let svc = unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?;
+        parse::classify_v4(&ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+        Ok(XDP_TX)
+    })();
+    r.unwrap_or_else(Verdict::record)
+}

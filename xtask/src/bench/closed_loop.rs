@@ -9,7 +9,8 @@
 //!
 //! The generator is `bench_stamp` driven by `BPF_PROG_TEST_RUN` with
 //! `BPF_F_TEST_XDP_LIVE_FRAMES` (batch 64) on the chosen `to_*` veth: every frame is rewritten
-//! from the template (next client address) and sent with XDP_TX into that gateway. Everything
+//! from the template (next client address) and sent with XDP_TX into that gateway. Frames
+//! are bulk VPN data: ESP in UDP to 4500, 64 bytes on the wire. Everything
 //! downstream — the gateway's NAPI, its XDP program or the kernel stack, the sink's NAPI and
 //! XDP program — runs in the softirqs the generator's `local_bh_enable` triggers, on the
 //! generator's CPU: one core carries the whole loop, so packets per second measure the cost
@@ -41,7 +42,7 @@ use aya::{
 use lb_ctl::EBPF_OBJECT;
 
 use crate::{
-    frame::{self, BenchCfg, Template, FRAME_LEN, MODE_FORWARD},
+    frame::{self, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, MODE_FORWARD},
     lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
     stats::median,
     sys::{self, ChildGuard, NetNs, Prefix, Sysctl, TempDir},
@@ -88,6 +89,7 @@ pub struct Sample {
     pub mpps: f64,
 }
 
+#[derive(Default)]
 pub struct Results {
     pub samples: Vec<Sample>,
     pub opts_cpu: usize,
@@ -304,7 +306,7 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
     let mut paths = Vec::new();
     for (i, l) in letters.iter().enumerate() {
         let ifname = format!("to_{l}");
-        let t = frame::template(gws[i].mac("in")?, gen.mac(&ifname)?, Some(VIP));
+        let t = frame::template(gws[i].mac("in")?, gen.mac(&ifname)?, Some(VIP), ESP_IN_UDP);
         paths.push((gen.ifindex(&ifname)?, t));
     }
 

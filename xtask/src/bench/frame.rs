@@ -10,8 +10,13 @@ pub const HEADERS: usize = 42;
 /// Whole frame, without FCS: 64 bytes on the wire with it, the smallest UDP frame class and
 /// the usual packet-rate benchmark size.
 pub const FRAME_LEN: usize = 60;
-/// UDP port of every benchmark frame (IKE; the sink counts only these).
-pub const IKE_PORT: u16 = 500;
+/// UDP ports of the benchmark frames (the sink counts only these): bulk data is ESP in UDP
+/// on 4500 (RFC 3948; what clients behind NAT send, Windows Always On VPN included), its
+/// payload starting with a non-zero SPI; IKE messages go to 500.
+pub const ESP_IN_UDP: u16 = 4500;
+pub const IKE: u16 = 500;
+/// SPI of the bulk frames (any non-zero value: zero would be the non-ESP marker of IKE).
+const SPI: u32 = 0x1000_0001;
 
 /// `BenchCfg::mode` values.
 pub const MODE_FORWARD: u32 = 0;
@@ -36,10 +41,17 @@ pub struct Template {
     pub frame: Vec<u8>,
 }
 
-/// Builds the header block: `daddr` is fixed (`None` = left 0 for the stamp, reverse mode);
-/// the source is always 0 in the template. Checksums are computed over those zeros, so the
-/// stamp only adds the addresses it writes.
-pub fn template(dst_mac: [u8; 6], src_mac: [u8; 6], daddr: Option<Ipv4Addr>) -> Template {
+/// Builds the header block of a UDP frame between `port` and `port` (both directions of IKE
+/// and NAT-T use the same port on each side): `daddr` is fixed (`None` = left 0 for the
+/// stamp, reverse mode); the source is always 0 in the template. Checksums are computed over
+/// those zeros, so the stamp only adds the addresses it writes. On 4500 the payload is an ESP
+/// header (SPI, sequence number) and filler.
+pub fn template(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    daddr: Option<Ipv4Addr>,
+    port: u16,
+) -> Template {
     let mut f = vec![0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&src_mac);
@@ -59,11 +71,18 @@ pub fn template(dst_mac: [u8; 6], src_mac: [u8; 6], daddr: Option<Ipv4Addr>) -> 
         ip[10..12].copy_from_slice(&c.to_ne_bytes());
     }
     {
-        f[34..36].copy_from_slice(&IKE_PORT.to_be_bytes());
-        f[36..38].copy_from_slice(&IKE_PORT.to_be_bytes());
+        f[34..36].copy_from_slice(&port.to_be_bytes());
+        f[36..38].copy_from_slice(&port.to_be_bytes());
         f[38..40].copy_from_slice(&udp_len.to_be_bytes());
         for (i, b) in f[42..].iter_mut().enumerate() {
             *b = i as u8;
+        }
+        if port == ESP_IN_UDP {
+            f[42..46].copy_from_slice(&SPI.to_be_bytes());
+            f[46..50].copy_from_slice(&1u32.to_be_bytes());
+        } else {
+            // An IKE header's SPIs (RFC 7296 §3.1); any bytes do for the data path.
+            f[42..46].copy_from_slice(&SPI.to_be_bytes());
         }
         // Pseudo-header (RFC 768) with the template's addresses, then header + payload.
         let mut pseudo = [0u8; 12];
@@ -107,7 +126,7 @@ mod tests {
     /// stamp does (incrementally).
     #[test]
     fn template_checksums() {
-        let t = template([2; 6], [4; 6], Some(Ipv4Addr::new(203, 0, 113, 10)));
+        let t = template([2; 6], [4; 6], Some(Ipv4Addr::new(203, 0, 113, 10)), ESP_IN_UDP);
         assert_eq!(csum::checksum(&t.frame[14..34]), 0);
         let mut f = t.frame.clone();
         let client = client_wire(0x2000_0000, 7);

@@ -46,6 +46,12 @@ struct Args {
     /// Program-cost trials per row.
     #[arg(long, default_value_t = 9)]
     trials: usize,
+    /// Development: skip the closed loop (its figures print as NaN, no chart).
+    #[arg(long, hide = true)]
+    skip_loop: bool,
+    /// Development: skip the control-plane section.
+    #[arg(long, hide = true)]
+    skip_control: bool,
     /// Only redraw the chart from an earlier results.json (no measurement, no root needed).
     #[arg(long)]
     redraw: Option<PathBuf>,
@@ -73,23 +79,31 @@ fn main() -> Result<()> {
     eprintln!("==> 1/4 program cost (BPF_PROG_TEST_RUN, stamp method)");
     let prog = progcost::run(&prefix, cpu, args.trials)?;
     eprintln!("==> 2/4 closed loop (generator → gateway → sink on CPU {cpu})");
-    let closed = closed_loop::run(
-        &prefix,
-        &closed_loop::Options {
-            cpu,
-            daemon_cpu: 0,
-            measure: Duration::from_secs_f64(args.seconds),
-            repeats: args.repeats,
-            lb_ctl: args.lb_ctl.clone(),
-        },
-    )?;
+    let closed = if args.skip_loop {
+        closed_loop::Results::default()
+    } else {
+        closed_loop::run(
+            &prefix,
+            &closed_loop::Options {
+                cpu,
+                daemon_cpu: 0,
+                measure: Duration::from_secs_f64(args.seconds),
+                repeats: args.repeats,
+                lb_ctl: args.lb_ctl.clone(),
+            },
+        )?
+    };
     eprintln!("==> 3/4 Maglev builds");
     let maglev: Vec<(u32, f64)> = control::MAGLEV_SIZES
         .iter()
         .map(|&n| (n, control::maglev_ms(n)))
         .collect();
     eprintln!("==> 4/4 health checks of {} backends", control::HC_BACKENDS);
-    let health = control::health(&prefix, &args.lb_ctl, 0)?;
+    let health = if args.skip_control {
+        control::Health::default()
+    } else {
+        control::health(&prefix, &args.lb_ctl, 0)?
+    };
 
     machine.load_end = loadavg();
     machine.seconds = started.elapsed().as_secs_f64();
@@ -105,7 +119,7 @@ fn main() -> Result<()> {
     let json_path = args.out.join("results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&report::json(&all))? + "\n")?;
     println!("\nwrote {}", json_path.display());
-    if let Some(chart) = &args.chart {
+    if let (Some(chart), false) = (&args.chart, args.skip_loop) {
         chart::draw(&closed, &machine.one_line(), chart)
             .with_context(|| format!("drawing {}", chart.display()))?;
         println!("wrote {}", chart.display());

@@ -27,7 +27,10 @@ use lb_ctl::{
 };
 
 use crate::{
-    frame::{self, client_wire, BenchCfg, Template, FRAME_LEN, MODE_FORWARD, MODE_REVERSE},
+    frame::{
+        self, client_wire, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, IKE, MODE_FORWARD,
+        MODE_REVERSE,
+    },
     lb::{self, backend_addr, BACKENDS, VIP},
     stats::median,
     sys::{self, NetNs, Prefix},
@@ -79,6 +82,7 @@ pub struct Memory {
 
 pub struct ProgCost {
     pub rows: Vec<Row>,
+    pub attribution: Vec<Attribution>,
     pub memory: Memory,
     pub trials: usize,
     pub repeat: u32,
@@ -130,8 +134,12 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
     let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        lb::load_prog(ebpf, "bench_stamp")?;
-        lb::load_prog(ebpf, "bench_stamp_lb")?;
+        for p in ["bench_stamp", "bench_stamp_lb"]
+            .into_iter()
+            .chain(VARIANTS.iter().map(|v| v.prog))
+        {
+            lb::load_prog(ebpf, p)?;
+        }
     }
     let mut b = Bench {
         lb,
@@ -139,11 +147,17 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         int,
         trials,
     };
-    let fwd = frame::template(ext_mac, ROUTER_MAC, Some(VIP));
-    let rev = frame::template(int_mac, BACKEND_MAC, None);
-    let pass = frame::template(ext_mac, ROUTER_MAC, Some(OTHER));
+    let fwd = frame::template(ext_mac, ROUTER_MAC, Some(VIP), ESP_IN_UDP);
+    let ike = frame::template(ext_mac, ROUTER_MAC, Some(VIP), IKE);
+    let rev = frame::template(int_mac, BACKEND_MAC, None, ESP_IN_UDP);
+    let pass = frame::template(ext_mac, ROUTER_MAC, Some(OTHER), ESP_IN_UDP);
+    let forwarded = Expect {
+        counter: Some(counter::FORWARD),
+        action: XDP_REDIRECT,
+    };
 
     let mut rows = Vec::new();
+    let mut attribution = Vec::new();
     for (key, clients) in [("hit_1k", 1_000), ("hit_64k", 65_536), ("hit_1M", 1_000_000)] {
         eprintln!("  program cost: {key}");
         let cfg = BenchCfg {
@@ -153,8 +167,8 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             _pad: 0,
         };
         // Warm-up: every client inserted once, then one more pass (steady state).
-        b.run(&fwd, cfg, b.ext, clients.max(REPEAT), None)?;
-        let mut row = b.row(key, format!("forward, hit, {clients} clients"), &fwd, cfg, b.ext, counter::FORWARD, XDP_REDIRECT)?;
+        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), None)?;
+        let mut row = b.row(key, format!("forward, hit, {clients} clients"), &fwd, cfg, b.ext, forwarded)?;
         row.resident = Some(b.resident(cfg)?);
         rows.push(row);
         if key == "hit_64k" {
@@ -164,15 +178,22 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
                 mode: MODE_REVERSE,
                 ..cfg
             };
+            let reversed = Expect {
+                counter: Some(counter::REVERSE),
+                action: XDP_REDIRECT,
+            };
             rows.push(b.row(
                 "reverse",
                 format!("reverse (backend → client), {clients} clients"),
                 &rev,
                 rcfg,
                 b.int,
-                counter::REVERSE,
-                XDP_REDIRECT,
+                reversed,
             )?);
+        }
+        if key != "hit_1k" {
+            eprintln!("  program cost: attribution at {clients} clients");
+            attribution.push(b.attribution(clients, cfg, &fwd, &ike)?);
         }
     }
     eprintln!("  program cost: miss");
@@ -182,15 +203,14 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         base: MISS_BASE,
         _pad: 0,
     };
-    b.run(&fwd, cfg, b.ext, 2 * REPEAT, None)?;
+    b.run(LB, &fwd, cfg, b.ext, 2 * REPEAT, None)?;
     rows.push(b.row(
         "miss",
         format!("forward, miss + LRU insert ({MISS_CLIENTS} clients > capacity)"),
         &fwd,
         cfg,
         b.ext,
-        counter::FORWARD,
-        XDP_REDIRECT,
+        forwarded,
     )?);
     eprintln!("  program cost: pass");
     let cfg = BenchCfg {
@@ -199,17 +219,21 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         base: HIT_BASE,
         _pad: 0,
     };
+    let passed = Expect {
+        counter: Some(counter::PASS_NOT_VIP),
+        action: XDP_PASS,
+    };
     rows.push(b.row(
         "pass",
         "not to a VIP, not from a backend: XDP_PASS".into(),
         &pass,
         cfg,
         b.ext,
-        counter::PASS_NOT_VIP,
-        XDP_PASS,
+        passed,
     )?);
     Ok(ProgCost {
         rows,
+        attribution,
         memory,
         trials,
         repeat: REPEAT,
@@ -217,43 +241,184 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
     })
 }
 
+/// What every frame of a run must have done.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// Counter each frame bumps (`None`: the program does not count).
+    counter: Option<u32>,
+    action: u32,
+}
+
+const LB: &str = "bench_stamp_lb";
+const STAMP: &str = "bench_stamp";
+
+/// One attribution program: stamp + ikelb's forward path with a step removed (or the lever).
+pub struct Variant {
+    pub prog: &'static str,
+    pub what: &'static str,
+    counts: bool,
+    redirects: bool,
+}
+
+pub const VARIANTS: [Variant; 9] = [
+    Variant { prog: "bench_v_full", what: "copy of the forward path, nothing removed", counts: true, redirects: true },
+    Variant { prog: "bench_v_novip", what: "VIP hash lookup → array read", counts: true, redirects: true },
+    Variant { prog: "bench_v_nopers", what: "no persistence lookup (ring only)", counts: true, redirects: true },
+    Variant { prog: "bench_v_notime", what: "no clock read / atime", counts: true, redirects: true },
+    Variant { prog: "bench_v_nocount", what: "no counters (COUNTERS, BACKEND_STATS)", counts: false, redirects: true },
+    Variant { prog: "bench_v_norewr", what: "no header rewrite", counts: true, redirects: true },
+    Variant { prog: "bench_v_noredir", what: "XDP_TX instead of devmap redirect", counts: true, redirects: false },
+    Variant { prog: "bench_v_parse", what: "parse + VIP + classify only", counts: false, redirects: false },
+    Variant { prog: "bench_v_lever", what: "lever: ring first, LRU for changed slots / IKE", counts: true, redirects: true },
+];
+
+/// Attribution at one client count: every variant's cost over stamp, same trials.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    pub clients: u32,
+    /// bench_stamp_lb (the real program) over stamp, in the same trials.
+    pub real_ns: f64,
+    /// (program, description, ns over stamp).
+    pub rows: Vec<(&'static str, String, f64)>,
+}
+
 impl Bench {
-    /// One test_run of `prog` (`None` = stamp only); ns per frame, and the action of the last
-    /// run. Checks that every frame bumped `expect` (when given).
-    fn run(
+    fn attribution(
+        &mut self,
+        clients: u32,
+        cfg: BenchCfg,
+        esp: &Template,
+        ike: &Template,
+    ) -> Result<Attribution> {
+        let fwd = |v: &Variant| Expect {
+            counter: v.counts.then_some(counter::FORWARD),
+            action: if v.redirects { XDP_REDIRECT } else { 3 },
+        };
+        let mut progs: Vec<(&str, Expect)> = vec![(
+            LB,
+            Expect {
+                counter: Some(counter::FORWARD),
+                action: XDP_REDIRECT,
+            },
+        )];
+        progs.extend(VARIANTS.iter().map(|v| (v.prog, fwd(v))));
+        let (stamp, per) = self.trials(esp, cfg, self.ext, &progs)?;
+        let s = median(&stamp);
+        let real_ns = median(&per[0]) - s;
+        let mut rows: Vec<(&'static str, String, f64)> = VARIANTS
+            .iter()
+            .zip(&per[1..])
+            .map(|(v, t)| (v.prog, v.what.to_owned(), median(t) - s))
+            .collect();
+        // The lever's other two cases: an IKE message (always the persistence path) and a
+        // client whose slot is flagged changed.
+        let lever = [("bench_v_lever", fwd(&VARIANTS[8]))];
+        let (stamp, per) = self.trials(ike, cfg, self.ext, &lever)?;
+        rows.push((
+            "bench_v_lever",
+            "lever, IKE message (UDP 500): persistence path".into(),
+            median(&per[0]) - median(&stamp),
+        ));
+        self.flag_ring(true)?;
+        let r = self.trials(esp, cfg, self.ext, &lever);
+        self.flag_ring(false)?;
+        let (stamp, per) = r?;
+        rows.push((
+            "bench_v_lever",
+            "lever, slot flagged changed: persistence path".into(),
+            median(&per[0]) - median(&stamp),
+        ));
+        Ok(Attribution {
+            clients,
+            real_ns,
+            rows,
+        })
+    }
+
+    /// Sets or clears the lever's RING_F_CHANGED bit on every slot of the active table.
+    fn flag_ring(&mut self, on: bool) -> Result<()> {
+        const RING_F_CHANGED: u32 = 1 << 24;
+        let base = self.lb.services()[0].value.ring_base;
+        let m = self.lb.ring_size();
+        let mut rings: Array<&mut MapData, u32> = Array::try_from(
+            self.lb
+                .dataplane_mut()
+                .ebpf_mut()
+                .map_mut("RINGS")
+                .context("RINGS")?,
+        )?;
+        for i in base..base + m {
+            let v = rings.get(&i, 0)?;
+            rings.set(i, if on { v | RING_F_CHANGED } else { v & !RING_F_CHANGED }, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `trials` rounds of: stamp only, then each program; ns per frame of each run.
+    fn trials(
         &mut self,
         t: &Template,
         cfg: BenchCfg,
         ingress: u32,
+        progs: &[(&str, Expect)],
+    ) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+        let mut stamp = Vec::new();
+        let mut per = vec![Vec::new(); progs.len()];
+        let stamp_only = Expect {
+            counter: None,
+            action: 3,
+        };
+        for _ in 0..self.trials {
+            stamp.push(self.run(STAMP, t, cfg, ingress, REPEAT, Some(stamp_only))?);
+            for (i, (p, e)) in progs.iter().enumerate() {
+                per[i].push(self.run(p, t, cfg, ingress, REPEAT, Some(*e))?);
+            }
+        }
+        Ok((stamp, per))
+    }
+
+    /// One test_run of `prog`: ns per frame. With `expect`, checks the last run's action and
+    /// that every frame bumped the expected counter.
+    fn run(
+        &mut self,
+        prog: &str,
+        t: &Template,
+        cfg: BenchCfg,
+        ingress: u32,
         repeat: u32,
-        expect: Option<(&'static str, u32)>,
-    ) -> Result<(f64, u32)> {
+        expect: Option<Expect>,
+    ) -> Result<f64> {
         sys::check_interrupted()?;
         lb::set_template(self.lb.dataplane_mut().ebpf_mut(), t.block)?;
         lb::set_cfg(self.lb.dataplane_mut().ebpf_mut(), cfg)?;
-        let name = expect.map_or("bench_stamp_lb", |(p, _)| p);
         let before = self.counters()?;
         let md = frame::xdp_md(ingress, FRAME_LEN);
-        let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), name)?
+        let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), prog)?
             .test_run(TestRunOptions {
                 data_in: Some(&t.frame),
                 ctx_in: Some(&md),
                 repeat,
                 ..TestRunOptions::new()
             })
-            .with_context(|| format!("test_run {name}"))?;
-        let after = self.counters()?;
-        if let Some((p, c)) = expect {
-            if p == "bench_stamp_lb" {
+            .with_context(|| format!("test_run {prog}"))?;
+        if let Some(e) = expect {
+            ensure!(
+                r.return_value == e.action,
+                "{prog}: returned action {}, expected {}",
+                r.return_value,
+                e.action
+            );
+            if let Some(c) = e.counter {
+                let after = self.counters()?;
                 let d = after[c as usize] - before[c as usize];
                 ensure!(
                     d == u64::from(repeat),
-                    "{name}: {d} of {repeat} frames counted as {:?} (counters before {before:?}, after {after:?})",
+                    "{prog}: {d} of {repeat} frames counted as {:?} (counters before {before:?}, after {after:?})",
                     counter::LABELS[c as usize]
                 );
             }
         }
-        Ok((r.duration.as_nanos() as f64, r.return_value))
+        Ok(r.duration.as_nanos() as f64)
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -263,7 +428,6 @@ impl Bench {
             .map_err(|e| anyhow::anyhow!("{}", lb_ctl::error_chain(&e)))
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site per row, read as a table")]
     fn row(
         &mut self,
         key: &'static str,
@@ -271,20 +435,11 @@ impl Bench {
         t: &Template,
         cfg: BenchCfg,
         ingress: u32,
-        counter: u32,
-        action: u32,
+        expect: Expect,
     ) -> Result<Row> {
-        let mut stamp = Vec::new();
-        let mut lb = Vec::new();
-        for _ in 0..self.trials {
-            let (s, a) = self.run(t, cfg, ingress, REPEAT, Some(("bench_stamp", counter)))?;
-            ensure!(a == 3, "bench_stamp returned {a}, not XDP_TX");
-            stamp.push(s);
-            let (l, a) = self.run(t, cfg, ingress, REPEAT, Some(("bench_stamp_lb", counter)))?;
-            ensure!(a == action, "{key}: ikelb returned action {a}, expected {action}");
-            lb.push(l);
-        }
-        let (s, l) = (median(&stamp), median(&lb));
+        let (stamp, per) = self.trials(t, cfg, ingress, &[(LB, expect)])?;
+        let lb = &per[0];
+        let (s, l) = (median(&stamp), median(lb));
         let spread = lb.iter().cloned().fold(f64::MIN, f64::max)
             - lb.iter().cloned().fold(f64::MAX, f64::min);
         Ok(Row {

@@ -145,6 +145,33 @@ pub fn table(a: &All<'_>) -> String {
         );
     }
 
+    if !p.attribution.is_empty() {
+        o += "\n1b. Where the forward hit path's time goes — variants of the forward path, each step \
+               removed in turn (ns over stamp; Δ = copy − variant = that step's cost)\n";
+        o += &format!("   {:<17} {:<50}", "program", "what");
+        for at in &p.attribution {
+            o += &format!(" {:>9} {:>7}", format!("{}", at.clients), "Δ");
+        }
+        o += "\n";
+        o += &format!("   {:<17} {:<50}", "bench_stamp_lb", "ikelb itself (same trials)");
+        for at in &p.attribution {
+            o += &format!(" {:>7.0}ns {:>7}", at.real_ns, "");
+        }
+        o += "\n";
+        let n = p.attribution[0].rows.len();
+        for i in 0..n {
+            let (prog, what, _) = &p.attribution[0].rows[i];
+            o += &format!("   {prog:<17} {what:<50}");
+            for at in &p.attribution {
+                let full = at.rows[0].2;
+                let v = at.rows[i].2;
+                let delta = if i == 0 { String::new() } else { format!("{:+.0}", full - v) };
+                o += &format!(" {v:>7.0}ns {delta:>7}");
+            }
+            o += "\n";
+        }
+    }
+
     let c = a.closed;
     o += &format!(
         "\n2. Closed loop — one core (CPU {}), 60-byte frames (64 on the wire), {} × {:.0} s per \
@@ -238,6 +265,18 @@ pub fn json(a: &All<'_>) -> Value {
             "spread_ns": r.spread_ns, "resident_fraction": r.resident,
         }));
     }
+    let mut attribution = Map::new();
+    for at in &a.prog.attribution {
+        let mut e = Map::new();
+        e.insert("bench_stamp_lb".into(), json!(round1(at.real_ns)));
+        let rows: Vec<Value> = at
+            .rows
+            .iter()
+            .map(|(p, w, ns)| json!({"program": p, "what": w, "ns_over_stamp": round1(*ns)}))
+            .collect();
+        e.insert("variants".into(), Value::Array(rows));
+        attribution.insert(at.clients.to_string(), Value::Object(e));
+    }
     let c = a.closed;
     let mut closed = Map::new();
     for (s, clients) in SIZES {
@@ -290,6 +329,7 @@ pub fn json(a: &All<'_>) -> Value {
         },
         "program_ns": program_ns,
         "program_rows": rows,
+        "attribution": attribution,
         "program_method": {"trials": a.prog.trials, "repeat": a.prog.repeat, "cpu": a.prog.cpu},
         "closed_loop": closed,
         "closed_loop_samples": samples,
