@@ -124,12 +124,18 @@ impl IkeLab {
     /// Build the namespaces and links, set up the gateway, start every charon and load its
     /// configuration. No IKE SA exists yet.
     pub fn build(spec: IkeLabSpec) -> Result<Self> {
+        Self::build_as('s', spec)
+    }
+
+    /// [`IkeLab::build`] under another run-prefix role letter (the demo's `d`: its namespaces
+    /// then never share a prefix with the tests').
+    pub fn build_as(role: char, spec: IkeLabSpec) -> Result<Self> {
         ensure!((1..=200).contains(&spec.clients), "1..=200 clients");
         ensure!((2..=250).contains(&spec.nat_addrs), "2..=250 NAT addresses");
         ensure!((1..=9).contains(&spec.responders), "1..=9 responders");
         let pki = Pki::get(spec.clients)?;
         let mut lab = Lab::build(&LabSpec {
-            role: 's',
+            role,
             clients: spec.nat_addrs,
             backends: spec.responders,
         })?;
