@@ -1,87 +1,25 @@
-//! `ikelb-demo [--lb-ctl PATH] [--clients N] [--every SECONDS]`: what `cargo xtask run` shows
-//! with no arguments.
+//! The UDP-responder demo (`--udp`, or the fallback without strongSwan).
 //!
-//! Builds the standard lab (`ikelb_tests::lab`: clients, the ikelb gateway, three VPN servers
+//! Builds the standard lab (`ikelb_tests::lab`: clients, the ikelb gateway, VPN servers
 //! running `ikelb-responder`) under its own namespace prefix (`ikd…`), starts
 //! `lb-ctl daemon` on the gateway, and from every client sends IKE (UDP 500) and NAT-T
 //! (UDP 4500) datagrams to the VIP once a second. Every few seconds it prints which backend
 //! the clients landed on, whether any client was split between backends or moved, and
-//! per-backend packet counts as the responders and the daemon count them. Ctrl-C (SIGINT) or
-//! SIGTERM stops the daemon and removes every namespace, process and mount it made.
+//! per-backend packet counts as the responders and the daemon count them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ikelb_tests::lab::{self, metrics, Lab, LabSpec, UdpProbe, BACKEND_PORTS, VIP};
+use ikelb_tests::lab::{self, Lab, LabSpec, UdpProbe, BACKEND_PORTS, VIP};
 
-const USAGE: &str = "usage: ikelb-demo [--lb-ctl PATH] [--clients N] [--every SECONDS]";
+use crate::{sleep_until, stopping, Args, DaemonView};
+
 const ROUND: Duration = Duration::from_secs(1);
 /// Clients whose datagrams are in flight together.
 const BATCH: usize = 50;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn stopping() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
-
-fn install_signal_handlers() -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with a handler that only stores to an atomic is valid
-        // and async-signal-safe.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("sigaction");
-        }
-    }
-    Ok(())
-}
-
-struct Args {
-    lb_ctl: Option<PathBuf>,
-    clients: usize,
-    every: Duration,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        lb_ctl: None,
-        clients: 250,
-        every: Duration::from_secs(3),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--lb-ctl" => a.lb_ctl = Some(value()?.into()),
-            "--clients" => a.clients = value()?.parse().context("--clients")?,
-            "--every" => a.every = Duration::from_secs_f64(value()?.parse().context("--every")?),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    Ok(a)
-}
 
 /// What the demo knows about one client.
 #[derive(Default)]
@@ -101,24 +39,15 @@ struct Totals {
     lost: u64,
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
-    if !lab::is_root() {
-        bail!("the demo builds network namespaces and attaches XDP: run it as root");
-    }
-    let lb_ctl = match args.lb_ctl {
-        Some(p) => p,
-        None => lab::lb_ctl_path()?,
-    };
+pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
     let responder = lab::sibling_binary("ikelb-responder")
         .context("ikelb-responder is not next to ikelb-demo: cargo build -p ikelb-tests --bins")?;
-    install_signal_handlers()?;
 
     let t0 = Instant::now();
     let mut lab = Lab::build(&LabSpec {
         role: 'd',
-        clients: args.clients,
-        backends: 3,
+        clients: args.clients.unwrap_or(250),
+        backends: args.backends,
     })?;
     lab.start_responders(&responder)?;
     println!(
@@ -151,7 +80,7 @@ fn main() -> Result<()> {
         lb_ctl.display(),
         lab.gateway.name()
     );
-    if let Err(e) = lab.start_daemon(&lb_ctl) {
+    if let Err(e) = lab.start_daemon(lb_ctl) {
         bail!("{e:#}\n{}", lab.daemon_output_tail(30));
     }
     println!("XDP attached to ext and int; sending (Ctrl-C to stop)");
@@ -165,7 +94,7 @@ fn main() -> Result<()> {
          you set it back to 0)\n"
     );
 
-    let result = drive(&mut lab, &lb_ctl, args.every);
+    let result = drive(&mut lab, lb_ctl, args.every);
     println!("\nstopping: daemon, responders, namespaces …");
     match lab.stop_daemon() {
         Ok(status) => println!("daemon exited: {status}"),
@@ -248,31 +177,9 @@ fn drive(lab: &mut Lab, lb_ctl: &Path, every: Duration) -> Result<()> {
             );
             last_print = Instant::now();
         }
-        while !stopping() && round_start.elapsed() < ROUND {
-            thread::sleep(Duration::from_millis(20));
-        }
+        sleep_until(round_start + ROUND);
     }
     Ok(())
-}
-
-/// Each backend's health (`up`, `down`, `unknown`) by address, from `lb-ctl backend list
-/// --json`; empty if the daemon does not answer.
-fn backend_health(lab: &Lab, lb_ctl: &Path) -> BTreeMap<String, String> {
-    let Ok(out) = lab.lb_ctl(lb_ctl, &["backend", "list", "--json"]) else {
-        return BTreeMap::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| {
-            Some((
-                b["address"].as_str()?.to_string(),
-                b["health"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
 }
 
 fn print_table(
@@ -293,8 +200,7 @@ fn print_table(
         }
     }
     let stats = lab.responder_stats().unwrap_or_default();
-    let metrics = lab.metrics().ok();
-    let health = backend_health(lab, lb_ctl);
+    let daemon = DaemonView::get(lab, lb_ctl);
     let moved: u32 = views.iter().map(|v| v.moved).sum();
     let wrong: u32 = views.iter().map(|v| v.wrong).sum();
 
@@ -317,32 +223,16 @@ fn print_table(
             .get(i)
             .and_then(|s| s.as_ref())
             .map_or("-".into(), |s| s.datagrams.to_string());
-        let addr = b.addr.to_string();
-        let metric = |name: &str, extra: &[(&str, &str)]| -> String {
-            let Some(text) = &metrics else {
-                return "-".into();
-            };
-            let mut m = vec![("backend", addr.as_str())];
-            m.extend_from_slice(extra);
-            if metrics::samples(text, name)
-                .iter()
-                .any(|s| s.label("backend") == addr)
-            {
-                format!("{}", metrics::sum(text, name, &m))
-            } else {
-                "-".into()
-            }
-        };
         println!(
             "{:<8}{:<12}{:>8}{:>7.1}%{:>14}{:>14}{:>14}  {}",
             b.name,
-            addr,
+            b.addr.to_string(),
             n,
             100.0 * n as f64 / n_clients,
             dgrams,
-            metric("ikelb_backend_packets_total", &[("direction", "forward")]),
-            metric("ikelb_backend_packets_total", &[("direction", "reverse")]),
-            health.get(&addr).map_or("-", String::as_str),
+            daemon.packets(b.addr, "forward"),
+            daemon.packets(b.addr, "reverse"),
+            daemon.field(b.addr, "health"),
         );
     }
     let sample: Vec<String> = clients
@@ -352,16 +242,6 @@ fn print_table(
         .map(|(c, v)| format!("{c}→{}", v.backend.as_deref().unwrap_or("?")))
         .collect();
     println!("sample: {}", sample.join("  "));
-    match &metrics {
-        Some(text) => {
-            let verdicts: Vec<String> = metrics::samples(text, "ikelb_xdp_packets_total")
-                .iter()
-                .filter(|s| s.value > 0.0)
-                .map(|s| format!("{}/{} {}", s.label("action"), s.label("reason"), s.value))
-                .collect();
-            println!("xdp verdicts: {}", verdicts.join("  "));
-        }
-        None => println!("(daemon metrics not reachable on the gateway's 127.0.0.1:9435)"),
-    }
+    println!("{}", daemon.verdicts_line());
     println!();
 }
