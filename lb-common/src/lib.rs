@@ -34,6 +34,17 @@ pub const MAX_IFACES: u32 = 64;
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
 /// Bits of a ring slot that hold the backend id; the rest are flags (`RING_F_*`).
 pub const RING_BACKEND_MASK: u32 = 0x00ff_ffff;
+/// Ring slot flag: this slot's backend changed since sessions in it may have begun, so its
+/// clients must look their persistence entry up. With [`globals::SLOT_FAST_PATH`] on, the
+/// data path skips the persistence lookup for bulk packets (ESP) of clients whose slot lacks
+/// this flag: the ring already names their original backend. (The daemon side — setting the
+/// flag on every slot whose backend changes, clearing it once no entry of the slot disagrees
+/// with the ring — is not written yet; until it is, the global must stay off.)
+pub const RING_F_CHANGED: u32 = 1 << 24;
+/// With [`globals::SLOT_FAST_PATH`] on, one ESP packet in this many of each SA (sequence
+/// number ≡ 0) takes the persistence path anyway, so an active client's entry stays fresh and
+/// recently used in the LRU even when it sends no IKE message for a long time.
+pub const FAST_PATH_REFRESH_EVERY: u32 = 64;
 
 /// Persistence time is counted in ticks of 2^30 ns (≈ 1.074 s): `bpf_ktime_get_coarse_ns() >>
 /// TICK_SHIFT`. Coarse on purpose — an entry's timestamp is rewritten at most once a tick.
@@ -204,6 +215,9 @@ pub mod maps {
 
 /// Load-time globals of the XDP program (`EbpfLoader::set_global`).
 pub mod globals {
+    /// u32: 1 = skip the persistence lookup for bulk packets of clients in unchanged slots
+    /// (see [`crate::RING_F_CHANGED`]); 0 (default) = every packet looks its entry up.
+    pub const SLOT_FAST_PATH: &str = "SLOT_FAST_PATH";
     /// u32: Maglev table size M (prime).
     pub const RING_SIZE: &str = "RING_SIZE";
     /// u32: idle time, in ticks, after which a persisted client may be re-balanced.

@@ -86,7 +86,10 @@ mod prog {
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
-        let choice = select::forward_v4(ctx, eth, svc, parse::saddr(ip))?;
+        // With the lever on, bulk packets of clients in unchanged slots skip the persistence
+        // lookup (lb_common::RING_F_CHANGED); the verifier prunes this when it is off.
+        let bulk = maps::slot_fast_path() && parse::bulk_v4(ctx, ip, udp);
+        let choice = select::forward_v4(ctx, eth, svc, parse::saddr(ip), bulk)?;
         // SAFETY: a pointer into the BACKENDS array map.
         let b = unsafe { &*choice.backend };
         rewrite::forward_v4(eth, ip, udp, b, !maps::mode_dsr());

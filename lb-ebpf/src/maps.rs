@@ -108,6 +108,10 @@ static HASH_SEED: u32 = 0;
 /// 1 = `mode: dsr` (MAC rewrite only, no reverse path).
 #[no_mangle]
 static MODE_DSR: u32 = 0;
+/// 1 = bulk packets of clients in unchanged ring slots skip the persistence lookup
+/// (`lb_common::RING_F_CHANGED`). Off by default: the daemon does not flag changed slots yet.
+#[no_mangle]
+static SLOT_FAST_PATH: u32 = 0;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -131,4 +135,10 @@ pub fn hash_seed() -> u32 {
 pub fn mode_dsr() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&MODE_DSR) != 0 }
+}
+
+#[inline(always)]
+pub fn slot_fast_path() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&SLOT_FAST_PATH) != 0 }
 }

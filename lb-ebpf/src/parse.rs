@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Service, MAX_PORTS, SVC_F_ESP};
+use lb_common::{Service, FAST_PATH_REFRESH_EVERY, MAX_PORTS, SVC_F_ESP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -205,6 +205,40 @@ pub fn classify_v4(
         return Ok(None);
     }
     Err(miss)
+}
+
+/// Whether a packet of the persistency group (as `classify_v4` found it, IPv4 without options)
+/// is bulk data that may skip the persistence lookup (`SLOT_FAST_PATH`): ESP, in UDP or not,
+/// except one packet in `FAST_PATH_REFRESH_EVERY` of each SA (by its sequence number, RFC
+/// 4303 §2.2), and non-first fragments. IKE messages never are: UDP to 500, or starting with
+/// the non-ESP marker (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte) — so every session
+/// start, rekey and keepalive goes through the persistence entry.
+#[inline(always)]
+pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -> bool {
+    const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    let esp = match udp {
+        Some(udp) => {
+            // SAFETY: `classify_v4` bounds-checked the UDP header.
+            if unsafe { load16(&(*udp).dst) } == 500u16.to_be() {
+                return false;
+            }
+            L4 + UdpHdr::LEN
+        }
+        None => {
+            // SAFETY: a bounds-checked IPv4 header.
+            if unsafe { load16(&(*ip).frags) } & IP_OFFSET_MASK.to_be() != 0 {
+                return true;
+            }
+            L4
+        }
+    };
+    // SPI and sequence number; a shorter payload is a keepalive (or malformed): not bulk.
+    let Ok(hdr) = ptr_at::<[[u8; 4]; 2]>(ctx, esp) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just now.
+    let (spi, seq) = unsafe { (load32(&(*hdr)[0]), load32(&(*hdr)[1])) };
+    spi != 0 && u32::from_be(seq) % FAST_PATH_REFRESH_EVERY != 0
 }
 
 /// `port` (wire order) is one of `ports` (unused entries are 0 and last; port 0 never

@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     hash::client_hash_v4, Backend, PersistKeyV4, PersistValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, RING_BACKEND_MASK, TICK_SHIFT,
+    BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -66,13 +66,34 @@ fn ingress_port(ctx: &XdpContext) -> u8 {
 /// backends or changing weights never moves an established client); its `atime` is rewritten
 /// at most once a tick, its MAC/port only when the client's previous hop changed. Otherwise
 /// the client's Maglev slot picks, and the entry is created or overwritten in place.
+///
+/// `bulk` (only with `SLOT_FAST_PATH` on, see `parse::bulk_v4`): when the client's slot is
+/// not flagged `RING_F_CHANGED` and its backend is usable, the ring's backend is the one the
+/// client's sessions began on, and the persistence lookup is skipped.
 #[inline(always)]
 pub fn forward_v4(
     ctx: &XdpContext,
     eth: *const EthHdr,
     svc: &Service,
     saddr: u32,
+    bulk: bool,
 ) -> Result<Choice, Verdict> {
+    if bulk {
+        let s = ring_slot(svc, saddr)?;
+        if s & RING_F_CHANGED == 0 {
+            let id = s & RING_BACKEND_MASK;
+            if let Some(b) = backend(id) {
+                // SAFETY: a pointer into the array map's value area.
+                if unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id } {
+                    return Ok(Choice {
+                        id,
+                        backend: b,
+                        persisted: true,
+                    });
+                }
+            }
+        }
+    }
     let key = PersistKeyV4 {
         service: svc.id,
         client: saddr,
@@ -108,13 +129,7 @@ pub fn forward_v4(
         }
     }
 
-    let slot = client_hash_v4(saddr, maps::hash_seed())
-        .checked_rem(maps::ring_size())
-        .ok_or(DROP_NO_BACKEND)?;
-    let id = match RINGS.get(svc.ring_base.wrapping_add(slot)) {
-        Some(&s) => s & RING_BACKEND_MASK,
-        None => BACKEND_NONE,
-    };
+    let id = ring_slot(svc, saddr)? & RING_BACKEND_MASK;
     if id == BACKEND_NONE {
         return Err(DROP_NO_BACKEND);
     }
@@ -141,6 +156,19 @@ pub fn forward_v4(
         backend: b,
         persisted,
     })
+}
+
+/// The client's slot of the service's active Maglev table: backend id | `RING_F_*`
+/// (`BACKEND_NONE` for a slot beyond the map).
+#[inline(always)]
+fn ring_slot(svc: &Service, saddr: u32) -> Result<u32, Verdict> {
+    let slot = client_hash_v4(saddr, maps::hash_seed())
+        .checked_rem(maps::ring_size())
+        .ok_or(DROP_NO_BACKEND)?;
+    Ok(RINGS
+        .get(svc.ring_base.wrapping_add(slot))
+        .copied()
+        .unwrap_or(BACKEND_NONE))
 }
 
 /// The backend whose address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is no

@@ -3,7 +3,8 @@
 //! program in an object costs nothing until it is loaded), and their maps are a few bytes.
 //!
 //! * [`bench_stamp`] rewrites the frame from a template (next client address from a per-CPU
-//!   counter modulo the client count, the other address per mode, checksums fixed) and
+//!   counter modulo the client count, the other address per mode, the counter as ESP
+//!   sequence number, checksums fixed) and
 //!   returns XDP_TX. Two uses: under `BPF_PROG_TEST_RUN` with `repeat` it is the reference
 //!   the cost of `ikelb` is measured against; driven with `BPF_F_TEST_XDP_LIVE_FRAMES` it is
 //!   the traffic generator of the closed loop (live-frame pages come back holding whatever
@@ -61,7 +62,8 @@ pub struct BenchCfg {
 #[map]
 static BENCH_CFG: Array<BenchCfg> = Array::with_max_entries(1, 0);
 
-/// Key 0: the header block stamped onto every frame (first [`HEADERS`] bytes used). The
+/// Key 0: the header block stamped onto every frame (first [`HEADERS`] bytes, then the 8
+/// payload bytes of an ESP header: SPI and the sequence number the checksum assumes). The
 /// varying addresses are 0 in it and its checksums are computed that way, so the stamp only
 /// adds the addresses in. Kept in a map, not in `.rodata`, so it cannot be constant-folded.
 #[map]
@@ -129,6 +131,15 @@ fn stamp(ctx: &XdpContext) -> Option<()> {
             store32(&mut (*ip).dst_addr, daddr);
             ip_check = csum::replace32(ip_check, 0, daddr);
             udp_check = csum::udp_replace32(udp_check, 0, daddr);
+        }
+        // The ESP sequence number (or whatever the payload holds there) counts frames, so
+        // one frame in `FAST_PATH_REFRESH_EVERY` is due a persistence refresh as in real
+        // traffic; the template block holds the value its checksum was computed with.
+        if start + HEADERS + 8 <= ctx.data_end() {
+            let old = load32(src.add(HEADERS + 4).cast());
+            let new = n.to_be();
+            store32(dst.add(HEADERS + 4).cast(), new);
+            udp_check = csum::udp_replace32(udp_check, old, new);
         }
         store16(&mut (*ip).check, ip_check);
         store16(&mut (*udp).check, udp_check);

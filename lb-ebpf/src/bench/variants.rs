@@ -6,11 +6,8 @@
 //! Cost of a step = cost(full) − cost(variant without it). The variants exist to measure;
 //! none of them is a correct load balancer.
 //!
-//! `bench_v_lever` is the design lever of the benchmarking notes, data path only: the
-//! client's Maglev slot is read first; when its `RING_F_CHANGED` bit is clear (the slot's
-//! backend never changed since the sessions in it began) and the packet is not an IKE
-//! message (which always takes the persistence path, so session starts are recorded and
-//! keepalives keep entries fresh), the ring's backend is used without the LRU lookup.
+//! The copy is of the path with `SLOT_FAST_PATH` off (the default); the lever itself is
+//! measured on the real program loaded with the global on.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_TX},
@@ -22,7 +19,7 @@ use lb_common::{
     counter, hash::client_hash_v4, PersistKeyV4, PersistValue, Service, BACKEND_F_USABLE,
     BACKEND_NONE, DIR_FORWARD, RING_BACKEND_MASK, TICK_SHIFT,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::eth::EthHdr;
 
 use crate::{
     counters::{
@@ -41,12 +38,6 @@ const NO_TIME: u32 = 1 << 2;
 const NO_COUNT: u32 = 1 << 3;
 const NO_REWRITE: u32 = 1 << 4;
 const NO_REDIRECT: u32 = 1 << 5;
-/// Not a removal: the lever (ring first, LRU only for changed slots and IKE messages).
-const LEVER: u32 = 1 << 6;
-
-/// Ring slot flag of the lever: this slot's backend changed since sessions in it began.
-/// (Would live in `lb_common` next to `RING_BACKEND_MASK` if adopted.)
-const RING_F_CHANGED: u32 = 1 << 24;
 
 #[inline(always)]
 fn has(skip: u32, step: u32) -> bool {
@@ -82,11 +73,7 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     if parse::ttl(ip) <= 1 {
         return Err(PASS_TTL);
     }
-    let (id, b) = if has(SKIP, LEVER) {
-        lever(ctx, eth, ip, udp, svc)?
-    } else {
-        select_fwd::<SKIP>(ctx, eth, svc, parse::saddr(ip))?
-    };
+    let (id, b) = select_fwd::<SKIP>(ctx, eth, svc, parse::saddr(ip))?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
     if !has(SKIP, NO_REWRITE) {
@@ -197,53 +184,6 @@ fn select_fwd<const SKIP: u32>(
     Ok((id, b))
 }
 
-/// An IKE message (RFC 7296 §2.23, RFC 3948 §2.2): UDP to 500, or to 4500 starting with the
-/// 4-byte non-ESP marker (zero), or a NAT keepalive (one 0xff byte). Everything else of the
-/// persistency group — ESP, ESP-in-UDP (non-zero SPI on 4500), fragments — is bulk data.
-#[inline(always)]
-fn ike_message(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -> bool {
-    let Some(udp) = udp else {
-        return false;
-    };
-    // SAFETY: `classify_v4` bounds-checked the UDP header.
-    let dport = unsafe { parse::load16(&(*udp).dst) };
-    if dport == 500u16.to_be() {
-        return true;
-    }
-    let _ = ip;
-    let off = EthHdr::LEN + Ipv4Hdr::LEN + UdpHdr::LEN;
-    match ptr_at::<[u8; 4]>(ctx, off) {
-        // SAFETY: bounds-checked just now.
-        Ok(p) => unsafe { parse::load32(p) == 0 },
-        // Shorter than a marker: a NAT keepalive (1 byte) or malformed: the slow path.
-        Err(_) => true,
-    }
-}
-
-/// The lever's selection: ring first; the persistence path only for changed slots, IKE
-/// messages, or a ring backend that is not usable.
-#[inline(always)]
-fn lever(
-    ctx: &XdpContext,
-    eth: *const EthHdr,
-    ip: *const Ipv4Hdr,
-    udp: Option<*mut UdpHdr>,
-    svc: &Service,
-) -> Result<(u32, *const lb_common::Backend), Verdict> {
-    let saddr = parse::saddr(ip);
-    let s = ring_choice(svc, saddr)?;
-    let id = s & RING_BACKEND_MASK;
-    if s & RING_F_CHANGED == 0 && id != BACKEND_NONE && !ike_message(ctx, ip, udp) {
-        if let Some(b) = select::backend(id) {
-            // SAFETY: a pointer into the BACKENDS array map.
-            if unsafe { (*b).flags & BACKEND_F_USABLE != 0 } {
-                return Ok((id, b));
-            }
-        }
-    }
-    select_fwd::<0>(ctx, eth, svc, saddr)
-}
-
 #[xdp]
 pub fn bench_v_full(ctx: XdpContext) -> u32 {
     run::<0>(&ctx)
@@ -277,11 +217,6 @@ pub fn bench_v_norewr(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_v_noredir(ctx: XdpContext) -> u32 {
     run::<NO_REDIRECT>(&ctx)
-}
-
-#[xdp]
-pub fn bench_v_lever(ctx: XdpContext) -> u32 {
-    run::<LEVER>(&ctx)
 }
 
 /// Everything but parsing and the verdict: stamp + parse + VIP + classify, then XDP_TX.

@@ -97,9 +97,23 @@ pub fn template(
         };
         f[40..42].copy_from_slice(&c.to_ne_bytes());
     }
+    // Headers, then the SPI and sequence number the stamp rewrites (and whose template
+    // value the UDP checksum was computed with).
     let mut block = [0u8; 64];
-    block[..HEADERS].copy_from_slice(&f[..HEADERS]);
+    block[..HEADERS + 8].copy_from_slice(&f[..HEADERS + 8]);
     Template { block, frame: f }
+}
+
+/// A concrete frame of `t` from client `client` (wire order), checksums updated the way the
+/// stamp does it (for runs without the stamp).
+pub fn with_source(t: &Template, client: u32) -> Vec<u8> {
+    let mut f = t.frame.clone();
+    let ip_c = u16::from_ne_bytes([f[24], f[25]]);
+    let udp_c = u16::from_ne_bytes([f[40], f[41]]);
+    f[26..30].copy_from_slice(&client.to_ne_bytes());
+    f[24..26].copy_from_slice(&csum::replace32(ip_c, 0, client).to_ne_bytes());
+    f[40..42].copy_from_slice(&csum::udp_replace32(udp_c, 0, client).to_ne_bytes());
+    f
 }
 
 /// `struct xdp_md` for `BPF_PROG_TEST_RUN`'s `ctx_in`: the frame arrives on `ifindex` (looked
@@ -128,13 +142,7 @@ mod tests {
     fn template_checksums() {
         let t = template([2; 6], [4; 6], Some(Ipv4Addr::new(203, 0, 113, 10)), ESP_IN_UDP);
         assert_eq!(csum::checksum(&t.frame[14..34]), 0);
-        let mut f = t.frame.clone();
-        let client = client_wire(0x2000_0000, 7);
-        let ip_c = u16::from_ne_bytes([f[24], f[25]]);
-        let udp_c = u16::from_ne_bytes([f[40], f[41]]);
-        f[26..30].copy_from_slice(&client.to_ne_bytes());
-        f[24..26].copy_from_slice(&csum::replace32(ip_c, 0, client).to_ne_bytes());
-        f[40..42].copy_from_slice(&csum::udp_replace32(udp_c, 0, client).to_ne_bytes());
+        let f = with_source(&t, client_wire(0x2000_0000, 7));
         assert_eq!(csum::checksum(&f[14..34]), 0);
         let mut pseudo = [0u8; 12];
         pseudo[0..8].copy_from_slice(&f[26..34]);

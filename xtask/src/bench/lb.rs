@@ -70,8 +70,9 @@ pub fn parse_config(yaml: &str) -> Result<Config> {
 }
 
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
-/// `config` (mirrors `lb_ctl::daemon::load`), plus the size of `BENCH_REV`.
-pub fn load_like_daemon(config: &Config, rev_entries: u32) -> Result<Ebpf> {
+/// `config` (mirrors `lb_ctl::daemon::load`), plus the size of `BENCH_REV`. `fast_path`
+/// turns the `SLOT_FAST_PATH` lever on (the daemon leaves it off).
+pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> Result<Ebpf> {
     anyhow::ensure!(
         !EBPF_OBJECT.is_empty(),
         "lb-ctl was built with AYA_BUILD_SKIP=1: no XDP object embedded"
@@ -80,7 +81,9 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32) -> Result<Ebpf> {
     let capacity = backend_capacity(config.backend_count());
     let ticks = config.persist_timeout_ticks();
     let dsr = u32::from(config.mode == Mode::Dsr);
+    let fast = u32::from(fast_path);
     let ebpf = EbpfLoader::new()
+        .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
         .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
         .override_global(globals::HASH_SEED, &config.hash_seed, true)

@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
     programs::{TestRun, TestRunOptions},
 };
-use lb_common::{counter, PersistKeyV4, PersistValue};
+use lb_common::{counter, PersistKeyV4, PersistValue, RING_F_CHANGED};
 use lb_ctl::{
     dataplane::{AyaDataplane, Dataplane},
     state::{Balancer, IfaceInfo},
@@ -124,29 +124,35 @@ struct Bench {
     trials: usize,
 }
 
-fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost> {
+/// The object loaded and filled like the daemon does (lever on or off), its bench programs
+/// loaded.
+fn setup(ifaces: &[IfaceInfo; 2], trials: usize, fast_path: bool) -> Result<(Bench, Memory)> {
     let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
     let config = lb::parse_config(&lb::config_yaml(&["ext", "int"], &backends, None))?;
-    let ebpf = lb::load_like_daemon(&config, 1 << 16)?;
+    let ebpf = lb::load_like_daemon(&config, 1 << 16, fast_path)?;
     let memory = memory(&ebpf, config.persistence_entries)?;
-    let (ext, int) = (ifaces[0].ifindex, ifaces[1].ifindex);
-    let (ext_mac, int_mac) = (ifaces[0].mac, ifaces[1].mac);
     let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        for p in ["bench_stamp", "bench_stamp_lb"]
-            .into_iter()
-            .chain(VARIANTS.iter().map(|v| v.prog))
-        {
+        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path);
+        for p in [STAMP, LB].into_iter().chain(variants) {
             lb::load_prog(ebpf, p)?;
         }
     }
-    let mut b = Bench {
-        lb,
-        ext,
-        int,
-        trials,
-    };
+    Ok((
+        Bench {
+            lb,
+            ext: ifaces[0].ifindex,
+            int: ifaces[1].ifindex,
+            trials,
+        },
+        memory,
+    ))
+}
+
+fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost> {
+    let (ext_mac, int_mac) = (ifaces[0].mac, ifaces[1].mac);
+    let (mut b, memory) = setup(&ifaces, trials, false)?;
     let fwd = frame::template(ext_mac, ROUTER_MAC, Some(VIP), ESP_IN_UDP);
     let ike = frame::template(ext_mac, ROUTER_MAC, Some(VIP), IKE);
     let rev = frame::template(int_mac, BACKEND_MAC, None, ESP_IN_UDP);
@@ -193,7 +199,7 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         }
         if key != "hit_1k" {
             eprintln!("  program cost: attribution at {clients} clients");
-            attribution.push(b.attribution(clients, cfg, &fwd, &ike)?);
+            attribution.push(b.attribution(clients, cfg, &fwd)?);
         }
     }
     eprintln!("  program cost: miss");
@@ -231,6 +237,52 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         b.ext,
         passed,
     )?);
+    drop(b);
+
+    // The lever (SLOT_FAST_PATH on): the same program and maps, loaded again.
+    let (mut b, _) = setup(&ifaces, trials, true)?;
+    lb::load_prog(b.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?;
+    for (key, clients) in [("lever_hit_64k", 65_536), ("lever_hit_1M", 1_000_000)] {
+        eprintln!("  program cost: {key}");
+        let cfg = BenchCfg {
+            mode: MODE_FORWARD,
+            clients,
+            base: HIT_BASE,
+            _pad: 0,
+        };
+        // Sessions begin with IKE: the entries exist, as they would.
+        b.run(LB, &ike, cfg, b.ext, clients.max(REPEAT), None)?;
+        rows.push(b.row(
+            key,
+            format!("lever on: ESP in UDP, unchanged slot, {clients} clients"),
+            &fwd,
+            cfg,
+            b.ext,
+            forwarded,
+        )?);
+        if clients == 65_536 {
+            b.lever_equivalence(&fwd, cfg)?;
+            rows.push(b.row(
+                "lever_ike_64k",
+                format!("lever on: IKE message (persistence path), {clients} clients"),
+                &ike,
+                cfg,
+                b.ext,
+                forwarded,
+            )?);
+            b.flag_ring(true)?;
+            let r = b.row(
+                "lever_changed_64k",
+                format!("lever on: ESP, slot flagged changed, {clients} clients"),
+                &fwd,
+                cfg,
+                b.ext,
+                forwarded,
+            );
+            b.flag_ring(false)?;
+            rows.push(r?);
+        }
+    }
     Ok(ProgCost {
         rows,
         attribution,
@@ -260,7 +312,7 @@ pub struct Variant {
     redirects: bool,
 }
 
-pub const VARIANTS: [Variant; 9] = [
+pub const VARIANTS: [Variant; 8] = [
     Variant { prog: "bench_v_full", what: "copy of the forward path, nothing removed", counts: true, redirects: true },
     Variant { prog: "bench_v_novip", what: "VIP hash lookup → array read", counts: true, redirects: true },
     Variant { prog: "bench_v_nopers", what: "no persistence lookup (ring only)", counts: true, redirects: true },
@@ -269,7 +321,6 @@ pub const VARIANTS: [Variant; 9] = [
     Variant { prog: "bench_v_norewr", what: "no header rewrite", counts: true, redirects: true },
     Variant { prog: "bench_v_noredir", what: "XDP_TX instead of devmap redirect", counts: true, redirects: false },
     Variant { prog: "bench_v_parse", what: "parse + VIP + classify only", counts: false, redirects: false },
-    Variant { prog: "bench_v_lever", what: "lever: ring first, LRU for changed slots / IKE", counts: true, redirects: true },
 ];
 
 /// Attribution at one client count: every variant's cost over stamp, same trials.
@@ -288,7 +339,6 @@ impl Bench {
         clients: u32,
         cfg: BenchCfg,
         esp: &Template,
-        ike: &Template,
     ) -> Result<Attribution> {
         let fwd = |v: &Variant| Expect {
             counter: v.counts.then_some(counter::FORWARD),
@@ -305,29 +355,11 @@ impl Bench {
         let (stamp, per) = self.trials(esp, cfg, self.ext, &progs)?;
         let s = median(&stamp);
         let real_ns = median(&per[0]) - s;
-        let mut rows: Vec<(&'static str, String, f64)> = VARIANTS
+        let rows: Vec<(&'static str, String, f64)> = VARIANTS
             .iter()
             .zip(&per[1..])
             .map(|(v, t)| (v.prog, v.what.to_owned(), median(t) - s))
             .collect();
-        // The lever's other two cases: an IKE message (always the persistence path) and a
-        // client whose slot is flagged changed.
-        let lever = [("bench_v_lever", fwd(&VARIANTS[8]))];
-        let (stamp, per) = self.trials(ike, cfg, self.ext, &lever)?;
-        rows.push((
-            "bench_v_lever",
-            "lever, IKE message (UDP 500): persistence path".into(),
-            median(&per[0]) - median(&stamp),
-        ));
-        self.flag_ring(true)?;
-        let r = self.trials(esp, cfg, self.ext, &lever);
-        self.flag_ring(false)?;
-        let (stamp, per) = r?;
-        rows.push((
-            "bench_v_lever",
-            "lever, slot flagged changed: persistence path".into(),
-            median(&per[0]) - median(&stamp),
-        ));
         Ok(Attribution {
             clients,
             real_ns,
@@ -335,9 +367,48 @@ impl Bench {
         })
     }
 
+    /// With the lever on, a bulk frame must leave exactly as it does through the persistence
+    /// path: the same frame of 256 clients through `ikelb` with their slots unflagged (fast
+    /// path) and flagged (persistence path), output and action compared byte for byte.
+    fn lever_equivalence(&mut self, t: &Template, cfg: BenchCfg) -> Result<()> {
+        let frames: Vec<Vec<u8>> = (0..256)
+            .map(|i| frame::with_source(t, client_wire(cfg.base, i * (cfg.clients / 256))))
+            .collect();
+        let mut outs = Vec::new();
+        for flagged in [false, true] {
+            self.flag_ring(flagged)?;
+            let mut out = Vec::new();
+            for f in &frames {
+                let mut data = vec![0u8; f.len()];
+                let md = frame::xdp_md(self.ext, f.len());
+                let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
+                    .test_run(TestRunOptions {
+                        data_in: Some(f),
+                        data_out: Some(&mut data),
+                        ctx_in: Some(&md),
+                        ..TestRunOptions::new()
+                    })
+                    .context("test_run ikelb")?;
+                out.push((r.return_value, data));
+            }
+            outs.push(out);
+        }
+        self.flag_ring(false)?;
+        for (i, (fast, slow)) in outs[0].iter().zip(&outs[1]).enumerate() {
+            ensure!(
+                fast == slow && fast.0 == XDP_REDIRECT,
+                "lever: client {i} leaves differently through the fast path ({:?}) and the \
+                 persistence path ({:?})",
+                fast,
+                slow
+            );
+        }
+        eprintln!("  lever: 256 clients leave identically through both paths");
+        Ok(())
+    }
+
     /// Sets or clears the lever's RING_F_CHANGED bit on every slot of the active table.
     fn flag_ring(&mut self, on: bool) -> Result<()> {
-        const RING_F_CHANGED: u32 = 1 << 24;
         let base = self.lb.services()[0].value.ring_base;
         let m = self.lb.ring_size();
         let mut rings: Array<&mut MapData, u32> = Array::try_from(

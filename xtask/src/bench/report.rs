@@ -127,12 +127,12 @@ pub fn table(a: &All<'_>) -> String {
         p.cpu, p.trials, p.repeat
     );
     o += &format!(
-        "   {:<9} {:<58} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8}\n",
+        "   {:<17} {:<58} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8}\n",
         "row", "path", "clients", "stamp", "stamp+lb", "ikelb", "spread", "resident"
     );
     for r in &p.rows {
         o += &format!(
-            "   {:<9} {:<58} {:>9} {:>6.0}ns {:>8.0}ns {:>7.0}ns {:>5.0}ns {:>8}\n",
+            "   {:<17} {:<58} {:>9} {:>6.0}ns {:>8.0}ns {:>7.0}ns {:>5.0}ns {:>8}\n",
             r.key,
             r.what,
             r.clients,
