@@ -59,10 +59,15 @@ pub fn udp_replace32(check: u16, old: u32, new: u32) -> u16 {
     }
 }
 
-/// UDP flavour of [`replace128`] (IPv6 UDP checksums are mandatory, RFC 8200 §8.1; a computed
-/// zero is sent as 0xffff).
+/// UDP flavour of [`replace128`]: a computed zero is sent as 0xffff. IPv6 UDP checksums are
+/// mandatory (RFC 8200 §8.1), so a zero one is invalid — except for the tunnels of RFC 6935 —
+/// and stays zero: a load balancer never turns a datagram the receiver would refuse into one
+/// it accepts (nor the reverse).
 #[inline(always)]
 pub fn udp_replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    if check == 0 {
+        return 0;
+    }
     match replace128(check, old, new) {
         0 => 0xffff,
         c => c,
@@ -97,7 +102,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u32 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             (self.0 >> 33) as u32
         }
     }
@@ -180,6 +188,18 @@ mod tests {
             // 0x0000 and 0xffff are the same one's-complement value.
             assert!(got == expected || (got ^ expected) == 0xffff && (got == 0 || expected == 0));
         }
+    }
+
+    #[test]
+    fn udp_replace128_keeps_zero_and_sends_computed_zero_as_ffff() {
+        let old = [1, 2, 3, 4];
+        assert_eq!(udp_replace128(0, &old, &[5, 6, 7, 8]), 0);
+        // `new` chosen so that the one's-complement sum comes out as 0xffff (result 0).
+        let check = 0x1234u16;
+        let target = 0xffffu32 - u32::from(!check);
+        let zero = [0, 0, 0, target];
+        assert_eq!(replace128(check, &[0; 4], &zero), 0);
+        assert_eq!(udp_replace128(check, &[0; 4], &zero), 0xffff);
     }
 
     #[test]

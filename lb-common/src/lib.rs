@@ -245,7 +245,7 @@ pub mod counter {
     pub const PASS_NOT_SERVICE_PORT: u32 = 5;
     /// TTL / hop limit ≤ 1: the kernel sends ICMP time exceeded.
     pub const PASS_TTL: u32 = 6;
-    /// IPv4 options / IPv6 extension headers ikelb does not walk.
+    /// IPv4 options (IPv6 extension headers have their own counter, [`PASS_IPV6_EXT`]).
     pub const PASS_IP_OPTIONS: u32 = 7;
     /// From a backend but not to a client the forward path recorded for it (e.g. to the
     /// gateway itself, health check replies).
@@ -259,10 +259,18 @@ pub mod counter {
     pub const DROP_BAD_BACKEND: u32 = 11;
     /// The persistence map refused an insert (logged; the packet is still forwarded).
     pub const FORWARD_PERSIST_FULL: u32 = 12;
-    /// IPv6 (until IPv6 services exist): passed unchanged.
+    /// Retired: IPv6 passed unchanged before the data path handled IPv6. Never bumped now;
+    /// kept so the indices after it do not move.
     pub const PASS_IPV6: u32 = 13;
+    /// ICMPv6 right after the IPv6 header (neighbour discovery, echo, errors): the kernel's,
+    /// recognised before any map lookup so NDP is never touched.
+    pub const PASS_ICMPV6: u32 = 14;
+    /// An IPv6 extension header ikelb does not walk (AH, a Routing header with segments
+    /// left, an unknown header, a chain longer than the program follows, a non-first
+    /// fragment whose fragmentable part starts with another extension header).
+    pub const PASS_IPV6_EXT: u32 = 15;
     /// Number of counters (size of `COUNTERS`).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
 
     /// `(action, reason)` label pair of each counter, indexed like the counters.
     pub const LABELS: [(&str, &str); COUNT as usize] = [
@@ -280,6 +288,8 @@ pub mod counter {
         ("drop", "bad_backend"),
         ("redirect", "persist_full"),
         ("pass", "ipv6"),
+        ("pass", "icmpv6"),
+        ("pass", "ipv6_ext_header"),
     ];
 }
 

@@ -1,8 +1,9 @@
 //! ikelb's XDP program: parse → classify → select a backend → rewrite → redirect.
 //!
-//! Forward path (client → VIP): the persistency group of a service (its UDP ports, ESP, and
-//! the UDP fragments that carry no ports) is steered by the client address alone, so UDP 500,
-//! UDP 4500, ESP and fragments of one client reach the same backend. Reverse path (backend →
+//! Forward path (client → VIP): the persistency group of a service (its UDP and TCP ports,
+//! ESP, and the fragments that carry no ports; `l4`) is steered by the client address alone,
+//! so UDP 500, UDP 4500, ESP, SSTP (TCP 443) and fragments of one client reach the same
+//! backend, over IPv4 here and IPv6 in `v6`. Reverse path (backend →
 //! client): replies of a backend to a client the forward path sent it get the VIP back as
 //! their source, and leave toward the MAC and interface the client's own frames came from
 //! (MAC-based forwarding, no per-packet FIB lookup). Everything else is the kernel's.
@@ -16,13 +17,23 @@ mod bench;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod l4;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod parse6;
+#[cfg(target_arch = "bpf")]
 mod rewrite;
 #[cfg(target_arch = "bpf")]
+mod rewrite6;
+#[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod select6;
+#[cfg(target_arch = "bpf")]
+mod v6;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
@@ -35,9 +46,10 @@ mod prog {
             self, Verdict, DROP_BAD_BACKEND, PASS_IP_OPTIONS, PASS_NOT_CLIENT,
             PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
         },
+        l4,
         maps::{self, IFACES, VIPS_V4},
         parse::{self, ptr_at, Side, L3},
-        rewrite, select,
+        parse6, rewrite, select, v6,
     };
 
     #[xdp]
@@ -57,6 +69,9 @@ mod prog {
     #[inline(always)]
     fn try_ikelb(ctx: &XdpContext) -> Result<u32, Verdict> {
         let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+        if parse6::is_ipv6(eth) {
+            return v6::ipv6(ctx, eth);
+        }
         match parse::l3(ctx, eth)? {
             L3::V4(ip) => ipv4(ctx, eth, ip),
         }
@@ -82,17 +97,18 @@ mod prog {
         if parse::has_options(ip) {
             return Err(PASS_IP_OPTIONS);
         }
-        let udp = parse::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+        let l4 = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
         // With the lever on, bulk packets of clients in unchanged slots skip the persistence
         // lookup (lb_common::RING_F_CHANGED); the verifier prunes this when it is off.
-        let bulk = maps::slot_fast_path() && parse::bulk_v4(ctx, ip, udp);
+        // TCP (SSTP) is never bulk: `bulk_v4` reads an ESP header behind the transport one.
+        let bulk = maps::slot_fast_path() && !l4.is_tcp() && parse::bulk_v4(ctx, ip, l4.udp());
         let choice = select::forward_v4(ctx, eth, svc, parse::saddr(ip), bulk)?;
         // SAFETY: a pointer into the BACKENDS array map.
         let b = unsafe { &*choice.backend };
-        rewrite::forward_v4(eth, ip, udp, b, !maps::mode_dsr());
+        rewrite::forward_v4(eth, ip, l4, b, !maps::mode_dsr());
         let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
         let counter = if choice.persisted {
             counter::FORWARD
@@ -115,7 +131,7 @@ mod prog {
         if parse::has_options(ip) {
             return Err(PASS_IP_OPTIONS);
         }
-        let udp = parse::classify_v4(ctx, ip, svc, Side::Reverse, PASS_NOT_CLIENT)?;
+        let l4 = l4::classify_v4(ctx, ip, svc, Side::Reverse, PASS_NOT_CLIENT)?;
         let entry = select::client_entry_v4(svc, id, parse::daddr(ip))?;
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
@@ -123,7 +139,7 @@ mod prog {
         // SAFETY: pointers into the PERSIST_V4 and IFACES maps.
         let (client_mac, port) = unsafe { (&(*entry).client_mac, (*entry).port) };
         let iface = unsafe { &*IFACES.get_ptr(u32::from(port)).ok_or(DROP_BAD_BACKEND)? };
-        rewrite::reverse_v4(eth, ip, udp, svc.vip[0], client_mac, &iface.mac);
+        rewrite::reverse_v4(eth, ip, l4, svc.vip[0], client_mac, &iface.mac);
         let action = rewrite::send(ctx, iface.ifindex, u32::from(port))?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
         Ok(action)

@@ -244,7 +244,7 @@ pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -
 /// `port` (wire order) is one of `ports` (unused entries are 0 and last; port 0 never
 /// matches).
 #[inline(always)]
-fn has_port(ports: &[u16; MAX_PORTS], port: u16) -> bool {
+pub fn has_port(ports: &[u16; MAX_PORTS], port: u16) -> bool {
     let mut i = 0;
     while i < MAX_PORTS {
         let p = ports[i];

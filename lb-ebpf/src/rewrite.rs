@@ -5,22 +5,24 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_TX, programs::XdpContext};
 use lb_common::{csum, Backend};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     counters::{Verdict, DROP_BAD_BACKEND},
+    l4::{self, Csum},
     maps::TX_PORTS,
     parse::{load16, load32, load_mac, store16, store32, store_mac},
 };
 
-/// Client → backend. NAT: destination VIP → backend address (IP and UDP checksums; the client
-/// address is never touched, the backend must see it). DSR (`nat == false`): addresses
-/// untouched, the backend holds the VIP itself. Both: TTL − 1 and the backend's MACs.
+/// Client → backend. NAT: destination VIP → backend address (IP and transport checksums —
+/// `l4::Csum`, or the UDP header of `parse::classify_v4`; the client address is never
+/// touched, the backend must see it). DSR (`nat == false`): addresses untouched, the backend
+/// holds the VIP itself. Both: TTL − 1 and the backend's MACs.
 #[inline(always)]
 pub fn forward_v4(
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
-    udp: Option<*mut UdpHdr>,
+    transport: impl Into<Csum>,
     b: &Backend,
     nat: bool,
 ) {
@@ -32,7 +34,7 @@ pub fn forward_v4(
             let new = b.addr[0];
             store32(&mut (*ip).dst_addr, new);
             check = csum::replace32(check, old, new);
-            fix_udp(udp, old, new);
+            l4::fix32(transport.into(), old, new);
         }
         store16(&mut (*ip).check, decrement_ttl(ip, check));
         store_mac(&mut (*eth).dst_addr, load_mac(&b.dmac));
@@ -46,7 +48,7 @@ pub fn forward_v4(
 pub fn reverse_v4(
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
-    udp: Option<*mut UdpHdr>,
+    transport: impl Into<Csum>,
     vip: u32,
     dst_mac: &[u8; 6],
     src_mac: &[u8; 6],
@@ -57,22 +59,9 @@ pub fn reverse_v4(
         store32(&mut (*ip).src_addr, vip);
         let check = csum::replace32(load16(&(*ip).check), old, vip);
         store16(&mut (*ip).check, decrement_ttl(ip, check));
-        fix_udp(udp, old, vip);
+        l4::fix32(transport.into(), old, vip);
         store_mac(&mut (*eth).dst_addr, load_mac(dst_mac));
         store_mac(&mut (*eth).src_addr, load_mac(src_mac));
-    }
-}
-
-/// The UDP checksum covers the addresses through the pseudo-header (RFC 768); 0 ("no
-/// checksum") stays 0. Fragments other than the first carry no UDP header (`None`).
-#[inline(always)]
-unsafe fn fix_udp(udp: Option<*mut UdpHdr>, old: u32, new: u32) {
-    if let Some(udp) = udp {
-        // SAFETY: caller's bounds-checked header.
-        unsafe {
-            let c = csum::udp_replace32(load16(&(*udp).check), old, new);
-            store16(&mut (*udp).check, c);
-        }
     }
 }
 

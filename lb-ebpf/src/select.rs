@@ -30,7 +30,7 @@ pub struct Choice {
 
 /// Now, in persistence ticks.
 #[inline(always)]
-fn now_ticks() -> u32 {
+pub fn now_ticks() -> u32 {
     // SAFETY: a helper without arguments.
     (unsafe { bpf_ktime_get_coarse_ns() } >> TICK_SHIFT) as u32
 }
@@ -50,7 +50,7 @@ pub fn backend(id: u32) -> Option<*const Backend> {
 /// Persistence port of the ingress interface (a hash lookup, done only when a client's entry
 /// is created or its source MAC changed).
 #[inline(always)]
-fn ingress_port(ctx: &XdpContext) -> u8 {
+pub fn ingress_port(ctx: &XdpContext) -> u8 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: plain-old-data value read once.
     match unsafe { IFINDEX_PORTS.get(ifindex) } {

@@ -4,3 +4,5 @@
 pub mod ike;
 pub mod lab;
 pub mod packet;
+pub mod packet6;
+pub mod xdp;

@@ -7,12 +7,15 @@
 
 use std::net::Ipv4Addr;
 
-use etherparse::{EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, UdpHeader};
+use etherparse::{
+    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, TcpHeader, UdpHeader,
+};
 
 pub type Mac = [u8; 6];
 
 /// IP protocol numbers used by the tests.
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ESP: u8 = 50;
 
@@ -74,6 +77,21 @@ impl Ipv4Frame {
         f
     }
 
+    /// A TCP segment (SYN when `data` is empty, else PSH|ACK) with its checksum computed
+    /// from scratch.
+    pub fn tcp(
+        eth_src: Mac,
+        eth_dst: Mac,
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+        data: &[u8],
+    ) -> Self {
+        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
+        let tcp = crate::packet6::tcp_header(sport, dport, data.is_empty());
+        f.payload = [&tcp.to_bytes()[..], data].concat();
+        f.readdressed(src, dst)
+    }
+
     /// The same datagram with UDP checksum 0 ("none", RFC 768).
     pub fn without_udp_checksum(mut self) -> Self {
         assert_eq!(self.proto, PROTO_UDP);
@@ -94,13 +112,20 @@ impl Ipv4Frame {
     }
 
     /// The datagram with new addresses and every checksum recomputed from scratch — what a
-    /// correct NAT produces. (`udp` frames only; other payloads are copied unchanged.)
+    /// correct NAT produces. (UDP and TCP; other payloads are copied unchanged.)
     pub fn readdressed(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
         let mut f = Self {
             src,
             dst,
             ..self.clone()
         };
+        if f.proto == PROTO_TCP && f.frag_offset == 0 && !f.more_fragments {
+            let (tcp, data) = TcpHeader::from_slice(&self.payload).expect("a TCP header");
+            let c = tcp
+                .calc_checksum_ipv4(&f.ip_header(self.payload.len()), data)
+                .expect("TCP segment fits");
+            f.payload[16..18].copy_from_slice(&c.to_be_bytes());
+        }
         if f.proto == PROTO_UDP && f.frag_offset == 0 && !f.more_fragments {
             let (udp, data) = UdpHeader::from_slice(&self.payload).expect("a UDP header");
             if udp.checksum != 0 {
@@ -215,7 +240,7 @@ pub fn arp_request(eth_src: Mac, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> 
     out
 }
 
-/// A minimal IPv6/UDP frame (the program passes IPv6 for now; contents do not matter).
+/// A minimal IPv6/UDP frame between two documentation addresses (no VIP of the tests).
 pub fn ipv6_udp(eth_src: Mac, eth_dst: Mac) -> Vec<u8> {
     let mut out = eth_dst.to_vec();
     out.extend_from_slice(&eth_src);

@@ -1,0 +1,93 @@
+//! The IPv6 flows: the IPv4 ones of `main.rs` (forward client → VIP, reverse backend →
+//! client) over `parse6`, `l4`, `select6` and `rewrite6`.
+//!
+//! Per packet:
+//!
+//! 1. IPv6 sanity (`parse6::ipv6`) else `drop/malformed`.
+//! 2. ICMPv6 directly after the header → `pass/icmpv6`, before any lookup: neighbour
+//!    discovery, echo and errors are the kernel's and never touched (NDP to a VIP or from a
+//!    backend included).
+//! 3. `VIPS_V6[daddr]`: forward. Else, in NAT mode, `BACKEND_IDS_V6[saddr]`: reverse. Else
+//!    `pass/not_vip` (DSR mode has no reverse path: backends answer from the VIP).
+//! 4. Extension headers (`parse6::walk`), the persistency group (`l4::classify`), hop limit
+//!    ≤ 1 → `pass/ttl_exceeded`, then the same selection, rewrite and exit as IPv4.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
+
+use crate::{
+    counters::{
+        self, Verdict, DROP_BAD_BACKEND, PASS_ICMPV6, PASS_NOT_CLIENT, PASS_NOT_SERVICE_PORT,
+        PASS_NOT_VIP, PASS_TTL,
+    },
+    l4,
+    maps::{self, IFACES, VIPS_V6},
+    parse::{self, Side},
+    parse6, rewrite, rewrite6, select6,
+};
+
+/// An IPv6 frame (the caller saw EtherType 0x86DD).
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Verdict> {
+    let ip = parse6::ipv6(ctx)?;
+    if parse6::next_hdr(ip) == parse6::NEXTHDR_ICMPV6 {
+        return Err(PASS_ICMPV6);
+    }
+    // SAFETY: a plain-old-data map value, read-only here.
+    match unsafe { VIPS_V6.get(&parse6::daddr(ip)) } {
+        Some(svc) => forward(ctx, eth, ip, svc),
+        None => reverse(ctx, eth, ip),
+    }
+}
+
+/// Client → VIP.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    svc: &Service,
+) -> Result<u32, Verdict> {
+    let t = parse6::walk(ctx, ip)?;
+    let csum = l4::classify(ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+    if parse6::hop_limit(ip) <= 1 {
+        return Err(PASS_TTL);
+    }
+    let choice = select6::forward_v6(ctx, eth, svc, &parse6::saddr(ip))?;
+    // SAFETY: a pointer into the BACKENDS array map.
+    let b = unsafe { &*choice.backend };
+    rewrite6::forward_v6(eth, ip, csum, b, !maps::mode_dsr());
+    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    let counter = if choice.persisted {
+        counter::FORWARD
+    } else {
+        counter::FORWARD_PERSIST_FULL
+    };
+    counters::forwarded(counter, choice.id, DIR_FORWARD, parse::frame_len(ctx));
+    Ok(action)
+}
+
+/// Backend → client (NAT mode only).
+#[inline(always)]
+fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, Verdict> {
+    if maps::mode_dsr() {
+        return Err(PASS_NOT_VIP);
+    }
+    let (id, svc) = select6::reverse_service_v6(&parse6::saddr(ip))?;
+    // SAFETY: a pointer into the SERVICES array map.
+    let svc = unsafe { &*svc };
+    let t = parse6::walk(ctx, ip)?;
+    let csum = l4::classify(ctx, t, svc, Side::Reverse, PASS_NOT_CLIENT)?;
+    let entry = select6::client_entry_v6(svc, id, &parse6::daddr(ip))?;
+    if parse6::hop_limit(ip) <= 1 {
+        return Err(PASS_TTL);
+    }
+    // SAFETY: pointers into the PERSIST_V6 and IFACES maps.
+    let (client_mac, port) = unsafe { (&(*entry).client_mac, (*entry).port) };
+    let iface = unsafe { &*IFACES.get_ptr(u32::from(port)).ok_or(DROP_BAD_BACKEND)? };
+    rewrite6::reverse_v6(eth, ip, csum, &svc.vip, client_mac, &iface.mac);
+    let action = rewrite::send(ctx, iface.ifindex, u32::from(port))?;
+    counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
+    Ok(action)
+}

@@ -1,0 +1,333 @@
+//! An Ethernet/IPv6 frame builder for the program tests, with extension headers and fragments.
+//!
+//! As in [`crate::packet`], transport checksums come from `etherparse`, computed from scratch
+//! over the pseudo-header of the final addresses (RFC 8200 §8.1): a frame the XDP program
+//! rewrote incrementally must equal, byte for byte, the frame built here with the rewritten
+//! fields. Extension headers are laid out by hand (they are a next-header byte, a length in
+//! 8-octet units beyond the first 8, and a body; RFC 8200 §4).
+
+use std::net::Ipv6Addr;
+
+use etherparse::{Ipv6Header, TcpHeader, UdpHeader};
+
+use crate::packet::{Mac, PROTO_TCP, PROTO_UDP};
+
+pub const PROTO_ICMPV6: u8 = 58;
+pub const NEXT_HOP_BY_HOP: u8 = 0;
+pub const NEXT_ROUTING: u8 = 43;
+pub const NEXT_FRAGMENT: u8 = 44;
+pub const NEXT_AUTH: u8 = 51;
+pub const NEXT_NONE: u8 = 59;
+pub const NEXT_DEST_OPTS: u8 = 60;
+
+/// Offset of the IPv6 header in a frame built here.
+pub const IP6_OFFSET: usize = 14;
+/// Length of the fixed IPv6 header.
+pub const IP6_LEN: usize = 40;
+
+/// An extension header in front of the transport header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ext {
+    /// Hop-by-Hop Options holding one PadN option with `pad` bytes of padding: the header is
+    /// 4 + `pad` bytes, so `pad` is 4, 12, 20, ….
+    HopByHop { pad: usize },
+    /// Destination Options, as `HopByHop`.
+    DestOpts { pad: usize },
+    /// A Routing header of type 4 (segment routing, RFC 8754) with one segment, as far as
+    /// its length and `segments_left` go.
+    Routing { segments_left: u8 },
+    /// A Fragment header (RFC 8200 §4.5): `offset` in 8-octet units.
+    Fragment { offset: u16, more: bool, id: u32 },
+    /// Any other header type, with an 8-byte body layout (`len` 0).
+    Raw { kind: u8 },
+}
+
+impl Ext {
+    fn kind(&self) -> u8 {
+        match self {
+            Ext::HopByHop { .. } => NEXT_HOP_BY_HOP,
+            Ext::DestOpts { .. } => NEXT_DEST_OPTS,
+            Ext::Routing { .. } => NEXT_ROUTING,
+            Ext::Fragment { .. } => NEXT_FRAGMENT,
+            Ext::Raw { kind } => *kind,
+        }
+    }
+
+    fn bytes(&self, next: u8) -> Vec<u8> {
+        match self {
+            Ext::HopByHop { pad } | Ext::DestOpts { pad } => {
+                let total = 2 + 2 + pad;
+                assert!(total % 8 == 0, "options header of {total} bytes");
+                // PadN option (RFC 8200 §4.2): type 1, length, zeros.
+                let mut b = vec![next, (total / 8 - 1) as u8, 1, *pad as u8];
+                b.resize(total, 0);
+                b
+            }
+            Ext::Routing { segments_left } => {
+                // Type 4 with one 16-byte segment: 8 + 16 bytes, length 2.
+                let mut b = vec![next, 2, 4, *segments_left, 0, 0, 0, 0];
+                b.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0xaaaa, 0, 0, 0, 0, 1).octets());
+                b
+            }
+            Ext::Fragment { offset, more, id } => {
+                let word = (offset << 3) | u16::from(*more);
+                let mut b = vec![next, 0];
+                b.extend_from_slice(&word.to_be_bytes());
+                b.extend_from_slice(&id.to_be_bytes());
+                b
+            }
+            Ext::Raw { .. } => {
+                let mut b = vec![next, 0];
+                b.resize(8, 0);
+                b
+            }
+        }
+    }
+}
+
+/// An Ethernet II frame carrying one IPv6 packet (or fragment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Frame {
+    pub eth_src: Mac,
+    pub eth_dst: Mac,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// Extension headers, in order, before the transport header.
+    pub ext: Vec<Ext>,
+    /// The upper-layer protocol (what the last extension header, or the IPv6 header, names).
+    pub proto: u8,
+    /// Everything after the extension headers.
+    pub payload: Vec<u8>,
+}
+
+impl Ipv6Frame {
+    pub fn raw(
+        eth_src: Mac,
+        eth_dst: Mac,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        proto: u8,
+        payload: &[u8],
+    ) -> Self {
+        Self {
+            eth_src,
+            eth_dst,
+            src,
+            dst,
+            hop_limit: 64,
+            ext: Vec::new(),
+            proto,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn pseudo(&self) -> Ipv6Header {
+        Ipv6Header {
+            source: self.src.octets(),
+            destination: self.dst.octets(),
+            ..Default::default()
+        }
+    }
+
+    /// A UDP datagram with its checksum computed from scratch.
+    pub fn udp(
+        eth_src: Mac,
+        eth_dst: Mac,
+        (src, sport): (Ipv6Addr, u16),
+        (dst, dport): (Ipv6Addr, u16),
+        data: &[u8],
+    ) -> Self {
+        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_UDP, &[]);
+        let udp = UdpHeader::with_ipv6_checksum(sport, dport, &f.pseudo(), data)
+            .expect("UDP datagram fits");
+        f.payload = [&udp.to_bytes()[..], data].concat();
+        f
+    }
+
+    /// A TCP segment (flags PSH|ACK, or SYN when `data` is empty) with its checksum.
+    pub fn tcp(
+        eth_src: Mac,
+        eth_dst: Mac,
+        (src, sport): (Ipv6Addr, u16),
+        (dst, dport): (Ipv6Addr, u16),
+        data: &[u8],
+    ) -> Self {
+        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
+        let tcp = tcp_header(sport, dport, data.is_empty());
+        f.payload = [&tcp.to_bytes()[..], data].concat();
+        f.fix_transport_checksum();
+        f
+    }
+
+    /// The UDP checksum field set to `c` (e.g. 0, which IPv6 forbids: RFC 8200 §8.1).
+    pub fn with_udp_checksum(mut self, c: u16) -> Self {
+        assert_eq!(self.proto, PROTO_UDP);
+        self.payload[6..8].copy_from_slice(&c.to_be_bytes());
+        self
+    }
+
+    pub fn with_hop_limit(mut self, hop_limit: u8) -> Self {
+        self.hop_limit = hop_limit;
+        self
+    }
+
+    pub fn with_macs(mut self, eth_src: Mac, eth_dst: Mac) -> Self {
+        self.eth_src = eth_src;
+        self.eth_dst = eth_dst;
+        self
+    }
+
+    /// The packet with `ext` inserted in front of the transport header (after those it has).
+    pub fn with_ext(mut self, ext: Ext) -> Self {
+        self.ext.push(ext);
+        self
+    }
+
+    fn is_fragment(&self) -> bool {
+        self.ext
+            .iter()
+            .any(|e| matches!(e, Ext::Fragment { offset, more, .. } if *offset != 0 || *more))
+    }
+
+    /// Recomputes the UDP or TCP checksum from scratch (whole packets only; a zero UDP
+    /// checksum stays zero).
+    fn fix_transport_checksum(&mut self) {
+        if self.is_fragment() {
+            return;
+        }
+        let ip = self.pseudo();
+        match self.proto {
+            PROTO_UDP => {
+                let (udp, data) = UdpHeader::from_slice(&self.payload).expect("a UDP header");
+                if udp.checksum != 0 {
+                    let c = udp.calc_checksum_ipv6(&ip, data).expect("fits");
+                    self.payload[6..8].copy_from_slice(&c.to_be_bytes());
+                }
+            }
+            PROTO_TCP => {
+                let (tcp, data) = TcpHeader::from_slice(&self.payload).expect("a TCP header");
+                let c = tcp.calc_checksum_ipv6(&ip, data).expect("fits");
+                self.payload[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+    }
+
+    /// The packet with new addresses and its transport checksum recomputed from scratch —
+    /// what a correct NAT produces (fragments: see [`Ipv6Frame::fragments`]).
+    pub fn readdressed(&self, src: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        let mut f = Self {
+            src,
+            dst,
+            ..self.clone()
+        };
+        f.fix_transport_checksum();
+        f
+    }
+
+    /// Splits the (whole) packet's payload into two fragments behind a Fragment header: the
+    /// first carries `first_len` bytes (a multiple of 8), the second the rest.
+    pub fn fragments(&self, first_len: usize, id: u32) -> (Self, Self) {
+        assert!(first_len % 8 == 0 && first_len < self.payload.len());
+        let first = Self {
+            payload: self.payload[..first_len].to_vec(),
+            ..self.clone()
+        }
+        .with_ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+            id,
+        });
+        let second = Self {
+            payload: self.payload[first_len..].to_vec(),
+            ..self.clone()
+        }
+        .with_ext(Ext::Fragment {
+            offset: (first_len / 8) as u16,
+            more: false,
+            id,
+        });
+        (first, second)
+    }
+
+    /// The frame on the wire.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut chain = Vec::new();
+        for (i, e) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(self.proto, Ext::kind);
+            chain.extend(e.bytes(next));
+        }
+        let first = self.ext.first().map_or(self.proto, Ext::kind);
+        let payload_len = (chain.len() + self.payload.len()) as u16;
+        let mut out = Vec::with_capacity(14 + 40 + payload_len as usize);
+        out.extend_from_slice(&self.eth_dst);
+        out.extend_from_slice(&self.eth_src);
+        out.extend_from_slice(&0x86ddu16.to_be_bytes());
+        // Version 6, traffic class 0, a flow label (RFC 6437) the program must leave alone.
+        out.extend_from_slice(&[0x60, 0x0a, 0xbc, 0xde]);
+        out.extend_from_slice(&payload_len.to_be_bytes());
+        out.push(first);
+        out.push(self.hop_limit);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.dst.octets());
+        out.extend(chain);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// A TCP header without options: SYN, or PSH|ACK.
+pub fn tcp_header(sport: u16, dport: u16, syn: bool) -> TcpHeader {
+    let mut tcp = TcpHeader::new(sport, dport, 0x1000_0000, 64_240);
+    if syn {
+        tcp.syn = true;
+    } else {
+        tcp.ack = true;
+        tcp.psh = true;
+        tcp.acknowledgment_number = 0x2000_0000;
+    }
+    tcp
+}
+
+/// An ICMPv6 neighbour solicitation for `target` (RFC 4861 §4.3), to its solicited-node
+/// multicast address, with its checksum. The program must pass it untouched.
+pub fn neighbour_solicitation(eth_src: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let dst = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    // Source link-layer address option.
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&eth_src);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
+    pseudo.extend_from_slice(&icmp);
+    let c = lb_common::csum::checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    let d = dst.octets();
+    let mac = [0x33, 0x33, d[12], d[13], d[14], d[15]];
+    let mut f = Ipv6Frame::raw(eth_src, mac, src, dst, PROTO_ICMPV6, &icmp);
+    f.hop_limit = 255;
+    f.bytes()
+}
+
+/// An ESP packet body (SPI, sequence number, opaque data): what ikelb forwards unparsed.
+pub fn esp_body(spi: u32, seq: u32, len: usize) -> Vec<u8> {
+    let mut b = spi.to_be_bytes().to_vec();
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend((0..len).map(|i| (i * 13 + 5) as u8));
+    b
+}
