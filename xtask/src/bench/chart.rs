@@ -18,11 +18,12 @@ use crate::closed_loop::{Results, SIZES, VARIANTS};
 /// DejaVu Sans (Debian `fonts-dejavu-core`, which `cargo xtask bench` installs if missing).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(150, 150, 150), // trivial
     RGBColor(31, 119, 180),  // ikelb
     RGBColor(214, 39, 40),   // nft
     RGBColor(255, 127, 14),  // kernel
+    RGBColor(120, 180, 230), // ikelb with the lever
 ];
 
 pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
@@ -35,7 +36,7 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         .flat_map(|(s, _)| VARIANTS.iter().map(move |(v, _)| r.median(s, v)))
         .fold(0.0f64, f64::max)
         * 1.25;
-    let root = BitMapBackend::new(path, (1100, 640)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 680)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (title, body) = root.split_vertically(56);
     title
@@ -57,7 +58,7 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         .margin_left(10)
         .margin_right(20)
         .margin_bottom(10)
-        .x_label_area_size(62)
+        .x_label_area_size(82)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..SIZES.len() as f64, 0f64..ymax)
         .map_err(|e| anyhow!("{e}"))?;
@@ -104,6 +105,7 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         let t = r.median(s, "trivial");
         let i = r.median(s, "ikelb");
         let n = r.median(s, "nft");
+        let l = r.median(s, "lever");
         let centered = |size| {
             ("sans-serif", size)
                 .into_font()
@@ -115,6 +117,12 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         root.draw(&Text::new(
             format!("ikelb = {:.2} × trivial, {:.1} × nft", i / t, i / n),
             (at.0, at.1 + 30),
+            centered(15),
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
+        root.draw(&Text::new(
+            format!("with the lever: {:.2} × trivial, {:.1} × nft", l / t, l / n),
+            (at.0, at.1 + 50),
             centered(15),
         ))
         .map_err(|e| anyhow!("{e}"))?;

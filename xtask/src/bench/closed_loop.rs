@@ -23,6 +23,9 @@
 //!   the sinks hold the backend addresses and answer ARP and ping through the kernel).
 //! * gw-c: nftables DNAT `jhash ip saddr mod 10 map {…}` with conntrack, kernel forwarding.
 //! * gw-d: kernel forwarding, a static route for the VIP.
+//! * gw-e: ikelb with the `SLOT_FAST_PATH` lever on, which the daemon cannot set yet: the
+//!   same object loaded and filled by `lb_ctl`'s own `Balancer` (as in the program-cost
+//!   section), next hops and health set as the daemon would, attached to both veths.
 
 use std::{
     fs,
@@ -39,7 +42,11 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_ctl::EBPF_OBJECT;
+use lb_ctl::{
+    dataplane::AyaDataplane,
+    state::{Balancer, IfaceInfo},
+    EBPF_OBJECT,
+};
 
 use crate::{
     frame::{self, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, MODE_FORWARD},
@@ -49,11 +56,12 @@ use crate::{
 };
 
 /// The compared paths, in the order they alternate.
-pub const VARIANTS: [(&str, &str); 4] = [
+pub const VARIANTS: [(&str, &str); 5] = [
     ("trivial", "MAC swap + redirect (XDP)"),
     ("ikelb", "ikelb (lb-ctl daemon)"),
     ("nft", "nft DNAT jhash + conntrack"),
     ("kernel", "kernel forwarding"),
+    ("lever", "ikelb, slot fast path on"),
 ];
 
 /// Client counts of the sweep.
@@ -171,6 +179,8 @@ impl Results {
 /// programs, the namespaces, the run directory (bpffs) and the global sysctls.
 struct Rig {
     daemon: Option<ChildGuard>,
+    /// gw-e's ikelb with the lever (its maps and attachments live as long as this).
+    _lever: Option<Balancer<AyaDataplane>>,
     ebpf: Ebpf,
     gen: NetNs,
     _gws: Vec<NetNs>,
@@ -245,7 +255,7 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
     let gen = NetNs::new(prefix.name("gen"))?;
     let mut gws = Vec::new();
     let mut sinks = Vec::new();
-    let letters = ['a', 'b', 'c', 'd'];
+    let letters = ['a', 'b', 'c', 'd', 'e'];
     for l in letters {
         let gw = NetNs::new(prefix.name(&format!("gw{l}")))?;
         let sink = NetNs::new(prefix.name(&format!("sink{l}")))?;
@@ -276,7 +286,7 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
     }
     // Kernel paths: NAPI on the gateway's ingress veth (GRO) so XDP_TX frames from the
     // generator are accepted (a veth drops XDP frames unless the receiver has XDP or GRO).
-    for gw in &gws[2..] {
+    for gw in &gws[2..4] {
         gw.exec("ethtool", &["-K", "in", "gro", "on"])?;
     }
     nft_rules(&gws[2])?;
@@ -310,9 +320,11 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         paths.push((gen.ifindex(&ifname)?, t));
     }
 
+    let lever = lever_gateway(&gws[4], &sinks[4])?;
     let log = dir.path.join("daemon.log");
     let mut rig = Rig {
         daemon: None,
+        _lever: Some(lever),
         ebpf,
         gen,
         _gws: gws,
@@ -324,6 +336,37 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
     };
     start_daemon(&mut rig, prefix, o, &bpffs)?;
     Ok(rig)
+}
+
+/// ikelb with `SLOT_FAST_PATH` on in `gw`: loaded with the daemon's globals and sizes,
+/// filled by `Balancer` (backends usable via the sink's MAC, health up), attached natively to
+/// `in` and `out`.
+fn lever_gateway(gw: &NetNs, sink: &NetNs) -> Result<Balancer<AyaDataplane>> {
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
+    let config = lb::parse_config(&lb::config_yaml(&["in", "out"], &backends, None))?;
+    let ifaces = [
+        IfaceInfo {
+            name: "in".into(),
+            ifindex: gw.ifindex("in")?,
+            mac: gw.mac("in")?,
+        },
+        IfaceInfo {
+            name: "out".into(),
+            ifindex: gw.ifindex("out")?,
+            mac: gw.mac("out")?,
+        },
+    ];
+    let sink_mac = sink.mac("s0")?;
+    gw.run(|| {
+        let ebpf = lb::load_like_daemon(&config, 1, true)?;
+        let mut b = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), sink_mac)?;
+        let prog = lb::load_prog(b.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?;
+        for i in ["in", "out"] {
+            prog.attach(i, XdpMode::Driver)
+                .with_context(|| format!("attach ikelb (lever) to {i}"))?;
+        }
+        Ok(b)
+    })
 }
 
 fn nft_rules(gw: &NetNs) -> Result<()> {

@@ -182,17 +182,23 @@ pub fn table(a: &All<'_>) -> String {
     for (v, _) in VARIANTS {
         o += &format!(" {v:>8}");
     }
-    o += &format!(" {:>14} {:>10} {:>14}\n", "ikelb÷trivial", "ikelb÷nft", "sink≠generated");
+    o += &format!(
+        " {:>14} {:>10} {:>14} {:>10} {:>14}\n",
+        "ikelb÷trivial", "ikelb÷nft", "lever÷trivial", "lever÷nft", "sink≠generated"
+    );
     for (s, _) in SIZES {
         o += &format!("   {s:<8}");
         for (v, _) in VARIANTS {
             o += &format!(" {:>8.3}", c.median(s, v));
         }
         let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
+        let r = |a: &str, b: &str| c.median(s, a) / c.median(s, b);
         o += &format!(
-            " {:>14.2} {:>9.2}× {:>14}\n",
-            c.median(s, "ikelb") / c.median(s, "trivial"),
-            c.median(s, "ikelb") / c.median(s, "nft"),
+            " {:>14.2} {:>9.2}× {:>14.2} {:>9.2}× {:>14}\n",
+            r("ikelb", "trivial"),
+            r("ikelb", "nft"),
+            r("lever", "trivial"),
+            r("lever", "nft"),
             if lost == 0 {
                 "0".to_owned()
             } else {
@@ -201,7 +207,8 @@ pub fn table(a: &All<'_>) -> String {
         );
     }
     o += "   (trivial = XDP MAC swap + redirect, the path's physical limit; ikelb = lb-ctl daemon;\n\
-          \x20   nft = kernel forwarding + nft DNAT jhash ip saddr mod 10 + conntrack; kernel = plain forwarding)\n";
+          \x20   nft = kernel forwarding + nft DNAT jhash ip saddr mod 10 + conntrack; kernel = plain\n\
+          \x20   forwarding; lever = ikelb with SLOT_FAST_PATH on, loaded through lb_ctl's Balancer)\n";
 
     let mem = &p.memory;
     o += &format!(
@@ -292,6 +299,14 @@ pub fn json(a: &All<'_>) -> Value {
         e.insert(
             "ikelb_over_nft".into(),
             json!(round3(c.median(s, "ikelb") / c.median(s, "nft"))),
+        );
+        e.insert(
+            "lever_over_trivial".into(),
+            json!(round3(c.median(s, "lever") / c.median(s, "trivial"))),
+        );
+        e.insert(
+            "lever_over_nft".into(),
+            json!(round3(c.median(s, "lever") / c.median(s, "nft"))),
         );
         e.insert(
             "ikelb_over_kernel".into(),
