@@ -35,7 +35,7 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         .iter()
         .flat_map(|(s, _)| VARIANTS.iter().map(move |(v, _)| r.median(s, v)))
         .fold(0.0f64, f64::max)
-        * 1.25;
+        * 1.32;
     let root = BitMapBackend::new(path, (1200, 680)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (title, body) = root.split_vertically(56);
