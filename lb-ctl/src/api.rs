@@ -225,6 +225,9 @@ pub struct VirtualServerStatus {
     pub name: String,
     pub vip: IpAddr,
     pub ports: Vec<u16>,
+    /// TCP ports of the persistency group (SSTP fallback); absent from older daemons.
+    #[serde(default)]
+    pub tcp_ports: Vec<u16>,
     pub esp: bool,
     /// Backends holding slots in the active table (0: every packet is dropped as
     /// `no_backend`).

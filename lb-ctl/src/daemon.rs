@@ -193,18 +193,6 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         source,
     })?;
 
-    for vs in config
-        .virtual_servers
-        .iter()
-        .filter(|vs| !vs.tcp_ports.is_empty())
-    {
-        warn!(
-            virtual_server = %vs.name,
-            "tcp_ports {:?} are recorded in the service but not forwarded: TCP (SSTP fallback) \
-             is reserved for a later release",
-            vs.tcp_ports
-        );
-    }
     // A taken metrics port stops the start before the data path is touched.
     let metrics_listener = crate::metrics::http::bind(config.metrics_listen).await?;
     let capacity = backend_capacity(config.backend_count());

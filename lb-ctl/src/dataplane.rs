@@ -11,7 +11,9 @@ use aya::{
     maps::{xdp::XdpMapError, Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf, Pod,
 };
-use lb_common::{counter, maps, Backend, Iface, PersistKeyV4, PersistValue, Service, FAMILY_V4};
+use lb_common::{
+    counter, maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, Service, FAMILY_V4,
+};
 
 /// A BPF map operation that failed, naming the map and the entry. aya's errors are boxed:
 /// they are large and this error travels through every control-plane call.
@@ -85,32 +87,71 @@ pub trait Dataplane {
     /// Every entry of `PERSIST_V4`.
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
 
-    /// A reader of every `PERSIST_V4` entry that owns its own handle on the map, so a scan
-    /// of a large map (two syscalls per entry) can run in the blocking pool while the
-    /// daemon's loop goes on (drain idle detection).
-    fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError>;
+    /// Every entry of `PERSIST_V6`.
+    fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError>;
+
+    /// Every entry of both persistence maps, as the control plane counts and drains them.
+    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
+        let v4 = self.persistence_v4()?;
+        let v6 = self.persistence_v6()?;
+        Ok(PersistEntry::both(&v4, &v6))
+    }
+
+    /// A reader of every entry of both persistence maps that owns its own handles on them,
+    /// so a scan of a large map (two syscalls per entry) can run in the blocking pool while
+    /// the daemon's loop goes on (drain idle detection, `backend list`, `status`).
+    fn persistence_reader(&self) -> Result<PersistReader, DataplaneError>;
 
     /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
     fn persistence_v4_get(
         &self,
         key: &PersistKeyV4,
     ) -> Result<Option<PersistValue>, DataplaneError>;
+
+    /// One entry of `PERSIST_V6` (`lb-ctl lookup`).
+    fn persistence_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<PersistValue>, DataplaneError>;
 }
 
-/// See [`Dataplane::persistence_v4_reader`].
-pub type PersistReader =
-    Box<dyn FnOnce() -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> + Send>;
+/// A persistence entry of either family, as the control plane counts clients and detects
+/// idle drains: the service of the client's key and the value. (Which client it is matters
+/// only to `lookup`, which reads the one entry it needs.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistEntry {
+    pub service: u32,
+    pub value: PersistValue,
+}
 
-/// Every entry of `m`; an LRU entry evicted between `next_key` and the lookup shows as
-/// `KeyNotFound` and is skipped.
-fn read_persistence_v4<T: std::borrow::Borrow<MapData>>(
-    m: &HashMap<T, PersistKeyV4, PersistValue>,
-) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+impl PersistEntry {
+    /// The entries of both maps, IPv4 first.
+    pub fn both(
+        v4: &[(PersistKeyV4, PersistValue)],
+        v6: &[(PersistKeyV6, PersistValue)],
+    ) -> Vec<Self> {
+        let v4 = v4.iter().map(|(k, v)| (k.service, *v));
+        let v6 = v6.iter().map(|(k, v)| (k.service, *v));
+        v4.chain(v6)
+            .map(|(service, value)| Self { service, value })
+            .collect()
+    }
+}
+
+/// See [`Dataplane::persistence_reader`].
+pub type PersistReader = Box<dyn FnOnce() -> Result<Vec<PersistEntry>, DataplaneError> + Send>;
+
+/// Every entry of persistence map `map` (`m`); an LRU entry evicted between `next_key` and
+/// the lookup shows as `KeyNotFound` and is skipped.
+fn read_persistence<T: std::borrow::Borrow<MapData>, K: Pod>(
+    m: &HashMap<T, K, PersistValue>,
+    map: &'static str,
+) -> Result<Vec<(K, PersistValue)>, DataplaneError> {
     m.iter()
         .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
         .map(|r| {
             r.map_err(|source| DataplaneError::Read {
-                map: maps::PERSIST_V4,
+                map,
                 source: Box::new(source),
             })
         })
@@ -331,23 +372,73 @@ impl Dataplane for AyaDataplane {
 
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
         let map = maps::PERSIST_V4;
-        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
-            .map_err(|source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            })?;
-        read_persistence_v4(&m)
+        read_persistence(&self.persist_map::<PersistKeyV4>(map)?, map)
     }
 
-    fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError> {
-        use std::os::fd::AsFd;
-        let map = maps::PERSIST_V4;
-        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
-            .map_err(|source| DataplaneError::MapType {
+    fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError> {
+        let map = maps::PERSIST_V6;
+        read_persistence(&self.persist_map::<PersistKeyV6>(map)?, map)
+    }
+
+    fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
+        let v4 = self.persist_handle::<PersistKeyV4>(maps::PERSIST_V4)?;
+        let v6 = self.persist_handle::<PersistKeyV6>(maps::PERSIST_V6)?;
+        Ok(Box::new(move || Ok(PersistEntry::both(&v4()?, &v6()?))))
+    }
+
+    fn persistence_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        self.persist_get(maps::PERSIST_V4, key)
+    }
+
+    fn persistence_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        self.persist_get(maps::PERSIST_V6, key)
+    }
+}
+
+impl AyaDataplane {
+    fn persist_map<K: Pod>(
+        &self,
+        map: &'static str,
+    ) -> Result<HashMap<&MapData, K, PersistValue>, DataplaneError> {
+        HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
+            map,
+            source: Box::new(source),
+        })
+    }
+
+    fn persist_get<K: Pod>(
+        &self,
+        map: &'static str,
+        key: &K,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        match self.persist_map::<K>(map)?.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Read {
                 map,
                 source: Box::new(source),
-            })?;
-        let read_err = |source: MapError| DataplaneError::Read {
+            }),
+        }
+    }
+
+    /// A reader of every entry of persistence map `map` through its own (duplicated) fd.
+    #[allow(clippy::type_complexity)]
+    fn persist_handle<K: Pod + Send + 'static>(
+        &self,
+        map: &'static str,
+    ) -> Result<
+        Box<dyn FnOnce() -> Result<Vec<(K, PersistValue)>, DataplaneError> + Send>,
+        DataplaneError,
+    > {
+        use std::os::fd::AsFd;
+        let m = self.persist_map::<K>(map)?;
+        let read_err = move |source: MapError| DataplaneError::Read {
             map,
             source: Box::new(source),
         };
@@ -363,35 +454,13 @@ impl Dataplane for AyaDataplane {
             })?;
         Ok(Box::new(move || {
             let data = MapData::from_fd(fd).map_err(read_err)?;
-            let m: HashMap<MapData, PersistKeyV4, PersistValue> =
-                HashMap::try_from(Map::LruHashMap(data)).map_err(|source| {
-                    DataplaneError::MapType {
-                        map,
-                        source: Box::new(source),
-                    }
+            let m: HashMap<MapData, K, PersistValue> = HashMap::try_from(Map::LruHashMap(data))
+                .map_err(|source| DataplaneError::MapType {
+                    map,
+                    source: Box::new(source),
                 })?;
-            read_persistence_v4(&m)
+            read_persistence(&m, map)
         }))
-    }
-
-    fn persistence_v4_get(
-        &self,
-        key: &PersistKeyV4,
-    ) -> Result<Option<PersistValue>, DataplaneError> {
-        let map = maps::PERSIST_V4;
-        let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(self.map(map)?)
-            .map_err(|source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            })?;
-        match m.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Read {
-                map,
-                source: Box::new(source),
-            }),
-        }
     }
 }
 
@@ -446,6 +515,7 @@ pub mod fake {
         pub rings: BTreeMap<u32, u32>,
         pub counters: Vec<u64>,
         pub persist_v4: Vec<(PersistKeyV4, PersistValue)>,
+        pub persist_v6: Vec<(PersistKeyV6, PersistValue)>,
         /// Fail the next `write_ring_slots` after writing this many of its slots.
         pub fail_ring_write_after: Option<usize>,
     }
@@ -546,8 +616,12 @@ pub mod fake {
             Ok(self.persist_v4.clone())
         }
 
-        fn persistence_v4_reader(&self) -> Result<PersistReader, DataplaneError> {
-            let entries = self.persist_v4.clone();
+        fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError> {
+            Ok(self.persist_v6.clone())
+        }
+
+        fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
+            let entries = self.persistence()?;
             Ok(Box::new(move || Ok(entries)))
         }
 
@@ -557,6 +631,17 @@ pub mod fake {
         ) -> Result<Option<PersistValue>, DataplaneError> {
             Ok(self
                 .persist_v4
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| *v))
+        }
+
+        fn persistence_v6_get(
+            &self,
+            key: &PersistKeyV6,
+        ) -> Result<Option<PersistValue>, DataplaneError> {
+            Ok(self
+                .persist_v6
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| *v))

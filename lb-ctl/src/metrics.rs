@@ -37,7 +37,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    counter, maps, PersistKeyV4, PersistValue, Traffic, DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
+    counter, maps, PersistKeyV4, PersistKeyV6, PersistValue, Traffic, DIR_FORWARD, DIR_REVERSE,
+    TICK_SHIFT,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -48,7 +49,7 @@ use prometheus::{
 use tracing::warn;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, PersistEntry},
     health::{Probe, ProbeObserver},
     state::Balancer,
 };
@@ -80,8 +81,8 @@ pub trait StatsSource: Send + Sync + 'static {
     fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
     /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
-    /// Every `PERSIST_V4` entry.
-    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+    /// Every entry of `PERSIST_V4` and `PERSIST_V6`.
+    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError>;
 }
 
 fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -97,10 +98,12 @@ pub struct PinnedStats {
     counters: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, Traffic>,
     persist: HashMap<MapData, PersistKeyV4, PersistValue>,
+    persist6: HashMap<MapData, PersistKeyV6, PersistValue>,
 }
 
 impl PinnedStats {
-    /// Opens `COUNTERS`, `BACKEND_STATS` and `PERSIST_V4` from `maps_dir` (`pin::Pins::maps_dir`).
+    /// Opens `COUNTERS`, `BACKEND_STATS`, `PERSIST_V4` and `PERSIST_V6` from `maps_dir`
+    /// (`pin::Pins::maps_dir`).
     pub fn open(maps_dir: &Path) -> Result<Self, DataplaneError> {
         fn open(dir: &Path, map: &'static str) -> Result<Map, DataplaneError> {
             let data = MapData::from_pin(dir.join(map)).map_err(read_err(map))?;
@@ -119,6 +122,8 @@ impl PinnedStats {
                 .map_err(typed(maps::BACKEND_STATS))?,
             persist: HashMap::try_from(open(maps_dir, maps::PERSIST_V4)?)
                 .map_err(typed(maps::PERSIST_V4))?,
+            persist6: HashMap::try_from(open(maps_dir, maps::PERSIST_V6)?)
+                .map_err(typed(maps::PERSIST_V6))?,
         })
     }
 }
@@ -149,13 +154,21 @@ impl StatsSource for PinnedStats {
         Ok([dir(DIR_FORWARD)?, dir(DIR_REVERSE)?])
     }
 
-    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
         // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
-        self.persist
+        let v4: Vec<_> = self
+            .persist
             .iter()
             .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
             .map(|r| r.map_err(read_err(maps::PERSIST_V4)))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let v6: Vec<_> = self
+            .persist6
+            .iter()
+            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
+            .map(|r| r.map_err(read_err(maps::PERSIST_V6)))
+            .collect::<Result<_, _>>()?;
+        Ok(PersistEntry::both(&v4, &v6))
     }
 }
 
@@ -302,14 +315,14 @@ impl DataplaneCollector {
         }
         let now = now_ticks();
         let mut live = 0;
-        for (key, value) in self.source.persistence()? {
+        for PersistEntry { service, value } in self.source.persistence()? {
             if now.wrapping_sub(value.atime) > self.persist_timeout_ticks {
                 continue;
             }
             live += 1;
             if let Some(b) = backends
                 .iter()
-                .find(|b| b.id == value.backend && b.service == key.service)
+                .find(|b| b.id == value.backend && b.service == service)
             {
                 f.clients
                     .with_label_values(&[b.vs.as_str(), &b.address.to_string()])

@@ -88,13 +88,18 @@ pub fn render(reply: &Reply) -> String {
                 p.entries, p.capacity, p.timeout
             );
             for vs in &s.virtual_servers {
-                let ports: Vec<String> = vs.ports.iter().map(u16::to_string).collect();
+                let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+                let tcp = if vs.tcp_ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + tcp {}", list(&vs.tcp_ports))
+                };
                 let _ = writeln!(
                     out,
-                    "\nvirtual server {} {} udp {}{}: {} of {} backends active{}",
+                    "\nvirtual server {} {} udp {}{tcp}{}: {} of {} backends active{}",
                     vs.name,
                     vs.vip,
-                    ports.join(","),
+                    list(&vs.ports),
                     if vs.esp { " + esp" } else { "" },
                     vs.active,
                     vs.backends.len(),

@@ -28,7 +28,7 @@
 //!
 //! `backend remove --drain D` takes the backend out of the Maglev table (no new client lands
 //! there) but leaves it usable, so the data path keeps sending its persisted clients to it.
-//! Every health interval the daemon reads `PERSIST_V4` and counts,
+//! Every health interval the daemon reads `PERSIST_V4` and `PERSIST_V6` and counts,
 //! per draining backend, the entries that still name it and are not idle — exactly the
 //! data path's own test: `now − atime ≤ persistence_timeout` in 2^30 ns ticks of
 //! `CLOCK_MONOTONIC_COARSE` (what `bpf_ktime_get_coarse_ns` reads). When none is left, or
@@ -53,7 +53,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::{hash::client_hash_v4, PersistKeyV4, PersistValue, TICK_SHIFT};
+use lb_common::{
+    hash::{client_hash_v4, client_hash_v6},
+    PersistKeyV4, PersistKeyV6, TICK_SHIFT,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -64,8 +67,8 @@ use crate::{
         PersistedInfo, PersistenceInfo, Reply, Request, Response, SocketError, Status,
         VirtualServerStatus,
     },
-    config::{Config, Mode, MAX_WEIGHT},
-    dataplane::{Dataplane, DataplaneError},
+    config::{self, Config, Mode, MAX_WEIGHT},
+    dataplane::{addr_words, Dataplane, DataplaneError, PersistEntry},
     health::{
         HealthError, HealthState, IcmpProber, Monitor, ProbeObserver, Report, Target, Tracker,
     },
@@ -358,13 +361,18 @@ impl Controller {
         let mut warnings = Vec::new();
         let mut kept = RuntimeChanges::default();
         for (vs, changes) in &saved.virtual_servers {
-            let Some(service) = lb.services().iter().position(|s| s.name == *vs) else {
+            if !lb.services().iter().any(|s| s.name == *vs) {
                 warnings.push(format!(
                     "virtual server {vs} is not in the config any more: its runtime changes are dropped"
                 ));
                 continue;
+            }
+            // A dual-stack virtual server is a service per family: each address goes to its own.
+            let service_of = |lb: &Balancer<D>, address| {
+                service_by_name(lb, &self.config, vs, address).expect("the name exists")
             };
             for &address in &changes.removed {
+                let service = service_of(lb, address);
                 match self.member(lb, service, address) {
                     Some(id) => {
                         lb.remove_backend(id).expect("member exists");
@@ -377,6 +385,7 @@ impl Controller {
             }
             for added in &changes.added {
                 let address = added.address;
+                let service = service_of(lb, address);
                 if let Err(e) = self.check_new_backend(lb, service, address, added.weight) {
                     // A duplicate in this virtual server is a weight override of a config
                     // backend; anything else (another virtual server's backend too) is dropped.
@@ -403,6 +412,7 @@ impl Controller {
                 kept.record_add(vs, address, added.weight, config_weight);
             }
             for d in &changes.draining {
+                let service = service_of(lb, d.address);
                 let Some(id) = self.member(lb, service, d.address) else {
                     warnings.push(format!(
                         "draining backend {} of {vs} is not a backend any more: forgotten",
@@ -489,8 +499,8 @@ impl Controller {
         effects
     }
 
-    /// Ends drains whose deadline passed or whose clients are all idle, reading
-    /// `PERSIST_V4` on the spot. Returns whether anything was removed (the caller applies).
+    /// Ends drains whose deadline passed or whose clients are all idle, reading the
+    /// persistence maps on the spot. Returns whether anything was removed (the caller applies).
     pub fn check_drains<D: Dataplane>(
         &mut self,
         lb: &mut Balancer<D>,
@@ -499,7 +509,7 @@ impl Controller {
         if !self.draining(lb) {
             return Ok(Effects::default());
         }
-        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?;
+        let entries = lb.dataplane().persistence().map_err(dp_error)?;
         self.end_drains(lb, now, Some(&entries))
     }
 
@@ -508,13 +518,13 @@ impl Controller {
         lb.backends().any(BackendState::draining)
     }
 
-    /// Ends drains whose deadline passed and, given `entries` (a read of `PERSIST_V4`),
-    /// drains that have no active client left.
+    /// Ends drains whose deadline passed and, given `entries` (a read of the persistence
+    /// maps), drains that have no active client left.
     pub fn end_drains<D: Dataplane>(
         &mut self,
         lb: &mut Balancer<D>,
         now: Clock,
-        entries: Option<&[(PersistKeyV4, PersistValue)]>,
+        entries: Option<&[PersistEntry]>,
     ) -> Result<Effects, ApiError> {
         let draining: Vec<(u32, SystemTime)> = lb
             .backends()
@@ -582,7 +592,7 @@ impl Controller {
             Request::BackendList | Request::Status => {
                 let response = lb
                     .dataplane()
-                    .persistence_v4()
+                    .persistence()
                     .map_err(dp_error)
                     .map(|entries| self.answer_with(lb, &request, &entries, now));
                 return (response.unwrap_or_else(Response::Error), effects);
@@ -598,12 +608,12 @@ impl Controller {
         matches!(request, Request::BackendList | Request::Status)
     }
 
-    /// Answers a read-only request with `entries`, a read of `PERSIST_V4`.
+    /// Answers a read-only request with `entries`, a read of the persistence maps.
     pub fn answer_with<D: Dataplane>(
         &self,
         lb: &Balancer<D>,
         request: &Request,
-        entries: &[(PersistKeyV4, PersistValue)],
+        entries: &[PersistEntry],
         now: Clock,
     ) -> Response {
         match request {
@@ -627,7 +637,7 @@ impl Controller {
         effects: &mut Effects,
         now: Clock,
     ) -> Result<Reply, ApiError> {
-        let service = self.service(lb, vs)?;
+        let service = self.service(lb, vs, address)?;
         let name = lb.services()[service].name.clone();
         let existing = self.member(lb, service, address);
         let draining = existing
@@ -684,7 +694,7 @@ impl Controller {
         effects: &mut Effects,
         now: Clock,
     ) -> Result<Reply, ApiError> {
-        let service = self.service(lb, vs)?;
+        let service = self.service(lb, vs, address)?;
         let name = lb.services()[service].name.clone();
         let id = self.member(lb, service, address).ok_or_else(|| {
             let elsewhere = lb
@@ -748,7 +758,7 @@ impl Controller {
     fn list<D: Dataplane>(
         &self,
         lb: &Balancer<D>,
-        entries: &[(PersistKeyV4, PersistValue)],
+        entries: &[PersistEntry],
         now: Clock,
     ) -> Vec<BackendInfo> {
         let clients = count_active(lb, entries, now.tick, self.config.persist_timeout_ticks());
@@ -763,7 +773,7 @@ impl Controller {
     fn status<D: Dataplane>(
         &self,
         lb: &Balancer<D>,
-        entries: &[(PersistKeyV4, PersistValue)],
+        entries: &[PersistEntry],
         now: Clock,
     ) -> Status {
         let backends = self.list(lb, entries, now);
@@ -796,15 +806,19 @@ impl Controller {
                 .iter()
                 .zip(&c.virtual_servers)
                 .map(|(s, vs)| {
+                    // A dual-stack virtual server is one service per family.
                     let mine: Vec<BackendInfo> = backends
                         .iter()
-                        .filter(|b| b.virtual_server == s.name)
+                        .filter(|b| {
+                            b.virtual_server == s.name && b.address.is_ipv4() == vs.vip.is_ipv4()
+                        })
                         .cloned()
                         .collect();
                     VirtualServerStatus {
                         name: s.name.clone(),
                         vip: vs.vip,
                         ports: vs.ports.clone(),
+                        tcp_ports: vs.tcp_ports.clone(),
                         esp: vs.esp,
                         active: mine.iter().filter(|b| b.ring_slots > 0).count(),
                         backends: mine,
@@ -820,28 +834,43 @@ impl Controller {
         client: IpAddr,
         now: Clock,
     ) -> Result<Reply, ApiError> {
-        let IpAddr::V4(v4) = client else {
+        if !self
+            .config
+            .virtual_servers
+            .iter()
+            .any(|vs| vs.vip.is_ipv4() == client.is_ipv4())
+        {
+            let family = if client.is_ipv4() { "IPv4" } else { "IPv6" };
             return Err(ApiError::new(
                 ErrorCode::InvalidAddress,
-                format!("{client}: IPv6 clients are not balanced yet (the data path passes IPv6)"),
+                format!("{client}: no virtual server has an {family} VIP"),
             ));
-        };
-        let word = u32::from_ne_bytes(v4.octets());
+        }
+        let words = addr_words(client);
         let timeout = self.config.persist_timeout_ticks();
         let mut results = Vec::new();
         for (s, vs) in lb.services().iter().zip(&self.config.virtual_servers) {
-            if !vs.vip.is_ipv4() {
+            if vs.vip.is_ipv4() != client.is_ipv4() {
                 continue;
             }
-            let slot = client_hash_v4(word, lb.seed()) % lb.ring_size();
-            let ring_id = s.active_table()[slot as usize];
-            let entry = lb
-                .dataplane()
-                .persistence_v4_get(&PersistKeyV4 {
+            let (hash, entry) = if client.is_ipv4() {
+                let key = PersistKeyV4 {
                     service: s.value.id,
-                    client: word,
-                })
-                .map_err(dp_error)?;
+                    client: words[0],
+                };
+                let hash = client_hash_v4(words[0], lb.seed());
+                (hash, lb.dataplane().persistence_v4_get(&key))
+            } else {
+                let key = PersistKeyV6 {
+                    service: s.value.id,
+                    client: words,
+                };
+                let hash = client_hash_v6(&words, lb.seed());
+                (hash, lb.dataplane().persistence_v6_get(&key))
+            };
+            let entry = entry.map_err(dp_error)?;
+            let slot = hash % lb.ring_size();
+            let ring_id = s.active_table()[slot as usize];
             let mut persisted = None;
             let mut chosen = None;
             if let Some(e) = entry {
@@ -894,9 +923,15 @@ impl Controller {
         Ok(())
     }
 
-    /// Service index of `vs`, a name or a VIP.
-    fn service<D: Dataplane>(&self, lb: &Balancer<D>, vs: &str) -> Result<usize, ApiError> {
-        let by_name = lb.services().iter().position(|s| s.name == vs);
+    /// Service index of `vs`, a name or a VIP, for a backend at `address` (see
+    /// [`service_by_name`]).
+    fn service<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        vs: &str,
+        address: IpAddr,
+    ) -> Result<usize, ApiError> {
+        let by_name = service_by_name(lb, &self.config, vs, address);
         let by_vip = || {
             let ip: IpAddr = vs.parse().ok()?;
             self.config.virtual_servers.iter().position(|v| v.vip == ip)
@@ -947,23 +982,14 @@ impl Controller {
     ) -> Result<(), ApiError> {
         let vs = &self.config.virtual_servers[service];
         let invalid = |why: String| Err(ApiError::new(ErrorCode::InvalidAddress, why));
-        let unusable = match address {
-            IpAddr::V4(v4) => {
-                v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast()
-            }
-            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_loopback() || v6.is_multicast(),
-        };
-        if unusable {
-            return invalid(format!("{address} is not a unicast address"));
+        if let Some(why) = config::address_problem(address) {
+            return invalid(why);
         }
         if address.is_ipv4() != vs.vip.is_ipv4() {
             return invalid(format!(
                 "{address} is not of the address family of {} ({})",
                 vs.name, vs.vip
             ));
-        }
-        if address.is_ipv6() {
-            return invalid(format!("{address}: IPv6 backends are not supported yet"));
         }
         if let Some(owner) = self
             .config
@@ -997,7 +1023,7 @@ impl Controller {
         lb: &Balancer<D>,
         now: Clock,
     ) -> Result<HashMap<u32, u64>, ApiError> {
-        let entries = lb.dataplane().persistence_v4().map_err(dp_error)?;
+        let entries = lb.dataplane().persistence().map_err(dp_error)?;
         Ok(count_active(
             lb,
             &entries,
@@ -1049,19 +1075,35 @@ impl Controller {
     }
 }
 
+/// The service named `name` for a backend at `address`: of a dual-stack virtual server, the
+/// one of `address`'s family (the first of that name when there is none, so the family check
+/// reports the mismatch).
+fn service_by_name<D: Dataplane>(
+    lb: &Balancer<D>,
+    config: &Config,
+    name: &str,
+    address: IpAddr,
+) -> Option<usize> {
+    let named = |i: &usize| lb.services()[*i].name == name;
+    (0..lb.services().len())
+        .filter(named)
+        .find(|&i| config.virtual_servers[i].vip.is_ipv4() == address.is_ipv4())
+        .or_else(|| (0..lb.services().len()).find(named))
+}
+
 /// Entries per backend id that name a backend of their own service and are not idle.
 fn count_active<D: Dataplane>(
     lb: &Balancer<D>,
-    entries: &[(PersistKeyV4, PersistValue)],
+    entries: &[PersistEntry],
     now: u32,
     timeout: u32,
 ) -> HashMap<u32, u64> {
     let mut out = HashMap::new();
-    for (k, v) in entries {
+    for PersistEntry { service, value: v } in entries {
         let Some(b) = lb.backend(v.backend) else {
             continue;
         };
-        if b.service == k.service && now.wrapping_sub(v.atime) <= timeout {
+        if b.service == *service && now.wrapping_sub(v.atime) <= timeout {
             *out.entry(v.backend).or_default() += 1;
         }
     }
@@ -1131,11 +1173,11 @@ pub enum Event {
     /// Time to check drain deadlines (and maybe to start a persistence scan).
     DrainCheck,
     /// A persistence scan (for drains, `backend list`, `status`) finished.
-    Scanned(Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>),
+    Scanned(Result<Vec<PersistEntry>, DataplaneError>),
 }
 
-/// A `PERSIST_V4` scan running in the blocking pool.
-type Scan = tokio::task::JoinHandle<Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>>;
+/// A scan of the persistence maps running in the blocking pool.
+type Scan = tokio::task::JoinHandle<Result<Vec<PersistEntry>, DataplaneError>>;
 
 /// The controller plus its tasks: the health monitor and the control socket.
 pub struct Runtime {
@@ -1335,7 +1377,7 @@ impl Runtime {
     /// Starts a persistence scan in the blocking pool; a failure to start is reported as
     /// the scan's result.
     fn start_scan<D: Dataplane>(&mut self, lb: &Balancer<D>) {
-        self.scan = Some(match lb.dataplane().persistence_v4_reader() {
+        self.scan = Some(match lb.dataplane().persistence_reader() {
             Ok(read) => tokio::task::spawn_blocking(read),
             Err(e) => tokio::spawn(async move { Err(e) }),
         });
@@ -1350,5 +1392,7 @@ impl Drop for Runtime {
     }
 }
 
+#[cfg(test)]
+mod dual_stack_tests;
 #[cfg(test)]
 mod tests;

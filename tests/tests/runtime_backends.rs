@@ -542,7 +542,10 @@ fn bad_requests_and_arguments_change_nothing() {
             ],
             "longer than the maximum",
         ),
-        (&["lookup", "2001:db8::7"], "IPv6 clients"),
+        (
+            &["lookup", "2001:db8::7"],
+            "no virtual server has an IPv6 VIP",
+        ),
     ];
     for (args, text) in refused {
         let out = control::lb_ctl_output(&lab, &lb_ctl, args).unwrap();

@@ -18,8 +18,11 @@
 //!
 //! * `maglev_table_size` — Maglev table size M per service, a prime (default 65537).
 //! * `persistence_entries` — capacity of each persistence map (default 1048576).
-//! * `tcp_ports` per virtual server — reserved for SSTP fallback; validated and written to
-//!   the service, at most [`MAX_PORTS`].
+//! * `tcp_ports` per virtual server — TCP ports in the same persistency group (SSTP
+//!   fallback, issue 6), at most [`MAX_PORTS`].
+//! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server
+//!   (issue 6). Each VIP becomes a service of its own (one [`VirtualServer`] per VIP, same
+//!   name) with the backends of its family; a single address stays valid as before.
 //!
 //! Defaults for keys the schema leaves optional: `mode: nat`, `xdp_mode: auto`,
 //! `persistence_timeout: 30m`, `hash_seed: 0`, `ports: [500, 4500]`, `esp: true`,
@@ -119,7 +122,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawVirtualServer {
     name: String,
-    vip: String,
+    vip: RawVips,
     #[serde(default = "default_ports")]
     ports: Vec<u16>,
     #[serde(default)]
@@ -128,6 +131,36 @@ struct RawVirtualServer {
     esp: bool,
     #[serde(default)]
     backends: Vec<RawBackend>,
+}
+
+/// `vip`: one address (schema v1), or a list of them — at most one per family.
+#[derive(Debug)]
+struct RawVips(Vec<String>);
+
+impl<'de> Deserialize<'de> for RawVips {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawVips;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IP address, or a list of one IPv4 and one IPv6 address")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawVips, E> {
+                Ok(RawVips(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawVips, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(RawVips(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +282,8 @@ pub struct Config {
     pub hash_seed: u32,
     pub maglev_table_size: u32,
     pub persistence_entries: u32,
+    /// One entry per VIP — the services, whose ids are positions here. A dual-stack virtual
+    /// server appears twice under its name, once per family, in the order its VIPs are listed.
     pub virtual_servers: Vec<VirtualServer>,
     pub health_check: HealthCheck,
     pub control_socket: PathBuf,
@@ -264,20 +299,57 @@ pub struct Config {
     origin: Origin,
 }
 
+/// Why an address cannot be a VIP or a backend, if it cannot: not unicast, or an IPv6
+/// address the data path could not tell from an IPv4 one or from "none" (config and
+/// `lb-ctl backend add` share this rule).
+pub fn address_problem(ip: IpAddr) -> Option<String> {
+    match ip {
+        IpAddr::V4(v4) => {
+            (v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast())
+                .then(|| format!("{ip} is not a unicast address"))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() {
+                Some(format!("{ip} is not a unicast address"))
+            } else if s[0] == 0 && s[1] == 0 {
+                // IPv4-mapped (::ffff:0:0/96) and -compatible addresses live here; the maps
+                // also take a zero first word for "no backend".
+                Some(format!(
+                    "{ip} is in ::/32 (IPv4-mapped or reserved): use the IPv4 address"
+                ))
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some(format!(
+                    "{ip} is link-local: it names no host beyond one link"
+                ))
+            } else if s[4..] == [0, 0, 0, 0] {
+                Some(format!(
+                    "{ip} has interface identifier 0: the subnet-router anycast address \
+                     (RFC 4291 §2.6.1), not a host"
+                ))
+            } else {
+                None
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Origin {
     file: String,
     source: String,
 }
 
-/// A virtual server: one VIP with its persistency group of ports and its backends.
+/// One VIP of a virtual server with its persistency group of ports and the backends of its
+/// family — a *service*. A dual-stack virtual server (`vip: [v4, v6]`) is two of these with
+/// the same name, in file order (IPv4 first when listed first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualServer {
     pub name: String,
     pub vip: IpAddr,
     /// UDP ports, in configured order, no duplicates, none 0, at most [`MAX_PORTS`].
     pub ports: Vec<u16>,
-    /// TCP ports (reserved for SSTP fallback), same rules as `ports`.
+    /// TCP ports in the same persistency group (SSTP fallback), same rules as `ports`.
     pub tcp_ports: Vec<u16>,
     pub esp: bool,
     pub backends: Vec<BackendConfig>,
@@ -474,23 +546,8 @@ impl Checker<'_> {
             self.refuse(key, format!("{text:?} is not an IP address"));
             return None;
         };
-        let unusable = match ip {
-            IpAddr::V4(v4) => {
-                v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast()
-            }
-            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_loopback() || v6.is_multicast(),
-        };
-        if unusable {
-            self.refuse(key, format!("{ip} is not a unicast address"));
-            return None;
-        }
-        if ip.is_ipv6() {
-            // The XDP program passes IPv6 unchanged until IPv6 services exist (counter
-            // PASS_IPV6); accepting an IPv6 VIP now would silently balance nothing.
-            self.refuse(
-                key,
-                format!("{ip}: IPv6 virtual servers and backends are not supported yet"),
-            );
+        if let Some(why) = address_problem(ip) {
+            self.refuse(key, why);
             return None;
         }
         Some(ip)
@@ -548,6 +605,7 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
     }
 
     c.duration("persistence_timeout", raw.persistence_timeout);
+    let raw_vips: usize = raw.virtual_servers.iter().map(|vs| vs.vip.0.len()).sum();
     if !lb_common::maglev::is_prime(raw.maglev_table_size) {
         c.refuse(
             "maglev_table_size",
@@ -561,15 +619,12 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
                 raw.maglev_table_size
             ),
         );
-    } else if u64::from(raw.maglev_table_size) * 2 * raw.virtual_servers.len() as u64
-        > u64::from(u32::MAX)
-    {
+    } else if u64::from(raw.maglev_table_size) * 2 * raw_vips as u64 > u64::from(u32::MAX) {
         c.refuse(
             "maglev_table_size",
             format!(
-                "{} × 2 tables × {} virtual servers exceeds the ring array",
+                "{} × 2 tables × {raw_vips} VIPs exceeds the ring array",
                 raw.maglev_table_size,
-                raw.virtual_servers.len()
             ),
         );
     }
@@ -663,14 +718,45 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
                 ),
             );
         }
-        let vip = c.address(&format!("{key}.vip"), &vs.vip);
-        if let Some(vip) = vip {
-            if let Some(first) = vips.insert(vip, v) {
-                c.refuse(
-                    format!("{key}.vip"),
-                    format!("{vip} is already the VIP of virtual_servers[{first}]"),
-                );
+        // One VIP per family; `None` where the address itself was refused.
+        let mut vs_vips: Vec<Option<IpAddr>> = Vec::new();
+        let texts = &vs.vip.0;
+        if texts.is_empty() || texts.len() > 2 {
+            c.refuse(
+                format!("{key}.vip"),
+                format!(
+                    "{} addresses given: one VIP, or one IPv4 and one IPv6 VIP",
+                    texts.len()
+                ),
+            );
+        }
+        for (i, text) in texts.iter().enumerate() {
+            let vkey = if texts.len() == 1 {
+                format!("{key}.vip")
+            } else {
+                format!("{key}.vip[{i}]")
+            };
+            let vip = c.address(&vkey, text);
+            if let Some(vip) = vip {
+                if vs_vips
+                    .iter()
+                    .flatten()
+                    .any(|o| o.is_ipv4() == vip.is_ipv4())
+                {
+                    c.refuse(
+                        vkey,
+                        format!("{vip}: a virtual server has one VIP per address family"),
+                    );
+                    continue;
+                }
+                if let Some(first) = vips.insert(vip, v) {
+                    c.refuse(
+                        vkey,
+                        format!("{vip} is already the VIP of virtual_servers[{first}]"),
+                    );
+                }
             }
+            vs_vips.push(vip);
         }
         c.ports(&format!("{key}.ports"), &vs.ports);
         c.ports(&format!("{key}.tcp_ports"), &vs.tcp_ports);
@@ -692,14 +778,18 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
             let Some(addr) = c.address(&format!("{bkey}.address"), &be.address) else {
                 continue;
             };
-            if let Some(vip) = vip {
-                if addr.is_ipv4() != vip.is_ipv4() {
-                    c.refuse(
-                        format!("{bkey}.address"),
-                        format!("{addr} is not of the VIP's address family ({vip})"),
-                    );
-                    continue;
-                }
+            if vs_vips.iter().all(Option::is_some)
+                && !vs_vips
+                    .iter()
+                    .flatten()
+                    .any(|v| v.is_ipv4() == addr.is_ipv4())
+            {
+                let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                c.refuse(
+                    format!("{bkey}.address"),
+                    format!("{addr}: the virtual server has no {family} VIP"),
+                );
+                continue;
             }
             match backend_owner.get(&addr) {
                 Some(&(ov, ob)) if ov == v => {
@@ -725,14 +815,18 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
                 weight: be.weight,
             });
         }
-        if let Some(vip) = vip {
+        for vip in vs_vips.into_iter().flatten() {
             servers.push(VirtualServer {
                 name: vs.name.clone(),
                 vip,
                 ports: vs.ports.clone(),
                 tcp_ports: vs.tcp_ports.clone(),
                 esp: vs.esp,
-                backends,
+                backends: backends
+                    .iter()
+                    .filter(|b| b.address.is_ipv4() == vip.is_ipv4())
+                    .copied()
+                    .collect(),
             });
         }
     }

@@ -121,8 +121,26 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "ikelb.yaml:10: virtual_servers[0].vip: \"vip.example\" is not an IP address"),
     ("multicast backend", "- address: 10.0.0.11", "- address: 224.0.0.5",
         "ikelb.yaml:14: virtual_servers[0].backends[0].address: 224.0.0.5 is not a unicast address"),
-    ("IPv6 not yet", "vip: 203.0.113.11", "vip: 2001:db8::1",
-        "ikelb.yaml:18: virtual_servers[1].vip: 2001:db8::1: IPv6"),
+    ("IPv6 VIP with an IPv4 backend", "vip: 203.0.113.11", "vip: 2001:db8::1",
+        "ikelb.yaml:21: virtual_servers[1].backends[0].address: 10.0.1.11: the virtual server has no IPv4 VIP"),
+    ("IPv6 backend of an IPv4 VIP", "- address: 10.0.1.11", "- address: 2001:db8:1::11",
+        "ikelb.yaml:21: virtual_servers[1].backends[0].address: 2001:db8:1::11: the virtual server has no IPv6 VIP"),
+    ("two IPv4 VIPs", "vip: 203.0.113.11", "vip: [203.0.113.11, 203.0.113.12]",
+        "ikelb.yaml:18: virtual_servers[1].vip[1]: 203.0.113.12: a virtual server has one VIP per address family"),
+    ("three VIPs", "vip: 203.0.113.11", "vip: [203.0.113.11, 2001:db8::11, 2001:db8::12]",
+        "ikelb.yaml:18: virtual_servers[1].vip: 3 addresses given: one VIP, or one IPv4 and one IPv6 VIP"),
+    ("no VIP", "vip: 203.0.113.11", "vip: []",
+        "ikelb.yaml:18: virtual_servers[1].vip: 0 addresses given"),
+    ("VIP of the wrong type", "vip: 203.0.113.11", "vip: {a: 1}",
+        "expected an IP address, or a list of one IPv4 and one IPv6 address"),
+    ("IPv6 VIP already another's", "vip: 203.0.113.11", "vip: [203.0.113.11, 2001:db8::10]\n  - name: third\n    vip: 2001:db8::10",
+        "virtual_servers[2].vip: 2001:db8::10 is already the VIP of virtual_servers[1]"),
+    ("IPv4-mapped IPv6 backend", "- address: 10.0.1.11", "- address: \"::ffff:10.0.1.11\"",
+        "virtual_servers[1].backends[0].address: ::ffff:10.0.1.11 is in ::/32 (IPv4-mapped or reserved): use the IPv4 address"),
+    ("link-local IPv6 VIP", "vip: 203.0.113.11", "vip: fe80::10",
+        "virtual_servers[1].vip: fe80::10 is link-local"),
+    ("subnet-router anycast backend", "- address: 10.0.1.11", "- address: \"2001:db8:1::\"",
+        "virtual_servers[1].backends[0].address: 2001:db8:1:: has interface identifier 0"),
     ("duplicate backend", "- address: 10.0.0.12", "- address: 10.0.0.11",
         "ikelb.yaml:15: virtual_servers[0].backends[1].address: 10.0.0.11 is already virtual_servers[0].backends[0]"),
     ("backend in two virtual servers", "- address: 10.0.1.11", "- address: 10.0.0.11",
@@ -209,6 +227,59 @@ fn bad_configs_are_refused_naming_line_key_and_reason() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `vip: [v4, v6]`: one service per VIP under the virtual server's name, each with the
+/// backends of its family in file order; the single-address form keeps working.
+#[test]
+fn dual_stack_virtual_server_is_one_service_per_family() {
+    let c = parse(
+        "ikelb.yaml",
+        "interfaces: [eth0]
+virtual_servers:
+  - name: aovpn
+    vip: [203.0.113.10, 2001:db8:ffff::10]
+    tcp_ports: [443]
+    backends:
+      - address: 10.0.0.11
+      - address: 2001:db8:1::11
+        weight: 3
+      - address: 10.0.0.12
+  - name: v6only
+    vip: 2001:db8:ffff::20
+    backends:
+      - address: 2001:db8:2::11
+",
+    )
+    .expect("valid config");
+    let got: Vec<(&str, IpAddr, Vec<IpAddr>)> = c
+        .virtual_servers
+        .iter()
+        .map(|vs| {
+            let backends = vs.backends.iter().map(|b| b.address).collect();
+            (vs.name.as_str(), vs.vip, backends)
+        })
+        .collect();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        got,
+        [
+            (
+                "aovpn",
+                ip("203.0.113.10"),
+                vec![ip("10.0.0.11"), ip("10.0.0.12")]
+            ),
+            ("aovpn", ip("2001:db8:ffff::10"), vec![ip("2001:db8:1::11")]),
+            (
+                "v6only",
+                ip("2001:db8:ffff::20"),
+                vec![ip("2001:db8:2::11")]
+            ),
+        ]
+    );
+    assert_eq!(c.virtual_servers[1].backends[0].weight, 3);
+    assert_eq!(c.virtual_servers[1].tcp_ports, [443]);
+    assert_eq!(c.backend_count(), 4);
 }
 
 #[test]

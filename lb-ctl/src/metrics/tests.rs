@@ -26,8 +26,8 @@ impl StatsSource for Fake {
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
         Ok(self.traffic.get(&id).copied().unwrap_or_default())
     }
-    fn persistence(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
-        self.dp.lock().unwrap().persistence_v4()
+    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
+        self.dp.lock().unwrap().persistence()
     }
 }
 

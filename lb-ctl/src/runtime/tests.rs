@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{Backend, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK};
+use lb_common::{Backend, PersistValue, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK};
 
 use super::*;
 use crate::{
@@ -898,6 +898,6 @@ fn without_a_scan_only_deadlines_end_drains() {
     assert!(h.lb.backend(d).is_none());
     // The reader the daemon runs off the loop sees what the map holds.
     h.route(0, client(1));
-    let read = h.lb.dataplane().persistence_v4_reader().unwrap();
+    let read = h.lb.dataplane().persistence_reader().unwrap();
     assert_eq!(read().unwrap().len(), 1);
 }
