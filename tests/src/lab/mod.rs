@@ -12,11 +12,14 @@
 //! routes.
 
 pub mod control;
+pub mod dual;
 pub mod metrics;
 pub mod raw;
 pub mod responder;
+pub mod sock;
 mod topology;
 mod traffic;
+pub mod traffic6;
 
 pub use topology::{Lab, LabSpec, BACKEND_PORTS, GW_EXT, GW_INT, VIP};
 pub use traffic::{send_bad_checksum, EspProbe, Reply, UdpProbe};
@@ -53,7 +56,8 @@ pub fn is_root() -> bool {
 pub struct RunPrefix(String);
 
 impl RunPrefix {
-    /// A fresh prefix for `role` (`t` tests, `d` demo, …: one lowercase letter).
+    /// A fresh prefix for `role` (`t` tests, `d` demo, `6` protocol tests, …: one lowercase
+    /// letter or digit).
     pub fn new(role: char) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +79,9 @@ impl RunPrefix {
 fn prefix_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("ik")?;
     let mut chars = rest.chars();
-    chars.next().filter(char::is_ascii_lowercase)?;
+    chars
+        .next()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())?;
     let rest = chars.as_str();
     let (pid, rest) = rest.split_once('n')?;
     let counter = rest.split_once('-').map_or(rest, |(counter, _)| counter);
@@ -654,6 +660,12 @@ mod tests {
         assert_eq!(prefix_pid("ikt12n-gw"), None);
         assert_eq!(prefix_pid("other"), None);
         assert_eq!(prefix_pid("ikT12n3-gw"), None);
+        // Role `6` (netns_protocols): `ik6<pid>n<k>`.
+        assert_eq!(prefix_pid("ik6412n0-b1"), Some(412));
+        assert_eq!(
+            prefix_pid(&RunPrefix::new('6').name("gw")),
+            Some(std::process::id())
+        );
     }
 
     #[test]

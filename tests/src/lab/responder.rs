@@ -10,7 +10,8 @@
 //! the responder's name, the source address it saw (with "Use Client IP" that is the client's
 //! own), the datagram's length (a fragmented datagram reports its reassembled length), the
 //! local port it arrived on (0 for ESP, answered in ESP), and the request's first word (so a client can tell the reply to a
-//! retry from a stale one). The request `?stats` is answered with counters instead and not
+//! retry from a stale one). The same line answers a TCP connection (`--tcp`, the SSTP
+//! stand-in): the client sends one line, the responder answers one line and closes. The request `?stats` is answered with counters instead and not
 //! counted:
 //!
 //! ```text
@@ -18,13 +19,16 @@
 //! ```
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use super::raw::{esp_packet, RawSocket, ESP_HEADER, IPPROTO_ESP};
+use super::sock::{self, RawSocket6};
 
 /// The request that asks for counters.
 pub const STATS_QUERY: &[u8] = b"?stats";
@@ -117,34 +121,151 @@ struct Counters {
 /// in ESP, with `port=0`; see [`super::raw`]), forever. Fails only if a socket cannot be
 /// opened.
 pub fn serve(name: &str, bind: Ipv4Addr, ports: &[u16], esp: bool) -> Result<()> {
+    serve_all(&Serve {
+        name: name.to_string(),
+        bind,
+        bind6: None,
+        ports: ports.to_vec(),
+        tcp_ports: Vec::new(),
+        esp,
+    })
+}
+
+/// What a responder serves (the flags of `ikelb-responder`).
+#[derive(Clone, Debug)]
+pub struct Serve {
+    pub name: String,
+    /// IPv4 address of every socket (`0.0.0.0`: any). In DSR labs the VIP, so that replies
+    /// leave from it (an unconnected UDP socket and a raw socket answer from their bound
+    /// address, else from the route's preferred source).
+    pub bind: Ipv4Addr,
+    /// Serve IPv6 too, on this address (`::`: any), with IPv6-only sockets beside the IPv4
+    /// ones.
+    pub bind6: Option<Ipv6Addr>,
+    pub ports: Vec<u16>,
+    /// TCP ports answered with one line per connection (the SSTP stand-in).
+    pub tcp_ports: Vec<u16>,
+    pub esp: bool,
+}
+
+/// Serve everything `s` names, one thread per socket, forever. Fails only if a socket
+/// cannot be opened.
+pub fn serve_all(s: &Serve) -> Result<()> {
     let counters = Arc::new(Mutex::new(Counters::default()));
-    let sockets = ports
-        .iter()
-        .map(|&p| UdpSocket::bind((bind, p)).with_context(|| format!("bind {bind}:{p}")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut threads: Vec<_> = sockets
-        .into_iter()
-        .zip(ports.iter().copied())
-        .map(|(sock, port)| {
-            let (name, counters) = (name.to_string(), Arc::clone(&counters));
-            thread::spawn(move || answer_loop(&sock, &name, port, &counters))
-        })
-        .collect();
-    if esp {
-        let raw = RawSocket::new(IPPROTO_ESP)?;
-        if !bind.is_unspecified() {
-            raw.bind(bind)?;
+    let mut addrs: Vec<IpAddr> = vec![s.bind.into()];
+    addrs.extend(s.bind6.map(IpAddr::from));
+    let mut threads = Vec::new();
+    for &addr in &addrs {
+        for &port in &s.ports {
+            let sock = sock::udp_bind(SocketAddr::new(addr, port))?;
+            let (name, counters) = (s.name.clone(), Arc::clone(&counters));
+            threads.push(thread::spawn(move || {
+                answer_loop(&sock, &name, port, &counters)
+            }));
         }
-        let (name, counters) = (name.to_string(), Arc::clone(&counters));
-        threads.push(thread::spawn(move || esp_loop(&raw, &name, &counters)));
+        for &port in &s.tcp_ports {
+            let listener = sock::tcp_listen(SocketAddr::new(addr, port))?;
+            let (name, counters) = (s.name.clone(), Arc::clone(&counters));
+            threads.push(thread::spawn(move || {
+                tcp_loop(&listener, &name, port, &counters)
+            }));
+        }
+    }
+    if s.esp {
+        let raw = RawSocket::new(IPPROTO_ESP)?;
+        if !s.bind.is_unspecified() {
+            raw.bind(s.bind)?;
+        }
+        let (name, c) = (s.name.clone(), Arc::clone(&counters));
+        threads.push(thread::spawn(move || esp_loop(&raw, &name, &c)));
+        if let Some(bind6) = s.bind6 {
+            let raw = RawSocket6::new(IPPROTO_ESP)?;
+            if !bind6.is_unspecified() {
+                raw.bind(bind6)?;
+            }
+            let (name, c) = (s.name.clone(), Arc::clone(&counters));
+            threads.push(thread::spawn(move || esp6_loop(&raw, &name, &c)));
+        }
     }
     println!(
-        "{name}: answering on {bind} UDP ports {ports:?}{}",
-        if esp { " and ESP" } else { "" }
+        "{}: answering on {addrs:?} UDP ports {:?}, TCP ports {:?}{}",
+        s.name,
+        s.ports,
+        s.tcp_ports,
+        if s.esp { " and ESP" } else { "" }
     );
     for t in threads {
         t.join().expect("responder thread panicked")?;
     }
+    Ok(())
+}
+
+/// ESP over IPv6: as [`esp_loop`]; the raw socket hands over the ESP bytes alone.
+fn esp6_loop(sock: &RawSocket6, name: &str, counters: &Mutex<Counters>) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Some((from, body)) = sock.recv(&mut buf, None)? else {
+            continue;
+        };
+        let Some(data) = body.get(ESP_HEADER..) else {
+            continue;
+        };
+        let seq = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes"));
+        count(counters, IpAddr::V6(from), body.len());
+        let line = echo_line(name, (from, 0).into(), body.len(), 0, &tag_of(data));
+        let reply = esp_packet(seq, line.as_bytes());
+        if let Err(e) = sock.send_to(&reply, from) {
+            eprintln!("{name}: ESP reply to {from}: {e:#}");
+        }
+    }
+}
+
+/// TCP: one line in, one line out, per connection (each on its own thread).
+fn tcp_loop(
+    listener: &TcpListener,
+    name: &str,
+    port: u16,
+    counters: &Arc<Mutex<Counters>>,
+) -> Result<()> {
+    loop {
+        let (stream, from) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{name}: accept on TCP {port}: {e}");
+                continue;
+            }
+        };
+        let (name, counters) = (name.to_string(), Arc::clone(counters));
+        thread::spawn(move || {
+            if let Err(e) = tcp_answer(stream, from, &name, port, &counters) {
+                eprintln!("{name}: TCP {port} from {from}: {e:#}");
+            }
+        });
+    }
+}
+
+fn tcp_answer(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    name: &str,
+    port: u16,
+    counters: &Mutex<Counters>,
+) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 512];
+    while !request.contains(&b'\n') && request.len() < 4096 {
+        let n = stream.read(&mut buf).context("read")?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    count(counters, from.ip(), request.len());
+    let line = echo_line(name, from, request.len(), port, &tag_of(&request));
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .context("write")?;
     Ok(())
 }
 
