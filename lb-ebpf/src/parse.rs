@@ -1,10 +1,10 @@
 //! Header access and classification: the one bounds helper, Ethernet and IPv4 parsing, and
-//! the persistency-group test (which packets of a service are ikelb's to steer).
+//! the bulk-data test of the slot fast path (the persistency-group test is `l4`).
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Service, FAST_PATH_REFRESH_EVERY, MAX_PORTS, SVC_F_ESP};
+use lb_common::{FAST_PATH_REFRESH_EVERY, MAX_PORTS};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -13,9 +13,6 @@ use network_types::{
 
 use crate::counters::{Verdict, DROP_MALFORMED, PASS_IPV6, PASS_NOT_IP, PASS_VLAN};
 
-/// IP protocol numbers (RFC 790 / IANA).
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ESP: u8 = 50;
 /// Fragment offset bits of the IPv4 flags/offset word (RFC 791 §3.1), host order.
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
@@ -161,53 +158,7 @@ pub enum Side {
     Reverse,
 }
 
-/// Whether an IPv4 packet (without options) belongs to `svc`'s persistency group, and if so
-/// where its UDP header is (`None` when there is no transport checksum to fix: a non-first
-/// fragment, or ESP). `miss` is the verdict for packets outside the group.
-///
-/// * UDP, unfragmented or first fragment: the service port must be in `udp_ports`; the UDP
-///   header must be in the frame and in the datagram, else `DROP_MALFORMED`.
-/// * Non-first fragment of UDP (or of ESP): steered by the client address alone — it carries
-///   no ports, and the persistence key does not need them (RFC 791 §2.3 fragments; IKE
-///   messages with certificates are routinely fragmented).
-/// * ESP (protocol 50) when the service has `SVC_F_ESP`.
-#[inline(always)]
-pub fn classify_v4(
-    ctx: &XdpContext,
-    ip: *const Ipv4Hdr,
-    svc: &Service,
-    side: Side,
-    miss: Verdict,
-) -> Result<Option<*mut UdpHdr>, Verdict> {
-    let proto = unsafe { (*ip).proto };
-    let offset = unsafe { load16(&(*ip).frags) } & IP_OFFSET_MASK.to_be();
-    if proto == IPPROTO_UDP {
-        if offset != 0 {
-            return Ok(None);
-        }
-        let udp: *mut UdpHdr = ptr_at(ctx, EthHdr::LEN + Ipv4Hdr::LEN)?;
-        let total_len = u16::from_be(unsafe { load16(&(*ip).tot_len) });
-        if usize::from(total_len) < Ipv4Hdr::LEN + UdpHdr::LEN {
-            return Err(DROP_MALFORMED);
-        }
-        let port = unsafe {
-            match side {
-                Side::Forward => load16(&(*udp).dst),
-                Side::Reverse => load16(&(*udp).src),
-            }
-        };
-        if has_port(&svc.udp_ports, port) {
-            return Ok(Some(udp));
-        }
-        return Err(miss);
-    }
-    if proto == IPPROTO_ESP && svc.flags & SVC_F_ESP != 0 {
-        return Ok(None);
-    }
-    Err(miss)
-}
-
-/// Whether a packet of the persistency group (as `classify_v4` found it, IPv4 without options)
+/// Whether a packet of the persistency group (as `l4::classify_v4` found it, IPv4 without options)
 /// is bulk data that may skip the persistence lookup (`SLOT_FAST_PATH`): ESP, in UDP or not,
 /// except one packet in `FAST_PATH_REFRESH_EVERY` of each SA (by its sequence number, RFC
 /// 4303 §2.2), and non-first fragments. IKE messages never are: UDP to 500, or starting with

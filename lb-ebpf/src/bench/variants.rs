@@ -22,6 +22,7 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
+    l4,
     counters::{
         self, Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, PASS_IP_OPTIONS, PASS_NOT_SERVICE_PORT,
         PASS_NOT_VIP, PASS_TTL,
@@ -69,7 +70,7 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     if parse::has_options(ip) {
         return Err(PASS_IP_OPTIONS);
     }
-    let udp = parse::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+    let l4 = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
     if parse::ttl(ip) <= 1 {
         return Err(PASS_TTL);
     }
@@ -77,7 +78,7 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
     if !has(SKIP, NO_REWRITE) {
-        rewrite::forward_v4(eth, ip, udp, b, !maps::mode_dsr());
+        rewrite::forward_v4(eth, ip, l4, b, !maps::mode_dsr());
     }
     let action = if has(SKIP, NO_REDIRECT) {
         XDP_TX
@@ -230,7 +231,7 @@ pub fn bench_v_parse(ctx: XdpContext) -> u32 {
         let L3::V4(ip) = parse::l3(&ctx, eth)?;
         // SAFETY: hash map value, read-only.
         let svc = unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?;
-        parse::classify_v4(&ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+        l4::classify_v4(&ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
         Ok(XDP_TX)
     })();
     r.unwrap_or_else(Verdict::record)
