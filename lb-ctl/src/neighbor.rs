@@ -364,6 +364,33 @@ mod tests {
         assert_eq!(parse_neigh("[]").unwrap(), Err("none".to_owned()));
     }
 
+    /// IPv6 backends: `ip -j route get` and `ip -j neigh show` as iproute2 prints them (taken
+    /// from a namespace pair): a backend on the link, one behind a link-local gateway (which
+    /// is resolved on the egress device, where alone it means something), and its neighbour.
+    #[test]
+    fn ipv6_routes_and_neighbours() {
+        let addr: IpAddr = "2001:db8:1::11".parse().unwrap();
+        let direct = r#"[{"dst":"2001:db8:1::11","from":"::","dev":"v0","protocol":"kernel","prefsrc":"2001:db8:1::1","metric":256,"flags":[],"pref":"medium"}]"#;
+        assert_eq!(
+            parse_route(addr, direct).unwrap().unwrap(),
+            ("v0".to_owned(), addr)
+        );
+        let far: IpAddr = "2001:db8:9::5".parse().unwrap();
+        let via = r#"[{"dst":"2001:db8:9::5","from":"::","gateway":"fe80::1","dev":"v0","prefsrc":"2001:db8:1::1","metric":1024,"flags":[],"pref":"medium"}]"#;
+        assert_eq!(
+            parse_route(far, via).unwrap().unwrap(),
+            ("v0".to_owned(), "fe80::1".parse().unwrap())
+        );
+        let neigh = r#"[{"dst":"2001:db8:1::11","lladdr":"2a:81:3c:9a:a4:ef","state":["REACHABLE"]}]"#;
+        assert_eq!(
+            parse_neigh(neigh).unwrap(),
+            Ok(Neigh {
+                mac: [0x2a, 0x81, 0x3c, 0x9a, 0xa4, 0xef],
+                stale: false
+            })
+        );
+    }
+
     #[test]
     fn macs() {
         assert_eq!(

@@ -57,7 +57,7 @@ impl Ext {
         match self {
             Ext::HopByHop { pad } | Ext::DestOpts { pad } => {
                 let total = 2 + 2 + pad;
-                assert!(total % 8 == 0, "options header of {total} bytes");
+                assert!(total.is_multiple_of(8), "options header of {total} bytes");
                 // PadN option (RFC 8200 §4.2): type 1, length, zeros.
                 let mut b = vec![next, (total / 8 - 1) as u8, 1, *pad as u8];
                 b.resize(total, 0);
@@ -229,7 +229,7 @@ impl Ipv6Frame {
     /// Splits the (whole) packet's payload into two fragments behind a Fragment header: the
     /// first carries `first_len` bytes (a multiple of 8), the second the rest.
     pub fn fragments(&self, first_len: usize, id: u32) -> (Self, Self) {
-        assert!(first_len % 8 == 0 && first_len < self.payload.len());
+        assert!(first_len.is_multiple_of(8) && first_len < self.payload.len());
         let first = Self {
             payload: self.payload[..first_len].to_vec(),
             ..self.clone()
