@@ -37,9 +37,9 @@ pub const RING_BACKEND_MASK: u32 = 0x00ff_ffff;
 /// Ring slot flag: this slot's backend changed since sessions in it may have begun, so its
 /// clients must look their persistence entry up. With [`globals::SLOT_FAST_PATH`] on, the
 /// data path skips the persistence lookup for bulk packets (ESP) of clients whose slot lacks
-/// this flag: the ring already names their original backend. (The daemon side — setting the
-/// flag on every slot whose backend changes, clearing it once no entry of the slot disagrees
-/// with the ring — is not written yet; until it is, the global must stay off.)
+/// this flag: the ring already names their original backend. The daemon sets the flag on every
+/// slot whose backend changes and clears it only once no live entry of the slot disagrees with
+/// the ring (`lb-ctl/src/state.rs`, "Slot flags"; config `slot_fast_path`).
 pub const RING_F_CHANGED: u32 = 1 << 24;
 /// With [`globals::SLOT_FAST_PATH`] on, one ESP packet in this many of each SA (sequence
 /// number ≡ 0) takes the persistence path anyway, so an active client's entry stays fresh and

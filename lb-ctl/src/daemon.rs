@@ -221,6 +221,15 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
             tables = r.tables,
             "adopted the pinned data path's backends and tables"
         );
+        // Ring flags describe the persistence entries only for the program (and globals,
+        // e.g. `hash_seed`) that kept them: another one, or a migration, flags every slot
+        // until the first sweep (state.rs, "Slot flags").
+        if loaded.plan == MapPlan::Reuse
+            && pin::pinned_fingerprint(&pins).as_deref() != Some(loaded.fingerprint.as_str())
+        {
+            balancer.flag_all_slots();
+            info!("the pinned program differs: every ring slot flagged until the first sweep");
+        }
     }
     let mut daemon = Daemon {
         balancer,
@@ -358,6 +367,7 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         (globals::PERSIST_TIMEOUT_TICKS, ticks),
         (globals::HASH_SEED, seed),
         (globals::MODE_DSR, dsr),
+        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
     ];
     let max_entries = [
         (maps::RINGS, rings),

@@ -102,6 +102,10 @@ pub trait Dataplane {
     /// the daemon's loop goes on (drain idle detection, `backend list`, `status`).
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError>;
 
+    /// A reader of every `PERSIST_V4` entry with its key, through its own handle on the map
+    /// (the slot flag sweep, `state::Balancer::clear_flags`, runs it in the blocking pool).
+    fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError>;
+
     /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
     fn persistence_v4_get(
         &self,
@@ -140,6 +144,10 @@ impl PersistEntry {
 
 /// See [`Dataplane::persistence_reader`].
 pub type PersistReader = Box<dyn FnOnce() -> Result<Vec<PersistEntry>, DataplaneError> + Send>;
+
+/// See [`Dataplane::persistence_v4_reader`].
+pub type PersistV4Reader =
+    Box<dyn FnOnce() -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> + Send>;
 
 /// Every entry of persistence map `map` (`m`); an LRU entry evicted between `next_key` and
 /// the lookup shows as `KeyNotFound` and is skipped.
@@ -393,6 +401,10 @@ impl Dataplane for AyaDataplane {
         self.persist_get(maps::PERSIST_V4, key)
     }
 
+    fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
+        self.persist_handle::<PersistKeyV4>(maps::PERSIST_V4)
+    }
+
     fn persistence_v6_get(
         &self,
         key: &PersistKeyV6,
@@ -622,6 +634,11 @@ pub mod fake {
 
         fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
             let entries = self.persistence()?;
+            Ok(Box::new(move || Ok(entries)))
+        }
+
+        fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
+            let entries = self.persist_v4.clone();
             Ok(Box::new(move || Ok(entries)))
         }
 

@@ -870,7 +870,7 @@ impl Controller {
             };
             let entry = entry.map_err(dp_error)?;
             let slot = hash % lb.ring_size();
-            let ring_id = s.active_table()[slot as usize];
+            let ring_id = s.active_backend(slot as usize);
             let mut persisted = None;
             let mut chosen = None;
             if let Some(e) = entry {
@@ -1068,7 +1068,11 @@ impl Controller {
             drain_until: b
                 .drain_until
                 .map(|u| humantime::format_rfc3339_seconds(u).to_string()),
-            ring_slots: svc.active_table().iter().filter(|&&id| id == b.id).count() as u32,
+            ring_slots: svc
+                .active_table()
+                .iter()
+                .filter(|&&v| v & lb_common::RING_BACKEND_MASK == b.id)
+                .count() as u32,
             clients: clients.get(&b.id).copied().unwrap_or(0),
             origin: if in_config { "config" } else { "runtime" }.to_owned(),
         }
@@ -1174,6 +1178,8 @@ pub enum Event {
     DrainCheck,
     /// A persistence scan (for drains, `backend list`, `status`) finished.
     Scanned(Result<Vec<PersistEntry>, DataplaneError>),
+    /// The slot flag sweep (`sweep.rs`).
+    Sweep(sweep::SweepEvent),
 }
 
 /// A scan of the persistence maps running in the blocking pool.
@@ -1193,6 +1199,8 @@ pub struct Runtime {
     last_scan: Option<tokio::time::Instant>,
     queries: Vec<(Request, oneshot::Sender<Response>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The slot flag sweep, when `slot_fast_path` is on.
+    sweeper: Option<sweep::Sweeper>,
 }
 
 impl Controller {
@@ -1256,6 +1264,7 @@ impl Runtime {
             last_scan: None,
             queries: Vec::new(),
             tasks,
+            sweeper: sweep::Sweeper::new(&config),
         })
     }
 
@@ -1267,6 +1276,8 @@ impl Runtime {
             Some(r) = self.reports.recv() => Event::Health(r),
             Some((req, reply)) = self.requests.recv() => Event::Request(req, reply),
             _ = self.drain_tick.tick() => Event::DrainCheck,
+            ev = async { self.sweeper.as_mut().expect("guarded by the condition").next().await },
+                if self.sweeper.is_some() => Event::Sweep(ev),
             done = async { self.scan.as_mut().expect("guarded by the condition").await },
                 if self.scan.is_some() =>
             {
@@ -1283,6 +1294,12 @@ impl Runtime {
     pub fn handle<D: Dataplane>(&mut self, lb: &mut Balancer<D>, event: Event) -> bool {
         let effects = match event {
             Event::Health(reports) => self.controller.on_health(lb, &reports),
+            Event::Sweep(ev) => {
+                if let Some(s) = self.sweeper.as_mut() {
+                    s.handle(lb, ev);
+                }
+                return false;
+            }
             Event::DrainCheck => {
                 let effects = self
                     .controller
@@ -1394,5 +1411,6 @@ impl Drop for Runtime {
 
 #[cfg(test)]
 mod dual_stack_tests;
+mod sweep;
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,54 @@
 //! with `usable: false`, so only their own slots move (`lb_common::maglev::build`); a
 //! removed backend leaves the list (plain Maglev recompute: persisted clients of the others
 //! stay where they are, the persistence map wins over the ring).
+//!
+//! ## Slot flags (`RING_F_CHANGED`, the data path's slot fast path)
+//!
+//! With `slot_fast_path` on, the data path sends bulk packets (ESP) of a client whose slot is
+//! not flagged `RING_F_CHANGED` to the slot's backend without reading its persistence entry.
+//! That is right only while **no live entry of an unflagged slot names another backend than
+//! the slot's** (the invariant). It is kept by two rules:
+//!
+//! * **Setting** ([`Balancer::apply`]): every table written gets `RING_F_CHANGED` on each
+//!   slot whose backend differs from the active table's (a slot that had no backend held no
+//!   session: the first table of a fresh service has no flag), and keeps the flag of every
+//!   slot flagged in the active table. The flag travels in the same `u32` as the backend, so
+//!   the flip that changes a slot's backend also flags it. The mirror holds the flags, so they
+//!   survive flips and, read back from the pinned `RINGS`, an adoption. After a map migration,
+//!   or when the pinned program was another build or had other globals (another `hash_seed`
+//!   puts every client in another slot), the first table flags every slot
+//!   ([`Balancer::flag_all_slots`]).
+//! * **Clearing** (the sweep, every `persistence_timeout`/4 while the fast path is on): (1)
+//!   [`Balancer::sweep_ticket`] on the daemon's loop records the epoch E (flips so far) and
+//!   the tick T; (2) off the loop, after [`SWEEP_GRACE`], `PERSIST_V4` is read; (3)
+//!   [`Balancer::clear_flags`], back on the loop, clears the flag of each slot that is
+//!   flagged, whose backend last changed at an epoch ≤ E, and for which no entry live at T
+//!   (the data path's idle test, one tick of margin) names another backend than the active
+//!   table's. It writes the active table's slot in place and then the mirror.
+//!
+//! Why clearing is safe, races included. Every `Balancer` write — flips and clears — happens
+//! on the daemon's loop through `&mut self`, so a clear never interleaves with a flip: the
+//! active table a clear writes is the one it checked, and a slot whose backend changed after
+//! the ticket (a flip between the ticket and the clear: `changed_at > E`) is never cleared,
+//! even if it changed back (A→B→A: entries naming B may have been written after the scan
+//! passed them). The concurrency left is the data path's. For a slot whose backend is the
+//! same since before E:
+//! * an entry the data path *creates or overwrites* takes the ring's backend, which is the
+//!   active table's — unless the packet read an older table (before E). Such a packet's
+//!   program run ends within microseconds; the scan starts [`SWEEP_GRACE`] after the ticket,
+//!   so its entry is there to be read, live.
+//! * an entry that *exists* keeps its backend (refreshing `atime` only); entries live when
+//!   the scan begins are read (an LRU hash walk sees every element present throughout; one
+//!   evicted meanwhile is gone for the data path too).
+//! * an entry idle at T stays idle (the data path's clock only advances) until a packet
+//!   overwrites it — with the active table's backend, as above. An `atime` after T is live.
+//! * the write itself only drops the flag bit of a slot whose backend it keeps; a packet
+//!   reading the slot before or after it is sent to the same, right, backend.
+//!
+//! A clear that fails part way leaves the map and the mirror equal (one slot per write).
+//! Flags only ever cost speed: a flagged slot takes the persistence path, exactly the
+//! behaviour without the fast path. IPv6 services are not swept (the fast path is IPv4 only),
+//! so their flags only accumulate.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -34,8 +82,8 @@ use std::{
 
 use lb_common::{
     maglev::{self, Member},
-    Backend, Iface, Service, BACKEND_F_USABLE, BACKEND_NONE, FAMILY_V4, FAMILY_V6, MAX_PORTS,
-    SVC_F_ESP,
+    Backend, Iface, PersistKeyV4, PersistValue, Service, BACKEND_F_USABLE, BACKEND_NONE, FAMILY_V4,
+    FAMILY_V6, MAX_PORTS, RING_BACKEND_MASK, RING_F_CHANGED, SVC_F_ESP,
 };
 
 use crate::{
@@ -140,12 +188,25 @@ pub struct ServiceState {
     /// Which buffer `value.ring_base` points at.
     active: usize,
     written: bool,
+    /// Per slot: the [`Balancer`] epoch (flip count) of the flip that last changed the slot's
+    /// backend in the active table (0: before this balancer). The sweep clears a flag only on
+    /// slots unchanged since its ticket (see "Slot flags").
+    changed_at: Vec<u32>,
+    /// Flag every slot of the next table (after a map migration, or when the pinned program
+    /// was another build or had other globals: the pinned flags may not describe the pinned
+    /// persistence entries).
+    flag_all: bool,
 }
 
 impl ServiceState {
-    /// The table the data path reads now.
+    /// The table the data path reads now (backend id | `RING_F_*` per slot).
     pub fn active_table(&self) -> &[u32] {
         &self.buffers[self.active]
+    }
+
+    /// The backend of `slot` in the active table (flags stripped).
+    pub fn active_backend(&self, slot: usize) -> u32 {
+        self.buffers[self.active][slot] & RING_BACKEND_MASK
     }
 }
 
@@ -219,6 +280,9 @@ pub struct Balancer<D> {
     ifaces_written: bool,
     /// Table flips since start (`ikelb_maglev_rebuilds_total`).
     flips: u64,
+    /// Flips since start, as the generation [`ServiceState::changed_at`] and sweep tickets
+    /// count in.
+    epoch: u32,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -301,6 +365,8 @@ impl<D: Dataplane> Balancer<D> {
                 ],
                 active: 0,
                 written: false,
+                changed_at: vec![0; m as usize],
+                flag_all: false,
             });
         }
         Ok(Self {
@@ -314,6 +380,7 @@ impl<D: Dataplane> Balancer<D> {
             removed: Vec::new(),
             ifaces_written: false,
             flips: 0,
+            epoch: 0,
         })
     }
 
@@ -407,7 +474,9 @@ impl<D: Dataplane> Balancer<D> {
             .backends
             .remove(&id)
             .ok_or(StateError::UnknownBackend { id })?;
-        self.services[b.service as usize].members.retain(|&m| m != id);
+        self.services[b.service as usize]
+            .members
+            .retain(|&m| m != id);
         self.removed.push((id, b.address));
         Ok(b)
     }
@@ -539,10 +608,27 @@ impl<D: Dataplane> Balancer<D> {
                 }
             })
             .collect();
-        let table = maglev::build(&members, self.ring_size, self.seed);
+        let built = maglev::build(&members, self.ring_size, self.seed);
         let m = self.ring_size;
         let svc = &mut self.services[idx];
+        // Slot flags (module doc, "Slot flags"): set where the backend changes against the
+        // active table (a slot that had none holds no session), kept where already set.
+        let flag_all = svc.flag_all;
+        let table: Vec<u32> = built
+            .iter()
+            .zip(&svc.buffers[svc.active])
+            .map(|(&new, &old)| {
+                let was = old & RING_BACKEND_MASK;
+                let changed = was != BACKEND_NONE && was != new;
+                if flag_all || changed || old & RING_F_CHANGED != 0 {
+                    new | RING_F_CHANGED
+                } else {
+                    new
+                }
+            })
+            .collect();
         if table == svc.buffers[svc.active] {
+            svc.flag_all = false;
             if !svc.written {
                 self.dp.set_service(&svc.value)?;
                 svc.written = true;
@@ -568,11 +654,146 @@ impl<D: Dataplane> Balancer<D> {
         let mut value = svc.value;
         value.ring_base = base;
         self.dp.flip(&value)?;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let epoch = self.epoch;
+        for ((at, &new), &old) in svc
+            .changed_at
+            .iter_mut()
+            .zip(&svc.buffers[inactive])
+            .zip(&svc.buffers[svc.active])
+        {
+            if (new ^ old) & RING_BACKEND_MASK != 0 {
+                *at = epoch;
+            }
+        }
         svc.value = value;
         svc.active = inactive;
         svc.written = true;
+        svc.flag_all = false;
         self.flips += 1;
         Ok(Some((value.id, slots.len())))
+    }
+}
+
+/// What a flag sweep saw when it began ([`Balancer::sweep_ticket`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepTicket {
+    /// [`Balancer`] epoch (flips so far) when the sweep began.
+    pub epoch: u32,
+    /// Persistence tick (`CLOCK_MONOTONIC_COARSE` >> `TICK_SHIFT`) when the sweep began:
+    /// entries idle by then are ignored.
+    pub tick: u32,
+}
+
+/// How long a sweep waits between its ticket and reading the persistence map, so that every
+/// packet that read a table older than the ticket has finished writing its entry (an XDP
+/// program run takes microseconds; this is a wide margin).
+pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one [`Balancer::clear_flags`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Slots whose flag was cleared.
+    pub cleared: usize,
+    /// Flagged slots left flagged (a disagreeing live entry, or changed since the ticket).
+    pub kept: usize,
+}
+
+impl<D: Dataplane> Balancer<D> {
+    /// Flags every slot of every service's next table (and forces that table to be written
+    /// and flipped at the next [`apply`](Balancer::apply)): for a data path whose pinned
+    /// flags may not describe its persistence entries (a map migration, another build or
+    /// other globals, e.g. a new `hash_seed`).
+    pub fn flag_all_slots(&mut self) {
+        for s in &mut self.services {
+            s.flag_all = true;
+        }
+    }
+
+    /// Slots flagged `RING_F_CHANGED` in the active tables, all services.
+    pub fn flagged_slots(&self) -> usize {
+        self.services
+            .iter()
+            .map(|s| {
+                s.active_table()
+                    .iter()
+                    .filter(|&&v| v & RING_F_CHANGED != 0)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Begins a flag sweep: records the epoch and `tick` (now). The caller then waits
+    /// [`SWEEP_GRACE`], reads `PERSIST_V4` and hands the entries to
+    /// [`clear_flags`](Balancer::clear_flags) (see "Slot flags" in the module doc).
+    pub fn sweep_ticket(&self, tick: u32) -> SweepTicket {
+        SweepTicket {
+            epoch: self.epoch,
+            tick,
+        }
+    }
+
+    /// Ends a flag sweep: clears `RING_F_CHANGED` on every slot of an IPv4 service's active
+    /// table that is flagged, whose backend has not changed since `ticket`, and that no
+    /// entry of `entries` (a read of `PERSIST_V4` begun at least [`SWEEP_GRACE`] after the
+    /// ticket) disagrees with while live. Live: `ticket.tick − atime ≤ timeout + 1` ticks (the
+    /// data path's own idle test, one tick more; an atime after the ticket is live). The
+    /// active table's slots and the mirror are written in place.
+    pub fn clear_flags(
+        &mut self,
+        ticket: SweepTicket,
+        entries: &[(PersistKeyV4, PersistValue)],
+        timeout_ticks: u32,
+    ) -> Result<SweepReport, StateError> {
+        let m = self.ring_size;
+        let mut report = SweepReport::default();
+        // Per service: slots with a live entry that disagrees with the active table.
+        let mut keep: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        for (k, v) in entries {
+            let Some(svc) = self.services.get(k.service as usize) else {
+                continue;
+            };
+            let idle = ticket.tick.wrapping_sub(v.atime);
+            let live = (idle as i32) < 0 || idle <= timeout_ticks.saturating_add(1);
+            if !live {
+                continue;
+            }
+            let slot = lb_common::hash::client_hash_v4(k.client, self.seed) % m;
+            if v.backend != svc.active_backend(slot as usize) {
+                keep.entry(k.service).or_default().insert(slot);
+            }
+        }
+        let none = std::collections::BTreeSet::new();
+        for svc in &mut self.services {
+            // Only IPv4 services have their entries here (the fast path is IPv4 only).
+            if svc.value.family != FAMILY_V4 || !svc.written {
+                continue;
+            }
+            let keep = keep.get(&svc.value.id).unwrap_or(&none);
+            let base = svc.value.ring_base;
+            let active = svc.active;
+            let mut writes = Vec::new();
+            for (slot, &v) in svc.buffers[active].iter().enumerate() {
+                if v & RING_F_CHANGED == 0 {
+                    continue;
+                }
+                let since = svc.changed_at[slot];
+                // Changed after the ticket (epochs wrap after 2^32 flips; not a concern).
+                if since > ticket.epoch || keep.contains(&(slot as u32)) {
+                    report.kept += 1;
+                    continue;
+                }
+                writes.push((base + slot as u32, v & !RING_F_CHANGED));
+            }
+            // One slot at a time, the mirror following each write: after a failure the
+            // mirror still matches the map exactly.
+            for w in writes {
+                self.dp.write_ring_slots(&[w])?;
+                svc.buffers[active][(w.0 - base) as usize] = w.1;
+                report.cleared += 1;
+            }
+        }
+        Ok(report)
     }
 }
 
@@ -801,11 +1022,18 @@ mod tests {
         let r = lb.apply().unwrap();
         assert_eq!(r.flips, [(0, M as usize)]);
         let without2 = lb.services()[0].active_table().to_vec();
-        let moved = full.iter().zip(&without2).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            moved,
-            full.iter().filter(|&&b| b == 2).count(),
-            "only backend 2's slots move"
+        let moved = full
+            .iter()
+            .zip(&without2)
+            .filter(|(a, b)| **a != **b & RING_BACKEND_MASK)
+            .count();
+        let of_2 = full.iter().filter(|&&b| b == 2).count();
+        assert_eq!(moved, of_2, "only backend 2's slots move");
+        assert!(
+            full.iter()
+                .zip(&without2)
+                .all(|(&a, &b)| (b & RING_F_CHANGED != 0) == (a == 2)),
+            "exactly the moved slots are flagged"
         );
         let ops = &lb.dataplane().ops;
         assert_eq!(
@@ -821,33 +1049,41 @@ mod tests {
             "unusable backend written after the flip"
         );
 
-        // Backend 2 back: buffer 1 still holds `full`, which is exactly the new table.
+        // Backend 2 back: buffer 1 holds `full`; the new table is `full` with backend 2's
+        // slots flagged (flags stay): only those slots are written.
         resolve_all(&mut lb);
         lb.dataplane_mut().ops.clear();
         let r = lb.apply().unwrap();
-        assert_eq!(
-            r.flips,
-            [(0, 0)],
-            "buffer 1 already holds the table: no slot written"
-        );
-        assert_eq!(lb.services()[0].active_table(), full);
-        assert_eq!(lb.dataplane().table(M, M), full);
+        assert_eq!(r.flips, [(0, of_2)], "only the flags are written");
+        let back: Vec<u32> = full
+            .iter()
+            .map(|&b| if b == 2 { b | RING_F_CHANGED } else { b })
+            .collect();
+        assert_eq!(lb.services()[0].active_table(), back);
+        assert_eq!(lb.dataplane().table(M, M), back);
 
-        // Lost again: buffer 0 holds `without2` from before: again no slot written.
+        // Lost again: buffer 0 holds `without2` (flags included) from before: no slot written.
         lb.set_next_hop(2, None).unwrap();
         let r = lb.apply().unwrap();
         assert_eq!(r.flips, [(0, 0)]);
         assert_eq!(lb.dataplane().table(0, M), without2);
 
-        // Backend 3 lost too: only the slots that differ from `full` (buffer 1) are written.
+        // Backend 3 lost too: only the slots that differ from `back` (buffer 1) are written.
         lb.set_next_hop(3, None).unwrap();
         let r = lb.apply().unwrap();
         let without23 = lb.services()[0].active_table().to_vec();
-        let differs = without23.iter().zip(&full).filter(|(a, b)| a != b).count();
+        let differs = without23.iter().zip(&back).filter(|(a, b)| a != b).count();
         assert_eq!(r.flips, [(0, differs)]);
         assert!(differs < M as usize);
         assert_eq!(lb.dataplane().table(M, M), without23);
-        assert!(without23.iter().all(|&b| b == 1));
+        assert!(without23.iter().all(|&b| b & RING_BACKEND_MASK == 1));
+        assert!(
+            without23
+                .iter()
+                .zip(&full)
+                .all(|(&v, &f)| (v & RING_F_CHANGED != 0) == (f != 1)),
+            "every slot that ever left backend 1's neighbours is flagged, no other"
+        );
     }
 
     #[test]
@@ -943,6 +1179,321 @@ mod tests {
             matches!(err, StateError::IdsExhausted { capacity: 3, .. }),
             "{err}"
         );
+    }
+
+    // ---- Slot flags (RING_F_CHANGED) and the sweep ----
+
+    const TIMEOUT: u32 = 100;
+
+    /// The data path's persistence path over the fake's maps (select.rs `forward_v4`
+    /// without the fast path): a live entry naming a usable backend of the service wins,
+    /// otherwise the ring picks and the entry is (re)written when `write`.
+    fn slow(lb: &mut Balancer<FakeDataplane>, client: u32, now: u32, write: bool) -> Option<u32> {
+        let seed = lb.seed();
+        let dp = lb.dataplane_mut();
+        let s = dp.services[&0];
+        let key = PersistKeyV4 { service: 0, client };
+        let pos = dp.persist_v4.iter().position(|(k, _)| *k == key);
+        if let Some(i) = pos {
+            let e = dp.persist_v4[i].1;
+            if let Some(b) = dp.backends.get(&e.backend) {
+                if b.flags & BACKEND_F_USABLE != 0
+                    && b.service == 0
+                    && now.wrapping_sub(e.atime) <= TIMEOUT
+                {
+                    if write {
+                        dp.persist_v4[i].1.atime = now;
+                    }
+                    return Some(e.backend);
+                }
+            }
+        }
+        let slot = lb_common::hash::client_hash_v4(client, seed) % M;
+        let id = dp.rings.get(&(s.ring_base + slot)).copied().unwrap_or(0) & RING_BACKEND_MASK;
+        if id == BACKEND_NONE {
+            return None;
+        }
+        if write {
+            let v = PersistValue {
+                backend: id,
+                atime: now,
+                ..PersistValue::default()
+            };
+            match pos {
+                Some(i) => dp.persist_v4[i].1 = v,
+                None => dp.persist_v4.push((key, v)),
+            }
+        }
+        Some(id)
+    }
+
+    /// The fast path's choice for a bulk packet, when it takes it (unflagged slot, usable
+    /// backend of the service).
+    fn fast(lb: &Balancer<FakeDataplane>, client: u32) -> Option<u32> {
+        let dp = lb.dataplane();
+        let s = dp.services[&0];
+        let slot = lb_common::hash::client_hash_v4(client, lb.seed()) % M;
+        let v = dp.rings.get(&(s.ring_base + slot)).copied().unwrap_or(0);
+        let b = dp.backends.get(&(v & RING_BACKEND_MASK))?;
+        (v & RING_F_CHANGED == 0 && b.flags & BACKEND_F_USABLE != 0 && b.service == 0)
+            .then_some(v & RING_BACKEND_MASK)
+    }
+
+    /// The invariant: wherever the fast path would take a client's bulk packet, it sends it
+    /// where the persistence path would.
+    fn check_invariant(lb: &mut Balancer<FakeDataplane>, clients: &[u32], now: u32) {
+        for &c in clients {
+            if let Some(f) = fast(lb, c) {
+                assert_eq!(Some(f), slow(lb, c, now, false), "client {c:#x} would move");
+            }
+        }
+    }
+
+    fn sweep(lb: &mut Balancer<FakeDataplane>, now: u32) -> SweepReport {
+        let t = lb.sweep_ticket(now);
+        let entries = lb.dataplane().persistence_v4_reader().unwrap()().unwrap();
+        lb.clear_flags(t, &entries, TIMEOUT).unwrap()
+    }
+
+    fn clients(n: u32) -> Vec<u32> {
+        (0..n)
+            .map(|i| 0x0a64_0000u32.wrapping_add(i * 7919).to_be())
+            .collect()
+    }
+
+    /// Maglev slots of service 0 that differ between two tables (backends only).
+    fn moved(a: &[u32], b: &[u32]) -> Vec<usize> {
+        (0..a.len())
+            .filter(|&i| (a[i] ^ b[i]) & RING_BACKEND_MASK != 0)
+            .collect()
+    }
+
+    #[test]
+    fn flags_are_set_exactly_on_changed_slots_and_never_on_a_fresh_table() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        assert_eq!(lb.flagged_slots(), 0, "the first table of a fresh service");
+        let t0 = lb.services()[0].active_table().to_vec();
+        // A backend added: plain Maglev recompute, some slots of every backend move.
+        let id = lb.add_backend(0, "10.0.0.14".parse().unwrap(), 1).unwrap();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let t1 = lb.services()[0].active_table().to_vec();
+        let m1 = moved(&t0, &t1);
+        assert!(!m1.is_empty());
+        for (i, &v) in t1.iter().enumerate() {
+            assert_eq!(v & RING_F_CHANGED != 0, m1.contains(&i), "slot {i}");
+        }
+        assert!(
+            m1.iter()
+                .filter(|&&i| t1[i] & RING_BACKEND_MASK == id)
+                .count()
+                * 5
+                > m1.len() * 4
+        );
+        assert_eq!(lb.dataplane().table(0, M), t1, "the map holds the flags");
+        // It fails: its slots go back to where they were, and stay flagged (flips back and
+        // forth keep every flag, in both buffers).
+        lb.set_next_hop(id, None).unwrap();
+        lb.apply().unwrap();
+        let t2 = lb.services()[0].active_table().to_vec();
+        assert!(m1.iter().all(|&i| t2[i] & RING_F_CHANGED != 0));
+        assert_eq!(
+            t2.iter().filter(|&&v| v & RING_F_CHANGED != 0).count(),
+            m1.len()
+        );
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        assert_eq!(lb.services()[0].active_table(), t1);
+        // Service b (one backend, never changed) has none.
+        assert!(lb.services()[1]
+            .active_table()
+            .iter()
+            .all(|&v| v & RING_F_CHANGED == 0));
+    }
+
+    #[test]
+    fn the_sweep_clears_only_slots_no_live_entry_disagrees_with() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let cs = clients(120);
+        let mut now = 1000;
+        for &c in &cs {
+            slow(&mut lb, c, now, true);
+        }
+        let t0 = lb.services()[0].active_table().to_vec();
+        lb.add_backend(0, "10.0.0.14".parse().unwrap(), 1).unwrap();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let t1 = lb.services()[0].active_table().to_vec();
+        let flagged = moved(&t0, &t1);
+        check_invariant(&mut lb, &cs, now);
+        // Slots with an established client keep their flag; the others lose it.
+        let slot = |c: u32| (lb_common::hash::client_hash_v4(c, lb.seed()) % M) as usize;
+        let busy: std::collections::BTreeSet<usize> = cs
+            .iter()
+            .map(|&c| slot(c))
+            .filter(|s| flagged.contains(s))
+            .collect();
+        assert!(!busy.is_empty() && busy.len() < flagged.len());
+        let r = sweep(&mut lb, now);
+        assert_eq!(
+            (r.cleared, r.kept),
+            (flagged.len() - busy.len(), busy.len())
+        );
+        check_invariant(&mut lb, &cs, now);
+        let t = lb.services()[0].active_table().to_vec();
+        assert_eq!(
+            lb.dataplane().table(0, M),
+            t,
+            "active table written in place"
+        );
+        for &i in &flagged {
+            assert_eq!(t[i] & RING_F_CHANGED != 0, busy.contains(&i));
+        }
+        // Still live one tick past the timeout (margin), idle after: then all clear.
+        now += TIMEOUT + 1;
+        assert_eq!(sweep(&mut lb, now).cleared, 0);
+        now += 1;
+        assert_eq!(sweep(&mut lb, now).cleared, busy.len());
+        assert_eq!(lb.flagged_slots(), 0);
+        // Entries that agree with the ring do not hold a flag: clients that re-connect
+        // after their entry idled out land on the ring's backend.
+        for &c in &cs {
+            slow(&mut lb, c, now, true);
+        }
+        check_invariant(&mut lb, &cs, now);
+    }
+
+    #[test]
+    fn a_slot_changed_after_the_ticket_is_not_cleared_even_if_changed_back() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let t0 = lb.services()[0].active_table().to_vec();
+        lb.set_next_hop(2, None).unwrap();
+        lb.apply().unwrap();
+        let of_2 = moved(&t0, lb.services()[0].active_table());
+        // No entry at all: every flag may go — but a flip after the ticket changes backend
+        // 2's slots (back to 2), and entries naming the in-between backends may have been
+        // written after the scan passed them.
+        let now = 50;
+        let ticket = lb.sweep_ticket(now);
+        let entries = lb.dataplane().persist_v4.clone();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let r = lb.clear_flags(ticket, &entries, TIMEOUT).unwrap();
+        assert_eq!((r.cleared, r.kept), (0, of_2.len()));
+        // A later sweep clears them.
+        assert_eq!(sweep(&mut lb, now).cleared, of_2.len());
+        assert_eq!(lb.flagged_slots(), 0);
+    }
+
+    #[test]
+    fn a_failed_clear_leaves_map_and_mirror_equal() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        lb.set_next_hop(3, None).unwrap();
+        lb.apply().unwrap();
+        let n = lb.flagged_slots();
+        assert!(n > 0);
+        let t = lb.sweep_ticket(10);
+        lb.dataplane_mut().fail_ring_write_after = Some(0);
+        assert!(lb.clear_flags(t, &[], TIMEOUT).is_err());
+        let base = lb.services()[0].value.ring_base;
+        assert_eq!(
+            lb.dataplane().table(base, M),
+            lb.services()[0].active_table()
+        );
+        assert_eq!(lb.flagged_slots(), n);
+    }
+
+    #[test]
+    fn flag_all_flags_every_slot_of_the_next_table_once() {
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        lb.flag_all_slots();
+        let r = lb.apply().unwrap();
+        assert_eq!(
+            r.flips.len(),
+            2,
+            "same backends, new flags: written and flipped"
+        );
+        assert_eq!(lb.flagged_slots(), 2 * M as usize);
+        assert_eq!(
+            sweep(&mut lb, 5).cleared,
+            2 * M as usize,
+            "no entry: all cleared"
+        );
+    }
+
+    /// Random backend churn, traffic, idling and sweeps (some with a flip between ticket
+    /// and clear): the fast path never sends a client elsewhere than its entry.
+    #[test]
+    fn random_churn_never_moves_a_client_through_the_fast_path() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut lb = balancer();
+        resolve_all(&mut lb);
+        lb.apply().unwrap();
+        let cs = clients(600);
+        let mut now = 7u32;
+        let mut extra = 0u32;
+        let mut pending: Option<SweepTicket> = None;
+        for step in 0..400 {
+            match next(8) {
+                0 | 1 => {
+                    for _ in 0..80 {
+                        let c = cs[next(cs.len() as u64) as usize];
+                        // A bulk packet takes the fast path when it can; else persistence.
+                        if fast(&lb, c).is_none() || next(64) == 0 {
+                            slow(&mut lb, c, now, true);
+                        }
+                    }
+                }
+                2 => {
+                    let ids: Vec<u32> = lb.services()[0].members.clone();
+                    let id = ids[next(ids.len() as u64) as usize];
+                    if next(2) == 0 {
+                        lb.set_next_hop(id, None).unwrap();
+                    } else {
+                        resolve_all(&mut lb);
+                    }
+                }
+                3 => {
+                    let ids: Vec<u32> = lb.services()[0].members.clone();
+                    if ids.len() > 2 && next(2) == 0 {
+                        lb.remove_backend(ids[next(ids.len() as u64) as usize])
+                            .unwrap();
+                    } else if ids.len() < 6 {
+                        extra += 1;
+                        lb.add_backend(0, format!("10.0.2.{extra}").parse().unwrap(), 1)
+                            .unwrap();
+                        resolve_all(&mut lb);
+                    }
+                }
+                4 => now += next(TIMEOUT as u64 * 2) as u32,
+                5 => pending = Some(lb.sweep_ticket(now)),
+                _ => {
+                    if let Some(t) = pending.take() {
+                        let entries = lb.dataplane().persist_v4.clone();
+                        lb.clear_flags(t, &entries, TIMEOUT).unwrap();
+                    }
+                }
+            }
+            lb.apply().unwrap();
+            check_invariant(&mut lb, &cs, now);
+            let _ = step;
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn the_example_config_is_valid_and_names_every_key() {
         "bpffs:",
         "instance:",
         "detach_on_exit:",
+        "slot_fast_path:",
     ] {
         assert!(text.contains(key), "deploy/ikelb.yaml does not show {key}");
     }

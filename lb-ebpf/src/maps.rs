@@ -109,7 +109,7 @@ static HASH_SEED: u32 = 0;
 #[no_mangle]
 static MODE_DSR: u32 = 0;
 /// 1 = bulk packets of clients in unchanged ring slots skip the persistence lookup
-/// (`lb_common::RING_F_CHANGED`). Off by default: the daemon does not flag changed slots yet.
+/// (`lb_common::RING_F_CHANGED`). 0 here; the daemon loads it from config `slot_fast_path`.
 #[no_mangle]
 static SLOT_FAST_PATH: u32 = 0;
 

@@ -18,6 +18,8 @@
 //!
 //! * `maglev_table_size` — Maglev table size M per service, a prime (default 65537).
 //! * `persistence_entries` — capacity of each persistence map (default 1048576).
+//! * `slot_fast_path` — bulk packets (ESP) of clients whose Maglev slot never changed skip
+//!   the persistence lookup (load-time global `SLOT_FAST_PATH`; default true).
 //! * `tcp_ports` per virtual server — TCP ports in the same persistency group (SSTP
 //!   fallback, issue 6), at most [`MAX_PORTS`].
 //! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server
@@ -116,6 +118,8 @@ struct RawConfig {
     instance: String,
     #[serde(default)]
     detach_on_exit: bool,
+    #[serde(default = "default_slot_fast_path")]
+    slot_fast_path: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +232,9 @@ impl Default for RawMetrics {
 fn default_persistence_timeout() -> Duration {
     Duration::from_secs(30 * 60)
 }
+fn default_slot_fast_path() -> bool {
+    true
+}
 fn default_table_size() -> u32 {
     lb_common::DEFAULT_RING_SIZE
 }
@@ -295,6 +302,9 @@ pub struct Config {
     /// Detach the data path and remove the pins on SIGTERM/SIGINT (extension; default
     /// false: the data path keeps forwarding across a restart).
     pub detach_on_exit: bool,
+    /// Skip the persistence lookup for bulk packets of clients in unchanged ring slots
+    /// (extension; load-time global `SLOT_FAST_PATH`, see `state`, "Slot flags").
+    pub slot_fast_path: bool,
     /// Where it came from, for reporting problems found after validation.
     origin: Origin,
 }
@@ -871,6 +881,7 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
         bpffs: raw.bpffs,
         instance: raw.instance,
         detach_on_exit: raw.detach_on_exit,
+        slot_fast_path: raw.slot_fast_path,
         origin,
     })
 }

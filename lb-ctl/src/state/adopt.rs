@@ -165,7 +165,13 @@ impl<D: Dataplane> Balancer<D> {
             }
         }
 
-        // Tables: the active half and what both halves hold.
+        // After a migration the new tables start empty while the persistence entries are
+        // carried over: the first table of each service flags every slot (state.rs, "Slot
+        // flags").
+        if !maps_reused && !pinned.services.is_empty() {
+            self.flag_all_slots();
+        }
+        // Tables: the active half and what both halves hold (their flags included).
         if maps_reused {
             for (i, s) in self.services.iter_mut().enumerate() {
                 let (Some(p), Some(rings)) = (pinned.services.get(i), pinned.rings.get(i)) else {
@@ -362,7 +368,11 @@ mod tests {
             forget > flip,
             "forgotten only after no table names it: {ops:?}"
         );
-        let table = after.services()[0].active_table();
+        let table: Vec<u32> = after.services()[0]
+            .active_table()
+            .iter()
+            .map(|&v| v & lb_common::RING_BACKEND_MASK)
+            .collect();
         assert!(
             table.iter().all(|&b| b == 2 || b == 3),
             "the new backend is not usable yet"
@@ -371,11 +381,61 @@ mod tests {
         // only a few others (the persistence map keeps those clients where they are anyway).
         let old = before.services()[0].active_table();
         let of_1 = old.iter().filter(|&&b| b == 1).count();
-        let moved = old.iter().zip(table).filter(|(a, b)| a != b).count();
+        let moved = old.iter().zip(&table).filter(|(a, b)| a != b).count();
+        // Exactly the moved slots are flagged (the pinned table had none).
+        let flagged = after.services()[0]
+            .active_table()
+            .iter()
+            .filter(|&&v| v & lb_common::RING_F_CHANGED != 0)
+            .count();
+        assert_eq!(flagged, moved);
         assert!(
             moved >= of_1 && moved < of_1 + of_1 / 5,
             "{moved} moved, {of_1} were backend 1's"
         );
+    }
+
+    #[test]
+    fn ring_flags_survive_a_restart_and_stay_in_later_tables() {
+        let flag = lb_common::RING_F_CHANGED;
+        let (mut before, _) = running(&["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+        before.set_next_hop(2, None).unwrap();
+        before.apply().unwrap();
+        let flagged = before.flagged_slots();
+        assert!(flagged > 0);
+        let pinned = pinned_of(before.dataplane());
+        let mut after = restarted(&["10.0.0.11", "10.0.0.12", "10.0.0.13"], &before);
+        after.adopt(&pinned, true).unwrap();
+        // Backend 2 is down in the pinned maps: adopted as unusable, nothing changes.
+        let report = after.apply().unwrap();
+        assert!(report.flips.is_empty(), "{report:?}");
+        assert_eq!(
+            after.flagged_slots(),
+            flagged,
+            "flags read back from the pinned rings"
+        );
+        assert_eq!(
+            after.services()[0].active_table(),
+            before.services()[0].active_table()
+        );
+        // Backend 2 back after the restart: its slots keep their flags in the new table.
+        after
+            .set_next_hop(
+                2,
+                Some(NextHop {
+                    port: 1,
+                    mac: [0xaa, 0, 0, 0, 0, 2],
+                }),
+            )
+            .unwrap();
+        after.backends.get_mut(&2).unwrap().health = HealthState::Up;
+        after.apply().unwrap();
+        let t = after.services()[0].active_table();
+        assert_eq!(t.iter().filter(|&&v| v & flag != 0).count(), flagged);
+        assert!(t
+            .iter()
+            .zip(before.services()[0].active_table())
+            .all(|(&n, &o)| (o & flag != 0) == (n & flag != 0)));
     }
 
     #[test]
@@ -397,8 +457,21 @@ mod tests {
         let dp = after.dataplane();
         assert_eq!(dp.backends[&1].addr, before.dataplane().backends[&1].addr);
         assert_eq!(dp.backends[&1].flags, BACKEND_F_USABLE);
+        let flags = lb_common::RING_F_CHANGED;
+        assert!(
+            after.services()[0]
+                .active_table()
+                .iter()
+                .all(|&v| v & flags != 0),
+            "the carried-over entries may disagree with the new maps: every slot flagged"
+        );
+        let unflagged: Vec<u32> = after.services()[0]
+            .active_table()
+            .iter()
+            .map(|&v| v & !flags)
+            .collect();
         assert_eq!(
-            after.services()[0].active_table(),
+            unflagged,
             before.services()[0].active_table(),
             "same backends, same seed, same M: the same table"
         );

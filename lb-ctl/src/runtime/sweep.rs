@@ -1,0 +1,103 @@
+//! The slot flag sweep (`state.rs`, "Slot flags"): while `slot_fast_path` is on, every
+//! `persistence_timeout`/4 (at least a second; the first right after start) the daemon takes
+//! a ticket on its loop, reads `PERSIST_V4` in the blocking pool after
+//! [`SWEEP_GRACE`], and clears, back on the loop, the `RING_F_CHANGED` flags no live entry
+//! needs any more. Like the drain scan it costs two syscalls per entry and never blocks the
+//! loop.
+
+use std::time::Duration;
+
+use lb_common::{PersistKeyV4, PersistValue};
+use tracing::{debug, warn};
+
+use super::Clock;
+use crate::{
+    config::Config,
+    dataplane::{Dataplane, DataplaneError},
+    state::{Balancer, SweepTicket, SWEEP_GRACE},
+};
+
+type Read = Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+
+/// A sweep event for the daemon's loop.
+pub enum SweepEvent {
+    /// Time to start a sweep.
+    Due,
+    /// The persistence read of the sweep in flight finished.
+    Read(Read),
+}
+
+/// Schedules sweeps and holds the one in flight.
+pub struct Sweeper {
+    tick: tokio::time::Interval,
+    timeout_ticks: u32,
+    running: Option<(SweepTicket, tokio::task::JoinHandle<Read>)>,
+}
+
+/// How often flags are swept: a quarter of the persistence timeout, at least a second.
+pub fn sweep_interval(config: &Config) -> Duration {
+    (config.persistence_timeout / 4).max(Duration::from_secs(1))
+}
+
+impl Sweeper {
+    /// A sweeper when the fast path is on (flags only matter then; without sweeps they only
+    /// accumulate, which is safe).
+    pub fn new(config: &Config) -> Option<Self> {
+        if !config.slot_fast_path {
+            return None;
+        }
+        let mut tick = tokio::time::interval(sweep_interval(config));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Some(Self {
+            tick,
+            timeout_ticks: config.persist_timeout_ticks(),
+            running: None,
+        })
+    }
+
+    /// The next event (cancel-safe).
+    pub async fn next(&mut self) -> SweepEvent {
+        match &mut self.running {
+            Some((_, read)) => {
+                let done = read.await;
+                SweepEvent::Read(done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+            }
+            None => {
+                self.tick.tick().await;
+                SweepEvent::Due
+            }
+        }
+    }
+
+    /// Handles an event: starts a sweep, or finishes the one in flight.
+    pub fn handle<D: Dataplane>(&mut self, lb: &mut Balancer<D>, event: SweepEvent) {
+        match event {
+            SweepEvent::Due => {
+                if lb.flagged_slots() == 0 {
+                    return;
+                }
+                let ticket = lb.sweep_ticket(Clock::now().tick);
+                let read = lb.dataplane().persistence_v4_reader();
+                let task = tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(SWEEP_GRACE);
+                    read.and_then(|read| read())
+                });
+                self.running = Some((ticket, task));
+            }
+            SweepEvent::Read(read) => {
+                let Some((ticket, _)) = self.running.take() else {
+                    return;
+                };
+                match read
+                    .map_err(|e| crate::error_chain(&e))
+                    .and_then(|entries| {
+                        lb.clear_flags(ticket, &entries, self.timeout_ticks)
+                            .map_err(|e| crate::error_chain(&e))
+                    }) {
+                    Ok(r) => debug!(cleared = r.cleared, kept = r.kept, "slot flag sweep"),
+                    Err(e) => warn!("slot flag sweep failed (retried at the next one): {e}"),
+                }
+            }
+        }
+    }
+}

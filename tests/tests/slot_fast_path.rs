@@ -1,0 +1,190 @@
+//! The slot fast path (config `slot_fast_path`, on by default) through the standard lab with
+//! the real daemon. Root only: without root the test says why and returns.
+//!
+//! `bulk_clients_keep_their_backend_when_their_slot_changes`: 120 clients open their session
+//! with an IKE message (UDP 500: the persistence path, which records their backend), then send
+//! only ESP-in-UDP on 4500 — bulk packets that take the fast path wherever the client's ring
+//! slot is not flagged `RING_F_CHANGED`. (The lab's payload never has an ESP sequence number
+//! ≡ 0 mod 64, so no bulk packet refreshes an entry: the worst case for the lever.) Then
+//! the slots change three ways under that bulk traffic — b4 added (a Maglev recompute moves
+//! slots of every backend to it), the busiest backend's link cut (its slots move to the
+//! survivors, its clients must follow), the link restored (its slots come back, nobody may
+//! move back) — and after each no client is answered by another backend than the persistence
+//! path would choose. Without the daemon's flags every client of a moved slot would follow the
+//! ring. `persistence_timeout` is 40 s, so flag sweeps (every 10 s) run during the test
+//! without entries idling out.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ikelb_tests::lab::{
+    self,
+    control::{self, Clients},
+    Lab, LabSpec,
+};
+
+const WAIT: Duration = Duration::from_millis(300);
+
+fn or_log<T>(lab: &Lab, r: anyhow::Result<T>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", lab.daemon_output_tail(40)))
+}
+
+/// Every answer of every round came from `expect[client]`.
+fn assert_nobody_moved(
+    rounds: &[(Instant, control::Round)],
+    expect: &BTreeMap<Ipv4Addr, String>,
+    what: &str,
+) {
+    let mut answered = 0;
+    for (_, round) in rounds {
+        for (c, b) in round {
+            if let Some(b) = b {
+                answered += 1;
+                assert_eq!(
+                    b, &expect[c],
+                    "{what}: {c} answered by {b}, was {}",
+                    expect[c]
+                );
+            }
+        }
+    }
+    assert!(answered > 0, "{what}: no answer at all");
+}
+
+#[test]
+fn bulk_clients_keep_their_backend_when_their_slot_changes() {
+    if !lab::is_root() {
+        eprintln!("SKIP bulk_clients_keep_their_backend_when_their_slot_changes: needs root");
+        return;
+    }
+    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
+    let mut lab = Lab::build(&LabSpec {
+        role: 'l',
+        clients: 120,
+        backends: 4,
+    })
+    .expect("build the lab");
+    lab.start_responders(&PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder")))
+        .expect("start responders");
+    let config = control::with_health(&lab.daemon_config(), "200ms", "100ms", 3, 2)
+        .replace("persistence_timeout: 30m\n", "persistence_timeout: 40s\n");
+    assert!(
+        !config.contains("slot_fast_path"),
+        "the lab runs the default, which is on"
+    );
+    let addrs: BTreeMap<String, Ipv4Addr> = lab
+        .backends
+        .iter()
+        .map(|b| (b.name.clone(), b.addr))
+        .collect();
+    let addr = |name: &str| addrs[name];
+    let b4 = addr("b4");
+    let config = control::without_backend(&config, b4);
+    lab.start_daemon_with_config(&lb_ctl, &config)
+        .expect("start lb-ctl daemon");
+    let three: Vec<Ipv4Addr> = ["b1", "b2", "b3"].iter().map(|n| addr(n)).collect();
+    let ready = control::wait_backends(
+        &lab,
+        &lb_ctl,
+        "b1-b3 active",
+        Duration::from_secs(20),
+        |l| l.len() == 3 && three.iter().all(|a| control::has_state(l, *a, "active")),
+    );
+    or_log(&lab, ready, "backends up");
+
+    // Session starts: IKE on 500 records every client's backend.
+    let ike = Clients::bind(&lab, &lab.clients, 500).expect("bind IKE clients");
+    let start = or_log(&lab, ike.all_answered(5, WAIT), "IKE answers");
+    drop(ike);
+    eprintln!("clients per backend {:?}", control::spread(&start));
+    // From now on bulk only: ESP-in-UDP on 4500.
+    let bulk = Clients::bind(&lab, &lab.clients, 4500).expect("bind bulk clients");
+    let first = or_log(&lab, bulk.all_answered(5, WAIT), "first bulk answers");
+    assert_eq!(first, start, "bulk packets go where the session began");
+
+    // 1. b4 added under bulk traffic: nobody moves.
+    let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
+    lab.lb_ctl(&lb_ctl, &["backend", "add", "aovpn", &b4.to_string()])
+        .expect("backend add");
+    let joined = control::wait_backends(&lab, &lb_ctl, "b4 active", Duration::from_secs(10), |l| {
+        control::has_state(l, b4, "active")
+    });
+    or_log(&lab, joined, "b4 joins");
+    std::thread::sleep(Duration::from_millis(500));
+    let (bulk, rounds) = traffic.stop().expect("traffic");
+    assert_nobody_moved(&rounds, &start, "bulk traffic while b4 joined");
+    let after_add = or_log(
+        &lab,
+        bulk.all_answered(5, WAIT),
+        "bulk answers after the add",
+    );
+    assert_eq!(after_add, start, "a bulk client moved when b4 joined");
+    let b4_slots = control::backend(&lab, &lb_ctl, b4).unwrap().unwrap()["ring_slots"]
+        .as_u64()
+        .unwrap();
+    assert!(b4_slots > 0, "b4 took slots");
+
+    // 2. The busiest backend's link cut: its clients move to the survivors, nobody else.
+    let spread = control::spread(&start);
+    let (victim, _) = spread.iter().max_by_key(|(_, n)| **n).unwrap();
+    let victim = victim.clone();
+    let victim_addr = addr(&victim);
+    lab.bridge
+        .ip(&["link", "set", &victim, "down"])
+        .expect("cut link");
+    let down = control::wait_backends(&lab, &lb_ctl, "victim down", Duration::from_secs(10), |l| {
+        control::has_state(l, victim_addr, "unusable")
+    });
+    or_log(&lab, down, "victim down");
+    let outage = or_log(
+        &lab,
+        bulk.all_answered(5, WAIT),
+        "bulk answers in the outage",
+    );
+    for (c, b) in &outage {
+        if start[c] == victim {
+            assert_ne!(*b, victim, "{c} still answered by the cut-off backend");
+        } else {
+            assert_eq!(*b, start[c], "{c} of a live backend moved");
+        }
+    }
+
+    // 3. The link restored: its slots come back, its former clients stay where they are.
+    let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
+    lab.bridge
+        .ip(&["link", "set", &victim, "up"])
+        .expect("restore link");
+    let up = control::wait_backends(
+        &lab,
+        &lb_ctl,
+        "victim active",
+        Duration::from_secs(15),
+        |l| control::has_state(l, victim_addr, "active"),
+    );
+    or_log(&lab, up, "victim back");
+    std::thread::sleep(Duration::from_millis(500));
+    let (bulk, rounds) = traffic.stop().expect("traffic");
+    let after = or_log(
+        &lab,
+        bulk.all_answered(5, WAIT),
+        "bulk answers after recovery",
+    );
+    assert_eq!(after, outage, "somebody moved when {victim} came back");
+    // Rounds answered during the recovery: only the outage's backends.
+    let mut answered = 0;
+    for (_, round) in &rounds {
+        for (c, b) in round.iter().filter_map(|(c, b)| b.as_ref().map(|b| (c, b))) {
+            answered += 1;
+            assert_eq!(b, &outage[c], "{c} moved during the recovery");
+        }
+    }
+    assert!(answered > 0);
+    eprintln!(
+        "SLOT FAST PATH: {} bulk-only clients kept their backend through add (b4: {b4_slots} \
+         slots), failover and recovery of {victim}",
+        start.len()
+    );
+}
