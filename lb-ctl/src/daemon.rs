@@ -563,6 +563,16 @@ impl Daemon {
             .map(|b| self.balancer.services()[b.service as usize].name.clone())
             .unwrap_or_default();
         let (status, next_hop) = match result {
+            // DSR keeps the VIP as destination: a frame handed to a router would be routed
+            // back to the VIP's owner, ikelb. The backend must be on one of ikelb's links.
+            Ok(r) if self.config.mode == Mode::Dsr && r.via != addr => (
+                format!(
+                    "mode: dsr needs it on a link of ikelb's, but it is routed via {} on {} \
+                     (a frame for the VIP handed to a router comes back)",
+                    r.via, r.dev
+                ),
+                None,
+            ),
             Ok(r) => {
                 let port = self
                     .config
