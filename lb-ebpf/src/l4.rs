@@ -13,9 +13,6 @@
 //!   routinely fragmented; RFC 791 §2.3, RFC 8200 §4.5).
 //! * ESP (IP protocol 50, fragment or not) when the service has `SVC_F_ESP`: nothing of it is
 //!   parsed, it has no transport checksum (RFC 4303 §2).
-//!
-//! `parse::classify_v4` is the older UDP-only form of the IPv4 test, kept for the bench
-//! variants (`crate::bench`); the data path uses this module for both families.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{csum, Service, SVC_F_ESP};
@@ -72,18 +69,6 @@ impl Csum {
     #[inline(always)]
     pub fn is_tcp(self) -> bool {
         matches!(self, Csum::Tcp(_))
-    }
-}
-
-/// The older UDP-only classification (`parse::classify_v4`, the bench variants) in this
-/// module's terms.
-impl From<Option<*mut UdpHdr>> for Csum {
-    #[inline(always)]
-    fn from(udp: Option<*mut UdpHdr>) -> Self {
-        match udp {
-            Some(u) => Csum::Udp(u),
-            None => Csum::None,
-        }
     }
 }
 

@@ -14,18 +14,12 @@ use crate::{
     parse::{load16, load32, load_mac, store16, store32, store_mac},
 };
 
-/// Client → backend. NAT: destination VIP → backend address (IP and transport checksums —
-/// `l4::Csum`, or the UDP header of `parse::classify_v4`; the client address is never
-/// touched, the backend must see it). DSR (`nat == false`): addresses untouched, the backend
-/// holds the VIP itself. Both: TTL − 1 and the backend's MACs.
+/// Client → backend. NAT: destination VIP → backend address (IP and transport checksums,
+/// `l4::Csum`; the client address is never touched, the backend must see it). DSR (`nat ==
+/// false`): addresses untouched, the backend holds the VIP itself. Both: TTL − 1 and the
+/// backend's MACs.
 #[inline(always)]
-pub fn forward_v4(
-    eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
-    transport: impl Into<Csum>,
-    b: &Backend,
-    nat: bool,
-) {
+pub fn forward_v4(eth: *mut EthHdr, ip: *mut Ipv4Hdr, transport: Csum, b: &Backend, nat: bool) {
     // SAFETY: bounds-checked header pointers (module docs).
     unsafe {
         let mut check = load16(&(*ip).check);
@@ -34,7 +28,7 @@ pub fn forward_v4(
             let new = b.addr[0];
             store32(&mut (*ip).dst_addr, new);
             check = csum::replace32(check, old, new);
-            l4::fix32(transport.into(), old, new);
+            l4::fix32(transport, old, new);
         }
         store16(&mut (*ip).check, decrement_ttl(ip, check));
         store_mac(&mut (*eth).dst_addr, load_mac(&b.dmac));
@@ -48,7 +42,7 @@ pub fn forward_v4(
 pub fn reverse_v4(
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
-    transport: impl Into<Csum>,
+    transport: Csum,
     vip: u32,
     dst_mac: &[u8; 6],
     src_mac: &[u8; 6],
@@ -59,7 +53,7 @@ pub fn reverse_v4(
         store32(&mut (*ip).src_addr, vip);
         let check = csum::replace32(load16(&(*ip).check), old, vip);
         store16(&mut (*ip).check, decrement_ttl(ip, check));
-        l4::fix32(transport.into(), old, vip);
+        l4::fix32(transport, old, vip);
         store_mac(&mut (*eth).dst_addr, load_mac(dst_mac));
         store_mac(&mut (*eth).src_addr, load_mac(src_mac));
     }
