@@ -23,9 +23,9 @@
 //!   the sinks hold the backend addresses and answer ARP and ping through the kernel).
 //! * gw-c: nftables DNAT `jhash ip saddr mod 10 map {…}` with conntrack, kernel forwarding.
 //! * gw-d: kernel forwarding, a static route for the VIP.
-//! * gw-e: ikelb with the `SLOT_FAST_PATH` lever on, which the daemon cannot set yet: the
-//!   same object loaded and filled by `lb_ctl`'s own `Balancer` (as in the program-cost
-//!   section), next hops and health set as the daemon would, attached to both veths.
+//! * gw-e: ikelb with the slot fast path on: `lb-ctl daemon` with `slot_fast_path: true` when
+//!   this lb-ctl accepts the key (`--check`), else the same object loaded with the global on
+//!   and filled by `lb_ctl`'s own `Balancer`, attached to both veths (the table says which).
 
 use std::{
     fs,
@@ -58,7 +58,7 @@ use crate::{
 /// The compared paths, in the order they alternate.
 pub const VARIANTS: [(&str, &str); 5] = [
     ("trivial", "MAC swap + redirect (XDP)"),
-    ("ikelb", "ikelb (lb-ctl daemon)"),
+    ("ikelb", "ikelb (lb-ctl daemon), slot fast path off"),
     ("nft", "nft DNAT jhash + conntrack"),
     ("kernel", "kernel forwarding"),
     ("lever", "ikelb, slot fast path on"),
@@ -100,6 +100,8 @@ pub struct Sample {
 #[derive(Default)]
 pub struct Results {
     pub samples: Vec<Sample>,
+    /// How gw-e's ikelb with the slot fast path was set up: "lb-ctl daemon" or "library".
+    pub lever_loaded_by: String,
     pub opts_cpu: usize,
     pub measure_secs: f64,
     pub repeats: usize,
@@ -156,6 +158,7 @@ impl Results {
         Ok((
             Self {
                 samples,
+                lever_loaded_by: method["lever_loaded_by"].as_str().unwrap_or("").to_owned(),
                 opts_cpu: method["cpu"].as_u64().unwrap_or(0) as usize,
                 measure_secs: method["seconds_per_point"].as_f64().unwrap_or(0.0),
                 repeats: method["repeats"].as_u64().unwrap_or(0) as usize,
@@ -179,17 +182,22 @@ impl Results {
 /// programs, the namespaces, the run directory (bpffs) and the global sysctls.
 struct Rig {
     daemon: Option<ChildGuard>,
-    /// gw-e's ikelb with the lever (its maps and attachments live as long as this).
+    /// gw-e's ikelb with the lever: `lb-ctl daemon` with `slot_fast_path: true` when this
+    /// lb-ctl accepts the key, else loaded through the library (maps and attachments live as
+    /// long as the `Balancer`).
+    lever_daemon: Option<ChildGuard>,
     _lever: Option<Balancer<AyaDataplane>>,
     ebpf: Ebpf,
     gen: NetNs,
     _gws: Vec<NetNs>,
     _sinks: Vec<NetNs>,
     _dir: TempDir,
+    _lever_dir: TempDir,
     _conntrack: (Sysctl, Sysctl),
     /// Per variant: the generator's egress ifindex and the frame template.
     paths: Vec<(u32, Template)>,
     log: PathBuf,
+    lever_log: PathBuf,
 }
 
 pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
@@ -237,7 +245,17 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
             bail!("the daemon exited during the run; its log: {}", tail(&rig.log));
         }
     }
+    if let Some(d) = rig.lever_daemon.as_mut() {
+        if !d.alive() {
+            bail!("the slot-fast-path daemon exited during the run; its log: {}", tail(&rig.lever_log));
+        }
+    }
     Ok(Results {
+        lever_loaded_by: if rig.lever_daemon.is_some() {
+            "lb-ctl daemon (slot_fast_path: true)".into()
+        } else {
+            "lb_ctl library (this lb-ctl has no slot_fast_path key)".into()
+        },
         samples,
         opts_cpu: o.cpu,
         measure_secs: o.measure.as_secs_f64(),
@@ -320,22 +338,65 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         paths.push((gen.ifindex(&ifname)?, t));
     }
 
-    let lever = lever_gateway(&gws[4], &sinks[4])?;
+    let mut lever_dir = TempDir::new(prefix, "lever")?;
+    let lever_bpffs = lever_dir.mount_bpffs()?;
+    let lever_cfg = write_config(&lever_dir.path, &lever_bpffs, "slot_fast_path: true\n")?;
+    let daemon_has_lever = Command::new("ip")
+        .args(["netns", "exec", gws[4].name()])
+        .arg(&o.lb_ctl)
+        .args(["daemon", "--check", "--config"])
+        .arg(&lever_cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let lever = if daemon_has_lever {
+        None
+    } else {
+        eprintln!(
+            "  this lb-ctl has no `slot_fast_path` key: gw-e loads ikelb with the lever through \
+             the lb_ctl library instead of the daemon"
+        );
+        Some(lever_gateway(&gws[4], &sinks[4])?)
+    };
     let log = dir.path.join("daemon.log");
+    let lever_log = lever_dir.path.join("daemon.log");
+    // With the key, both daemons say explicitly which way they run.
+    let cfg = write_config(
+        &dir.path,
+        &bpffs,
+        if daemon_has_lever { "slot_fast_path: false\n" } else { "" },
+    )?;
     let mut rig = Rig {
         daemon: None,
-        _lever: Some(lever),
+        lever_daemon: None,
+        _lever: lever,
         ebpf,
         gen,
         _gws: gws,
         _sinks: sinks,
         _dir: dir,
+        _lever_dir: lever_dir,
         _conntrack: conntrack,
         paths,
         log,
+        lever_log,
     };
-    start_daemon(&mut rig, prefix, o, &bpffs)?;
+    rig.daemon = Some(start_daemon(&mut rig, &prefix.name("gwb"), 1, &cfg, o, false)?);
+    if daemon_has_lever {
+        rig.lever_daemon = Some(start_daemon(&mut rig, &prefix.name("gwe"), 4, &lever_cfg, o, true)?);
+    }
     Ok(rig)
+}
+
+/// The benchmark configuration for `lb-ctl daemon`, its runtime files under `dir`; `extra`
+/// is appended (top-level keys). Returns the file.
+fn write_config(dir: &Path, bpffs: &Path, extra: &str) -> Result<PathBuf> {
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
+    let yaml = lb::config_yaml(&["in", "out"], &backends, Some(&DaemonPaths { dir, bpffs })) + extra;
+    let path = dir.join("ikelb.yaml");
+    fs::write(&path, yaml)?;
+    Ok(path)
 }
 
 /// ikelb with `SLOT_FAST_PATH` on in `gw`: loaded with the daemon's globals and sizes,
@@ -382,52 +443,51 @@ fn nft_rules(gw: &NetNs) -> Result<()> {
         .context("loading the nft DNAT rules")
 }
 
-/// Starts `lb-ctl daemon` in gw-b (pinned to the other CPU) and waits until it forwards every
-/// frame of a probe burst (backends resolved and health-checked up).
-fn start_daemon(rig: &mut Rig, prefix: &Prefix, o: &Options, bpffs: &Path) -> Result<()> {
-    let gw = prefix.name("gwb");
-    let dir = rig._dir.path.clone();
-    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
-    let yaml = lb::config_yaml(
-        &["in", "out"],
-        &backends,
-        Some(&DaemonPaths { dir: &dir, bpffs }),
-    );
-    let cfg_path = dir.join("ikelb.yaml");
-    fs::write(&cfg_path, &yaml)?;
-    let log = fs::File::create(&rig.log)?;
+/// Starts `lb-ctl daemon --config cfg` in namespace `ns` (pinned to the other CPU) and waits
+/// until it forwards every frame of a probe burst through variant `vi` (backends resolved and
+/// health-checked up).
+fn start_daemon(
+    rig: &mut Rig,
+    ns: &str,
+    vi: usize,
+    cfg: &Path,
+    o: &Options,
+    lever: bool,
+) -> Result<ChildGuard> {
+    let log_path = if lever { rig.lever_log.clone() } else { rig.log.clone() };
+    let log = fs::File::create(&log_path)?;
     let child = Command::new("ip")
-        .args(["netns", "exec", &gw, "taskset", "-c", &o.daemon_cpu.to_string()])
+        .args(["netns", "exec", ns, "taskset", "-c", &o.daemon_cpu.to_string()])
         .arg(&o.lb_ctl)
         .args(["daemon", "--config"])
-        .arg(&cfg_path)
+        .arg(cfg)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("starting lb-ctl daemon")?;
-    rig.daemon = Some(ChildGuard {
+    let mut daemon = ChildGuard {
         child,
-        what: "lb-ctl daemon".into(),
-    });
+        what: format!("lb-ctl daemon in {ns}"),
+    };
     set_clients(rig, 1_000)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         sys::check_interrupted()?;
-        if !rig.daemon.as_mut().expect("set").alive() {
-            bail!("lb-ctl daemon exited; its log:\n{}", tail(&rig.log));
+        if !daemon.alive() {
+            bail!("lb-ctl daemon in {ns} exited; its log:\n{}", tail(&log_path));
         }
         let before = sink_count(&rig.ebpf)?;
-        let (generated, _) = generate_n(rig, 1, 4096, o.cpu)?;
+        let (generated, _) = generate_n(rig, vi, 4096, o.cpu)?;
         thread::sleep(Duration::from_millis(20));
         if sink_count(&rig.ebpf)? - before == generated {
-            return Ok(());
+            return Ok(daemon);
         }
         if Instant::now() > deadline {
             bail!(
-                "ikelb did not forward within 60 s of the daemon's start; its log:\n{}",
-                tail(&rig.log)
+                "ikelb did not forward within 60 s of the daemon's start in {ns}; its log:\n{}",
+                tail(&log_path)
             );
         }
         thread::sleep(Duration::from_millis(500));
