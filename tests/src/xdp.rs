@@ -8,6 +8,9 @@
 //! `test_run` delivers every frame on `lo` (ifindex 1) and does not transmit redirected
 //! frames, so the devmap entries point at `lo` and the maps name other ifindexes when a row must
 //! leave by a redirect rather than XDP_TX; `IFINDEX_PORTS` maps `lo` to the external port 0.
+//!
+//! Also the fixture of `tests/prog_test_run.rs` (the IPv4 table), which loads it without TCP
+//! and uses only the IPv4 service and backends 1–3.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -53,7 +56,9 @@ pub const BACKENDS6: [Ipv6Addr; 3] = [
 pub const UDP_PORTS: [u16; 2] = [500, 4500];
 pub const TCP_PORTS: [u16; 1] = [443];
 
-const LO: u32 = 1;
+/// `lo`, where `test_run` delivers frames.
+pub const LO: u32 = 1;
+/// ifindexes that exist only in the maps (compared with the ingress, never used to send).
 const EXT_IFINDEX: u32 = 1_000_001;
 const INT_IFINDEX: u32 = 1_000_002;
 pub const PORT_EXT: u32 = 0;
@@ -124,6 +129,8 @@ pub struct Setup {
     pub esp: bool,
     /// TCP 443 in both services' groups.
     pub tcp: bool,
+    /// `PERSIST_TIMEOUT_TICKS`.
+    pub persist_timeout_ticks: u32,
 }
 
 impl Default for Setup {
@@ -133,6 +140,7 @@ impl Default for Setup {
             dsr: false,
             esp: true,
             tcp: true,
+            persist_timeout_ticks: 1676,
         }
     }
 }
@@ -188,11 +196,14 @@ impl Fixture {
             return None;
         }
         let dsr = u32::from(setup.dsr);
-        let ticks: u32 = 1676;
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::RING_SIZE, &RING, true)
             .override_global(globals::HASH_SEED, &SEED, true)
-            .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
+            .override_global(
+                globals::PERSIST_TIMEOUT_TICKS,
+                &setup.persist_timeout_ticks,
+                true,
+            )
             .override_global(globals::MODE_DSR, &dsr, true)
             .map_max_entries(maps::RINGS, 4 * RING)
             .map_max_entries(maps::PERSIST_V4, 64)
@@ -301,29 +312,35 @@ impl Fixture {
             }
         }
         for svc in [SVC4, SVC6] {
-            let ids: Vec<u32> = if svc == SVC4 {
-                vec![1, 2, 3]
-            } else {
-                vec![4, 5, 6]
-            };
-            let members: Vec<Member> = ids
-                .iter()
-                .map(|&id| Member {
-                    id,
-                    key: match backend_addr(id) {
-                        IpAddr::V4(a) => a.octets().to_vec(),
-                        IpAddr::V6(a) => a.octets().to_vec(),
-                    },
-                    weight: 1,
-                    usable: true,
-                })
-                .collect();
-            let table = maglev::build(&members, RING, SEED);
-            let base = self.services[svc as usize].ring_base;
-            let mut rings: Array<_, u32> = self.map(maps::RINGS);
-            for (slot, id) in table.iter().enumerate() {
-                rings.set(base + slot as u32, id, 0).unwrap();
-            }
+            let table = self.maglev(svc, &[]);
+            self.write_ring(svc, &table);
+        }
+    }
+
+    /// The Maglev table of service `svc` over its three backends, with `down` ids unusable.
+    pub fn maglev(&self, svc: u32, down: &[u32]) -> Vec<u32> {
+        let ids = if svc == SVC4 { [1, 2, 3] } else { [4, 5, 6] };
+        let members: Vec<Member> = ids
+            .iter()
+            .map(|&id| Member {
+                id,
+                key: match backend_addr(id) {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                },
+                weight: 1,
+                usable: !down.contains(&id),
+            })
+            .collect();
+        maglev::build(&members, RING, SEED)
+    }
+
+    /// Writes `table` as service `svc`'s ring.
+    pub fn write_ring(&mut self, svc: u32, table: &[u32]) {
+        let base = self.services[svc as usize].ring_base;
+        let mut rings: Array<_, u32> = self.map(maps::RINGS);
+        for (slot, id) in table.iter().enumerate() {
+            rings.set(base + slot as u32, id, 0).unwrap();
         }
     }
 
@@ -377,6 +394,28 @@ impl Fixture {
                 };
                 let m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
                 m.get(&key, 0).ok()
+            }
+        }
+    }
+
+    /// Writes `v` as the persistence entry of `client`.
+    pub fn persist(&mut self, client: IpAddr, v: PersistValue) {
+        match client {
+            IpAddr::V4(_) => {
+                let key = PersistKeyV4 {
+                    service: SVC4,
+                    client: words(client)[0],
+                };
+                let mut m: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
+                m.insert(key, v, 0).unwrap();
+            }
+            IpAddr::V6(_) => {
+                let key = PersistKeyV6 {
+                    service: SVC6,
+                    client: words(client),
+                };
+                let mut m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
+                m.insert(key, v, 0).unwrap();
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The XDP program on crafted frames through `BPF_PROG_TEST_RUN` (aya `test_run`).
 //!
-//! Each test loads the embedded object (`lb_ctl::EBPF_OBJECT`) with small maps, fills them
-//! like the daemon would (one service, VIP 203.0.113.10, UDP 500/4500 + ESP, three backends
-//! 10.0.0.11–13 in a Maglev ring from `lb_common::maglev::build`), and runs a table of rows:
+//! Each test loads the embedded object (`lb_ctl::EBPF_OBJECT`) through the shared fixture
+//! `ikelb_tests::xdp` with small maps filled like the daemon would; these tables use its IPv4
+//! service (VIP 203.0.113.10, UDP 500/4500 + ESP, no TCP here, three backends 10.0.0.11–13 in a
+//! Maglev ring from `lb_common::maglev::build`; the IPv6 service and backends 4–6 are also
+//! loaded, for `prog_test_run_protocols.rs`), and runs a table of rows:
 //! input frame, expected action, expected output frame byte for byte (built independently by
 //! `ikelb_tests::packet`, checksums from scratch), and the one counter the verdict must bump.
 //!
@@ -15,431 +17,26 @@
 
 use std::net::Ipv4Addr;
 
-use aya::{
-    maps::{Array, DevMap, HashMap, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+use aya::maps::HashMap;
+use ikelb_tests::{
+    packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
+    xdp::{
+        backend_mac, backend_v4, case, Expect, Fixture, Setup, Topology, EXT_MAC, INT_MAC, LO,
+        PORT_EXT, RING, ROUTER_MAC, SVC4, SVC6, VIP4,
+    },
 };
-use ikelb_tests::packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP};
 use lb_common::{
-    counter, globals,
-    hash::client_hash_v4,
-    maglev::{self, Member},
-    maps, Backend, Iface, PersistKeyV4, PersistValue, Service, Traffic, BACKEND_F_USABLE,
-    DIR_FORWARD, DIR_REVERSE, FAMILY_V4, SVC_F_ESP, TICK_SHIFT,
+    counter, maps, PersistValue, Traffic, BACKEND_F_USABLE, DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-/// Maglev table size of the tests (prime, small so the maps are small).
-const RING: u32 = 251;
-const SEED: u32 = 0x5eed;
-const SERVICE_ID: u32 = 1;
-const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const BACKEND_ADDRS: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(10, 0, 0, 11),
-    Ipv4Addr::new(10, 0, 0, 12),
-    Ipv4Addr::new(10, 0, 0, 13),
-];
 const GATEWAY_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-
-/// `lo`, where `test_run` delivers frames.
-const LO: u32 = 1;
-/// ifindexes that exist only in the maps (compared with the ingress, never used to send).
-const EXT_IFINDEX: u32 = 1_000_001;
-const INT_IFINDEX: u32 = 1_000_002;
-const PORT_EXT: u32 = 0;
-const PORT_INT: u32 = 1;
-
-const EXT_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x01];
-const INT_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x02];
-/// The clients' previous hop (upstream router) as seen on the external interface.
-const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
 const ROUTER2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 
-fn backend_mac(id: u32) -> Mac {
-    [0x02, 0, 0, 0, 0x0b, id as u8]
-}
-
-fn wire32(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
-fn wire16(port: u16) -> u16 {
-    u16::from_ne_bytes(port.to_be_bytes())
-}
-
-/// How the gateway is wired.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Topology {
-    /// Clients on the external port, backends on the internal one: every exit is a redirect.
-    TwoArm,
-    /// One interface (lo) for both: every exit is XDP_TX.
-    OneArm,
-}
-
-/// Load-time switches of a fixture.
-#[derive(Clone, Copy)]
-struct Setup {
-    topology: Topology,
-    dsr: bool,
-    persist_timeout_ticks: u32,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            topology: Topology::TwoArm,
-            dsr: false,
-            persist_timeout_ticks: 1676,
-        }
-    }
-}
-
-/// The loaded program and its maps, filled like the daemon does.
-struct Lb {
-    ebpf: Ebpf,
-    setup: Setup,
-    service: Service,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-impl Lb {
-    /// `None` (after saying why) when the test cannot run here.
-    fn load(setup: Setup) -> Option<Self> {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED: BPF_PROG_TEST_RUN needs root (CAP_BPF, CAP_NET_ADMIN); run \
-                 `cargo xtask test` or this test as root"
-            );
-            return None;
-        }
-        let dsr = u32::from(setup.dsr);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::RING_SIZE, &RING, true)
-            .override_global(globals::HASH_SEED, &SEED, true)
-            .override_global(
-                globals::PERSIST_TIMEOUT_TICKS,
-                &setup.persist_timeout_ticks,
-                true,
-            )
-            .override_global(globals::MODE_DSR, &dsr, true)
-            .map_max_entries(maps::RINGS, 4 * RING)
-            .map_max_entries(maps::PERSIST_V4, 64)
-            .map_max_entries(maps::PERSIST_V6, 16)
-            .map_max_entries(maps::BACKENDS, 16)
-            .map_max_entries(maps::BACKEND_STATS, 32)
-            .load(lb_ctl::EBPF_OBJECT)
-            .expect("load the XDP object (maps)");
-        let prog: &mut Xdp = ebpf
-            .program_mut(lb_ctl::XDP_PROGRAM)
-            .expect("the ikelb program")
-            .try_into()
-            .expect("an XDP program");
-        if let Err(e) = prog.load() {
-            panic!("the verifier rejected the program: {e:#?}");
-        }
-
-        let mut udp_ports = [0u16; lb_common::MAX_PORTS];
-        udp_ports[0] = wire16(500);
-        udp_ports[1] = wire16(4500);
-        let service = Service {
-            id: SERVICE_ID,
-            flags: SVC_F_ESP,
-            ring_base: SERVICE_ID * 2 * RING,
-            family: FAMILY_V4,
-            vip: [wire32(VIP), 0, 0, 0],
-            udp_ports,
-            tcp_ports: [0; lb_common::MAX_PORTS],
-        };
-        let mut lb = Self {
-            ebpf,
-            setup,
-            service,
-        };
-        lb.fill();
-        Some(lb)
-    }
-
-    fn fill(&mut self) {
-        let (ext_ifindex, int_ifindex, backend_port) = match self.setup.topology {
-            Topology::TwoArm => (EXT_IFINDEX, INT_IFINDEX, PORT_INT),
-            Topology::OneArm => (LO, LO, PORT_EXT),
-        };
-        let service = self.service;
-        let mut vips: HashMap<_, u32, Service> = self.map(maps::VIPS_V4);
-        vips.insert(wire32(VIP), service, 0).unwrap();
-        let mut services: Array<_, Service> = self.map(maps::SERVICES);
-        services.set(SERVICE_ID, service, 0).unwrap();
-
-        let mut ifaces: Array<_, Iface> = self.map(maps::IFACES);
-        ifaces
-            .set(
-                PORT_EXT,
-                Iface {
-                    ifindex: ext_ifindex,
-                    mac: EXT_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
-        ifaces
-            .set(
-                PORT_INT,
-                Iface {
-                    ifindex: int_ifindex,
-                    mac: INT_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
-        let mut ports: HashMap<_, u32, u32> = self.map(maps::IFINDEX_PORTS);
-        ports.insert(LO, PORT_EXT, 0).unwrap();
-        let mut tx: DevMap<_> = self.map(maps::TX_PORTS);
-        tx.set(PORT_EXT, LO, None, 0).unwrap();
-        tx.set(PORT_INT, LO, None, 0).unwrap();
-
-        let mut ids: HashMap<_, u32, u32> = self.map(maps::BACKEND_IDS_V4);
-        for (i, addr) in BACKEND_ADDRS.iter().enumerate() {
-            ids.insert(wire32(*addr), i as u32 + 1, 0).unwrap();
-        }
-        for id in 1..=BACKEND_ADDRS.len() as u32 {
-            let smac = if backend_port == PORT_INT {
-                INT_MAC
-            } else {
-                EXT_MAC
-            };
-            self.set_backend(
-                id,
-                Backend {
-                    addr: [wire32(BACKEND_ADDRS[id as usize - 1]), 0, 0, 0],
-                    service: SERVICE_ID,
-                    flags: BACKEND_F_USABLE,
-                    tx_port: backend_port,
-                    ifindex: int_ifindex,
-                    dmac: backend_mac(id),
-                    smac,
-                },
-            );
-        }
-        self.write_ring(&self.maglev(&[]));
-    }
-
-    fn map<'a, M: TryFrom<&'a mut aya::maps::Map>>(&'a mut self, name: &str) -> M
-    where
-        M::Error: std::fmt::Debug,
-    {
-        self.ebpf
-            .map_mut(name)
-            .unwrap_or_else(|| panic!("map {name}"))
-            .try_into()
-            .unwrap()
-    }
-
-    /// The Maglev table over the three backends, with `down` ids unusable.
-    fn maglev(&self, down: &[u32]) -> Vec<u32> {
-        let members: Vec<Member> = BACKEND_ADDRS
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Member {
-                id: i as u32 + 1,
-                key: a.octets().to_vec(),
-                weight: 1,
-                usable: !down.contains(&(i as u32 + 1)),
-            })
-            .collect();
-        maglev::build(&members, RING, SEED)
-    }
-
-    fn write_ring(&mut self, table: &[u32]) {
-        let base = self.service.ring_base;
-        let mut rings: Array<_, u32> = self.map(maps::RINGS);
-        for (slot, id) in table.iter().enumerate() {
-            rings.set(base + slot as u32, id, 0).unwrap();
-        }
-    }
-
-    fn set_backend(&mut self, id: u32, b: Backend) {
-        let mut backends: Array<_, Backend> = self.map(maps::BACKENDS);
-        backends.set(id, b, 0).unwrap();
-    }
-
-    fn backend(&mut self, id: u32) -> Backend {
-        let backends: Array<_, Backend> = self.map(maps::BACKENDS);
-        backends.get(&id, 0).unwrap()
-    }
-
-    /// The backend the ring gives `client` (what a new client gets).
-    fn ring_choice(&mut self, client: Ipv4Addr) -> u32 {
-        let slot = client_hash_v4(wire32(client), SEED) % RING;
-        let base = self.service.ring_base;
-        let rings: Array<_, u32> = self.map(maps::RINGS);
-        rings.get(&(base + slot), 0).unwrap() & lb_common::RING_BACKEND_MASK
-    }
-
-    fn persisted(&mut self, client: Ipv4Addr) -> Option<PersistValue> {
-        let key = PersistKeyV4 {
-            service: SERVICE_ID,
-            client: wire32(client),
-        };
-        let persist: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
-        persist.get(&key, 0).ok()
-    }
-
-    fn persist(&mut self, client: Ipv4Addr, v: PersistValue) {
-        let key = PersistKeyV4 {
-            service: SERVICE_ID,
-            client: wire32(client),
-        };
-        let mut persist: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
-        persist.insert(key, v, 0).unwrap();
-    }
-
-    fn counters(&mut self) -> Vec<u64> {
-        let c: PerCpuArray<_, u64> = self.map(maps::COUNTERS);
-        (0..counter::COUNT)
-            .map(|i| c.get(&i, 0).unwrap().iter().sum())
-            .collect()
-    }
-
-    fn traffic(&mut self, id: u32, dir: u32) -> Traffic {
-        let s: PerCpuArray<_, Traffic> = self.map(maps::BACKEND_STATS);
-        s.get(&(id * 2 + dir), 0)
-            .unwrap()
-            .iter()
-            .fold(Traffic::default(), |a, t| Traffic {
-                packets: a.packets + t.packets,
-                bytes: a.bytes + t.bytes,
-            })
-    }
-
-    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self
-            .ebpf
-            .program(lb_ctl::XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut out = vec![0u8; input.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
-    }
-
-    /// Runs `cases` in order (later rows see the persistence entries earlier rows created)
-    /// and panics listing every row that failed.
-    fn check(&mut self, cases: &[Case]) {
-        let mut failures = Vec::new();
-        for case in cases {
-            let before = self.counters();
-            let (action, out) = self.run(&case.input);
-            let after = self.counters();
-            let (want_action, want_frame) = match &case.expect {
-                Expect::Pass => (XDP_PASS, Some(&case.input)),
-                Expect::Drop => (XDP_DROP, None),
-                Expect::Redirect(f) => (XDP_REDIRECT, Some(f)),
-                Expect::Tx(f) => (XDP_TX, Some(f)),
-            };
-            if action != want_action {
-                failures.push(format!(
-                    "{}: action {action}, want {want_action}",
-                    case.name
-                ));
-            }
-            if let Some(want) = want_frame {
-                if &out != want {
-                    failures.push(format!(
-                        "{}: output frame differs: {}",
-                        case.name,
-                        diff(&out, want)
-                    ));
-                }
-            }
-            let deltas: Vec<(&str, u64)> = before
-                .iter()
-                .zip(&after)
-                .enumerate()
-                .filter(|(_, (b, a))| a != b)
-                .map(|(i, (b, a))| (counter::LABELS[i].1, a - b))
-                .collect();
-            let want = vec![(counter::LABELS[case.counter as usize].1, 1)];
-            if deltas != want {
-                failures.push(format!(
-                    "{}: counter deltas {deltas:?}, want {want:?}",
-                    case.name
-                ));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "{} row(s) failed:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-    }
-}
-
-/// Where two frames differ, with the bytes around it.
-fn diff(got: &[u8], want: &[u8]) -> String {
-    let at = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
-    let window = |b: &[u8]| -> String {
-        b[at.saturating_sub(8).min(b.len())..(at + 16).min(b.len())]
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect()
-    };
-    format!(
-        "first at byte {at} (lengths {} / {})\n   got …{}…\n  want …{}…",
-        got.len(),
-        want.len(),
-        window(got),
-        window(want)
-    )
-}
-
-enum Expect {
-    /// XDP_PASS with the frame unchanged.
-    Pass,
-    Drop,
-    /// XDP_REDIRECT with this output frame.
-    Redirect(Vec<u8>),
-    /// XDP_TX with this output frame.
-    Tx(Vec<u8>),
-}
-
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    expect: Expect,
-    /// The one counter the verdict must bump (by one; all others unchanged).
-    counter: u32,
-}
-
-fn case(name: &'static str, input: Vec<u8>, expect: Expect, counter: u32) -> Case {
-    Case {
-        name,
-        input,
-        expect,
-        counter,
+/// The fixture as this file's tables expect it: UDP 500/4500 and ESP, no TCP.
+fn setup() -> Setup {
+    Setup {
+        tcp: false,
+        ..Setup::default()
     }
 }
 
@@ -454,7 +51,7 @@ fn ike(len: usize) -> Vec<u8> {
 
 /// A client's datagram to the VIP, as it arrives from the upstream router.
 fn to_vip(client: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Ipv4Frame {
-    Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (client, sport), (VIP, dport), data)
+    Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (client, sport), (VIP4, dport), data)
 }
 
 /// What a correct forward NAT makes of `f` for backend `id` behind the internal interface.
@@ -464,7 +61,7 @@ fn forwarded(f: &Ipv4Frame, id: u32) -> Vec<u8> {
 
 /// As [`forwarded`], leaving by the interface whose MAC is `smac`.
 fn forwarded_from(f: &Ipv4Frame, id: u32, smac: Mac) -> Vec<u8> {
-    let addr = BACKEND_ADDRS[id as usize - 1];
+    let addr = backend_v4(id);
     f.readdressed(f.src, addr)
         .with_ttl(f.ttl - 1)
         .with_macs(smac, backend_mac(id))
@@ -485,7 +82,7 @@ fn nat_fragments(whole: &Ipv4Frame, addr: Ipv4Addr, smac: Mac, dmac: Mac) -> (Ve
 /// As [`nat_fragments`] for a backend's reply going back to its client.
 fn reverse_fragments(whole: &Ipv4Frame) -> (Vec<u8>, Vec<u8>) {
     let out = whole
-        .readdressed(VIP, whole.dst)
+        .readdressed(VIP4, whole.dst)
         .with_ttl(whole.ttl - 1)
         .with_macs(EXT_MAC, ROUTER_MAC);
     let (a, b) = out.fragments(FRAG_LEN);
@@ -500,7 +97,7 @@ fn from_backend(id: u32, sport: u16, client: Ipv4Addr, dport: u16, data: &[u8]) 
     Ipv4Frame::udp(
         backend_mac(id),
         INT_MAC,
-        (BACKEND_ADDRS[id as usize - 1], sport),
+        (backend_v4(id), sport),
         (client, dport),
         data,
     )
@@ -508,7 +105,7 @@ fn from_backend(id: u32, sport: u16, client: Ipv4Addr, dport: u16, data: &[u8]) 
 
 /// What a correct reverse NAT makes of `f`: source VIP, MACs toward the client's router.
 fn reversed(f: &Ipv4Frame, router: Mac) -> Vec<u8> {
-    f.readdressed(VIP, f.dst)
+    f.readdressed(VIP4, f.dst)
         .with_ttl(f.ttl - 1)
         .with_macs(EXT_MAC, router)
         .bytes()
@@ -516,32 +113,25 @@ fn reversed(f: &Ipv4Frame, router: Mac) -> Vec<u8> {
 
 #[test]
 fn forward_path() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
-    let b2 = lb.ring_choice(C2);
-    let b3 = lb.ring_choice(C3);
+    let b1 = lb.ring_choice(C1.into());
+    let b2 = lb.ring_choice(C2.into());
+    let b3 = lb.ring_choice(C3.into());
 
     let init = to_vip(C1, 500, 500, &ike(300));
     let auth = to_vip(C1, 4500, 4500, &ike(400));
     let nocsum = to_vip(C1, 4500, 4500, &ike(100)).without_udp_checksum();
-    let esp = Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP, PROTO_ESP, &ike(120));
+    let esp = Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ESP, &ike(120));
     // C2's IKE_AUTH with certificates, fragmented by its IP stack: the first fragment has the
     // UDP header (whose checksum covers the whole datagram), the second has no ports.
     let big = to_vip(C2, 4500, 4500, &ike(1800));
     let (frag1, frag2) = big.fragments(FRAG_LEN);
-    let (frag1_out, frag2_out) = nat_fragments(
-        &big,
-        BACKEND_ADDRS[b2 as usize - 1],
-        INT_MAC,
-        backend_mac(b2),
-    );
+    let (frag1_out, frag2_out) = nat_fragments(&big, backend_v4(b2), INT_MAC, backend_mac(b2));
     // C3 is first seen through a non-first fragment: steered by address alone.
     let (_, c3_frag2) = to_vip(C3, 4500, 4500, &ike(1800)).fragments(FRAG_LEN);
-    let esp_out = esp
-        .readdressed(C1, BACKEND_ADDRS[b1 as usize - 1])
-        .with_ttl(63);
+    let esp_out = esp.readdressed(C1, backend_v4(b1)).with_ttl(63);
     let esp_out = esp_out.with_macs(INT_MAC, backend_mac(b1)).bytes();
 
     #[rustfmt::skip]
@@ -554,7 +144,7 @@ fn forward_path() {
         case("non-first fragment", frag2.bytes(), Expect::Redirect(frag2_out), counter::FORWARD),
         case("non-first fragment of a new client", c3_frag2.bytes(), Expect::Redirect(forwarded(&c3_frag2, b3)), counter::FORWARD),
         case("another UDP port to the VIP", to_vip(C1, 5000, 53, &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
-        case("ICMP echo to the VIP", Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP, PROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
+        case("ICMP echo to the VIP", Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
         case("TTL 1", to_vip(C1, 500, 500, &ike(50)).with_ttl(1).bytes(), Expect::Pass, counter::PASS_TTL),
         case("not to a VIP", Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (C1, 500), (Ipv4Addr::new(203, 0, 113, 11), 500), &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
     ];
@@ -562,7 +152,7 @@ fn forward_path() {
 
     // Persistence entries remember the backend and where the client's frames came from.
     for (client, id) in [(C1, b1), (C2, b2), (C3, b3)] {
-        let e = lb.persisted(client).expect("a persistence entry");
+        let e = lb.persisted(client.into()).expect("a persistence entry");
         assert_eq!(
             (e.backend, e.client_mac, e.port),
             (id, ROUTER_MAC, PORT_EXT as u8)
@@ -592,7 +182,7 @@ fn forward_path() {
 
 #[test]
 fn malformed_and_foreign_frames_are_never_forwarded() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
     let good = to_vip(C1, 500, 500, &ike(64)).bytes();
@@ -631,7 +221,7 @@ fn malformed_and_foreign_frames_are_never_forwarded() {
         case("UDP header truncated", udp_cut, Expect::Drop, counter::DROP_MALFORMED),
         case("UDP header beyond the datagram", udp_cut_padded, Expect::Drop, counter::DROP_MALFORMED),
         case("IP options to the VIP", packet::with_ip_option(&good), Expect::Pass, counter::PASS_IP_OPTIONS),
-        case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP), Expect::Pass, counter::PASS_NOT_IP),
+        case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP4), Expect::Pass, counter::PASS_NOT_IP),
         case("802.1Q tagged", packet::vlan_tagged(&good, 0x8100, 7), Expect::Pass, counter::PASS_VLAN),
         case("802.1ad tagged", packet::vlan_tagged(&good, 0x88a8, 7), Expect::Pass, counter::PASS_VLAN),
         // IPv6 has its own table (prog_test_run_protocols.rs); one not to a VIP is passed.
@@ -639,7 +229,7 @@ fn malformed_and_foreign_frames_are_never_forwarded() {
     ];
     lb.check(&rows);
     assert_eq!(
-        lb.persisted(C1),
+        lb.persisted(C1.into()),
         None,
         "nothing was learned from refused frames"
     );
@@ -647,10 +237,10 @@ fn malformed_and_foreign_frames_are_never_forwarded() {
 
 #[test]
 fn reverse_path() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let other = if b1 == 1 { 2 } else { 1 };
     let init = to_vip(C1, 500, 500, &ike(300));
 
@@ -663,20 +253,20 @@ fn reverse_path() {
     let esp = Ipv4Frame::raw(
         backend_mac(b1),
         INT_MAC,
-        BACKEND_ADDRS[b1 as usize - 1],
+        backend_v4(b1),
         C1,
         PROTO_ESP,
         &ike(100),
     );
     let esp_out = esp
-        .readdressed(VIP, C1)
+        .readdressed(VIP4, C1)
         .with_ttl(63)
         .with_macs(EXT_MAC, ROUTER_MAC)
         .bytes();
     let echo_reply = Ipv4Frame::raw(
         backend_mac(b1),
         INT_MAC,
-        BACKEND_ADDRS[b1 as usize - 1],
+        backend_v4(b1),
         GATEWAY_INT,
         PROTO_ICMP,
         &[0, 0, 0xff, 0xff, 0, 0, 0, 0],
@@ -716,10 +306,10 @@ fn reverse_path() {
 
 #[test]
 fn client_behind_a_new_router_is_relearned() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let first = to_vip(C1, 500, 500, &ike(100));
     let moved = to_vip(C1, 4500, 4500, &ike(100)).with_macs(ROUTER2_MAC, EXT_MAC);
     let reply = from_backend(b1, 4500, C1, 4500, &ike(60));
@@ -734,13 +324,13 @@ fn client_behind_a_new_router_is_relearned() {
 
 #[test]
 fn one_arm_leaves_by_xdp_tx() {
-    let Some(mut lb) = Lb::load(Setup {
+    let Some(mut lb) = Fixture::load(Setup {
         topology: Topology::OneArm,
-        ..Setup::default()
+        ..setup()
     }) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let init = to_vip(C1, 500, 500, &ike(100));
     let reply = from_backend(b1, 500, C1, 500, &ike(60));
     #[rustfmt::skip]
@@ -753,13 +343,13 @@ fn one_arm_leaves_by_xdp_tx() {
 
 #[test]
 fn dsr_rewrites_macs_and_ttl_only() {
-    let Some(mut lb) = Lb::load(Setup {
+    let Some(mut lb) = Fixture::load(Setup {
         dsr: true,
-        ..Setup::default()
+        ..setup()
     }) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let init = to_vip(C1, 500, 500, &ike(100));
     let b = lb.backend(b1);
     let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
@@ -775,10 +365,10 @@ fn dsr_rewrites_macs_and_ttl_only() {
 
 #[test]
 fn unusable_backend_is_reselected() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let init = to_vip(C1, 500, 500, &ike(100));
     #[rustfmt::skip]
     let rows = [case("before", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD)];
@@ -788,16 +378,16 @@ fn unusable_backend_is_reselected() {
     let mut b = lb.backend(b1);
     b.flags &= !BACKEND_F_USABLE;
     lb.set_backend(b1, b);
-    let ring = lb.maglev(&[b1]);
-    lb.write_ring(&ring);
-    let now = lb.ring_choice(C1);
+    let ring = lb.maglev(SVC4, &[b1]);
+    lb.write_ring(SVC4, &ring);
+    let now = lb.ring_choice(C1.into());
     assert_ne!(now, b1);
 
     let auth = to_vip(C1, 4500, 4500, &ike(100));
     #[rustfmt::skip]
     let rows = [case("after", auth.bytes(), Expect::Redirect(forwarded(&auth, now)), counter::FORWARD)];
     lb.check(&rows);
-    assert_eq!(lb.persisted(C1).map(|e| e.backend), Some(now));
+    assert_eq!(lb.persisted(C1.into()).map(|e| e.backend), Some(now));
 }
 
 /// `bpf_ktime_get_coarse_ns()` in persistence ticks, from userspace.
@@ -816,15 +406,15 @@ fn now_ticks() -> u32 {
 
 #[test]
 fn persistence_wins_over_the_ring_until_idle() {
-    let Some(mut lb) = Lb::load(Setup {
+    let Some(mut lb) = Fixture::load(Setup {
         persist_timeout_ticks: 100,
-        ..Setup::default()
+        ..setup()
     }) else {
         return;
     };
     // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
-    let r1 = lb.ring_choice(C1);
-    let r2 = lb.ring_choice(C2);
+    let r1 = lb.ring_choice(C1.into());
+    let r2 = lb.ring_choice(C2.into());
     let p1 = r1 % 3 + 1;
     let p2 = r2 % 3 + 1;
     let now = now_ticks();
@@ -835,14 +425,14 @@ fn persistence_wins_over_the_ring_until_idle() {
         port: 0,
         _pad: 0,
     };
-    lb.persist(C1, entry(p1, now - 5));
-    lb.persist(C2, entry(p2, now - 500));
+    lb.persist(C1.into(), entry(p1, now - 5));
+    lb.persist(C2.into(), entry(p2, now - 500));
     // C3 is persisted on a backend id the daemon has since given to another service.
-    let r3 = lb.ring_choice(C3);
+    let r3 = lb.ring_choice(C3.into());
     let p3 = r3 % 3 + 1;
-    lb.persist(C3, entry(p3, now));
+    lb.persist(C3.into(), entry(p3, now));
     let mut b = lb.backend(p3);
-    b.service = SERVICE_ID + 1;
+    b.service = SVC6;
     lb.set_backend(p3, b);
 
     let f1 = to_vip(C1, 4500, 4500, &ike(80));
@@ -855,40 +445,40 @@ fn persistence_wins_over_the_ring_until_idle() {
         case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
     ];
     lb.check(&rows);
-    let e1 = lb.persisted(C1).unwrap();
+    let e1 = lb.persisted(C1.into()).unwrap();
     assert_eq!(e1.backend, p1);
     assert!(e1.atime >= now, "atime refreshed");
-    assert_eq!(lb.persisted(C2).unwrap().backend, r2);
-    assert_eq!(lb.persisted(C3).unwrap().backend, r3);
+    assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
+    assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
 }
 
 #[test]
 fn no_usable_backend_drops() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
-    lb.write_ring(&vec![0; RING as usize]);
+    lb.write_ring(SVC4, &vec![0; RING as usize]);
     #[rustfmt::skip]
     let rows = [case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)];
     lb.check(&rows);
-    assert_eq!(lb.persisted(C1), None);
+    assert_eq!(lb.persisted(C1.into()), None);
 }
 
 #[test]
 fn inconsistent_maps_drop_as_bad_backend() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
     // A ring naming a backend id whose BACKENDS slot was never written.
-    lb.write_ring(&vec![9; RING as usize]);
+    lb.write_ring(SVC4, &vec![9; RING as usize]);
     #[rustfmt::skip]
     let rows = [case("missing backend", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
     lb.check(&rows);
 
     // A backend whose egress port has no devmap entry.
-    let ring = lb.maglev(&[]);
-    lb.write_ring(&ring);
-    let b1 = lb.ring_choice(C2);
+    let ring = lb.maglev(SVC4, &[]);
+    lb.write_ring(SVC4, &ring);
+    let b1 = lb.ring_choice(C2.into());
     let mut b = lb.backend(b1);
     b.tx_port = 5;
     lb.set_backend(b1, b);
@@ -899,12 +489,12 @@ fn inconsistent_maps_drop_as_bad_backend() {
 
 #[test]
 fn client_on_an_unknown_interface_gets_no_replies() {
-    let Some(mut lb) = Lb::load(Setup::default()) else {
+    let Some(mut lb) = Fixture::load(setup()) else {
         return;
     };
     let mut ports: HashMap<_, u32, u32> = lb.map(maps::IFINDEX_PORTS);
     ports.remove(&LO).unwrap();
-    let b1 = lb.ring_choice(C1);
+    let b1 = lb.ring_choice(C1.into());
     let init = to_vip(C1, 500, 500, &ike(100));
     let reply = from_backend(b1, 500, C1, 500, &ike(60));
     // Forwarded (the backend is known), but the reply has no interface to leave by: dropped
@@ -915,5 +505,5 @@ fn client_on_an_unknown_interface_gets_no_replies() {
         case("backend reply", reply.bytes(), Expect::Drop, counter::DROP_BAD_BACKEND),
     ];
     lb.check(&rows);
-    assert_eq!(lb.persisted(C1).map(|e| e.port), Some(u8::MAX));
+    assert_eq!(lb.persisted(C1.into()).map(|e| e.port), Some(u8::MAX));
 }
