@@ -172,6 +172,9 @@ struct Daemon {
     migrate: bool,
     /// Last reported next-hop status per backend id, so the log shows transitions only.
     status: HashMap<u32, String>,
+    /// Next-hop resolver; keeps each backend's route across refreshes
+    /// ([`neighbor::ROUTE_TTL`](crate::neighbor::ROUTE_TTL)).
+    resolver: IpCommand,
 }
 
 async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
@@ -238,6 +241,7 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         fingerprint: loaded.fingerprint,
         migrate: matches!(loaded.plan, MapPlan::Migrate(_)),
         status: HashMap::new(),
+        resolver: IpCommand::default(),
     };
     start_ebpf_logger(daemon.balancer.dataplane_mut());
     // One health round before the maps are applied and the program attached; then the
@@ -526,9 +530,10 @@ impl Daemon {
             .map(|b| (b.id, b.address))
             .collect();
         let interfaces = self.config.interfaces.clone();
+        let resolver = self.resolver.clone();
         tokio::task::spawn_blocking(move || {
             let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
-            let results = IpCommand.resolve_all(&addrs, &interfaces);
+            let results = resolver.resolve_all(&addrs, &interfaces);
             (targets, results)
         })
     }
