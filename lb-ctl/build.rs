@@ -17,7 +17,11 @@ fn main() -> anyhow::Result<()> {
         if !object.exists() {
             fs::write(&object, [])?;
         }
-    } else if Command::new("bpf-linker").arg("--version").output().is_err() {
+    } else if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         anyhow::bail!(
             "bpf-linker is not on PATH: run `cargo xtask bootstrap` (or `cargo xtask test`), \
              which installs it against the nightly toolchain's LLVM"
@@ -26,7 +30,10 @@ fn main() -> anyhow::Result<()> {
     // aya-build watches lb-ebpf's directory; the object also compiles lb-common in. (A
     // build-dependency on lb-ebpf would do the same but cargo warns: it has no lib target.)
     let common_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../lb-common");
-    println!("cargo:rerun-if-changed={}", common_dir.canonicalize()?.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        common_dir.canonicalize()?.display()
+    );
     let ebpf_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../lb-ebpf");
     let ebpf_dir = ebpf_dir.canonicalize()?;
     let package = aya_build::Package {
