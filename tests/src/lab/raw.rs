@@ -80,27 +80,8 @@ impl RawSocket {
         buf: &'b mut [u8],
         deadline: Option<Instant>,
     ) -> Result<Option<(Ipv4Addr, &'b [u8])>> {
-        if let Some(deadline) = deadline {
-            let ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis();
-            let mut pfd = libc::pollfd {
-                fd: self.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms.min(i32::MAX as u128) as libc::c_int) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == ErrorKind::Interrupted {
-                    return Ok(None);
-                }
-                return Err(e).context("poll");
-            }
-            if rc == 0 {
-                return Ok(None);
-            }
+        if !super::sock::wait_readable(&self.0, deadline)? {
+            return Ok(None);
         }
         let flags = if deadline.is_some() {
             libc::MSG_DONTWAIT

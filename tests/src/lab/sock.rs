@@ -11,6 +11,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+/// Waits until `fd` is readable or `deadline` passes (`None`: no wait, the caller blocks in
+/// its receive). False on timeout or when a signal interrupted the wait.
+pub(crate) fn wait_readable(fd: &OwnedFd, deadline: Option<Instant>) -> Result<bool> {
+    let Some(deadline) = deadline else { return Ok(true) };
+    let ms = deadline.saturating_duration_since(Instant::now()).as_millis();
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms.min(i32::MAX as u128) as libc::c_int) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e).context("poll");
+    }
+    Ok(rc > 0)
+}
+
 fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned from here on.
     let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
@@ -191,27 +209,8 @@ impl RawSocket6 {
         buf: &'b mut [u8],
         deadline: Option<Instant>,
     ) -> Result<Option<(Ipv6Addr, &'b [u8])>> {
-        if let Some(deadline) = deadline {
-            let ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis();
-            let mut pfd = libc::pollfd {
-                fd: self.0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms.min(i32::MAX as u128) as libc::c_int) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == ErrorKind::Interrupted {
-                    return Ok(None);
-                }
-                return Err(e).context("poll");
-            }
-            if rc == 0 {
-                return Ok(None);
-            }
+        if !super::sock::wait_readable(&self.0, deadline)? {
+            return Ok(None);
         }
         // SAFETY: all-zero is a valid sockaddr_in6 to receive into.
         let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
