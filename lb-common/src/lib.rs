@@ -41,10 +41,24 @@ pub const RING_BACKEND_MASK: u32 = 0x00ff_ffff;
 /// slot whose backend changes and clears it only once no live entry of the slot disagrees with
 /// the ring (`lb-ctl/src/state.rs`, "Slot flags"; config `slot_fast_path`).
 pub const RING_F_CHANGED: u32 = 1 << 24;
-/// With [`globals::SLOT_FAST_PATH`] on, one ESP packet in this many of each SA (sequence
-/// number ≡ 0) takes the persistence path anyway, so an active client's entry stays fresh and
-/// recently used in the LRU even when it sends no IKE message for a long time.
-pub const FAST_PATH_REFRESH_EVERY: u32 = 64;
+/// Slots of [`maps::INGRESS`]: interfaces with an ifindex below this are found by one array
+/// read; the rare larger ifindex falls back to the [`maps::IFINDEX_PORTS`] hash.
+pub const INGRESS_SLOTS: u32 = 4096;
+/// [`maps::INGRESS`] / [`maps::IFINDEX_PORTS`] value: the port (index in `IFACES`/`TX_PORTS`)
+/// in the low byte.
+pub const INGRESS_PORT_MASK: u32 = 0xff;
+/// Ingress flag: clients may reach VIPs through this interface (config role `clients` or
+/// `both`). VIP traffic arriving on an interface without it is dropped
+/// (`drop/not_client_interface`).
+pub const INGRESS_F_CLIENTS: u32 = 1 << 8;
+/// Ingress flag: backends are reached through this interface (role `backends` or `both`).
+pub const INGRESS_F_BACKENDS: u32 = 1 << 9;
+/// Ingress flag: ikelb is attached here (a zero [`maps::INGRESS`] slot is "not ours").
+pub const INGRESS_F_ATTACHED: u32 = 1 << 31;
+
+/// New-client inserts are rationed per CPU in windows of 2^this ns (≈ 134 ms): at most
+/// [`globals::NEW_CLIENT_QUOTA`] probation inserts per CPU per window.
+pub const QUOTA_WINDOW_SHIFT: u32 = 27;
 
 /// Persistence time is counted in ticks of 2^30 ns (≈ 1.074 s): `bpf_ktime_get_coarse_ns() >>
 /// TICK_SHIFT`. Coarse on purpose — an entry's timestamp is rewritten at most once a tick.
@@ -133,7 +147,8 @@ pub struct PersistKeyV6 {
 }
 const _: () = assert!(size_of::<PersistKeyV6>() == 20);
 
-/// Value of the persistence maps. Written by the XDP program (insert on a miss, re-select
+/// Value of [`maps::PERSIST_V4`] / [`maps::PERSIST_V6`], the *established* clients: those
+/// that proved return routability (see [`ProbationValue`]). Written by the XDP program (insert on a miss, re-select
 /// when the backend is unusable or the entry idle, `atime` at most once a tick); read by the
 /// daemon for `lookup`, client counts and drain.
 ///
@@ -154,6 +169,54 @@ pub struct PersistValue {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<PersistValue>() == 16);
+
+/// Value of [`maps::PROBATION_V4`] / [`maps::PROBATION_V6`]: a client that has not yet shown
+/// return routability. Its first fields are a [`PersistValue`] (same meaning, same offsets).
+///
+/// A spoofed source can create one of these (rationed by [`globals::NEW_CLIENT_QUOTA`]) but
+/// never an established entry: the reverse path records in `proof` a value the backend sent to
+/// the client through ikelb — the responder SPI of an IKE message (RFC 7296 §3.1), or the
+/// initial sequence number + 1 of a TCP SYN-ACK — and only a client packet that echoes it (an
+/// IKE message with that responder SPI, a TCP segment acknowledging it) moves the entry into
+/// the persistence map ("promotion"). Someone who cannot receive the client's packets cannot
+/// guess 64 (IKE) or 32 (TCP) random bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbationValue {
+    /// Chosen backend id.
+    pub backend: u32,
+    /// Last time a packet of this client was seen, in ticks.
+    pub atime: u32,
+    /// As [`PersistValue::client_mac`].
+    pub client_mac: [u8; 6],
+    /// As [`PersistValue::port`].
+    pub port: u8,
+    pub _pad: u8,
+    /// What the client must echo to be promoted, as the 8 (IKE responder SPI) or 4 (TCP ack
+    /// number, high word 0) header bytes loaded in native order; 0 = nothing recorded yet.
+    pub proof: u64,
+}
+const _: () = assert!(size_of::<ProbationValue>() == 24);
+
+/// Value of [`maps::QUOTA`] (per CPU): probation inserts made in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// `bpf_ktime_get_coarse_ns() >> QUOTA_WINDOW_SHIFT` of the current window (low 32 bits).
+    pub window: u32,
+    /// Inserts made in it.
+    pub used: u32,
+}
+const _: () = assert!(size_of::<Quota>() == 8);
+
+/// A [`maps::REFRESHED_V4`] value: client `client` of service `service` refreshed its
+/// persistence entry in tick `tick` (low 16 bits each of service and tick). The slot fast path
+/// skips the persistence lookup only for a client whose slot holds this value for the current
+/// tick, so every client with traffic refreshes its entry at least once a tick.
+#[inline(always)]
+pub const fn refreshed_tag(client: u32, service: u32, tick: u32) -> u64 {
+    ((client as u64) << 32) | (((service & 0xffff) as u64) << 16) | (tick & 0xffff) as u64
+}
 
 /// An interface ikelb is attached to. Value of [`maps::IFACES`], indexed by port (position in
 /// the config's `interfaces` list). Written by the daemon.
@@ -201,9 +264,22 @@ pub mod maps {
     pub const PERSIST_V4: &str = "PERSIST_V4";
     /// LruHashMap<PersistKeyV6, PersistValue>.
     pub const PERSIST_V6: &str = "PERSIST_V6";
+    /// LruHashMap<PersistKeyV4, ProbationValue>: clients not yet established.
+    pub const PROBATION_V4: &str = "PROBATION_V4";
+    /// LruHashMap<PersistKeyV6, ProbationValue>.
+    pub const PROBATION_V6: &str = "PROBATION_V6";
+    /// Array<u64 refreshed_tag> indexed by client hash & `REFRESH_MASK` (slot fast path).
+    pub const REFRESHED_V4: &str = "REFRESHED_V4";
+    /// Array<u32 port | INGRESS_F_*> indexed by ifindex (< INGRESS_SLOTS).
+    pub const INGRESS: &str = "INGRESS";
+    /// PerCpuArray<Quota>, one element: the new-client ration of each CPU.
+    pub const QUOTA: &str = "QUOTA";
+    /// PerCpuArray<u64> indexed by [`crate::event`] index.
+    pub const EVENTS: &str = "EVENTS";
     /// Array<Iface> indexed by port.
     pub const IFACES: &str = "IFACES";
-    /// HashMap<u32 ifindex, u32 port>.
+    /// HashMap<u32 ifindex, u32 port | INGRESS_F_*> (every attached interface; the data path
+    /// reads it only for an ifindex ≥ INGRESS_SLOTS).
     pub const IFINDEX_PORTS: &str = "IFINDEX_PORTS";
     /// DevMap indexed by port.
     pub const TX_PORTS: &str = "TX_PORTS";
@@ -226,6 +302,11 @@ pub mod globals {
     pub const HASH_SEED: &str = "HASH_SEED";
     /// u32: 1 for `mode: dsr` (MAC rewrite only, no reverse path), 0 for `mode: nat`.
     pub const MODE_DSR: &str = "MODE_DSR";
+    /// u32: probation inserts allowed per CPU per window of 2^QUOTA_WINDOW_SHIFT ns
+    /// (config `new_client_rate` spread over the CPUs); 0 = unlimited.
+    pub const NEW_CLIENT_QUOTA: &str = "NEW_CLIENT_QUOTA";
+    /// u32: `REFRESHED_V4` size − 1 (the size is a power of two).
+    pub const REFRESH_MASK: &str = "REFRESH_MASK";
 }
 
 /// Indices of [`maps::COUNTERS`]: every verdict the program returns is counted under exactly
@@ -269,8 +350,29 @@ pub mod counter {
     /// left, an unknown header, a chain longer than the program follows, a non-first
     /// fragment whose fragmentable part starts with another extension header).
     pub const PASS_IPV6_EXT: u32 = 15;
+    /// A backend's service-port or ESP traffic to an address that is not its live client
+    /// (no entry and the ring names another backend, an entry naming another backend, an
+    /// idle entry): dropped, never leaked with the backend's internal source address.
+    pub const DROP_REVERSE_NOT_CLIENT: u32 = 16;
+    /// A frame with a backend's source address that did not arrive on that backend's
+    /// interface.
+    pub const DROP_REVERSE_WRONG_IFACE: u32 = 17;
+    /// A frame with a backend's source address from another MAC than the backend's (or its
+    /// next hop's).
+    pub const DROP_REVERSE_WRONG_MAC: u32 = 18;
+    /// Traffic to a VIP on an interface without the `clients` role.
+    pub const DROP_NOT_CLIENT_IFACE: u32 = 19;
+    /// An ICMP fragmentation-needed / ICMPv6 packet-too-big about a client's flow, sent on to
+    /// that client's backend (path MTU discovery through ikelb).
+    pub const FORWARD_ICMP: u32 = 20;
+    /// A TCP fragment at offset 1 (8 bytes): could rewrite the TCP flags of the first one
+    /// (RFC 1858 §3.2); never legitimate.
+    pub const DROP_FRAGMENT_OFFSET: u32 = 21;
+    /// A reply to a client without a persistence entry (validated by the ring) whose route
+    /// back the kernel FIB could not give (`bpf_fib_lookup`).
+    pub const DROP_NO_ROUTE: u32 = 22;
     /// Number of counters (size of `COUNTERS`).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 23;
 
     /// `(action, reason)` label pair of each counter, indexed like the counters.
     pub const LABELS: [(&str, &str); COUNT as usize] = [
@@ -290,6 +392,52 @@ pub mod counter {
         ("pass", "ipv6"),
         ("pass", "icmpv6"),
         ("pass", "ipv6_ext_header"),
+        ("drop", "reverse_not_client"),
+        ("drop", "reverse_wrong_interface"),
+        ("drop", "reverse_wrong_mac"),
+        ("drop", "not_client_interface"),
+        ("redirect", "icmp"),
+        ("drop", "fragment_offset_1"),
+        ("drop", "no_route"),
+    ];
+}
+
+/// Indices of [`maps::EVENTS`]: things the data path did along the way of a verdict (not
+/// verdicts: a packet may count under none or several), for `ikelb_xdp_events_total{event}`.
+pub mod event {
+    /// A bulk packet sent by the slot fast path, without a persistence lookup.
+    pub const FAST_PATH: u32 = 0;
+    /// A probation entry created for a new client.
+    pub const PROBATION_INSERT: u32 = 1;
+    /// A new client not given a probation entry: this CPU's `NEW_CLIENT_QUOTA` was used up
+    /// (a flood of new sources). The packet still follows the ring.
+    pub const PROBATION_THROTTLED: u32 = 2;
+    /// A probation entry promoted to the persistence map (the client echoed the proof).
+    pub const PROMOTED: u32 = 3;
+    /// A mid-session packet (IKE with a responder SPI, ESP) of a client without any entry:
+    /// its entry was evicted, or it began before a restart or on another node.
+    pub const LOST: u32 = 4;
+    /// A client's frames came from a new MAC or interface, and the FIB confirmed the client
+    /// is reached that way: the entry learned it.
+    pub const MAC_MOVE_ACCEPTED: u32 = 5;
+    /// As above, but the FIB disagreed (a spoofed frame, or a client reached otherwise): the
+    /// entry kept its MAC and interface.
+    pub const MAC_MOVE_REJECTED: u32 = 6;
+    /// A backend's reply to a client without an entry, validated by the ring and routed by
+    /// `bpf_fib_lookup`.
+    pub const REVERSE_STATELESS: u32 = 7;
+    /// Number of events (size of `EVENTS`).
+    pub const COUNT: u32 = 8;
+    /// The `event` label of each index.
+    pub const LABELS: [&str; COUNT as usize] = [
+        "fast_path",
+        "probation_insert",
+        "probation_throttled",
+        "promoted",
+        "lost",
+        "mac_move_accepted",
+        "mac_move_rejected",
+        "reverse_stateless",
     ];
 }
 
@@ -303,6 +451,8 @@ mod pod {
     unsafe impl aya::Pod for PersistKeyV4 {}
     unsafe impl aya::Pod for PersistKeyV6 {}
     unsafe impl aya::Pod for PersistValue {}
+    unsafe impl aya::Pod for ProbationValue {}
+    unsafe impl aya::Pod for Quota {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
 }

@@ -9,14 +9,17 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counter, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, Service, Traffic,
-    DEFAULT_RING_SIZE, MAX_IFACES,
+    counter, event, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
+    Quota, Service, Traffic, DEFAULT_RING_SIZE, INGRESS_SLOTS, MAX_IFACES,
 };
 
 /// Default number of services (VIPs) and backends the maps hold.
 const SERVICES_DEFAULT: u32 = 16;
 const BACKENDS_DEFAULT: u32 = 256;
 const PERSIST_DEFAULT: u32 = 4096;
+const PROBATION_DEFAULT: u32 = 1024;
+/// Default `REFRESHED_V4` size (a power of two; `REFRESH_MASK` below matches it).
+const REFRESHED_DEFAULT: u32 = 4096;
 
 /// Key: VIP (IPv4, wire order). Value: its [`Service`]. Written by the daemon; read by the
 /// forward path (the first lookup of every IPv4 packet).
@@ -62,18 +65,54 @@ pub static BACKEND_IDS_V6: HashMap<[u32; 4], u32> = HashMap::with_max_entries(BA
 pub static PERSIST_V4: LruHashMap<PersistKeyV4, PersistValue> =
     LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
 
-/// As [`PERSIST_V4`] for IPv6 clients. Not used yet.
+/// As [`PERSIST_V4`] for IPv6 clients.
 #[map]
 pub static PERSIST_V6: LruHashMap<PersistKeyV6, PersistValue> =
     LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
+
+/// Key: (service id, client address). Value: [`ProbationValue`]. Clients that have not shown
+/// return routability yet: created by the forward path for a new client (rationed by
+/// `QUOTA`), given its proof by the reverse path, deleted on promotion into `PERSIST_V4`.
+/// A spoofed flood churns this map only. Read by the daemon like `PERSIST_V4`.
+#[map]
+pub static PROBATION_V4: LruHashMap<PersistKeyV4, ProbationValue> =
+    LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+
+/// As [`PROBATION_V4`] for IPv6 clients.
+#[map]
+pub static PROBATION_V6: LruHashMap<PersistKeyV6, ProbationValue> =
+    LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+
+/// Key: client hash & `REFRESH_MASK`. Value: `lb_common::refreshed_tag` of the last client
+/// there that refreshed its entry. Written by the forward path's persistence path (once a
+/// tick per client); read by the slot fast path, which skips the lookup only for a client
+/// refreshed in the current tick. Not read by the daemon.
+#[map]
+pub static REFRESHED_V4: Array<u64> = Array::with_max_entries(REFRESHED_DEFAULT, 0);
+
+/// Key: ifindex (< `INGRESS_SLOTS`). Value: port | `INGRESS_F_*` (0: not ours). Written by the
+/// daemon; read by the forward path for every VIP packet (role check) and when a client's
+/// ingress changes.
+#[map]
+pub static INGRESS: Array<u32> = Array::with_max_entries(INGRESS_SLOTS, 0);
+
+/// Key: 0. Value: [`Quota`], per CPU: the probation inserts of the current window. Written
+/// by the forward path.
+#[map]
+pub static QUOTA: PerCpuArray<Quota> = PerCpuArray::with_max_entries(1, 0);
+
+/// Key: `lb_common::event::*`. Value: occurrences, per CPU. Written by the program; read by
+/// the daemon for `ikelb_xdp_events_total`.
+#[map]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
 
 /// Key: port (position in the config's `interfaces`). Value: [`Iface`] (ifindex, MAC).
 /// Written by the daemon; read by the reverse path for the source MAC toward a client.
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(MAX_IFACES, 0);
 
-/// Key: ifindex. Value: port. Written by the daemon; read by the forward path only when it
-/// learns a client's ingress port (new client or changed source MAC), never per packet.
+/// Key: ifindex. Value: port | `INGRESS_F_*`. Written by the daemon; read by the program only
+/// for an ifindex ≥ `INGRESS_SLOTS` (`INGRESS` holds the others).
 #[map]
 pub static IFINDEX_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IFACES, 0);
 
@@ -112,6 +151,12 @@ static MODE_DSR: u32 = 0;
 /// (`lb_common::RING_F_CHANGED`). 0 here; the daemon loads it from config `slot_fast_path`.
 #[no_mangle]
 static SLOT_FAST_PATH: u32 = 0;
+/// Probation inserts per CPU per window (`lb_common::QUOTA_WINDOW_SHIFT`); 0 = unlimited.
+#[no_mangle]
+static NEW_CLIENT_QUOTA: u32 = 0;
+/// `REFRESHED_V4` size − 1.
+#[no_mangle]
+static REFRESH_MASK: u32 = REFRESHED_DEFAULT - 1;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -141,4 +186,16 @@ pub fn mode_dsr() -> bool {
 pub fn slot_fast_path() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&SLOT_FAST_PATH) != 0 }
+}
+
+#[inline(always)]
+pub fn new_client_quota() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&NEW_CLIENT_QUOTA) }
+}
+
+#[inline(always)]
+pub fn refresh_mask() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&REFRESH_MASK) }
 }

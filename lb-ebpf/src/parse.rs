@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FAST_PATH_REFRESH_EVERY, MAX_PORTS};
+use lb_common::MAX_PORTS;
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -158,12 +158,12 @@ pub enum Side {
     Reverse,
 }
 
-/// Whether a packet of the persistency group (as `l4::classify_v4` found it, IPv4 without options)
-/// is bulk data that may skip the persistence lookup (`SLOT_FAST_PATH`): ESP, in UDP or not,
-/// except one packet in `FAST_PATH_REFRESH_EVERY` of each SA (by its sequence number, RFC
-/// 4303 §2.2), and non-first fragments. IKE messages never are: UDP to 500, or starting with
-/// the non-ESP marker (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte) — so every session
-/// start, rekey and keepalive goes through the persistence entry.
+/// Whether a packet of the persistency group (as `l4::classify_v4` found it, IPv4 without
+/// options) is bulk data that may take the slot fast path (`SLOT_FAST_PATH`): ESP, in UDP or
+/// not, and non-first fragments. IKE messages never are: UDP to 500, or starting with the
+/// non-ESP marker (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte) — so every session
+/// start, rekey and keepalive goes through the persistence entries. The fast path itself
+/// still sends each client through them once a tick (`select::forward_v4`).
 #[inline(always)]
 pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -> bool {
     const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
@@ -188,8 +188,7 @@ pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -
         return false;
     };
     // SAFETY: bounds-checked just now.
-    let (spi, seq) = unsafe { (load32(&(*hdr)[0]), load32(&(*hdr)[1])) };
-    spi != 0 && u32::from_be(seq) % FAST_PATH_REFRESH_EVERY != 0
+    unsafe { load32(&(*hdr)[0]) != 0 }
 }
 
 /// `port` (wire order) is one of `ports` (unused entries are 0 and last; port 0 never

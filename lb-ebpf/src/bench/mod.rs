@@ -132,9 +132,8 @@ fn stamp(ctx: &XdpContext) -> Option<()> {
             ip_check = csum::replace32(ip_check, 0, daddr);
             udp_check = csum::udp_replace32(udp_check, 0, daddr);
         }
-        // The ESP sequence number (or whatever the payload holds there) counts frames, so
-        // one frame in `FAST_PATH_REFRESH_EVERY` is due a persistence refresh as in real
-        // traffic; the template block holds the value its checksum was computed with.
+        // The ESP sequence number (or whatever the payload holds there) counts frames, as in
+        // real traffic; the template block holds the value its checksum was computed with.
         if start + HEADERS + 8 <= ctx.data_end() {
             let old = load32(src.add(HEADERS + 4).cast());
             let new = n.to_be();
