@@ -179,11 +179,11 @@ struct Daemon {
 
 async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
     let mut ifaces = Vec::new();
-    for (name, &ifindex) in config.interfaces.iter().zip(&ifindexes) {
+    for (iface, &ifindex) in config.interfaces.iter().zip(&ifindexes) {
         ifaces.push(IfaceInfo {
-            name: name.clone(),
+            name: iface.name.clone(),
             ifindex,
-            mac: interface_mac(name)?,
+            mac: interface_mac(&iface.name)?,
         });
     }
     // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
@@ -529,7 +529,7 @@ impl Daemon {
             .backends()
             .map(|b| (b.id, b.address))
             .collect();
-        let interfaces = self.config.interfaces.clone();
+        let interfaces = self.config.interface_names();
         let resolver = self.resolver.clone();
         tokio::task::spawn_blocking(move || {
             let addrs: Vec<IpAddr> = targets.iter().map(|t| t.1).collect();
@@ -583,7 +583,7 @@ impl Daemon {
                     .config
                     .interfaces
                     .iter()
-                    .position(|i| *i == r.dev)
+                    .position(|i| i.name == r.dev)
                     .map(|p| p as u32);
                 let mac = format_mac(&r.mac);
                 let how = if r.via == addr {

@@ -784,7 +784,7 @@ impl Controller {
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             config: c.file().to_owned(),
-            interfaces: c.interfaces.clone(),
+            interfaces: c.interface_names(),
             mode: match c.mode {
                 Mode::Nat => "nat",
                 Mode::Dsr => "dsr",

@@ -25,12 +25,19 @@
 //! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server
 //!   (issue 6). Each VIP becomes a service of its own (one [`VirtualServer`] per VIP, same
 //!   name) with the backends of its family; a single address stays valid as before.
+//! * `interfaces` items may be `{name, role}` mappings ([`interfaces`]): where clients may
+//!   reach the VIPs; a plain list keeps its meaning.
+//! * `probation_entries` — capacity of the probation maps, where new clients wait until
+//!   they prove return routability (default `persistence_entries / 4`, at least 1024).
+//! * `new_client_rate` — probation inserts per second for the whole gateway (default 20000,
+//!   0 = unlimited; load-time global `NEW_CLIENT_QUOTA`, [`Config::new_client_quota`]).
 //!
 //! Defaults for keys the schema leaves optional: `mode: nat`, `xdp_mode: auto`,
 //! `persistence_timeout: 30m`, `hash_seed: 0`, `ports: [500, 4500]`, `esp: true`,
 //! `weight: 1`, `health_check: {interval: 5s, timeout: 2s, fall: 3, rise: 2}`, and the paths
 //! of [`crate::paths`].
 
+mod interfaces;
 mod locate;
 
 use std::{
@@ -41,11 +48,12 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{MAX_IFACES, MAX_PORTS, TICK_SHIFT};
+use lb_common::{MAX_IFACES, MAX_PORTS, QUOTA_WINDOW_SHIFT, TICK_SHIFT};
 use serde::Deserialize;
 
 use crate::paths;
 
+pub use interfaces::{InterfaceSpec, Role};
 pub use locate::line_of;
 
 /// Largest accepted backend weight. Weights are relative: with the default table of 65537
@@ -60,6 +68,15 @@ pub const MIN_TABLE_SIZE: u32 = 251;
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
 /// Largest accepted persistence map capacity (2^28 entries ≈ 10 GiB of LRU hash).
 pub const MAX_PERSISTENCE_ENTRIES: u32 = 1 << 28;
+/// Smallest default probation capacity: a small gateway still absorbs a burst of new
+/// clients (a reconnect storm after an outage) without evicting ones mid-handshake.
+pub const MIN_DEFAULT_PROBATION_ENTRIES: u32 = 1024;
+/// Largest `REFRESHED_V4` (2^22 slots, 32 MiB): past this a larger array buys no speed, as
+/// the slot fast path only needs most active clients to own their slot.
+pub const MAX_REFRESHED_ENTRIES: u32 = 1 << 22;
+/// Default `new_client_rate`: well above any legitimate reconnect storm of a gateway this
+/// size (20,000 handshakes a second), far below what a spoofed flood sends.
+pub const DEFAULT_NEW_CLIENT_RATE: u32 = 20_000;
 /// Linux `IFNAMSIZ` − 1.
 const MAX_IFNAME_LEN: usize = 15;
 
@@ -90,7 +107,7 @@ pub enum XdpAttachMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    interfaces: Vec<String>,
+    interfaces: Vec<interfaces::RawInterface>,
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
@@ -103,6 +120,11 @@ struct RawConfig {
     maglev_table_size: u32,
     #[serde(default = "default_persistence_entries")]
     persistence_entries: u32,
+    /// `None`: derived from `persistence_entries`.
+    #[serde(default)]
+    probation_entries: Option<u32>,
+    #[serde(default = "default_new_client_rate")]
+    new_client_rate: u32,
     virtual_servers: Vec<RawVirtualServer>,
     #[serde(default)]
     health_check: RawHealthCheck,
@@ -241,6 +263,9 @@ fn default_table_size() -> u32 {
 fn default_persistence_entries() -> u32 {
     1 << 20
 }
+fn default_new_client_rate() -> u32 {
+    DEFAULT_NEW_CLIENT_RATE
+}
 fn default_ports() -> Vec<u16> {
     vec![500, 4500]
 }
@@ -281,14 +306,20 @@ fn default_instance() -> String {
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Interfaces to attach to; a backend's `tx_port` is its egress interface's index here.
-    pub interfaces: Vec<String>,
+    /// Interfaces to attach to, with their roles; a backend's `tx_port` is its egress
+    /// interface's index here.
+    pub interfaces: Vec<InterfaceSpec>,
     pub mode: Mode,
     pub xdp_mode: XdpAttachMode,
     pub persistence_timeout: Duration,
     pub hash_seed: u32,
     pub maglev_table_size: u32,
     pub persistence_entries: u32,
+    /// Capacity of `PROBATION_V4` (and `PROBATION_V6` with an IPv6 service): new clients
+    /// that have not proven return routability yet.
+    pub probation_entries: u32,
+    /// New clients (probation inserts) per second for the whole gateway; 0 = unlimited.
+    pub new_client_rate: u32,
     /// One entry per VIP — the services, whose ids are positions here. A dual-stack virtual
     /// server appears twice under its name, once per family, in the order its VIPs are listed.
     pub virtual_servers: Vec<VirtualServer>,
@@ -388,6 +419,35 @@ impl Config {
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
+    /// The interface names, in order (port = index).
+    pub fn interface_names(&self) -> Vec<String> {
+        self.interfaces.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// `NEW_CLIENT_QUOTA`: probation inserts each of `cpus` CPUs may make per window of
+    /// 2^[`QUOTA_WINDOW_SHIFT`] ns so that the gateway as a whole makes `new_client_rate` a
+    /// second, rounded up (at least 1 when the rate is not 0; 0 = unlimited). The data path
+    /// counts per CPU to need no shared counter; a flood spread over every CPU is held to
+    /// the rate, one that RSS steers onto fewer CPUs to less.
+    pub fn new_client_quota(&self, cpus: u32) -> u32 {
+        if self.new_client_rate == 0 {
+            return 0;
+        }
+        let per_window =
+            (u128::from(self.new_client_rate) << QUOTA_WINDOW_SHIFT).div_ceil(1_000_000_000);
+        let per_cpu = per_window.div_ceil(u128::from(cpus.max(1)));
+        u32::try_from(per_cpu).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// `REFRESHED_V4` size: the next power of two ≥ `persistence_entries` (one slot per
+    /// client on average), at most [`MAX_REFRESHED_ENTRIES`]. `REFRESH_MASK` is this − 1.
+    pub fn refreshed_entries(&self) -> u32 {
+        self.persistence_entries
+            .checked_next_power_of_two()
+            .unwrap_or(MAX_REFRESHED_ENTRIES)
+            .min(MAX_REFRESHED_ENTRIES)
+    }
+
     /// The file this configuration was read from, as given.
     pub fn file(&self) -> &str {
         &self.origin.file
@@ -402,7 +462,8 @@ impl Config {
     ) -> Result<Vec<u32>, ConfigError> {
         let mut problems = Vec::new();
         let mut out = Vec::new();
-        for (i, name) in self.interfaces.iter().enumerate() {
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let name = &iface.name;
             match lookup(name) {
                 Some(ifindex) => out.push(ifindex),
                 None => problems.push(self.origin.problem(
@@ -601,7 +662,8 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
             ),
         );
     }
-    for (i, name) in raw.interfaces.iter().enumerate() {
+    let if_names: Vec<&str> = raw.interfaces.iter().map(|i| i.name()).collect();
+    for (i, &name) in if_names.iter().enumerate() {
         let key = format!("interfaces[{i}]");
         if name.is_empty()
             || name.len() > MAX_IFNAME_LEN
@@ -609,8 +671,15 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
             || name.contains(char::is_whitespace)
         {
             c.refuse(key, format!("{name:?} is not a valid interface name"));
-        } else if raw.interfaces[..i].contains(name) {
+        } else if if_names[..i].contains(&name) {
             c.refuse(key, format!("interface {name:?} is listed twice"));
+        }
+    }
+
+    let roles = interfaces::roles(&raw.interfaces);
+    if !roles.is_empty() {
+        if let Some(why) = interfaces::role_problem(&roles) {
+            c.refuse("interfaces", why);
         }
     }
 
@@ -645,6 +714,18 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
                 "{} is outside 1..={MAX_PERSISTENCE_ENTRIES}",
                 raw.persistence_entries
             ),
+        );
+    }
+
+    // Probation holds clients for the seconds of a handshake; by default a quarter of the
+    // established capacity, which is sized for the clients expected.
+    let probation_entries = raw
+        .probation_entries
+        .unwrap_or_else(|| (raw.persistence_entries / 4).max(MIN_DEFAULT_PROBATION_ENTRIES));
+    if probation_entries == 0 || probation_entries > MAX_PERSISTENCE_ENTRIES {
+        c.refuse(
+            "probation_entries",
+            format!("{probation_entries} is outside 1..={MAX_PERSISTENCE_ENTRIES}"),
         );
     }
 
@@ -860,14 +941,24 @@ fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigError> {
             problems: c.problems,
         });
     }
+    let interfaces = if_names
+        .iter()
+        .zip(roles)
+        .map(|(name, role)| InterfaceSpec {
+            name: (*name).to_owned(),
+            role,
+        })
+        .collect();
     Ok(Config {
-        interfaces: raw.interfaces,
+        interfaces,
         mode: raw.mode,
         xdp_mode: raw.xdp_mode,
         persistence_timeout: raw.persistence_timeout,
         hash_seed: raw.hash_seed,
         maglev_table_size: raw.maglev_table_size,
         persistence_entries: raw.persistence_entries,
+        probation_entries,
+        new_client_rate: raw.new_client_rate,
         virtual_servers: servers,
         health_check: HealthCheck {
             interval: hc.interval,

@@ -47,7 +47,9 @@ fn refused(source: &str) -> String {
 #[test]
 fn full_config_parses() {
     let c = parse("ikelb.yaml", FULL).expect("valid config");
-    assert_eq!(c.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.interface_names(), ["eth0", "eth1"]);
+    assert_eq!(c.interfaces[0].role, Role::Clients);
+    assert_eq!(c.interfaces[1].role, Role::Backends);
     assert_eq!(c.mode, Mode::Nat);
     assert_eq!(c.xdp_mode, XdpAttachMode::Auto);
     assert_eq!(c.persistence_timeout, Duration::from_secs(1800));
@@ -110,7 +112,54 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.state_dir, Path::new(paths::STATE_DIR));
     assert_eq!(c.bpffs, Path::new(paths::BPFFS));
     assert_eq!(c.instance, paths::INSTANCE);
-    assert!(!c.detach_on_exit, "production default: the data path survives the daemon");
+    assert!(
+        !c.detach_on_exit,
+        "production default: the data path survives the daemon"
+    );
+    assert_eq!(c.interfaces[0].role, Role::Both, "one interface is one-arm");
+    assert_eq!(
+        c.probation_entries,
+        1 << 18,
+        "a quarter of persistence_entries"
+    );
+    assert_eq!(c.new_client_rate, 20_000);
+}
+
+#[test]
+fn probation_and_refresh_sizes_follow_persistence_entries() {
+    let with = |extra: &str| {
+        parse(
+            "ikelb.yaml",
+            &FULL.replacen("persistence_entries: 1048576", extra, 1),
+        )
+        .unwrap()
+    };
+    let c = with("persistence_entries: 2000");
+    assert_eq!(c.probation_entries, 1024, "never below 1024 by default");
+    assert_eq!(c.refreshed_entries(), 2048);
+    let c = with("persistence_entries: 268435456\nprobation_entries: 5000");
+    assert_eq!(c.probation_entries, 5000);
+    assert_eq!(c.refreshed_entries(), 1 << 22, "capped");
+    assert_eq!(with("persistence_entries: 1").refreshed_entries(), 1);
+}
+
+#[test]
+fn new_client_rate_is_spread_over_cpus_per_window() {
+    let mut c = parse("ikelb.yaml", FULL).unwrap();
+    // 20,000/s × 2^27 ns = 2684.35 per window → 2685, over 4 CPUs → 672 each.
+    assert_eq!(c.new_client_quota(4), 672);
+    assert_eq!(c.new_client_quota(1), 2685);
+    assert_eq!(c.new_client_quota(0), 2685, "no CPU count: as one");
+    c.new_client_rate = 1;
+    assert_eq!(
+        c.new_client_quota(64),
+        1,
+        "a rate above 0 never becomes unlimited"
+    );
+    c.new_client_rate = 0;
+    assert_eq!(c.new_client_quota(8), 0, "0 = unlimited");
+    c.new_client_rate = u32::MAX;
+    assert_eq!(c.new_client_quota(1), 576_460_753, "no overflow");
 }
 
 /// One row per kind of bad value: (what, replace this, with that, the report must contain).
@@ -208,6 +257,11 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "ikelb.yaml:33: instance: \"edge.1\" is not a valid instance name"),
     ("detach_on_exit not a bool", "bpffs: /sys/fs/bpf/ikelb",
         "bpffs: /sys/fs/bpf/ikelb\ndetach_on_exit: sometimes", "detach_on_exit: invalid type"),
+    ("probation_entries 0", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\nprobation_entries: 0",
+        "ikelb.yaml:8: probation_entries: 0 is outside 1..=268435456"),
+    ("new_client_rate negative", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\nnew_client_rate: -5", "ikelb.yaml:8: new_client_rate: invalid type"),
     ("missing required key", "interfaces: [eth0, eth1]\n", "",
         "missing field `interfaces`"),
 ];
