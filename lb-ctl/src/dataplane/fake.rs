@@ -1,0 +1,187 @@
+//! An in-memory [`Dataplane`] that records every operation in order.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// One recorded operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    SetIface {
+        port: u32,
+        ifindex: u32,
+    },
+    SetService {
+        id: u32,
+        ring_base: u32,
+    },
+    Flip {
+        id: u32,
+        ring_base: u32,
+    },
+    SetBackend {
+        id: u32,
+        flags: u32,
+    },
+    RemoveBackend {
+        id: u32,
+        /// Whether the reverse index entry was deleted.
+        index: bool,
+    },
+    /// `count` slots written, the lowest and highest index among them.
+    RingSlots {
+        count: usize,
+        first: u32,
+        last: u32,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct FakeDataplane {
+    pub ops: Vec<Op>,
+    pub ifaces: BTreeMap<u32, Iface>,
+    pub ifindex_ports: BTreeMap<u32, u32>,
+    pub vips: BTreeMap<[u32; 4], Service>,
+    pub services: BTreeMap<u32, Service>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub backend_ids: BTreeMap<[u32; 4], u32>,
+    pub rings: BTreeMap<u32, u32>,
+    pub counters: Vec<u64>,
+    pub persist_v4: Vec<(PersistKeyV4, PersistValue)>,
+    pub persist_v6: Vec<(PersistKeyV6, PersistValue)>,
+    /// Fail the next `write_ring_slots` after writing this many of its slots.
+    pub fail_ring_write_after: Option<usize>,
+}
+
+impl FakeDataplane {
+    /// The table starting at `base` as the data path would read it (unwritten slots 0).
+    pub fn table(&self, base: u32, size: u32) -> Vec<u32> {
+        (base..base + size)
+            .map(|i| self.rings.get(&i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn store_service(&mut self, s: &Service) {
+        self.vips.insert(s.vip, *s);
+        self.services.insert(s.id, *s);
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
+        self.ops.push(Op::SetIface {
+            port,
+            ifindex: iface.ifindex,
+        });
+        self.ifaces.insert(port, *iface);
+        self.ifindex_ports.insert(iface.ifindex, port);
+        Ok(())
+    }
+
+    fn set_service(&mut self, s: &Service) -> Result<(), DataplaneError> {
+        self.ops.push(Op::SetService {
+            id: s.id,
+            ring_base: s.ring_base,
+        });
+        self.store_service(s);
+        Ok(())
+    }
+
+    fn flip(&mut self, s: &Service) -> Result<(), DataplaneError> {
+        self.ops.push(Op::Flip {
+            id: s.id,
+            ring_base: s.ring_base,
+        });
+        self.store_service(s);
+        Ok(())
+    }
+
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
+        self.ops.push(Op::SetBackend { id, flags: b.flags });
+        self.backends.insert(id, *b);
+        self.backend_ids.insert(b.addr, id);
+        Ok(())
+    }
+
+    fn remove_backend(
+        &mut self,
+        id: u32,
+        index: Option<[u32; 4]>,
+    ) -> Result<(), DataplaneError> {
+        self.ops.push(Op::RemoveBackend {
+            id,
+            index: index.is_some(),
+        });
+        self.backends.insert(id, Backend::default());
+        if let Some(addr) = index {
+            self.backend_ids.remove(&addr);
+        }
+        Ok(())
+    }
+
+    fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
+        let first = slots.iter().map(|s| s.0).min().unwrap_or(0);
+        let last = slots.iter().map(|s| s.0).max().unwrap_or(0);
+        if let Some(n) = self.fail_ring_write_after.take() {
+            self.rings.extend(slots.iter().take(n).copied());
+            return Err(DataplaneError::Update {
+                map: maps::RINGS,
+                key: n.to_string(),
+                source: Box::new(MapError::KeyNotFound),
+            });
+        }
+        self.ops.push(Op::RingSlots {
+            count: slots.len(),
+            first,
+            last,
+        });
+        self.rings.extend(slots.iter().copied());
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+        let mut c = self.counters.clone();
+        c.resize(counter::COUNT as usize, 0);
+        Ok(c)
+    }
+
+    fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
+        Ok(self.persist_v4.clone())
+    }
+
+    fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError> {
+        Ok(self.persist_v6.clone())
+    }
+
+    fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
+        let entries = self.persistence()?;
+        Ok(Box::new(move || Ok(entries)))
+    }
+
+    fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
+        let entries = self.persist_v4.clone();
+        Ok(Box::new(move || Ok(entries)))
+    }
+
+    fn persistence_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        Ok(self
+            .persist_v4
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v))
+    }
+
+    fn persistence_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<PersistValue>, DataplaneError> {
+        Ok(self
+            .persist_v6
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v))
+    }
+}
