@@ -8,7 +8,7 @@
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 use lb_common::{counter, Traffic};
 
-use crate::maps::{BACKEND_STATS, COUNTERS};
+use crate::maps::{BACKEND_STATS, COUNTERS, EVENTS};
 
 /// An XDP action and the counter that records it.
 #[derive(Clone, Copy)]
@@ -53,6 +53,12 @@ pub const PASS_NOT_CLIENT: Verdict = Verdict::pass(counter::PASS_NOT_CLIENT);
 pub const DROP_MALFORMED: Verdict = Verdict::drop(counter::DROP_MALFORMED);
 pub const DROP_NO_BACKEND: Verdict = Verdict::drop(counter::DROP_NO_BACKEND);
 pub const DROP_BAD_BACKEND: Verdict = Verdict::drop(counter::DROP_BAD_BACKEND);
+pub const DROP_REVERSE_NOT_CLIENT: Verdict = Verdict::drop(counter::DROP_REVERSE_NOT_CLIENT);
+pub const DROP_REVERSE_WRONG_IFACE: Verdict = Verdict::drop(counter::DROP_REVERSE_WRONG_IFACE);
+pub const DROP_REVERSE_WRONG_MAC: Verdict = Verdict::drop(counter::DROP_REVERSE_WRONG_MAC);
+pub const DROP_NOT_CLIENT_IFACE: Verdict = Verdict::drop(counter::DROP_NOT_CLIENT_IFACE);
+pub const DROP_FRAGMENT_OFFSET: Verdict = Verdict::drop(counter::DROP_FRAGMENT_OFFSET);
+pub const DROP_NO_ROUTE: Verdict = Verdict::drop(counter::DROP_NO_ROUTE);
 
 /// Bumps one per-CPU counter (no atomics needed: the slot is this CPU's).
 #[inline(always)]
@@ -63,7 +69,17 @@ pub fn count(index: u32) {
     }
 }
 
-/// Records a forwarded packet: `counter` (`FORWARD`, `REVERSE` or `FORWARD_PERSIST_FULL`)
+/// Bumps one per-CPU event counter (`lb_common::event`).
+#[inline(always)]
+pub fn event(index: u32) {
+    if let Some(c) = EVENTS.get_ptr_mut(index) {
+        // SAFETY: as in `count`.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Records a forwarded packet: `counter` (`FORWARD`, `REVERSE`, `FORWARD_ICMP` or
+/// `FORWARD_PERSIST_FULL`)
 /// and the backend's traffic in direction `dir`.
 #[inline(always)]
 pub fn forwarded(counter: u32, backend: u32, dir: u32, bytes: u64) {

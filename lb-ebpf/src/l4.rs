@@ -24,6 +24,7 @@ use crate::{
 };
 
 /// IP protocol numbers (IANA).
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ESP: u8 = 50;

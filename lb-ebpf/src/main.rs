@@ -17,6 +17,10 @@ mod bench;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod edge;
+#[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod l4;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -31,25 +35,28 @@ mod rewrite6;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
-mod select6;
+mod signal;
 #[cfg(target_arch = "bpf")]
 mod v6;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
-    use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE};
+    use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS};
     use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
     use crate::{
         counters::{
-            self, Verdict, DROP_BAD_BACKEND, PASS_IP_OPTIONS, PASS_NOT_CLIENT,
-            PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
+            self, Verdict, DROP_FRAGMENT_OFFSET, DROP_NOT_CLIENT_IFACE, PASS_IP_OPTIONS,
+            PASS_NOT_CLIENT, PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
         },
-        l4,
-        maps::{self, IFACES, VIPS_V4},
+        edge, icmp, l4,
+        maps::{self, VIPS_V4},
         parse::{self, ptr_at, Side, L3},
-        parse6, rewrite, select, v6,
+        parse6, rewrite,
+        select::{self, Origin, V4},
+        signal::Pkt,
+        v6,
     };
 
     #[xdp]
@@ -94,21 +101,38 @@ mod prog {
         ip: *mut Ipv4Hdr,
         svc: &Service,
     ) -> Result<u32, Verdict> {
+        // VIP traffic only from where clients are (`docs/security.md`): a frame from the
+        // backends' segment claiming a client's address is spoofed.
+        let ingress = edge::iface_info(ctx.ingress_ifindex() as u32);
+        if ingress & INGRESS_F_CLIENTS == 0 {
+            return Err(DROP_NOT_CLIENT_IFACE);
+        }
         if parse::has_options(ip) {
             return Err(PASS_IP_OPTIONS);
         }
-        let l4 = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+        let (proto, first) = parse::proto_first(ip);
+        if proto == l4::IPPROTO_ICMP && first {
+            return icmp::frag_needed_v4(ctx, eth, ip, svc);
+        }
+        // RFC 1858 §3.2: a TCP fragment at offset 8 bytes can only serve to overwrite the
+        // first fragment's flags; no sender makes one.
+        if proto == l4::IPPROTO_TCP && parse::fragment_offset(ip) == 1 {
+            return Err(DROP_FRAGMENT_OFFSET);
+        }
+        let csum = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
         // With the lever on, bulk packets of clients in unchanged slots skip the persistence
-        // lookup (lb_common::RING_F_CHANGED); the verifier prunes this when it is off.
+        // lookups (lb_common::RING_F_CHANGED); the verifier prunes this when it is off.
         // TCP (SSTP) is never bulk: `bulk_v4` reads an ESP header behind the transport one.
-        let bulk = maps::slot_fast_path() && !l4.is_tcp() && parse::bulk_v4(ctx, ip, l4.udp());
-        let choice = select::forward_v4(ctx, eth, svc, parse::saddr(ip), bulk)?;
+        let bulk = maps::slot_fast_path() && !csum.is_tcp() && parse::bulk_v4(ctx, ip, csum.udp());
+        let pkt = Pkt { proto, first, csum };
+        let origin = Origin::of(ctx, eth, ingress);
+        let choice = select::forward::<V4>(ctx, svc, &parse::saddr(ip), &pkt, &origin, bulk)?;
         // SAFETY: a pointer into the BACKENDS array map.
         let b = unsafe { &*choice.backend };
-        rewrite::forward_v4(eth, ip, l4, b, !maps::mode_dsr());
+        rewrite::forward_v4(eth, ip, csum, b, !maps::mode_dsr());
         let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
         let counter = if choice.persisted {
             counter::FORWARD
@@ -125,22 +149,25 @@ mod prog {
         if maps::mode_dsr() {
             return Err(PASS_NOT_VIP);
         }
-        let (id, svc) = select::reverse_service_v4(parse::saddr(ip))?;
+        let (id, b, svc) = select::reverse_service_v4(parse::saddr(ip))?;
         // SAFETY: a pointer into the SERVICES array map.
         let svc = unsafe { &*svc };
         if parse::has_options(ip) {
             return Err(PASS_IP_OPTIONS);
         }
-        let l4 = l4::classify_v4(ctx, ip, svc, Side::Reverse, PASS_NOT_CLIENT)?;
-        let entry = select::client_entry_v4(svc, id, parse::daddr(ip))?;
+        // Only the service's traffic is rewritten; the backend's other traffic (health-check
+        // replies, its own connections through the gateway) is the kernel's.
+        let csum = l4::classify_v4(ctx, ip, svc, Side::Reverse, PASS_NOT_CLIENT)?;
+        select::from_backend(ctx, eth, b)?;
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
-        // SAFETY: pointers into the PERSIST_V4 and IFACES maps.
-        let (client_mac, port) = unsafe { (&(*entry).client_mac, (*entry).port) };
-        let iface = unsafe { &*IFACES.get_ptr(u32::from(port)).ok_or(DROP_BAD_BACKEND)? };
-        rewrite::reverse_v4(eth, ip, l4, svc.vip[0], client_mac, &iface.mac);
-        let action = rewrite::send(ctx, iface.ifindex, u32::from(port))?;
+        let (proto, first) = parse::proto_first(ip);
+        let client = parse::daddr(ip);
+        let back = select::reverse::<V4>(ctx, svc, id, &client, &Pkt { proto, first, csum })?;
+        let hop = select::hop::<V4>(ctx, back, svc, &client)?;
+        rewrite::reverse_v4(eth, ip, csum, svc.vip[0], &hop.dmac, &hop.smac);
+        let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
         Ok(action)
     }

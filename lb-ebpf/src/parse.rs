@@ -145,6 +145,20 @@ pub fn has_options(ip: *const Ipv4Hdr) -> bool {
     unsafe { (*ip).vihl != 0x45 }
 }
 
+/// The protocol, and whether the transport header is here (whole packet or first fragment).
+#[inline(always)]
+pub fn proto_first(ip: *const Ipv4Hdr) -> (u8, bool) {
+    // SAFETY: a bounds-checked header.
+    unsafe { ((*ip).proto, load16(&(*ip).frags) & IP_OFFSET_MASK.to_be() == 0) }
+}
+
+/// The fragment offset in 8-byte units (RFC 791 §3.1).
+#[inline(always)]
+pub fn fragment_offset(ip: *const Ipv4Hdr) -> u16 {
+    // SAFETY: a bounds-checked header.
+    u16::from_be(unsafe { load16(&(*ip).frags) }) & IP_OFFSET_MASK
+}
+
 #[inline(always)]
 pub fn ttl(ip: *const Ipv4Hdr) -> u8 {
     unsafe { (*ip).ttl }

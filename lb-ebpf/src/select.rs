@@ -1,38 +1,179 @@
-//! Backend selection (Katran's chain: VIP → per-client LRU → Maglev ring → backend array) and
-//! the reverse-path check that a backend's packet answers a client the forward path sent it.
+//! Backend selection for both address families (Katran's chain: VIP → per-client state →
+//! Maglev ring → backend array), and the reverse-path check that a backend's packet answers
+//! one of its live clients. Only the key, the hash and the maps differ per family
+//! ([`Family`]); the rules are one.
+//!
+//! Per-client state has two tiers (`docs/security.md`, "Floods"):
+//!
+//! * `PERSIST_*` — **established** clients, those that proved return routability. Only a
+//!   promotion inserts here, so a spoofed flood never evicts one of them.
+//! * `PROBATION_*` — new clients. A miss in both maps takes the Maglev ring and creates a
+//!   probation entry when this CPU's ration allows (`edge::take_quota`). The reverse path
+//!   records in it what the backend told the client (`signal`), and the client's packet that
+//!   echoes it promotes the entry. A flood of new sources churns this map only; a client it
+//!   costs an entry follows the ring, as without persistence.
+//!
+//! A hit whose backend is usable (and still this service's) and whose entry is not idle wins
+//! over the ring; otherwise the ring re-selects and the entry is overwritten in place. An
+//! entry learns a new client MAC or interface only when the kernel's FIB confirms that the
+//! client is reached that way (`edge::confirms`): one spoofed frame cannot redirect a
+//! client's replies.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::XdpContext};
 use lb_common::{
-    hash::client_hash_v4, Backend, PersistKeyV4, PersistValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    event,
+    hash::{client_hash_v4, client_hash_v6},
+    refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Service,
+    BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
-    counters::{Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, PASS_NOT_CLIENT, PASS_NOT_VIP},
-    maps::{self, BACKENDS, BACKEND_IDS_V4, IFINDEX_PORTS, PERSIST_V4, RINGS, SERVICES},
-    parse::{load_mac, store_mac},
+    counters::{
+        self, Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, DROP_NO_ROUTE, DROP_REVERSE_NOT_CLIENT,
+        DROP_REVERSE_WRONG_IFACE, DROP_REVERSE_WRONG_MAC, PASS_NOT_CLIENT, PASS_NOT_VIP,
+    },
+    edge::{self, Addr},
+    maps::{
+        self, BACKENDS, BACKEND_IDS_V4, BACKEND_IDS_V6, PERSIST_V4, PERSIST_V6, PROBATION_V4,
+        PROBATION_V6, REFRESHED_V4, RINGS, SERVICES,
+    },
+    parse::{load_mac, store_mac, Side},
+    signal::{self, Pkt},
 };
 
-/// Port recorded for a client whose ingress interface is not in `IFINDEX_PORTS` (the daemon
-/// lists every interface it attaches to, so only a misconfiguration gets here): its replies
-/// are dropped as `bad_backend` rather than sent out of a guessed interface.
-pub const PORT_UNKNOWN: u8 = u8::MAX;
+/// One address family's keys, maps and hash.
+pub trait Family {
+    type Addr: 'static;
+    type Key: 'static;
+    fn key(service: u32, addr: &Self::Addr) -> Self::Key;
+    fn hash(addr: &Self::Addr) -> u32;
+    fn persist() -> &'static LruHashMap<Self::Key, PersistValue>;
+    fn probation() -> &'static LruHashMap<Self::Key, ProbationValue>;
+    fn fib(addr: &Self::Addr) -> Addr<'_>;
+    /// The service's VIP of this family, as the FIB wants it.
+    fn vip(svc: &Service) -> Addr<'_>;
+    /// Whether the client refreshed its entry in tick `now` (the slot fast path's condition).
+    fn refreshed(hash: u32, addr: &Self::Addr, service: u32, now: u32) -> bool;
+    /// Notes that the client refreshed its entry in tick `now`.
+    fn mark_refreshed(hash: u32, addr: &Self::Addr, service: u32, now: u32);
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = u32;
+    type Key = PersistKeyV4;
+
+    #[inline(always)]
+    fn key(service: u32, addr: &u32) -> PersistKeyV4 {
+        PersistKeyV4 {
+            service,
+            client: *addr,
+        }
+    }
+    #[inline(always)]
+    fn hash(addr: &u32) -> u32 {
+        client_hash_v4(*addr, maps::hash_seed())
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKeyV4, PersistValue> {
+        &PERSIST_V4
+    }
+    #[inline(always)]
+    fn probation() -> &'static LruHashMap<PersistKeyV4, ProbationValue> {
+        &PROBATION_V4
+    }
+    #[inline(always)]
+    fn fib(addr: &u32) -> Addr<'_> {
+        Addr::V4(*addr)
+    }
+    #[inline(always)]
+    fn vip(svc: &Service) -> Addr<'_> {
+        Addr::V4(svc.vip[0])
+    }
+    #[inline(always)]
+    fn refreshed(hash: u32, addr: &u32, service: u32, now: u32) -> bool {
+        REFRESHED_V4.get(hash & maps::refresh_mask()).copied()
+            == Some(refreshed_tag(*addr, service, now))
+    }
+    #[inline(always)]
+    fn mark_refreshed(hash: u32, addr: &u32, service: u32, now: u32) {
+        if let Some(slot) = REFRESHED_V4.get_ptr_mut(hash & maps::refresh_mask()) {
+            let tag = refreshed_tag(*addr, service, now);
+            // SAFETY: a pointer into the array map; a racing writer of another client only
+            // costs one of the two a slow path more.
+            unsafe {
+                if *slot != tag {
+                    *slot = tag;
+                }
+            }
+        }
+    }
+}
+
+impl Family for V6 {
+    type Addr = [u32; 4];
+    type Key = PersistKeyV6;
+
+    #[inline(always)]
+    fn key(service: u32, addr: &[u32; 4]) -> PersistKeyV6 {
+        PersistKeyV6 {
+            service,
+            client: *addr,
+        }
+    }
+    #[inline(always)]
+    fn hash(addr: &[u32; 4]) -> u32 {
+        client_hash_v6(addr, maps::hash_seed())
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKeyV6, PersistValue> {
+        &PERSIST_V6
+    }
+    #[inline(always)]
+    fn probation() -> &'static LruHashMap<PersistKeyV6, ProbationValue> {
+        &PROBATION_V6
+    }
+    #[inline(always)]
+    fn fib(addr: &[u32; 4]) -> Addr<'_> {
+        Addr::V6(addr)
+    }
+    #[inline(always)]
+    fn vip(svc: &Service) -> Addr<'_> {
+        Addr::V6(&svc.vip)
+    }
+    // IPv6 has no slot fast path yet: it never asks.
+    #[inline(always)]
+    fn refreshed(_: u32, _: &[u32; 4], _: u32, _: u32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn mark_refreshed(_: u32, _: &[u32; 4], _: u32, _: u32) {}
+}
 
 /// The chosen backend of a forwarded packet.
 pub struct Choice {
     pub id: u32,
     pub backend: *const Backend,
-    /// False when the persistence map refused the new entry (counted as
-    /// `FORWARD_PERSIST_FULL`; the packet is forwarded anyway).
+    /// False when the persistence map refused an entry (counted as `FORWARD_PERSIST_FULL`;
+    /// the packet is forwarded anyway).
     pub persisted: bool,
+}
+
+/// Now, in nanoseconds (coarse clock) and in persistence ticks.
+#[inline(always)]
+fn now() -> (u64, u32) {
+    // SAFETY: a helper without arguments.
+    let ns = unsafe { bpf_ktime_get_coarse_ns() };
+    (ns, (ns >> TICK_SHIFT) as u32)
 }
 
 /// Now, in persistence ticks.
 #[inline(always)]
 pub fn now_ticks() -> u32 {
-    // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_coarse_ns() } >> TICK_SHIFT) as u32
+    now().1
 }
 
 /// A backend by id, or `None` when the id is out of range or its slot was never written
@@ -47,44 +188,96 @@ pub fn backend(id: u32) -> Option<*const Backend> {
     Some(b)
 }
 
-/// Persistence port of the ingress interface (a hash lookup, done only when a client's entry
-/// is created or its source MAC changed).
+/// Backend `id` if persisted clients of `svc` may reach it (usable, and still this service's:
+/// the daemon recycles ids).
 #[inline(always)]
-pub fn ingress_port(ctx: &XdpContext) -> u8 {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain-old-data value read once.
-    match unsafe { IFINDEX_PORTS.get(ifindex) } {
-        Some(&p) if p < u32::from(PORT_UNKNOWN) => p as u8,
-        _ => PORT_UNKNOWN,
+fn usable(id: u32, svc: &Service) -> Option<*const Backend> {
+    let b = backend(id)?;
+    // SAFETY: a pointer into the array map's value area.
+    unsafe { ((*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id).then_some(b) }
+}
+
+/// An entry last seen at `atime` is still live at `now` (not idle past the timeout).
+#[inline(always)]
+fn live(atime: u32, now: u32) -> bool {
+    now.wrapping_sub(atime) <= maps::persist_timeout_ticks()
+}
+
+/// The client's slot of the service's active Maglev table: backend id | `RING_F_*`
+/// (`BACKEND_NONE` for a slot beyond the map).
+#[inline(always)]
+fn ring_slot(svc: &Service, hash: u32) -> Result<u32, Verdict> {
+    let slot = hash.checked_rem(maps::ring_size()).ok_or(DROP_NO_BACKEND)?;
+    Ok(RINGS
+        .get(svc.ring_base.wrapping_add(slot))
+        .copied()
+        .unwrap_or(BACKEND_NONE))
+}
+
+/// Where a client's frames come from: the frame's source MAC and the ingress interface.
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub mac: (u32, u16),
+    pub port: u8,
+    pub ifindex: u32,
+}
+
+impl Origin {
+    #[inline(always)]
+    pub fn of(ctx: &XdpContext, eth: *const EthHdr, ingress_info: u32) -> Self {
+        Self {
+            // SAFETY: a bounds-checked header.
+            mac: unsafe { load_mac(&(*eth).src_addr) },
+            port: edge::port_of(ingress_info),
+            ifindex: ctx.ingress_ifindex() as u32,
+        }
     }
 }
 
-/// The backend for client `saddr` of `svc`.
-///
-/// A persisted choice wins while its backend is usable (and still this service's) and the
-/// entry is not idle (so adding
-/// backends or changing weights never moves an established client); its `atime` is rewritten
-/// at most once a tick, its MAC/port only when the client's previous hop changed. Otherwise
-/// the client's Maglev slot picks, and the entry is created or overwritten in place.
-///
-/// `bulk` (only with `SLOT_FAST_PATH` on, see `parse::bulk_v4`): when the client's slot is
-/// not flagged `RING_F_CHANGED` and its backend is usable, the ring's backend is the one the
-/// client's sessions began on, and the persistence lookup is skipped.
+/// Keeps an entry's MAC and port, or moves them to `o` when the FIB confirms the client is
+/// reached that way. `e` points at a `PersistValue` or at the same leading fields of a
+/// `ProbationValue`.
 #[inline(always)]
-pub fn forward_v4(
+unsafe fn learn<F: Family>(ctx: &XdpContext, e: *mut PersistValue, svc: &Service, client: &F::Addr, o: &Origin) {
+    // SAFETY: caller's map value pointer.
+    unsafe {
+        if load_mac(&(*e).client_mac) == o.mac && (*e).port == o.port {
+            return;
+        }
+        let mut mac = [0u8; 6];
+        store_mac(&mut mac, o.mac);
+        if edge::confirms(ctx, F::vip(svc), F::fib(client), o.ifindex, &mac) {
+            store_mac(&mut (*e).client_mac, o.mac);
+            (*e).port = o.port;
+            counters::event(event::MAC_MOVE_ACCEPTED);
+        } else {
+            counters::event(event::MAC_MOVE_REJECTED);
+        }
+    }
+}
+
+/// The backend for client `saddr` of `svc` (module docs). `bulk` (only with `SLOT_FAST_PATH`
+/// on, see `parse::bulk_v4`): when the client's slot is not flagged `RING_F_CHANGED`, its
+/// backend is usable and the client refreshed its entry this tick, the ring's backend is the
+/// one its sessions began on and both maps are skipped.
+#[inline(always)]
+pub fn forward<F: Family>(
     ctx: &XdpContext,
-    eth: *const EthHdr,
     svc: &Service,
-    saddr: u32,
+    saddr: &F::Addr,
+    pkt: &Pkt,
+    origin: &Origin,
     bulk: bool,
 ) -> Result<Choice, Verdict> {
+    let hash = F::hash(saddr);
+    let (now_ns, now) = now();
     if bulk {
-        let s = ring_slot(svc, saddr)?;
+        let s = ring_slot(svc, hash)?;
         if s & RING_F_CHANGED == 0 {
             let id = s & RING_BACKEND_MASK;
-            if let Some(b) = backend(id) {
-                // SAFETY: a pointer into the array map's value area.
-                if unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id } {
+            if let Some(b) = usable(id, svc) {
+                if F::refreshed(hash, saddr, svc.id, now) {
+                    counters::event(event::FAST_PATH);
                     return Ok(Choice {
                         id,
                         backend: b,
@@ -94,62 +287,113 @@ pub fn forward_v4(
             }
         }
     }
-    let key = PersistKeyV4 {
-        service: svc.id,
-        client: saddr,
-    };
-    let now = now_ticks();
-    // SAFETY (entry accesses): a pointer into the LRU map's value. A concurrent eviction can
-    // recycle it under us; the worst outcome is one stale or lost entry update.
-    let src_mac = unsafe { load_mac(&(*eth).src_addr) };
-    let entry = PERSIST_V4.get_ptr_mut(key);
-    if let Some(e) = entry {
-        let id = unsafe { (*e).backend };
-        if let Some(b) = backend(id) {
-            let atime = unsafe { (*e).atime };
-            // A backend id reused by another service (the daemon recycles ids) is not this
-            // client's backend any more.
-            let usable = unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id };
-            if usable && now.wrapping_sub(atime) <= maps::persist_timeout_ticks() {
-                unsafe {
-                    if atime != now {
-                        (*e).atime = now;
-                    }
-                    if load_mac(&(*e).client_mac) != src_mac {
-                        store_mac(&mut (*e).client_mac, src_mac);
-                        (*e).port = ingress_port(ctx);
-                    }
+    let key = F::key(svc.id, saddr);
+    // SAFETY (entry accesses below): pointers into the LRU maps' values. A concurrent
+    // eviction can recycle one under us; the worst outcome is one stale or lost entry update.
+    if let Some(e) = F::persist().get_ptr_mut(&key) {
+        let (id, b) = match unsafe { usable((*e).backend, svc) } {
+            Some(b) if live(unsafe { (*e).atime }, now) => (unsafe { (*e).backend }, b),
+            _ => {
+                // Re-selection in place (no LRU insert, no eviction).
+                let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
+                if id == BACKEND_NONE {
+                    return Err(DROP_NO_BACKEND);
                 }
-                return Ok(Choice {
-                    id,
-                    backend: b,
-                    persisted: true,
-                });
+                let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
+                unsafe { (*e).backend = id };
+                (id, b)
             }
+        };
+        unsafe {
+            if (*e).atime != now {
+                (*e).atime = now;
+            }
+            learn::<F>(ctx, e, svc, saddr, origin);
         }
+        F::mark_refreshed(hash, saddr, svc.id, now);
+        return Ok(Choice {
+            id,
+            backend: b,
+            persisted: true,
+        });
     }
 
-    let id = ring_slot(svc, saddr)? & RING_BACKEND_MASK;
+    if let Some(p) = F::probation().get_ptr_mut(&key) {
+        let e = p.cast::<PersistValue>();
+        let (id, b) = match unsafe { usable((*p).backend, svc) } {
+            Some(b) if live(unsafe { (*p).atime }, now) => (unsafe { (*p).backend }, b),
+            _ => {
+                let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
+                if id == BACKEND_NONE {
+                    return Err(DROP_NO_BACKEND);
+                }
+                let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
+                unsafe {
+                    (*p).backend = id;
+                    (*p).proof = 0;
+                }
+                (id, b)
+            }
+        };
+        unsafe {
+            (*p).atime = now;
+            learn::<F>(ctx, e, svc, saddr, origin);
+        }
+        let proof = unsafe { (*p).proof };
+        let mut persisted = true;
+        if proof != 0 && signal::read(ctx, pkt, Side::Forward).proof == proof {
+            // The client echoed what its backend sent it: it receives at its address.
+            let value = unsafe { *e };
+            persisted = F::persist().insert(&key, &value, 0).is_ok();
+            if persisted {
+                let _ = F::probation().remove(&key);
+                counters::event(event::PROMOTED);
+            }
+        }
+        F::mark_refreshed(hash, saddr, svc.id, now);
+        return Ok(Choice {
+            id,
+            backend: b,
+            persisted,
+        });
+    }
+
+    // A client without any entry: the ring decides.
+    let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
     if id == BACKEND_NONE {
         return Err(DROP_NO_BACKEND);
     }
     let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
-    let mut value = PersistValue {
-        backend: id,
-        atime: now,
-        client_mac: [0; 6],
-        port: ingress_port(ctx),
-        _pad: 0,
-    };
-    // SAFETY: a field of a local.
-    unsafe { store_mac(&mut value.client_mac, src_mac) };
-    let persisted = match entry {
-        Some(e) => {
-            // Re-selection: overwrite in place, no LRU insert (and no eviction) needed.
-            unsafe { *e = value };
-            true
+    // Non-first fragments carry nothing to keep (their first fragment made the entry).
+    if !pkt.first {
+        return Ok(Choice {
+            id,
+            backend: b,
+            persisted: true,
+        });
+    }
+    if signal::read(ctx, pkt, Side::Forward).mid_session {
+        counters::event(event::LOST);
+    }
+    let persisted = if edge::take_quota(now_ns) {
+        let mut value = ProbationValue {
+            backend: id,
+            atime: now,
+            client_mac: [0; 6],
+            port: origin.port,
+            _pad: 0,
+            proof: 0,
+        };
+        // SAFETY: a field of a local.
+        unsafe { store_mac(&mut value.client_mac, origin.mac) };
+        let ok = F::probation().insert(&key, &value, 0).is_ok();
+        if ok {
+            counters::event(event::PROBATION_INSERT);
         }
-        None => PERSIST_V4.insert(key, value, 0).is_ok(),
+        ok
+    } else {
+        counters::event(event::PROBATION_THROTTLED);
+        true
     };
     Ok(Choice {
         id,
@@ -158,47 +402,158 @@ pub fn forward_v4(
     })
 }
 
-/// The client's slot of the service's active Maglev table: backend id | `RING_F_*`
-/// (`BACKEND_NONE` for a slot beyond the map).
-#[inline(always)]
-fn ring_slot(svc: &Service, saddr: u32) -> Result<u32, Verdict> {
-    let slot = client_hash_v4(saddr, maps::hash_seed())
-        .checked_rem(maps::ring_size())
-        .ok_or(DROP_NO_BACKEND)?;
-    Ok(RINGS
-        .get(svc.ring_base.wrapping_add(slot))
-        .copied()
-        .unwrap_or(BACKEND_NONE))
+/// How a backend's reply reaches its client.
+pub enum Back {
+    /// Toward the MAC and port an entry learned from the client.
+    Entry(*const PersistValue),
+    /// No entry, but the ring names this backend: toward where the FIB says.
+    Stateless,
 }
 
-/// The backend whose address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is no
-/// backend, `PASS_NOT_CLIENT` when the daemon's maps disagree (an id without a backend or
+/// Whether a backend's packet (`id`, of `svc`) to `daddr` answers a live client of that
+/// backend: its established entry, else its probation entry (whose proof the packet may set),
+/// else — no entry at all — the ring. Anything else is `DROP_REVERSE_NOT_CLIENT`.
+#[inline(always)]
+pub fn reverse<F: Family>(
+    ctx: &XdpContext,
+    svc: &Service,
+    id: u32,
+    daddr: &F::Addr,
+    pkt: &Pkt,
+) -> Result<Back, Verdict> {
+    let now = now_ticks();
+    let key = F::key(svc.id, daddr);
+    // SAFETY (entry accesses): see `forward`.
+    if let Some(e) = F::persist().get_ptr(&key) {
+        return if unsafe { (*e).backend == id && live((*e).atime, now) } {
+            Ok(Back::Entry(e))
+        } else {
+            Err(DROP_REVERSE_NOT_CLIENT)
+        };
+    }
+    if let Some(p) = F::probation().get_ptr_mut(&key) {
+        if unsafe { (*p).backend != id || !live((*p).atime, now) } {
+            return Err(DROP_REVERSE_NOT_CLIENT);
+        }
+        let proof = signal::read(ctx, pkt, Side::Reverse).proof;
+        if proof != 0 {
+            unsafe { (*p).proof = proof };
+        }
+        return Ok(Back::Entry(p.cast::<PersistValue>()));
+    }
+    if ring_slot(svc, F::hash(daddr))? & RING_BACKEND_MASK == id {
+        return Ok(Back::Stateless);
+    }
+    Err(DROP_REVERSE_NOT_CLIENT)
+}
+
+/// The backend that serves client `client` of `svc` now, without touching any state (for
+/// ICMP errors about the client's flow): its entry's if usable, else the ring's.
+#[inline(always)]
+pub fn owner<F: Family>(svc: &Service, client: &F::Addr) -> Result<(u32, *const Backend), Verdict> {
+    let key = F::key(svc.id, client);
+    // SAFETY: plain-old-data values read once.
+    let entry = unsafe {
+        match F::persist().get(&key) {
+            Some(e) => Some(e.backend),
+            None => F::probation().get(&key).map(|p| p.backend),
+        }
+    };
+    if let Some(id) = entry {
+        if let Some(b) = usable(id, svc) {
+            return Ok((id, b));
+        }
+    }
+    let id = ring_slot(svc, F::hash(client))? & RING_BACKEND_MASK;
+    if id == BACKEND_NONE {
+        return Err(DROP_NO_BACKEND);
+    }
+    Ok((id, backend(id).ok_or(DROP_BAD_BACKEND)?))
+}
+
+/// The backend whose IPv4 address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is
+/// no backend, `PASS_NOT_CLIENT` when the daemon's maps disagree (an id without a backend or
 /// service entry: not ours to rewrite).
 #[inline(always)]
-pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Service), Verdict> {
+pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Backend, *const Service), Verdict> {
     // SAFETY: plain-old-data value read once.
     let id = *unsafe { BACKEND_IDS_V4.get(saddr) }.ok_or(PASS_NOT_VIP)?;
+    service_of(id)
+}
+
+/// As [`reverse_service_v4`] for an IPv6 source.
+#[inline(always)]
+pub fn reverse_service_v6(saddr: &[u32; 4]) -> Result<(u32, *const Backend, *const Service), Verdict> {
+    // SAFETY: plain-old-data value read once.
+    let id = *unsafe { BACKEND_IDS_V6.get(saddr) }.ok_or(PASS_NOT_VIP)?;
+    service_of(id)
+}
+
+#[inline(always)]
+fn service_of(id: u32) -> Result<(u32, *const Backend, *const Service), Verdict> {
     let b = backend(id).ok_or(PASS_NOT_CLIENT)?;
     // SAFETY: a pointer into the array map's value area.
     let svc = SERVICES
         .get_ptr(unsafe { (*b).service })
         .ok_or(PASS_NOT_CLIENT)?;
-    Ok((id, svc))
+    Ok((id, b, svc))
 }
 
-/// The persistence entry of client `daddr` of `svc`, if the forward path sent it to backend
-/// `id` (anything else from a backend — health-check replies, traffic to the gateway itself,
-/// another backend's client — is `PASS_NOT_CLIENT`).
+/// The next hop of a backend's reply toward its client.
+pub struct Hop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    pub port: u32,
+}
+
+/// Where a reply goes: back the way the client's frames came (an entry's MAC and port), or,
+/// for a client without an entry, where the kernel FIB routes it (`DROP_NO_ROUTE` when the
+/// FIB has no resolved route out of an attached interface).
 #[inline(always)]
-pub fn client_entry_v4(svc: &Service, id: u32, daddr: u32) -> Result<*const PersistValue, Verdict> {
-    let key = PersistKeyV4 {
-        service: svc.id,
-        client: daddr,
-    };
-    let e = PERSIST_V4.get_ptr(key).ok_or(PASS_NOT_CLIENT)?;
-    // SAFETY: see `forward_v4`.
-    if unsafe { (*e).backend } != id {
-        return Err(PASS_NOT_CLIENT);
+pub fn hop<F: Family>(ctx: &XdpContext, back: Back, svc: &Service, client: &F::Addr) -> Result<Hop, Verdict> {
+    match back {
+        Back::Entry(e) => {
+            // SAFETY: pointers into the persistence and IFACES maps.
+            let port = u32::from(unsafe { (*e).port });
+            let iface = unsafe { &*maps::IFACES.get_ptr(port).ok_or(DROP_BAD_BACKEND)? };
+            Ok(Hop {
+                dmac: unsafe { (*e).client_mac },
+                smac: iface.mac,
+                ifindex: iface.ifindex,
+                port,
+            })
+        }
+        Back::Stateless => {
+            let r = edge::route(ctx, F::vip(svc), F::fib(client), ctx.ingress_ifindex() as u32)
+                .ok_or(DROP_NO_ROUTE)?;
+            let info = edge::iface_info(r.ifindex);
+            if info == 0 {
+                return Err(DROP_NO_ROUTE);
+            }
+            counters::event(event::REVERSE_STATELESS);
+            Ok(Hop {
+                dmac: r.dmac,
+                smac: r.smac,
+                ifindex: r.ifindex,
+                port: u32::from(edge::port_of(info)),
+            })
+        }
     }
-    Ok(e)
+}
+
+/// A frame with backend `b`'s source address must come from `b`'s interface and MAC (or its
+/// next hop's, `Backend::dmac`): anything else is spoofed, or a misconfigured segment.
+#[inline(always)]
+pub fn from_backend(ctx: &XdpContext, eth: *const EthHdr, b: *const Backend) -> Result<(), Verdict> {
+    // SAFETY: a bounds-checked header and a pointer into the BACKENDS map.
+    unsafe {
+        if ctx.ingress_ifindex() as u32 != (*b).ifindex {
+            return Err(DROP_REVERSE_WRONG_IFACE);
+        }
+        if load_mac(&(*eth).src_addr) != load_mac(&(*b).dmac) {
+            return Err(DROP_REVERSE_WRONG_MAC);
+        }
+    }
+    Ok(())
 }

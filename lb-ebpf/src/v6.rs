@@ -13,18 +13,20 @@
 //!    ≤ 1 → `pass/ttl_exceeded`, then the same selection, rewrite and exit as IPv4.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE};
+use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{
-        self, Verdict, DROP_BAD_BACKEND, PASS_ICMPV6, PASS_NOT_CLIENT, PASS_NOT_SERVICE_PORT,
-        PASS_NOT_VIP, PASS_TTL,
+        self, Verdict, DROP_NOT_CLIENT_IFACE, PASS_ICMPV6, PASS_NOT_CLIENT,
+        PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
     },
-    l4,
-    maps::{self, IFACES, VIPS_V6},
+    edge, l4,
+    maps::{self, VIPS_V6},
     parse::{self, Side},
-    parse6, rewrite, rewrite6, select6,
+    parse6, rewrite, rewrite6,
+    select::{self, Origin, V6},
+    signal::Pkt,
 };
 
 /// An IPv6 frame (the caller saw EtherType 0x86DD).
@@ -49,12 +51,22 @@ fn forward(
     ip: *mut Ipv6Hdr,
     svc: &Service,
 ) -> Result<u32, Verdict> {
+    let ingress = edge::iface_info(ctx.ingress_ifindex() as u32);
+    if ingress & INGRESS_F_CLIENTS == 0 {
+        return Err(DROP_NOT_CLIENT_IFACE);
+    }
     let t = parse6::walk(ctx, ip)?;
     let csum = l4::classify(ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
     if parse6::hop_limit(ip) <= 1 {
         return Err(PASS_TTL);
     }
-    let choice = select6::forward_v6(ctx, eth, svc, &parse6::saddr(ip))?;
+    let pkt = Pkt {
+        proto: t.proto,
+        first: t.first,
+        csum,
+    };
+    let origin = Origin::of(ctx, eth, ingress);
+    let choice = select::forward::<V6>(ctx, svc, &parse6::saddr(ip), &pkt, &origin, false)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*choice.backend };
     rewrite6::forward_v6(eth, ip, csum, b, !maps::mode_dsr());
@@ -74,20 +86,25 @@ fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, 
     if maps::mode_dsr() {
         return Err(PASS_NOT_VIP);
     }
-    let (id, svc) = select6::reverse_service_v6(&parse6::saddr(ip))?;
+    let (id, b, svc) = select::reverse_service_v6(&parse6::saddr(ip))?;
     // SAFETY: a pointer into the SERVICES array map.
     let svc = unsafe { &*svc };
     let t = parse6::walk(ctx, ip)?;
     let csum = l4::classify(ctx, t, svc, Side::Reverse, PASS_NOT_CLIENT)?;
-    let entry = select6::client_entry_v6(svc, id, &parse6::daddr(ip))?;
+    select::from_backend(ctx, eth, b)?;
     if parse6::hop_limit(ip) <= 1 {
         return Err(PASS_TTL);
     }
-    // SAFETY: pointers into the PERSIST_V6 and IFACES maps.
-    let (client_mac, port) = unsafe { (&(*entry).client_mac, (*entry).port) };
-    let iface = unsafe { &*IFACES.get_ptr(u32::from(port)).ok_or(DROP_BAD_BACKEND)? };
-    rewrite6::reverse_v6(eth, ip, csum, &svc.vip, client_mac, &iface.mac);
-    let action = rewrite::send(ctx, iface.ifindex, u32::from(port))?;
+    let client = parse6::daddr(ip);
+    let pkt = Pkt {
+        proto: t.proto,
+        first: t.first,
+        csum,
+    };
+    let back = select::reverse::<V6>(ctx, svc, id, &client, &pkt)?;
+    let hop = select::hop::<V6>(ctx, back, svc, &client)?;
+    rewrite6::reverse_v6(eth, ip, csum, &svc.vip, &hop.dmac, &hop.smac);
+    let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
     counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
     Ok(action)
 }

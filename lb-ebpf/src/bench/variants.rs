@@ -115,8 +115,8 @@ fn ring_choice(svc: &Service, saddr: u32) -> Result<u32, Verdict> {
 fn ingress_port(ctx: &XdpContext) -> u8 {
     // SAFETY: plain-old-data value read once.
     match unsafe { IFINDEX_PORTS.get(ctx.ingress_ifindex() as u32) } {
-        Some(&p) if p < u32::from(select::PORT_UNKNOWN) => p as u8,
-        _ => select::PORT_UNKNOWN,
+        Some(&p) if p < u32::from(crate::edge::PORT_UNKNOWN) => p as u8,
+        _ => crate::edge::PORT_UNKNOWN,
     }
 }
 

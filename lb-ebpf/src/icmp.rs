@@ -1,0 +1,119 @@
+//! ICMP errors about a client's flow, sent on to the client's backend so path MTU discovery
+//! works through ikelb (RFC 1191 for IPv4, RFC 8201 for IPv6).
+//!
+//! A backend's reply leaves ikelb with the VIP as its source; a router on the way to the
+//! client that cannot forward it whole answers the VIP with "fragmentation needed" (ICMP type
+//! 3 code 4) or "packet too big" (ICMPv6 type 2), quoting the reply's headers. ikelb finds the
+//! client in the quote (its destination), the backend that serves it (`select::owner`, no
+//! state touched), and forwards the message there with the addresses the backend used: outer
+//! destination VIP → backend, quoted source VIP → backend, and every checksum that covers
+//! them. Any other ICMP to a VIP stays the kernel's (`pass/not_service_port`).
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{counter, csum, Service, DIR_FORWARD};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    counters::{self, Verdict, PASS_NOT_SERVICE_PORT, PASS_TTL},
+    l4::{IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP},
+    maps,
+    parse::{self, has_port, load16, load32, ptr_at, store16, store32},
+    rewrite,
+    select::{self, V4},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// ICMP header (RFC 792): type, code, checksum, then 4 bytes (unused + next-hop MTU).
+#[repr(C)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: [u8; 2],
+    rest: [u8; 4],
+}
+
+/// The first 8 bytes of the quoted transport header: ports, then UDP length and checksum
+/// (TCP: the sequence number; a TCP checksum lies beyond the 8 bytes RFC 792 promises and no
+/// stack checks it in a quote, so it is left as it is).
+#[repr(C)]
+struct Quoted {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    len: [u8; 2],
+    check: [u8; 2],
+}
+
+/// An IPv4 ICMP message to a VIP (header without options, first fragment).
+#[inline(always)]
+pub fn frag_needed_v4(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    svc: &Service,
+) -> Result<u32, Verdict> {
+    const ICMP: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+    const INNER: usize = ICMP + 8;
+    const QUOTED: usize = INNER + Ipv4Hdr::LEN;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, ICMP).map_err(|_| PASS_NOT_SERVICE_PORT)?;
+    // SAFETY (all header accesses): pointers from `ptr_at`.
+    if unsafe { (*icmp).kind != ICMP_DEST_UNREACH || (*icmp).code != ICMP_FRAG_NEEDED } {
+        return Err(PASS_NOT_SERVICE_PORT);
+    }
+    let inner: *mut Ipv4Hdr = ptr_at(ctx, INNER).map_err(|_| PASS_NOT_SERVICE_PORT)?;
+    let quoted: *mut Quoted = ptr_at(ctx, QUOTED).map_err(|_| PASS_NOT_SERVICE_PORT)?;
+    let vip = svc.vip[0];
+    let (proto, isrc, client) = unsafe {
+        if (*inner).vihl != 0x45 {
+            return Err(PASS_NOT_SERVICE_PORT);
+        }
+        ((*inner).proto, load32(&(*inner).src_addr), load32(&(*inner).dst_addr))
+    };
+    // The quote must be one of our replies: from the VIP, from a service port (or ESP).
+    let sport = unsafe { load16(&(*quoted).sport) };
+    let ours = match proto {
+        IPPROTO_UDP => has_port(&svc.udp_ports, sport),
+        IPPROTO_TCP => has_port(&svc.tcp_ports, sport),
+        IPPROTO_ESP => svc.flags & lb_common::SVC_F_ESP != 0,
+        _ => false,
+    };
+    if isrc != vip || !ours {
+        return Err(PASS_NOT_SERVICE_PORT);
+    }
+    if parse::ttl(ip) <= 1 {
+        return Err(PASS_TTL);
+    }
+    let (id, b) = select::owner::<V4>(svc, &client)?;
+    // SAFETY: a pointer into the BACKENDS array map.
+    let b = unsafe { &*b };
+    if maps::mode_dsr() {
+        // The backend holds the VIP itself: the message is right as it is.
+        rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, false);
+    } else {
+        let new = b.addr[0];
+        unsafe {
+            // The quote: source VIP → backend, its header checksum, and the UDP checksum
+            // (its pseudo-header holds the source; a zero one means none and stays zero).
+            let mut icmp_check = load16(&(*icmp).check);
+            store32(&mut (*inner).src_addr, new);
+            icmp_check = csum::replace32(icmp_check, vip, new);
+            let old_ic = load16(&(*inner).check);
+            let new_ic = csum::replace32(old_ic, vip, new);
+            store16(&mut (*inner).check, new_ic);
+            icmp_check = csum::replace16(icmp_check, old_ic, new_ic);
+            if proto == IPPROTO_UDP {
+                let old_uc = load16(&(*quoted).check);
+                let new_uc = csum::udp_replace32(old_uc, vip, new);
+                store16(&mut (*quoted).check, new_uc);
+                icmp_check = csum::replace16(icmp_check, old_uc, new_uc);
+            }
+            store16(&mut (*icmp).check, icmp_check);
+        }
+        // The outer header: destination VIP → backend, TTL, MACs (ICMP has no pseudo-header).
+        rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, true);
+    }
+    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    counters::forwarded(counter::FORWARD_ICMP, id, DIR_FORWARD, parse::frame_len(ctx));
+    Ok(action)
+}

@@ -1,0 +1,130 @@
+//! What a packet of the persistency group says about the session it belongs to — read only
+//! off the hit path, when a client has no established entry or a backend answers one:
+//!
+//! * the **proof** of return routability (`lb_common::ProbationValue`): the responder SPI of
+//!   an IKE message (RFC 7296 §3.1, header bytes 8–16), or a TCP acknowledgement number;
+//! * whether it is **mid-session** (an IKE message with a responder SPI, or ESP): such a packet
+//!   from a client without any entry means its entry was lost.
+//!
+//! IKE is found where RFC 7296 §2.23 and RFC 3948 §2.2 put it: at the start of a UDP 500
+//! payload, or behind the four-byte zero non-ESP marker on any other service port (NAT-T 4500).
+//! A non-zero first word on such a port is an ESP SPI (RFC 3948 §2.1); a single 0xff byte is a
+//! NAT keepalive (neither).
+
+use aya_ebpf::programs::XdpContext;
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{
+    l4::{Csum, IPPROTO_ESP},
+    parse::{load16, load32, ptr_at, Side},
+};
+
+/// IKE header length (RFC 7296 §3.1); the responder SPI is bytes 8..16.
+const IKE_HDR_LEN: usize = 28;
+/// TCP flag bits in the 13th header byte (RFC 9293 §3.1).
+const TCP_ACK: u8 = 0x10;
+const TCP_SYN: u8 = 0x02;
+
+/// What the data path needs to know of a packet besides its addresses.
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    /// Transport protocol (of the original packet, for a fragment).
+    pub proto: u8,
+    /// Whole packet or first fragment (the transport header is present).
+    pub first: bool,
+    /// As `l4::classify` found it.
+    pub csum: Csum,
+}
+
+/// A packet's session evidence (module docs).
+#[derive(Clone, Copy, Default)]
+pub struct Signal {
+    /// The proof value it carries (0: none).
+    pub proof: u64,
+    /// An IKE message with a responder SPI, or ESP.
+    pub mid_session: bool,
+}
+
+/// The evidence in a client's packet (`Side::Forward`) or a backend's (`Side::Reverse`). A
+/// client proves itself with an IKE responder SPI or a TCP acknowledgement; a backend's IKE
+/// message with a responder SPI, or its TCP SYN-ACK (whose ISN + 1 the client must then
+/// acknowledge), sets the proof to expect.
+#[inline(always)]
+pub fn read(ctx: &XdpContext, p: &Pkt, side: Side) -> Signal {
+    if !p.first {
+        return Signal::default();
+    }
+    match p.csum {
+        Csum::Udp(udp) => udp_signal(ctx, udp, side),
+        Csum::Tcp(tcp) => tcp_signal(ctx, tcp, side),
+        Csum::None => Signal {
+            proof: 0,
+            mid_session: p.proto == IPPROTO_ESP,
+        },
+    }
+}
+
+#[inline(always)]
+fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
+    let payload = udp as usize - ctx.data() + UdpHdr::LEN;
+    // SAFETY: `l4::classify` bounds-checked the UDP header.
+    let port = unsafe {
+        match side {
+            Side::Forward => load16(&(*udp).dst),
+            Side::Reverse => load16(&(*udp).src),
+        }
+    };
+    let ike = if port == 500u16.to_be() {
+        payload
+    } else {
+        let Ok(first) = ptr_at::<[u8; 4]>(ctx, payload) else {
+            return Signal::default();
+        };
+        // SAFETY: bounds-checked just now.
+        if unsafe { load32(first) } != 0 {
+            // ESP in UDP: an SPI and a sequence number at least.
+            return Signal {
+                proof: 0,
+                mid_session: ptr_at::<[u8; 8]>(ctx, payload).is_ok(),
+            };
+        }
+        payload + 4
+    };
+    let Ok(hdr) = ptr_at::<[[u8; 4]; IKE_HDR_LEN / 4]>(ctx, ike) else {
+        return Signal::default();
+    };
+    // SAFETY: bounds-checked just now.
+    let spi = unsafe { proof64(load32(&(*hdr)[2]), load32(&(*hdr)[3])) };
+    Signal {
+        proof: spi,
+        mid_session: spi != 0,
+    }
+}
+
+#[inline(always)]
+fn tcp_signal(ctx: &XdpContext, tcp: *mut TcpHdr, side: Side) -> Signal {
+    let base = tcp as usize - ctx.data();
+    // `l4::classify` checked the whole 20-byte header: sequence at 4, ack at 8, flags at 13.
+    let Ok(h) = ptr_at::<[[u8; 4]; 4]>(ctx, base) else {
+        return Signal::default();
+    };
+    // SAFETY: bounds-checked just now.
+    let (seq, ack, flags) = unsafe { (load32(&(*h)[1]), load32(&(*h)[2]), (*h)[3][1]) };
+    let proof = match side {
+        Side::Forward if flags & TCP_ACK != 0 => u64::from(ack),
+        Side::Reverse if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => {
+            u64::from(u32::from_be(seq).wrapping_add(1).to_be())
+        }
+        _ => 0,
+    };
+    Signal {
+        proof,
+        mid_session: false,
+    }
+}
+
+/// The proof encoding of 8 header bytes loaded as two native words (`ProbationValue::proof`).
+#[inline(always)]
+fn proof64(lo: u32, hi: u32) -> u64 {
+    (u64::from(hi) << 32) | u64::from(lo)
+}
