@@ -11,15 +11,19 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{counter, csum, Service, DIR_FORWARD};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
-    counters::{self, Verdict, PASS_NOT_SERVICE_PORT, PASS_TTL},
+    counters::{self, Verdict, PASS_ICMPV6, PASS_NOT_SERVICE_PORT, PASS_TTL},
     l4::{IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP},
     maps,
     parse::{self, has_port, load16, load32, ptr_at, store16, store32},
-    rewrite,
-    select::{self, V4},
+    parse6::{self, load128, store128},
+    rewrite, rewrite6,
+    select::{self, V4, V6},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -113,6 +117,83 @@ pub fn frag_needed_v4(
         // The outer header: destination VIP → backend, TTL, MACs (ICMP has no pseudo-header).
         rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, true);
     }
+    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    counters::forwarded(counter::FORWARD_ICMP, id, DIR_FORWARD, parse::frame_len(ctx));
+    Ok(action)
+}
+
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+
+/// Whether an ICMPv6 message (right after the IPv6 header) is a packet-too-big, the one
+/// ICMPv6 type ikelb may take from the kernel (neighbour discovery and the rest are never
+/// touched).
+#[inline(always)]
+pub fn is_too_big_v6(ctx: &XdpContext) -> bool {
+    match ptr_at::<IcmpHdr>(ctx, EthHdr::LEN + Ipv6Hdr::LEN) {
+        // SAFETY: bounds-checked.
+        Ok(h) => unsafe { (*h).kind == ICMPV6_PKT_TOOBIG },
+        Err(_) => false,
+    }
+}
+
+/// An ICMPv6 packet-too-big to a VIP (RFC 4443 §3.2) about one of the service's replies:
+/// on to the client's backend, as [`frag_needed_v4`]. The ICMPv6 checksum covers the
+/// pseudo-header (RFC 4443 §2.3), so the outer destination change enters it too.
+#[inline(always)]
+pub fn too_big_v6(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    svc: &Service,
+) -> Result<u32, Verdict> {
+    const ICMP: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+    const INNER: usize = ICMP + 8;
+    const QUOTED: usize = INNER + Ipv6Hdr::LEN;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, ICMP).map_err(|_| PASS_ICMPV6)?;
+    let inner: *mut Ipv6Hdr = ptr_at(ctx, INNER).map_err(|_| PASS_ICMPV6)?;
+    let quoted: *mut Quoted = ptr_at(ctx, QUOTED).map_err(|_| PASS_ICMPV6)?;
+    // SAFETY (all header accesses): pointers from `ptr_at`.
+    let (proto, isrc, client, sport) = unsafe {
+        (
+            (*inner).next_hdr,
+            load128(&raw const (*inner).src_addr),
+            load128(&raw const (*inner).dst_addr),
+            load16(&(*quoted).sport),
+        )
+    };
+    let ours = match proto {
+        IPPROTO_UDP => has_port(&svc.udp_ports, sport),
+        IPPROTO_TCP => has_port(&svc.tcp_ports, sport),
+        IPPROTO_ESP => svc.flags & lb_common::SVC_F_ESP != 0,
+        _ => false,
+    };
+    if isrc != svc.vip || !ours {
+        return Err(PASS_ICMPV6);
+    }
+    if parse6::hop_limit(ip) <= 1 {
+        return Err(PASS_TTL);
+    }
+    let (id, b) = select::owner::<V6>(svc, &client)?;
+    // SAFETY: a pointer into the BACKENDS array map.
+    let b = unsafe { &*b };
+    let nat = !maps::mode_dsr();
+    if nat {
+        unsafe {
+            let mut check = load16(&(*icmp).check);
+            // Pseudo-header: outer destination VIP → backend (written by `forward_v6`).
+            check = csum::replace128(check, &svc.vip, &b.addr);
+            store128(&raw mut (*inner).src_addr, &b.addr);
+            check = csum::replace128(check, &svc.vip, &b.addr);
+            if proto == IPPROTO_UDP {
+                let old = load16(&(*quoted).check);
+                let new = csum::udp_replace128(old, &svc.vip, &b.addr);
+                store16(&mut (*quoted).check, new);
+                check = csum::replace16(check, old, new);
+            }
+            store16(&mut (*icmp).check, check);
+        }
+    }
+    rewrite6::forward_v6(eth, ip, crate::l4::Csum::None, b, nat);
     let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
     counters::forwarded(counter::FORWARD_ICMP, id, DIR_FORWARD, parse::frame_len(ctx));
     Ok(action)

@@ -100,6 +100,10 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn mark_refreshed(hash: u32, addr: &u32, service: u32, now: u32) {
+        // Only the fast path reads the tags (the verifier prunes this when it is off).
+        if !maps::slot_fast_path() {
+            return;
+        }
         if let Some(slot) = REFRESHED_V4.get_ptr_mut(hash & maps::refresh_mask()) {
             let tag = refreshed_tag(*addr, service, now);
             // SAFETY: a pointer into the array map; a racing writer of another client only

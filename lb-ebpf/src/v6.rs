@@ -21,7 +21,7 @@ use crate::{
         self, Verdict, DROP_NOT_CLIENT_IFACE, PASS_ICMPV6, PASS_NOT_CLIENT,
         PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
     },
-    edge, l4,
+    edge, icmp, l4,
     maps::{self, VIPS_V6},
     parse::{self, Side},
     parse6, rewrite, rewrite6,
@@ -34,7 +34,17 @@ use crate::{
 pub fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Verdict> {
     let ip = parse6::ipv6(ctx)?;
     if parse6::next_hdr(ip) == parse6::NEXTHDR_ICMPV6 {
-        return Err(PASS_ICMPV6);
+        // Packet too big about a client's flow goes to its backend (path MTU discovery);
+        // every other ICMPv6 message, neighbour discovery first of all, is the kernel's.
+        if !icmp::is_too_big_v6(ctx) {
+            return Err(PASS_ICMPV6);
+        }
+        // SAFETY: a plain-old-data map value, read-only here.
+        let svc = unsafe { VIPS_V6.get(&parse6::daddr(ip)) }.ok_or(PASS_ICMPV6)?;
+        if edge::iface_info(ctx.ingress_ifindex() as u32) & INGRESS_F_CLIENTS == 0 {
+            return Err(DROP_NOT_CLIENT_IFACE);
+        }
+        return icmp::too_big_v6(ctx, eth, ip, svc);
     }
     // SAFETY: a plain-old-data map value, read-only here.
     match unsafe { VIPS_V6.get(&parse6::daddr(ip)) } {
