@@ -251,3 +251,112 @@ pub fn ipv6_udp(eth_src: Mac, eth_dst: Mac) -> Vec<u8> {
     out.extend_from_slice(&[0x01, 0xf4, 0x01, 0xf4, 0, 8, 0, 0]);
     out
 }
+
+/// An IKE message (RFC 7296 §3.1): the 28-byte header — initiator SPI, responder SPI (0 in
+/// IKE_SA_INIT's request), next payload SA, version 2.0, `exchange` (34 IKE_SA_INIT, 35
+/// IKE_AUTH, 37 INFORMATIONAL), flags `flags` (0x08 initiator, 0x20 response), message id
+/// and the total length — then `body_len` opaque bytes.
+pub fn ike_message(spi_i: u64, spi_r: u64, exchange: u8, flags: u8, body_len: usize) -> Vec<u8> {
+    let mut b = spi_i.to_be_bytes().to_vec();
+    b.extend_from_slice(&spi_r.to_be_bytes());
+    b.extend_from_slice(&[33, 0x20, exchange, flags]);
+    b.extend_from_slice(&u32::from(exchange != 34).to_be_bytes());
+    b.extend_from_slice(&((28 + body_len) as u32).to_be_bytes());
+    b.extend((0..body_len).map(|i| (i * 11 + 1) as u8));
+    b
+}
+
+/// An IKE message behind the non-ESP marker (four zero bytes, RFC 3948 §2.2): what UDP 4500
+/// carries once NAT was detected.
+pub fn non_esp(ike: &[u8]) -> Vec<u8> {
+    [&[0u8; 4][..], ike].concat()
+}
+
+/// The proof a probation entry records for IKE responder SPI `spi_r` (header bytes 8..16
+/// loaded in native order: `lb_common::ProbationValue::proof`).
+pub fn ike_proof(spi_r: u64) -> u64 {
+    u64::from_ne_bytes(spi_r.to_be_bytes())
+}
+
+/// The proof recorded for a TCP SYN-ACK with sequence number `seq`: `seq + 1` in wire order,
+/// loaded native as a u32.
+pub fn tcp_proof(seq: u32) -> u64 {
+    u64::from(u32::from_ne_bytes(seq.wrapping_add(1).to_be_bytes()))
+}
+
+/// TCP flags of [`Ipv4Frame::tcp_segment`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub psh: bool,
+    pub rst: bool,
+}
+
+impl Ipv4Frame {
+    /// A TCP segment with the given sequence and acknowledgment numbers and flags, its
+    /// checksum computed from scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp_segment(
+        eth_src: Mac,
+        eth_dst: Mac,
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+        seq: u32,
+        ack: u32,
+        flags: TcpFlags,
+        data: &[u8],
+    ) -> Self {
+        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
+        let mut tcp = TcpHeader::new(sport, dport, seq, 64_240);
+        tcp.syn = flags.syn;
+        tcp.ack = flags.ack;
+        tcp.psh = flags.psh;
+        tcp.rst = flags.rst;
+        tcp.acknowledgment_number = ack;
+        f.payload = [&tcp.to_bytes()[..], data].concat();
+        f.readdressed(src, dst)
+    }
+
+    /// The IPv4 header and IP payload (no Ethernet header).
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        self.bytes()[IP_OFFSET..].to_vec()
+    }
+}
+
+/// An ICMP destination unreachable / fragmentation needed (type 3 code 4, RFC 1191) from
+/// `router` to `dst` about `quoted`: its IPv4 header and the first `quote` bytes of its IP
+/// payload, with next-hop MTU `mtu` and the ICMP checksum computed from scratch.
+pub fn icmp_frag_needed(
+    eth_src: Mac,
+    eth_dst: Mac,
+    router: Ipv4Addr,
+    dst: Ipv4Addr,
+    quoted: &Ipv4Frame,
+    quote: usize,
+    mtu: u16,
+) -> Ipv4Frame {
+    icmp_error(eth_src, eth_dst, router, dst, 3, 4, quoted, quote, mtu)
+}
+
+/// As [`icmp_frag_needed`] with any type and code.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    eth_src: Mac,
+    eth_dst: Mac,
+    router: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    quoted: &Ipv4Frame,
+    quote: usize,
+    mtu: u16,
+) -> Ipv4Frame {
+    let inner = quoted.ip_bytes();
+    let mut icmp = vec![kind, code, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&inner[..(20 + quote).min(inner.len())]);
+    let c = lb_common::csum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    Ipv4Frame::raw(eth_src, eth_dst, router, dst, PROTO_ICMP, &icmp)
+}

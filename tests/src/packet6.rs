@@ -331,3 +331,40 @@ pub fn esp_body(spi: u32, seq: u32, len: usize) -> Vec<u8> {
     b.extend((0..len).map(|i| (i * 13 + 5) as u8));
     b
 }
+
+impl Ipv6Frame {
+    /// The IPv6 header, extension headers and payload (no Ethernet header).
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        self.bytes()[IP6_OFFSET..].to_vec()
+    }
+}
+
+/// An ICMPv6 message of `kind`/`code` (RFC 4443) from `src` to `dst` whose 4-byte parameter
+/// is `param` (the MTU of a Packet Too Big) and whose body quotes `quoted` (its IPv6 header
+/// and the first `quote` bytes after it), checksum over the pseudo-header from scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn icmpv6_error(
+    eth_src: Mac,
+    eth_dst: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    param: u32,
+    quoted: &Ipv6Frame,
+    quote: usize,
+) -> Ipv6Frame {
+    let inner = quoted.ip_bytes();
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&param.to_be_bytes());
+    icmp.extend_from_slice(&inner[..(IP6_LEN + quote).min(inner.len())]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
+    pseudo.extend_from_slice(&icmp);
+    let c = lb_common::csum::checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    Ipv6Frame::raw(eth_src, eth_dst, src, dst, PROTO_ICMPV6, &icmp)
+}

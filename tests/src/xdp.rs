@@ -1,32 +1,68 @@
-//! A `BPF_PROG_TEST_RUN` fixture for both address families (`tests/prog_test_run_protocols.rs`):
-//! the embedded XDP object loaded with small maps and filled as the daemon would for a
-//! dual-stack virtual server — two services, one per VIP, each with UDP 500/4500, TCP 443 and
-//! ESP, and three backends of its family in a Maglev ring — plus the table-driven runner (input
-//! frame, expected action, expected output frame byte for byte, the one counter the verdict
-//! must bump).
+//! A `BPF_PROG_TEST_RUN` fixture for both address families (`tests/prog_test_run*.rs`): the
+//! embedded XDP object loaded with small maps and filled as the daemon would for a dual-stack
+//! virtual server — two services, one per VIP, each with UDP 500/4500, TCP 443 and ESP, and
+//! three backends of its family in a Maglev ring — plus the table-driven runner (input frame,
+//! the interface it arrives on, expected action, expected output frame byte for byte, the one
+//! counter the verdict must bump, optionally the events it must add).
 //!
-//! `test_run` delivers every frame on `lo` (ifindex 1) and does not transmit redirected
-//! frames, so the devmap entries point at `lo` and the maps name other ifindexes when a row must
-//! leave by a redirect rather than XDP_TX; `IFINDEX_PORTS` maps `lo` to the external port 0.
+//! ## Real interfaces
 //!
-//! Also the fixture of `tests/prog_test_run.rs` (the IPv4 table), which loads it without TCP
-//! and uses only the IPv4 service and backends 1–3.
+//! Each fixture builds its own network namespace (`ikp<pid>n<k>-xdp`, RAII: deleted on drop,
+//! also while a failing test unwinds; [`crate::lab::reap_stale`] removes those of dead runs)
+//! with two veth pairs: `ext` (MAC [`EXT_MAC`], 192.0.2.1/24, 2001:db8:e::1/64) ↔ `ext-p` and
+//! `int` (MAC [`INT_MAC`], 10.0.0.1/24, 2001:db8:1::1/64) ↔ `int-p`, forwarding on. The
+//! upstream router 192.0.2.2 / 2001:db8:e::2 is a permanent neighbour with [`ROUTER_MAC`] on
+//! `ext`, and the clients' networks (198.51.100.0/24, 192.0.2.32/27, 2001:db8:c::/48,
+//! 2001:db8:d::/48) are routed through it, so `bpf_fib_lookup` toward a client answers `ext`
+//! and [`ROUTER_MAC`]; 100.64.0.0/10 has no route (for `drop/no_route`).
+//!
+//! Every map names these real ifindexes: `IFACES`, `Backend::ifindex`, `INGRESS` and
+//! `IFINDEX_PORTS` (`port | INGRESS_F_ATTACHED | role`: `ext` has the clients role, `int` the
+//! backends role; one-arm: `ext` has both and `int` is not attached), and the devmap `TX_PORTS`
+//! sends port 0 out of `ext` and port 1 out of `int`. Each row is run with
+//! `xdp_md.ingress_ifindex` of the interface it arrives on (aya's `TestRunOptions::ctx_in`;
+//! `data_end` = frame length, as the kernel requires): by default `int` for a frame addressed
+//! to [`INT_MAC`], else `ext` ([`Case::on`] overrides; one-arm: always `ext`). The thread
+//! joins the namespace only around each `BPF_PROG_TEST_RUN` and devmap update (both resolve
+//! ifindexes in the caller's namespace), so several fixtures may live in one test.
+//!
+//! ## Which port a redirect used
+//!
+//! `test_run` returns XDP_REDIRECT but does not say through which devmap entry. A redirect
+//! row is therefore run with **only the expected port in `TX_PORTS`**: the other port's entry
+//! is deleted for that one run and put back after. A frame redirected through the wrong port
+//! finds no entry (`bpf_redirect_map` fails: `drop/bad_backend`), XDP_TX instead of a
+//! redirect is a wrong action, and the output bytes must match — so a row passes only if the
+//! frame left by the expected interface with the expected bytes. The expected port is the one
+//! whose interface MAC is the expected frame's source MAC (port 0 [`EXT_MAC`], port 1
+//! [`INT_MAC`]): a frame leaves by the interface whose address it carries.
+//!
+//! ## Load-time globals
+//!
+//! [`Setup`] sets `SLOT_FAST_PATH`, `NEW_CLIENT_QUOTA` (0, unlimited, by default) and
+//! `REFRESH_MASK` (with `REFRESHED_V4` sized to match). [`Fixture::both_fast_paths`] runs a
+//! test body once with the slot fast path off and once on, and names the failing run.
 
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use aya::{
-    maps::{Array, DevMap, HashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, Map, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, globals,
+    counter, event, globals,
     hash::{client_hash_v4, client_hash_v6},
     maglev::{self, Member},
-    maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, Service, Traffic,
-    BACKEND_F_USABLE, FAMILY_V4, FAMILY_V6, MAX_PORTS, SVC_F_ESP,
+    maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Service,
+    Traffic, BACKEND_F_USABLE, FAMILY_V4, FAMILY_V6, INGRESS_F_ATTACHED, INGRESS_F_BACKENDS,
+    INGRESS_F_CLIENTS, MAX_PORTS, RING_F_CHANGED, SVC_F_ESP, TICK_SHIFT,
 };
 
+use crate::lab::{NetNs, RunPrefix, Veth};
 use crate::packet::Mac;
 
 pub const XDP_DROP: u32 = 1;
@@ -56,21 +92,27 @@ pub const BACKENDS6: [Ipv6Addr; 3] = [
 pub const UDP_PORTS: [u16; 2] = [500, 4500];
 pub const TCP_PORTS: [u16; 1] = [443];
 
-/// `lo`, where `test_run` delivers frames.
-pub const LO: u32 = 1;
-/// ifindexes that exist only in the maps (compared with the ingress, never used to send).
-const EXT_IFINDEX: u32 = 1_000_001;
-const INT_IFINDEX: u32 = 1_000_002;
 pub const PORT_EXT: u32 = 0;
 pub const PORT_INT: u32 = 1;
 
 pub const EXT_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x01];
 pub const INT_MAC: Mac = [0x02, 0, 0, 0, 0xe0, 0x02];
-/// The clients' previous hop as seen on the external interface.
+/// The clients' previous hop as seen on the external interface (the namespace's permanent
+/// neighbour 192.0.2.2 / 2001:db8:e::2, through which the clients' networks are routed).
 pub const ROUTER_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
+/// The upstream router's addresses on `ext`.
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 2);
 
 pub fn backend_mac(id: u32) -> Mac {
     [0x02, 0, 0, 0, 0x0b, id as u8]
+}
+
+pub fn mac_str(m: Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Address of backend `id` (1–3 IPv4, 4–6 IPv6).
@@ -111,13 +153,34 @@ pub fn wire16(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
 }
 
+/// `bpf_ktime_get_coarse_ns()` in persistence ticks, from userspace.
+pub fn now_ticks() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> TICK_SHIFT) as u32
+}
+
 /// How the gateway is wired.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Topology {
     /// Clients on the external port, backends on the internal one: every exit is a redirect.
     TwoArm,
-    /// One interface (lo) for both: every exit is XDP_TX.
+    /// One interface (`ext`, both roles) for both: every exit is XDP_TX.
     OneArm,
+}
+
+/// The interface a row's frame arrives on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    Ext,
+    Int,
 }
 
 /// Load-time switches of a fixture.
@@ -131,6 +194,12 @@ pub struct Setup {
     pub tcp: bool,
     /// `PERSIST_TIMEOUT_TICKS`.
     pub persist_timeout_ticks: u32,
+    /// `SLOT_FAST_PATH`.
+    pub slot_fast_path: bool,
+    /// `NEW_CLIENT_QUOTA`: probation inserts per CPU per window; 0 = unlimited.
+    pub new_client_quota: u32,
+    /// `REFRESH_MASK` (`REFRESHED_V4` gets `mask + 1` slots; a power of two minus one).
+    pub refresh_mask: u32,
 }
 
 impl Default for Setup {
@@ -141,6 +210,9 @@ impl Default for Setup {
             esp: true,
             tcp: true,
             persist_timeout_ticks: 1676,
+            slot_fast_path: false,
+            new_client_quota: 0,
+            refresh_mask: 63,
         }
     }
 }
@@ -150,7 +222,8 @@ pub enum Expect {
     /// XDP_PASS with the frame unchanged.
     Pass,
     Drop,
-    /// XDP_REDIRECT with this output frame.
+    /// XDP_REDIRECT with this output frame, through the port whose MAC is its source MAC
+    /// (run with only that port in `TX_PORTS`).
     Redirect(Vec<u8>),
     /// XDP_TX with this output frame.
     Tx(Vec<u8>),
@@ -162,6 +235,10 @@ pub struct Case {
     pub input: Vec<u8>,
     pub expect: Expect,
     pub counter: u32,
+    /// Arrival interface; `None`: by the frame's destination MAC ([`INT_MAC`] → `int`).
+    pub ingress: Option<Side>,
+    /// Exact `EVENTS` deltas (index, count); `None`: not checked.
+    pub events: Option<Vec<(u32, u64)>>,
 }
 
 pub fn case(name: impl Into<String>, input: Vec<u8>, expect: Expect, counter: u32) -> Case {
@@ -170,6 +247,119 @@ pub fn case(name: impl Into<String>, input: Vec<u8>, expect: Expect, counter: u3
         input,
         expect,
         counter,
+        ingress: None,
+        events: None,
+    }
+}
+
+impl Case {
+    /// The frame arrives on `side`.
+    pub fn on(mut self, side: Side) -> Self {
+        self.ingress = Some(side);
+        self
+    }
+
+    /// The row must add exactly these events (and no other; `&[]`: none).
+    pub fn events(mut self, events: &[(u32, u64)]) -> Self {
+        let mut e: Vec<_> = events.iter().copied().filter(|&(_, n)| n != 0).collect();
+        e.sort_unstable();
+        self.events = Some(e);
+        self
+    }
+}
+
+/// The test's network namespace and its two veth pairs (module doc).
+pub struct TestNet {
+    // Dropped in this order: links, then the namespace.
+    _ext: Veth,
+    _int: Veth,
+    ns: NetNs,
+    handle: File,
+    pub ext: u32,
+    pub int: u32,
+}
+
+/// Puts the thread back into the namespace it left (on drop, also while unwinding).
+struct Back(File);
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        // SAFETY: setns on a valid namespace fd; CLONE_NEWNET moves only this thread.
+        let rc = unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns back: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl TestNet {
+    fn new() -> anyhow::Result<Self> {
+        crate::lab::reap_stale();
+        let ns = NetNs::new(RunPrefix::new('p').name("xdp"))?;
+        let ext = Veth::new((&ns, "ext"), (&ns, "ext-p"))?;
+        let int = Veth::new((&ns, "int"), (&ns, "int-p"))?;
+        // NetNs turns IPv6 off; the IPv6 FIB rows need it (no DAD: nothing else runs here).
+        for key in [
+            "net/ipv6/conf/all/disable_ipv6",
+            "net/ipv6/conf/default/disable_ipv6",
+            "net/ipv6/conf/ext/disable_ipv6",
+            "net/ipv6/conf/int/disable_ipv6",
+        ] {
+            ns.sysctl(key, "0")?;
+        }
+        for key in ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"] {
+            ns.sysctl(key, "1")?;
+        }
+        let r = mac_str(ROUTER_MAC);
+        ns.ip_batch(&format!(
+            "link set ext address {ext_mac}\n\
+             link set int address {int_mac}\n\
+             addr add 192.0.2.1/24 dev ext\n\
+             addr add 10.0.0.1/24 dev int\n\
+             addr add 2001:db8:e::1/64 dev ext nodad\n\
+             addr add 2001:db8:1::1/64 dev int nodad\n\
+             neigh add {ROUTER4} lladdr {r} nud permanent dev ext\n\
+             neigh add {ROUTER6} lladdr {r} nud permanent dev ext\n\
+             route add 198.51.100.0/24 via {ROUTER4} dev ext\n\
+             route add 192.0.2.32/27 via {ROUTER4} dev ext\n\
+             route add 2001:db8:c::/48 via {ROUTER6} dev ext\n\
+             route add 2001:db8:d::/48 via {ROUTER6} dev ext\n",
+            ext_mac = mac_str(EXT_MAC),
+            int_mac = mac_str(INT_MAC),
+        ))?;
+        let ifindex = |name: &str| -> anyhow::Result<u32> {
+            let link = ns.link(name)?;
+            link["ifindex"]
+                .as_u64()
+                .map(|i| i as u32)
+                .ok_or_else(|| anyhow::anyhow!("{name}: no ifindex"))
+        };
+        let (ext_ifindex, int_ifindex) = (ifindex("ext")?, ifindex("int")?);
+        let handle = File::open(format!("/run/netns/{}", ns.name()))?;
+        Ok(Self {
+            _ext: ext,
+            _int: int,
+            ns,
+            handle,
+            ext: ext_ifindex,
+            int: int_ifindex,
+        })
+    }
+
+    /// Runs `f` with this thread inside the namespace.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let back = Back(File::open("/proc/thread-self/ns/net").expect("own netns"));
+        // SAFETY: as in `Back::drop`.
+        let rc = unsafe { libc::setns(self.handle.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let r = f();
+        drop(back);
+        r
+    }
+
+    /// `ip -n <ns> ARGS…` (e.g. to move a neighbour), panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.ns
+            .ip(args)
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e:#}"))
     }
 }
 
@@ -178,11 +368,56 @@ pub struct Fixture {
     ebpf: Ebpf,
     pub setup: Setup,
     services: [Service; 2],
+    pub net: TestNet,
 }
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(non-text panic)".into())
+}
+
+/// `bpf(BPF_MAP_DELETE_ELEM)` on an array-like map with a u32 key (aya's `DevMap` has no
+/// remove).
+fn map_delete_u32(map: &Map, key: u32) -> std::io::Result<()> {
+    let data = match map {
+        Map::DevMap(d) | Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => d,
+        _ => panic!("map_delete_u32: unexpected map type"),
+    };
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: attr points at a valid key for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            3, /* BPF_MAP_DELETE_ELEM */
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Fixture {
@@ -195,7 +430,13 @@ impl Fixture {
             );
             return None;
         }
+        let net = TestNet::new().unwrap_or_else(|e| panic!("test namespace: {e:#}"));
         let dsr = u32::from(setup.dsr);
+        let fast = u32::from(setup.slot_fast_path);
+        assert!(
+            (setup.refresh_mask + 1).is_power_of_two(),
+            "refresh_mask + 1 must be a power of two"
+        );
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::RING_SIZE, &RING, true)
             .override_global(globals::HASH_SEED, &SEED, true)
@@ -205,9 +446,15 @@ impl Fixture {
                 true,
             )
             .override_global(globals::MODE_DSR, &dsr, true)
+            .override_global(globals::SLOT_FAST_PATH, &fast, true)
+            .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
+            .override_global(globals::REFRESH_MASK, &setup.refresh_mask, true)
             .map_max_entries(maps::RINGS, 4 * RING)
             .map_max_entries(maps::PERSIST_V4, 64)
             .map_max_entries(maps::PERSIST_V6, 64)
+            .map_max_entries(maps::PROBATION_V4, 64)
+            .map_max_entries(maps::PROBATION_V6, 64)
+            .map_max_entries(maps::REFRESHED_V4, setup.refresh_mask + 1)
             .map_max_entries(maps::BACKENDS, 16)
             .map_max_entries(maps::BACKEND_STATS, 32)
             .load(lb_ctl::EBPF_OBJECT)
@@ -246,15 +493,73 @@ impl Fixture {
                 service(SVC4, FAMILY_V4, VIP4.into()),
                 service(SVC6, FAMILY_V6, VIP6.into()),
             ],
+            net,
         };
         f.fill();
         Some(f)
     }
 
+    /// Runs `body` on a fixture loaded with `setup` and the slot fast path off, then on one
+    /// with it on (both runs always), and panics naming each run that failed.
+    pub fn both_fast_paths(setup: Setup, body: impl Fn(&mut Fixture)) {
+        let mut failed = Vec::new();
+        for fast in [false, true] {
+            let Some(mut lb) = Fixture::load(Setup {
+                slot_fast_path: fast,
+                ..setup
+            }) else {
+                return;
+            };
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| body(&mut lb))) {
+                failed.push(format!(
+                    "run with SLOT_FAST_PATH={}: {}",
+                    u32::from(fast),
+                    panic_text(&*p)
+                ));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    }
+
+    pub fn ifindex(&self, side: Side) -> u32 {
+        match side {
+            Side::Ext => self.net.ext,
+            Side::Int => self.net.int,
+        }
+    }
+
+    /// The `INGRESS` / `IFINDEX_PORTS` value of the fixture's interface `side` (0: not
+    /// attached).
+    pub fn ingress_value(&self, side: Side) -> u32 {
+        match (self.setup.topology, side) {
+            (Topology::TwoArm, Side::Ext) => PORT_EXT | INGRESS_F_ATTACHED | INGRESS_F_CLIENTS,
+            (Topology::TwoArm, Side::Int) => PORT_INT | INGRESS_F_ATTACHED | INGRESS_F_BACKENDS,
+            (Topology::OneArm, Side::Ext) => {
+                PORT_EXT | INGRESS_F_ATTACHED | INGRESS_F_CLIENTS | INGRESS_F_BACKENDS
+            }
+            (Topology::OneArm, Side::Int) => 0,
+        }
+    }
+
+    /// Writes `value` as the `INGRESS` and `IFINDEX_PORTS` entry of `side` (0 removes it
+    /// from `IFINDEX_PORTS`).
+    pub fn set_ingress(&mut self, side: Side, value: u32) {
+        let ifindex = self.ifindex(side);
+        let mut ingress: Array<_, u32> = self.map(maps::INGRESS);
+        ingress.set(ifindex, value, 0).unwrap();
+        let mut ports: HashMap<_, u32, u32> = self.map(maps::IFINDEX_PORTS);
+        if value == 0 {
+            let _ = ports.remove(&ifindex);
+        } else {
+            ports.insert(ifindex, value, 0).unwrap();
+        }
+    }
+
     fn fill(&mut self) {
-        let (ext_ifindex, int_ifindex, backend_port) = match self.setup.topology {
-            Topology::TwoArm => (EXT_IFINDEX, INT_IFINDEX, PORT_INT),
-            Topology::OneArm => (LO, LO, PORT_EXT),
+        let (ext, int) = (self.net.ext, self.net.int);
+        let (backend_ifindex, backend_port, backend_smac) = match self.setup.topology {
+            Topology::TwoArm => (int, PORT_INT, INT_MAC),
+            Topology::OneArm => (ext, PORT_EXT, EXT_MAC),
         };
         let [s4, s6] = self.services;
         let mut vips4: HashMap<_, u32, Service> = self.map(maps::VIPS_V4);
@@ -265,11 +570,12 @@ impl Fixture {
         services.set(SVC4, s4, 0).unwrap();
         services.set(SVC6, s6, 0).unwrap();
 
+        let one_arm = self.setup.topology == Topology::OneArm;
         let mut ifaces: Array<_, Iface> = self.map(maps::IFACES);
-        for (port, ifindex, mac) in [
-            (PORT_EXT, ext_ifindex, EXT_MAC),
-            (PORT_INT, int_ifindex, INT_MAC),
-        ] {
+        for (port, ifindex, mac) in [(PORT_EXT, ext, EXT_MAC), (PORT_INT, int, INT_MAC)] {
+            if one_arm && port == PORT_INT {
+                continue;
+            }
             let iface = Iface {
                 ifindex,
                 mac,
@@ -277,17 +583,17 @@ impl Fixture {
             };
             ifaces.set(port, iface, 0).unwrap();
         }
-        let mut ports: HashMap<_, u32, u32> = self.map(maps::IFINDEX_PORTS);
-        ports.insert(LO, PORT_EXT, 0).unwrap();
-        let mut tx: DevMap<_> = self.map(maps::TX_PORTS);
-        tx.set(PORT_EXT, LO, None, 0).unwrap();
-        tx.set(PORT_INT, LO, None, 0).unwrap();
+        for side in [Side::Ext, Side::Int] {
+            let v = self.ingress_value(side);
+            if v != 0 {
+                self.set_ingress(side, v);
+            }
+        }
+        self.set_tx_port(PORT_EXT, Some(ext));
+        if self.setup.topology == Topology::TwoArm {
+            self.set_tx_port(PORT_INT, Some(int));
+        }
 
-        let smac = if backend_port == PORT_INT {
-            INT_MAC
-        } else {
-            EXT_MAC
-        };
         for id in 1..=6 {
             let addr = backend_addr(id);
             let service = if addr.is_ipv4() { SVC4 } else { SVC6 };
@@ -298,9 +604,9 @@ impl Fixture {
                     service,
                     flags: BACKEND_F_USABLE,
                     tx_port: backend_port,
-                    ifindex: int_ifindex,
+                    ifindex: backend_ifindex,
                     dmac: backend_mac(id),
-                    smac,
+                    smac: backend_smac,
                 },
             );
             if addr.is_ipv4() {
@@ -315,6 +621,31 @@ impl Fixture {
             let table = self.maglev(svc, &[]);
             self.write_ring(svc, &table);
         }
+    }
+
+    /// Points devmap entry `port` at `ifindex` (`None` deletes it).
+    pub fn set_tx_port(&mut self, port: u32, ifindex: Option<u32>) {
+        let net = &self.net;
+        let map = self
+            .ebpf
+            .map_mut(maps::TX_PORTS)
+            .unwrap_or_else(|| panic!("map {}", maps::TX_PORTS));
+        net.enter(|| match ifindex {
+            Some(i) => {
+                let mut tx: DevMap<_> = map.try_into().unwrap();
+                tx.set(port, i, None, 0)
+                    .unwrap_or_else(|e| panic!("TX_PORTS[{port}] = {i}: {e}"));
+            }
+            None => {
+                let _ = map_delete_u32(map, port);
+            }
+        });
+    }
+
+    /// The devmap target of `port`, if any.
+    fn tx_port(&mut self, port: u32) -> Option<u32> {
+        let tx: DevMap<_> = self.map(maps::TX_PORTS);
+        tx.get(port, 0).ok().map(|v| v.if_index)
     }
 
     /// The Maglev table of service `svc` over its three backends, with `down` ids unusable.
@@ -365,35 +696,50 @@ impl Fixture {
         backends.get(&id, 0).unwrap()
     }
 
-    /// The backend the ring gives `client` (what a new client gets).
-    pub fn ring_choice(&mut self, client: IpAddr) -> u32 {
+    fn slot_index(&self, client: IpAddr) -> u32 {
         let (hash, svc) = match client {
             IpAddr::V4(_) => (client_hash_v4(words(client)[0], SEED), SVC4),
             IpAddr::V6(_) => (client_hash_v6(&words(client), SEED), SVC6),
         };
-        let base = self.services[svc as usize].ring_base;
+        self.services[svc as usize].ring_base + hash % RING
+    }
+
+    /// The raw ring slot of `client` (backend id and `RING_F_*` flags).
+    pub fn ring_slot(&mut self, client: IpAddr) -> u32 {
+        let i = self.slot_index(client);
         let rings: Array<_, u32> = self.map(maps::RINGS);
-        rings.get(&(base + hash % RING), 0).unwrap() & lb_common::RING_BACKEND_MASK
+        rings.get(&i, 0).unwrap()
+    }
+
+    /// Writes the raw ring slot of `client`.
+    pub fn set_ring_slot(&mut self, client: IpAddr, value: u32) {
+        let i = self.slot_index(client);
+        let mut rings: Array<_, u32> = self.map(maps::RINGS);
+        rings.set(i, value, 0).unwrap();
+    }
+
+    /// Sets `RING_F_CHANGED` on `client`'s slot, as the daemon does for a slot whose live
+    /// entries disagree with it.
+    pub fn mark_changed(&mut self, client: IpAddr) {
+        let v = self.ring_slot(client);
+        self.set_ring_slot(client, v | RING_F_CHANGED);
+    }
+
+    /// The backend the ring gives `client` (what a new client gets).
+    pub fn ring_choice(&mut self, client: IpAddr) -> u32 {
+        self.ring_slot(client) & lb_common::RING_BACKEND_MASK
     }
 
     /// The persistence entry of `client`, from `PERSIST_V4` or `PERSIST_V6`.
     pub fn persisted(&mut self, client: IpAddr) -> Option<PersistValue> {
         match client {
             IpAddr::V4(_) => {
-                let key = PersistKeyV4 {
-                    service: SVC4,
-                    client: words(client)[0],
-                };
                 let m: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
-                m.get(&key, 0).ok()
+                m.get(&key4(client), 0).ok()
             }
             IpAddr::V6(_) => {
-                let key = PersistKeyV6 {
-                    service: SVC6,
-                    client: words(client),
-                };
                 let m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
-                m.get(&key, 0).ok()
+                m.get(&key6(client), 0).ok()
             }
         }
     }
@@ -402,27 +748,104 @@ impl Fixture {
     pub fn persist(&mut self, client: IpAddr, v: PersistValue) {
         match client {
             IpAddr::V4(_) => {
-                let key = PersistKeyV4 {
-                    service: SVC4,
-                    client: words(client)[0],
-                };
                 let mut m: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
-                m.insert(key, v, 0).unwrap();
+                m.insert(key4(client), v, 0).unwrap();
             }
             IpAddr::V6(_) => {
-                let key = PersistKeyV6 {
-                    service: SVC6,
-                    client: words(client),
-                };
                 let mut m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
-                m.insert(key, v, 0).unwrap();
+                m.insert(key6(client), v, 0).unwrap();
             }
         }
+    }
+
+    /// Deletes `client`'s persistence entry (if any).
+    pub fn unpersist(&mut self, client: IpAddr) {
+        match client {
+            IpAddr::V4(_) => {
+                let mut m: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
+                let _ = m.remove(&key4(client));
+            }
+            IpAddr::V6(_) => {
+                let mut m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
+                let _ = m.remove(&key6(client));
+            }
+        }
+    }
+
+    /// The probation entry of `client`, from `PROBATION_V4` or `PROBATION_V6`.
+    pub fn probation(&mut self, client: IpAddr) -> Option<ProbationValue> {
+        match client {
+            IpAddr::V4(_) => {
+                let m: HashMap<_, PersistKeyV4, ProbationValue> = self.map(maps::PROBATION_V4);
+                m.get(&key4(client), 0).ok()
+            }
+            IpAddr::V6(_) => {
+                let m: HashMap<_, PersistKeyV6, ProbationValue> = self.map(maps::PROBATION_V6);
+                m.get(&key6(client), 0).ok()
+            }
+        }
+    }
+
+    /// Writes `v` as the probation entry of `client`.
+    pub fn set_probation(&mut self, client: IpAddr, v: ProbationValue) {
+        match client {
+            IpAddr::V4(_) => {
+                let mut m: HashMap<_, PersistKeyV4, ProbationValue> =
+                    self.map(maps::PROBATION_V4);
+                m.insert(key4(client), v, 0).unwrap();
+            }
+            IpAddr::V6(_) => {
+                let mut m: HashMap<_, PersistKeyV6, ProbationValue> =
+                    self.map(maps::PROBATION_V6);
+                m.insert(key6(client), v, 0).unwrap();
+            }
+        }
+    }
+
+    /// Deletes `client`'s probation entry (if any).
+    pub fn unprobation(&mut self, client: IpAddr) {
+        match client {
+            IpAddr::V4(_) => {
+                let mut m: HashMap<_, PersistKeyV4, ProbationValue> =
+                    self.map(maps::PROBATION_V4);
+                let _ = m.remove(&key4(client));
+            }
+            IpAddr::V6(_) => {
+                let mut m: HashMap<_, PersistKeyV6, ProbationValue> =
+                    self.map(maps::PROBATION_V6);
+                let _ = m.remove(&key6(client));
+            }
+        }
+    }
+
+    /// The `REFRESHED_V4` slot of IPv4 client `client`.
+    pub fn refreshed(&mut self, client: Ipv4Addr) -> u64 {
+        let i = self.refreshed_index(client);
+        let m: Array<_, u64> = self.map(maps::REFRESHED_V4);
+        m.get(&i, 0).unwrap()
+    }
+
+    pub fn set_refreshed(&mut self, client: Ipv4Addr, tag: u64) {
+        let i = self.refreshed_index(client);
+        let mut m: Array<_, u64> = self.map(maps::REFRESHED_V4);
+        m.set(i, tag, 0).unwrap();
+    }
+
+    fn refreshed_index(&self, client: Ipv4Addr) -> u32 {
+        client_hash_v4(u32::from_ne_bytes(client.octets()), SEED) & self.setup.refresh_mask
     }
 
     pub fn counters(&mut self) -> Vec<u64> {
         let c: PerCpuArray<_, u64> = self.map(maps::COUNTERS);
         (0..counter::COUNT)
+            .map(|i| c.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    /// `EVENTS`, summed over the CPUs.
+    pub fn events(&mut self) -> Vec<u64> {
+        let c: PerCpuArray<_, u64> = self.map(maps::EVENTS);
+        (0..event::COUNT)
             .map(|i| c.get(&i, 0).unwrap().iter().sum())
             .collect()
     }
@@ -438,7 +861,24 @@ impl Fixture {
             })
     }
 
-    pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+    /// Where a frame arrives by default: `int` when addressed to [`INT_MAC`], else `ext`;
+    /// one-arm: always `ext`.
+    pub fn default_side(&self, frame: &[u8]) -> Side {
+        if self.setup.topology == Topology::TwoArm && frame.len() >= 6 && frame[..6] == INT_MAC {
+            Side::Int
+        } else {
+            Side::Ext
+        }
+    }
+
+    /// Runs the program on `input` arriving on `side`: (action, output frame).
+    pub fn run_on(&mut self, input: &[u8], side: Side) -> (u32, Vec<u8>) {
+        let ingress = self.ifindex(side);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data = data_meta = 0 (no metadata), data_end =
+        // the frame length, egress 0 (xdp_convert_md_to_buff, bpf_prog_test_run_xdp).
+        let md: [u32; 6] = [0, input.len() as u32, 0, ingress, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let prog: &Xdp = self
             .ebpf
             .program(lb_ctl::XDP_PROGRAM)
@@ -446,25 +886,64 @@ impl Fixture {
             .try_into()
             .unwrap();
         let mut out = vec![0u8; input.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
+        let r = self.net.enter(|| {
+            prog.test_run(TestRunOptions {
                 data_in: Some(input),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..Default::default()
             })
-            .expect("BPF_PROG_TEST_RUN");
+            .expect("BPF_PROG_TEST_RUN")
+        });
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
 
-    /// Runs `cases` in order (later rows see the persistence entries earlier rows created)
-    /// and panics listing every row that failed.
+    /// Runs `input` on the interface [`Fixture::default_side`] picks.
+    pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let side = self.default_side(input);
+        self.run_on(input, side)
+    }
+
+    fn port_of_mac(&self, frame: &[u8]) -> Option<u32> {
+        match frame.get(6..12) {
+            Some(m) if m == EXT_MAC => Some(PORT_EXT),
+            Some(m) if m == INT_MAC => Some(PORT_INT),
+            _ => None,
+        }
+    }
+
+    /// Runs `cases` in order (later rows see the entries earlier rows created) and panics
+    /// listing every row that failed (and which slot fast path run it was).
     pub fn check(&mut self, cases: &[Case]) {
         let mut failures = Vec::new();
         for case in cases {
+            let side = case.ingress.unwrap_or_else(|| self.default_side(&case.input));
+            // A redirect row runs with only its expected port in the devmap.
+            let mut removed = None;
+            if let Expect::Redirect(f) = &case.expect {
+                match self.port_of_mac(f) {
+                    Some(port) => {
+                        let other = 1 - port;
+                        if let Some(target) = self.tx_port(other) {
+                            self.set_tx_port(other, None);
+                            removed = Some((other, target));
+                        }
+                    }
+                    None => failures.push(format!(
+                        "{}: the expected frame's source MAC names no port",
+                        case.name
+                    )),
+                }
+            }
             let before = self.counters();
-            let (action, out) = self.run(&case.input);
+            let ev_before = self.events();
+            let (action, out) = self.run_on(&case.input, side);
             let after = self.counters();
+            let ev_after = self.events();
+            if let Some((port, target)) = removed {
+                self.set_tx_port(port, Some(target));
+            }
             let (want_action, want_frame) = match &case.expect {
                 Expect::Pass => (XDP_PASS, Some(&case.input)),
                 Expect::Drop => (XDP_DROP, None),
@@ -500,13 +979,52 @@ impl Fixture {
                     case.name
                 ));
             }
+            if let Some(want) = &case.events {
+                let got: Vec<(u32, u64)> = ev_before
+                    .iter()
+                    .zip(&ev_after)
+                    .enumerate()
+                    .filter(|(_, (b, a))| a != b)
+                    .map(|(i, (b, a))| (i as u32, a - b))
+                    .collect();
+                if &got != want {
+                    let label = |v: &[(u32, u64)]| -> Vec<(&str, u64)> {
+                        v.iter()
+                            .map(|&(i, n)| (event::LABELS[i as usize], n))
+                            .collect()
+                    };
+                    failures.push(format!(
+                        "{}: event deltas {:?}, want {:?}",
+                        case.name,
+                        label(&got),
+                        label(want)
+                    ));
+                }
+            }
         }
         assert!(
             failures.is_empty(),
-            "{} row(s) failed:\n{}",
+            "{} row(s) failed (SLOT_FAST_PATH={}, {:?}{}):\n{}",
             failures.len(),
+            u32::from(self.setup.slot_fast_path),
+            self.setup.topology,
+            if self.setup.dsr { " DSR" } else { "" },
             failures.join("\n")
         );
+    }
+}
+
+fn key4(client: IpAddr) -> PersistKeyV4 {
+    PersistKeyV4 {
+        service: SVC4,
+        client: words(client)[0],
+    }
+}
+
+fn key6(client: IpAddr) -> PersistKeyV6 {
+    PersistKeyV6 {
+        service: SVC6,
+        client: words(client),
     }
 }
 

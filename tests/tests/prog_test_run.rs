@@ -8,25 +8,28 @@
 //! input frame, expected action, expected output frame byte for byte (built independently by
 //! `ikelb_tests::packet`, checksums from scratch), and the one counter the verdict must bump.
 //!
-//! `test_run` delivers every frame on `lo` (ifindex 1) of the test's network namespace, and
-//! does not transmit redirected frames, so the devmap entries point at `lo` and the fixture
-//! names other ifindexes in `IFACES`/`BACKENDS` when a row must leave by a redirect rather
-//! than XDP_TX. `IFINDEX_PORTS` maps `lo` to the external port 0: clients are learned there.
+//! Every frame arrives on a real interface of the fixture's own network namespace (`ext` for
+//! clients, `int` for backends, through `xdp_md.ingress_ifindex`), and each redirect row runs
+//! with only its expected devmap port present, so a frame sent by the wrong port or by
+//! XDP_TX fails the row (`ikelb_tests::xdp`, module doc). Every test runs its table twice:
+//! with the load-time global `SLOT_FAST_PATH` off and on (`Fixture::both_fast_paths`).
+//! New clients land in `PROBATION_V4` (not yet established); `PERSIST_V4` holds established
+//! ones. The edge rules (roles, proof, promotion, FIB evidence, ICMP) are in
+//! `prog_test_run_edge.rs`.
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it each test says so and returns.
 
 use std::net::Ipv4Addr;
 
-use aya::maps::HashMap;
 use ikelb_tests::{
     packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
     xdp::{
-        backend_mac, backend_v4, case, Expect, Fixture, Setup, Topology, EXT_MAC, INT_MAC, LO,
-        PORT_EXT, RING, ROUTER_MAC, SVC4, SVC6, VIP4,
+        backend_mac, backend_v4, case, mac_str, now_ticks, Expect, Fixture, Setup, Side,
+        Topology, EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,
     },
 };
 use lb_common::{
-    counter, maps, PersistValue, Traffic, BACKEND_F_USABLE, DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
+    counter, event, PersistValue, Traffic, BACKEND_F_USABLE, DIR_FORWARD, DIR_REVERSE,
 };
 
 const GATEWAY_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -113,397 +116,395 @@ fn reversed(f: &Ipv4Frame, router: Mac) -> Vec<u8> {
 
 #[test]
 fn forward_path() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let b2 = lb.ring_choice(C2.into());
-    let b3 = lb.ring_choice(C3.into());
+    Fixture::both_fast_paths(setup(), |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let b2 = lb.ring_choice(C2.into());
+        let b3 = lb.ring_choice(C3.into());
 
-    let init = to_vip(C1, 500, 500, &ike(300));
-    let auth = to_vip(C1, 4500, 4500, &ike(400));
-    let nocsum = to_vip(C1, 4500, 4500, &ike(100)).without_udp_checksum();
-    let esp = Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ESP, &ike(120));
-    // C2's IKE_AUTH with certificates, fragmented by its IP stack: the first fragment has the
-    // UDP header (whose checksum covers the whole datagram), the second has no ports.
-    let big = to_vip(C2, 4500, 4500, &ike(1800));
-    let (frag1, frag2) = big.fragments(FRAG_LEN);
-    let (frag1_out, frag2_out) = nat_fragments(&big, backend_v4(b2), INT_MAC, backend_mac(b2));
-    // C3 is first seen through a non-first fragment: steered by address alone.
-    let (_, c3_frag2) = to_vip(C3, 4500, 4500, &ike(1800)).fragments(FRAG_LEN);
-    let esp_out = esp.readdressed(C1, backend_v4(b1)).with_ttl(63);
-    let esp_out = esp_out.with_macs(INT_MAC, backend_mac(b1)).bytes();
+        let init = to_vip(C1, 500, 500, &ike(300));
+        let auth = to_vip(C1, 4500, 4500, &ike(400));
+        let nocsum = to_vip(C1, 4500, 4500, &ike(100)).without_udp_checksum();
+        let esp = Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ESP, &ike(120));
+        // C2's IKE_AUTH with certificates, fragmented by its IP stack: the first fragment has the
+        // UDP header (whose checksum covers the whole datagram), the second has no ports.
+        let big = to_vip(C2, 4500, 4500, &ike(1800));
+        let (frag1, frag2) = big.fragments(FRAG_LEN);
+        let (frag1_out, frag2_out) = nat_fragments(&big, backend_v4(b2), INT_MAC, backend_mac(b2));
+        // C3 is first seen through a non-first fragment: steered by address alone.
+        let (_, c3_frag2) = to_vip(C3, 4500, 4500, &ike(1800)).fragments(FRAG_LEN);
+        let esp_out = esp.readdressed(C1, backend_v4(b1)).with_ttl(63);
+        let esp_out = esp_out.with_macs(INT_MAC, backend_mac(b1)).bytes();
 
-    #[rustfmt::skip]
-    let rows = vec![
-        case("UDP 500 to the VIP", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
-        case("UDP 4500, same client", auth.bytes(), Expect::Redirect(forwarded(&auth, b1)), counter::FORWARD),
-        case("UDP checksum 0 stays 0", nocsum.bytes(), Expect::Redirect(forwarded(&nocsum, b1)), counter::FORWARD),
-        case("ESP, same client", esp.bytes(), Expect::Redirect(esp_out), counter::FORWARD),
-        case("first fragment", frag1.bytes(), Expect::Redirect(frag1_out), counter::FORWARD),
-        case("non-first fragment", frag2.bytes(), Expect::Redirect(frag2_out), counter::FORWARD),
-        case("non-first fragment of a new client", c3_frag2.bytes(), Expect::Redirect(forwarded(&c3_frag2, b3)), counter::FORWARD),
-        case("another UDP port to the VIP", to_vip(C1, 5000, 53, &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
-        case("ICMP echo to the VIP", Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
-        case("TTL 1", to_vip(C1, 500, 500, &ike(50)).with_ttl(1).bytes(), Expect::Pass, counter::PASS_TTL),
-        case("not to a VIP", Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (C1, 500), (Ipv4Addr::new(203, 0, 113, 11), 500), &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-    ];
-    lb.check(&rows);
+        #[rustfmt::skip]
+        let rows = vec![
+            case("UDP 500 to the VIP", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
+            case("UDP 4500, same client", auth.bytes(), Expect::Redirect(forwarded(&auth, b1)), counter::FORWARD),
+            case("UDP checksum 0 stays 0", nocsum.bytes(), Expect::Redirect(forwarded(&nocsum, b1)), counter::FORWARD),
+            case("ESP, same client", esp.bytes(), Expect::Redirect(esp_out), counter::FORWARD),
+            case("first fragment", frag1.bytes(), Expect::Redirect(frag1_out), counter::FORWARD),
+            case("non-first fragment", frag2.bytes(), Expect::Redirect(frag2_out), counter::FORWARD),
+            case("non-first fragment of a new client", c3_frag2.bytes(), Expect::Redirect(forwarded(&c3_frag2, b3)), counter::FORWARD),
+            case("another UDP port to the VIP", to_vip(C1, 5000, 53, &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
+            case("ICMP echo to the VIP", Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, C1, VIP4, PROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
+            case("TTL 1", to_vip(C1, 500, 500, &ike(50)).with_ttl(1).bytes(), Expect::Pass, counter::PASS_TTL),
+            case("not to a VIP", Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (C1, 500), (Ipv4Addr::new(203, 0, 113, 11), 500), &ike(20)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+        ];
+        lb.check(&rows);
 
-    // Persistence entries remember the backend and where the client's frames came from.
-    for (client, id) in [(C1, b1), (C2, b2), (C3, b3)] {
-        let e = lb.persisted(client.into()).expect("a persistence entry");
-        assert_eq!(
-            (e.backend, e.client_mac, e.port),
-            (id, ROUTER_MAC, PORT_EXT as u8)
-        );
-    }
-    // Per-backend traffic: every forwarded frame, its length.
-    let c1_bytes: u64 = [&init, &auth, &nocsum, &esp]
-        .iter()
-        .map(|f| f.bytes().len() as u64)
-        .sum();
-    let c2_bytes = (frag1.bytes().len() + frag2.bytes().len()) as u64;
-    let mut want = [Traffic::default(); 4];
-    for (id, packets, bytes) in [(b1, 4, c1_bytes), (b2, 2, c2_bytes)] {
-        want[id as usize].packets += packets;
-        want[id as usize].bytes += bytes;
-    }
-    want[b3 as usize].packets += 1;
-    want[b3 as usize].bytes += c3_frag2.bytes().len() as u64;
-    for id in 1..=3 {
-        assert_eq!(
-            lb.traffic(id, DIR_FORWARD),
-            want[id as usize],
-            "backend {id} forward traffic"
-        );
-    }
+        // New clients are on probation: the entry remembers the backend and where the
+        // client's frames came from; nothing is established yet.
+        for (client, id) in [(C1, b1), (C2, b2)] {
+            let e = lb.probation(client.into()).expect("a probation entry");
+            assert_eq!(
+                (e.backend, e.client_mac, e.port, e.proof),
+                (id, ROUTER_MAC, PORT_EXT as u8, 0)
+            );
+            assert_eq!(lb.persisted(client.into()), None, "not established");
+        }
+        // A non-first fragment never creates an entry (it proves nothing, and a spoofed one
+        // costs nothing to send).
+        assert_eq!((lb.persisted(C3.into()), lb.probation(C3.into())), (None, None));
+        // Per-backend traffic: every forwarded frame, its length.
+        let c1_bytes: u64 = [&init, &auth, &nocsum, &esp]
+            .iter()
+            .map(|f| f.bytes().len() as u64)
+            .sum();
+        let c2_bytes = (frag1.bytes().len() + frag2.bytes().len()) as u64;
+        let mut want = [Traffic::default(); 4];
+        for (id, packets, bytes) in [(b1, 4, c1_bytes), (b2, 2, c2_bytes)] {
+            want[id as usize].packets += packets;
+            want[id as usize].bytes += bytes;
+        }
+        want[b3 as usize].packets += 1;
+        want[b3 as usize].bytes += c3_frag2.bytes().len() as u64;
+        for id in 1..=3 {
+            assert_eq!(
+                lb.traffic(id, DIR_FORWARD),
+                want[id as usize],
+                "backend {id} forward traffic"
+            );
+        }
+    });
 }
 
 #[test]
 fn malformed_and_foreign_frames_are_never_forwarded() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let good = to_vip(C1, 500, 500, &ike(64)).bytes();
-    let ip = packet::IP_OFFSET;
+    Fixture::both_fast_paths(setup(), |lb| {
+        let good = to_vip(C1, 500, 500, &ike(64)).bytes();
+        let ip = packet::IP_OFFSET;
 
-    let mut ihl4 = good.clone();
-    ihl4[ip] = 0x44;
-    packet::fix_ipv4_checksum(&mut ihl4);
-    let mut version6 = good.clone();
-    version6[ip] = 0x65;
-    let mut too_long = good.clone();
-    too_long[ip + 2..ip + 4].copy_from_slice(&((good.len() - ip + 1) as u16).to_be_bytes());
-    packet::fix_ipv4_checksum(&mut too_long);
-    let mut shorter_than_header = good.clone();
-    shorter_than_header[ip + 2..ip + 4].copy_from_slice(&19u16.to_be_bytes());
-    packet::fix_ipv4_checksum(&mut shorter_than_header);
-    // A UDP header cut after 4 bytes, consistently (total length 24).
-    let mut udp_cut = good[..ip + 24].to_vec();
-    udp_cut[ip + 2..ip + 4].copy_from_slice(&24u16.to_be_bytes());
-    packet::fix_ipv4_checksum(&mut udp_cut);
-    // The same, with Ethernet padding after it: the UDP header "fits" the frame but not the
-    // datagram.
-    let mut udp_cut_padded = udp_cut.clone();
-    udp_cut_padded.resize(60, 0);
+        let mut ihl4 = good.clone();
+        ihl4[ip] = 0x44;
+        packet::fix_ipv4_checksum(&mut ihl4);
+        let mut version6 = good.clone();
+        version6[ip] = 0x65;
+        let mut too_long = good.clone();
+        too_long[ip + 2..ip + 4].copy_from_slice(&((good.len() - ip + 1) as u16).to_be_bytes());
+        packet::fix_ipv4_checksum(&mut too_long);
+        let mut shorter_than_header = good.clone();
+        shorter_than_header[ip + 2..ip + 4].copy_from_slice(&19u16.to_be_bytes());
+        packet::fix_ipv4_checksum(&mut shorter_than_header);
+        // A UDP header cut after 4 bytes, consistently (total length 24).
+        let mut udp_cut = good[..ip + 24].to_vec();
+        udp_cut[ip + 2..ip + 4].copy_from_slice(&24u16.to_be_bytes());
+        packet::fix_ipv4_checksum(&mut udp_cut);
+        // The same, with Ethernet padding after it: the UDP header "fits" the frame but not the
+        // datagram.
+        let mut udp_cut_padded = udp_cut.clone();
+        udp_cut_padded.resize(60, 0);
 
-    #[rustfmt::skip]
-    let rows = vec![
-        // test_run refuses frames shorter than an Ethernet header (EINVAL), so the
-        // truncated-Ethernet branch is reachable only on a real interface.
-        case("IP header truncated", good[..ip + 10].to_vec(), Expect::Drop, counter::DROP_MALFORMED),
-        case("Ethernet header only", good[..ip].to_vec(), Expect::Drop, counter::DROP_MALFORMED),
-        case("IHL 4", ihl4, Expect::Drop, counter::DROP_MALFORMED),
-        case("version 6 in an IPv4 ethertype", version6, Expect::Drop, counter::DROP_MALFORMED),
-        case("total length beyond the frame", too_long, Expect::Drop, counter::DROP_MALFORMED),
-        case("total length below the header", shorter_than_header, Expect::Drop, counter::DROP_MALFORMED),
-        case("UDP header truncated", udp_cut, Expect::Drop, counter::DROP_MALFORMED),
-        case("UDP header beyond the datagram", udp_cut_padded, Expect::Drop, counter::DROP_MALFORMED),
-        case("IP options to the VIP", packet::with_ip_option(&good), Expect::Pass, counter::PASS_IP_OPTIONS),
-        case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP4), Expect::Pass, counter::PASS_NOT_IP),
-        case("802.1Q tagged", packet::vlan_tagged(&good, 0x8100, 7), Expect::Pass, counter::PASS_VLAN),
-        case("802.1ad tagged", packet::vlan_tagged(&good, 0x88a8, 7), Expect::Pass, counter::PASS_VLAN),
-        // IPv6 has its own table (prog_test_run_protocols.rs); one not to a VIP is passed.
-        case("IPv6 not to a VIP", packet::ipv6_udp(ROUTER_MAC, EXT_MAC), Expect::Pass, counter::PASS_NOT_VIP),
-    ];
-    lb.check(&rows);
-    assert_eq!(
-        lb.persisted(C1.into()),
-        None,
-        "nothing was learned from refused frames"
-    );
+        #[rustfmt::skip]
+        let rows = vec![
+            // test_run refuses frames shorter than an Ethernet header (EINVAL), so the
+            // truncated-Ethernet branch is reachable only on a real interface.
+            case("IP header truncated", good[..ip + 10].to_vec(), Expect::Drop, counter::DROP_MALFORMED),
+            case("Ethernet header only", good[..ip].to_vec(), Expect::Drop, counter::DROP_MALFORMED),
+            case("IHL 4", ihl4, Expect::Drop, counter::DROP_MALFORMED),
+            case("version 6 in an IPv4 ethertype", version6, Expect::Drop, counter::DROP_MALFORMED),
+            case("total length beyond the frame", too_long, Expect::Drop, counter::DROP_MALFORMED),
+            case("total length below the header", shorter_than_header, Expect::Drop, counter::DROP_MALFORMED),
+            case("UDP header truncated", udp_cut, Expect::Drop, counter::DROP_MALFORMED),
+            case("UDP header beyond the datagram", udp_cut_padded, Expect::Drop, counter::DROP_MALFORMED),
+            case("IP options to the VIP", packet::with_ip_option(&good), Expect::Pass, counter::PASS_IP_OPTIONS),
+            case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP4), Expect::Pass, counter::PASS_NOT_IP),
+            case("802.1Q tagged", packet::vlan_tagged(&good, 0x8100, 7), Expect::Pass, counter::PASS_VLAN),
+            case("802.1ad tagged", packet::vlan_tagged(&good, 0x88a8, 7), Expect::Pass, counter::PASS_VLAN),
+            // IPv6 has its own table (prog_test_run_protocols.rs); one not to a VIP is passed.
+            case("IPv6 not to a VIP", packet::ipv6_udp(ROUTER_MAC, EXT_MAC), Expect::Pass, counter::PASS_NOT_VIP),
+        ];
+        lb.check(&rows);
+        assert_eq!(
+            (lb.persisted(C1.into()), lb.probation(C1.into())),
+            (None, None),
+            "nothing was learned from refused frames"
+        );
+    });
 }
 
 #[test]
 fn reverse_path() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let other = if b1 == 1 { 2 } else { 1 };
-    let init = to_vip(C1, 500, 500, &ike(300));
+    Fixture::both_fast_paths(setup(), |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let other = if b1 == 1 { 2 } else { 1 };
+        let init = to_vip(C1, 500, 500, &ike(300));
+        // A client without any entry whose ring slot names another backend than b1.
+        let stranger = (1..=250)
+            .map(|i| Ipv4Addr::new(198, 51, 100, i))
+            .find(|&a| lb.ring_choice(a.into()) != b1)
+            .unwrap();
 
-    let reply = from_backend(b1, 500, C1, 500, &ike(200));
-    let nat_t = from_backend(b1, 4500, C1, 4500, &ike(90));
-    let nocsum = from_backend(b1, 4500, C1, 4500, &ike(90)).without_udp_checksum();
-    let big = from_backend(b1, 4500, C1, 4500, &ike(1600));
-    let (frag1, frag2) = big.fragments(FRAG_LEN);
-    let (frag1_out, frag2_out) = reverse_fragments(&big);
-    let esp = Ipv4Frame::raw(
-        backend_mac(b1),
-        INT_MAC,
-        backend_v4(b1),
-        C1,
-        PROTO_ESP,
-        &ike(100),
-    );
-    let esp_out = esp
-        .readdressed(VIP4, C1)
-        .with_ttl(63)
-        .with_macs(EXT_MAC, ROUTER_MAC)
-        .bytes();
-    let echo_reply = Ipv4Frame::raw(
-        backend_mac(b1),
-        INT_MAC,
-        backend_v4(b1),
-        GATEWAY_INT,
-        PROTO_ICMP,
-        &[0, 0, 0xff, 0xff, 0, 0, 0, 0],
-    );
+        let reply = from_backend(b1, 500, C1, 500, &ike(200));
+        let nat_t = from_backend(b1, 4500, C1, 4500, &ike(90));
+        let nocsum = from_backend(b1, 4500, C1, 4500, &ike(90)).without_udp_checksum();
+        let big = from_backend(b1, 4500, C1, 4500, &ike(1600));
+        let (frag1, frag2) = big.fragments(FRAG_LEN);
+        let (frag1_out, frag2_out) = reverse_fragments(&big);
+        let esp = Ipv4Frame::raw(
+            backend_mac(b1),
+            INT_MAC,
+            backend_v4(b1),
+            C1,
+            PROTO_ESP,
+            &ike(100),
+        );
+        let esp_out = esp
+            .readdressed(VIP4, C1)
+            .with_ttl(63)
+            .with_macs(EXT_MAC, ROUTER_MAC)
+            .bytes();
+        let echo_reply = Ipv4Frame::raw(
+            backend_mac(b1),
+            INT_MAC,
+            backend_v4(b1),
+            GATEWAY_INT,
+            PROTO_ICMP,
+            &[0, 0, 0xff, 0xff, 0, 0, 0, 0],
+        );
 
-    #[rustfmt::skip]
-    let rows = vec![
-        case("client's IKE_SA_INIT", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
-        case("backend reply from 500", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
-        case("backend reply from 4500", nat_t.bytes(), Expect::Redirect(reversed(&nat_t, ROUTER_MAC)), counter::REVERSE),
-        case("backend reply, UDP checksum 0", nocsum.bytes(), Expect::Redirect(reversed(&nocsum, ROUTER_MAC)), counter::REVERSE),
-        case("backend reply, first fragment", frag1.bytes(), Expect::Redirect(frag1_out), counter::REVERSE),
-        case("backend reply, non-first fragment", frag2.bytes(), Expect::Redirect(frag2_out), counter::REVERSE),
-        case("backend ESP", esp.bytes(), Expect::Redirect(esp_out), counter::REVERSE),
-        case("backend to a non-client", from_backend(b1, 4500, C2, 4500, &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
-        case("another backend to the client", from_backend(other, 4500, C1, 4500, &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
-        case("backend from another port", from_backend(b1, 22, C1, 40000, &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
-        case("ICMP echo reply to the gateway", echo_reply.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
-        case("backend reply, TTL 1", from_backend(b1, 4500, C1, 4500, &ike(40)).with_ttl(1).bytes(), Expect::Pass, counter::PASS_TTL),
-        case("backend reply with IP options", packet::with_ip_option(&nat_t.bytes()), Expect::Pass, counter::PASS_IP_OPTIONS),
-        case("not from a backend", Ipv4Frame::udp(ROUTER_MAC, INT_MAC, (Ipv4Addr::new(10, 0, 0, 99), 4500), (C1, 4500), &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-    ];
-    lb.check(&rows);
+        #[rustfmt::skip]
+        let rows = vec![
+            case("client's IKE_SA_INIT", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
+            case("backend reply from 500", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
+            case("backend reply from 4500", nat_t.bytes(), Expect::Redirect(reversed(&nat_t, ROUTER_MAC)), counter::REVERSE),
+            case("backend reply, UDP checksum 0", nocsum.bytes(), Expect::Redirect(reversed(&nocsum, ROUTER_MAC)), counter::REVERSE),
+            case("backend reply, first fragment", frag1.bytes(), Expect::Redirect(frag1_out), counter::REVERSE),
+            case("backend reply, non-first fragment", frag2.bytes(), Expect::Redirect(frag2_out), counter::REVERSE),
+            case("backend ESP", esp.bytes(), Expect::Redirect(esp_out), counter::REVERSE),
+            case("backend to a non-client of its ring slot", from_backend(b1, 4500, stranger, 4500, &ike(40)).bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
+            case("another backend to the client", from_backend(other, 4500, C1, 4500, &ike(40)).bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
+            case("backend from another port", from_backend(b1, 22, C1, 40000, &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
+            case("ICMP echo reply to the gateway", echo_reply.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
+            case("backend reply, TTL 1", from_backend(b1, 4500, C1, 4500, &ike(40)).with_ttl(1).bytes(), Expect::Pass, counter::PASS_TTL),
+            case("backend reply with IP options", packet::with_ip_option(&nat_t.bytes()), Expect::Pass, counter::PASS_IP_OPTIONS),
+            case("not from a backend", Ipv4Frame::udp(ROUTER_MAC, INT_MAC, (Ipv4Addr::new(10, 0, 0, 99), 4500), (C1, 4500), &ike(40)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+        ];
+        lb.check(&rows);
 
-    let sent: u64 = [&reply, &nat_t, &nocsum, &frag1, &frag2, &esp]
-        .iter()
-        .map(|f| f.bytes().len() as u64)
-        .sum();
-    assert_eq!(
-        lb.traffic(b1, DIR_REVERSE),
-        Traffic {
-            packets: 6,
-            bytes: sent
-        }
-    );
+        let sent: u64 = [&reply, &nat_t, &nocsum, &frag1, &frag2, &esp]
+            .iter()
+            .map(|f| f.bytes().len() as u64)
+            .sum();
+        assert_eq!(
+            lb.traffic(b1, DIR_REVERSE),
+            Traffic {
+                packets: 6,
+                bytes: sent
+            }
+        );
+    });
 }
 
 #[test]
 fn client_behind_a_new_router_is_relearned() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let first = to_vip(C1, 500, 500, &ike(100));
-    let moved = to_vip(C1, 4500, 4500, &ike(100)).with_macs(ROUTER2_MAC, EXT_MAC);
-    let reply = from_backend(b1, 4500, C1, 4500, &ike(60));
-    #[rustfmt::skip]
-    let rows = [
-        case("via router 1", first.bytes(), Expect::Redirect(forwarded(&first, b1)), counter::FORWARD),
-        case("via router 2", moved.bytes(), Expect::Redirect(forwarded(&moved, b1)), counter::FORWARD),
-        case("reply goes to router 2", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER2_MAC)), counter::REVERSE),
-    ];
-    lb.check(&rows);
+    Fixture::both_fast_paths(setup(), |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let first = to_vip(C1, 500, 500, &ike(100));
+        let moved = to_vip(C1, 4500, 4500, &ike(100)).with_macs(ROUTER2_MAC, EXT_MAC);
+        let reply = from_backend(b1, 4500, C1, 4500, &ike(60));
+        #[rustfmt::skip]
+        let rows = [
+            case("via router 1", first.bytes(), Expect::Redirect(forwarded(&first, b1)), counter::FORWARD)
+                .events(&[(event::PROBATION_INSERT, 1), (event::LOST, 1)]),
+        ];
+        lb.check(&rows);
+        // The upstream router's address now answers from router 2's MAC: the FIB agrees
+        // with the new frames, so the entry learns them.
+        let r = ROUTER4.to_string();
+        let m = mac_str(ROUTER2_MAC);
+        lb.net.ip(&["neigh", "replace", &r, "lladdr", &m, "nud", "permanent", "dev", "ext"]);
+        #[rustfmt::skip]
+        let rows = [
+            case("via router 2", moved.bytes(), Expect::Redirect(forwarded(&moved, b1)), counter::FORWARD)
+                .events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
+            case("reply goes to router 2", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER2_MAC)), counter::REVERSE),
+        ];
+        lb.check(&rows);
+    });
 }
 
 #[test]
 fn one_arm_leaves_by_xdp_tx() {
-    let Some(mut lb) = Fixture::load(Setup {
+    Fixture::both_fast_paths(Setup {
         topology: Topology::OneArm,
         ..setup()
-    }) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let init = to_vip(C1, 500, 500, &ike(100));
-    let reply = from_backend(b1, 500, C1, 500, &ike(60));
-    #[rustfmt::skip]
-    let rows = [
-        case("client to VIP", init.bytes(), Expect::Tx(forwarded_from(&init, b1, EXT_MAC)), counter::FORWARD),
-        case("backend reply", reply.bytes(), Expect::Tx(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
-    ];
-    lb.check(&rows);
+    }, |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let init = to_vip(C1, 500, 500, &ike(100));
+        let reply = from_backend(b1, 500, C1, 500, &ike(60));
+        #[rustfmt::skip]
+        let rows = [
+            case("client to VIP", init.bytes(), Expect::Tx(forwarded_from(&init, b1, EXT_MAC)), counter::FORWARD),
+            case("backend reply", reply.bytes(), Expect::Tx(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
+        ];
+        lb.check(&rows);
+    });
 }
 
 #[test]
 fn dsr_rewrites_macs_and_ttl_only() {
-    let Some(mut lb) = Fixture::load(Setup {
+    Fixture::both_fast_paths(Setup {
         dsr: true,
         ..setup()
-    }) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let init = to_vip(C1, 500, 500, &ike(100));
-    let b = lb.backend(b1);
-    let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
-    #[rustfmt::skip]
-    let rows = [
-        case("client to VIP", init.bytes(), Expect::Redirect(want), counter::FORWARD),
-        // In DSR mode backends answer from the VIP themselves; a packet from a backend
-        // address is not ikelb's.
-        case("backend packet", from_backend(b1, 500, C1, 500, &ike(60)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-    ];
-    lb.check(&rows);
+    }, |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let init = to_vip(C1, 500, 500, &ike(100));
+        let b = lb.backend(b1);
+        let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
+        #[rustfmt::skip]
+        let rows = [
+            case("client to VIP", init.bytes(), Expect::Redirect(want), counter::FORWARD),
+            // In DSR mode backends answer from the VIP themselves; a packet from a backend
+            // address is not ikelb's.
+            case("backend packet", from_backend(b1, 500, C1, 500, &ike(60)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+        ];
+        lb.check(&rows);
+    });
 }
 
 #[test]
 fn unusable_backend_is_reselected() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let b1 = lb.ring_choice(C1.into());
-    let init = to_vip(C1, 500, 500, &ike(100));
-    #[rustfmt::skip]
-    let rows = [case("before", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD)];
-    lb.check(&rows);
+    Fixture::both_fast_paths(setup(), |lb| {
+        let b1 = lb.ring_choice(C1.into());
+        let init = to_vip(C1, 500, 500, &ike(100));
+        #[rustfmt::skip]
+        let rows = [case("before", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD)];
+        lb.check(&rows);
 
-    // The daemon marks b1 down and rebuilds the ring without it.
-    let mut b = lb.backend(b1);
-    b.flags &= !BACKEND_F_USABLE;
-    lb.set_backend(b1, b);
-    let ring = lb.maglev(SVC4, &[b1]);
-    lb.write_ring(SVC4, &ring);
-    let now = lb.ring_choice(C1.into());
-    assert_ne!(now, b1);
+        // The daemon marks b1 down and rebuilds the ring without it.
+        let mut b = lb.backend(b1);
+        b.flags &= !BACKEND_F_USABLE;
+        lb.set_backend(b1, b);
+        let ring = lb.maglev(SVC4, &[b1]);
+        lb.write_ring(SVC4, &ring);
+        let now = lb.ring_choice(C1.into());
+        assert_ne!(now, b1);
 
-    let auth = to_vip(C1, 4500, 4500, &ike(100));
-    #[rustfmt::skip]
-    let rows = [case("after", auth.bytes(), Expect::Redirect(forwarded(&auth, now)), counter::FORWARD)];
-    lb.check(&rows);
-    assert_eq!(lb.persisted(C1.into()).map(|e| e.backend), Some(now));
-}
-
-/// `bpf_ktime_get_coarse_ns()` in persistence ticks, from userspace.
-fn now_ticks() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> TICK_SHIFT) as u32
+        let auth = to_vip(C1, 4500, 4500, &ike(100));
+        #[rustfmt::skip]
+        let rows = [case("after", auth.bytes(), Expect::Redirect(forwarded(&auth, now)), counter::FORWARD)];
+        lb.check(&rows);
+        // The probation entry is re-selected in place.
+        assert_eq!(lb.probation(C1.into()).map(|e| e.backend), Some(now));
+    });
 }
 
 #[test]
 fn persistence_wins_over_the_ring_until_idle() {
-    let Some(mut lb) = Fixture::load(Setup {
+    Fixture::both_fast_paths(Setup {
         persist_timeout_ticks: 100,
         ..setup()
-    }) else {
-        return;
-    };
-    // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
-    let r1 = lb.ring_choice(C1.into());
-    let r2 = lb.ring_choice(C2.into());
-    let p1 = r1 % 3 + 1;
-    let p2 = r2 % 3 + 1;
-    let now = now_ticks();
-    let entry = |backend, atime| PersistValue {
-        backend,
-        atime,
-        client_mac: ROUTER_MAC,
-        port: 0,
-        _pad: 0,
-    };
-    lb.persist(C1.into(), entry(p1, now - 5));
-    lb.persist(C2.into(), entry(p2, now - 500));
-    // C3 is persisted on a backend id the daemon has since given to another service.
-    let r3 = lb.ring_choice(C3.into());
-    let p3 = r3 % 3 + 1;
-    lb.persist(C3.into(), entry(p3, now));
-    let mut b = lb.backend(p3);
-    b.service = SVC6;
-    lb.set_backend(p3, b);
+    }, |lb| {
+        // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
+        let r1 = lb.ring_choice(C1.into());
+        let r2 = lb.ring_choice(C2.into());
+        let p1 = r1 % 3 + 1;
+        let p2 = r2 % 3 + 1;
+        let now = now_ticks();
+        let entry = |backend, atime| PersistValue {
+            backend,
+            atime,
+            client_mac: ROUTER_MAC,
+            port: 0,
+            _pad: 0,
+        };
+        lb.persist(C1.into(), entry(p1, now - 5));
+        lb.persist(C2.into(), entry(p2, now - 500));
+        // C3 is persisted on a backend id the daemon has since given to another service.
+        let r3 = lb.ring_choice(C3.into());
+        let p3 = r3 % 3 + 1;
+        lb.persist(C3.into(), entry(p3, now));
+        let mut b = lb.backend(p3);
+        b.service = SVC6;
+        lb.set_backend(p3, b);
 
-    let f1 = to_vip(C1, 4500, 4500, &ike(80));
-    let f2 = to_vip(C2, 4500, 4500, &ike(80));
-    let f3 = to_vip(C3, 4500, 4500, &ike(80));
-    #[rustfmt::skip]
-    let rows = [
-        case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
-        case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
-        case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
-    ];
-    lb.check(&rows);
-    let e1 = lb.persisted(C1.into()).unwrap();
-    assert_eq!(e1.backend, p1);
-    assert!(e1.atime >= now, "atime refreshed");
-    assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
-    assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
+        let f1 = to_vip(C1, 4500, 4500, &ike(80));
+        let f2 = to_vip(C2, 4500, 4500, &ike(80));
+        let f3 = to_vip(C3, 4500, 4500, &ike(80));
+        #[rustfmt::skip]
+        let rows = [
+            case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
+            case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
+            case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
+        ];
+        lb.check(&rows);
+        let e1 = lb.persisted(C1.into()).unwrap();
+        assert_eq!(e1.backend, p1);
+        assert!(e1.atime >= now, "atime refreshed");
+        assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
+        assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
+    });
 }
 
 #[test]
 fn no_usable_backend_drops() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    lb.write_ring(SVC4, &vec![0; RING as usize]);
-    #[rustfmt::skip]
-    let rows = [case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)];
-    lb.check(&rows);
-    assert_eq!(lb.persisted(C1.into()), None);
+    Fixture::both_fast_paths(setup(), |lb| {
+        lb.write_ring(SVC4, &vec![0; RING as usize]);
+        #[rustfmt::skip]
+        let rows = [case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)];
+        lb.check(&rows);
+        assert_eq!((lb.persisted(C1.into()), lb.probation(C1.into())), (None, None));
+    });
 }
 
 #[test]
 fn inconsistent_maps_drop_as_bad_backend() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    // A ring naming a backend id whose BACKENDS slot was never written.
-    lb.write_ring(SVC4, &vec![9; RING as usize]);
-    #[rustfmt::skip]
-    let rows = [case("missing backend", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
-    lb.check(&rows);
+    Fixture::both_fast_paths(setup(), |lb| {
+        // A ring naming a backend id whose BACKENDS slot was never written.
+        lb.write_ring(SVC4, &vec![9; RING as usize]);
+        #[rustfmt::skip]
+        let rows = [case("missing backend", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
+        lb.check(&rows);
 
-    // A backend whose egress port has no devmap entry.
-    let ring = lb.maglev(SVC4, &[]);
-    lb.write_ring(SVC4, &ring);
-    let b1 = lb.ring_choice(C2.into());
-    let mut b = lb.backend(b1);
-    b.tx_port = 5;
-    lb.set_backend(b1, b);
-    #[rustfmt::skip]
-    let rows = [case("no egress interface", to_vip(C2, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
-    lb.check(&rows);
+        // A backend whose egress port has no devmap entry.
+        let ring = lb.maglev(SVC4, &[]);
+        lb.write_ring(SVC4, &ring);
+        let b1 = lb.ring_choice(C2.into());
+        let mut b = lb.backend(b1);
+        b.tx_port = 5;
+        lb.set_backend(b1, b);
+        #[rustfmt::skip]
+        let rows = [case("no egress interface", to_vip(C2, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_BAD_BACKEND)];
+        lb.check(&rows);
+    });
 }
 
 #[test]
-fn client_on_an_unknown_interface_gets_no_replies() {
-    let Some(mut lb) = Fixture::load(setup()) else {
-        return;
-    };
-    let mut ports: HashMap<_, u32, u32> = lb.map(maps::IFINDEX_PORTS);
-    ports.remove(&LO).unwrap();
-    let b1 = lb.ring_choice(C1.into());
-    let init = to_vip(C1, 500, 500, &ike(100));
-    let reply = from_backend(b1, 500, C1, 500, &ike(60));
-    // Forwarded (the backend is known), but the reply has no interface to leave by: dropped
-    // rather than sent out of a guessed one.
-    #[rustfmt::skip]
-    let rows = [
-        case("client to VIP", init.bytes(), Expect::Redirect(forwarded(&init, b1)), counter::FORWARD),
-        case("backend reply", reply.bytes(), Expect::Drop, counter::DROP_BAD_BACKEND),
-    ];
-    lb.check(&rows);
-    assert_eq!(lb.persisted(C1.into()).map(|e| e.port), Some(u8::MAX));
+fn vip_traffic_only_on_a_clients_interface() {
+    Fixture::both_fast_paths(setup(), |lb| {
+        let init = to_vip(C1, 500, 500, &ike(100));
+        // The same frame arriving on the backends' interface (no clients role).
+        #[rustfmt::skip]
+        let rows = [
+            case("VIP packet on the backends' interface", init.bytes(), Expect::Drop, counter::DROP_NOT_CLIENT_IFACE).on(Side::Int).events(&[]),
+        ];
+        lb.check(&rows);
+        // An interface ikelb is not attached to (no INGRESS entry at all).
+        lb.set_ingress(Side::Ext, 0);
+        #[rustfmt::skip]
+        let rows = [
+            case("VIP packet on an unattached interface", init.bytes(), Expect::Drop, counter::DROP_NOT_CLIENT_IFACE).events(&[]),
+        ];
+        lb.check(&rows);
+        assert_eq!((lb.persisted(C1.into()), lb.probation(C1.into())), (None, None));
+    });
 }
