@@ -87,6 +87,10 @@ pub enum Request {
 /// One answer: `{"ok": Reply}` or `{"error": ApiError}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one answer per operator command, moved once: its size does not matter"
+)]
 pub enum Response {
     Ok(Reply),
     Error(ApiError),
@@ -214,10 +218,19 @@ pub struct HealthCheckInfo {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistenceInfo {
-    /// Entries in `PERSIST_V4` (idle ones included, until the LRU evicts them).
+    /// Entries in `PERSIST_V4`/`_V6`, the established clients (idle ones included, until
+    /// the LRU evicts them).
     pub entries: u64,
     pub capacity: u32,
     pub timeout: String,
+    /// Entries in `PROBATION_V4`/`_V6`, new clients (0 from older daemons).
+    #[serde(default)]
+    pub probation_entries: u64,
+    #[serde(default)]
+    pub probation_capacity: u32,
+    /// Config `new_client_rate` (0 = unlimited).
+    #[serde(default)]
+    pub new_client_rate: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,8 +256,9 @@ pub struct LookupResult {
     /// The backend, or `None` when the packet would be dropped (`no_backend`).
     pub backend: Option<IpAddr>,
     pub backend_id: Option<u32>,
-    /// `persistence` (a live `PERSIST_V4` entry), `maglev` (the client's ring slot) or
-    /// `none` (empty table).
+    /// `persistence` (a live entry of an established client), `probation` (a live entry of
+    /// a new client that has not proven return routability yet), `maglev` (the client's ring
+    /// slot) or `none` (empty table).
     pub source: String,
     /// The client's slot in the active Maglev table.
     pub slot: u32,
@@ -263,6 +277,18 @@ pub struct PersistedInfo {
     /// when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored_because: Option<String>,
+    /// Which map holds it: `persistence` (established) or `probation` (new client).
+    /// Daemons before two-tier persistence had only the former.
+    #[serde(default = "tier_persistence")]
+    pub tier: String,
+    /// A probation entry only: whether the backend's proof (IKE responder SPI, TCP ISN) is
+    /// recorded, i.e. the entry waits for the client to echo it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_recorded: Option<bool>,
+}
+
+fn tier_persistence() -> String {
+    "persistence".to_owned()
 }
 
 /// Why the control socket could not be set up.

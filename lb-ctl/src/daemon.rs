@@ -208,7 +208,10 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(
         std::sync::Arc::new(stats),
         config.persist_timeout_ticks(),
-        config.persistence_entries,
+        crate::metrics::Capacity {
+            persistence: config.persistence_entries,
+            probation: config.probation_entries,
+        },
     )?);
     let mut balancer = Balancer::new(AyaDataplane::new(loaded.ebpf), &config, ifaces, capacity)?;
     // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
@@ -361,17 +364,22 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
     let rings = services * 2 * ring_size;
     // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
     // every entry, and with no IPv6 service nothing is ever inserted there.
-    let v6_persist = if v6_services == 0 {
-        1
+    let (v6_persist, v6_probation) = if v6_services == 0 {
+        (1, 1)
     } else {
-        config.persistence_entries
+        (config.persistence_entries, config.probation_entries)
     };
+    let cpus = possible_cpus();
+    let quota = config.new_client_quota(cpus);
+    let refreshed = config.refreshed_entries();
     let globals = [
         (globals::RING_SIZE, ring_size),
         (globals::PERSIST_TIMEOUT_TICKS, ticks),
         (globals::HASH_SEED, seed),
         (globals::MODE_DSR, dsr),
         (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
+        (globals::NEW_CLIENT_QUOTA, quota),
+        (globals::REFRESH_MASK, refreshed - 1),
     ];
     let max_entries = [
         (maps::RINGS, rings),
@@ -384,10 +392,14 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         (maps::BACKEND_STATS, backend_capacity * 2),
         (maps::PERSIST_V4, config.persistence_entries),
         (maps::PERSIST_V6, v6_persist),
+        (maps::PROBATION_V4, config.probation_entries),
+        (maps::PROBATION_V6, v6_probation),
+        // A power of two: the data path indexes it with `hash & REFRESH_MASK`.
+        (maps::REFRESHED_V4, refreshed),
     ];
     debug!(
         ring_size,
-        ticks, seed, dsr, rings, backend_capacity, "loading the XDP object"
+        ticks, seed, dsr, rings, backend_capacity, cpus, quota, refreshed, "loading the XDP object"
     );
     pin::ensure_bpffs(&config.bpffs)?;
     let specs = pin::expected_specs(EBPF_OBJECT, &max_entries)?;
@@ -434,14 +446,36 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         persist_timeout_ticks = ticks,
         hash_seed = seed,
         dsr = dsr == 1,
+        new_client_quota = quota,
         "XDP object loaded"
     );
+    if quota != 0 {
+        let window_ms = (1u64 << lb_common::QUOTA_WINDOW_SHIFT) as f64 / 1e6;
+        info!(
+            new_client_rate = config.new_client_rate,
+            cpus,
+            per_cpu_window = quota,
+            "new clients rationed: at most {quota} probation entries per CPU every {window_ms:.0} ms"
+        );
+    }
     Ok(Loaded {
         ebpf,
         plan,
         pinned,
         fingerprint,
     })
+}
+
+/// Possible CPUs (`/sys/devices/system/cpu/possible`, what per-CPU maps and the quota are
+/// spread over); 1 when it cannot be read, which only makes the quota more generous.
+fn possible_cpus() -> u32 {
+    match aya::util::nr_cpus() {
+        Ok(n) => n.max(1) as u32,
+        Err((path, e)) => {
+            warn!("reading {path}: {e}; spreading new_client_rate as if there were one CPU");
+            1
+        }
+    }
 }
 
 /// `lb-ctl daemon --unload`: detaches the data path of `config`'s instance and removes its

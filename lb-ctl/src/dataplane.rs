@@ -12,7 +12,8 @@ use aya::{
     Ebpf, Pod,
 };
 use lb_common::{
-    counter, maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, Service, FAMILY_V4,
+    counter, event, maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
+    Service, FAMILY_V4, INGRESS_F_ATTACHED, INGRESS_PORT_MASK, INGRESS_SLOTS,
 };
 
 /// A BPF map operation that failed, naming the map and the entry. aya's errors are boxed:
@@ -53,9 +54,17 @@ pub enum DataplaneError {
 
 /// What the control plane needs from the data path.
 pub trait Dataplane {
-    /// Records interface `port` (its position in the config's `interfaces`): `IFACES[port]`,
-    /// `IFINDEX_PORTS[ifindex] = port` and the devmap entry `TX_PORTS[port] = ifindex`.
-    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError>;
+    /// Records interface `port` (its position in the config's `interfaces`) with its role
+    /// flags (`INGRESS_F_CLIENTS` / `INGRESS_F_BACKENDS`): `IFACES[port]`, the devmap entry
+    /// `TX_PORTS[port] = ifindex`, and [`ingress_value`] in `IFINDEX_PORTS[ifindex]` and, for
+    /// an ifindex below `INGRESS_SLOTS`, `INGRESS[ifindex]`.
+    fn set_iface(&mut self, port: u32, iface: &Iface, roles: u32) -> Result<(), DataplaneError>;
+
+    /// Forgets every interface in `IFINDEX_PORTS` whose ifindex is not in `keep` (interfaces
+    /// that left the config, as a previous daemon left them pinned): its `IFINDEX_PORTS`
+    /// entry is deleted and its `INGRESS` slot zeroed, since its port number may now name
+    /// another interface. Returns how many were forgotten.
+    fn forget_other_ifaces(&mut self, keep: &[u32]) -> Result<usize, DataplaneError>;
 
     /// Writes a service's value to `VIPS_V4`/`VIPS_V6` (by family, keyed by VIP) and to
     /// `SERVICES[id]`.
@@ -84,26 +93,43 @@ pub trait Dataplane {
     /// `COUNTERS`, summed over CPUs, indexed like [`lb_common::counter`].
     fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
 
+    /// `EVENTS`, summed over CPUs, indexed like [`lb_common::event`].
+    fn events(&self) -> Result<Vec<u64>, DataplaneError>;
+
     /// Every entry of `PERSIST_V4`.
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
 
     /// Every entry of `PERSIST_V6`.
     fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError>;
 
-    /// Every entry of both persistence maps, as the control plane counts and drains them.
+    /// Every entry of `PROBATION_V4`.
+    fn probation_v4(&self) -> Result<Vec<(PersistKeyV4, ProbationValue)>, DataplaneError>;
+
+    /// Every entry of `PROBATION_V6`.
+    fn probation_v6(&self) -> Result<Vec<(PersistKeyV6, ProbationValue)>, DataplaneError>;
+
+    /// Every entry of the persistence and probation maps, as the control plane counts and
+    /// drains clients: a client in probation is sent to its backend like an established one.
     fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
-        let v4 = self.persistence_v4()?;
-        let v6 = self.persistence_v6()?;
-        Ok(PersistEntry::both(&v4, &v6))
+        Ok(PersistEntry::all(
+            &self.persistence_v4()?,
+            &self.persistence_v6()?,
+            &self.probation_v4()?,
+            &self.probation_v6()?,
+        ))
     }
 
-    /// A reader of every entry of both persistence maps that owns its own handles on them,
-    /// so a scan of a large map (two syscalls per entry) can run in the blocking pool while
-    /// the daemon's loop goes on (drain idle detection, `backend list`, `status`).
+    /// A reader of every entry of the persistence and probation maps that owns its own
+    /// handles on them, so a scan of a large map (two syscalls per entry) can run in the
+    /// blocking pool while the daemon's loop goes on (drain idle detection, `backend list`,
+    /// `status`).
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError>;
 
-    /// A reader of every `PERSIST_V4` entry with its key, through its own handle on the map
-    /// (the slot flag sweep, `state::Balancer::clear_flags`, runs it in the blocking pool).
+    /// A reader of every `PERSIST_V4` and `PROBATION_V4` entry with its key (a probation
+    /// value as its [`PersistValue`] part), through its own handles on the maps: the slot
+    /// flag sweep (`state::Balancer::clear_flags`) runs it in the blocking pool. Both maps
+    /// name a backend the data path sends the client to, so the sweep's invariant is over
+    /// both.
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError>;
 
     /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
@@ -117,19 +143,61 @@ pub trait Dataplane {
         &self,
         key: &PersistKeyV6,
     ) -> Result<Option<PersistValue>, DataplaneError>;
+
+    /// One entry of `PROBATION_V4` (`lb-ctl lookup`).
+    fn probation_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<ProbationValue>, DataplaneError>;
+
+    /// One entry of `PROBATION_V6` (`lb-ctl lookup`).
+    fn probation_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<ProbationValue>, DataplaneError>;
 }
 
-/// A persistence entry of either family, as the control plane counts clients and detects
-/// idle drains: the service of the client's key and the value. (Which client it is matters
-/// only to `lookup`, which reads the one entry it needs.)
+/// The `INGRESS` / `IFINDEX_PORTS` value of an attached interface: its port, its role flags
+/// and `INGRESS_F_ATTACHED` (a zero slot is "not ours").
+pub fn ingress_value(port: u32, roles: u32) -> u32 {
+    (port & INGRESS_PORT_MASK) | roles | INGRESS_F_ATTACHED
+}
+
+/// The [`PersistValue`] part of a probation entry (its first 16 bytes, same fields): what
+/// the data path sends the client by.
+pub fn probation_as_persist(v: &ProbationValue) -> PersistValue {
+    PersistValue {
+        backend: v.backend,
+        atime: v.atime,
+        client_mac: v.client_mac,
+        port: v.port,
+        _pad: 0,
+    }
+}
+
+/// Which map an entry is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tier {
+    /// `PERSIST_V4`/`_V6`: a client that proved return routability.
+    #[default]
+    Established,
+    /// `PROBATION_V4`/`_V6`: a new client, not proven yet.
+    Probation,
+}
+
+/// A persistence or probation entry of either family, as the control plane counts clients
+/// and detects idle drains: the service of the client's key, the value (a probation value
+/// as its [`PersistValue`] part) and its map. (Which client it is matters only to `lookup`,
+/// which reads the entries it needs.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PersistEntry {
     pub service: u32,
     pub value: PersistValue,
+    pub tier: Tier,
 }
 
 impl PersistEntry {
-    /// The entries of both maps, IPv4 first.
+    /// The entries of both persistence maps, IPv4 first.
     pub fn both(
         v4: &[(PersistKeyV4, PersistValue)],
         v6: &[(PersistKeyV6, PersistValue)],
@@ -137,8 +205,30 @@ impl PersistEntry {
         let v4 = v4.iter().map(|(k, v)| (k.service, *v));
         let v6 = v6.iter().map(|(k, v)| (k.service, *v));
         v4.chain(v6)
-            .map(|(service, value)| Self { service, value })
+            .map(|(service, value)| Self {
+                service,
+                value,
+                tier: Tier::Established,
+            })
             .collect()
+    }
+
+    /// The entries of the persistence maps, then those of the probation maps.
+    pub fn all(
+        v4: &[(PersistKeyV4, PersistValue)],
+        v6: &[(PersistKeyV6, PersistValue)],
+        p4: &[(PersistKeyV4, ProbationValue)],
+        p6: &[(PersistKeyV6, ProbationValue)],
+    ) -> Vec<Self> {
+        let p4 = p4.iter().map(|(k, v)| (k.service, v));
+        let p6 = p6.iter().map(|(k, v)| (k.service, v));
+        let mut out = Self::both(v4, v6);
+        out.extend(p4.chain(p6).map(|(service, v)| Self {
+            service,
+            value: probation_as_persist(v),
+            tier: Tier::Probation,
+        }));
+        out
     }
 }
 
@@ -149,12 +239,12 @@ pub type PersistReader = Box<dyn FnOnce() -> Result<Vec<PersistEntry>, Dataplane
 pub type PersistV4Reader =
     Box<dyn FnOnce() -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> + Send>;
 
-/// Every entry of persistence map `map` (`m`); an LRU entry evicted between `next_key` and
-/// the lookup shows as `KeyNotFound` and is skipped.
-fn read_persistence<T: std::borrow::Borrow<MapData>, K: Pod>(
-    m: &HashMap<T, K, PersistValue>,
+/// Every entry of persistence or probation map `map` (`m`); an LRU entry evicted between
+/// `next_key` and the lookup shows as `KeyNotFound` and is skipped.
+fn read_persistence<T: std::borrow::Borrow<MapData>, K: Pod, V: Pod>(
+    m: &HashMap<T, K, V>,
     map: &'static str,
-) -> Result<Vec<(K, PersistValue)>, DataplaneError> {
+) -> Result<Vec<(K, V)>, DataplaneError> {
     m.iter()
         .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
         .map(|r| {
@@ -290,9 +380,13 @@ impl AyaDataplane {
 }
 
 impl Dataplane for AyaDataplane {
-    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
+    fn set_iface(&mut self, port: u32, iface: &Iface, roles: u32) -> Result<(), DataplaneError> {
+        let value = ingress_value(port, roles);
         self.array_set(maps::IFACES, port, *iface)?;
-        self.hash_insert(maps::IFINDEX_PORTS, iface.ifindex, port)?;
+        self.hash_insert(maps::IFINDEX_PORTS, iface.ifindex, value)?;
+        if iface.ifindex < INGRESS_SLOTS {
+            self.array_set(maps::INGRESS, iface.ifindex, value)?;
+        }
         let map = maps::TX_PORTS;
         let mut tx: DevMap<&mut MapData> =
             DevMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
@@ -305,6 +399,35 @@ impl Dataplane for AyaDataplane {
                 key: port.to_string(),
                 source: Box::new(source),
             })
+    }
+
+    fn forget_other_ifaces(&mut self, keep: &[u32]) -> Result<usize, DataplaneError> {
+        let map = maps::IFINDEX_PORTS;
+        let stale: Vec<u32> = {
+            let m: HashMap<&MapData, u32, u32> =
+                HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
+                    map,
+                    source: Box::new(source),
+                })?;
+            m.keys()
+                .collect::<Result<Vec<u32>, MapError>>()
+                .map_err(|source| DataplaneError::Read {
+                    map,
+                    source: Box::new(source),
+                })?
+                .into_iter()
+                .filter(|i| !keep.contains(i))
+                .collect()
+        };
+        for &ifindex in &stale {
+            // INGRESS first: the data path's per-packet read stops naming the port before
+            // the fallback entry goes.
+            if ifindex < INGRESS_SLOTS {
+                self.array_set(maps::INGRESS, ifindex, 0u32)?;
+            }
+            self.hash_remove(map, ifindex)?;
+        }
+        Ok(stale.len())
     }
 
     fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError> {
@@ -378,20 +501,53 @@ impl Dataplane for AyaDataplane {
             .collect()
     }
 
+    fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+        let map = maps::EVENTS;
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        (0..event::COUNT)
+            .map(|i| {
+                c.get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|source| DataplaneError::Read {
+                        map,
+                        source: Box::new(source),
+                    })
+            })
+            .collect()
+    }
+
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
         let map = maps::PERSIST_V4;
-        read_persistence(&self.persist_map::<PersistKeyV4>(map)?, map)
+        read_persistence(&self.persist_map::<PersistKeyV4, PersistValue>(map)?, map)
     }
 
     fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError> {
         let map = maps::PERSIST_V6;
-        read_persistence(&self.persist_map::<PersistKeyV6>(map)?, map)
+        read_persistence(&self.persist_map::<PersistKeyV6, PersistValue>(map)?, map)
+    }
+
+    fn probation_v4(&self) -> Result<Vec<(PersistKeyV4, ProbationValue)>, DataplaneError> {
+        let map = maps::PROBATION_V4;
+        read_persistence(&self.persist_map::<PersistKeyV4, ProbationValue>(map)?, map)
+    }
+
+    fn probation_v6(&self) -> Result<Vec<(PersistKeyV6, ProbationValue)>, DataplaneError> {
+        let map = maps::PROBATION_V6;
+        read_persistence(&self.persist_map::<PersistKeyV6, ProbationValue>(map)?, map)
     }
 
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
-        let v4 = self.persist_handle::<PersistKeyV4>(maps::PERSIST_V4)?;
-        let v6 = self.persist_handle::<PersistKeyV6>(maps::PERSIST_V6)?;
-        Ok(Box::new(move || Ok(PersistEntry::both(&v4()?, &v6()?))))
+        let v4 = self.persist_handle::<PersistKeyV4, PersistValue>(maps::PERSIST_V4)?;
+        let v6 = self.persist_handle::<PersistKeyV6, PersistValue>(maps::PERSIST_V6)?;
+        let p4 = self.persist_handle::<PersistKeyV4, ProbationValue>(maps::PROBATION_V4)?;
+        let p6 = self.persist_handle::<PersistKeyV6, ProbationValue>(maps::PROBATION_V6)?;
+        Ok(Box::new(move || {
+            Ok(PersistEntry::all(&v4()?, &v6()?, &p4()?, &p6()?))
+        }))
     }
 
     fn persistence_v4_get(
@@ -402,7 +558,27 @@ impl Dataplane for AyaDataplane {
     }
 
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
-        self.persist_handle::<PersistKeyV4>(maps::PERSIST_V4)
+        let v4 = self.persist_handle::<PersistKeyV4, PersistValue>(maps::PERSIST_V4)?;
+        let p4 = self.persist_handle::<PersistKeyV4, ProbationValue>(maps::PROBATION_V4)?;
+        Ok(Box::new(move || {
+            let mut out = v4()?;
+            out.extend(p4()?.iter().map(|(k, v)| (*k, probation_as_persist(v))));
+            Ok(out)
+        }))
+    }
+
+    fn probation_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<ProbationValue>, DataplaneError> {
+        self.persist_get(maps::PROBATION_V4, key)
+    }
+
+    fn probation_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<ProbationValue>, DataplaneError> {
+        self.persist_get(maps::PROBATION_V6, key)
     }
 
     fn persistence_v6_get(
@@ -414,22 +590,22 @@ impl Dataplane for AyaDataplane {
 }
 
 impl AyaDataplane {
-    fn persist_map<K: Pod>(
+    fn persist_map<K: Pod, V: Pod>(
         &self,
         map: &'static str,
-    ) -> Result<HashMap<&MapData, K, PersistValue>, DataplaneError> {
+    ) -> Result<HashMap<&MapData, K, V>, DataplaneError> {
         HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
             map,
             source: Box::new(source),
         })
     }
 
-    fn persist_get<K: Pod>(
+    fn persist_get<K: Pod, V: Pod>(
         &self,
         map: &'static str,
         key: &K,
-    ) -> Result<Option<PersistValue>, DataplaneError> {
-        match self.persist_map::<K>(map)?.get(key, 0) {
+    ) -> Result<Option<V>, DataplaneError> {
+        match self.persist_map::<K, V>(map)?.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(DataplaneError::Read {
@@ -439,17 +615,16 @@ impl AyaDataplane {
         }
     }
 
-    /// A reader of every entry of persistence map `map` through its own (duplicated) fd.
+    /// A reader of every entry of persistence or probation map `map` through its own
+    /// (duplicated) fd.
     #[allow(clippy::type_complexity)]
-    fn persist_handle<K: Pod + Send + 'static>(
+    fn persist_handle<K: Pod + Send + 'static, V: Pod + Send + 'static>(
         &self,
         map: &'static str,
-    ) -> Result<
-        Box<dyn FnOnce() -> Result<Vec<(K, PersistValue)>, DataplaneError> + Send>,
-        DataplaneError,
-    > {
+    ) -> Result<Box<dyn FnOnce() -> Result<Vec<(K, V)>, DataplaneError> + Send>, DataplaneError>
+    {
         use std::os::fd::AsFd;
-        let m = self.persist_map::<K>(map)?;
+        let m = self.persist_map::<K, V>(map)?;
         let read_err = move |source: MapError| DataplaneError::Read {
             map,
             source: Box::new(source),
@@ -466,10 +641,12 @@ impl AyaDataplane {
             })?;
         Ok(Box::new(move || {
             let data = MapData::from_fd(fd).map_err(read_err)?;
-            let m: HashMap<MapData, K, PersistValue> = HashMap::try_from(Map::LruHashMap(data))
-                .map_err(|source| DataplaneError::MapType {
-                    map,
-                    source: Box::new(source),
+            let m: HashMap<MapData, K, V> =
+                HashMap::try_from(Map::LruHashMap(data)).map_err(|source| {
+                    DataplaneError::MapType {
+                        map,
+                        source: Box::new(source),
+                    }
                 })?;
             read_persistence(&m, map)
         }))

@@ -8,9 +8,12 @@
 //!   reason}` (per-CPU `COUNTERS`, one label pair per `lb_common::counter::LABELS` entry),
 //!   `ikelb_backend_packets_total` / `ikelb_backend_bytes_total{vs,backend,direction}`
 //!   (per-CPU `BACKEND_STATS`, `direction` = `forward` client → backend | `reverse`
-//!   backend → client), `ikelb_backend_clients{vs,backend}` and `ikelb_persistence_entries`
-//!   (a walk of `PERSIST_V4`), plus `ikelb_backend_up{vs,backend}` and
-//!   `ikelb_persistence_capacity` from the control plane's view.
+//!   backend → client), `ikelb_xdp_events_total{event}` (per-CPU `EVENTS`, labels
+//!   `lb_common::event::LABELS`), `ikelb_backend_clients{vs,backend}` (established and
+//!   probation entries), `ikelb_persistence_entries` and `ikelb_probation_entries` (walks of
+//!   the persistence and probation maps), plus `ikelb_backend_up{vs,backend}`,
+//!   `ikelb_persistence_capacity` and `ikelb_probation_capacity` from the control plane's
+//!   view.
 //! * **Kept by the daemon**: `ikelb_maglev_rebuilds_total` (one per table flip),
 //!   `ikelb_health_check_duration_seconds{backend}` (histogram) and
 //!   `ikelb_health_checks_total{backend,result}` (fed by the health monitor through
@@ -37,8 +40,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    counter, maps, PersistKeyV4, PersistKeyV6, PersistValue, Traffic, DIR_FORWARD, DIR_REVERSE,
-    TICK_SHIFT,
+    counter, event, maps, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Traffic,
+    DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -49,7 +52,7 @@ use prometheus::{
 use tracing::warn;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, PersistEntry},
+    dataplane::{Dataplane, DataplaneError, PersistEntry, Tier},
     health::{Probe, ProbeObserver},
     state::Balancer,
 };
@@ -79,9 +82,11 @@ pub struct BackendLabel {
 pub trait StatsSource: Send + Sync + 'static {
     /// `COUNTERS` summed over CPUs, indexed like `lb_common::counter`.
     fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
+    /// `EVENTS` summed over CPUs, indexed like `lb_common::event`.
+    fn events(&self) -> Result<Vec<u64>, DataplaneError>;
     /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
-    /// Every entry of `PERSIST_V4` and `PERSIST_V6`.
+    /// Every entry of `PERSIST_V4`, `PERSIST_V6`, `PROBATION_V4` and `PROBATION_V6`.
     fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError>;
 }
 
@@ -96,14 +101,29 @@ fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
 /// never waits for the control loop.
 pub struct PinnedStats {
     counters: PerCpuArray<MapData, u64>,
+    events: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, Traffic>,
     persist: HashMap<MapData, PersistKeyV4, PersistValue>,
     persist6: HashMap<MapData, PersistKeyV6, PersistValue>,
+    probation: HashMap<MapData, PersistKeyV4, ProbationValue>,
+    probation6: HashMap<MapData, PersistKeyV6, ProbationValue>,
+}
+
+/// Every entry of `m`; an LRU entry evicted between next_key and lookup shows as
+/// KeyNotFound and is skipped.
+fn entries<K: aya::Pod, V: aya::Pod>(
+    m: &HashMap<MapData, K, V>,
+    map: &'static str,
+) -> Result<Vec<(K, V)>, DataplaneError> {
+    m.iter()
+        .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
+        .map(|r| r.map_err(read_err(map)))
+        .collect()
 }
 
 impl PinnedStats {
-    /// Opens `COUNTERS`, `BACKEND_STATS`, `PERSIST_V4` and `PERSIST_V6` from `maps_dir`
-    /// (`pin::Pins::maps_dir`).
+    /// Opens `COUNTERS`, `EVENTS`, `BACKEND_STATS` and the persistence and probation maps
+    /// from `maps_dir` (`pin::Pins::maps_dir`).
     pub fn open(maps_dir: &Path) -> Result<Self, DataplaneError> {
         fn open(dir: &Path, map: &'static str) -> Result<Map, DataplaneError> {
             let data = MapData::from_pin(dir.join(map)).map_err(read_err(map))?;
@@ -118,12 +138,18 @@ impl PinnedStats {
         Ok(Self {
             counters: PerCpuArray::try_from(open(maps_dir, maps::COUNTERS)?)
                 .map_err(typed(maps::COUNTERS))?,
+            events: PerCpuArray::try_from(open(maps_dir, maps::EVENTS)?)
+                .map_err(typed(maps::EVENTS))?,
             stats: PerCpuArray::try_from(open(maps_dir, maps::BACKEND_STATS)?)
                 .map_err(typed(maps::BACKEND_STATS))?,
             persist: HashMap::try_from(open(maps_dir, maps::PERSIST_V4)?)
                 .map_err(typed(maps::PERSIST_V4))?,
             persist6: HashMap::try_from(open(maps_dir, maps::PERSIST_V6)?)
                 .map_err(typed(maps::PERSIST_V6))?,
+            probation: HashMap::try_from(open(maps_dir, maps::PROBATION_V4)?)
+                .map_err(typed(maps::PROBATION_V4))?,
+            probation6: HashMap::try_from(open(maps_dir, maps::PROBATION_V6)?)
+                .map_err(typed(maps::PROBATION_V6))?,
         })
     }
 }
@@ -136,6 +162,17 @@ impl StatsSource for PinnedStats {
                     .get(&i, 0)
                     .map(|v| v.iter().sum())
                     .map_err(read_err(maps::COUNTERS))
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..event::COUNT)
+            .map(|i| {
+                self.events
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(read_err(maps::EVENTS))
             })
             .collect()
     }
@@ -155,20 +192,12 @@ impl StatsSource for PinnedStats {
     }
 
     fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
-        // An LRU entry evicted between next_key and lookup shows as KeyNotFound: skip it.
-        let v4: Vec<_> = self
-            .persist
-            .iter()
-            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-            .map(|r| r.map_err(read_err(maps::PERSIST_V4)))
-            .collect::<Result<_, _>>()?;
-        let v6: Vec<_> = self
-            .persist6
-            .iter()
-            .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-            .map(|r| r.map_err(read_err(maps::PERSIST_V6)))
-            .collect::<Result<_, _>>()?;
-        Ok(PersistEntry::both(&v4, &v6))
+        Ok(PersistEntry::all(
+            &entries(&self.persist, maps::PERSIST_V4)?,
+            &entries(&self.persist6, maps::PERSIST_V6)?,
+            &entries(&self.probation, maps::PROBATION_V4)?,
+            &entries(&self.probation6, maps::PROBATION_V6)?,
+        ))
     }
 }
 
@@ -193,8 +222,16 @@ pub struct DataplaneCollector {
     source: Arc<dyn StatsSource>,
     view: Arc<RwLock<View>>,
     persist_timeout_ticks: u32,
-    persistence_capacity: i64,
+    capacity: Capacity,
     descs: Vec<Desc>,
+}
+
+/// The sizes of the persistence and probation maps (config `persistence_entries`,
+/// `probation_entries`), for the `*_capacity` gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub persistence: u32,
+    pub probation: u32,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -212,12 +249,15 @@ fn gauge(name: &str, help: &str) -> IntGauge {
 /// Fresh (empty) metrics of every family the collector exports; one set per scrape.
 struct Families {
     xdp: IntCounterVec,
+    events: IntCounterVec,
     packets: IntCounterVec,
     bytes: IntCounterVec,
     up: IntGaugeVec,
     clients: IntGaugeVec,
     entries: IntGauge,
     capacity: IntGauge,
+    probation: IntGauge,
+    probation_capacity: IntGauge,
 }
 
 impl Families {
@@ -227,6 +267,12 @@ impl Families {
                 "ikelb_xdp_packets_total",
                 "Packets the XDP program handled, by verdict (action) and why (reason).",
                 &["action", "reason"],
+            ),
+            events: counter_vec(
+                "ikelb_xdp_events_total",
+                "Things the XDP program did on the way to a verdict (probation inserts, \
+                 promotions, throttled new clients, lost clients, MAC moves, ...).",
+                &["event"],
             ),
             packets: counter_vec(
                 "ikelb_backend_packets_total",
@@ -256,20 +302,35 @@ impl Families {
                 "ikelb_persistence_capacity",
                 "Capacity of the persistence map (persistence_entries).",
             ),
+            probation: gauge(
+                "ikelb_probation_entries",
+                "Probation entries (new clients not yet proven) seen within persistence_timeout.",
+            ),
+            probation_capacity: gauge(
+                "ikelb_probation_capacity",
+                "Capacity of the probation map (probation_entries).",
+            ),
         }
     }
 
-    fn descs(&self) -> Vec<Desc> {
-        let mut d = Vec::new();
-        for c in [
-            &self.xdp as &dyn Collector,
+    fn all(&self) -> [&dyn Collector; 10] {
+        [
+            &self.xdp,
+            &self.events,
             &self.packets,
             &self.bytes,
             &self.up,
             &self.clients,
             &self.entries,
             &self.capacity,
-        ] {
+            &self.probation,
+            &self.probation_capacity,
+        ]
+    }
+
+    fn descs(&self) -> Vec<Desc> {
+        let mut d = Vec::new();
+        for c in self.all() {
             d.extend(c.desc().into_iter().cloned());
         }
         d
@@ -281,13 +342,13 @@ impl DataplaneCollector {
         source: Arc<dyn StatsSource>,
         view: Arc<RwLock<View>>,
         persist_timeout_ticks: u32,
-        persistence_capacity: u32,
+        capacity: Capacity,
     ) -> Self {
         Self {
             source,
             view,
             persist_timeout_ticks,
-            persistence_capacity: i64::from(persistence_capacity),
+            capacity,
             descs: Families::new().descs(),
         }
     }
@@ -297,7 +358,14 @@ impl DataplaneCollector {
         for ((action, reason), n) in counter::LABELS.iter().zip(&counters) {
             f.xdp.with_label_values(&[*action, *reason]).inc_by(*n);
         }
-        f.capacity.set(self.persistence_capacity);
+        // Events before anything that may fail late (a map walk): each scrape exports what
+        // it could read.
+        let events = self.source.events()?;
+        for (label, n) in event::LABELS.iter().zip(&events) {
+            f.events.with_label_values(&[*label]).inc_by(*n);
+        }
+        f.capacity.set(i64::from(self.capacity.persistence));
+        f.probation_capacity.set(i64::from(self.capacity.probation));
         let backends = self.view.read().expect("not poisoned").backends.clone();
         for b in &backends {
             let addr = b.address.to_string();
@@ -314,12 +382,20 @@ impl DataplaneCollector {
             f.clients.with_label_values(&[b.vs.as_str(), &addr]).set(0);
         }
         let now = now_ticks();
-        let mut live = 0;
-        for PersistEntry { service, value } in self.source.persistence()? {
+        let (mut live, mut probation) = (0, 0);
+        for PersistEntry {
+            service,
+            value,
+            tier,
+        } in self.source.persistence()?
+        {
             if now.wrapping_sub(value.atime) > self.persist_timeout_ticks {
                 continue;
             }
-            live += 1;
+            match tier {
+                Tier::Established => live += 1,
+                Tier::Probation => probation += 1,
+            }
             if let Some(b) = backends
                 .iter()
                 .find(|b| b.id == value.backend && b.service == service)
@@ -330,6 +406,7 @@ impl DataplaneCollector {
             }
         }
         f.entries.set(live);
+        f.probation.set(probation);
         Ok(())
     }
 }
@@ -346,15 +423,7 @@ impl Collector for DataplaneCollector {
             warn!("scrape: reading the data path: {}", crate::error_chain(&e));
         }
         let mut out = Vec::new();
-        for c in [
-            &f.xdp as &dyn Collector,
-            &f.packets,
-            &f.bytes,
-            &f.up,
-            &f.clients,
-            &f.entries,
-            &f.capacity,
-        ] {
+        for c in f.all() {
             out.extend(c.collect());
         }
         out
@@ -385,12 +454,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `persist_timeout_ticks` and `persistence_capacity` come from the config (a client
-    /// idle longer than the former is not counted).
+    /// `persist_timeout_ticks` and `capacity` come from the config (a client idle longer
+    /// than the former is not counted).
     pub fn new(
         source: Arc<dyn StatsSource>,
         persist_timeout_ticks: u32,
-        persistence_capacity: u32,
+        capacity: Capacity,
     ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let view = Arc::new(RwLock::new(View::default()));
@@ -405,7 +474,7 @@ impl Metrics {
                 source,
                 Arc::clone(&view),
                 persist_timeout_ticks,
-                persistence_capacity,
+                capacity,
             )),
         )?;
         let rebuilds = IntCounter::new(

@@ -87,6 +87,18 @@ pub fn render(reply: &Reply) -> String {
                 "persistence: {} of {} entries, idle timeout {}",
                 p.entries, p.capacity, p.timeout
             );
+            // Absent (0) from daemons before two-tier persistence.
+            if p.probation_capacity > 0 {
+                let rate = match p.new_client_rate {
+                    0 => "unlimited".to_owned(),
+                    r => format!("at most {r}/s"),
+                };
+                let _ = writeln!(
+                    out,
+                    "probation (new clients): {} of {} entries, new clients {rate}",
+                    p.probation_entries, p.probation_capacity
+                );
+            }
             for vs in &s.virtual_servers {
                 let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
                 let tcp = if vs.tcp_ports.is_empty() {
@@ -162,17 +174,22 @@ fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
     }
     let rows = results.iter().map(|r| {
         let detail = match &r.persisted {
-            None => "no persistence entry".to_owned(),
+            None => "no persistence or probation entry".to_owned(),
             Some(p) => {
                 let on = p
                     .backend
                     .map_or_else(|| format!("id {}", p.backend_id), |a| a.to_string());
+                // A new client: in probation until it echoes what its backend sent it.
+                let what = match p.proof_recorded {
+                    None => "persisted",
+                    Some(false) => "in probation (no reply from the backend yet)",
+                    Some(true) => "in probation (waiting for the client to echo the backend)",
+                };
                 match &p.ignored_because {
-                    None => format!("persisted, idle {}s", p.idle_seconds),
-                    Some(why) => format!(
-                        "persisted on {on} (idle {}s), ignored: {why}",
-                        p.idle_seconds
-                    ),
+                    None => format!("{what}, idle {}s", p.idle_seconds),
+                    Some(why) => {
+                        format!("{what} on {on} (idle {}s), ignored: {why}", p.idle_seconds)
+                    }
                 }
             }
         };

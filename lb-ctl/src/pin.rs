@@ -41,6 +41,14 @@
 //!   re-selected by Maglev, which picks the same backend unless the backend set changed.
 //!   A migration interrupted by a crash leaves `maps-new/` behind; the next start removes it
 //!   and migrates again from `maps/`.
+//! * **A map this build has and the pins lack** (an upgrade that adds maps, e.g. from the
+//!   build before two-tier persistence: no `PROBATION_*`, `REFRESHED_V4`, `INGRESS`, `QUOTA`,
+//!   `EVENTS`, and a `COUNTERS` of 16 entries) is a reason to migrate as well, never to
+//!   create it beside the old ones: the old program keeps reading the old set until its link
+//!   is swapped, and some values changed meaning (`IFINDEX_PORTS` holds role flags now, which
+//!   the old program would take for a port). The new maps start empty; the persistence
+//!   entries (and probation entries, when the old set has them) are carried over; the
+//!   counters start from zero (a counter reset to Prometheus).
 //! * **Interfaces** in the config without a link pin are attached fresh (and pinned); link pins
 //!   of interfaces no longer in the config are removed, which detaches them. A link whose
 //!   interface disappeared (`ENOLINK` on update) is replaced by a fresh attachment. The XDP
@@ -73,7 +81,7 @@ use aya::{
     },
     EbpfLoader,
 };
-use lb_common::{maps, Backend, PersistKeyV4, PersistKeyV6, PersistValue, Service};
+use lb_common::{maps, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Service};
 use tracing::{debug, info, warn};
 
 /// `BPF_F_RDONLY_PROG` from `linux/bpf.h`.
@@ -102,6 +110,12 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::BACKEND_IDS_V6,
     maps::PERSIST_V4,
     maps::PERSIST_V6,
+    maps::PROBATION_V4,
+    maps::PROBATION_V6,
+    maps::REFRESHED_V4,
+    maps::INGRESS,
+    maps::QUOTA,
+    maps::EVENTS,
     maps::IFACES,
     maps::IFINDEX_PORTS,
     maps::TX_PORTS,
@@ -586,10 +600,11 @@ pub fn read_state(pins: &Pins, ring_size: Option<u32>) -> Result<PinnedState, Pi
     Ok(state)
 }
 
-/// Copies every persistence entry of the current (old) map set into the maps of `ebpf` (the
-/// new set) when both have the same layout; returns how many were copied.
+/// Copies every persistence and probation entry of the current (old) map set into the maps
+/// of `ebpf` (the new set) when both have the same layout; returns how many were copied. An
+/// old set without probation maps (an older build) simply has none to copy.
 pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinError> {
-    fn copy<K: aya::Pod>(
+    fn copy<K: aya::Pod, V: aya::Pod>(
         pins: &Pins,
         ebpf: &mut aya::Ebpf,
         map: &'static str,
@@ -597,7 +612,7 @@ pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinE
         let Ok(old) = open_pinned(&pins.map(map), map) else {
             return Ok(0);
         };
-        let Ok(old) = HashMap::<MapData, K, PersistValue>::try_from(old) else {
+        let Ok(old) = HashMap::<MapData, K, V>::try_from(old) else {
             warn!(
                 map,
                 "the old persistence map has another layout: clients are re-balanced by Maglev"
@@ -607,7 +622,7 @@ pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinE
         let Some(new) = ebpf.map_mut(map) else {
             return Ok(0);
         };
-        let mut new: HashMap<&mut MapData, K, PersistValue> =
+        let mut new: HashMap<&mut MapData, K, V> =
             HashMap::try_from(new).map_err(|source| PinError::Map {
                 map,
                 op: "type",
@@ -623,8 +638,12 @@ pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinE
         }
         Ok(n)
     }
-    Ok(copy::<PersistKeyV4>(pins, ebpf, maps::PERSIST_V4)?
-        + copy::<PersistKeyV6>(pins, ebpf, maps::PERSIST_V6)?)
+    Ok(
+        copy::<PersistKeyV4, PersistValue>(pins, ebpf, maps::PERSIST_V4)?
+            + copy::<PersistKeyV6, PersistValue>(pins, ebpf, maps::PERSIST_V6)?
+            + copy::<PersistKeyV4, ProbationValue>(pins, ebpf, maps::PROBATION_V4)?
+            + copy::<PersistKeyV6, ProbationValue>(pins, ebpf, maps::PROBATION_V6)?,
+    )
 }
 
 /// Moves `maps-new/` to `maps/` once every link runs the program that uses it.

@@ -53,22 +53,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::{
-    hash::{client_hash_v4, client_hash_v6},
-    PersistKeyV4, PersistKeyV6, TICK_SHIFT,
-};
+use lb_common::TICK_SHIFT;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::{
     api::{
-        ApiError, BackendInfo, ControlSocket, ErrorCode, HealthCheckInfo, LookupResult,
-        PersistedInfo, PersistenceInfo, Reply, Request, Response, SocketError, Status,
-        VirtualServerStatus,
+        ApiError, BackendInfo, ControlSocket, ErrorCode, HealthCheckInfo, PersistenceInfo, Reply,
+        Request, Response, SocketError, Status, VirtualServerStatus,
     },
     config::{self, Config, Mode, MAX_WEIGHT},
-    dataplane::{addr_words, Dataplane, DataplaneError, PersistEntry},
+    dataplane::{Dataplane, DataplaneError, PersistEntry, Tier},
     health::{
         HealthError, HealthState, IcmpProber, Monitor, ProbeObserver, Report, Target, Tracker,
     },
@@ -797,9 +793,12 @@ impl Controller {
                 rise: c.health_check.rise,
             },
             persistence: PersistenceInfo {
-                entries: entries.len() as u64,
+                entries: tier_count(entries, Tier::Established),
                 capacity: c.persistence_entries,
                 timeout: fmt(c.persistence_timeout),
+                probation_entries: tier_count(entries, Tier::Probation),
+                probation_capacity: c.probation_entries,
+                new_client_rate: c.new_client_rate,
             },
             virtual_servers: lb
                 .services()
@@ -834,80 +833,7 @@ impl Controller {
         client: IpAddr,
         now: Clock,
     ) -> Result<Reply, ApiError> {
-        if !self
-            .config
-            .virtual_servers
-            .iter()
-            .any(|vs| vs.vip.is_ipv4() == client.is_ipv4())
-        {
-            let family = if client.is_ipv4() { "IPv4" } else { "IPv6" };
-            return Err(ApiError::new(
-                ErrorCode::InvalidAddress,
-                format!("{client}: no virtual server has an {family} VIP"),
-            ));
-        }
-        let words = addr_words(client);
-        let timeout = self.config.persist_timeout_ticks();
-        let mut results = Vec::new();
-        for (s, vs) in lb.services().iter().zip(&self.config.virtual_servers) {
-            if vs.vip.is_ipv4() != client.is_ipv4() {
-                continue;
-            }
-            let (hash, entry) = if client.is_ipv4() {
-                let key = PersistKeyV4 {
-                    service: s.value.id,
-                    client: words[0],
-                };
-                let hash = client_hash_v4(words[0], lb.seed());
-                (hash, lb.dataplane().persistence_v4_get(&key))
-            } else {
-                let key = PersistKeyV6 {
-                    service: s.value.id,
-                    client: words,
-                };
-                let hash = client_hash_v6(&words, lb.seed());
-                (hash, lb.dataplane().persistence_v6_get(&key))
-            };
-            let entry = entry.map_err(dp_error)?;
-            let slot = hash % lb.ring_size();
-            let ring_id = s.active_backend(slot as usize);
-            let mut persisted = None;
-            let mut chosen = None;
-            if let Some(e) = entry {
-                let idle = now.tick.wrapping_sub(e.atime);
-                let b = lb.backend(e.backend).filter(|b| b.service == s.value.id);
-                let ignored = match b {
-                    None => Some("backend removed"),
-                    Some(b) if !b.usable() => Some("backend unusable"),
-                    Some(_) if idle > timeout => Some("idle"),
-                    Some(_) => None,
-                };
-                if ignored.is_none() {
-                    chosen = Some(e.backend);
-                }
-                persisted = Some(PersistedInfo {
-                    backend_id: e.backend,
-                    backend: b.map(|b| b.address),
-                    idle_seconds: (TICK * idle).as_secs(),
-                    ignored_because: ignored.map(str::to_owned),
-                });
-            }
-            let (source, id) = match chosen {
-                Some(id) => ("persistence", Some(id)),
-                None if ring_id == lb_common::BACKEND_NONE => ("none", None),
-                None => ("maglev", Some(ring_id)),
-            };
-            results.push(LookupResult {
-                virtual_server: s.name.clone(),
-                vip: vs.vip,
-                backend: id.and_then(|id| lb.backend(id)).map(|b| b.address),
-                backend_id: id,
-                source: source.to_owned(),
-                slot,
-                persisted,
-            });
-        }
-        Ok(Reply::Lookup { client, results })
+        lookup::lookup(&self.config, lb, client, now)
     }
 
     // -- helpers -----------------------------------------------------------------------
@@ -1095,7 +1021,8 @@ fn service_by_name<D: Dataplane>(
         .or_else(|| (0..lb.services().len()).find(named))
 }
 
-/// Entries per backend id that name a backend of their own service and are not idle.
+/// Entries (persistence and probation) per backend id that name a backend of their own
+/// service and are not idle.
 fn count_active<D: Dataplane>(
     lb: &Balancer<D>,
     entries: &[PersistEntry],
@@ -1103,7 +1030,11 @@ fn count_active<D: Dataplane>(
     timeout: u32,
 ) -> HashMap<u32, u64> {
     let mut out = HashMap::new();
-    for PersistEntry { service, value: v } in entries {
+    // Established and probation entries alike: the data path sends both to their backend.
+    for PersistEntry {
+        service, value: v, ..
+    } in entries
+    {
         let Some(b) = lb.backend(v.backend) else {
             continue;
         };
@@ -1112,6 +1043,11 @@ fn count_active<D: Dataplane>(
         }
     }
     out
+}
+
+/// Entries of `tier` (idle ones included, until the LRU recycles them).
+fn tier_count(entries: &[PersistEntry], tier: Tier) -> u64 {
+    entries.iter().filter(|e| e.tier == tier).count() as u64
 }
 
 fn lb_capacity<D: Dataplane>(lb: &Balancer<D>) -> usize {
@@ -1411,6 +1347,7 @@ impl Drop for Runtime {
 
 #[cfg(test)]
 mod dual_stack_tests;
+mod lookup;
 mod sweep;
 #[cfg(test)]
 mod tests;

@@ -44,7 +44,9 @@
 //!   ([`Balancer::flag_all_slots`]).
 //! * **Clearing** (the sweep, every `persistence_timeout`/4 while the fast path is on): (1)
 //!   [`Balancer::sweep_ticket`] on the daemon's loop records the epoch E (flips so far) and
-//!   the tick T; (2) off the loop, after [`SWEEP_GRACE`], `PERSIST_V4` is read; (3)
+//!   the tick T; (2) off the loop, after [`SWEEP_GRACE`], `PERSIST_V4` and `PROBATION_V4`
+//!   are read (a new client's probation entry names the backend the data path sends it to
+//!   just as an established entry does: the invariant is over both maps); (3)
 //!   [`Balancer::clear_flags`], back on the loop, clears the flag of each slot that is
 //!   flagged, whose backend last changed at an epoch ≤ E, and for which no entry live at T
 //!   (the data path's idle test, one tick of margin) names another backend than the active
@@ -271,6 +273,8 @@ pub struct Balancer<D> {
     ring_size: u32,
     seed: u32,
     ifaces: Vec<IfaceInfo>,
+    /// `INGRESS_F_*` role flags of each interface (same order as `ifaces`).
+    roles: Vec<u32>,
     services: Vec<ServiceState>,
     backends: BTreeMap<u32, BackendState>,
     ids: IdAllocator,
@@ -369,11 +373,22 @@ impl<D: Dataplane> Balancer<D> {
                 flag_all: false,
             });
         }
+        // Interfaces beyond the config's (only in tests) get both roles.
+        let roles = (0..ifaces.len())
+            .map(|i| {
+                config
+                    .interfaces
+                    .get(i)
+                    .map_or(crate::config::Role::Both, |s| s.role)
+                    .ingress_flags()
+            })
+            .collect();
         Ok(Self {
             dp,
             ring_size: m,
             seed: config.hash_seed,
             ifaces,
+            roles,
             services,
             backends,
             ids,
@@ -536,7 +551,7 @@ impl<D: Dataplane> Balancer<D> {
     pub fn apply(&mut self) -> Result<ApplyReport, StateError> {
         let mut report = ApplyReport::default();
         if !self.ifaces_written {
-            for (port, i) in self.ifaces.iter().enumerate() {
+            for (port, (i, &roles)) in self.ifaces.iter().zip(&self.roles).enumerate() {
                 self.dp.set_iface(
                     port as u32,
                     &Iface {
@@ -544,8 +559,13 @@ impl<D: Dataplane> Balancer<D> {
                         mac: i.mac,
                         _pad: [0; 2],
                     },
+                    roles,
                 )?;
             }
+            // Interfaces a previous daemon attached that left the config: their port may
+            // now be another interface's.
+            let keep: Vec<u32> = self.ifaces.iter().map(|i| i.ifindex).collect();
+            self.dp.forget_other_ifaces(&keep)?;
             self.ifaces_written = true;
         }
         report.backends_written += self.write_backends(true)?;
@@ -735,7 +755,8 @@ impl<D: Dataplane> Balancer<D> {
 
     /// Ends a flag sweep: clears `RING_F_CHANGED` on every slot of an IPv4 service's active
     /// table that is flagged, whose backend has not changed since `ticket`, and that no
-    /// entry of `entries` (a read of `PERSIST_V4` begun at least [`SWEEP_GRACE`] after the
+    /// entry of `entries` (a read of `PERSIST_V4` and `PROBATION_V4`, the latter as their
+    /// `PersistValue` part, begun at least [`SWEEP_GRACE`] after the
     /// ticket) disagrees with while live. Live: `ticket.tick − atime ≤ timeout + 1` ticks (the
     /// data path's own idle test, one tick more; an atime after the ticket is live). The
     /// active table's slots and the mirror are written in place.

@@ -40,17 +40,23 @@ pub enum Op {
 pub struct FakeDataplane {
     pub ops: Vec<Op>,
     pub ifaces: BTreeMap<u32, Iface>,
+    /// ifindex → [`ingress_value`] (`IFINDEX_PORTS`).
     pub ifindex_ports: BTreeMap<u32, u32>,
+    /// `INGRESS`: only the non-zero slots.
+    pub ingress: BTreeMap<u32, u32>,
     pub vips: BTreeMap<[u32; 4], Service>,
     pub services: BTreeMap<u32, Service>,
     pub backends: BTreeMap<u32, Backend>,
     pub backend_ids: BTreeMap<[u32; 4], u32>,
     pub rings: BTreeMap<u32, u32>,
     pub counters: Vec<u64>,
+    pub events: Vec<u64>,
     pub persist_v4: Vec<(PersistKeyV4, PersistValue)>,
     pub persist_v6: Vec<(PersistKeyV6, PersistValue)>,
     /// Fail the next `write_ring_slots` after writing this many of its slots.
     pub fail_ring_write_after: Option<usize>,
+    pub probation_v4: Vec<(PersistKeyV4, ProbationValue)>,
+    pub probation_v6: Vec<(PersistKeyV6, ProbationValue)>,
 }
 
 impl FakeDataplane {
@@ -68,14 +74,32 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn set_iface(&mut self, port: u32, iface: &Iface) -> Result<(), DataplaneError> {
+    fn set_iface(&mut self, port: u32, iface: &Iface, roles: u32) -> Result<(), DataplaneError> {
         self.ops.push(Op::SetIface {
             port,
             ifindex: iface.ifindex,
         });
         self.ifaces.insert(port, *iface);
-        self.ifindex_ports.insert(iface.ifindex, port);
+        let value = ingress_value(port, roles);
+        self.ifindex_ports.insert(iface.ifindex, value);
+        if iface.ifindex < INGRESS_SLOTS {
+            self.ingress.insert(iface.ifindex, value);
+        }
         Ok(())
+    }
+
+    fn forget_other_ifaces(&mut self, keep: &[u32]) -> Result<usize, DataplaneError> {
+        let stale: Vec<u32> = self
+            .ifindex_ports
+            .keys()
+            .copied()
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for i in &stale {
+            self.ifindex_ports.remove(i);
+            self.ingress.remove(i);
+        }
+        Ok(stale.len())
     }
 
     fn set_service(&mut self, s: &Service) -> Result<(), DataplaneError> {
@@ -103,11 +127,7 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn remove_backend(
-        &mut self,
-        id: u32,
-        index: Option<[u32; 4]>,
-    ) -> Result<(), DataplaneError> {
+    fn remove_backend(&mut self, id: u32, index: Option<[u32; 4]>) -> Result<(), DataplaneError> {
         self.ops.push(Op::RemoveBackend {
             id,
             index: index.is_some(),
@@ -139,6 +159,42 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
+    fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+        let mut c = self.events.clone();
+        c.resize(event::COUNT as usize, 0);
+        Ok(c)
+    }
+
+    fn probation_v4(&self) -> Result<Vec<(PersistKeyV4, ProbationValue)>, DataplaneError> {
+        Ok(self.probation_v4.clone())
+    }
+
+    fn probation_v6(&self) -> Result<Vec<(PersistKeyV6, ProbationValue)>, DataplaneError> {
+        Ok(self.probation_v6.clone())
+    }
+
+    fn probation_v4_get(
+        &self,
+        key: &PersistKeyV4,
+    ) -> Result<Option<ProbationValue>, DataplaneError> {
+        Ok(self
+            .probation_v4
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v))
+    }
+
+    fn probation_v6_get(
+        &self,
+        key: &PersistKeyV6,
+    ) -> Result<Option<ProbationValue>, DataplaneError> {
+        Ok(self
+            .probation_v6
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v))
+    }
+
     fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
         let mut c = self.counters.clone();
         c.resize(counter::COUNT as usize, 0);
@@ -159,7 +215,12 @@ impl Dataplane for FakeDataplane {
     }
 
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
-        let entries = self.persist_v4.clone();
+        let mut entries = self.persist_v4.clone();
+        entries.extend(
+            self.probation_v4
+                .iter()
+                .map(|(k, v)| (*k, probation_as_persist(v))),
+        );
         Ok(Box::new(move || Ok(entries)))
     }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
-use lb_common::{counter, PersistKeyV4, PersistValue, Traffic};
+use lb_common::{counter, event, PersistKeyV4, PersistValue, ProbationValue, Traffic};
 
 use super::*;
 use crate::{
@@ -22,6 +22,9 @@ struct Fake {
 impl StatsSource for Fake {
     fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
         self.dp.lock().unwrap().counters()
+    }
+    fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+        self.dp.lock().unwrap().events()
     }
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
         Ok(self.traffic.get(&id).copied().unwrap_or_default())
@@ -94,8 +97,28 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     let mut counters = vec![0; counter::COUNT as usize];
     counters[counter::FORWARD as usize] = 750;
     counters[counter::DROP_NO_BACKEND as usize] = 3;
+    let mut events = vec![0; event::COUNT as usize];
+    events[event::PROBATION_THROTTLED as usize] = 42;
+    let probation = |client: u8, backend, atime| {
+        let (k, v) = entry(client, backend, atime);
+        (
+            k,
+            ProbationValue {
+                backend: v.backend,
+                atime: v.atime,
+                proof: 0x1234,
+                ..ProbationValue::default()
+            },
+        )
+    };
     let dp = FakeDataplane {
         counters,
+        events,
+        // New clients: counted as clients of their backend, not as established entries.
+        probation_v4: vec![
+            probation(5, 2, now),
+            probation(6, 2, stale), // idle
+        ],
         persist_v4: vec![
             entry(1, 1, now),
             entry(2, 1, now),
@@ -120,7 +143,11 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
             ],
         )]),
     });
-    let metrics = Arc::new(Metrics::new(source, cfg.persist_timeout_ticks(), 1000).unwrap());
+    let capacity = Capacity {
+        persistence: 1000,
+        probation: 300,
+    };
+    let metrics = Arc::new(Metrics::new(source, cfg.persist_timeout_ticks(), capacity).unwrap());
     lb.apply().unwrap(); // backend 1's table: one flip
     metrics.publish(&lb);
     metrics.publish(&lb); // counted once
@@ -168,10 +195,24 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     );
     assert_eq!(
         v(r#"ikelb_backend_clients{backend="10.0.0.12",vs="aovpn"}"#),
-        1.0
+        2.0,
+        "one established client and one in probation"
     );
     assert_eq!(v("ikelb_persistence_entries "), 3.0);
     assert_eq!(v("ikelb_persistence_capacity "), 1000.0);
+    assert_eq!(v("ikelb_probation_entries "), 1.0);
+    assert_eq!(v("ikelb_probation_capacity "), 300.0);
+    assert_eq!(
+        v(r#"ikelb_xdp_events_total{event="probation_throttled"}"#),
+        42.0
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("ikelb_xdp_events_total{"))
+            .count(),
+        event::COUNT as usize,
+        "every event is exported, zeros included"
+    );
     assert_eq!(
         v(r#"ikelb_xdp_packets_total{action="redirect",reason="forward"}"#),
         750.0
@@ -221,6 +262,9 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
         "# TYPE ikelb_xdp_packets_total counter",
         "# TYPE ikelb_persistence_entries gauge",
         "# TYPE ikelb_persistence_capacity gauge",
+        "# TYPE ikelb_probation_entries gauge",
+        "# TYPE ikelb_probation_capacity gauge",
+        "# TYPE ikelb_xdp_events_total counter",
         "# TYPE ikelb_maglev_rebuilds_total counter",
         "# TYPE ikelb_build_info gauge",
     ] {

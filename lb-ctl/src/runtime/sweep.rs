@@ -1,6 +1,6 @@
 //! The slot flag sweep (`state.rs`, "Slot flags"): while `slot_fast_path` is on, every
 //! `persistence_timeout`/4 (at least a second; the first right after start) the daemon takes
-//! a ticket on its loop, reads `PERSIST_V4` in the blocking pool after
+//! a ticket on its loop, reads `PERSIST_V4` and `PROBATION_V4` in the blocking pool after
 //! [`SWEEP_GRACE`], and clears, back on the loop, the `RING_F_CHANGED` flags no live entry
 //! needs any more. Like the drain scan it costs two syscalls per entry and never blocks the
 //! loop.

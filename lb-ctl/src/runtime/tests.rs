@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{Backend, PersistValue, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK};
+use lb_common::{
+    hash::client_hash_v4, Backend, PersistKeyV4, PersistValue, BACKEND_F_USABLE, BACKEND_NONE,
+    RING_BACKEND_MASK,
+};
 
 use super::*;
 use crate::{
@@ -904,3 +907,6 @@ fn without_a_scan_only_deadlines_end_drains() {
     let read = h.lb.dataplane().persistence_reader().unwrap();
     assert_eq!(read().unwrap().len(), 1);
 }
+
+// New clients in probation: a file of its own.
+mod probation;

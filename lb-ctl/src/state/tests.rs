@@ -81,6 +81,26 @@ fn ids_are_stable_and_zero_is_reserved() {
 }
 
 #[test]
+fn interfaces_that_left_the_config_are_forgotten_and_large_ifindexes_skip_the_array() {
+    let mut dp = FakeDataplane::default();
+    // A previous daemon's interfaces: 10 stays, 30 left the config.
+    dp.ifindex_ports.insert(10, 0);
+    dp.ifindex_ports
+        .insert(30, 1 | lb_common::INGRESS_F_ATTACHED);
+    dp.ingress.insert(30, 1 | lb_common::INGRESS_F_ATTACHED);
+    let mut ifaces = ifaces();
+    ifaces[1].ifindex = lb_common::INGRESS_SLOTS + 5;
+    let mut lb = Balancer::new(dp, &config(), ifaces, 1024).unwrap();
+    lb.apply().unwrap();
+    let dp = lb.dataplane();
+    assert_eq!(
+        dp.ifindex_ports.keys().copied().collect::<Vec<_>>(),
+        [10, lb_common::INGRESS_SLOTS + 5]
+    );
+    assert_eq!(dp.ingress.keys().copied().collect::<Vec<_>>(), [10]);
+}
+
+#[test]
 fn first_apply_writes_interfaces_services_and_unusable_backends() {
     let mut lb = balancer();
     let r = lb.apply().unwrap();
@@ -102,7 +122,18 @@ fn first_apply_writes_interfaces_services_and_unusable_backends() {
             }
         ]
     );
-    assert_eq!(dp.ifindex_ports[&20], 1);
+    // Port, role flags (a plain [ext, int]: clients, then backends) and ATTACHED, in the
+    // per-packet array and the fallback hash alike.
+    use lb_common::{INGRESS_F_ATTACHED, INGRESS_F_BACKENDS, INGRESS_F_CLIENTS};
+    assert_eq!(
+        dp.ifindex_ports[&10],
+        INGRESS_F_CLIENTS | INGRESS_F_ATTACHED
+    );
+    assert_eq!(
+        dp.ifindex_ports[&20],
+        1 | INGRESS_F_BACKENDS | INGRESS_F_ATTACHED
+    );
+    assert_eq!(dp.ingress, dp.ifindex_ports);
     let s = dp.services[&1];
     assert_eq!(s.ring_base, 2 * M);
     assert_eq!(s.flags, 0);
@@ -686,3 +717,6 @@ fn capacity_has_headroom() {
     assert_eq!(backend_capacity(3), MIN_BACKEND_CAPACITY);
     assert_eq!(backend_capacity(5000), 10_002);
 }
+
+// Probation entries and the slot flag sweep: a file of its own.
+mod probation;
