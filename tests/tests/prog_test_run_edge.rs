@@ -463,6 +463,10 @@ fn ike_responder_spi_promotes() {
         let esp_like = udp4(c, 4500, 4500, &esp_like);
         // An IKE header cut at 24 bytes (the SPI is there, the header is not complete).
         let cut = udp4(c, 500, 500, &auth(spi_i, spi_r)[..24]);
+        // An IKEv1 header (major version 1) with the same SPIs: not an IKEv2 proof.
+        let mut v1 = auth(spi_i, spi_r);
+        v1[17] = 0x10;
+        let v1 = udp4(c, 4500, 4500, &non_esp(&v1));
         let good = udp4(c, 4500, 4500, &non_esp(&auth(spi_i, spi_r)));
         let on_500 = udp4(c, 500, 500, &auth(spi_i, spi_r));
         let reply = from_backend4(b, 4500, c, 4500, &non_esp(&ike_message(spi_i, spi_r, 35, 0x20, 500)));
@@ -482,6 +486,7 @@ fn ike_responder_spi_promotes() {
             // the tag may take it (bulk never carries a proof either way).
             case("ESP-in-UDP carrying the SPI bytes", esp_like.bytes(), Expect::Redirect(fwd4(&esp_like, b)), counter::FORWARD),
             case("IKE header cut at 24 bytes", cut.bytes(), Expect::Redirect(fwd4(&cut, b)), counter::FORWARD).events(&[]),
+            case("IKEv1 header with the SPI", v1.bytes(), Expect::Redirect(fwd4(&v1, b)), counter::FORWARD).events(&[]),
         ];
         lb.check(&rows);
         assert_eq!(lb.probation(c.into()).map(|p| p.proof), Some(ike_proof(spi_r)), "proof kept");
