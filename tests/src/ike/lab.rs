@@ -130,6 +130,17 @@ impl IkeLab {
     /// [`IkeLab::build`] under another run-prefix role letter (the demo's `d`: its namespaces
     /// then never share a prefix with the tests').
     pub fn build_as(role: char, spec: IkeLabSpec) -> Result<Self> {
+        Self::build_with_config(role, spec, |config| config)
+    }
+
+    /// [`IkeLab::build_as`] with the daemon's configuration ([`Lab::daemon_config`]) passed
+    /// through `config` first (extra keys, a backend left out to add at runtime, …). Only
+    /// [`Gateway::Ikelb`] runs a daemon; the other gateways ignore it.
+    pub fn build_with_config(
+        role: char,
+        spec: IkeLabSpec,
+        config: impl FnOnce(String) -> String,
+    ) -> Result<Self> {
         ensure!((1..=200).contains(&spec.clients), "1..=200 clients");
         ensure!((2..=250).contains(&spec.nat_addrs), "2..=250 NAT addresses");
         ensure!((1..=9).contains(&spec.responders), "1..=9 responders");
@@ -206,7 +217,10 @@ impl IkeLab {
 
         let identity: Vec<usize> = (0..spec.responders).collect();
         match &spec.gateway {
-            Gateway::Ikelb(lb_ctl) => lab.start_daemon(lb_ctl)?,
+            Gateway::Ikelb(lb_ctl) => {
+                let text = config(lab.daemon_config());
+                lab.start_daemon_with_config(lb_ctl, &text)?
+            }
             Gateway::NftSourceHash => nft(&lab.gateway, &nft_dnat(&lab, &identity, 0))?,
             Gateway::NftSplitPorts => nft(&lab.gateway, &nft_dnat(&lab, &identity, 1))?,
         }

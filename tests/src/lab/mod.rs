@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod dual;
+pub mod flood;
 pub mod metrics;
 pub mod raw;
 pub mod responder;
