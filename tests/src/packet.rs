@@ -145,7 +145,7 @@ impl Ipv4Frame {
     /// Splits the (whole) datagram into two fragments: the first carries the first
     /// `first_len` bytes of the IP payload (a multiple of 8), the second the rest.
     pub fn fragments(&self, first_len: usize) -> (Self, Self) {
-        assert!(first_len % 8 == 0 && first_len < self.payload.len());
+        assert!(first_len.is_multiple_of(8) && first_len < self.payload.len());
         let first = Self {
             more_fragments: true,
             dont_fragment: false,

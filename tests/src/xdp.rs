@@ -790,13 +790,11 @@ impl Fixture {
     pub fn set_probation(&mut self, client: IpAddr, v: ProbationValue) {
         match client {
             IpAddr::V4(_) => {
-                let mut m: HashMap<_, PersistKeyV4, ProbationValue> =
-                    self.map(maps::PROBATION_V4);
+                let mut m: HashMap<_, PersistKeyV4, ProbationValue> = self.map(maps::PROBATION_V4);
                 m.insert(key4(client), v, 0).unwrap();
             }
             IpAddr::V6(_) => {
-                let mut m: HashMap<_, PersistKeyV6, ProbationValue> =
-                    self.map(maps::PROBATION_V6);
+                let mut m: HashMap<_, PersistKeyV6, ProbationValue> = self.map(maps::PROBATION_V6);
                 m.insert(key6(client), v, 0).unwrap();
             }
         }
@@ -806,13 +804,11 @@ impl Fixture {
     pub fn unprobation(&mut self, client: IpAddr) {
         match client {
             IpAddr::V4(_) => {
-                let mut m: HashMap<_, PersistKeyV4, ProbationValue> =
-                    self.map(maps::PROBATION_V4);
+                let mut m: HashMap<_, PersistKeyV4, ProbationValue> = self.map(maps::PROBATION_V4);
                 let _ = m.remove(&key4(client));
             }
             IpAddr::V6(_) => {
-                let mut m: HashMap<_, PersistKeyV6, ProbationValue> =
-                    self.map(maps::PROBATION_V6);
+                let mut m: HashMap<_, PersistKeyV6, ProbationValue> = self.map(maps::PROBATION_V6);
                 let _ = m.remove(&key6(client));
             }
         }
@@ -918,7 +914,9 @@ impl Fixture {
     pub fn check(&mut self, cases: &[Case]) {
         let mut failures = Vec::new();
         for case in cases {
-            let side = case.ingress.unwrap_or_else(|| self.default_side(&case.input));
+            let side = case
+                .ingress
+                .unwrap_or_else(|| self.default_side(&case.input));
             // A redirect row runs with only its expected port in the devmap.
             let mut removed = None;
             if let Expect::Redirect(f) = &case.expect {

@@ -24,8 +24,8 @@ use std::net::Ipv4Addr;
 use ikelb_tests::{
     packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
     xdp::{
-        backend_mac, backend_v4, case, mac_str, now_ticks, Expect, Fixture, Setup, Side,
-        Topology, EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,
+        backend_mac, backend_v4, case, mac_str, now_ticks, Expect, Fixture, Setup, Side, Topology,
+        EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,
     },
 };
 use lb_common::{
@@ -163,7 +163,10 @@ fn forward_path() {
         }
         // A non-first fragment never creates an entry (it proves nothing, and a spoofed one
         // costs nothing to send).
-        assert_eq!((lb.persisted(C3.into()), lb.probation(C3.into())), (None, None));
+        assert_eq!(
+            (lb.persisted(C3.into()), lb.probation(C3.into())),
+            (None, None)
+        );
         // Per-backend traffic: every forwarded frame, its length.
         let c1_bytes: u64 = [&init, &auth, &nocsum, &esp]
             .iter()
@@ -332,7 +335,17 @@ fn client_behind_a_new_router_is_relearned() {
         // with the new frames, so the entry learns them.
         let r = ROUTER4.to_string();
         let m = mac_str(ROUTER2_MAC);
-        lb.net.ip(&["neigh", "replace", &r, "lladdr", &m, "nud", "permanent", "dev", "ext"]);
+        lb.net.ip(&[
+            "neigh",
+            "replace",
+            &r,
+            "lladdr",
+            &m,
+            "nud",
+            "permanent",
+            "dev",
+            "ext",
+        ]);
         #[rustfmt::skip]
         let rows = [
             case("via router 2", moved.bytes(), Expect::Redirect(forwarded(&moved, b1)), counter::FORWARD)
@@ -345,41 +358,47 @@ fn client_behind_a_new_router_is_relearned() {
 
 #[test]
 fn one_arm_leaves_by_xdp_tx() {
-    Fixture::both_fast_paths(Setup {
-        topology: Topology::OneArm,
-        ..setup()
-    }, |lb| {
-        let b1 = lb.ring_choice(C1.into());
-        let init = to_vip(C1, 500, 500, &ike(100));
-        let reply = from_backend(b1, 500, C1, 500, &ike(60));
-        #[rustfmt::skip]
+    Fixture::both_fast_paths(
+        Setup {
+            topology: Topology::OneArm,
+            ..setup()
+        },
+        |lb| {
+            let b1 = lb.ring_choice(C1.into());
+            let init = to_vip(C1, 500, 500, &ike(100));
+            let reply = from_backend(b1, 500, C1, 500, &ike(60));
+            #[rustfmt::skip]
         let rows = [
             case("client to VIP", init.bytes(), Expect::Tx(forwarded_from(&init, b1, EXT_MAC)), counter::FORWARD),
             case("backend reply", reply.bytes(), Expect::Tx(reversed(&reply, ROUTER_MAC)), counter::REVERSE),
         ];
-        lb.check(&rows);
-    });
+            lb.check(&rows);
+        },
+    );
 }
 
 #[test]
 fn dsr_rewrites_macs_and_ttl_only() {
-    Fixture::both_fast_paths(Setup {
-        dsr: true,
-        ..setup()
-    }, |lb| {
-        let b1 = lb.ring_choice(C1.into());
-        let init = to_vip(C1, 500, 500, &ike(100));
-        let b = lb.backend(b1);
-        let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
-        #[rustfmt::skip]
+    Fixture::both_fast_paths(
+        Setup {
+            dsr: true,
+            ..setup()
+        },
+        |lb| {
+            let b1 = lb.ring_choice(C1.into());
+            let init = to_vip(C1, 500, 500, &ike(100));
+            let b = lb.backend(b1);
+            let want = init.clone().with_ttl(63).with_macs(b.smac, b.dmac).bytes();
+            #[rustfmt::skip]
         let rows = [
             case("client to VIP", init.bytes(), Expect::Redirect(want), counter::FORWARD),
             // In DSR mode backends answer from the VIP themselves; a packet from a backend
             // address is not ikelb's.
             case("backend packet", from_backend(b1, 500, C1, 500, &ike(60)).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
         ];
-        lb.check(&rows);
-    });
+            lb.check(&rows);
+        },
+    );
 }
 
 #[test]
@@ -411,49 +430,52 @@ fn unusable_backend_is_reselected() {
 
 #[test]
 fn persistence_wins_over_the_ring_until_idle() {
-    Fixture::both_fast_paths(Setup {
-        persist_timeout_ticks: 100,
-        ..setup()
-    }, |lb| {
-        // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
-        let r1 = lb.ring_choice(C1.into());
-        let r2 = lb.ring_choice(C2.into());
-        let p1 = r1 % 3 + 1;
-        let p2 = r2 % 3 + 1;
-        let now = now_ticks();
-        let entry = |backend, atime| PersistValue {
-            backend,
-            atime,
-            client_mac: ROUTER_MAC,
-            port: 0,
-            _pad: 0,
-        };
-        lb.persist(C1.into(), entry(p1, now - 5));
-        lb.persist(C2.into(), entry(p2, now - 500));
-        // C3 is persisted on a backend id the daemon has since given to another service.
-        let r3 = lb.ring_choice(C3.into());
-        let p3 = r3 % 3 + 1;
-        lb.persist(C3.into(), entry(p3, now));
-        let mut b = lb.backend(p3);
-        b.service = SVC6;
-        lb.set_backend(p3, b);
+    Fixture::both_fast_paths(
+        Setup {
+            persist_timeout_ticks: 100,
+            ..setup()
+        },
+        |lb| {
+            // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
+            let r1 = lb.ring_choice(C1.into());
+            let r2 = lb.ring_choice(C2.into());
+            let p1 = r1 % 3 + 1;
+            let p2 = r2 % 3 + 1;
+            let now = now_ticks();
+            let entry = |backend, atime| PersistValue {
+                backend,
+                atime,
+                client_mac: ROUTER_MAC,
+                port: 0,
+                _pad: 0,
+            };
+            lb.persist(C1.into(), entry(p1, now - 5));
+            lb.persist(C2.into(), entry(p2, now - 500));
+            // C3 is persisted on a backend id the daemon has since given to another service.
+            let r3 = lb.ring_choice(C3.into());
+            let p3 = r3 % 3 + 1;
+            lb.persist(C3.into(), entry(p3, now));
+            let mut b = lb.backend(p3);
+            b.service = SVC6;
+            lb.set_backend(p3, b);
 
-        let f1 = to_vip(C1, 4500, 4500, &ike(80));
-        let f2 = to_vip(C2, 4500, 4500, &ike(80));
-        let f3 = to_vip(C3, 4500, 4500, &ike(80));
-        #[rustfmt::skip]
+            let f1 = to_vip(C1, 4500, 4500, &ike(80));
+            let f2 = to_vip(C2, 4500, 4500, &ike(80));
+            let f3 = to_vip(C3, 4500, 4500, &ike(80));
+            #[rustfmt::skip]
         let rows = [
             case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
             case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
             case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
         ];
-        lb.check(&rows);
-        let e1 = lb.persisted(C1.into()).unwrap();
-        assert_eq!(e1.backend, p1);
-        assert!(e1.atime >= now, "atime refreshed");
-        assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
-        assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
-    });
+            lb.check(&rows);
+            let e1 = lb.persisted(C1.into()).unwrap();
+            assert_eq!(e1.backend, p1);
+            assert!(e1.atime >= now, "atime refreshed");
+            assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
+            assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
+        },
+    );
 }
 
 #[test]
@@ -463,7 +485,10 @@ fn no_usable_backend_drops() {
         #[rustfmt::skip]
         let rows = [case("ring of zeros", to_vip(C1, 500, 500, &ike(50)).bytes(), Expect::Drop, counter::DROP_NO_BACKEND)];
         lb.check(&rows);
-        assert_eq!((lb.persisted(C1.into()), lb.probation(C1.into())), (None, None));
+        assert_eq!(
+            (lb.persisted(C1.into()), lb.probation(C1.into())),
+            (None, None)
+        );
     });
 }
 
@@ -506,6 +531,9 @@ fn vip_traffic_only_on_a_clients_interface() {
             case("VIP packet on an unattached interface", init.bytes(), Expect::Drop, counter::DROP_NOT_CLIENT_IFACE).events(&[]),
         ];
         lb.check(&rows);
-        assert_eq!((lb.persisted(C1.into()), lb.probation(C1.into())), (None, None));
+        assert_eq!(
+            (lb.persisted(C1.into()), lb.probation(C1.into())),
+            (None, None)
+        );
     });
 }

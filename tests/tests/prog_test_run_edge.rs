@@ -161,9 +161,22 @@ fn vip_traffic_only_on_a_clients_interface_checked_first() {
         let init = udp4(c, 500, 500, &sa_init(1));
         let on_int = |f: Vec<u8>| f;
         let opts = ikelb_tests::packet::with_ip_option(&init.bytes());
-        let echo = Ipv4Frame::raw(ROUTER_MAC, EXT_MAC, c, VIP4, PROTO_ICMP, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+        let echo = Ipv4Frame::raw(
+            ROUTER_MAC,
+            EXT_MAC,
+            c,
+            VIP4,
+            PROTO_ICMP,
+            &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+        );
         let v6 = Ipv6Frame::udp(ROUTER_MAC, EXT_MAC, (c6(1), 500), (VIP6, 500), &sa_init(2));
-        let not_vip = Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (c, 500), (Ipv4Addr::new(203, 0, 113, 11), 500), &data(20));
+        let not_vip = Ipv4Frame::udp(
+            ROUTER_MAC,
+            EXT_MAC,
+            (c, 500),
+            (Ipv4Addr::new(203, 0, 113, 11), 500),
+            &data(20),
+        );
         #[rustfmt::skip]
         let rows = vec![
             case("IKE to the VIP on the backends' interface", on_int(init.bytes()), Expect::Drop, counter::DROP_NOT_CLIENT_IFACE).on(Side::Int).events(&[]),
@@ -175,7 +188,10 @@ fn vip_traffic_only_on_a_clients_interface_checked_first() {
             case("not to a VIP, on int", not_vip.bytes(), Expect::Pass, counter::PASS_NOT_VIP).on(Side::Int),
         ];
         lb.check(&rows);
-        assert_eq!((lb.persisted(c.into()), lb.probation(c.into())), (None, None));
+        assert_eq!(
+            (lb.persisted(c.into()), lb.probation(c.into())),
+            (None, None)
+        );
         #[rustfmt::skip]
         let rows = [case("the same IKE on ext", init.bytes(), Expect::Redirect(fwd4(&init, b)), counter::FORWARD)
             .events(&[(event::PROBATION_INSERT, 1)])];
@@ -218,13 +234,11 @@ fn ipv6_non_first_fragments_at_small_offsets() {
         let c = c6(2);
         let b = ring(lb, c);
         let frag = |proto: u8, offset: u16| {
-            Ipv6Frame::raw(ROUTER_MAC, EXT_MAC, c, VIP6, proto, &data(24)).with_ext(
-                Ext::Fragment {
-                    offset,
-                    more: false,
-                    id: 77,
-                },
-            )
+            Ipv6Frame::raw(ROUTER_MAC, EXT_MAC, c, VIP6, proto, &data(24)).with_ext(Ext::Fragment {
+                offset,
+                more: false,
+                id: 77,
+            })
         };
         let fwd6 = |f: &Ipv6Frame| {
             f.readdressed(f.src, backend_v6(b))
@@ -275,7 +289,19 @@ fn new_clients_go_on_probation() {
         let esp_udp = udp4(cs[3], 4500, 4500, &esp_body(0xbeef, 3, 64));
         let frag = frag4(cs[4], PROTO_UDP, 185, 100);
         let info = udp4(cs[5], 500, 500, &ike_message(6, 0x99, 37, 0x08, 40));
-        let syn = Ipv4Frame::tcp_segment(ROUTER_MAC, EXT_MAC, (cs[6], 50_000), (VIP4, 443), 1000, 0, TcpFlags { syn: true, ..Default::default() }, &[]);
+        let syn = Ipv4Frame::tcp_segment(
+            ROUTER_MAC,
+            EXT_MAC,
+            (cs[6], 50_000),
+            (VIP4, 443),
+            1000,
+            0,
+            TcpFlags {
+                syn: true,
+                ..Default::default()
+            },
+            &[],
+        );
         let t0 = now_ticks();
         #[rustfmt::skip]
         let rows = vec![
@@ -309,7 +335,11 @@ fn new_clients_go_on_probation() {
                 (r[i], ROUTER_MAC, PORT_EXT as u8, 0),
                 "client {c}"
             );
-            assert!((t0..=t1).contains(&p.atime), "client {c}: atime {} in {t0}..={t1}", p.atime);
+            assert!(
+                (t0..=t1).contains(&p.atime),
+                "client {c}: atime {} in {t0}..={t1}",
+                p.atime
+            );
         }
     });
 }
@@ -366,8 +396,16 @@ fn new_client_quota_throttles_probation_inserts() {
                 case("3rd: over quota, still forwarded by the ring", f[2].bytes(), Expect::Redirect(fwd4(&f[2], r[2])), counter::FORWARD).events(&[(event::PROBATION_THROTTLED, 1)]),
             ];
             lb.check(&rows);
-            assert_eq!(quota_window(), w0, "the rows crossed a quota window (retry)");
-            assert_eq!(lb.probation(cs[2].into()), None, "nothing inserted over quota");
+            assert_eq!(
+                quota_window(),
+                w0,
+                "the rows crossed a quota window (retry)"
+            );
+            assert_eq!(
+                lb.probation(cs[2].into()),
+                None,
+                "nothing inserted over quota"
+            );
             assert!(lb.probation(cs[1].into()).is_some());
             fresh_window();
             #[rustfmt::skip]
@@ -402,7 +440,10 @@ fn persist_then_probation_then_ring() {
             lb.mark_changed(cb.into());
             // Idle probation entry, and one naming an unusable backend.
             let rc = ring(lb, cc);
-            lb.set_probation(cc.into(), prob_v(other4(rc), now - 500, ROUTER_MAC, PORT_EXT, 0));
+            lb.set_probation(
+                cc.into(),
+                prob_v(other4(rc), now - 500, ROUTER_MAC, PORT_EXT, 0),
+            );
             let rd = ring(lb, cd);
             let dead = other4(rd);
             lb.set_probation(cd.into(), prob_v(dead, now, ROUTER_MAC, PORT_EXT, 0));
@@ -437,8 +478,16 @@ fn persist_then_probation_then_ring() {
             }
             assert_eq!(lb.probation(cb.into()).map(|p| p.backend), Some(pb));
             assert_eq!(lb.persisted(cb.into()), None);
-            assert_eq!(lb.probation(cc.into()).map(|p| p.backend), Some(rc), "re-selected in place");
-            assert_eq!(lb.probation(cd.into()).map(|p| p.backend), Some(rd), "re-selected in place");
+            assert_eq!(
+                lb.probation(cc.into()).map(|p| p.backend),
+                Some(rc),
+                "re-selected in place"
+            );
+            assert_eq!(
+                lb.probation(cd.into()).map(|p| p.backend),
+                Some(rd),
+                "re-selected in place"
+            );
         },
     );
 }
@@ -469,7 +518,13 @@ fn ike_responder_spi_promotes() {
         let v1 = udp4(c, 4500, 4500, &non_esp(&v1));
         let good = udp4(c, 4500, 4500, &non_esp(&auth(spi_i, spi_r)));
         let on_500 = udp4(c, 500, 500, &auth(spi_i, spi_r));
-        let reply = from_backend4(b, 4500, c, 4500, &non_esp(&ike_message(spi_i, spi_r, 35, 0x20, 500)));
+        let reply = from_backend4(
+            b,
+            4500,
+            c,
+            4500,
+            &non_esp(&ike_message(spi_i, spi_r, 35, 0x20, 500)),
+        );
         let other_reply = from_backend4(o, 500, c, 500, &ike_message(9, 0x77, 34, 0x20, 60));
         #[rustfmt::skip]
         let rows = vec![
@@ -477,7 +532,11 @@ fn ike_responder_spi_promotes() {
             case("backend's IKE_SA_INIT response", resp.bytes(), Expect::Redirect(rev4(&resp, ROUTER_MAC)), counter::REVERSE).events(&[]),
         ];
         lb.check(&rows);
-        assert_eq!(lb.probation(c.into()).map(|p| p.proof), Some(ike_proof(spi_r)), "proof recorded");
+        assert_eq!(
+            lb.probation(c.into()).map(|p| p.proof),
+            Some(ike_proof(spi_r)),
+            "proof recorded"
+        );
         #[rustfmt::skip]
         let rows = vec![
             case("another backend's IKE to the client: dropped, no proof", other_reply.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
@@ -489,7 +548,11 @@ fn ike_responder_spi_promotes() {
             case("IKEv1 header with the SPI", v1.bytes(), Expect::Redirect(fwd4(&v1, b)), counter::FORWARD).events(&[]),
         ];
         lb.check(&rows);
-        assert_eq!(lb.probation(c.into()).map(|p| p.proof), Some(ike_proof(spi_r)), "proof kept");
+        assert_eq!(
+            lb.probation(c.into()).map(|p| p.proof),
+            Some(ike_proof(spi_r)),
+            "proof kept"
+        );
         assert_eq!(lb.persisted(c.into()), None, "not promoted yet");
         let t0 = now_ticks();
         #[rustfmt::skip]
@@ -498,7 +561,10 @@ fn ike_responder_spi_promotes() {
         ];
         lb.check(&rows);
         let e = lb.persisted(c.into()).expect("established");
-        assert_eq!((e.backend, e.client_mac, e.port), (b, ROUTER_MAC, PORT_EXT as u8));
+        assert_eq!(
+            (e.backend, e.client_mac, e.port),
+            (b, ROUTER_MAC, PORT_EXT as u8)
+        );
         assert!(e.atime >= t0);
         assert_eq!(lb.probation(c.into()), None, "probation entry deleted");
         #[rustfmt::skip]
@@ -518,7 +584,13 @@ fn reverse_path_records_the_proof_only_from_ike_with_a_responder_spi() {
         let init = udp4(c, 500, 500, &sa_init(5));
         let s1 = 0x1111_2222_3333_4444u64;
         let s3 = 0x5555_6666_7777_8888u64;
-        let nat_t = from_backend4(b, 4500, c, 4500, &non_esp(&ike_message(5, s1, 35, 0x20, 80)));
+        let nat_t = from_backend4(
+            b,
+            4500,
+            c,
+            4500,
+            &non_esp(&ike_message(5, s1, 35, 0x20, 80)),
+        );
         let esp_udp = from_backend4(b, 4500, c, 4500, &ike_message(0x66, 0x99, 35, 0x20, 80));
         let zero = from_backend4(b, 500, c, 500, &ike_message(5, 0, 34, 0x20, 80));
         let again = from_backend4(b, 500, c, 500, &ike_message(5, s3, 34, 0x20, 80));
@@ -537,7 +609,11 @@ fn reverse_path_records_the_proof_only_from_ike_with_a_responder_spi() {
         assert_eq!(proof(lb), Some(ike_proof(s1)), "SPI 0 records nothing");
         #[rustfmt::skip]
         lb.check(&[case("backend IKE with another responder SPI", again.bytes(), Expect::Redirect(rev4(&again, ROUTER_MAC)), counter::REVERSE)]);
-        assert_eq!(proof(lb), Some(ike_proof(s3)), "proof := the latest responder SPI");
+        assert_eq!(
+            proof(lb),
+            Some(ike_proof(s3)),
+            "proof := the latest responder SPI"
+        );
     });
 }
 
@@ -549,19 +625,76 @@ fn tcp_isn_plus_one_promotes() {
         let isn_c = 0x1000_0000u32;
         let isn_s = 0xfedc_ba98u32;
         let seg = |flags: TcpFlags, seq: u32, ack: u32, data: &[u8]| {
-            Ipv4Frame::tcp_segment(ROUTER_MAC, EXT_MAC, (c, 50_000), (VIP4, 443), seq, ack, flags, data)
+            Ipv4Frame::tcp_segment(
+                ROUTER_MAC,
+                EXT_MAC,
+                (c, 50_000),
+                (VIP4, 443),
+                seq,
+                ack,
+                flags,
+                data,
+            )
         };
-        let syn = seg(TcpFlags { syn: true, ..Default::default() }, isn_c, 0, &[]);
-        let syn_ack = Ipv4Frame::tcp_segment(backend_mac(b), INT_MAC, (backend_v4(b), 443), (c, 50_000), isn_s, isn_c + 1, TcpFlags { syn: true, ack: true, ..Default::default() }, &[]);
-        let syn_again = seg(TcpFlags { syn: true, ..Default::default() }, isn_c, isn_s.wrapping_add(1), &[]);
-        let wrong_ack = seg(TcpFlags { ack: true, ..Default::default() }, isn_c + 1, isn_s.wrapping_add(2), &[]);
-        let ack = seg(TcpFlags { ack: true, ..Default::default() }, isn_c + 1, isn_s.wrapping_add(1), &[]);
+        let syn = seg(
+            TcpFlags {
+                syn: true,
+                ..Default::default()
+            },
+            isn_c,
+            0,
+            &[],
+        );
+        let syn_ack = Ipv4Frame::tcp_segment(
+            backend_mac(b),
+            INT_MAC,
+            (backend_v4(b), 443),
+            (c, 50_000),
+            isn_s,
+            isn_c + 1,
+            TcpFlags {
+                syn: true,
+                ack: true,
+                ..Default::default()
+            },
+            &[],
+        );
+        let syn_again = seg(
+            TcpFlags {
+                syn: true,
+                ..Default::default()
+            },
+            isn_c,
+            isn_s.wrapping_add(1),
+            &[],
+        );
+        let wrong_ack = seg(
+            TcpFlags {
+                ack: true,
+                ..Default::default()
+            },
+            isn_c + 1,
+            isn_s.wrapping_add(2),
+            &[],
+        );
+        let ack = seg(
+            TcpFlags {
+                ack: true,
+                ..Default::default()
+            },
+            isn_c + 1,
+            isn_s.wrapping_add(1),
+            &[],
+        );
         #[rustfmt::skip]
         lb.check(&[
             case("SYN", syn.bytes(), Expect::Redirect(fwd4(&syn, b)), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)]),
             case("backend SYN-ACK", syn_ack.bytes(), Expect::Redirect(rev4(&syn_ack, ROUTER_MAC)), counter::REVERSE).events(&[]),
         ]);
-        assert_eq!(lb.probation(c.into()).map(|p| p.proof), Some(tcp_proof(isn_s)));
+        assert_eq!(
+            lb.probation(c.into()).map(|p| p.proof),
+            Some(tcp_proof(isn_s))
+        );
         #[rustfmt::skip]
         lb.check(&[
             case("SYN without ACK flag carrying the number", syn_again.bytes(), Expect::Redirect(fwd4(&syn_again, b)), counter::FORWARD).events(&[]),
@@ -614,15 +747,33 @@ fn mac_and_port_moves_need_fib_evidence() {
             case("client on another port, FIB agrees", c1.bytes(), Expect::Redirect(fwd4(&c1, rc)), counter::FORWARD).events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
             case("client without a route from another MAC", d2.bytes(), Expect::Redirect(fwd4(&d2, rd)), counter::FORWARD).events(&[(event::MAC_MOVE_REJECTED, 1)]),
         ]);
-        let mac_port = |lb: &mut Fixture, c: Ipv4Addr| lb.persisted(c.into()).map(|e| (e.client_mac, e.port));
+        let mac_port =
+            |lb: &mut Fixture, c: Ipv4Addr| lb.persisted(c.into()).map(|e| (e.client_mac, e.port));
         assert_eq!(mac_port(lb, ca), Some((ROUTER_MAC, 0)));
-        assert_eq!(lb.probation(cb.into()).map(|e| (e.client_mac, e.port)), Some((ROUTER_MAC, 0)));
-        assert_eq!(mac_port(lb, cc), Some((ROUTER_MAC, PORT_EXT as u8)), "port learned");
+        assert_eq!(
+            lb.probation(cb.into()).map(|e| (e.client_mac, e.port)),
+            Some((ROUTER_MAC, 0))
+        );
+        assert_eq!(
+            mac_port(lb, cc),
+            Some((ROUTER_MAC, PORT_EXT as u8)),
+            "port learned"
+        );
         assert_eq!(mac_port(lb, cd), Some((ROUTER_MAC, 0)));
         // The router's address moves to router 2's MAC: now the FIB agrees.
         let r = ROUTER4.to_string();
         let m = mac_str(ROUTER2_MAC);
-        lb.net.ip(&["neigh", "replace", &r, "lladdr", &m, "nud", "permanent", "dev", "ext"]);
+        lb.net.ip(&[
+            "neigh",
+            "replace",
+            &r,
+            "lladdr",
+            &m,
+            "nud",
+            "permanent",
+            "dev",
+            "ext",
+        ]);
         #[rustfmt::skip]
         lb.check(&[
             case("persisted client from another MAC, FIB agrees", a2.bytes(), Expect::Redirect(fwd4(&a2, ra)), counter::FORWARD).events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
@@ -630,7 +781,10 @@ fn mac_and_port_moves_need_fib_evidence() {
             case("probation client from another MAC, FIB agrees", b2.bytes(), Expect::Redirect(fwd4(&b2, rb)), counter::FORWARD).events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
         ]);
         assert_eq!(mac_port(lb, ca), Some((ROUTER2_MAC, 0)));
-        assert_eq!(lb.probation(cb.into()).map(|e| e.client_mac), Some(ROUTER2_MAC));
+        assert_eq!(
+            lb.probation(cb.into()).map(|e| e.client_mac),
+            Some(ROUTER2_MAC)
+        );
     });
 }
 
@@ -669,15 +823,49 @@ fn reverse_path_checks_and_stateless_replies() {
             let bx = other4(ring(lb, cx));
 
             let r = |id, c| from_backend4(id, 4500, c, 4500, &data(60));
-            let (fp, fq, fi, fj, fo, fk) = (r(bp, cp), r(bq, cq), r(bi, ci), r(bj, cj), r(bo, co), r(bk, ck));
+            let (fp, fq, fi, fj, fo, fk) = (
+                r(bp, cp),
+                r(bq, cq),
+                r(bi, ci),
+                r(bj, cj),
+                r(bo, co),
+                r(bk, ck),
+            );
             let (fs, fnr, fx) = (r(bs, cs), r(bn, cn), r(bx, cx));
-            let ssh_ext = Ipv4Frame::udp(backend_mac(bp), EXT_MAC, (backend_v4(bp), 22), (cp, 40_000), &data(20));
+            let ssh_ext = Ipv4Frame::udp(
+                backend_mac(bp),
+                EXT_MAC,
+                (backend_v4(bp), 22),
+                (cp, 40_000),
+                &data(20),
+            );
             let wrong_if = r(bp, cp).with_macs(backend_mac(bp), EXT_MAC);
             let wrong_mac = r(bp, cp).with_macs(STRANGER_MAC, INT_MAC);
-            let esp_s = Ipv4Frame::raw(backend_mac(bs), INT_MAC, backend_v4(bs), cs, PROTO_ESP, &esp_body(3, 1, 40));
-            let mut frag_x = Ipv4Frame::raw(backend_mac(bx), INT_MAC, backend_v4(bx), cx, PROTO_UDP, &data(40));
+            let esp_s = Ipv4Frame::raw(
+                backend_mac(bs),
+                INT_MAC,
+                backend_v4(bs),
+                cs,
+                PROTO_ESP,
+                &esp_body(3, 1, 40),
+            );
+            let mut frag_x = Ipv4Frame::raw(
+                backend_mac(bx),
+                INT_MAC,
+                backend_v4(bx),
+                cx,
+                PROTO_UDP,
+                &data(40),
+            );
             frag_x.frag_offset = 185;
-            let mut frag_s = Ipv4Frame::raw(backend_mac(bs), INT_MAC, backend_v4(bs), cs, PROTO_UDP, &data(40));
+            let mut frag_s = Ipv4Frame::raw(
+                backend_mac(bs),
+                INT_MAC,
+                backend_v4(bs),
+                cs,
+                PROTO_UDP,
+                &data(40),
+            );
             frag_s.frag_offset = 185;
             #[rustfmt::skip]
             let rows = vec![
@@ -713,7 +901,13 @@ fn reverse_path_checks_and_stateless_replies() {
 fn ipv6_reverse_path_checks_and_stateless_replies() {
     Fixture::both_fast_paths(Setup::default(), |lb| {
         let from = |id: u32, c: Ipv6Addr| {
-            Ipv6Frame::udp(backend_mac(id), INT_MAC, (backend_v6(id), 4500), (c, 4500), &data(60))
+            Ipv6Frame::udp(
+                backend_mac(id),
+                INT_MAC,
+                (backend_v6(id), 4500),
+                (c, 4500),
+                &data(60),
+            )
         };
         let rev6 = |f: &Ipv6Frame, mac| {
             f.readdressed(VIP6, f.dst)
@@ -769,7 +963,10 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             let c = c4(100 + attempt);
             let b = ring(lb, c);
             let now = now_ticks();
-            lb.persist(c.into(), persist_v(b, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+            lb.persist(
+                c.into(),
+                persist_v(b, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
+            );
             let esp = esp4(c, 0xabc, 1);
             let esp_udp = udp4(c, 4500, 4500, &esp_body(0xabd, 2, 64));
             let ike = udp4(c, 500, 500, &auth(1, 2));
@@ -781,7 +978,11 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             let e = lb.persisted(c.into()).unwrap();
             assert!(e.atime >= t0, "{mode}: atime refreshed");
             if fast {
-                assert_eq!(lb.refreshed(c), refreshed_tag(w(c), SVC4, e.atime), "{mode}: tag written");
+                assert_eq!(
+                    lb.refreshed(c),
+                    refreshed_tag(w(c), SVC4, e.atime),
+                    "{mode}: tag written"
+                );
             }
             // The persistence entry goes away: only the fast path can still find the backend
             // without re-selecting (which would create a probation entry).
@@ -802,7 +1003,11 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             lb.mark_changed(c.into());
             let before = lb.events()[event::FAST_PATH as usize];
             lb.run(&esp.bytes());
-            assert_eq!(lb.events()[event::FAST_PATH as usize], before, "{mode}: RING_F_CHANGED slot");
+            assert_eq!(
+                lb.events()[event::FAST_PATH as usize],
+                before,
+                "{mode}: RING_F_CHANGED slot"
+            );
             break;
         }
     }
@@ -828,17 +1033,50 @@ fn icmp_frag_needed_goes_to_the_clients_backend() {
             Ipv4Frame::udp(EXT_MAC, ROUTER_MAC, (VIP4, sport), (c, sport), &data(1400)).with_ttl(63)
         };
         let out_tcp = |c: Ipv4Addr| {
-            Ipv4Frame::tcp_segment(EXT_MAC, ROUTER_MAC, (VIP4, 443), (c, 50_000), 7, 8, TcpFlags { ack: true, psh: true, ..Default::default() }, &data(1400)).with_ttl(63)
+            Ipv4Frame::tcp_segment(
+                EXT_MAC,
+                ROUTER_MAC,
+                (VIP4, 443),
+                (c, 50_000),
+                7,
+                8,
+                TcpFlags {
+                    ack: true,
+                    psh: true,
+                    ..Default::default()
+                },
+                &data(1400),
+            )
+            .with_ttl(63)
         };
-        let out_esp = |c: Ipv4Addr| Ipv4Frame::raw(EXT_MAC, ROUTER_MAC, VIP4, c, PROTO_ESP, &esp_body(9, 9, 1400)).with_ttl(63);
-        let icmp = |q: &Ipv4Frame| icmp_frag_needed(ROUTER_MAC, EXT_MAC, PATH_ROUTER, VIP4, q, 8, 1400);
+        let out_esp = |c: Ipv4Addr| {
+            Ipv4Frame::raw(
+                EXT_MAC,
+                ROUTER_MAC,
+                VIP4,
+                c,
+                PROTO_ESP,
+                &esp_body(9, 9, 1400),
+            )
+            .with_ttl(63)
+        };
+        let icmp =
+            |q: &Ipv4Frame| icmp_frag_needed(ROUTER_MAC, EXT_MAC, PATH_ROUTER, VIP4, q, 8, 1400);
         // What a correct rewrite makes of it: the quoted packet as backend `id` sent it
         // (every checksum from scratch), the ICMP to that backend.
         let want = |q: &Ipv4Frame, id: u32| {
             let inner = q.readdressed(backend_v4(id), q.dst);
-            icmp_frag_needed(INT_MAC, backend_mac(id), PATH_ROUTER, backend_v4(id), &inner, 8, 1400)
-                .with_ttl(63)
-                .bytes()
+            icmp_frag_needed(
+                INT_MAC,
+                backend_mac(id),
+                PATH_ROUTER,
+                backend_v4(id),
+                &inner,
+                8,
+                1400,
+            )
+            .with_ttl(63)
+            .bytes()
         };
         let qa = out_udp(ca, 4500);
         let qa0 = out_udp(ca, 4500).without_udp_checksum();
@@ -846,7 +1084,13 @@ fn icmp_frag_needed_goes_to_the_clients_backend() {
         let qc = out_udp(cc, 4500);
         let qt = out_tcp(ca);
         let qe = out_esp(cb);
-        let not_vip = Ipv4Frame::udp(EXT_MAC, ROUTER_MAC, (Ipv4Addr::new(203, 0, 113, 99), 4500), (ca, 4500), &data(100));
+        let not_vip = Ipv4Frame::udp(
+            EXT_MAC,
+            ROUTER_MAC,
+            (Ipv4Addr::new(203, 0, 113, 99), 4500),
+            (ca, 4500),
+            &data(100),
+        );
         let other_port = out_udp(ca, 53);
         let port_unreach = icmp_error(ROUTER_MAC, EXT_MAC, PATH_ROUTER, VIP4, 3, 3, &qa, 8, 0);
         #[rustfmt::skip]
@@ -875,19 +1119,38 @@ fn icmpv6_packet_too_big_goes_to_the_clients_backend() {
         lb.mark_changed(ca.into());
         let rc = ring(lb, cc);
         let out = |c: Ipv6Addr, sport: u16| {
-            Ipv6Frame::udp(EXT_MAC, ROUTER_MAC, (VIP6, sport), (c, sport), &data(1400)).with_hop_limit(63)
+            Ipv6Frame::udp(EXT_MAC, ROUTER_MAC, (VIP6, sport), (c, sport), &data(1400))
+                .with_hop_limit(63)
         };
-        let ptb = |q: &Ipv6Frame| icmpv6_error(ROUTER_MAC, EXT_MAC, PATH_ROUTER6, VIP6, 2, 0, 1280, q, 8);
+        let ptb =
+            |q: &Ipv6Frame| icmpv6_error(ROUTER_MAC, EXT_MAC, PATH_ROUTER6, VIP6, 2, 0, 1280, q, 8);
         let want = |q: &Ipv6Frame, id: u32| {
             let inner = q.readdressed(backend_v6(id), q.dst);
-            icmpv6_error(INT_MAC, backend_mac(id), PATH_ROUTER6, backend_v6(id), 2, 0, 1280, &inner, 8)
-                .with_hop_limit(63)
-                .bytes()
+            icmpv6_error(
+                INT_MAC,
+                backend_mac(id),
+                PATH_ROUTER6,
+                backend_v6(id),
+                2,
+                0,
+                1280,
+                &inner,
+                8,
+            )
+            .with_hop_limit(63)
+            .bytes()
         };
         let qa = out(ca, 4500);
         let qc = out(cc, 500);
         let unreach = icmpv6_error(ROUTER_MAC, EXT_MAC, PATH_ROUTER6, VIP6, 1, 4, 0, &qa, 8);
-        let echo = Ipv6Frame::raw(ROUTER_MAC, EXT_MAC, ca, VIP6, PROTO_ICMPV6, &[128, 0, 0x12, 0x34, 0, 1, 0, 1]);
+        let echo = Ipv6Frame::raw(
+            ROUTER_MAC,
+            EXT_MAC,
+            ca,
+            VIP6,
+            PROTO_ICMPV6,
+            &[128, 0, 0x12, 0x34, 0, 1, 0, 1],
+        );
         #[rustfmt::skip]
         let rows = vec![
             case("packet too big about an established client", ptb(&qa).bytes(), Expect::Redirect(want(&qa, pa)), counter::FORWARD_ICMP),

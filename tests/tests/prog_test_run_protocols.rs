@@ -114,12 +114,7 @@ fn ring(f: &mut Fixture, a: impl Into<IpAddr>) -> u32 {
 #[test]
 fn ipv6_forward_path() {
     Fixture::both_fast_paths(Setup::default(), |lb| {
-        let (a, b, c, d) = (
-            ring(lb, A6),
-            ring(lb, B6),
-            ring(lb, C6),
-            ring(lb, D6),
-        );
+        let (a, b, c, d) = (ring(lb, A6), ring(lb, B6), ring(lb, C6), ring(lb, D6));
 
         let init = udp6(A6, 500, 300);
         let auth = udp6(A6, 4500, 400);
@@ -216,7 +211,10 @@ fn ipv6_forward_path() {
             assert_eq!((e.backend, e.client_mac, e.port), (id, ROUTER_MAC, 0));
             assert_eq!(lb.persisted(client.into()), None, "not established");
         }
-        assert_eq!((lb.persisted(C6.into()), lb.probation(C6.into())), (None, None));
+        assert_eq!(
+            (lb.persisted(C6.into()), lb.probation(C6.into())),
+            (None, None)
+        );
         assert_eq!(lb.persisted(VIP4.into()), None);
         // Per-backend traffic: every forwarded frame of A6, by its length.
         let a_frames = [
@@ -447,24 +445,27 @@ fn ipv4_tcp_joins_the_persistency_group() {
 /// Without `tcp_ports`, TCP (whole or fragment) is not ikelb's; without `esp`, ESP is not.
 #[test]
 fn tcp_and_esp_only_when_configured() {
-    Fixture::both_fast_paths(Setup {
-        tcp: false,
-        esp: false,
-        ..Setup::default()
-    }, |lb| {
-        let syn4 = Ipv4Frame::tcp(ROUTER_MAC, EXT_MAC, (A4, 50_000), (VIP4, 443), &[]);
-        let (_, t2) = Ipv4Frame::tcp(ROUTER_MAC, EXT_MAC, (A4, 50_000), (VIP4, 443), &data(2500))
-            .fragments(FRAG_LEN4);
-        let esp4 = Ipv4Frame::raw(
-            ROUTER_MAC,
-            EXT_MAC,
-            A4,
-            VIP4,
-            PROTO_ESP,
-            &esp_body(1, 1, 64),
-        );
-        let (_, t2_6) = tcp6(A6, 50_000, 443, &data(2000)).fragments(FRAG_LEN, 1);
-        #[rustfmt::skip]
+    Fixture::both_fast_paths(
+        Setup {
+            tcp: false,
+            esp: false,
+            ..Setup::default()
+        },
+        |lb| {
+            let syn4 = Ipv4Frame::tcp(ROUTER_MAC, EXT_MAC, (A4, 50_000), (VIP4, 443), &[]);
+            let (_, t2) =
+                Ipv4Frame::tcp(ROUTER_MAC, EXT_MAC, (A4, 50_000), (VIP4, 443), &data(2500))
+                    .fragments(FRAG_LEN4);
+            let esp4 = Ipv4Frame::raw(
+                ROUTER_MAC,
+                EXT_MAC,
+                A4,
+                VIP4,
+                PROTO_ESP,
+                &esp_body(1, 1, 64),
+            );
+            let (_, t2_6) = tcp6(A6, 50_000, 443, &data(2000)).fragments(FRAG_LEN, 1);
+            #[rustfmt::skip]
         let rows = vec![
             case("IPv4 TCP 443", syn4.bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
             case("IPv4 TCP non-first fragment", t2.bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
@@ -473,8 +474,9 @@ fn tcp_and_esp_only_when_configured() {
             case("IPv6 TCP non-first fragment", t2_6.bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
             case("IPv6 ESP", esp6(A6, 1).bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
         ];
-        lb.check(&rows);
-    });
+            lb.check(&rows);
+        },
+    );
 }
 
 /// ESP follows the client's UDP entry in every mode and both families: NAT two-arm, one-arm
@@ -645,22 +647,24 @@ fn esp_in_every_mode() {
 /// DSR over IPv6: UDP, TCP and ESP keep their addresses (the backend holds the VIP).
 #[test]
 fn ipv6_dsr_rewrites_macs_and_hop_limit_only() {
-    Fixture::both_fast_paths(Setup {
-        dsr: true,
-        ..Setup::default()
-    }, |lb| {
-        let a = ring(lb, A6);
-        let b = lb.backend(a);
-        let dsr = |f: &Ipv6Frame| {
-            f.clone()
-                .with_hop_limit(63)
-                .with_macs(b.smac, b.dmac)
-                .bytes()
-        };
-        let init = udp6(A6, 500, 100);
-        let syn = tcp6(A6, 50_000, 443, &[]);
-        let (f1, f2) = udp6(A6, 4500, 3000).fragments(FRAG_LEN, 4);
-        #[rustfmt::skip]
+    Fixture::both_fast_paths(
+        Setup {
+            dsr: true,
+            ..Setup::default()
+        },
+        |lb| {
+            let a = ring(lb, A6);
+            let b = lb.backend(a);
+            let dsr = |f: &Ipv6Frame| {
+                f.clone()
+                    .with_hop_limit(63)
+                    .with_macs(b.smac, b.dmac)
+                    .bytes()
+            };
+            let init = udp6(A6, 500, 100);
+            let syn = tcp6(A6, 50_000, 443, &[]);
+            let (f1, f2) = udp6(A6, 4500, 3000).fragments(FRAG_LEN, 4);
+            #[rustfmt::skip]
         let rows = [
             case("UDP 500", init.bytes(), Expect::Redirect(dsr(&init)), counter::FORWARD),
             case("TCP 443", syn.bytes(), Expect::Redirect(dsr(&syn)), counter::FORWARD),
@@ -668,8 +672,9 @@ fn ipv6_dsr_rewrites_macs_and_hop_limit_only() {
             case("non-first fragment", f2.bytes(), Expect::Redirect(dsr(&f2)), counter::FORWARD),
             case("backend packet", udp_from_backend6(a, 500, A6, 60).bytes(), Expect::Pass, counter::PASS_NOT_VIP),
         ];
-        lb.check(&rows);
-    });
+            lb.check(&rows);
+        },
+    );
 }
 
 /// A ring naming an IPv6 backend whose slot was never written drops as `bad_backend`.
