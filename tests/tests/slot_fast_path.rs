@@ -2,17 +2,25 @@
 //! the real daemon. Root only: without root the test says why and returns.
 //!
 //! `bulk_clients_keep_their_backend_when_their_slot_changes`: 120 clients open their session
-//! with an IKE message (UDP 500: the persistence path, which records their backend), then send
-//! only ESP-in-UDP on 4500 — bulk packets that take the fast path wherever the client's ring
-//! slot is not flagged `RING_F_CHANGED`. (The lab's payload never has an ESP sequence number
-//! ≡ 0 mod 64, so no bulk packet refreshes an entry: the worst case for the lever.) Then
-//! the slots change three ways under that bulk traffic — b4 added (a Maglev recompute moves
-//! slots of every backend to it), the busiest backend's link cut (its slots move to the
-//! survivors, its clients must follow), the link restored (its slots come back, nobody may
-//! move back) — and after each no client is answered by another backend than the persistence
-//! path would choose. Without the daemon's flags every client of a moved slot would follow the
-//! ring. `persistence_timeout` is 40 s, so flag sweeps (every 10 s) run during the test
-//! without entries idling out.
+//! with a datagram to UDP 500 (not ESP: it takes the entry path, which records their backend in
+//! a probation entry — the lab's responder answers no IKE, so nobody is promoted; the fast
+//! path, the flags and the sweeps treat both tiers alike), then send only ESP-in-UDP on 4500 —
+//! bulk packets that take the fast path wherever the client's ring slot is not flagged
+//! `RING_F_CHANGED` and the client already refreshed its entry in the current tick (the first
+//! bulk packet of each tick takes the entry path). Then the slots change three ways under that
+//! bulk traffic — b4 added (a Maglev recompute moves slots of every backend to it), the
+//! busiest backend's link cut (its slots move to the survivors, its clients must follow), the
+//! link restored (its slots come back, nobody may move back) — and after each no client is
+//! answered by another backend than its entry names. Without the daemon's flags every client
+//! of a moved slot would follow the ring. Finally, bulk only for several persistence ticks
+//! (≈ 1.07 s each) and until the daemon has logged a slot flag sweep: nobody moves,
+//! `ikelb_xdp_events_total{event="fast_path"}` grew (the fast path ran), every client's entry
+//! stays fresh (`lb-ctl lookup --json`: `idle_seconds` ≤ 2 — the fast path still sends each
+//! client through its entry once a tick), and the daemon logged sweeps (`slot flag sweep` at
+//! debug level: the test runs the daemon with `RUST_LOG=info,lb_ctl::runtime::sweep=debug`
+//! unless `RUST_LOG` is set; there is no sweep metric). `persistence_timeout` is 40 s, so
+//! sweeps (every timeout / 4 = 10 s while slots are flagged) run during the test without
+//! entries idling out.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -60,6 +68,13 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         return;
     }
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
+    // The sweeps log at debug level only (the lab passes RUST_LOG on to the daemon).
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,lb_ctl::runtime::sweep=debug");
+    }
+    let sweep_logged =
+        std::env::var("RUST_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    let started = Instant::now();
     let mut lab = Lab::build(&LabSpec {
         role: 'l',
         clients: 120,
@@ -182,9 +197,112 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         }
     }
     assert!(answered > 0);
+
+    // 4. Bulk only for several ticks and until a flag sweep ran: the fast path runs, entries
+    // stay fresh, nobody moves.
+    let fast_before = fast_path_events(&lab);
+    let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
+    let t0 = Instant::now();
+    let mut sweeps = Vec::new();
+    while t0.elapsed() < BULK_ONLY
+        || (sweep_logged && sweeps.is_empty() && t0.elapsed() < SWEEP_WAIT)
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        sweeps = sweep_lines(&mut lab);
+    }
+    // Sampled while the bulk traffic runs: every client's entry was refreshed within a tick
+    // or two, although it sent nothing but ESP for several ticks.
+    let mut max_idle = 0;
+    let mut tiers = BTreeMap::<String, usize>::new();
+    for (c, b) in &after {
+        let out = lab
+            .lb_ctl(&lb_ctl, &["lookup", &c.to_string(), "--json"])
+            .expect("lookup");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("lookup JSON");
+        let r = &v["results"][0];
+        let p = &r["persisted"];
+        assert_eq!(
+            r["backend"].as_str(),
+            Some(addr(b).to_string().as_str()),
+            "lookup {c}: {r}"
+        );
+        assert!(
+            p.is_object() && p.get("ignored_because").is_none(),
+            "lookup {c}: no live entry: {r}"
+        );
+        let idle = p["idle_seconds"].as_u64().expect("idle_seconds");
+        assert!(
+            idle <= 2,
+            "{c} sent ESP every ~50 ms for {:?}, yet its entry is {idle} s idle: the fast path \
+             did not refresh it once a tick ({r})",
+            t0.elapsed()
+        );
+        max_idle = max_idle.max(idle);
+        *tiers
+            .entry(p["tier"].as_str().unwrap_or("persistence").to_string())
+            .or_default() += 1;
+    }
+    let bulk_time = t0.elapsed();
+    let (_bulk, rounds) = traffic.stop().expect("traffic");
+    assert_nobody_moved(&rounds, &after, "bulk-only traffic over several ticks");
+    let fast_after = fast_path_events(&lab);
+    assert!(
+        fast_after > fast_before && fast_after > 0,
+        "the fast path never ran: fast_path events {fast_before} before {bulk_time:?} of bulk \
+         traffic, {fast_after} after"
+    );
+    if sweep_logged {
+        assert!(
+            !sweeps.is_empty(),
+            "no slot flag sweep logged in {:?} of test (sweeps run every 10 s while slots are \
+             flagged)\n{}",
+            started.elapsed(),
+            lab.daemon_output_tail(20)
+        );
+    } else {
+        eprintln!(
+            "slot_fast_path: RUST_LOG={:?} hides the sweeps' debug lines: not checked",
+            std::env::var("RUST_LOG").unwrap_or_default()
+        );
+    }
     eprintln!(
         "SLOT FAST PATH: {} bulk-only clients kept their backend through add (b4: {b4_slots} \
-         slots), failover and recovery of {victim}",
-        start.len()
+         slots), failover and recovery of {victim}; then {bulk_time:?} of bulk only: \
+         fast_path events {fast_before} → {fast_after}, {} rounds, every entry fresh (max \
+         idle {max_idle} s; tiers {tiers:?}); {} slot flag sweeps logged: {sweeps:?}",
+        start.len(),
+        rounds.len(),
+        sweeps.len()
     );
+}
+
+/// Bulk-only time of phase 4: several persistence ticks (2^30 ns each).
+const BULK_ONLY: Duration = Duration::from_secs(5);
+/// How long phase 4 waits for a sweep to be logged (they run every 10 s once slots are
+/// flagged, i.e. since b4 joined).
+const SWEEP_WAIT: Duration = Duration::from_secs(25);
+
+/// `ikelb_xdp_events_total{event="fast_path"}`.
+fn fast_path_events(lab: &Lab) -> u64 {
+    let text = lab.metrics().expect("/metrics");
+    let s = lab::metrics::samples(&text, "ikelb_xdp_events_total");
+    assert!(
+        s.iter().any(|s| s.label("event") == "fast_path"),
+        "/metrics has no ikelb_xdp_events_total{{event=\"fast_path\"}}"
+    );
+    lab::metrics::sum(&text, "ikelb_xdp_events_total", &[("event", "fast_path")]) as u64
+}
+
+/// The daemon's `slot flag sweep` log lines so far (`cleared=… kept=…`).
+fn sweep_lines(lab: &mut Lab) -> Vec<String> {
+    let out = lab.daemon().map(|d| d.output()).unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains("slot flag sweep"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| w.starts_with("cleared=") || w.starts_with("kept="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
 }
