@@ -69,9 +69,17 @@ pub fn parse_config(yaml: &str) -> Result<Config> {
     config::parse("bench.yaml", yaml).map_err(|e| anyhow::anyhow!("bench config: {e}"))
 }
 
+/// CPUs the new-client ration is spread over (`NEW_CLIENT_QUOTA` =
+/// `Config::new_client_quota(cpus)`): the possible CPUs, one `QUOTA` slot each.
+pub fn quota_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
+}
+
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
-/// `config` (mirrors `lb_ctl::daemon::load`), plus the size of `BENCH_REV`. `fast_path`
-/// turns the `SLOT_FAST_PATH` lever on (the daemon leaves it off).
+/// `config` (mirrors `lb_ctl::daemon::load`: the new-client ration from `new_client_rate`,
+/// the probation and refresh-tag maps from `probation_entries` / `refreshed_entries`), plus
+/// the size of `BENCH_REV`. `fast_path` turns the `SLOT_FAST_PATH` lever on or off whatever
+/// `config` says.
 pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> Result<Ebpf> {
     anyhow::ensure!(
         !EBPF_OBJECT.is_empty(),
@@ -82,12 +90,17 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
     let ticks = config.persist_timeout_ticks();
     let dsr = u32::from(config.mode == Mode::Dsr);
     let fast = u32::from(fast_path);
+    let quota = config.new_client_quota(quota_cpus());
+    let refreshed = config.refreshed_entries();
+    let refresh_mask = refreshed - 1;
     let ebpf = EbpfLoader::new()
         .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
         .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
         .override_global(globals::HASH_SEED, &config.hash_seed, true)
         .override_global(globals::MODE_DSR, &dsr, true)
+        .override_global(globals::NEW_CLIENT_QUOTA, &quota, true)
+        .override_global(globals::REFRESH_MASK, &refresh_mask, true)
         .map_max_entries(maps::RINGS, services * 2 * config.maglev_table_size)
         .map_max_entries(maps::SERVICES, services)
         .map_max_entries(maps::VIPS_V4, services)
@@ -98,6 +111,9 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
         .map_max_entries(maps::BACKEND_STATS, capacity * 2)
         .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
         .map_max_entries(maps::PERSIST_V6, 1)
+        .map_max_entries(maps::PROBATION_V4, config.probation_entries)
+        .map_max_entries(maps::PROBATION_V6, 1)
+        .map_max_entries(maps::REFRESHED_V4, refreshed)
         .map_max_entries("BENCH_REV", rev_entries.max(1))
         .load(EBPF_OBJECT)
         .context("loading the XDP object")?;

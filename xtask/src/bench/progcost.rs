@@ -1,59 +1,82 @@
 //! Program cost with `BPF_PROG_TEST_RUN` and the stamp method (see
-//! `lb-ebpf/src/bench/mod.rs`), and the memory of the persistence map.
+//! `lb-ebpf/src/bench/mod.rs`), and the memory of the per-client maps.
 //!
 //! The object is loaded with the daemon's globals and map sizes and filled by `lb_ctl`'s own
 //! `Balancer` (one virtual server, 10 backends, Maglev M = 65537, persistence capacity at its
-//! default). Frames arrive on a real veth (`ctx_in.ingress_ifindex`) of a namespace made for
-//! this, so ikelb takes its two-arm path exactly as in production: in on `ext`, out by devmap
-//! redirect on `int`. The measuring thread is pinned to one CPU. Each trial runs the
-//! stamp-only program and then stamp + ikelb with the same `repeat`; the reported cost is
-//! median(stamp + ikelb) − median(stamp). Every run's counter deltas are checked: all
-//! `repeat` frames must have taken the intended branch.
+//! default, the default new-client ration). Frames arrive on a real veth
+//! (`ctx_in.ingress_ifindex`) of a namespace made for this, so ikelb takes its two-arm path
+//! exactly as in production: in on `ext` (the clients' interface), out by devmap redirect on
+//! `int`. The measuring thread is pinned to one CPU. Each trial runs the stamp-only program
+//! and then stamp + ikelb with the same `repeat`; the reported cost is
+//! median(stamp + ikelb) − median(stamp). Every run's counter and event deltas are checked:
+//! all `repeat` frames must have taken the intended branch.
+//!
+//! Since the two-tier persistence (56e103b) only a promotion — the client echoing its
+//! backend's IKE responder SPI — creates a `PERSIST_V4` entry; a client seen for the first
+//! time gets a probation entry at most. The hit rows therefore start from **established**
+//! clients: their `PERSIST_V4` entries are written from user space (backend = the client's
+//! ring slot, as a promotion would have left it; the clients' MAC and interface), then one
+//! warm-up pass runs through the program. Rows whose sources are new (`miss*`,
+//! `spoofed_init*`) draw them from 2^26 addresses, far more than both maps hold.
 
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
+    time::Instant,
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
-use lb_common::{counter, PersistKeyV4, PersistValue, RING_F_CHANGED};
+use lb_common::{
+    counter, event, hash::client_hash_v4, PersistKeyV4, PersistValue, QUOTA_WINDOW_SHIFT,
+    RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+};
 use lb_ctl::{
+    config::Config,
     dataplane::{AyaDataplane, Dataplane},
     state::{Balancer, IfaceInfo},
 };
 
 use crate::{
     frame::{
-        self, client_wire, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, IKE, MODE_FORWARD,
-        MODE_REVERSE,
+        self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE,
     },
-    lb::{self, backend_addr, BACKENDS, VIP},
+    lb::{self, backend_addr, BACKENDS, HASH_SEED, VIP},
     stats::median,
     sys::{self, NetNs, Prefix},
 };
 
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
-/// First client address of the hit-path sweeps (100.64.0.0, CGNAT space) and of the miss
-/// sweep (32.0.0.0: 2^24 addresses, none a VIP or backend).
+/// First client address of the established clients (100.64.0.0, CGNAT space) and of the new
+/// sources: ESP (`miss*`) from 32.0.0.0/6, spoofed IKE_SA_INIT (`spoofed_init*`) from
+/// 64.0.0.0/6 — 2^26 addresses each, none a VIP or backend, disjoint so that no row meets
+/// the probation entries another left.
 const HIT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 const MISS_BASE: u32 = u32::from_be_bytes([32, 0, 0, 0]);
-/// Key space of the miss/insert path: 16× the default persistence capacity.
-const MISS_CLIENTS: u32 = 1 << 24;
+const SPOOF_BASE: u32 = u32::from_be_bytes([64, 0, 0, 0]);
+/// Key space of the new sources: 64× the default persistence capacity, 256× the probation
+/// one, and more than the frames of one row (≤ 20 × 2^20, stamp runs included), so no source
+/// of a row comes twice: every frame is a new client.
+const MISS_CLIENTS: u32 = 1 << 26;
 /// Not a VIP, not a backend: the pass-through row's destination.
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// MAC of every backend's next hop (never used to send: test_run does not transmit).
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 /// The clients' previous hop.
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+/// Port (position in the config's `interfaces`) of `ext`, the clients' interface.
+const EXT_PORT: u8 = 0;
 
 /// Frames per test_run call.
 const REPEAT: u32 = 1 << 20;
+
+const EVENTS: usize = event::COUNT as usize;
 
 /// One measured row.
 #[derive(Clone, Debug)]
@@ -68,22 +91,64 @@ pub struct Row {
     pub cost_ns: f64,
     /// Spread of the trials of stamp + ikelb (max − min), ns.
     pub spread_ns: f64,
-    /// Fraction of a sample of the clients present in PERSIST_V4 after the trials (hit rows).
+    /// Fraction of a sample of the established clients present in PERSIST_V4 after the row's
+    /// trials (hit rows; for the rows of new sources: the established clients that survived
+    /// the flood).
     pub resident: Option<f64>,
+    /// `EVENTS` deltas (`lb_common::event`) summed over the measured stamp + ikelb runs.
+    pub events: [u64; EVENTS],
+    /// Frames of those runs (trials × repeat).
+    pub frames: u64,
+    /// Loaded with `SLOT_FAST_PATH` on: the fast-path share is meaningful.
+    pub fast_path_on: bool,
+}
+
+impl Row {
+    /// Share of the measured frames that counted event `e`.
+    pub fn share(&self, e: u32) -> f64 {
+        self.events[e as usize] as f64 / self.frames.max(1) as f64
+    }
+
+    /// Share of the measured frames that took the slot fast path (lever rows only).
+    pub fn fast_path_share(&self) -> Option<f64> {
+        self.fast_path_on.then(|| self.share(event::FAST_PATH))
+    }
+
+    /// Whether the row's frames came from new clients (probation inserted or throttled).
+    pub fn new_clients(&self) -> bool {
+        self.events[event::PROBATION_INSERT as usize] + self.events[event::PROBATION_THROTTLED as usize] > 0
+    }
 }
 
 pub struct Memory {
     /// PERSIST_V4 at its configured capacity: entries and the map fd's `memlock`.
     pub persist_entries: u32,
     pub persist_memlock: u64,
+    /// PROBATION_V4 at its configured capacity (`probation_entries`).
+    pub probation_entries: u32,
+    pub probation_memlock: u64,
+    /// REFRESHED_V4 (the slot fast path's refresh tags), as the daemon sizes it.
+    pub refreshed_entries: u32,
+    pub refreshed_memlock: u64,
     /// Every map of the object as the daemon sizes it, bench maps included (a few KiB).
     pub all_maps_memlock: u64,
+}
+
+/// The new-client ration every row but the `*_unlimited` ones runs with (the daemon's default).
+pub struct Ration {
+    /// Config `new_client_rate` (per second, whole gateway).
+    pub rate: u32,
+    /// CPUs it is spread over.
+    pub cpus: u32,
+    /// `NEW_CLIENT_QUOTA`: inserts per CPU per window of 2^QUOTA_WINDOW_SHIFT ns.
+    pub quota: u32,
 }
 
 pub struct ProgCost {
     pub rows: Vec<Row>,
     pub attribution: Vec<Attribution>,
     pub memory: Memory,
+    pub ration: Ration,
     pub trials: usize,
     pub repeat: u32,
     pub cpu: usize,
@@ -122,19 +187,37 @@ struct Bench {
     ext: u32,
     int: u32,
     trials: usize,
+    /// `NEW_CLIENT_QUOTA` this object was loaded with (0 = unlimited).
+    quota: u32,
+    /// Event deltas summed over the checked runs since the last reset (`row`).
+    acc: [u64; EVENTS],
 }
 
-/// The object loaded and filled like the daemon does (lever on or off), its bench programs
-/// loaded.
-fn setup(ifaces: &[IfaceInfo; 2], trials: usize, fast_path: bool) -> Result<(Bench, Memory)> {
+/// The benchmark's configuration as the daemon would parse it.
+fn bench_config() -> Result<Config> {
     let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
-    let config = lb::parse_config(&lb::config_yaml(&["ext", "int"], &backends, None))?;
+    lb::parse_config(&lb::config_yaml(&["ext", "int"], &backends, None))
+}
+
+/// The object loaded and filled like the daemon does (lever on or off; the default new-client
+/// ration, or none with `unlimited`), its bench programs loaded.
+fn setup(
+    ifaces: &[IfaceInfo; 2],
+    trials: usize,
+    fast_path: bool,
+    unlimited: bool,
+) -> Result<(Bench, Memory)> {
+    let mut config = bench_config()?;
+    if unlimited {
+        config.new_client_rate = 0;
+    }
+    let quota = config.new_client_quota(lb::quota_cpus());
     let ebpf = lb::load_like_daemon(&config, 1 << 16, fast_path)?;
-    let memory = memory(&ebpf, config.persistence_entries)?;
+    let memory = memory(&ebpf, &config)?;
     let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path);
+        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path && !unlimited);
         for p in [STAMP, LB].into_iter().chain(variants) {
             lb::load_prog(ebpf, p)?;
         }
@@ -145,36 +228,74 @@ fn setup(ifaces: &[IfaceInfo; 2], trials: usize, fast_path: bool) -> Result<(Ben
             ext: ifaces[0].ifindex,
             int: ifaces[1].ifindex,
             trials,
+            quota,
+            acc: [0; EVENTS],
         },
         memory,
     ))
 }
 
+fn fwd_cfg(clients: u32, base: u32) -> BenchCfg {
+    BenchCfg {
+        mode: MODE_FORWARD,
+        clients,
+        base,
+        _pad: 0,
+    }
+}
+
 fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost> {
     let (ext_mac, int_mac) = (ifaces[0].mac, ifaces[1].mac);
-    let (mut b, memory) = setup(&ifaces, trials, false)?;
+    let ration = {
+        let config = bench_config()?;
+        let cpus = lb::quota_cpus();
+        Ration {
+            rate: config.new_client_rate,
+            cpus,
+            quota: config.new_client_quota(cpus),
+        }
+    };
+    let (mut b, memory) = setup(&ifaces, trials, false, false)?;
     let fwd = frame::template(ext_mac, ROUTER_MAC, Some(VIP), ESP_IN_UDP);
     let ike = frame::template(ext_mac, ROUTER_MAC, Some(VIP), IKE);
+    let init = frame::ike_sa_init_template(ext_mac, ROUTER_MAC, VIP);
     let rev = frame::template(int_mac, BACKEND_MAC, None, ESP_IN_UDP);
     let pass = frame::template(ext_mac, ROUTER_MAC, Some(OTHER), ESP_IN_UDP);
+    let flood = fwd_cfg(MISS_CLIENTS, MISS_BASE);
+    let spoof = fwd_cfg(MISS_CLIENTS, SPOOF_BASE);
+    // Established clients: no new-client event, no MAC move.
     let forwarded = Expect {
         counter: Some(counter::FORWARD),
         action: XDP_REDIRECT,
+        news: News::None,
+        fast: Fast::Never,
+    };
+    // Frames of new sources: every one a probation insert or, past the ration, throttled.
+    let rationed = |lost: bool| Expect {
+        news: News::Rationed { lost },
+        ..forwarded
+    };
+    let inserted = |lost: bool| Expect {
+        news: News::Inserted { lost },
+        ..forwarded
     };
 
     let mut rows = Vec::new();
     let mut attribution = Vec::new();
     for (key, clients) in [("hit_1k", 1_000), ("hit_64k", 65_536), ("hit_1M", 1_000_000)] {
         eprintln!("  program cost: {key}");
-        let cfg = BenchCfg {
-            mode: MODE_FORWARD,
-            clients,
-            base: HIT_BASE,
-            _pad: 0,
-        };
-        // Warm-up: every client inserted once, then one more pass (steady state).
-        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), None)?;
-        let mut row = b.row(key, format!("forward, hit, {clients} clients"), &fwd, cfg, b.ext, forwarded)?;
+        let cfg = fwd_cfg(clients, HIT_BASE);
+        b.establish(cfg)?;
+        // Warm-up: every client once more through the program (steady state).
+        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), Some(forwarded))?;
+        let mut row = b.row(
+            key,
+            format!("forward, established client (PERSIST_V4 hit), {clients} clients"),
+            &fwd,
+            cfg,
+            b.ext,
+            forwarded,
+        )?;
         row.resident = Some(b.resident(cfg)?);
         rows.push(row);
         if key == "hit_64k" {
@@ -186,11 +307,11 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             };
             let reversed = Expect {
                 counter: Some(counter::REVERSE),
-                action: XDP_REDIRECT,
+                ..forwarded
             };
             rows.push(b.row(
                 "reverse",
-                format!("reverse (backend → client), {clients} clients"),
+                format!("reverse (backend → established client), {clients} clients"),
                 &rev,
                 rcfg,
                 b.int,
@@ -201,65 +322,108 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             eprintln!("  program cost: attribution at {clients} clients");
             attribution.push(b.attribution(clients, cfg, &fwd)?);
         }
+        if key == "hit_64k" {
+            eprintln!("  program cost: spoofed_init_64k");
+            b.run(LB, &init, spoof, b.ext, REPEAT, Some(rationed(false)))?;
+            let mut row = b.row(
+                "spoofed_init_64k",
+                format!(
+                    "spoofed IKE_SA_INIT, new source (of 2^26), {clients} established, default ration"
+                ),
+                &init,
+                spoof,
+                b.ext,
+                rationed(false),
+            )?;
+            row.resident = Some(b.resident(cfg)?);
+            rows.push(row);
+        }
     }
     eprintln!("  program cost: miss");
-    let cfg = BenchCfg {
-        mode: MODE_FORWARD,
-        clients: MISS_CLIENTS,
-        base: MISS_BASE,
-        _pad: 0,
-    };
-    b.run(LB, &fwd, cfg, b.ext, 2 * REPEAT, None)?;
-    rows.push(b.row(
+    let established = fwd_cfg(1_000_000, HIT_BASE);
+    b.run(LB, &fwd, flood, b.ext, 2 * REPEAT, Some(rationed(true)))?;
+    let mut row = b.row(
         "miss",
-        format!("forward, miss + LRU insert ({MISS_CLIENTS} clients > capacity)"),
+        "forward, ESP from a new source (of 2^26; miss in both maps, lost), default ration".into(),
         &fwd,
-        cfg,
+        flood,
         b.ext,
-        forwarded,
-    )?);
+        rationed(true),
+    )?;
+    row.resident = Some(b.resident(established)?);
+    rows.push(row);
     eprintln!("  program cost: pass");
-    let cfg = BenchCfg {
-        mode: MODE_FORWARD,
-        clients: 65_536,
-        base: HIT_BASE,
-        _pad: 0,
-    };
     let passed = Expect {
         counter: Some(counter::PASS_NOT_VIP),
         action: XDP_PASS,
+        ..forwarded
     };
     rows.push(b.row(
         "pass",
         "not to a VIP, not from a backend: XDP_PASS".into(),
         &pass,
-        cfg,
+        fwd_cfg(65_536, HIT_BASE),
         b.ext,
         passed,
     )?);
     drop(b);
 
+    // No ration (new_client_rate: 0): every new source gets a probation entry, evicting one.
+    let (mut b, _) = setup(&ifaces, trials, false, true)?;
+    ensure!(b.quota == 0, "new_client_rate 0 must load NEW_CLIENT_QUOTA 0");
+    for (key, established, t, sources, lost, what) in [
+        (
+            "spoofed_init_64k_unlimited",
+            65_536,
+            &init,
+            spoof,
+            false,
+            "spoofed IKE_SA_INIT, new source (of 2^26), 65536 established, no ration: probation insert + eviction",
+        ),
+        (
+            "miss_unlimited",
+            1_000_000,
+            &fwd,
+            flood,
+            true,
+            "forward, ESP from a new source (of 2^26), no ration: probation insert + eviction",
+        ),
+    ] {
+        eprintln!("  program cost: {key}");
+        let cfg = fwd_cfg(established, HIT_BASE);
+        b.establish(cfg)?;
+        b.run(LB, &fwd, cfg, b.ext, established.max(REPEAT), Some(forwarded))?;
+        // Fill the probation map (2^18 entries by default) so that every insert evicts.
+        b.run(LB, t, sources, b.ext, 2 * REPEAT, Some(inserted(lost)))?;
+        let mut row = b.row(key, what.into(), t, sources, b.ext, inserted(lost))?;
+        row.resident = Some(b.resident(cfg)?);
+        rows.push(row);
+    }
+    drop(b);
+
     // The lever (SLOT_FAST_PATH on): the same program and maps, loaded again.
-    let (mut b, _) = setup(&ifaces, trials, true)?;
+    let (mut b, _) = setup(&ifaces, trials, true, false)?;
     lb::load_prog(b.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?;
+    let bulk = Expect {
+        fast: Fast::Any,
+        ..forwarded
+    };
     for (key, clients) in [("lever_hit_64k", 65_536), ("lever_hit_1M", 1_000_000)] {
         eprintln!("  program cost: {key}");
-        let cfg = BenchCfg {
-            mode: MODE_FORWARD,
-            clients,
-            base: HIT_BASE,
-            _pad: 0,
-        };
-        // Sessions begin with IKE: the entries exist, as they would.
-        b.run(LB, &ike, cfg, b.ext, clients.max(REPEAT), None)?;
-        rows.push(b.row(
+        let cfg = fwd_cfg(clients, HIT_BASE);
+        b.establish(cfg)?;
+        // Warm-up: every client's first packet of the tick writes its REFRESHED_V4 tag.
+        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), Some(bulk))?;
+        let mut row = b.row(
             key,
-            format!("lever on: ESP in UDP, unchanged slot, {clients} clients"),
+            format!("lever on: ESP in UDP, unchanged slot, established, {clients} clients"),
             &fwd,
             cfg,
             b.ext,
-            forwarded,
-        )?);
+            bulk,
+        )?;
+        row.resident = Some(b.resident(cfg)?);
+        rows.push(row);
         if clients == 65_536 {
             b.lever_equivalence(&fwd, cfg)?;
             rows.push(b.row(
@@ -283,10 +447,14 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             rows.push(r?);
         }
     }
+    for r in &mut rows {
+        r.fast_path_on = r.key.starts_with("lever_");
+    }
     Ok(ProgCost {
         rows,
         attribution,
         memory,
+        ration,
         trials,
         repeat: REPEAT,
         cpu,
@@ -299,6 +467,30 @@ struct Expect {
     /// Counter each frame bumps (`None`: the program does not count).
     counter: Option<u32>,
     action: u32,
+    /// New-client events (`PROBATION_*`, `LOST`).
+    news: News,
+    /// `FAST_PATH` events.
+    fast: Fast,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum News {
+    /// None at all (established clients, the reverse path, pass-through).
+    None,
+    /// Every frame a new client: a probation insert or, past this CPU's ration, throttled
+    /// (and no more inserts than the ration allows in the windows the run spans); `lost`:
+    /// every frame also counted lost (mid-session: ESP).
+    Rationed { lost: bool },
+    /// Every frame a probation insert (no ration).
+    Inserted { lost: bool },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fast {
+    /// No frame may take the slot fast path.
+    Never,
+    /// Any share (reported, not asserted).
+    Any,
 }
 
 const LB: &str = "bench_stamp_lb";
@@ -340,17 +532,18 @@ impl Bench {
         cfg: BenchCfg,
         esp: &Template,
     ) -> Result<Attribution> {
+        let real = Expect {
+            counter: Some(counter::FORWARD),
+            action: XDP_REDIRECT,
+            news: News::None,
+            fast: Fast::Never,
+        };
         let fwd = |v: &Variant| Expect {
             counter: v.counts.then_some(counter::FORWARD),
-            action: if v.redirects { XDP_REDIRECT } else { 3 },
+            action: if v.redirects { XDP_REDIRECT } else { XDP_TX },
+            ..real
         };
-        let mut progs: Vec<(&str, Expect)> = vec![(
-            LB,
-            Expect {
-                counter: Some(counter::FORWARD),
-                action: XDP_REDIRECT,
-            },
-        )];
+        let mut progs: Vec<(&str, Expect)> = vec![(LB, real)];
         progs.extend(VARIANTS.iter().map(|v| (v.prog, fwd(v))));
         let (stamp, per) = self.trials(esp, cfg, self.ext, &progs)?;
         let s = median(&stamp);
@@ -368,29 +561,36 @@ impl Bench {
     }
 
     /// With the lever on, a bulk frame must leave exactly as it does through the persistence
-    /// path: the same frame of 256 clients through `ikelb` with their slots unflagged (fast
-    /// path) and flagged (persistence path), output and action compared byte for byte.
+    /// path: the same frame of 256 established clients through `ikelb` with their slots
+    /// unflagged (fast path) and flagged (persistence path), output and action compared byte
+    /// for byte. The unflagged pass runs after one that refreshed the clients' tags, and must
+    /// have taken the fast path for all 256 (retried if a tick began in between).
     fn lever_equivalence(&mut self, t: &Template, cfg: BenchCfg) -> Result<()> {
         let frames: Vec<Vec<u8>> = (0..256)
             .map(|i| frame::with_source(t, client_wire(cfg.base, i * (cfg.clients / 256))))
             .collect();
+        let n = frames.len() as u64;
         let mut outs = Vec::new();
         for flagged in [false, true] {
             self.flag_ring(flagged)?;
-            let mut out = Vec::new();
-            for f in &frames {
-                let mut data = vec![0u8; f.len()];
-                let md = frame::xdp_md(self.ext, f.len());
-                let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
-                    .test_run(TestRunOptions {
-                        data_in: Some(f),
-                        data_out: Some(&mut data),
-                        ctx_in: Some(&md),
-                        ..TestRunOptions::new()
-                    })
-                    .context("test_run ikelb")?;
-                out.push((r.return_value, data));
-            }
+            let mut attempts = 0;
+            let out = loop {
+                let before = self.events()?;
+                let out = self.run_each(&frames)?;
+                let fast = self.events()?[event::FAST_PATH as usize] - before[event::FAST_PATH as usize];
+                attempts += 1;
+                if flagged {
+                    ensure!(fast == 0, "lever: {fast} frames of flagged slots took the fast path");
+                    break out;
+                }
+                if fast == n {
+                    break out;
+                }
+                ensure!(
+                    attempts < 4,
+                    "lever: only {fast} of {n} refreshed clients took the fast path"
+                );
+            };
             outs.push(out);
         }
         self.flag_ring(false)?;
@@ -405,6 +605,25 @@ impl Bench {
         }
         eprintln!("  lever: 256 clients leave identically through both paths");
         Ok(())
+    }
+
+    /// Each frame once through `ikelb` (no stamp): (action, frame out).
+    fn run_each(&mut self, frames: &[Vec<u8>]) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for f in frames {
+                let mut data = vec![0u8; f.len()];
+                let md = frame::xdp_md(self.ext, f.len());
+                let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
+                    .test_run(TestRunOptions {
+                        data_in: Some(f),
+                        data_out: Some(&mut data),
+                        ctx_in: Some(&md),
+                        ..TestRunOptions::new()
+                    })
+                    .context("test_run ikelb")?;
+                out.push((r.return_value, data));
+        }
+        Ok(out)
     }
 
     /// Sets or clears the lever's RING_F_CHANGED bit on every slot of the active table.
@@ -437,7 +656,9 @@ impl Bench {
         let mut per = vec![Vec::new(); progs.len()];
         let stamp_only = Expect {
             counter: None,
-            action: 3,
+            action: XDP_TX,
+            news: News::None,
+            fast: Fast::Never,
         };
         for _ in 0..self.trials {
             stamp.push(self.run(STAMP, t, cfg, ingress, REPEAT, Some(stamp_only))?);
@@ -463,7 +684,9 @@ impl Bench {
         lb::set_template(self.lb.dataplane_mut().ebpf_mut(), t.block)?;
         lb::set_cfg(self.lb.dataplane_mut().ebpf_mut(), cfg)?;
         let before = self.counters()?;
-        let md = frame::xdp_md(ingress, FRAME_LEN);
+        let events_before = self.events()?;
+        let md = frame::xdp_md(ingress, t.frame.len());
+        let started = Instant::now();
         let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), prog)?
             .test_run(TestRunOptions {
                 data_in: Some(&t.frame),
@@ -472,6 +695,7 @@ impl Bench {
                 ..TestRunOptions::new()
             })
             .with_context(|| format!("test_run {prog}"))?;
+        let elapsed = started.elapsed();
         if let Some(e) = expect {
             ensure!(
                 r.return_value == e.action,
@@ -488,8 +712,139 @@ impl Bench {
                     counter::LABELS[c as usize]
                 );
             }
+            let after = self.events()?;
+            let mut d = [0u64; EVENTS];
+            for (i, x) in d.iter_mut().enumerate() {
+                *x = after[i] - events_before[i];
+                self.acc[i] += *x;
+            }
+            self.check_events(prog, &d, u64::from(repeat), e, elapsed)?;
         }
         Ok(r.duration.as_nanos() as f64)
+    }
+
+    /// The event deltas of one run against what `e` says every frame did.
+    fn check_events(
+        &self,
+        prog: &str,
+        d: &[u64; EVENTS],
+        repeat: u64,
+        e: Expect,
+        elapsed: std::time::Duration,
+    ) -> Result<()> {
+        let ev = |i: u32| d[i as usize];
+        let fail = |what: &str| {
+            let all: Vec<String> = event::LABELS
+                .iter()
+                .zip(d)
+                .filter(|(_, n)| **n != 0)
+                .map(|(l, n)| format!("{l} {n}"))
+                .collect();
+            anyhow::anyhow!("{prog}: {what} (events of {repeat} frames: {})", all.join(", "))
+        };
+        for i in [
+            event::PROMOTED,
+            event::MAC_MOVE_ACCEPTED,
+            event::MAC_MOVE_REJECTED,
+            event::REVERSE_STATELESS,
+        ] {
+            if ev(i) != 0 {
+                return Err(fail(&format!("unexpected {}", event::LABELS[i as usize])));
+            }
+        }
+        if e.fast == Fast::Never && ev(event::FAST_PATH) != 0 {
+            return Err(fail("frames took the fast path"));
+        }
+        let (ins, thr, lost) = (
+            ev(event::PROBATION_INSERT),
+            ev(event::PROBATION_THROTTLED),
+            ev(event::LOST),
+        );
+        let want_lost = |l: bool| if l { repeat } else { 0 };
+        match e.news {
+            News::None => {
+                if ins + thr + lost != 0 {
+                    return Err(fail("new-client events from established clients"));
+                }
+            }
+            News::Rationed { lost: l } => {
+                ensure!(self.quota != 0, "{prog}: a rationed row without a ration");
+                // Windows the run touched: the one it began in (partly used before), the
+                // ones it spanned, the one it ended in.
+                let windows = (elapsed.as_nanos() >> QUOTA_WINDOW_SHIFT) as u64 + 2;
+                if ins + thr != repeat || lost != want_lost(l) {
+                    return Err(fail("not every frame a new client"));
+                }
+                if ins > u64::from(self.quota) * windows {
+                    return Err(fail(&format!(
+                        "more inserts than the ration ({} per window, ≤ {windows} windows)",
+                        self.quota
+                    )));
+                }
+            }
+            News::Inserted { lost: l } => {
+                if ins != repeat || thr != 0 || lost != want_lost(l) {
+                    return Err(fail("not every frame a probation insert"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `EVENTS`, summed over the CPUs.
+    fn events(&mut self) -> Result<[u64; EVENTS]> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.lb
+                .dataplane_mut()
+                .ebpf_mut()
+                .map(lb_common::maps::EVENTS)
+                .context("EVENTS")?,
+        )?;
+        let mut out = [0u64; EVENTS];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = m.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Writes an established entry for each client of `cfg` into PERSIST_V4, as a promotion
+    /// leaves it: the backend of the client's ring slot, last seen now, the clients' router MAC
+    /// and interface (so no MAC move is ever considered).
+    fn establish(&mut self, cfg: BenchCfg) -> Result<()> {
+        let svc = self.lb.services()[0].value;
+        let m = self.lb.ring_size();
+        let ebpf = self.lb.dataplane_mut().ebpf_mut();
+        let ring: Vec<u32> = {
+            let rings: Array<&MapData, u32> =
+                Array::try_from(ebpf.map("RINGS").context("RINGS")?)?;
+            (svc.ring_base..svc.ring_base + m)
+                .map(|i| rings.get(&i, 0))
+                .collect::<Result<_, _>>()?
+        };
+        let now = now_ticks();
+        let mut persist: HashMap<&mut MapData, PersistKeyV4, PersistValue> =
+            HashMap::try_from(ebpf.map_mut("PERSIST_V4").context("PERSIST_V4")?)?;
+        for i in 0..cfg.clients {
+            sys::check_interrupted()?;
+            let client = client_wire(cfg.base, i);
+            let slot = client_hash_v4(client, HASH_SEED) % m;
+            let value = PersistValue {
+                backend: ring[slot as usize] & RING_BACKEND_MASK,
+                atime: now,
+                client_mac: ROUTER_MAC,
+                port: EXT_PORT,
+                _pad: 0,
+            };
+            persist.insert(
+                PersistKeyV4 {
+                    service: svc.id,
+                    client,
+                },
+                value,
+                0,
+            )?;
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -508,7 +863,9 @@ impl Bench {
         ingress: u32,
         expect: Expect,
     ) -> Result<Row> {
+        self.acc = [0; EVENTS];
         let (stamp, per) = self.trials(t, cfg, ingress, &[(LB, expect)])?;
+        let events = self.acc;
         let lb = &per[0];
         let (s, l) = (median(&stamp), median(lb));
         let spread = lb.iter().cloned().fold(f64::MIN, f64::max)
@@ -522,11 +879,15 @@ impl Bench {
             cost_ns: l - s,
             spread_ns: spread,
             resident: None,
+            events,
+            frames: self.trials as u64 * u64::from(REPEAT),
+            fast_path_on: false,
         })
     }
 
     /// Fraction of 4096 clients spread over the key space that have an entry.
     fn resident(&mut self, cfg: BenchCfg) -> Result<f64> {
+        let service = self.lb.services()[0].value.id;
         let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(
             self.lb
                 .dataplane_mut()
@@ -539,7 +900,7 @@ impl Bench {
         let mut present = 0;
         for s in 0..samples {
             let key = PersistKeyV4 {
-                service: 0,
+                service,
                 client: client_wire(cfg.base, s * step),
             };
             if m.get(&key, 0).is_ok() {
@@ -586,13 +947,22 @@ impl Bench {
     }
 }
 
-/// `memlock` of PERSIST_V4 and of every map of the object, from /proc/self/fdinfo (the kernel's
-/// own accounting of what the map allocated — an LRU hash preallocates every entry).
-fn memory(ebpf: &aya::Ebpf, persist_entries: u32) -> Result<Memory> {
-    let Some(Map::LruHashMap(persist)) = ebpf.map("PERSIST_V4") else {
-        bail!("PERSIST_V4 is not an LRU hash map");
+/// `memlock` of PERSIST_V4, PROBATION_V4, REFRESHED_V4 and of every map of the object, from
+/// /proc/self/fdinfo (the kernel's own accounting of what the map allocated — an LRU hash
+/// preallocates every entry).
+fn memory(ebpf: &aya::Ebpf, config: &Config) -> Result<Memory> {
+    let lru = |name: &str| -> Result<u64> {
+        let Some(Map::LruHashMap(m)) = ebpf.map(name) else {
+            bail!("{name} is not an LRU hash map");
+        };
+        fd_memlock(m.fd().as_fd().as_raw_fd())
     };
-    let persist_memlock = fd_memlock(persist.fd().as_fd().as_raw_fd())?;
+    let persist_memlock = lru("PERSIST_V4")?;
+    let probation_memlock = lru("PROBATION_V4")?;
+    let Some(Map::Array(refreshed)) = ebpf.map("REFRESHED_V4") else {
+        bail!("REFRESHED_V4 is not an array");
+    };
+    let refreshed_memlock = fd_memlock(refreshed.fd().as_fd().as_raw_fd())?;
     let mut all = 0;
     for (_, m) in ebpf.maps() {
         if let Some(fd) = map_fd(m) {
@@ -600,8 +970,12 @@ fn memory(ebpf: &aya::Ebpf, persist_entries: u32) -> Result<Memory> {
         }
     }
     Ok(Memory {
-        persist_entries,
+        persist_entries: config.persistence_entries,
         persist_memlock,
+        probation_entries: config.probation_entries,
+        probation_memlock,
+        refreshed_entries: config.refreshed_entries(),
+        refreshed_memlock,
         all_maps_memlock: all,
     })
 }
@@ -628,4 +1002,17 @@ fn fd_memlock(fd: i32) -> Result<u64> {
         .trim()
         .parse()
         .context("memlock value")
+}
+
+/// Now in persistence ticks, as the data path reads it (`bpf_ktime_get_coarse_ns`, i.e.
+/// CLOCK_MONOTONIC_COARSE, >> TICK_SHIFT).
+fn now_ticks() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> TICK_SHIFT) as u32
 }

@@ -1,12 +1,13 @@
 //! The readable table on stdout, `target/bench/results.json`, and the targets of issue 4
 //! checked against the figures (reported, never asserted).
 
+use lb_common::event;
 use serde_json::{json, Map, Value};
 
 use crate::{
     closed_loop::{self, SIZES, VARIANTS},
     control::{self, Health, MAGLEV_M},
-    progcost::ProgCost,
+    progcost::{ProgCost, Row},
 };
 
 /// Where and when the figures were taken.
@@ -128,6 +129,28 @@ pub fn bytes_per_entry(p: &ProgCost) -> f64 {
     p.memory.persist_memlock as f64 / f64::from(p.memory.persist_entries)
 }
 
+pub fn probation_bytes_per_entry(p: &ProgCost) -> f64 {
+    p.memory.probation_memlock as f64 / f64::from(p.memory.probation_entries)
+}
+
+/// What the row's frames did besides the verdict: the fast-path share (lever rows) and the
+/// new-client events (rows of new sources), from the `EVENTS` deltas of the measured runs.
+fn row_notes(r: &Row) -> String {
+    let pct = |e: u32| format!("{:.1}%", r.share(e) * 100.0);
+    let mut n = Vec::new();
+    if let Some(f) = r.fast_path_share() {
+        n.push(format!("fast path {:.1}%", f * 100.0));
+    }
+    if r.new_clients() {
+        n.push(format!("probation insert {}", pct(event::PROBATION_INSERT)));
+        n.push(format!("throttled {}", pct(event::PROBATION_THROTTLED)));
+        if r.events[event::LOST as usize] > 0 {
+            n.push(format!("lost {}", pct(event::LOST)));
+        }
+    }
+    n.join(", ")
+}
+
 pub fn table(a: &All<'_>) -> String {
     let mut o = String::new();
     let m = a.machine;
@@ -145,12 +168,20 @@ pub fn table(a: &All<'_>) -> String {
         p.cpu, p.trials, p.repeat
     );
     o += &format!(
-        "   {:<17} {:<58} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8}\n",
-        "row", "path", "clients", "stamp", "stamp+lb", "ikelb", "spread", "resident"
+        "   new-client ration: new_client_rate {}/s over {} CPUs = NEW_CLIENT_QUOTA {} per CPU per \
+         2^{} ns (rows *_unlimited: none)\n",
+        p.ration.rate,
+        p.ration.cpus,
+        p.ration.quota,
+        lb_common::QUOTA_WINDOW_SHIFT
+    );
+    o += &format!(
+        "   {:<26} {:<90} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8}  {}\n",
+        "row", "path", "clients", "stamp", "stamp+lb", "ikelb", "spread", "resident", "events"
     );
     for r in &p.rows {
         o += &format!(
-            "   {:<17} {:<58} {:>9} {:>6.0}ns {:>8.0}ns {:>7.0}ns {:>5.0}ns {:>8}\n",
+            "   {:<26} {:<90} {:>9} {:>6.0}ns {:>8.0}ns {:>7.0}ns {:>5.0}ns {:>8}  {}\n",
             r.key,
             r.what,
             r.clients,
@@ -159,9 +190,18 @@ pub fn table(a: &All<'_>) -> String {
             r.cost_ns,
             r.spread_ns,
             r.resident
-                .map_or(String::new(), |f| format!("{:.1}%", f * 100.0))
+                .map_or(String::new(), |f| format!("{:.1}%", f * 100.0)),
+            row_notes(r)
         );
     }
+    o += "   (clients: distinct sources of the frames — 2^26 new ones for the rows of new sources; \
+          resident: share of a sample of\n\
+          \x20   the established clients in PERSIST_V4 after the row — after the flood for the rows \
+          of new sources; events: shares of\n\
+          \x20   the measured frames, from EVENTS; the fast path needs the client's REFRESHED_V4 tag \
+          of this tick, written by its\n\
+          \x20   first packet of each tick, and clients sharing a tag slot keep overwriting each \
+          other's)\n";
 
     if !p.attribution.is_empty() {
         o += "\n1b. Where the forward hit path's time goes — variants of the forward path, each step \
@@ -232,12 +272,18 @@ pub fn table(a: &All<'_>) -> String {
     let mem = &p.memory;
     o += &format!(
         "\n3. Memory — PERSIST_V4 at its configured capacity ({} entries): memlock {} B = {:.1} B \
-         per entry; 1,000,000 clients ≈ {:.1} MB.\n   Every map of the daemon's configuration \
-         (1 virtual server, M = {}): {:.1} MB.\n",
+         per entry; 1,000,000 clients ≈ {:.1} MB.\n   PROBATION_V4 ({} entries): memlock {} B = \
+         {:.1} B per entry. REFRESHED_V4 ({} tags): {} B.\n   Every map of the daemon's \
+         configuration (1 virtual server, M = {}): {:.1} MB.\n",
         mem.persist_entries,
         mem.persist_memlock,
         bytes_per_entry(p),
         bytes_per_entry(p) * 1e6 / 1e6,
+        mem.probation_entries,
+        mem.probation_memlock,
+        probation_bytes_per_entry(p),
+        mem.refreshed_entries,
+        mem.refreshed_memlock,
         MAGLEV_M,
         mem.all_maps_memlock as f64 / 1e6
     );
@@ -282,13 +328,26 @@ pub fn table(a: &All<'_>) -> String {
 
 pub fn json(a: &All<'_>) -> Value {
     let mut program_ns = Map::new();
+    let mut fast_path_share = Map::new();
     let mut rows = Vec::new();
     for r in &a.prog.rows {
         program_ns.insert(r.key.into(), json!(round1(r.cost_ns)));
+        if let Some(f) = r.fast_path_share() {
+            fast_path_share.insert(r.key.into(), json!(round4(f)));
+        }
+        let events: Map<String, Value> = event::LABELS
+            .iter()
+            .zip(r.events)
+            .map(|(l, n)| ((*l).to_owned(), json!(n)))
+            .collect();
         rows.push(json!({
             "key": r.key, "path": r.what, "clients": r.clients,
             "stamp_ns": r.stamp_ns, "stamp_plus_ikelb_ns": r.lb_ns, "ikelb_ns": r.cost_ns,
             "spread_ns": r.spread_ns, "resident_fraction": r.resident,
+            "frames_measured": r.frames, "events": events,
+            "fast_path_share": r.fast_path_share().map(round4),
+            "probation_insert_share": round4(r.share(event::PROBATION_INSERT)),
+            "probation_throttled_share": round4(r.share(event::PROBATION_THROTTLED)),
         }));
     }
     let mut attribution = Map::new();
@@ -364,7 +423,12 @@ pub fn json(a: &All<'_>) -> Value {
         "program_ns": program_ns,
         "program_rows": rows,
         "attribution": attribution,
-        "program_method": {"trials": a.prog.trials, "repeat": a.prog.repeat, "cpu": a.prog.cpu},
+        "program_method": {"trials": a.prog.trials, "repeat": a.prog.repeat, "cpu": a.prog.cpu,
+                           "new_client_rate_per_s": a.prog.ration.rate,
+                           "new_client_quota": a.prog.ration.quota,
+                           "new_client_quota_cpus": a.prog.ration.cpus,
+                           "quota_window_ns": 1u64 << lb_common::QUOTA_WINDOW_SHIFT},
+        "fast_path_share": fast_path_share,
         "closed_loop": closed,
         "closed_loop_samples": samples,
         "closed_loop_method": {"cpu": c.opts_cpu, "seconds_per_point": c.measure_secs,
@@ -374,6 +438,11 @@ pub fn json(a: &All<'_>) -> Value {
         "persistence_entries_configured": a.prog.memory.persist_entries,
         "persistence_memlock_bytes": a.prog.memory.persist_memlock,
         "persistence_bytes_1M_clients": (bytes_per_entry(a.prog) * 1e6).round(),
+        "probation_bytes_per_entry": round1(probation_bytes_per_entry(a.prog)),
+        "probation_entries_configured": a.prog.memory.probation_entries,
+        "probation_memlock_bytes": a.prog.memory.probation_memlock,
+        "refreshed_entries_configured": a.prog.memory.refreshed_entries,
+        "refreshed_memlock_bytes": a.prog.memory.refreshed_memlock,
         "all_maps_memlock_bytes": a.prog.memory.all_maps_memlock,
         "maglev_build_ms": maglev,
         "maglev_table_size": control::MAGLEV_M,
@@ -389,6 +458,10 @@ pub fn json(a: &All<'_>) -> Value {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10000.0).round() / 10000.0
 }
 
 fn round3(x: f64) -> f64 {
