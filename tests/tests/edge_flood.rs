@@ -76,9 +76,9 @@ const INITIATE_TIMEOUT: Duration = Duration::from_secs(15);
 const REKEY_TIMEOUT: Duration = Duration::from_secs(30);
 const PINGS: u32 = 3;
 
-fn skipped(why: &str) {
+fn skipped(test: &str, why: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {TEST}: {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// `lb-ctl lookup ADDR --json`: the (single) virtual server's result.
@@ -354,14 +354,77 @@ fn backend_state_is(
     .unwrap_or_else(|e| fail(lab, format!("{e:#}")))
 }
 
+/// One lab at a time: each runs ~30 charons.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Clients behind one NAT address that handshake at the same time must all leave that address
+/// established: 24 clients on 2 public addresses initiate at once through ikelb, and then
+/// `lookup` of each public address must say `persistence`. A probation entry holds one proof
+/// (the last responder SPI a backend sent to the address): when client A's IKE_AUTH arrives
+/// after the IKE_SA_INIT response to client B overwrote A's proof, and B's IKE_AUTH arrives
+/// after the IKE_AUTH response to A wrote A's back, neither echo matches, nobody is promoted,
+/// and — no further IKE message until a rekey — the address stays in probation, where a flood
+/// can evict it.
 #[test]
-fn floods_do_not_evict_established_clients() {
+fn concurrent_handshakes_behind_one_nat_address_are_promoted() {
+    const TEST: &str = "concurrent_handshakes_behind_one_nat_address_are_promoted";
     if let Some(why) = ike::unavailable() {
-        return skipped(&why);
+        return skipped(TEST, &why);
     }
     let lb_ctl = match lab::lb_ctl_path() {
         Ok(p) => p,
-        Err(e) => return skipped(&format!("{e:#}")),
+        Err(e) => return skipped(TEST, &format!("{e:#}")),
+    };
+    let _serial = serial();
+    let spec = IkeLabSpec {
+        clients: CLIENTS,
+        nat_addrs: 2,
+        responders: 3,
+        fragmentation: Fragmentation::Ip,
+        gateway: Gateway::Ikelb(lb_ctl.clone()),
+    };
+    let lab = IkeLab::build_with_config('f', spec, |c| c)
+        .unwrap_or_else(|e| panic!("{TEST}: building the lab: {e:#}"));
+    let initiations = lab.initiate_all(INITIATE_TIMEOUT);
+    let pings = lab.ping_all(PINGS);
+    let snap = lab
+        .snapshot(Some(&initiations), Some(&pings))
+        .unwrap_or_else(|e| fail(&lab, format!("snapshot: {e:#}")));
+    let clients = record(&lab, &snap, TEST);
+    let publics: BTreeSet<Ipv4Addr> = clients.iter().map(|c| c.public).collect();
+    let mut unpromoted = Vec::new();
+    for p in &publics {
+        let r = lookup(&lab, &lb_ctl, *p).unwrap_or_else(|e| fail(&lab, format!("{e:#}")));
+        let n = clients.iter().filter(|c| c.public == *p).count();
+        eprintln!("{TEST}: {p} ({n} clients): {r}");
+        if r["source"] != "persistence" {
+            unpromoted.push((*p, n, r));
+        }
+    }
+    let f = Figures::read(&lab);
+    assert!(
+        unpromoted.is_empty(),
+        "{TEST}: {} of {} public addresses stayed in probation after every client behind \
+         them established at once (a flood can evict them): {unpromoted:?}; events {:?}",
+        unpromoted.len(),
+        publics.len(),
+        f.events
+    );
+}
+
+#[test]
+fn floods_do_not_evict_established_clients() {
+    if let Some(why) = ike::unavailable() {
+        return skipped(TEST, &why);
+    }
+    let _serial = serial();
+    let lb_ctl = match lab::lb_ctl_path() {
+        Ok(p) => p,
+        Err(e) => return skipped(TEST, &format!("{e:#}")),
     };
     let start = Instant::now();
     let spec = IkeLabSpec {
@@ -387,8 +450,13 @@ fn floods_do_not_evict_established_clients() {
         backend_state_is(&lab, &lb_ctl, r.addr, "active", Duration::from_secs(20));
     }
 
-    // 1. Everyone establishes through b1–b3 and is promoted.
-    let initiations = lab.initiate_all(INITIATE_TIMEOUT);
+    // 1. Everyone establishes through b1–b3 and is promoted. One client at a time: clients
+    // that share a public address and handshake at once can leave it unpromoted (see
+    // `concurrent_handshakes_behind_one_nat_address_are_promoted`), which is not what this
+    // test is about.
+    let initiations: Vec<_> = (0..CLIENTS)
+        .flat_map(|i| lab.initiate(&[i], INITIATE_TIMEOUT))
+        .collect();
     let failed: Vec<_> = initiations
         .iter()
         .enumerate()
