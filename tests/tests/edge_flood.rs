@@ -334,6 +334,20 @@ fn pings_ok(lab: &IkeLab, at_least: u32, what: &str) {
         .map(|(i, p)| (i, format!("{}/{}", p.received, p.sent)))
         .collect();
     if !bad.is_empty() {
+        let udp: Vec<(String, i64, i64)> = lab
+            .lab
+            .backends
+            .iter()
+            .map(|b| {
+                let s = b.ns.snmp().unwrap_or_default();
+                (
+                    b.name.clone(),
+                    s.get("Udp.InDatagrams"),
+                    s.get("Udp.RcvbufErrors"),
+                )
+            })
+            .collect();
+        eprintln!("{TEST}: {what}: responders' UDP (InDatagrams, RcvbufErrors): {udp:?}");
         fail(
             lab,
             format!("{what}: pings through the tunnel answered (client, got/sent): {bad:?}"),
