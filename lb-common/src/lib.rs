@@ -198,6 +198,34 @@ pub struct ProbationValue {
 }
 const _: () = assert!(size_of::<ProbationValue>() == 24);
 
+/// Key of [`maps::PROOFS_V4`]: a proof the backend sent to a probation client. Many clients
+/// behind one NAT address share a probation entry and handshake at once; each of their
+/// backends' answers is kept here, so whichever client echoes its own proof promotes the
+/// address (the entry's `proof` holds only the last one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProofKeyV4 {
+    pub service: u32,
+    /// Client address, wire order.
+    pub client: u32,
+    /// As [`ProbationValue::proof`].
+    pub proof: u64,
+}
+const _: () = assert!(size_of::<ProofKeyV4>() == 16);
+
+/// Key of [`maps::PROOFS_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProofKeyV6 {
+    pub service: u32,
+    /// Client address, wire order.
+    pub client: [u32; 4],
+    pub _pad: u32,
+    /// As [`ProbationValue::proof`].
+    pub proof: u64,
+}
+const _: () = assert!(size_of::<ProofKeyV6>() == 32);
+
 /// Value of [`maps::QUOTA`] (per CPU): probation inserts made in the current window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -268,6 +296,10 @@ pub mod maps {
     pub const PROBATION_V4: &str = "PROBATION_V4";
     /// LruHashMap<PersistKeyV6, ProbationValue>.
     pub const PROBATION_V6: &str = "PROBATION_V6";
+    /// LruHashMap<ProofKeyV4, u32 backend id>: proofs sent to probation clients.
+    pub const PROOFS_V4: &str = "PROOFS_V4";
+    /// LruHashMap<ProofKeyV6, u32 backend id>.
+    pub const PROOFS_V6: &str = "PROOFS_V6";
     /// Array<u64 refreshed_tag> indexed by client hash & `REFRESH_MASK` (slot fast path).
     pub const REFRESHED_V4: &str = "REFRESHED_V4";
     /// Array<u32 port | INGRESS_F_*> indexed by ifindex (< INGRESS_SLOTS).
@@ -453,6 +485,8 @@ mod pod {
     unsafe impl aya::Pod for PersistValue {}
     unsafe impl aya::Pod for ProbationValue {}
     unsafe impl aya::Pod for Quota {}
+    unsafe impl aya::Pod for ProofKeyV4 {}
+    unsafe impl aya::Pod for ProofKeyV6 {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
 }

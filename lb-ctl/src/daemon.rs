@@ -394,6 +394,9 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         (maps::PERSIST_V6, v6_persist),
         (maps::PROBATION_V4, config.probation_entries),
         (maps::PROBATION_V6, v6_probation),
+        // One proof per probation client usually; several behind a NAT address at once.
+        (maps::PROOFS_V4, config.probation_entries),
+        (maps::PROOFS_V6, v6_probation),
         // A power of two: the data path indexes it with `hash & REFRESH_MASK`.
         (maps::REFRESHED_V4, refreshed),
     ];

@@ -112,6 +112,8 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::PERSIST_V6,
     maps::PROBATION_V4,
     maps::PROBATION_V6,
+    maps::PROOFS_V4,
+    maps::PROOFS_V6,
     maps::REFRESHED_V4,
     maps::INGRESS,
     maps::QUOTA,

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, event, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
-    Quota, Service, Traffic, DEFAULT_RING_SIZE, INGRESS_SLOTS, MAX_IFACES,
+    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, DEFAULT_RING_SIZE, INGRESS_SLOTS, MAX_IFACES,
 };
 
 /// Default number of services (VIPs) and backends the maps hold.
@@ -82,6 +82,17 @@ pub static PROBATION_V4: LruHashMap<PersistKeyV4, ProbationValue> =
 #[map]
 pub static PROBATION_V6: LruHashMap<PersistKeyV6, ProbationValue> =
     LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+
+/// Key: (service, client, proof). Value: backend id. Every proof the reverse path saw a
+/// backend send to a probation client (the entry's `proof` keeps only the last): written by
+/// the reverse path, read by the forward path when a probation client's packet carries a proof
+/// that is not the entry's. Sized like the probation map by the daemon.
+#[map]
+pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+
+/// As [`PROOFS_V4`] for IPv6 clients.
+#[map]
+pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
 /// Key: client hash & `REFRESH_MASK`. Value: `lb_common::refreshed_tag` of the last client
 /// there that refreshed its entry. Written by the forward path's persistence path (once a

@@ -23,7 +23,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::Xdp
 use lb_common::{
     event,
     hash::{client_hash_v4, client_hash_v6},
-    refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Service,
+    refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
+    ProofKeyV6, Service,
     BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
@@ -36,7 +37,7 @@ use crate::{
     edge::{self, Addr},
     maps::{
         self, BACKENDS, BACKEND_IDS_V4, BACKEND_IDS_V6, PERSIST_V4, PERSIST_V6, PROBATION_V4,
-        PROBATION_V6, REFRESHED_V4, RINGS, SERVICES,
+        PROBATION_V6, PROOFS_V4, PROOFS_V6, REFRESHED_V4, RINGS, SERVICES,
     },
     parse::{load_mac, store_mac, Side},
     signal::{self, Pkt},
@@ -46,7 +47,10 @@ use crate::{
 pub trait Family {
     type Addr: 'static;
     type Key: 'static;
+    type ProofKey: 'static;
     fn key(service: u32, addr: &Self::Addr) -> Self::Key;
+    fn proof_key(service: u32, addr: &Self::Addr, proof: u64) -> Self::ProofKey;
+    fn proofs() -> &'static LruHashMap<Self::ProofKey, u32>;
     fn hash(addr: &Self::Addr) -> u32;
     fn persist() -> &'static LruHashMap<Self::Key, PersistValue>;
     fn probation() -> &'static LruHashMap<Self::Key, ProbationValue>;
@@ -65,6 +69,20 @@ pub struct V6;
 impl Family for V4 {
     type Addr = u32;
     type Key = PersistKeyV4;
+    type ProofKey = ProofKeyV4;
+
+    #[inline(always)]
+    fn proof_key(service: u32, addr: &u32, proof: u64) -> ProofKeyV4 {
+        ProofKeyV4 {
+            service,
+            client: *addr,
+            proof,
+        }
+    }
+    #[inline(always)]
+    fn proofs() -> &'static LruHashMap<ProofKeyV4, u32> {
+        &PROOFS_V4
+    }
 
     #[inline(always)]
     fn key(service: u32, addr: &u32) -> PersistKeyV4 {
@@ -120,6 +138,21 @@ impl Family for V4 {
 impl Family for V6 {
     type Addr = [u32; 4];
     type Key = PersistKeyV6;
+    type ProofKey = ProofKeyV6;
+
+    #[inline(always)]
+    fn proof_key(service: u32, addr: &[u32; 4], proof: u64) -> ProofKeyV6 {
+        ProofKeyV6 {
+            service,
+            client: *addr,
+            _pad: 0,
+            proof,
+        }
+    }
+    #[inline(always)]
+    fn proofs() -> &'static LruHashMap<ProofKeyV6, u32> {
+        &PROOFS_V6
+    }
 
     #[inline(always)]
     fn key(service: u32, addr: &[u32; 4]) -> PersistKeyV6 {
@@ -343,9 +376,9 @@ pub fn forward<F: Family>(
             (*p).atime = now;
             learn::<F>(ctx, e, svc, saddr, origin);
         }
-        let proof = unsafe { (*p).proof };
+        let recorded = unsafe { (*p).proof };
         let mut persisted = true;
-        if proof != 0 && signal::read(ctx, pkt, Side::Forward).proof == proof {
+        if recorded != 0 && echoes::<F>(ctx, pkt, svc.id, saddr, recorded, id) {
             // The client echoed what its backend sent it: it receives at its address.
             let value = unsafe { *e };
             persisted = F::persist().insert(&key, &value, 0).is_ok();
@@ -406,6 +439,22 @@ pub fn forward<F: Family>(
     })
 }
 
+/// Whether a probation client's packet echoes a proof its backend `id` sent it: the entry's
+/// last one, or any other in `PROOFS_*` (several clients behind one NAT address handshaking at
+/// once each echo their own).
+#[inline(always)]
+fn echoes<F: Family>(ctx: &XdpContext, pkt: &Pkt, service: u32, client: &F::Addr, recorded: u64, id: u32) -> bool {
+    let proof = signal::read(ctx, pkt, Side::Forward).proof;
+    if proof == 0 {
+        return false;
+    }
+    if proof == recorded {
+        return true;
+    }
+    // SAFETY: plain-old-data value read once.
+    unsafe { F::proofs().get(&F::proof_key(service, client, proof)) }.copied() == Some(id)
+}
+
 /// How a backend's reply reaches its client.
 pub enum Back {
     /// Toward the MAC and port an entry learned from the client.
@@ -442,6 +491,7 @@ pub fn reverse<F: Family>(
         let proof = signal::read(ctx, pkt, Side::Reverse).proof;
         if proof != 0 {
             unsafe { (*p).proof = proof };
+            let _ = F::proofs().insert(&F::proof_key(svc.id, daddr, proof), &id, 0);
         }
         return Ok(Back::Entry(p.cast::<PersistValue>()));
     }
