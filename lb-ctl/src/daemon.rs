@@ -256,6 +256,7 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     )
     .await
     .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    control.observe_sweeps(metrics.sweep_observer());
 
     // Fill everything (fresh: backends unusable; adopted: nothing changes), then resolve
     // next hops, then attach.

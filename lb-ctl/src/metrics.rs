@@ -451,6 +451,8 @@ pub struct Metrics {
     flips_seen: std::sync::atomic::AtomicU64,
     probe_duration: HistogramVec,
     probes: IntCounterVec,
+    sweeps: IntCounterVec,
+    flags_cleared: IntCounter,
 }
 
 impl Metrics {
@@ -502,6 +504,18 @@ impl Metrics {
             &["backend", "result"],
         );
         reg("ikelb_health_checks_total", Box::new(probes.clone()))?;
+        let sweeps = counter_vec(
+            "ikelb_slot_sweeps_total",
+            "Slot flag sweeps finished (slot fast path), by result (ok, failed).",
+            &["result"],
+        );
+        reg("ikelb_slot_sweeps_total", Box::new(sweeps.clone()))?;
+        let flags_cleared = IntCounter::new(
+            "ikelb_slot_flags_cleared_total",
+            "Ring slot flags (RING_F_CHANGED) cleared by sweeps: slots back on the fast path.",
+        )
+        .expect("valid metric definition");
+        reg("ikelb_slot_flags_cleared_total", Box::new(flags_cleared.clone()))?;
         let build = gauge_vec(
             "ikelb_build_info",
             "Always 1; the version label names the running lb-ctl.",
@@ -516,6 +530,8 @@ impl Metrics {
             flips_seen: std::sync::atomic::AtomicU64::new(0),
             probe_duration,
             probes,
+            sweeps,
+            flags_cleared,
         })
     }
 
@@ -562,6 +578,18 @@ impl Metrics {
     pub fn probe_observer(self: &Arc<Self>) -> ProbeObserver {
         let me = Arc::clone(self);
         Arc::new(move |addr, probe| me.observe_probe(addr, probe))
+    }
+
+    /// The observer to give the slot flag sweeper (`Runtime::observe_sweeps`).
+    pub fn sweep_observer(self: &Arc<Self>) -> crate::runtime::SweepObserver {
+        let me = Arc::clone(self);
+        Arc::new(move |outcome| match outcome {
+            Ok(cleared) => {
+                me.sweeps.with_label_values(&["ok"]).inc();
+                me.flags_cleared.inc_by(cleared);
+            }
+            Err(()) => me.sweeps.with_label_values(&["failed"]).inc(),
+        })
     }
 
     /// The text exposition of every metric (reads the data path: call off the event loop).

@@ -1160,6 +1160,13 @@ impl Controller {
 }
 
 impl Runtime {
+    /// Reports every slot flag sweep to `observer` (no-op when the fast path is off).
+    pub fn observe_sweeps(&mut self, observer: sweep::SweepObserver) {
+        if let Some(s) = self.sweeper.as_mut() {
+            s.set_observer(observer);
+        }
+    }
+
     /// Runs one health round over every backend and records the verdicts in `lb` (the
     /// caller applies), binds the control socket and starts the monitor and the socket
     /// server. Call before the maps are first applied and the program attached, so the first
@@ -1349,5 +1356,6 @@ impl Drop for Runtime {
 mod dual_stack_tests;
 mod lookup;
 mod sweep;
+pub use sweep::SweepObserver;
 #[cfg(test)]
 mod tests;

@@ -13,12 +13,11 @@
 //! link restored (its slots come back, nobody may move back) — and after each no client is
 //! answered by another backend than its entry names. Without the daemon's flags every client
 //! of a moved slot would follow the ring. Finally, bulk only for several persistence ticks
-//! (≈ 1.07 s each) and until the daemon has logged a slot flag sweep: nobody moves,
+//! (≈ 1.07 s each) and until a slot flag sweep has finished: nobody moves,
 //! `ikelb_xdp_events_total{event="fast_path"}` grew (the fast path ran), every client's entry
 //! stays fresh (`lb-ctl lookup --json`: `idle_seconds` ≤ 2 — the fast path still sends each
-//! client through its entry once a tick), and the daemon logged sweeps (`slot flag sweep` at
-//! debug level: the test runs the daemon with `RUST_LOG=info,lb_ctl::runtime::sweep=debug`
-//! unless `RUST_LOG` is set; there is no sweep metric). `persistence_timeout` is 40 s, so
+//! client through its entry once a tick), and sweeps ran (`ikelb_slot_sweeps_total` with
+//! `result="ok"` above 0). `persistence_timeout` is 40 s, so
 //! sweeps (every timeout / 4 = 10 s while slots are flagged) run during the test without
 //! entries idling out.
 
@@ -68,12 +67,6 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         return;
     }
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    // The sweeps log at debug level only (the lab passes RUST_LOG on to the daemon).
-    if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "info,lb_ctl::runtime::sweep=debug");
-    }
-    let sweep_logged =
-        std::env::var("RUST_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
     let started = Instant::now();
     let mut lab = Lab::build(&LabSpec {
         role: 'l',
@@ -203,12 +196,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     let fast_before = fast_path_events(&lab);
     let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
     let t0 = Instant::now();
-    let mut sweeps = Vec::new();
-    while t0.elapsed() < BULK_ONLY
-        || (sweep_logged && sweeps.is_empty() && t0.elapsed() < SWEEP_WAIT)
-    {
+    let mut sweeps = sweeps_ok(&lab);
+    while t0.elapsed() < BULK_ONLY || (sweeps.0 == 0.0 && t0.elapsed() < SWEEP_WAIT) {
         std::thread::sleep(Duration::from_millis(250));
-        sweeps = sweep_lines(&mut lab);
+        sweeps = sweeps_ok(&lab);
     }
     // Sampled while the bulk traffic runs: every client's entry was refreshed within a tick
     // or two, although it sent nothing but ESP for several ticks.
@@ -251,34 +242,30 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         "the fast path never ran: fast_path events {fast_before} before {bulk_time:?} of bulk \
          traffic, {fast_after} after"
     );
-    if sweep_logged {
-        assert!(
-            !sweeps.is_empty(),
-            "no slot flag sweep logged in {:?} of test (sweeps run every 10 s while slots are \
-             flagged)\n{}",
-            started.elapsed(),
-            lab.daemon_output_tail(20)
-        );
-    } else {
-        eprintln!(
-            "slot_fast_path: RUST_LOG={:?} hides the sweeps' debug lines: not checked",
-            std::env::var("RUST_LOG").unwrap_or_default()
-        );
-    }
+    assert!(
+        sweeps.0 > 0.0,
+        "no slot flag sweep finished in {:?} of test (sweeps run every 10 s while slots are \
+         flagged; ikelb_slot_sweeps_total{{result=\"ok\"}} = {}, failed = {})\n{}",
+        started.elapsed(),
+        sweeps.0,
+        sweeps.1,
+        lab.daemon_output_tail(20)
+    );
     eprintln!(
         "SLOT FAST PATH: {} bulk-only clients kept their backend through add (b4: {b4_slots} \
          slots), failover and recovery of {victim}; then {bulk_time:?} of bulk only: \
          fast_path events {fast_before} → {fast_after}, {} rounds, every entry fresh (max \
-         idle {max_idle} s; tiers {tiers:?}); {} slot flag sweeps logged: {sweeps:?}",
+         idle {max_idle} s; tiers {tiers:?}); slot flag sweeps: {} ok, {} failed",
         start.len(),
         rounds.len(),
-        sweeps.len()
+        sweeps.0,
+        sweeps.1
     );
 }
 
 /// Bulk-only time of phase 4: several persistence ticks (2^30 ns each).
 const BULK_ONLY: Duration = Duration::from_secs(5);
-/// How long phase 4 waits for a sweep to be logged (they run every 10 s once slots are
+/// How long phase 4 waits for a sweep to finish (they run every 10 s once slots are
 /// flagged, i.e. since b4 joined).
 const SWEEP_WAIT: Duration = Duration::from_secs(25);
 
@@ -293,16 +280,9 @@ fn fast_path_events(lab: &Lab) -> u64 {
     lab::metrics::sum(&text, "ikelb_xdp_events_total", &[("event", "fast_path")]) as u64
 }
 
-/// The daemon's `slot flag sweep` log lines so far (`cleared=… kept=…`).
-fn sweep_lines(lab: &mut Lab) -> Vec<String> {
-    let out = lab.daemon().map(|d| d.output()).unwrap_or_default();
-    out.lines()
-        .filter(|l| l.contains("slot flag sweep"))
-        .map(|l| {
-            l.split_whitespace()
-                .filter(|w| w.starts_with("cleared=") || w.starts_with("kept="))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+/// `ikelb_slot_sweeps_total` by result: (ok, failed).
+fn sweeps_ok(lab: &Lab) -> (f64, f64) {
+    let text = lab.metrics().expect("/metrics");
+    let n = |r| lab::metrics::sum(&text, "ikelb_slot_sweeps_total", &[("result", r)]);
+    (n("ok"), n("failed"))
 }

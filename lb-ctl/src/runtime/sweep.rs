@@ -19,6 +19,10 @@ use crate::{
 
 type Read = Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
 
+/// Told of every finished sweep: `Ok(flags cleared)` or `Err(())` when it failed (for
+/// `ikelb_slot_sweeps_total{result}` and `ikelb_slot_flags_cleared_total`).
+pub type SweepObserver = std::sync::Arc<dyn Fn(Result<u64, ()>) + Send + Sync>;
+
 /// A sweep event for the daemon's loop.
 pub enum SweepEvent {
     /// Time to start a sweep.
@@ -32,6 +36,7 @@ pub struct Sweeper {
     tick: tokio::time::Interval,
     timeout_ticks: u32,
     running: Option<(SweepTicket, tokio::task::JoinHandle<Read>)>,
+    observer: Option<SweepObserver>,
 }
 
 /// How often flags are swept: a quarter of the persistence timeout, at least a second.
@@ -52,7 +57,13 @@ impl Sweeper {
             tick,
             timeout_ticks: config.persist_timeout_ticks(),
             running: None,
+            observer: None,
         })
+    }
+
+    /// Reports every finished sweep to `observer`.
+    pub fn set_observer(&mut self, observer: SweepObserver) {
+        self.observer = Some(observer);
     }
 
     /// The next event (cancel-safe).
@@ -94,8 +105,18 @@ impl Sweeper {
                         lb.clear_flags(ticket, &entries, self.timeout_ticks)
                             .map_err(|e| crate::error_chain(&e))
                     }) {
-                    Ok(r) => debug!(cleared = r.cleared, kept = r.kept, "slot flag sweep"),
-                    Err(e) => warn!("slot flag sweep failed (retried at the next one): {e}"),
+                    Ok(r) => {
+                        debug!(cleared = r.cleared, kept = r.kept, "slot flag sweep");
+                        if let Some(o) = &self.observer {
+                            o(Ok(r.cleared as u64));
+                        }
+                    }
+                    Err(e) => {
+                        warn!("slot flag sweep failed (retried at the next one): {e}");
+                        if let Some(o) = &self.observer {
+                            o(Err(()));
+                        }
+                    }
                 }
             }
         }

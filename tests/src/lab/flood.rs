@@ -374,6 +374,26 @@ fn send_loop(fd: &OwnedFd, frames: &[Vec<u8>], stop: &AtomicBool) -> Result<Tall
     Ok(tally)
 }
 
+/// Sends `frames` once each, as they are, out of `ifname` in `ns` (one spoofed frame at a
+/// time, for tests that forge a single packet).
+pub fn send_frames(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let ifname = ifname.to_string();
+    let frames = frames.to_vec();
+    ns.run(move || -> Result<()> {
+        let (fd, _) = packet_socket(&ifname)?;
+        for f in &frames {
+            // SAFETY: a bound AF_PACKET socket and a buffer owned here.
+            let n = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            ensure!(
+                n == f.len() as isize,
+                "send on {ifname}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,22 +446,3 @@ mod tests {
     }
 }
 
-/// Sends `frames` once each, as they are, out of `ifname` in `ns` (one spoofed frame at a
-/// time, for tests that forge a single packet).
-pub fn send_frames(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
-    let ifname = ifname.to_string();
-    let frames = frames.to_vec();
-    ns.run(move || -> Result<()> {
-        let (fd, _) = packet_socket(&ifname)?;
-        for f in &frames {
-            // SAFETY: a bound AF_PACKET socket and a buffer owned here.
-            let n = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-            ensure!(
-                n == f.len() as isize,
-                "send on {ifname}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(())
-    })?
-}
