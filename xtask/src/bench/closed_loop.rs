@@ -26,9 +26,18 @@
 //! * gw-e: ikelb with the slot fast path on: `lb-ctl daemon` with `slot_fast_path: true` when
 //!   this lb-ctl accepts the key (`--check`), else the same object loaded with the global on
 //!   and filled by `lb_ctl`'s own `Balancer`, attached to both veths (the table says which).
+//!
+//! The clients are **established** in both ikelb gateways before each size is measured:
+//! since the two-tier persistence only a promotion (the client echoing its backend's IKE
+//! responder SPI) creates a `PERSIST_V4` entry, and ESP from unknown sources would only reach
+//! the rationed probation map, the bench writes each client's entry into the daemon's pinned
+//! `PERSIST_V4` as a promotion leaves it (`lb::establish`). Each ikelb sample also records,
+//! from the gateway's `EVENTS`, the share of its frames that took the slot fast path (gw-e)
+//! and how many counted as new clients (0 unless entries were lost).
 
 use std::{
     fs,
+    os::fd::AsFd as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -38,17 +47,20 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{DevMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
+use lb_common::{event, PersistKeyV4, PersistValue, Service};
 use lb_ctl::{
     dataplane::AyaDataplane,
+    pin::Pins,
     state::{Balancer, IfaceInfo},
     EBPF_OBJECT,
 };
 
 use crate::{
+    control::MAGLEV_M,
     frame::{self, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, MODE_FORWARD},
     lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
     stats::median,
@@ -63,6 +75,10 @@ pub const VARIANTS: [(&str, &str); 5] = [
     ("kernel", "kernel forwarding"),
     ("lever", "ikelb, slot fast path on"),
 ];
+
+/// Indices in [`VARIANTS`] of the ikelb gateways (gw-b, gw-e).
+const IKELB: usize = 1;
+const LEVER: usize = 4;
 
 /// Client counts of the sweep.
 pub const SIZES: [(&str, u32); 3] = [("1k", 1_000), ("64k", 65_536), ("1M", 1_000_000)];
@@ -95,6 +111,12 @@ pub struct Sample {
     pub received: u64,
     pub secs: f64,
     pub mpps: f64,
+    /// ikelb with the lever: share of the received frames that took the slot fast path
+    /// (`fast_path` events of the gateway).
+    pub fast_path_share: Option<f64>,
+    /// ikelb gateways: frames counted as new clients (`probation_insert` +
+    /// `probation_throttled`) — 0 while every client is established.
+    pub new_clients: Option<u64>,
 }
 
 #[derive(Default)]
@@ -142,6 +164,8 @@ impl Results {
                 received: s["received"].as_u64().unwrap_or(0),
                 secs: s["seconds"].as_f64().unwrap_or(0.0),
                 mpps: s["mpps"].as_f64().unwrap_or(0.0),
+                fast_path_share: s["fast_path_share"].as_f64(),
+                new_clients: s["new_clients"].as_u64(),
             });
         }
         let m = &v["machine"];
@@ -165,6 +189,21 @@ impl Results {
             },
             machine,
         ))
+    }
+
+    /// Median fast-path share of the lever's samples of a size (NaN without any).
+    pub fn fast_path_share(&self, size: &str) -> f64 {
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.size == size)
+            .filter_map(|s| s.fast_path_share)
+            .collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            median(&v)
+        }
     }
 
     /// Frames generated but not counted by the sink, summed over the measurements of a
@@ -194,6 +233,9 @@ struct Rig {
     _dir: TempDir,
     _lever_dir: TempDir,
     _conntrack: (Sysctl, Sysctl),
+    /// The bpffs mounts the daemons of gw-b and gw-e pin their maps under.
+    bpffs: PathBuf,
+    lever_bpffs: PathBuf,
     /// Per variant: the generator's egress ifindex and the frame template.
     paths: Vec<(u32, Template)>,
     log: PathBuf,
@@ -205,6 +247,10 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
     let mut samples = Vec::new();
     for (size, clients) in SIZES {
         set_clients(&mut rig, clients)?;
+        for vi in [IKELB, LEVER] {
+            establish(&mut rig, vi, clients)?;
+        }
+        eprintln!("  closed loop {size:>3}: {clients} clients established in both ikelb gateways");
         for repeat in 0..o.repeats {
             for (vi, (variant, _)) in VARIANTS.iter().enumerate() {
                 // Warm-up: in the first round of a size every path sees every client at
@@ -220,13 +266,33 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
                 })?;
                 thread::sleep(Duration::from_millis(20));
                 let before = sink_count(&rig.ebpf)?;
+                let ev_before = ikelb_events(&mut rig, vi)?;
                 let (generated, secs) = generate(&mut rig, vi, o.measure, o.cpu)?;
                 thread::sleep(Duration::from_millis(50));
                 let received = sink_count(&rig.ebpf)? - before;
+                let ev_after = ikelb_events(&mut rig, vi)?;
                 let mpps = received as f64 / secs / 1e6;
+                let (fast_path_share, new_clients) = match (ev_before, ev_after) {
+                    (Some(b), Some(a)) => {
+                        let d = |e: u32| a[e as usize] - b[e as usize];
+                        (
+                            (vi == LEVER)
+                                .then(|| d(event::FAST_PATH) as f64 / received.max(1) as f64),
+                            Some(d(event::PROBATION_INSERT) + d(event::PROBATION_THROTTLED)),
+                        )
+                    }
+                    _ => (None, None),
+                };
+                let mut note = String::new();
+                if let Some(f) = fast_path_share {
+                    note += &format!(", fast path {:.1}%", f * 100.0);
+                }
+                if let Some(n) = new_clients.filter(|&n| n > 0) {
+                    note += &format!(", {n} as new clients");
+                }
                 eprintln!(
                     "  closed loop {size:>3} {variant:8} #{repeat}: {mpps:6.3} Mpps \
-                     ({received} of {generated} frames in {secs:.2} s)"
+                     ({received} of {generated} frames in {secs:.2} s{note})"
                 );
                 samples.push(Sample {
                     size,
@@ -236,6 +302,8 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
                     received,
                     secs,
                     mpps,
+                    fast_path_share,
+                    new_clients,
                 });
             }
         }
@@ -378,6 +446,8 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         _dir: dir,
         _lever_dir: lever_dir,
         _conntrack: conntrack,
+        bpffs: bpffs.clone(),
+        lever_bpffs: lever_bpffs.clone(),
         paths,
         log,
         lever_log,
@@ -498,6 +568,57 @@ fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Map `name` of ikelb gateway `vi` (gw-b or gw-e), opened anew: from its daemon's pins
+/// (instance `default` under the run's bpffs), or from the library-loaded lever's object.
+fn ikelb_map(rig: &mut Rig, vi: usize, name: &str) -> Result<MapData> {
+    if vi == LEVER {
+        if let Some(b) = rig._lever.as_mut() {
+            let m = b.dataplane_mut().ebpf_mut().map(name).with_context(|| name.to_owned())?;
+            let d = match m {
+                Map::Array(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+                _ => bail!("{name}: unexpected map type"),
+            };
+            let fd = d.fd().as_fd().try_clone_to_owned()?;
+            return MapData::from_fd(fd).with_context(|| format!("reopening {name}"));
+        }
+    }
+    let bpffs = if vi == LEVER { &rig.lever_bpffs } else { &rig.bpffs };
+    let path = Pins::new(bpffs, lb_ctl::paths::INSTANCE).map(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Establishes clients 0 … `clients` − 1 in ikelb gateway `vi` (module docs): entries
+/// toward each client's ring backend, with the generator's MAC toward that gateway and port
+/// 0 (`in`, the clients' interface).
+fn establish(rig: &mut Rig, vi: usize, clients: u32) -> Result<()> {
+    let services: Array<MapData, Service> =
+        Array::try_from(Map::Array(ikelb_map(rig, vi, "SERVICES")?))?;
+    let svc = services.get(&0, 0)?;
+    let rings: Array<MapData, u32> = Array::try_from(Map::Array(ikelb_map(rig, vi, "RINGS")?))?;
+    let ring: Vec<u32> = (svc.ring_base..svc.ring_base + MAGLEV_M)
+        .map(|i| rings.get(&i, 0))
+        .collect::<Result<_, _>>()?;
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&rig.paths[vi].1.frame[6..12]);
+    let mut persist: HashMap<MapData, PersistKeyV4, PersistValue> =
+        HashMap::try_from(Map::LruHashMap(ikelb_map(rig, vi, "PERSIST_V4")?))?;
+    lb::establish(&mut persist, svc.id, &ring, CLIENT_BASE, clients, mac, 0)
+}
+
+/// `EVENTS` of ikelb gateway `vi`, summed over the CPUs (`None` for the other variants).
+fn ikelb_events(rig: &mut Rig, vi: usize) -> Result<Option<[u64; event::COUNT as usize]>> {
+    if vi != IKELB && vi != LEVER {
+        return Ok(None);
+    }
+    let m: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(ikelb_map(rig, vi, "EVENTS")?))?;
+    let mut out = [0u64; event::COUNT as usize];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = m.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(Some(out))
 }
 
 fn set_clients(rig: &mut Rig, clients: u32) -> Result<()> {

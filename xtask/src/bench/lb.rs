@@ -5,12 +5,17 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
+use std::borrow::BorrowMut;
+
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, HashMap, MapData},
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use lb_common::{globals, maps};
+use lb_common::{
+    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK,
+    TICK_SHIFT,
+};
 use lb_ctl::{
     config::{self, Config, Mode},
     dataplane::AyaDataplane,
@@ -180,4 +185,55 @@ pub fn set_template(ebpf: &mut Ebpf, block: [u8; 64]) -> Result<()> {
         Array::try_from(ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?)?;
     m.set(0, block, 0)?;
     Ok(())
+}
+
+/// Established clients: writes a `PERSIST_V4` entry for clients `base` … `base + clients − 1`
+/// (host order) of service `service` as a promotion leaves it — the backend of the client's
+/// slot in `ring` (the service's active Maglev table), last seen now, and the MAC and port
+/// its frames arrive with (so the data path never considers a MAC move). Since the two-tier
+/// persistence only a promotion (the client echoing its backend's IKE responder SPI) creates
+/// such an entry; traffic from unknown sources only reaches the probation map, rationed.
+pub fn establish<T: BorrowMut<MapData>>(
+    persist: &mut HashMap<T, PersistKeyV4, PersistValue>,
+    service: u32,
+    ring: &[u32],
+    base: u32,
+    clients: u32,
+    mac: [u8; 6],
+    port: u8,
+) -> Result<()> {
+    let m = ring.len() as u32;
+    anyhow::ensure!(m > 0, "empty ring");
+    let now = now_ticks();
+    for i in 0..clients {
+        if i % 65_536 == 0 {
+            crate::sys::check_interrupted()?;
+        }
+        let client = crate::frame::client_wire(base, i);
+        let slot = client_hash_v4(client, HASH_SEED) % m;
+        let value = PersistValue {
+            backend: ring[slot as usize] & RING_BACKEND_MASK,
+            atime: now,
+            client_mac: mac,
+            port,
+            _pad: 0,
+        };
+        persist
+            .insert(PersistKeyV4 { service, client }, value, 0)
+            .context("PERSIST_V4 insert")?;
+    }
+    Ok(())
+}
+
+/// Now in persistence ticks, as the data path reads it (`bpf_ktime_get_coarse_ns`, i.e.
+/// CLOCK_MONOTONIC_COARSE, >> TICK_SHIFT).
+pub fn now_ticks() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (ns >> TICK_SHIFT) as u32
 }

@@ -4,7 +4,7 @@
 //! 1. program cost (`progcost`): BPF_PROG_TEST_RUN with the stamp method;
 //! 2. closed loop (`closed_loop`): live-frame generator → gateway → XDP sink on one core,
 //!    ikelb against a trivial forwarder, nftables DNAT + conntrack and plain forwarding;
-//! 3. memory of the persistence map (`progcost::Memory`);
+//! 3. memory of the persistence and probation maps (`progcost::Memory`);
 //! 4. control plane (`control`): Maglev builds, health-check CPU with 1,000 backends.
 //!
 //! Everything it creates (namespaces, XDP attachments, a bpffs mount, processes, global

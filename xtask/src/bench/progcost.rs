@@ -30,10 +30,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
-use lb_common::{
-    counter, event, hash::client_hash_v4, PersistKeyV4, PersistValue, QUOTA_WINDOW_SHIFT,
-    RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
-};
+use lb_common::{counter, event, PersistKeyV4, PersistValue, QUOTA_WINDOW_SHIFT, RING_F_CHANGED};
 use lb_ctl::{
     config::Config,
     dataplane::{AyaDataplane, Dataplane},
@@ -44,7 +41,7 @@ use crate::{
     frame::{
         self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE,
     },
-    lb::{self, backend_addr, BACKENDS, HASH_SEED, VIP},
+    lb::{self, backend_addr, BACKENDS, VIP},
     stats::median,
     sys::{self, NetNs, Prefix},
 };
@@ -807,9 +804,8 @@ impl Bench {
         Ok(out)
     }
 
-    /// Writes an established entry for each client of `cfg` into PERSIST_V4, as a promotion
-    /// leaves it: the backend of the client's ring slot, last seen now, the clients' router MAC
-    /// and interface (so no MAC move is ever considered).
+    /// Established entries for the clients of `cfg` in PERSIST_V4 (`lb::establish`): their
+    /// router's MAC, the clients' interface.
     fn establish(&mut self, cfg: BenchCfg) -> Result<()> {
         let svc = self.lb.services()[0].value;
         let m = self.lb.ring_size();
@@ -821,30 +817,9 @@ impl Bench {
                 .map(|i| rings.get(&i, 0))
                 .collect::<Result<_, _>>()?
         };
-        let now = now_ticks();
         let mut persist: HashMap<&mut MapData, PersistKeyV4, PersistValue> =
             HashMap::try_from(ebpf.map_mut("PERSIST_V4").context("PERSIST_V4")?)?;
-        for i in 0..cfg.clients {
-            sys::check_interrupted()?;
-            let client = client_wire(cfg.base, i);
-            let slot = client_hash_v4(client, HASH_SEED) % m;
-            let value = PersistValue {
-                backend: ring[slot as usize] & RING_BACKEND_MASK,
-                atime: now,
-                client_mac: ROUTER_MAC,
-                port: EXT_PORT,
-                _pad: 0,
-            };
-            persist.insert(
-                PersistKeyV4 {
-                    service: svc.id,
-                    client,
-                },
-                value,
-                0,
-            )?;
-        }
-        Ok(())
+        lb::establish(&mut persist, svc.id, &ring, cfg.base, cfg.clients, ROUTER_MAC, EXT_PORT)
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -1004,15 +979,3 @@ fn fd_memlock(fd: i32) -> Result<u64> {
         .context("memlock value")
 }
 
-/// Now in persistence ticks, as the data path reads it (`bpf_ktime_get_coarse_ns`, i.e.
-/// CLOCK_MONOTONIC_COARSE, >> TICK_SHIFT).
-fn now_ticks() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    (ns >> TICK_SHIFT) as u32
-}

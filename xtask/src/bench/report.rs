@@ -232,7 +232,7 @@ pub fn table(a: &All<'_>) -> String {
 
     let c = a.closed;
     o += &format!(
-        "\n2. Closed loop — one core (CPU {}), 60-byte frames (64 on the wire), {} × {:.0} s per \
+        "\n2. Closed loop — one core (CPU {}), 60-byte frames (64 on the wire), {} × {:.1} s per \
          point, variants alternating, medians, Mpps\n",
         c.opts_cpu, c.repeats, c.measure_secs
     );
@@ -268,6 +268,15 @@ pub fn table(a: &All<'_>) -> String {
           \x20   nft = kernel forwarding + nft DNAT jhash ip saddr mod 10 + conntrack; kernel = plain\n\
           \x20   forwarding; lever = ikelb with the slot fast path on)\n";
     o += &format!("   lever loaded by: {}\n", c.lever_loaded_by);
+    o += "   lever: share of frames through the slot fast path (median of the samples):";
+    for (s, _) in SIZES {
+        o += &format!(" {s} {:.1}%;", c.fast_path_share(s) * 100.0);
+    }
+    let news: u64 = c.samples.iter().filter_map(|s| s.new_clients).sum();
+    o += &format!(
+        "\n   clients established in both ikelb gateways before each size; frames counted as new \
+         clients while measuring: {news}\n"
+    );
 
     let mem = &p.memory;
     o += &format!(
@@ -392,6 +401,7 @@ pub fn json(a: &All<'_>) -> Value {
         );
         let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
         e.insert("frames_lost".into(), json!(lost));
+        e.insert("lever_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
         closed.insert(s.into(), Value::Object(e));
     }
     let samples: Vec<Value> = c
@@ -400,7 +410,8 @@ pub fn json(a: &All<'_>) -> Value {
         .map(|s| {
             json!({"clients": s.size, "variant": s.variant, "repeat": s.repeat,
                    "generated": s.generated, "received": s.received, "seconds": s.secs,
-                   "mpps": s.mpps})
+                   "mpps": s.mpps, "fast_path_share": s.fast_path_share,
+                   "new_clients": s.new_clients})
         })
         .collect();
     let mut maglev = Map::new();
