@@ -113,8 +113,10 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn refreshed(hash: u32, addr: &u32, service: u32, now: u32) -> bool {
-        REFRESHED_V4.get(hash & maps::refresh_mask()).copied()
-            == Some(refreshed_tag(*addr, service, now))
+        let tag = refreshed_tag(*addr, service, now);
+        let mask = maps::refresh_mask();
+        REFRESHED_V4.get(hash & mask).copied() == Some(tag)
+            || REFRESHED_V4.get(second_slot(hash) & mask).copied() == Some(tag)
     }
     #[inline(always)]
     fn mark_refreshed(hash: u32, addr: &u32, service: u32, now: u32) {
@@ -122,17 +124,41 @@ impl Family for V4 {
         if !maps::slot_fast_path() {
             return;
         }
-        if let Some(slot) = REFRESHED_V4.get_ptr_mut(hash & maps::refresh_mask()) {
-            let tag = refreshed_tag(*addr, service, now);
-            // SAFETY: a pointer into the array map; a racing writer of another client only
-            // costs one of the two a slow path more.
+        let tag = refreshed_tag(*addr, service, now);
+        let mask = maps::refresh_mask();
+        // Two places per client (two-choice hashing): the first unless another client
+        // refreshed there in this tick, then the second. With one place, clients sharing it
+        // would evict each other's tag and never take the fast path (≈ 63 % of clients when
+        // the array is as large as the client count; with two, few).
+        let Some(first) = REFRESHED_V4.get_ptr_mut(hash & mask) else {
+            return;
+        };
+        // SAFETY (both slots): pointers into the array map; a racing writer of another client
+        // only costs one of the two a slow path more.
+        unsafe {
+            if *first == tag {
+                return;
+            }
+            if *first & 0xffff != u64::from(now & 0xffff) {
+                *first = tag;
+                return;
+            }
+        }
+        if let Some(second) = REFRESHED_V4.get_ptr_mut(second_slot(hash) & mask) {
             unsafe {
-                if *slot != tag {
-                    *slot = tag;
+                if *second != tag {
+                    *second = tag;
                 }
             }
         }
     }
+}
+
+/// The second `REFRESHED_V4` place of a client: the hash remixed (Fibonacci hashing), so the
+/// two places of clients that share the first are unrelated.
+#[inline(always)]
+fn second_slot(hash: u32) -> u32 {
+    hash.wrapping_mul(0x9e37_79b1).rotate_left(15)
 }
 
 impl Family for V6 {

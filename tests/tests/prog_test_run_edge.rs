@@ -1013,6 +1013,46 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
     }
 }
 
+/// Two clients whose first `REFRESHED_V4` place is the same both take the fast path: the second
+/// one's refresh goes to its second place (two-choice) instead of evicting the first one's tag.
+#[test]
+fn clients_sharing_a_refresh_place_both_take_the_fast_path() {
+    let setup = Setup {
+        slot_fast_path: true,
+        ..Setup::default()
+    };
+    let mask = setup.refresh_mask;
+    let Some(mut fx) = Fixture::load(setup) else {
+        return;
+    };
+    let lb = &mut fx;
+    let place = |c: Ipv4Addr| lb_common::hash::client_hash_v4(w(c), ikelb_tests::xdp::SEED) & mask;
+    let (a, b) = (100..200u8)
+        .flat_map(|i| (i + 1..=200).map(move |j| (c4(i), c4(j))))
+        .find(|&(a, b)| place(a) == place(b))
+        .expect("two clients sharing a first place among 101 (64 places)");
+    for attempt in 0.. {
+        let now = now_ticks();
+        let (ba, bb) = (ring(lb, a), ring(lb, b));
+        lb.persist(a.into(), persist_v(ba, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        lb.persist(b.into(), persist_v(bb, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        let (ea, eb) = (esp4(a, 0xa1, 1), esp4(b, 0xb1, 1));
+        let t0 = now_ticks();
+        #[rustfmt::skip]
+        lb.check(&[
+            case(format!("{a}: stale tag, refreshed"), ea.bytes(), Expect::Redirect(fwd4(&ea, ba)), counter::FORWARD).events(&[]),
+            case(format!("{b}: same first place, refreshed into its second"), eb.bytes(), Expect::Redirect(fwd4(&eb, bb)), counter::FORWARD).events(&[]),
+            case(format!("{a}: fast path"), ea.bytes(), Expect::Redirect(fwd4(&ea, ba)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+            case(format!("{b}: fast path"), eb.bytes(), Expect::Redirect(fwd4(&eb, bb)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+        ]);
+        if now_ticks() != t0 && attempt < 3 {
+            eprintln!("a tick boundary fell inside the rows; again");
+            continue;
+        }
+        break;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ICMP
 
