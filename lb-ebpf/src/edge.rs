@@ -103,6 +103,20 @@ pub fn confirms(ctx: &XdpContext, vip: Addr, client: Addr, ifindex: u32, mac: &[
     }
 }
 
+/// Whether this CPU's ration has an insert left in the current window (without taking it).
+#[inline(always)]
+pub fn quota_left(now_ns: u64) -> bool {
+    let quota = maps::new_client_quota();
+    if quota == 0 {
+        return true;
+    }
+    match QUOTA.get_ptr(0) {
+        // SAFETY: this CPU's slot.
+        Some(q) => unsafe { (*q).window != (now_ns >> QUOTA_WINDOW_SHIFT) as u32 || (*q).used < quota },
+        None => false,
+    }
+}
+
 /// Takes one new-client insert from this CPU's ration (`NEW_CLIENT_QUOTA` per window of
 /// 2^`QUOTA_WINDOW_SHIFT` ns; 0 = unlimited). Per CPU, so no atomics and no shared line.
 #[inline(always)]

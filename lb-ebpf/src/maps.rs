@@ -94,12 +94,13 @@ pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> = LruHashMap::with_max_entries
 #[map]
 pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
-/// Key: client hash & `REFRESH_MASK`. Value: `lb_common::refreshed_tag` of the last client
+/// Key: one of a client's `lb_common::refresh_places` & `REFRESH_MASK`. Value:
+/// `lb_common::refreshed_tag` of the last client
 /// there that refreshed its entry. Written by the forward path's persistence path (once a
 /// tick per client); read by the slot fast path, which skips the lookup only for a client
 /// refreshed in the current tick. Not read by the daemon.
 #[map]
-pub static REFRESHED_V4: Array<u64> = Array::with_max_entries(REFRESHED_DEFAULT, 0);
+pub static REFRESHED_V4: Array<u32> = Array::with_max_entries(REFRESHED_DEFAULT, 0);
 
 /// Key: ifindex (< `INGRESS_SLOTS`). Value: port | `INGRESS_F_*` (0: not ours). Written by the
 /// daemon; read by the forward path for every VIP packet (role check) and when a client's

@@ -23,7 +23,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::Xdp
 use lb_common::{
     event,
     hash::{client_hash_v4, client_hash_v6},
-    refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
+    refresh_places, refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
     ProofKeyV6, Service,
     BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
@@ -112,39 +112,39 @@ impl Family for V4 {
         Addr::V4(svc.vip[0])
     }
     #[inline(always)]
-    fn refreshed(hash: u32, addr: &u32, service: u32, now: u32) -> bool {
-        let tag = refreshed_tag(*addr, service, now);
+    fn refreshed(hash: u32, _: &u32, service: u32, now: u32) -> bool {
+        let tag = refreshed_tag(hash, service, now);
         let mask = maps::refresh_mask();
-        REFRESHED_V4.get(hash & mask).copied() == Some(tag)
-            || REFRESHED_V4.get(second_slot(hash) & mask).copied() == Some(tag)
+        let [p1, p2] = refresh_places(hash, service, now);
+        REFRESHED_V4.get(p1 & mask).copied() == Some(tag)
+            || REFRESHED_V4.get(p2 & mask).copied() == Some(tag)
     }
     #[inline(always)]
-    fn mark_refreshed(hash: u32, addr: &u32, service: u32, now: u32) {
+    fn mark_refreshed(hash: u32, _: &u32, service: u32, now: u32) {
         // Only the fast path reads the tags (the verifier prunes this when it is off).
         if !maps::slot_fast_path() {
             return;
         }
-        let tag = refreshed_tag(*addr, service, now);
+        let tag = refreshed_tag(hash, service, now);
         let mask = maps::refresh_mask();
-        // Two places per client (two-choice hashing): the first unless another client
-        // refreshed there in this tick, then the second. With one place, clients sharing it
-        // would evict each other's tag and never take the fast path (≈ 63 % of clients when
-        // the array is as large as the client count; with two, few).
-        let Some(first) = REFRESHED_V4.get_ptr_mut(hash & mask) else {
+        let [p1, p2] = refresh_places(hash, service, now);
+        // The first place unless another client took it in this tick, then the second
+        // (`lb_common::refresh_places`).
+        let Some(first) = REFRESHED_V4.get_ptr_mut(p1 & mask) else {
             return;
         };
-        // SAFETY (both slots): pointers into the array map; a racing writer of another client
-        // only costs one of the two a slow path more.
+        // SAFETY (both places): pointers into the array map; a racing writer of another
+        // client only costs one of the two a slow path more.
         unsafe {
             if *first == tag {
                 return;
             }
-            if *first & 0xffff != u64::from(now & 0xffff) {
+            if *first & 0xffff != now & 0xffff {
                 *first = tag;
                 return;
             }
         }
-        if let Some(second) = REFRESHED_V4.get_ptr_mut(second_slot(hash) & mask) {
+        if let Some(second) = REFRESHED_V4.get_ptr_mut(p2 & mask) {
             unsafe {
                 if *second != tag {
                     *second = tag;
@@ -152,13 +152,6 @@ impl Family for V4 {
             }
         }
     }
-}
-
-/// The second `REFRESHED_V4` place of a client: the hash remixed (Fibonacci hashing), so the
-/// two places of clients that share the first are unrelated.
-#[inline(always)]
-fn second_slot(hash: u32) -> u32 {
-    hash.wrapping_mul(0x9e37_79b1).rotate_left(15)
 }
 
 impl Family for V6 {
@@ -381,6 +374,29 @@ pub fn forward<F: Family>(
         });
     }
 
+    // Not established: what the packet says decides the rest. Non-first fragments say nothing.
+    let sig = if pkt.first {
+        signal::read(ctx, pkt, Side::Forward)
+    } else {
+        signal::Signal::default()
+    };
+    // Under a flood of new sources (this CPU's ration used up), an IKE_SA_INIT follows the
+    // ring without even looking for a probation entry: it could not get one, and a client
+    // that has not got far enough to be established follows the ring during a flood anyway
+    // (`docs/security.md`). This keeps a spoofed IKE_SA_INIT at one map lookup.
+    if sig.ike_init && !edge::quota_left(now_ns) {
+        counters::event(event::PROBATION_THROTTLED);
+        let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
+        if id == BACKEND_NONE {
+            return Err(DROP_NO_BACKEND);
+        }
+        return Ok(Choice {
+            id,
+            backend: backend(id).ok_or(DROP_BAD_BACKEND)?,
+            persisted: true,
+        });
+    }
+
     if let Some(p) = F::probation().get_ptr_mut(&key) {
         let e = p.cast::<PersistValue>();
         let (id, b) = match unsafe { usable((*p).backend, svc) } {
@@ -404,7 +420,7 @@ pub fn forward<F: Family>(
         }
         let recorded = unsafe { (*p).proof };
         let mut persisted = true;
-        if recorded != 0 && echoes::<F>(ctx, pkt, svc.id, saddr, recorded, id) {
+        if recorded != 0 && echoes::<F>(sig.proof, svc.id, saddr, recorded, id) {
             // The client echoed what its backend sent it: it receives at its address.
             let value = unsafe { *e };
             persisted = F::persist().insert(&key, &value, 0).is_ok();
@@ -435,7 +451,7 @@ pub fn forward<F: Family>(
             persisted: true,
         });
     }
-    if signal::read(ctx, pkt, Side::Forward).mid_session {
+    if sig.mid_session {
         counters::event(event::LOST);
     }
     let persisted = if edge::take_quota(now_ns) {
@@ -469,8 +485,7 @@ pub fn forward<F: Family>(
 /// last one, or any other in `PROOFS_*` (several clients behind one NAT address handshaking at
 /// once each echo their own).
 #[inline(always)]
-fn echoes<F: Family>(ctx: &XdpContext, pkt: &Pkt, service: u32, client: &F::Addr, recorded: u64, id: u32) -> bool {
-    let proof = signal::read(ctx, pkt, Side::Forward).proof;
+fn echoes<F: Family>(proof: u64, service: u32, client: &F::Addr, recorded: u64, id: u32) -> bool {
     if proof == 0 {
         return false;
     }

@@ -43,6 +43,8 @@ pub struct Signal {
     pub proof: u64,
     /// An IKE message with a responder SPI, or ESP.
     pub mid_session: bool,
+    /// An IKEv2 message without a responder SPI: a session's first (IKE_SA_INIT).
+    pub ike_init: bool,
 }
 
 /// The evidence in a client's packet (`Side::Forward`) or a backend's (`Side::Reverse`). A
@@ -60,6 +62,7 @@ pub fn read(ctx: &XdpContext, p: &Pkt, side: Side) -> Signal {
         Csum::None => Signal {
             proof: 0,
             mid_session: p.proto == IPPROTO_ESP,
+            ike_init: false,
         },
     }
 }
@@ -86,6 +89,7 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
             return Signal {
                 proof: 0,
                 mid_session: ptr_at::<[u8; 8]>(ctx, payload).is_ok(),
+                ike_init: false,
             };
         }
         payload + 4
@@ -103,6 +107,7 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
     Signal {
         proof: spi,
         mid_session: spi != 0,
+        ike_init: spi == 0,
     }
 }
 
@@ -125,6 +130,7 @@ fn tcp_signal(ctx: &XdpContext, tcp: *mut TcpHdr, side: Side) -> Signal {
     Signal {
         proof,
         mid_session: false,
+        ike_init: false,
     }
 }
 

@@ -814,21 +814,29 @@ impl Fixture {
         }
     }
 
-    /// The `REFRESHED_V4` slot of IPv4 client `client`.
-    pub fn refreshed(&mut self, client: Ipv4Addr) -> u64 {
-        let i = self.refreshed_index(client);
-        let m: Array<_, u64> = self.map(maps::REFRESHED_V4);
-        m.get(&i, 0).unwrap()
+    /// The two `REFRESHED_V4` places of IPv4 client `client` of the IPv4 service in tick
+    /// `tick`, and what they hold.
+    pub fn refreshed(&mut self, client: Ipv4Addr, tick: u32) -> [u32; 2] {
+        let places = self.refreshed_places(client, tick);
+        let m: Array<_, u32> = self.map(maps::REFRESHED_V4);
+        places.map(|i| m.get(&i, 0).unwrap())
     }
 
-    pub fn set_refreshed(&mut self, client: Ipv4Addr, tag: u64) {
-        let i = self.refreshed_index(client);
-        let mut m: Array<_, u64> = self.map(maps::REFRESHED_V4);
+    /// Writes `tag` into the first place of `client` in tick `tick`.
+    pub fn set_refreshed(&mut self, client: Ipv4Addr, tick: u32, tag: u32) {
+        let i = self.refreshed_places(client, tick)[0];
+        let mut m: Array<_, u32> = self.map(maps::REFRESHED_V4);
         m.set(i, tag, 0).unwrap();
     }
 
-    fn refreshed_index(&self, client: Ipv4Addr) -> u32 {
-        client_hash_v4(u32::from_ne_bytes(client.octets()), SEED) & self.setup.refresh_mask
+    /// `client`'s hash (what `refreshed_tag` takes).
+    pub fn client_hash(client: Ipv4Addr) -> u32 {
+        client_hash_v4(u32::from_ne_bytes(client.octets()), SEED)
+    }
+
+    fn refreshed_places(&self, client: Ipv4Addr, tick: u32) -> [u32; 2] {
+        lb_common::refresh_places(Self::client_hash(client), SVC4, tick)
+            .map(|p| p & self.setup.refresh_mask)
     }
 
     pub fn counters(&mut self) -> Vec<u64> {

@@ -412,6 +412,28 @@ fn new_client_quota_throttles_probation_inserts() {
             let rows = [case("3rd again in a new window", f[2].bytes(), Expect::Redirect(fwd4(&f[2], r[2])), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)])];
             lb.check(&rows);
             assert!(lb.probation(cs[2].into()).is_some());
+
+            // With the ration used up, an IKE_SA_INIT does not even look for a probation
+            // entry: it follows the ring (the flood contract for clients not established);
+            // other messages of a probation client still find theirs.
+            let c = c4(44);
+            let now = now_ticks();
+            let pb = other4(ring(lb, c));
+            lb.set_probation(c.into(), prob_v(pb, now, ROUTER_MAC, PORT_EXT, 0));
+            let init = udp4(c, 500, 500, &sa_init(9));
+            let next = udp4(c, 500, 500, &auth(9, 0x77));
+            let fill: Vec<Ipv4Frame> = [45, 46].map(|i| udp4(c4(i), 500, 500, &sa_init(8))).into();
+            let w0 = fresh_window();
+            #[rustfmt::skip]
+            let rows = [
+                case("fill the ration 1", fill[0].bytes(), Expect::Redirect(fwd4(&fill[0], ring(lb, c4(45)))), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)]),
+                case("fill the ration 2", fill[1].bytes(), Expect::Redirect(fwd4(&fill[1], ring(lb, c4(46)))), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)]),
+                case("IKE_SA_INIT over the ration: the ring, not its probation entry", init.bytes(), Expect::Redirect(fwd4(&init, ring(lb, c))), counter::FORWARD).events(&[(event::PROBATION_THROTTLED, 1)]),
+                case("its IKE_AUTH: the probation entry", next.bytes(), Expect::Redirect(fwd4(&next, pb)), counter::FORWARD).events(&[]),
+            ];
+            lb.check(&rows);
+            assert_eq!(quota_window(), w0, "the rows crossed a quota window (retry)");
+            assert_eq!(lb.probation(c.into()).map(|p| p.backend), Some(pb), "entry untouched");
         },
     );
 }
@@ -470,10 +492,10 @@ fn persist_then_probation_then_ring() {
             assert!(e.atime >= t0, "atime refreshed");
             // The tag only matters to the slot fast path (the data path writes it only then).
             if lb.setup.slot_fast_path {
-                let tag = lb.refreshed(ca);
+                let h = Fixture::client_hash(ca);
                 assert!(
-                    (t0..=t1).any(|t| tag == refreshed_tag(w(ca), SVC4, t)),
-                    "REFRESHED_V4 slot {tag:#x}, want refreshed_tag(client, svc, now)"
+                    (t0..=t1).any(|t| lb.refreshed(ca, t).contains(&refreshed_tag(h, SVC4, t))),
+                    "REFRESHED_V4: no place of {ca} holds refreshed_tag(hash, svc, now)"
                 );
             }
             assert_eq!(lb.probation(cb.into()).map(|p| p.backend), Some(pb));
@@ -978,9 +1000,9 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             let e = lb.persisted(c.into()).unwrap();
             assert!(e.atime >= t0, "{mode}: atime refreshed");
             if fast {
-                assert_eq!(
-                    lb.refreshed(c),
-                    refreshed_tag(w(c), SVC4, e.atime),
+                assert!(
+                    lb.refreshed(c, e.atime)
+                        .contains(&refreshed_tag(Fixture::client_hash(c), SVC4, e.atime)),
                     "{mode}: tag written"
                 );
             }
@@ -1026,13 +1048,14 @@ fn clients_sharing_a_refresh_place_both_take_the_fast_path() {
         return;
     };
     let lb = &mut fx;
-    let place = |c: Ipv4Addr| lb_common::hash::client_hash_v4(w(c), ikelb_tests::xdp::SEED) & mask;
-    let (a, b) = (100..200u8)
-        .flat_map(|i| (i + 1..=200).map(move |j| (c4(i), c4(j))))
-        .find(|&(a, b)| place(a) == place(b))
-        .expect("two clients sharing a first place among 101 (64 places)");
     for attempt in 0.. {
         let now = now_ticks();
+        // The places move with the tick: pick two clients that share their first one now.
+        let place = |c: Ipv4Addr| lb_common::refresh_places(Fixture::client_hash(c), SVC4, now)[0] & mask;
+        let (a, b) = (100..200u8)
+            .flat_map(|i| (i + 1..=200).map(move |j| (c4(i), c4(j))))
+            .find(|&(a, b)| place(a) == place(b))
+            .expect("two clients sharing a first place among 101 (64 places)");
         let (ba, bb) = (ring(lb, a), ring(lb, b));
         lb.persist(a.into(), persist_v(ba, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
         lb.persist(b.into(), persist_v(bb, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
