@@ -237,36 +237,6 @@ pub struct Quota {
 }
 const _: () = assert!(size_of::<Quota>() == 8);
 
-/// A [`maps::REFRESHED_V4`] value: the client whose hash is `hash` (`hash::client_hash_v4`
-/// with the configured seed) of service `service` refreshed its persistence entry in tick
-/// `tick`. The slot fast path skips the persistence lookup only for a client that finds this
-/// value for the current tick in one of its two places ([`refresh_places`]), so every client
-/// with traffic refreshes its entry at least once a tick.
-///
-/// 4 bytes (15 bits that tell clients apart, a never-zero bit, the low 16 bits of the tick)
-/// keep the array small enough to stay in cache: the fast path reads it for every bulk packet.
-/// Another client taken for this one needs the same place in the same tick *and* the same 15
-/// bits (1 in 32,768): it then skips one refresh, which the next tick makes up.
-#[inline(always)]
-pub const fn refreshed_tag(hash: u32, service: u32, tick: u32) -> u32 {
-    let m = refresh_mix(hash, service).wrapping_mul(0x27d4_eb2d);
-    (m & 0xfffe_0000) | 0x1_0000 | (tick & 0xffff)
-}
-
-/// The two [`maps::REFRESHED_V4`] places (before `& REFRESH_MASK`) of a client in tick `tick`:
-/// two choices, so clients sharing one place do not keep evicting each other's tag, and moved
-/// by the tick, so two clients that share both places in one tick do not in the next.
-#[inline(always)]
-pub const fn refresh_places(hash: u32, service: u32, tick: u32) -> [u32; 2] {
-    let x = refresh_mix(hash, service) ^ tick.wrapping_mul(0x85eb_ca6b);
-    [x, x.wrapping_mul(0x9e37_79b1).rotate_left(15)]
-}
-
-#[inline(always)]
-const fn refresh_mix(hash: u32, service: u32) -> u32 {
-    hash ^ service.wrapping_mul(0x9e37_79b1)
-}
-
 /// An interface ikelb is attached to. Value of [`maps::IFACES`], indexed by port (position in
 /// the config's `interfaces` list). Written by the daemon.
 #[repr(C)]
@@ -321,7 +291,8 @@ pub mod maps {
     pub const PROOFS_V4: &str = "PROOFS_V4";
     /// LruHashMap<ProofKeyV6, u32 backend id>.
     pub const PROOFS_V6: &str = "PROOFS_V6";
-    /// Array<u32 refreshed_tag> indexed by `refresh_places(..) & REFRESH_MASK` (slot fast path).
+    /// Array<u32 tick> indexed like `RINGS` (`ring_base + slot`): the tick in which a packet of
+    /// the slot last refreshed its client's entry (slot fast path).
     pub const REFRESHED_V4: &str = "REFRESHED_V4";
     /// Array<u32 port | INGRESS_F_*> indexed by ifindex (< INGRESS_SLOTS).
     pub const INGRESS: &str = "INGRESS";
@@ -358,8 +329,6 @@ pub mod globals {
     /// u32: probation inserts allowed per CPU per window of 2^QUOTA_WINDOW_SHIFT ns
     /// (config `new_client_rate` spread over the CPUs); 0 = unlimited.
     pub const NEW_CLIENT_QUOTA: &str = "NEW_CLIENT_QUOTA";
-    /// u32: `REFRESHED_V4` size − 1 (the size is a power of two).
-    pub const REFRESH_MASK: &str = "REFRESH_MASK";
 }
 
 /// Indices of [`maps::COUNTERS`]: every verdict the program returns is counted under exactly

@@ -372,7 +372,8 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
     };
     let cpus = possible_cpus();
     let quota = config.new_client_quota(cpus);
-    let refreshed = config.refreshed_entries();
+    // One tick stamp per ring slot, indexed like RINGS.
+    let refreshed = rings;
     let globals = [
         (globals::RING_SIZE, ring_size),
         (globals::PERSIST_TIMEOUT_TICKS, ticks),
@@ -380,7 +381,6 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         (globals::MODE_DSR, dsr),
         (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
         (globals::NEW_CLIENT_QUOTA, quota),
-        (globals::REFRESH_MASK, refreshed - 1),
     ];
     let max_entries = [
         (maps::RINGS, rings),
@@ -398,7 +398,7 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         // One proof per probation client usually; several behind a NAT address at once.
         (maps::PROOFS_V4, config.probation_entries),
         (maps::PROOFS_V6, v6_probation),
-        // A power of two: the data path indexes it with `hash & REFRESH_MASK`.
+        // Indexed like RINGS.
         (maps::REFRESHED_V4, refreshed),
     ];
     debug!(

@@ -18,8 +18,6 @@ const SERVICES_DEFAULT: u32 = 16;
 const BACKENDS_DEFAULT: u32 = 256;
 const PERSIST_DEFAULT: u32 = 4096;
 const PROBATION_DEFAULT: u32 = 1024;
-/// Default `REFRESHED_V4` size (a power of two; `REFRESH_MASK` below matches it).
-const REFRESHED_DEFAULT: u32 = 4096;
 
 /// Key: VIP (IPv4, wire order). Value: its [`Service`]. Written by the daemon; read by the
 /// forward path (the first lookup of every IPv4 packet).
@@ -94,13 +92,13 @@ pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> = LruHashMap::with_max_entries
 #[map]
 pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
-/// Key: one of a client's `lb_common::refresh_places` & `REFRESH_MASK`. Value:
-/// `lb_common::refreshed_tag` of the last client
-/// there that refreshed its entry. Written by the forward path's persistence path (once a
-/// tick per client); read by the slot fast path, which skips the lookup only for a client
-/// refreshed in the current tick. Not read by the daemon.
+/// Key: `Service::ring_base + slot`, as `RINGS`. Value: the tick (`select::now_ticks`) in
+/// which a packet of that ring slot last went through the persistence path and refreshed its
+/// client's entry. Written by the forward path (at most once a tick per slot, only with the
+/// slot fast path on); read by the slot fast path, which skips the maps only in a slot
+/// refreshed in the current tick. Not read by the daemon; sized like `RINGS` by it.
 #[map]
-pub static REFRESHED_V4: Array<u32> = Array::with_max_entries(REFRESHED_DEFAULT, 0);
+pub static REFRESHED_V4: Array<u32> = Array::with_max_entries(2 * DEFAULT_RING_SIZE, 0);
 
 /// Key: ifindex (< `INGRESS_SLOTS`). Value: port | `INGRESS_F_*` (0: not ours). Written by the
 /// daemon; read by the forward path for every VIP packet (role check) and when a client's
@@ -166,9 +164,6 @@ static SLOT_FAST_PATH: u32 = 0;
 /// Probation inserts per CPU per window (`lb_common::QUOTA_WINDOW_SHIFT`); 0 = unlimited.
 #[no_mangle]
 static NEW_CLIENT_QUOTA: u32 = 0;
-/// `REFRESHED_V4` size − 1.
-#[no_mangle]
-static REFRESH_MASK: u32 = REFRESHED_DEFAULT - 1;
 
 #[inline(always)]
 pub fn ring_size() -> u32 {
@@ -204,10 +199,4 @@ pub fn slot_fast_path() -> bool {
 pub fn new_client_quota() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&NEW_CLIENT_QUOTA) }
-}
-
-#[inline(always)]
-pub fn refresh_mask() -> u32 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&REFRESH_MASK) }
 }

@@ -23,7 +23,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::Xdp
 use lb_common::{
     event,
     hash::{client_hash_v4, client_hash_v6},
-    refresh_places, refreshed_tag, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
+    Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
     ProofKeyV6, Service,
     BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
@@ -57,10 +57,11 @@ pub trait Family {
     fn fib(addr: &Self::Addr) -> Addr<'_>;
     /// The service's VIP of this family, as the FIB wants it.
     fn vip(svc: &Service) -> Addr<'_>;
-    /// Whether the client refreshed its entry in tick `now` (the slot fast path's condition).
-    fn refreshed(hash: u32, addr: &Self::Addr, service: u32, now: u32) -> bool;
-    /// Notes that the client refreshed its entry in tick `now`.
-    fn mark_refreshed(hash: u32, addr: &Self::Addr, service: u32, now: u32);
+    /// Whether a packet of ring slot `index` refreshed its client's entry in tick `now` (the
+    /// slot fast path's condition).
+    fn refreshed(index: u32, now: u32) -> bool;
+    /// Notes that a packet of ring slot `index` refreshed its client's entry in tick `now`.
+    fn mark_refreshed(index: u32, now: u32);
 }
 
 pub struct V4;
@@ -112,42 +113,20 @@ impl Family for V4 {
         Addr::V4(svc.vip[0])
     }
     #[inline(always)]
-    fn refreshed(hash: u32, _: &u32, service: u32, now: u32) -> bool {
-        let tag = refreshed_tag(hash, service, now);
-        let mask = maps::refresh_mask();
-        let [p1, p2] = refresh_places(hash, service, now);
-        REFRESHED_V4.get(p1 & mask).copied() == Some(tag)
-            || REFRESHED_V4.get(p2 & mask).copied() == Some(tag)
+    fn refreshed(index: u32, now: u32) -> bool {
+        REFRESHED_V4.get(index).copied() == Some(now)
     }
     #[inline(always)]
-    fn mark_refreshed(hash: u32, _: &u32, service: u32, now: u32) {
-        // Only the fast path reads the tags (the verifier prunes this when it is off).
+    fn mark_refreshed(index: u32, now: u32) {
+        // Only the fast path reads the stamps (the verifier prunes this when it is off).
         if !maps::slot_fast_path() {
             return;
         }
-        let tag = refreshed_tag(hash, service, now);
-        let mask = maps::refresh_mask();
-        let [p1, p2] = refresh_places(hash, service, now);
-        // The first place unless another client took it in this tick, then the second
-        // (`lb_common::refresh_places`).
-        let Some(first) = REFRESHED_V4.get_ptr_mut(p1 & mask) else {
-            return;
-        };
-        // SAFETY (both places): pointers into the array map; a racing writer of another
-        // client only costs one of the two a slow path more.
-        unsafe {
-            if *first == tag {
-                return;
-            }
-            if *first & 0xffff != now & 0xffff {
-                *first = tag;
-                return;
-            }
-        }
-        if let Some(second) = REFRESHED_V4.get_ptr_mut(p2 & mask) {
+        if let Some(stamp) = REFRESHED_V4.get_ptr_mut(index) {
+            // SAFETY: a pointer into the array map; racing writers write the same tick.
             unsafe {
-                if *second != tag {
-                    *second = tag;
+                if *stamp != now {
+                    *stamp = now;
                 }
             }
         }
@@ -202,11 +181,11 @@ impl Family for V6 {
     }
     // IPv6 has no slot fast path yet: it never asks.
     #[inline(always)]
-    fn refreshed(_: u32, _: &[u32; 4], _: u32, _: u32) -> bool {
+    fn refreshed(_: u32, _: u32) -> bool {
         false
     }
     #[inline(always)]
-    fn mark_refreshed(_: u32, _: &[u32; 4], _: u32, _: u32) {}
+    fn mark_refreshed(_: u32, _: u32) {}
 }
 
 /// The chosen backend of a forwarded packet.
@@ -259,15 +238,24 @@ fn live(atime: u32, now: u32) -> bool {
     now.wrapping_sub(atime) <= maps::persist_timeout_ticks()
 }
 
-/// The client's slot of the service's active Maglev table: backend id | `RING_F_*`
-/// (`BACKEND_NONE` for a slot beyond the map).
+/// Index in `RINGS` (and `REFRESHED_V4`) of the client's slot of the service's active Maglev
+/// table.
+#[inline(always)]
+fn ring_index(svc: &Service, hash: u32) -> Result<u32, Verdict> {
+    let slot = hash.checked_rem(maps::ring_size()).ok_or(DROP_NO_BACKEND)?;
+    Ok(svc.ring_base.wrapping_add(slot))
+}
+
+/// A ring slot's value: backend id | `RING_F_*` (`BACKEND_NONE` beyond the map).
+#[inline(always)]
+fn ring_at(index: u32) -> u32 {
+    RINGS.get(index).copied().unwrap_or(BACKEND_NONE)
+}
+
+/// The client's slot of the service's active Maglev table (see [`ring_at`]).
 #[inline(always)]
 fn ring_slot(svc: &Service, hash: u32) -> Result<u32, Verdict> {
-    let slot = hash.checked_rem(maps::ring_size()).ok_or(DROP_NO_BACKEND)?;
-    Ok(RINGS
-        .get(svc.ring_base.wrapping_add(slot))
-        .copied()
-        .unwrap_or(BACKEND_NONE))
+    Ok(ring_at(ring_index(svc, hash)?))
 }
 
 /// Where a client's frames come from: the frame's source MAC and the ingress interface.
@@ -314,8 +302,12 @@ unsafe fn learn<F: Family>(ctx: &XdpContext, e: *mut PersistValue, svc: &Service
 
 /// The backend for client `saddr` of `svc` (module docs). `bulk` (only with `SLOT_FAST_PATH`
 /// on, see `parse::bulk_v4`): when the client's slot is not flagged `RING_F_CHANGED`, its
-/// backend is usable and the client refreshed its entry this tick, the ring's backend is the
-/// one its sessions began on and both maps are skipped.
+/// backend is usable and a packet of the slot already refreshed its client's entry in this
+/// tick (`REFRESHED_V4`), the ring's backend is the one its sessions began on and both maps
+/// are skipped. So each tick the first packet of every slot refreshes an entry: a slot's
+/// only client (most, at up to a client per slot) every tick, the clients of a shared slot
+/// in turn — each within a few ticks, with ample margin on `persistence_timeout` (see
+/// `lb-ebpf/README.md`, "Slot fast path", for why not one lookup per client and tick).
 #[inline(always)]
 pub fn forward<F: Family>(
     ctx: &XdpContext,
@@ -326,13 +318,14 @@ pub fn forward<F: Family>(
     bulk: bool,
 ) -> Result<Choice, Verdict> {
     let hash = F::hash(saddr);
+    let index = ring_index(svc, hash)?;
     let (now_ns, now) = now();
     if bulk {
-        let s = ring_slot(svc, hash)?;
+        let s = ring_at(index);
         if s & RING_F_CHANGED == 0 {
             let id = s & RING_BACKEND_MASK;
             if let Some(b) = usable(id, svc) {
-                if F::refreshed(hash, saddr, svc.id, now) {
+                if F::refreshed(index, now) {
                     counters::event(event::FAST_PATH);
                     return Ok(Choice {
                         id,
@@ -366,7 +359,7 @@ pub fn forward<F: Family>(
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
-        F::mark_refreshed(hash, saddr, svc.id, now);
+        F::mark_refreshed(index, now);
         return Ok(Choice {
             id,
             backend: b,
@@ -429,7 +422,7 @@ pub fn forward<F: Family>(
                 counters::event(event::PROMOTED);
             }
         }
-        F::mark_refreshed(hash, saddr, svc.id, now);
+        F::mark_refreshed(index, now);
         return Ok(Choice {
             id,
             backend: b,

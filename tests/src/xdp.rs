@@ -39,8 +39,8 @@
 //!
 //! ## Load-time globals
 //!
-//! [`Setup`] sets `SLOT_FAST_PATH`, `NEW_CLIENT_QUOTA` (0, unlimited, by default) and
-//! `REFRESH_MASK` (with `REFRESHED_V4` sized to match). [`Fixture::both_fast_paths`] runs a
+//! [`Setup`] sets `SLOT_FAST_PATH` and `NEW_CLIENT_QUOTA` (0, unlimited, by default);
+//! `REFRESHED_V4` is sized like `RINGS`. [`Fixture::both_fast_paths`] runs a
 //! test body once with the slot fast path off and once on, and names the failing run.
 
 use std::fs::File;
@@ -198,8 +198,6 @@ pub struct Setup {
     pub slot_fast_path: bool,
     /// `NEW_CLIENT_QUOTA`: probation inserts per CPU per window; 0 = unlimited.
     pub new_client_quota: u32,
-    /// `REFRESH_MASK` (`REFRESHED_V4` gets `mask + 1` slots; a power of two minus one).
-    pub refresh_mask: u32,
 }
 
 impl Default for Setup {
@@ -212,7 +210,6 @@ impl Default for Setup {
             persist_timeout_ticks: 1676,
             slot_fast_path: false,
             new_client_quota: 0,
-            refresh_mask: 63,
         }
     }
 }
@@ -433,10 +430,6 @@ impl Fixture {
         let net = TestNet::new().unwrap_or_else(|e| panic!("test namespace: {e:#}"));
         let dsr = u32::from(setup.dsr);
         let fast = u32::from(setup.slot_fast_path);
-        assert!(
-            (setup.refresh_mask + 1).is_power_of_two(),
-            "refresh_mask + 1 must be a power of two"
-        );
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::RING_SIZE, &RING, true)
             .override_global(globals::HASH_SEED, &SEED, true)
@@ -448,13 +441,12 @@ impl Fixture {
             .override_global(globals::MODE_DSR, &dsr, true)
             .override_global(globals::SLOT_FAST_PATH, &fast, true)
             .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
-            .override_global(globals::REFRESH_MASK, &setup.refresh_mask, true)
             .map_max_entries(maps::RINGS, 4 * RING)
             .map_max_entries(maps::PERSIST_V4, 64)
             .map_max_entries(maps::PERSIST_V6, 64)
             .map_max_entries(maps::PROBATION_V4, 64)
             .map_max_entries(maps::PROBATION_V6, 64)
-            .map_max_entries(maps::REFRESHED_V4, setup.refresh_mask + 1)
+            .map_max_entries(maps::REFRESHED_V4, 4 * RING)
             .map_max_entries(maps::BACKENDS, 16)
             .map_max_entries(maps::BACKEND_STATS, 32)
             .load(lb_ctl::EBPF_OBJECT)
@@ -814,29 +806,17 @@ impl Fixture {
         }
     }
 
-    /// The two `REFRESHED_V4` places of IPv4 client `client` of the IPv4 service in tick
-    /// `tick`, and what they hold.
-    pub fn refreshed(&mut self, client: Ipv4Addr, tick: u32) -> [u32; 2] {
-        let places = self.refreshed_places(client, tick);
+    /// The `REFRESHED_V4` stamp (tick) of IPv4 client `client`'s ring slot.
+    pub fn refreshed(&mut self, client: Ipv4Addr) -> u32 {
+        let i = self.slot_index(client.into());
         let m: Array<_, u32> = self.map(maps::REFRESHED_V4);
-        places.map(|i| m.get(&i, 0).unwrap())
+        m.get(&i, 0).unwrap()
     }
 
-    /// Writes `tag` into the first place of `client` in tick `tick`.
-    pub fn set_refreshed(&mut self, client: Ipv4Addr, tick: u32, tag: u32) {
-        let i = self.refreshed_places(client, tick)[0];
+    pub fn set_refreshed(&mut self, client: Ipv4Addr, tick: u32) {
+        let i = self.slot_index(client.into());
         let mut m: Array<_, u32> = self.map(maps::REFRESHED_V4);
-        m.set(i, tag, 0).unwrap();
-    }
-
-    /// `client`'s hash (what `refreshed_tag` takes).
-    pub fn client_hash(client: Ipv4Addr) -> u32 {
-        client_hash_v4(u32::from_ne_bytes(client.octets()), SEED)
-    }
-
-    fn refreshed_places(&self, client: Ipv4Addr, tick: u32) -> [u32; 2] {
-        lb_common::refresh_places(Self::client_hash(client), SVC4, tick)
-            .map(|p| p & self.setup.refresh_mask)
+        m.set(i, tick, 0).unwrap();
     }
 
     pub fn counters(&mut self) -> Vec<u64> {

@@ -30,11 +30,11 @@ use ikelb_tests::{
     packet6::{esp_body, icmpv6_error, Ext, Ipv6Frame, PROTO_ICMPV6},
     xdp::{
         backend_mac, backend_v4, backend_v6, case, mac_str, now_ticks, Expect, Fixture, Setup,
-        Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, ROUTER4, ROUTER_MAC, SVC4, VIP4, VIP6,
+        Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, ROUTER4, ROUTER_MAC, VIP4, VIP6,
     },
 };
 use lb_common::{
-    counter, event, refreshed_tag, PersistValue, ProbationValue, BACKEND_F_USABLE,
+    counter, event, PersistValue, ProbationValue, BACKEND_F_USABLE,
     QUOTA_WINDOW_SHIFT,
 };
 
@@ -492,10 +492,10 @@ fn persist_then_probation_then_ring() {
             assert!(e.atime >= t0, "atime refreshed");
             // The tag only matters to the slot fast path (the data path writes it only then).
             if lb.setup.slot_fast_path {
-                let h = Fixture::client_hash(ca);
+                let stamp = lb.refreshed(ca);
                 assert!(
-                    (t0..=t1).any(|t| lb.refreshed(ca, t).contains(&refreshed_tag(h, SVC4, t))),
-                    "REFRESHED_V4: no place of {ca} holds refreshed_tag(hash, svc, now)"
+                    (t0..=t1).contains(&stamp),
+                    "REFRESHED_V4 stamp of {ca}'s slot: {stamp}, want this tick ({t0}..={t1})"
                 );
             }
             assert_eq!(lb.probation(cb.into()).map(|p| p.backend), Some(pb));
@@ -1000,11 +1000,7 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             let e = lb.persisted(c.into()).unwrap();
             assert!(e.atime >= t0, "{mode}: atime refreshed");
             if fast {
-                assert!(
-                    lb.refreshed(c, e.atime)
-                        .contains(&refreshed_tag(Fixture::client_hash(c), SVC4, e.atime)),
-                    "{mode}: tag written"
-                );
+                assert_eq!(lb.refreshed(c), e.atime, "{mode}: slot stamped");
             }
             // The persistence entry goes away: only the fast path can still find the backend
             // without re-selecting (which would create a probation entry).
@@ -1035,43 +1031,47 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
     }
 }
 
-/// Two clients whose first `REFRESHED_V4` place is the same both take the fast path: the second
-/// one's refresh goes to its second place (two-choice) instead of evicting the first one's tag.
+/// Two clients in one ring slot: the first packet of the slot in a tick refreshes its client's
+/// entry and stamps the slot; the other client's bulk packets then take the fast path in that
+/// tick without a lookup (its entry is refreshed in a tick where it comes first). A stamp of
+/// another tick sends the slot's next packet through its entry again.
 #[test]
-fn clients_sharing_a_refresh_place_both_take_the_fast_path() {
-    let setup = Setup {
+fn one_refresh_per_ring_slot_and_tick() {
+    let Some(mut fx) = Fixture::load(Setup {
         slot_fast_path: true,
         ..Setup::default()
-    };
-    let mask = setup.refresh_mask;
-    let Some(mut fx) = Fixture::load(setup) else {
+    }) else {
         return;
     };
     let lb = &mut fx;
+    let slot = |c: Ipv4Addr| {
+        lb_common::hash::client_hash_v4(w(c), ikelb_tests::xdp::SEED) % ikelb_tests::xdp::RING
+    };
+    let (a, b) = (100..=250u8)
+        .flat_map(|i| (i + 1..=250).map(move |j| (c4(i), c4(j))))
+        .find(|&(a, b)| slot(a) == slot(b))
+        .expect("two clients in one slot of 251 among 151");
     for attempt in 0.. {
         let now = now_ticks();
-        // The places move with the tick: pick two clients that share their first one now.
-        let place = |c: Ipv4Addr| lb_common::refresh_places(Fixture::client_hash(c), SVC4, now)[0] & mask;
-        let (a, b) = (100..200u8)
-            .flat_map(|i| (i + 1..=200).map(move |j| (c4(i), c4(j))))
-            .find(|&(a, b)| place(a) == place(b))
-            .expect("two clients sharing a first place among 101 (64 places)");
-        let (ba, bb) = (ring(lb, a), ring(lb, b));
-        lb.persist(a.into(), persist_v(ba, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
-        lb.persist(b.into(), persist_v(bb, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        let id = ring(lb, a);
+        lb.persist(a.into(), persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        lb.persist(b.into(), persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        lb.set_refreshed(a, now.wrapping_sub(1));
         let (ea, eb) = (esp4(a, 0xa1, 1), esp4(b, 0xb1, 1));
         let t0 = now_ticks();
         #[rustfmt::skip]
         lb.check(&[
-            case(format!("{a}: stale tag, refreshed"), ea.bytes(), Expect::Redirect(fwd4(&ea, ba)), counter::FORWARD).events(&[]),
-            case(format!("{b}: same first place, refreshed into its second"), eb.bytes(), Expect::Redirect(fwd4(&eb, bb)), counter::FORWARD).events(&[]),
-            case(format!("{a}: fast path"), ea.bytes(), Expect::Redirect(fwd4(&ea, ba)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
-            case(format!("{b}: fast path"), eb.bytes(), Expect::Redirect(fwd4(&eb, bb)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+            case(format!("{a}: stale stamp, its entry refreshed"), ea.bytes(), Expect::Redirect(fwd4(&ea, id)), counter::FORWARD).events(&[]),
+            case(format!("{b}: same slot, stamped this tick: fast path"), eb.bytes(), Expect::Redirect(fwd4(&eb, id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+            case(format!("{a}: fast path"), ea.bytes(), Expect::Redirect(fwd4(&ea, id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
         ]);
         if now_ticks() != t0 && attempt < 3 {
             eprintln!("a tick boundary fell inside the rows; again");
             continue;
         }
+        assert!(lb.persisted(a.into()).unwrap().atime >= t0, "{a} refreshed");
+        assert_eq!(lb.persisted(b.into()).unwrap().atime, now.wrapping_sub(5), "{b} not looked up");
+        assert_eq!(lb.refreshed(b), lb.refreshed(a), "one stamp for the slot");
         break;
     }
 }

@@ -71,9 +71,6 @@ pub const MAX_PERSISTENCE_ENTRIES: u32 = 1 << 28;
 /// Smallest default probation capacity: a small gateway still absorbs a burst of new
 /// clients (a reconnect storm after an outage) without evicting ones mid-handshake.
 pub const MIN_DEFAULT_PROBATION_ENTRIES: u32 = 1024;
-/// Largest `REFRESHED_V4` (2^22 places, 16 MiB): past this a larger array buys no speed, as
-/// the slot fast path only needs most active clients to own one of their two places.
-pub const MAX_REFRESHED_ENTRIES: u32 = 1 << 22;
 /// Default `new_client_rate`: well above any legitimate reconnect storm of a gateway this
 /// size (20,000 handshakes a second), far below what a spoofed flood sends.
 pub const DEFAULT_NEW_CLIENT_RATE: u32 = 20_000;
@@ -437,18 +434,6 @@ impl Config {
             (u128::from(self.new_client_rate) << QUOTA_WINDOW_SHIFT).div_ceil(1_000_000_000);
         let per_cpu = per_window.div_ceil(u128::from(cpus.max(1)));
         u32::try_from(per_cpu).unwrap_or(u32::MAX).max(1)
-    }
-
-    /// `REFRESHED_V4` size: the next power of two ≥ `persistence_entries` / 4 (4-byte tags,
-    /// two places per client: 1 MiB for a million entries, small enough to stay in cache;
-    /// most active clients still find a place of their own), at least 1024, at most
-    /// [`MAX_REFRESHED_ENTRIES`]. `REFRESH_MASK` is this − 1.
-    pub fn refreshed_entries(&self) -> u32 {
-        (self.persistence_entries / 4)
-            .max(1024)
-            .checked_next_power_of_two()
-            .unwrap_or(MAX_REFRESHED_ENTRIES)
-            .min(MAX_REFRESHED_ENTRIES)
     }
 
     /// The file this configuration was read from, as given.

@@ -82,7 +82,7 @@ pub fn quota_cpus() -> u32 {
 
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
 /// `config` (mirrors `lb_ctl::daemon::load`: the new-client ration from `new_client_rate`,
-/// the probation and refresh-tag maps from `probation_entries` / `refreshed_entries`), plus
+/// the probation map from `probation_entries`, the refresh stamps like `RINGS`), plus
 /// the size of `BENCH_REV`. `fast_path` turns the `SLOT_FAST_PATH` lever on or off whatever
 /// `config` says.
 pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> Result<Ebpf> {
@@ -96,8 +96,8 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
     let dsr = u32::from(config.mode == Mode::Dsr);
     let fast = u32::from(fast_path);
     let quota = config.new_client_quota(quota_cpus());
-    let refreshed = config.refreshed_entries();
-    let refresh_mask = refreshed - 1;
+    // One tick stamp per ring slot, as the daemon sizes it.
+    let refreshed = services * 2 * config.maglev_table_size;
     let ebpf = EbpfLoader::new()
         .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
@@ -105,7 +105,6 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
         .override_global(globals::HASH_SEED, &config.hash_seed, true)
         .override_global(globals::MODE_DSR, &dsr, true)
         .override_global(globals::NEW_CLIENT_QUOTA, &quota, true)
-        .override_global(globals::REFRESH_MASK, &refresh_mask, true)
         .map_max_entries(maps::RINGS, services * 2 * config.maglev_table_size)
         .map_max_entries(maps::SERVICES, services)
         .map_max_entries(maps::VIPS_V4, services)

@@ -949,7 +949,7 @@ fn memory(ebpf: &aya::Ebpf, config: &Config) -> Result<Memory> {
         persist_memlock,
         probation_entries: config.probation_entries,
         probation_memlock,
-        refreshed_entries: config.refreshed_entries(),
+        refreshed_entries: config.virtual_servers.len() as u32 * 2 * config.maglev_table_size,
         refreshed_memlock,
         all_maps_memlock: all,
     })

@@ -198,10 +198,9 @@ pub fn table(a: &All<'_>) -> String {
           resident: share of a sample of\n\
           \x20   the established clients in PERSIST_V4 after the row — after the flood for the rows \
           of new sources; events: shares of\n\
-          \x20   the measured frames, from EVENTS; the fast path needs the client's REFRESHED_V4 tag \
-          of this tick, written by its\n\
-          \x20   first packet of each tick, and clients sharing a tag slot keep overwriting each \
-          other's)\n";
+          \x20   the measured frames, from EVENTS; the fast path needs its ring slot's REFRESHED_V4 \
+          stamp of this tick, written by\n\
+          \x20   the slot's first packet of each tick, which refreshes its client's entry)\n";
 
     if !p.attribution.is_empty() {
         o += "\n1b. Where the forward hit path's time goes — variants of the forward path, each step \
@@ -282,7 +281,7 @@ pub fn table(a: &All<'_>) -> String {
     o += &format!(
         "\n3. Memory — PERSIST_V4 at its configured capacity ({} entries): memlock {} B = {:.1} B \
          per entry; 1,000,000 clients ≈ {:.1} MB.\n   PROBATION_V4 ({} entries): memlock {} B = \
-         {:.1} B per entry. REFRESHED_V4 ({} tags): {} B.\n   Every map of the daemon's \
+         {:.1} B per entry. REFRESHED_V4 ({} slot stamps): {} B.\n   Every map of the daemon's \
          configuration (1 virtual server, M = {}): {:.1} MB.\n",
         mem.persist_entries,
         mem.persist_memlock,
