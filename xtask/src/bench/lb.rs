@@ -117,6 +117,8 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
         .map_max_entries(maps::PERSIST_V6, 1)
         .map_max_entries(maps::PROBATION_V4, config.probation_entries)
         .map_max_entries(maps::PROBATION_V6, 1)
+        .map_max_entries(maps::PROOFS_V4, config.probation_entries)
+        .map_max_entries(maps::PROOFS_V6, 1)
         .map_max_entries(maps::REFRESHED_V4, refreshed)
         .map_max_entries("BENCH_REV", rev_entries.max(1))
         .load(EBPF_OBJECT)
