@@ -4,7 +4,7 @@
 //! client that has no entry) and the new-client ration (`QUOTA`).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
@@ -53,10 +53,30 @@ pub enum Addr<'a> {
     V6(&'a [u32; 4]),
 }
 
+/// What the kernel FIB says of a destination.
+pub enum Fib {
+    /// Forwarded: out of this interface to this neighbour.
+    Route(Route),
+    /// Not forwarded (`BPF_FIB_LKUP_RET_NOT_FWDED`): a local address of the gateway, or no
+    /// route at all — the kernel delivers it or drops it, never forwards it.
+    NotForwarded,
+    /// No usable route or no resolved neighbour.
+    Unreachable,
+}
+
 /// A forwarding lookup (`bpf_fib_lookup`, the route and the neighbour entry), or `None` when
 /// the kernel has no usable route or no resolved neighbour for it.
 #[inline(always)]
 pub fn route(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Option<Route> {
+    match lookup(ctx, src, dst, ifindex) {
+        Fib::Route(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// The FIB's answer for `dst` (see [`Fib`]).
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Fib {
     // SAFETY: an all-integer C struct; zero is its "nothing set" value.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
@@ -71,7 +91,7 @@ pub fn route(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Option<Rou
             p.__bindgen_anon_3.ipv6_src = *s;
             p.__bindgen_anon_4.ipv6_dst = *d;
         }
-        _ => return None,
+        _ => return Fib::Unreachable,
     }
     // SAFETY: the helper reads and writes `p` only (size passed), `ctx.ctx` is the program's.
     let ret = unsafe {
@@ -82,10 +102,13 @@ pub fn route(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Option<Rou
             0,
         )
     };
-    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return None;
+    if ret == i64::from(BPF_FIB_LKUP_RET_NOT_FWDED) {
+        return Fib::NotForwarded;
     }
-    Some(Route {
+    if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return Fib::Unreachable;
+    }
+    Fib::Route(Route {
         ifindex: p.ifindex,
         smac: p.smac,
         dmac: p.dmac,

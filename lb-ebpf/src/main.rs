@@ -165,7 +165,7 @@ mod prog {
         let (proto, first) = parse::proto_first(ip);
         let client = parse::daddr(ip);
         let back = select::reverse::<V4>(ctx, svc, id, &client, &Pkt { proto, first, csum })?;
-        let hop = select::hop::<V4>(ctx, back, svc, &client)?;
+        let hop = select::hop(back)?;
         rewrite::reverse_v4(eth, ip, csum, svc.vip[0], &hop.dmac, &hop.smac);
         let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));

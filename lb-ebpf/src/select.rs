@@ -494,12 +494,17 @@ pub enum Back {
     /// Toward the MAC and port an entry learned from the client.
     Entry(*const PersistValue),
     /// No entry, but the ring names this backend: toward where the FIB says.
-    Stateless,
+    Stateless(edge::Route),
 }
 
 /// Whether a backend's packet (`id`, of `svc`) to `daddr` answers a live client of that
 /// backend: its established entry, else its probation entry (whose proof the packet may set),
-/// else — no entry at all — the ring. Anything else is `DROP_REVERSE_NOT_CLIENT`.
+/// else — no entry at all — the ring, with the route the kernel FIB gives. What the FIB would
+/// not forward (the gateway's own addresses: its probes of the backend's service, tools run on
+/// it; or a destination without any route, which the kernel then drops itself) is the
+/// kernel's (`PASS_NOT_CLIENT`): nothing of it can leave with the backend's address. A route
+/// the FIB refuses (unreachable, prohibit, blackhole, no resolved neighbour) is
+/// `DROP_NO_ROUTE` for the backend's ring client. Anything else is `DROP_REVERSE_NOT_CLIENT`.
 #[inline(always)]
 pub fn reverse<F: Family>(
     ctx: &XdpContext,
@@ -529,10 +534,13 @@ pub fn reverse<F: Family>(
         }
         return Ok(Back::Entry(p.cast::<PersistValue>()));
     }
-    if ring_slot(svc, F::hash(daddr))? & RING_BACKEND_MASK == id {
-        return Ok(Back::Stateless);
+    let ours = ring_slot(svc, F::hash(daddr))? & RING_BACKEND_MASK == id;
+    match edge::lookup(ctx, F::vip(svc), F::fib(daddr), ctx.ingress_ifindex() as u32) {
+        edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
+        edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
+        edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
+        _ => Err(DROP_REVERSE_NOT_CLIENT),
     }
-    Err(DROP_REVERSE_NOT_CLIENT)
 }
 
 /// The backend that serves client `client` of `svc` now, without touching any state (for
@@ -596,10 +604,10 @@ pub struct Hop {
 }
 
 /// Where a reply goes: back the way the client's frames came (an entry's MAC and port), or,
-/// for a client without an entry, where the kernel FIB routes it (`DROP_NO_ROUTE` when the
-/// FIB has no resolved route out of an attached interface).
+/// for a client without an entry, where the kernel FIB routed it (`DROP_NO_ROUTE` when that
+/// is not an attached interface).
 #[inline(always)]
-pub fn hop<F: Family>(ctx: &XdpContext, back: Back, svc: &Service, client: &F::Addr) -> Result<Hop, Verdict> {
+pub fn hop(back: Back) -> Result<Hop, Verdict> {
     match back {
         Back::Entry(e) => {
             // SAFETY: pointers into the persistence and IFACES maps.
@@ -612,9 +620,7 @@ pub fn hop<F: Family>(ctx: &XdpContext, back: Back, svc: &Service, client: &F::A
                 port,
             })
         }
-        Back::Stateless => {
-            let r = edge::route(ctx, F::vip(svc), F::fib(client), ctx.ingress_ifindex() as u32)
-                .ok_or(DROP_NO_ROUTE)?;
+        Back::Stateless(r) => {
             let info = edge::iface_info(r.ifindex);
             if info == 0 {
                 return Err(DROP_NO_ROUTE);

@@ -112,7 +112,7 @@ fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, 
         csum,
     };
     let back = select::reverse::<V6>(ctx, svc, id, &client, &pkt)?;
-    let hop = select::hop::<V6>(ctx, back, svc, &client)?;
+    let hop = select::hop(back)?;
     rewrite6::reverse_v6(eth, ip, csum, &svc.vip, &hop.dmac, &hop.smac);
     let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
     counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));

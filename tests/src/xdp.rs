@@ -14,7 +14,8 @@
 //! upstream router 192.0.2.2 / 2001:db8:e::2 is a permanent neighbour with [`ROUTER_MAC`] on
 //! `ext`, and the clients' networks (198.51.100.0/24, 192.0.2.32/27, 2001:db8:c::/48,
 //! 2001:db8:d::/48) are routed through it, so `bpf_fib_lookup` toward a client answers `ext`
-//! and [`ROUTER_MAC`]; 100.64.0.0/10 has no route (for `drop/no_route`).
+//! and [`ROUTER_MAC`]; 100.64.0.0/10 and 2001:db8:f::/48 are `unreachable` routes (for
+//! `drop/no_route`), and the namespace's own addresses are local (for `pass/not_client`).
 //!
 //! Every map names these real ifindexes: `IFACES`, `Backend::ifindex`, `INGRESS` and
 //! `IFINDEX_PORTS` (`port | INGRESS_F_ATTACHED | role`: `ext` has the clients role, `int` the
@@ -318,7 +319,9 @@ impl TestNet {
              route add 198.51.100.0/24 via {ROUTER4} dev ext\n\
              route add 192.0.2.32/27 via {ROUTER4} dev ext\n\
              route add 2001:db8:c::/48 via {ROUTER6} dev ext\n\
-             route add 2001:db8:d::/48 via {ROUTER6} dev ext\n",
+             route add 2001:db8:d::/48 via {ROUTER6} dev ext\n\
+             route add unreachable 100.64.0.0/10\n\
+             route add unreachable 2001:db8:f::/48\n",
             ext_mac = mac_str(EXT_MAC),
             int_mac = mac_str(INT_MAC),
         ))?;

@@ -145,13 +145,20 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
         "control: the victim's reply should have gone to the attacker's MAC, got {:?} ({real})",
         round.get(&victim)
     );
-    // Back to the truth; the victim's own next frame is confirmed and moves it back.
+    // Back to the truth; the victim's own frames are confirmed and move it back. Its bulk
+    // packets (these probes look like ESP on 4500) may take the slot fast path, which skips the
+    // entry — and any learning — until the slot's first packet of the next tick (≈ 1.07 s):
+    // allow three ticks.
     lab.gateway.ip(&["neigh", "del", router, "dev", GW_EXT]).expect("neigh del");
     lab.client_ns.exec("ping", &["-c", "1", "-W", "1", "192.0.2.1"]).expect("re-resolve the router");
-    let _ = clients.round(WAIT).expect("round");
-    let round = clients.round(WAIT).expect("round");
-    let wrong = all_answered_by(&round, &had);
-    assert!(wrong.is_empty(), "after the control: {wrong:?}");
+    let mut wrong = Vec::new();
+    for _ in 0..8 {
+        wrong = all_answered_by(&clients.round(WAIT).expect("round"), &had);
+        if wrong.is_empty() {
+            break;
+        }
+    }
+    assert!(wrong.is_empty(), "after the control, three ticks on: {wrong:?}");
 
     // 2. The internal segment claims the victim's address toward the VIP.
     let b1 = &lab.backends[0];

@@ -49,7 +49,7 @@ fn c4(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 10 + i)
 }
 
-/// A client address without a route in the namespace (100.64.0.0/10).
+/// A client address on an unreachable route in the namespace (100.64.0.0/10).
 fn unrouted(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(100, 64, 0, 10 + i)
 }
@@ -854,6 +854,10 @@ fn reverse_path_checks_and_stateless_replies() {
                 r(bk, ck),
             );
             let (fs, fnr, fx) = (r(bs, cs), r(bn, cn), r(bx, cx));
+            // The gateway's own address on the backends' side (its probes of a backend's
+            // service port get answers like this one).
+            let to_gw = r(1, Ipv4Addr::new(10, 0, 0, 1));
+            let to_gw_ext = r(2, Ipv4Addr::new(192, 0, 2, 1));
             let ssh_ext = Ipv4Frame::udp(
                 backend_mac(bp),
                 EXT_MAC,
@@ -904,6 +908,8 @@ fn reverse_path_checks_and_stateless_replies() {
                 case("no entry, ESP, ring names this backend", esp_s.bytes(), Expect::Redirect(rev4(&esp_s, ROUTER_MAC)), counter::REVERSE).events(&[(event::REVERSE_STATELESS, 1)]),
                 case("no entry, non-first fragment, ring names this backend", frag_s.bytes(), Expect::Redirect(rev4(&frag_s, ROUTER_MAC)), counter::REVERSE).events(&[(event::REVERSE_STATELESS, 1)]),
                 case("no entry, no route to the client", fnr.bytes(), Expect::Drop, counter::DROP_NO_ROUTE).events(&[]),
+                case("to the gateway's own internal address: the kernel's", to_gw.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT).events(&[]),
+                case("to the gateway's own external address: the kernel's", to_gw_ext.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT).events(&[]),
                 case("no entry, ring names another backend", fx.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT).events(&[]),
                 case("no entry, non-first fragment, ring names another backend", frag_x.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
             ];
@@ -941,10 +947,11 @@ fn ipv6_reverse_path_checks_and_stateless_replies() {
         let bs = ring(lb, cs);
         let cx = c6(2);
         let bx = other6(ring(lb, cx));
-        // 2001:db8:f::/48 has no route in the namespace.
+        // 2001:db8:f::/48 is an unreachable route in the namespace.
         let cn = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 5);
         let bn = ring(lb, cn);
         let (fs, fx, fnr) = (from(bs, cs), from(bx, cx), from(bn, cn));
+        let to_gw = from(4, Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1));
         let wrong_if = from(bs, cs).with_macs(backend_mac(bs), EXT_MAC);
         let wrong_mac = from(bs, cs).with_macs(STRANGER_MAC, INT_MAC);
         #[rustfmt::skip]
@@ -953,6 +960,7 @@ fn ipv6_reverse_path_checks_and_stateless_replies() {
             case("IPv6 backend address from another MAC", wrong_mac.bytes(), Expect::Drop, counter::DROP_REVERSE_WRONG_MAC),
             case("IPv6 no entry, ring names this backend: FIB route", fs.bytes(), Expect::Redirect(rev6(&fs, ROUTER_MAC)), counter::REVERSE).events(&[(event::REVERSE_STATELESS, 1)]),
             case("IPv6 no entry, no route", fnr.bytes(), Expect::Drop, counter::DROP_NO_ROUTE),
+            case("IPv6 to the gateway's own address: the kernel's", to_gw.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
             case("IPv6 no entry, ring names another backend", fx.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
         ];
         lb.check(&rows);
