@@ -146,8 +146,9 @@ fn backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet() {
     assert!(!before.values().any(|b| b == "b4"));
     eprintln!("before: {:?}", control::spread(&before));
 
-    // `lookup` reads the persistence map for a known client, and for an unseen one predicts
-    // the data path's Maglev choice (same hash, seed and table in user space).
+    // `lookup` reads the per-client maps for a known client, and for an unseen one predicts
+    // the data path's Maglev choice (same hash, seed and table in user space). The lab's UDP
+    // clients never echo an IKE responder SPI, so they stay on probation (`docs/security.md`).
     let known = old[0];
     let lookup = |client: Ipv4Addr| -> Value {
         let out = lab
@@ -157,7 +158,7 @@ fn backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet() {
         v["results"][0].clone()
     };
     let r = lookup(known);
-    assert_eq!(r["source"], "persistence", "{r}");
+    assert_eq!(r["source"], "probation", "{r}");
     assert_eq!(
         r["backend"],
         addr_of(&lab, &before[&known]).to_string(),
