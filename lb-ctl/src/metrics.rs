@@ -515,7 +515,10 @@ impl Metrics {
             "Ring slot flags (RING_F_CHANGED) cleared by sweeps: slots back on the fast path.",
         )
         .expect("valid metric definition");
-        reg("ikelb_slot_flags_cleared_total", Box::new(flags_cleared.clone()))?;
+        reg(
+            "ikelb_slot_flags_cleared_total",
+            Box::new(flags_cleared.clone()),
+        )?;
         let build = gauge_vec(
             "ikelb_build_info",
             "Always 1; the version label names the running lb-ctl.",

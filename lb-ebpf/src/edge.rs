@@ -135,7 +135,9 @@ pub fn quota_left(now_ns: u64) -> bool {
     }
     match QUOTA.get_ptr(0) {
         // SAFETY: this CPU's slot.
-        Some(q) => unsafe { (*q).window != (now_ns >> QUOTA_WINDOW_SHIFT) as u32 || (*q).used < quota },
+        Some(q) => unsafe {
+            (*q).window != (now_ns >> QUOTA_WINDOW_SHIFT) as u32 || (*q).used < quota
+        },
         None => false,
     }
 }

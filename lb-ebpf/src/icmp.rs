@@ -72,7 +72,11 @@ pub fn frag_needed_v4(
         if (*inner).vihl != 0x45 {
             return Err(PASS_NOT_SERVICE_PORT);
         }
-        ((*inner).proto, load32(&(*inner).src_addr), load32(&(*inner).dst_addr))
+        (
+            (*inner).proto,
+            load32(&(*inner).src_addr),
+            load32(&(*inner).dst_addr),
+        )
     };
     // The quote must be one of our replies: from the VIP, from a service port (or ESP).
     let sport = unsafe { load16(&(*quoted).sport) };
@@ -118,7 +122,12 @@ pub fn frag_needed_v4(
         rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, true);
     }
     let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
-    counters::forwarded(counter::FORWARD_ICMP, id, DIR_FORWARD, parse::frame_len(ctx));
+    counters::forwarded(
+        counter::FORWARD_ICMP,
+        id,
+        DIR_FORWARD,
+        parse::frame_len(ctx),
+    );
     Ok(action)
 }
 
@@ -195,6 +204,11 @@ pub fn too_big_v6(
     }
     rewrite6::forward_v6(eth, ip, crate::l4::Csum::None, b, nat);
     let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
-    counters::forwarded(counter::FORWARD_ICMP, id, DIR_FORWARD, parse::frame_len(ctx));
+    counters::forwarded(
+        counter::FORWARD_ICMP,
+        id,
+        DIR_FORWARD,
+        parse::frame_len(ctx),
+    );
     Ok(action)
 }

@@ -86,11 +86,13 @@ pub static PROBATION_V6: LruHashMap<PersistKeyV6, ProbationValue> =
 /// the reverse path, read by the forward path when a probation client's packet carries a proof
 /// that is not the entry's. Sized like the probation map by the daemon.
 #[map]
-pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> =
+    LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
 /// As [`PROOFS_V4`] for IPv6 clients.
 #[map]
-pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> = LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
+pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> =
+    LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
 /// Key: `Service::ring_base + slot`, as `RINGS`. Value: the tick (`select::now_ticks`) in
 /// which a packet of that ring slot last went through the persistence path and refreshed its

@@ -149,7 +149,12 @@ pub fn has_options(ip: *const Ipv4Hdr) -> bool {
 #[inline(always)]
 pub fn proto_first(ip: *const Ipv4Hdr) -> (u8, bool) {
     // SAFETY: a bounds-checked header.
-    unsafe { ((*ip).proto, load16(&(*ip).frags) & IP_OFFSET_MASK.to_be() == 0) }
+    unsafe {
+        (
+            (*ip).proto,
+            load16(&(*ip).frags) & IP_OFFSET_MASK.to_be() == 0,
+        )
+    }
 }
 
 /// The fragment offset in 8-byte units (RFC 791 §3.1).

@@ -23,9 +23,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::Xdp
 use lb_common::{
     event,
     hash::{client_hash_v4, client_hash_v6},
-    Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4,
-    ProofKeyV6, Service,
-    BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4, ProofKeyV6,
+    Service, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -282,7 +281,13 @@ impl Origin {
 /// reached that way. `e` points at a `PersistValue` or at the same leading fields of a
 /// `ProbationValue`.
 #[inline(always)]
-unsafe fn learn<F: Family>(ctx: &XdpContext, e: *mut PersistValue, svc: &Service, client: &F::Addr, o: &Origin) {
+unsafe fn learn<F: Family>(
+    ctx: &XdpContext,
+    e: *mut PersistValue,
+    svc: &Service,
+    client: &F::Addr,
+    o: &Origin,
+) {
     // SAFETY: caller's map value pointer.
     unsafe {
         if load_mac(&(*e).client_mac) == o.mac && (*e).port == o.port {
@@ -535,7 +540,12 @@ pub fn reverse<F: Family>(
         return Ok(Back::Entry(p.cast::<PersistValue>()));
     }
     let ours = ring_slot(svc, F::hash(daddr))? & RING_BACKEND_MASK == id;
-    match edge::lookup(ctx, F::vip(svc), F::fib(daddr), ctx.ingress_ifindex() as u32) {
+    match edge::lookup(
+        ctx,
+        F::vip(svc),
+        F::fib(daddr),
+        ctx.ingress_ifindex() as u32,
+    ) {
         edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
         edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
         edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
@@ -579,7 +589,9 @@ pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Backend, *const Ser
 
 /// As [`reverse_service_v4`] for an IPv6 source.
 #[inline(always)]
-pub fn reverse_service_v6(saddr: &[u32; 4]) -> Result<(u32, *const Backend, *const Service), Verdict> {
+pub fn reverse_service_v6(
+    saddr: &[u32; 4],
+) -> Result<(u32, *const Backend, *const Service), Verdict> {
     // SAFETY: plain-old-data value read once.
     let id = *unsafe { BACKEND_IDS_V6.get(saddr) }.ok_or(PASS_NOT_VIP)?;
     service_of(id)
@@ -639,7 +651,11 @@ pub fn hop(back: Back) -> Result<Hop, Verdict> {
 /// A frame with backend `b`'s source address must come from `b`'s interface and MAC (or its
 /// next hop's, `Backend::dmac`): anything else is spoofed, or a misconfigured segment.
 #[inline(always)]
-pub fn from_backend(ctx: &XdpContext, eth: *const EthHdr, b: *const Backend) -> Result<(), Verdict> {
+pub fn from_backend(
+    ctx: &XdpContext,
+    eth: *const EthHdr,
+    b: *const Backend,
+) -> Result<(), Verdict> {
     // SAFETY: a bounds-checked header and a pointer into the BACKENDS map.
     unsafe {
         if ctx.ingress_ifindex() as u32 != (*b).ifindex {

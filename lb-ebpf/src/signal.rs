@@ -98,7 +98,12 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
         return Signal::default();
     };
     // SAFETY: bounds-checked just now.
-    let (spi, version) = unsafe { (proof64(load32(&(*hdr)[2]), load32(&(*hdr)[3])), (*hdr)[4][1]) };
+    let (spi, version) = unsafe {
+        (
+            proof64(load32(&(*hdr)[2]), load32(&(*hdr)[3])),
+            (*hdr)[4][1],
+        )
+    };
     // IKEv2 only (major version 2, RFC 7296 §3.1): whatever else a service port carries
     // (an echo service, IKEv1) proves nothing.
     if version >> 4 != 2 {

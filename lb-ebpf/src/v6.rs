@@ -18,8 +18,8 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{
-        self, Verdict, DROP_NOT_CLIENT_IFACE, PASS_ICMPV6, PASS_NOT_CLIENT,
-        PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
+        self, Verdict, DROP_NOT_CLIENT_IFACE, PASS_ICMPV6, PASS_NOT_CLIENT, PASS_NOT_SERVICE_PORT,
+        PASS_NOT_VIP, PASS_TTL,
     },
     edge, icmp, l4,
     maps::{self, VIPS_V6},

@@ -62,7 +62,10 @@ fn grown(read: impl Fn() -> f64, before: f64, by: f64) -> f64 {
 }
 
 /// Every client answered in one round, by the backend it had.
-fn all_answered_by(round: &Round, had: &std::collections::BTreeMap<Ipv4Addr, String>) -> Vec<String> {
+fn all_answered_by(
+    round: &Round,
+    had: &std::collections::BTreeMap<Ipv4Addr, String>,
+) -> Vec<String> {
     had.iter()
         .filter_map(|(c, b)| match round.get(c) {
             Some(Some(now)) if now == b => None,
@@ -74,7 +77,14 @@ fn all_answered_by(round: &Round, had: &std::collections::BTreeMap<Ipv4Addr, Str
 
 /// A UDP frame `src:port → dst:port` with the given MACs (real checksums).
 fn frame(smac: [u8; 6], dmac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
-    Ipv4Frame::udp(smac, dmac, (src, port), (dst, port), b"spoofed by edge_spoof.rs").bytes()
+    Ipv4Frame::udp(
+        smac,
+        dmac,
+        (src, port),
+        (dst, port),
+        b"spoofed by edge_spoof.rs",
+    )
+    .bytes()
 }
 
 /// The backend `lb-ctl lookup` names for `client`.
@@ -83,13 +93,17 @@ fn looked_up(lab: &Lab, lb_ctl: &std::path::Path, client: Ipv4Addr) -> Option<Ip
         .lb_ctl(lb_ctl, &["lookup", &client.to_string(), "--json"])
         .expect("lb-ctl lookup");
     let v: serde_json::Value = serde_json::from_str(&out).expect("lookup JSON");
-    v["results"][0]["backend"].as_str().and_then(|s| s.parse().ok())
+    v["results"][0]["backend"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
 }
 
 #[test]
 fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     if !lab::is_root() {
-        eprintln!("SKIP: needs root (network namespaces, veth, XDP); run `cargo xtask test` as root");
+        eprintln!(
+            "SKIP: needs root (network namespaces, veth, XDP); run `cargo xtask test` as root"
+        );
         return;
     }
     let lb_ctl = lb_ctl_path().expect("lb-ctl");
@@ -101,7 +115,9 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     lab.start_responders(&responder()).expect("responders");
     lab.start_daemon(&lb_ctl).expect("daemon");
     let clients = Clients::bind(&lab, &lab.clients.clone(), 4500).expect("client sockets");
-    let had = clients.all_answered(3, WAIT).expect("every client answered");
+    let had = clients
+        .all_answered(3, WAIT)
+        .expect("every client answered");
     let victim = lab.clients[0];
 
     let ext_mac = link_mac(&lab.gateway, GW_EXT).expect("ext MAC");
@@ -113,23 +129,53 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     // IKE never takes the slot fast path, which skips the entry — and any learning — for
     // bulk packets of clients refreshed this tick.)
     let before = event(&lab, "mac_move_rejected");
-    send_frames(&attacker, "atk0", &[frame(atk_mac, ext_mac, victim, VIP, 500)]).expect("send");
+    send_frames(
+        &attacker,
+        "atk0",
+        &[frame(atk_mac, ext_mac, victim, VIP, 500)],
+    )
+    .expect("send");
     let after = grown(|| event(&lab, "mac_move_rejected"), before, 1.0);
-    assert_eq!(after - before, 1.0, "the spoofed frame's move was not rejected");
+    assert_eq!(
+        after - before,
+        1.0,
+        "the spoofed frame's move was not rejected"
+    );
     let round = clients.round(WAIT).expect("round");
     let wrong = all_answered_by(&round, &had);
-    assert!(wrong.is_empty(), "after a spoofed frame from an external neighbour: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "after a spoofed frame from an external neighbour: {wrong:?}"
+    );
 
     // Negative control: when the kernel's neighbour table says the clients' router is the
     // attacker, the move is the kernel's truth and ikelb follows it — so a hijack is visible
     // to this test (the victim's replies go to the attacker's MAC).
     let router = "192.0.2.2";
-    let real = lab.gateway.ip(&["-j", "neigh", "show", router, "dev", GW_EXT]).expect("neigh");
+    let real = lab
+        .gateway
+        .ip(&["-j", "neigh", "show", router, "dev", GW_EXT])
+        .expect("neigh");
     lab.gateway
-        .ip(&["neigh", "replace", router, "lladdr", &mac_text(atk_mac), "dev", GW_EXT, "nud", "permanent"])
+        .ip(&[
+            "neigh",
+            "replace",
+            router,
+            "lladdr",
+            &mac_text(atk_mac),
+            "dev",
+            GW_EXT,
+            "nud",
+            "permanent",
+        ])
         .expect("poison the gateway's own neighbour table");
     let before = event(&lab, "mac_move_accepted");
-    send_frames(&attacker, "atk0", &[frame(atk_mac, ext_mac, victim, VIP, 500)]).expect("send");
+    send_frames(
+        &attacker,
+        "atk0",
+        &[frame(atk_mac, ext_mac, victim, VIP, 500)],
+    )
+    .expect("send");
     let after = grown(|| event(&lab, "mac_move_accepted"), before, 1.0);
     assert_eq!(
         after - before,
@@ -149,8 +195,12 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     // packets (these probes look like ESP on 4500) may take the slot fast path, which skips the
     // entry — and any learning — until the slot's first packet of the next tick (≈ 1.07 s):
     // allow three ticks.
-    lab.gateway.ip(&["neigh", "del", router, "dev", GW_EXT]).expect("neigh del");
-    lab.client_ns.exec("ping", &["-c", "1", "-W", "1", "192.0.2.1"]).expect("re-resolve the router");
+    lab.gateway
+        .ip(&["neigh", "del", router, "dev", GW_EXT])
+        .expect("neigh del");
+    lab.client_ns
+        .exec("ping", &["-c", "1", "-W", "1", "192.0.2.1"])
+        .expect("re-resolve the router");
     let mut wrong = Vec::new();
     for _ in 0..8 {
         wrong = all_answered_by(&clients.round(WAIT).expect("round"), &had);
@@ -158,7 +208,10 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
             break;
         }
     }
-    assert!(wrong.is_empty(), "after the control, three ticks on: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "after the control, three ticks on: {wrong:?}"
+    );
 
     // 2. The internal segment claims the victim's address toward the VIP.
     let b1 = &lab.backends[0];
@@ -166,9 +219,16 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     let before = dropped(&lab, "not_client_interface");
     send_frames(&b1.ns, "eth0", &[frame(b1_mac, int_mac, victim, VIP, 4500)]).expect("send");
     let after = grown(|| dropped(&lab, "not_client_interface"), before, 1.0);
-    assert_eq!(after - before, 1.0, "VIP traffic from the backends' side was not dropped");
+    assert_eq!(
+        after - before,
+        1.0,
+        "VIP traffic from the backends' side was not dropped"
+    );
     let wrong = all_answered_by(&clients.round(WAIT).expect("round"), &had);
-    assert!(wrong.is_empty(), "after a spoofed frame from the internal segment: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "after a spoofed frame from the internal segment: {wrong:?}"
+    );
 
     // 3. Reverse-path leaks. A client of another backend, and an address nobody sent from
     // whose ring slot names another backend.
@@ -193,20 +253,46 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
     )
     .expect("send");
     let after = grown(|| dropped(&lab, "reverse_not_client"), before, 2.0);
-    assert_eq!(after - before, 2.0, "backend traffic to non-clients was not dropped");
+    assert_eq!(
+        after - before,
+        2.0,
+        "backend traffic to non-clients was not dropped"
+    );
 
     // b1's address from b2's MAC, and from the external side.
     let b2 = &lab.backends[1];
     let b2_mac = link_mac(&b2.ns, "eth0").expect("b2 MAC");
-    let mine = *had.iter().find(|(_, b)| **b == b1.name).expect("a client of b1").0;
+    let mine = *had
+        .iter()
+        .find(|(_, b)| **b == b1.name)
+        .expect("a client of b1")
+        .0;
     let before = dropped(&lab, "reverse_wrong_mac");
-    send_frames(&b2.ns, "eth0", &[frame(b2_mac, int_mac, b1.addr, mine, 4500)]).expect("send");
+    send_frames(
+        &b2.ns,
+        "eth0",
+        &[frame(b2_mac, int_mac, b1.addr, mine, 4500)],
+    )
+    .expect("send");
     let after = grown(|| dropped(&lab, "reverse_wrong_mac"), before, 1.0);
-    assert_eq!(after - before, 1.0, "a backend's address from another MAC was not dropped");
+    assert_eq!(
+        after - before,
+        1.0,
+        "a backend's address from another MAC was not dropped"
+    );
     let before = dropped(&lab, "reverse_wrong_interface");
-    send_frames(&attacker, "atk0", &[frame(atk_mac, ext_mac, b1.addr, mine, 4500)]).expect("send");
+    send_frames(
+        &attacker,
+        "atk0",
+        &[frame(atk_mac, ext_mac, b1.addr, mine, 4500)],
+    )
+    .expect("send");
     let after = grown(|| dropped(&lab, "reverse_wrong_interface"), before, 1.0);
-    assert_eq!(after - before, 1.0, "a backend's address from the external side was not dropped");
+    assert_eq!(
+        after - before,
+        1.0,
+        "a backend's address from the external side was not dropped"
+    );
 
     // Nobody moved through all of it.
     let wrong = all_answered_by(&clients.round(WAIT).expect("round"), &had);
@@ -214,5 +300,8 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
 }
 
 fn mac_text(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

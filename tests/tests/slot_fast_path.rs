@@ -203,14 +203,26 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     }
     // Sampled while the bulk traffic runs: every client's entry was refreshed within a tick
     // or two, although it sent nothing but ESP for several ticks.
+    // A ring slot's first packet of each tick refreshes its client's entry: a client alone in
+    // its slot is refreshed every tick; clients sharing a slot take turns (at 120 clients in
+    // 65,537 slots a shared slot is rare), so for them only a live entry is asserted.
     let mut max_idle = 0;
     let mut tiers = BTreeMap::<String, usize>::new();
+    let mut looked = Vec::new();
+    let mut per_slot = BTreeMap::<u64, usize>::new();
     for (c, b) in &after {
         let out = lab
             .lb_ctl(&lb_ctl, &["lookup", &c.to_string(), "--json"])
             .expect("lookup");
         let v: serde_json::Value = serde_json::from_str(&out).expect("lookup JSON");
-        let r = &v["results"][0];
+        let r = v["results"][0].clone();
+        *per_slot
+            .entry(r["slot"].as_u64().expect("slot"))
+            .or_default() += 1;
+        looked.push((*c, b.clone(), r));
+    }
+    let mut shared = 0;
+    for (c, b, r) in &looked {
         let p = &r["persisted"];
         assert_eq!(
             r["backend"].as_str(),
@@ -222,13 +234,17 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
             "lookup {c}: no live entry: {r}"
         );
         let idle = p["idle_seconds"].as_u64().expect("idle_seconds");
-        assert!(
-            idle <= 2,
-            "{c} sent ESP every ~50 ms for {:?}, yet its entry is {idle} s idle: the fast path \
-             did not refresh it once a tick ({r})",
-            t0.elapsed()
-        );
-        max_idle = max_idle.max(idle);
+        if per_slot[&r["slot"].as_u64().expect("slot")] == 1 {
+            assert!(
+                idle <= 2,
+                "{c}, alone in its ring slot, sent ESP every ~50 ms for {:?}, yet its entry is \
+                 {idle} s idle: the fast path did not refresh it once a tick ({r})",
+                t0.elapsed()
+            );
+            max_idle = max_idle.max(idle);
+        } else {
+            shared += 1;
+        }
         *tiers
             .entry(p["tier"].as_str().unwrap_or("persistence").to_string())
             .or_default() += 1;
@@ -255,11 +271,11 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         "SLOT FAST PATH: {} bulk-only clients kept their backend through add (b4: {b4_slots} \
          slots), failover and recovery of {victim}; then {bulk_time:?} of bulk only: \
          fast_path events {fast_before} → {fast_after}, {} rounds, every entry fresh (max \
-         idle {max_idle} s; tiers {tiers:?}); slot flag sweeps: {} ok, {} failed",
+         idle {max_idle} s alone in a slot, {shared} clients in shared slots; tiers {tiers:?}); slot flag sweeps: {} ok, {} failed",
         start.len(),
         rounds.len(),
-        sweeps.0,
-        sweeps.1
+        sweeps.0 as u64,
+        sweeps.1 as u64
     );
 }
 

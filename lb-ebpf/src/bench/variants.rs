@@ -29,12 +29,11 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    l4,
     counters::{
         self, Verdict, DROP_BAD_BACKEND, DROP_NOT_CLIENT_IFACE, DROP_NO_BACKEND, PASS_IP_OPTIONS,
         PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
     },
-    edge,
+    edge, l4,
     maps::{self, PERSIST_V4, RINGS, SERVICES, VIPS_V4},
     parse::{self, load_mac, ptr_at, store_mac, Side, L3},
     rewrite, select,
@@ -148,7 +147,8 @@ fn select_fwd<const SKIP: u32>(
         if let Some(b) = select::backend(id) {
             let atime = unsafe { (*e).atime };
             let usable = unsafe { (*b).flags & BACKEND_F_USABLE != 0 && (*b).service == svc.id };
-            let fresh = has(SKIP, NO_TIME) || now.wrapping_sub(atime) <= maps::persist_timeout_ticks();
+            let fresh =
+                has(SKIP, NO_TIME) || now.wrapping_sub(atime) <= maps::persist_timeout_ticks();
             if usable && fresh {
                 unsafe {
                     if !has(SKIP, NO_TIME) && atime != now {
