@@ -326,13 +326,35 @@ fn responders_rekey(lab: &IkeLab, child: bool) -> Duration {
 }
 
 fn pings_ok(lab: &IkeLab, at_least: u32, what: &str) {
-    let pings = lab.ping_all(PINGS);
-    let bad: Vec<(usize, String)> = pings
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.received < at_least.min(p.sent) || p.sent == 0)
-        .map(|(i, p)| (i, format!("{}/{}", p.received, p.sent)))
-        .collect();
+    pings_ok_within(lab, at_least, what, 1)
+}
+
+/// As [`pings_ok`], with up to `rounds` rounds of pings for the clients still short: during
+/// the flood the lab's two cores carry the flood, the gateway, the NAT router, 24 clients and 4
+/// responders at once, so a round of 3 pings can be lost to a full veth ring or socket. The
+/// data path's side of the promise (every client keeps its backend, from persistence) is
+/// checked strictly by `assert_persisted` around it, and after the flood every ping must come
+/// back.
+fn pings_ok_within(lab: &IkeLab, at_least: u32, what: &str, rounds: u32) {
+    let mut short: Vec<usize> = Vec::new();
+    let mut bad: Vec<(usize, String)> = Vec::new();
+    for round in 0..rounds {
+        let pings = lab.ping_all(PINGS);
+        bad = pings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| round == 0 || short.contains(i))
+            .filter(|(_, p)| p.received < at_least.min(p.sent) || p.sent == 0)
+            .map(|(i, p)| (i, format!("{}/{}", p.received, p.sent)))
+            .collect();
+        if bad.is_empty() {
+            if round > 0 {
+                eprintln!("{TEST}: {what}: every tunnel answered by round {}", round + 1);
+            }
+            return;
+        }
+        short = bad.iter().map(|(i, _)| *i).collect();
+    }
     if !bad.is_empty() {
         let udp: Vec<(String, i64, i64)> = lab
             .lab
@@ -660,7 +682,7 @@ fn floods_do_not_evict_established_clients() {
     // 4. During the flood.
     let during = Instant::now();
     assert_persisted(&lab, &lb_ctl, &clients, "during the flood");
-    pings_ok(&lab, 1, "during the flood");
+    pings_ok_within(&lab, 1, "during the flood", 3);
     let child_rekey = responders_rekey(&lab, true);
     assert_persisted(
         &lab,
