@@ -200,7 +200,8 @@ impl DaemonView {
         format!("{n}")
     }
 
-    /// `xdp verdicts: redirect/forward N  pass/… M …`, or why there are none.
+    /// `xdp verdicts: redirect/forward N  pass/… M …` and the events line (`probation_insert
+    /// N  promoted M …`), or why there are none.
     pub fn verdicts_line(&self) -> String {
         match &self.metrics {
             Some(text) => {
@@ -209,7 +210,18 @@ impl DaemonView {
                     .filter(|s| s.value > 0.0)
                     .map(|s| format!("{}/{} {}", s.label("action"), s.label("reason"), s.value))
                     .collect();
-                format!("ikelb xdp verdicts: {}", verdicts.join("  "))
+                // What the edge protections did (docs/security.md): new clients on probation,
+                // promoted once they echoed their server's SPI, the fast path, …
+                let events: Vec<String> = metrics::samples(text, "ikelb_xdp_events_total")
+                    .iter()
+                    .filter(|s| s.value > 0.0)
+                    .map(|s| format!("{} {}", s.label("event"), s.value))
+                    .collect();
+                format!(
+                    "ikelb xdp verdicts: {}\nikelb xdp events:   {}",
+                    verdicts.join("  "),
+                    events.join("  ")
+                )
             }
             None => "(daemon metrics not reachable on the gateway's 127.0.0.1:9435)".into(),
         }
