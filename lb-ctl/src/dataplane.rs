@@ -312,6 +312,26 @@ impl AyaDataplane {
         self.ebpf.map(map).ok_or(DataplaneError::MissingMap { map })
     }
 
+    /// Entries `0..count` of the per-CPU `u64` array `map`, each summed over the CPUs
+    /// (`COUNTERS`, `EVENTS`).
+    fn per_cpu_sums(&self, map: &'static str, count: u32) -> Result<Vec<u64>, DataplaneError> {
+        let c: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        (0..count)
+            .map(|i| {
+                c.get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .map_err(|source| DataplaneError::Read {
+                        map,
+                        source: Box::new(source),
+                    })
+            })
+            .collect()
+    }
+
     fn hash_insert<K: Pod + std::fmt::Debug, V: Pod>(
         &mut self,
         map: &'static str,
@@ -483,41 +503,11 @@ impl Dataplane for AyaDataplane {
     }
 
     fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
-        let map = maps::COUNTERS;
-        let c: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            })?;
-        (0..counter::COUNT)
-            .map(|i| {
-                c.get(&i, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(|source| DataplaneError::Read {
-                        map,
-                        source: Box::new(source),
-                    })
-            })
-            .collect()
+        self.per_cpu_sums(maps::COUNTERS, counter::COUNT)
     }
 
     fn events(&self) -> Result<Vec<u64>, DataplaneError> {
-        let map = maps::EVENTS;
-        let c: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            })?;
-        (0..event::COUNT)
-            .map(|i| {
-                c.get(&i, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .map_err(|source| DataplaneError::Read {
-                        map,
-                        source: Box::new(source),
-                    })
-            })
-            .collect()
+        self.per_cpu_sums(maps::EVENTS, event::COUNT)
     }
 
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {

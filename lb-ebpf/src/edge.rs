@@ -64,17 +64,8 @@ pub enum Fib {
     Unreachable,
 }
 
-/// A forwarding lookup (`bpf_fib_lookup`, the route and the neighbour entry), or `None` when
-/// the kernel has no usable route or no resolved neighbour for it.
-#[inline(always)]
-pub fn route(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Option<Route> {
-    match lookup(ctx, src, dst, ifindex) {
-        Fib::Route(r) => Some(r),
-        _ => None,
-    }
-}
-
-/// The FIB's answer for `dst` (see [`Fib`]).
+/// The FIB's answer for `dst` (see [`Fib`]): a forwarding lookup (`bpf_fib_lookup`, the route
+/// and the neighbour entry) as for a packet from `src` that arrived on `ifindex`.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Fib {
     // SAFETY: an all-integer C struct; zero is its "nothing set" value.
@@ -120,9 +111,9 @@ pub fn lookup(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Fib {
 /// from another segment, or from a neighbour that is not the client's route, fails it).
 #[inline(always)]
 pub fn confirms(ctx: &XdpContext, vip: Addr, client: Addr, ifindex: u32, mac: &[u8; 6]) -> bool {
-    match route(ctx, vip, client, ifindex) {
-        Some(r) => r.ifindex == ifindex && r.dmac == *mac,
-        None => false,
+    match lookup(ctx, vip, client, ifindex) {
+        Fib::Route(r) => r.ifindex == ifindex && r.dmac == *mac,
+        _ => false,
     }
 }
 

@@ -49,6 +49,18 @@ struct Quoted {
     check: [u8; 2],
 }
 
+/// Whether a quoted packet of protocol `proto` from source port `sport` (wire order) is one of
+/// `svc`'s replies: from a service port, or ESP when the service forwards it.
+#[inline(always)]
+fn quotes_a_reply(svc: &Service, proto: u8, sport: u16) -> bool {
+    match proto {
+        IPPROTO_UDP => has_port(&svc.udp_ports, sport),
+        IPPROTO_TCP => has_port(&svc.tcp_ports, sport),
+        IPPROTO_ESP => svc.flags & lb_common::SVC_F_ESP != 0,
+        _ => false,
+    }
+}
+
 /// An IPv4 ICMP message to a VIP (header without options, first fragment).
 #[inline(always)]
 pub fn frag_needed_v4(
@@ -80,13 +92,7 @@ pub fn frag_needed_v4(
     };
     // The quote must be one of our replies: from the VIP, from a service port (or ESP).
     let sport = unsafe { load16(&(*quoted).sport) };
-    let ours = match proto {
-        IPPROTO_UDP => has_port(&svc.udp_ports, sport),
-        IPPROTO_TCP => has_port(&svc.tcp_ports, sport),
-        IPPROTO_ESP => svc.flags & lb_common::SVC_F_ESP != 0,
-        _ => false,
-    };
-    if isrc != vip || !ours {
+    if isrc != vip || !quotes_a_reply(svc, proto, sport) {
         return Err(PASS_NOT_SERVICE_PORT);
     }
     if parse::ttl(ip) <= 1 {
@@ -170,13 +176,7 @@ pub fn too_big_v6(
             load16(&(*quoted).sport),
         )
     };
-    let ours = match proto {
-        IPPROTO_UDP => has_port(&svc.udp_ports, sport),
-        IPPROTO_TCP => has_port(&svc.tcp_ports, sport),
-        IPPROTO_ESP => svc.flags & lb_common::SVC_F_ESP != 0,
-        _ => false,
-    };
-    if isrc != svc.vip || !ours {
+    if isrc != svc.vip || !quotes_a_reply(svc, proto, sport) {
         return Err(PASS_ICMPV6);
     }
     if parse6::hop_limit(ip) <= 1 {

@@ -251,10 +251,15 @@ fn ring_at(index: u32) -> u32 {
     RINGS.get(index).copied().unwrap_or(BACKEND_NONE)
 }
 
-/// The client's slot of the service's active Maglev table (see [`ring_at`]).
+/// The backend of ring slot `index`: `DROP_NO_BACKEND` for an empty slot (no usable backend
+/// when the table was built), `DROP_BAD_BACKEND` for an id without a backend.
 #[inline(always)]
-fn ring_slot(svc: &Service, hash: u32) -> Result<u32, Verdict> {
-    Ok(ring_at(ring_index(svc, hash)?))
+fn ring_backend(index: u32) -> Result<(u32, *const Backend), Verdict> {
+    let id = ring_at(index) & RING_BACKEND_MASK;
+    if id == BACKEND_NONE {
+        return Err(DROP_NO_BACKEND);
+    }
+    Ok((id, backend(id).ok_or(DROP_BAD_BACKEND)?))
 }
 
 /// Where a client's frames come from: the frame's source MAC and the ingress interface.
@@ -349,11 +354,7 @@ pub fn forward<F: Family>(
             Some(b) if live(unsafe { (*e).atime }, now) => (unsafe { (*e).backend }, b),
             _ => {
                 // Re-selection in place (no LRU insert, no eviction).
-                let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
-                if id == BACKEND_NONE {
-                    return Err(DROP_NO_BACKEND);
-                }
-                let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
+                let (id, b) = ring_backend(index)?;
                 unsafe { (*e).backend = id };
                 (id, b)
             }
@@ -384,13 +385,10 @@ pub fn forward<F: Family>(
     // (`docs/security.md`). This keeps a spoofed IKE_SA_INIT at one map lookup.
     if sig.ike_init && !edge::quota_left(now_ns) {
         counters::event(event::PROBATION_THROTTLED);
-        let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
-        if id == BACKEND_NONE {
-            return Err(DROP_NO_BACKEND);
-        }
+        let (id, b) = ring_backend(index)?;
         return Ok(Choice {
             id,
-            backend: backend(id).ok_or(DROP_BAD_BACKEND)?,
+            backend: b,
             persisted: true,
         });
     }
@@ -400,11 +398,7 @@ pub fn forward<F: Family>(
         let (id, b) = match unsafe { usable((*p).backend, svc) } {
             Some(b) if live(unsafe { (*p).atime }, now) => (unsafe { (*p).backend }, b),
             _ => {
-                let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
-                if id == BACKEND_NONE {
-                    return Err(DROP_NO_BACKEND);
-                }
-                let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
+                let (id, b) = ring_backend(index)?;
                 unsafe {
                     (*p).backend = id;
                     (*p).proof = 0;
@@ -436,11 +430,7 @@ pub fn forward<F: Family>(
     }
 
     // A client without any entry: the ring decides.
-    let id = ring_slot(svc, hash)? & RING_BACKEND_MASK;
-    if id == BACKEND_NONE {
-        return Err(DROP_NO_BACKEND);
-    }
-    let b = backend(id).ok_or(DROP_BAD_BACKEND)?;
+    let (id, b) = ring_backend(index)?;
     // Non-first fragments carry nothing to keep (their first fragment made the entry).
     if !pkt.first {
         return Ok(Choice {
@@ -539,7 +529,7 @@ pub fn reverse<F: Family>(
         }
         return Ok(Back::Entry(p.cast::<PersistValue>()));
     }
-    let ours = ring_slot(svc, F::hash(daddr))? & RING_BACKEND_MASK == id;
+    let ours = ring_at(ring_index(svc, F::hash(daddr))?) & RING_BACKEND_MASK == id;
     match edge::lookup(
         ctx,
         F::vip(svc),
@@ -570,11 +560,7 @@ pub fn owner<F: Family>(svc: &Service, client: &F::Addr) -> Result<(u32, *const 
             return Ok((id, b));
         }
     }
-    let id = ring_slot(svc, F::hash(client))? & RING_BACKEND_MASK;
-    if id == BACKEND_NONE {
-        return Err(DROP_NO_BACKEND);
-    }
-    Ok((id, backend(id).ok_or(DROP_BAD_BACKEND)?))
+    ring_backend(ring_index(svc, F::hash(client))?)
 }
 
 /// The backend whose IPv4 address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is

@@ -13,7 +13,7 @@
 //!   permanent neighbours make the FIB agree or not);
 //! * the reverse path's checks: group, backend interface and MAC, live entry of this backend,
 //!   else the ring and a FIB route (`reverse_stateless`), else a drop;
-//! * the slot fast path keyed by the `REFRESHED_V4` tag;
+//! * the slot fast path keyed by the ring slot's `REFRESHED_V4` stamp;
 //! * ICMP fragmentation-needed / ICMPv6 packet-too-big about a client's flow, sent on to its
 //!   backend with every checksum right (expected frames built from scratch).
 //!
@@ -475,7 +475,7 @@ fn persist_then_probation_then_ring() {
             lb.check(&[case("probation entry on an unusable backend: the ring", fd.bytes(), Expect::Redirect(fwd4(&fd, rd)), counter::FORWARD)]);
             let e = lb.persisted(ca.into()).unwrap();
             assert!(e.atime >= t0, "atime refreshed");
-            // The tag only matters to the slot fast path (the data path writes it only then).
+            // The stamp only matters to the slot fast path (the data path writes it only then).
             if lb.setup.slot_fast_path {
                 let stamp = lb.refreshed(ca);
                 assert!(
@@ -549,7 +549,7 @@ fn ike_responder_spi_promotes() {
             case("another backend's IKE to the client: dropped, no proof", other_reply.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT),
             case("IKE_AUTH with another responder SPI", wrong.bytes(), Expect::Redirect(fwd4(&wrong, b)), counter::FORWARD).events(&[]),
             // Events unchecked: with the fast path on, a probation client whose refresh wrote
-            // the tag may take it (bulk never carries a proof either way).
+            // the stamp may take it (bulk never carries a proof either way).
             case("ESP-in-UDP carrying the SPI bytes", esp_like.bytes(), Expect::Redirect(fwd4(&esp_like, b)), counter::FORWARD),
             case("IKE header cut at 24 bytes", cut.bytes(), Expect::Redirect(fwd4(&cut, b)), counter::FORWARD).events(&[]),
             case("IKEv1 header with the SPI", v1.bytes(), Expect::Redirect(fwd4(&v1, b)), counter::FORWARD).events(&[]),
@@ -956,7 +956,7 @@ fn ipv6_reverse_path_checks_and_stateless_replies() {
 // Slot fast path
 
 #[test]
-fn slot_fast_path_is_keyed_by_the_refresh_tag() {
+fn slot_fast_path_is_keyed_by_the_slot_stamp() {
     for fast in [false, true] {
         let Some(mut fx) = Fixture::load(Setup {
             slot_fast_path: fast,
@@ -973,7 +973,7 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
                 vec![]
             }
         };
-        // The tag is per tick: retry if a tick boundary falls inside the rows.
+        // The stamp is per tick: retry if a tick boundary falls inside the rows.
         for attempt in 0.. {
             let c = c4(100 + attempt);
             let b = ring(lb, c);
@@ -988,7 +988,7 @@ fn slot_fast_path_is_keyed_by_the_refresh_tag() {
             let t0 = now_ticks();
             #[rustfmt::skip]
             lb.check(&[
-                case(format!("{mode}: ESP, stale tag: the entry is refreshed"), esp.bytes(), Expect::Redirect(fwd4(&esp, b)), counter::FORWARD).events(&[]),
+                case(format!("{mode}: ESP, stale stamp: the entry is refreshed"), esp.bytes(), Expect::Redirect(fwd4(&esp, b)), counter::FORWARD).events(&[]),
             ]);
             let e = lb.persisted(c.into()).unwrap();
             assert!(e.atime >= t0, "{mode}: atime refreshed");
