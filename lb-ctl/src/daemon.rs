@@ -4,7 +4,8 @@
 //! Order matters and is fixed:
 //! 1. the whole config is validated and every interface looked up — nothing is loaded
 //!    before the file is known good;
-//! 2. the XDP object is loaded with its load-time globals and map sizes from the config;
+//! 2. the running kernel is probed for what the program needs ([`crate::kernel`]), then the
+//!    XDP object is loaded with its load-time globals and map sizes from the config;
 //! 3. interfaces, services, backends and tables are written, and next hops resolved, so the
 //!    first packet already meets a complete configuration;
 //! 4. the program is attached to every interface (`xdp_mode`);
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{self, Config, ConfigError, Mode, XdpAttachMode},
     dataplane::{AyaDataplane, Dataplane},
+    kernel,
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
     paths,
     pin::{self, MapPlan, PinError, PinnedState, Pins},
@@ -66,6 +68,9 @@ pub enum DaemonError {
     NoObject,
     #[error("loading the XDP object: {source}")]
     Load { source: Box<EbpfError> },
+    /// The kernel lacks a piece the XDP program needs, or its verifier refused the program.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
     #[error("program {name} is not in the XDP object")]
     MissingProgram { name: &'static str },
     #[error("program {name} is not an XDP program: {source}")]
@@ -351,6 +356,8 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         return Err(DaemonError::NoObject);
     }
     raise_memlock_limit();
+    // After the memlock limit: kernels before 5.11 charge the probes' maps to it.
+    kernel::require()?;
     let services = config.virtual_servers.len() as u32;
     let v6_services = config
         .virtual_servers
@@ -676,7 +683,12 @@ impl Daemon {
             modes,
             &self.fingerprint,
             self.migrate,
-        )?;
+        )
+        // The verifier runs here (`Xdp::load`): `EbpfLoader::load` only creates the maps.
+        .map_err(|e| match kernel::refusal(XDP_PROGRAM, &e) {
+            Some(refused) => DaemonError::Kernel(refused),
+            None => e.into(),
+        })?;
         for iface in &r.kept {
             info!(interface = %iface, "XDP program unchanged: the pinned link keeps running it");
         }

@@ -14,6 +14,7 @@
 //! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
 //! * [`metrics`] — Prometheus `/metrics`, read from the per-CPU maps when scraped;
 //! * [`pin`] — bpffs pins: reuse, atomic program replacement, map migration;
+//! * [`kernel`] — what the running kernel must offer the XDP program, probed at start;
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
 //! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
 //! * [`cli`] — the command line.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod kernel;
 pub mod metrics;
 pub mod neighbor;
 pub mod operator;
