@@ -64,6 +64,29 @@ pub const QUOTA_WINDOW_SHIFT: u32 = 27;
 /// TICK_SHIFT`. Coarse on purpose — an entry's timestamp is rewritten at most once a tick.
 pub const TICK_SHIFT: u32 = 30;
 
+/// Ticks an entry stamped at `atime` has been idle at `now`, for the data path and the daemon
+/// alike. The clock is `CLOCK_MONOTONIC` (it starts near 0 at boot, so a young gateway has
+/// small ticks); the difference wraps with the u32 tick counter (every ~146 years of uptime).
+/// A stamp up to 2^31 ticks ahead of `now` counts as idle 0, not as idle for ~2^32 ticks: a
+/// packet on another CPU stamps tick `t + 1` while this CPU (or a daemon scan that read the
+/// clock before it) still holds `t`, and that client is as live as it gets.
+#[inline(always)]
+pub fn idle_ticks(now: u32, atime: u32) -> u32 {
+    let idle = now.wrapping_sub(atime);
+    if (idle as i32) < 0 {
+        0
+    } else {
+        idle
+    }
+}
+
+/// Whether an entry stamped at `atime` is still live at `now` (idle no longer than
+/// `timeout` ticks); see [`idle_ticks`].
+#[inline(always)]
+pub fn is_live(now: u32, atime: u32, timeout: u32) -> bool {
+    idle_ticks(now, atime) <= timeout
+}
+
 /// Address family tags in [`Service::family`].
 pub const FAMILY_V4: u32 = 4;
 pub const FAMILY_V6: u32 = 6;

@@ -41,7 +41,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     counter, event, maps, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Traffic,
-    DIR_FORWARD, DIR_REVERSE, TICK_SHIFT,
+    DIR_FORWARD, DIR_REVERSE,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -207,14 +207,9 @@ struct View {
     backends: Vec<BackendLabel>,
 }
 
-/// Now in the data path's persistence ticks: `bpf_ktime_get_coarse_ns()` is
-/// `CLOCK_MONOTONIC_COARSE`.
+/// Now in the data path's persistence ticks.
 pub(crate) fn now_ticks() -> u32 {
-    // SAFETY: clock_gettime writes the timespec we own.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    (ns >> TICK_SHIFT) as u32
+    crate::runtime::Clock::now().tick
 }
 
 /// The metrics read from the data path at scrape time.
@@ -389,7 +384,7 @@ impl DataplaneCollector {
             tier,
         } in self.source.persistence()?
         {
-            if now.wrapping_sub(value.atime) > self.persist_timeout_ticks {
+            if !lb_common::is_live(now, value.atime, self.persist_timeout_ticks) {
                 continue;
             }
             match tier {

@@ -1038,7 +1038,7 @@ fn count_active<D: Dataplane>(
         let Some(b) = lb.backend(v.backend) else {
             continue;
         };
-        if b.service == *service && now.wrapping_sub(v.atime) <= timeout {
+        if b.service == *service && lb_common::is_live(now, v.atime, timeout) {
             *out.entry(v.backend).or_default() += 1;
         }
     }

@@ -774,8 +774,8 @@ impl<D: Dataplane> Balancer<D> {
             let Some(svc) = self.services.get(k.service as usize) else {
                 continue;
             };
-            let idle = ticket.tick.wrapping_sub(v.atime);
-            let live = (idle as i32) < 0 || idle <= timeout_ticks.saturating_add(1);
+            // One tick of grace: the ticket's tick was read before the scan began.
+            let live = lb_common::is_live(ticket.tick, v.atime, timeout_ticks.saturating_add(1));
             if !live {
                 continue;
             }

@@ -234,7 +234,7 @@ fn usable(id: u32, svc: &Service) -> Option<*const Backend> {
 /// An entry last seen at `atime` is still live at `now` (not idle past the timeout).
 #[inline(always)]
 fn live(atime: u32, now: u32) -> bool {
-    now.wrapping_sub(atime) <= maps::persist_timeout_ticks()
+    lb_common::is_live(now, atime, maps::persist_timeout_ticks())
 }
 
 /// Index in `RINGS` (and `REFRESHED_V4`) of the client's slot of the service's active Maglev

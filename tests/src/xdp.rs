@@ -168,6 +168,19 @@ pub fn now_ticks() -> u32 {
     ((ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64) >> TICK_SHIFT) as u32
 }
 
+/// The tick `n` ticks ago, for stamping an idle entry. A young clock (a freshly booted VM of
+/// the kernel matrix is a few seconds old) has no such tick yet: wait until it has, rather
+/// than wrap to a stamp in the future (which the data path counts as live).
+pub fn ticks_ago(n: u32) -> u32 {
+    loop {
+        let now = now_ticks();
+        if let Some(t) = now.checked_sub(n) {
+            return t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// How the gateway is wired.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Topology {

@@ -24,8 +24,8 @@ use std::net::Ipv4Addr;
 use ikelb_tests::{
     packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
     xdp::{
-        backend_mac, backend_v4, case, mac_str, now_ticks, Expect, Fixture, Setup, Side, Topology,
-        EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,
+        backend_mac, backend_v4, case, mac_str, now_ticks, ticks_ago, Expect, Fixture, Setup, Side,
+        Topology, EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,
     },
 };
 use lb_common::{
@@ -46,6 +46,7 @@ fn setup() -> Setup {
 const C1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const C2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 const C3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 33);
+const C4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 9);
 
 /// IKE-sized payloads (the content does not matter to ikelb; the length does for fragments).
 fn ike(len: usize) -> Vec<u8> {
@@ -428,33 +429,35 @@ fn unusable_backend_is_reselected() {
     });
 }
 
+/// Idle timeout of the persistence rows, in ticks (~10.7 s: a row under TCG emulation takes
+/// seconds, and an active entry must not idle out while it runs).
+const TIMEOUT: u32 = 10;
+
 #[test]
 fn persistence_wins_over_the_ring_until_idle() {
     Fixture::both_fast_paths(
         Setup {
-            persist_timeout_ticks: 100,
+            persist_timeout_ticks: TIMEOUT,
             ..setup()
         },
         |lb| {
-            // Clients the ring would send elsewhere, persisted on another backend: C1 active, C2 idle.
+            // Clients the ring would send elsewhere, persisted on another backend: C1 active,
+            // C2 idle, C4 stamped a tick ahead of this CPU's clock (another CPU crossed the
+            // tick first): as live as C1, not idle for 2^32 ticks.
             let r1 = lb.ring_choice(C1.into());
             let r2 = lb.ring_choice(C2.into());
-            let p1 = r1 % 3 + 1;
-            let p2 = r2 % 3 + 1;
-            let now = now_ticks();
-            let entry = |backend, atime| PersistValue {
-                backend,
-                atime,
-                client_mac: ROUTER_MAC,
-                port: 0,
-                _pad: 0,
-            };
-            lb.persist(C1.into(), entry(p1, now - 5));
-            lb.persist(C2.into(), entry(p2, now - 500));
-            // C3 is persisted on a backend id the daemon has since given to another service.
+            let r4 = lb.ring_choice(C4.into());
             let r3 = lb.ring_choice(C3.into());
-            let p3 = r3 % 3 + 1;
-            lb.persist(C3.into(), entry(p3, now));
+            let (p1, p2, p3) = (r1 % 3 + 1, r2 % 3 + 1, r3 % 3 + 1);
+            // Neither C4's ring choice nor C3's backend (given away below).
+            let p4 = (1..=3).find(|&b| b != r4 && b != p3).unwrap();
+            let idle = ticks_ago(TIMEOUT + 2);
+            let now = now_ticks();
+            lb.persist(C1.into(), persist_entry(p1, now));
+            lb.persist(C2.into(), persist_entry(p2, idle));
+            lb.persist(C4.into(), persist_entry(p4, now + 1));
+            // C3 is persisted on a backend id the daemon has since given to another service.
+            lb.persist(C3.into(), persist_entry(p3, now));
             let mut b = lb.backend(p3);
             b.service = SVC6;
             lb.set_backend(p3, b);
@@ -462,20 +465,61 @@ fn persistence_wins_over_the_ring_until_idle() {
             let f1 = to_vip(C1, 4500, 4500, &ike(80));
             let f2 = to_vip(C2, 4500, 4500, &ike(80));
             let f3 = to_vip(C3, 4500, 4500, &ike(80));
+            let f4 = to_vip(C4, 4500, 4500, &ike(80));
             #[rustfmt::skip]
-        let rows = [
-            case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
-            case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
-            case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
-        ];
+            let rows = [
+                case("active client keeps its backend", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
+                case("idle client is re-balanced", f2.bytes(), Expect::Redirect(forwarded(&f2, r2)), counter::FORWARD),
+                case("backend id now another service's", f3.bytes(), Expect::Redirect(forwarded(&f3, r3)), counter::FORWARD),
+                case("entry stamped a tick ahead keeps its backend", f4.bytes(), Expect::Redirect(forwarded(&f4, p4)), counter::FORWARD),
+            ];
             lb.check(&rows);
             let e1 = lb.persisted(C1.into()).unwrap();
             assert_eq!(e1.backend, p1);
             assert!(e1.atime >= now, "atime refreshed");
             assert_eq!(lb.persisted(C2.into()).unwrap().backend, r2);
             assert_eq!(lb.persisted(C3.into()).unwrap().backend, r3);
+            assert_eq!(lb.persisted(C4.into()).unwrap().backend, p4);
         },
     );
+}
+
+/// A gateway younger than its persistence timeout (`now` below the timeout, as on every boot):
+/// an entry stamped at tick 0 is live, and so is one stamped ahead of `now`.
+#[test]
+fn young_clock_keeps_persisted_clients() {
+    let now = now_ticks();
+    Fixture::both_fast_paths(
+        Setup {
+            persist_timeout_ticks: now + 1000,
+            ..setup()
+        },
+        |lb| {
+            let r1 = lb.ring_choice(C1.into());
+            let r4 = lb.ring_choice(C4.into());
+            let (p1, p4) = (r1 % 3 + 1, r4 % 3 + 1);
+            lb.persist(C1.into(), persist_entry(p1, 0));
+            lb.persist(C4.into(), persist_entry(p4, now_ticks() + 3));
+            let f1 = to_vip(C1, 500, 500, &ike(80));
+            let f4 = to_vip(C4, 500, 500, &ike(80));
+            #[rustfmt::skip]
+            let rows = [
+                case("entry stamped at tick 0", f1.bytes(), Expect::Redirect(forwarded(&f1, p1)), counter::FORWARD),
+                case("entry stamped in the future", f4.bytes(), Expect::Redirect(forwarded(&f4, p4)), counter::FORWARD),
+            ];
+            lb.check(&rows);
+        },
+    );
+}
+
+fn persist_entry(backend: u32, atime: u32) -> PersistValue {
+    PersistValue {
+        backend,
+        atime,
+        client_mac: ROUTER_MAC,
+        port: 0,
+        _pad: 0,
+    }
 }
 
 #[test]

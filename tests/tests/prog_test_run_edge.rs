@@ -29,13 +29,12 @@ use ikelb_tests::{
     },
     packet6::{esp_body, icmpv6_error, Ext, Ipv6Frame, PROTO_ICMPV6},
     xdp::{
-        backend_mac, backend_v4, backend_v6, case, mac_str, now_ticks, Expect, Fixture, Setup,
-        Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, ROUTER4, ROUTER_MAC, VIP4, VIP6,
+        backend_mac, backend_v4, backend_v6, case, mac_str, now_ticks, ticks_ago, Expect, Fixture,
+        Setup, Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, ROUTER4, ROUTER_MAC, VIP4, VIP6,
     },
 };
 use lb_common::{
-    counter, event, PersistValue, ProbationValue, BACKEND_F_USABLE,
-    QUOTA_WINDOW_SHIFT,
+    counter, event, PersistValue, ProbationValue, BACKEND_F_USABLE, QUOTA_WINDOW_SHIFT,
 };
 
 const ROUTER2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
@@ -417,8 +416,16 @@ fn new_client_quota_throttles_probation_inserts() {
                 case("its IKE_AUTH: the probation entry", next.bytes(), Expect::Redirect(fwd4(&next, pb)), counter::FORWARD).events(&[]),
             ];
             lb.check(&rows);
-            assert_eq!(quota_window(), w0, "the rows crossed a quota window (retry)");
-            assert_eq!(lb.probation(c.into()).map(|p| p.backend), Some(pb), "entry untouched");
+            assert_eq!(
+                quota_window(),
+                w0,
+                "the rows crossed a quota window (retry)"
+            );
+            assert_eq!(
+                lb.probation(c.into()).map(|p| p.backend),
+                Some(pb),
+                "entry untouched"
+            );
         },
     );
 }
@@ -426,20 +433,25 @@ fn new_client_quota_throttles_probation_inserts() {
 // ---------------------------------------------------------------------------------------------
 // Selection with entries
 
+/// Idle timeout of the rows with entries, in ticks (~10.7 s: rows under TCG emulation take
+/// seconds, and an active entry must not idle out meanwhile).
+const IDLE_TIMEOUT: u32 = 10;
+
 #[test]
 fn persist_then_probation_then_ring() {
     Fixture::both_fast_paths(
         Setup {
-            persist_timeout_ticks: 100,
+            persist_timeout_ticks: IDLE_TIMEOUT,
             ..Setup::default()
         },
         |lb| {
+            let idle = ticks_ago(IDLE_TIMEOUT + 2);
             let now = now_ticks();
             // Established on a backend the ring does not give it (as the daemon would, its
             // slot is flagged changed).
             let (ca, cb, cc, cd) = (c4(50), c4(51), c4(52), c4(53));
             let pa = other4(ring(lb, ca));
-            lb.persist(ca.into(), persist_v(pa, now - 5, ROUTER_MAC, PORT_EXT));
+            lb.persist(ca.into(), persist_v(pa, now, ROUTER_MAC, PORT_EXT));
             lb.mark_changed(ca.into());
             // On probation on another backend than the ring's.
             let pb = other4(ring(lb, cb));
@@ -447,10 +459,7 @@ fn persist_then_probation_then_ring() {
             lb.mark_changed(cb.into());
             // Idle probation entry, and one naming an unusable backend.
             let rc = ring(lb, cc);
-            lb.set_probation(
-                cc.into(),
-                prob_v(other4(rc), now - 500, ROUTER_MAC, PORT_EXT, 0),
-            );
+            lb.set_probation(cc.into(), prob_v(other4(rc), idle, ROUTER_MAC, PORT_EXT, 0));
             let rd = ring(lb, cd);
             let dead = other4(rd);
             lb.set_probation(cd.into(), prob_v(dead, now, ROUTER_MAC, PORT_EXT, 0));
@@ -802,10 +811,11 @@ fn mac_and_port_moves_need_fib_evidence() {
 fn reverse_path_checks_and_stateless_replies() {
     Fixture::both_fast_paths(
         Setup {
-            persist_timeout_ticks: 100,
+            persist_timeout_ticks: IDLE_TIMEOUT,
             ..Setup::default()
         },
         |lb| {
+            let idle = ticks_ago(IDLE_TIMEOUT + 2);
             let now = now_ticks();
             // Entries of each kind, on backend `b` of each client's ring slot unless said.
             let (cp, cq, ci, cj, co, ck) = (c4(80), c4(81), c4(82), c4(83), c4(84), c4(85));
@@ -814,9 +824,9 @@ fn reverse_path_checks_and_stateless_replies() {
             let bq = ring(lb, cq);
             lb.set_probation(cq.into(), prob_v(bq, now, ROUTER2_MAC, PORT_EXT, 0));
             let bi = ring(lb, ci);
-            lb.persist(ci.into(), persist_v(bi, now - 500, ROUTER_MAC, PORT_EXT));
+            lb.persist(ci.into(), persist_v(bi, idle, ROUTER_MAC, PORT_EXT));
             let bj = ring(lb, cj);
-            lb.set_probation(cj.into(), prob_v(bj, now - 500, ROUTER_MAC, PORT_EXT, 0));
+            lb.set_probation(cj.into(), prob_v(bj, idle, ROUTER_MAC, PORT_EXT, 0));
             let bo = ring(lb, co);
             lb.persist(co.into(), persist_v(other4(bo), now, ROUTER_MAC, PORT_EXT));
             let bk = ring(lb, ck);
@@ -1047,8 +1057,14 @@ fn one_refresh_per_ring_slot_and_tick() {
     for attempt in 0.. {
         let now = now_ticks();
         let id = ring(lb, a);
-        lb.persist(a.into(), persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
-        lb.persist(b.into(), persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        lb.persist(
+            a.into(),
+            persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
+        );
+        lb.persist(
+            b.into(),
+            persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
+        );
         lb.set_refreshed(a, now.wrapping_sub(1));
         let (ea, eb) = (esp4(a, 0xa1, 1), esp4(b, 0xb1, 1));
         let t0 = now_ticks();
@@ -1063,7 +1079,11 @@ fn one_refresh_per_ring_slot_and_tick() {
             continue;
         }
         assert!(lb.persisted(a.into()).unwrap().atime >= t0, "{a} refreshed");
-        assert_eq!(lb.persisted(b.into()).unwrap().atime, now.wrapping_sub(5), "{b} not looked up");
+        assert_eq!(
+            lb.persisted(b.into()).unwrap().atime,
+            now.wrapping_sub(5),
+            "{b} not looked up"
+        );
         assert_eq!(lb.refreshed(b), lb.refreshed(a), "one stamp for the slot");
         break;
     }

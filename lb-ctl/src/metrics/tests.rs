@@ -46,7 +46,7 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     let cfg = config::parse(
         "t.yaml",
         "interfaces: [ext, int]\nmaglev_table_size: 251\npersistence_entries: 1000\n\
-         persistence_timeout: 10m\nvirtual_servers:
+         persistence_timeout: 5s\nvirtual_servers:
   - name: aovpn
     vip: 203.0.113.10
     backends:
@@ -80,7 +80,11 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     lb.set_health(1, crate::health::HealthState::Up).unwrap();
 
     let now = now_ticks();
-    let stale = now.wrapping_sub(cfg.persist_timeout_ticks() + 5);
+    // A stamp 5 ticks past the timeout (a stamp "before boot" would wrap to the future, which
+    // counts as live).
+    let stale = now
+        .checked_sub(cfg.persist_timeout_ticks() + 5)
+        .expect("this test needs a machine up for more than 11 s");
     let entry = |client: u8, backend, atime| {
         (
             PersistKeyV4 {

@@ -58,7 +58,7 @@ pub(super) fn lookup<D: Dataplane>(
             proof,
         }) = entry
         {
-            let idle = now.tick.wrapping_sub(e.atime);
+            let idle = lb_common::idle_ticks(now.tick, e.atime);
             let b = lb.backend(e.backend).filter(|b| b.service == s.value.id);
             let ignored = match b {
                 None => Some("backend removed"),

@@ -210,7 +210,7 @@ impl Harness {
             if let Some(b) = dp.backends.get(&e.backend).filter(|b| b.addr[0] != 0) {
                 if b.flags & BACKEND_F_USABLE != 0
                     && b.service == svc
-                    && now.wrapping_sub(e.atime) <= timeout
+                    && lb_common::is_live(now, e.atime, timeout)
                 {
                     dp.persist_v4[i].1.atime = now;
                     return Some(e.backend);

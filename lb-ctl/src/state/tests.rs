@@ -415,7 +415,7 @@ fn slow(lb: &mut Balancer<FakeDataplane>, client: u32, now: u32, write: bool) ->
         if let Some(b) = dp.backends.get(&e.backend) {
             if b.flags & BACKEND_F_USABLE != 0
                 && b.service == 0
-                && now.wrapping_sub(e.atime) <= TIMEOUT
+                && lb_common::is_live(now, e.atime, TIMEOUT)
             {
                 if write {
                     dp.persist_v4[i].1.atime = now;
