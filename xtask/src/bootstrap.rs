@@ -6,6 +6,9 @@
 //! * `bpf-linker`, built against the LLVM that ships inside the nightly toolchain (no
 //!   prebuilt binary or matching system LLVM is reachable here; see docs/toolchain.md).
 //!
+//! * for the kernel matrix (`test`): QEMU, busybox (virtme-ng's initramfs), the Debian
+//!   kernel packages of the matrix, and virtme-ng from PyPI (docs/kernels.md).
+//!
 //! Each step checks first and says what it installs; a second run installs nothing.
 
 use anyhow::{bail, Context as _, Result};
@@ -26,9 +29,18 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/ipsec/charon", "strongswan-charon"),
     ("/usr/sbin/swanctl", "strongswan-swanctl"),
     ("/usr/bin/pki", "strongswan-pki"),
-    ("/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so", "libcharon-extra-plugins"),
-    ("/usr/lib/ipsec/plugins/libstrongswan-curve25519.so", "libstrongswan-extra-plugins"),
-    ("/usr/lib/ipsec/plugins/libstrongswan-openssl.so", "libstrongswan-standard-plugins"),
+    (
+        "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so",
+        "libcharon-extra-plugins",
+    ),
+    (
+        "/usr/lib/ipsec/plugins/libstrongswan-curve25519.so",
+        "libstrongswan-extra-plugins",
+    ),
+    (
+        "/usr/lib/ipsec/plugins/libstrongswan-openssl.so",
+        "libstrongswan-standard-plugins",
+    ),
 ];
 
 pub fn all() -> Result<()> {
@@ -38,31 +50,95 @@ pub fn all() -> Result<()> {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(file, _)| !std::path::Path::new(file).exists()).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(file, _)| !std::path::Path::new(file).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    apt_install(&missing, "")
+}
+
+/// What the kernel matrix needs: QEMU, busybox, virtme-ng and (`with_kernels`) the Debian
+/// kernel packages of `kernels::MATRIX`.
+pub fn kernel_matrix(with_kernels: bool) -> Result<()> {
+    let mut missing: Vec<&str> = [
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+        ("/bin/busybox", "busybox-static"),
+    ]
+    .iter()
+    .filter(|(file, _)| !std::path::Path::new(file).exists())
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if with_kernels {
+        missing.extend(
+            crate::kernels::MATRIX
+                .iter()
+                .map(|(pkg, _)| *pkg)
+                .filter(|pkg| {
+                    !cmd::output("dpkg-query", &["-W", "-f=${Status}", pkg])
+                        .is_some_and(|s| s.ends_with("install ok installed"))
+                }),
+        );
+    }
+    apt_install(&missing, " for the kernel matrix")?;
+    if cmd::output("vng", &["--version"]).is_some() {
+        return Ok(());
+    }
+    cmd::step("installing virtme-ng from PyPI (boots the matrix's kernels under QEMU)");
+    cmd::run(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--root-user-action=ignore",
+            "virtme-ng",
+        ],
+    )?;
+    // pyenv puts new commands on PATH through shims made by `rehash`.
+    let _ = cmd::output("pyenv", &["rehash"]);
+    if cmd::output("vng", &["--version"]).is_none() {
+        bail!("virtme-ng is installed but `vng` is not on PATH (pip's scripts directory)");
+    }
+    Ok(())
+}
+
+fn apt_install(missing: &[&str], why: &str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
     if !cmd::is_root() {
         bail!("missing Debian packages {missing:?}: install them (apt-get install) or run as root");
     }
-    cmd::step(&format!("installing Debian packages: {}", missing.join(" ")));
+    cmd::step(&format!(
+        "installing Debian packages{why}: {}",
+        missing.join(" ")
+    ));
     cmd::run("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(missing);
     // Debian's prometheus package starts no daemon here (no systemd); the tests start their own.
     std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
     cmd::run("apt-get", &args)
 }
 
 fn rust_src() -> Result<()> {
-    let installed = cmd::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .context("rustup has no `nightly` toolchain: install one (`rustup toolchain install nightly`)")?;
+    let installed = cmd::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context(
+        "rustup has no `nightly` toolchain: install one (`rustup toolchain install nightly`)",
+    )?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
     cmd::step("installing the nightly toolchain's rust-src (needed for -Z build-std=core)");
-    cmd::run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+    cmd::run(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
 }
 
 /// The nightly toolchain's LLVM: its sysroot, the dylib name to link, and the major version.
@@ -83,21 +159,31 @@ fn nightly_llvm() -> Result<NightlyLlvm> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*-rust-* library in {lib_dir}"))?;
-    let dylib = dylib.trim_start_matches("lib").trim_end_matches(".so").to_owned();
-    let version = cmd::output("rustc", &["+nightly", "-vV"]).context("`rustc +nightly -vV` failed")?;
+    let dylib = dylib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
+    let version =
+        cmd::output("rustc", &["+nightly", "-vV"]).context("`rustc +nightly -vV` failed")?;
     let major = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
         .context("`rustc +nightly -vV` names no LLVM version")?
         .to_owned();
-    Ok(NightlyLlvm { lib_dir, dylib, major })
+    Ok(NightlyLlvm {
+        lib_dir,
+        dylib,
+        major,
+    })
 }
 
 /// bpf-linker must run and be linked against *this* nightly's LLVM (a nightly update
 /// replaces the library it was linked to).
 fn bpf_linker_ok(llvm: &NightlyLlvm) -> bool {
-    let Some(path) = cmd::output("sh", &["-c", "command -v bpf-linker"]) else { return false };
+    let Some(path) = cmd::output("sh", &["-c", "command -v bpf-linker"]) else {
+        return false;
+    };
     if cmd::output("bpf-linker", &["--version"]).is_none() {
         return false;
     }
@@ -120,7 +206,13 @@ fn bpf_linker() -> Result<()> {
     );
     let features = format!("llvm-{},no-llvm-linking", llvm.major);
     let status = std::process::Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &features])
         .env("RUSTFLAGS", rustflags)
         .status()

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cmd;
+mod kernels;
 
 use std::path::PathBuf;
 
@@ -22,8 +23,16 @@ enum Task {
     /// Install what building and testing ikelb needs (apt packages, nightly rust-src,
     /// bpf-linker), saying what it installs. Run by `test` and `run` too.
     Bootstrap,
-    /// Run every test: host unit tests, then (as root) BPF_PROG_TEST_RUN and namespace tests.
+    /// Run every test: host unit tests, then (as root) BPF_PROG_TEST_RUN and namespace tests,
+    /// then the kernel matrix: the tests that exercise the kernel, inside QEMU on Debian 12's
+    /// 6.1 and the 6.12 LTS (docs/kernels.md).
     Test {
+        /// Run the kernel matrix on this kernel image instead of the default ones (repeatable).
+        #[arg(long = "kernel", value_name = "PATH")]
+        kernels: Vec<PathBuf>,
+        /// Skip the kernel matrix (a quick run on the host kernel only; CI never skips it).
+        #[arg(long, conflicts_with = "kernels")]
+        no_kernels: bool,
         /// Extra arguments for the root-only test run (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -48,7 +57,11 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => bootstrap::all(),
-        Task::Test { args } => test(&args),
+        Task::Test {
+            kernels,
+            no_kernels,
+            args,
+        } => test(&kernels, no_kernels, &args),
         Task::Run { config } => run(config),
         Task::Bench { args } => bench(&args),
     }
@@ -67,11 +80,29 @@ fn bench(args: &[String]) -> Result<()> {
     if !std::path::Path::new(FONT).exists() {
         cmd::step("installing fonts-dejavu-core (the benchmark chart's font)");
         cmd::run("apt-get", &["update", "-qq"])?;
-        cmd::run("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "fonts-dejavu-core"])?;
+        cmd::run(
+            "apt-get",
+            &[
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "fonts-dejavu-core",
+            ],
+        )?;
     }
     cmd::step("build lb-ctl and ikelb-bench (release)");
     cmd::cargo(&["build", "--release", "-p", "lb-ctl", "--bin", "lb-ctl"])?;
-    cmd::cargo(&["build", "--release", "-p", "xtask", "--features", "bench", "--bin", "ikelb-bench"])?;
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "xtask",
+        "--features",
+        "bench",
+        "--bin",
+        "ikelb-bench",
+    ])?;
     let release = cmd::target_dir().join("release");
     let out = cmd::target_dir().join("bench");
     let chart = cmd::workspace_root().join("docs/bench-closed-loop.png");
@@ -88,9 +119,13 @@ fn bench(args: &[String]) -> Result<()> {
     cmd::exec(&release.join("ikelb-bench"), &all)
 }
 
-/// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces).
-fn test(args: &[String]) -> Result<()> {
+/// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces); then the
+/// kernel matrix (unless `no_kernels`).
+fn test(kernels: &[PathBuf], no_kernels: bool, args: &[String]) -> Result<()> {
     bootstrap::all()?;
+    if !no_kernels {
+        bootstrap::kernel_matrix(kernels.is_empty())?;
+    }
     cmd::step("host unit tests (cargo test --workspace --exclude ikelb-tests)");
     cmd::cargo(&["test", "--workspace", "--exclude", "ikelb-tests"])?;
     if !cmd::is_root() {
@@ -104,7 +139,32 @@ fn test(args: &[String]) -> Result<()> {
     cmd::step("root tests (cargo test -p ikelb-tests)");
     let mut cargo_args = vec!["test", "-p", "ikelb-tests", "--"];
     cargo_args.extend(args.iter().map(String::as_str));
-    cmd::cargo(&cargo_args)
+    cmd::cargo(&cargo_args)?;
+    if no_kernels {
+        cmd::step("kernel matrix skipped (--no-kernels)");
+        return Ok(());
+    }
+    let tests = kernels::build_tests()?;
+    let images: Vec<(String, PathBuf)> = if kernels.is_empty() {
+        kernels::MATRIX
+            .iter()
+            .map(|(pkg, label)| Ok((label.to_string(), kernels::image_of_package(pkg)?)))
+            .collect::<Result<_>>()?
+    } else {
+        kernels
+            .iter()
+            .map(|k| ("--kernel".to_string(), k.clone()))
+            .collect()
+    };
+    let mut outcomes = Vec::new();
+    for (label, image) in &images {
+        cmd::step(&format!(
+            "kernel matrix: {} ({label}) under QEMU, ~6 min",
+            image.display()
+        ));
+        outcomes.push(kernels::run(label, image, &tests)?);
+    }
+    kernels::summary(&kernels::host_verifier(&tests), &outcomes)
 }
 
 fn run(config: Option<PathBuf>) -> Result<()> {
@@ -113,12 +173,23 @@ fn run(config: Option<PathBuf>) -> Result<()> {
         anyhow::bail!("ikelb attaches XDP programs and builds network namespaces: run as root");
     }
     cmd::step("build lb-ctl and the demo (release)");
-    cmd::cargo(&["build", "--release", "-p", "lb-ctl", "-p", "ikelb-tests", "--bins"])?;
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-ctl",
+        "-p",
+        "ikelb-tests",
+        "--bins",
+    ])?;
     let lb_ctl = cmd::target_dir().join("release/lb-ctl");
     match config {
         Some(config) => {
             cmd::step(&format!("lb-ctl daemon --config {}", config.display()));
-            cmd::exec(&lb_ctl, &["daemon".as_ref(), "--config".as_ref(), config.as_os_str()])
+            cmd::exec(
+                &lb_ctl,
+                &["daemon".as_ref(), "--config".as_ref(), config.as_os_str()],
+            )
         }
         None => {
             cmd::step("demo: namespace lab with clients, the ikelb gateway and 3 backends");
