@@ -235,6 +235,27 @@ impl IdAllocator {
     fn release(&mut self, id: u32) {
         self.free.push_back(id);
     }
+
+    /// Takes back an id [`alloc`](IdAllocator::alloc) just handed out and that was never
+    /// written to the maps: the allocator is as it was before.
+    fn unalloc(&mut self, id: u32) {
+        if id + 1 == self.next {
+            self.next -= 1;
+        } else {
+            self.free.push_front(id);
+        }
+    }
+
+    /// Rebuilds the free list from what is actually in use (after an adoption renumbered
+    /// every backend): every id below `next` and the capacity that `in_use` does not hold is
+    /// free, lowest first. Without this, ids that were free when the previous daemon stopped
+    /// would be lost at every restart.
+    fn rebuild_free(&mut self, in_use: &std::collections::BTreeSet<u32>) {
+        let end = self.next.min(self.capacity);
+        self.free = (BACKEND_NONE + 1..end)
+            .filter(|id| !in_use.contains(id))
+            .collect();
+    }
 }
 
 /// What one [`Balancer::apply`] changed.
@@ -478,6 +499,22 @@ impl<D: Dataplane> Balancer<D> {
             },
         );
         Ok(id)
+    }
+
+    /// Takes back a backend [`add_backend`](Balancer::add_backend) just added, before any
+    /// [`apply`](Balancer::apply) wrote it (a request whose change could not be saved): the
+    /// model and the id allocator are as they were before the add.
+    pub fn cancel_add(&mut self, id: u32) -> Result<(), StateError> {
+        match self.backends.get(&id) {
+            Some(b) if b.written.is_none() => {}
+            _ => return Err(StateError::UnknownBackend { id }),
+        }
+        let b = self.backends.remove(&id).expect("checked above");
+        self.services[b.service as usize]
+            .members
+            .retain(|&m| m != id);
+        self.ids.unalloc(id);
+        Ok(())
     }
 
     /// Removes a backend: it leaves its service's table at the next [`apply`], which then

@@ -10,7 +10,10 @@
 //!
 //! * **ids**: a backend keeps the id the maps give its address in its service (persisted
 //!   clients name backends by id). Others get ids above every pinned one, so an id whose
-//!   persisted clients may still exist is not handed to a newcomer.
+//!   persisted clients may still exist is not handed to a newcomer while fresh ids remain.
+//!   The free list is rebuilt from the ids actually in use (adopted, and stale pinned ones
+//!   until the first apply forgets them): every other id below the highest pinned one is
+//!   free again, so ids never run out over any number of add/remove/restart cycles.
 //! * **usable backends stay usable**: a pinned `BACKEND_F_USABLE` entry gives the backend its
 //!   next hop back and health `Up`; re-resolution and health checks then change it only on a
 //!   real transition.
@@ -82,15 +85,27 @@ impl<D: Dataplane> Balancer<D> {
         // New id of every backend: its pinned one, else one above everything pinned.
         let mut renumber: BTreeMap<u32, u32> = BTreeMap::new();
         let mut adopted: BTreeMap<u32, Backend> = BTreeMap::new();
+        let capacity = self.ids.capacity;
         for b in self.backends.values() {
             if let Some((id, value)) = pinned_by_key.remove(&(b.service, addr_words(b.address))) {
-                renumber.insert(b.id, id);
-                adopted.insert(id, value);
+                // Beyond a (smaller, migrated) BACKENDS: a new id, as for a newcomer.
+                if id < capacity {
+                    renumber.insert(b.id, id);
+                    adopted.insert(id, value);
+                }
             }
         }
         let taken: BTreeSet<u32> = adopted.keys().copied().collect();
-        // Ids `new` handed out are all re-assigned here, so counting restarts above the pins.
-        let mut next = pinned.backends.keys().max().map_or(1, |&max| max + 1);
+        // Ids `new` handed out are all re-assigned here, so counting restarts above the pins;
+        // the free list is rebuilt from what is in use: adopted ids, and the stale pinned
+        // entries the first apply forgets (and only then frees). Newcomers take fresh ids
+        // first, free ones only when those run out (`IdAllocator`).
+        self.ids.next = pinned.backends.keys().max().map_or(1, |&max| max + 1);
+        let mut in_use = taken.clone();
+        if maps_reused {
+            in_use.extend(pinned.backends.keys().copied());
+        }
+        self.ids.rebuild_free(&in_use);
         let unmatched: Vec<(u32, String, std::net::IpAddr)> = self
             .backends
             .values()
@@ -104,18 +119,12 @@ impl<D: Dataplane> Balancer<D> {
             })
             .collect();
         for (old, service, address) in unmatched {
-            while taken.contains(&next) {
-                next += 1;
-            }
-            if next >= self.ids.capacity {
-                return Err(StateError::IdsExhausted {
-                    service,
-                    address,
-                    capacity: self.ids.capacity,
-                });
-            }
-            renumber.insert(old, next);
-            next += 1;
+            let id = self.ids.alloc().ok_or(StateError::IdsExhausted {
+                service,
+                address,
+                capacity,
+            })?;
+            renumber.insert(old, id);
             report.new += 1;
         }
 
@@ -146,8 +155,6 @@ impl<D: Dataplane> Balancer<D> {
                 *id = renumber[id];
             }
         }
-        self.ids.next = next;
-        self.ids.free.clear();
 
         // Stale entries: pinned but not configured any more (or moved to another service).
         self.removed.clear();
@@ -485,5 +492,140 @@ mod tests {
         let r = after.adopt(&pinned, true).unwrap();
         assert_eq!((r.kept_ids, r.usable), (1, 0));
         assert_eq!(after.backend(1).unwrap().health, HealthState::Unknown);
+    }
+
+    /// Every backend resolved and healthy (in the table).
+    fn all_up(lb: &mut Balancer<FakeDataplane>) {
+        let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
+        for id in ids {
+            lb.set_next_hop(
+                id,
+                Some(NextHop {
+                    port: 1,
+                    mac: [0xaa, 0, 0, 0, 0, id as u8],
+                }),
+            )
+            .unwrap();
+            lb.set_health(id, HealthState::Up).unwrap();
+        }
+    }
+
+    #[test]
+    fn ids_never_run_out_over_more_add_remove_restart_cycles_than_the_capacity() {
+        // Ids 1..=7; 2 config backends and at most 4 runtime ones live at any time.
+        const CAP: u32 = 8;
+        let cfg = ["10.0.0.11", "10.0.0.12"];
+        let mut lb =
+            Balancer::new(FakeDataplane::default(), &config(&cfg), ifaces(), CAP).unwrap();
+        all_up(&mut lb);
+        lb.apply().unwrap();
+        // Runtime additions, oldest first: what backends.json replays at a restart.
+        let mut runtime: Vec<std::net::IpAddr> = Vec::new();
+        let cycles = 5 * CAP;
+        for cycle in 0..cycles {
+            let address = format!("10.0.1.{}", cycle + 1).parse().unwrap();
+            let id = lb
+                .add_backend(0, address, 1)
+                .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+            assert!(id > 0 && id < CAP, "cycle {cycle}: id {id}");
+            runtime.push(address);
+            all_up(&mut lb);
+            lb.apply().unwrap();
+            if runtime.len() > 4 {
+                let gone = runtime.remove(0);
+                let id = lb.backend_by_address(gone).unwrap().id;
+                lb.remove_backend(id).unwrap();
+                lb.apply().unwrap();
+            }
+            // Every other cycle a restart: a new balancer from the config, the runtime
+            // additions replayed, then adoption of the maps the previous one left.
+            if cycle % 2 == 1 {
+                let pinned = pinned_of(lb.dataplane());
+                let dp = FakeDataplane {
+                    backends: lb.dataplane().backends.clone(),
+                    backend_ids: lb.dataplane().backend_ids.clone(),
+                    rings: lb.dataplane().rings.clone(),
+                    services: lb.dataplane().services.clone(),
+                    vips: lb.dataplane().vips.clone(),
+                    ..FakeDataplane::default()
+                };
+                let mut next = Balancer::new(dp, &config(&cfg), ifaces(), CAP).unwrap();
+                for &a in &runtime {
+                    next.add_backend(0, a, 1).unwrap();
+                }
+                let r = next
+                    .adopt(&pinned, true)
+                    .unwrap_or_else(|e| panic!("restart after cycle {cycle}: {e}"));
+                assert_eq!((r.kept_ids, r.new, r.stale), (2 + runtime.len(), 0, 0));
+                let report = next.apply().unwrap();
+                assert!(report.flips.is_empty(), "cycle {cycle}: {report:?}");
+                for b in lb.backends() {
+                    assert_eq!(next.backend_by_address(b.address).unwrap().id, b.id);
+                }
+                lb = next;
+            }
+        }
+        assert_eq!(lb.backends().count(), 2 + 4);
+        assert!(cycles > CAP, "more ids handed out than the capacity holds");
+    }
+
+    #[test]
+    fn a_newcomer_at_a_restart_takes_a_free_id_once_fresh_ones_run_out() {
+        const CAP: u32 = 5; // ids 1..=4
+        let mut lb = Balancer::new(
+            FakeDataplane::default(),
+            &config(&["10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.14"]),
+            ifaces(),
+            CAP,
+        )
+        .unwrap();
+        all_up(&mut lb);
+        lb.apply().unwrap();
+        lb.remove_backend(2).unwrap();
+        lb.apply().unwrap();
+        let pinned = pinned_of(lb.dataplane());
+        // .12 left the config while the daemon was down; .15 is new: only id 2 is free.
+        let dp = FakeDataplane {
+            backends: lb.dataplane().backends.clone(),
+            backend_ids: lb.dataplane().backend_ids.clone(),
+            rings: lb.dataplane().rings.clone(),
+            services: lb.dataplane().services.clone(),
+            vips: lb.dataplane().vips.clone(),
+            ..FakeDataplane::default()
+        };
+        let mut after = Balancer::new(
+            dp,
+            &config(&["10.0.0.11", "10.0.0.15", "10.0.0.13", "10.0.0.14"]),
+            ifaces(),
+            CAP,
+        )
+        .unwrap();
+        let r = after.adopt(&pinned, true).unwrap();
+        assert_eq!((r.kept_ids, r.new, r.stale), (3, 1, 0));
+        assert_eq!(after.backend_by_address("10.0.0.15".parse().unwrap()).unwrap().id, 2);
+        after.apply().unwrap();
+        // Full: the next add is refused with a clear error, and a removal frees an id again.
+        assert!(matches!(
+            after.add_backend(0, "10.0.0.16".parse().unwrap(), 1),
+            Err(StateError::IdsExhausted { capacity: CAP, .. })
+        ));
+        after.remove_backend(3).unwrap();
+        after.apply().unwrap();
+        assert_eq!(after.add_backend(0, "10.0.0.16".parse().unwrap(), 1).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_cancelled_add_gives_its_id_back() {
+        let mut lb =
+            Balancer::new(FakeDataplane::default(), &config(&["10.0.0.11"]), ifaces(), 3).unwrap();
+        let id = lb.add_backend(0, "10.0.0.12".parse().unwrap(), 1).unwrap();
+        assert_eq!(id, 2);
+        lb.cancel_add(id).unwrap();
+        assert!(lb.backend(id).is_none());
+        assert_eq!(lb.services()[0].members, [1]);
+        assert_eq!(lb.add_backend(0, "10.0.0.13".parse().unwrap(), 1).unwrap(), 2);
+        lb.apply().unwrap();
+        // Written to the maps: no longer cancellable (it must be removed, then forgotten).
+        assert!(lb.cancel_add(2).is_err());
     }
 }
