@@ -39,7 +39,8 @@ const VM_TESTS: &[&str] = &[
     "slot_fast_path",
 ];
 
-/// A guest's whole run may take this long before it is stopped (TCG: ~6 min on 2 cores).
+/// A guest's whole run may take this long before it is stopped (TCG: ~6 min alone on 2
+/// cores, ~10 side by side with another guest).
 const VM_DEADLINE: Duration = Duration::from_secs(15 * 60);
 
 /// One kernel's result.
