@@ -21,15 +21,25 @@
 //! add` cost one round trip, not one interval. A backend is usable by the data path when it
 //! is Up *and* its next hop (MAC) is resolved (see `state::BackendState::usable`).
 //!
-//! A probe fails on timeout or on any error (host unreachable, send failure). Health-check
-//! traffic is ICMP between the gateway's own address and the backend: the XDP program
-//! passes it untouched both ways (ICMP is no service protocol; replies come back as
-//! `pass/not_vip`-or-`pass/not_client`, never rewritten).
+//! ## What counts as alive
+//!
+//! Only an ICMP **Echo Reply** (type 0; ICMPv6 type 129) *from the probed address* carrying
+//! our random identifier, our sequence number and the random token of that very request is a
+//! success ([`packet::classify`]). An ICMP error quoting the request (destination
+//! unreachable from a router, time exceeded, …) fails the probe at once, with the reason in
+//! [`Probe::error`] (`ICMP destination unreachable (host unreachable) from 10.0.0.254`) and
+//! the `error` result. Anything else is ignored and the probe waits on: a forged or stale
+//! reply neither brings a backend up nor cuts a live backend's probe short. A probe also fails
+//! on timeout or when it cannot be sent. Health-check traffic is ICMP between the gateway's
+//! own address and the backend: the XDP program passes it untouched both ways (ICMP is no
+//! service protocol; replies come back as `pass/not_vip`-or-`pass/not_client`, never
+//! rewritten).
 //!
 //! ## Pieces
 //!
-//! * [`Prober`]: one probe of one address; [`IcmpProber`] (surge-ping) is the real one, tests
-//!   use scripted fakes.
+//! * [`Prober`]: one probe of one address; [`IcmpProber`] (`icmp.rs`: own raw or ping
+//!   sockets, one per family) is the real one, tests use scripted fakes.
+//! * [`packet`]: the echo request and the classification of what comes back.
 //! * [`Monitor`]: probes a set of [`Target`]s every interval (and new targets at once) and
 //!   sends each round's [`Report`]s to the daemon's loop, which owns the trackers and the
 //!   balancer (`runtime::Controller::on_health`).
@@ -45,27 +55,21 @@
 //! Current up/down state for `ikelb_backend_up{vs,backend}` is
 //! `BackendState::health` / `BackendState::usable()` in the balancer.
 
-use std::{
-    collections::HashSet,
-    future::Future,
-    net::IpAddr,
-    sync::{
-        atomic::{AtomicU16, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, future::Future, net::IpAddr, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use surge_ping::{Client, PingIdentifier, PingSequence, SurgeError, ICMP};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
     time::MissedTickBehavior,
 };
-use tracing::debug;
 
 use crate::config::HealthCheck;
+
+mod icmp;
+pub mod packet;
+
+pub use icmp::IcmpProber;
 
 /// What the health checks say about a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,11 +143,13 @@ impl Tracker {
 /// How one probe ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProbeOutcome {
-    /// An echo reply came back within the timeout.
+    /// Our echo reply came back within the timeout: ICMP type 0 (ICMPv6 129) from the probed
+    /// address with our identifier, sequence number and payload (see [`packet`]).
     Success,
-    /// No reply within the timeout.
+    /// Nothing of ours came back within the timeout.
     Timeout,
-    /// The probe could not be sent or an error came back (e.g. host unreachable).
+    /// The probe could not be sent, or an ICMP error about it came back (destination
+    /// unreachable, time exceeded, …): [`Probe::error`] says which, and from where.
     Error,
 }
 
@@ -186,85 +192,8 @@ pub enum HealthError {
         kind: &'static str,
         source: std::io::Error,
     },
-}
-
-/// Payload of every echo request (the kernel echoes it back).
-const PAYLOAD: &[u8] = b"ikelb health check";
-
-/// ICMP echo through surge-ping: an unprivileged ICMP socket where `ping_group_range` allows,
-/// a raw socket otherwise (root; the case under `ip netns exec`, whose fresh namespace has
-/// an empty `ping_group_range`). One socket per family, shared by every probe; replies are
-/// matched by (address, identifier, sequence).
-pub struct IcmpProber {
-    v4: Client,
-    /// `None` when the host has no IPv6 (only needed for IPv6 backends).
-    v6: Option<Client>,
-    ident: u16,
-    seq: AtomicU16,
-}
-
-impl IcmpProber {
-    /// Opens the sockets. Must run inside a tokio runtime (surge-ping spawns its receiver).
-    pub fn new() -> Result<Self, HealthError> {
-        let v4 = Client::new(&surge_ping::Config::builder().kind(ICMP::V4).build()).map_err(
-            |source| HealthError::Socket {
-                kind: "ICMP",
-                source,
-            },
-        )?;
-        let v6 = match Client::new(&surge_ping::Config::builder().kind(ICMP::V6).build()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                debug!("no ICMPv6 socket ({e}): IPv6 backends would fail their health checks");
-                None
-            }
-        };
-        Ok(Self {
-            v4,
-            v6,
-            // Raw sockets see every echo reply of the host: a per-process identifier keeps
-            // ours apart from other pingers'.
-            ident: std::process::id() as u16,
-            seq: AtomicU16::new(0),
-        })
-    }
-}
-
-impl Prober for IcmpProber {
-    fn probe(&self, addr: IpAddr, timeout: Duration) -> impl Future<Output = Probe> + Send {
-        let client = match addr {
-            IpAddr::V4(_) => Some(self.v4.clone()),
-            IpAddr::V6(_) => self.v6.clone(),
-        };
-        let ident = PingIdentifier(self.ident);
-        let seq = PingSequence(self.seq.fetch_add(1, Ordering::Relaxed));
-        async move {
-            let start = Instant::now();
-            let Some(client) = client else {
-                return Probe {
-                    outcome: ProbeOutcome::Error,
-                    duration: start.elapsed(),
-                    error: Some("no ICMPv6 socket".to_owned()),
-                };
-            };
-            let mut pinger = client.pinger(addr, ident).await;
-            pinger.timeout(timeout);
-            // surge-ping enforces the timeout on the reply; the outer one also bounds a send
-            // that blocks.
-            let result = tokio::time::timeout(timeout, pinger.ping(seq, PAYLOAD)).await;
-            let duration = start.elapsed();
-            let (outcome, error) = match result {
-                Ok(Ok(_)) => (ProbeOutcome::Success, None),
-                Ok(Err(SurgeError::Timeout { .. })) | Err(_) => (ProbeOutcome::Timeout, None),
-                Ok(Err(e)) => (ProbeOutcome::Error, Some(e.to_string())),
-            };
-            Probe {
-                outcome,
-                duration: duration.min(timeout),
-                error,
-            }
-        }
-    }
+    #[error("drawing a random ICMP identifier for health checks (getrandom): {source}")]
+    Random { source: std::io::Error },
 }
 
 /// A backend to probe.
