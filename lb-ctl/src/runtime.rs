@@ -11,18 +11,21 @@
 //! The config file stays the operator's: runtime changes are kept beside it as a difference,
 //! per virtual server *name*: backends `added` (address, weight — an address the config
 //! already lists is a weight override), config backends `removed`, and backends `draining`
-//! (address, RFC 3339 deadline). Every change is written before it takes effect, atomically
+//! (address, RFC 3339 deadline). The file, its versions and its writing are in
+//! `runtime/store.rs` ([`Store`]). Every change is written before it takes effect, atomically
 //! (temporary file, fsync, rename, fsync of the directory): a crash leaves the old or the new
-//! file, never a mix; a request whose change cannot be saved fails and changes nothing.
+//! file, never a mix; a request whose change cannot be saved fails and changes nothing (an
+//! added backend's id is allocated first and given back); a failed fsync of the directory
+//! after the rename is answered as an error saying the change is made but may not be durable.
 //!
 //! At start the config is loaded as usual (backend ids 1, 2, … in file order), then the file
-//! is replayed: removals, then additions (fresh ids in the order they were made — the ids the
-//! previous run gave them when the config is unchanged), then drains (a drain whose deadline
-//! passed while the daemon was down completes at once). Entries the config has made
-//! meaningless (virtual server gone, address now a VIP or another virtual server's backend,
-//! removed backend no longer in the config) are dropped with a warning and the file is
-//! rewritten; an unreadable file stops the daemon with its path and the reason — it is never
-//! silently discarded.
+//! is replayed: removals, then additions, then drains (a drain whose deadline passed while
+//! the daemon was down completes at once). Entries the config does not allow now (virtual
+//! server missing, address now a VIP or another virtual server's backend, removed backend not
+//! in the config) are not applied but *kept* in the file, with a warning at every start: the
+//! config may be wrong only for now, and an operator's change is never dropped on the
+//! daemon's own. A corrupt or unreadable file, or one of an unknown version, stops the daemon
+//! with its path and the reason — it is never silently discarded.
 //!
 //! ## Drain
 //!
@@ -43,18 +46,19 @@
 //! `backend add` of a draining backend cancels the drain (it rejoins the table).
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    fs,
-    io::Write,
+    collections::HashMap,
     net::IpAddr,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
-    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
+// For the test modules (`use super::*`).
+#[cfg(test)]
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use lb_common::TICK_SHIFT;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -71,8 +75,6 @@ use crate::{
     state::{ApplyReport, BackendState, Balancer, StateError},
 };
 
-/// File under `state_dir` holding the runtime changes.
-pub const STATE_FILE: &str = "backends.json";
 /// Longest accepted drain.
 pub const MAX_DRAIN: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Drains are checked at least this often.
@@ -108,201 +110,10 @@ impl Clock {
 const TICK: Duration = Duration::from_nanos(1 << TICK_SHIFT);
 
 // ---------------------------------------------------------------------------------------
-// Persisted runtime changes
+// Persisted runtime changes: `runtime/store.rs`
 
-/// The content of `backends.json`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeChanges {
-    pub version: u32,
-    #[serde(default)]
-    pub virtual_servers: BTreeMap<String, VsChanges>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsChanges {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub added: Vec<AddedBackend>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<IpAddr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub draining: Vec<Draining>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddedBackend {
-    pub address: IpAddr,
-    pub weight: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Draining {
-    pub address: IpAddr,
-    /// RFC 3339 (UTC).
-    pub until: String,
-}
-
-impl VsChanges {
-    fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.draining.is_empty()
-    }
-}
-
-impl RuntimeChanges {
-    const VERSION: u32 = 1;
-
-    fn vs(&mut self, name: &str) -> &mut VsChanges {
-        self.virtual_servers.entry(name.to_owned()).or_default()
-    }
-
-    fn tidy(&mut self) {
-        self.version = Self::VERSION;
-        self.virtual_servers.retain(|_, v| !v.is_empty());
-    }
-
-    /// `address` is (again) a backend of `vs` with `weight`; `in_config` says whether the
-    /// config lists it (with `config_weight`).
-    fn record_add(&mut self, vs: &str, address: IpAddr, weight: u32, config_weight: Option<u32>) {
-        let v = self.vs(vs);
-        v.removed.retain(|a| *a != address);
-        v.draining.retain(|d| d.address != address);
-        v.added.retain(|a| a.address != address);
-        if config_weight != Some(weight) {
-            v.added.push(AddedBackend { address, weight });
-        }
-        self.tidy();
-    }
-
-    /// `address` is no backend of `vs` any more.
-    fn record_remove(&mut self, vs: &str, address: IpAddr, in_config: bool) {
-        let v = self.vs(vs);
-        v.added.retain(|a| a.address != address);
-        v.draining.retain(|d| d.address != address);
-        if in_config && !v.removed.contains(&address) {
-            v.removed.push(address);
-        }
-        self.tidy();
-    }
-
-    fn record_drain(&mut self, vs: &str, address: IpAddr, until: SystemTime) {
-        let v = self.vs(vs);
-        v.draining.retain(|d| d.address != address);
-        v.draining.push(Draining {
-            address,
-            until: humantime::format_rfc3339_seconds(until).to_string(),
-        });
-        self.tidy();
-    }
-}
-
-/// Why the runtime state could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("reading the runtime state {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the runtime state {path} is not valid (line {line}: {reason}); fix it, or move it away to start from the config alone")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-    #[error(
-        "the runtime state {path} has version {found}; this lb-ctl reads version {}",
-        RuntimeChanges::VERSION
-    )]
-    Version { path: PathBuf, found: u32 },
-    #[error("writing the runtime state {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// `backends.json` on disk.
-#[derive(Clone, Debug)]
-pub struct Store {
-    path: PathBuf,
-}
-
-impl Store {
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            path: state_dir.join(STATE_FILE),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The saved changes; none when the file does not exist.
-    pub fn load(&self) -> Result<RuntimeChanges, StoreError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RuntimeChanges::default())
-            }
-            Err(source) => {
-                return Err(StoreError::Read {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
-        };
-        let changes: RuntimeChanges =
-            serde_json::from_str(&text).map_err(|e| StoreError::Parse {
-                path: self.path.clone(),
-                line: e.line(),
-                reason: e.to_string(),
-            })?;
-        if changes.version != RuntimeChanges::VERSION {
-            return Err(StoreError::Version {
-                path: self.path.clone(),
-                found: changes.version,
-            });
-        }
-        Ok(changes)
-    }
-
-    /// Replaces the file atomically: write a temporary file, fsync it, rename it over the
-    /// old one, fsync the directory (so the rename itself survives a power loss).
-    pub fn save(&self, changes: &RuntimeChanges) -> Result<(), StoreError> {
-        let err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut text = serde_json::to_vec_pretty(changes).expect("state always serializes");
-        text.push(b'\n');
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
-    }
-}
+mod store;
+pub use store::{AddedBackend, Draining, RuntimeChanges, Store, StoreError, VsChanges, STATE_FILE};
 
 // ---------------------------------------------------------------------------------------
 // The controller
@@ -347,20 +158,28 @@ impl Controller {
     }
 
     /// Loads the saved runtime changes and applies them to `lb` (built from the config, not
-    /// yet applied to the maps). Returns one warning per change that was dropped.
+    /// yet applied to the maps). Returns one warning per change that could not be applied.
+    /// Such a change is *kept* in the file as it is — the config may be wrong only for now
+    /// (a virtual server missing or renamed, an address given another role) — and is applied
+    /// again at a start whose config allows it. The file is rewritten only when a drain whose
+    /// deadline passed while the daemon was down becomes a removal.
     pub fn replay<D: Dataplane>(
         &mut self,
         lb: &mut Balancer<D>,
         now: SystemTime,
     ) -> Result<Vec<String>, StoreError> {
         let saved = self.store.load()?;
+        let file = self.store.path().display().to_string();
+        let keep = |what: String| {
+            format!("{what}: not applied, kept in {file} for a start whose config allows it (delete it from the file to forget it)")
+        };
         let mut warnings = Vec::new();
-        let mut kept = RuntimeChanges::default();
+        let mut kept = saved.clone();
         for (vs, changes) in &saved.virtual_servers {
             if !lb.services().iter().any(|s| s.name == *vs) {
-                warnings.push(format!(
-                    "virtual server {vs} is not in the config any more: its runtime changes are dropped"
-                ));
+                warnings.push(keep(format!(
+                    "runtime changes of virtual server {vs}, which is not in the config"
+                )));
                 continue;
             }
             // A dual-stack virtual server is a service per family: each address goes to its own.
@@ -372,11 +191,10 @@ impl Controller {
                 match self.member(lb, service, address) {
                     Some(id) => {
                         lb.remove_backend(id).expect("member exists");
-                        kept.record_remove(vs, address, true);
                     }
-                    None => warnings.push(format!(
-                        "{address} was removed from {vs} at runtime and is not in the config any more: forgotten"
-                    )),
+                    None => warnings.push(keep(format!(
+                        "runtime removal of {address} from {vs}, which the config does not list there"
+                    ))),
                 }
             }
             for added in &changes.added {
@@ -384,11 +202,14 @@ impl Controller {
                 let service = service_of(lb, address);
                 if let Err(e) = self.check_new_backend(lb, service, address, added.weight) {
                     // A duplicate in this virtual server is a weight override of a config
-                    // backend; anything else (another virtual server's backend too) is dropped.
+                    // backend; anything else (another virtual server's backend too) waits.
                     let own = e.code == ErrorCode::DuplicateBackend
                         && self.member(lb, service, address).is_some();
                     if !own {
-                        warnings.push(format!("runtime backend {address} of {vs} dropped: {e}"));
+                        warnings.push(keep(format!(
+                            "runtime backend {address} of {vs} ({})",
+                            e.message
+                        )));
                         continue;
                     }
                 }
@@ -398,22 +219,19 @@ impl Controller {
                     }
                     None => {
                         if let Err(e) = lb.add_backend(service as u32, address, added.weight) {
-                            warnings
-                                .push(format!("runtime backend {address} of {vs} dropped: {e}"));
+                            warnings.push(keep(format!("runtime backend {address} of {vs} ({e})")));
                             continue;
                         }
                     }
                 }
-                let config_weight = self.config_weight(service, address);
-                kept.record_add(vs, address, added.weight, config_weight);
             }
             for d in &changes.draining {
                 let service = service_of(lb, d.address);
                 let Some(id) = self.member(lb, service, d.address) else {
-                    warnings.push(format!(
-                        "draining backend {} of {vs} is not a backend any more: forgotten",
+                    warnings.push(keep(format!(
+                        "drain of {} in {vs}, which is not one of its backends",
                         d.address
-                    ));
+                    )));
                     continue;
                 };
                 let until = match humantime::parse_rfc3339_weak(&d.until) {
@@ -436,7 +254,6 @@ impl Controller {
                     );
                 } else {
                     lb.set_drain(id, Some(until)).expect("member exists");
-                    kept.record_drain(vs, d.address, until);
                 }
             }
         }
@@ -444,7 +261,12 @@ impl Controller {
         let mut normalized = saved.clone();
         normalized.tidy();
         if kept != normalized {
-            self.store.save(&kept)?;
+            match self.store.save(&kept) {
+                Ok(()) => {}
+                // The new file is in place: what this start did is what a restart replays.
+                Err(e @ StoreError::NotDurable { .. }) => warnings.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
         }
         self.changes = kept;
         Ok(warnings)
@@ -551,7 +373,8 @@ impl Controller {
             let in_config = self.config_weight(b.service as usize, b.address).is_some();
             let mut next = self.changes.clone();
             next.record_remove(&vs, b.address, in_config);
-            self.save(next)?;
+            // Saved but perhaps not durable: logged by `save`, the drain still ends.
+            let _not_durable = self.save(next)?;
             lb.remove_backend(id).expect("exists");
             self.trackers.remove(&id);
             info!(virtual_server = %vs, backend = %b.address, id, "{why}: removed");
@@ -565,8 +388,10 @@ impl Controller {
         self.config.health_check.interval.min(DRAIN_CHECK_MAX)
     }
 
-    /// Handles one API request. Mutations are validated completely, then saved, then
-    /// applied to `lb`; an error at any step before the save leaves everything unchanged.
+    /// Handles one API request. Mutations are validated completely, a new backend gets its
+    /// id, then the change is saved, then applied to `lb`; an error at any step up to the
+    /// save leaves everything unchanged (a new backend's id is given back). A save that
+    /// may not be durable (runtime/store.rs) makes the change and answers with that error.
     pub fn handle<D: Dataplane>(
         &mut self,
         lb: &mut Balancer<D>,
@@ -644,35 +469,47 @@ impl Controller {
         } else {
             check_weight(weight)?;
         }
-        if existing.is_none() && lb.backends().count() >= lb_capacity(lb) {
-            return Err(ApiError::new(
-                ErrorCode::CapacityExhausted,
-                format!(
-                    "no backend id left for {address} (the BACKENDS map holds {} backends)",
-                    lb_capacity(lb)
-                ),
-            ));
-        }
         let mut next = self.changes.clone();
         next.record_add(&name, address, weight, self.config_weight(service, address));
-        self.save(next)?;
-        let id = match existing {
+        // Allocate, then save, then apply: an add that gets no id saves nothing, and one
+        // whose change cannot be saved gives its id back.
+        let (id, not_durable) = match existing {
             Some(id) => {
+                let not_durable = self.save(next)?;
                 lb.set_drain(id, None).expect("member");
                 lb.set_weight(id, weight).expect("member");
                 info!(virtual_server = %name, backend = %address, id, weight, "drain cancelled: back in the table");
-                id
+                (id, not_durable)
             }
             None => {
                 let id = lb
                     .add_backend(service as u32, address, weight)
-                    .map_err(internal)?;
+                    .map_err(|e| match e {
+                        StateError::IdsExhausted { .. } => ApiError::new(
+                            ErrorCode::CapacityExhausted,
+                            format!(
+                                "no backend id left for {address} (the BACKENDS map holds {} backends); nothing was changed",
+                                lb_capacity(lb)
+                            ),
+                        ),
+                        e => internal(e),
+                    })?;
+                let not_durable = match self.save(next) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        lb.cancel_add(id).expect("added just now, never applied");
+                        return Err(e);
+                    }
+                };
                 info!(virtual_server = %name, backend = %address, id, weight, "backend added; it takes clients after its first successful health check");
                 effects.targets_changed = true;
                 effects.resolve = true;
-                id
+                (id, not_durable)
             }
         };
+        if let Some(e) = not_durable {
+            return Err(e);
+        }
         let clients = self.active_clients(lb, now).unwrap_or_default();
         let b = lb.backend(id).expect("just added");
         Ok(Reply::BackendAdded {
@@ -727,10 +564,13 @@ impl Controller {
             Some(d) => {
                 let until = now.wall + d;
                 next.record_drain(&name, address, until);
-                self.save(next)?;
+                let not_durable = self.save(next)?;
                 lb.set_drain(id, Some(until)).expect("member");
                 let rfc = humantime::format_rfc3339_seconds(until).to_string();
                 info!(virtual_server = %name, backend = %address, id, until = %rfc, "draining: no new clients; removed when its clients are idle or at the deadline");
+                if let Some(e) = not_durable {
+                    return Err(e);
+                }
                 Ok(Reply::BackendRemoved {
                     backend: before,
                     draining_until: Some(rfc),
@@ -738,11 +578,14 @@ impl Controller {
             }
             None => {
                 next.record_remove(&name, address, in_config);
-                self.save(next)?;
+                let not_durable = self.save(next)?;
                 lb.remove_backend(id).expect("member");
                 self.trackers.remove(&id);
                 effects.targets_changed = true;
                 info!(virtual_server = %name, backend = %address, id, "backend removed");
+                if let Some(e) = not_durable {
+                    return Err(e);
+                }
                 Ok(Reply::BackendRemoved {
                     backend: before,
                     draining_until: None,
@@ -838,15 +681,30 @@ impl Controller {
 
     // -- helpers -----------------------------------------------------------------------
 
-    fn save(&mut self, next: RuntimeChanges) -> Result<(), ApiError> {
+    /// Saves `next` as the runtime changes (the store's write order: runtime/store.rs).
+    /// `Err`: nothing was saved, the caller changes nothing. `Ok(None)`: saved.
+    /// `Ok(Some(e))`: the file is replaced but may not be durable (the directory fsync
+    /// failed): the caller makes the change — the file a restart reads has it — and answers
+    /// with `e`.
+    fn save(&mut self, next: RuntimeChanges) -> Result<Option<ApiError>, ApiError> {
         if next == self.changes {
-            return Ok(());
+            return Ok(None);
         }
-        self.store
-            .save(&next)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{e}; nothing was changed")))?;
-        self.changes = next;
-        Ok(())
+        match self.store.save(&next) {
+            Ok(()) => {
+                self.changes = next;
+                Ok(None)
+            }
+            Err(e @ StoreError::NotDurable { .. }) => {
+                warn!("{e}");
+                self.changes = next;
+                Ok(Some(ApiError::new(ErrorCode::Internal, e.to_string())))
+            }
+            Err(e) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("{e}; nothing was changed"),
+            )),
+        }
     }
 
     /// Service index of `vs`, a name or a VIP, for a backend at `address` (see
@@ -1290,15 +1148,22 @@ impl Runtime {
                     Request::BackendAdd { .. } | Request::BackendRemove { .. }
                 );
                 let (mut response, effects) = self.controller.handle(lb, request, Clock::now());
-                if mutating && matches!(response, Response::Ok(_)) {
+                // Applied after a refusal too (nothing changed: nothing is written), so that a
+                // change made but answered with an error (saved, not durable) is not left
+                // waiting for the next update.
+                if mutating {
                     if let Err(e) = apply_and_log(lb) {
-                        response = Response::Error(ApiError::new(
-                            ErrorCode::Internal,
-                            format!(
-                                "the change is saved but writing the maps failed (retried with the next update): {}",
-                                crate::error_chain(&e)
-                            ),
-                        ));
+                        let e = crate::error_chain(&e);
+                        if matches!(response, Response::Ok(_)) {
+                            response = Response::Error(ApiError::new(
+                                ErrorCode::Internal,
+                                format!(
+                                    "the change is saved but writing the maps failed (retried with the next update): {e}"
+                                ),
+                            ));
+                        } else {
+                            warn!("updating the maps failed (retried with the next update): {e}");
+                        }
                     }
                 }
                 let _ = reply.send(response);
