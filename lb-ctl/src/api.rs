@@ -5,7 +5,8 @@
 //!
 //! The client sends one [`Request`] per line, the daemon answers each with one [`Response`]
 //! line, in order; a connection may carry several requests (`lb-ctl` sends one). Every line is
-//! a single JSON object of at most [`MAX_LINE`] bytes. Requests are tagged by `command`:
+//! a single JSON object; a request of at most [`MAX_LINE`] bytes, an answer of at most
+//! [`MAX_REPLY`] (what `lb-ctl` reads). Requests are tagged by `command`:
 //!
 //! ```text
 //! → {"command":"backend_add","virtual_server":"aovpn","address":"10.0.0.14","weight":2}
@@ -20,6 +21,13 @@
 //! leaves the daemon's state unchanged. The daemon checks the peer's credentials
 //! (`SO_PEERCRED`): only root and the daemon's own user are served, in addition to the
 //! socket's mode.
+//!
+//! Bounds (docs/operations.md, "Limits and faults"): at most [`MAX_CONNECTIONS`]
+//! connections at once ([`crate::listen`]: over the cap the connection waiting longest for a
+//! request is closed to make room; when all are mid-request the new one is answered `busy`);
+//! a connection that sends no complete request line within [`IDLE_TIMEOUT`] of opening or
+//! of its previous answer is closed, and so is one that does not take its answer within
+//! [`WRITE_TIMEOUT`]; failed accepts back off.
 //!
 //! The same types are the `--json` output of `lb-ctl` (the `ok` payload), so scripts see
 //! exactly what the daemon said.
@@ -40,13 +48,54 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
+    time::timeout,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::health::HealthState;
+use crate::{
+    health::HealthState,
+    listen::{AcceptErrors, Admit, Slot, Slots, TIMED_OUT},
+};
 
-/// Longest request or response line accepted, newline included.
+/// Longest request line the daemon accepts, newline included.
 pub const MAX_LINE: usize = 1 << 20;
+
+/// Longest answer `lb-ctl` reads, newline included. `backend list` costs about 190 bytes
+/// per backend (IPv4, no drain; up to ~350 with IPv6 addresses, long names and drain
+/// deadlines), so the former 1 MiB ran out at a few thousand backends; 64 MiB holds more
+/// than 180,000 — more than one gateway health-checks — and still stops a runaway peer
+/// before it fills the memory.
+pub const MAX_REPLY: usize = 64 << 20;
+
+/// Control connections served at once: `lb-ctl` uses one per command; scripts running
+/// commands in parallel rarely need more than a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection must send a complete request line within this of opening or of its
+/// previous answer (`lb-ctl` sends at once), else it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection must take its answer within this (a `backend list` of a large deployment
+/// is megabytes), else it is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds of one control socket.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+        }
+    }
+}
 
 /// How long the CLI waits for the daemon's answer (a `backend list` on a full persistence
 /// map reads every entry).
@@ -166,6 +215,8 @@ pub enum ErrorCode {
     Internal,
     /// The peer is not allowed to use the socket.
     Forbidden,
+    /// Every connection slot is serving a request: try again.
+    Busy,
 }
 
 /// A backend as the daemon sees it.
@@ -383,18 +434,51 @@ impl ControlSocket {
     /// that parses is sent, with a reply channel, to the daemon's loop; everything else is
     /// answered here.
     pub async fn serve(&mut self, requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>) {
+        self.serve_with(requests, Limits::default()).await;
+    }
+
+    /// [`serve`](Self::serve) with explicit bounds.
+    pub async fn serve_with(
+        &mut self,
+        requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+        limits: Limits,
+    ) {
         let Some(listener) = self.listener.take() else {
             return;
         };
+        let slots = Slots::new("control", limits.max_connections);
+        let mut errors = AcceptErrors::new("control");
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
-                        tokio::spawn(connection(stream, requests.clone()));
+                        errors.accepted();
+                        match slots.admit() {
+                            Admit::Slot(slot) => {
+                                tokio::spawn(connection(stream, requests.clone(), slot, limits));
+                            }
+                            Admit::Busy => {
+                                let e = ApiError::new(
+                                    ErrorCode::Busy,
+                                    format!(
+                                        "the daemon is serving {} control connections, each in the middle of a request; try again",
+                                        slots.cap()
+                                    ),
+                                );
+                                let mut line = serde_json::to_vec(&Response::Error(e))
+                                    .expect("responses always serialize");
+                                line.push(b'\n');
+                                // A fresh socket's buffer takes one short line without waiting.
+                                let _ = stream.try_write(&line);
+                            }
+                        }
                     }
                     Err(e) => {
-                        warn!("control socket: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let pause = errors.failed(&e);
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = requests.closed() => return,
+                        }
                     }
                 },
                 () = requests.closed() => return,
@@ -409,10 +493,25 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Serves one connection: request lines in, response lines out.
+/// Serves one connection until it closes, times out or is evicted ([`Slot::evicted`]).
 async fn connection(
     stream: UnixStream,
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    slot: Slot,
+    limits: Limits,
+) {
+    tokio::select! {
+        () = serve_connection(stream, requests, &slot, limits) => {}
+        () = slot.evicted() => debug!("control connection closed to make room for a newer one"),
+    }
+}
+
+/// Request lines in, response lines out.
+async fn serve_connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    slot: &Slot,
+    limits: Limits,
 ) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -427,24 +526,34 @@ async fn connection(
                 peer.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string())
             ),
         );
-        let _ = write_line(&mut write, &Response::Error(e)).await;
+        let _ = timeout(limits.write_timeout, write_line(&mut write, &Response::Error(e))).await;
         return;
     }
     let mut lines = TokioBufReader::new(read);
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = match (&mut lines)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
+        let read = timeout(
+            limits.idle_timeout,
+            (&mut lines).take(MAX_LINE as u64).read_until(b'\n', &mut buf),
+        )
+        .await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 debug!("control socket: read failed: {e}");
                 return;
             }
+            Err(_) => {
+                TIMED_OUT.with_label_values(&[slot.listener()]).inc();
+                debug!(
+                    "control socket: no complete request within {:?}: closed",
+                    limits.idle_timeout
+                );
+                return;
+            }
         };
+        let _busy = slot.busy();
         if n == 0 {
             return;
         }
@@ -453,7 +562,7 @@ async fn connection(
                 ErrorCode::BadRequest,
                 format!("request longer than {MAX_LINE} bytes"),
             );
-            let _ = write_line(&mut write, &Response::Error(e)).await;
+            let _ = timeout(limits.write_timeout, write_line(&mut write, &Response::Error(e))).await;
             return;
         }
         let response = match parse_request(&buf) {
@@ -469,8 +578,17 @@ async fn connection(
             }
             Err(e) => Response::Error(e),
         };
-        if write_line(&mut write, &response).await.is_err() {
-            return;
+        match timeout(limits.write_timeout, write_line(&mut write, &response)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                TIMED_OUT.with_label_values(&[slot.listener()]).inc();
+                debug!(
+                    "control socket: the answer was not taken within {:?}: closed",
+                    limits.write_timeout
+                );
+                return;
+            }
         }
     }
 }
@@ -510,11 +628,18 @@ pub enum ClientError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("the daemon's answer on {path} is longer than {limit} bytes, lb-ctl's limit (MAX_REPLY in lb-ctl/src/api.rs)")]
+    TooLong { path: PathBuf, limit: usize },
 }
 
 /// Sends one request to the daemon at `path` and waits for its answer (blocking: the CLI
 /// needs no runtime).
 pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
+    call_with_limit(path, request, MAX_REPLY)
+}
+
+/// [`call`] reading an answer of at most `limit` bytes (newline included).
+fn call_with_limit(path: &Path, request: &Request, limit: usize) -> Result<Response, ClientError> {
     let stream = StdUnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_owned(),
         source,
@@ -527,17 +652,24 @@ pub fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .take(MAX_LINE as u64)
-        .read_line(&mut answer)
+    // One byte more than the limit tells a line of exactly `limit` bytes from a longer one.
+    let mut answer = Vec::new();
+    BufReader::with_capacity(1 << 16, &stream)
+        .take(limit as u64 + 1)
+        .read_until(b'\n', &mut answer)
         .map_err(io)?;
     if answer.is_empty() {
         return Err(ClientError::NoAnswer {
             path: path.to_owned(),
         });
     }
-    serde_json::from_str(&answer).map_err(|source| ClientError::Garbled {
+    if answer.len() > limit {
+        return Err(ClientError::TooLong {
+            path: path.to_owned(),
+            limit,
+        });
+    }
+    serde_json::from_slice(&answer).map_err(|source| ClientError::Garbled {
         path: path.to_owned(),
         source,
     })
@@ -672,4 +804,240 @@ mod tests {
         assert!(!path.exists(), "socket file removed on drop");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A `backend list` of 8,000 backends is over 1 MiB (the old limit): read whole.
+    #[test]
+    fn the_client_reads_an_answer_over_one_mebibyte_and_refuses_one_over_its_limit() {
+        let dir = std::env::temp_dir().join(format!("ikelb-api-big-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let backends: Vec<BackendInfo> = (0..8000u32)
+            .map(|i| BackendInfo {
+                virtual_server: "aovpn".into(),
+                address: IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]),
+                id: i + 1,
+                weight: 1,
+                state: "active".into(),
+                health: HealthState::Up,
+                next_hop: Some("02:00:00:00:00:0b on int".into()),
+                drain_until: None,
+                ring_slots: 13,
+                clients: 1000,
+                origin: "config".into(),
+            })
+            .collect();
+        let reply = Response::Ok(Reply::Backends { backends });
+        let mut line = serde_json::to_vec(&reply).unwrap();
+        line.push(b'\n');
+        let size = line.len();
+        assert!(size > 1 << 20, "the answer is {size} bytes");
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().unwrap();
+                let mut req = String::new();
+                BufReader::new(&s).read_line(&mut req).unwrap();
+                assert_eq!(req, "{\"command\":\"backend_list\"}\n");
+                // The client may close early (over its limit): ignore a broken pipe.
+                let _ = (&s).write_all(&line);
+            }
+        });
+        let got = call(&path, &Request::BackendList).unwrap();
+        assert_eq!(got, reply, "8,000 backends, {size} bytes");
+        let e = call_with_limit(&path, &Request::BackendList, 1 << 20).unwrap_err();
+        assert!(matches!(e, ClientError::TooLong { limit, .. } if limit == 1 << 20));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the daemon's answer on {} is longer than 1048576 bytes, lb-ctl's limit (MAX_REPLY in lb-ctl/src/api.rs)",
+                path.display()
+            )
+        );
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Serves `sock` with `limits`, answering every request with an empty backend list.
+    fn serve_empty(
+        mut sock: ControlSocket,
+        limits: Limits,
+    ) -> (tokio::task::JoinHandle<ControlSocket>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(4);
+        let server = tokio::spawn(async move {
+            sock.serve_with(tx, limits).await;
+            sock
+        });
+        let daemon = tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(Response::Ok(Reply::Backends { backends: vec![] }));
+            }
+        });
+        (server, daemon)
+    }
+
+    /// Blocks until the daemon closes `s` (EOF or reset); false when `limit` passes first.
+    fn closed_by_daemon(s: &StdUnixStream, limit: Duration) -> bool {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match (&*s).read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Two slots held by idle connections: a new command is still answered (the oldest
+    /// idle connection makes room); an idle connection is closed after the idle timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_lock_out_a_command() {
+        let dir = std::env::temp_dir().join(format!("ikelb-api-bounds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let sock = ControlSocket::bind(&path).unwrap();
+        let limits = Limits {
+            max_connections: 2,
+            idle_timeout: Duration::from_millis(300),
+            write_timeout: Duration::from_secs(5),
+        };
+        let (server, daemon) = serve_empty(sock, limits);
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let first = StdUnixStream::connect(&p).unwrap();
+            let second = StdUnixStream::connect(&p).unwrap();
+            // Both slots idle: the command takes the first one's slot and is answered.
+            let got = call(&p, &Request::BackendList).unwrap();
+            assert_eq!(got, Response::Ok(Reply::Backends { backends: vec![] }));
+            assert!(
+                closed_by_daemon(&first, Duration::from_secs(10)),
+                "the oldest idle connection was closed to make room"
+            );
+            assert!(crate::listen::EVICTED.with_label_values(&["control"]).get() >= 1);
+            // The second one, idle past the timeout, is closed too.
+            assert!(
+                closed_by_daemon(&second, Duration::from_secs(10)),
+                "an idle connection is closed after the idle timeout"
+            );
+        })
+        .await
+        .unwrap();
+        daemon.abort();
+        let _ = daemon.await;
+        drop(server.await.unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// SO_PEERCRED: a peer that is neither root nor the daemon's user gets one `forbidden`
+    /// line and nothing reaches the daemon. The socket's mode would stop it earlier; it is
+    /// opened up here so the credential check is what refuses. Root only (the child
+    /// switches to uid 65534).
+    #[test]
+    fn a_non_root_peer_is_refused_by_its_credentials() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP a_non_root_peer_is_refused_by_its_credentials: needs root to run a child as uid 65534");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("ikelb-api-peer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let mut sock = rt.block_on(async { ControlSocket::bind(&path) }).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(4);
+        let server = rt.spawn(async move {
+            sock.serve(tx).await;
+            sock
+        });
+        let reached = rt.spawn(async move { rx.recv().await.is_some() });
+
+        // Everything the child needs is prepared here: after fork it makes raw syscalls only.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_encoded_bytes();
+        assert!(bytes.len() < addr.sun_path.len());
+        for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = b as libc::c_char;
+        }
+        let request = b"{\"command\":\"status\"}\n";
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe writes two descriptors into the array we pass.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: the child calls only async-signal-safe functions (setgroups, setgid,
+        // setuid, socket, connect, write, read, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            unsafe {
+                libc::close(fds[0]);
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                if fd < 0
+                    || libc::connect(
+                        fd,
+                        std::ptr::addr_of!(addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                    ) != 0
+                {
+                    libc::_exit(3);
+                }
+                libc::write(fd, request.as_ptr().cast(), request.len());
+                let mut got = 0usize;
+                loop {
+                    let n = libc::read(fd, buf.as_mut_ptr().add(got).cast(), buf.len() - got);
+                    if n <= 0 {
+                        break;
+                    }
+                    got += n as usize;
+                    if buf[got - 1] == b'\n' || got == buf.len() {
+                        break;
+                    }
+                }
+                libc::write(fds[1], buf.as_ptr().cast(), got);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our own descriptors and child.
+        unsafe { libc::close(fds[1]) };
+        let mut answer = String::new();
+        // SAFETY: fds[0] is the pipe's read end, owned from here on.
+        let mut pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+        pipe.read_to_string(&mut answer).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child status {status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "child failed (2: setuid, 3: connect)");
+        assert_eq!(
+            answer,
+            "{\"error\":{\"code\":\"forbidden\",\"message\":\"uid 65534 may not use this socket (only root and uid 0)\"}}\n"
+        );
+        let e: Response = serde_json::from_str(&answer).unwrap();
+        let Response::Error(e) = e else { panic!("{answer}") };
+        assert_eq!(e.to_string().lines().count(), 1, "one line: {e}");
+        server.abort();
+        rt.block_on(async {
+            let _ = server.await;
+        });
+        assert!(
+            !rt.block_on(reached).unwrap(),
+            "the refused request never reached the daemon"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
 }

@@ -356,6 +356,7 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
         return Err(DaemonError::NoObject);
     }
     raise_memlock_limit();
+    crate::listen::raise_nofile_limit();
     // After the memlock limit: kernels before 5.11 charge the probes' maps to it.
     kernel::require()?;
     let services = config.virtual_servers.len() as u32;

@@ -12,6 +12,7 @@
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
 //! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
+//! * [`listen`] — connection slots, accept back-off and the descriptor limit of the listeners;
 //! * [`metrics`] — Prometheus `/metrics`, read from the per-CPU maps when scraped;
 //! * [`pin`] — bpffs pins: reuse, atomic program replacement, map migration;
 //! * [`kernel`] — what the running kernel must offer the XDP program, probed at start;
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod kernel;
+pub mod listen;
 pub mod metrics;
 pub mod neighbor;
 pub mod operator;

@@ -14,17 +14,30 @@
 //! (the route may have moved), and otherwise every 30–60 s ([`ROUTE_TTL`]). So with every
 //! backend resolving, a 5-s refresh of 1,000 backends spawns one process plus about 110
 //! route look-ups on average, instead of 2,000 processes.
+//!
+//! A fault on the gateway is not a backend failure (docs/operations.md, "Limits and
+//! faults"): when `ip` cannot run (not found, out of descriptors), fails without the
+//! kernel's answer, or prints something unreadable, each backend keeps its last known next
+//! hop; the fault is logged once per run of faulty refreshes and counted
+//! ([`FAULTS`]). A real observation that the next hop is gone (no neighbour entry, FAILED,
+//! no route) clears it only after [`ABSENT_TO_CLEAR`] consecutive refreshes, as health
+//! checks need `fall` failures. `ip` is run by absolute path, found once
+//! ([`paths::IP_COMMANDS`]).
 
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex, OnceLock},
     thread,
     time::{Duration, Instant},
 };
 
+use prometheus::IntCounter;
 use serde::Deserialize;
+use tracing::{debug, info, warn};
 
 use crate::paths;
 
@@ -33,6 +46,21 @@ const PROBE_PORT: u16 = 9;
 /// After a probe, how often and how long to look for the neighbour entry.
 const PROBE_POLL: Duration = Duration::from_millis(50);
 const PROBE_POLLS: u32 = 20;
+
+/// Consecutive refreshes that must each observe a backend's next hop gone (no neighbour
+/// entry, INCOMPLETE or FAILED, no route, routed elsewhere) before the last known one is
+/// dropped and the backend becomes unusable: at the daemon's 5-s refresh, 10–15 s. A
+/// backend that really died is taken out sooner by its health checks.
+pub const ABSENT_TO_CLEAR: u32 = 3;
+
+/// `ikelb_next_hop_faults_total`: backend look-ups that failed on the gateway's side.
+pub static FAULTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "ikelb_next_hop_faults_total",
+        "Backend next-hop look-ups that failed on the gateway's side (ip could not run, failed without the kernel's answer, or printed something unreadable); the last known next hop was kept.",
+    )
+    .expect("valid metric definition")
+});
 
 /// A resolved next hop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +108,24 @@ pub enum ResolveError {
     },
 }
 
+impl ResolveError {
+    /// A fault of the gateway (the look-up itself failed), as opposed to the kernel's answer
+    /// that the next hop is not there. `ip route get` failing with `RTNETLINK answers: …` is
+    /// the kernel saying there is no route: an answer, not a fault.
+    pub fn is_fault(&self) -> bool {
+        match self {
+            Self::Spawn { .. } | Self::Parse { .. } | Self::Neighbours { .. } | Self::Probe { .. } => {
+                true
+            }
+            Self::Command { stderr, .. } => !stderr.starts_with("RTNETLINK answers"),
+            Self::NoRoute { .. }
+            | Self::NotUnicast { .. }
+            | Self::ForeignInterface { .. }
+            | Self::Unresolved { .. } => false,
+        }
+    }
+}
+
 /// Resolves backend next hops; a trait so the daemon's loop can be tested without a kernel.
 pub trait Resolver {
     /// Next hop of each of `addrs` (in order), which must leave through one of
@@ -91,11 +137,114 @@ pub trait Resolver {
     ) -> Vec<Result<Resolved, ResolveError>>;
 }
 
-/// The kernel's view through iproute2's JSON output. Clones share the route cache, which
-/// the daemon keeps across refreshes.
-#[derive(Clone, Debug, Default)]
+/// What [`IpCommand`] asks of the system: `ip` runs and resolution probes. The seam for
+/// tests (a fake that fails on demand).
+pub trait Kernel: Send + Sync + std::fmt::Debug {
+    /// `ip ARGS`: its stdout when it exits 0.
+    fn ip(&self, args: &[&str]) -> Result<String, ResolveError>;
+    /// Makes the kernel resolve the next hop toward `addr`.
+    fn probe(&self, addr: IpAddr) -> Result<(), ResolveError>;
+}
+
+/// The real system: iproute2's `ip` by absolute path, UDP probes.
+#[derive(Debug)]
+pub struct System;
+
+/// The `ip` binary: the first executable of [`paths::IP_COMMANDS`], looked for once.
+fn ip_binary() -> Option<&'static Path> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let found = paths::IP_COMMANDS.iter().map(PathBuf::from).find(|p| {
+                std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            });
+            match &found {
+                Some(p) => info!("next hops are looked up with {}", p.display()),
+                None => warn!(
+                    "iproute2's ip is in none of {}: backends' next hops cannot be resolved",
+                    paths::IP_COMMANDS.join(", ")
+                ),
+            }
+            found
+        })
+        .as_deref()
+}
+
+impl Kernel for System {
+    fn ip(&self, args: &[&str]) -> Result<String, ResolveError> {
+        let Some(bin) = ip_binary() else {
+            return Err(ResolveError::Spawn {
+                command: format!("ip {}", args.join(" ")),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("not found in {}", paths::IP_COMMANDS.join(", ")),
+                ),
+            });
+        };
+        let command = format!("{} {}", bin.display(), args.join(" "));
+        let out = Command::new(bin)
+            .args(args)
+            .output()
+            .map_err(|source| ResolveError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if stderr.is_empty() {
+                stderr = out.status.to_string();
+            }
+            return Err(ResolveError::Command { command, stderr });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One UDP datagram to the discard port; unprivileged, and harmless to the backend.
+    fn probe(&self, addr: IpAddr) -> Result<(), ResolveError> {
+        let bind: IpAddr = if addr.is_ipv4() {
+            [0u8; 4].into()
+        } else {
+            [0u8; 16].into()
+        };
+        let sock =
+            UdpSocket::bind((bind, 0)).map_err(|source| ResolveError::Probe { addr, source })?;
+        // EHOSTUNREACH from an earlier failed resolution is expected; the look-up that
+        // follows tells the real outcome.
+        let _ = sock.send_to(b"ikelb neighbour probe", (addr, PROBE_PORT));
+        Ok(())
+    }
+}
+
+/// The kernel's view through iproute2's JSON output. Clones share the route cache and the
+/// last known next hops, which the daemon keeps across refreshes.
+#[derive(Clone, Debug)]
 pub struct IpCommand {
     routes: Arc<Mutex<RouteCache>>,
+    memory: Arc<Mutex<Memory>>,
+    kernel: Arc<dyn Kernel>,
+    poll: Duration,
+    polls: u32,
+}
+
+impl Default for IpCommand {
+    fn default() -> Self {
+        Self::with_kernel(Arc::new(System))
+    }
+}
+
+/// Last known next hops, for faults and hysteresis.
+#[derive(Debug, Default)]
+struct Memory {
+    known: HashMap<IpAddr, Known>,
+    /// Consecutive refreshes with a fault (0: the last one had none).
+    faulty_refreshes: u64,
+}
+
+#[derive(Debug)]
+struct Known {
+    hop: Resolved,
+    /// Consecutive refreshes that observed it gone.
+    absent: u32,
 }
 
 /// One entry of `ip -j route get`.
@@ -253,26 +402,22 @@ struct CachedRoute {
 type RouteCache = HashMap<IpAddr, CachedRoute>;
 
 impl IpCommand {
-    fn run(args: &[&str]) -> Result<String, ResolveError> {
-        let command = format!("{} {}", paths::IP_COMMAND, args.join(" "));
-        let out = Command::new(paths::IP_COMMAND)
-            .args(args)
-            .output()
-            .map_err(|source| ResolveError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            return Err(ResolveError::Command { command, stderr });
+    /// Through `kernel` instead of the real system (tests), polling for a probed neighbour
+    /// as the daemon does.
+    pub fn with_kernel(kernel: Arc<dyn Kernel>) -> Self {
+        Self {
+            routes: Arc::default(),
+            memory: Arc::default(),
+            kernel,
+            poll: PROBE_POLL,
+            polls: PROBE_POLLS,
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn route(addr: IpAddr) -> Result<(String, IpAddr), ResolveError> {
+    fn route(&self, addr: IpAddr) -> Result<(String, IpAddr), ResolveError> {
         let a = addr.to_string();
         let args = ["-j", "route", "get", a.as_str()];
-        let json = Self::run(&args)?;
+        let json = self.kernel.ip(&args)?;
         parse_route(addr, &json).map_err(|source| ResolveError::Parse {
             command: args.join(" "),
             source,
@@ -280,9 +425,9 @@ impl IpCommand {
     }
 
     /// The whole neighbour table, one process.
-    fn neigh_dump() -> Result<NeighTable, ResolveError> {
+    fn neigh_dump(&self) -> Result<NeighTable, ResolveError> {
         let args = ["-j", "neigh", "show"];
-        let json = Self::run(&args)?;
+        let json = self.kernel.ip(&args)?;
         NeighTable::parse(&json).map_err(|source| ResolveError::Parse {
             command: args.join(" "),
             source,
@@ -292,6 +437,7 @@ impl IpCommand {
     /// The route toward `addr`: the cached one unless `fresh`, absent or older than
     /// [`route_ttl`]; a new look-up replaces the entry (and a failed one drops it).
     fn cached_route(
+        &self,
         cache: &mut RouteCache,
         addr: IpAddr,
         fresh: bool,
@@ -304,7 +450,7 @@ impl IpCommand {
                 }
             }
         }
-        match Self::route(addr) {
+        match self.route(addr) {
             Ok((dev, via)) => {
                 cache.insert(
                     addr,
@@ -323,20 +469,84 @@ impl IpCommand {
         }
     }
 
-    /// Makes the kernel resolve the next hop toward `addr` by sending it one UDP datagram to
-    /// the discard port; unprivileged, and harmless to the backend.
-    fn probe(addr: IpAddr) -> Result<(), ResolveError> {
-        let bind: IpAddr = if addr.is_ipv4() {
-            [0u8; 4].into()
-        } else {
-            [0u8; 16].into()
-        };
-        let sock =
-            UdpSocket::bind((bind, 0)).map_err(|source| ResolveError::Probe { addr, source })?;
-        // EHOSTUNREACH from an earlier failed resolution is expected; the look-up that
-        // follows tells the real outcome.
-        let _ = sock.send_to(b"ikelb neighbour probe", (addr, PROBE_PORT));
-        Ok(())
+    /// This refresh's raw answers against the last known next hops: an answer replaces
+    /// the known hop, a fault keeps it, an absence keeps it until the
+    /// [`ABSENT_TO_CLEAR`]th in a row. `side_faults` are faults that did not decide a
+    /// backend (a failed probe of a STALE neighbour whose address was still used).
+    fn settle(
+        &self,
+        addrs: &[IpAddr],
+        raw: Vec<Result<Resolved, ResolveError>>,
+        side_faults: Vec<ResolveError>,
+    ) -> Vec<Result<Resolved, ResolveError>> {
+        let mut m = self
+            .memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
+        m.known.retain(|a, _| wanted.contains(a));
+        let mut faults = side_faults.len() as u64;
+        let mut first_fault = side_faults.into_iter().next().map(|e| e.to_string());
+        let mut kept = 0usize;
+        let out: Vec<_> = addrs
+            .iter()
+            .zip(raw)
+            .map(|(&addr, r)| match r {
+                Ok(hop) => {
+                    m.known.insert(
+                        addr,
+                        Known {
+                            hop: hop.clone(),
+                            absent: 0,
+                        },
+                    );
+                    Ok(hop)
+                }
+                Err(e) if e.is_fault() => {
+                    faults += 1;
+                    first_fault.get_or_insert_with(|| e.to_string());
+                    match m.known.get(&addr) {
+                        Some(k) => {
+                            kept += 1;
+                            Ok(k.hop.clone())
+                        }
+                        None => Err(e),
+                    }
+                }
+                Err(e) => match m.known.get_mut(&addr) {
+                    Some(k) if k.absent + 1 < ABSENT_TO_CLEAR => {
+                        k.absent += 1;
+                        debug!(
+                            backend = %addr,
+                            "next hop not seen ({e}); kept, {} of {ABSENT_TO_CLEAR} refreshes",
+                            k.absent
+                        );
+                        Ok(k.hop.clone())
+                    }
+                    Some(_) => {
+                        m.known.remove(&addr);
+                        Err(e)
+                    }
+                    None => Err(e),
+                },
+            })
+            .collect();
+        if let Some(first) = first_fault {
+            FAULTS.inc_by(faults);
+            if m.faulty_refreshes == 0 {
+                warn!(
+                    "next-hop look-up failed on the gateway: {first}; {kept} backends keep their last known next hop (logged once until a refresh succeeds, counted in ikelb_next_hop_faults_total)"
+                );
+            }
+            m.faulty_refreshes += 1;
+        } else if m.faulty_refreshes > 0 {
+            info!(
+                "next-hop look-ups work again after {} refreshes with faults",
+                m.faulty_refreshes
+            );
+            m.faulty_refreshes = 0;
+        }
+        out
     }
 }
 
@@ -379,16 +589,31 @@ fn look_up(
 }
 
 impl Resolver for IpCommand {
-    /// Reads the neighbour table once and looks every address up in it, through its cached
-    /// route; a backend without a usable neighbour has its route looked up again and, if
-    /// still unresolved, is probed. All probed at the same time, then one dump every
-    /// `PROBE_POLL` settles them, for up to `PROBE_POLL * PROBE_POLLS` (one second) in
-    /// total. Cached routes of addresses no longer asked for are dropped.
+    /// [`IpCommand::resolve_raw`], settled against the last known next hops (faults keep
+    /// them; an absence clears one after [`ABSENT_TO_CLEAR`] refreshes in a row).
     fn resolve_all(
         &self,
         addrs: &[IpAddr],
         interfaces: &[String],
     ) -> Vec<Result<Resolved, ResolveError>> {
+        let (raw, side_faults) = self.resolve_raw(addrs, interfaces);
+        self.settle(addrs, raw, side_faults)
+    }
+}
+
+impl IpCommand {
+    /// Reads the neighbour table once and looks every address up in it, through its cached
+    /// route; a backend without a usable neighbour has its route looked up again and, if
+    /// still unresolved, is probed. All probed at the same time, then one dump every
+    /// `PROBE_POLL` settles them, for up to `PROBE_POLL * PROBE_POLLS` (one second) in
+    /// total. Cached routes of addresses no longer asked for are dropped. Also returns the
+    /// faults that did not decide an answer.
+    fn resolve_raw(
+        &self,
+        addrs: &[IpAddr],
+        interfaces: &[String],
+    ) -> (Vec<Result<Resolved, ResolveError>>, Vec<ResolveError>) {
+        let mut side_faults = Vec::new();
         let mut cache = self
             .routes
             .lock()
@@ -396,11 +621,11 @@ impl Resolver for IpCommand {
         let wanted: HashSet<IpAddr> = addrs.iter().copied().collect();
         cache.retain(|a, _| wanted.contains(a));
         let now = Instant::now();
-        let table = match Self::neigh_dump() {
+        let table = match self.neigh_dump() {
             Ok(t) => t,
             Err(e) => {
                 let message = e.to_string();
-                return addrs
+                let all = addrs
                     .iter()
                     .map(|_| {
                         Err(ResolveError::Neighbours {
@@ -408,26 +633,32 @@ impl Resolver for IpCommand {
                         })
                     })
                     .collect();
+                return (all, side_faults);
             }
         };
         let mut out: Vec<Result<Resolved, ResolveError>> = Vec::with_capacity(addrs.len());
         let mut pending: Vec<(usize, Pending)> = Vec::new();
         for (i, &addr) in addrs.iter().enumerate() {
             let mut first = look_up(addr, interfaces, &table, || {
-                Self::cached_route(&mut cache, addr, false, now)
+                self.cached_route(&mut cache, addr, false, now)
             });
             // No usable neighbour through the cached route: the route may have moved.
             if matches!(first, Ok(Err(_))) && cache.get(&addr).is_some_and(|c| c.at != now) {
                 first = look_up(addr, interfaces, &table, || {
-                    Self::cached_route(&mut cache, addr, true, now)
+                    self.cached_route(&mut cache, addr, true, now)
                 });
             }
             let first = match first {
-                Ok(Ok((r, stale))) => First::Done(if stale {
-                    Self::probe(addr).map(|()| r)
-                } else {
-                    Ok(r)
-                }),
+                Ok(Ok((r, stale))) => {
+                    // A STALE address is still the last one the kernel saw: used even when
+                    // the probe that would re-verify it cannot be sent.
+                    if stale {
+                        if let Err(e) = self.kernel.probe(addr) {
+                            side_faults.push(e);
+                        }
+                    }
+                    First::Done(Ok(r))
+                }
                 Ok(Err(p)) => First::Wait(p),
                 Err(e) => First::Done(Err(e)),
             };
@@ -440,7 +671,7 @@ impl Resolver for IpCommand {
                         dev: p.dev.clone(),
                         state: p.state.clone(),
                     }));
-                    match Self::probe(addr) {
+                    match self.kernel.probe(addr) {
                         Ok(()) => pending.push((i, p)),
                         Err(e) => out[i] = Err(e),
                     }
@@ -448,12 +679,12 @@ impl Resolver for IpCommand {
             }
         }
         drop(cache);
-        for _ in 0..PROBE_POLLS {
+        for _ in 0..self.polls {
             if pending.is_empty() {
                 break;
             }
-            thread::sleep(PROBE_POLL);
-            let table = match Self::neigh_dump() {
+            thread::sleep(self.poll);
+            let table = match self.neigh_dump() {
                 Ok(t) => t,
                 Err(e) => {
                     let message = e.to_string();
@@ -487,7 +718,7 @@ impl Resolver for IpCommand {
                 state: p.state,
             });
         }
-        out
+        (out, side_faults)
     }
 }
 
@@ -695,9 +926,9 @@ mod tests {
                 at: now,
             },
         );
-        let got =
-            IpCommand::cached_route(&mut cache, addr, false, now + ROUTE_TTL / 2 - PROBE_POLL)
-                .unwrap();
+        let got = IpCommand::default()
+            .cached_route(&mut cache, addr, false, now + ROUTE_TTL / 2 - PROBE_POLL)
+            .unwrap();
         assert_eq!(got, ("int0".to_owned(), "192.0.2.1".parse().unwrap()));
         // Spread over the second half of ROUTE_TTL, the same for one address every time.
         for a in ["10.0.0.1", "10.0.0.2", "2001:db8::1", "fe80::1"] {

@@ -23,5 +23,6 @@ pub const INSTANCE: &str = "default";
 /// the namespace, so this shows the namespace's interfaces.
 pub const SYSFS_NET: &str = "/sys/class/net";
 
-/// The iproute2 binary used for route and neighbour look-ups (`ip -j`), found on `PATH`.
-pub const IP_COMMAND: &str = "ip";
+/// Where iproute2's `ip` (route and neighbour look-ups, `ip -j`) may be; the first
+/// executable one is used, found once, never through `PATH`.
+pub const IP_COMMANDS: [&str; 4] = ["/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip"];
