@@ -132,6 +132,11 @@ pub trait Dataplane {
     /// both.
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError>;
 
+    /// What the daemon's shared [`Scanner`](crate::scan::Scanner) reads the four
+    /// persistence and probation maps with: bounded batch walks ([`crate::scan::walk`])
+    /// through handles of its own, on the scanner's thread.
+    fn persistence_scan(&self) -> Result<crate::scan::ScanSource, DataplaneError>;
+
     /// One entry of `PERSIST_V4` (`lb-ctl lookup`).
     fn persistence_v4_get(
         &self,
@@ -239,21 +244,20 @@ pub type PersistReader = Box<dyn FnOnce() -> Result<Vec<PersistEntry>, Dataplane
 pub type PersistV4Reader =
     Box<dyn FnOnce() -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> + Send>;
 
-/// Every entry of persistence or probation map `map` (`m`); an LRU entry evicted between
-/// `next_key` and the lookup shows as `KeyNotFound` and is skipped.
-fn read_persistence<T: std::borrow::Borrow<MapData>, K: Pod, V: Pod>(
-    m: &HashMap<T, K, V>,
-    map: &'static str,
+/// Every entry of persistence or probation map `m`, each once: a bounded walk
+/// ([`crate::scan::walk`]; a walk stopped at `max_entries` is logged and its entries kept).
+fn read_persistence<K: Pod + Eq + std::hash::Hash, V: Pod>(
+    m: &crate::scan::BpfMap<K, V>,
 ) -> Result<Vec<(K, V)>, DataplaneError> {
-    m.iter()
-        .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-        .map(|r| {
-            r.map_err(|source| DataplaneError::Read {
-                map,
-                source: Box::new(source),
-            })
-        })
-        .collect()
+    let w = crate::scan::walk(m)?;
+    if w.stats.truncated {
+        tracing::warn!(
+            map = w.stats.map,
+            max_entries = w.stats.max_entries,
+            "map walk stopped at max_entries visits before the end of the map"
+        );
+    }
+    Ok(w.entries)
 }
 
 /// Wire-order words of an address: IPv4 in word 0 (see `lb-common`, "Byte order").
@@ -511,23 +515,29 @@ impl Dataplane for AyaDataplane {
     }
 
     fn persistence_v4(&self) -> Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError> {
-        let map = maps::PERSIST_V4;
-        read_persistence(&self.persist_map::<PersistKeyV4, PersistValue>(map)?, map)
+        read_persistence(&self.walker::<PersistKeyV4, PersistValue>(maps::PERSIST_V4)?)
     }
 
     fn persistence_v6(&self) -> Result<Vec<(PersistKeyV6, PersistValue)>, DataplaneError> {
-        let map = maps::PERSIST_V6;
-        read_persistence(&self.persist_map::<PersistKeyV6, PersistValue>(map)?, map)
+        read_persistence(&self.walker::<PersistKeyV6, PersistValue>(maps::PERSIST_V6)?)
     }
 
     fn probation_v4(&self) -> Result<Vec<(PersistKeyV4, ProbationValue)>, DataplaneError> {
-        let map = maps::PROBATION_V4;
-        read_persistence(&self.persist_map::<PersistKeyV4, ProbationValue>(map)?, map)
+        read_persistence(&self.walker::<PersistKeyV4, ProbationValue>(maps::PROBATION_V4)?)
     }
 
     fn probation_v6(&self) -> Result<Vec<(PersistKeyV6, ProbationValue)>, DataplaneError> {
-        let map = maps::PROBATION_V6;
-        read_persistence(&self.persist_map::<PersistKeyV6, ProbationValue>(map)?, map)
+        read_persistence(&self.walker::<PersistKeyV6, ProbationValue>(maps::PROBATION_V6)?)
+    }
+
+    fn persistence_scan(&self) -> Result<crate::scan::ScanSource, DataplaneError> {
+        Ok(crate::scan::PersistMaps {
+            v4: self.walker(maps::PERSIST_V4)?,
+            v6: self.walker(maps::PERSIST_V6)?,
+            p4: self.walker(maps::PROBATION_V4)?,
+            p6: self.walker(maps::PROBATION_V6)?,
+        }
+        .into_source())
     }
 
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
@@ -605,41 +615,37 @@ impl AyaDataplane {
         }
     }
 
-    /// A reader of every entry of persistence or probation map `map` through its own
-    /// (duplicated) fd.
-    #[allow(clippy::type_complexity)]
-    fn persist_handle<K: Pod + Send + 'static, V: Pod + Send + 'static>(
+    /// `map` through a duplicate of its fd, for walks ([`crate::scan::walk`]).
+    fn walker<K: Pod, V: Pod>(
         &self,
         map: &'static str,
-    ) -> Result<Box<dyn FnOnce() -> Result<Vec<(K, V)>, DataplaneError> + Send>, DataplaneError>
-    {
+    ) -> Result<crate::scan::BpfMap<K, V>, DataplaneError> {
         use std::os::fd::AsFd;
         let m = self.persist_map::<K, V>(map)?;
-        let read_err = move |source: MapError| DataplaneError::Read {
-            map,
-            source: Box::new(source),
-        };
         let fd = aya::maps::IterableMap::map(&m)
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|io_error| {
-                read_err(MapError::SyscallError(aya::sys::SyscallError {
+            .map_err(|io_error| DataplaneError::Read {
+                map,
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
                     call: "dup",
                     io_error,
-                }))
+                })),
             })?;
-        Ok(Box::new(move || {
-            let data = MapData::from_fd(fd).map_err(read_err)?;
-            let m: HashMap<MapData, K, V> =
-                HashMap::try_from(Map::LruHashMap(data)).map_err(|source| {
-                    DataplaneError::MapType {
-                        map,
-                        source: Box::new(source),
-                    }
-                })?;
-            read_persistence(&m, map)
-        }))
+        crate::scan::BpfMap::from_fd(fd, map)
+    }
+
+    /// A reader of every entry of persistence or probation map `map` through its own
+    /// (duplicated) fd.
+    #[allow(clippy::type_complexity)]
+    fn persist_handle<K: Pod + Eq + std::hash::Hash + Send + 'static, V: Pod + Send + 'static>(
+        &self,
+        map: &'static str,
+    ) -> Result<Box<dyn FnOnce() -> Result<Vec<(K, V)>, DataplaneError> + Send>, DataplaneError>
+    {
+        let m = self.walker::<K, V>(map)?;
+        Ok(Box::new(move || read_persistence(&m)))
     }
 }
 

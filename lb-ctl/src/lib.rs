@@ -11,6 +11,7 @@
 //! * [`neighbor`] — next-hop MAC and egress interface of each backend;
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
+//! * [`scan`] — bounded walks of the persistence maps, one shared scan at a time;
 //! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
 //! * [`listen`] — connection slots, accept back-off and the descriptor limit of the listeners;
 //! * [`metrics`] — Prometheus `/metrics`, read from the per-CPU maps when scraped;
@@ -33,6 +34,7 @@ pub mod neighbor;
 pub mod operator;
 pub mod paths;
 pub mod runtime;
+pub mod scan;
 pub mod pin;
 pub mod state;
 

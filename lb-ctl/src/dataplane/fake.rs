@@ -57,6 +57,153 @@ pub struct FakeDataplane {
     pub fail_ring_write_after: Option<usize>,
     pub probation_v4: Vec<(PersistKeyV4, ProbationValue)>,
     pub probation_v6: Vec<(PersistKeyV6, ProbationValue)>,
+    /// How the maps answer the walks of [`Dataplane::persistence_scan`].
+    pub scan: FakeScan,
+}
+
+/// How the fake's persistence and probation maps answer a walk ([`crate::scan::MapWalk`]),
+/// modelling the kernel's answers under churn.
+#[derive(Clone, Copy, Debug)]
+pub struct FakeScan {
+    /// `max_entries` of every map (default 2^20).
+    pub max_entries: u32,
+    /// No `BPF_MAP_LOOKUP_BATCH` (`EINVAL`, as before Linux 5.6): walks fall back to
+    /// `GET_NEXT_KEY`.
+    pub no_batch: bool,
+    /// Entries per hash bucket (a batch copies whole buckets; default 1).
+    pub bucket: usize,
+    /// Every batch after the first starts one bucket back: its first entries are ones the
+    /// walk already read.
+    pub repeat: bool,
+    /// Every `n`-th `GET_NEXT_KEY` finds its cursor evicted and restarts from the first key,
+    /// as the kernel's does.
+    pub restart_every: Option<usize>,
+    /// Insert churn that never lets a walk reach the end: past the last bucket, batches and
+    /// `GET_NEXT_KEY` go on from the first.
+    pub endless: bool,
+}
+
+impl Default for FakeScan {
+    fn default() -> Self {
+        Self {
+            max_entries: 1 << 20,
+            no_batch: false,
+            bucket: 1,
+            repeat: false,
+            restart_every: None,
+            endless: false,
+        }
+    }
+}
+
+/// One of the fake's maps as a walk sees it: its entries when the walk began.
+pub struct FakeMap<K, V> {
+    pub name: &'static str,
+    pub entries: Vec<(K, V)>,
+    pub scan: FakeScan,
+    next_key_calls: std::cell::Cell<usize>,
+}
+
+impl<K, V> FakeMap<K, V> {
+    pub fn new(name: &'static str, entries: Vec<(K, V)>, scan: FakeScan) -> Self {
+        Self {
+            name,
+            entries,
+            scan,
+            next_key_calls: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl<K: Copy + PartialEq, V: Copy> crate::scan::MapWalk<K, V> for FakeMap<K, V> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn max_entries(&self) -> u32 {
+        self.scan.max_entries
+    }
+
+    fn lookup_batch(
+        &self,
+        cursor: Option<u64>,
+        room: usize,
+        keys: &mut Vec<K>,
+        values: &mut Vec<V>,
+    ) -> std::io::Result<Option<u64>> {
+        keys.clear();
+        values.clear();
+        if self.scan.no_batch {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let b = self.scan.bucket.max(1);
+        let buckets = self.entries.len().div_ceil(b);
+        // Cursor: buckets read so far (never wrapped, so an endless walk keeps going).
+        let mut at = cursor.unwrap_or(0) as usize;
+        if self.scan.repeat && cursor.is_some() {
+            at = at.saturating_sub(1);
+        }
+        loop {
+            if buckets == 0 || (!self.scan.endless && at >= buckets) {
+                return Ok(None);
+            }
+            let i = at % buckets;
+            let bucket = &self.entries[i * b..((i + 1) * b).min(self.entries.len())];
+            if keys.len() + bucket.len() > room {
+                if keys.is_empty() {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                return Ok(Some(at as u64));
+            }
+            keys.extend(bucket.iter().map(|e| e.0));
+            values.extend(bucket.iter().map(|e| e.1));
+            at += 1;
+            if !self.scan.endless && at >= buckets {
+                return Ok(None);
+            }
+            if keys.len() == room {
+                return Ok(Some(at as u64));
+            }
+        }
+    }
+
+    fn next_key(&self, key: Option<&K>) -> std::io::Result<Option<K>> {
+        let calls = self.next_key_calls.get() + 1;
+        self.next_key_calls.set(calls);
+        let first = self.entries.first().map(|e| e.0);
+        if self.scan.restart_every.is_some_and(|n| calls % n.max(1) == 0) {
+            return Ok(first);
+        }
+        let Some(key) = key else {
+            return Ok(first);
+        };
+        // A key not there any more restarts the walk, as in the kernel.
+        let Some(i) = self.entries.iter().position(|e| e.0 == *key) else {
+            return Ok(first);
+        };
+        match self.entries.get(i + 1) {
+            Some(e) => Ok(Some(e.0)),
+            None if self.scan.endless => Ok(first),
+            None => Ok(None),
+        }
+    }
+
+    fn lookup(&self, key: &K) -> std::io::Result<Option<V>> {
+        Ok(self.entries.iter().find(|e| e.0 == *key).map(|e| e.1))
+    }
+}
+
+impl FakeDataplane {
+    /// The fake's four maps as [`FakeMap`]s, now.
+    pub fn scan_now(&self) -> Result<crate::scan::Scanned, DataplaneError> {
+        let sc = self.scan;
+        Ok(crate::scan::Scanned::from_walks(
+            crate::scan::walk(&FakeMap::new(maps::PERSIST_V4, self.persist_v4.clone(), sc))?,
+            crate::scan::walk(&FakeMap::new(maps::PERSIST_V6, self.persist_v6.clone(), sc))?,
+            crate::scan::walk(&FakeMap::new(maps::PROBATION_V4, self.probation_v4.clone(), sc))?,
+            crate::scan::walk(&FakeMap::new(maps::PROBATION_V6, self.probation_v6.clone(), sc))?,
+        ))
+    }
 }
 
 impl FakeDataplane {
@@ -212,6 +359,19 @@ impl Dataplane for FakeDataplane {
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError> {
         let entries = self.persistence()?;
         Ok(Box::new(move || Ok(entries)))
+    }
+
+    /// The maps as they are when this is called (later changes to the fake are not seen).
+    fn persistence_scan(&self) -> Result<crate::scan::ScanSource, DataplaneError> {
+        let me = FakeDataplane {
+            persist_v4: self.persist_v4.clone(),
+            persist_v6: self.persist_v6.clone(),
+            probation_v4: self.probation_v4.clone(),
+            probation_v6: self.probation_v6.clone(),
+            scan: self.scan,
+            ..FakeDataplane::default()
+        };
+        Ok(Box::new(move || me.scan_now()))
     }
 
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError> {
