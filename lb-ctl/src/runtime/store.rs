@@ -150,12 +150,13 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "the runtime state {} is corrupt (line {line}: {reason}): fix it, or move it aside to start from the config alone: mv {} {}.bad",
+        "the runtime state {} is corrupt (line {line}, column {column}: {reason}): fix it, or move it aside to start from the config alone: mv {} {}.bad",
         path.display(), path.display(), path.display()
     )]
     Parse {
         path: PathBuf,
         line: usize,
+        column: usize,
         reason: String,
     },
     #[error(
@@ -230,16 +231,28 @@ impl Store {
             StoreError::Parse {
                 path: self.path.clone(),
                 line: e.line(),
-                reason: format!("column {}: {reason}", e.column()),
+                column: e.column(),
+                reason,
             }
         };
         // The version first: a newer format is refused as such, not as a syntax error.
         let value: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
-        if let Some(v) = value.get("version") {
+        let Some(object) = value.as_object() else {
+            return Err(StoreError::Parse {
+                path: self.path.clone(),
+                line: 1,
+                column: 1,
+                reason: "not a JSON object".to_owned(),
+            });
+        };
+        if let Some(v) = object.get("version") {
             if v.as_u64() != Some(u64::from(RuntimeChanges::VERSION)) {
                 return Err(StoreError::Version {
                     path: self.path.clone(),
-                    found: v.to_string(),
+                    found: match v.as_u64() {
+                        Some(n) => n.to_string(),
+                        None => format!("{v} (not a whole number)"),
+                    },
                 });
             }
         }

@@ -343,7 +343,7 @@ fn an_unknown_version_is_refused_with_one_line_naming_the_file() {
             "version 2",
         ),
         ("v0", r#"{"version":0}"#, "version 0"),
-        ("vs", r#"{"version":"1"}"#, "version \"1\""),
+        ("vs", r#"{"version":"1"}"#, "version \"1\" (not a whole number)"),
     ] {
         let msg = start_error(name, text);
         assert!(
