@@ -262,6 +262,8 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     .await
     .map_err(|e| DaemonError::Control(Box::new(e)))?;
     control.observe_sweeps(metrics.sweep_observer());
+    // One persistence scan at a time for scrapes, queries, drains and the sweep.
+    metrics.share_scans(control.scanner());
 
     // Fill everything (fresh: backends unusable; adopted: nothing changes), then resolve
     // next hops, then attach.

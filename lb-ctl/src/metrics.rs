@@ -27,8 +27,12 @@
 //! waiting for the LRU to recycle it. `ikelb_persistence_entries` counts those live entries,
 //! so `ikelb_persistence_entries / ikelb_persistence_capacity` (the alert in
 //! `deploy/prometheus/ikelb-alerts.yml`) says how close the LRU is to evicting clients that
-//! are still active. Walking the map costs two syscalls per entry (≈ 1 s per million entries
-//! on one core); it runs on the blocking pool, never on the daemon's event loop.
+//! are still active. The entries come from the daemon's shared persistence scan
+//! ([`crate::scan::Scanner`], shared with `backend list`, `status`, drains and the slot flag
+//! sweep through [`Metrics::share_scans`]): a scrape uses the last scan when it started less
+//! than [`SCRAPE_MAX_AGE`] ago (or ten times the last scan's duration, if longer), else waits
+//! for the scan in flight or the next one — never a scan of its own, and never on the
+//! daemon's event loop.
 
 pub mod http;
 
@@ -38,11 +42,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use lb_common::{
-    counter, event, maps, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Traffic,
-    DIR_FORWARD, DIR_REVERSE,
-};
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use lb_common::{counter, event, maps, Traffic, DIR_FORWARD, DIR_REVERSE};
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
@@ -54,8 +55,14 @@ use tracing::warn;
 use crate::{
     dataplane::{Dataplane, DataplaneError, PersistEntry, Tier},
     health::{Probe, ProbeObserver},
+    scan::{PersistMaps, Scanned, Scanner},
     state::Balancer,
 };
+
+/// A scrape shares a persistence scan that started at most this long ago (or ten times the
+/// last scan's duration, when that is longer: scrapes never keep more than a tenth of a core
+/// scanning).
+pub const SCRAPE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Histogram buckets of an ICMP round trip, 0.5 ms to 5 s (timeouts end a probe at
 /// `health_check.timeout`, 2 s by default).
@@ -86,7 +93,9 @@ pub trait StatsSource: Send + Sync + 'static {
     fn events(&self) -> Result<Vec<u64>, DataplaneError>;
     /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
-    /// Every entry of `PERSIST_V4`, `PERSIST_V6`, `PROBATION_V4` and `PROBATION_V6`.
+    /// Every entry of `PERSIST_V4`, `PERSIST_V6`, `PROBATION_V4` and `PROBATION_V6`: what
+    /// the metrics' own scanner reads until the daemon's is shared
+    /// ([`Metrics::share_scans`]).
     fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError>;
 }
 
@@ -103,22 +112,7 @@ pub struct PinnedStats {
     counters: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, Traffic>,
-    persist: HashMap<MapData, PersistKeyV4, PersistValue>,
-    persist6: HashMap<MapData, PersistKeyV6, PersistValue>,
-    probation: HashMap<MapData, PersistKeyV4, ProbationValue>,
-    probation6: HashMap<MapData, PersistKeyV6, ProbationValue>,
-}
-
-/// Every entry of `m`; an LRU entry evicted between next_key and lookup shows as
-/// KeyNotFound and is skipped.
-fn entries<K: aya::Pod, V: aya::Pod>(
-    m: &HashMap<MapData, K, V>,
-    map: &'static str,
-) -> Result<Vec<(K, V)>, DataplaneError> {
-    m.iter()
-        .filter(|r| !matches!(r, Err(MapError::KeyNotFound)))
-        .map(|r| r.map_err(read_err(map)))
-        .collect()
+    persistence: PersistMaps,
 }
 
 impl PinnedStats {
@@ -142,14 +136,7 @@ impl PinnedStats {
                 .map_err(typed(maps::EVENTS))?,
             stats: PerCpuArray::try_from(open(maps_dir, maps::BACKEND_STATS)?)
                 .map_err(typed(maps::BACKEND_STATS))?,
-            persist: HashMap::try_from(open(maps_dir, maps::PERSIST_V4)?)
-                .map_err(typed(maps::PERSIST_V4))?,
-            persist6: HashMap::try_from(open(maps_dir, maps::PERSIST_V6)?)
-                .map_err(typed(maps::PERSIST_V6))?,
-            probation: HashMap::try_from(open(maps_dir, maps::PROBATION_V4)?)
-                .map_err(typed(maps::PROBATION_V4))?,
-            probation6: HashMap::try_from(open(maps_dir, maps::PROBATION_V6)?)
-                .map_err(typed(maps::PROBATION_V6))?,
+            persistence: PersistMaps::from_pins(maps_dir)?,
         })
     }
 }
@@ -192,12 +179,7 @@ impl StatsSource for PinnedStats {
     }
 
     fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
-        Ok(PersistEntry::all(
-            &entries(&self.persist, maps::PERSIST_V4)?,
-            &entries(&self.persist6, maps::PERSIST_V6)?,
-            &entries(&self.probation, maps::PROBATION_V4)?,
-            &entries(&self.probation6, maps::PROBATION_V6)?,
-        ))
+        Ok(self.persistence.scan()?.entries)
     }
 }
 
@@ -216,6 +198,7 @@ pub(crate) fn now_ticks() -> u32 {
 pub struct DataplaneCollector {
     source: Arc<dyn StatsSource>,
     view: Arc<RwLock<View>>,
+    scans: Arc<RwLock<Arc<Scanner>>>,
     persist_timeout_ticks: u32,
     capacity: Capacity,
     descs: Vec<Desc>,
@@ -336,12 +319,14 @@ impl DataplaneCollector {
     fn new(
         source: Arc<dyn StatsSource>,
         view: Arc<RwLock<View>>,
+        scans: Arc<RwLock<Arc<Scanner>>>,
         persist_timeout_ticks: u32,
         capacity: Capacity,
     ) -> Self {
         Self {
             source,
             view,
+            scans,
             persist_timeout_ticks,
             capacity,
             descs: Families::new().descs(),
@@ -376,13 +361,27 @@ impl DataplaneCollector {
             // Present (0) for every backend, also before it has a client.
             f.clients.with_label_values(&[b.vs.as_str(), &addr]).set(0);
         }
+        let scanner = Arc::clone(&self.scans.read().expect("not poisoned"));
+        let max_age = scanner
+            .latest()
+            .map_or(SCRAPE_MAX_AGE, |o| SCRAPE_MAX_AGE.max(o.took * 10));
+        let scanned = scanner
+            .within_blocking(max_age)
+            .result
+            .map_err(|e| DataplaneError::Read {
+                map: maps::PERSIST_V4,
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "persistence scan",
+                    io_error: std::io::Error::other(crate::error_chain(&*e)),
+                })),
+            })?;
         let now = now_ticks();
         let (mut live, mut probation) = (0, 0);
-        for PersistEntry {
+        for &PersistEntry {
             service,
             value,
             tier,
-        } in self.source.persistence()?
+        } in &scanned.entries
         {
             if !lb_common::is_live(now, value.atime, self.persist_timeout_ticks) {
                 continue;
@@ -441,6 +440,7 @@ pub enum MetricsError {
 pub struct Metrics {
     registry: Registry,
     view: Arc<RwLock<View>>,
+    scans: Arc<RwLock<Arc<Scanner>>>,
     rebuilds: IntCounter,
     /// `Balancer::flips` at the last publish.
     flips_seen: std::sync::atomic::AtomicU64,
@@ -460,6 +460,14 @@ impl Metrics {
     ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let view = Arc::new(RwLock::new(View::default()));
+        // Scrapes share one scan at a time even before the daemon's scanner is shared.
+        let own = Arc::clone(&source);
+        let scans = Arc::new(RwLock::new(Scanner::new(Box::new(move || {
+            Ok(Scanned {
+                entries: own.persistence()?,
+                ..Scanned::default()
+            })
+        }))));
         let reg = |name: &'static str, c: Box<dyn Collector>| {
             registry
                 .register(c)
@@ -470,6 +478,7 @@ impl Metrics {
             Box::new(DataplaneCollector::new(
                 source,
                 Arc::clone(&view),
+                Arc::clone(&scans),
                 persist_timeout_ticks,
                 capacity,
             )),
@@ -524,6 +533,7 @@ impl Metrics {
         Ok(Self {
             registry,
             view,
+            scans,
             rebuilds,
             flips_seen: std::sync::atomic::AtomicU64::new(0),
             probe_duration,
@@ -531,6 +541,12 @@ impl Metrics {
             sweeps,
             flags_cleared,
         })
+    }
+
+    /// Scrapes read the persistence maps through `scanner` (the daemon's, shared with
+    /// `backend list`, `status`, drains and the sweep) from now on.
+    pub fn share_scans(&self, scanner: Arc<Scanner>) {
+        *self.scans.write().expect("not poisoned") = scanner;
     }
 
     /// Replaces the backend list (labels and up state).

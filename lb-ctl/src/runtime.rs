@@ -38,10 +38,12 @@
 //! the deadline has passed, the backend is removed (usable flag cleared, id freed): any
 //! client still sending is re-balanced on its next packet. An IKEv2 client that is connected
 //! sends at least NAT-T keepalives or DPD, so "idle for `persistence_timeout`" means gone.
-//! The scan costs two syscalls per entry (seconds for a million entries): it runs only while
-//! something drains, in the blocking pool through its own handle on the map, so the loop
-//! keeps serving health reports and requests meanwhile; deadlines are checked every second
-//! without a scan.
+//! The entries come from the daemon's shared persistence scan ([`crate::scan::Scanner`]: one
+//! bounded batch walk at a time on a thread of its own, shared with scrapes, `backend list`,
+//! `status` and the slot flag sweep), at most one health interval old; the loop only waits
+//! for it as an event, so it keeps serving health reports and requests meanwhile. A
+//! truncated scan (stopped at `max_entries` visits under heavy churn) ends no drain by idle
+//! clients. Deadlines are checked every second without a scan.
 //!
 //! `backend add` of a draining backend cancels the drain (it rejoins the table).
 
@@ -134,6 +136,9 @@ pub struct Controller {
     changes: RuntimeChanges,
     trackers: HashMap<u32, Tracker>,
     started: Instant,
+    /// The daemon's shared persistence scans: `backend add/remove` read their last result
+    /// instead of scanning on the loop. None (unit tests): they read the data path.
+    scans: Option<Arc<crate::scan::Scanner>>,
 }
 
 impl Controller {
@@ -146,7 +151,13 @@ impl Controller {
             changes: RuntimeChanges::default(),
             trackers: HashMap::new(),
             started: Instant::now(),
+            scans: None,
         }
+    }
+
+    /// `backend add/remove` count clients from `scanner`'s last result from now on.
+    pub fn share_scans(&mut self, scanner: Arc<crate::scan::Scanner>) {
+        self.scans = Some(scanner);
     }
 
     pub fn config(&self) -> &Config {
@@ -801,19 +812,22 @@ impl Controller {
     }
 
     /// Active persisted clients per backend id (entries of the backend's own service that
-    /// the data path would still honour).
+    /// the data path would still honour). In the daemon: from the last shared scan, however
+    /// old (none yet: no count) — `backend add/remove` never scan on the event loop.
     fn active_clients<D: Dataplane>(
         &self,
         lb: &Balancer<D>,
         now: Clock,
     ) -> Result<HashMap<u32, u64>, ApiError> {
+        let timeout = self.config.persist_timeout_ticks();
+        if let Some(scans) = &self.scans {
+            let last = scans.latest().and_then(|o| o.result.ok());
+            return Ok(last.map_or_else(HashMap::new, |s| {
+                count_active(lb, &s.entries, now.tick, timeout)
+            }));
+        }
         let entries = lb.dataplane().persistence().map_err(dp_error)?;
-        Ok(count_active(
-            lb,
-            &entries,
-            now.tick,
-            self.config.persist_timeout_ticks(),
-        ))
+        Ok(count_active(lb, &entries, now.tick, timeout))
     }
 
     fn info<D: Dataplane>(
@@ -970,14 +984,14 @@ pub enum Event {
     Request(Request, oneshot::Sender<Response>),
     /// Time to check drain deadlines (and maybe to start a persistence scan).
     DrainCheck,
-    /// A persistence scan (for drains, `backend list`, `status`) finished.
-    Scanned(Result<Vec<PersistEntry>, DataplaneError>),
+    /// A shared persistence scan (for drains, `backend list`, `status`) is at hand.
+    Scanned(crate::scan::Outcome),
     /// The slot flag sweep (`sweep.rs`).
     Sweep(sweep::SweepEvent),
 }
 
-/// A scan of the persistence maps running in the blocking pool.
-type Scan = tokio::task::JoinHandle<Result<Vec<PersistEntry>, DataplaneError>>;
+/// A wait for the shared scanner's result (`crate::scan::Scanner::get`).
+type Scan = tokio::task::JoinHandle<crate::scan::Outcome>;
 
 /// The controller plus its tasks: the health monitor and the control socket.
 pub struct Runtime {
@@ -986,12 +1000,15 @@ pub struct Runtime {
     reports: mpsc::Receiver<Vec<Report>>,
     requests: mpsc::Receiver<(Request, oneshot::Sender<Response>)>,
     drain_tick: tokio::time::Interval,
-    /// The persistence scan in flight, and when the last one for drains started. Scans
-    /// (two syscalls per entry) run off the loop: for drains at most once per health
-    /// interval, and for `backend list`/`status`, which wait in `queries` for it.
+    /// The shared persistence scanner (also the metrics', the sweep's and the controller's).
+    scanner: Arc<crate::scan::Scanner>,
+    /// The wait for a scan in flight, and when the last one for drains was asked for.
+    /// Scans run off the loop: for drains at most once per health interval, and for
+    /// `backend list`/`status`, which wait in `queries` (with the oldest scan start they
+    /// accept) for one at most `scan::QUERY_MAX_AGE` old.
     scan: Option<Scan>,
     last_scan: Option<tokio::time::Instant>,
-    queries: Vec<(Request, oneshot::Sender<Response>)>,
+    queries: Vec<(Request, oneshot::Sender<Response>, std::time::Instant)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The slot flag sweep, when `slot_fast_path` is on.
     sweeper: Option<sweep::Sweeper>,
@@ -1025,6 +1042,11 @@ impl Runtime {
         }
     }
 
+    /// The shared persistence scanner, for the metrics (`Metrics::share_scans`).
+    pub fn scanner(&self) -> Arc<crate::scan::Scanner> {
+        Arc::clone(&self.scanner)
+    }
+
     /// Runs one health round over every backend and records the verdicts in `lb` (the
     /// caller applies), binds the control socket and starts the monitor and the socket
     /// server. Call before the maps are first applied and the program attached, so the first
@@ -1040,6 +1062,12 @@ impl Runtime {
         // The socket first: a second daemon with the same socket stops here, before it
         // probes or writes anything.
         let mut socket = ControlSocket::bind(&config.control_socket)?;
+        let scanner = crate::scan::Scanner::new(
+            lb.dataplane()
+                .persistence_scan()
+                .map_err(|e| RuntimeError::State(Box::new(StateError::Dataplane(e))))?,
+        );
+        controller.share_scans(Arc::clone(&scanner));
         info!(socket = %socket.path().display(), "control socket ready");
         let prober = Arc::new(IcmpProber::new()?);
         let monitor = Monitor::new(prober, config.health_check, observer);
@@ -1061,11 +1089,12 @@ impl Runtime {
             reports: reports_rx,
             requests: requests_rx,
             drain_tick,
+            sweeper: sweep::Sweeper::new(&config, Arc::clone(&scanner)),
+            scanner,
             scan: None,
             last_scan: None,
             queries: Vec::new(),
             tasks,
-            sweeper: sweep::Sweeper::new(&config),
         })
     }
 
@@ -1112,33 +1141,12 @@ impl Runtime {
                 self.maybe_scan(lb);
                 effects
             }
-            Event::Scanned(Ok(entries)) => {
-                let now = Clock::now();
-                for (request, reply) in self.queries.drain(..) {
-                    let _ = reply.send(self.controller.answer_with(lb, &request, &entries, now));
-                }
-                self.controller
-                    .end_drains(lb, now, Some(&entries))
-                    .unwrap_or_else(|e| {
-                        warn!("ending drains: {e}");
-                        Effects::default()
-                    })
-            }
-            Event::Scanned(Err(e)) => {
-                let message = crate::error_chain(&e);
-                warn!("reading the persistence map: {message}");
-                for (_, reply) in self.queries.drain(..) {
-                    let _ = reply.send(Response::Error(ApiError::new(
-                        ErrorCode::Internal,
-                        message.clone(),
-                    )));
-                }
-                Effects::default()
-            }
+            Event::Scanned(outcome) => self.scanned(lb, outcome),
             Event::Request(request, reply) if Controller::needs_scan(&request) => {
-                self.queries.push((request, reply));
+                let not_before = crate::scan::ago(crate::scan::QUERY_MAX_AGE);
+                self.queries.push((request, reply, not_before));
                 if self.scan.is_none() {
-                    self.start_scan(lb);
+                    self.start_scan(not_before);
                 }
                 return false;
             }
@@ -1196,16 +1204,59 @@ impl Runtime {
             return;
         }
         self.last_scan = Some(tokio::time::Instant::now());
-        self.start_scan(lb);
+        self.start_scan(crate::scan::ago(every));
     }
 
-    /// Starts a persistence scan in the blocking pool; a failure to start is reported as
-    /// the scan's result.
-    fn start_scan<D: Dataplane>(&mut self, lb: &Balancer<D>) {
-        self.scan = Some(match lb.dataplane().persistence_reader() {
-            Ok(read) => tokio::task::spawn_blocking(read),
-            Err(e) => tokio::spawn(async move { Err(e) }),
-        });
+    /// Waits (off the loop) for a shared scan started at or after `not_before`.
+    fn start_scan(&mut self, not_before: std::time::Instant) {
+        let scanner = Arc::clone(&self.scanner);
+        self.scan = Some(tokio::spawn(async move { scanner.get(not_before).await }));
+    }
+
+    /// A shared scan is at hand: answers the queries it is recent enough for (asks again
+    /// for the others), and ends drains.
+    fn scanned<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        outcome: crate::scan::Outcome,
+    ) -> Effects {
+        let now = Clock::now();
+        let scanned = match outcome.result {
+            Ok(s) => s,
+            Err(e) => {
+                let message = crate::error_chain(&*e);
+                warn!("reading the persistence map: {message}");
+                for (_, reply, _) in self.queries.drain(..) {
+                    let _ = reply.send(Response::Error(ApiError::new(
+                        ErrorCode::Internal,
+                        message.clone(),
+                    )));
+                }
+                return Effects::default();
+            }
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .queries
+            .drain(..)
+            .partition(|q| outcome.started >= q.2);
+        for (request, reply, _) in ready {
+            let _ = reply.send(
+                self.controller
+                    .answer_with(lb, &request, &scanned.entries, now),
+            );
+        }
+        self.queries = waiting;
+        if let Some(oldest) = self.queries.iter().map(|q| q.2).min() {
+            self.start_scan(oldest);
+        }
+        // A truncated scan may have missed a live client: only deadlines end drains then.
+        let entries = (!scanned.truncated()).then_some(scanned.entries.as_slice());
+        self.controller
+            .end_drains(lb, now, entries)
+            .unwrap_or_else(|e| {
+                warn!("ending drains: {e}");
+                Effects::default()
+            })
     }
 }
 

@@ -47,6 +47,9 @@ use tracing::warn;
 
 use crate::dataplane::{probation_as_persist, DataplaneError, PersistEntry};
 
+/// `backend list` and `status` share a scan that started at most this long ago.
+pub const QUERY_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// Entries one `BPF_MAP_LOOKUP_BATCH` call asks for at first (a bucket longer than the room
 /// left, `ENOSPC`, doubles it).
 pub const BATCH: usize = 16_384;
@@ -650,7 +653,7 @@ impl Inner {
         if let Some(o) = s.latest.as_ref().filter(|o| o.started >= not_before) {
             return Some(o.clone());
         }
-        if !s.running.is_some_and(|t| t >= not_before) && !s.wanted {
+        if s.running.is_none_or(|t| t < not_before) && !s.wanted {
             s.wanted = true;
             self.changed.notify_all();
         }

@@ -171,7 +171,7 @@ impl<K: Copy + PartialEq, V: Copy> crate::scan::MapWalk<K, V> for FakeMap<K, V> 
         let calls = self.next_key_calls.get() + 1;
         self.next_key_calls.set(calls);
         let first = self.entries.first().map(|e| e.0);
-        if self.scan.restart_every.is_some_and(|n| calls % n.max(1) == 0) {
+        if self.scan.restart_every.is_some_and(|n| calls.is_multiple_of(n.max(1))) {
             return Ok(first);
         }
         let Some(key) = key else {

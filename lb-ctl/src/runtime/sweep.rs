@@ -1,23 +1,25 @@
 //! The slot flag sweep (`state.rs`, "Slot flags"): while `slot_fast_path` is on, every
 //! `persistence_timeout`/4 (at least a second; the first right after start) the daemon takes
-//! a ticket on its loop, reads `PERSIST_V4` and `PROBATION_V4` in the blocking pool after
-//! [`SWEEP_GRACE`], and clears, back on the loop, the `RING_F_CHANGED` flags no live entry
-//! needs any more. Like the drain scan it costs two syscalls per entry and never blocks the
-//! loop.
+//! a ticket on its loop, waits [`SWEEP_GRACE`], takes `PERSIST_V4` and `PROBATION_V4` from
+//! the daemon's shared persistence scan (one that started after the grace: the scanner
+//! runs it, or it is already running or done for a scrape or a query), and clears, back on
+//! the loop, the `RING_F_CHANGED` flags no live entry needs any more. A truncated scan
+//! (stopped at `max_entries` visits under churn) may miss a live entry: the sweep fails and
+//! the next one retries. Nothing of it blocks the loop.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use lb_common::{PersistKeyV4, PersistValue};
 use tracing::{debug, warn};
 
 use super::Clock;
 use crate::{
     config::Config,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::Dataplane,
+    scan::{Outcome, Scanner},
     state::{Balancer, SweepTicket, SWEEP_GRACE},
 };
 
-type Read = Result<Vec<(PersistKeyV4, PersistValue)>, DataplaneError>;
+type Read = Outcome;
 
 /// Told of every finished sweep: `Ok(flags cleared)` or `Err(())` when it failed (for
 /// `ikelb_slot_sweeps_total{result}` and `ikelb_slot_flags_cleared_total`).
@@ -37,6 +39,7 @@ pub struct Sweeper {
     timeout_ticks: u32,
     running: Option<(SweepTicket, tokio::task::JoinHandle<Read>)>,
     observer: Option<SweepObserver>,
+    scanner: Arc<Scanner>,
 }
 
 /// How often flags are swept: a quarter of the persistence timeout, at least a second.
@@ -47,7 +50,7 @@ pub fn sweep_interval(config: &Config) -> Duration {
 impl Sweeper {
     /// A sweeper when the fast path is on (flags only matter then; without sweeps they only
     /// accumulate, which is safe).
-    pub fn new(config: &Config) -> Option<Self> {
+    pub fn new(config: &Config, scanner: Arc<Scanner>) -> Option<Self> {
         if !config.slot_fast_path {
             return None;
         }
@@ -58,6 +61,7 @@ impl Sweeper {
             timeout_ticks: config.persist_timeout_ticks(),
             running: None,
             observer: None,
+            scanner,
         })
     }
 
@@ -88,10 +92,10 @@ impl Sweeper {
                     return;
                 }
                 let ticket = lb.sweep_ticket(Clock::now().tick);
-                let read = lb.dataplane().persistence_v4_reader();
-                let task = tokio::task::spawn_blocking(move || {
-                    std::thread::sleep(SWEEP_GRACE);
-                    read.and_then(|read| read())
+                let scanner = Arc::clone(&self.scanner);
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep(SWEEP_GRACE).await;
+                    scanner.get(std::time::Instant::now()).await
                 });
                 self.running = Some((ticket, task));
             }
@@ -100,9 +104,13 @@ impl Sweeper {
                     return;
                 };
                 match read
-                    .map_err(|e| crate::error_chain(&e))
-                    .and_then(|entries| {
-                        lb.clear_flags(ticket, &entries, self.timeout_ticks)
+                    .result
+                    .map_err(|e| crate::error_chain(&*e))
+                    .and_then(|scanned| {
+                        if scanned.truncated() {
+                            return Err("the persistence scan was truncated".to_owned());
+                        }
+                        lb.clear_flags(ticket, &scanned.v4, self.timeout_ticks)
                             .map_err(|e| crate::error_chain(&e))
                     }) {
                     Ok(r) => {
