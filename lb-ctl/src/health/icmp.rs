@@ -141,6 +141,15 @@ impl Pinger {
             source,
         };
         let (kind, fd) = open_socket(family).map_err(socket_error)?;
+        Self::start(family, kind, fd)
+    }
+
+    /// Takes `fd` (an ICMP socket of `kind`) into use: identifier, filter, receiving task.
+    fn start(family: Family, kind: Kind, fd: OwnedFd) -> Result<Self, HealthError> {
+        let socket_error = |source| HealthError::Socket {
+            kind: family.name(),
+            source,
+        };
         let ident = match kind {
             Kind::Raw => {
                 if let Err(e) = filter_raw(&fd, family) {
@@ -568,6 +577,65 @@ mod tests {
         random_bytes(&mut a).unwrap();
         random_bytes(&mut b).unwrap();
         assert_ne!(a, b, "two random tokens alike");
+    }
+
+    /// The ping-socket path (what an unprivileged daemon uses): in a private network
+    /// namespace whose `ping_group_range` admits root, on a thread of its own. Root only.
+    #[test]
+    fn a_ping_socket_is_bound_to_its_random_identifier_and_answered() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP a_ping_socket_is_bound_to_its_random_identifier_and_answered: needs root (a private network namespace)");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: moves only this thread into a fresh network namespace.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "unshare: {}",
+                io::Error::last_os_error()
+            );
+            // /proc/sys/net follows the opening thread's namespace.
+            std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0").unwrap();
+            let lo = std::ffi::CString::new("lo").unwrap();
+            let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP).unwrap();
+            // SAFETY: ifreq is plain old data; SIOCGIFFLAGS/SIOCSIFFLAGS read and write it.
+            unsafe {
+                let mut ifr: libc::ifreq = mem::zeroed();
+                for (d, s) in ifr.ifr_name.iter_mut().zip(lo.as_bytes()) {
+                    *d = *s as libc::c_char;
+                }
+                assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr), 0);
+                ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr), 0);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let pinger = Pinger::start(Family::V4, Kind::Ping, fd).expect("ping socket");
+                assert_ne!(pinger.ident, 0);
+                let prober = IcmpProber {
+                    v4: Arc::new(pinger),
+                    v6: None,
+                };
+                for _ in 0..2 {
+                    let p = prober
+                        .probe(Ipv4Addr::LOCALHOST.into(), Duration::from_secs(2))
+                        .await;
+                    assert_eq!(p.outcome, ProbeOutcome::Success, "{p:?}");
+                }
+                let p = prober
+                    .probe(Ipv6Addr::LOCALHOST.into(), Duration::from_secs(2))
+                    .await;
+                assert_eq!(p.outcome, ProbeOutcome::Error);
+                assert_eq!(p.error.as_deref(), Some("no ICMPv6 socket"));
+            });
+        })
+        .join()
+        .expect("the namespace thread");
     }
 
     /// The real socket against the kernel's own echo replies on loopback. Needs a raw socket
