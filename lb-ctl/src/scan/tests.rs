@@ -317,3 +317,159 @@ fn a_failed_scan_is_shared_as_an_error_and_the_next_caller_retries() {
     assert!(o.result.is_ok());
     assert_eq!(o.seq, 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// A real LRU hash map (root)
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A standalone `BPF_MAP_TYPE_LRU_HASH` of `PersistKeyV4 → PersistValue`.
+fn lru_map(max_entries: u32) -> MapData {
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
+        size_of::<PersistKeyV4>() as u32,
+        size_of::<PersistValue>() as u32,
+        max_entries,
+        0,
+    );
+    MapData::create(obj, "scan_test", None).expect("creating an LRU hash map")
+}
+
+fn dup(data: &MapData) -> OwnedFd {
+    data.fd().as_fd().try_clone_to_owned().unwrap()
+}
+
+fn writer(data: &MapData) -> aya::maps::HashMap<MapData, PersistKeyV4, PersistValue> {
+    let m = aya::maps::Map::LruHashMap(MapData::from_fd(dup(data)).unwrap());
+    aya::maps::HashMap::try_from(m).unwrap()
+}
+
+fn insert_range(
+    m: &mut aya::maps::HashMap<MapData, PersistKeyV4, PersistValue>,
+    keys: std::ops::Range<u32>,
+) {
+    for i in keys {
+        let v = PersistValue {
+            backend: 1,
+            atime: i,
+            ..PersistValue::default()
+        };
+        m.insert(key(i), v, 0).unwrap();
+    }
+}
+
+/// The kernel's map with the batch command refused, as on a kernel without it.
+struct NoBatch<'a>(&'a BpfMap<PersistKeyV4, PersistValue>);
+
+impl MapWalk<PersistKeyV4, PersistValue> for NoBatch<'_> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn max_entries(&self) -> u32 {
+        self.0.max_entries()
+    }
+    fn lookup_batch(
+        &self,
+        _: Option<u64>,
+        _: usize,
+        _: &mut Vec<PersistKeyV4>,
+        _: &mut Vec<PersistValue>,
+    ) -> io::Result<Option<u64>> {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+    fn next_key(&self, key: Option<&PersistKeyV4>) -> io::Result<Option<PersistKeyV4>> {
+        self.0.next_key(key)
+    }
+    fn lookup(&self, key: &PersistKeyV4) -> io::Result<Option<PersistValue>> {
+        self.0.lookup(key)
+    }
+}
+
+const FILL: u32 = 100_000;
+
+#[test]
+fn root_a_batch_walk_of_a_real_lru_map_reads_each_key_exactly_once() {
+    if !is_root() {
+        eprintln!("skipped: needs root (creates a BPF map)");
+        return;
+    }
+    // Twice the room: nothing is evicted while filling.
+    let data = lru_map(2 * FILL);
+    insert_range(&mut writer(&data), 0..FILL);
+    let map = BpfMap::<PersistKeyV4, PersistValue>::from_fd(dup(&data), "scan_test").unwrap();
+    assert_eq!(map.max_entries(), 2 * FILL);
+    let w = walk(&map).unwrap();
+    assert!(w.stats.batched, "BPF_MAP_LOOKUP_BATCH is used: {:?}", w.stats);
+    assert!(!w.stats.truncated);
+    assert_eq!(w.stats.duplicates, 0);
+    assert_eq!(w.stats.visited, u64::from(FILL));
+    assert_eq!(sorted_keys(&w), (0..FILL).collect::<Vec<_>>());
+    assert!(w.entries.iter().all(|(k, v)| v.atime == k.client));
+    // The fallback reads the same.
+    let f = walk(&NoBatch(&map)).unwrap();
+    assert!(!f.stats.batched && !f.stats.truncated);
+    assert_eq!(sorted_keys(&f), (0..FILL).collect::<Vec<_>>());
+}
+
+#[test]
+fn root_batch_walks_under_insert_churn_end_with_no_duplicates_and_at_most_max_entries() {
+    if !is_root() {
+        eprintln!("skipped: needs root (creates a BPF map)");
+        return;
+    }
+    use std::sync::atomic::AtomicBool;
+    // A full map, and a thread inserting fresh keys (each evicting an older one) meanwhile.
+    let data = lru_map(FILL);
+    insert_range(&mut writer(&data), 0..FILL);
+    let map = BpfMap::<PersistKeyV4, PersistValue>::from_fd(dup(&data), "scan_test").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserted = Arc::new(AtomicUsize::new(0));
+    let churn = {
+        let (stop, inserted) = (Arc::clone(&stop), Arc::clone(&inserted));
+        let mut m = writer(&data);
+        thread::spawn(move || {
+            let mut next = FILL;
+            while !stop.load(Ordering::Relaxed) {
+                insert_range(&mut m, next..next + 64);
+                next += 64;
+                inserted.fetch_add(64, Ordering::Relaxed);
+            }
+        })
+    };
+    // Walk until the churn has replaced the whole map twice (at least three walks).
+    let mut walks = Vec::new();
+    let mut fallback = Vec::new();
+    while walks.len() < 3 || inserted.load(Ordering::Relaxed) < 2 * FILL as usize {
+        let w = walk(&map).unwrap();
+        assert!(w.stats.batched);
+        assert_eq!(
+            w.stats.duplicates, 0,
+            "a batch walk reads each bucket once: {:?}",
+            w.stats
+        );
+        assert!(w.stats.visited <= u64::from(FILL), "{:?}", w.stats);
+        assert!(w.entries.len() <= FILL as usize);
+        walks.push(w.stats);
+        // The GET_NEXT_KEY fallback under the same churn: capped just the same.
+        let f = walk(&NoBatch(&map)).unwrap();
+        assert!(f.stats.visited <= u64::from(FILL), "{:?}", f.stats);
+        assert_eq!(f.stats.visited, f.entries.len() as u64 + f.stats.duplicates);
+        fallback.push(f.stats);
+        assert!(walks.len() < 10_000, "the churn thread stalled");
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    eprintln!(
+        "{} batch walks under churn ({} inserts): entries {:?}, truncated {}; GET_NEXT_KEY \
+         walks: duplicates {:?}, truncated {}",
+        walks.len(),
+        inserted.load(Ordering::Relaxed),
+        walks.iter().map(|w| w.visited).collect::<Vec<_>>(),
+        walks.iter().filter(|w| w.truncated).count(),
+        fallback.iter().map(|w| w.duplicates).collect::<Vec<_>>(),
+        fallback.iter().filter(|w| w.truncated).count(),
+    );
+}
