@@ -131,8 +131,10 @@ impl UdpProbe {
             .send_to(STATS_QUERY, to)
             .with_context(|| format!("send to {to}"))?;
         let deadline = Instant::now() + timeout;
-        while let Some((_, answer)) = self.recv(deadline)? {
-            if let Answer::Stats(s) = answer {
+        while let Some((from, answer)) = self.recv(deadline)? {
+            // A late answer to an earlier query (to another responder, on a slow machine such
+            // as an emulated kernel of the matrix) is not this one's.
+            if let (Answer::Stats(s), true) = (answer, from == to) {
                 return Ok(Some(s));
             }
         }
