@@ -6,8 +6,9 @@
 //!   `net.ipv4.ping_group_range` includes our group). A raw socket sees every ICMP message the
 //!   host receives, errors included; a kernel filter (`ICMP_FILTER`, `ICMP6_FILTER`) keeps it to
 //!   echo replies and error messages. A ping socket gets only echo replies carrying its
-//!   identifier: ICMP errors never reach it, so behind an unreachable route its probes fail by
-//!   timeout instead of with the error.
+//!   identifier; ICMP errors about its requests come to its error queue (`IP_RECVERR`,
+//!   `IPV6_RECVERR`: ip(7), ipv6(7)) with the sender, type, code, our request's destination
+//!   and the quoted request, and go through the same rule.
 //! * **Unpredictable probes**: the identifier is random per socket (a ping socket is bound to
 //!   it), the sequence number starts at a random value, and every request carries a fresh
 //!   random 16-byte token after the fixed text `ikelb health check `. The reply must return
@@ -20,7 +21,7 @@ use std::{
     collections::HashMap,
     io, mem,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicU16, Ordering},
         Arc, Mutex,
@@ -28,10 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::UdpSocket, sync::oneshot, task::JoinHandle};
+use tokio::{io::Interest, net::UdpSocket, sync::oneshot, task::JoinHandle};
 use tracing::{debug, trace};
 
-use super::packet::{self, Expected, Family, Verdict};
+use super::packet::{self, Expected, Family, Received, Verdict};
 use super::{HealthError, Probe, ProbeOutcome, Prober};
 
 /// Fixed start of every echo request's data (for whoever reads a packet capture); the random
@@ -160,7 +161,21 @@ impl Pinger {
                 }
                 random_u16().map_err(|source| HealthError::Random { source })?
             }
-            Kind::Ping => bind_ident(&fd, family)?,
+            Kind::Ping => {
+                // ICMP errors about our requests come to the error queue (read by `receive`).
+                let on: libc::c_int = 1;
+                let (level, name) = match family {
+                    Family::V4 => (libc::SOL_IP, libc::IP_RECVERR),
+                    Family::V6 => (libc::SOL_IPV6, libc::IPV6_RECVERR),
+                };
+                if let Err(e) = setsockopt(&fd, level, name, &on) {
+                    debug!(
+                        "{} ping socket: no error queue ({e}): ICMP errors will look like timeouts",
+                        family.name()
+                    );
+                }
+                bind_ident(&fd, family)?
+            }
         };
         let seq = random_u16().map_err(|source| HealthError::Random { source })?;
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(fd)).map_err(socket_error)?;
@@ -267,13 +282,36 @@ impl Drop for Registration<'_> {
 
 async fn receive(socket: Arc<UdpSocket>, family: Family, kind: Kind, waiting: Arc<Waiting>) {
     let mut buf = vec![0u8; 4096];
+    let mut quoted = vec![0u8; 2048];
+    let fd = socket.as_raw_fd();
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => dispatch(family, kind, &waiting, from.ip(), &buf[..n]),
-            Err(e) => {
-                debug!("{} health-check socket: receiving: {e}", family.name());
-                // Never spin on an error that repeats.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => dispatch(family, kind, &waiting, from.ip(), &buf[..n]),
+                Err(e) => {
+                    // On a ping socket, an ICMP error also sets the socket's pending error,
+                    // which one receive returns: the error queue has the details. Read it
+                    // now rather than rely on the error readiness alone.
+                    debug!("{} health-check socket: receiving: {e}", family.name());
+                    if kind == Kind::Ping {
+                        while let Ok(queued) = read_error_queue(fd, &mut quoted) {
+                            dispatch_queued(family, &waiting, &queued, &quoted);
+                        }
+                    }
+                    // Never spin on an error that repeats.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            },
+            r = socket.async_io(Interest::ERROR, || read_error_queue(fd, &mut quoted)),
+                if kind == Kind::Ping =>
+            {
+                match r {
+                    Ok(queued) => dispatch_queued(family, &waiting, &queued, &quoted),
+                    Err(e) => {
+                        debug!("{} health-check socket: error queue: {e}", family.name());
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
             }
         }
     }
@@ -282,13 +320,13 @@ async fn receive(socket: Arc<UdpSocket>, family: Family, kind: Kind, waiting: Ar
 /// Hands one received message to the probe it answers, if any (see [`packet::classify`]).
 fn dispatch(family: Family, kind: Kind, waiting: &Waiting, from: IpAddr, msg: &[u8]) {
     let with_ip_header = kind == Kind::Raw && family == Family::V4;
-    let received = match packet::parse(family, with_ip_header, msg) {
-        Ok(r) => r,
-        Err(e) => {
-            trace!(%from, "{} message ignored: {e}", family.name());
-            return;
-        }
-    };
+    match packet::parse(family, with_ip_header, msg) {
+        Ok(received) => deliver(family, waiting, from, &received),
+        Err(e) => trace!(%from, "{} message ignored: {e}", family.name()),
+    }
+}
+
+fn deliver(family: Family, waiting: &Waiting, from: IpAddr, received: &Received<'_>) {
     let Some(seq) = received.seq() else {
         return;
     };
@@ -297,7 +335,7 @@ fn dispatch(family: Family, kind: Kind, waiting: &Waiting, from: IpAddr, msg: &[
         trace!(%from, seq, "{} message for no probe of ours", family.name());
         return;
     };
-    let answer = match packet::classify(&waiter.expected, from, &received) {
+    let answer = match packet::classify(&waiter.expected, from, received) {
         Verdict::Alive => Ok(()),
         Verdict::Failed(reason) => Err(reason),
         Verdict::NotOurs(why) => {
@@ -308,6 +346,124 @@ fn dispatch(family: Family, kind: Kind, waiting: &Waiting, from: IpAddr, msg: &[
     let waiter = map.remove(&seq).expect("looked up above");
     // The probe may have timed out meanwhile: nobody to tell.
     let _ = waiter.tx.send(answer);
+}
+
+/// An ICMP error from a ping socket's error queue (`IP_RECVERR`, `IPV6_RECVERR`; ip(7),
+/// ipv6(7)): who sent it, its type and code, where our request went, and how many bytes of
+/// the request (ICMP header and data, as quoted) were read.
+#[derive(Debug)]
+struct Queued {
+    offender: Option<IpAddr>,
+    origin: u8,
+    icmp_type: u8,
+    code: u8,
+    dst: Option<IpAddr>,
+    len: usize,
+}
+
+/// Turns a queued error into the [`Received::Error`] of [`packet::parse`] and delivers it.
+fn dispatch_queued(family: Family, waiting: &Waiting, q: &Queued, quoted: &[u8]) {
+    let origin = match family {
+        Family::V4 => libc::SO_EE_ORIGIN_ICMP,
+        Family::V6 => libc::SO_EE_ORIGIN_ICMP6,
+    };
+    let request = match family {
+        Family::V4 => packet::ECHO_REQUEST_V4,
+        Family::V6 => packet::ECHO_REQUEST_V6,
+    };
+    let quoted = &quoted[..q.len.min(quoted.len())];
+    let (Some(from), Some(dst)) = (q.offender, q.dst) else {
+        trace!("{} error queue: no addresses ({q:?})", family.name());
+        return;
+    };
+    if q.origin != origin || quoted.len() < 8 || quoted[0] != request {
+        trace!(
+            "{} error queue: not an ICMP error about an echo request ({q:?})",
+            family.name()
+        );
+        return;
+    }
+    let received = Received::Error {
+        error: packet::IcmpError {
+            family,
+            icmp_type: q.icmp_type,
+            code: q.code,
+        },
+        quoted_dst: dst,
+        ident: u16::from_be_bytes([quoted[4], quoted[5]]),
+        seq: u16::from_be_bytes([quoted[6], quoted[7]]),
+        payload: &quoted[8..],
+    };
+    deliver(family, waiting, from, &received);
+}
+
+fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    // SAFETY: the kernel wrote a sockaddr_in or sockaddr_in6 here, as `sa_family` says; read
+    // unaligned (inside a control message or a sockaddr_storage).
+    unsafe {
+        match i32::from(std::ptr::read_unaligned(sa).sa_family) {
+            libc::AF_INET => {
+                let sin = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
+                Some(IpAddr::V4(u32::from_be(sin.sin_addr.s_addr).into()))
+            }
+            libc::AF_INET6 => {
+                let sin6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
+                Some(IpAddr::V6(sin6.sin6_addr.s6_addr.into()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Reads one message of `fd`'s error queue into `quoted` (`WouldBlock` when empty).
+fn read_error_queue(fd: RawFd, quoted: &mut [u8]) -> io::Result<Queued> {
+    // SAFETY: plain old data; every pointer handed to recvmsg points into these locals,
+    // valid for the lengths given; control messages are read within msg_controllen through
+    // the CMSG_* helpers, and the extended error (and the offender address behind it) with
+    // unaligned reads.
+    unsafe {
+        let mut name: libc::sockaddr_storage = mem::zeroed();
+        let mut control = [0u64; 64];
+        let mut iov = libc::iovec {
+            iov_base: quoted.as_mut_ptr().cast(),
+            iov_len: quoted.len(),
+        };
+        let mut msg: libc::msghdr = mem::zeroed();
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = mem::size_of_val(&name) as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut queued = Queued {
+            offender: None,
+            origin: 0,
+            icmp_type: 0,
+            code: 0,
+            dst: sockaddr_ip((&name as *const libc::sockaddr_storage).cast()),
+            len: n as usize,
+        };
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = std::ptr::read_unaligned(cmsg);
+            if (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
+                || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR)
+            {
+                let ee = libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>();
+                let e = std::ptr::read_unaligned(ee);
+                queued.origin = e.ee_origin;
+                queued.icmp_type = e.ee_type;
+                queued.code = e.ee_code;
+                queued.offender = sockaddr_ip(libc::SO_EE_OFFENDER(ee));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(queued)
+    }
 }
 
 fn open_socket(family: Family) -> io::Result<(Kind, OwnedFd)> {
@@ -579,13 +735,45 @@ mod tests {
         assert_ne!(a, b, "two random tokens alike");
     }
 
-    /// The ping-socket path (what an unprivileged daemon uses): in a private network
-    /// namespace whose `ping_group_range` admits root, on a thread of its own. Root only.
+    /// Loads an nftables ruleset in the calling thread's network namespace; `false` (and
+    /// why) when `nft` is missing or refuses.
+    fn nft(ruleset: &str) -> bool {
+        use std::io::Write as _;
+        let child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("note: no nft ({e})");
+                return false;
+            }
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            eprintln!("note: nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        out.status.success()
+    }
+
+    /// The ping-socket path (what a daemon without CAP_NET_RAW uses): in a private network
+    /// namespace whose `ping_group_range` admits root, on a thread of its own. Echo replies
+    /// make it succeed; an nftables rule that rejects our echo requests with host
+    /// (address) unreachable makes it fail at once with that reason, read from the socket's
+    /// error queue. Root only.
     #[test]
-    fn a_ping_socket_is_bound_to_its_random_identifier_and_answered() {
+    fn a_ping_socket_gets_replies_and_icmp_errors() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP a_ping_socket_is_bound_to_its_random_identifier_and_answered: needs root (a private network namespace)");
+            eprintln!("SKIP a_ping_socket_gets_replies_and_icmp_errors: needs root (a private network namespace)");
             return;
         }
         std::thread::spawn(|| {
@@ -610,6 +798,7 @@ mod tests {
                 ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
                 assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &mut ifr), 0);
             }
+            let fd6 = socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6).ok();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -617,21 +806,51 @@ mod tests {
             rt.block_on(async {
                 let pinger = Pinger::start(Family::V4, Kind::Ping, fd).expect("ping socket");
                 assert_ne!(pinger.ident, 0);
+                let v6 = fd6.map(|fd| Arc::new(Pinger::start(Family::V6, Kind::Ping, fd).unwrap()));
                 let prober = IcmpProber {
                     v4: Arc::new(pinger),
-                    v6: None,
+                    v6,
                 };
-                for _ in 0..2 {
-                    let p = prober
-                        .probe(Ipv4Addr::LOCALHOST.into(), Duration::from_secs(2))
-                        .await;
-                    assert_eq!(p.outcome, ProbeOutcome::Success, "{p:?}");
+                let timeout = Duration::from_secs(2);
+                let mut targets = vec![IpAddr::from(Ipv4Addr::LOCALHOST)];
+                if prober.v6.is_some() {
+                    targets.push(Ipv6Addr::LOCALHOST.into());
+                } else {
+                    eprintln!("note: no ICMPv6 ping socket, ::1 not probed");
                 }
-                let p = prober
-                    .probe(Ipv6Addr::LOCALHOST.into(), Duration::from_secs(2))
-                    .await;
-                assert_eq!(p.outcome, ProbeOutcome::Error);
-                assert_eq!(p.error.as_deref(), Some("no ICMPv6 socket"));
+                for &t in &targets {
+                    for _ in 0..2 {
+                        let p = prober.probe(t, timeout).await;
+                        assert_eq!(p.outcome, ProbeOutcome::Success, "{t}: {p:?}");
+                    }
+                }
+                if !nft("table ip ikelb_test {\n\
+                       chain inp {\n\
+                         type filter hook input priority 0; policy accept;\n\
+                         icmp type echo-request reject with icmp type host-unreachable\n\
+                       }\n\
+                     }\n\
+                     table ip6 ikelb_test {\n\
+                       chain inp {\n\
+                         type filter hook input priority 0; policy accept;\n\
+                         icmpv6 type echo-request reject with icmpv6 type addr-unreachable\n\
+                       }\n\
+                     }\n")
+                {
+                    eprintln!("note: ICMP errors on ping sockets not tested");
+                    return;
+                }
+                let reasons = [
+                    "ICMP destination unreachable (host unreachable) from 127.0.0.1",
+                    "ICMPv6 destination unreachable (address unreachable) from ::1",
+                ];
+                for (&t, reason) in targets.iter().zip(reasons) {
+                    let p = prober.probe(t, timeout).await;
+                    assert_eq!(p.outcome, ProbeOutcome::Error, "{t}: {p:?}");
+                    assert_eq!(p.error.as_deref(), Some(reason));
+                    assert!(p.duration < timeout, "{p:?}");
+                }
+                assert!(prober.v4.waiting.lock().unwrap().is_empty());
             });
         })
         .join()
