@@ -651,13 +651,20 @@ fn call_with_limit(path: &Path, request: &Request, limit: usize) -> Result<Respo
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(io)?;
+    // A daemon that refuses the connection (forbidden, busy) answers and closes without
+    // reading: the write may fail (EPIPE) while its answer waits to be read. Read first,
+    // report the write error only when there is no answer.
+    let wrote = (&stream).write_all(&line);
     // One byte more than the limit tells a line of exactly `limit` bytes from a longer one.
     let mut answer = Vec::new();
-    BufReader::with_capacity(1 << 16, &stream)
+    let read = BufReader::with_capacity(1 << 16, &stream)
         .take(limit as u64 + 1)
-        .read_until(b'\n', &mut answer)
-        .map_err(io)?;
+        .read_until(b'\n', &mut answer);
+    match (wrote, read) {
+        (Err(e), _) if answer.is_empty() => return Err(io(e)),
+        (_, Err(e)) if answer.is_empty() => return Err(io(e)),
+        _ => {}
+    }
     if answer.is_empty() {
         return Err(ClientError::NoAnswer {
             path: path.to_owned(),
@@ -1037,6 +1044,52 @@ mod tests {
             !rt.block_on(reached).unwrap(),
             "the refused request never reached the daemon"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+
+    /// Every slot mid-request (the daemon has not answered yet): a new connection gets one
+    /// `busy` line and is closed; the held request is still answered afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_over_the_cap_is_told_busy_when_every_slot_is_mid_request() {
+        let dir = std::env::temp_dir().join(format!("ikelb-api-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ctl.sock");
+        let mut sock = ControlSocket::bind(&path).unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(4);
+        let server = tokio::spawn(async move {
+            sock.serve_with(tx, limits).await;
+            sock
+        });
+        let p = path.clone();
+        let first = tokio::task::spawn_blocking(move || call(&p, &Request::Status));
+        // The request is with the daemon: its connection is busy.
+        let (req, reply) = rx.recv().await.unwrap();
+        assert_eq!(req, Request::Status);
+        let p = path.clone();
+        let second = tokio::task::spawn_blocking(move || call(&p, &Request::BackendList))
+            .await
+            .unwrap()
+            .unwrap();
+        let Response::Error(e) = second else {
+            panic!("{second:?}")
+        };
+        assert_eq!(e.code, ErrorCode::Busy);
+        assert_eq!(
+            e.message,
+            "the daemon is serving 1 control connections, each in the middle of a request; try again"
+        );
+        let _ = reply.send(Response::Ok(Reply::Backends { backends: vec![] }));
+        assert_eq!(
+            first.await.unwrap().unwrap(),
+            Response::Ok(Reply::Backends { backends: vec![] })
+        );
+        drop(rx);
+        drop(server.await.unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

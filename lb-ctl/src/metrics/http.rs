@@ -56,7 +56,14 @@ impl Default for Limits {
 
 /// What a connection over the cap gets before it is closed, when every slot is serving a
 /// request.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 42\r\nConnection: close\r\nRetry-After: 1\r\n\r\nikelb: too many metrics connections, retry\n";
+fn busy_response() -> Vec<u8> {
+    const BODY: &str = "ikelb: too many metrics connections, retry\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{BODY}",
+        BODY.len()
+    )
+    .into_bytes()
+}
 
 /// Content type of the Prometheus text exposition format 0.0.4.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -122,7 +129,7 @@ pub fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, limits: Limits) 
                 Admit::Slot(s) => s,
                 Admit::Busy => {
                     // A fresh socket's send buffer takes these few bytes without waiting.
-                    let _ = stream.try_write(BUSY);
+                    let _ = stream.try_write(&busy_response());
                     continue;
                 }
             };
@@ -326,6 +333,92 @@ mod tests {
                 closed += usize::from(closed_by_server(s, Duration::from_secs(20)));
             }
             assert_eq!(closed, 13);
+        })
+        .await
+        .unwrap();
+        task.abort();
+    }
+
+    /// A data path whose counters are read only when the gate opens: a scrape in progress.
+    /// `entered` says the scrape has begun.
+    struct Gated {
+        entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl StatsSource for Gated {
+        fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
+            let _ = self.entered.lock().unwrap().send(());
+            // Bounded: a broken test must not hang the suite.
+            let _ = self.gate.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            Ok(vec![])
+        }
+        fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+            Ok(vec![])
+        }
+        fn backend_traffic(&self, _: u32) -> Result<[lb_common::Traffic; 2], DataplaneError> {
+            Ok(Default::default())
+        }
+        fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
+            Ok(vec![])
+        }
+    }
+
+    /// The only slot mid-scrape: a new connection gets a well-formed 503 and is closed; the
+    /// scrape in progress completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_over_the_cap_gets_503_when_every_slot_is_mid_request() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let metrics = Arc::new(
+            Metrics::new(
+                Arc::new(Gated {
+                    entered: std::sync::Mutex::new(entered_tx),
+                    gate: std::sync::Mutex::new(gate),
+                }),
+                1,
+                Capacity {
+                    persistence: 1,
+                    probation: 1,
+                },
+            )
+            .unwrap(),
+        );
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = serve_with(
+            listener,
+            metrics,
+            Limits {
+                max_connections: 1,
+                header_read_timeout: Duration::from_secs(60),
+            },
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut first = std::net::TcpStream::connect(addr).unwrap();
+            first
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            first
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            entered
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the first scrape began");
+            let mut second = std::net::TcpStream::connect(addr).unwrap();
+            second
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut out = String::new();
+            second.read_to_string(&mut out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+            let (head, body) = out.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{out}");
+            assert_eq!(body, "ikelb: too many metrics connections, retry\n");
+            open.send(()).unwrap();
+            let mut text = String::new();
+            first.read_to_string(&mut text).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         })
         .await
         .unwrap();
