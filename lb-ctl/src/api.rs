@@ -386,6 +386,11 @@ impl ControlSocket {
                     .recursive(true)
                     .mode(0o700)
                     .create(dir)
+                    // The mode above passes through the umask, which another thread may
+                    // have changed for a moment (the bind below does): set it outright.
+                    .and_then(|()| {
+                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    })
                     .map_err(|source| SocketError::CreateDir {
                         path: dir.to_owned(),
                         source,
