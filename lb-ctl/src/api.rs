@@ -54,7 +54,7 @@ use tracing::debug;
 
 use crate::{
     health::HealthState,
-    listen::{AcceptErrors, Admit, Slot, Slots, TIMED_OUT},
+    listen::{out_of_descriptors, AcceptErrors, Admit, Slot, Slots, EVICT_PAUSE, TIMED_OUT},
 };
 
 /// Longest request line the daemon accepts, newline included.
@@ -479,7 +479,11 @@ impl ControlSocket {
                         }
                     }
                     Err(e) => {
-                        let pause = errors.failed(&e);
+                        let mut pause = errors.failed(&e);
+                        // Out of descriptors: the connection idle longest gives its up.
+                        if out_of_descriptors(&e) && slots.evict_idle() {
+                            pause = EVICT_PAUSE;
+                        }
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
                             () = requests.closed() => return,

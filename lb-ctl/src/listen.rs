@@ -8,7 +8,8 @@
 //! the middle of a request is the new connection told "busy" and closed at once. A real
 //! client (lb-ctl, a Prometheus scrape) sends its request as soon as it connects, so a pile
 //! of idle connections cannot lock it out; idle ones are also closed by the listeners' own
-//! timeouts. docs/operations.md, "Limits and faults".
+//! timeouts. A listener out of descriptors (`EMFILE`) closes the connection idle longest
+//! to free one, and otherwise backs off. docs/operations.md, "Limits and faults".
 
 use std::{
     collections::BTreeMap,
@@ -132,25 +133,34 @@ impl Slots {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Closes the connection that has waited longest without a request, to free its
+    /// descriptor (the listener is out of them); false when every connection is busy.
+    pub fn evict_idle(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(victim) = inner
+            .conns
+            .iter()
+            .find(|(_, e)| e.busy == 0)
+            .map(|(&id, _)| id)
+        else {
+            return false;
+        };
+        let e = inner.conns.remove(&victim).expect("just found");
+        e.evict.notify_one();
+        EVICTED.with_label_values(&[self.listener]).inc();
+        true
+    }
+
     /// A slot for a just-accepted connection: a free one, else the one of the oldest
     /// connection without a request in progress (which is told to close), else none.
     pub fn admit(&self) -> Admit {
-        let mut inner = self.lock();
-        if inner.conns.len() >= self.cap {
-            let victim = inner
-                .conns
-                .iter()
-                .find(|(_, e)| e.busy == 0)
-                .map(|(&id, _)| id);
-            let Some(victim) = victim else {
-                REFUSED.with_label_values(&[self.listener]).inc();
-                return Admit::Busy;
-            };
-            let e = inner.conns.remove(&victim).expect("just found");
-            // notify_one keeps the permit if the connection is not waiting right now.
-            e.evict.notify_one();
-            EVICTED.with_label_values(&[self.listener]).inc();
+        if self.len() >= self.cap && !self.evict_idle() {
+            REFUSED.with_label_values(&[self.listener]).inc();
+            return Admit::Busy;
         }
+        // notify_one (in evict_idle) keeps the permit if the evicted connection is not
+        // waiting right now.
+        let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
         let evict = Arc::new(Notify::new());
@@ -241,19 +251,33 @@ impl Drop for Busy {
 }
 
 /// First back-off after a failed accept; doubled on each further failure up to
-/// [`ACCEPT_BACKOFF_MAX`].
+/// [`ACCEPT_BACKOFF_MAX`], back to the minimum after an accept succeeds.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Failed accepts of one listener: counted, logged once per burst (the first failure, and
-/// one line when accepts work again), with an exponential back-off so a listener out of
-/// descriptors neither spins nor floods the log.
+/// After closing an idle connection for its descriptor ([`Slots::evict_idle`]): a moment
+/// for its task to close it before the next accept.
+pub const EVICT_PAUSE: Duration = Duration::from_millis(1);
+
+/// A burst of failed accepts ends after this long without one.
+pub const ACCEPT_QUIET: Duration = Duration::from_secs(10);
+
+/// Whether a failed accept means this process (or the system) is out of descriptors.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Failed accepts of one listener: counted, logged once per burst (the first failure of a
+/// burst, and the burst's count at the first accept after [`ACCEPT_QUIET`] without a
+/// failure), with an exponential back-off so a listener out of descriptors neither spins
+/// nor floods the log.
 #[derive(Debug)]
 pub struct AcceptErrors {
     listener: &'static str,
-    /// Failures since the last successful accept, and when the burst began.
+    /// Failures in the current burst, its first and its last.
     burst: u64,
-    since: Option<Instant>,
+    first: Option<Instant>,
+    last: Option<Instant>,
     delay: Duration,
 }
 
@@ -262,35 +286,64 @@ impl AcceptErrors {
         Self {
             listener,
             burst: 0,
-            since: None,
+            first: None,
+            last: None,
             delay: ACCEPT_BACKOFF_MIN,
         }
     }
 
     /// Records a failed accept; returns how long to wait before the next one.
     pub fn failed(&mut self, e: &io::Error) -> Duration {
+        self.failed_at(e, Instant::now())
+    }
+
+    fn failed_at(&mut self, e: &io::Error, now: Instant) -> Duration {
         ACCEPT_ERRORS.with_label_values(&[self.listener]).inc();
-        self.burst += 1;
-        if self.burst == 1 {
-            self.since = Some(Instant::now());
+        let new_burst = self
+            .last
+            .is_none_or(|l| now.saturating_duration_since(l) >= ACCEPT_QUIET);
+        if new_burst {
+            self.end_burst();
+            self.first = Some(now);
             self.delay = ACCEPT_BACKOFF_MIN;
             warn!(
                 listener = self.listener,
-                "{} listener: accept failed: {e}; backing off up to {}s, further failures are counted in ikelb_accept_errors_total{{listener=\"{}\"}} until an accept succeeds",
+                "{} listener: accept failed: {e}; backing off up to {}s, further failures are counted in ikelb_accept_errors_total{{listener=\"{}\"}} and logged again after {}s without one",
                 self.listener,
                 ACCEPT_BACKOFF_MAX.as_secs(),
-                self.listener
+                self.listener,
+                ACCEPT_QUIET.as_secs()
             );
         } else {
             self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
         }
+        self.burst += 1;
+        self.last = Some(now);
         self.delay
     }
 
-    /// Records a successful accept; logs the end of a burst.
+    /// Records a successful accept: the back-off starts over; a burst older than
+    /// [`ACCEPT_QUIET`] is summed up.
     pub fn accepted(&mut self) {
+        self.accepted_at(Instant::now());
+    }
+
+    fn accepted_at(&mut self, now: Instant) {
+        self.delay = ACCEPT_BACKOFF_MIN;
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) >= ACCEPT_QUIET)
+        {
+            self.end_burst();
+        }
+    }
+
+    fn end_burst(&mut self) {
         if self.burst > 0 {
-            let took = self.since.map(|t| t.elapsed()).unwrap_or_default();
+            let took = match (self.first, self.last) {
+                (Some(f), Some(l)) => l.saturating_duration_since(f),
+                _ => Duration::ZERO,
+            };
             info!(
                 listener = self.listener,
                 "{} listener: accepting again after {} failed accepts in {:.1}s",
@@ -298,10 +351,10 @@ impl AcceptErrors {
                 self.burst,
                 took.as_secs_f64()
             );
-            self.burst = 0;
-            self.since = None;
-            self.delay = ACCEPT_BACKOFF_MIN;
         }
+        self.burst = 0;
+        self.first = None;
+        self.last = None;
     }
 
     /// Failures in the current burst.
@@ -398,7 +451,11 @@ mod tests {
         let mut errs = AcceptErrors::new("test-accept");
         let before = ACCEPT_ERRORS.with_label_values(&["test-accept"]).get();
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);
-        let delays: Vec<Duration> = (0..10).map(|_| errs.failed(&emfile)).collect();
+        assert!(out_of_descriptors(&emfile));
+        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let delays: Vec<Duration> = (0..10).map(|i| errs.failed_at(&emfile, ms(i))).collect();
         assert_eq!(delays[0], ACCEPT_BACKOFF_MIN);
         assert_eq!(delays[1], ACCEPT_BACKOFF_MIN * 2);
         assert!(delays.windows(2).all(|w| w[1] >= w[0]));
@@ -408,8 +465,57 @@ mod tests {
             ACCEPT_ERRORS.with_label_values(&["test-accept"]).get(),
             before + 10
         );
-        errs.accepted();
+        // An accept in between (a freed descriptor) resets the back-off, not the burst.
+        errs.accepted_at(ms(20));
+        assert_eq!(errs.burst(), 10);
+        assert_eq!(errs.failed_at(&emfile, ms(30)), ACCEPT_BACKOFF_MIN * 2);
+        assert_eq!(errs.burst(), 11);
+        // Quiet for ACCEPT_QUIET: the burst ends; the next failure starts a new one.
+        errs.accepted_at(ms(30) + ACCEPT_QUIET);
         assert_eq!(errs.burst(), 0);
-        assert_eq!(errs.failed(&emfile), ACCEPT_BACKOFF_MIN, "a new burst starts over");
+        assert_eq!(
+            errs.failed_at(&emfile, ms(40) + ACCEPT_QUIET),
+            ACCEPT_BACKOFF_MIN,
+            "a new burst starts over"
+        );
+        assert_eq!(errs.burst(), 1);
+    }
+
+    /// Logged: one warning per burst however many failures, one summary when it ends.
+    #[test]
+    fn a_burst_of_accept_errors_is_logged_once() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut errs = AcceptErrors::new("test-log");
+            let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+            let t0 = Instant::now();
+            for i in 0..1000 {
+                errs.failed_at(&emfile, t0 + Duration::from_millis(i));
+                if i % 10 == 0 {
+                    errs.accepted_at(t0 + Duration::from_millis(i));
+                }
+            }
+            errs.accepted_at(t0 + Duration::from_millis(999) + ACCEPT_QUIET);
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(log.contains("WARN") && log.contains("Too many open files"), "{log}");
+        assert!(log.contains("accepting again after 1000 failed accepts in 1.0s"), "{log}");
     }
 }

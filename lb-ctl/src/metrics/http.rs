@@ -26,7 +26,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::Metrics;
-use crate::listen::{AcceptErrors, Admit, Slots, TIMED_OUT};
+use crate::listen::{out_of_descriptors, AcceptErrors, Admit, Slots, EVICT_PAUSE, TIMED_OUT};
 
 /// Connections served at once. Prometheus keeps one per server; 64 leaves room for several
 /// servers and people with curl, and bounds the descriptors a flood of connections can take.
@@ -120,8 +120,15 @@ pub fn serve_with(listener: TcpListener, metrics: Arc<Metrics>, limits: Limits) 
                     c
                 }
                 Err(e) => {
-                    // EMFILE and friends: keep serving once the pressure is gone.
-                    tokio::time::sleep(errors.failed(&e)).await;
+                    let pause = errors.failed(&e);
+                    // Out of descriptors: the connection idle longest gives its up.
+                    if out_of_descriptors(&e) && slots.evict_idle() {
+                        tokio::time::sleep(EVICT_PAUSE).await;
+                    } else {
+                        // Other errors (or nothing to evict): keep serving once the
+                        // pressure is gone.
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             };
