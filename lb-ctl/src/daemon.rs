@@ -251,7 +251,6 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
         status: HashMap::new(),
         resolver: IpCommand::default(),
     };
-    start_ebpf_logger(daemon.balancer.dataplane_mut());
     // One health round before the maps are applied and the program attached; then the
     // health monitor, the control socket and drains run in the loop below.
     let mut control = runtime::Runtime::start(
@@ -522,40 +521,6 @@ fn raise_memlock_limit() {
             "raising RLIMIT_MEMLOCK failed: {}",
             std::io::Error::last_os_error()
         );
-    }
-}
-
-/// Relays the XDP program's aya-log records (rare events only) to our log.
-fn start_ebpf_logger(dp: &mut AyaDataplane) {
-    match aya_log::EbpfLogger::init(dp.ebpf_mut()) {
-        Ok(logger) => {
-            // SAFETY: the logger owns its ring buffer map's fd, which stays open and the same
-            // for the logger's whole life; the AsyncFd owns the logger.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    logger,
-                    tokio::io::Interest::READABLE,
-                )
-            };
-            match registered {
-                Ok(mut fd) => {
-                    tokio::spawn(async move {
-                        loop {
-                            let Ok(mut guard) = fd.readable_mut().await else {
-                                break;
-                            };
-                            guard.get_inner_mut().flush();
-                            guard.clear_ready();
-                        }
-                    });
-                }
-                Err(e) => warn!(
-                    "cannot poll the XDP program's log: {}",
-                    crate::error_chain(&e)
-                ),
-            }
-        }
-        Err(e) => debug!("the XDP program does not log (no aya-log map): {e}"),
     }
 }
 

@@ -67,7 +67,6 @@ pub const REQUIREMENTS: &[Requirement] = &[
     req("BPF_MAP_TYPE_PERCPU_ARRAY", Kind::Map(MapType::PerCpuArray),                     "4.6"),
     req("BPF_MAP_TYPE_LRU_HASH",     Kind::Map(MapType::LruHash),                         "4.10"),
     req("BPF_MAP_TYPE_DEVMAP",       Kind::Map(MapType::DevMap),                          "4.14"),
-    req("BPF_MAP_TYPE_RINGBUF (aya-log)", Kind::Map(MapType::RingBuf),                    "5.8"),
     req("global data (.rodata)",     Kind::GlobalData,                                    "5.2"),
     req("bpf_map_lookup_elem",       Kind::Helper(BpfHelper::BPF_FUNC_map_lookup_elem),   "3.19"),
     req("bpf_map_update_elem",       Kind::Helper(BpfHelper::BPF_FUNC_map_update_elem),   "3.19"),
@@ -75,7 +74,6 @@ pub const REQUIREMENTS: &[Requirement] = &[
     req("bpf_redirect_map",          Kind::Helper(BpfHelper::BPF_FUNC_redirect_map),      "4.14"),
     req("bpf_fib_lookup",            Kind::Helper(BpfHelper::BPF_FUNC_fib_lookup),        "4.18"),
     req("bpf_ktime_get_coarse_ns",   Kind::Helper(BpfHelper::BPF_FUNC_ktime_get_coarse_ns), "5.11"),
-    req("bpf_ringbuf_reserve (aya-log)", Kind::Helper(BpfHelper::BPF_FUNC_ringbuf_reserve), "5.8"),
 ];
 
 /// Asks the kernel about one [`Kind`]: `Ok(false)` when it is missing, `Err(reason)` when the

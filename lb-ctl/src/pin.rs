@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! /sys/fs/bpf/ikelb/default/
-//!   maps/VIPS_V4 … maps/BACKEND_STATS, maps/AYA_LOGS   every map the daemon or program writes
+//!   maps/VIPS_V4 … maps/BACKEND_STATS                  every map the daemon or program writes
 //!   links/<ifname>          the XDP bpf_link of each interface (it holds the program)
 //!   prog/<fingerprint>      the program those links run; the name says which build
 //!   maps-new/               only during a map migration (see below)
@@ -94,12 +94,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `ip netns exec`, which remounts /sys, nothing is mounted there.
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
-/// aya-log's ring buffer map: pinned so that a daemon which keeps the running program still
-/// reads what that program logs.
-pub const LOG_MAP: &str = "AYA_LOGS";
-
 /// Every map that is pinned: all of `lb_common::maps` (their contents are the data path's
-/// state) and [`LOG_MAP`] when the object has it.
+/// state).
 pub const PINNED_MAPS: &[&str] = &[
     maps::VIPS_V4,
     maps::VIPS_V6,
@@ -123,7 +119,6 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::TX_PORTS,
     maps::COUNTERS,
     maps::BACKEND_STATS,
-    LOG_MAP,
 ];
 
 /// A pinning operation that failed, naming the object and the path.
@@ -358,7 +353,7 @@ pub fn expected_specs(
     max_entries: &[(&str, u32)],
 ) -> Result<Vec<MapSpec>, PinError> {
     use aya_obj::generated::bpf_map_type::{
-        BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH, BPF_MAP_TYPE_RINGBUF,
+        BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH,
     };
     let obj = aya_obj::Object::parse(object).map_err(|source| PinError::ParseObject {
         source: Box::new(source),
@@ -366,14 +361,10 @@ pub fn expected_specs(
     let mut out = Vec::new();
     for &name in PINNED_MAPS {
         let Some(m) = obj.maps.get(name) else {
-            if name == LOG_MAP {
-                continue; // a program built without aya-log
-            }
             return Err(PinError::MissingMap { map: name.into() });
         };
         let t = m.map_type();
         let devmap = t == BPF_MAP_TYPE_DEVMAP as u32 || t == BPF_MAP_TYPE_DEVMAP_HASH as u32;
-        let ringbuf = t == BPF_MAP_TYPE_RINGBUF as u32;
         let entries = max_entries
             .iter()
             .find(|(n, _)| *n == name)
@@ -385,8 +376,8 @@ pub fn expected_specs(
             name,
             map_type: t,
             key_size: m.key_size(),
-            value_size: (!devmap && !ringbuf).then_some(m.value_size()),
-            max_entries: (!ringbuf).then_some(entries),
+            value_size: (!devmap).then_some(m.value_size()),
+            max_entries: Some(entries),
             flags: m.map_flags() | kernel_flags,
         });
     }

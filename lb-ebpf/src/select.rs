@@ -20,7 +20,6 @@
 //! client's replies.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::XdpContext};
-use aya_log_ebpf::info;
 use lb_common::{
     event,
     hash::{client_hash_v4, client_hash_v6},
@@ -62,10 +61,6 @@ pub trait Family {
     fn refreshed(index: u32, now: u32) -> bool;
     /// Notes that a packet of ring slot `index` refreshed its client's entry in tick `now`.
     fn mark_refreshed(index: u32, now: u32);
-    /// Logs (aya-log, to the daemon's log) that `client`'s entry moved to another interface or
-    /// next-hop MAC: rare (a route change, a router replaced), FIB-confirmed, and what an
-    /// operator wants to see when a client's replies change path.
-    fn log_moved(ctx: &XdpContext, client: &Self::Addr, ifindex: u32, mac: &[u8; 6]);
 }
 
 pub struct V4;
@@ -111,12 +106,6 @@ impl Family for V4 {
     #[inline(always)]
     fn fib(addr: &u32) -> Addr<'_> {
         Addr::V4(*addr)
-    }
-    #[inline(always)]
-    fn log_moved(ctx: &XdpContext, client: &u32, ifindex: u32, mac: &[u8; 6]) {
-        // The key holds the address in network order; `{:i}` reads a u32 in host order.
-        let addr = u32::from_be(*client);
-        info!(ctx, "client {:i} moved: replies now via ifindex {} to {:mac}", addr, ifindex, *mac);
     }
     #[inline(always)]
     fn vip(svc: &Service) -> Addr<'_> {
@@ -184,12 +173,6 @@ impl Family for V6 {
     #[inline(always)]
     fn fib(addr: &[u32; 4]) -> Addr<'_> {
         Addr::V6(addr)
-    }
-    #[inline(always)]
-    fn log_moved(ctx: &XdpContext, client: &[u32; 4], ifindex: u32, mac: &[u8; 6]) {
-        // SAFETY: [u32; 4] and [u8; 16] have the same size; the words are in network order.
-        let addr: [u8; 16] = unsafe { core::mem::transmute(*client) };
-        info!(ctx, "client {:i} moved: replies now via ifindex {} to {:mac}", addr, ifindex, *mac);
     }
     #[inline(always)]
     fn vip(svc: &Service) -> Addr<'_> {
@@ -321,7 +304,6 @@ unsafe fn learn<F: Family>(
             store_mac(&mut (*e).client_mac, o.mac);
             (*e).port = o.port;
             counters::event(event::MAC_MOVE_ACCEPTED);
-            F::log_moved(ctx, client, o.ifindex, &mac);
         } else {
             counters::event(event::MAC_MOVE_REJECTED);
         }

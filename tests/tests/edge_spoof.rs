@@ -185,17 +185,6 @@ fn spoofed_frames_move_no_client_and_backends_leak_nothing() {
         lab.gateway.ip(&["neigh", "show"]).unwrap_or_default(),
         lab.gateway.ip(&["route", "get", &victim.to_string(), "from", &VIP.to_string(), "iif", GW_EXT]).unwrap_or_else(|e| e.to_string()),
     );
-    // The move is rare and path-changing: the data path logs it (aya-log), the daemon relays it.
-    let logged = format!("client {victim} moved: replies now via ifindex");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !lab.daemon_output_tail(200).contains(&logged) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        lab.daemon_output_tail(200).contains(&logged),
-        "the accepted move is not in the daemon's log ({logged:?}): {}",
-        lab.daemon_output_tail(20)
-    );
     let round = clients.round(WAIT).expect("round");
     assert!(
         matches!(round.get(&victim), Some(None)),
