@@ -10,6 +10,12 @@
 //!   still `up` and `active` in `lb-ctl backend list --json`, `lb-ctl status` answers, a
 //!   `/metrics` scrape answers 200 and shows the evictions, the daemon stays below its
 //!   descriptor limit and did not flood its log with accept errors.
+//! * `out_of_descriptors_the_daemon_keeps_its_backends_and_answers`: the same with a limit
+//!   of 128, below what the connection slots could take: the daemon runs out of
+//!   descriptors for real. Its `ip` look-ups then fail (`EMFILE`): every backend keeps its
+//!   next hop and stays up, the fault is logged once and counted; failed accepts are
+//!   counted, not logged each; `lb-ctl` and a scrape are still answered (an idle connection
+//!   gives its descriptor up).
 //! * `a_peer_that_is_not_root_is_refused_by_its_credentials`: with the socket's mode opened
 //!   up so only `SO_PEERCRED` stands in the way, `lb-ctl status` as uid 65534 exits 1 with
 //!   one line naming the uid.
@@ -207,31 +213,8 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
     // Hold the connections: /metrics first (from inside the gateway namespace), then the
     // control socket (a path: reachable from any namespace).
     let t0 = Instant::now();
-    let tcp: Vec<TcpStream> = or_log(
-        &lab,
-        lab.gateway.run(|| -> Result<Vec<TcpStream>> {
-            let addr: SocketAddr = METRICS.parse()?;
-            (0..HELD)
-                .map(|i| {
-                    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                        .with_context(|| format!("metrics connection {i} of {HELD}"))
-                })
-                .collect()
-        })
-        .and_then(|r| r),
-        "hold /metrics connections",
-    );
-    let sock = lab.control_socket();
-    let unix: Vec<UnixStream> = or_log(
-        &lab,
-        (0..HELD)
-            .map(|i| {
-                UnixStream::connect(&sock)
-                    .with_context(|| format!("control connection {i} of {HELD}"))
-            })
-            .collect::<Result<_>>(),
-        "hold control connections",
-    );
+    let tcp = or_log(&lab, hold_metrics(&lab, HELD), "hold /metrics connections");
+    let unix = or_log(&lab, hold_control(&lab, HELD), "hold control connections");
     let held_in = t0.elapsed();
 
     // While they are held: the data path, the control socket, the metrics.
@@ -296,6 +279,124 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
     );
     drop(tcp);
     drop(unix);
+    let status = lab.stop_daemon().expect("stop the daemon");
+    assert!(
+        status.success(),
+        "daemon exit {status}\n{}",
+        lab.daemon_output_tail(40)
+    );
+}
+
+/// Opens `n` connections to `/metrics` in the gateway namespace.
+fn hold_metrics(lab: &Lab, n: usize) -> Result<Vec<TcpStream>> {
+    lab.gateway
+        .run(|| -> Result<Vec<TcpStream>> {
+            let addr: SocketAddr = METRICS.parse()?;
+            (0..n)
+                .map(|i| {
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                        .with_context(|| format!("metrics connection {i} of {n}"))
+                })
+                .collect()
+        })
+        .and_then(|r| r)
+}
+
+/// Opens `n` connections to the control socket.
+fn hold_control(lab: &Lab, n: usize) -> Result<Vec<UnixStream>> {
+    let sock = lab.control_socket();
+    (0..n)
+        .map(|i| {
+            UnixStream::connect(&sock).with_context(|| format!("control connection {i} of {n}"))
+        })
+        .collect()
+}
+
+#[test]
+fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
+    const TEST: &str = "out_of_descriptors_the_daemon_keeps_its_backends_and_answers";
+    const NOFILE: u64 = 128;
+    const HOLD: usize = 512;
+    if skip_unless_root(TEST) {
+        return;
+    }
+    raise_own_nofile(2 * HOLD as u64 + 2048).expect("raise this test's RLIMIT_NOFILE");
+    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
+    let mut lab = Lab::build(&LabSpec {
+        role: 'b',
+        clients: 100,
+        backends: 3,
+    })
+    .expect("build the lab");
+    lab.start_responders(&responder()).expect("start responders");
+    let limited = limited_lb_ctl(lab.dir(), &lb_ctl, NOFILE).expect("wrapper");
+    let config = lab.daemon_config();
+    lab.start_daemon_with_config(&limited, &config)
+        .expect("start the daemon");
+    let pid = lab.daemon().expect("started").pid();
+    assert_eq!(or_log(&lab, nofile_of(pid), "daemon limits"), (NOFILE, NOFILE));
+    or_log(
+        &lab,
+        control::wait_backends(&lab, &lb_ctl, "every backend up", Duration::from_secs(20), all_up)
+            .map(drop),
+        "backends up",
+    );
+    let clients = Clients::bind(&lab, &lab.clients, 500).expect("client sockets");
+    let before = or_log(&lab, clients.all_answered(5, WAIT), "clients before");
+    let fds_before = open_fds(pid).expect("daemon fds");
+
+    // 2 × 64 slots do not fit in 128 descriptors: the daemon runs out.
+    let t0 = Instant::now();
+    let tcp = or_log(&lab, hold_metrics(&lab, HOLD), "hold /metrics connections");
+    let unix = or_log(&lab, hold_control(&lab, HOLD), "hold control connections");
+    let held_in = t0.elapsed();
+    let fds_full = open_fds(pid).expect("daemon fds");
+    // The next refresh of next hops (every 5 s) cannot start `ip`.
+    let fault_line = "next-hop look-up failed on the gateway";
+    let waited = lab::wait_for(
+        "the daemon to log a next-hop fault",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok(lab.daemon().expect("started").output().contains(fault_line).then_some(())),
+    );
+    or_log(&lab, waited, "next-hop fault while out of descriptors");
+    let t1 = Instant::now();
+    let during = or_log(&lab, clients.all_answered(5, WAIT), "clients while out of fds");
+    let moved: Vec<_> = before
+        .iter()
+        .filter(|(c, b)| during.get(c) != Some(b))
+        .collect();
+    assert!(moved.is_empty(), "clients changed backend: {moved:?}");
+    let list = or_log(&lab, control::backends(&lab, &lb_ctl), "backend list while out of fds");
+    assert!(all_up(&list), "every backend keeps its next hop and stays up: {list:?}");
+    let status = or_log(&lab, lab.lb_ctl(&lb_ctl, &["status"]), "status while out of fds");
+    assert!(status.contains("3 of 3 backends active"), "{status}");
+    let body = or_log(&lab, scrape(&lab), "scrape while out of fds");
+    let answered_in = t1.elapsed();
+    let faults = lab::metrics::sum(&body, "ikelb_next_hop_faults_total", &[]);
+    let accept_errors = lab::metrics::sum(&body, "ikelb_accept_errors_total", &[]);
+    assert!(faults >= 1.0, "next-hop faults counted: {faults}");
+    assert!(accept_errors >= 1.0, "accept errors counted: {accept_errors}");
+    assert_eq!(lab::metrics::sum(&body, "ikelb_backend_up", &[]), 3.0);
+    let log = lab.daemon().expect("started").output();
+    let accept_warnings = log.lines().filter(|l| l.contains("accept failed")).count();
+    let fault_warnings = log.lines().filter(|l| l.contains(fault_line)).count();
+    // One per burst: a burst per listener for the flood, maybe another for the commands.
+    assert!(
+        accept_warnings <= 4,
+        "{accept_warnings} accept warnings for {accept_errors} failures:\n{log}"
+    );
+    assert!(fault_warnings <= 2, "{fault_warnings} fault warnings:\n{log}");
+    drop(tcp);
+    drop(unix);
+    let after = or_log(&lab, lab.lb_ctl(&lb_ctl, &["status"]), "status after");
+    assert!(after.contains("3 of 3 backends active"), "{after}");
+    eprintln!(
+        "{TEST}: limit {NOFILE}; daemon fds {fds_before} before, {fds_full} after {HOLD} + {HOLD} \
+         connections (held in {held_in:?}); {accept_errors} failed accepts logged in \
+         {accept_warnings} lines; {faults} next-hop faults logged in {fault_warnings} lines; \
+         clients, backend list, status and a scrape answered in {answered_in:?}"
+    );
     let status = lab.stop_daemon().expect("stop the daemon");
     assert!(
         status.success(),
