@@ -363,6 +363,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_guest_that_never_booted_is_skipped_with_the_reason() {
+        let tests = vec![("prog_test_run".to_string(), PathBuf::from("/x"))];
+        let logs = std::env::temp_dir().join(format!("ikelb-xtask-{}", std::process::id()));
+        let v = verdict(&tests, "", "qemu: could not load kernel '/boot/nope'\n", &logs, false);
+        assert!(matches!(&v, Verdict::Skipped(why) if why.contains("could not load kernel")));
+        // Booted, but the binary never reported: a failure, not a pass.
+        let v = verdict(&tests, "IKELB-KERNEL 6.1.0\n", "", &logs, true);
+        assert!(matches!(&v, Verdict::Ran { failed: 1, .. }));
+        let v = verdict(&tests, "IKELB-KERNEL 6.1.0\nIKELB-TEST prog_test_run rc=0 secs=3\n", "", &logs, false);
+        assert!(matches!(&v, Verdict::Ran { failed: 0, .. }));
+    }
+
+    #[test]
     fn libtest_counts_read_the_result_line() {
         let ok = "running 3 tests\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; \
                   0 filtered out; finished in 1.2s\n";
