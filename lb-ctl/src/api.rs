@@ -535,7 +535,11 @@ async fn serve_connection(
                 peer.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string())
             ),
         );
-        let _ = timeout(limits.write_timeout, write_line(&mut write, &Response::Error(e))).await;
+        let _ = timeout(
+            limits.write_timeout,
+            write_line(&mut write, &Response::Error(e)),
+        )
+        .await;
         return;
     }
     let mut lines = TokioBufReader::new(read);
@@ -544,7 +548,9 @@ async fn serve_connection(
         buf.clear();
         let read = timeout(
             limits.idle_timeout,
-            (&mut lines).take(MAX_LINE as u64).read_until(b'\n', &mut buf),
+            (&mut lines)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf),
         )
         .await;
         let n = match read {
@@ -571,7 +577,11 @@ async fn serve_connection(
                 ErrorCode::BadRequest,
                 format!("request longer than {MAX_LINE} bytes"),
             );
-            let _ = timeout(limits.write_timeout, write_line(&mut write, &Response::Error(e))).await;
+            let _ = timeout(
+                limits.write_timeout,
+                write_line(&mut write, &Response::Error(e)),
+            )
+            .await;
             return;
         }
         let response = match parse_request(&buf) {
@@ -878,7 +888,10 @@ mod tests {
     fn serve_empty(
         mut sock: ControlSocket,
         limits: Limits,
-    ) -> (tokio::task::JoinHandle<ControlSocket>, tokio::task::JoinHandle<()>) {
+    ) -> (
+        tokio::task::JoinHandle<ControlSocket>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(4);
         let server = tokio::spawn(async move {
             sock.serve_with(tx, limits).await;
@@ -900,7 +913,12 @@ mod tests {
             match (&*s).read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
                 Err(_) => return true,
             }
         }
@@ -1037,13 +1055,19 @@ mod tests {
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status), "child status {status}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "child failed (2: setuid, 3: connect)");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "child failed (2: setuid, 3: connect)"
+        );
         assert_eq!(
             answer,
             "{\"error\":{\"code\":\"forbidden\",\"message\":\"uid 65534 may not use this socket (only root and uid 0)\"}}\n"
         );
         let e: Response = serde_json::from_str(&answer).unwrap();
-        let Response::Error(e) = e else { panic!("{answer}") };
+        let Response::Error(e) = e else {
+            panic!("{answer}")
+        };
         assert_eq!(e.to_string().lines().count(), 1, "one line: {e}");
         server.abort();
         rt.block_on(async {
@@ -1055,7 +1079,6 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
-
 
     /// Every slot mid-request (the daemon has not answered yet): a new connection gets one
     /// `busy` line and is closed; the held request is still answered afterwards.
@@ -1101,5 +1124,4 @@ mod tests {
         drop(server.await.unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
-
 }

@@ -373,10 +373,7 @@ pub fn raise_nofile_limit() {
     };
     // SAFETY: getrlimit writes the struct we pass and nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        warn!(
-            "reading RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        );
+        warn!("reading RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
         return;
     }
     let before = lim.rlim_cur;
@@ -452,7 +449,9 @@ mod tests {
         let before = ACCEPT_ERRORS.with_label_values(&["test-accept"]).get();
         let emfile = io::Error::from_raw_os_error(libc::EMFILE);
         assert!(out_of_descriptors(&emfile));
-        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let delays: Vec<Duration> = (0..10).map(|i| errs.failed_at(&emfile, ms(i))).collect();
@@ -515,7 +514,13 @@ mod tests {
         });
         let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 2, "{log}");
-        assert!(log.contains("WARN") && log.contains("Too many open files"), "{log}");
-        assert!(log.contains("accepting again after 1000 failed accepts in 1.0s"), "{log}");
+        assert!(
+            log.contains("WARN") && log.contains("Too many open files"),
+            "{log}"
+        );
+        assert!(
+            log.contains("accepting again after 1000 failed accepts in 1.0s"),
+            "{log}"
+        );
     }
 }

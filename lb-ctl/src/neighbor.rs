@@ -114,9 +114,10 @@ impl ResolveError {
     /// the kernel saying there is no route: an answer, not a fault.
     pub fn is_fault(&self) -> bool {
         match self {
-            Self::Spawn { .. } | Self::Parse { .. } | Self::Neighbours { .. } | Self::Probe { .. } => {
-                true
-            }
+            Self::Spawn { .. }
+            | Self::Parse { .. }
+            | Self::Neighbours { .. }
+            | Self::Probe { .. } => true,
             Self::Command { stderr, .. } => !stderr.starts_with("RTNETLINK answers"),
             Self::NoRoute { .. }
             | Self::NotUnicast { .. }
@@ -156,7 +157,8 @@ fn ip_binary() -> Option<&'static Path> {
     FOUND
         .get_or_init(|| {
             let found = paths::IP_COMMANDS.iter().map(PathBuf::from).find(|p| {
-                std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             });
             match &found {
                 Some(p) => info!("next hops are looked up with {}", p.display()),
@@ -1100,17 +1102,30 @@ mod tests {
             assert_eq!(r[0], Ok(MAC1), "B1 keeps its next hop: {rounds:?}");
         }
         assert!(
-            rounds[0][1].as_ref().unwrap_err().contains("Too many open files"),
+            rounds[0][1]
+                .as_ref()
+                .unwrap_err()
+                .contains("Too many open files"),
             "{:?}",
             rounds[0][1]
         );
-        assert!(rounds[2][1].as_ref().unwrap_err().contains("parsing the output"), "{:?}", rounds[2][1]);
+        assert!(
+            rounds[2][1]
+                .as_ref()
+                .unwrap_err()
+                .contains("parsing the output"),
+            "{:?}",
+            rounds[2][1]
+        );
         // 4 faulty refreshes × 2 backends.
         assert!(FAULTS.get() >= faults_before + 8);
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
         assert_eq!(warnings.len(), 1, "logged once:\n{log}");
         assert!(warnings[0].contains("Too many open files"), "{log}");
-        assert!(warnings[0].contains("1 backends keep their last known next hop"), "{log}");
+        assert!(
+            warnings[0].contains("1 backends keep their last known next hop"),
+            "{log}"
+        );
         assert_eq!(
             log.lines()
                 .filter(|l| l.contains("next-hop look-ups work again after 4 refreshes"))
@@ -1161,7 +1176,10 @@ mod tests {
             last = refresh(&ip);
         }
         assert!(
-            last[0].as_ref().unwrap_err().contains("RTNETLINK answers: Network is unreachable"),
+            last[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("RTNETLINK answers: Network is unreachable"),
             "{last:?}"
         );
     }
@@ -1190,7 +1208,10 @@ mod tests {
         assert!(!cmd("RTNETLINK answers: Network is unreachable").is_fault());
         assert!(cmd("Cannot open netlink socket: Too many open files").is_fault());
         assert!(cmd("signal: 9 (SIGKILL)").is_fault());
-        assert!(ResolveError::Neighbours { message: "x".into() }.is_fault());
+        assert!(ResolveError::Neighbours {
+            message: "x".into()
+        }
+        .is_fault());
         assert!(!ResolveError::NoRoute {
             addr: "10.0.0.1".parse().unwrap()
         }
@@ -1207,5 +1228,4 @@ mod tests {
         assert!(p.is_absolute());
         assert!(paths::IP_COMMANDS.contains(&p.to_str().unwrap()));
     }
-
 }

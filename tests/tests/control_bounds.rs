@@ -166,7 +166,10 @@ fn scrape(lab: &Lab) -> Result<String> {
 
 /// Every backend `up` and `active`.
 fn all_up(list: &[Value]) -> bool {
-    !list.is_empty() && list.iter().all(|b| b["health"] == "up" && b["state"] == "active")
+    !list.is_empty()
+        && list
+            .iter()
+            .all(|b| b["health"] == "up" && b["state"] == "active")
 }
 
 #[test]
@@ -183,7 +186,8 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
         backends: 3,
     })
     .expect("build the lab");
-    lab.start_responders(&responder()).expect("start responders");
+    lab.start_responders(&responder())
+        .expect("start responders");
     let limited = limited_lb_ctl(lab.dir(), &lb_ctl, DAEMON_NOFILE).expect("wrapper");
     let config = lab.daemon_config();
     lab.start_daemon_with_config(&limited, &config)
@@ -197,13 +201,21 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
     );
     or_log(
         &lab,
-        control::wait_backends(&lab, &lb_ctl, "every backend up", Duration::from_secs(20), all_up)
-            .map(drop),
+        control::wait_backends(
+            &lab,
+            &lb_ctl,
+            "every backend up",
+            Duration::from_secs(20),
+            all_up,
+        )
+        .map(drop),
         "backends up",
     );
     let log = lab.daemon().expect("started").output();
     assert!(
-        log.contains(&format!("file descriptor limit {DAEMON_NOFILE} (RLIMIT_NOFILE, was {DAEMON_NOFILE})")),
+        log.contains(&format!(
+            "file descriptor limit {DAEMON_NOFILE} (RLIMIT_NOFILE, was {DAEMON_NOFILE})"
+        )),
         "the daemon logs its descriptor limit:\n{log}"
     );
     let clients = Clients::bind(&lab, &lab.clients, 500).expect("client sockets");
@@ -225,7 +237,11 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
         .filter(|(c, b)| during.get(c) != Some(b))
         .collect();
     assert!(moved.is_empty(), "clients changed backend: {moved:?}");
-    let list = or_log(&lab, control::backends(&lab, &lb_ctl), "backend list while held");
+    let list = or_log(
+        &lab,
+        control::backends(&lab, &lb_ctl),
+        "backend list while held",
+    );
     assert!(all_up(&list), "every backend up and active: {list:?}");
     assert_eq!(list.len(), lab.backends.len());
     let status = or_log(&lab, lab.lb_ctl(&lb_ctl, &["status"]), "status while held");
@@ -264,11 +280,20 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
     );
     let closed_tcp_n = tcp.iter().filter(|s| closed_tcp(s)).count();
     let closed_unix_n = unix.iter().filter(|s| closed_unix(s)).count();
-    assert!(closed_tcp_n >= HELD - 64, "metrics connections closed by the daemon: {closed_tcp_n}");
-    assert!(closed_unix_n >= HELD - 64, "control connections closed by the daemon: {closed_unix_n}");
+    assert!(
+        closed_tcp_n >= HELD - 64,
+        "metrics connections closed by the daemon: {closed_tcp_n}"
+    );
+    assert!(
+        closed_unix_n >= HELD - 64,
+        "control connections closed by the daemon: {closed_unix_n}"
+    );
     let log = lab.daemon().expect("started").output();
     let accept_lines = log.lines().filter(|l| l.contains("accept failed")).count();
-    assert!(accept_lines <= 2, "accept errors logged once per burst:\n{log}");
+    assert!(
+        accept_lines <= 2,
+        "accept errors logged once per burst:\n{log}"
+    );
     eprintln!(
         "{TEST}: held {HELD} + {HELD} connections in {held_in:?}; daemon fds {fds_before} before, \
          {fds_during} while held (limit {DAEMON_NOFILE}); closed by the daemon: {closed_tcp_n} metrics, \
@@ -328,17 +353,27 @@ fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
         backends: 3,
     })
     .expect("build the lab");
-    lab.start_responders(&responder()).expect("start responders");
+    lab.start_responders(&responder())
+        .expect("start responders");
     let limited = limited_lb_ctl(lab.dir(), &lb_ctl, NOFILE).expect("wrapper");
     let config = lab.daemon_config();
     lab.start_daemon_with_config(&limited, &config)
         .expect("start the daemon");
     let pid = lab.daemon().expect("started").pid();
-    assert_eq!(or_log(&lab, nofile_of(pid), "daemon limits"), (NOFILE, NOFILE));
+    assert_eq!(
+        or_log(&lab, nofile_of(pid), "daemon limits"),
+        (NOFILE, NOFILE)
+    );
     or_log(
         &lab,
-        control::wait_backends(&lab, &lb_ctl, "every backend up", Duration::from_secs(20), all_up)
-            .map(drop),
+        control::wait_backends(
+            &lab,
+            &lb_ctl,
+            "every backend up",
+            Duration::from_secs(20),
+            all_up,
+        )
+        .map(drop),
         "backends up",
     );
     let clients = Clients::bind(&lab, &lab.clients, 500).expect("client sockets");
@@ -357,26 +392,51 @@ fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
         "the daemon to log a next-hop fault",
         Duration::from_secs(20),
         Duration::from_millis(100),
-        || Ok(lab.daemon().expect("started").output().contains(fault_line).then_some(())),
+        || {
+            Ok(lab
+                .daemon()
+                .expect("started")
+                .output()
+                .contains(fault_line)
+                .then_some(()))
+        },
     );
     or_log(&lab, waited, "next-hop fault while out of descriptors");
     let t1 = Instant::now();
-    let during = or_log(&lab, clients.all_answered(5, WAIT), "clients while out of fds");
+    let during = or_log(
+        &lab,
+        clients.all_answered(5, WAIT),
+        "clients while out of fds",
+    );
     let moved: Vec<_> = before
         .iter()
         .filter(|(c, b)| during.get(c) != Some(b))
         .collect();
     assert!(moved.is_empty(), "clients changed backend: {moved:?}");
-    let list = or_log(&lab, control::backends(&lab, &lb_ctl), "backend list while out of fds");
-    assert!(all_up(&list), "every backend keeps its next hop and stays up: {list:?}");
-    let status = or_log(&lab, lab.lb_ctl(&lb_ctl, &["status"]), "status while out of fds");
+    let list = or_log(
+        &lab,
+        control::backends(&lab, &lb_ctl),
+        "backend list while out of fds",
+    );
+    assert!(
+        all_up(&list),
+        "every backend keeps its next hop and stays up: {list:?}"
+    );
+    let status = or_log(
+        &lab,
+        lab.lb_ctl(&lb_ctl, &["status"]),
+        "status while out of fds",
+    );
     assert!(status.contains("3 of 3 backends active"), "{status}");
     let body = or_log(&lab, scrape(&lab), "scrape while out of fds");
     let answered_in = t1.elapsed();
     let faults = lab::metrics::sum(&body, "ikelb_next_hop_faults_total", &[]);
     let accept_errors = lab::metrics::sum(&body, "ikelb_accept_errors_total", &[]);
     assert!(faults >= 1.0, "next-hop faults counted: {faults}");
-    assert!(accept_errors >= 1.0, "accept errors counted: {accept_errors}");
+    assert!(
+        accept_errors >= 1.0,
+        "accept errors counted: {accept_errors}"
+    );
     assert_eq!(lab::metrics::sum(&body, "ikelb_backend_up", &[]), 3.0);
     let log = lab.daemon().expect("started").output();
     let accept_warnings = log.lines().filter(|l| l.contains("accept failed")).count();
@@ -386,7 +446,10 @@ fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
         accept_warnings <= 4,
         "{accept_warnings} accept warnings for {accept_errors} failures:\n{log}"
     );
-    assert!(fault_warnings <= 2, "{fault_warnings} fault warnings:\n{log}");
+    assert!(
+        fault_warnings <= 2,
+        "{fault_warnings} fault warnings:\n{log}"
+    );
     drop(tcp);
     drop(unix);
     let after = or_log(&lab, lab.lb_ctl(&lb_ctl, &["status"]), "status after");
@@ -418,7 +481,8 @@ fn a_peer_that_is_not_root_is_refused_by_its_credentials() {
         backends: 1,
     })
     .expect("build the lab");
-    lab.start_responders(&responder()).expect("start responders");
+    lab.start_responders(&responder())
+        .expect("start responders");
     lab.start_daemon(&lb_ctl).expect("start the daemon");
     let sock = lab.control_socket();
     // The mode would refuse uid 65534 before the daemon sees it: open it up so the

@@ -302,7 +302,10 @@ mod tests {
             let mut slow = std::net::TcpStream::connect(addr).unwrap();
             slow.write_all(b"GET /metrics HTTP/1.1\r\nHost:").unwrap();
             assert!(closed_by_server(&mut idle, Duration::from_secs(20)), "idle");
-            assert!(closed_by_server(&mut slow, Duration::from_secs(20)), "half a request");
+            assert!(
+                closed_by_server(&mut slow, Duration::from_secs(20)),
+                "half a request"
+            );
             // Counted right after the close the client saw.
             let counted = (0..200).any(|_| {
                 std::thread::sleep(Duration::from_millis(10));
@@ -311,11 +314,19 @@ mod tests {
             assert!(counted, "timeouts counted");
             // Kept alive after a response, then idle: closed as well.
             let mut kept = std::net::TcpStream::connect(addr).unwrap();
-            kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
             let mut b = [0u8; 512];
             let n = kept.read(&mut b).unwrap();
-            assert!(b[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&b[..n]));
-            assert!(closed_by_server(&mut kept, Duration::from_secs(20)), "kept-alive idle");
+            assert!(
+                b[..n].starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&b[..n])
+            );
+            assert!(
+                closed_by_server(&mut kept, Duration::from_secs(20)),
+                "kept-alive idle"
+            );
         })
         .await
         .unwrap();
@@ -337,7 +348,10 @@ mod tests {
                 .collect();
             let out = scrape(addr);
             assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-            assert!(out.contains("ikelb_connections_evicted_total{listener=\"metrics\"}"), "{out}");
+            assert!(
+                out.contains("ikelb_connections_evicted_total{listener=\"metrics\"}"),
+                "{out}"
+            );
             assert!(out.contains("ikelb_next_hop_faults_total"), "{out}");
             // 16 idle + the scrape on 4 slots: the 13 oldest were closed to make room.
             let mut closed = 0;
@@ -362,7 +376,11 @@ mod tests {
         fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
             let _ = self.entered.lock().unwrap().send(());
             // Bounded: a broken test must not hang the suite.
-            let _ = self.gate.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            let _ = self
+                .gate
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(20));
             Ok(vec![])
         }
         fn events(&self) -> Result<Vec<u64>, DataplaneError> {
@@ -425,7 +443,10 @@ mod tests {
             second.read_to_string(&mut out).unwrap();
             assert!(out.starts_with("HTTP/1.1 503"), "{out}");
             let (head, body) = out.split_once("\r\n\r\n").unwrap();
-            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{out}");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{out}"
+            );
             assert_eq!(body, "ikelb: too many metrics connections, retry\n");
             open.send(()).unwrap();
             let mut text = String::new();
