@@ -499,7 +499,7 @@ impl Controller {
                         StateError::IdsExhausted { .. } => ApiError::new(
                             ErrorCode::CapacityExhausted,
                             format!(
-                                "no backend id left for {address} (the BACKENDS map holds {} backends); nothing was changed",
+                                "no backend id left for {address} (the BACKENDS map holds {} backends; a removed backend's id is free once the maps have forgotten it); nothing was changed",
                                 lb_capacity(lb)
                             ),
                         ),
