@@ -377,6 +377,13 @@ impl DataplaneCollector {
             })?;
         let now = now_ticks();
         let (mut live, mut probation) = (0, 0);
+        // Per backend position in `backends` (a million entries: no label lookup per entry).
+        let by_id: std::collections::HashMap<(u32, u32), usize> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.id, b.service), i))
+            .collect();
+        let mut clients = vec![0u64; backends.len()];
         for &PersistEntry {
             service,
             value,
@@ -390,14 +397,14 @@ impl DataplaneCollector {
                 Tier::Established => live += 1,
                 Tier::Probation => probation += 1,
             }
-            if let Some(b) = backends
-                .iter()
-                .find(|b| b.id == value.backend && b.service == service)
-            {
-                f.clients
-                    .with_label_values(&[b.vs.as_str(), &b.address.to_string()])
-                    .inc();
+            if let Some(&i) = by_id.get(&(value.backend, service)) {
+                clients[i] += 1;
             }
+        }
+        for (b, n) in backends.iter().zip(clients) {
+            f.clients
+                .with_label_values(&[b.vs.as_str(), &b.address.to_string()])
+                .set(n as i64);
         }
         f.entries.set(live);
         f.probation.set(probation);

@@ -52,7 +52,7 @@ pub const QUERY_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Entries one `BPF_MAP_LOOKUP_BATCH` call asks for at first (a bucket longer than the room
 /// left, `ENOSPC`, doubles it).
-pub const BATCH: usize = 16_384;
+pub const BATCH: usize = 65_536;
 
 /// How a map answers a walk: the kernel's ([`BpfMap`]) or the fake data path's.
 pub trait MapWalk<K, V> {

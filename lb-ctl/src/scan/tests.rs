@@ -473,3 +473,30 @@ fn root_batch_walks_under_insert_churn_end_with_no_duplicates_and_at_most_max_en
         fallback.iter().filter(|w| w.truncated).count(),
     );
 }
+
+#[test]
+#[ignore = "timing breakdown for development (root, release)"]
+fn root_timing_breakdown() {
+    let n = 1_000_000;
+    let data = lru_map(1 << 20);
+    insert_range(&mut writer(&data), 0..n);
+    let map = BpfMap::<PersistKeyV4, PersistValue>::from_fd(dup(&data), "scan_test").unwrap();
+    for room in [4096usize, 16_384, 65_536, 262_144] {
+        let start = Instant::now();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let mut cursor = None;
+        let mut total = 0;
+        loop {
+            let next = map.lookup_batch(cursor, room, &mut keys, &mut values).unwrap();
+            total += keys.len();
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        eprintln!("syscalls only, room {room}: {total} in {:?}", start.elapsed());
+    }
+    let start = Instant::now();
+    let w = walk(&map).unwrap();
+    eprintln!("walk: {} in {:?}", w.entries.len(), start.elapsed());
+}

@@ -5,7 +5,9 @@
 //! 2. closed loop (`closed_loop`): live-frame generator → gateway → XDP sink on one core,
 //!    ikelb against a trivial forwarder, nftables DNAT + conntrack and plain forwarding;
 //! 3. memory of the persistence and probation maps (`progcost::Memory`);
-//! 4. control plane (`control`): Maglev builds, health-check CPU with 1,000 backends.
+//! 4. control plane (`control`): Maglev builds, health-check CPU with 1,000 backends, and
+//!    persistence scans at 1M clients (scrape, `backend list`, full walk; idle and under
+//!    insert churn; `--lb-ctl-before` runs another build's daemon beside this one's).
 //!
 //! Everything it creates (namespaces, XDP attachments, a bpffs mount, processes, global
 //! sysctls) is undone on exit, on error and on SIGINT/SIGTERM.
@@ -52,6 +54,14 @@ struct Args {
     /// Development: skip the control-plane section.
     #[arg(long, hide = true)]
     skip_control: bool,
+    /// An earlier lb-ctl whose daemon's scrape and `backend list` times at 1M clients are
+    /// reported beside this build's.
+    #[arg(long)]
+    lb_ctl_before: Option<PathBuf>,
+    /// Only the persistence-scan figures of the control-plane section (printed; no
+    /// results.json).
+    #[arg(long)]
+    scans_only: bool,
     /// Only redraw the chart from an earlier results.json (no measurement, no root needed).
     #[arg(long)]
     redraw: Option<PathBuf>,
@@ -75,6 +85,12 @@ fn main() -> Result<()> {
     ensure!(cpus >= 2, "the benchmark needs 2 CPUs (one measured, one for the rest)");
     let cpu = cpus - 1;
     let mut machine = machine();
+    if args.scans_only {
+        eprintln!("==> persistence scans at {} clients", control::SCAN_CLIENTS);
+        let scans = control::scans(&prefix, &args.lb_ctl, args.lb_ctl_before.as_ref())?;
+        print!("{}\n{}", machine.one_line(), report::scans_table(&scans));
+        return Ok(());
+    }
 
     eprintln!("==> 1/4 program cost (BPF_PROG_TEST_RUN, stamp method)");
     let prog = progcost::run(&prefix, cpu, args.trials)?;
@@ -104,6 +120,12 @@ fn main() -> Result<()> {
     } else {
         control::health(&prefix, &args.lb_ctl, 0)?
     };
+    eprintln!("==> 4/4 persistence scans at {} clients", control::SCAN_CLIENTS);
+    let scans = if args.skip_control {
+        control::Scans::default()
+    } else {
+        control::scans(&prefix, &args.lb_ctl, args.lb_ctl_before.as_ref())?
+    };
 
     machine.load_end = loadavg();
     machine.seconds = started.elapsed().as_secs_f64();
@@ -113,6 +135,7 @@ fn main() -> Result<()> {
         closed: &closed,
         maglev: &maglev,
         health: &health,
+        scans: &scans,
     };
     print!("{}", report::table(&all));
     fs::create_dir_all(&args.out)?;

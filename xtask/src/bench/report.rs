@@ -40,6 +40,7 @@ pub struct All<'a> {
     pub closed: &'a closed_loop::Results,
     pub maglev: &'a [(u32, f64)],
     pub health: &'a Health,
+    pub scans: &'a control::Scans,
 }
 
 struct Target {
@@ -317,6 +318,7 @@ pub fn table(a: &All<'_>) -> String {
     if !h.note.is_empty() {
         o += &format!("   Note: {}\n", h.note);
     }
+    o += &scans_table(a.scans);
 
     o += "\nTargets (issue 4; read, never asserted)\n";
     for t in targets(a) {
@@ -462,7 +464,74 @@ pub fn json(a: &All<'_>) -> Value {
             "next_hop_commands_cpu_percent": h.children_cpu_pct,
             "icmp_floor_cpu_percent": h.floor_cpu_pct, "note": h.note,
         },
+        "persistence_scans": scans_json(a.scans),
         "targets": targets,
+    })
+}
+
+/// A duration in ms, or how long it was not done by.
+fn ms_or_timeout(v: Option<f64>) -> String {
+    match v {
+        Some(ms) if ms.is_finite() => format!("{ms:.1} ms"),
+        _ => format!("> {:.0} s (not done)", control::SCAN_TIMEOUT.as_secs_f64()),
+    }
+}
+
+/// The persistence-scan lines of the control-plane section.
+pub fn scans_table(s: &control::Scans) -> String {
+    let w = &s.walks;
+    let mut o = format!(
+        "   Persistence scans at {} clients (PERSIST_V4, 2^20 entries):\n   full walk: \
+         BPF_MAP_LOOKUP_BATCH {:.1} ms, GET_NEXT_KEY + lookups (before) {}\n   under churn \
+         ({:.0} inserts/s): batch {:.1} ms ({} entries{}), GET_NEXT_KEY {} ({} keys read twice)\n",
+        s.clients,
+        w.batch_ms,
+        ms_or_timeout(Some(w.next_key_ms)),
+        w.churn_inserts_per_s,
+        w.churn_batch_ms,
+        w.churn_batch_entries,
+        if w.churn_batch_truncated { ", truncated" } else { "" },
+        ms_or_timeout(w.churn_next_key_ms),
+        w.churn_next_key_duplicates,
+    );
+    for (label, d) in [("this build", Some(&s.after)), ("before", s.before.as_ref())] {
+        let Some(d) = d else { continue };
+        o += &format!(
+            "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
+             scrape {}, backend list {}; ikelb_persistence_entries {}\n",
+            ms_or_timeout(d.scrape_first_ms),
+            ms_or_timeout(d.scrape_ms),
+            ms_or_timeout(d.list_ms),
+            ms_or_timeout(d.churn_scrape_ms),
+            ms_or_timeout(d.churn_list_ms),
+            d.entries_scraped.map_or("?".to_owned(), |e| format!("{e:.0}")),
+        );
+    }
+    o
+}
+
+fn scans_json(s: &control::Scans) -> Value {
+    let daemon = |d: &control::DaemonScans| {
+        json!({
+            "binary": d.binary, "scrape_first_ms": d.scrape_first_ms, "scrape_ms": d.scrape_ms,
+            "backend_list_ms": d.list_ms, "churn_scrape_ms": d.churn_scrape_ms,
+            "churn_backend_list_ms": d.churn_list_ms, "entries_scraped": d.entries_scraped,
+        })
+    };
+    let w = &s.walks;
+    json!({
+        "clients": s.clients,
+        "timeout_s": control::SCAN_TIMEOUT.as_secs_f64(),
+        "full_walk_batch_ms": w.batch_ms,
+        "full_walk_next_key_ms": w.next_key_ms.is_finite().then_some(w.next_key_ms),
+        "churn_inserts_per_s": w.churn_inserts_per_s,
+        "churn_walk_batch_ms": w.churn_batch_ms,
+        "churn_walk_batch_entries": w.churn_batch_entries,
+        "churn_walk_batch_truncated": w.churn_batch_truncated,
+        "churn_walk_next_key_ms": w.churn_next_key_ms,
+        "churn_walk_next_key_duplicates": w.churn_next_key_duplicates,
+        "daemon": daemon(&s.after),
+        "daemon_before": s.before.as_ref().map(daemon),
     })
 }
 
