@@ -145,7 +145,8 @@ where
     M: MapWalk<K, V> + ?Sized,
 {
     let cap = m.max_entries() as usize;
-    let mut raw: Vec<(K, V)> = Vec::new();
+    // Room for a full map up front (untouched pages cost no memory): no copy while growing.
+    let mut raw: Vec<(K, V)> = Vec::with_capacity(cap.min(1 << 24));
     let mut stats = WalkStats {
         map: m.name(),
         max_entries: m.max_entries(),

@@ -303,7 +303,9 @@ pub struct DaemonScans {
     pub scrape_ms: Option<f64>,
     /// Median of 5 `lb-ctl backend list --json` (process start included).
     pub list_ms: Option<f64>,
-    /// Under insert churn: median of 3 scrapes, then of 3 lists.
+    /// Under insert churn: the first scrape (the last scan is older than any sharing
+    /// window), the median of the next 3, then of 3 lists.
+    pub churn_scrape_first_ms: Option<f64>,
     pub churn_scrape_ms: Option<f64>,
     pub churn_list_ms: Option<f64>,
     /// `ikelb_persistence_entries` of the first scrape.
@@ -643,7 +645,9 @@ fn daemon_scans(
 
     // Insert churn.
     let churn = Churn::start(&bpffs)?;
-    sys::sleep(Duration::from_secs(1))?;
+    // As before the first idle scrape: no scan to share.
+    sys::sleep(Duration::from_secs(6))?;
+    out.churn_scrape_first_ms = scrape(&gw)?.map(|x| x.0);
     let mut s = Vec::new();
     for _ in 0..3 {
         let r = scrape(&gw)?.map(|x| x.0);

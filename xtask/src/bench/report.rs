@@ -498,10 +498,11 @@ pub fn scans_table(s: &control::Scans) -> String {
         let Some(d) = d else { continue };
         o += &format!(
             "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
-             scrape {}, backend list {}; ikelb_persistence_entries {}\n",
+             scrape {} first, {} next, backend list {}; ikelb_persistence_entries {}\n",
             ms_or_timeout(d.scrape_first_ms),
             ms_or_timeout(d.scrape_ms),
             ms_or_timeout(d.list_ms),
+            ms_or_timeout(d.churn_scrape_first_ms),
             ms_or_timeout(d.churn_scrape_ms),
             ms_or_timeout(d.churn_list_ms),
             d.entries_scraped.map_or("?".to_owned(), |e| format!("{e:.0}")),
@@ -514,7 +515,8 @@ fn scans_json(s: &control::Scans) -> Value {
     let daemon = |d: &control::DaemonScans| {
         json!({
             "binary": d.binary, "scrape_first_ms": d.scrape_first_ms, "scrape_ms": d.scrape_ms,
-            "backend_list_ms": d.list_ms, "churn_scrape_ms": d.churn_scrape_ms,
+            "backend_list_ms": d.list_ms, "churn_scrape_first_ms": d.churn_scrape_first_ms,
+            "churn_scrape_ms": d.churn_scrape_ms,
             "churn_backend_list_ms": d.churn_list_ms, "entries_scraped": d.entries_scraped,
         })
     };
