@@ -155,14 +155,17 @@ where
     };
     let read_err = |io_error: io::Error, call: &'static str| DataplaneError::Read {
         map: m.name(),
-        source: Box::new(MapError::SyscallError(aya::sys::SyscallError { call, io_error })),
+        source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error,
+        })),
     };
     match batch_walk(m, cap, &mut raw) {
         Ok(truncated) => stats.truncated = truncated,
         Err(e) if raw.is_empty() && batch_unsupported(&e) => {
             stats.batched = false;
-            stats.truncated = next_key_walk(m, cap, &mut raw)
-                .map_err(|(e, call)| read_err(e, call))?;
+            stats.truncated =
+                next_key_walk(m, cap, &mut raw).map_err(|(e, call)| read_err(e, call))?;
         }
         Err(e) => return Err(read_err(e, "bpf_map_lookup_batch")),
     }
@@ -320,7 +323,8 @@ impl<K: Pod, V: Pod> BpfMap<K, V> {
         };
         let data = MapData::from_fd(fd).map_err(err)?;
         let info = data.info().map_err(err)?;
-        if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>()
+        if info.key_size() as usize != size_of::<K>()
+            || info.value_size() as usize != size_of::<V>()
         {
             return Err(DataplaneError::MapType {
                 map: name,
@@ -344,17 +348,17 @@ impl<K: Pod, V: Pod> BpfMap<K, V> {
             map: name,
             source: Box::new(source),
         })?;
-        let fd = data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|io_error| DataplaneError::Read {
-                map: name,
-                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "dup",
-                    io_error,
-                })),
-            })?;
+        let fd =
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|io_error| DataplaneError::Read {
+                    map: name,
+                    source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error,
+                    })),
+                })?;
         Self::from_fd(fd, name)
     }
 
@@ -475,7 +479,11 @@ impl Scanned {
         let entries = PersistEntry::all(&v4.entries, &v6.entries, &p4.entries, &p6.entries);
         let maps = vec![v4.stats, v6.stats, p4.stats, p6.stats];
         let mut keyed = v4.entries;
-        keyed.extend(p4.entries.iter().map(|(k, v)| (*k, probation_as_persist(v))));
+        keyed.extend(
+            p4.entries
+                .iter()
+                .map(|(k, v)| (*k, probation_as_persist(v))),
+        );
         Self {
             entries,
             v4: keyed,

@@ -130,8 +130,7 @@ fn a_full_map_is_complete_and_a_bucket_past_the_cap_truncates() {
 }
 
 #[test]
-fn without_batch_lookups_the_next_key_walk_restarting_under_churn_is_capped_and_deduplicated()
-{
+fn without_batch_lookups_the_next_key_walk_restarting_under_churn_is_capped_and_deduplicated() {
     // No churn: everything, once.
     let scan = FakeScan {
         no_batch: true,
@@ -168,7 +167,10 @@ fn a_scan_of_the_fake_data_path_reads_the_four_maps() {
     let s = dp.persistence_scan().unwrap()().unwrap();
     assert_eq!(s.entries.len(), 11);
     assert_eq!(
-        s.entries.iter().filter(|e| e.tier == Tier::Probation).count(),
+        s.entries
+            .iter()
+            .filter(|e| e.tier == Tier::Probation)
+            .count(),
         1
     );
     assert_eq!(s.v4.len(), 11, "PERSIST_V4 and PROBATION_V4 with keys");
@@ -402,7 +404,11 @@ fn root_a_batch_walk_of_a_real_lru_map_reads_each_key_exactly_once() {
     let map = BpfMap::<PersistKeyV4, PersistValue>::from_fd(dup(&data), "scan_test").unwrap();
     assert_eq!(map.max_entries(), 2 * FILL);
     let w = walk(&map).unwrap();
-    assert!(w.stats.batched, "BPF_MAP_LOOKUP_BATCH is used: {:?}", w.stats);
+    assert!(
+        w.stats.batched,
+        "BPF_MAP_LOOKUP_BATCH is used: {:?}",
+        w.stats
+    );
     assert!(!w.stats.truncated);
     assert_eq!(w.stats.duplicates, 0);
     assert_eq!(w.stats.visited, u64::from(FILL));
@@ -487,14 +493,19 @@ fn root_timing_breakdown() {
         let mut cursor = None;
         let mut total = 0;
         loop {
-            let next = map.lookup_batch(cursor, room, &mut keys, &mut values).unwrap();
+            let next = map
+                .lookup_batch(cursor, room, &mut keys, &mut values)
+                .unwrap();
             total += keys.len();
             match next {
                 Some(c) => cursor = Some(c),
                 None => break,
             }
         }
-        eprintln!("syscalls only, room {room}: {total} in {:?}", start.elapsed());
+        eprintln!(
+            "syscalls only, room {room}: {total} in {:?}",
+            start.elapsed()
+        );
     }
     for _ in 0..3 {
         let start = Instant::now();
