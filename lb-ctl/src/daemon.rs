@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{self, Config, ConfigError, Mode, XdpAttachMode},
     dataplane::{AyaDataplane, Dataplane},
+    identity,
     kernel,
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
     paths,
@@ -49,6 +50,8 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     #[error("reading the MAC address of interface {iface} from {path}: {source}")]
     InterfaceMac {
         iface: String,
@@ -205,7 +208,8 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     let metrics_listener = crate::metrics::http::bind(config.metrics_listen).await?;
     let capacity = backend_capacity(config.backend_count());
     let pins = Pins::new(&config.bpffs, &config.instance);
-    let loaded = load(&config, capacity, &pins)?;
+    let identity = assign_identity(&config, &ifindexes, &pins)?;
+    let loaded = load(&config, capacity, &pins, &identity)?;
     // Scrapes read the maps through their own fds (opened from the pins just made or
     // reused), never through the control loop.
     let stats = crate::metrics::PinnedStats::open(&pins.load_dir(&loaded.plan))
@@ -218,7 +222,13 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
             probation: config.probation_entries,
         },
     )?);
-    let mut balancer = Balancer::new(AyaDataplane::new(loaded.ebpf), &config, ifaces, capacity)?;
+    let mut balancer = Balancer::with_identity(
+        AyaDataplane::new(loaded.ebpf),
+        &config,
+        ifaces,
+        capacity,
+        &identity,
+    )?;
     // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
     let controller = runtime::Controller::for_daemon(&config, &mut balancer)
         .map_err(|e| DaemonError::Control(Box::new(e)))?;
@@ -340,6 +350,29 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
     outcome.and(detached)
 }
 
+/// Service ids and interface ports by name ([`crate::identity`]): the pinned maps' (the
+/// running truth), else `state_dir/identity.json`'s, else the lowest free; saved back before
+/// anything is loaded.
+fn assign_identity(
+    config: &Config,
+    ifindexes: &[u32],
+    pins: &Pins,
+) -> Result<identity::Identity, DaemonError> {
+    let path = identity::path(&config.state_dir);
+    let saved = identity::load(&path)?;
+    let pinned = pin::read_identity(pins)?;
+    let assigned = identity::assign(config, ifindexes, &saved, &pinned);
+    for note in &assigned.notes {
+        info!(file = %path.display(), "identity: {note}");
+    }
+    identity::check_bounds(&assigned.identity, config.maglev_table_size, &path)?;
+    if assigned.identity != saved {
+        identity::save(&path, &assigned.identity)?;
+    }
+    debug!(services = ?assigned.identity.services, ports = ?assigned.identity.ports, "service ids and interface ports");
+    Ok(assigned.identity)
+}
+
 /// The embedded object loaded against the pins, not yet attached.
 struct Loaded {
     ebpf: aya::Ebpf,
@@ -352,7 +385,12 @@ struct Loaded {
 /// Loads the embedded object with the config's globals and map sizes, its maps bound to the
 /// pins of `pins` (reused, created, or a new set for a migration: [`pin::plan`]). The program
 /// itself is loaded into the kernel only when it is to be attached ([`pin::attach`]).
-fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, DaemonError> {
+fn load(
+    config: &Config,
+    backend_capacity: u32,
+    pins: &Pins,
+    identity: &identity::Identity,
+) -> Result<Loaded, DaemonError> {
     if EBPF_OBJECT.is_empty() {
         return Err(DaemonError::NoObject);
     }
@@ -360,7 +398,9 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
     crate::listen::raise_nofile_limit();
     // After the memlock limit: kernels before 5.11 charge the probes' maps to it.
     kernel::require()?;
-    let services = config.virtual_servers.len() as u32;
+    // Maps indexed by service id hold the highest id + 1 (ids follow names and may leave
+    // gaps: `crate::identity`).
+    let services = identity.service_slots().max(1);
     let v6_services = config
         .virtual_servers
         .iter()
@@ -370,7 +410,7 @@ fn load(config: &Config, backend_capacity: u32, pins: &Pins) -> Result<Loaded, D
     let ticks = config.persist_timeout_ticks();
     let seed = config.hash_seed;
     let dsr = u32::from(config.mode == Mode::Dsr);
-    // Config validation bounds services × 2 × M below 2^32.
+    // `identity::check_bounds` keeps (highest id + 1) × 2 × M within 2^32.
     let rings = services * 2 * ring_size;
     // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
     // every entry, and with no IPv6 service nothing is ever inserted there.
@@ -578,7 +618,7 @@ impl Daemon {
         let vs = self
             .balancer
             .backend(id)
-            .map(|b| self.balancer.services()[b.service as usize].name.clone())
+            .map(|b| self.balancer.service(b.service).name.clone())
             .unwrap_or_default();
         let (status, next_hop) = match result {
             // DSR keeps the VIP as destination: a frame handed to a router would be routed
@@ -592,12 +632,7 @@ impl Daemon {
                 None,
             ),
             Ok(r) => {
-                let port = self
-                    .config
-                    .interfaces
-                    .iter()
-                    .position(|i| i.name == r.dev)
-                    .map(|p| p as u32);
+                let port = self.balancer.port_of(&r.dev);
                 let mac = format_mac(&r.mac);
                 let how = if r.via == addr {
                     "on-link".to_owned()

@@ -27,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod identity;
 pub mod kernel;
 pub mod listen;
 pub mod metrics;

@@ -569,14 +569,13 @@ impl Metrics {
             .flips_seen
             .swap(flips, std::sync::atomic::Ordering::Relaxed);
         self.rebuilds.inc_by(flips.saturating_sub(seen));
-        let services = balancer.services();
         self.set_backends(
             balancer
                 .backends()
                 .map(|b| BackendLabel {
                     id: b.id,
                     service: b.service,
-                    vs: services[b.service as usize].name.clone(),
+                    vs: balancer.service(b.service).name.clone(),
                     address: b.address,
                     up: b.usable(),
                 })

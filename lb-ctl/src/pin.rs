@@ -593,6 +593,42 @@ pub fn read_state(pins: &Pins, ring_size: Option<u32>) -> Result<PinnedState, Pi
     Ok(state)
 }
 
+/// What the pinned maps say about service ids and interface ports
+/// (`crate::identity`): the VIP of every written `SERVICES` entry, and the port of every
+/// ifindex in `IFINDEX_PORTS`. Read before anything is loaded (the ids size the maps). No
+/// pins, or maps of another layout, say nothing.
+pub fn read_identity(pins: &Pins) -> Result<crate::identity::PinnedIds, PinError> {
+    let op = |map: &'static str, op: &'static str| {
+        move |source: MapError| PinError::Map {
+            map,
+            op,
+            source: Box::new(source),
+        }
+    };
+    let mut ids = crate::identity::PinnedIds::default();
+    if let Ok(services) = open_pinned(&pins.map(maps::SERVICES), maps::SERVICES)
+        .and_then(|m| Array::<MapData, Service>::try_from(m).map_err(op(maps::SERVICES, "type")))
+    {
+        let mut values = Vec::new();
+        for id in 0..services.len() {
+            values.push(services.get(&id, 0).map_err(op(maps::SERVICES, "read"))?);
+        }
+        ids.services = crate::identity::PinnedIds::from_services(&values);
+    }
+    if let Ok(ports) = open_pinned(&pins.map(maps::IFINDEX_PORTS), maps::IFINDEX_PORTS)
+        .and_then(|m| {
+            HashMap::<MapData, u32, u32>::try_from(m).map_err(op(maps::IFINDEX_PORTS, "type"))
+        })
+    {
+        for entry in ports.iter() {
+            let (ifindex, value) = entry.map_err(op(maps::IFINDEX_PORTS, "read"))?;
+            ids.ports
+                .insert(ifindex, value & lb_common::INGRESS_PORT_MASK);
+        }
+    }
+    Ok(ids)
+}
+
 /// Copies every persistence and probation entry of the current (old) map set into the maps
 /// of `ebpf` (the new set) when both have the same layout; returns how many were copied. An
 /// old set without probation maps (an older build) simply has none to copy.

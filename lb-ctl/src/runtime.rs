@@ -116,6 +116,7 @@ const TICK: Duration = Duration::from_nanos(1 << TICK_SHIFT);
 
 mod store;
 pub use store::{AddedBackend, Draining, RuntimeChanges, Store, StoreError, VsChanges, STATE_FILE};
+pub(crate) use store::{sync_dir_default, write_atomic, AtomicWriteError};
 
 // ---------------------------------------------------------------------------------------
 // The controller
@@ -303,7 +304,7 @@ impl Controller {
             let Some(b) = lb.backend(r.id).filter(|b| b.address == r.addr) else {
                 continue;
             };
-            let vs = lb.services()[b.service as usize].name.clone();
+            let vs = lb.service(b.service).name.clone();
             let tracker = self.trackers.entry(r.id).or_default();
             let before = tracker.state();
             if !tracker.observe(r.probe.outcome.is_success(), hc.rise, hc.fall) {
@@ -380,8 +381,8 @@ impl Controller {
         let mut effects = Effects::default();
         for (id, why) in done {
             let b = lb.backend(id).expect("listed above").clone();
-            let vs = lb.services()[b.service as usize].name.clone();
-            let in_config = self.config_weight(b.service as usize, b.address).is_some();
+            let vs = lb.service(b.service).name.clone();
+            let in_config = lb.service_index(b.service).is_some_and(|i| self.config_weight(i, b.address).is_some());
             let mut next = self.changes.clone();
             next.record_remove(&vs, b.address, in_config);
             // Saved but perhaps not durable: logged by `save`, the drain still ends.
@@ -546,7 +547,7 @@ impl Controller {
                 .map(|b| {
                     format!(
                         " (it is a backend of {})",
-                        lb.services()[b.service as usize].name
+                        lb.service(b.service).name
                     )
                 })
                 .unwrap_or_default();
@@ -798,8 +799,8 @@ impl Controller {
             ));
         }
         if let Some(b) = lb.backend_by_address(address) {
-            let owner = &lb.services()[b.service as usize].name;
-            let msg = if b.service as usize == service {
+            let owner = &lb.service(b.service).name;
+            let msg = if lb.service_index(b.service) == Some(service) {
                 format!("{address} is already a backend of {owner} (id {})", b.id)
             } else {
                 format!(
@@ -836,7 +837,7 @@ impl Controller {
         b: &BackendState,
         clients: &HashMap<u32, u64>,
     ) -> BackendInfo {
-        let svc = &lb.services()[b.service as usize];
+        let svc = lb.service(b.service);
         let state = if b.in_ring() {
             "active"
         } else if b.draining() && b.usable() {
@@ -844,7 +845,7 @@ impl Controller {
         } else {
             "unusable"
         };
-        let in_config = self.config_weight(b.service as usize, b.address).is_some();
+        let in_config = lb.service_index(b.service).is_some_and(|i| self.config_weight(i, b.address).is_some());
         BackendInfo {
             virtual_server: svc.name.clone(),
             address: b.address,
@@ -855,8 +856,7 @@ impl Controller {
             next_hop: b.next_hop.map(|nh| {
                 let m = nh.mac;
                 let dev = lb
-                    .ifaces()
-                    .get(nh.port as usize)
+                    .iface(nh.port)
                     .map_or("?", |i| i.name.as_str());
                 format!(
                     "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on {dev}",
@@ -948,7 +948,7 @@ fn dp_error(e: DataplaneError) -> ApiError {
 pub fn apply_and_log<D: Dataplane>(lb: &mut Balancer<D>) -> Result<ApplyReport, StateError> {
     let report = lb.apply()?;
     for (service, slots) in &report.flips {
-        let svc = &lb.services()[*service as usize];
+        let svc = lb.service(*service);
         let active = lb
             .backends()
             .filter(|b| b.service == *service && b.in_ring())

@@ -1,7 +1,8 @@
 //! The control plane's model of what the data path should hold, and the logic that brings
 //! the maps there with the fewest, safest writes.
 //!
-//! Config → one *service* per VIP (id = position in `virtual_servers`) → backends with
+//! Config → one *service* per VIP (id by name, stable across restarts and config edits:
+//! [`crate::identity`]) → backends with
 //! stable ids (id 0 is [`BACKEND_NONE`]) → a Maglev table per service
 //! ([`lb_common::maglev::build`], where an unusable backend moves only its own slots).
 //!
@@ -90,6 +91,7 @@ use lb_common::{
 
 use crate::{
     config::Config,
+    identity::Identity,
     dataplane::{addr_words, port_wire, Dataplane, DataplaneError},
     health::HealthState,
 };
@@ -116,7 +118,8 @@ pub struct IfaceInfo {
     pub mac: [u8; 6],
 }
 
-/// Where to send a backend's frames: out of interface `port` (index in `interfaces`) to
+/// Where to send a backend's frames: out of interface `port` (its number in `IFACES` and
+/// `TX_PORTS`, by name: [`crate::identity`]) to
 /// `mac` (the backend's own, or its gateway's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
@@ -159,14 +162,16 @@ impl BackendState {
         self.drain_until.is_some()
     }
 
-    fn value(&self, ifaces: &[IfaceInfo]) -> Backend {
+    fn value(&self, ifaces: &[IfaceInfo], ports: &[u32]) -> Backend {
         let mut b = Backend {
             addr: addr_words(self.address),
             service: self.service,
             ..Backend::default()
         };
+        let iface = |port: u32| ports.iter().position(|&p| p == port).map(|i| &ifaces[i]);
         if let (true, Some(nh)) = (self.usable(), self.next_hop) {
-            let iface = &ifaces[nh.port as usize];
+            // `set_next_hop` refuses a port no interface has.
+            let iface = iface(nh.port).expect("the next hop's port is an interface's");
             b.flags = BACKEND_F_USABLE;
             b.tx_port = nh.port;
             b.ifindex = iface.ifindex;
@@ -284,6 +289,10 @@ pub enum StateError {
     UnknownPort { id: u32, port: u32 },
     #[error("service id {service} is unknown")]
     UnknownService { service: u32 },
+    #[error("virtual server {name} ({vip}) has no service id assigned")]
+    NoServiceId { name: String, vip: IpAddr },
+    #[error("interface {name} has no port assigned")]
+    NoPort { name: String },
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -294,9 +303,14 @@ pub struct Balancer<D> {
     ring_size: u32,
     seed: u32,
     ifaces: Vec<IfaceInfo>,
+    /// Port (`IFACES`/`TX_PORTS` index) of each interface (same order as `ifaces`).
+    ports: Vec<u32>,
     /// `INGRESS_F_*` role flags of each interface (same order as `ifaces`).
     roles: Vec<u32>,
+    /// In config order (the order of `config.virtual_servers`); `value.id` is the service id.
     services: Vec<ServiceState>,
+    /// Service id → index in `services`.
+    service_pos: BTreeMap<u32, usize>,
     backends: BTreeMap<u32, BackendState>,
     ids: IdAllocator,
     /// Removed backends (id, address) still to be forgotten in the maps (step 4 of the
@@ -311,7 +325,8 @@ pub struct Balancer<D> {
 }
 
 impl<D: Dataplane> Balancer<D> {
-    /// Builds the desired state of `config` (no map is touched until [`apply`]).
+    /// Builds the desired state of `config` (no map is touched until [`apply`]), with
+    /// service ids and ports by position ([`Identity::positional`]: a first start).
     /// `ifaces` are the config's interfaces in order; `backend_capacity` is the size of
     /// `BACKENDS`.
     ///
@@ -322,6 +337,19 @@ impl<D: Dataplane> Balancer<D> {
         ifaces: Vec<IfaceInfo>,
         backend_capacity: u32,
     ) -> Result<Self, StateError> {
+        let identity = Identity::positional(config, ifaces.iter().map(|i| i.name.as_str()));
+        Self::with_identity(dp, config, ifaces, backend_capacity, &identity)
+    }
+
+    /// [`new`](Balancer::new) with the service ids and ports of `identity`
+    /// ([`crate::identity::assign`]), which must name every configured service and interface.
+    pub fn with_identity(
+        dp: D,
+        config: &Config,
+        ifaces: Vec<IfaceInfo>,
+        backend_capacity: u32,
+        identity: &Identity,
+    ) -> Result<Self, StateError> {
         let m = config.maglev_table_size;
         let mut ids = IdAllocator {
             next: BACKEND_NONE + 1,
@@ -330,8 +358,13 @@ impl<D: Dataplane> Balancer<D> {
         };
         let mut services = Vec::new();
         let mut backends = BTreeMap::new();
-        for (id, vs) in config.virtual_servers.iter().enumerate() {
-            let id = id as u32;
+        let mut service_pos = BTreeMap::new();
+        for (pos, vs) in config.virtual_servers.iter().enumerate() {
+            let id = identity.service(vs).ok_or_else(|| StateError::NoServiceId {
+                name: vs.name.clone(),
+                vip: vs.vip,
+            })?;
+            service_pos.insert(id, pos);
             let mut value = Service {
                 id,
                 flags: if vs.esp { SVC_F_ESP } else { 0 },
@@ -404,13 +437,27 @@ impl<D: Dataplane> Balancer<D> {
                     .ingress_flags()
             })
             .collect();
+        let ports = ifaces
+            .iter()
+            .map(|i| {
+                identity
+                    .ports
+                    .get(&i.name)
+                    .copied()
+                    .ok_or_else(|| StateError::NoPort {
+                        name: i.name.clone(),
+                    })
+            })
+            .collect::<Result<Vec<u32>, StateError>>()?;
         Ok(Self {
             dp,
             ring_size: m,
             seed: config.hash_seed,
             ifaces,
+            ports,
             roles,
             services,
+            service_pos,
             backends,
             ids,
             removed: Vec::new(),
@@ -428,8 +475,34 @@ impl<D: Dataplane> Balancer<D> {
         &mut self.dp
     }
 
+    /// Every service, in config order (the order of `config.virtual_servers`; the service
+    /// id is `value.id`).
     pub fn services(&self) -> &[ServiceState] {
         &self.services
+    }
+
+    /// Index in [`services`](Balancer::services) (and `config.virtual_servers`) of service
+    /// `id`.
+    pub fn service_index(&self, id: u32) -> Option<usize> {
+        self.service_pos.get(&id).copied()
+    }
+
+    /// Service `id` (a backend's `service`, a persistence key's). Panics on an id no
+    /// configured service has, as indexing would: every backend's service is configured.
+    pub fn service(&self, id: u32) -> &ServiceState {
+        &self.services[self.service_pos[&id]]
+    }
+
+    /// The interface with port `port`.
+    pub fn iface(&self, port: u32) -> Option<&IfaceInfo> {
+        let i = self.ports.iter().position(|&p| p == port)?;
+        Some(&self.ifaces[i])
+    }
+
+    /// The port of interface `name`.
+    pub fn port_of(&self, name: &str) -> Option<u32> {
+        let i = self.ifaces.iter().position(|i| i.name == name)?;
+        Some(self.ports[i])
     }
 
     pub fn backends(&self) -> impl Iterator<Item = &BackendState> {
@@ -467,7 +540,8 @@ impl<D: Dataplane> Balancer<D> {
         self.backends.values().find(|b| b.address == address)
     }
 
-    /// Adds a backend to service `service` (health Unknown, next hop unresolved: unusable
+    /// Adds a backend to the service at index `service` of [`services`](Balancer::services)
+    /// (config order, not the service id) (health Unknown, next hop unresolved: unusable
     /// until both are known). Returns its id. The caller has validated the address.
     pub fn add_backend(
         &mut self,
@@ -475,16 +549,18 @@ impl<D: Dataplane> Balancer<D> {
         address: IpAddr,
         weight: u32,
     ) -> Result<u32, StateError> {
+        let pos = service as usize;
         let svc = self
             .services
-            .get(service as usize)
+            .get(pos)
             .ok_or(StateError::UnknownService { service })?;
+        let service = svc.value.id;
         let id = self.ids.alloc().ok_or_else(|| StateError::IdsExhausted {
             service: svc.name.clone(),
             address,
             capacity: self.ids.capacity,
         })?;
-        self.services[service as usize].members.push(id);
+        self.services[pos].members.push(id);
         self.backends.insert(
             id,
             BackendState {
@@ -510,7 +586,8 @@ impl<D: Dataplane> Balancer<D> {
             _ => return Err(StateError::UnknownBackend { id }),
         }
         let b = self.backends.remove(&id).expect("checked above");
-        self.services[b.service as usize]
+        let pos = self.service_pos[&b.service];
+        self.services[pos]
             .members
             .retain(|&m| m != id);
         self.ids.unalloc(id);
@@ -526,7 +603,8 @@ impl<D: Dataplane> Balancer<D> {
             .backends
             .remove(&id)
             .ok_or(StateError::UnknownBackend { id })?;
-        self.services[b.service as usize]
+        let pos = self.service_pos[&b.service];
+        self.services[pos]
             .members
             .retain(|&m| m != id);
         self.removed.push((id, b.address));
@@ -571,7 +649,7 @@ impl<D: Dataplane> Balancer<D> {
     /// change at the next [`apply`](Balancer::apply).
     pub fn set_next_hop(&mut self, id: u32, next_hop: Option<NextHop>) -> Result<bool, StateError> {
         if let Some(nh) = next_hop {
-            if nh.port as usize >= self.ifaces.len() {
+            if !self.ports.contains(&nh.port) {
                 return Err(StateError::UnknownPort { id, port: nh.port });
             }
         }
@@ -588,9 +666,9 @@ impl<D: Dataplane> Balancer<D> {
     pub fn apply(&mut self) -> Result<ApplyReport, StateError> {
         let mut report = ApplyReport::default();
         if !self.ifaces_written {
-            for (port, (i, &roles)) in self.ifaces.iter().zip(&self.roles).enumerate() {
+            for ((i, &roles), &port) in self.ifaces.iter().zip(&self.roles).zip(&self.ports) {
                 self.dp.set_iface(
-                    port as u32,
+                    port,
                     &Iface {
                         ifindex: i.ifindex,
                         mac: i.mac,
@@ -639,7 +717,7 @@ impl<D: Dataplane> Balancer<D> {
             if b.usable() != usable {
                 continue;
             }
-            let value = b.value(&self.ifaces);
+            let value = b.value(&self.ifaces, &self.ports);
             if b.written != Some(value) {
                 self.dp.set_backend(b.id, &value)?;
                 b.written = Some(value);
@@ -808,7 +886,7 @@ impl<D: Dataplane> Balancer<D> {
         // Per service: slots with a live entry that disagrees with the active table.
         let mut keep: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
         for (k, v) in entries {
-            let Some(svc) = self.services.get(k.service as usize) else {
+            let Some(svc) = self.service_index(k.service).map(|i| &self.services[i]) else {
                 continue;
             };
             // One tick of grace: the ticket's tick was read before the scan began.

@@ -266,33 +266,63 @@ impl Store {
     /// [`StoreError::Write`]: the old file is in place, nothing changed.
     /// [`StoreError::NotDurable`]: the new file is in place, but may be lost on power loss.
     pub fn save(&self, changes: &RuntimeChanges) -> Result<(), StoreError> {
-        let err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
         let mut text = serde_json::to_vec_pretty(changes).expect("state always serializes");
         text.push(b'\n');
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        (self.sync_dir)(dir).map_err(|source| StoreError::NotDurable {
-            path: self.path.clone(),
-            source,
+        write_atomic(&self.path, &text, self.sync_dir).map_err(|e| match e {
+            AtomicWriteError::Write(source) => StoreError::Write {
+                path: self.path.clone(),
+                source,
+            },
+            AtomicWriteError::NotDurable(source) => StoreError::NotDurable {
+                path: self.path.clone(),
+                source,
+            },
         })
     }
+}
+
+/// Why [`write_atomic`] failed: before the rename (nothing changed) or after it (the new
+/// file is in place, its directory entry possibly not durable).
+#[derive(Debug)]
+pub(crate) enum AtomicWriteError {
+    Write(std::io::Error),
+    NotDurable(std::io::Error),
+}
+
+/// Replaces `path` with `text` atomically (the pattern of [`Store::save`], shared with
+/// `state_dir/identity.json`, `crate::identity`): the directory is created (mode 0700) if
+/// missing, a temporary file `path.tmp` (mode 0600) is written and fsynced, renamed over
+/// `path`, and the directory is fsynced with `sync_dir`.
+pub(crate) fn write_atomic(
+    path: &Path,
+    text: &[u8],
+    sync_dir: fn(&Path) -> std::io::Result<()>,
+) -> Result<(), AtomicWriteError> {
+    let err = AtomicWriteError::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(text).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)?;
+    sync_dir(dir).map_err(AtomicWriteError::NotDurable)
+}
+
+/// fsync of a directory (after a rename in it).
+pub(crate) fn sync_dir_default(dir: &Path) -> std::io::Result<()> {
+    sync_dir(dir)
 }

@@ -63,22 +63,28 @@ impl<D: Dataplane> Balancer<D> {
     ) -> Result<AdoptReport, StateError> {
         let mut report = AdoptReport::default();
         let m = self.ring_size;
-        // A pinned service is the same one when its slot holds the same VIP.
+        // A pinned service is the same one when its id's slot holds the same VIP (ids follow
+        // names and VIPs: `crate::identity`). Indexed like `self.services`.
         let same_service: Vec<bool> = self
             .services
             .iter()
-            .enumerate()
-            .map(|(i, s)| {
+            .map(|s| {
                 pinned
                     .services
-                    .get(i)
+                    .get(s.value.id as usize)
                     .is_some_and(|p| p.vip == s.value.vip && p.family == s.value.family)
             })
             .collect();
+        let service_pos = self.service_pos.clone();
+        let same = |service: u32| {
+            service_pos
+                .get(&service)
+                .is_some_and(|&pos| same_service[pos])
+        };
         let mut pinned_by_key: HashMap<(u32, [u32; 4]), (u32, Backend)> = pinned
             .backends
             .iter()
-            .filter(|(_, b)| same_service.get(b.service as usize) == Some(&true))
+            .filter(|(_, b)| same(b.service))
             .map(|(&id, b)| ((b.service, b.addr), (id, *b)))
             .collect();
 
@@ -113,7 +119,7 @@ impl<D: Dataplane> Balancer<D> {
             .map(|b| {
                 (
                     b.id,
-                    self.services[b.service as usize].name.clone(),
+                    self.service(b.service).name.clone(),
                     b.address,
                 )
             })
@@ -135,8 +141,7 @@ impl<D: Dataplane> Balancer<D> {
                 report.kept_ids += 1;
                 let port = v.tx_port as usize;
                 let same_iface = self
-                    .ifaces
-                    .get(port)
+                    .iface(port as u32)
                     .is_some_and(|i| i.ifindex == v.ifindex && i.mac == v.smac);
                 if v.flags & BACKEND_F_USABLE != 0 && same_iface {
                     b.next_hop = Some(NextHop {
@@ -181,14 +186,18 @@ impl<D: Dataplane> Balancer<D> {
         // Tables: the active half and what both halves hold (their flags included).
         if maps_reused {
             for (i, s) in self.services.iter_mut().enumerate() {
-                let (Some(p), Some(rings)) = (pinned.services.get(i), pinned.rings.get(i)) else {
+                let id = s.value.id;
+                let (Some(p), Some(rings)) = (
+                    pinned.services.get(id as usize),
+                    pinned.rings.get(id as usize),
+                ) else {
                     continue;
                 };
                 if !same_service[i] || rings[0].len() != m as usize || rings[1].len() != m as usize
                 {
                     continue;
                 }
-                let base = |b: u32| (i as u32 * 2 + b) * m;
+                let base = |b: u32| (id * 2 + b) * m;
                 let active = if p.ring_base == base(0) {
                     0
                 } else if p.ring_base == base(1) {
