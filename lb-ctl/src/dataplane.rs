@@ -120,14 +120,14 @@ pub trait Dataplane {
     }
 
     /// A reader of every entry of the persistence and probation maps that owns its own
-    /// handles on them, so a scan of a large map (two syscalls per entry) can run in the
-    /// blocking pool while the daemon's loop goes on (drain idle detection, `backend list`,
-    /// `status`).
+    /// handles on them (bounded walks). The daemon reads through
+    /// [`persistence_scan`](Dataplane::persistence_scan) and its shared scanner instead.
     fn persistence_reader(&self) -> Result<PersistReader, DataplaneError>;
 
     /// A reader of every `PERSIST_V4` and `PROBATION_V4` entry with its key (a probation
     /// value as its [`PersistValue`] part), through its own handles on the maps: the slot
-    /// flag sweep (`state::Balancer::clear_flags`) runs it in the blocking pool. Both maps
+    /// flag sweep (`state::Balancer::clear_flags`) reads the same from the shared scanner
+    /// ([`crate::scan::Scanned::v4`]). Both maps
     /// name a backend the data path sends the client to, so the sweep's invariant is over
     /// both.
     fn persistence_v4_reader(&self) -> Result<PersistV4Reader, DataplaneError>;

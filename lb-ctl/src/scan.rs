@@ -323,15 +323,24 @@ impl<K: Pod, V: Pod> BpfMap<K, V> {
         };
         let data = MapData::from_fd(fd).map_err(err)?;
         let info = data.info().map_err(err)?;
-        if info.key_size() as usize != size_of::<K>()
-            || info.value_size() as usize != size_of::<V>()
-        {
+        let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+        let mismatch = if key != size_of::<K>() {
+            Some(MapError::InvalidKeySize {
+                size: size_of::<K>(),
+                expected: key,
+            })
+        } else if value != size_of::<V>() {
+            Some(MapError::InvalidValueSize {
+                size: size_of::<V>(),
+                expected: value,
+            })
+        } else {
+            None
+        };
+        if let Some(source) = mismatch {
             return Err(DataplaneError::MapType {
                 map: name,
-                source: Box::new(MapError::InvalidKeySize {
-                    size: info.key_size() as usize,
-                    expected: size_of::<K>(),
-                }),
+                source: Box::new(source),
             });
         }
         Ok(Self {
