@@ -1005,7 +1005,7 @@ pub struct Runtime {
     /// The wait for a scan in flight, and when the last one for drains was asked for.
     /// Scans run off the loop: for drains at most once per health interval, and for
     /// `backend list`/`status`, which wait in `queries` (with the oldest scan start they
-    /// accept) for one at most `scan::QUERY_MAX_AGE` old.
+    /// accept) for one that started after they arrived.
     scan: Option<Scan>,
     last_scan: Option<tokio::time::Instant>,
     queries: Vec<(Request, oneshot::Sender<Response>, std::time::Instant)>,
@@ -1143,7 +1143,10 @@ impl Runtime {
             }
             Event::Scanned(outcome) => self.scanned(lb, outcome),
             Event::Request(request, reply) if Controller::needs_scan(&request) => {
-                let not_before = crate::scan::ago(crate::scan::QUERY_MAX_AGE);
+                // A scan that started after the request: what it answers includes every
+                // client seen before the operator asked (the next scan, shared by every
+                // request waiting meanwhile).
+                let not_before = std::time::Instant::now();
                 self.queries.push((request, reply, not_before));
                 if self.scan.is_none() {
                     self.start_scan(not_before);

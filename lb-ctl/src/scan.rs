@@ -22,8 +22,10 @@
 //! and keeps the last result with the time its scan started. A caller asks for a result
 //! started no earlier than some instant: the last one when it is recent enough, else the
 //! scan in flight when that started late enough, else the next scan (several callers waiting
-//! share it). Scrapes, `backend list`, `status`, drain checks and the slot flag sweep all go
-//! through it; `backend add/remove` only read the last result.
+//! share it). Scrapes (a result up to 5 s old), `backend list` and `status` (a scan started
+//! after the request: the next one, shared by every request waiting), drain checks (up to a
+//! health interval old) and the slot flag sweep (started after its grace) all go through it;
+//! `backend add/remove` only read the last result.
 
 use std::{
     collections::HashSet,
@@ -46,9 +48,6 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::dataplane::{probation_as_persist, DataplaneError, PersistEntry};
-
-/// `backend list` and `status` share a scan that started at most this long ago.
-pub const QUERY_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Entries one `BPF_MAP_LOOKUP_BATCH` call asks for at first (a bucket longer than the room
 /// left, `ENOSPC`, doubles it).
