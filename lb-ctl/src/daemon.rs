@@ -240,6 +240,7 @@ async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonErro
             new = r.new,
             stale = r.stale,
             tables = r.tables,
+            stale_services = r.stale_services,
             "adopted the pinned data path's backends and tables"
         );
         // Ring flags describe the persistence entries only for the program (and globals,

@@ -70,6 +70,12 @@ pub trait Dataplane {
     /// `SERVICES[id]`.
     fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError>;
 
+    /// Forgets a service a previous daemon left pinned and the config no longer has
+    /// (`crate::identity`): its `VIPS_V4`/`VIPS_V6` entry is deleted (traffic to the VIP is
+    /// no longer balanced), and with `slot`, `SERVICES[service.id]` is zeroed (an id no
+    /// configured service holds).
+    fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError>;
+
     /// Makes `service.ring_base` the active table: the same writes as [`set_service`], in
     /// the same order (VIP map first, the forward path's entry point). Called only after the
     /// new table's slots are written.
@@ -461,6 +467,42 @@ impl Dataplane for AyaDataplane {
             self.hash_insert(maps::VIPS_V6, service.vip, *service)?;
         }
         self.array_set(maps::SERVICES, service.id, *service)
+    }
+
+    fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError> {
+        fn delete<K: Pod + std::fmt::Debug>(
+            dp: &mut AyaDataplane,
+            map: &'static str,
+            key: K,
+        ) -> Result<(), DataplaneError> {
+            let mut m: HashMap<&mut MapData, K, Service> = HashMap::try_from(dp.map_mut(map)?)
+                .map_err(|source| DataplaneError::MapType {
+                    map,
+                    source: Box::new(source),
+                })?;
+            match m.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Err(source) => Err(DataplaneError::Delete {
+                    map,
+                    key: format!("{key:?}"),
+                    source: Box::new(source),
+                }),
+            }
+        }
+        if service.family == FAMILY_V4 {
+            delete(self, maps::VIPS_V4, service.vip[0])?;
+        } else {
+            delete(self, maps::VIPS_V6, service.vip)?;
+        }
+        if slot {
+            self.array_set(maps::SERVICES, service.id, Service::default())?;
+        }
+        Ok(())
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {

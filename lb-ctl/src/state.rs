@@ -311,6 +311,9 @@ pub struct Balancer<D> {
     services: Vec<ServiceState>,
     /// Service id → index in `services`.
     service_pos: BTreeMap<u32, usize>,
+    /// Services pinned by a previous daemon whose VIP the config no longer has (adoption):
+    /// forgotten by the next apply.
+    stale_services: Vec<Service>,
     backends: BTreeMap<u32, BackendState>,
     ids: IdAllocator,
     /// Removed backends (id, address) still to be forgotten in the maps (step 4 of the
@@ -458,6 +461,7 @@ impl<D: Dataplane> Balancer<D> {
             roles,
             services,
             service_pos,
+            stale_services: Vec::new(),
             backends,
             ids,
             removed: Vec::new(),
@@ -682,6 +686,13 @@ impl<D: Dataplane> Balancer<D> {
             let keep: Vec<u32> = self.ifaces.iter().map(|i| i.ifindex).collect();
             self.dp.forget_other_ifaces(&keep)?;
             self.ifaces_written = true;
+        }
+        // VIPs a previous daemon served and the config no longer has: not balanced any more,
+        // and their id's `SERVICES` slot cleared unless a configured service holds it.
+        while let Some(stale) = self.stale_services.first().copied() {
+            let slot = !self.service_pos.contains_key(&stale.id);
+            self.dp.forget_service(&stale, slot)?;
+            self.stale_services.remove(0);
         }
         report.backends_written += self.write_backends(true)?;
         for idx in 0..self.services.len() {

@@ -274,6 +274,14 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
+    fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError> {
+        self.vips.remove(&service.vip);
+        if slot {
+            self.services.remove(&service.id);
+        }
+        Ok(())
+    }
+
     fn remove_backend(&mut self, id: u32, index: Option<[u32; 4]>) -> Result<(), DataplaneError> {
         self.ops.push(Op::RemoveBackend {
             id,

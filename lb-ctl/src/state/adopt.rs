@@ -50,6 +50,8 @@ pub struct AdoptReport {
     pub stale: usize,
     /// Services whose active table half was adopted.
     pub tables: usize,
+    /// Pinned services whose VIP is no longer configured, forgotten by the next apply.
+    pub stale_services: usize,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -173,6 +175,22 @@ impl<D: Dataplane> Balancer<D> {
                     };
                     self.removed.push((id, words_addr(family, &b.addr)));
                     report.stale += 1;
+                }
+            }
+        }
+
+        // Pinned VIPs no longer configured: the next apply deletes them (a VIP entry left
+        // behind would keep balancing its traffic over whatever its id's tables become).
+        self.stale_services.clear();
+        if maps_reused {
+            for (id, p) in pinned.services.iter().enumerate() {
+                let configured = self
+                    .services
+                    .iter()
+                    .any(|s| s.value.vip == p.vip && s.value.family == p.family);
+                if p.family != 0 && !configured {
+                    self.stale_services.push(lb_common::Service { id: id as u32, ..*p });
+                    report.stale_services += 1;
                 }
             }
         }
@@ -325,7 +343,8 @@ mod tests {
                 usable: 3,
                 new: 0,
                 stale: 0,
-                tables: 1
+                tables: 1,
+                stale_services: 0,
             }
         );
         let report = after.apply().unwrap();

@@ -959,6 +959,47 @@ mod identity_by_name {
     }
 
     #[test]
+    fn a_removed_virtual_server_leaves_the_vip_map_and_its_id_is_taken_by_a_newcomer() {
+        let config = config_of(&["ext", "int"], &["a", "b"]);
+        let first = Identity::positional(&config, ["ext", "int"]);
+        let mut lb = Balancer::with_identity(
+            FakeDataplane::default(),
+            &config,
+            vec![iface("ext"), iface("int")],
+            1024,
+            &first,
+        )
+        .unwrap();
+        up(&mut lb);
+        lb.apply().unwrap();
+        let vip = |s: &str| addr_words(s.parse().unwrap());
+        assert!(lb.dataplane().vips.contains_key(&vip("203.0.113.10")));
+        let (_, b_before) = picture(&lb);
+
+        // a removed: its VIP is no longer balanced, its SERVICES slot cleared; b untouched.
+        let (mut lb2, id2, report) = restart(&lb, &first, &["ext", "int"], &["b"], false);
+        assert!(report.flips.is_empty(), "{report:?}");
+        assert_eq!(report.backends_removed, 3, "a's backends forgotten");
+        let dp = lb2.dataplane();
+        assert!(!dp.vips.contains_key(&vip("203.0.113.10")), "{:?}", dp.vips);
+        assert!(!dp.services.contains_key(&0));
+        assert_eq!(dp.vips[&vip("203.0.113.11")].id, 1);
+        assert!(b_before
+            .iter()
+            .filter(|(a, _)| a.to_string().starts_with("10.0.1."))
+            .all(|x| picture(&lb2).1.contains(x)));
+
+        // c arrives: it takes the released 0; a's VIP stays gone.
+        up(&mut lb2);
+        lb2.apply().unwrap();
+        let (lb3, _, _) = restart(&lb2, &id2, &["ext", "int"], &["c", "b"], false);
+        let dp = lb3.dataplane();
+        assert_eq!(dp.vips[&vip("203.0.113.12")].id, 0);
+        assert_eq!(dp.vips[&vip("203.0.113.11")].id, 1);
+        assert!(!dp.vips.contains_key(&vip("203.0.113.10")));
+    }
+
+    #[test]
     fn a_service_id_beyond_the_count_works_and_ring_bases_follow_ids() {
         // a (0) removed: b keeps 1 and c takes 0, the lowest free.
         let mut saved = Identity::default();
