@@ -259,12 +259,14 @@ fn assign_kind(
         if p >= limit || !taken.insert(p) {
             continue;
         }
-        if let Some(&f) = saved.get(key) {
-            if f != p {
-                notes.push(format!(
-                    "{what} {key}: the pinned maps give {p}, {IDENTITY_FILE} said {f}: keeping {p}"
-                ));
-            }
+        match saved.get(key) {
+            Some(&f) if f != p => notes.push(format!(
+                "{what} {key}: the pinned maps give {p}, {IDENTITY_FILE} said {f}: keeping {p}"
+            )),
+            Some(_) => {}
+            None => notes.push(format!(
+                "{what} {key}: {p} from the pinned maps ({IDENTITY_FILE} has none)"
+            )),
         }
         out.insert(key.clone(), p);
     }

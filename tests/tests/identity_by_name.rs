@@ -12,10 +12,13 @@
 //! 1. the two virtual servers swapped (`two`, `one`): same map sizes, maps reused;
 //! 2. a third, `three` (VIP 203.0.113.30, b5), inserted in front: it takes service id 2, the
 //!    maps indexed by service id grow and are migrated with their persistence entries;
-//! 3. `interfaces` swapped (`int` first): each keeps its port.
+//! 3. `interfaces` swapped (`int` first): each keeps its port;
+//! 4. `state_dir/identity.json` deleted and the order changed once more (`two`, `one`,
+//!    `three`): the pinned `SERVICES` and `IFINDEX_PORTS` give every number back.
 //!
 //! Every datagram must be answered, from the VIP it was sent to and showing the client's own
-//! address, every client by one backend throughout; `state_dir/identity.json` must hold
+//! address, every client by one backend throughout; the daemon must log the ids recovered
+//! from the pins; `state_dir/identity.json` must hold
 //! `one/ipv4` 0, `two/ipv4` 1, `three/ipv4` 2, `ext` 0, `int` 1. Root only; otherwise the test
 //! says why and returns.
 
@@ -334,7 +337,8 @@ fn reordering_and_inserting_moves_no_client() {
     let t0 = Instant::now();
     thread::sleep(Duration::from_secs(2));
 
-    let steps: [(&str, Vec<&str>, [&str; 2], usize); 3] = [
+    let identity_file = lab.dir().join("state/identity.json");
+    let steps: [(&str, Vec<&str>, [&str; 2], usize); 4] = [
         ("virtual servers swapped", vec!["two", "one"], [GW_EXT, GW_INT], 2),
         (
             "a third inserted in front",
@@ -348,10 +352,20 @@ fn reordering_and_inserting_moves_no_client() {
             [GW_INT, GW_EXT],
             4,
         ),
+        (
+            "identity.json lost and the order changed again",
+            vec!["two", "one", "three"],
+            [GW_INT, GW_EXT],
+            5,
+        ),
     ];
     let mut at = Vec::new();
     for (what, servers, ifaces, n) in &steps {
         kill_daemon(&mut lab, libc::SIGTERM);
+        if *n == 5 {
+            // The pins alone give the identities back.
+            std::fs::remove_file(&identity_file).expect("remove identity.json");
+        }
         let text = config(&lab, servers, *ifaces);
         lab.start_daemon_with_config(&lb_ctl, &text)
             .unwrap_or_else(|e| panic!("{what}: start the daemon: {e:#}"));
@@ -389,7 +403,12 @@ fn reordering_and_inserting_moves_no_client() {
         out.contains("identity: service three/ipv4: new, takes 2"),
         "the newcomer takes the next id:\n{log}"
     );
-    let saved = std::fs::read_to_string(lab.dir().join("state/identity.json"))
+    assert!(
+        out.contains("identity: service two/ipv4: 1 from the pinned maps")
+            && out.contains("identity: interface int: 1 from the pinned maps"),
+        "after identity.json was lost, the pins gave two/ipv4 its id 1 back:\n{log}"
+    );
+    let saved = std::fs::read_to_string(&identity_file)
         .expect("state_dir/identity.json");
     let saved: serde_json::Value = serde_json::from_str(&saved).expect("identity.json is JSON");
     assert_eq!(

@@ -129,6 +129,9 @@ fn the_pins_win_over_the_file_and_a_lost_file_keeps_every_identity() {
     let a = assign(&c, &[10, 20], &Identity::default(), &pinned);
     assert_eq!(ids(&a), [("a/ipv4", 1), ("b/ipv4", 0)]);
     assert_eq!(ports(&a), [("ext", 1), ("int", 0)]);
+    assert!(a
+        .notes
+        .contains(&"service a/ipv4: 1 from the pinned maps (identity.json has none)".to_owned()));
     // A file that disagrees: the pins win, and it is said.
     let file = Identity::positional(&c, ["ext", "int"]);
     let b = assign(&c, &[10, 20], &file, &pinned);
