@@ -368,7 +368,13 @@ fn assign_identity(
     }
     identity::check_bounds(&assigned.identity, config.maglev_table_size, &path)?;
     if assigned.identity != saved {
-        identity::save(&path, &assigned.identity)?;
+        match identity::save(&path, &assigned.identity) {
+            Ok(()) => {}
+            // The new file is in place; only its durability is in doubt (and the pins keep
+            // the numbers meanwhile).
+            Err(e @ identity::IdentityError::NotDurable { .. }) => warn!("{e}"),
+            Err(e) => return Err(e.into()),
+        }
     }
     debug!(services = ?assigned.identity.services, ports = ?assigned.identity.ports, "service ids and interface ports");
     Ok(assigned.identity)
