@@ -22,6 +22,11 @@
 //!   slots that differ and flips as usual — and writes nothing when nothing changed.
 //! * **stale backends** (pinned, no longer configured) are forgotten by the first `apply`,
 //!   after the flip (step 4 of the write order).
+//! * **services** are matched by id (ids follow names: `crate::identity`, which takes them
+//!   from the pins) and VIP: a pinned `SERVICES[id]` with the configured service's VIP is the
+//!   same service. A pinned VIP the config no longer has is deleted from `VIPS_V4`/`VIPS_V6`
+//!   by the first `apply` (and its `SERVICES` slot cleared unless a configured service holds
+//!   the id), so a newcomer given a released id never serves the old VIP.
 //!
 //! After a map migration (`pin::MapPlan::Migrate`) the maps the balancer writes are new and
 //! empty: ids and health are still adopted from the old set, but nothing counts as written.
