@@ -1,7 +1,8 @@
 //! The `/metrics` endpoint: HTTP/1.1 with hyper, one task per connection.
 //!
-//! `GET /metrics` renders the registry on the blocking pool (a scrape walks the persistence
-//! map with syscalls; the daemon's event loop must not wait for it). `GET /` says where the
+//! `GET /metrics` renders the registry on the blocking pool (a scrape reads the data path's
+//! counters and takes the shared persistence scan's recent result, or waits for the one in
+//! flight, [`crate::scan`]; the daemon's event loop must not wait for either). `GET /` says where the
 //! metrics are; anything else is 404, any other method 405.
 //!
 //! Bounded (docs/operations.md, "Limits and faults"): at most [`MAX_CONNECTIONS`] at once
