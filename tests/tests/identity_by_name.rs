@@ -16,6 +16,9 @@
 //! 4. `state_dir/identity.json` deleted and the order changed once more (`two`, `one`,
 //!    `three`): the pinned `SERVICES` and `IFINDEX_PORTS` give every number back.
 //!
+//! With `IKELB_LB_CTL` pointing at an lb-ctl from before identity by name, the test fails:
+//! thousands of datagrams lost, answers from the wrong VIP (docs/restart-and-upgrade.md).
+//!
 //! Every datagram must be answered, from the VIP it was sent to and showing the client's own
 //! address, every client by one backend throughout; the daemon must log the ids recovered
 //! from the pins; `state_dir/identity.json` must hold
@@ -364,7 +367,13 @@ fn reordering_and_inserting_moves_no_client() {
         kill_daemon(&mut lab, libc::SIGTERM);
         if *n == 5 {
             // The pins alone give the identities back.
-            std::fs::remove_file(&identity_file).expect("remove identity.json");
+            match std::fs::remove_file(&identity_file) {
+                Ok(()) => {}
+                // A daemon without identity.json (IKELB_LB_CTL of an older build, the
+                // negative control) wrote none; the assertions below say so.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => panic!("remove identity.json: {e}"),
+            }
         }
         let text = config(&lab, servers, *ifaces);
         lab.start_daemon_with_config(&lb_ctl, &text)
