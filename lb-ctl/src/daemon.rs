@@ -31,8 +31,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{self, Config, ConfigError, Mode, XdpAttachMode},
     dataplane::{AyaDataplane, Dataplane},
-    identity,
-    kernel,
+    identity, kernel,
     neighbor::{parse_mac, IpCommand, ResolveError, Resolved, Resolver},
     paths,
     pin::{self, MapPlan, PinError, PinnedState, Pins},

@@ -212,7 +212,9 @@ pub fn load(path: &Path) -> Result<Identity, IdentityError> {
     let mut seen = BTreeSet::new();
     for (k, &id) in &identity.services {
         if !seen.insert(id) {
-            return Err(corrupt(format!("service id {id} given twice (again to {k:?})")));
+            return Err(corrupt(format!(
+                "service id {id} given twice (again to {k:?})"
+            )));
         }
     }
     let mut seen = BTreeSet::new();
@@ -308,7 +310,12 @@ fn assign_kind(
 
 /// Assigns every configured service its id and every interface its port (module doc).
 /// `ifindexes` are the config's interfaces' (same order).
-pub fn assign(config: &Config, ifindexes: &[u32], saved: &Identity, pinned: &PinnedIds) -> Assigned {
+pub fn assign(
+    config: &Config,
+    ifindexes: &[u32],
+    saved: &Identity,
+    pinned: &PinnedIds,
+) -> Assigned {
     let mut notes = Vec::new();
     let services: Vec<(String, Option<u32>)> = config
         .virtual_servers

@@ -91,9 +91,9 @@ use lb_common::{
 
 use crate::{
     config::Config,
-    identity::Identity,
     dataplane::{addr_words, port_wire, Dataplane, DataplaneError},
     health::HealthState,
+    identity::Identity,
 };
 
 /// Smallest `BACKENDS` capacity. The map is sized with headroom over the configured
@@ -363,10 +363,12 @@ impl<D: Dataplane> Balancer<D> {
         let mut backends = BTreeMap::new();
         let mut service_pos = BTreeMap::new();
         for (pos, vs) in config.virtual_servers.iter().enumerate() {
-            let id = identity.service(vs).ok_or_else(|| StateError::NoServiceId {
-                name: vs.name.clone(),
-                vip: vs.vip,
-            })?;
+            let id = identity
+                .service(vs)
+                .ok_or_else(|| StateError::NoServiceId {
+                    name: vs.name.clone(),
+                    vip: vs.vip,
+                })?;
             service_pos.insert(id, pos);
             let mut value = Service {
                 id,
@@ -591,9 +593,7 @@ impl<D: Dataplane> Balancer<D> {
         }
         let b = self.backends.remove(&id).expect("checked above");
         let pos = self.service_pos[&b.service];
-        self.services[pos]
-            .members
-            .retain(|&m| m != id);
+        self.services[pos].members.retain(|&m| m != id);
         self.ids.unalloc(id);
         Ok(())
     }
@@ -608,9 +608,7 @@ impl<D: Dataplane> Balancer<D> {
             .remove(&id)
             .ok_or(StateError::UnknownBackend { id })?;
         let pos = self.service_pos[&b.service];
-        self.services[pos]
-            .members
-            .retain(|&m| m != id);
+        self.services[pos].members.retain(|&m| m != id);
         self.removed.push((id, b.address));
         Ok(b)
     }

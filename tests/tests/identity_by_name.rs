@@ -230,7 +230,6 @@ fn kill_daemon(lab: &mut Lab, signal: libc::c_int) {
     eprintln!("identity: daemon ended by signal {signal}: {status}");
 }
 
-
 /// The lab's config with `servers` (in this order) and the interfaces in this order (roles
 /// spelled out), leaving the data path attached on exit.
 fn config(lab: &Lab, servers: &[&str], ifaces: [&str; 2]) -> String {
@@ -342,7 +341,12 @@ fn reordering_and_inserting_moves_no_client() {
 
     let identity_file = lab.dir().join("state/identity.json");
     let steps: [(&str, Vec<&str>, [&str; 2], usize); 4] = [
-        ("virtual servers swapped", vec!["two", "one"], [GW_EXT, GW_INT], 2),
+        (
+            "virtual servers swapped",
+            vec!["two", "one"],
+            [GW_EXT, GW_INT],
+            2,
+        ),
         (
             "a third inserted in front",
             vec!["three", "two", "one"],
@@ -417,8 +421,7 @@ fn reordering_and_inserting_moves_no_client() {
             && out.contains("identity: interface int: 1 from the pinned maps"),
         "after identity.json was lost, the pins gave two/ipv4 its id 1 back:\n{log}"
     );
-    let saved = std::fs::read_to_string(&identity_file)
-        .expect("state_dir/identity.json");
+    let saved = std::fs::read_to_string(&identity_file).expect("state_dir/identity.json");
     let saved: serde_json::Value = serde_json::from_str(&saved).expect("identity.json is JSON");
     assert_eq!(
         saved,

@@ -56,7 +56,10 @@ impl Drop for TempDir {
 
 #[test]
 fn a_first_start_numbers_by_position_and_a_reorder_keeps_every_number() {
-    let c = config(&["ext", "int"], &[("a", "203.0.113.1"), ("b", "203.0.113.2")]);
+    let c = config(
+        &["ext", "int"],
+        &[("a", "203.0.113.1"), ("b", "203.0.113.2")],
+    );
     let first = assign(&c, &[10, 20], &Identity::default(), &PinnedIds::default());
     assert_eq!(ids(&first), [("a/ipv4", 0), ("b/ipv4", 1)]);
     assert_eq!(ports(&first), [("ext", 0), ("int", 1)]);
@@ -65,7 +68,11 @@ fn a_first_start_numbers_by_position_and_a_reorder_keeps_every_number() {
     // Reordered servers and interfaces, a third server inserted in front.
     let c = config(
         &["int", "ext"],
-        &[("c", "203.0.113.3"), ("b", "203.0.113.2"), ("a", "203.0.113.1")],
+        &[
+            ("c", "203.0.113.3"),
+            ("b", "203.0.113.2"),
+            ("a", "203.0.113.1"),
+        ],
     );
     let again = assign(&c, &[20, 10], &first.identity, &PinnedIds::default());
     assert_eq!(ids(&again), [("a/ipv4", 0), ("b/ipv4", 1), ("c/ipv4", 2)]);
@@ -77,7 +84,11 @@ fn a_first_start_numbers_by_position_and_a_reorder_keeps_every_number() {
 fn a_removed_service_releases_its_id_and_a_newcomer_takes_the_lowest_free() {
     let c = config(
         &["ext"],
-        &[("a", "203.0.113.1"), ("b", "203.0.113.2"), ("c", "203.0.113.3")],
+        &[
+            ("a", "203.0.113.1"),
+            ("b", "203.0.113.2"),
+            ("c", "203.0.113.3"),
+        ],
     );
     let first = assign(&c, &[10], &Identity::default(), &PinnedIds::default());
     // a removed: 0 is free, b and c keep 1 and 2.
@@ -87,7 +98,11 @@ fn a_removed_service_releases_its_id_and_a_newcomer_takes_the_lowest_free() {
     assert!(second
         .notes
         .contains(&"service a/ipv4: no longer configured, 0 released".to_owned()));
-    assert_eq!(second.identity.service_slots(), 3, "sized by the highest id");
+    assert_eq!(
+        second.identity.service_slots(),
+        3,
+        "sized by the highest id"
+    );
     // d and e arrive: d takes the freed 0, e the next free, 3.
     let c3 = config(
         &["ext"],
@@ -107,14 +122,20 @@ fn a_removed_service_releases_its_id_and_a_newcomer_takes_the_lowest_free() {
 
 #[test]
 fn dual_stack_services_are_two_ids_by_family() {
-    let c = config(&["ext"], &[("a", "203.0.113.1, 2001:db8::1"), ("b", "203.0.113.2")]);
+    let c = config(
+        &["ext"],
+        &[("a", "203.0.113.1, 2001:db8::1"), ("b", "203.0.113.2")],
+    );
     let a = assign(&c, &[10], &Identity::default(), &PinnedIds::default());
     assert_eq!(ids(&a), [("a/ipv4", 0), ("a/ipv6", 1), ("b/ipv4", 2)]);
 }
 
 #[test]
 fn the_pins_win_over_the_file_and_a_lost_file_keeps_every_identity() {
-    let c = config(&["ext", "int"], &[("a", "203.0.113.1"), ("b", "203.0.113.2")]);
+    let c = config(
+        &["ext", "int"],
+        &[("a", "203.0.113.1"), ("b", "203.0.113.2")],
+    );
     // The running data path has a at 1 and b at 0, ext on port 1 and int on port 0.
     let pinned = PinnedIds {
         services: vec![
@@ -149,13 +170,20 @@ fn the_pins_win_over_the_file_and_a_lost_file_keeps_every_identity() {
     // A newcomer whose recorded id the pins give another service takes a free one.
     let c = config(
         &["ext", "int"],
-        &[("a", "203.0.113.1"), ("b", "203.0.113.2"), ("n", "203.0.113.7")],
+        &[
+            ("a", "203.0.113.1"),
+            ("b", "203.0.113.2"),
+            ("n", "203.0.113.7"),
+        ],
     );
     let mut file = a.identity.clone();
     file.services.insert("n/ipv4".into(), 0);
     let d = assign(&c, &[10, 20], &file, &pinned);
     assert_eq!(ids(&d), [("a/ipv4", 1), ("b/ipv4", 0), ("n/ipv4", 2)]);
-    assert!(d.notes.iter().any(|n| n.contains("n/ipv4: 0 of identity.json is taken")));
+    assert!(d
+        .notes
+        .iter()
+        .any(|n| n.contains("n/ipv4: 0 of identity.json is taken")));
 }
 
 #[test]
@@ -163,13 +191,19 @@ fn the_file_round_trips_atomically_and_a_missing_one_is_empty() {
     let dir = TempDir::new("roundtrip");
     let p = path(&dir.0.join("sub"));
     assert_eq!(load(&p).unwrap(), Identity::default());
-    let c = config(&["ext", "int"], &[("a", "203.0.113.1"), ("b", "203.0.113.2")]);
+    let c = config(
+        &["ext", "int"],
+        &[("a", "203.0.113.1"), ("b", "203.0.113.2")],
+    );
     let id = assign(&c, &[10, 20], &Identity::default(), &PinnedIds::default()).identity;
     save(&p, &id).unwrap();
     assert_eq!(load(&p).unwrap(), id);
     let text = std::fs::read_to_string(&p).unwrap();
     assert!(text.contains("\"version\": 1"), "{text}");
-    assert!(!p.with_extension("json.tmp").exists(), "no temporary file left");
+    assert!(
+        !p.with_extension("json.tmp").exists(),
+        "no temporary file left"
+    );
 }
 
 #[test]
@@ -184,14 +218,20 @@ fn a_corrupt_file_is_refused_in_one_line_naming_the_file_and_the_recovery() {
             "{\"version\": 1, \"services\": {\"a/ipv4\": 0, \"b/ipv4\": 0}}",
             "service id 0 given twice",
         ),
-        ("{\"version\": 1, \"ports\": {\"eth0\": 64}}", "not below 64"),
+        (
+            "{\"version\": 1, \"ports\": {\"eth0\": 64}}",
+            "not below 64",
+        ),
         ("{\"version\": 1, \"extra\": 1}", "unknown field"),
     ] {
         std::fs::write(&p, text).unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains(why), "{text}: {e}");
-        assert!(e.contains(&format!("mv {} {}.bad", p.display(), p.display())), "{e}");
+        assert!(
+            e.contains(&format!("mv {} {}.bad", p.display(), p.display())),
+            "{e}"
+        );
     }
     std::fs::write(&p, "{\"version\": 2}").unwrap();
     let e = load(&p).unwrap_err().to_string();

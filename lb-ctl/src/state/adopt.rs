@@ -123,13 +123,7 @@ impl<D: Dataplane> Balancer<D> {
             .backends
             .values()
             .filter(|b| !renumber.contains_key(&b.id))
-            .map(|b| {
-                (
-                    b.id,
-                    self.service(b.service).name.clone(),
-                    b.address,
-                )
-            })
+            .map(|b| (b.id, self.service(b.service).name.clone(), b.address))
             .collect();
         for (old, service, address) in unmatched {
             let id = self.ids.alloc().ok_or(StateError::IdsExhausted {
@@ -194,7 +188,10 @@ impl<D: Dataplane> Balancer<D> {
                     .iter()
                     .any(|s| s.value.vip == p.vip && s.value.family == p.family);
                 if p.family != 0 && !configured {
-                    self.stale_services.push(lb_common::Service { id: id as u32, ..*p });
+                    self.stale_services.push(lb_common::Service {
+                        id: id as u32,
+                        ..*p
+                    });
                     report.stale_services += 1;
                 }
             }
@@ -548,8 +545,7 @@ mod tests {
         // Ids 1..=7; 2 config backends and at most 4 runtime ones live at any time.
         const CAP: u32 = 8;
         let cfg = ["10.0.0.11", "10.0.0.12"];
-        let mut lb =
-            Balancer::new(FakeDataplane::default(), &config(&cfg), ifaces(), CAP).unwrap();
+        let mut lb = Balancer::new(FakeDataplane::default(), &config(&cfg), ifaces(), CAP).unwrap();
         all_up(&mut lb);
         lb.apply().unwrap();
         // Runtime additions, oldest first: what backends.json replays at a restart.
@@ -635,7 +631,13 @@ mod tests {
         .unwrap();
         let r = after.adopt(&pinned, true).unwrap();
         assert_eq!((r.kept_ids, r.new, r.stale), (3, 1, 0));
-        assert_eq!(after.backend_by_address("10.0.0.15".parse().unwrap()).unwrap().id, 2);
+        assert_eq!(
+            after
+                .backend_by_address("10.0.0.15".parse().unwrap())
+                .unwrap()
+                .id,
+            2
+        );
         after.apply().unwrap();
         // Full: the next add is refused with a clear error, and a removal frees an id again.
         assert!(matches!(
@@ -644,19 +646,32 @@ mod tests {
         ));
         after.remove_backend(3).unwrap();
         after.apply().unwrap();
-        assert_eq!(after.add_backend(0, "10.0.0.16".parse().unwrap(), 1).unwrap(), 3);
+        assert_eq!(
+            after
+                .add_backend(0, "10.0.0.16".parse().unwrap(), 1)
+                .unwrap(),
+            3
+        );
     }
 
     #[test]
     fn a_cancelled_add_gives_its_id_back() {
-        let mut lb =
-            Balancer::new(FakeDataplane::default(), &config(&["10.0.0.11"]), ifaces(), 3).unwrap();
+        let mut lb = Balancer::new(
+            FakeDataplane::default(),
+            &config(&["10.0.0.11"]),
+            ifaces(),
+            3,
+        )
+        .unwrap();
         let id = lb.add_backend(0, "10.0.0.12".parse().unwrap(), 1).unwrap();
         assert_eq!(id, 2);
         lb.cancel_add(id).unwrap();
         assert!(lb.backend(id).is_none());
         assert_eq!(lb.services()[0].members, [1]);
-        assert_eq!(lb.add_backend(0, "10.0.0.13".parse().unwrap(), 1).unwrap(), 2);
+        assert_eq!(
+            lb.add_backend(0, "10.0.0.13".parse().unwrap(), 1).unwrap(),
+            2
+        );
         lb.apply().unwrap();
         // Written to the maps: no longer cancellable (it must be removed, then forgotten).
         assert!(lb.cancel_add(2).is_err());

@@ -896,7 +896,11 @@ mod identity_by_name {
         assert!(report.flips.is_empty(), "{report:?}");
         assert_eq!(report.backends_written, 0, "{report:?}");
         assert_eq!(picture(&lb2), (services.clone(), backends.clone()));
-        assert_eq!(lb2.services()[0].name, "b", "config order kept for the operator");
+        assert_eq!(
+            lb2.services()[0].name,
+            "b",
+            "config order kept for the operator"
+        );
         assert_eq!(lb2.services()[0].value.id, 1);
 
         // (2) A third inserted in front: it takes id 2; a and b keep theirs, their tables
@@ -943,9 +947,13 @@ mod identity_by_name {
         // The negative control: ids by position (before identity by name) re-key both
         // services when the two swap.
         let config = config_of(&["ext", "int"], &["a", "b"]);
-        let mut lb =
-            Balancer::new(FakeDataplane::default(), &config, vec![iface("ext"), iface("int")], 1024)
-                .unwrap();
+        let mut lb = Balancer::new(
+            FakeDataplane::default(),
+            &config,
+            vec![iface("ext"), iface("int")],
+            1024,
+        )
+        .unwrap();
         up(&mut lb);
         lb.apply().unwrap();
         let first = Identity::positional(&config, ["ext", "int"]);
