@@ -113,7 +113,7 @@ fn send_until(netns: String, clients: Vec<Ipv4Addr>, stop: Arc<AtomicBool>) -> T
             stopped_at = Some(now);
         }
         match stopped_at {
-            Some(t) if outstanding.is_empty() || now - t > REPLY_GRACE => break,
+            Some(t) if outstanding.is_empty() || now - t > lab::patience(REPLY_GRACE) => break,
             Some(_) => {}
             None => {
                 while next_send <= now {

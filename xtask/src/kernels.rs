@@ -39,6 +39,10 @@ const VM_TESTS: &[&str] = &[
     "slot_fast_path",
 ];
 
+/// How many times longer the tests' waits are in a guest (`lab::patience`): TCG emulation,
+/// with two guests side by side on 2 cores, runs them 5–10 times slower than the host.
+const TIME_SCALE: u32 = 5;
+
 /// A guest's whole run may take this long before it is stopped (TCG: ~6 min alone on 2
 /// cores, ~10 side by side with another guest).
 const VM_DEADLINE: Duration = Duration::from_secs(15 * 60);
@@ -131,7 +135,8 @@ pub fn build_tests() -> Result<Vec<(String, PathBuf)>> {
 fn guest_script(tests: &[(String, PathBuf)], logs: &Path) -> String {
     let root = cmd::workspace_root();
     let mut s = format!(
-        "set -u\nmount -t bpf bpf /sys/fs/bpf\necho \"IKELB-KERNEL $(uname -r)\"\ncd {}/tests\n",
+        "set -u\nmount -t bpf bpf /sys/fs/bpf\necho \"IKELB-KERNEL $(uname -r)\"\ncd {}/tests\n\
+         export IKELB_TEST_TIME_SCALE={TIME_SCALE}\n",
         root.display()
     );
     for (name, exe) in tests {

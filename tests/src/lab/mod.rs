@@ -604,6 +604,19 @@ fn umount(path: &Path) -> Result<()> {
     run("umount", &["-l", &path.to_string_lossy()]).map(drop)
 }
 
+/// How long to wait for something that takes `d` on an ordinary machine: `d` times
+/// `$IKELB_TEST_TIME_SCALE` (default 1). The kernel matrix sets it for its guests, where
+/// QEMU's emulation runs everything several times slower; a bound stays a bound on progress,
+/// never on speed.
+pub fn patience(d: Duration) -> Duration {
+    let scale = std::env::var("IKELB_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * scale
+}
+
 /// Poll `f` every `every` until it returns `Some`, or fail after `timeout` with `what`.
 pub fn wait_for<T>(
     what: &str,
@@ -611,6 +624,7 @@ pub fn wait_for<T>(
     every: Duration,
     mut f: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
+    let timeout = patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f()? {

@@ -405,7 +405,7 @@ impl Lab {
         self.gateway.run(|| -> Result<String> {
             let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT))
                 .context("connect to the daemon's metrics endpoint")?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.set_read_timeout(Some(super::patience(Duration::from_secs(2))))?;
             s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
             let mut text = String::new();
             s.read_to_string(&mut text)?;
