@@ -19,7 +19,21 @@
 //! * [`kernel`] — what the running kernel must offer the XDP program, probed at start;
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
 //! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
+//! * [`identity`] — service and interface numbers by name (`state_dir/identity.json`, pins);
 //! * [`cli`] — the command line.
+//!
+//! Data flows one way, from the operator's intent to the kernel, and counters flow back:
+//!
+//! ```text
+//! config (YAML) ─► config::parse ─► identity ─► state::Balancer ──► dataplane ──► BPF maps
+//! lb-ctl backend ─► api ─► runtime::Controller ─┘   (Maglev tables,     (aya or   ▲   │
+//! health / neighbor reports ──────────────────────►  ids, next hops)     fake)    │   │
+//!                                                                     XDP program ┘   │
+//! /metrics, backend list, status, drains ◄── metrics, scan (shared walks) ◄───────────┘
+//! ```
+//!
+//! `daemon` wires it together at start (`kernel` check, `pin` reuse or migration, attach)
+//! and runs the loop (`runtime::Runtime`); `operator` is the client side of `api`.
 
 pub mod api;
 pub mod cli;
