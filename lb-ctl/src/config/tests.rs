@@ -1,4 +1,5 @@
 use super::*;
+use crate::paths;
 
 /// A complete, valid file using every key of schema v1 and the extensions. Line numbers in
 /// the table below refer to it.

@@ -1,0 +1,209 @@
+//! Services and their Maglev tables: [`ServiceState`] mirrors each service's two buffers in
+//! `RINGS`; [`Balancer::apply`] writes interfaces, backends and tables in the order of the
+//! module doc of [`super`], building each service's table and flipping it.
+
+use std::net::IpAddr;
+
+use lb_common::{
+    maglev::{self, Member},
+    Iface, Service, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED,
+};
+
+use super::{Balancer, StateError};
+use crate::dataplane::Dataplane;
+
+/// A service (one VIP) and the mirror of its two ring buffers.
+#[derive(Clone, Debug)]
+pub struct ServiceState {
+    pub name: String,
+    /// The value last written to `VIPS_V4`/`SERVICES` (or to be written).
+    pub value: Service,
+    /// Backend ids, in config order.
+    pub members: Vec<u32>,
+    /// What each buffer in `RINGS` holds (a fresh array is all zeros).
+    pub(super) buffers: [Vec<u32>; 2],
+    /// Which buffer `value.ring_base` points at.
+    pub(super) active: usize,
+    pub(super) written: bool,
+    /// Per slot: the [`Balancer`] epoch (flip count) of the flip that last changed the slot's
+    /// backend in the active table (0: before this balancer). The sweep clears a flag only on
+    /// slots unchanged since its ticket (see "Slot flags").
+    pub(super) changed_at: Vec<u32>,
+    /// Flag every slot of the next table (after a map migration, or when the pinned program
+    /// was another build or had other globals: the pinned flags may not describe the pinned
+    /// persistence entries).
+    pub(super) flag_all: bool,
+}
+
+impl ServiceState {
+    /// The table the data path reads now (backend id | `RING_F_*` per slot).
+    pub fn active_table(&self) -> &[u32] {
+        &self.buffers[self.active]
+    }
+
+    /// The backend of `slot` in the active table (flags stripped).
+    pub fn active_backend(&self, slot: usize) -> u32 {
+        self.buffers[self.active][slot] & RING_BACKEND_MASK
+    }
+}
+
+/// What one [`Balancer::apply`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Backend entries rewritten.
+    pub backends_written: usize,
+    /// (service id, ring slots written) for every service whose table was flipped.
+    pub flips: Vec<(u32, usize)>,
+    /// Removed backends forgotten in the maps.
+    pub backends_removed: usize,
+}
+
+impl<D: Dataplane> Balancer<D> {
+    /// Every service, in config order (the order of `config.virtual_servers`; the service
+    /// id is `value.id`).
+    pub fn services(&self) -> &[ServiceState] {
+        &self.services
+    }
+
+    /// Index in [`services`](Balancer::services) (and `config.virtual_servers`) of service
+    /// `id`.
+    pub fn service_index(&self, id: u32) -> Option<usize> {
+        self.service_pos.get(&id).copied()
+    }
+
+    /// Service `id` (a backend's `service`, a persistence key's). Panics on an id no
+    /// configured service has, as indexing would: every backend's service is configured.
+    pub fn service(&self, id: u32) -> &ServiceState {
+        &self.services[self.service_pos[&id]]
+    }
+
+    /// Brings the maps to the desired state (see the module doc for the write order).
+    pub fn apply(&mut self) -> Result<ApplyReport, StateError> {
+        let mut report = ApplyReport::default();
+        if !self.ifaces_written {
+            for ((i, &roles), &port) in self.ifaces.iter().zip(&self.roles).zip(&self.ports) {
+                self.dp.set_iface(
+                    port,
+                    &Iface {
+                        ifindex: i.ifindex,
+                        mac: i.mac,
+                        _pad: [0; 2],
+                    },
+                    roles,
+                )?;
+            }
+            // Interfaces a previous daemon attached that left the config: their port may
+            // now be another interface's.
+            let keep: Vec<u32> = self.ifaces.iter().map(|i| i.ifindex).collect();
+            self.dp.forget_other_ifaces(&keep)?;
+            self.ifaces_written = true;
+        }
+        // VIPs a previous daemon served and the config no longer has: not balanced any more,
+        // and their id's `SERVICES` slot cleared unless a configured service holds it.
+        while let Some(stale) = self.stale_services.first().copied() {
+            let slot = !self.service_pos.contains_key(&stale.id);
+            self.dp.forget_service(&stale, slot)?;
+            self.stale_services.remove(0);
+        }
+        report.backends_written += self.write_backends(true)?;
+        for idx in 0..self.services.len() {
+            if let Some(flip) = self.rebuild(idx)? {
+                report.flips.push(flip);
+            }
+        }
+        report.backends_written += self.write_backends(false)?;
+        report.backends_removed = self.forget_removed()?;
+        Ok(report)
+    }
+
+    /// Rebuilds one service's table; writes and flips it if it differs from the active one.
+    /// Returns (service id, slots written) when it flipped.
+    fn rebuild(&mut self, idx: usize) -> Result<Option<(u32, usize)>, StateError> {
+        let members: Vec<Member> = self.services[idx]
+            .members
+            .iter()
+            .map(|id| {
+                let b = &self.backends[id];
+                Member {
+                    id: b.id,
+                    key: key_bytes(b.address),
+                    weight: b.weight,
+                    usable: b.in_ring(),
+                }
+            })
+            .collect();
+        let built = maglev::build(&members, self.ring_size, self.seed);
+        let m = self.ring_size;
+        let svc = &mut self.services[idx];
+        // Slot flags (module doc, "Slot flags"): set where the backend changes against the
+        // active table (a slot that had none holds no session), kept where already set.
+        let flag_all = svc.flag_all;
+        let table: Vec<u32> = built
+            .iter()
+            .zip(&svc.buffers[svc.active])
+            .map(|(&new, &old)| {
+                let was = old & RING_BACKEND_MASK;
+                let changed = was != BACKEND_NONE && was != new;
+                if flag_all || changed || old & RING_F_CHANGED != 0 {
+                    new | RING_F_CHANGED
+                } else {
+                    new
+                }
+            })
+            .collect();
+        if table == svc.buffers[svc.active] {
+            svc.flag_all = false;
+            if !svc.written {
+                self.dp.set_service(&svc.value)?;
+                svc.written = true;
+            }
+            return Ok(None);
+        }
+        let inactive = 1 - svc.active;
+        let base = (svc.value.id * 2 + inactive as u32) * m;
+        let slots: Vec<(u32, u32)> = table
+            .iter()
+            .zip(&svc.buffers[inactive])
+            .enumerate()
+            .filter(|(_, (new, old))| new != old)
+            .map(|(i, (&new, _))| (base + i as u32, new))
+            .collect();
+        if let Err(e) = self.dp.write_ring_slots(&slots) {
+            // Some slots may have been written: the mirror of this buffer is no longer
+            // known, so the next attempt rewrites every slot (no table holds u32::MAX).
+            svc.buffers[inactive].fill(u32::MAX);
+            return Err(e.into());
+        }
+        svc.buffers[inactive] = table;
+        let mut value = svc.value;
+        value.ring_base = base;
+        self.dp.flip(&value)?;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let epoch = self.epoch;
+        for ((at, &new), &old) in svc
+            .changed_at
+            .iter_mut()
+            .zip(&svc.buffers[inactive])
+            .zip(&svc.buffers[svc.active])
+        {
+            if (new ^ old) & RING_BACKEND_MASK != 0 {
+                *at = epoch;
+            }
+        }
+        svc.value = value;
+        svc.active = inactive;
+        svc.written = true;
+        svc.flag_all = false;
+        self.flips += 1;
+        Ok(Some((value.id, slots.len())))
+    }
+}
+
+/// The Maglev permutation key of a backend: its address bytes (stable across restarts and
+/// nodes, independent of ids).
+fn key_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}

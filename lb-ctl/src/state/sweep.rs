@@ -1,0 +1,133 @@
+//! The slot flag sweep ("Slot flags" in the module doc of [`super`]): the ticket, the grace,
+//! and clearing `RING_F_CHANGED` on slots no live entry disagrees with; flagging every slot
+//! when the pinned flags cannot be trusted.
+
+use std::collections::BTreeMap;
+
+use lb_common::{PersistKeyV4, PersistValue, FAMILY_V4, RING_F_CHANGED};
+
+use super::{Balancer, StateError};
+use crate::dataplane::Dataplane;
+
+/// What a flag sweep saw when it began ([`Balancer::sweep_ticket`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepTicket {
+    /// [`Balancer`] epoch (flips so far) when the sweep began.
+    pub epoch: u32,
+    /// Persistence tick (`CLOCK_MONOTONIC_COARSE` >> `TICK_SHIFT`) when the sweep began:
+    /// entries idle by then are ignored.
+    pub tick: u32,
+}
+
+/// How long a sweep waits between its ticket and reading the persistence map, so that every
+/// packet that read a table older than the ticket has finished writing its entry (an XDP
+/// program run takes microseconds; this is a wide margin).
+pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one [`Balancer::clear_flags`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Slots whose flag was cleared.
+    pub cleared: usize,
+    /// Flagged slots left flagged (a disagreeing live entry, or changed since the ticket).
+    pub kept: usize,
+}
+
+impl<D: Dataplane> Balancer<D> {
+    /// Flags every slot of every service's next table (and forces that table to be written
+    /// and flipped at the next [`apply`](Balancer::apply)): for a data path whose pinned
+    /// flags may not describe its persistence entries (a map migration, another build or
+    /// other globals, e.g. a new `hash_seed`).
+    pub fn flag_all_slots(&mut self) {
+        for s in &mut self.services {
+            s.flag_all = true;
+        }
+    }
+
+    /// Slots flagged `RING_F_CHANGED` in the active tables, all services.
+    pub fn flagged_slots(&self) -> usize {
+        self.services
+            .iter()
+            .map(|s| {
+                s.active_table()
+                    .iter()
+                    .filter(|&&v| v & RING_F_CHANGED != 0)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Begins a flag sweep: records the epoch and `tick` (now). The caller then waits
+    /// [`SWEEP_GRACE`], reads `PERSIST_V4` and hands the entries to
+    /// [`clear_flags`](Balancer::clear_flags) (see "Slot flags" in the module doc).
+    pub fn sweep_ticket(&self, tick: u32) -> SweepTicket {
+        SweepTicket {
+            epoch: self.epoch,
+            tick,
+        }
+    }
+
+    /// Ends a flag sweep: clears `RING_F_CHANGED` on every slot of an IPv4 service's active
+    /// table that is flagged, whose backend has not changed since `ticket`, and that no
+    /// entry of `entries` (a read of `PERSIST_V4` and `PROBATION_V4`, the latter as their
+    /// `PersistValue` part, begun at least [`SWEEP_GRACE`] after the
+    /// ticket) disagrees with while live. Live: `ticket.tick − atime ≤ timeout + 1` ticks (the
+    /// data path's own idle test, one tick more; an atime after the ticket is live). The
+    /// active table's slots and the mirror are written in place.
+    pub fn clear_flags(
+        &mut self,
+        ticket: SweepTicket,
+        entries: &[(PersistKeyV4, PersistValue)],
+        timeout_ticks: u32,
+    ) -> Result<SweepReport, StateError> {
+        let m = self.ring_size;
+        let mut report = SweepReport::default();
+        // Per service: slots with a live entry that disagrees with the active table.
+        let mut keep: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        for (k, v) in entries {
+            let Some(svc) = self.service_index(k.service).map(|i| &self.services[i]) else {
+                continue;
+            };
+            // One tick of grace: the ticket's tick was read before the scan began.
+            let live = lb_common::is_live(ticket.tick, v.atime, timeout_ticks.saturating_add(1));
+            if !live {
+                continue;
+            }
+            let slot = lb_common::hash::client_hash_v4(k.client, self.seed) % m;
+            if v.backend != svc.active_backend(slot as usize) {
+                keep.entry(k.service).or_default().insert(slot);
+            }
+        }
+        let none = std::collections::BTreeSet::new();
+        for svc in &mut self.services {
+            // Only IPv4 services have their entries here (the fast path is IPv4 only).
+            if svc.value.family != FAMILY_V4 || !svc.written {
+                continue;
+            }
+            let keep = keep.get(&svc.value.id).unwrap_or(&none);
+            let base = svc.value.ring_base;
+            let active = svc.active;
+            let mut writes = Vec::new();
+            for (slot, &v) in svc.buffers[active].iter().enumerate() {
+                if v & RING_F_CHANGED == 0 {
+                    continue;
+                }
+                let since = svc.changed_at[slot];
+                // Changed after the ticket (epochs wrap after 2^32 flips; not a concern).
+                if since > ticket.epoch || keep.contains(&(slot as u32)) {
+                    report.kept += 1;
+                    continue;
+                }
+                writes.push((base + slot as u32, v & !RING_F_CHANGED));
+            }
+            // One slot at a time, the mirror following each write: after a failure the
+            // mirror still matches the map exactly.
+            for w in writes {
+                self.dp.write_ring_slots(&[w])?;
+                svc.buffers[active][(w.0 - base) as usize] = w.1;
+                report.cleared += 1;
+            }
+        }
+        Ok(report)
+    }
+}
