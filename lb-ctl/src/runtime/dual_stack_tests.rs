@@ -2,14 +2,17 @@
 //! resolve to the service of the backend's family, IPv6 clients are counted, looked up and
 //! hold a drain open exactly like IPv4 ones.
 
+use std::{fs, net::IpAddr, path::PathBuf};
+
 use lb_common::{PersistKeyV6, PersistValue};
 
 use super::*;
 use crate::{
+    api::{Reply, Request, Response},
     config,
     dataplane::{addr_words, fake::FakeDataplane},
-    health::{Probe, ProbeOutcome},
-    state::{IfaceInfo, NextHop},
+    health::{Probe, ProbeOutcome, Report},
+    state::{Balancer, IfaceInfo, NextHop},
 };
 
 const CONFIG: &str = "interfaces: [ext, int]
