@@ -40,7 +40,8 @@ const VM_TESTS: &[&str] = &[
 ];
 
 /// How many times longer the tests' waits are in a guest (`lab::patience`): TCG emulation,
-/// with two guests side by side on 2 cores, runs them 5–10 times slower than the host.
+/// with two guests side by side on 2 cores, runs CPU-bound tests ~38 times slower than the
+/// host; waiting on a daemon's start or a scan needs far less than that.
 const TIME_SCALE: u32 = 5;
 
 /// A guest's whole run may take this long before it is stopped (TCG: ~6 min alone on 2
