@@ -1,0 +1,229 @@
+//! Loading, steps 1–2 of `daemon.rs`: service ids and interface ports by name, the
+//! memlock and descriptor limits, the kernel probe, and the embedded XDP object loaded with
+//! the config's globals and map sizes, its maps bound to the pins (reused, fresh or
+//! migrated).
+
+use aya::{programs::Xdp, EbpfLoader};
+use lb_common::{globals, maps};
+use tracing::{debug, info, warn};
+
+use super::DaemonError;
+use crate::{
+    config::{Config, Mode},
+    identity, kernel,
+    pin::{self, MapPlan, PinnedState, Pins},
+    EBPF_OBJECT, XDP_PROGRAM,
+};
+
+/// Service ids and interface ports by name ([`crate::identity`]): the pinned maps' (the
+/// running truth), else `state_dir/identity.json`'s, else the lowest free; saved back before
+/// anything is loaded.
+pub(super) fn assign_identity(
+    config: &Config,
+    ifindexes: &[u32],
+    pins: &Pins,
+) -> Result<identity::Identity, DaemonError> {
+    let path = identity::path(&config.state_dir);
+    let saved = identity::load(&path)?;
+    let pinned = pin::read_identity(pins)?;
+    let assigned = identity::assign(config, ifindexes, &saved, &pinned);
+    for note in &assigned.notes {
+        info!(file = %path.display(), "identity: {note}");
+    }
+    identity::check_bounds(&assigned.identity, config.maglev_table_size, &path)?;
+    if assigned.identity != saved {
+        match identity::save(&path, &assigned.identity) {
+            Ok(()) => {}
+            // The new file is in place; only its durability is in doubt (and the pins keep
+            // the numbers meanwhile).
+            Err(e @ identity::IdentityError::NotDurable { .. }) => warn!("{e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    debug!(services = ?assigned.identity.services, ports = ?assigned.identity.ports, "service ids and interface ports");
+    Ok(assigned.identity)
+}
+
+/// The embedded object loaded against the pins, not yet attached.
+pub(super) struct Loaded {
+    pub(super) ebpf: aya::Ebpf,
+    pub(super) plan: MapPlan,
+    /// What the pinned maps held (ids, health, tables), unless the start is fresh.
+    pub(super) pinned: Option<PinnedState>,
+    pub(super) fingerprint: String,
+}
+
+/// Loads the embedded object with the config's globals and map sizes, its maps bound to the
+/// pins of `pins` (reused, created, or a new set for a migration: [`pin::plan`]). The program
+/// itself is loaded into the kernel only when it is to be attached ([`pin::attach`]).
+pub(super) fn load(
+    config: &Config,
+    backend_capacity: u32,
+    pins: &Pins,
+    identity: &identity::Identity,
+) -> Result<Loaded, DaemonError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(DaemonError::NoObject);
+    }
+    raise_memlock_limit();
+    crate::listen::raise_nofile_limit();
+    // After the memlock limit: kernels before 5.11 charge the probes' maps to it.
+    kernel::require()?;
+    // Maps indexed by service id hold the highest id + 1 (ids follow names and may leave
+    // gaps: `crate::identity`).
+    let services = identity.service_slots().max(1);
+    let v6_services = config
+        .virtual_servers
+        .iter()
+        .filter(|vs| vs.vip.is_ipv6())
+        .count() as u32;
+    let ring_size = config.maglev_table_size;
+    let ticks = config.persist_timeout_ticks();
+    let seed = config.hash_seed;
+    let dsr = u32::from(config.mode == Mode::Dsr);
+    // `identity::check_bounds` keeps (highest id + 1) × 2 × M within 2^32.
+    let rings = services * 2 * ring_size;
+    // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
+    // every entry, and with no IPv6 service nothing is ever inserted there.
+    let (v6_persist, v6_probation) = if v6_services == 0 {
+        (1, 1)
+    } else {
+        (config.persistence_entries, config.probation_entries)
+    };
+    let cpus = possible_cpus();
+    let quota = config.new_client_quota(cpus);
+    // One tick stamp per ring slot, indexed like RINGS.
+    let refreshed = rings;
+    let globals = [
+        (globals::RING_SIZE, ring_size),
+        (globals::PERSIST_TIMEOUT_TICKS, ticks),
+        (globals::HASH_SEED, seed),
+        (globals::MODE_DSR, dsr),
+        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
+        (globals::NEW_CLIENT_QUOTA, quota),
+    ];
+    let max_entries = [
+        (maps::RINGS, rings),
+        (maps::SERVICES, services),
+        (maps::VIPS_V4, services),
+        (maps::VIPS_V6, v6_services.max(1)),
+        (maps::BACKENDS, backend_capacity),
+        (maps::BACKEND_IDS_V4, backend_capacity),
+        (maps::BACKEND_IDS_V6, backend_capacity),
+        (maps::BACKEND_STATS, backend_capacity * 2),
+        (maps::PERSIST_V4, config.persistence_entries),
+        (maps::PERSIST_V6, v6_persist),
+        (maps::PROBATION_V4, config.probation_entries),
+        (maps::PROBATION_V6, v6_probation),
+        // One proof per probation client usually; several behind a NAT address at once.
+        (maps::PROOFS_V4, config.probation_entries),
+        (maps::PROOFS_V6, v6_probation),
+        // Indexed like RINGS.
+        (maps::REFRESHED_V4, refreshed),
+    ];
+    debug!(
+        ring_size,
+        ticks, seed, dsr, rings, backend_capacity, cpus, quota, refreshed, "loading the XDP object"
+    );
+    pin::ensure_bpffs(&config.bpffs)?;
+    let specs = pin::expected_specs(EBPF_OBJECT, &max_entries)?;
+    let plan = pin::plan(pins, &specs)?;
+    let dir = pins.dir().display();
+    let pinned = match &plan {
+        MapPlan::Fresh => {
+            info!(pins = %dir, "no pinned data path: creating and pinning the maps");
+            None
+        }
+        MapPlan::Reuse => {
+            info!(pins = %dir, "reusing the pinned maps (persistence, counters, tables)");
+            Some(pin::read_state(pins, Some(ring_size))?)
+        }
+        MapPlan::Migrate(reasons) => {
+            warn!(
+                pins = %dir,
+                "the pinned maps do not fit this build or config ({}): building a new map set \
+                 and moving the persistence entries over",
+                reasons.join("; ")
+            );
+            Some(pin::read_state(pins, None)?)
+        }
+    };
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    for &(name, n) in &max_entries {
+        loader.map_max_entries(name, n);
+    }
+    pin::configure_loader(&mut loader, pins, &plan, &specs)?;
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|source| DaemonError::Load {
+            source: Box::new(source),
+        })?;
+    xdp_program(&mut ebpf)?;
+    let fingerprint = pin::fingerprint(EBPF_OBJECT, &globals);
+    info!(
+        program = XDP_PROGRAM,
+        fingerprint = %fingerprint,
+        ring_size,
+        persist_timeout_ticks = ticks,
+        hash_seed = seed,
+        dsr = dsr == 1,
+        new_client_quota = quota,
+        "XDP object loaded"
+    );
+    if quota != 0 {
+        let window_ms = (1u64 << lb_common::QUOTA_WINDOW_SHIFT) as f64 / 1e6;
+        info!(
+            new_client_rate = config.new_client_rate,
+            cpus,
+            per_cpu_window = quota,
+            "new clients rationed: at most {quota} probation entries per CPU every {window_ms:.0} ms"
+        );
+    }
+    Ok(Loaded {
+        ebpf,
+        plan,
+        pinned,
+        fingerprint,
+    })
+}
+
+/// Possible CPUs (`/sys/devices/system/cpu/possible`, what per-CPU maps and the quota are
+/// spread over); 1 when it cannot be read, which only makes the quota more generous.
+fn possible_cpus() -> u32 {
+    match aya::util::nr_cpus() {
+        Ok(n) => n.max(1) as u32,
+        Err((path, e)) => {
+            warn!("reading {path}: {e}; spreading new_client_rate as if there were one CPU");
+            1
+        }
+    }
+}
+
+fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(DaemonError::MissingProgram { name: XDP_PROGRAM })?
+        .try_into()
+        .map_err(|source| DaemonError::ProgramType {
+            name: XDP_PROGRAM,
+            source,
+        })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and ignore
+/// it. Raising it is harmless either way.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(
+            "raising RLIMIT_MEMLOCK failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The daemon's start, in the order of `daemon.rs`'s steps 2–4 (identity, load, adoption,
+//! first health round, fill, next hops, attach), and its loop until SIGINT or SIGTERM:
+//! control events, periodic next-hop resolution, metrics published after each change.
+
+use std::collections::HashMap;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use super::{
+    interface_mac, load::assign_identity, load::load, Daemon, DaemonError, Resolution,
+    RESOLVE_INTERVAL,
+};
+use crate::{
+    config::Config,
+    dataplane::AyaDataplane,
+    neighbor::IpCommand,
+    pin::{self, MapPlan, Pins},
+    runtime,
+    state::{backend_capacity, Balancer, IfaceInfo, StateError},
+};
+
+pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
+    let mut ifaces = Vec::new();
+    for (iface, &ifindex) in config.interfaces.iter().zip(&ifindexes) {
+        ifaces.push(IfaceInfo {
+            name: iface.name.clone(),
+            ifindex,
+            mac: interface_mac(&iface.name)?,
+        });
+    }
+    // Signal handlers first: a SIGTERM during start-up must still detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+
+    // A taken metrics port stops the start before the data path is touched.
+    let metrics_listener = crate::metrics::http::bind(config.metrics_listen).await?;
+    let capacity = backend_capacity(config.backend_count());
+    let pins = Pins::new(&config.bpffs, &config.instance);
+    let identity = assign_identity(&config, &ifindexes, &pins)?;
+    let loaded = load(&config, capacity, &pins, &identity)?;
+    // Scrapes read the maps through their own fds (opened from the pins just made or
+    // reused), never through the control loop.
+    let stats = crate::metrics::PinnedStats::open(&pins.load_dir(&loaded.plan))
+        .map_err(|e| DaemonError::State(Box::new(StateError::Dataplane(e))))?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(
+        std::sync::Arc::new(stats),
+        config.persist_timeout_ticks(),
+        crate::metrics::Capacity {
+            persistence: config.persistence_entries,
+            probation: config.probation_entries,
+        },
+    )?);
+    let mut balancer = Balancer::with_identity(
+        AyaDataplane::new(loaded.ebpf),
+        &config,
+        ifaces,
+        capacity,
+        &identity,
+    )?;
+    // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
+    let controller = runtime::Controller::for_daemon(&config, &mut balancer)
+        .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    if let Some(pinned) = &loaded.pinned {
+        let r = balancer.adopt(pinned, loaded.plan == MapPlan::Reuse)?;
+        info!(
+            kept_ids = r.kept_ids,
+            usable = r.usable,
+            new = r.new,
+            stale = r.stale,
+            tables = r.tables,
+            stale_services = r.stale_services,
+            "adopted the pinned data path's backends and tables"
+        );
+        // Ring flags describe the persistence entries only for the program (and globals,
+        // e.g. `hash_seed`) that kept them: another one, or a migration, flags every slot
+        // until the first sweep (state.rs, "Slot flags").
+        if loaded.plan == MapPlan::Reuse
+            && pin::pinned_fingerprint(&pins).as_deref() != Some(loaded.fingerprint.as_str())
+        {
+            balancer.flag_all_slots();
+            info!("the pinned program differs: every ring slot flagged until the first sweep");
+        }
+    }
+    let mut daemon = Daemon {
+        balancer,
+        config,
+        pins,
+        fingerprint: loaded.fingerprint,
+        migrate: matches!(loaded.plan, MapPlan::Migrate(_)),
+        status: HashMap::new(),
+        resolver: IpCommand::default(),
+    };
+    // One health round before the maps are applied and the program attached; then the
+    // health monitor, the control socket and drains run in the loop below.
+    let mut control = runtime::Runtime::start(
+        controller,
+        &mut daemon.balancer,
+        Some(metrics.probe_observer()),
+    )
+    .await
+    .map_err(|e| DaemonError::Control(Box::new(e)))?;
+    control.observe_sweeps(metrics.sweep_observer());
+    // One persistence scan at a time for scrapes, queries, drains and the sweep.
+    metrics.share_scans(control.scanner());
+
+    // Fill everything (fresh: backends unusable; adopted: nothing changes), then resolve
+    // next hops, then attach.
+    daemon.balancer.apply()?;
+    daemon.refresh_next_hops().await?;
+    let attached = daemon.attach_all();
+    let outcome = match attached {
+        Ok(()) => {
+            metrics.publish(&daemon.balancer);
+            let server =
+                crate::metrics::http::serve(metrics_listener, std::sync::Arc::clone(&metrics));
+            info!(listen = %daemon.config.metrics_listen, "Prometheus metrics at http://{}/metrics", daemon.config.metrics_listen);
+            info!(
+                virtual_servers = daemon.config.virtual_servers.len(),
+                backends = daemon.config.backend_count(),
+                usable = daemon.balancer.backends().filter(|b| b.usable()).count(),
+                "ikelb running; SIGINT or SIGTERM stops it"
+            );
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + RESOLVE_INTERVAL,
+                RESOLVE_INTERVAL,
+            );
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Next-hop resolution runs in the blocking pool (`ip`, ARP waits of up to a
+            // second) while the loop keeps serving health reports and requests: a failover
+            // is never held up behind a neighbour that does not answer.
+            let mut resolving: Option<Resolution> = None;
+            let mut resolve_again = false;
+            let outcome = loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
+                    _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
+                    event = control.next_event() => {
+                        if control.handle(&mut daemon.balancer, event) {
+                            // A backend came up or was added: look up its next hop now.
+                            match resolving {
+                                None => resolving = Some(daemon.start_resolve()),
+                                Some(_) => resolve_again = true,
+                            }
+                        }
+                        metrics.publish(&daemon.balancer);
+                    }
+                    _ = tick.tick() => {
+                        if resolving.is_none() {
+                            resolving = Some(daemon.start_resolve());
+                        }
+                    }
+                    done = async { resolving.as_mut().expect("guarded by the condition").await },
+                        if resolving.is_some() => {
+                        resolving = None;
+                        let (targets, results) =
+                            done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        if let Err(e) = daemon.finish_resolve(targets, results) {
+                            // The mirror is only advanced on success: the next pass retries.
+                            warn!(
+                                "updating the maps failed, retrying in {}: {}",
+                                humantime::format_duration(RESOLVE_INTERVAL),
+                                crate::error_chain(&e)
+                            );
+                        }
+                        if std::mem::take(&mut resolve_again) {
+                            resolving = Some(daemon.start_resolve());
+                        }
+                        metrics.publish(&daemon.balancer);
+                    }
+                }
+            };
+            server.abort();
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+    let detached = daemon.detach_all();
+    daemon.log_counters();
+    outcome.and(detached)
+}
