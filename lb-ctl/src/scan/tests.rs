@@ -2,19 +2,25 @@
 //! and the sharing rules of the scanner.
 
 use std::{
+    collections::HashSet,
+    hash::BuildHasherDefault,
+    io,
+    os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc, Mutex,
+        mpsc, Arc, Mutex,
     },
     thread,
+    time::{Duration, Instant},
 };
 
-use lb_common::{PersistKeyV4, PersistValue};
+use aya::maps::MapData;
+use lb_common::{maps, PersistKeyV4, PersistValue};
 
 use super::*;
 use crate::dataplane::{
     fake::{FakeDataplane, FakeMap, FakeScan},
-    Dataplane, Tier,
+    Dataplane, DataplaneError, Tier,
 };
 
 fn key(i: u32) -> PersistKeyV4 {
