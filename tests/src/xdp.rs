@@ -46,11 +46,11 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use aya::{
-    maps::{Array, DevMap, HashMap, Map, PerCpuArray},
+    maps::{Array, DevMap, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -65,6 +65,8 @@ use lb_common::{
 
 use crate::lab::{NetNs, RunPrefix, Veth};
 use crate::packet::Mac;
+
+mod pool;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -378,7 +380,8 @@ impl TestNet {
 
 /// The loaded program and its maps.
 pub struct Fixture {
-    ebpf: Ebpf,
+    /// `None` only while dropping (the program goes back to [`pool`]).
+    ebpf: Option<Ebpf>,
     pub setup: Setup,
     services: [Service; 2],
     pub net: TestNet,
@@ -396,41 +399,58 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(non-text panic)".into())
 }
 
-/// `bpf(BPF_MAP_DELETE_ELEM)` on an array-like map with a u32 key (aya's `DevMap` has no
-/// remove).
-fn map_delete_u32(map: &Map, key: u32) -> std::io::Result<()> {
-    let data = match map {
-        Map::DevMap(d) | Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => d,
-        _ => panic!("map_delete_u32: unexpected map type"),
-    };
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
+/// The load-time globals of `setup`.
+fn globals(setup: &Setup) -> pool::Globals {
+    pool::Globals {
+        persist_timeout_ticks: setup.persist_timeout_ticks,
+        dsr: setup.dsr,
+        slot_fast_path: setup.slot_fast_path,
+        new_client_quota: setup.new_client_quota,
     }
-    let attr = Attr {
-        map_fd: data.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    // SAFETY: attr points at a valid key for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            3, /* BPF_MAP_DELETE_ELEM */
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>(),
+}
+
+/// Loads and verifies the object with `setup`'s globals and the fixture's map sizes.
+fn load(setup: &Setup) -> Ebpf {
+    let dsr = u32::from(setup.dsr);
+    let fast = u32::from(setup.slot_fast_path);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(globals::RING_SIZE, &RING, true)
+        .override_global(globals::HASH_SEED, &SEED, true)
+        .override_global(
+            globals::PERSIST_TIMEOUT_TICKS,
+            &setup.persist_timeout_ticks,
+            true,
         )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+        .override_global(globals::MODE_DSR, &dsr, true)
+        .override_global(globals::SLOT_FAST_PATH, &fast, true)
+        .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
+        .map_max_entries(maps::RINGS, 4 * RING)
+        .map_max_entries(maps::PERSIST_V4, 64)
+        .map_max_entries(maps::PERSIST_V6, 64)
+        .map_max_entries(maps::PROBATION_V4, 64)
+        .map_max_entries(maps::PROBATION_V6, 64)
+        .map_max_entries(maps::REFRESHED_V4, 4 * RING)
+        .map_max_entries(maps::BACKENDS, 16)
+        .map_max_entries(maps::BACKEND_STATS, 32)
+        .load(lb_ctl::EBPF_OBJECT)
+        .expect("load the XDP object (maps)");
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_ctl::XDP_PROGRAM)
+        .expect("the ikelb program")
+        .try_into()
+        .expect("an XDP program");
+    if let Err(e) = prog.load() {
+        panic!("the verifier rejected the program: {e:#?}");
     }
-    Ok(())
+    ebpf
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(ebpf) = self.ebpf.take() {
+            pool::give(globals(&self.setup), ebpf);
+        }
+    }
 }
 
 impl Fixture {
@@ -444,37 +464,7 @@ impl Fixture {
             return None;
         }
         let net = TestNet::new().unwrap_or_else(|e| panic!("test namespace: {e:#}"));
-        let dsr = u32::from(setup.dsr);
-        let fast = u32::from(setup.slot_fast_path);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::RING_SIZE, &RING, true)
-            .override_global(globals::HASH_SEED, &SEED, true)
-            .override_global(
-                globals::PERSIST_TIMEOUT_TICKS,
-                &setup.persist_timeout_ticks,
-                true,
-            )
-            .override_global(globals::MODE_DSR, &dsr, true)
-            .override_global(globals::SLOT_FAST_PATH, &fast, true)
-            .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
-            .map_max_entries(maps::RINGS, 4 * RING)
-            .map_max_entries(maps::PERSIST_V4, 64)
-            .map_max_entries(maps::PERSIST_V6, 64)
-            .map_max_entries(maps::PROBATION_V4, 64)
-            .map_max_entries(maps::PROBATION_V6, 64)
-            .map_max_entries(maps::REFRESHED_V4, 4 * RING)
-            .map_max_entries(maps::BACKENDS, 16)
-            .map_max_entries(maps::BACKEND_STATS, 32)
-            .load(lb_ctl::EBPF_OBJECT)
-            .expect("load the XDP object (maps)");
-        let prog: &mut Xdp = ebpf
-            .program_mut(lb_ctl::XDP_PROGRAM)
-            .expect("the ikelb program")
-            .try_into()
-            .expect("an XDP program");
-        if let Err(e) = prog.load() {
-            panic!("the verifier rejected the program: {e:#?}");
-        }
+        let ebpf = pool::take(globals(&setup)).unwrap_or_else(|| load(&setup));
         let mut udp_ports = [0u16; MAX_PORTS];
         for (slot, p) in udp_ports.iter_mut().zip(UDP_PORTS) {
             *slot = wire16(p);
@@ -495,7 +485,7 @@ impl Fixture {
             tcp_ports,
         };
         let mut f = Self {
-            ebpf,
+            ebpf: Some(ebpf),
             setup,
             services: [
                 service(SVC4, FAMILY_V4, VIP4.into()),
@@ -636,6 +626,8 @@ impl Fixture {
         let net = &self.net;
         let map = self
             .ebpf
+            .as_mut()
+            .expect("loaded")
             .map_mut(maps::TX_PORTS)
             .unwrap_or_else(|| panic!("map {}", maps::TX_PORTS));
         net.enter(|| match ifindex {
@@ -645,7 +637,7 @@ impl Fixture {
                     .unwrap_or_else(|e| panic!("TX_PORTS[{port}] = {i}: {e}"));
             }
             None => {
-                let _ = map_delete_u32(map, port);
+                let _ = pool::delete_u32(map, port);
             }
         });
     }
@@ -688,6 +680,8 @@ impl Fixture {
         M::Error: std::fmt::Debug,
     {
         self.ebpf
+            .as_mut()
+            .expect("loaded")
             .map_mut(name)
             .unwrap_or_else(|| panic!("map {name}"))
             .try_into()
@@ -881,6 +875,8 @@ impl Fixture {
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let prog: &Xdp = self
             .ebpf
+            .as_ref()
+            .expect("loaded")
             .program(lb_ctl::XDP_PROGRAM)
             .unwrap()
             .try_into()
