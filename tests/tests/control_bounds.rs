@@ -201,14 +201,7 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
     );
     or_log(
         &lab,
-        control::wait_backends(
-            &lab,
-            &lb_ctl,
-            "every backend up",
-            Duration::from_secs(20),
-            all_up,
-        )
-        .map(drop),
+        control::wait_backends(&lab, "every backend up", Duration::from_secs(20), all_up).map(drop),
         "backends up",
     );
     let log = lab.daemon().expect("started").output();
@@ -366,14 +359,7 @@ fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
     );
     or_log(
         &lab,
-        control::wait_backends(
-            &lab,
-            &lb_ctl,
-            "every backend up",
-            Duration::from_secs(20),
-            all_up,
-        )
-        .map(drop),
+        control::wait_backends(&lab, "every backend up", Duration::from_secs(20), all_up).map(drop),
         "backends up",
     );
     let clients = Clients::bind(&lab, &lab.clients, 500).expect("client sockets");

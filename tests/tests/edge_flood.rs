@@ -349,7 +349,10 @@ fn pings_ok_within(lab: &IkeLab, at_least: u32, what: &str, rounds: u32) {
             .collect();
         if bad.is_empty() {
             if round > 0 {
-                eprintln!("{TEST}: {what}: every tunnel answered by round {}", round + 1);
+                eprintln!(
+                    "{TEST}: {what}: every tunnel answered by round {}",
+                    round + 1
+                );
             }
             return;
         }
@@ -377,14 +380,8 @@ fn pings_ok_within(lab: &IkeLab, at_least: u32, what: &str, rounds: u32) {
     }
 }
 
-fn backend_state_is(
-    lab: &IkeLab,
-    lb_ctl: &Path,
-    addr: Ipv4Addr,
-    state: &str,
-    within: Duration,
-) -> Duration {
-    control::wait_backends(&lab.lab, lb_ctl, &format!("{addr} {state}"), within, |l| {
+fn backend_state_is(lab: &IkeLab, addr: Ipv4Addr, state: &str, within: Duration) -> Duration {
+    control::wait_backends(&lab.lab, &format!("{addr} {state}"), within, |l| {
         control::has_state(l, addr, state)
     })
     .unwrap_or_else(|e| fail(lab, format!("{e:#}")))
@@ -483,7 +480,7 @@ fn floods_do_not_evict_established_clients() {
     assert_eq!(lab.responders[3].addr, b4);
     eprintln!("{TEST}: lab up in {:?}", start.elapsed());
     for r in &lab.responders[..3] {
-        backend_state_is(&lab, &lb_ctl, r.addr, "active", Duration::from_secs(20));
+        backend_state_is(&lab, r.addr, "active", Duration::from_secs(20));
     }
 
     // 1. Everyone establishes through b1–b3 and is promoted. One client at a time: clients
@@ -530,7 +527,7 @@ fn floods_do_not_evict_established_clients() {
     lab.lab
         .lb_ctl(&lb_ctl, &["backend", "add", "aovpn", &b4.to_string()])
         .unwrap_or_else(|e| fail(&lab, format!("backend add: {e:#}")));
-    backend_state_is(&lab, &lb_ctl, b4, "active", Duration::from_secs(10));
+    backend_state_is(&lab, b4, "active", Duration::from_secs(10));
     assert_persisted(&lab, &lb_ctl, &first, "after b4 joined");
 
     // 2b. The busiest responder fails and recovers; its clients re-establish elsewhere.
@@ -544,13 +541,7 @@ fn floods_do_not_evict_established_clients() {
         .collect();
     lab.cut_responder(dead)
         .unwrap_or_else(|e| fail(&lab, format!("cut: {e:#}")));
-    let noticed = backend_state_is(
-        &lab,
-        &lb_ctl,
-        dead_addr,
-        "unusable",
-        Duration::from_secs(10),
-    );
+    let noticed = backend_state_is(&lab, dead_addr, "unusable", Duration::from_secs(10));
     for &i in &moved {
         lab.clients[i]
             .charon
@@ -569,7 +560,7 @@ fn floods_do_not_evict_established_clients() {
         .bridge
         .ip(&["link", "set", &port, "up"])
         .unwrap_or_else(|e| fail(&lab, format!("restore: {e:#}")));
-    let recovered = backend_state_is(&lab, &lb_ctl, dead_addr, "active", Duration::from_secs(15));
+    let recovered = backend_state_is(&lab, dead_addr, "active", Duration::from_secs(15));
     let pings = lab.ping_all(PINGS);
     let snap = lab
         .snapshot(None, Some(&pings))

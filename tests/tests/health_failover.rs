@@ -75,13 +75,10 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
         .map(|b| (b.name.clone(), b.addr))
         .collect();
     let all: Vec<Ipv4Addr> = addrs.values().copied().collect();
-    let ready = control::wait_backends(
-        &lab,
-        &lb_ctl,
-        "every backend active",
-        Duration::from_secs(20),
-        |l| all.iter().all(|a| control::has_state(l, *a, "active")),
-    );
+    let ready =
+        control::wait_backends(&lab, "every backend active", Duration::from_secs(20), |l| {
+            all.iter().all(|a| control::has_state(l, *a, "active"))
+        });
     or_log(&lab, ready, "backends up");
 
     // 60 established clients; 30 kept for later as newcomers.
@@ -178,7 +175,6 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
         .expect("restore link");
     let recovered = control::wait_backends(
         &lab,
-        &lb_ctl,
         "the victim active again",
         Duration::from_secs(15),
         |l| control::has_state(l, victim_addr, "active"),
@@ -217,13 +213,9 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
             .ip(&["link", "set", b, "down"])
             .expect("cut link");
     }
-    let empty = control::wait_backends(
-        &lab,
-        &lb_ctl,
-        "no active backend",
-        Duration::from_secs(10),
-        |l| l.iter().all(|b| b["state"] != "active"),
-    );
+    let empty = control::wait_backends(&lab, "no active backend", Duration::from_secs(10), |l| {
+        l.iter().all(|b| b["state"] != "active")
+    });
     or_log(&lab, empty, "all down");
     let status = lab.lb_ctl(&lb_ctl, &["status"]).expect("status");
     assert!(

@@ -190,7 +190,6 @@ fn far_is_down_until_it_answers(
     // 200 ms interval, fall 3, rise 1 (the lab's health_check).
     let settled = control::wait_backends(
         lab,
-        lb_ctl,
         "b1 active and the far backend down",
         Duration::from_secs(15),
         |l| is(l, near, "up", "active") && health(l, far).is_some_and(|(h, _)| h == "down"),
@@ -237,7 +236,6 @@ fn far_is_down_until_it_answers(
     let t1 = Instant::now();
     let recovered = control::wait_backends(
         lab,
-        lb_ctl,
         "the far backend active",
         Duration::from_secs(15),
         |l| is(l, far, "up", "active") && is(l, near, "up", "active"),

@@ -415,7 +415,10 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         );
     }
     let log = lab.daemon_output_tail(60);
-    assert!(tally.sent >= 8 * rate(), "the sender fell behind: {tally:?}");
+    assert!(
+        tally.sent >= 8 * rate(),
+        "the sender fell behind: {tally:?}"
+    );
     assert!(
         tally.lost.is_empty(),
         "{} datagrams lost (seq, s): {:?}\n{log}",

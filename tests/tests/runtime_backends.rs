@@ -91,7 +91,6 @@ fn lab_with_config(
         .collect();
     let ready = control::wait_backends(
         &lab,
-        lb_ctl,
         "configured backends active",
         Duration::from_secs(20),
         |l| l.len() == want.len() && want.iter().all(|a| control::has_state(l, *a, "active")),
@@ -183,7 +182,7 @@ fn backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet() {
         .lb_ctl(&lb_ctl, &["backend", "add", "aovpn", &b4.to_string()])
         .expect("backend add");
     assert!(out.starts_with(&format!("added {b4} to aovpn")), "{out}");
-    let joined = control::wait_backends(&lab, &lb_ctl, "b4 active", Duration::from_secs(10), |l| {
+    let joined = control::wait_backends(&lab, "b4 active", Duration::from_secs(10), |l| {
         control::has_state(l, b4, "active")
     });
     let joined = or_log(&lab, joined, "b4 joins");
@@ -281,7 +280,6 @@ fn backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet() {
         .expect("restart");
     let back = control::wait_backends(
         &lab,
-        &lb_ctl,
         "the same backends after a restart",
         Duration::from_secs(20),
         |l| ids(l) == list && l.iter().all(|b| b["state"] == "active"),
@@ -364,7 +362,7 @@ fn drain_keeps_clients_until_the_deadline_and_takes_no_new_one() {
     assert_nobody_moved(&rounds, &before, "during the drain");
 
     // At the deadline b2 goes; its clients move, nobody else does, b2 sees nothing more.
-    let gone = control::wait_backends(&lab, &lb_ctl, "b2 removed", Duration::from_secs(10), |l| {
+    let gone = control::wait_backends(&lab, "b2 removed", Duration::from_secs(10), |l| {
         !l.iter().any(|b| b["address"] == b2.to_string())
     });
     or_log(&lab, gone, "drain end");
@@ -416,7 +414,6 @@ fn drain_keeps_clients_until_the_deadline_and_takes_no_new_one() {
     assert!(quiet > 0);
     let idle = control::wait_backends(
         &lab,
-        &lb_ctl,
         "b3 removed once its clients are idle",
         Duration::from_secs(15),
         |l| !l.iter().any(|b| b["address"] == b3.to_string()),
@@ -474,7 +471,7 @@ fn bad_requests_and_arguments_change_nothing() {
         out.starts_with("added 10.0.0.13 to aovpn (id 3, weight 3)"),
         "{out}"
     );
-    let ready = control::wait_backends(&lab, &lb_ctl, "b3 active", Duration::from_secs(10), |l| {
+    let ready = control::wait_backends(&lab, "b3 active", Duration::from_secs(10), |l| {
         control::has_state(l, "10.0.0.13".parse().unwrap(), "active")
     });
     or_log(&lab, ready, "b3 joins");

@@ -15,7 +15,7 @@
 //! of a moved slot would follow the ring. Finally, bulk only for several persistence ticks
 //! (≈ 1.07 s each) and until a slot flag sweep has finished: nobody moves,
 //! `ikelb_xdp_events_total{event="fast_path"}` grew (the fast path ran), every client's entry
-//! stays fresh (`lb-ctl lookup --json`: `idle_seconds` ≤ 2 — the fast path still sends each
+//! stays fresh (the control socket's `lookup`: `idle_seconds` ≤ 2 — the fast path still sends each
 //! client through its entry once a tick), and sweeps ran (`ikelb_slot_sweeps_total` with
 //! `result="ok"` above 0). `persistence_timeout` is 40 s, so
 //! sweeps (every timeout / 4 = 10 s while slots are flagged) run during the test without
@@ -93,13 +93,9 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     lab.start_daemon_with_config(&lb_ctl, &config)
         .expect("start lb-ctl daemon");
     let three: Vec<Ipv4Addr> = ["b1", "b2", "b3"].iter().map(|n| addr(n)).collect();
-    let ready = control::wait_backends(
-        &lab,
-        &lb_ctl,
-        "b1-b3 active",
-        Duration::from_secs(20),
-        |l| l.len() == 3 && three.iter().all(|a| control::has_state(l, *a, "active")),
-    );
+    let ready = control::wait_backends(&lab, "b1-b3 active", Duration::from_secs(20), |l| {
+        l.len() == 3 && three.iter().all(|a| control::has_state(l, *a, "active"))
+    });
     or_log(&lab, ready, "backends up");
 
     // Session starts: IKE on 500 records every client's backend.
@@ -117,7 +113,7 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     std::thread::sleep(Duration::from_millis(300));
     lab.lb_ctl(&lb_ctl, &["backend", "add", "aovpn", &b4.to_string()])
         .expect("backend add");
-    let joined = control::wait_backends(&lab, &lb_ctl, "b4 active", Duration::from_secs(10), |l| {
+    let joined = control::wait_backends(&lab, "b4 active", Duration::from_secs(10), |l| {
         control::has_state(l, b4, "active")
     });
     or_log(&lab, joined, "b4 joins");
@@ -143,7 +139,7 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     lab.bridge
         .ip(&["link", "set", &victim, "down"])
         .expect("cut link");
-    let down = control::wait_backends(&lab, &lb_ctl, "victim down", Duration::from_secs(10), |l| {
+    let down = control::wait_backends(&lab, "victim down", Duration::from_secs(10), |l| {
         control::has_state(l, victim_addr, "unusable")
     });
     or_log(&lab, down, "victim down");
@@ -165,13 +161,9 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     lab.bridge
         .ip(&["link", "set", &victim, "up"])
         .expect("restore link");
-    let up = control::wait_backends(
-        &lab,
-        &lb_ctl,
-        "victim active",
-        Duration::from_secs(15),
-        |l| control::has_state(l, victim_addr, "active"),
-    );
+    let up = control::wait_backends(&lab, "victim active", Duration::from_secs(15), |l| {
+        control::has_state(l, victim_addr, "active")
+    });
     or_log(&lab, up, "victim back");
     std::thread::sleep(Duration::from_millis(500));
     let (bulk, rounds) = traffic.stop().expect("traffic");
@@ -211,10 +203,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     let mut looked = Vec::new();
     let mut per_slot = BTreeMap::<u64, usize>::new();
     for (c, b) in &after {
-        let out = lab
-            .lb_ctl(&lb_ctl, &["lookup", &c.to_string(), "--json"])
+        // On the control socket: what `lb-ctl lookup --json` prints, without 120 processes.
+        let v = lab
+            .request(&serde_json::json!({"command": "lookup", "client": c.to_string()}))
             .expect("lookup");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("lookup JSON");
         let r = v["results"][0].clone();
         *per_slot
             .entry(r["slot"].as_u64().expect("slot"))

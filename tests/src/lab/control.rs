@@ -39,9 +39,9 @@ pub fn without_backend(config: &str, addr: Ipv4Addr) -> String {
     config.replace(&line, "")
 }
 
-/// `lb-ctl --socket <lab's> ARGS…` inside the gateway namespace, whatever its exit status.
+/// `lb-ctl --socket <lab's> ARGS…`, whatever its exit status.
 pub fn lb_ctl_output(lab: &Lab, lb_ctl: &Path, args: &[&str]) -> Result<Output> {
-    let mut cmd = lab.gateway.command(lb_ctl);
+    let mut cmd = std::process::Command::new(lb_ctl);
     cmd.arg("--socket").arg(lab.control_socket()).args(args);
     cmd.env("NO_COLOR", "1");
     cmd.output().with_context(|| format!("run lb-ctl {args:?}"))
@@ -62,17 +62,25 @@ pub fn backend(lab: &Lab, lb_ctl: &Path, addr: Ipv4Addr) -> Result<Option<Value>
         .find(|b| b["address"] == addr.to_string()))
 }
 
-/// Waits until `pred` holds for the backend list (polled every 50 ms).
+/// The backend objects, asked on the control socket by the test itself ([`Lab::request`]):
+/// what `lb-ctl backend list --json` prints, without starting a process per poll.
+pub fn backend_list(lab: &Lab) -> Result<Vec<Value>> {
+    let v = lab.request(&serde_json::json!({"command": "backend_list"}))?;
+    ensure!(v["kind"] == "backends", "unexpected reply {v}");
+    Ok(v["backends"].as_array().cloned().unwrap_or_default())
+}
+
+/// Waits until `pred` holds for the backend list (polled every 50 ms on the control
+/// socket).
 pub fn wait_backends(
     lab: &Lab,
-    lb_ctl: &Path,
     what: &str,
     timeout: Duration,
     mut pred: impl FnMut(&[Value]) -> bool,
 ) -> Result<Duration> {
     let t0 = Instant::now();
     super::wait_for(what, timeout, Duration::from_millis(50), || {
-        let list = backends(lab, lb_ctl)?;
+        let list = backend_list(lab)?;
         Ok(pred(&list).then_some(()))
     })?;
     Ok(t0.elapsed())

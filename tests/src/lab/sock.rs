@@ -14,9 +14,17 @@ use anyhow::{Context, Result};
 /// Waits until `fd` is readable or `deadline` passes (`None`: no wait, the caller blocks in
 /// its receive). False on timeout or when a signal interrupted the wait.
 pub(crate) fn wait_readable(fd: &OwnedFd, deadline: Option<Instant>) -> Result<bool> {
-    let Some(deadline) = deadline else { return Ok(true) };
-    let ms = deadline.saturating_duration_since(Instant::now()).as_millis();
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let Some(deadline) = deadline else {
+        return Ok(true);
+    };
+    let ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis();
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms.min(i32::MAX as u128) as libc::c_int) };
     if rc < 0 {

@@ -29,8 +29,9 @@
 //! * IPv6 is off everywhere (the lab is IPv4; router solicitations would only add noise).
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -391,13 +392,37 @@ impl Lab {
         d.stop(Duration::from_secs(5))
     }
 
-    /// `lb-ctl --socket … ARGS` run inside the gateway namespace; stdout on success.
+    /// `lb-ctl --socket … ARGS`; stdout on success. The control socket is a path in the
+    /// filesystem, reachable from any network namespace, so `lb-ctl` runs as an operator's
+    /// shell would start it, without `ip netns exec` (which costs a mount namespace per run).
     pub fn lb_ctl(&self, lb_ctl: &Path, args: &[&str]) -> Result<String> {
         let sock = self.control_socket();
         let mut all = vec!["--socket", sock.to_str().context("non-UTF-8 path")?];
         all.extend_from_slice(args);
-        self.gateway
-            .exec(lb_ctl.to_str().context("non-UTF-8 path")?, &all)
+        super::run(lb_ctl.to_str().context("non-UTF-8 path")?, &all)
+    }
+
+    /// One request of the control protocol (docs/operations.md, "Control socket": a JSON
+    /// line out, a JSON line back), sent by the test itself: the reply's `ok` object, or the
+    /// daemon's error as an `Err`. For polls and bulk reads, where starting `lb-ctl` per
+    /// request would be most of the test's time in an emulated guest (docs/kernels.md).
+    pub fn request(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+        let path = self.control_socket();
+        let mut s = UnixStream::connect(&path)
+            .with_context(|| format!("connect to the control socket {}", path.display()))?;
+        s.set_read_timeout(Some(super::patience(Duration::from_secs(5))))?;
+        writeln!(s, "{request}")?;
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .context("read the control reply")?;
+        let reply: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("reply not JSON: {line:?}"))?;
+        match (reply.get("ok"), reply.get("error")) {
+            (Some(ok), None) => Ok(ok.clone()),
+            (None, Some(err)) => bail!("{request}: the daemon refused it: {err}"),
+            _ => bail!("{request}: unexpected reply {reply}"),
+        }
     }
 
     /// The daemon's `/metrics` page (HTTP/1.0 GET on the gateway's loopback).
