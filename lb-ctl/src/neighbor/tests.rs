@@ -1,9 +1,17 @@
+use std::{collections::HashMap, time::Instant};
+
 use super::*;
+use super::{
+    ip::{ip_binary, parse_neigh, parse_route, Neigh, NeighTable},
+    resolve::{look_up, route_ttl, CachedRoute, RouteCache},
+};
+use crate::paths;
 
 #[test]
 fn route_direct_and_via_gateway() {
     let addr: IpAddr = "10.0.0.11".parse().unwrap();
-    let direct = r#"[{"dst":"10.0.0.11","dev":"int0","prefsrc":"10.0.0.1","flags":[],"uid":0,"cache":[]}]"#;
+    let direct =
+        r#"[{"dst":"10.0.0.11","dev":"int0","prefsrc":"10.0.0.1","flags":[],"uid":0,"cache":[]}]"#;
     assert_eq!(
         parse_route(addr, direct).unwrap().unwrap(),
         ("int0".to_owned(), addr)
@@ -35,8 +43,7 @@ fn neighbour_states() {
             stale: true
         })
     );
-    let reachable =
-        r#"[{"dst":"10.0.0.11","lladdr":"02:00:00:00:00:0b","state":["REACHABLE"]}]"#;
+    let reachable = r#"[{"dst":"10.0.0.11","lladdr":"02:00:00:00:00:0b","state":["REACHABLE"]}]"#;
     assert_eq!(
         parse_neigh(reachable).unwrap(),
         Ok(Neigh {
@@ -71,8 +78,7 @@ fn ipv6_routes_and_neighbours() {
         parse_route(far, via).unwrap().unwrap(),
         ("v0".to_owned(), "fe80::1".parse().unwrap())
     );
-    let neigh =
-        r#"[{"dst":"2001:db8:1::11","lladdr":"2a:81:3c:9a:a4:ef","state":["REACHABLE"]}]"#;
+    let neigh = r#"[{"dst":"2001:db8:1::11","lladdr":"2a:81:3c:9a:a4:ef","state":["REACHABLE"]}]"#;
     assert_eq!(
         parse_neigh(neigh).unwrap(),
         Ok(Neigh {
