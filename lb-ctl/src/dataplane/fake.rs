@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use lb_common::{counter, event, maps, INGRESS_SLOTS};
+
 use super::*;
 
 /// One recorded operation.
@@ -171,7 +173,11 @@ impl<K: Copy + PartialEq, V: Copy> crate::scan::MapWalk<K, V> for FakeMap<K, V> 
         let calls = self.next_key_calls.get() + 1;
         self.next_key_calls.set(calls);
         let first = self.entries.first().map(|e| e.0);
-        if self.scan.restart_every.is_some_and(|n| calls.is_multiple_of(n.max(1))) {
+        if self
+            .scan
+            .restart_every
+            .is_some_and(|n| calls.is_multiple_of(n.max(1)))
+        {
             return Ok(first);
         }
         let Some(key) = key else {
@@ -200,8 +206,16 @@ impl FakeDataplane {
         Ok(crate::scan::Scanned::from_walks(
             crate::scan::walk(&FakeMap::new(maps::PERSIST_V4, self.persist_v4.clone(), sc))?,
             crate::scan::walk(&FakeMap::new(maps::PERSIST_V6, self.persist_v6.clone(), sc))?,
-            crate::scan::walk(&FakeMap::new(maps::PROBATION_V4, self.probation_v4.clone(), sc))?,
-            crate::scan::walk(&FakeMap::new(maps::PROBATION_V6, self.probation_v6.clone(), sc))?,
+            crate::scan::walk(&FakeMap::new(
+                maps::PROBATION_V4,
+                self.probation_v4.clone(),
+                sc,
+            ))?,
+            crate::scan::walk(&FakeMap::new(
+                maps::PROBATION_V6,
+                self.probation_v6.clone(),
+                sc,
+            ))?,
         ))
     }
 }
