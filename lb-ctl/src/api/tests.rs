@@ -1,4 +1,14 @@
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::IpAddr,
+    os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::call_with_limit;
 use super::*;
+use crate::health::HealthState;
 
 #[test]
 fn requests_round_trip_and_read_as_documented() {
@@ -26,10 +36,8 @@ fn requests_round_trip_and_read_as_documented() {
         }
     );
     assert_eq!(
-        parse_request(
-            br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1"}"#
-        )
-        .unwrap(),
+        parse_request(br#"{"command":"backend_add","virtual_server":"a","address":"10.0.0.1"}"#)
+            .unwrap(),
         Request::BackendAdd {
             virtual_server: "a".into(),
             address: "10.0.0.1".parse().unwrap(),
@@ -53,7 +61,12 @@ fn malformed_requests_are_bad_requests() {
         br#"{"command":"lookup"}"#,
     ] {
         let e = parse_request(line).unwrap_err();
-        assert_eq!(e.code, ErrorCode::BadRequest, "{}", String::from_utf8_lossy(line));
+        assert_eq!(
+            e.code,
+            ErrorCode::BadRequest,
+            "{}",
+            String::from_utf8_lossy(line)
+        );
     }
 }
 

@@ -1,0 +1,257 @@
+//! The messages of the control API: [`Request`] (tagged by `command`), [`Response`]
+//! (`ok` or `error`), [`Reply`] and its payloads, [`ApiError`] with its [`ErrorCode`] —
+//! also the `--json` output of `lb-ctl` — and [`parse_request`], which turns a line that
+//! does not parse into the `bad_request` answer.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::HealthState;
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One request. `virtual_server` is a name or a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    BackendAdd {
+        virtual_server: String,
+        address: IpAddr,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+    BackendRemove {
+        virtual_server: String,
+        address: IpAddr,
+        /// Let persisted clients drain for at most this long (humantime, e.g. `"10m"`).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        drain: Option<Duration>,
+    },
+    BackendList,
+    Status,
+    Lookup {
+        client: IpAddr,
+    },
+}
+
+/// One answer: `{"ok": Reply}` or `{"error": ApiError}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one answer per operator command, moved once: its size does not matter"
+)]
+pub enum Response {
+    Ok(Reply),
+    Error(ApiError),
+}
+
+impl From<Result<Reply, ApiError>> for Response {
+    fn from(r: Result<Reply, ApiError>) -> Self {
+        match r {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// What a successful request returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// The backend as it is now (health unknown until its first probe, unless it was
+    /// draining: then the drain was cancelled and it is back in the table).
+    BackendAdded {
+        backend: BackendInfo,
+        drain_cancelled: bool,
+    },
+    /// `backend` as it was; `draining_until` set when it drains instead of leaving at once.
+    BackendRemoved {
+        backend: BackendInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        draining_until: Option<String>,
+    },
+    Backends {
+        backends: Vec<BackendInfo>,
+    },
+    Status(Status),
+    Lookup {
+        client: IpAddr,
+        results: Vec<LookupResult>,
+    },
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a request this daemon understands (JSON, command, field, value).
+    BadRequest,
+    UnknownVirtualServer,
+    UnknownBackend,
+    DuplicateBackend,
+    /// Not usable as a backend address (not unicast, a VIP, wrong family, …).
+    InvalidAddress,
+    InvalidWeight,
+    InvalidDrain,
+    /// No backend id left (the `BACKENDS` map is full).
+    CapacityExhausted,
+    /// Saving the runtime state or writing the maps failed.
+    Internal,
+    /// The peer is not allowed to use the socket.
+    Forbidden,
+    /// Every connection slot is serving a request: try again.
+    Busy,
+}
+
+/// A backend as the daemon sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub virtual_server: String,
+    pub address: IpAddr,
+    /// Backend id in the maps (`BACKENDS`, persistence entries).
+    pub id: u32,
+    pub weight: u32,
+    /// `active` (takes new clients), `draining` (keeps its persisted clients only) or
+    /// `unusable` (health not up, or next hop unresolved: its clients are re-balanced).
+    pub state: String,
+    pub health: HealthState,
+    /// `aa:bb:cc:dd:ee:ff on int`, or `None` while unresolved.
+    pub next_hop: Option<String>,
+    /// RFC 3339 drain deadline while draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<String>,
+    /// Slots of the active Maglev table it holds.
+    pub ring_slots: u32,
+    /// Persisted clients that are not idle (`persistence_timeout`) and would still be sent
+    /// here.
+    pub clients: u64,
+    /// `config` or `runtime` (added with `lb-ctl backend add`).
+    pub origin: String,
+}
+
+/// `lb-ctl status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub config: String,
+    pub interfaces: Vec<String>,
+    pub mode: String,
+    pub health_check: HealthCheckInfo,
+    pub persistence: PersistenceInfo,
+    pub virtual_servers: Vec<VirtualServerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckInfo {
+    pub interval: String,
+    pub timeout: String,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistenceInfo {
+    /// Entries in `PERSIST_V4`/`_V6`, the established clients (idle ones included, until
+    /// the LRU evicts them).
+    pub entries: u64,
+    pub capacity: u32,
+    pub timeout: String,
+    /// Entries in `PROBATION_V4`/`_V6`, new clients (0 from older daemons).
+    #[serde(default)]
+    pub probation_entries: u64,
+    #[serde(default)]
+    pub probation_capacity: u32,
+    /// Config `new_client_rate` (0 = unlimited).
+    #[serde(default)]
+    pub new_client_rate: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualServerStatus {
+    pub name: String,
+    pub vip: IpAddr,
+    pub ports: Vec<u16>,
+    /// TCP ports of the persistency group (SSTP fallback); absent from older daemons.
+    #[serde(default)]
+    pub tcp_ports: Vec<u16>,
+    pub esp: bool,
+    /// Backends holding slots in the active table (0: every packet is dropped as
+    /// `no_backend`).
+    pub active: usize,
+    pub backends: Vec<BackendInfo>,
+}
+
+/// Where the next packet of a client to one virtual server goes, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResult {
+    pub virtual_server: String,
+    pub vip: IpAddr,
+    /// The backend, or `None` when the packet would be dropped (`no_backend`).
+    pub backend: Option<IpAddr>,
+    pub backend_id: Option<u32>,
+    /// `persistence` (a live entry of an established client), `probation` (a live entry of
+    /// a new client that has not proven return routability yet), `maglev` (the client's ring
+    /// slot) or `none` (empty table).
+    pub source: String,
+    /// The client's slot in the active Maglev table.
+    pub slot: u32,
+    /// The persistence entry, if any, also when it no longer decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<PersistedInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedInfo {
+    pub backend_id: u32,
+    /// Its address, when the id still names a backend.
+    pub backend: Option<IpAddr>,
+    pub idle_seconds: u64,
+    /// Why it no longer decides (`idle`, `backend unusable`, `backend removed`), or `None`
+    /// when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_because: Option<String>,
+    /// Which map holds it: `persistence` (established) or `probation` (new client).
+    /// Daemons before two-tier persistence had only the former.
+    #[serde(default = "tier_persistence")]
+    pub tier: String,
+    /// A probation entry only: whether the backend's proof (IKE responder SPI, TCP ISN) is
+    /// recorded, i.e. the entry waits for the client to echo it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_recorded: Option<bool>,
+}
+
+fn tier_persistence() -> String {
+    "persistence".to_owned()
+}
+
+/// Parses one request line; the error is the `bad_request` answer.
+pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
+    serde_json::from_slice(line)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
