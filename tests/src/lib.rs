@@ -1,6 +1,7 @@
 //! ikelb's black-box integration tests: network-namespace labs, the backends' UDP responder,
 //! and the demo (see `lab`).
 
+pub mod fuzz;
 pub mod ike;
 pub mod lab;
 pub mod packet;
