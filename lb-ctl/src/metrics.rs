@@ -33,31 +33,39 @@
 //! than [`SCRAPE_MAX_AGE`] ago (or ten times the last scan's duration, if longer), else waits
 //! for the scan in flight or the next one — never a scan of its own, and never on the
 //! daemon's event loop.
+//!
+//! ## Modules
+//!
+//! * `metrics.rs` (this file): [`Metrics`] — the registry, the daemon's own metrics, the
+//!   published backend list, rendering — and the helpers that define metric families.
+//! * `metrics/source.rs`: reading the data path's maps — [`StatsSource`], [`PinnedStats`].
+//! * `metrics/collector.rs`: [`DataplaneCollector`] — the families read at scrape time and
+//!   how a scrape fills them.
+//! * `metrics/http.rs`: the `/metrics` endpoint.
 
+mod collector;
 pub mod http;
+mod source;
 
 use std::{
     net::IpAddr,
-    path::Path,
     sync::{Arc, RwLock},
 };
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use lb_common::{counter, event, maps, Traffic, DIR_FORWARD, DIR_REVERSE};
 use prometheus::{
-    core::{Collector, Desc},
-    proto::MetricFamily,
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    core::Collector, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing::warn;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, PersistEntry, Tier},
+    dataplane::Dataplane,
     health::{Probe, ProbeObserver},
-    scan::{PersistMaps, Scanned, Scanner},
+    scan::{Scanned, Scanner},
     state::Balancer,
 };
+
+pub use collector::DataplaneCollector;
+pub use source::{PinnedStats, StatsSource};
 
 /// A scrape shares a persistence scan that started at most this long ago (or ten times the
 /// last scan's duration, when that is longer: scrapes never keep more than a tenth of a core
@@ -85,104 +93,6 @@ pub struct BackendLabel {
     pub up: bool,
 }
 
-/// What the scrape reads from the data path.
-pub trait StatsSource: Send + Sync + 'static {
-    /// `COUNTERS` summed over CPUs, indexed like `lb_common::counter`.
-    fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
-    /// `EVENTS` summed over CPUs, indexed like `lb_common::event`.
-    fn events(&self) -> Result<Vec<u64>, DataplaneError>;
-    /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
-    fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
-    /// Every entry of `PERSIST_V4`, `PERSIST_V6`, `PROBATION_V4` and `PROBATION_V6`: what
-    /// the metrics' own scanner reads until the daemon's is shared
-    /// ([`Metrics::share_scans`]).
-    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError>;
-}
-
-fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Read {
-        map,
-        source: Box::new(source),
-    }
-}
-
-/// [`StatsSource`] over the pinned maps: its own fds (opened from the pins), so a scrape
-/// never waits for the control loop.
-pub struct PinnedStats {
-    counters: PerCpuArray<MapData, u64>,
-    events: PerCpuArray<MapData, u64>,
-    stats: PerCpuArray<MapData, Traffic>,
-    persistence: PersistMaps,
-}
-
-impl PinnedStats {
-    /// Opens `COUNTERS`, `EVENTS`, `BACKEND_STATS` and the persistence and probation maps
-    /// from `maps_dir` (`pin::Pins::maps_dir`).
-    pub fn open(maps_dir: &Path) -> Result<Self, DataplaneError> {
-        fn open(dir: &Path, map: &'static str) -> Result<Map, DataplaneError> {
-            let data = MapData::from_pin(dir.join(map)).map_err(read_err(map))?;
-            Map::from_map_data(data).map_err(read_err(map))
-        }
-        let typed = |map: &'static str| {
-            move |source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            }
-        };
-        Ok(Self {
-            counters: PerCpuArray::try_from(open(maps_dir, maps::COUNTERS)?)
-                .map_err(typed(maps::COUNTERS))?,
-            events: PerCpuArray::try_from(open(maps_dir, maps::EVENTS)?)
-                .map_err(typed(maps::EVENTS))?,
-            stats: PerCpuArray::try_from(open(maps_dir, maps::BACKEND_STATS)?)
-                .map_err(typed(maps::BACKEND_STATS))?,
-            persistence: PersistMaps::from_pins(maps_dir)?,
-        })
-    }
-}
-
-impl StatsSource for PinnedStats {
-    fn counters(&self) -> Result<Vec<u64>, DataplaneError> {
-        (0..counter::COUNT)
-            .map(|i| {
-                self.counters
-                    .get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(read_err(maps::COUNTERS))
-            })
-            .collect()
-    }
-
-    fn events(&self) -> Result<Vec<u64>, DataplaneError> {
-        (0..event::COUNT)
-            .map(|i| {
-                self.events
-                    .get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(read_err(maps::EVENTS))
-            })
-            .collect()
-    }
-
-    fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
-        let dir = |d: u32| -> Result<Traffic, DataplaneError> {
-            let per_cpu = self
-                .stats
-                .get(&(id * 2 + d), 0)
-                .map_err(read_err(maps::BACKEND_STATS))?;
-            Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
-                packets: a.packets + t.packets,
-                bytes: a.bytes + t.bytes,
-            }))
-        };
-        Ok([dir(DIR_FORWARD)?, dir(DIR_REVERSE)?])
-    }
-
-    fn persistence(&self) -> Result<Vec<PersistEntry>, DataplaneError> {
-        Ok(self.persistence.scan()?.entries)
-    }
-}
-
 /// The control plane's side of a scrape, replaced whole on every change.
 #[derive(Clone, Debug, Default)]
 struct View {
@@ -192,16 +102,6 @@ struct View {
 /// Now in the data path's persistence ticks.
 pub(crate) fn now_ticks() -> u32 {
     crate::runtime::Clock::now().tick
-}
-
-/// The metrics read from the data path at scrape time.
-pub struct DataplaneCollector {
-    source: Arc<dyn StatsSource>,
-    view: Arc<RwLock<View>>,
-    scans: Arc<RwLock<Arc<Scanner>>>,
-    persist_timeout_ticks: u32,
-    capacity: Capacity,
-    descs: Vec<Desc>,
 }
 
 /// The sizes of the persistence and probation maps (config `persistence_entries`,
@@ -222,213 +122,6 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 fn gauge(name: &str, help: &str) -> IntGauge {
     IntGauge::new(name, help).expect("valid metric definition")
-}
-
-/// Fresh (empty) metrics of every family the collector exports; one set per scrape.
-struct Families {
-    xdp: IntCounterVec,
-    events: IntCounterVec,
-    packets: IntCounterVec,
-    bytes: IntCounterVec,
-    up: IntGaugeVec,
-    clients: IntGaugeVec,
-    entries: IntGauge,
-    capacity: IntGauge,
-    probation: IntGauge,
-    probation_capacity: IntGauge,
-}
-
-impl Families {
-    fn new() -> Self {
-        Self {
-            xdp: counter_vec(
-                "ikelb_xdp_packets_total",
-                "Packets the XDP program handled, by verdict (action) and why (reason).",
-                &["action", "reason"],
-            ),
-            events: counter_vec(
-                "ikelb_xdp_events_total",
-                "Things the XDP program did on the way to a verdict (probation inserts, \
-                 promotions, throttled new clients, lost clients, MAC moves, ...).",
-                &["event"],
-            ),
-            packets: counter_vec(
-                "ikelb_backend_packets_total",
-                "Packets forwarded to (forward) or from (reverse) a backend.",
-                &["vs", "backend", "direction"],
-            ),
-            bytes: counter_vec(
-                "ikelb_backend_bytes_total",
-                "Bytes (Ethernet frames) forwarded to (forward) or from (reverse) a backend.",
-                &["vs", "backend", "direction"],
-            ),
-            up: gauge_vec(
-                "ikelb_backend_up",
-                "1 when the backend may receive packets (health checks Up, next hop known).",
-                &["vs", "backend"],
-            ),
-            clients: gauge_vec(
-                "ikelb_backend_clients",
-                "Clients persisted to the backend and seen within persistence_timeout.",
-                &["vs", "backend"],
-            ),
-            entries: gauge(
-                "ikelb_persistence_entries",
-                "Persistence entries still holding a client (seen within persistence_timeout).",
-            ),
-            capacity: gauge(
-                "ikelb_persistence_capacity",
-                "Capacity of the persistence map (persistence_entries).",
-            ),
-            probation: gauge(
-                "ikelb_probation_entries",
-                "Probation entries (new clients not yet proven) seen within persistence_timeout.",
-            ),
-            probation_capacity: gauge(
-                "ikelb_probation_capacity",
-                "Capacity of the probation map (probation_entries).",
-            ),
-        }
-    }
-
-    fn all(&self) -> [&dyn Collector; 10] {
-        [
-            &self.xdp,
-            &self.events,
-            &self.packets,
-            &self.bytes,
-            &self.up,
-            &self.clients,
-            &self.entries,
-            &self.capacity,
-            &self.probation,
-            &self.probation_capacity,
-        ]
-    }
-
-    fn descs(&self) -> Vec<Desc> {
-        let mut d = Vec::new();
-        for c in self.all() {
-            d.extend(c.desc().into_iter().cloned());
-        }
-        d
-    }
-}
-
-impl DataplaneCollector {
-    fn new(
-        source: Arc<dyn StatsSource>,
-        view: Arc<RwLock<View>>,
-        scans: Arc<RwLock<Arc<Scanner>>>,
-        persist_timeout_ticks: u32,
-        capacity: Capacity,
-    ) -> Self {
-        Self {
-            source,
-            view,
-            scans,
-            persist_timeout_ticks,
-            capacity,
-            descs: Families::new().descs(),
-        }
-    }
-
-    fn fill(&self, f: &Families) -> Result<(), DataplaneError> {
-        let counters = self.source.counters()?;
-        for ((action, reason), n) in counter::LABELS.iter().zip(&counters) {
-            f.xdp.with_label_values(&[*action, *reason]).inc_by(*n);
-        }
-        // Events before anything that may fail late (a map walk): each scrape exports what
-        // it could read.
-        let events = self.source.events()?;
-        for (label, n) in event::LABELS.iter().zip(&events) {
-            f.events.with_label_values(&[*label]).inc_by(*n);
-        }
-        f.capacity.set(i64::from(self.capacity.persistence));
-        f.probation_capacity.set(i64::from(self.capacity.probation));
-        let backends = self.view.read().expect("not poisoned").backends.clone();
-        for b in &backends {
-            let addr = b.address.to_string();
-            f.up.with_label_values(&[b.vs.as_str(), &addr])
-                .set(i64::from(b.up));
-            let t = self.source.backend_traffic(b.id)?;
-            for (dir, name) in [(DIR_FORWARD, "forward"), (DIR_REVERSE, "reverse")] {
-                let t = t[dir as usize];
-                let labels = [b.vs.as_str(), &addr, name];
-                f.packets.with_label_values(&labels).inc_by(t.packets);
-                f.bytes.with_label_values(&labels).inc_by(t.bytes);
-            }
-            // Present (0) for every backend, also before it has a client.
-            f.clients.with_label_values(&[b.vs.as_str(), &addr]).set(0);
-        }
-        let scanner = Arc::clone(&self.scans.read().expect("not poisoned"));
-        let max_age = scanner
-            .latest()
-            .map_or(SCRAPE_MAX_AGE, |o| SCRAPE_MAX_AGE.max(o.took * 10));
-        let scanned = scanner
-            .within_blocking(max_age)
-            .result
-            .map_err(|e| DataplaneError::Read {
-                map: maps::PERSIST_V4,
-                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "persistence scan",
-                    io_error: std::io::Error::other(crate::error_chain(&*e)),
-                })),
-            })?;
-        let now = now_ticks();
-        let (mut live, mut probation) = (0, 0);
-        // Per backend position in `backends` (a million entries: no label lookup per entry).
-        let by_id: std::collections::HashMap<(u32, u32), usize> = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| ((b.id, b.service), i))
-            .collect();
-        let mut clients = vec![0u64; backends.len()];
-        for &PersistEntry {
-            service,
-            value,
-            tier,
-        } in &scanned.entries
-        {
-            if !lb_common::is_live(now, value.atime, self.persist_timeout_ticks) {
-                continue;
-            }
-            match tier {
-                Tier::Established => live += 1,
-                Tier::Probation => probation += 1,
-            }
-            if let Some(&i) = by_id.get(&(value.backend, service)) {
-                clients[i] += 1;
-            }
-        }
-        for (b, n) in backends.iter().zip(clients) {
-            f.clients
-                .with_label_values(&[b.vs.as_str(), &b.address.to_string()])
-                .set(n as i64);
-        }
-        f.entries.set(live);
-        f.probation.set(probation);
-        Ok(())
-    }
-}
-
-impl Collector for DataplaneCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let f = Families::new();
-        if let Err(e) = self.fill(&f) {
-            // Whatever was read is still exported; the rest is missing from this scrape.
-            warn!("scrape: reading the data path: {}", crate::error_chain(&e));
-        }
-        let mut out = Vec::new();
-        for c in f.all() {
-            out.extend(c.collect());
-        }
-        out
-    }
 }
 
 /// Why the metrics could not be set up or rendered.

@@ -221,8 +221,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        dataplane::DataplaneError,
-        metrics::{Capacity, PersistEntry, StatsSource},
+        dataplane::{DataplaneError, PersistEntry},
+        metrics::{Capacity, StatsSource},
     };
 
     /// A data path with nothing in it.

@@ -8,7 +8,7 @@ use lb_common::{counter, event, PersistKeyV4, PersistValue, ProbationValue, Traf
 use super::*;
 use crate::{
     config,
-    dataplane::{fake::FakeDataplane, Dataplane},
+    dataplane::{fake::FakeDataplane, Dataplane, DataplaneError, PersistEntry},
     health::{Probe, ProbeOutcome},
     state::{IfaceInfo, NextHop},
 };
