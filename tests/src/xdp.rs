@@ -409,6 +409,9 @@ fn globals(setup: &Setup) -> pool::Globals {
     }
 }
 
+/// Entries of each of the fixture's LRU maps.
+const LRU_ENTRIES: u32 = 4096;
+
 /// Loads and verifies the object with `setup`'s globals and the fixture's map sizes.
 fn load(setup: &Setup) -> Ebpf {
     let dsr = u32::from(setup.dsr);
@@ -425,10 +428,16 @@ fn load(setup: &Setup) -> Ebpf {
         .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
         .map_max_entries(maps::RINGS, 4 * RING)
-        .map_max_entries(maps::PERSIST_V4, 64)
-        .map_max_entries(maps::PERSIST_V6, 64)
-        .map_max_entries(maps::PROBATION_V4, 64)
-        .map_max_entries(maps::PROBATION_V6, 64)
+        // LRU maps far larger than any row fills: a reused program's maps were emptied by
+        // deletes (`pool`), and on Debian 12's 6.1 a 64-entry LRU emptied that way evicted
+        // the entry a row had just inserted (the kernel's LRU keeps freed entries on
+        // per-CPU free lists). With room to spare the LRU never evicts in a table.
+        .map_max_entries(maps::PERSIST_V4, LRU_ENTRIES)
+        .map_max_entries(maps::PERSIST_V6, LRU_ENTRIES)
+        .map_max_entries(maps::PROBATION_V4, LRU_ENTRIES)
+        .map_max_entries(maps::PROBATION_V6, LRU_ENTRIES)
+        .map_max_entries(maps::PROOFS_V4, LRU_ENTRIES)
+        .map_max_entries(maps::PROOFS_V6, LRU_ENTRIES)
         .map_max_entries(maps::REFRESHED_V4, 4 * RING)
         .map_max_entries(maps::BACKENDS, 16)
         .map_max_entries(maps::BACKEND_STATS, 32)

@@ -98,6 +98,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     });
     or_log(&lab, ready, "backends up");
 
+    eprintln!(
+        "slot_fast_path: lab and daemon up at {:?}",
+        started.elapsed()
+    );
     // Session starts: IKE on 500 records every client's backend.
     let ike = Clients::bind(&lab, &lab.clients, 500).expect("bind IKE clients");
     let start = or_log(&lab, ike.all_answered(5, WAIT), "IKE answers");
@@ -108,6 +112,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     let first = or_log(&lab, bulk.all_answered(5, WAIT), "first bulk answers");
     assert_eq!(first, start, "bulk packets go where the session began");
 
+    eprintln!(
+        "slot_fast_path: sessions started at {:?}",
+        started.elapsed()
+    );
     // 1. b4 added under bulk traffic: nobody moves.
     let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
     std::thread::sleep(Duration::from_millis(300));
@@ -131,6 +139,7 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         .unwrap();
     assert!(b4_slots > 0, "b4 took slots");
 
+    eprintln!("slot_fast_path: 1 (add) done at {:?}", started.elapsed());
     // 2. The busiest backend's link cut: its clients move to the survivors, nobody else.
     let spread = control::spread(&start);
     let (victim, _) = spread.iter().max_by_key(|(_, n)| **n).unwrap();
@@ -156,6 +165,7 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         }
     }
 
+    eprintln!("slot_fast_path: 2 (cut) done at {:?}", started.elapsed());
     // 3. The link restored: its slots come back, its former clients stay where they are.
     let traffic = bulk.background(Duration::from_millis(50), Duration::from_millis(200));
     lab.bridge
@@ -183,6 +193,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     }
     assert!(answered > 0);
 
+    eprintln!(
+        "slot_fast_path: 3 (restore) done at {:?}",
+        started.elapsed()
+    );
     // 4. Bulk only for several ticks and until a flag sweep ran: the fast path runs, entries
     // stay fresh, nobody moves.
     let fast_before = fast_path_events(&lab);
@@ -198,6 +212,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     // A ring slot's first packet of each tick refreshes its client's entry: a client alone in
     // its slot is refreshed every tick; clients sharing a slot take turns (at 120 clients in
     // 65,537 slots a shared slot is rare), so for them only a live entry is asserted.
+    eprintln!(
+        "slot_fast_path: 4 (bulk only) done at {:?}",
+        started.elapsed()
+    );
     let mut max_idle = 0;
     let mut tiers = BTreeMap::<String, usize>::new();
     let mut looked = Vec::new();
