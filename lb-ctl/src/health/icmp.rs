@@ -16,12 +16,20 @@
 //! * A message that is not ours is ignored (logged at debug when it names a sequence number a
 //!   probe waits for) and the probe keeps waiting: a forged or stale reply can neither bring a
 //!   backend up nor end the probe of a live one.
+//!
+//! ## Modules
+//!
+//! * `icmp.rs` (this file): [`IcmpProber`], one `Pinger` per family, and a probe: its echo
+//!   request sent, its entry among the probes waiting, its answer or timeout.
+//! * `icmp/receive.rs`: the receiving task — messages and queued ICMP errors, each handed
+//!   to the probe it is about (or to none).
+//! * `icmp/socket.rs`: the sockets — raw or ping, the kernel filter, the bound identifier —
+//!   and random numbers from getrandom(2).
 
 use std::{
     collections::HashMap,
-    io, mem,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::OwnedFd,
     sync::{
         atomic::{AtomicU16, Ordering},
         Arc, Mutex,
@@ -29,22 +37,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{io::Interest, net::UdpSocket, sync::oneshot, task::JoinHandle};
-use tracing::{debug, trace};
+use tokio::{net::UdpSocket, sync::oneshot, task::JoinHandle};
+use tracing::debug;
 
-use super::packet::{self, Expected, Family, Received, Verdict};
+use super::packet::{self, Expected, Family};
 use super::{HealthError, Probe, ProbeOutcome, Prober};
+
+mod receive;
+mod socket;
+
+use receive::receive;
+use socket::{bind_ident, filter_raw, open_socket, random_bytes, random_u16, setsockopt};
 
 /// Fixed start of every echo request's data (for whoever reads a packet capture); the random
 /// token follows.
 pub const PAYLOAD_PREFIX: &[u8] = b"ikelb health check ";
 /// Random bytes per echo request.
 pub const TOKEN_LEN: usize = 16;
-
-/// `ICMP_FILTER` (`linux/icmp.h`), at level `SOL_RAW`: a bit set drops that type (< 32).
-const ICMP_FILTER: libc::c_int = 1;
-/// `ICMP6_FILTER` (`linux/icmpv6.h`), at level `IPPROTO_ICMPV6`: 256 bits, a bit set blocks.
-const ICMP6_FILTER: libc::c_int = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -278,341 +287,6 @@ impl Drop for Registration<'_> {
             map.remove(&self.seq);
         }
     }
-}
-
-async fn receive(socket: Arc<UdpSocket>, family: Family, kind: Kind, waiting: Arc<Waiting>) {
-    let mut buf = vec![0u8; 4096];
-    let mut quoted = vec![0u8; 2048];
-    let fd = socket.as_raw_fd();
-    loop {
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => dispatch(family, kind, &waiting, from.ip(), &buf[..n]),
-                Err(e) => {
-                    // On a ping socket, an ICMP error also sets the socket's pending error,
-                    // which one receive returns: the error queue has the details. Read it
-                    // now rather than rely on the error readiness alone.
-                    debug!("{} health-check socket: receiving: {e}", family.name());
-                    if kind == Kind::Ping {
-                        while let Ok(queued) = read_error_queue(fd, &mut quoted) {
-                            dispatch_queued(family, &waiting, &queued, &quoted);
-                        }
-                    }
-                    // Never spin on an error that repeats.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            },
-            r = socket.async_io(Interest::ERROR, || read_error_queue(fd, &mut quoted)),
-                if kind == Kind::Ping =>
-            {
-                match r {
-                    Ok(queued) => dispatch_queued(family, &waiting, &queued, &quoted),
-                    Err(e) => {
-                        debug!("{} health-check socket: error queue: {e}", family.name());
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Hands one received message to the probe it answers, if any (see [`packet::classify`]).
-fn dispatch(family: Family, kind: Kind, waiting: &Waiting, from: IpAddr, msg: &[u8]) {
-    let with_ip_header = kind == Kind::Raw && family == Family::V4;
-    match packet::parse(family, with_ip_header, msg) {
-        Ok(received) => deliver(family, waiting, from, &received),
-        Err(e) => trace!(%from, "{} message ignored: {e}", family.name()),
-    }
-}
-
-fn deliver(family: Family, waiting: &Waiting, from: IpAddr, received: &Received<'_>) {
-    let Some(seq) = received.seq() else {
-        return;
-    };
-    let mut map = waiting.lock().expect("waiting map poisoned");
-    let Some(waiter) = map.get(&seq) else {
-        trace!(%from, seq, "{} message for no probe of ours", family.name());
-        return;
-    };
-    let answer = match packet::classify(&waiter.expected, from, received) {
-        Verdict::Alive => Ok(()),
-        Verdict::Failed(reason) => Err(reason),
-        Verdict::NotOurs(why) => {
-            debug!(backend = %waiter.expected.addr, %from, seq, "health check: ignored {why}");
-            return;
-        }
-    };
-    let waiter = map.remove(&seq).expect("looked up above");
-    // The probe may have timed out meanwhile: nobody to tell.
-    let _ = waiter.tx.send(answer);
-}
-
-/// An ICMP error from a ping socket's error queue (`IP_RECVERR`, `IPV6_RECVERR`; ip(7),
-/// ipv6(7)): who sent it, its type and code, where our request went, and how many bytes of
-/// the request (ICMP header and data, as quoted) were read.
-#[derive(Debug)]
-struct Queued {
-    offender: Option<IpAddr>,
-    origin: u8,
-    icmp_type: u8,
-    code: u8,
-    dst: Option<IpAddr>,
-    len: usize,
-}
-
-/// Turns a queued error into the [`Received::Error`] of [`packet::parse`] and delivers it.
-fn dispatch_queued(family: Family, waiting: &Waiting, q: &Queued, quoted: &[u8]) {
-    let origin = match family {
-        Family::V4 => libc::SO_EE_ORIGIN_ICMP,
-        Family::V6 => libc::SO_EE_ORIGIN_ICMP6,
-    };
-    let request = match family {
-        Family::V4 => packet::ECHO_REQUEST_V4,
-        Family::V6 => packet::ECHO_REQUEST_V6,
-    };
-    let quoted = &quoted[..q.len.min(quoted.len())];
-    let (Some(from), Some(dst)) = (q.offender, q.dst) else {
-        trace!("{} error queue: no addresses ({q:?})", family.name());
-        return;
-    };
-    if q.origin != origin || quoted.len() < 8 || quoted[0] != request {
-        trace!(
-            "{} error queue: not an ICMP error about an echo request ({q:?})",
-            family.name()
-        );
-        return;
-    }
-    let received = Received::Error {
-        error: packet::IcmpError {
-            family,
-            icmp_type: q.icmp_type,
-            code: q.code,
-        },
-        quoted_dst: dst,
-        ident: u16::from_be_bytes([quoted[4], quoted[5]]),
-        seq: u16::from_be_bytes([quoted[6], quoted[7]]),
-        payload: &quoted[8..],
-    };
-    deliver(family, waiting, from, &received);
-}
-
-fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
-    // SAFETY: the kernel wrote a sockaddr_in or sockaddr_in6 here, as `sa_family` says; read
-    // unaligned (inside a control message or a sockaddr_storage).
-    unsafe {
-        match i32::from(std::ptr::read_unaligned(sa).sa_family) {
-            libc::AF_INET => {
-                let sin = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
-                Some(IpAddr::V4(u32::from_be(sin.sin_addr.s_addr).into()))
-            }
-            libc::AF_INET6 => {
-                let sin6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
-                Some(IpAddr::V6(sin6.sin6_addr.s6_addr.into()))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Reads one message of `fd`'s error queue into `quoted` (`WouldBlock` when empty).
-fn read_error_queue(fd: RawFd, quoted: &mut [u8]) -> io::Result<Queued> {
-    // SAFETY: plain old data; every pointer handed to recvmsg points into these locals,
-    // valid for the lengths given; control messages are read within msg_controllen through
-    // the CMSG_* helpers, and the extended error (and the offender address behind it) with
-    // unaligned reads.
-    unsafe {
-        let mut name: libc::sockaddr_storage = mem::zeroed();
-        let mut control = [0u64; 64];
-        let mut iov = libc::iovec {
-            iov_base: quoted.as_mut_ptr().cast(),
-            iov_len: quoted.len(),
-        };
-        let mut msg: libc::msghdr = mem::zeroed();
-        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = mem::size_of_val(&name) as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut queued = Queued {
-            offender: None,
-            origin: 0,
-            icmp_type: 0,
-            code: 0,
-            dst: sockaddr_ip((&name as *const libc::sockaddr_storage).cast()),
-            len: n as usize,
-        };
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let c = std::ptr::read_unaligned(cmsg);
-            if (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
-                || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR)
-            {
-                let ee = libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>();
-                let e = std::ptr::read_unaligned(ee);
-                queued.origin = e.ee_origin;
-                queued.icmp_type = e.ee_type;
-                queued.code = e.ee_code;
-                queued.offender = sockaddr_ip(libc::SO_EE_OFFENDER(ee));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok(queued)
-    }
-}
-
-fn open_socket(family: Family) -> io::Result<(Kind, OwnedFd)> {
-    let (domain, proto) = match family {
-        Family::V4 => (libc::AF_INET, libc::IPPROTO_ICMP),
-        Family::V6 => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
-    };
-    let raw_error = match socket(domain, libc::SOCK_RAW, proto) {
-        Ok(fd) => return Ok((Kind::Raw, fd)),
-        Err(e) => e,
-    };
-    if !matches!(raw_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-        return Err(raw_error);
-    }
-    socket(domain, libc::SOCK_DGRAM, proto)
-        .map(|fd| (Kind::Ping, fd))
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("raw socket: {raw_error}; ping socket: {e}"),
-            )
-        })
-}
-
-fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points at `size_of::<T>()` readable bytes for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Lets only echo replies and error messages into a raw socket.
-fn filter_raw(fd: &OwnedFd, family: Family) -> io::Result<()> {
-    match family {
-        Family::V4 => {
-            let mut drop: u32 = !0;
-            for t in [packet::ECHO_REPLY_V4, 3, 4, 11, 12] {
-                drop &= !(1u32 << t);
-            }
-            setsockopt(fd, libc::SOL_RAW, ICMP_FILTER, &drop)
-        }
-        Family::V6 => {
-            let mut block = [u32::MAX; 8];
-            for t in [1u8, 2, 3, 4, packet::ECHO_REPLY_V6] {
-                block[usize::from(t >> 5)] &= !(1u32 << (t & 31));
-            }
-            setsockopt(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &block)
-        }
-    }
-}
-
-/// Binds a ping socket to a random identifier (its "port"); returns it.
-fn bind_ident(fd: &OwnedFd, family: Family) -> Result<u16, HealthError> {
-    let mut last = None;
-    for _ in 0..16 {
-        // 0 would let the kernel pick the next free identifier: predictable.
-        let ident = random_u16()
-            .map_err(|source| HealthError::Random { source })?
-            .max(1);
-        let rc = match family {
-            Family::V4 => {
-                // SAFETY: sockaddr_in is plain old data; all zeroes is INADDR_ANY.
-                let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-                sa.sin_family = libc::AF_INET as libc::sa_family_t;
-                sa.sin_port = ident.to_be();
-                // SAFETY: `sa` is a valid sockaddr_in of the length given.
-                unsafe {
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&sa as *const libc::sockaddr_in).cast(),
-                        mem::size_of_val(&sa) as libc::socklen_t,
-                    )
-                }
-            }
-            Family::V6 => {
-                // SAFETY: sockaddr_in6 is plain old data; all zeroes is in6addr_any.
-                let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-                sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sa.sin6_port = ident.to_be();
-                // SAFETY: `sa` is a valid sockaddr_in6 of the length given.
-                unsafe {
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&sa as *const libc::sockaddr_in6).cast(),
-                        mem::size_of_val(&sa) as libc::socklen_t,
-                    )
-                }
-            }
-        };
-        if rc == 0 {
-            return Ok(ident);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EADDRINUSE) {
-            return Err(HealthError::Socket {
-                kind: family.name(),
-                source: e,
-            });
-        }
-        last = Some(e);
-    }
-    Err(HealthError::Socket {
-        kind: family.name(),
-        source: last.expect("16 tries"),
-    })
-}
-
-fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is writable for `rest.len()` bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
-}
-
-fn random_u16() -> io::Result<u16> {
-    let mut b = [0u8; 2];
-    random_bytes(&mut b)?;
-    Ok(u16::from_be_bytes(b))
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
+use super::receive::dispatch;
+use super::socket::{random_bytes, socket};
 use super::*;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    io, mem,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
 
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 20);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
