@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cmd;
+mod fuzz;
 mod kernels;
 
 use std::path::PathBuf;
@@ -52,6 +53,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Fuzz the XDP program (root, not part of `test`): `tests/fuzz_frames.rs` for a time
+    /// budget, `-- --seconds N [--seed S]`; prints the seed and frames/s.
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +71,7 @@ fn main() -> Result<()> {
         } => test(&kernels, no_kernels, &args),
         Task::Run { config } => run(config),
         Task::Bench { args } => bench(&args),
+        Task::Fuzz { args } => fuzz::run(&args),
     }
 }
 
