@@ -14,8 +14,8 @@ use lb_common::{globals, maps};
 /// The verifier's limit on processed instructions (`BPF_COMPLEXITY_LIMIT_INSNS`, Linux 5.2+).
 const LIMIT: u32 = 1_000_000;
 
-/// The globals `lb-ctl daemon` sets from a configuration with every default (daemon.rs,
-/// `load`), with the slot fast path as given.
+/// The globals `lb-ctl daemon` sets from a configuration with every default
+/// (`lb-ctl/src/daemon/load.rs`, `load`), with the slot fast path as given.
 fn default_globals(slot_fast_path: bool) -> Vec<(&'static str, u32)> {
     let yaml = format!(
         "interfaces: [eth0]\nslot_fast_path: {slot_fast_path}\nvirtual_servers:\n  - name: vpn\n    \

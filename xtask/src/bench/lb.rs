@@ -81,7 +81,7 @@ pub fn quota_cpus() -> u32 {
 }
 
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
-/// `config` (mirrors `lb_ctl::daemon::load`: the new-client ration from `new_client_rate`,
+/// `config` (mirrors `load` in `lb-ctl/src/daemon/load.rs`: the new-client ration from `new_client_rate`,
 /// the probation map from `probation_entries`, the refresh stamps like `RINGS`), plus
 /// the size of `BENCH_REV`. `fast_path` turns the `SLOT_FAST_PATH` lever on or off whatever
 /// `config` says.
