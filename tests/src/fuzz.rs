@@ -23,6 +23,8 @@ mod counters;
 mod frame;
 mod mutate;
 mod seeds;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -152,8 +154,10 @@ pub struct Report {
     /// transport checksum (which the output must keep).
     pub forwarded: u64,
     pub l4_checked: u64,
-    /// Growth of each verdict counter over the run.
+    /// Growth of each verdict counter and of each event (`EVENTS`: `fast_path` shows the
+    /// slot fast path ran) over the run.
     pub verdicts: Vec<u64>,
+    pub events: Vec<u64>,
 }
 
 impl Report {
@@ -180,10 +184,17 @@ impl Report {
             .collect();
         verdicts.sort_by_key(|v| std::cmp::Reverse(v.0));
         let verdicts: Vec<String> = verdicts.into_iter().map(|(_, s)| s).collect();
+        let events: Vec<String> = self
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n != 0)
+            .map(|(i, n)| format!("{} {n}", lb_common::event::LABELS[i]))
+            .collect();
         format!(
             "fuzz SLOT_FAST_PATH={}: seed {:#x}, {} frames ({} truncation sweep) in {:.2} s = \
              {:.0} frames/s; {} forwarded, {} of them with a transport checksum to keep; \
-             verdicts: {}; violations: {}",
+             verdicts: {}; events: {}; violations: {}",
             u32::from(self.fast_path),
             self.seed,
             self.frames,
@@ -193,6 +204,7 @@ impl Report {
             self.forwarded,
             self.l4_checked,
             verdicts.join(", "),
+            events.join(", "),
             if v.is_empty() {
                 "none".into()
             } else {
@@ -240,7 +252,9 @@ pub fn run(lb: &mut Fixture, cfg: &Config, frames: u64, budget: Option<Duration>
         forwarded: 0,
         l4_checked: 0,
         verdicts: Vec::new(),
+        events: Vec::new(),
     };
+    let first_events = lb.events();
     // The seeds themselves: a forwarded seed that stopped being forwarded would leave the
     // rewrite unfuzzed, silently.
     for s in &seeds {
@@ -282,6 +296,9 @@ pub fn run(lb: &mut Fixture, cfg: &Config, frames: u64, budget: Option<Duration>
         .read()
         .iter()
         .zip(&first)
+        .map(|(a, b)| a - b)
+        .collect();
+    report.events = (lb.events().iter().zip(&first_events))
         .map(|(a, b)| a - b)
         .collect();
     report

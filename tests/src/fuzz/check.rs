@@ -10,8 +10,9 @@
 //!   the payload); the datagram its fragment belongs to fits in 65,535 bytes (RFC 791 §3.1:
 //!   total length, header included; RFC 8200 §4.5: payload length); a whole UDP datagram's
 //!   length is its IP payload and a first fragment's is at least what the fragment carries;
-//!   a TCP data offset is ≥ 5 and inside the segment (RFC 9293 §3.1); its transport checksum
-//!   is right whenever the input's was.
+//!   a TCP data offset is ≥ 5 and inside the segment (RFC 9293 §3.1; an IPv6 first
+//!   fragment holds the whole TCP header, RFC 7112 §5); its transport checksum is right
+//!   whenever the input's was.
 //! * It came to the MAC of the interface it arrived on (never broadcast, multicast, or
 //!   another host's), and its client (the source of a frame to a VIP, the destination of a
 //!   backend's reply) is no martian address: 0/8, 127/8, 224/4, 240/4 (255.255.255.255
@@ -414,8 +415,12 @@ fn transport(run: &Run, layout: &Layout, well_formed: bool, found: &mut Found) {
         }
         PROTO_TCP => {
             let doff = f.get(t.start + 12).map(|b| usize::from(b >> 4) * 4);
+            // A whole segment holds its header; so does an IPv6 first fragment (RFC 7112 §5:
+            // the whole header chain, upper-layer header included). An IPv4 first fragment
+            // may leave TCP options to the next one.
+            let within = t.whole || matches!(layout.ip, Ip::V6(_));
             match doff {
-                Some(d) if d >= 20 && d <= len => {}
+                Some(d) if d >= 20 && len >= 20 && (d <= len || !within) => {}
                 _ => found.push((
                     Class::TcpDataOffset,
                     format!(
