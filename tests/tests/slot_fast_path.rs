@@ -220,17 +220,21 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
     let mut tiers = BTreeMap::<String, usize>::new();
     let mut looked = Vec::new();
     let mut per_slot = BTreeMap::<u64, usize>::new();
-    for (c, b) in &after {
-        // On the control socket: what `lb-ctl lookup --json` prints, without 120 processes.
-        let v = lab
-            .request(&serde_json::json!({"command": "lookup", "client": c.to_string()}))
-            .expect("lookup");
+    // On the control socket, pipelined on one connection: what `lb-ctl lookup --json`
+    // prints for each client, without 120 processes.
+    let asks: Vec<_> = after
+        .keys()
+        .map(|c| serde_json::json!({"command": "lookup", "client": c.to_string()}))
+        .collect();
+    let answers = lab.requests(&asks).expect("lookups");
+    for ((c, b), v) in after.iter().zip(answers) {
         let r = v["results"][0].clone();
         *per_slot
             .entry(r["slot"].as_u64().expect("slot"))
             .or_default() += 1;
         looked.push((*c, b.clone(), r));
     }
+    eprintln!("slot_fast_path: lookups done at {:?}", started.elapsed());
     let mut shared = 0;
     for (c, b, r) in &looked {
         let p = &r["persisted"];

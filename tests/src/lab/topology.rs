@@ -407,22 +407,38 @@ impl Lab {
     /// daemon's error as an `Err`. For polls and bulk reads, where starting `lb-ctl` per
     /// request would be most of the test's time in an emulated guest (docs/kernels.md).
     pub fn request(&self, request: &serde_json::Value) -> Result<serde_json::Value> {
+        let mut replies = self.requests(std::slice::from_ref(request))?;
+        Ok(replies.remove(0))
+    }
+
+    /// Several requests on one connection, written at once and answered in order (the
+    /// protocol's pipelining): each reply's `ok` object, or the first error.
+    pub fn requests(&self, requests: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
         let path = self.control_socket();
         let mut s = UnixStream::connect(&path)
             .with_context(|| format!("connect to the control socket {}", path.display()))?;
         s.set_read_timeout(Some(super::patience(Duration::from_secs(5))))?;
-        writeln!(s, "{request}")?;
-        let mut line = String::new();
-        BufReader::new(&s)
-            .read_line(&mut line)
-            .context("read the control reply")?;
-        let reply: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("reply not JSON: {line:?}"))?;
-        match (reply.get("ok"), reply.get("error")) {
-            (Some(ok), None) => Ok(ok.clone()),
-            (None, Some(err)) => bail!("{request}: the daemon refused it: {err}"),
-            _ => bail!("{request}: unexpected reply {reply}"),
+        let mut out = String::new();
+        for r in requests {
+            writeln!(out, "{r}").expect("write to String");
         }
+        s.write_all(out.as_bytes())?;
+        let mut reader = BufReader::new(&s);
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .with_context(|| format!("read the control reply to {request}"))?;
+            let reply: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("reply to {request} not JSON: {line:?}"))?;
+            match (reply.get("ok"), reply.get("error")) {
+                (Some(ok), None) => replies.push(ok.clone()),
+                (None, Some(err)) => bail!("{request}: the daemon refused it: {err}"),
+                _ => bail!("{request}: unexpected reply {reply}"),
+            }
+        }
+        Ok(replies)
     }
 
     /// The daemon's `/metrics` page (HTTP/1.0 GET on the gateway's loopback).
