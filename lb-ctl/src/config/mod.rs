@@ -17,7 +17,11 @@
 //! ## Extensions to schema v1 (documented in README)
 //!
 //! * `maglev_table_size` — Maglev table size M per service, a prime (default 65537).
-//! * `persistence_entries` — capacity of each persistence map (default 1048576).
+//! * `persistence_entries` — capacity of the IPv4 persistence map (default 1048576).
+//! * `persistence_entries_v6`, `probation_entries_v6` — capacity of the IPv6 persistence and
+//!   probation maps (default `persistence_entries`, `probation_entries`); with no IPv6 VIP
+//!   those maps hold 1 entry whatever is set, and a set key is warned about
+//!   ([`Config::warnings`]).
 //! * `slot_fast_path` — bulk packets (ESP) of clients whose Maglev slot never changed skip
 //!   the persistence lookup (load-time global `SLOT_FAST_PATH`; default true).
 //! * `tcp_ports` per virtual server — TCP ports in the same persistency group (SSTP
@@ -27,7 +31,7 @@
 //!   name) with the backends of its family; a single address stays valid as before.
 //! * `interfaces` items may be `{name, role}` mappings ([`interfaces`]): where clients may
 //!   reach the VIPs; a plain list keeps its meaning.
-//! * `probation_entries` — capacity of the probation maps, where new clients wait until
+//! * `probation_entries` — capacity of the IPv4 probation maps, where new clients wait until
 //!   they prove return routability (default `persistence_entries / 4`, at least 1024).
 //! * `new_client_rate` — probation inserts per second for the whole gateway (default 20000,
 //!   0 = unlimited; load-time global `NEW_CLIENT_QUOTA`, [`Config::new_client_quota`]).
@@ -81,10 +85,17 @@ pub struct Config {
     pub persistence_timeout: Duration,
     pub hash_seed: u32,
     pub maglev_table_size: u32,
+    /// Capacity of `PERSIST_V4`: the established IPv4 clients.
     pub persistence_entries: u32,
-    /// Capacity of `PROBATION_V4` (and `PROBATION_V6` with an IPv6 service): new clients
-    /// that have not proven return routability yet.
+    /// Capacity of `PROBATION_V4` and `PROOFS_V4`: new IPv4 clients that have not proven
+    /// return routability yet.
     pub probation_entries: u32,
+    /// Capacity of `PERSIST_V6` while an IPv6 service exists (1 without); default
+    /// `persistence_entries`.
+    pub persistence_entries_v6: u32,
+    /// Capacity of `PROBATION_V6` and `PROOFS_V6` while an IPv6 service exists (1 without);
+    /// default `probation_entries`.
+    pub probation_entries_v6: u32,
     /// New clients (probation inserts) per second for the whole gateway; 0 = unlimited.
     pub new_client_rate: u32,
     /// One entry per VIP — the services, whose ids are positions here. A dual-stack virtual
@@ -103,6 +114,9 @@ pub struct Config {
     /// Skip the persistence lookup for bulk packets of clients in unchanged ring slots
     /// (extension; load-time global `SLOT_FAST_PATH`, see `state`, "Slot flags").
     pub slot_fast_path: bool,
+    /// What is valid but probably not meant (a v6 size without an IPv6 VIP), one line each
+    /// like a problem; [`load`] logs them.
+    warnings: Vec<Problem>,
     /// Where it came from, for reporting problems found after validation.
     origin: Origin,
 }
@@ -166,6 +180,28 @@ impl Config {
         u32::try_from(per_cpu).unwrap_or(u32::MAX).max(1)
     }
 
+    /// Whether any service has an IPv6 VIP: the IPv6 persistence and probation maps are
+    /// sized by `persistence_entries_v6` / `probation_entries_v6` only then, and hold one
+    /// entry otherwise (an LRU hash preallocates every entry; nothing is ever inserted).
+    pub fn has_ipv6(&self) -> bool {
+        self.virtual_servers.iter().any(|vs| vs.vip.is_ipv6())
+    }
+
+    /// `max_entries` of (`PERSIST_V6`, `PROBATION_V6` and `PROOFS_V6`): the configured sizes
+    /// with an IPv6 service, 1 without ([`Config::has_ipv6`]).
+    pub fn v6_map_entries(&self) -> (u32, u32) {
+        if self.has_ipv6() {
+            (self.persistence_entries_v6, self.probation_entries_v6)
+        } else {
+            (1, 1)
+        }
+    }
+
+    /// Keys that are valid but have no effect, one line each (`file:line: key: reason`).
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
+    }
+
     /// The file this configuration was read from, as given.
     pub fn file(&self) -> &str {
         &self.origin.file
@@ -206,13 +242,18 @@ impl Config {
     }
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`, and logs its [`Config::warnings`] (once
+/// per process: at daemon start and for `--check`).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&path.display().to_string(), &source)
+    let config = parse(&path.display().to_string(), &source)?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
 }
 
 /// Validates `source`; `file` is the name used in problem reports.

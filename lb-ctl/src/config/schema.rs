@@ -56,6 +56,12 @@ pub(super) struct RawConfig {
     /// `None`: derived from `persistence_entries`.
     #[serde(default)]
     pub(super) probation_entries: Option<u32>,
+    /// `None`: `persistence_entries`.
+    #[serde(default)]
+    pub(super) persistence_entries_v6: Option<u32>,
+    /// `None`: the (derived) `probation_entries`.
+    #[serde(default)]
+    pub(super) probation_entries_v6: Option<u32>,
     #[serde(default = "default_new_client_rate")]
     pub(super) new_client_rate: u32,
     pub(super) virtual_servers: Vec<RawVirtualServer>,

@@ -141,6 +141,72 @@ fn probation_and_refresh_sizes_follow_persistence_entries() {
     assert_eq!(c.probation_entries, 5000);
 }
 
+/// The IPv6 maps' keys default to the IPv4 ones (the sizes every build before them used),
+/// `probation_entries_v6` to the derived `probation_entries` too.
+#[test]
+fn v6_sizes_default_to_the_ipv4_ones() {
+    let with = |extra: &str| {
+        parse(
+            "ikelb.yaml",
+            &FULL.replacen(
+                "persistence_entries: 1048576",
+                &format!("persistence_entries: 8192\n{extra}"),
+                1,
+            ),
+        )
+        .unwrap()
+    };
+    let c = with("");
+    assert_eq!(
+        (c.persistence_entries_v6, c.probation_entries_v6),
+        (8192, 2048)
+    );
+    let c = with("probation_entries: 5000");
+    assert_eq!(
+        (c.persistence_entries_v6, c.probation_entries_v6),
+        (8192, 5000)
+    );
+    let c = with("persistence_entries_v6: 1000\nprobation_entries_v6: 300");
+    assert_eq!(
+        (c.persistence_entries, c.probation_entries),
+        (8192, 2048),
+        "the IPv4 sizes do not follow the IPv6 keys"
+    );
+    assert_eq!(
+        (c.persistence_entries_v6, c.probation_entries_v6),
+        (1000, 300)
+    );
+}
+
+/// A v6 key without any IPv6 VIP is valid (the file runs as written) but has no effect:
+/// one warning per key set, in the style of a problem; none with an IPv6 VIP or no key.
+#[test]
+fn v6_keys_without_an_ipv6_vip_are_warned_about() {
+    let source = FULL.replacen(
+        "persistence_entries: 1048576",
+        "persistence_entries: 1048576\npersistence_entries_v6: 4096\nprobation_entries_v6: 1024",
+        1,
+    );
+    let c = parse("ikelb.yaml", &source).expect("valid, with warnings");
+    assert!(!c.has_ipv6());
+    assert_eq!(c.v6_map_entries(), (1, 1));
+    let got: Vec<String> = c.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "ikelb.yaml:8: persistence_entries_v6: has no effect: no virtual server has an IPv6 \
+             VIP, so the IPv6 maps keep 1 entry",
+            "ikelb.yaml:9: probation_entries_v6: has no effect: no virtual server has an IPv6 \
+             VIP, so the IPv6 maps keep 1 entry",
+        ]
+    );
+    assert!(parse("ikelb.yaml", FULL).unwrap().warnings().is_empty());
+    let dual = source.replacen("vip: 203.0.113.11", "vip: [203.0.113.11, 2001:db8::11]", 1);
+    let c = parse("ikelb.yaml", &dual).unwrap();
+    assert!(c.warnings().is_empty());
+    assert_eq!(c.v6_map_entries(), (4096, 1024));
+}
+
 #[test]
 fn new_client_rate_is_spread_over_cpus_per_window() {
     let mut c = parse("ikelb.yaml", FULL).unwrap();
@@ -258,6 +324,21 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("probation_entries 0", "persistence_entries: 1048576",
         "persistence_entries: 1048576\nprobation_entries: 0",
         "ikelb.yaml:8: probation_entries: 0 is outside 1..=268435456"),
+    ("persistence_entries_v6 0", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\npersistence_entries_v6: 0",
+        "ikelb.yaml:8: persistence_entries_v6: 0 is outside 1..=268435456"),
+    ("persistence_entries_v6 above 2^28", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\npersistence_entries_v6: 268435457",
+        "ikelb.yaml:8: persistence_entries_v6: 268435457 is outside 1..=268435456"),
+    ("persistence_entries_v6 negative", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\npersistence_entries_v6: -1",
+        "ikelb.yaml:8: persistence_entries_v6: invalid type: integer `-1`, expected u32"),
+    ("probation_entries_v6 0", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\nprobation_entries_v6: 0",
+        "ikelb.yaml:8: probation_entries_v6: 0 is outside 1..=268435456"),
+    ("probation_entries_v6 above 2^28", "persistence_entries: 1048576",
+        "persistence_entries: 1048576\nprobation_entries_v6: 300000000",
+        "ikelb.yaml:8: probation_entries_v6: 300000000 is outside 1..=268435456"),
     ("new_client_rate negative", "persistence_entries: 1048576",
         "persistence_entries: 1048576\nnew_client_rate: -5", "ikelb.yaml:8: new_client_rate: invalid type"),
     ("missing required key", "interfaces: [eth0, eth1]\n", "",

@@ -169,6 +169,13 @@ impl Checker<'_> {
         }
     }
 
+    /// A map capacity: 1..=[`MAX_PERSISTENCE_ENTRIES`].
+    fn entries(&mut self, key: &str, n: u32) {
+        if n == 0 || n > MAX_PERSISTENCE_ENTRIES {
+            self.refuse(key, format!("{n} is outside 1..={MAX_PERSISTENCE_ENTRIES}"));
+        }
+    }
+
     fn absolute(&mut self, key: &str, p: &Path) {
         if !p.is_absolute() {
             self.refuse(
@@ -273,27 +280,24 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
             ),
         );
     }
-    if raw.persistence_entries == 0 || raw.persistence_entries > MAX_PERSISTENCE_ENTRIES {
-        c.refuse(
-            "persistence_entries",
-            format!(
-                "{} is outside 1..={MAX_PERSISTENCE_ENTRIES}",
-                raw.persistence_entries
-            ),
-        );
-    }
+    c.entries("persistence_entries", raw.persistence_entries);
 
     // Probation holds clients for the seconds of a handshake; by default a quarter of the
     // established capacity, which is sized for the clients expected.
     let probation_entries = raw
         .probation_entries
         .unwrap_or_else(|| (raw.persistence_entries / 4).max(MIN_DEFAULT_PROBATION_ENTRIES));
-    if probation_entries == 0 || probation_entries > MAX_PERSISTENCE_ENTRIES {
-        c.refuse(
-            "probation_entries",
-            format!("{probation_entries} is outside 1..={MAX_PERSISTENCE_ENTRIES}"),
-        );
-    }
+    c.entries("probation_entries", probation_entries);
+    // The IPv6 maps by default as large as the IPv4 ones (what every build before these keys
+    // did). Only a value given is checked: a derived one was checked as its source.
+    let persistence_entries_v6 = raw
+        .persistence_entries_v6
+        .inspect(|&n| c.entries("persistence_entries_v6", n))
+        .unwrap_or(raw.persistence_entries);
+    let probation_entries_v6 = raw
+        .probation_entries_v6
+        .inspect(|&n| c.entries("probation_entries_v6", n))
+        .unwrap_or(probation_entries);
 
     let hc = &raw.health_check;
     c.duration("health_check.interval", hc.interval);
@@ -507,6 +511,30 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
             problems: c.problems,
         });
     }
+    // Without an IPv6 service the IPv6 maps hold 1 entry whatever is set (nothing is ever
+    // inserted there): a v6 key then has no effect, which the operator should hear of, but
+    // it is no reason to refuse a file that runs as written (docs/configuration.md).
+    let mut warnings = Vec::new();
+    if !servers.iter().any(|vs| vs.vip.is_ipv6()) {
+        for (key, set) in [
+            (
+                "persistence_entries_v6",
+                raw.persistence_entries_v6.is_some(),
+            ),
+            ("probation_entries_v6", raw.probation_entries_v6.is_some()),
+        ] {
+            if set {
+                warnings.push(
+                    origin.problem(
+                        key.to_owned(),
+                        "has no effect: no virtual server has an IPv6 VIP, so the IPv6 maps \
+                     keep 1 entry"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+    }
     let interfaces = if_names
         .iter()
         .zip(roles)
@@ -524,6 +552,8 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         maglev_table_size: raw.maglev_table_size,
         persistence_entries: raw.persistence_entries,
         probation_entries,
+        persistence_entries_v6,
+        probation_entries_v6,
         new_client_rate: raw.new_client_rate,
         virtual_servers: servers,
         health_check: HealthCheck {
@@ -539,6 +569,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         instance: raw.instance,
         detach_on_exit: raw.detach_on_exit,
         slot_fast_path: raw.slot_fast_path,
+        warnings,
         origin,
     })
 }

@@ -72,28 +72,12 @@ pub(super) fn load(
     // Maps indexed by service id hold the highest id + 1 (ids follow names and may leave
     // gaps: `crate::identity`).
     let services = identity.service_slots().max(1);
-    let v6_services = config
-        .virtual_servers
-        .iter()
-        .filter(|vs| vs.vip.is_ipv6())
-        .count() as u32;
     let ring_size = config.maglev_table_size;
     let ticks = config.persist_timeout_ticks();
     let seed = config.hash_seed;
     let dsr = u32::from(config.mode == Mode::Dsr);
-    // `identity::check_bounds` keeps (highest id + 1) × 2 × M within 2^32.
-    let rings = services * 2 * ring_size;
-    // PERSIST_V6 and VIPS_V6 are sized for IPv6 services only: an LRU hash preallocates
-    // every entry, and with no IPv6 service nothing is ever inserted there.
-    let (v6_persist, v6_probation) = if v6_services == 0 {
-        (1, 1)
-    } else {
-        (config.persistence_entries, config.probation_entries)
-    };
     let cpus = possible_cpus();
     let quota = config.new_client_quota(cpus);
-    // One tick stamp per ring slot, indexed like RINGS.
-    let refreshed = rings;
     let globals = [
         (globals::RING_SIZE, ring_size),
         (globals::PERSIST_TIMEOUT_TICKS, ticks),
@@ -102,28 +86,27 @@ pub(super) fn load(
         (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
         (globals::NEW_CLIENT_QUOTA, quota),
     ];
-    let max_entries = [
-        (maps::RINGS, rings),
-        (maps::SERVICES, services),
-        (maps::VIPS_V4, services),
-        (maps::VIPS_V6, v6_services.max(1)),
-        (maps::BACKENDS, backend_capacity),
-        (maps::BACKEND_IDS_V4, backend_capacity),
-        (maps::BACKEND_IDS_V6, backend_capacity),
-        (maps::BACKEND_STATS, backend_capacity * 2),
-        (maps::PERSIST_V4, config.persistence_entries),
-        (maps::PERSIST_V6, v6_persist),
-        (maps::PROBATION_V4, config.probation_entries),
-        (maps::PROBATION_V6, v6_probation),
-        // One proof per probation client usually; several behind a NAT address at once.
-        (maps::PROOFS_V4, config.probation_entries),
-        (maps::PROOFS_V6, v6_probation),
-        // Indexed like RINGS.
-        (maps::REFRESHED_V4, refreshed),
-    ];
+    let max_entries = map_sizes(config, services, backend_capacity);
+    let size = |name: &str| max_entries.iter().find(|e| e.0 == name).map_or(0, |e| e.1);
     debug!(
         ring_size,
-        ticks, seed, dsr, rings, backend_capacity, cpus, quota, refreshed, "loading the XDP object"
+        ticks,
+        seed,
+        dsr,
+        backend_capacity,
+        cpus,
+        quota,
+        ?max_entries,
+        "loading the XDP object"
+    );
+    // Each family's share of the per-client memory (docs/configuration.md, "Persistence
+    // memory per address family").
+    info!(
+        persist_v4 = size(maps::PERSIST_V4),
+        persist_v6 = size(maps::PERSIST_V6),
+        probation_v4 = size(maps::PROBATION_V4),
+        probation_v6 = size(maps::PROBATION_V6),
+        "persistence and probation capacity (entries) per address family"
     );
     pin::ensure_bpffs(&config.bpffs)?;
     let specs = pin::expected_specs(EBPF_OBJECT, &max_entries)?;
@@ -190,6 +173,45 @@ pub(super) fn load(
     })
 }
 
+/// `max_entries` of every map whose size the daemon sets: for `config`, `services` slots of
+/// service ids and room for `backend_capacity` backends. Part of the pins' compatibility
+/// check ([`pin::expected_specs`]): a change here is a map migration.
+pub(super) fn map_sizes(
+    config: &Config,
+    services: u32,
+    backend_capacity: u32,
+) -> [(&'static str, u32); 15] {
+    let v6_services = config
+        .virtual_servers
+        .iter()
+        .filter(|vs| vs.vip.is_ipv6())
+        .count() as u32;
+    // `identity::check_bounds` keeps (highest id + 1) × 2 × M within 2^32.
+    let rings = services * 2 * config.maglev_table_size;
+    // The IPv6 maps are sized for IPv6 services only: an LRU hash preallocates every entry,
+    // and with no IPv6 service nothing is ever inserted there.
+    let (v6_persist, v6_probation) = config.v6_map_entries();
+    [
+        (maps::RINGS, rings),
+        (maps::SERVICES, services),
+        (maps::VIPS_V4, services),
+        (maps::VIPS_V6, v6_services.max(1)),
+        (maps::BACKENDS, backend_capacity),
+        (maps::BACKEND_IDS_V4, backend_capacity),
+        (maps::BACKEND_IDS_V6, backend_capacity),
+        (maps::BACKEND_STATS, backend_capacity * 2),
+        (maps::PERSIST_V4, config.persistence_entries),
+        (maps::PERSIST_V6, v6_persist),
+        (maps::PROBATION_V4, config.probation_entries),
+        (maps::PROBATION_V6, v6_probation),
+        // One proof per probation client usually; several behind a NAT address at once.
+        (maps::PROOFS_V4, config.probation_entries),
+        (maps::PROOFS_V6, v6_probation),
+        // One tick stamp per ring slot, indexed like RINGS.
+        (maps::REFRESHED_V4, rings),
+    ]
+}
+
 /// Possible CPUs (`/sys/devices/system/cpu/possible`, what per-CPU maps and the quota are
 /// spread over); 1 when it cannot be read, which only makes the quota more generous.
 fn possible_cpus() -> u32 {
@@ -225,5 +247,99 @@ fn raise_memlock_limit() {
             "raising RLIMIT_MEMLOCK failed: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str, vip: &str) -> Config {
+        let backend = if vip.contains(':') {
+            "2001:db8:1::11"
+        } else {
+            "10.0.0.11"
+        };
+        crate::config::parse(
+            "t.yaml",
+            &format!(
+                "interfaces: [eth0]\npersistence_entries: 4096\n{extra}virtual_servers:\n  - \
+                 name: a\n    vip: {vip}\n    backends:\n      - address: {backend}\n"
+            ),
+        )
+        .expect("valid config")
+    }
+
+    fn sizes(c: &Config) -> Vec<(&'static str, u32)> {
+        map_sizes(c, 2, 1024).to_vec()
+    }
+
+    /// The maps whose `max_entries` differ between `a` and `b`.
+    fn changed(a: &Config, b: &Config) -> Vec<&'static str> {
+        sizes(a)
+            .into_iter()
+            .zip(sizes(b))
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.0)
+            .collect()
+    }
+
+    fn size(c: &Config, map: &str) -> u32 {
+        sizes(c).into_iter().find(|e| e.0 == map).unwrap().1
+    }
+
+    const DUAL: &str = "[192.0.2.1, 2001:db8::1]";
+
+    /// Without the v6 keys a dual-stack config sizes the IPv6 maps as every build before them
+    /// did: as large as the IPv4 ones.
+    #[test]
+    fn by_default_each_family_gets_the_ipv4_sizes() {
+        let c = config("", DUAL);
+        assert_eq!(size(&c, maps::PERSIST_V4), 4096);
+        assert_eq!(size(&c, maps::PERSIST_V6), 4096);
+        assert_eq!(size(&c, maps::PROBATION_V4), 1024);
+        assert_eq!(size(&c, maps::PROBATION_V6), 1024);
+        assert_eq!(size(&c, maps::PROOFS_V6), 1024);
+    }
+
+    /// Each v6 key sizes its maps and nothing else, so changing it changes exactly the maps
+    /// the pins' check compares (a migration, like `persistence_entries`).
+    #[test]
+    fn each_v6_key_sizes_its_maps_only() {
+        let base = config("", DUAL);
+        let p = config("persistence_entries_v6: 512\n", DUAL);
+        assert_eq!(size(&p, maps::PERSIST_V6), 512);
+        assert_eq!(changed(&base, &p), [maps::PERSIST_V6]);
+        let q = config("probation_entries_v6: 300\n", DUAL);
+        assert_eq!(size(&q, maps::PROBATION_V6), 300);
+        assert_eq!(changed(&base, &q), [maps::PROBATION_V6, maps::PROOFS_V6]);
+        let v4 = config("persistence_entries_v6: 4096\n", DUAL);
+        assert!(
+            changed(&base, &v4).is_empty(),
+            "the default spelled out is no change"
+        );
+    }
+
+    /// With no IPv6 service the IPv6 maps hold one entry whatever is set (and the setting is
+    /// warned about, not refused).
+    #[test]
+    fn without_an_ipv6_service_the_ipv6_maps_hold_one_entry() {
+        let c = config(
+            "persistence_entries_v6: 100000\nprobation_entries_v6: 9000\n",
+            "192.0.2.1",
+        );
+        for map in [
+            maps::PERSIST_V6,
+            maps::PROBATION_V6,
+            maps::PROOFS_V6,
+            maps::VIPS_V6,
+        ] {
+            assert_eq!(size(&c, map), 1, "{map}");
+        }
+        assert_eq!(size(&c, maps::PERSIST_V4), 4096);
+        assert_eq!(c.warnings().len(), 2);
+        let v6_only = config("persistence_entries_v6: 100000\n", "2001:db8::1");
+        assert_eq!(size(&v6_only, maps::PERSIST_V6), 100_000);
+        assert!(v6_only.warnings().is_empty());
     }
 }

@@ -76,36 +76,44 @@ pub fn expected_specs(
     Ok(out)
 }
 
-/// Why a pinned map cannot be reused, `None` when it can.
-fn mismatch(spec: &MapSpec, info: &MapInfo) -> Option<String> {
-    let found_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
-    let mut why = Vec::new();
-    if found_type != spec.map_type {
-        why.push(format!("type {found_type} (want {})", spec.map_type));
+/// A pinned map as the kernel describes it, in the terms of a [`MapSpec`].
+fn pinned_spec(name: &'static str, info: &MapInfo) -> MapSpec {
+    MapSpec {
+        name,
+        map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+        key_size: info.key_size(),
+        value_size: Some(info.value_size()),
+        max_entries: Some(info.max_entries()),
+        flags: info.map_flags(),
     }
-    if info.key_size() != spec.key_size {
+}
+
+/// Why the pinned map `found` cannot be reused where `spec` is wanted, `None` when it can.
+/// Every field counts, `max_entries` included: a map size the config changed (e.g.
+/// `persistence_entries_v6`) is a migration.
+pub(super) fn mismatch(spec: &MapSpec, found: &MapSpec) -> Option<String> {
+    let mut why = Vec::new();
+    if found.map_type != spec.map_type {
+        why.push(format!("type {} (want {})", found.map_type, spec.map_type));
+    }
+    if found.key_size != spec.key_size {
         why.push(format!(
             "key size {} (want {})",
-            info.key_size(),
-            spec.key_size
+            found.key_size, spec.key_size
         ));
     }
-    if let Some(v) = spec.value_size {
-        if info.value_size() != v {
-            why.push(format!("value size {} (want {v})", info.value_size()));
+    if let (Some(v), Some(f)) = (spec.value_size, found.value_size) {
+        if f != v {
+            why.push(format!("value size {f} (want {v})"));
         }
     }
-    if let Some(n) = spec.max_entries {
-        if info.max_entries() != n {
-            why.push(format!("max_entries {} (want {n})", info.max_entries()));
+    if let (Some(n), Some(f)) = (spec.max_entries, found.max_entries) {
+        if f != n {
+            why.push(format!("max_entries {f} (want {n})"));
         }
     }
-    if info.map_flags() != spec.flags {
-        why.push(format!(
-            "flags {:#x} (want {:#x})",
-            info.map_flags(),
-            spec.flags
-        ));
+    if found.flags != spec.flags {
+        why.push(format!("flags {:#x} (want {:#x})", found.flags, spec.flags));
     }
     (!why.is_empty()).then(|| format!("{}: {}", spec.name, why.join(", ")))
 }
@@ -136,7 +144,7 @@ pub fn plan(pins: &Pins, specs: &[MapSpec]) -> Result<MapPlan, PinError> {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        reasons.extend(mismatch(spec, &info));
+        reasons.extend(mismatch(spec, &pinned_spec(spec.name, &info)));
     }
     Ok(if found == 0 {
         MapPlan::Fresh
