@@ -161,6 +161,8 @@ pub struct Balancer<D> {
     ifaces_written: bool,
     /// Table flips since start (`ikelb_maglev_rebuilds_total`).
     flips: u64,
+    /// Maglev tables computed since start (a flip, or a build that changed nothing).
+    builds: u64,
     /// Flips since start, as the generation [`ServiceState::changed_at`] and sweep tickets
     /// count in.
     epoch: u32,
@@ -269,6 +271,7 @@ impl<D: Dataplane> Balancer<D> {
                 written: false,
                 changed_at: vec![0; m as usize],
                 flag_all: false,
+                built_from: None,
             });
         }
         // Interfaces beyond the config's (only in tests) get both roles.
@@ -308,6 +311,7 @@ impl<D: Dataplane> Balancer<D> {
             removed: Vec::new(),
             ifaces_written: false,
             flips: 0,
+            builds: 0,
             epoch: 0,
         })
     }
@@ -323,6 +327,12 @@ impl<D: Dataplane> Balancer<D> {
     /// Maglev tables flipped since this balancer was made (`ikelb_maglev_rebuilds_total`).
     pub fn flips(&self) -> u64 {
         self.flips
+    }
+
+    /// Maglev tables computed since this balancer was made: an apply after an event that
+    /// changed no member of a service computes none for it.
+    pub fn builds(&self) -> u64 {
+        self.builds
     }
 
     pub fn ring_size(&self) -> u32 {

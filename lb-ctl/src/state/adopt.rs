@@ -226,6 +226,7 @@ impl<D: Dataplane> Balancer<D> {
                     continue;
                 };
                 s.buffers = rings.clone();
+                s.built_from = None;
                 s.active = active;
                 s.value.ring_base = p.ring_base;
                 s.written = *p == s.value;

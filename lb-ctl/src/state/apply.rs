@@ -33,6 +33,9 @@ pub struct ServiceState {
     /// was another build or had other globals: the pinned flags may not describe the pinned
     /// persistence entries).
     pub(super) flag_all: bool,
+    /// The members the active table was last built from (`None`: not built yet, or the last
+    /// attempt failed). Events that change no member (most health reports) skip the build.
+    pub(super) built_from: Option<Vec<Member>>,
 }
 
 impl ServiceState {
@@ -132,9 +135,17 @@ impl<D: Dataplane> Balancer<D> {
                 }
             })
             .collect();
+        let svc = &mut self.services[idx];
+        // Same members, written, nothing to flag: the build would give the active table
+        // again (its flags are kept or cleared by the sweep, never set by a rebuild of the
+        // same members). A Maglev build is O(M × backends): not on every health report.
+        if svc.written && !svc.flag_all && svc.built_from.as_ref() == Some(&members) {
+            return Ok(None);
+        }
+        svc.built_from = None;
+        self.builds += 1;
         let built = maglev::build(&members, self.ring_size, self.seed);
         let m = self.ring_size;
-        let svc = &mut self.services[idx];
         // Slot flags (module doc, "Slot flags"): set where the backend changes against the
         // active table (a slot that had none holds no session), kept where already set.
         let flag_all = svc.flag_all;
@@ -157,6 +168,7 @@ impl<D: Dataplane> Balancer<D> {
                 self.dp.set_service(&svc.value)?;
                 svc.written = true;
             }
+            svc.built_from = Some(members);
             return Ok(None);
         }
         let inactive = 1 - svc.active;
@@ -194,6 +206,7 @@ impl<D: Dataplane> Balancer<D> {
         svc.active = inactive;
         svc.written = true;
         svc.flag_all = false;
+        svc.built_from = Some(members);
         self.flips += 1;
         Ok(Some((value.id, slots.len())))
     }

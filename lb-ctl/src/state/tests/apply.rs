@@ -242,3 +242,31 @@ fn a_failed_ring_write_is_retried_in_full_and_nothing_flips() {
     assert_ne!(want, full);
     assert_eq!(lb.dataplane().table(M, M), want);
 }
+
+#[test]
+fn an_apply_that_changes_no_member_computes_no_table() {
+    let mut lb = balancer();
+    resolve_all(&mut lb);
+    lb.apply().unwrap();
+    let (builds, flips) = (lb.builds(), lb.flips());
+    assert!(builds > 0 && flips > 0);
+    // Health reports that change nothing (the usual case: every interval, every backend).
+    let ids: Vec<u32> = lb.backends().map(|b| b.id).collect();
+    for &id in &ids {
+        let health = lb.backend(id).unwrap().health;
+        lb.set_health(id, health).unwrap();
+    }
+    lb.dataplane_mut().ops.clear();
+    lb.apply().unwrap();
+    assert_eq!(lb.builds(), builds, "no member changed: no Maglev build");
+    assert!(lb.dataplane().ops.is_empty(), "nothing written");
+    // One backend down: its service's table is built and flipped again.
+    lb.set_health(ids[0], HealthState::Down).unwrap();
+    lb.apply().unwrap();
+    assert_eq!(lb.builds(), builds + 1, "one service changed: one build");
+    assert_eq!(lb.flips(), flips + 1);
+    // And back up: built again.
+    lb.set_health(ids[0], HealthState::Up).unwrap();
+    lb.apply().unwrap();
+    assert_eq!(lb.builds(), builds + 2);
+}
