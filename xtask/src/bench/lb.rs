@@ -13,8 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK,
-    TICK_SHIFT,
+    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK, TICK_SHIFT,
 };
 use lb_ctl::{
     config::{self, Config, Mode},
@@ -98,6 +97,8 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
     let quota = config.new_client_quota(quota_cpus());
     // One tick stamp per ring slot, as the daemon sizes it.
     let refreshed = services * 2 * config.maglev_table_size;
+    // 1 and 1 without an IPv6 service, as the daemon sizes them.
+    let (v6_persist, v6_probation) = config.v6_map_entries();
     let ebpf = EbpfLoader::new()
         .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
@@ -114,16 +115,36 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
         .map_max_entries(maps::BACKEND_IDS_V6, capacity)
         .map_max_entries(maps::BACKEND_STATS, capacity * 2)
         .map_max_entries(maps::PERSIST_V4, config.persistence_entries)
-        .map_max_entries(maps::PERSIST_V6, 1)
+        .map_max_entries(maps::PERSIST_V6, v6_persist)
         .map_max_entries(maps::PROBATION_V4, config.probation_entries)
-        .map_max_entries(maps::PROBATION_V6, 1)
+        .map_max_entries(maps::PROBATION_V6, v6_probation)
         .map_max_entries(maps::PROOFS_V4, config.probation_entries)
-        .map_max_entries(maps::PROOFS_V6, 1)
+        .map_max_entries(maps::PROOFS_V6, v6_probation)
         .map_max_entries(maps::REFRESHED_V4, refreshed)
         .map_max_entries("BENCH_REV", rev_entries.max(1))
         .load(EBPF_OBJECT)
         .context("loading the XDP object")?;
     Ok(ebpf)
+}
+
+/// The object's maps only (no program is loaded) with `PERSIST_V6` at `persist` entries and
+/// `PROBATION_V6`, `PROOFS_V6` at `probation`, as a dual-stack daemon sizes them from
+/// `persistence_entries_v6` / `probation_entries_v6`; the IPv4 per-client maps at 1 entry.
+/// What the IPv6 maps' memory per entry is read from.
+pub fn load_v6_maps(persist: u32, probation: u32) -> Result<Ebpf> {
+    anyhow::ensure!(
+        !EBPF_OBJECT.is_empty(),
+        "lb-ctl was built with AYA_BUILD_SKIP=1: no XDP object embedded"
+    );
+    EbpfLoader::new()
+        .map_max_entries(maps::PERSIST_V4, 1)
+        .map_max_entries(maps::PROBATION_V4, 1)
+        .map_max_entries(maps::PROOFS_V4, 1)
+        .map_max_entries(maps::PERSIST_V6, persist)
+        .map_max_entries(maps::PROBATION_V6, probation)
+        .map_max_entries(maps::PROOFS_V6, probation)
+        .load(EBPF_OBJECT)
+        .context("loading the XDP object's maps (IPv6 sizes)")
 }
 
 /// Fills the maps exactly as the daemon does (`Balancer::apply`), every backend usable with

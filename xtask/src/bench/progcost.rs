@@ -38,9 +38,7 @@ use lb_ctl::{
 };
 
 use crate::{
-    frame::{
-        self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE,
-    },
+    frame::{self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE},
     lb::{self, backend_addr, BACKENDS, VIP},
     stats::median,
     sys::{self, NetNs, Prefix},
@@ -113,7 +111,9 @@ impl Row {
 
     /// Whether the row's frames came from new clients (probation inserted or throttled).
     pub fn new_clients(&self) -> bool {
-        self.events[event::PROBATION_INSERT as usize] + self.events[event::PROBATION_THROTTLED as usize] > 0
+        self.events[event::PROBATION_INSERT as usize]
+            + self.events[event::PROBATION_THROTTLED as usize]
+            > 0
     }
 }
 
@@ -124,11 +124,26 @@ pub struct Memory {
     /// PROBATION_V4 at its configured capacity (`probation_entries`).
     pub probation_entries: u32,
     pub probation_memlock: u64,
+    /// PROOFS_V4, sized like PROBATION_V4.
+    pub proofs_memlock: u64,
+    /// The IPv6 maps at the same sizes (`None` until measured: [`v6_memory`]).
+    pub v6: Option<V6Memory>,
     /// REFRESHED_V4 (the slot fast path's refresh tags), as the daemon sizes it.
     pub refreshed_entries: u32,
     pub refreshed_memlock: u64,
     /// Every map of the object as the daemon sizes it, bench maps included (a few KiB).
     pub all_maps_memlock: u64,
+}
+
+/// `memlock` of PERSIST_V6 (`persist_entries`) and PROBATION_V6, PROOFS_V6
+/// (`probation_entries`), sized as a dual-stack daemon with the bench's config sizes them.
+#[derive(Clone, Copy)]
+pub struct V6Memory {
+    pub persist_entries: u32,
+    pub probation_entries: u32,
+    pub persist_memlock: u64,
+    pub probation_memlock: u64,
+    pub proofs_memlock: u64,
 }
 
 /// The new-client ration every row but the `*_unlimited` ones runs with (the daemon's default).
@@ -214,7 +229,10 @@ fn setup(
     let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path && !unlimited);
+        let variants = VARIANTS
+            .iter()
+            .map(|v| v.prog)
+            .filter(|_| !fast_path && !unlimited);
         for p in [STAMP, LB].into_iter().chain(variants) {
             lb::load_prog(ebpf, p)?;
         }
@@ -252,7 +270,8 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             quota: config.new_client_quota(cpus),
         }
     };
-    let (mut b, memory) = setup(&ifaces, trials, false, false)?;
+    let (mut b, mut memory) = setup(&ifaces, trials, false, false)?;
+    memory.v6 = Some(v6_memory(&bench_config()?)?);
     let fwd = frame::template(ext_mac, ROUTER_MAC, Some(VIP), ESP_IN_UDP);
     let ike = frame::template(ext_mac, ROUTER_MAC, Some(VIP), IKE);
     let init = frame::ike_sa_init_template(ext_mac, ROUTER_MAC, VIP);
@@ -279,7 +298,11 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
 
     let mut rows = Vec::new();
     let mut attribution = Vec::new();
-    for (key, clients) in [("hit_1k", 1_000), ("hit_64k", 65_536), ("hit_1M", 1_000_000)] {
+    for (key, clients) in [
+        ("hit_1k", 1_000),
+        ("hit_64k", 65_536),
+        ("hit_1M", 1_000_000),
+    ] {
         eprintln!("  program cost: {key}");
         let cfg = fwd_cfg(clients, HIT_BASE);
         b.establish(cfg)?;
@@ -367,7 +390,10 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
 
     // No ration (new_client_rate: 0): every new source gets a probation entry, evicting one.
     let (mut b, _) = setup(&ifaces, trials, false, true)?;
-    ensure!(b.quota == 0, "new_client_rate 0 must load NEW_CLIENT_QUOTA 0");
+    ensure!(
+        b.quota == 0,
+        "new_client_rate 0 must load NEW_CLIENT_QUOTA 0"
+    );
     for (key, established, t, sources, lost, what) in [
         (
             "spoofed_init_64k_unlimited",
@@ -502,14 +528,54 @@ pub struct Variant {
 }
 
 pub const VARIANTS: [Variant; 8] = [
-    Variant { prog: "bench_v_full", what: "copy of the forward path, nothing removed", counts: true, redirects: true },
-    Variant { prog: "bench_v_novip", what: "VIP hash lookup → array read", counts: true, redirects: true },
-    Variant { prog: "bench_v_nopers", what: "no persistence lookup (ring only)", counts: true, redirects: true },
-    Variant { prog: "bench_v_notime", what: "no clock read / atime", counts: true, redirects: true },
-    Variant { prog: "bench_v_nocount", what: "no counters (COUNTERS, BACKEND_STATS)", counts: false, redirects: true },
-    Variant { prog: "bench_v_norewr", what: "no header rewrite", counts: true, redirects: true },
-    Variant { prog: "bench_v_noredir", what: "XDP_TX instead of devmap redirect", counts: true, redirects: false },
-    Variant { prog: "bench_v_parse", what: "parse + VIP + classify only", counts: false, redirects: false },
+    Variant {
+        prog: "bench_v_full",
+        what: "copy of the forward path, nothing removed",
+        counts: true,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_novip",
+        what: "VIP hash lookup → array read",
+        counts: true,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_nopers",
+        what: "no persistence lookup (ring only)",
+        counts: true,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_notime",
+        what: "no clock read / atime",
+        counts: true,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_nocount",
+        what: "no counters (COUNTERS, BACKEND_STATS)",
+        counts: false,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_norewr",
+        what: "no header rewrite",
+        counts: true,
+        redirects: true,
+    },
+    Variant {
+        prog: "bench_v_noredir",
+        what: "XDP_TX instead of devmap redirect",
+        counts: true,
+        redirects: false,
+    },
+    Variant {
+        prog: "bench_v_parse",
+        what: "parse + VIP + classify only",
+        counts: false,
+        redirects: false,
+    },
 ];
 
 /// Attribution at one client count: every variant's cost over stamp, same trials.
@@ -523,12 +589,7 @@ pub struct Attribution {
 }
 
 impl Bench {
-    fn attribution(
-        &mut self,
-        clients: u32,
-        cfg: BenchCfg,
-        esp: &Template,
-    ) -> Result<Attribution> {
+    fn attribution(&mut self, clients: u32, cfg: BenchCfg, esp: &Template) -> Result<Attribution> {
         let real = Expect {
             counter: Some(counter::FORWARD),
             action: XDP_REDIRECT,
@@ -574,10 +635,14 @@ impl Bench {
             let out = loop {
                 let before = self.events()?;
                 let out = self.run_each(&frames)?;
-                let fast = self.events()?[event::FAST_PATH as usize] - before[event::FAST_PATH as usize];
+                let fast =
+                    self.events()?[event::FAST_PATH as usize] - before[event::FAST_PATH as usize];
                 attempts += 1;
                 if flagged {
-                    ensure!(fast == 0, "lever: {fast} frames of flagged slots took the fast path");
+                    ensure!(
+                        fast == 0,
+                        "lever: {fast} frames of flagged slots took the fast path"
+                    );
                     break out;
                 }
                 if fast == n {
@@ -608,17 +673,17 @@ impl Bench {
     fn run_each(&mut self, frames: &[Vec<u8>]) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut out = Vec::new();
         for f in frames {
-                let mut data = vec![0u8; f.len()];
-                let md = frame::xdp_md(self.ext, f.len());
-                let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
-                    .test_run(TestRunOptions {
-                        data_in: Some(f),
-                        data_out: Some(&mut data),
-                        ctx_in: Some(&md),
-                        ..TestRunOptions::new()
-                    })
-                    .context("test_run ikelb")?;
-                out.push((r.return_value, data));
+            let mut data = vec![0u8; f.len()];
+            let md = frame::xdp_md(self.ext, f.len());
+            let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
+                .test_run(TestRunOptions {
+                    data_in: Some(f),
+                    data_out: Some(&mut data),
+                    ctx_in: Some(&md),
+                    ..TestRunOptions::new()
+                })
+                .context("test_run ikelb")?;
+            out.push((r.return_value, data));
         }
         Ok(out)
     }
@@ -636,7 +701,15 @@ impl Bench {
         )?;
         for i in base..base + m {
             let v = rings.get(&i, 0)?;
-            rings.set(i, if on { v | RING_F_CHANGED } else { v & !RING_F_CHANGED }, 0)?;
+            rings.set(
+                i,
+                if on {
+                    v | RING_F_CHANGED
+                } else {
+                    v & !RING_F_CHANGED
+                },
+                0,
+            )?;
         }
         Ok(())
     }
@@ -737,7 +810,10 @@ impl Bench {
                 .filter(|(_, n)| **n != 0)
                 .map(|(l, n)| format!("{l} {n}"))
                 .collect();
-            anyhow::anyhow!("{prog}: {what} (events of {repeat} frames: {})", all.join(", "))
+            anyhow::anyhow!(
+                "{prog}: {what} (events of {repeat} frames: {})",
+                all.join(", ")
+            )
         };
         for i in [
             event::PROMOTED,
@@ -811,15 +887,22 @@ impl Bench {
         let m = self.lb.ring_size();
         let ebpf = self.lb.dataplane_mut().ebpf_mut();
         let ring: Vec<u32> = {
-            let rings: Array<&MapData, u32> =
-                Array::try_from(ebpf.map("RINGS").context("RINGS")?)?;
+            let rings: Array<&MapData, u32> = Array::try_from(ebpf.map("RINGS").context("RINGS")?)?;
             (svc.ring_base..svc.ring_base + m)
                 .map(|i| rings.get(&i, 0))
                 .collect::<Result<_, _>>()?
         };
         let mut persist: HashMap<&mut MapData, PersistKeyV4, PersistValue> =
             HashMap::try_from(ebpf.map_mut("PERSIST_V4").context("PERSIST_V4")?)?;
-        lb::establish(&mut persist, svc.id, &ring, cfg.base, cfg.clients, ROUTER_MAC, EXT_PORT)
+        lb::establish(
+            &mut persist,
+            svc.id,
+            &ring,
+            cfg.base,
+            cfg.clients,
+            ROUTER_MAC,
+            EXT_PORT,
+        )
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -922,18 +1005,35 @@ impl Bench {
     }
 }
 
-/// `memlock` of PERSIST_V4, PROBATION_V4, REFRESHED_V4 and of every map of the object, from
-/// /proc/self/fdinfo (the kernel's own accounting of what the map allocated — an LRU hash
-/// preallocates every entry).
-fn memory(ebpf: &aya::Ebpf, config: &Config) -> Result<Memory> {
-    let lru = |name: &str| -> Result<u64> {
-        let Some(Map::LruHashMap(m)) = ebpf.map(name) else {
-            bail!("{name} is not an LRU hash map");
-        };
-        fd_memlock(m.fd().as_fd().as_raw_fd())
+/// `memlock` of the LRU hash map `name` of `ebpf`.
+fn lru_memlock(ebpf: &aya::Ebpf, name: &str) -> Result<u64> {
+    let Some(Map::LruHashMap(m)) = ebpf.map(name) else {
+        bail!("{name} is not an LRU hash map");
     };
-    let persist_memlock = lru("PERSIST_V4")?;
-    let probation_memlock = lru("PROBATION_V4")?;
+    fd_memlock(m.fd().as_fd().as_raw_fd())
+}
+
+/// The IPv6 maps' `memlock` at the sizes a dual-stack daemon gives them with `config`
+/// (`persistence_entries_v6`, `probation_entries_v6`: by default the IPv4 sizes), from one
+/// extra load of the object's maps, freed on return.
+fn v6_memory(config: &Config) -> Result<V6Memory> {
+    let ebpf = lb::load_v6_maps(config.persistence_entries_v6, config.probation_entries_v6)?;
+    Ok(V6Memory {
+        persist_entries: config.persistence_entries_v6,
+        probation_entries: config.probation_entries_v6,
+        persist_memlock: lru_memlock(&ebpf, "PERSIST_V6")?,
+        probation_memlock: lru_memlock(&ebpf, "PROBATION_V6")?,
+        proofs_memlock: lru_memlock(&ebpf, "PROOFS_V6")?,
+    })
+}
+
+/// `memlock` of PERSIST_V4, PROBATION_V4, PROOFS_V4, REFRESHED_V4 and of every map of the
+/// object, from /proc/self/fdinfo (the kernel's own accounting of what the map allocated —
+/// an LRU hash preallocates every entry).
+fn memory(ebpf: &aya::Ebpf, config: &Config) -> Result<Memory> {
+    let persist_memlock = lru_memlock(ebpf, "PERSIST_V4")?;
+    let probation_memlock = lru_memlock(ebpf, "PROBATION_V4")?;
+    let proofs_memlock = lru_memlock(ebpf, "PROOFS_V4")?;
     let Some(Map::Array(refreshed)) = ebpf.map("REFRESHED_V4") else {
         bail!("REFRESHED_V4 is not an array");
     };
@@ -949,6 +1049,8 @@ fn memory(ebpf: &aya::Ebpf, config: &Config) -> Result<Memory> {
         persist_memlock,
         probation_entries: config.probation_entries,
         probation_memlock,
+        proofs_memlock,
+        v6: None,
         refreshed_entries: config.virtual_servers.len() as u32 * 2 * config.maglev_table_size,
         refreshed_memlock,
         all_maps_memlock: all,
@@ -978,4 +1080,3 @@ fn fd_memlock(fd: i32) -> Result<u64> {
         .parse()
         .context("memlock value")
 }
-

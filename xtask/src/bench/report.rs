@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     closed_loop::{self, SIZES, VARIANTS},
     control::{self, Health, MAGLEV_M},
-    progcost::{ProgCost, Row},
+    progcost::{Memory, ProgCost, Row, V6Memory},
 };
 
 /// Where and when the figures were taken.
@@ -29,7 +29,13 @@ impl Machine {
     pub fn one_line(&self) -> String {
         format!(
             "{} · {} vCPU {} · {:.0} GiB · Linux {} · ikelb {} · {}",
-            self.date, self.cpus, self.cpu, self.mem_gib, self.kernel, self.commit, "cargo xtask bench"
+            self.date,
+            self.cpus,
+            self.cpu,
+            self.mem_gib,
+            self.kernel,
+            self.commit,
+            "cargo xtask bench"
         )
     }
 }
@@ -134,6 +140,32 @@ pub fn probation_bytes_per_entry(p: &ProgCost) -> f64 {
     p.memory.probation_memlock as f64 / f64::from(p.memory.probation_entries)
 }
 
+/// Bytes per entry of each per-client map, (IPv4, IPv6): persistence, probation, proofs
+/// (NaN where the IPv6 maps were not measured).
+fn per_family(p: &ProgCost) -> [(&'static str, f64, f64); 3] {
+    let m = &p.memory;
+    let per = |bytes: u64, entries: u32| bytes as f64 / f64::from(entries);
+    let v6 =
+        |f: fn(&V6Memory) -> (u64, u32)| m.v6.as_ref().map_or(f64::NAN, |v| per(f(v).0, f(v).1));
+    [
+        (
+            "persistence",
+            bytes_per_entry(p),
+            v6(|v| (v.persist_memlock, v.persist_entries)),
+        ),
+        (
+            "probation",
+            probation_bytes_per_entry(p),
+            v6(|v| (v.probation_memlock, v.probation_entries)),
+        ),
+        (
+            "proofs",
+            per(m.proofs_memlock, m.probation_entries),
+            v6(|v| (v.proofs_memlock, v.probation_entries)),
+        ),
+    ]
+}
+
 /// What the row's frames did besides the verdict: the fast-path share (lever rows) and the
 /// new-client events (rows of new sources), from the `EVENTS` deltas of the measured runs.
 fn row_notes(r: &Row) -> String {
@@ -158,7 +190,15 @@ pub fn table(a: &All<'_>) -> String {
     o += &format!(
         "ikelb benchmark — {}\n  machine: {} vCPU, {}, {:.0} GiB, Linux {}\n  \
          ikelb {} (BPF built with {}); load average at start {}, at end {}; {:.0} s\n\n",
-        m.date, m.cpus, m.cpu, m.mem_gib, m.kernel, m.commit, m.nightly, m.load_start, m.load_end,
+        m.date,
+        m.cpus,
+        m.cpu,
+        m.mem_gib,
+        m.kernel,
+        m.commit,
+        m.nightly,
+        m.load_start,
+        m.load_end,
         m.seconds
     );
 
@@ -211,7 +251,10 @@ pub fn table(a: &All<'_>) -> String {
             o += &format!(" {:>9} {:>7}", format!("{}", at.clients), "Δ");
         }
         o += "\n";
-        o += &format!("   {:<17} {:<50}", "bench_stamp_lb", "ikelb itself (same trials)");
+        o += &format!(
+            "   {:<17} {:<50}",
+            "bench_stamp_lb", "ikelb itself (same trials)"
+        );
         for at in &p.attribution {
             o += &format!(" {:>7.0}ns {:>7}", at.real_ns, "");
         }
@@ -223,7 +266,11 @@ pub fn table(a: &All<'_>) -> String {
             for at in &p.attribution {
                 let full = at.rows[0].2;
                 let v = at.rows[i].2;
-                let delta = if i == 0 { String::new() } else { format!("{:+.0}", full - v) };
+                let delta = if i == 0 {
+                    String::new()
+                } else {
+                    format!("{:+.0}", full - v)
+                };
                 o += &format!(" {v:>7.0}ns {delta:>7}");
             }
             o += "\n";
@@ -283,7 +330,8 @@ pub fn table(a: &All<'_>) -> String {
         "\n3. Memory — PERSIST_V4 at its configured capacity ({} entries): memlock {} B = {:.1} B \
          per entry; 1,000,000 clients ≈ {:.1} MB.\n   PROBATION_V4 ({} entries): memlock {} B = \
          {:.1} B per entry. REFRESHED_V4 ({} slot stamps): {} B.\n   Every map of the daemon's \
-         configuration (1 virtual server, M = {}): {:.1} MB.\n",
+         configuration (1 virtual server, M = {}): {:.1} MB.\n   Bytes per entry, IPv4 / IPv6 \
+         (the IPv6 maps at the same sizes):",
         mem.persist_entries,
         mem.persist_memlock,
         bytes_per_entry(p),
@@ -296,6 +344,10 @@ pub fn table(a: &All<'_>) -> String {
         MAGLEV_M,
         mem.all_maps_memlock as f64 / 1e6
     );
+    for (map, v4, v6) in per_family(p) {
+        o += &format!(" {map} {v4:.1} / {v6:.1};");
+    }
+    o += "\n";
 
     o += &format!("\n4. Control plane\n   Maglev table build (M = {MAGLEV_M}):");
     for (n, ms) in a.maglev {
@@ -402,7 +454,10 @@ pub fn json(a: &All<'_>) -> Value {
         );
         let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
         e.insert("frames_lost".into(), json!(lost));
-        e.insert("lever_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
+        e.insert(
+            "lever_fast_path_share".into(),
+            json!(round4(c.fast_path_share(s))),
+        );
         closed.insert(s.into(), Value::Object(e));
     }
     let samples: Vec<Value> = c
@@ -421,6 +476,16 @@ pub fn json(a: &All<'_>) -> Value {
     }
     let h = a.health;
     let m = a.machine;
+    // Per map, {"v4": bytes per entry, "v6": …}: the kernel's memlock ÷ max_entries.
+    let family: Map<String, Value> = per_family(a.prog)
+        .iter()
+        .map(|(map, v4, v6)| {
+            (
+                (*map).to_owned(),
+                json!({"v4": round1(*v4), "v6": round1(*v6)}),
+            )
+        })
+        .collect();
     let targets: Vec<Value> = targets(a)
         .iter()
         .map(|t| json!({"what": t.what, "value": t.value, "goal": t.goal, "met": t.met()}))
@@ -446,11 +511,13 @@ pub fn json(a: &All<'_>) -> Value {
         "closed_loop_method": {"cpu": c.opts_cpu, "seconds_per_point": c.measure_secs,
                                "repeats": c.repeats, "frame_bytes": crate::frame::FRAME_LEN,
                                "lever_loaded_by": c.lever_loaded_by},
-        "persistence_bytes_per_entry": round1(bytes_per_entry(a.prog)),
+        "persistence_bytes_per_entry": family["persistence"].clone(),
         "persistence_entries_configured": a.prog.memory.persist_entries,
         "persistence_memlock_bytes": a.prog.memory.persist_memlock,
         "persistence_bytes_1M_clients": (bytes_per_entry(a.prog) * 1e6).round(),
-        "probation_bytes_per_entry": round1(probation_bytes_per_entry(a.prog)),
+        "probation_bytes_per_entry": family["probation"].clone(),
+        "proofs_bytes_per_entry": family["proofs"].clone(),
+        "per_family_memlock_bytes": per_family_memlock(&a.prog.memory),
         "probation_entries_configured": a.prog.memory.probation_entries,
         "probation_memlock_bytes": a.prog.memory.probation_memlock,
         "refreshed_entries_configured": a.prog.memory.refreshed_entries,
@@ -466,6 +533,23 @@ pub fn json(a: &All<'_>) -> Value {
         },
         "persistence_scans": scans_json(a.scans),
         "targets": targets,
+    })
+}
+
+/// The raw figures behind the bytes per entry: each map's `max_entries` and `memlock` per
+/// family (`null` for IPv6 when not measured).
+fn per_family_memlock(m: &Memory) -> Value {
+    let v6 = m.v6.as_ref();
+    json!({
+        "persistence": {"entries": m.persist_entries, "v4": m.persist_memlock,
+                        "v6_entries": v6.map(|v| v.persist_entries),
+                        "v6": v6.map(|v| v.persist_memlock)},
+        "probation": {"entries": m.probation_entries, "v4": m.probation_memlock,
+                      "v6_entries": v6.map(|v| v.probation_entries),
+                      "v6": v6.map(|v| v.probation_memlock)},
+        "proofs": {"entries": m.probation_entries, "v4": m.proofs_memlock,
+                   "v6_entries": v6.map(|v| v.probation_entries),
+                   "v6": v6.map(|v| v.proofs_memlock)},
     })
 }
 
@@ -490,11 +574,18 @@ pub fn scans_table(s: &control::Scans) -> String {
         w.churn_inserts_per_s,
         w.churn_batch_ms,
         w.churn_batch_entries,
-        if w.churn_batch_truncated { ", truncated" } else { "" },
+        if w.churn_batch_truncated {
+            ", truncated"
+        } else {
+            ""
+        },
         ms_or_timeout(w.churn_next_key_ms),
         w.churn_next_key_duplicates,
     );
-    for (label, d) in [("this build", Some(&s.after)), ("before", s.before.as_ref())] {
+    for (label, d) in [
+        ("this build", Some(&s.after)),
+        ("before", s.before.as_ref()),
+    ] {
         let Some(d) = d else { continue };
         o += &format!(
             "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
@@ -505,7 +596,8 @@ pub fn scans_table(s: &control::Scans) -> String {
             ms_or_timeout(d.churn_scrape_first_ms),
             ms_or_timeout(d.churn_scrape_ms),
             ms_or_timeout(d.churn_list_ms),
-            d.entries_scraped.map_or("?".to_owned(), |e| format!("{e:.0}")),
+            d.entries_scraped
+                .map_or("?".to_owned(), |e| format!("{e:.0}")),
         );
     }
     o
