@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK, TICK_SHIFT,
+    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK,
+    TICK_SHIFT,
 };
 use lb_ctl::{
     config::{self, Config, Mode},

@@ -38,7 +38,9 @@ use lb_ctl::{
 };
 
 use crate::{
-    frame::{self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE},
+    frame::{
+        self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE,
+    },
     lb::{self, backend_addr, BACKENDS, VIP},
     stats::median,
     sys::{self, NetNs, Prefix},
@@ -111,9 +113,7 @@ impl Row {
 
     /// Whether the row's frames came from new clients (probation inserted or throttled).
     pub fn new_clients(&self) -> bool {
-        self.events[event::PROBATION_INSERT as usize]
-            + self.events[event::PROBATION_THROTTLED as usize]
-            > 0
+        self.events[event::PROBATION_INSERT as usize] + self.events[event::PROBATION_THROTTLED as usize] > 0
     }
 }
 
@@ -229,10 +229,7 @@ fn setup(
     let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        let variants = VARIANTS
-            .iter()
-            .map(|v| v.prog)
-            .filter(|_| !fast_path && !unlimited);
+        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path && !unlimited);
         for p in [STAMP, LB].into_iter().chain(variants) {
             lb::load_prog(ebpf, p)?;
         }
@@ -298,11 +295,7 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
 
     let mut rows = Vec::new();
     let mut attribution = Vec::new();
-    for (key, clients) in [
-        ("hit_1k", 1_000),
-        ("hit_64k", 65_536),
-        ("hit_1M", 1_000_000),
-    ] {
+    for (key, clients) in [("hit_1k", 1_000), ("hit_64k", 65_536), ("hit_1M", 1_000_000)] {
         eprintln!("  program cost: {key}");
         let cfg = fwd_cfg(clients, HIT_BASE);
         b.establish(cfg)?;
@@ -390,10 +383,7 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
 
     // No ration (new_client_rate: 0): every new source gets a probation entry, evicting one.
     let (mut b, _) = setup(&ifaces, trials, false, true)?;
-    ensure!(
-        b.quota == 0,
-        "new_client_rate 0 must load NEW_CLIENT_QUOTA 0"
-    );
+    ensure!(b.quota == 0, "new_client_rate 0 must load NEW_CLIENT_QUOTA 0");
     for (key, established, t, sources, lost, what) in [
         (
             "spoofed_init_64k_unlimited",
@@ -528,54 +518,14 @@ pub struct Variant {
 }
 
 pub const VARIANTS: [Variant; 8] = [
-    Variant {
-        prog: "bench_v_full",
-        what: "copy of the forward path, nothing removed",
-        counts: true,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_novip",
-        what: "VIP hash lookup → array read",
-        counts: true,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_nopers",
-        what: "no persistence lookup (ring only)",
-        counts: true,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_notime",
-        what: "no clock read / atime",
-        counts: true,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_nocount",
-        what: "no counters (COUNTERS, BACKEND_STATS)",
-        counts: false,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_norewr",
-        what: "no header rewrite",
-        counts: true,
-        redirects: true,
-    },
-    Variant {
-        prog: "bench_v_noredir",
-        what: "XDP_TX instead of devmap redirect",
-        counts: true,
-        redirects: false,
-    },
-    Variant {
-        prog: "bench_v_parse",
-        what: "parse + VIP + classify only",
-        counts: false,
-        redirects: false,
-    },
+    Variant { prog: "bench_v_full", what: "copy of the forward path, nothing removed", counts: true, redirects: true },
+    Variant { prog: "bench_v_novip", what: "VIP hash lookup → array read", counts: true, redirects: true },
+    Variant { prog: "bench_v_nopers", what: "no persistence lookup (ring only)", counts: true, redirects: true },
+    Variant { prog: "bench_v_notime", what: "no clock read / atime", counts: true, redirects: true },
+    Variant { prog: "bench_v_nocount", what: "no counters (COUNTERS, BACKEND_STATS)", counts: false, redirects: true },
+    Variant { prog: "bench_v_norewr", what: "no header rewrite", counts: true, redirects: true },
+    Variant { prog: "bench_v_noredir", what: "XDP_TX instead of devmap redirect", counts: true, redirects: false },
+    Variant { prog: "bench_v_parse", what: "parse + VIP + classify only", counts: false, redirects: false },
 ];
 
 /// Attribution at one client count: every variant's cost over stamp, same trials.
@@ -589,7 +539,12 @@ pub struct Attribution {
 }
 
 impl Bench {
-    fn attribution(&mut self, clients: u32, cfg: BenchCfg, esp: &Template) -> Result<Attribution> {
+    fn attribution(
+        &mut self,
+        clients: u32,
+        cfg: BenchCfg,
+        esp: &Template,
+    ) -> Result<Attribution> {
         let real = Expect {
             counter: Some(counter::FORWARD),
             action: XDP_REDIRECT,
@@ -635,14 +590,10 @@ impl Bench {
             let out = loop {
                 let before = self.events()?;
                 let out = self.run_each(&frames)?;
-                let fast =
-                    self.events()?[event::FAST_PATH as usize] - before[event::FAST_PATH as usize];
+                let fast = self.events()?[event::FAST_PATH as usize] - before[event::FAST_PATH as usize];
                 attempts += 1;
                 if flagged {
-                    ensure!(
-                        fast == 0,
-                        "lever: {fast} frames of flagged slots took the fast path"
-                    );
+                    ensure!(fast == 0, "lever: {fast} frames of flagged slots took the fast path");
                     break out;
                 }
                 if fast == n {
@@ -673,17 +624,17 @@ impl Bench {
     fn run_each(&mut self, frames: &[Vec<u8>]) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut out = Vec::new();
         for f in frames {
-            let mut data = vec![0u8; f.len()];
-            let md = frame::xdp_md(self.ext, f.len());
-            let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
-                .test_run(TestRunOptions {
-                    data_in: Some(f),
-                    data_out: Some(&mut data),
-                    ctx_in: Some(&md),
-                    ..TestRunOptions::new()
-                })
-                .context("test_run ikelb")?;
-            out.push((r.return_value, data));
+                let mut data = vec![0u8; f.len()];
+                let md = frame::xdp_md(self.ext, f.len());
+                let r = lb::prog(self.lb.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?
+                    .test_run(TestRunOptions {
+                        data_in: Some(f),
+                        data_out: Some(&mut data),
+                        ctx_in: Some(&md),
+                        ..TestRunOptions::new()
+                    })
+                    .context("test_run ikelb")?;
+                out.push((r.return_value, data));
         }
         Ok(out)
     }
@@ -701,15 +652,7 @@ impl Bench {
         )?;
         for i in base..base + m {
             let v = rings.get(&i, 0)?;
-            rings.set(
-                i,
-                if on {
-                    v | RING_F_CHANGED
-                } else {
-                    v & !RING_F_CHANGED
-                },
-                0,
-            )?;
+            rings.set(i, if on { v | RING_F_CHANGED } else { v & !RING_F_CHANGED }, 0)?;
         }
         Ok(())
     }
@@ -810,10 +753,7 @@ impl Bench {
                 .filter(|(_, n)| **n != 0)
                 .map(|(l, n)| format!("{l} {n}"))
                 .collect();
-            anyhow::anyhow!(
-                "{prog}: {what} (events of {repeat} frames: {})",
-                all.join(", ")
-            )
+            anyhow::anyhow!("{prog}: {what} (events of {repeat} frames: {})", all.join(", "))
         };
         for i in [
             event::PROMOTED,
@@ -887,22 +827,15 @@ impl Bench {
         let m = self.lb.ring_size();
         let ebpf = self.lb.dataplane_mut().ebpf_mut();
         let ring: Vec<u32> = {
-            let rings: Array<&MapData, u32> = Array::try_from(ebpf.map("RINGS").context("RINGS")?)?;
+            let rings: Array<&MapData, u32> =
+                Array::try_from(ebpf.map("RINGS").context("RINGS")?)?;
             (svc.ring_base..svc.ring_base + m)
                 .map(|i| rings.get(&i, 0))
                 .collect::<Result<_, _>>()?
         };
         let mut persist: HashMap<&mut MapData, PersistKeyV4, PersistValue> =
             HashMap::try_from(ebpf.map_mut("PERSIST_V4").context("PERSIST_V4")?)?;
-        lb::establish(
-            &mut persist,
-            svc.id,
-            &ring,
-            cfg.base,
-            cfg.clients,
-            ROUTER_MAC,
-            EXT_PORT,
-        )
+        lb::establish(&mut persist, svc.id, &ring, cfg.base, cfg.clients, ROUTER_MAC, EXT_PORT)
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -1080,3 +1013,4 @@ fn fd_memlock(fd: i32) -> Result<u64> {
         .parse()
         .context("memlock value")
 }
+

@@ -29,13 +29,7 @@ impl Machine {
     pub fn one_line(&self) -> String {
         format!(
             "{} · {} vCPU {} · {:.0} GiB · Linux {} · ikelb {} · {}",
-            self.date,
-            self.cpus,
-            self.cpu,
-            self.mem_gib,
-            self.kernel,
-            self.commit,
-            "cargo xtask bench"
+            self.date, self.cpus, self.cpu, self.mem_gib, self.kernel, self.commit, "cargo xtask bench"
         )
     }
 }
@@ -166,6 +160,23 @@ fn per_family(p: &ProgCost) -> [(&'static str, f64, f64); 3] {
     ]
 }
 
+/// The raw figures behind the bytes per entry: each map's `max_entries` and `memlock` per
+/// family (`null` for IPv6 when not measured).
+fn per_family_memlock(m: &Memory) -> Value {
+    let v6 = m.v6.as_ref();
+    json!({
+        "persistence": {"entries": m.persist_entries, "v4": m.persist_memlock,
+                        "v6_entries": v6.map(|v| v.persist_entries),
+                        "v6": v6.map(|v| v.persist_memlock)},
+        "probation": {"entries": m.probation_entries, "v4": m.probation_memlock,
+                      "v6_entries": v6.map(|v| v.probation_entries),
+                      "v6": v6.map(|v| v.probation_memlock)},
+        "proofs": {"entries": m.probation_entries, "v4": m.proofs_memlock,
+                   "v6_entries": v6.map(|v| v.probation_entries),
+                   "v6": v6.map(|v| v.proofs_memlock)},
+    })
+}
+
 /// What the row's frames did besides the verdict: the fast-path share (lever rows) and the
 /// new-client events (rows of new sources), from the `EVENTS` deltas of the measured runs.
 fn row_notes(r: &Row) -> String {
@@ -190,15 +201,7 @@ pub fn table(a: &All<'_>) -> String {
     o += &format!(
         "ikelb benchmark — {}\n  machine: {} vCPU, {}, {:.0} GiB, Linux {}\n  \
          ikelb {} (BPF built with {}); load average at start {}, at end {}; {:.0} s\n\n",
-        m.date,
-        m.cpus,
-        m.cpu,
-        m.mem_gib,
-        m.kernel,
-        m.commit,
-        m.nightly,
-        m.load_start,
-        m.load_end,
+        m.date, m.cpus, m.cpu, m.mem_gib, m.kernel, m.commit, m.nightly, m.load_start, m.load_end,
         m.seconds
     );
 
@@ -251,10 +254,7 @@ pub fn table(a: &All<'_>) -> String {
             o += &format!(" {:>9} {:>7}", format!("{}", at.clients), "Δ");
         }
         o += "\n";
-        o += &format!(
-            "   {:<17} {:<50}",
-            "bench_stamp_lb", "ikelb itself (same trials)"
-        );
+        o += &format!("   {:<17} {:<50}", "bench_stamp_lb", "ikelb itself (same trials)");
         for at in &p.attribution {
             o += &format!(" {:>7.0}ns {:>7}", at.real_ns, "");
         }
@@ -266,11 +266,7 @@ pub fn table(a: &All<'_>) -> String {
             for at in &p.attribution {
                 let full = at.rows[0].2;
                 let v = at.rows[i].2;
-                let delta = if i == 0 {
-                    String::new()
-                } else {
-                    format!("{:+.0}", full - v)
-                };
+                let delta = if i == 0 { String::new() } else { format!("{:+.0}", full - v) };
                 o += &format!(" {v:>7.0}ns {delta:>7}");
             }
             o += "\n";
@@ -454,10 +450,7 @@ pub fn json(a: &All<'_>) -> Value {
         );
         let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
         e.insert("frames_lost".into(), json!(lost));
-        e.insert(
-            "lever_fast_path_share".into(),
-            json!(round4(c.fast_path_share(s))),
-        );
+        e.insert("lever_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
         closed.insert(s.into(), Value::Object(e));
     }
     let samples: Vec<Value> = c
@@ -480,10 +473,8 @@ pub fn json(a: &All<'_>) -> Value {
     let family: Map<String, Value> = per_family(a.prog)
         .iter()
         .map(|(map, v4, v6)| {
-            (
-                (*map).to_owned(),
-                json!({"v4": round1(*v4), "v6": round1(*v6)}),
-            )
+            let v = json!({"v4": round1(*v4), "v6": round1(*v6)});
+            ((*map).to_owned(), v)
         })
         .collect();
     let targets: Vec<Value> = targets(a)
@@ -536,23 +527,6 @@ pub fn json(a: &All<'_>) -> Value {
     })
 }
 
-/// The raw figures behind the bytes per entry: each map's `max_entries` and `memlock` per
-/// family (`null` for IPv6 when not measured).
-fn per_family_memlock(m: &Memory) -> Value {
-    let v6 = m.v6.as_ref();
-    json!({
-        "persistence": {"entries": m.persist_entries, "v4": m.persist_memlock,
-                        "v6_entries": v6.map(|v| v.persist_entries),
-                        "v6": v6.map(|v| v.persist_memlock)},
-        "probation": {"entries": m.probation_entries, "v4": m.probation_memlock,
-                      "v6_entries": v6.map(|v| v.probation_entries),
-                      "v6": v6.map(|v| v.probation_memlock)},
-        "proofs": {"entries": m.probation_entries, "v4": m.proofs_memlock,
-                   "v6_entries": v6.map(|v| v.probation_entries),
-                   "v6": v6.map(|v| v.proofs_memlock)},
-    })
-}
-
 /// A duration in ms, or how long it was not done by.
 fn ms_or_timeout(v: Option<f64>) -> String {
     match v {
@@ -574,18 +548,11 @@ pub fn scans_table(s: &control::Scans) -> String {
         w.churn_inserts_per_s,
         w.churn_batch_ms,
         w.churn_batch_entries,
-        if w.churn_batch_truncated {
-            ", truncated"
-        } else {
-            ""
-        },
+        if w.churn_batch_truncated { ", truncated" } else { "" },
         ms_or_timeout(w.churn_next_key_ms),
         w.churn_next_key_duplicates,
     );
-    for (label, d) in [
-        ("this build", Some(&s.after)),
-        ("before", s.before.as_ref()),
-    ] {
+    for (label, d) in [("this build", Some(&s.after)), ("before", s.before.as_ref())] {
         let Some(d) = d else { continue };
         o += &format!(
             "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
@@ -596,8 +563,7 @@ pub fn scans_table(s: &control::Scans) -> String {
             ms_or_timeout(d.churn_scrape_first_ms),
             ms_or_timeout(d.churn_scrape_ms),
             ms_or_timeout(d.churn_list_ms),
-            d.entries_scraped
-                .map_or("?".to_owned(), |e| format!("{e:.0}")),
+            d.entries_scraped.map_or("?".to_owned(), |e| format!("{e:.0}")),
         );
     }
     o
