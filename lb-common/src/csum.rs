@@ -74,6 +74,21 @@ pub fn udp_replace128(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
     }
 }
 
+/// Whether an IPv4 header without options (IHL 5) carries a right header checksum (RFC 791
+/// §3.1, RFC 1812 §5.2.2): the one's-complement sum of its ten 16-bit words, the checksum
+/// included, is 0xffff. `w` is the header as five 32-bit words loaded natively (the sum is
+/// byte-order independent, as above). Five additions in 64 bits and the folds: the data path
+/// verifies a fixed 20 bytes this way, with no loop and no helper call (a header with options
+/// is the kernel's, which verifies it itself).
+#[inline(always)]
+pub fn ipv4_header_ok(w: &[u32; 5]) -> bool {
+    let s = u64::from(w[0]) + u64::from(w[1]) + u64::from(w[2]) + u64::from(w[3]) + u64::from(w[4]);
+    // At most 5 × (2^32 − 1): two folds of the carry bring it below 2^32.
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    fold(s as u32) == 0xffff
+}
+
 /// One's-complement sum of a byte slice as 16-bit words read in native order; with
 /// [`fold`] and `!` it gives the checksum of the slice (host tests and builders).
 pub fn sum_bytes(bytes: &[u8], mut acc: u32) -> u32 {
@@ -140,6 +155,52 @@ mod tests {
     fn header_with_its_checksum_sums_to_zero() {
         let h = ipv4_header(0x0100_000a, 0x0a71_00cb, 64);
         assert_eq!(checksum(&h), 0);
+    }
+
+    fn words5(h: &[u8; 20]) -> [u32; 5] {
+        core::array::from_fn(|i| u32::from_ne_bytes(h[i * 4..i * 4 + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn ipv4_header_ok_agrees_with_the_checksum_from_scratch() {
+        let mut rng = Lcg(3);
+        for _ in 0..20_000 {
+            let mut h = ipv4_header(rng.next(), rng.next(), rng.next() as u8);
+            // Random identification and fragment words too: every header word varies.
+            h[4..8].copy_from_slice(&rng.next().to_ne_bytes());
+            h[10] = 0;
+            h[11] = 0;
+            let c = checksum(&h);
+            h[10..12].copy_from_slice(&c.to_ne_bytes());
+            assert!(ipv4_header_ok(&words5(&h)), "{h:02x?}");
+            // Any other checksum value is wrong (0x0000 and 0xffff are one value, RFC 1071,
+            // but a header whose sum is +0 has no version, so only the computed one passes).
+            let mut bad = h;
+            let wrong = c.wrapping_add(1 + (rng.next() % 0xfffe) as u16);
+            bad[10..12].copy_from_slice(&wrong.to_ne_bytes());
+            let equivalent = (c == 0 && wrong == 0xffff) || (c == 0xffff && wrong == 0);
+            assert_eq!(
+                ipv4_header_ok(&words5(&bad)),
+                equivalent,
+                "{c:#x} -> {wrong:#x}"
+            );
+            // One flipped bit anywhere else is caught too.
+            let bit = (rng.next() % 160) as usize;
+            if bit / 8 != 10 && bit / 8 != 11 {
+                let mut flipped = h;
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert!(!ipv4_header_ok(&words5(&flipped)));
+            }
+        }
+        // The reviewer's frame: 45000014 12340000 4032 023f c6336c05 cb00710a (wrong).
+        let bad = [
+            0x45, 0, 0, 0x14, 0x12, 0x34, 0, 0, 0x40, 0x32, 0x02, 0x3f, 0xc6, 0x33, 0x6c, 0x05,
+            0xcb, 0, 0x71, 0x0a,
+        ];
+        assert!(!ipv4_header_ok(&words5(&bad)));
+        assert_eq!(checksum(&bad) == 0, ipv4_header_ok(&words5(&bad)));
+        // All-ones words: the largest sum the folds meet.
+        assert!(ipv4_header_ok(&[u32::MAX; 5]));
     }
 
     #[test]
