@@ -26,6 +26,12 @@ use core::mem::size_of;
 /// Backend id that means "no backend". Ring slots and persistence entries never hold it for
 /// a usable choice; a ring made of zeros drops every packet as `no_backend`.
 pub const BACKEND_NONE: u32 = 0;
+/// Value of `BACKEND_IDS_V4/V6` for an address of the gateway's own (an interface address,
+/// a VIP of another service) rather than a backend's: never a client. The forward path finds
+/// it in the lookup it makes for a source without an entry (`drop/source_own_address`); on
+/// the reverse path it names no backend, so frames from it are the kernel's. Never a backend
+/// id (ids fit [`RING_BACKEND_MASK`]).
+pub const OWN_ADDRESS_ID: u32 = u32::MAX;
 /// Ports per protocol per service (UDP and TCP each).
 pub const MAX_PORTS: usize = 8;
 /// Interfaces ikelb can attach to (indices into [`maps::IFACES`] / [`maps::TX_PORTS`]).
@@ -392,8 +398,8 @@ pub mod counter {
     /// recognised before any map lookup so NDP is never touched.
     pub const PASS_ICMPV6: u32 = 14;
     /// An IPv6 extension header ikelb does not walk (AH, a Routing header with segments
-    /// left, an unknown header, a chain longer than the program follows, a non-first
-    /// fragment whose fragmentable part starts with another extension header).
+    /// left, an unknown header, a chain longer than the program follows, a fragment — first
+    /// or not — whose fragmentable part starts with another extension header).
     pub const PASS_IPV6_EXT: u32 = 15;
     /// A backend's service-port or ESP traffic to an address that is not its live client
     /// (no entry and the ring names another backend, an entry naming another backend, an
@@ -416,8 +422,44 @@ pub mod counter {
     /// A reply to a client without a persistence entry (validated by the ring) whose route
     /// back the kernel FIB could not give (`bpf_fib_lookup`).
     pub const DROP_NO_ROUTE: u32 = 22;
+    /// An IPv4 header (without options) whose checksum is wrong (RFC 1812 §5.2.2).
+    pub const DROP_IP_CHECKSUM: u32 = 23;
+    /// A frame to a VIP, or a backend's reply, sent to a broadcast or multicast MAC (RFC 1812
+    /// §5.3.4: a router does not forward what arrived as a link-layer broadcast).
+    pub const DROP_DST_MAC_GROUP: u32 = 24;
+    /// A frame to a VIP, or a backend's reply, sent to another MAC than the receiving
+    /// interface's (another host's frame, seen through promiscuous mode or a flooding switch).
+    pub const DROP_DST_MAC_OTHER: u32 = 25;
+    /// From an address that is no host's (RFC 1812 §5.3.7, RFC 6890): IPv4 0/8 (but 0.0.0.0)
+    /// and 240/4 (but 255.255.255.255); IPv6 IPv4-mapped ::ffff:0:0/96 and link-local
+    /// fe80::/10 (RFC 4291 §2.5.5.2, §2.5.6: never forwarded off its link).
+    pub const DROP_SOURCE_MARTIAN: u32 = 26;
+    /// From a multicast or broadcast address: IPv4 224/4 and 255.255.255.255, IPv6 ff00::/8
+    /// (RFC 1812 §5.3.7, RFC 4291 §2.7).
+    pub const DROP_SOURCE_MULTICAST: u32 = 27;
+    /// From a loopback address: 127/8, ::1.
+    pub const DROP_SOURCE_LOOPBACK: u32 = 28;
+    /// From the unspecified address: 0.0.0.0, :: (RFC 4291 §2.5.2: never forwarded).
+    pub const DROP_SOURCE_UNSPECIFIED: u32 = 29;
+    /// To a VIP from that VIP.
+    pub const DROP_SOURCE_VIP: u32 = 30;
+    /// To a VIP from a backend's address (`BACKEND_IDS_V4/V6`): never a client.
+    pub const DROP_SOURCE_BACKEND: u32 = 31;
+    /// To a VIP from one of the gateway's own addresses ([`crate::OWN_ADDRESS_ID`] in
+    /// `BACKEND_IDS_V4/V6`).
+    pub const DROP_SOURCE_OWN: u32 = 32;
+    /// A UDP length that disagrees with the IP payload: shorter than what the packet (or
+    /// first fragment) carries, or, for a whole datagram, not equal to it (RFC 768).
+    pub const DROP_UDP_LENGTH: u32 = 33;
+    /// A TCP data offset below 5 words or past the segment (RFC 9293 §3.1).
+    pub const DROP_TCP_DATA_OFFSET: u32 = 34;
+    /// A fragment whose datagram would end past 65,535 bytes (RFC 791 §3.1, RFC 8200 §4.5).
+    pub const DROP_FRAGMENT_END: u32 = 35;
+    /// A frame with a backend's source address, on that backend's interface, but the
+    /// interface has no `backends` role (the backend is routed out of a clients interface).
+    pub const DROP_REVERSE_NOT_BACKEND_IFACE: u32 = 36;
     /// Number of counters (size of `COUNTERS`).
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 37;
 
     /// `(action, reason)` label pair of each counter, indexed like the counters.
     pub const LABELS: [(&str, &str); COUNT as usize] = [
@@ -444,6 +486,20 @@ pub mod counter {
         ("redirect", "icmp"),
         ("drop", "fragment_offset_1"),
         ("drop", "no_route"),
+        ("drop", "ip_checksum"),
+        ("drop", "dst_mac_group"),
+        ("drop", "dst_mac_other_host"),
+        ("drop", "source_martian"),
+        ("drop", "source_multicast"),
+        ("drop", "source_loopback"),
+        ("drop", "source_unspecified"),
+        ("drop", "source_vip"),
+        ("drop", "source_backend"),
+        ("drop", "source_own_address"),
+        ("drop", "udp_length"),
+        ("drop", "tcp_data_offset"),
+        ("drop", "fragment_past_65535"),
+        ("drop", "reverse_not_backend_interface"),
     ];
 }
 
@@ -471,8 +527,12 @@ pub mod event {
     /// A backend's reply to a client without an entry, validated by the ring and routed by
     /// `bpf_fib_lookup`.
     pub const REVERSE_STATELESS: u32 = 7;
+    /// A forwarded frame carried bytes past its IP datagram (Ethernet padding, a link-layer
+    /// trailer): they were cut off (`bpf_xdp_adjust_tail`) before it left, as a Linux router
+    /// trims them (`docs/security.md`, "What a router checks").
+    pub const TRIMMED: u32 = 8;
     /// Number of events (size of `EVENTS`).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// The `event` label of each index.
     pub const LABELS: [&str; COUNT as usize] = [
         "fast_path",
@@ -483,6 +543,7 @@ pub mod event {
         "mac_move_accepted",
         "mac_move_rejected",
         "reverse_stateless",
+        "trimmed",
     ];
 }
 

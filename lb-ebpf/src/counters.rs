@@ -59,6 +59,21 @@ pub const DROP_REVERSE_WRONG_MAC: Verdict = Verdict::drop(counter::DROP_REVERSE_
 pub const DROP_NOT_CLIENT_IFACE: Verdict = Verdict::drop(counter::DROP_NOT_CLIENT_IFACE);
 pub const DROP_FRAGMENT_OFFSET: Verdict = Verdict::drop(counter::DROP_FRAGMENT_OFFSET);
 pub const DROP_NO_ROUTE: Verdict = Verdict::drop(counter::DROP_NO_ROUTE);
+pub const DROP_IP_CHECKSUM: Verdict = Verdict::drop(counter::DROP_IP_CHECKSUM);
+pub const DROP_DST_MAC_GROUP: Verdict = Verdict::drop(counter::DROP_DST_MAC_GROUP);
+pub const DROP_DST_MAC_OTHER: Verdict = Verdict::drop(counter::DROP_DST_MAC_OTHER);
+pub const DROP_SOURCE_MARTIAN: Verdict = Verdict::drop(counter::DROP_SOURCE_MARTIAN);
+pub const DROP_SOURCE_MULTICAST: Verdict = Verdict::drop(counter::DROP_SOURCE_MULTICAST);
+pub const DROP_SOURCE_LOOPBACK: Verdict = Verdict::drop(counter::DROP_SOURCE_LOOPBACK);
+pub const DROP_SOURCE_UNSPECIFIED: Verdict = Verdict::drop(counter::DROP_SOURCE_UNSPECIFIED);
+pub const DROP_SOURCE_VIP: Verdict = Verdict::drop(counter::DROP_SOURCE_VIP);
+pub const DROP_SOURCE_BACKEND: Verdict = Verdict::drop(counter::DROP_SOURCE_BACKEND);
+pub const DROP_SOURCE_OWN: Verdict = Verdict::drop(counter::DROP_SOURCE_OWN);
+pub const DROP_UDP_LENGTH: Verdict = Verdict::drop(counter::DROP_UDP_LENGTH);
+pub const DROP_TCP_DATA_OFFSET: Verdict = Verdict::drop(counter::DROP_TCP_DATA_OFFSET);
+pub const DROP_FRAGMENT_END: Verdict = Verdict::drop(counter::DROP_FRAGMENT_END);
+pub const DROP_REVERSE_NOT_BACKEND_IFACE: Verdict =
+    Verdict::drop(counter::DROP_REVERSE_NOT_BACKEND_IFACE);
 
 /// Bumps one per-CPU counter (no atomics needed: the slot is this CPU's).
 #[inline(always)]

@@ -22,8 +22,8 @@ use crate::{
     maps,
     parse::{self, has_port, load16, load32, ptr_at, store16, store32},
     parse6::{self, load128, store128},
-    rewrite, rewrite6,
-    select::{self, V4, V6},
+    rewrite, rewrite6, sanity,
+    select::{self, Family, V4, V6},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -98,9 +98,14 @@ pub fn frag_needed_v4(
     if parse::ttl(ip) <= 1 {
         return Err(PASS_TTL);
     }
+    // A backend or the gateway is no router on a client's path.
+    if let Some(listed) = V4::listed(&parse::saddr(ip)) {
+        return Err(sanity::listed_source(listed));
+    }
     let (id, b) = select::owner::<V4>(svc, &client)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
+    let end = parse::end_v4(ip);
     if maps::mode_dsr() {
         // The backend holds the VIP itself: the message is right as it is.
         rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, false);
@@ -127,7 +132,7 @@ pub fn frag_needed_v4(
         // The outer header: destination VIP → backend, TTL, MACs (ICMP has no pseudo-header).
         rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, true);
     }
-    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
     counters::forwarded(
         counter::FORWARD_ICMP,
         id,
@@ -182,9 +187,13 @@ pub fn too_big_v6(
     if parse6::hop_limit(ip) <= 1 {
         return Err(PASS_TTL);
     }
+    if let Some(listed) = V6::listed(&parse6::saddr(ip)) {
+        return Err(sanity::listed_source(listed));
+    }
     let (id, b) = select::owner::<V6>(svc, &client)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
+    let end = parse6::end(ip);
     let nat = !maps::mode_dsr();
     if nat {
         unsafe {
@@ -203,7 +212,7 @@ pub fn too_big_v6(
         }
     }
     rewrite6::forward_v6(eth, ip, crate::l4::Csum::None, b, nat);
-    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
     counters::forwarded(
         counter::FORWARD_ICMP,
         id,

@@ -8,7 +8,9 @@
 //! their source, and leave toward the MAC and interface the client's own frames came from
 //! (MAC-based forwarding, no per-packet FIB lookup). Everything else is the kernel's.
 //!
-//! Every packet ends in one verdict counted in `COUNTERS` (see `counters`).
+//! On the way, both paths check what a router checks before it forwards (`sanity`: the
+//! destination MAC, the IPv4 header checksum, a client address that can be one, lengths);
+//! every packet ends in one verdict counted in `COUNTERS` (see `counters`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -33,6 +35,8 @@ mod rewrite;
 #[cfg(target_arch = "bpf")]
 mod rewrite6;
 #[cfg(target_arch = "bpf")]
+mod sanity;
+#[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
 mod signal;
@@ -53,7 +57,7 @@ mod prog {
         edge, icmp, l4,
         maps::{self, VIPS_V4},
         parse::{self, ptr_at, Side, L3},
-        parse6, rewrite,
+        parse6, rewrite, sanity,
         select::{self, Origin, V4},
         signal::Pkt,
         v6,
@@ -107,9 +111,14 @@ mod prog {
         if ingress & INGRESS_F_CLIENTS == 0 {
             return Err(DROP_NOT_CLIENT_IFACE);
         }
+        sanity::to_ingress(eth, ingress)?;
         if parse::has_options(ip) {
             return Err(PASS_IP_OPTIONS);
         }
+        // What a router checks (`sanity`): the header checksum, a source that can be a client.
+        sanity::checksum_v4(ip)?;
+        let saddr = parse::saddr(ip);
+        sanity::source_v4(saddr, svc.vip[0])?;
         let (proto, first) = parse::proto_first(ip);
         if proto == l4::IPPROTO_ICMP && first {
             return icmp::frag_needed_v4(ctx, eth, ip, svc);
@@ -129,11 +138,12 @@ mod prog {
         let bulk = maps::slot_fast_path() && !csum.is_tcp() && parse::bulk_v4(ctx, ip, csum.udp());
         let pkt = Pkt { proto, first, csum };
         let origin = Origin::of(ctx, eth, ingress);
-        let choice = select::forward::<V4>(ctx, svc, &parse::saddr(ip), &pkt, &origin, bulk)?;
+        let choice = select::forward::<V4>(ctx, svc, &saddr, &pkt, &origin, bulk)?;
         // SAFETY: a pointer into the BACKENDS array map.
         let b = unsafe { &*choice.backend };
+        let end = parse::end_v4(ip);
         rewrite::forward_v4(eth, ip, csum, b, !maps::mode_dsr());
-        let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+        let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
         let counter = if choice.persisted {
             counter::FORWARD
         } else {
@@ -149,7 +159,7 @@ mod prog {
         if maps::mode_dsr() {
             return Err(PASS_NOT_VIP);
         }
-        let (id, b, svc) = select::reverse_service_v4(parse::saddr(ip))?;
+        let (id, b, svc) = select::reverse_service::<V4>(&parse::saddr(ip))?;
         // SAFETY: a pointer into the SERVICES array map.
         let svc = unsafe { &*svc };
         if parse::has_options(ip) {
@@ -158,16 +168,19 @@ mod prog {
         // Only the service's traffic is rewritten; the backend's other traffic (health-check
         // replies, its own connections through the gateway) is the kernel's.
         let csum = l4::classify_v4(ctx, ip, svc, Side::Reverse, PASS_NOT_CLIENT)?;
-        select::from_backend(ctx, eth, b)?;
+        sanity::from_backend(ctx, eth, b)?;
+        sanity::checksum_v4(ip)?;
+        let client = parse::daddr(ip);
+        sanity::client_v4(client)?;
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
         let (proto, first) = parse::proto_first(ip);
-        let client = parse::daddr(ip);
         let back = select::reverse::<V4>(ctx, svc, id, &client, &Pkt { proto, first, csum })?;
         let hop = select::hop(back)?;
+        let end = parse::end_v4(ip);
         rewrite::reverse_v4(eth, ip, csum, svc.vip[0], &hop.dmac, &hop.smac);
-        let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
+        let action = rewrite::send(ctx, end, hop.ifindex, hop.port)?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
         Ok(action)
     }

@@ -140,6 +140,13 @@ pub fn daddr(ip: *const Ipv4Hdr) -> u32 {
     unsafe { load32(&(*ip).dst_addr) }
 }
 
+/// Frame offset of the end of the IPv4 datagram (what follows is padding or a trailer).
+#[inline(always)]
+pub fn end_v4(ip: *const Ipv4Hdr) -> usize {
+    // SAFETY: a bounds-checked header.
+    EthHdr::LEN + usize::from(u16::from_be(unsafe { load16(&(*ip).tot_len) }))
+}
+
 #[inline(always)]
 pub fn has_options(ip: *const Ipv4Hdr) -> bool {
     unsafe { (*ip).vihl != 0x45 }

@@ -9,20 +9,25 @@
 //!   (§4.3 lets forwarding nodes leave Hop-by-Hop options unexamined).
 //! * A Routing header with segments left 0 is skipped (§4.4: "ignore the Routing header");
 //!   with segments left > 0 the VIP is a waypoint, not the destination: the kernel's.
-//! * Fragment (§4.5): offset 0 continues the walk (first fragment, or an atomic fragment, RFC
-//!   6946); a non-first fragment ends it with the original packet's protocol and no transport
-//!   header.
+//! * Fragment (§4.5): an atomic fragment (offset 0, M clear, RFC 6946) continues the walk; a
+//!   first fragment ends it with the header behind (its transport header, whose length covers
+//!   the whole datagram), a non-first fragment with the original packet's protocol and no
+//!   transport header. A fragment whose fragmentable part starts with another extension
+//!   header (Destination Options, AH) is the kernel's (`pass/ipv6_ext_header`): no IKE, ESP
+//!   or SSTP stack sends one, and ending the walk at every fragment keeps the verifier's walk
+//!   of it short (carrying "a first fragment" through the loop cost ~15,000 instructions).
 //! * AH, Mobility, HIP, Shim6, the experimental numbers and a chain longer than the walk goes
 //!   are passed to the kernel as `pass/ipv6_ext_header`. (AH authenticates the addresses a NAT
 //!   rewrites; ESP, TCP, UDP and anything else end the walk as the upper layer.)
 //!
-//! Headers that run past the datagram are `DROP_MALFORMED`.
+//! Headers that run past the datagram are `DROP_MALFORMED`; a non-first fragment whose
+//! datagram would end past 65,535 bytes of payload is `DROP_FRAGMENT_END` (§4.5).
 
 use aya_ebpf::programs::XdpContext;
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    counters::{Verdict, DROP_MALFORMED, PASS_IPV6_EXT},
+    counters::{Verdict, DROP_FRAGMENT_END, DROP_MALFORMED, PASS_IPV6_EXT},
     l4::Transport,
     parse::{load16, load32, ptr_at, store32},
 };
@@ -49,6 +54,8 @@ pub const MAX_EXT_HEADERS: usize = 4;
 /// Fragment offset bits of the Fragment header's offset/flags word (RFC 8200 §4.5), host
 /// order; the low three bits are reserved and the M flag.
 const FRAG_OFFSET_MASK: u16 = 0xfff8;
+/// The M (more fragments) flag of that word.
+const FRAG_MORE: u16 = 0x0001;
 
 /// The Fragment header (RFC 8200 §4.5); network-types has none.
 #[repr(C)]
@@ -139,6 +146,14 @@ pub fn daddr(ip: *const Ipv6Hdr) -> [u32; 4] {
     unsafe { load128(&raw const (*ip).dst_addr) }
 }
 
+/// Frame offset of the end of the IPv6 packet (what follows is padding or a trailer).
+#[inline(always)]
+pub fn end(ip: *const Ipv6Hdr) -> usize {
+    // SAFETY: a bounds-checked header.
+    let payload_len = u16::from_be(unsafe { load16(&(*ip).payload_len) });
+    EthHdr::LEN + Ipv6Hdr::LEN + usize::from(payload_len)
+}
+
 #[inline(always)]
 pub fn next_hdr(ip: *const Ipv6Hdr) -> u8 {
     unsafe { (*ip).next_hdr }
@@ -180,12 +195,20 @@ pub fn walk(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Result<Transport, Verdict> 
         if next == NEXTHDR_FRAGMENT {
             let f: *const FragHdr = ptr_at(ctx, offset)?;
             let proto = unsafe { (*f).next_hdr };
-            let fragment_offset = unsafe { load16(&(*f).offset_flags) } & FRAG_OFFSET_MASK.to_be();
+            let word = u16::from_be(unsafe { load16(&(*f).offset_flags) });
+            // The offset field is the word's top 13 bits in 8-byte units: in bytes, the word
+            // without its low 3 bits.
+            let fragment_offset = usize::from(word & FRAG_OFFSET_MASK);
             offset += size_of::<FragHdr>();
             if offset > end {
                 return Err(DROP_MALFORMED);
             }
             if fragment_offset != 0 {
+                // §4.5: the unfragmentable part + offset + this fragment's data, i.e. offset +
+                // payload length − the Fragment header, may not exceed 65,535 bytes.
+                if fragment_offset + payload_len - size_of::<FragHdr>() > 65_535 {
+                    return Err(DROP_FRAGMENT_END);
+                }
                 if extension(proto) {
                     return Err(PASS_IPV6_EXT);
                 }
@@ -194,8 +217,24 @@ pub fn walk(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Result<Transport, Verdict> 
                     offset,
                     end,
                     first: false,
+                    whole: false,
                 });
             }
+            if word & FRAG_MORE != 0 {
+                // A first fragment ends the walk as the others do: its transport header (the
+                // UDP length of which covers more than it carries) follows directly.
+                if extension(proto) {
+                    return Err(PASS_IPV6_EXT);
+                }
+                return Ok(Transport {
+                    proto,
+                    offset,
+                    end,
+                    first: true,
+                    whole: false,
+                });
+            }
+            // An atomic fragment (RFC 6946: offset 0, M clear) is a whole packet.
             next = proto;
         } else if next == NEXTHDR_DEST || next == NEXTHDR_ROUTING || (next == NEXTHDR_HOP && i == 0)
         {
@@ -224,5 +263,6 @@ pub fn walk(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Result<Transport, Verdict> 
         offset,
         end,
         first: true,
+        whole: true,
     })
 }

@@ -12,6 +12,7 @@ use crate::{
     l4::{self, Csum},
     maps::TX_PORTS,
     parse::{load16, load32, load_mac, store16, store32, store_mac},
+    sanity,
 };
 
 /// Client → backend. NAT: destination VIP → backend address (IP and transport checksums,
@@ -75,11 +76,13 @@ unsafe fn decrement_ttl(ip: *mut Ipv4Hdr, check: u16) -> u16 {
     }
 }
 
-/// Sends the rewritten frame: XDP_TX when it leaves by the interface it arrived on (one-arm,
-/// or a client and backend on the same side), else a redirect to devmap entry `port`. A
-/// missing devmap entry drops the packet as `bad_backend`.
+/// Sends the rewritten frame, cut to its IP datagram, which ends at frame offset `end`
+/// (`sanity::trim`): XDP_TX when it leaves by the interface it arrived on (one-arm, or a
+/// client and backend on the same side), else a redirect to devmap entry `port`. A missing
+/// devmap entry drops the packet as `bad_backend`.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, ifindex: u32, port: u32) -> Result<u32, Verdict> {
+pub fn send(ctx: &XdpContext, end: usize, ifindex: u32, port: u32) -> Result<u32, Verdict> {
+    sanity::trim(ctx, end)?;
     if ctx.ingress_ifindex() as u32 == ifindex {
         return Ok(XDP_TX);
     }

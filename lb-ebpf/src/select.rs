@@ -31,7 +31,7 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::{
         self, Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, DROP_NO_ROUTE, DROP_REVERSE_NOT_CLIENT,
-        DROP_REVERSE_WRONG_IFACE, DROP_REVERSE_WRONG_MAC, PASS_NOT_CLIENT, PASS_NOT_VIP,
+        PASS_NOT_CLIENT, PASS_NOT_VIP,
     },
     edge::{self, Addr},
     maps::{
@@ -39,6 +39,7 @@ use crate::{
         PROBATION_V6, PROOFS_V4, PROOFS_V6, REFRESHED_V4, RINGS, SERVICES,
     },
     parse::{load_mac, store_mac, Side},
+    sanity,
     signal::{self, Pkt},
 };
 
@@ -61,6 +62,8 @@ pub trait Family {
     fn refreshed(index: u32, now: u32) -> bool;
     /// Notes that a packet of ring slot `index` refreshed its client's entry in tick `now`.
     fn mark_refreshed(index: u32, now: u32);
+    /// `BACKEND_IDS_*[addr]`: a backend's id, or `lb_common::OWN_ADDRESS_ID`.
+    fn listed(addr: &Self::Addr) -> Option<u32>;
 }
 
 pub struct V4;
@@ -114,6 +117,11 @@ impl Family for V4 {
     #[inline(always)]
     fn refreshed(index: u32, now: u32) -> bool {
         REFRESHED_V4.get(index).copied() == Some(now)
+    }
+    #[inline(always)]
+    fn listed(addr: &u32) -> Option<u32> {
+        // SAFETY: plain-old-data value read once.
+        unsafe { BACKEND_IDS_V4.get(addr) }.copied()
     }
     #[inline(always)]
     fn mark_refreshed(index: u32, now: u32) {
@@ -185,6 +193,11 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn mark_refreshed(_: u32, _: u32) {}
+    #[inline(always)]
+    fn listed(addr: &[u32; 4]) -> Option<u32> {
+        // SAFETY: plain-old-data value read once.
+        unsafe { BACKEND_IDS_V6.get(addr) }.copied()
+    }
 }
 
 /// The chosen backend of a forwarded packet.
@@ -373,7 +386,12 @@ pub fn forward<F: Family>(
         });
     }
 
-    // Not established: what the packet says decides the rest. Non-first fragments say nothing.
+    // Not established. A backend's or the gateway's own address is no client: it follows no
+    // ring and gets no entry (`sanity`; the reverse path's lookup, made only here).
+    if let Some(id) = F::listed(saddr) {
+        return Err(sanity::listed_source(id));
+    }
+    // What the packet says decides the rest. Non-first fragments say nothing.
     let sig = if pkt.first {
         signal::read(ctx, pkt, Side::Forward)
     } else {
@@ -382,7 +400,8 @@ pub fn forward<F: Family>(
     // Under a flood of new sources (this CPU's ration used up), an IKE_SA_INIT follows the
     // ring without even looking for a probation entry: it could not get one, and a client
     // that has not got far enough to be established follows the ring during a flood anyway
-    // (`docs/security.md`). This keeps a spoofed IKE_SA_INIT at one map lookup.
+    // (`docs/security.md`). This keeps a spoofed IKE_SA_INIT at two map lookups (its entry,
+    // `BACKEND_IDS_*`).
     if sig.ike_init && !edge::quota_left(now_ns) {
         counters::event(event::PROBATION_THROTTLED);
         let (id, b) = ring_backend(index)?;
@@ -529,6 +548,10 @@ pub fn reverse<F: Family>(
         }
         return Ok(Back::Entry(p.cast::<PersistValue>()));
     }
+    // A backend or the gateway itself is not a client: the kernel routes that.
+    if F::listed(daddr).is_some() {
+        return Err(PASS_NOT_CLIENT);
+    }
     let ours = ring_at(ring_index(svc, F::hash(daddr))?) & RING_BACKEND_MASK == id;
     match edge::lookup(
         ctx,
@@ -563,28 +586,14 @@ pub fn owner<F: Family>(svc: &Service, client: &F::Addr) -> Result<(u32, *const 
     ring_backend(ring_index(svc, F::hash(client))?)
 }
 
-/// The backend whose IPv4 address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is
-/// no backend, `PASS_NOT_CLIENT` when the daemon's maps disagree (an id without a backend or
-/// service entry: not ours to rewrite).
+/// The backend whose address is `saddr` and its service: `PASS_NOT_VIP` when `saddr` is no
+/// backend, `PASS_NOT_CLIENT` when the daemon's maps disagree (an id without a backend or
+/// service entry — `lb_common::OWN_ADDRESS_ID` among them: not ours to rewrite).
 #[inline(always)]
-pub fn reverse_service_v4(saddr: u32) -> Result<(u32, *const Backend, *const Service), Verdict> {
-    // SAFETY: plain-old-data value read once.
-    let id = *unsafe { BACKEND_IDS_V4.get(saddr) }.ok_or(PASS_NOT_VIP)?;
-    service_of(id)
-}
-
-/// As [`reverse_service_v4`] for an IPv6 source.
-#[inline(always)]
-pub fn reverse_service_v6(
-    saddr: &[u32; 4],
+pub fn reverse_service<F: Family>(
+    saddr: &F::Addr,
 ) -> Result<(u32, *const Backend, *const Service), Verdict> {
-    // SAFETY: plain-old-data value read once.
-    let id = *unsafe { BACKEND_IDS_V6.get(saddr) }.ok_or(PASS_NOT_VIP)?;
-    service_of(id)
-}
-
-#[inline(always)]
-fn service_of(id: u32) -> Result<(u32, *const Backend, *const Service), Verdict> {
+    let id = F::listed(saddr).ok_or(PASS_NOT_VIP)?;
     let b = backend(id).ok_or(PASS_NOT_CLIENT)?;
     // SAFETY: a pointer into the array map's value area.
     let svc = SERVICES
@@ -632,24 +641,4 @@ pub fn hop(back: Back) -> Result<Hop, Verdict> {
             })
         }
     }
-}
-
-/// A frame with backend `b`'s source address must come from `b`'s interface and MAC (or its
-/// next hop's, `Backend::dmac`): anything else is spoofed, or a misconfigured segment.
-#[inline(always)]
-pub fn from_backend(
-    ctx: &XdpContext,
-    eth: *const EthHdr,
-    b: *const Backend,
-) -> Result<(), Verdict> {
-    // SAFETY: a bounds-checked header and a pointer into the BACKENDS map.
-    unsafe {
-        if ctx.ingress_ifindex() as u32 != (*b).ifindex {
-            return Err(DROP_REVERSE_WRONG_IFACE);
-        }
-        if load_mac(&(*eth).src_addr) != load_mac(&(*b).dmac) {
-            return Err(DROP_REVERSE_WRONG_MAC);
-        }
-    }
-    Ok(())
 }

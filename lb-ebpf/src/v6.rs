@@ -10,7 +10,9 @@
 //! 3. `VIPS_V6[daddr]`: forward. Else, in NAT mode, `BACKEND_IDS_V6[saddr]`: reverse. Else
 //!    `pass/not_vip` (DSR mode has no reverse path: backends answer from the VIP).
 //! 4. Extension headers (`parse6::walk`), the persistency group (`l4::classify`), hop limit
-//!    ≤ 1 → `pass/ttl_exceeded`, then the same selection, rewrite and exit as IPv4.
+//!    ≤ 1 → `pass/ttl_exceeded`, then the same selection, rewrite and exit as IPv4; on the
+//!    way, what a router checks (`sanity`: destination MAC, a source — or, reverse, a
+//!    destination — that can be a client, the reverse path's interface and MACs).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS};
@@ -24,7 +26,7 @@ use crate::{
     edge, icmp, l4,
     maps::{self, VIPS_V6},
     parse::{self, Side},
-    parse6, rewrite, rewrite6,
+    parse6, rewrite, rewrite6, sanity,
     select::{self, Origin, V6},
     signal::Pkt,
 };
@@ -41,9 +43,12 @@ pub fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Verdict> {
         }
         // SAFETY: a plain-old-data map value, read-only here.
         let svc = unsafe { VIPS_V6.get(&parse6::daddr(ip)) }.ok_or(PASS_ICMPV6)?;
-        if edge::iface_info(ctx.ingress_ifindex() as u32) & INGRESS_F_CLIENTS == 0 {
+        let ingress = edge::iface_info(ctx.ingress_ifindex() as u32);
+        if ingress & INGRESS_F_CLIENTS == 0 {
             return Err(DROP_NOT_CLIENT_IFACE);
         }
+        sanity::to_ingress(eth, ingress)?;
+        sanity::source_v6(&parse6::saddr(ip), &svc.vip)?;
         return icmp::too_big_v6(ctx, eth, ip, svc);
     }
     // SAFETY: a plain-old-data map value, read-only here.
@@ -65,6 +70,9 @@ fn forward(
     if ingress & INGRESS_F_CLIENTS == 0 {
         return Err(DROP_NOT_CLIENT_IFACE);
     }
+    sanity::to_ingress(eth, ingress)?;
+    let saddr = parse6::saddr(ip);
+    sanity::source_v6(&saddr, &svc.vip)?;
     let t = parse6::walk(ctx, ip)?;
     let csum = l4::classify(ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
     if parse6::hop_limit(ip) <= 1 {
@@ -76,11 +84,11 @@ fn forward(
         csum,
     };
     let origin = Origin::of(ctx, eth, ingress);
-    let choice = select::forward::<V6>(ctx, svc, &parse6::saddr(ip), &pkt, &origin, false)?;
+    let choice = select::forward::<V6>(ctx, svc, &saddr, &pkt, &origin, false)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*choice.backend };
     rewrite6::forward_v6(eth, ip, csum, b, !maps::mode_dsr());
-    let action = rewrite::send(ctx, b.ifindex, b.tx_port)?;
+    let action = rewrite::send(ctx, t.end, b.ifindex, b.tx_port)?;
     let counter = if choice.persisted {
         counter::FORWARD
     } else {
@@ -96,16 +104,17 @@ fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, 
     if maps::mode_dsr() {
         return Err(PASS_NOT_VIP);
     }
-    let (id, b, svc) = select::reverse_service_v6(&parse6::saddr(ip))?;
+    let (id, b, svc) = select::reverse_service::<V6>(&parse6::saddr(ip))?;
     // SAFETY: a pointer into the SERVICES array map.
     let svc = unsafe { &*svc };
     let t = parse6::walk(ctx, ip)?;
     let csum = l4::classify(ctx, t, svc, Side::Reverse, PASS_NOT_CLIENT)?;
-    select::from_backend(ctx, eth, b)?;
+    sanity::from_backend(ctx, eth, b)?;
+    let client = parse6::daddr(ip);
+    sanity::client_v6(&client)?;
     if parse6::hop_limit(ip) <= 1 {
         return Err(PASS_TTL);
     }
-    let client = parse6::daddr(ip);
     let pkt = Pkt {
         proto: t.proto,
         first: t.first,
@@ -114,7 +123,7 @@ fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, 
     let back = select::reverse::<V6>(ctx, svc, id, &client, &pkt)?;
     let hop = select::hop(back)?;
     rewrite6::reverse_v6(eth, ip, csum, &svc.vip, &hop.dmac, &hop.smac);
-    let action = rewrite::send(ctx, hop.ifindex, hop.port)?;
+    let action = rewrite::send(ctx, t.end, hop.ifindex, hop.port)?;
     counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
     Ok(action)
 }

@@ -367,7 +367,9 @@ fn one_arm_leaves_by_xdp_tx() {
         |lb| {
             let b1 = lb.ring_choice(C1.into());
             let init = to_vip(C1, 500, 500, &ike(100));
-            let reply = from_backend(b1, 500, C1, 500, &ike(60));
+            // One arm: the backend sends to the gateway's only interface, `ext`.
+            let reply =
+                from_backend(b1, 500, C1, 500, &ike(60)).with_macs(backend_mac(b1), EXT_MAC);
             #[rustfmt::skip]
         let rows = [
             case("client to VIP", init.bytes(), Expect::Tx(forwarded_from(&init, b1, EXT_MAC)), counter::FORWARD),

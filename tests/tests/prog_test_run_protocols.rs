@@ -495,6 +495,8 @@ fn esp_in_every_mode() {
             ..Setup::default()
         };
         Fixture::both_fast_paths(setup, |lb| {
+            // The gateway's MAC toward the backends: the source of what it sends them, the
+            // destination of their replies.
             let smac = if topology == Topology::OneArm {
                 EXT_MAC
             } else {
@@ -548,7 +550,7 @@ fn esp_in_every_mode() {
             );
             let back6 = Ipv6Frame::raw(
                 backend_mac(a6),
-                INT_MAC,
+                smac,
                 backend_v6(a6),
                 A6,
                 PROTO_ESP,
@@ -556,7 +558,7 @@ fn esp_in_every_mode() {
             );
             let back4 = Ipv4Frame::raw(
                 backend_mac(a4),
-                INT_MAC,
+                smac,
                 backend_v4(a4),
                 A4,
                 PROTO_ESP,

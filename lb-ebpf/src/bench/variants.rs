@@ -36,7 +36,7 @@ use crate::{
     edge, l4,
     maps::{self, PERSIST_V4, RINGS, SERVICES, VIPS_V4},
     parse::{self, load_mac, ptr_at, store_mac, Side, L3},
-    rewrite, select,
+    rewrite, sanity, select,
 };
 
 /// Steps a variant leaves out.
@@ -78,9 +78,12 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     if ingress & INGRESS_F_CLIENTS == 0 {
         return Err(DROP_NOT_CLIENT_IFACE);
     }
+    sanity::to_ingress(eth, ingress)?;
     if parse::has_options(ip) {
         return Err(PASS_IP_OPTIONS);
     }
+    sanity::checksum_v4(ip)?;
+    sanity::source_v4(parse::saddr(ip), svc.vip[0])?;
     let l4 = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
     if parse::ttl(ip) <= 1 {
         return Err(PASS_TTL);
@@ -88,13 +91,14 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     let (id, b) = select_fwd::<SKIP>(eth, svc, parse::saddr(ip), edge::port_of(ingress))?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
+    let end = parse::end_v4(ip);
     if !has(SKIP, NO_REWRITE) {
         rewrite::forward_v4(eth, ip, l4, b, !maps::mode_dsr());
     }
     let action = if has(SKIP, NO_REDIRECT) {
         XDP_TX
     } else {
-        rewrite::send(ctx, b.ifindex, b.tx_port)?
+        rewrite::send(ctx, end, b.ifindex, b.tx_port)?
     };
     if !has(SKIP, NO_COUNT) {
         counters::forwarded(counter::FORWARD, id, DIR_FORWARD, parse::frame_len(ctx));
