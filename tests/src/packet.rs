@@ -293,6 +293,23 @@ pub struct TcpFlags {
     pub rst: bool,
 }
 
+impl TcpFlags {
+    /// A connection's first segment.
+    pub const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        ack: false,
+        psh: false,
+        rst: false,
+    };
+    /// A pure acknowledgment (40 bytes of IPv4: a frame Ethernet pads to 60).
+    pub const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        psh: false,
+        rst: false,
+    };
+}
+
 impl Ipv4Frame {
     /// A TCP segment with the given sequence and acknowledgment numbers and flags, its
     /// checksum computed from scratch.
