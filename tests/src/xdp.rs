@@ -63,7 +63,7 @@ use lb_common::{
     INGRESS_F_CLIENTS, MAX_PORTS, RING_F_CHANGED, SVC_F_ESP, TICK_SHIFT,
 };
 
-use crate::lab::{NetNs, RunPrefix, Veth};
+use crate::lab::{NetNs, RunPrefix};
 use crate::packet::Mac;
 
 mod pool;
@@ -283,9 +283,7 @@ impl Case {
 
 /// The test's network namespace and its two veth pairs (module doc).
 pub struct TestNet {
-    // Dropped in this order: links, then the namespace.
-    _ext: Veth,
-    _int: Veth,
+    /// Deleting it deletes the veth pairs inside.
     ns: NetNs,
     handle: File,
     pub ext: u32,
@@ -304,17 +302,18 @@ impl Drop for Back {
 }
 
 impl TestNet {
+    /// The namespace, both veth pairs, addresses, neighbours and routes, in as few processes
+    /// as it takes (`ip netns add`, one `ip -batch`): each start of `ip` costs a large share
+    /// of a fixture's time in an emulated guest (docs/kernels.md). The veth pairs live and
+    /// die with the namespace.
     fn new() -> anyhow::Result<Self> {
         crate::lab::reap_stale();
         let ns = NetNs::new(RunPrefix::new('p').name("xdp"))?;
-        let ext = Veth::new((&ns, "ext"), (&ns, "ext-p"))?;
-        let int = Veth::new((&ns, "int"), (&ns, "int-p"))?;
         // NetNs turns IPv6 off; the IPv6 FIB rows need it (no DAD: nothing else runs here).
+        // Links created from now on inherit `default`.
         for key in [
             "net/ipv6/conf/all/disable_ipv6",
             "net/ipv6/conf/default/disable_ipv6",
-            "net/ipv6/conf/ext/disable_ipv6",
-            "net/ipv6/conf/int/disable_ipv6",
         ] {
             ns.sysctl(key, "0")?;
         }
@@ -323,8 +322,12 @@ impl TestNet {
         }
         let r = mac_str(ROUTER_MAC);
         ns.ip_batch(&format!(
-            "link set ext address {ext_mac}\n\
-             link set int address {int_mac}\n\
+            "link add ext address {ext_mac} type veth peer name ext-p\n\
+             link add int address {int_mac} type veth peer name int-p\n\
+             link set ext up\n\
+             link set ext-p up\n\
+             link set int up\n\
+             link set int-p up\n\
              addr add 192.0.2.1/24 dev ext\n\
              addr add 10.0.0.1/24 dev int\n\
              addr add 2001:db8:e::1/64 dev ext nodad\n\
@@ -340,22 +343,21 @@ impl TestNet {
             ext_mac = mac_str(EXT_MAC),
             int_mac = mac_str(INT_MAC),
         ))?;
-        let ifindex = |name: &str| -> anyhow::Result<u32> {
-            let link = ns.link(name)?;
-            link["ifindex"]
-                .as_u64()
-                .map(|i| i as u32)
-                .ok_or_else(|| anyhow::anyhow!("{name}: no ifindex"))
-        };
-        let (ext_ifindex, int_ifindex) = (ifindex("ext")?, ifindex("int")?);
+        let (ext, int) = ns.run(|| {
+            let index = |name: &str| {
+                let c = std::ffi::CString::new(name).expect("no NUL");
+                // SAFETY: a valid NUL-terminated name; if_nametoindex reads it only.
+                unsafe { libc::if_nametoindex(c.as_ptr()) }
+            };
+            (index("ext"), index("int"))
+        })?;
+        anyhow::ensure!(ext != 0 && int != 0, "{}: no ext/int link", ns.name());
         let handle = File::open(format!("/run/netns/{}", ns.name()))?;
         Ok(Self {
-            _ext: ext,
-            _int: int,
             ns,
             handle,
-            ext: ext_ifindex,
-            int: int_ifindex,
+            ext,
+            int,
         })
     }
 
