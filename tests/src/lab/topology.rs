@@ -140,22 +140,26 @@ impl Lab {
         }
 
         let mut veths = vec![
-            Veth::new((&client_ns, "eth0"), (&gateway, GW_EXT))?,
-            Veth::new((&gateway, GW_INT), (&bridge, "gw"))?,
+            Veth::down((&client_ns, "eth0"), (&gateway, GW_EXT))?,
+            Veth::down((&gateway, GW_INT), (&bridge, "gw"))?,
         ];
-        bridge.ip_batch(
+        let mut ports = String::from(
             "link add br0 type bridge stp_state 0 forward_delay 0\n\
+             link set gw up\n\
              link set gw master br0\n",
-        )?;
+        );
         for b in &backends {
-            veths.push(Veth::new((&b.ns, "eth0"), (&bridge, &b.name))?);
-            bridge.ip(&["link", "set", &b.name, "master", "br0"])?;
+            veths.push(Veth::down((&b.ns, "eth0"), (&bridge, &b.name))?);
+            writeln!(ports, "link set {0} up\nlink set {0} master br0", b.name)
+                .expect("write to String");
         }
-        bridge.ip(&["link", "set", "br0", "up"])?;
+        ports.push_str("link set br0 up\n");
+        bridge.ip_batch(&ports)?;
 
         let clients: Vec<Ipv4Addr> = (0..spec.clients).map(client_addr).collect();
         let mut batch = format!(
-            "addr add {CLIENT_LINK_ADDR}/24 dev eth0\nroute add default via {GW_EXT_ADDR}\n"
+            "link set eth0 up\naddr add {CLIENT_LINK_ADDR}/24 dev eth0\n\
+             route add default via {GW_EXT_ADDR}\n"
         );
         for c in &clients {
             writeln!(batch, "addr add {c}/32 dev eth0").expect("write to String");
@@ -163,7 +167,9 @@ impl Lab {
         client_ns.ip_batch(&batch)?;
 
         gateway.ip_batch(&format!(
-            "addr add {GW_EXT_ADDR}/24 dev {GW_EXT}\n\
+            "link set {GW_EXT} up\n\
+             link set {GW_INT} up\n\
+             addr add {GW_EXT_ADDR}/24 dev {GW_EXT}\n\
              addr add {VIP}/32 dev {GW_EXT}\n\
              addr add {GW_INT_ADDR}/24 dev {GW_INT}\n\
              route add 100.64.0.0/16 via {CLIENT_LINK_ADDR}\n"
@@ -172,7 +178,7 @@ impl Lab {
 
         for b in &backends {
             b.ns.ip_batch(&format!(
-                "addr add {}/24 dev eth0\nroute add default via {GW_INT_ADDR}\n",
+                "link set eth0 up\naddr add {}/24 dev eth0\nroute add default via {GW_INT_ADDR}\n",
                 b.addr
             ))?;
             b.ns.ethtool_features("eth0", &[("tx", false)])?;
