@@ -45,6 +45,11 @@ const VM_TESTS: &[&str] = &[
 /// host; waiting on a daemon's start or a scan needs far less than that.
 const TIME_SCALE: u32 = 5;
 
+/// Frames of `fuzz_frames` per guest (the host runs its default, 100,000): its checks run in a
+/// debug build under emulation at ~500-900 frames/s, so 100,000 would take about 3 minutes of
+/// each guest. The same fixed seed and every mutation class; the long run is `cargo xtask fuzz`.
+const FUZZ_FRAMES: u32 = 20_000;
+
 /// A guest's whole run may take this long before it is stopped (TCG: ~6 min alone on 2
 /// cores, ~10 side by side with another guest).
 const VM_DEADLINE: Duration = Duration::from_secs(15 * 60);
@@ -138,7 +143,7 @@ fn guest_script(tests: &[(String, PathBuf)], logs: &Path) -> String {
     let root = cmd::workspace_root();
     let mut s = format!(
         "set -u\nmount -t bpf bpf /sys/fs/bpf\necho \"IKELB-KERNEL $(uname -r)\"\ncd {}/tests\n\
-         export IKELB_TEST_TIME_SCALE={TIME_SCALE}\n",
+         export IKELB_TEST_TIME_SCALE={TIME_SCALE} IKELB_FUZZ_FRAMES={FUZZ_FRAMES}\n",
         root.display()
     );
     for (name, exe) in tests {
