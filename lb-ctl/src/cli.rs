@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "Operator interface").
+//! The command line (docs/operations.md, "Commands").
 //!
 //! `lb-ctl daemon` runs the load balancer; the operator commands talk to it over its control
 //! socket ([`crate::operator`], [`crate::api`]).

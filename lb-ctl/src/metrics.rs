@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md, "Metrics"): the text exposition format at `/metrics` on
+//! Prometheus metrics (docs/metrics.md): the text exposition format at `/metrics` on
 //! `metrics.listen` ([`http`]).
 //!
 //! Two kinds of metric, one registry:

@@ -1,4 +1,4 @@
-//! Health checks through the standard lab with the real daemon (issue 3, test 1). Root only:
+//! Health checks through the standard lab with the real daemon (docs/operations.md, "Health checks"). Root only:
 //! without root each test says why and returns.
 //!
 //! `failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back`: health

@@ -1,4 +1,4 @@
-//! Real IKEv2 through ikelb (issue 5): strongSwan initiators behind a NAT router reach
+//! Real IKEv2 through ikelb: strongSwan initiators behind a NAT router reach
 //! strongSwan responders through the VIP, with certificates from a throwaway CA and userspace
 //! ESP. See `ikelb_tests::ike` for the lab and the evidence it collects.
 //!
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ikelb_tests::ike::{self, ChecksumTally, Fragmentation, Gateway, IkeLab, IkeLabSpec, Snapshot};
 use ikelb_tests::lab;
 
-/// ≥ 20 initiators (issue 5) …
+/// ≥ 20 initiators …
 const CLIENTS: usize = 24;
 /// … masqueraded onto ≥ 2 public addresses (`snat … persistent` leaves some unused and
 /// puts several clients on others). ikelb's persistence key is the client's public address, so
@@ -536,12 +536,10 @@ fn ikelb_failover() {
     let _serial = serial();
     let start = Instant::now();
     let lab = build(TEST, spec(Gateway::Ikelb(lb_ctl), Fragmentation::Ip));
-    // TODO(issue 3): health checks. Until the daemon reports `ikelb_backend_up` on /metrics
-    // there is nothing that could take a dead responder out, so this assertion cannot run;
-    // it starts running by itself once the metric appears.
+    // The daemon reports `ikelb_backend_up` on /metrics; without it nothing could show a
+    // dead responder taken out, so its absence is a failure.
     if let Err(why) = backend_up(&lab, lab.responders[0].addr) {
-        skipped(TEST, &format!("TODO issue 3 (health checks): {why}"));
-        return;
+        panic!("{TEST}: ikelb_backend_up for {}: {why}", lab.responders[0].addr);
     }
     fail_over(TEST, &lab, |dead| {
         let t = Instant::now();

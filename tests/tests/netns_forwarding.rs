@@ -482,7 +482,7 @@ fn wait_backend_health(lab: &Lab, lb_ctl: &Path, addr: Ipv4Addr, health: &str) {
     }
 }
 
-/// Health checks and persistence together (DESIGN.md, "Selection"): when a backend stops
+/// Health checks and persistence together (docs/operations.md, "Health checks"): when a backend stops
 /// answering its ICMP health checks, exactly its clients move (each keeping IKE and NAT-T
 /// together), the others stay; when it comes back, nobody moves back, and only clients the
 /// balancer has not seen yet are given to it. Health is read with `lb-ctl backend list

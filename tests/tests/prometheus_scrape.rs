@@ -1,4 +1,4 @@
-//! A real Prometheus scrapes the daemon (issue 3, test 4).
+//! A real Prometheus scrapes the daemon (docs/metrics.md).
 //!
 //! `prometheus_sees_every_backend_up_then_the_failed_one_down` builds the standard lab under
 //! the `ikr<pid>` prefix, runs `lb-ctl daemon` on the gateway (metrics on the gateway's

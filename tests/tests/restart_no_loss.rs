@@ -1,4 +1,4 @@
-//! Restart and upgrade without loss (issue 3, test 3): the data path is pinned, so the
+//! Restart and upgrade without loss (docs/restart-and-upgrade.md): the data path is pinned, so the
 //! daemon can die and come back — or be replaced by one running a different program — while
 //! clients keep sending, and not a single packet is lost nor a single client moved.
 //!

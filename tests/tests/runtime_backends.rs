@@ -1,5 +1,5 @@
 //! Runtime backend management through `lb-ctl` against the real daemon in the standard lab
-//! (issue 3, tests 2 and 6). Root only: without root each test says why and returns.
+//! (docs/operations.md, "Add, remove, drain"). Root only: without root each test says why and returns.
 //!
 //! * `backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet`: b4 exists but is
 //!   not in the config. It is added while 60 clients keep asking the VIP: no client ever gets

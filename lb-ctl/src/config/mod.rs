@@ -1,4 +1,4 @@
-//! Configuration schema v1 (DESIGN.md, "Config schema v1") and its validation.
+//! Configuration schema v1 (docs/configuration.md) and its validation.
 //!
 //! Two stages, as pingora's `-t`: serde reads the file into `Raw*` structs
 //! (`deny_unknown_fields`, humantime durations; serde_yaml reports type errors and unknown
@@ -25,9 +25,9 @@
 //! * `slot_fast_path` — bulk packets (ESP) of clients whose Maglev slot never changed skip
 //!   the persistence lookup (load-time global `SLOT_FAST_PATH`; default true).
 //! * `tcp_ports` per virtual server — TCP ports in the same persistency group (SSTP
-//!   fallback, issue 6), at most [`MAX_PORTS`](lb_common::MAX_PORTS).
-//! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server
-//!   (issue 6). Each VIP becomes a service of its own (one [`VirtualServer`] per VIP, same
+//!   fallback), at most [`MAX_PORTS`](lb_common::MAX_PORTS).
+//! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server.
+//!   Each VIP becomes a service of its own (one [`VirtualServer`] per VIP, same
 //!   name) with the backends of its family; a single address stays valid as before.
 //! * `interfaces` items may be `{name, role}` mappings ([`interfaces`]): where clients may
 //!   reach the VIPs; a plain list keeps its meaning.

@@ -1,4 +1,4 @@
-//! A dual-stack virtual server (`vip: [v4, v6]`, issue 6) through the control logic: names
+//! A dual-stack virtual server (`vip: [v4, v6]`, docs/configuration.md) through the control logic: names
 //! resolve to the service of the backend's family, IPv6 clients are counted, looked up and
 //! hold a drain open exactly like IPv4 ones.
 

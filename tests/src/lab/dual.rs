@@ -1,4 +1,4 @@
-//! The protocol lab (`tests/netns_protocols.rs`, issue 6): the standard lab of `topology.rs`
+//! The protocol lab (`tests/netns_protocols.rs`): the standard lab of `topology.rs`
 //! with IPv6 beside IPv4 in every namespace, a dual-stack virtual server (UDP 500/4500, TCP
 //! 443, ESP), responders that answer all of it over both families, and a DSR variant.
 //!

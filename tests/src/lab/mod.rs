@@ -580,7 +580,7 @@ impl Drop for TempDir {
 
 /// A bpffs mounted in the root mount namespace, unmounted on drop (which frees every pin in
 /// it). The daemon runs under `ip netns exec`, which remounts /sys; a bpffs outside /sys stays
-/// visible to it (DESIGN.md, config schema), and unmounting it releases whatever the daemon
+/// visible to it (docs/configuration.md, `bpffs`), and unmounting it releases whatever the daemon
 /// pinned even if the daemon was killed.
 #[derive(Debug)]
 pub struct BpfFs(PathBuf);

@@ -275,7 +275,7 @@ impl Lab {
         self.responders[i].stop(Duration::from_secs(2)).map(drop)
     }
 
-    /// The daemon configuration for this lab (schema v1, DESIGN.md): both gateway interfaces,
+    /// The daemon configuration for this lab (schema v1, docs/configuration.md): both gateway interfaces,
     /// native XDP, every backend with weight 1, fast health checks, and every path inside this
     /// run's directory.
     pub fn daemon_config(&self) -> String {

@@ -1,4 +1,4 @@
-//! The readable table on stdout, `target/bench/results.json`, and the targets of issue 4
+//! The readable table on stdout, `target/bench/results.json`, and the performance targets (docs/benchmarks.md, "Against the targets")
 //! checked against the figures (reported, never asserted).
 
 use lb_common::event;
@@ -368,7 +368,7 @@ pub fn table(a: &All<'_>) -> String {
     }
     o += &scans_table(a.scans);
 
-    o += "\nTargets (issue 4; read, never asserted)\n";
+    o += "\nTargets (docs/benchmarks.md; read, never asserted)\n";
     for t in targets(a) {
         o += &format!(
             "   {} {:<55} {:>8.2}{} (target {} {}{})\n",
