@@ -77,6 +77,11 @@ pub fn frag_needed_v4(
     if unsafe { (*icmp).kind != ICMP_DEST_UNREACH || (*icmp).code != ICMP_FRAG_NEEDED } {
         return Err(PASS_NOT_SERVICE_PORT);
     }
+    // The quote must lie in the datagram, not in bytes past it (which the exit cuts off).
+    let end = parse::end_v4(ip);
+    if QUOTED + size_of::<Quoted>() > end {
+        return Err(PASS_NOT_SERVICE_PORT);
+    }
     let inner: *mut Ipv4Hdr = ptr_at(ctx, INNER).map_err(|_| PASS_NOT_SERVICE_PORT)?;
     let quoted: *mut Quoted = ptr_at(ctx, QUOTED).map_err(|_| PASS_NOT_SERVICE_PORT)?;
     let vip = svc.vip[0];
@@ -105,7 +110,6 @@ pub fn frag_needed_v4(
     let (id, b) = select::owner::<V4>(svc, &client)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
-    let end = parse::end_v4(ip);
     if maps::mode_dsr() {
         // The backend holds the VIP itself: the message is right as it is.
         rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, false);
@@ -144,14 +148,16 @@ pub fn frag_needed_v4(
 
 const ICMPV6_PKT_TOOBIG: u8 = 2;
 
-/// Whether an ICMPv6 message (right after the IPv6 header) is a packet-too-big, the one
-/// ICMPv6 type ikelb may take from the kernel (neighbour discovery and the rest are never
-/// touched).
+/// Whether an ICMPv6 message (right after the IPv6 header) is a packet-too-big long enough
+/// to quote an IPv6 header and 8 bytes of its payload within the packet (not in bytes past
+/// it, which the exit cuts off): the one ICMPv6 message ikelb may take from the kernel
+/// (neighbour discovery and the rest are never touched).
 #[inline(always)]
-pub fn is_too_big_v6(ctx: &XdpContext) -> bool {
+pub fn is_too_big_v6(ctx: &XdpContext, ip: *const Ipv6Hdr) -> bool {
+    const QUOTE_END: usize = EthHdr::LEN + Ipv6Hdr::LEN + 8 + Ipv6Hdr::LEN + size_of::<Quoted>();
     match ptr_at::<IcmpHdr>(ctx, EthHdr::LEN + Ipv6Hdr::LEN) {
         // SAFETY: bounds-checked.
-        Ok(h) => unsafe { (*h).kind == ICMPV6_PKT_TOOBIG },
+        Ok(h) => (unsafe { (*h).kind } == ICMPV6_PKT_TOOBIG) && parse6::end(ip) >= QUOTE_END,
         Err(_) => false,
     }
 }
@@ -172,6 +178,7 @@ pub fn too_big_v6(
     let icmp: *mut IcmpHdr = ptr_at(ctx, ICMP).map_err(|_| PASS_ICMPV6)?;
     let inner: *mut Ipv6Hdr = ptr_at(ctx, INNER).map_err(|_| PASS_ICMPV6)?;
     let quoted: *mut Quoted = ptr_at(ctx, QUOTED).map_err(|_| PASS_ICMPV6)?;
+    let end = parse6::end(ip);
     // SAFETY (all header accesses): pointers from `ptr_at`.
     let (proto, isrc, client, sport) = unsafe {
         (
@@ -193,7 +200,6 @@ pub fn too_big_v6(
     let (id, b) = select::owner::<V6>(svc, &client)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*b };
-    let end = parse6::end(ip);
     let nat = !maps::mode_dsr();
     if nat {
         unsafe {

@@ -38,7 +38,7 @@ pub fn ipv6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Verdict> {
     if parse6::next_hdr(ip) == parse6::NEXTHDR_ICMPV6 {
         // Packet too big about a client's flow goes to its backend (path MTU discovery);
         // every other ICMPv6 message, neighbour discovery first of all, is the kernel's.
-        if !icmp::is_too_big_v6(ctx) {
+        if !icmp::is_too_big_v6(ctx, ip) {
             return Err(PASS_ICMPV6);
         }
         // SAFETY: a plain-old-data map value, read-only here.

@@ -20,7 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::maps::HashMap;
 use ikelb_tests::{
     packet::{
-        icmp_frag_needed, ike_message, with_ip_option, Ipv4Frame, TcpFlags, PROTO_ESP, PROTO_UDP,
+        fix_ipv4_checksum, icmp_frag_needed, ike_message, with_ip_option, Ipv4Frame, TcpFlags,
+        PROTO_ESP, PROTO_UDP,
     },
     packet6::{esp_body, icmpv6_error, Ext, Ipv6Frame},
     xdp::{
@@ -530,6 +531,15 @@ fn bytes_past_the_datagram_are_cut_from_what_is_forwarded() {
             (Ipv4Addr::new(203, 0, 113, 99), 500),
             &data(8),
         );
+        // ICMP errors to the VIP whose datagram ends before their quote does (the rest of the
+        // quote past it): the kernel's, untouched — the exit would cut off what the rewrite fixed.
+        let quoted = Ipv4Frame::udp(EXT_MAC, ROUTER_MAC, (VIP4, 500), (c, 500), &data(40));
+        let mut cut4 = icmp_frag_needed(ROUTER_MAC, EXT_MAC, c4(1), VIP4, &quoted, 8, 1400).bytes();
+        cut4 = set16(cut4, 14 + 2, 27);
+        fix_ipv4_checksum(&mut cut4);
+        let quoted6 = Ipv6Frame::udp(EXT_MAC, ROUTER_MAC, (VIP6, 500), (c6a, 500), &data(40));
+        let too_big = icmpv6_error(ROUTER_MAC, EXT_MAC, c6(1), VIP6, 2, 0, 1280, &quoted6, 8);
+        let cut6 = set16(too_big.bytes(), 14 + 4, 7);
         let count = |lb: &mut Fixture| {
             [
                 lb.traffic(review_b, DIR_FORWARD).bytes,
@@ -554,6 +564,8 @@ fn bytes_past_the_datagram_are_cut_from_what_is_forwarded() {
             case("IPv6 backend reply + 1 byte", trailer(&reply6.bytes(), 1), Expect::Redirect(rev6(&reply6)), counter::REVERSE)
                 .events(&[(event::REVERSE_STATELESS, 1), (event::TRIMMED, 1)]),
             case("not to a VIP + 9 bytes: the kernel's, untouched", trailer(&not_vip.bytes(), 9), Expect::Pass, counter::PASS_NOT_VIP),
+            case("frag needed, quote past the datagram", cut4, Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
+            case("packet too big, quote past the packet", cut6, Expect::Pass, counter::PASS_ICMPV6),
         ];
         lb.check(&rows);
         // The backends' byte counters count what left: the frames without the extra bytes.
