@@ -34,6 +34,7 @@ const VM_TESTS: &[&str] = &[
     "prog_test_run",
     "prog_test_run_protocols",
     "prog_test_run_edge",
+    "prog_test_run_router",
     "fuzz_frames",
     "netns_forwarding",
     "restart_no_loss",
