@@ -321,7 +321,9 @@ pub mod maps {
     /// LruHashMap<ProofKeyV6, u32 backend id>.
     pub const PROOFS_V6: &str = "PROOFS_V6";
     /// Array<u32 tick> indexed like `RINGS` (`ring_base + slot`): the tick in which a packet of
-    /// the slot last refreshed its client's entry (slot fast path).
+    /// the slot last refreshed its client's entry (slot fast path). Serves the services of both
+    /// families despite its name (ring indices are unique across them); renaming this pinned
+    /// map would force a map migration on every upgrade.
     pub const REFRESHED_V4: &str = "REFRESHED_V4";
     /// Array<u32 port | INGRESS_F_*> indexed by ifindex (< INGRESS_SLOTS).
     pub const INGRESS: &str = "INGRESS";

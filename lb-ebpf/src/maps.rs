@@ -99,6 +99,11 @@ pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> =
 /// client's entry. Written by the forward path (at most once a tick per slot, only with the
 /// slot fast path on); read by the slot fast path, which skips the maps only in a slot
 /// refreshed in the current tick. Not read by the daemon; sized like `RINGS` by it.
+///
+/// Despite its name it serves IPv4 and IPv6 services alike: it is indexed like `RINGS`, whose
+/// indices are unique across the services of both families. The name stays because it is a
+/// pinned map: renaming it would force a map migration on every upgrade
+/// (`docs/restart-and-upgrade.md`).
 #[map]
 pub static REFRESHED_V4: Array<u32> = Array::with_max_entries(2 * DEFAULT_RING_SIZE, 0);
 

@@ -69,6 +69,31 @@ pub trait Family {
 pub struct V4;
 pub struct V6;
 
+/// Whether ring slot `index` (of a service of either family) is stamped with tick `now` in
+/// `REFRESHED_V4`, which is indexed like `RINGS` for both families despite its name
+/// (`maps::REFRESHED_V4`).
+#[inline(always)]
+fn stamped(index: u32, now: u32) -> bool {
+    REFRESHED_V4.get(index).copied() == Some(now)
+}
+
+/// Stamps ring slot `index` with tick `now` (see [`stamped`]).
+#[inline(always)]
+fn stamp(index: u32, now: u32) {
+    // Only the fast path reads the stamps (the verifier prunes this when it is off).
+    if !maps::slot_fast_path() {
+        return;
+    }
+    if let Some(stamp) = REFRESHED_V4.get_ptr_mut(index) {
+        // SAFETY: a pointer into the array map; racing writers write the same tick.
+        unsafe {
+            if *stamp != now {
+                *stamp = now;
+            }
+        }
+    }
+}
+
 impl Family for V4 {
     type Addr = u32;
     type Key = PersistKeyV4;
@@ -116,7 +141,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn refreshed(index: u32, now: u32) -> bool {
-        REFRESHED_V4.get(index).copied() == Some(now)
+        stamped(index, now)
     }
     #[inline(always)]
     fn listed(addr: &u32) -> Option<u32> {
@@ -125,18 +150,7 @@ impl Family for V4 {
     }
     #[inline(always)]
     fn mark_refreshed(index: u32, now: u32) {
-        // Only the fast path reads the stamps (the verifier prunes this when it is off).
-        if !maps::slot_fast_path() {
-            return;
-        }
-        if let Some(stamp) = REFRESHED_V4.get_ptr_mut(index) {
-            // SAFETY: a pointer into the array map; racing writers write the same tick.
-            unsafe {
-                if *stamp != now {
-                    *stamp = now;
-                }
-            }
-        }
+        stamp(index, now);
     }
 }
 
@@ -186,13 +200,15 @@ impl Family for V6 {
     fn vip(svc: &Service) -> Addr<'_> {
         Addr::V6(&svc.vip)
     }
-    // IPv6 has no slot fast path yet: it never asks.
+    // The same stamps as IPv4: ring indices are unique across the services of both families.
     #[inline(always)]
-    fn refreshed(_: u32, _: u32) -> bool {
-        false
+    fn refreshed(index: u32, now: u32) -> bool {
+        stamped(index, now)
     }
     #[inline(always)]
-    fn mark_refreshed(_: u32, _: u32) {}
+    fn mark_refreshed(index: u32, now: u32) {
+        stamp(index, now);
+    }
     #[inline(always)]
     fn listed(addr: &[u32; 4]) -> Option<u32> {
         // SAFETY: plain-old-data value read once.
@@ -324,7 +340,7 @@ unsafe fn learn<F: Family>(
 }
 
 /// The backend for client `saddr` of `svc` (module docs). `bulk` (only with `SLOT_FAST_PATH`
-/// on, see `parse::bulk_v4`): when the client's slot is not flagged `RING_F_CHANGED`, its
+/// on, see `parse::bulk_v4` and `parse6::bulk`): when the client's slot is not flagged `RING_F_CHANGED`, its
 /// backend is usable and a packet of the slot already refreshed its client's entry in this
 /// tick (`REFRESHED_V4`), the ring's backend is the one its sessions began on and both maps
 /// are skipped. So each tick the first packet of every slot refreshes an entry: a slot's

@@ -10,9 +10,10 @@
 //! 3. `VIPS_V6[daddr]`: forward. Else, in NAT mode, `BACKEND_IDS_V6[saddr]`: reverse. Else
 //!    `pass/not_vip` (DSR mode has no reverse path: backends answer from the VIP).
 //! 4. Extension headers (`parse6::walk`), the persistency group (`l4::classify`), hop limit
-//!    ≤ 1 → `pass/ttl_exceeded`, then the same selection, rewrite and exit as IPv4; on the
-//!    way, what a router checks (`sanity`: destination MAC, a source — or, reverse, a
-//!    destination — that can be a client, the reverse path's interface and MACs).
+//!    ≤ 1 → `pass/ttl_exceeded`, then the same selection (the slot fast path for bulk packets,
+//!    `parse6::bulk`, included), rewrite and exit as IPv4; on the way, what a router checks
+//!    (`sanity`: destination MAC, a source — or, reverse, a destination — that can be a
+//!    client, the reverse path's interface and MACs), all before the selection.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS};
@@ -78,13 +79,17 @@ fn forward(
     if parse6::hop_limit(ip) <= 1 {
         return Err(PASS_TTL);
     }
+    // As over IPv4 (`main.rs`): with the lever on, bulk packets of clients in unchanged slots
+    // skip the persistence lookups (lb_common::RING_F_CHANGED); the verifier prunes this when
+    // it is off. TCP (SSTP) is never bulk: `bulk` reads an ESP header behind the transport one.
+    let bulk = maps::slot_fast_path() && !csum.is_tcp() && parse6::bulk(ctx, t, csum.udp());
     let pkt = Pkt {
         proto: t.proto,
         first: t.first,
         csum,
     };
     let origin = Origin::of(ctx, eth, ingress);
-    let choice = select::forward::<V6>(ctx, svc, &saddr, &pkt, &origin, false)?;
+    let choice = select::forward::<V6>(ctx, svc, &saddr, &pkt, &origin, bulk)?;
     // SAFETY: a pointer into the BACKENDS array map.
     let b = unsafe { &*choice.backend };
     rewrite6::forward_v6(eth, ip, csum, b, !maps::mode_dsr());

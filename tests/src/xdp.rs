@@ -41,8 +41,9 @@
 //! ## Load-time globals
 //!
 //! [`Setup`] sets `SLOT_FAST_PATH` and `NEW_CLIENT_QUOTA` (0, unlimited, by default);
-//! `REFRESHED_V4` is sized like `RINGS`. [`Fixture::both_fast_paths`] runs a
-//! test body once with the slot fast path off and once on, and names the failing run.
+//! `REFRESHED_V4` (the slot stamps of both families) is sized like `RINGS`.
+//! [`Fixture::both_fast_paths`] runs a test body once with the slot fast path off and once
+//! on, and names the failing run.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -827,14 +828,16 @@ impl Fixture {
         }
     }
 
-    /// The `REFRESHED_V4` stamp (tick) of IPv4 client `client`'s ring slot.
-    pub fn refreshed(&mut self, client: Ipv4Addr) -> u32 {
+    /// The refresh stamp (tick) of `client`'s ring slot, IPv4 or IPv6: `REFRESHED_V4` is
+    /// indexed like `RINGS` for both families despite its name (`lb_common::maps`).
+    pub fn refreshed(&mut self, client: impl Into<IpAddr>) -> u32 {
         let i = self.slot_index(client.into());
         let m: Array<_, u32> = self.map(maps::REFRESHED_V4);
         m.get(&i, 0).unwrap()
     }
 
-    pub fn set_refreshed(&mut self, client: Ipv4Addr, tick: u32) {
+    /// Writes the refresh stamp of `client`'s ring slot (either family, as [`Self::refreshed`]).
+    pub fn set_refreshed(&mut self, client: impl Into<IpAddr>, tick: u32) {
         let i = self.slot_index(client.into());
         let mut m: Array<_, u32> = self.map(maps::REFRESHED_V4);
         m.set(i, tick, 0).unwrap();

@@ -13,7 +13,7 @@
 //!   permanent neighbours make the FIB agree or not);
 //! * the reverse path's checks: group, backend interface and MAC, live entry of this backend,
 //!   else the ring and a FIB route (`reverse_stateless`), else a drop;
-//! * the slot fast path keyed by the ring slot's `REFRESHED_V4` stamp;
+//! * the slot fast path, over IPv4 and IPv6, keyed by the ring slot's `REFRESHED_V4` stamp;
 //! * ICMP fragmentation-needed / ICMPv6 packet-too-big about a client's flow, sent on to its
 //!   backend with every checksum right (expected frames built from scratch).
 //!
@@ -55,10 +55,6 @@ fn unrouted(i: u8) -> Ipv4Addr {
 
 fn c6(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10 + i)
-}
-
-fn w(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
 }
 
 fn data(len: usize) -> Vec<u8> {
@@ -965,6 +961,105 @@ fn ipv6_reverse_path_checks_and_stateless_replies() {
 // ---------------------------------------------------------------------------------------------
 // Slot fast path
 
+/// An address family of the slot fast path's rows: the same tables run over both.
+#[derive(Clone, Copy, Debug)]
+enum Fam {
+    V4,
+    V6,
+}
+
+/// A client's frame of either family.
+enum Frame {
+    V4(Ipv4Frame),
+    V6(Ipv6Frame),
+}
+
+impl Frame {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Frame::V4(f) => f.bytes(),
+            Frame::V6(f) => f.bytes(),
+        }
+    }
+
+    /// As forwarded to backend `id` (NAT mode).
+    fn fwd(&self, id: u32) -> Vec<u8> {
+        match self {
+            Frame::V4(f) => fwd4(f, id),
+            Frame::V6(f) => f
+                .readdressed(f.src, backend_v6(id))
+                .with_hop_limit(f.hop_limit - 1)
+                .with_macs(INT_MAC, backend_mac(id))
+                .bytes(),
+        }
+    }
+}
+
+impl Fam {
+    fn client(self, i: u8) -> IpAddr {
+        match self {
+            Fam::V4 => c4(i).into(),
+            Fam::V6 => c6(u16::from(i)).into(),
+        }
+    }
+
+    fn udp(self, c: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Frame {
+        match c {
+            IpAddr::V4(c) => Frame::V4(udp4(c, sport, dport, payload)),
+            IpAddr::V6(c) => Frame::V6(Ipv6Frame::udp(
+                ROUTER_MAC,
+                EXT_MAC,
+                (c, sport),
+                (VIP6, dport),
+                payload,
+            )),
+        }
+    }
+
+    fn esp(self, c: IpAddr, spi: u32, seq: u32) -> Frame {
+        match c {
+            IpAddr::V4(c) => Frame::V4(esp4(c, spi, seq)),
+            IpAddr::V6(c) => Frame::V6(Ipv6Frame::raw(
+                ROUTER_MAC,
+                EXT_MAC,
+                c,
+                VIP6,
+                PROTO_ESP,
+                &esp_body(spi, seq, 80),
+            )),
+        }
+    }
+
+    /// A non-first fragment (offset 24 bytes, the last) of an ESP packet of `c`.
+    fn esp_fragment(self, c: IpAddr) -> Frame {
+        match c {
+            IpAddr::V4(c) => Frame::V4(frag4(c, PROTO_ESP, 3, 24)),
+            IpAddr::V6(c) => Frame::V6(
+                Ipv6Frame::raw(ROUTER_MAC, EXT_MAC, c, VIP6, PROTO_ESP, &data(24)).with_ext(
+                    Ext::Fragment {
+                        offset: 3,
+                        more: false,
+                        id: 91,
+                    },
+                ),
+            ),
+        }
+    }
+
+    /// `c`'s slot in the service's ring (the fixture's seed and ring size).
+    fn slot(self, c: IpAddr) -> u32 {
+        use ikelb_tests::xdp::{words, RING, SEED};
+        match self {
+            Fam::V4 => lb_common::hash::client_hash_v4(words(c)[0], SEED) % RING,
+            Fam::V6 => lb_common::hash::client_hash_v6(&words(c), SEED) % RING,
+        }
+    }
+}
+
+/// Per family: a bulk packet (ESP, ESP-in-UDP, a non-first fragment; over IPv6 also ESP behind
+/// an extension header) of a client whose slot is stamped this tick takes the fast path, even
+/// without any entry; IKE (UDP 500, the non-ESP marker on 4500) and NAT keepalives never do;
+/// a slot flagged `RING_F_CHANGED` never does.
 #[test]
 fn slot_fast_path_is_keyed_by_the_slot_stamp() {
     for fast in [false, true] {
@@ -975,69 +1070,109 @@ fn slot_fast_path_is_keyed_by_the_slot_stamp() {
             return;
         };
         let lb = &mut fx;
-        let mode = format!("SLOT_FAST_PATH={}", u32::from(fast));
-        let fp = |n: u64| -> Vec<(u32, u64)> {
-            if fast {
-                vec![(event::FAST_PATH, n)]
-            } else {
-                vec![]
-            }
-        };
-        // The stamp is per tick: retry if a tick boundary falls inside the rows.
-        for attempt in 0.. {
-            let c = c4(100 + attempt);
-            let b = ring(lb, c);
-            let now = now_ticks();
-            lb.persist(
-                c.into(),
-                persist_v(b, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
-            );
-            let esp = esp4(c, 0xabc, 1);
-            let esp_udp = udp4(c, 4500, 4500, &esp_body(0xabd, 2, 64));
-            let ike = udp4(c, 500, 500, &auth(1, 2));
-            let t0 = now_ticks();
-            #[rustfmt::skip]
-            lb.check(&[
-                case(format!("{mode}: ESP, stale stamp: the entry is refreshed"), esp.bytes(), Expect::Redirect(fwd4(&esp, b)), counter::FORWARD).events(&[]),
-            ]);
-            let e = lb.persisted(c.into()).unwrap();
-            assert!(e.atime >= t0, "{mode}: atime refreshed");
-            if fast {
-                assert_eq!(lb.refreshed(c), e.atime, "{mode}: slot stamped");
-            }
-            // The persistence entry goes away: only the fast path can still find the backend
-            // without re-selecting (which would create a probation entry).
-            lb.unpersist(c.into());
-            #[rustfmt::skip]
-            lb.check(&[
-                case(format!("{mode}: ESP again"), esp.bytes(), Expect::Redirect(fwd4(&esp, b)), counter::FORWARD)
-                    .events(&if fast { fp(1) } else { vec![(event::PROBATION_INSERT, 1), (event::LOST, 1)] }),
-                case(format!("{mode}: ESP-in-UDP"), esp_udp.bytes(), Expect::Redirect(fwd4(&esp_udp, b)), counter::FORWARD)
-                    .events(&fp(1)),
-                case(format!("{mode}: IKE never takes the fast path"), ike.bytes(), Expect::Redirect(fwd4(&ike, b)), counter::FORWARD),
-            ]);
-            if now_ticks() != t0 && attempt < 3 {
-                eprintln!("{mode}: a tick boundary fell inside the rows; again");
-                continue;
-            }
-            // A flagged slot, or an unusable slot backend, never takes the fast path.
-            lb.mark_changed(c.into());
-            let before = lb.events()[event::FAST_PATH as usize];
-            lb.run(&esp.bytes());
-            assert_eq!(
-                lb.events()[event::FAST_PATH as usize],
-                before,
-                "{mode}: RING_F_CHANGED slot"
-            );
-            break;
+        for fam in [Fam::V4, Fam::V6] {
+            slot_stamp_rows(lb, fast, fam);
         }
     }
 }
 
-/// Two clients in one ring slot: the first packet of the slot in a tick refreshes its client's
-/// entry and stamps the slot; the other client's bulk packets then take the fast path in that
-/// tick without a lookup (its entry is refreshed in a tick where it comes first). A stamp of
-/// another tick sends the slot's next packet through its entry again.
+fn slot_stamp_rows(lb: &mut Fixture, fast: bool, fam: Fam) {
+    let mode = format!("{fam:?} SLOT_FAST_PATH={}", u32::from(fast));
+    let fp = |n: u64| -> Vec<(u32, u64)> {
+        if fast {
+            vec![(event::FAST_PATH, n)]
+        } else {
+            vec![]
+        }
+    };
+    // The stamp is per tick: retry if a tick boundary falls inside the rows.
+    for attempt in 0.. {
+        let c = fam.client(100 + attempt);
+        let b = ring(lb, c);
+        let now = now_ticks();
+        lb.persist(c, persist_v(b, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        let esp = fam.esp(c, 0xabc, 1);
+        let esp_udp = fam.udp(c, 4500, 4500, &esp_body(0xabd, 2, 64));
+        let frag = fam.esp_fragment(c);
+        let ike = fam.udp(c, 500, 500, &auth(1, 2));
+        let ike_4500 = fam.udp(c, 4500, 4500, &non_esp(&auth(3, 4)));
+        let keepalive = fam.udp(c, 4500, 4500, &[0xff]);
+        let t0 = now_ticks();
+        #[rustfmt::skip]
+        lb.check(&[
+            case(format!("{mode}: ESP, stale stamp: the entry is refreshed"), esp.bytes(), Expect::Redirect(esp.fwd(b)), counter::FORWARD).events(&[]),
+        ]);
+        let e = lb.persisted(c).unwrap();
+        assert!(e.atime >= t0, "{mode}: atime refreshed");
+        if fast {
+            assert_eq!(lb.refreshed(c), e.atime, "{mode}: slot stamped");
+        }
+        // The persistence entry goes away: only the fast path can still find the backend
+        // without re-selecting (which would create a probation entry).
+        lb.unpersist(c);
+        #[rustfmt::skip]
+        let mut rows = vec![
+            case(format!("{mode}: ESP again"), esp.bytes(), Expect::Redirect(esp.fwd(b)), counter::FORWARD)
+                .events(&if fast { fp(1) } else { vec![(event::PROBATION_INSERT, 1), (event::LOST, 1)] }),
+            case(format!("{mode}: ESP-in-UDP"), esp_udp.bytes(), Expect::Redirect(esp_udp.fwd(b)), counter::FORWARD)
+                .events(&fp(1)),
+            case(format!("{mode}: a non-first fragment"), frag.bytes(), Expect::Redirect(frag.fwd(b)), counter::FORWARD)
+                .events(&fp(1)),
+        ];
+        if let Frame::V6(f) = &esp {
+            // The walk's extension headers in front of ESP change nothing.
+            for (what, ext) in [
+                ("Destination Options", Ext::DestOpts { pad: 4 }),
+                (
+                    "an atomic fragment",
+                    Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                        id: 92,
+                    },
+                ),
+            ] {
+                let g = Frame::V6(f.clone().with_ext(ext));
+                #[rustfmt::skip]
+                rows.push(
+                    case(format!("{mode}: ESP behind {what}"), g.bytes(), Expect::Redirect(g.fwd(b)), counter::FORWARD)
+                        .events(&fp(1)),
+                );
+            }
+        }
+        // IKE goes through the entries: with the fast path on the client has none, so UDP 500
+        // is `lost` (mid-session) and gets a probation entry, which the next rows find.
+        #[rustfmt::skip]
+        rows.extend([
+            case(format!("{mode}: IKE never takes the fast path"), ike.bytes(), Expect::Redirect(ike.fwd(b)), counter::FORWARD)
+                .events(&if fast { vec![(event::PROBATION_INSERT, 1), (event::LOST, 1)] } else { vec![] }),
+            case(format!("{mode}: IKE on 4500 (non-ESP marker) neither"), ike_4500.bytes(), Expect::Redirect(ike_4500.fwd(b)), counter::FORWARD)
+                .events(&[]),
+            case(format!("{mode}: a NAT keepalive neither"), keepalive.bytes(), Expect::Redirect(keepalive.fwd(b)), counter::FORWARD)
+                .events(&[]),
+        ]);
+        lb.check(&rows);
+        if now_ticks() != t0 && attempt < 3 {
+            eprintln!("{mode}: a tick boundary fell inside the rows; again");
+            continue;
+        }
+        // A flagged slot never takes the fast path.
+        lb.mark_changed(c);
+        let before = lb.events()[event::FAST_PATH as usize];
+        lb.run(&esp.bytes());
+        assert_eq!(
+            lb.events()[event::FAST_PATH as usize],
+            before,
+            "{mode}: RING_F_CHANGED slot"
+        );
+        break;
+    }
+}
+
+/// Per family, two clients in one ring slot: the first packet of the slot in a tick refreshes
+/// its client's entry and stamps the slot; the other client's bulk packets then take the fast
+/// path in that tick without a lookup (its entry is refreshed in a tick where it comes first).
+/// A stamp of another tick sends the slot's next packet through its entry again.
 #[test]
 fn one_refresh_per_ring_slot_and_tick() {
     let Some(mut fx) = Fixture::load(Setup {
@@ -1046,41 +1181,37 @@ fn one_refresh_per_ring_slot_and_tick() {
     }) else {
         return;
     };
-    let lb = &mut fx;
-    let slot = |c: Ipv4Addr| {
-        lb_common::hash::client_hash_v4(w(c), ikelb_tests::xdp::SEED) % ikelb_tests::xdp::RING
-    };
+    for fam in [Fam::V4, Fam::V6] {
+        one_refresh_rows(&mut fx, fam);
+    }
+}
+
+fn one_refresh_rows(lb: &mut Fixture, fam: Fam) {
     let (a, b) = (100..=250u8)
-        .flat_map(|i| (i + 1..=250).map(move |j| (c4(i), c4(j))))
-        .find(|&(a, b)| slot(a) == slot(b))
+        .flat_map(|i| (i + 1..=250).map(move |j| (fam.client(i), fam.client(j))))
+        .find(|&(a, b)| fam.slot(a) == fam.slot(b))
         .expect("two clients in one slot of 251 among 151");
     for attempt in 0.. {
         let now = now_ticks();
         let id = ring(lb, a);
-        lb.persist(
-            a.into(),
-            persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
-        );
-        lb.persist(
-            b.into(),
-            persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT),
-        );
+        lb.persist(a, persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
+        lb.persist(b, persist_v(id, now.wrapping_sub(5), ROUTER_MAC, PORT_EXT));
         lb.set_refreshed(a, now.wrapping_sub(1));
-        let (ea, eb) = (esp4(a, 0xa1, 1), esp4(b, 0xb1, 1));
+        let (ea, eb) = (fam.esp(a, 0xa1, 1), fam.esp(b, 0xb1, 1));
         let t0 = now_ticks();
         #[rustfmt::skip]
         lb.check(&[
-            case(format!("{a}: stale stamp, its entry refreshed"), ea.bytes(), Expect::Redirect(fwd4(&ea, id)), counter::FORWARD).events(&[]),
-            case(format!("{b}: same slot, stamped this tick: fast path"), eb.bytes(), Expect::Redirect(fwd4(&eb, id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
-            case(format!("{a}: fast path"), ea.bytes(), Expect::Redirect(fwd4(&ea, id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+            case(format!("{a}: stale stamp, its entry refreshed"), ea.bytes(), Expect::Redirect(ea.fwd(id)), counter::FORWARD).events(&[]),
+            case(format!("{b}: same slot, stamped this tick: fast path"), eb.bytes(), Expect::Redirect(eb.fwd(id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
+            case(format!("{a}: fast path"), ea.bytes(), Expect::Redirect(ea.fwd(id)), counter::FORWARD).events(&[(event::FAST_PATH, 1)]),
         ]);
         if now_ticks() != t0 && attempt < 3 {
             eprintln!("a tick boundary fell inside the rows; again");
             continue;
         }
-        assert!(lb.persisted(a.into()).unwrap().atime >= t0, "{a} refreshed");
+        assert!(lb.persisted(a).unwrap().atime >= t0, "{a} refreshed");
         assert_eq!(
-            lb.persisted(b.into()).unwrap().atime,
+            lb.persisted(b).unwrap().atime,
             now.wrapping_sub(5),
             "{b} not looked up"
         );
