@@ -100,7 +100,9 @@ impl<D: Dataplane> Balancer<D> {
         }
         let none = std::collections::BTreeSet::new();
         for svc in &mut self.services {
-            // Only IPv4 services have their entries here (the fast path is IPv4 only).
+            // Only IPv4 entries are read (`scan::Scanned::v4`), so only IPv4 services are
+            // swept. The fast path serves IPv6 clients too, but an IPv6 service's flags are
+            // not cleared yet: safe (a flagged slot takes the persistence path), only slower.
             if svc.value.family != FAMILY_V4 || !svc.written {
                 continue;
             }
