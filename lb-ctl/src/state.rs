@@ -74,8 +74,9 @@
 //!
 //! A clear that fails part way leaves the map and the mirror equal (one slot per write).
 //! Flags only ever cost speed: a flagged slot takes the persistence path, exactly the
-//! behaviour without the fast path. IPv6 services are not swept (the fast path is IPv4 only),
-//! so their flags only accumulate.
+//! behaviour without the fast path. IPv6 services are not swept yet (the sweep reads the IPv4
+//! persistence maps only), so their flags only accumulate: an IPv6 slot that once changed
+//! keeps taking the persistence path.
 //!
 //! ## Modules
 //!
