@@ -209,7 +209,11 @@ pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -
             L4
         }
     };
-    // SPI and sequence number; a shorter payload is a keepalive (or malformed): not bulk.
+    // SPI and sequence number, inside the datagram: a shorter payload is a keepalive (or
+    // malformed), not bulk — and a keepalive's Ethernet padding is not an SPI.
+    if esp + 8 > end_v4(ip) {
+        return false;
+    }
     let Ok(hdr) = ptr_at::<[[u8; 4]; 2]>(ctx, esp) else {
         return false;
     };
