@@ -103,6 +103,20 @@ pub trait Dataplane {
     /// address words), `BACKEND_IDS_V4/V6[index]` is deleted.
     fn remove_backend(&mut self, id: u32, index: Option<[u32; 4]>) -> Result<(), DataplaneError>;
 
+    /// Lists `addr` as one of the gateway's own (`BACKEND_IDS_V4/V6[addr] =
+    /// OWN_ADDRESS_ID`, by its family): the data path drops a frame to a VIP from it
+    /// (`drop/source_own_address`). The caller never passes a backend's address; a later
+    /// [`set_backend`](Dataplane::set_backend) of the address overwrites the entry.
+    fn set_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError>;
+
+    /// Deletes the entry of `addr` if it is an own address (`OWN_ADDRESS_ID`); a backend's
+    /// entry, or none, is left as it is.
+    fn remove_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError>;
+
+    /// Every address `BACKEND_IDS_V4/V6` lists as an own address (a previous daemon's, when
+    /// the maps are pinned).
+    fn own_addresses(&self) -> Result<Vec<IpAddr>, DataplaneError>;
+
     /// Writes `RINGS[index] = value` for each pair (absolute indices).
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
 

@@ -9,6 +9,8 @@
 //!   slot-by-slot into the inactive buffer and flipped;
 //! * [`dataplane`] — the BPF maps behind a small trait (aya implementation, in-memory fake);
 //! * [`neighbor`] — next-hop MAC and egress interface of each backend;
+//! * [`own_addresses`] — the gateway's own addresses, listed so the data path drops them as
+//!   sources;
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
 //! * [`scan`] — bounded walks of the persistence maps, one shared scan at a time;
@@ -47,10 +49,11 @@ pub mod listen;
 pub mod metrics;
 pub mod neighbor;
 pub mod operator;
+pub mod own_addresses;
 pub mod paths;
+pub mod pin;
 pub mod runtime;
 pub mod scan;
-pub mod pin;
 pub mod state;
 
 /// `e` and its sources on one line. Our errors already print their direct source; aya's

@@ -1,8 +1,10 @@
 //! The daemon's start, in the order of `daemon.rs`'s steps 2–4 (identity, load, adoption,
-//! first health round, fill, next hops, attach), and its loop until SIGINT or SIGTERM:
-//! control events, periodic next-hop resolution, metrics published after each change.
+//! first health round, fill, next hops, own addresses, attach), and its loop until SIGINT or
+//! SIGTERM: control events, periodic next-hop resolution and own-address refresh, metrics
+//! published after each change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
@@ -13,8 +15,9 @@ use super::{
 };
 use crate::{
     config::Config,
-    dataplane::AyaDataplane,
+    dataplane::{words_addr, AyaDataplane},
     neighbor::IpCommand,
+    own_addresses::{local_addresses, OwnAddresses},
     pin::{self, MapPlan, Pins},
     runtime,
     state::{backend_capacity, Balancer, IfaceInfo, StateError},
@@ -114,6 +117,15 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     // next hops, then attach.
     daemon.balancer.apply()?;
     daemon.refresh_next_hops().await?;
+    // The gateway's own addresses next, refreshed with every next-hop pass below.
+    let mut own = OwnAddresses::adopt(daemon.balancer.dataplane()).unwrap_or_else(|e| {
+        warn!(
+            "reading the own addresses a previous daemon listed: {}",
+            crate::error_chain(&e)
+        );
+        OwnAddresses::default()
+    });
+    refresh_own_addresses(&mut daemon, &mut own);
     let attached = daemon.attach_all();
     let outcome = match attached {
         Ok(()) => {
@@ -152,6 +164,7 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
                         metrics.publish(&daemon.balancer);
                     }
                     _ = tick.tick() => {
+                        refresh_own_addresses(&mut daemon, &mut own);
                         if resolving.is_none() {
                             resolving = Some(daemon.start_resolve());
                         }
@@ -184,4 +197,47 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     let detached = daemon.detach_all();
     daemon.log_counters();
     outcome.and(detached)
+}
+
+/// Lists every local address of the daemon's network namespace as the gateway's own
+/// (`crate::own_addresses`): new ones are written, gone ones deleted. Failures are logged;
+/// the next pass retries.
+fn refresh_own_addresses(daemon: &mut Daemon, own: &mut OwnAddresses) {
+    let found = match local_addresses() {
+        Ok(found) => found,
+        Err(e) => {
+            warn!("reading the local addresses (getifaddrs): {e}");
+            return;
+        }
+    };
+    // Left out, and never deleted:
+    // * a backend's address: its `BACKEND_IDS` entry must name the backend — the reverse
+    //   path finds the backend's replies by it, and `set_backend` overwrites an own entry;
+    // * a VIP: the data path knows VIPs from `VIPS_*` (a frame from the VIP to itself is
+    //   `source_vip`), and a VIP is not this host's alone — DSR backends carry it and
+    //   answer from it.
+    let b = &daemon.balancer;
+    let taken: BTreeSet<IpAddr> = b
+        .backends()
+        .map(|b| b.address)
+        .chain(
+            b.services()
+                .iter()
+                .map(|s| words_addr(s.value.family, &s.value.vip)),
+        )
+        .collect();
+    match own.refresh(daemon.balancer.dataplane_mut(), &found, &taken) {
+        Ok(d) if d.new > 0 || !d.gone.is_empty() => info!(
+            listed = d.list.len(),
+            new = d.new,
+            gone = d.gone.len(),
+            "own addresses listed in BACKEND_IDS: frames to a VIP from them are dropped"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(
+            "listing the own addresses failed, retrying in {}: {}",
+            humantime::format_duration(RESOLVE_INTERVAL),
+            crate::error_chain(&e)
+        ),
+    }
 }

@@ -8,12 +8,14 @@ use aya::{
 };
 use lb_common::{
     counter, event, maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
-    Service, FAMILY_V4, INGRESS_SLOTS,
+    Service, FAMILY_V4, INGRESS_SLOTS, OWN_ADDRESS_ID,
 };
 
+use std::net::IpAddr;
+
 use super::{
-    ingress_value, probation_as_persist, Dataplane, DataplaneError, PersistEntry, PersistReader,
-    PersistV4Reader,
+    addr_words, ingress_value, probation_as_persist, Dataplane, DataplaneError, PersistEntry,
+    PersistReader, PersistV4Reader,
 };
 
 /// Every entry of persistence or probation map `m`, each once: a bounded walk
@@ -262,6 +264,63 @@ impl Dataplane for AyaDataplane {
         } else {
             self.hash_remove(maps::BACKEND_IDS_V6, addr)
         }
+    }
+
+    fn set_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let w = addr_words(addr);
+        match addr {
+            IpAddr::V4(_) => self.hash_insert(maps::BACKEND_IDS_V4, w[0], OWN_ADDRESS_ID),
+            IpAddr::V6(_) => self.hash_insert(maps::BACKEND_IDS_V6, w, OWN_ADDRESS_ID),
+        }
+    }
+
+    fn remove_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let w = addr_words(addr);
+        // Only an own-address entry: a backend's (which overwrote it) stays.
+        match addr {
+            IpAddr::V4(_) => {
+                if self.persist_get::<u32, u32>(maps::BACKEND_IDS_V4, &w[0])?
+                    == Some(OWN_ADDRESS_ID)
+                {
+                    self.hash_remove(maps::BACKEND_IDS_V4, w[0])?;
+                }
+            }
+            IpAddr::V6(_) => {
+                if self.persist_get::<[u32; 4], u32>(maps::BACKEND_IDS_V6, &w)?
+                    == Some(OWN_ADDRESS_ID)
+                {
+                    self.hash_remove(maps::BACKEND_IDS_V6, w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn own_addresses(&self) -> Result<Vec<IpAddr>, DataplaneError> {
+        fn own<K: Pod>(dp: &AyaDataplane, map: &'static str) -> Result<Vec<K>, DataplaneError> {
+            // Bounded by the map's size (the backends' capacity): read whole.
+            dp.persist_map::<K, u32>(map)?
+                .iter()
+                .filter_map(|r| match r {
+                    Ok((k, id)) if id == OWN_ADDRESS_ID => Some(Ok(k)),
+                    Ok(_) => None,
+                    Err(source) => Some(Err(DataplaneError::Read {
+                        map,
+                        source: Box::new(source),
+                    })),
+                })
+                .collect()
+        }
+        let mut out: Vec<IpAddr> = own::<u32>(self, maps::BACKEND_IDS_V4)?
+            .into_iter()
+            .map(|k| IpAddr::from(k.to_ne_bytes()))
+            .collect();
+        out.extend(
+            own::<[u32; 4]>(self, maps::BACKEND_IDS_V6)?
+                .iter()
+                .map(|w| super::words_addr(lb_common::FAMILY_V6, w)),
+        );
+        Ok(out)
     }
 
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{counter, event, maps, INGRESS_SLOTS};
+use lb_common::{counter, event, maps, INGRESS_SLOTS, OWN_ADDRESS_ID};
 
 use super::*;
 
@@ -306,6 +306,36 @@ impl Dataplane for FakeDataplane {
             self.backend_ids.remove(&addr);
         }
         Ok(())
+    }
+
+    fn set_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        self.backend_ids.insert(addr_words(addr), OWN_ADDRESS_ID);
+        Ok(())
+    }
+
+    fn remove_own_address(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let key = addr_words(addr);
+        if self.backend_ids.get(&key) == Some(&OWN_ADDRESS_ID) {
+            self.backend_ids.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn own_addresses(&self) -> Result<Vec<IpAddr>, DataplaneError> {
+        // The fake keys both families by words: an IPv4 address has words 1–3 zero.
+        Ok(self
+            .backend_ids
+            .iter()
+            .filter(|(_, &id)| id == OWN_ADDRESS_ID)
+            .map(|(w, _)| {
+                let family = if w[1..] == [0, 0, 0] {
+                    FAMILY_V4
+                } else {
+                    lb_common::FAMILY_V6
+                };
+                words_addr(family, w)
+            })
+            .collect())
     }
 
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError> {
