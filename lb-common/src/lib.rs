@@ -26,8 +26,9 @@ use core::mem::size_of;
 /// Backend id that means "no backend". Ring slots and persistence entries never hold it for
 /// a usable choice; a ring made of zeros drops every packet as `no_backend`.
 pub const BACKEND_NONE: u32 = 0;
-/// Value of `BACKEND_IDS_V4/V6` for an address of the gateway's own (an interface address,
-/// a VIP of another service) rather than a backend's: never a client. The forward path finds
+/// Value of `BACKEND_IDS_V4/V6` for an address of the gateway's own (an interface address of
+/// its network namespace, written by the daemon: `lb-ctl/src/own_addresses.rs`) rather than
+/// a backend's: never a client. The forward path finds
 /// it in the lookup it makes for a source without an entry (`drop/source_own_address`); on
 /// the reverse path it names no backend, so frames from it are the kernel's. Never a backend
 /// id (ids fit [`RING_BACKEND_MASK`]).

@@ -45,13 +45,14 @@ pub static RINGS: Array<u32> = Array::with_max_entries(2 * DEFAULT_RING_SIZE, 0)
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(BACKENDS_DEFAULT, 0);
 
-/// Key: backend address (IPv4, wire order). Value: backend id. Written by the daemon; read by
-/// the reverse path to recognise a backend's replies.
+/// Key: backend address (IPv4, wire order). Value: backend id, or `OWN_ADDRESS_ID` for one of
+/// the gateway's own addresses. Written by the daemon; read by the reverse path to recognise
+/// a backend's replies, and by the forward path for a source without an entry (a backend or
+/// own address is never a client).
 #[map]
 pub static BACKEND_IDS_V4: HashMap<u32, u32> = HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
 
-/// Key: backend address (IPv6, wire order words). Value: backend id. Written by the daemon;
-/// not read yet.
+/// As [`BACKEND_IDS_V4`] for IPv6 (address in wire order words).
 #[map]
 pub static BACKEND_IDS_V6: HashMap<[u32; 4], u32> = HashMap::with_max_entries(BACKENDS_DEFAULT, 0);
 
