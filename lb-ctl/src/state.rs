@@ -45,13 +45,16 @@
 //!   ([`Balancer::flag_all_slots`]).
 //! * **Clearing** (the sweep, every `persistence_timeout`/4 while the fast path is on): (1)
 //!   [`Balancer::sweep_ticket`] on the daemon's loop records the epoch E (flips so far) and
-//!   the tick T; (2) off the loop, after [`SWEEP_GRACE`], `PERSIST_V4` and `PROBATION_V4`
-//!   are read (a new client's probation entry names the backend the data path sends it to
-//!   just as an established entry does: the invariant is over both maps); (3)
-//!   [`Balancer::clear_flags`], back on the loop, clears the flag of each slot that is
-//!   flagged, whose backend last changed at an epoch ≤ E, and for which no entry live at T
-//!   (the data path's idle test, one tick of margin) names another backend than the active
-//!   table's. It writes the active table's slot in place and then the mirror.
+//!   the tick T; (2) off the loop, after [`SWEEP_GRACE`], the persistence and probation maps
+//!   of both families are read (a new client's probation entry names the backend the data
+//!   path sends it to just as an established entry does: the invariant is over both maps);
+//!   (3) [`Balancer::clear_flags`] (IPv4 services, by `PERSIST_V4` and `PROBATION_V4`) and
+//!   [`Balancer::clear_flags_v6`] (IPv6 services, by `PERSIST_V6` and `PROBATION_V6`),
+//!   back on the loop, clear the flag of each slot that is flagged, whose backend last
+//!   changed at an epoch ≤ E, and for which no entry live at T (the data path's idle test,
+//!   one tick of margin) names another backend than the active table's — an entry's slot
+//!   computed with the data path's client hash of its family. They write the active table's
+//!   slot in place and then the mirror.
 //!
 //! Why clearing is safe, races included. Every `Balancer` write — flips and clears — happens
 //! on the daemon's loop through `&mut self`, so a clear never interleaves with a flip: the
@@ -74,9 +77,8 @@
 //!
 //! A clear that fails part way leaves the map and the mirror equal (one slot per write).
 //! Flags only ever cost speed: a flagged slot takes the persistence path, exactly the
-//! behaviour without the fast path. IPv6 services are not swept yet (the sweep reads the IPv4
-//! persistence maps only), so their flags only accumulate: an IPv6 slot that once changed
-//! keeps taking the persistence path.
+//! behaviour without the fast path. Each family's services are swept by that family's maps
+//! only: the data path looks an IPv6 client up in the IPv6 maps, never in the IPv4 ones.
 //!
 //! ## Modules
 //!

@@ -1,11 +1,13 @@
 //! The slot flag sweep (`state.rs`, "Slot flags"): while `slot_fast_path` is on, every
 //! `persistence_timeout`/4 (at least a second; the first right after start) the daemon takes
-//! a ticket on its loop, waits [`SWEEP_GRACE`], takes `PERSIST_V4` and `PROBATION_V4` from
-//! the daemon's shared persistence scan (one that started after the grace: the scanner
-//! runs it, or it is already running or done for a scrape or a query), and clears, back on
-//! the loop, the `RING_F_CHANGED` flags no live entry needs any more. A truncated scan
-//! (stopped at `max_entries` visits under churn) may miss a live entry: the sweep fails and
-//! the next one retries. Nothing of it blocks the loop.
+//! a ticket on its loop, waits [`SWEEP_GRACE`], takes the keyed entries of `PERSIST_V4`,
+//! `PROBATION_V4`, `PERSIST_V6` and `PROBATION_V6` from the daemon's shared persistence scan
+//! (one that started after the grace: the scanner runs it, or it is already running or done
+//! for a scrape or a query), and clears, back on the loop, the `RING_F_CHANGED` flags no
+//! live entry needs any more: the IPv4 services' by the IPv4 maps, then the IPv6 services'
+//! by the IPv6 maps, with the same ticket. A truncated scan (stopped at `max_entries` visits
+//! under churn) may miss a live entry: the sweep fails and the next one retries. Nothing of
+//! it blocks the loop.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +18,7 @@ use crate::{
     config::Config,
     dataplane::Dataplane,
     scan::{Outcome, Scanner},
-    state::{Balancer, SweepTicket, SWEEP_GRACE},
+    state::{Balancer, SweepReport, SweepTicket, SWEEP_GRACE},
 };
 
 type Read = Outcome;
@@ -110,8 +112,16 @@ impl Sweeper {
                         if scanned.truncated() {
                             return Err("the persistence scan was truncated".to_owned());
                         }
-                        lb.clear_flags(ticket, &scanned.v4, self.timeout_ticks)
-                            .map_err(|e| crate::error_chain(&e))
+                        let t = self.timeout_ticks;
+                        let v4 = lb.clear_flags(ticket, &scanned.v4, t);
+                        let v6 = v4.and_then(|v4| {
+                            let v6 = lb.clear_flags_v6(ticket, &scanned.v6, t)?;
+                            Ok(SweepReport {
+                                cleared: v4.cleared + v6.cleared,
+                                kept: v4.kept + v6.kept,
+                            })
+                        });
+                        v6.map_err(|e| crate::error_chain(&e))
                     }) {
                     Ok(r) => {
                         debug!(cleared = r.cleared, kept = r.kept, "slot flag sweep");

@@ -180,6 +180,33 @@ fn a_scan_of_the_fake_data_path_reads_the_four_maps() {
         1
     );
     assert_eq!(s.v4.len(), 11, "PERSIST_V4 and PROBATION_V4 with keys");
+    assert!(s.v6.is_empty());
+    // The IPv6 maps' entries, with keys, for the IPv6 services' flag sweep.
+    let k6 = |i: u32| lb_common::PersistKeyV6 {
+        service: 3,
+        client: [0x20010db8u32.to_be(), 0, 0, i],
+    };
+    let v = |backend| lb_common::PersistValue {
+        backend,
+        ..lb_common::PersistValue::default()
+    };
+    dp.persist_v6 = vec![(k6(1), v(5)), (k6(2), v(6))];
+    dp.probation_v6 = vec![(
+        k6(3),
+        lb_common::ProbationValue {
+            backend: 7,
+            proof: 9,
+            ..lb_common::ProbationValue::default()
+        },
+    )];
+    let s = dp.persistence_scan().unwrap()().unwrap();
+    assert_eq!(s.entries.len(), 14);
+    assert_eq!(s.v4.len(), 11);
+    assert_eq!(
+        s.v6,
+        [(k6(1), v(5)), (k6(2), v(6)), (k6(3), v(7))],
+        "PERSIST_V6 then PROBATION_V6 (its PersistValue part) with keys"
+    );
     assert_eq!(s.maps.len(), 4);
     assert!(!s.truncated());
     dp.scan = FakeScan {
@@ -188,7 +215,7 @@ fn a_scan_of_the_fake_data_path_reads_the_four_maps() {
     };
     let s = dp.persistence_scan().unwrap()().unwrap();
     assert!(s.truncated());
-    assert_eq!(s.entries.len(), 5 + 1);
+    assert_eq!(s.entries.len(), 5 + 1 + 3);
 }
 
 /// A source that counts its scans and, while `gate` is on, holds each one until released.

@@ -2,9 +2,12 @@
 //! and clearing `RING_F_CHANGED` on slots no live entry disagrees with; flagging every slot
 //! when the pinned flags cannot be trusted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{PersistKeyV4, PersistValue, FAMILY_V4, RING_F_CHANGED};
+use lb_common::{
+    hash::{client_hash_v4, client_hash_v6},
+    PersistKeyV4, PersistKeyV6, PersistValue, FAMILY_V4, FAMILY_V6, RING_F_CHANGED,
+};
 
 use super::{Balancer, StateError};
 use crate::dataplane::Dataplane;
@@ -58,8 +61,10 @@ impl<D: Dataplane> Balancer<D> {
     }
 
     /// Begins a flag sweep: records the epoch and `tick` (now). The caller then waits
-    /// [`SWEEP_GRACE`], reads `PERSIST_V4` and hands the entries to
-    /// [`clear_flags`](Balancer::clear_flags) (see "Slot flags" in the module doc).
+    /// [`SWEEP_GRACE`], reads the persistence and probation maps and hands their entries to
+    /// [`clear_flags`](Balancer::clear_flags) (IPv4) and
+    /// [`clear_flags_v6`](Balancer::clear_flags_v6) (IPv6), both with this ticket (see
+    /// "Slot flags" in the module doc).
     pub fn sweep_ticket(&self, tick: u32) -> SweepTicket {
         SweepTicket {
             epoch: self.epoch,
@@ -67,43 +72,73 @@ impl<D: Dataplane> Balancer<D> {
         }
     }
 
-    /// Ends a flag sweep: clears `RING_F_CHANGED` on every slot of an IPv4 service's active
-    /// table that is flagged, whose backend has not changed since `ticket`, and that no
-    /// entry of `entries` (a read of `PERSIST_V4` and `PROBATION_V4`, the latter as their
-    /// `PersistValue` part, begun at least [`SWEEP_GRACE`] after the
+    /// Ends a flag sweep of the IPv4 services: clears `RING_F_CHANGED` on every slot of an
+    /// IPv4 service's active table that is flagged, whose backend has not changed since
+    /// `ticket`, and that no entry of `entries` (a read of `PERSIST_V4` and `PROBATION_V4`,
+    /// the latter as their `PersistValue` part, begun at least [`SWEEP_GRACE`] after the
     /// ticket) disagrees with while live. Live: `ticket.tick − atime ≤ timeout + 1` ticks (the
     /// data path's own idle test, one tick more; an atime after the ticket is live). The
-    /// active table's slots and the mirror are written in place.
+    /// active table's slots and the mirror are written in place. IPv6 services are left as
+    /// they are: [`clear_flags_v6`](Balancer::clear_flags_v6) sweeps them.
     pub fn clear_flags(
         &mut self,
         ticket: SweepTicket,
         entries: &[(PersistKeyV4, PersistValue)],
         timeout_ticks: u32,
     ) -> Result<SweepReport, StateError> {
-        let m = self.ring_size;
+        let (seed, m) = (self.seed, self.ring_size);
+        let keyed = entries
+            .iter()
+            .map(|(k, v)| (k.service, client_hash_v4(k.client, seed) % m, v));
+        self.clear_family(FAMILY_V4, ticket, keyed, timeout_ticks)
+    }
+
+    /// As [`clear_flags`](Balancer::clear_flags), for the IPv6 services, from a read of
+    /// `PERSIST_V6` and `PROBATION_V6` (the client's slot: `client_hash_v6` with the seed,
+    /// modulo the ring size, as the data path computes it). IPv4 services are left as they
+    /// are.
+    pub fn clear_flags_v6(
+        &mut self,
+        ticket: SweepTicket,
+        entries: &[(PersistKeyV6, PersistValue)],
+        timeout_ticks: u32,
+    ) -> Result<SweepReport, StateError> {
+        let (seed, m) = (self.seed, self.ring_size);
+        let keyed = entries
+            .iter()
+            .map(|(k, v)| (k.service, client_hash_v6(&k.client, seed) % m, v));
+        self.clear_family(FAMILY_V6, ticket, keyed, timeout_ticks)
+    }
+
+    /// The sweep of the services of `family`, over `(service, slot, value)` of the entries of
+    /// that family's maps (only those maps are read by the data path for its clients: an
+    /// entry naming a service of the other family is never looked up, and is ignored).
+    fn clear_family<'a>(
+        &mut self,
+        family: u32,
+        ticket: SweepTicket,
+        entries: impl Iterator<Item = (u32, u32, &'a PersistValue)>,
+        timeout_ticks: u32,
+    ) -> Result<SweepReport, StateError> {
         let mut report = SweepReport::default();
         // Per service: slots with a live entry that disagrees with the active table.
-        let mut keep: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
-        for (k, v) in entries {
-            let Some(svc) = self.service_index(k.service).map(|i| &self.services[i]) else {
+        let mut keep: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for (service, slot, v) in entries {
+            let Some(svc) = self.service_index(service).map(|i| &self.services[i]) else {
                 continue;
             };
-            // One tick of grace: the ticket's tick was read before the scan began.
-            let live = lb_common::is_live(ticket.tick, v.atime, timeout_ticks.saturating_add(1));
-            if !live {
+            if svc.value.family != family {
                 continue;
             }
-            let slot = lb_common::hash::client_hash_v4(k.client, self.seed) % m;
-            if v.backend != svc.active_backend(slot as usize) {
-                keep.entry(k.service).or_default().insert(slot);
+            // One tick of grace: the ticket's tick was read before the scan began.
+            let live = lb_common::is_live(ticket.tick, v.atime, timeout_ticks.saturating_add(1));
+            if live && v.backend != svc.active_backend(slot as usize) {
+                keep.entry(service).or_default().insert(slot);
             }
         }
-        let none = std::collections::BTreeSet::new();
+        let none = BTreeSet::new();
         for svc in &mut self.services {
-            // Only IPv4 entries are read (`scan::Scanned::v4`), so only IPv4 services are
-            // swept. The fast path serves IPv6 clients too, but an IPv6 service's flags are
-            // not cleared yet: safe (a flagged slot takes the persistence path), only slower.
-            if svc.value.family != FAMILY_V4 || !svc.written {
+            if svc.value.family != family || !svc.written {
                 continue;
             }
             let keep = keep.get(&svc.value.id).unwrap_or(&none);

@@ -1,6 +1,8 @@
 //! Slot flags (`RING_F_CHANGED`) and the sweep, checked against the data path's fast and
 //! persistence paths modelled over the fake's maps (in `tests.rs`).
 
+use lb_common::{PersistKeyV6, ProbationValue, FAMILY_V6};
+
 use super::*;
 
 #[test]
@@ -229,4 +231,223 @@ fn random_churn_never_moves_a_client_through_the_fast_path() {
         check_invariant(&mut lb, &cs, now);
         let _ = step;
     }
+}
+
+// ---- IPv6 services ----
+
+/// An IPv4 service `a` (as in `config()`) and an IPv6 service `c` of three backends.
+fn balancer_v6() -> Balancer<FakeDataplane> {
+    let cfg = config::parse(
+        "t.yaml",
+        &format!(
+            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nvirtual_servers:
+  - name: a
+    vip: 203.0.113.10
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+  - name: c
+    vip: 2001:db8:ffff::10
+    backends:
+      - address: 2001:db8:1::11
+      - address: 2001:db8:1::12
+      - address: 2001:db8:1::13
+"
+        ),
+    )
+    .expect("valid config");
+    let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces(), 1024).unwrap();
+    resolve_all(&mut lb);
+    lb.apply().unwrap();
+    lb
+}
+
+/// Index of the IPv6 service in `services()`.
+fn v6_service(lb: &Balancer<FakeDataplane>) -> usize {
+    let i = lb
+        .services()
+        .iter()
+        .position(|s| s.value.family == FAMILY_V6);
+    i.expect("an IPv6 service")
+}
+
+/// Flags slots of both services (one backend of each loses its next hop): the IPv6
+/// service's flagged slots, and its backend that lost them.
+fn flag_both(lb: &mut Balancer<FakeDataplane>) -> (Vec<usize>, u32) {
+    let i6 = v6_service(lb);
+    let t0 = lb.services()[i6].active_table().to_vec();
+    let gone6 = lb.services()[i6].members[0];
+    let gone4 = lb.services()[1 - i6].members[0];
+    lb.set_next_hop(gone6, None).unwrap();
+    lb.set_next_hop(gone4, None).unwrap();
+    lb.apply().unwrap();
+    let flagged = moved(&t0, lb.services()[i6].active_table());
+    assert!(flagged.len() > 4);
+    for (i, &v) in lb.services()[i6].active_table().iter().enumerate() {
+        assert_eq!(v & RING_F_CHANGED != 0, flagged.contains(&i), "slot {i}");
+    }
+    (flagged, gone6)
+}
+
+/// The IPv6 flag sweep over the fake's maps, read as the daemon reads them (the shared
+/// scan's keyed IPv6 entries).
+fn sweep_v6(lb: &mut Balancer<FakeDataplane>, now: u32) -> SweepReport {
+    let t = lb.sweep_ticket(now);
+    let scanned = lb.dataplane().scan_now().unwrap();
+    lb.clear_flags_v6(t, &scanned.v6, TIMEOUT).unwrap()
+}
+
+/// A client of `2001:db8:100::/64` (wire-order words) whose ring slot is `slot`.
+fn v6_client_in(lb: &Balancer<FakeDataplane>, slot: usize) -> [u32; 4] {
+    (1..100_000u32)
+        .map(|i| {
+            let ip =
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
+            crate::dataplane::addr_words(ip.into())
+        })
+        .find(|w| (lb_common::hash::client_hash_v6(w, lb.seed()) % M) as usize == slot)
+        .expect("a client in every slot")
+}
+
+#[test]
+fn an_ipv6_services_flags_are_cleared_when_no_live_entry_names_another_backend() {
+    let mut lb = balancer_v6();
+    let (flagged, _) = flag_both(&mut lb);
+    let i6 = v6_service(&lb);
+    let flagged4 = lb.flagged_slots() - flagged.len();
+    assert!(flagged4 > 0);
+    let id = lb.services()[i6].value.id;
+    // Live entries that agree with the ring, in flagged slots (established and probation),
+    // and an IPv4 entry of the IPv6 service's id naming another backend: the data path never
+    // reads it for an IPv6 client.
+    let now = 1000;
+    let (s1, s2) = (flagged[0], flagged[1]);
+    let agree = |lb: &Balancer<FakeDataplane>, s: usize| PersistValue {
+        backend: lb.services()[i6].active_backend(s),
+        atime: now,
+        ..PersistValue::default()
+    };
+    let (c1, c2) = (v6_client_in(&lb, s1), v6_client_in(&lb, s2));
+    let (v1, v2) = (agree(&lb, s1), agree(&lb, s2));
+    let dp = lb.dataplane_mut();
+    dp.persist_v6.push((
+        PersistKeyV6 {
+            service: id,
+            client: c1,
+        },
+        v1,
+    ));
+    dp.probation_v6.push((
+        PersistKeyV6 {
+            service: id,
+            client: c2,
+        },
+        ProbationValue {
+            backend: v2.backend,
+            atime: now,
+            ..ProbationValue::default()
+        },
+    ));
+    dp.persist_v4.push((
+        PersistKeyV4 {
+            service: id,
+            client: c1[0],
+        },
+        PersistValue {
+            backend: 1,
+            atime: now,
+            ..PersistValue::default()
+        },
+    ));
+    let r = sweep_v6(&mut lb, now);
+    assert_eq!((r.cleared, r.kept), (flagged.len(), 0));
+    let s = &lb.services()[i6];
+    assert!(s.active_table().iter().all(|&v| v & RING_F_CHANGED == 0));
+    assert_eq!(
+        lb.dataplane().table(s.value.ring_base, M),
+        s.active_table(),
+        "active table written in place"
+    );
+    assert_eq!(
+        lb.flagged_slots(),
+        flagged4,
+        "the IPv4 service's flags are left"
+    );
+    // And the IPv4 sweep leaves the IPv6 service's flags (none left here) and clears its own.
+    lb.flag_all_slots();
+    lb.apply().unwrap();
+    assert_eq!(sweep(&mut lb, now).cleared, M as usize);
+    assert_eq!(
+        lb.flagged_slots(),
+        M as usize,
+        "the IPv6 service's, all flagged"
+    );
+    assert_eq!(sweep_v6(&mut lb, now).cleared, M as usize);
+}
+
+#[test]
+fn an_ipv6_services_flag_is_kept_while_a_live_entry_names_another_backend() {
+    let mut lb = balancer_v6();
+    let (flagged, gone) = flag_both(&mut lb);
+    let i6 = v6_service(&lb);
+    let id = lb.services()[i6].value.id;
+    let mut now = 1000;
+    // An established client and a new one (probation) still on the backend that lost the
+    // slot, and an idle established one on another slot.
+    let (s1, s2, s3) = (flagged[0], flagged[1], flagged[2]);
+    let (c1, c2, c3) = (
+        v6_client_in(&lb, s1),
+        v6_client_in(&lb, s2),
+        v6_client_in(&lb, s3),
+    );
+    let dp = lb.dataplane_mut();
+    let on_gone = |atime| PersistValue {
+        backend: gone,
+        atime,
+        ..PersistValue::default()
+    };
+    dp.persist_v6.push((
+        PersistKeyV6 {
+            service: id,
+            client: c1,
+        },
+        on_gone(now),
+    ));
+    dp.probation_v6.push((
+        PersistKeyV6 {
+            service: id,
+            client: c2,
+        },
+        ProbationValue {
+            backend: gone,
+            atime: now,
+            ..ProbationValue::default()
+        },
+    ));
+    dp.persist_v6.push((
+        PersistKeyV6 {
+            service: id,
+            client: c3,
+        },
+        on_gone(now - TIMEOUT - 2),
+    ));
+    let r = sweep_v6(&mut lb, now);
+    assert_eq!((r.cleared, r.kept), (flagged.len() - 2, 2));
+    let t = lb.services()[i6].active_table().to_vec();
+    for &i in &flagged {
+        assert_eq!(t[i] & RING_F_CHANGED != 0, i == s1 || i == s2, "slot {i}");
+    }
+    assert_eq!(
+        lb.dataplane().table(lb.services()[i6].value.ring_base, M),
+        t
+    );
+    // Live one tick past the timeout (margin), idle after: then they clear too.
+    now += TIMEOUT + 1;
+    assert_eq!(sweep_v6(&mut lb, now).cleared, 0);
+    now += 1;
+    assert_eq!(sweep_v6(&mut lb, now).cleared, 2);
+    assert!(lb.services()[i6]
+        .active_table()
+        .iter()
+        .all(|&v| v & RING_F_CHANGED == 0));
 }
