@@ -13,6 +13,7 @@
 //!   sources;
 //! * [`health`] — ICMP health checks, rise/fall verdicts;
 //! * [`runtime`] — backend add/remove/drain, runtime changes under `state_dir`, lookups;
+//! * [`bpf_sys`] — bpf(2) map commands aya lacks (batch lookups, raw keys);
 //! * [`scan`] — bounded walks of the persistence maps, one shared scan at a time;
 //! * [`api`] — the control socket's line-delimited JSON protocol (daemon and CLI);
 //! * [`listen`] — connection slots, accept back-off and the descriptor limit of the listeners;
@@ -38,6 +39,7 @@
 //! and runs the loop (`runtime::Runtime`); `operator` is the client side of `api`.
 
 pub mod api;
+pub mod bpf_sys;
 pub mod cli;
 pub mod config;
 pub mod daemon;

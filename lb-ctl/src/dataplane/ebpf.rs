@@ -98,13 +98,23 @@ impl AyaDataplane {
             })
     }
 
-    /// Deletes `key`; a key that is not there is no error (the goal is its absence).
+    /// Deletes `key` of a map with u32 values; a key that is not there is no error.
     fn hash_remove<K: Pod + std::fmt::Debug>(
         &mut self,
         map: &'static str,
         key: K,
     ) -> Result<(), DataplaneError> {
-        let mut m: HashMap<&mut MapData, K, u32> =
+        self.hash_remove_of::<K, u32>(map, key)
+    }
+
+    /// Deletes `key` of a map with `V` values; a key that is not there is no error (the
+    /// goal is its absence).
+    fn hash_remove_of<K: Pod + std::fmt::Debug, V: Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+    ) -> Result<(), DataplaneError> {
+        let mut m: HashMap<&mut MapData, K, V> =
             HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
                 map,
                 source: Box::new(source),
@@ -207,34 +217,10 @@ impl Dataplane for AyaDataplane {
     }
 
     fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError> {
-        fn delete<K: Pod + std::fmt::Debug>(
-            dp: &mut AyaDataplane,
-            map: &'static str,
-            key: K,
-        ) -> Result<(), DataplaneError> {
-            let mut m: HashMap<&mut MapData, K, Service> = HashMap::try_from(dp.map_mut(map)?)
-                .map_err(|source| DataplaneError::MapType {
-                    map,
-                    source: Box::new(source),
-                })?;
-            match m.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
-                    if io_error.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    Ok(())
-                }
-                Err(source) => Err(DataplaneError::Delete {
-                    map,
-                    key: format!("{key:?}"),
-                    source: Box::new(source),
-                }),
-            }
-        }
         if service.family == FAMILY_V4 {
-            delete(self, maps::VIPS_V4, service.vip[0])?;
+            self.hash_remove_of::<_, Service>(maps::VIPS_V4, service.vip[0])?;
         } else {
-            delete(self, maps::VIPS_V6, service.vip)?;
+            self.hash_remove_of::<_, Service>(maps::VIPS_V6, service.vip)?;
         }
         if slot {
             self.array_set(maps::SERVICES, service.id, Service::default())?;

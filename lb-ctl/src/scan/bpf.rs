@@ -18,54 +18,9 @@ use aya::{
 use super::MapWalk;
 use crate::dataplane::DataplaneError;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// `union bpf_attr` for the element commands (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    /// `value` or `next_key`.
-    value: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// bpf(2); the kernel reads the first `size_of::<T>()` bytes of its attribute union.
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: `attr` is a valid, initialised prefix of `union bpf_attr` for `cmd`, and every
-    // pointer in it is valid for the kernel's reads and writes during the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+use crate::bpf_sys::{
+    sys_bpf, BatchAttr, ElemAttr, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_ELEM,
+};
 
 /// A hash map of the kernel, by its own descriptor.
 pub struct BpfMap<K, V> {
@@ -174,7 +129,9 @@ impl<K: Pod, V: Pod> MapWalk<K, V> for BpfMap<K, V> {
             map_fd: self.fd(),
             ..BatchAttr::default()
         };
-        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: `keys` and `values` have room for `room` keys and values of the map's sizes
+        // (checked in `from_fd`); the batch tokens are 8 bytes.
+        let r = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let n = (attr.count as usize).min(room);
         let end = match r {
             Ok(()) => false,
@@ -199,7 +156,8 @@ impl<K: Pod, V: Pod> MapWalk<K, V> for BpfMap<K, V> {
             value: next.as_mut_ptr() as u64,
             ..ElemAttr::default()
         };
-        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        // SAFETY: `key` and `next` hold a key of the map's size (checked in `from_fd`).
+        match unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
             // SAFETY: the kernel wrote a key (Pod).
             Ok(()) => Ok(Some(unsafe { next.assume_init() })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -215,7 +173,8 @@ impl<K: Pod, V: Pod> MapWalk<K, V> for BpfMap<K, V> {
             value: value.as_mut_ptr() as u64,
             ..ElemAttr::default()
         };
-        match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        // SAFETY: `key` and `value` are of the map's sizes (checked in `from_fd`).
+        match unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
             // SAFETY: the kernel wrote a value (Pod).
             Ok(()) => Ok(Some(unsafe { value.assume_init() })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),

@@ -7,25 +7,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::maps::Map;
 use lb_common::{counter, maps};
+use lb_ctl::bpf_sys::{sys_bpf, BatchAttr, BPF_MAP_LOOKUP_BATCH};
 
 use crate::xdp::Fixture;
-
-/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
 
 pub struct Counters {
     fd: OwnedFd,
@@ -63,20 +47,14 @@ impl Counters {
         };
         // SAFETY: `attr` points at buffers sized for `count` keys and per-CPU values, which
         // outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = std::io::Error::last_os_error();
+        let r = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         // ENOENT: the batch reached the end of the map (it may, having read every key).
-        assert!(
-            rc == 0 || err.raw_os_error() == Some(libc::ENOENT),
-            "BPF_MAP_LOOKUP_BATCH on COUNTERS: {err}"
-        );
+        if let Err(err) = r {
+            assert!(
+                err.raw_os_error() == Some(libc::ENOENT),
+                "BPF_MAP_LOOKUP_BATCH on COUNTERS: {err}"
+            );
+        }
         assert_eq!(
             attr.count as usize, n,
             "COUNTERS batch read {} keys",

@@ -17,6 +17,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Mutex;
 
 use aya::{maps::Map, Ebpf};
+use lb_ctl::bpf_sys::{
+    sys_bpf, ElemAttr, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_MAP_UPDATE_ELEM,
+};
 
 /// The load-time globals of a fixture: what makes two loads differ.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -115,20 +118,6 @@ fn empty(name: &str, map: &mut Map) -> std::io::Result<()> {
     }
 }
 
-const BPF_MAP_UPDATE_ELEM: i64 = 2;
-const BPF_MAP_DELETE_ELEM: i64 = 3;
-const BPF_MAP_GET_NEXT_KEY: i64 = 4;
-
-/// `union bpf_attr` for the element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
 /// Deletes `key` of an array-like map with u32 keys (aya's `DevMap` has no remove).
 pub(super) fn delete_u32(map: &Map, key: u32) -> std::io::Result<()> {
     elem(BPF_MAP_DELETE_ELEM, map_fd(map), &key.to_ne_bytes(), 0)
@@ -143,47 +132,28 @@ fn map_fd(map: &Map) -> u32 {
     data.fd().as_fd().as_raw_fd() as u32
 }
 
-fn bpf(cmd: i64, attr: &ElemAttr) -> std::io::Result<()> {
-    // SAFETY: attr points at a key and value buffers that outlive the call, of the sizes
-    // the map was created with.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>(),
-        )
+/// `cmd` on one element: `key` and the buffer `value` points at (0 for a delete) hold the
+/// map's key and value sizes (every caller sizes them from the map's info or its u32 keys).
+fn elem(cmd: libc::c_long, fd: u32, key: &[u8], value: u64) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd,
+        key: key.as_ptr() as u64,
+        value,
+        ..ElemAttr::default()
     };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `cmd` on one element; `value` is a pointer (0 for delete).
-fn elem(cmd: i64, fd: u32, key: &[u8], value: u64) -> std::io::Result<()> {
-    bpf(
-        cmd,
-        &ElemAttr {
-            map_fd: fd,
-            _pad: 0,
-            key: key.as_ptr() as u64,
-            value,
-            flags: 0,
-        },
-    )
+    // SAFETY: the buffers are the map's sizes (above) and outlive the call.
+    unsafe { sys_bpf(cmd, &mut attr) }
 }
 
 /// The map's first key into `key`; false when it is empty.
 fn next_key(fd: u32, key: &mut [u8]) -> std::io::Result<bool> {
-    let attr = ElemAttr {
+    let mut attr = ElemAttr {
         map_fd: fd,
-        _pad: 0,
-        key: 0,
         value: key.as_mut_ptr() as u64,
-        flags: 0,
+        ..ElemAttr::default()
     };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
+    // SAFETY: `key` is the map's key size and outlives the call.
+    match unsafe { sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
