@@ -375,6 +375,30 @@ pub fn forward<F: Family>(
             }
         }
     }
+    // An IKE_SA_INIT under a flood of new sources (this CPU's ration used up) in an unchanged
+    // slot follows the ring without either map: the slot's invariant (no live entry names
+    // another backend than its ring's, as for the fast path) makes the ring's answer the one
+    // an established entry would give, and it could not get a probation entry. A spoofed
+    // IKE_SA_INIT then costs one ring read and `BACKEND_IDS_*`, no lookup in the large maps
+    // (`docs/security.md`, "Floods"). Only UDP that is not bulk reads its IKE header here.
+    let early = if maps::slot_fast_path() && !bulk && pkt.first && pkt.csum.udp().is_some() {
+        let sig = signal::read(ctx, pkt, Side::Forward);
+        if sig.ike_init && ring_at(index) & RING_F_CHANGED == 0 && !edge::quota_left(now_ns) {
+            if let Some(id) = F::listed(saddr) {
+                return Err(sanity::listed_source(id));
+            }
+            counters::event(event::PROBATION_THROTTLED);
+            let (id, b) = ring_backend(index)?;
+            return Ok(Choice {
+                id,
+                backend: b,
+                persisted: true,
+            });
+        }
+        Some(sig)
+    } else {
+        None
+    };
     let key = F::key(svc.id, saddr);
     // SAFETY (entry accesses below): pointers into the LRU maps' values. A concurrent
     // eviction can recycle one under us; the worst outcome is one stale or lost entry update.
@@ -408,16 +432,16 @@ pub fn forward<F: Family>(
         return Err(sanity::listed_source(id));
     }
     // What the packet says decides the rest. Non-first fragments say nothing.
-    let sig = if pkt.first {
-        signal::read(ctx, pkt, Side::Forward)
-    } else {
-        signal::Signal::default()
+    let sig = match early {
+        Some(sig) => sig,
+        None if pkt.first => signal::read(ctx, pkt, Side::Forward),
+        None => signal::Signal::default(),
     };
     // Under a flood of new sources (this CPU's ration used up), an IKE_SA_INIT follows the
     // ring without even looking for a probation entry: it could not get one, and a client
     // that has not got far enough to be established follows the ring during a flood anyway
-    // (`docs/security.md`). This keeps a spoofed IKE_SA_INIT at two map lookups (its entry,
-    // `BACKEND_IDS_*`).
+    // (`docs/security.md`). In a changed slot, or with the fast path off, this keeps a
+    // spoofed IKE_SA_INIT at two map lookups (its entry, `BACKEND_IDS_*`).
     if sig.ike_init && !edge::quota_left(now_ns) {
         counters::event(event::PROBATION_THROTTLED);
         let (id, b) = ring_backend(index)?;

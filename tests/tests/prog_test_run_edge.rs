@@ -426,6 +426,72 @@ fn new_client_quota_throttles_probation_inserts() {
     );
 }
 
+/// With the slot fast path on, an IKE_SA_INIT over the ration in an unchanged slot reads
+/// neither map (the slot's invariant makes the ring's backend the one any live entry names):
+/// an established client's entry is not even refreshed by it. In a flagged slot it still finds
+/// its entry; a backend's address is still refused. With the fast path off, every such packet
+/// looks up its entry, as before.
+#[test]
+fn throttled_ike_sa_init_reads_no_map_in_an_unchanged_slot() {
+    Fixture::both_fast_paths(
+        Setup {
+            new_client_quota: 2,
+            persist_timeout_ticks: IDLE_TIMEOUT,
+            ..Setup::default()
+        },
+        |lb| {
+            pin_cpu0();
+            let fast = lb.setup.slot_fast_path;
+            let (kept, moved) = (c4(60), c4(61));
+            let (rk, rm) = (ring(lb, kept), ring(lb, moved));
+            let old = ticks_ago(3);
+            // `kept` sits in an unchanged slot on the ring's backend (the invariant); `moved`
+            // was persisted against the ring, so the daemon flagged its slot.
+            lb.persist(kept.into(), persist_v(rk, old, ROUTER_MAC, PORT_EXT));
+            lb.persist(moved.into(), persist_v(other4(rm), old, ROUTER_MAC, PORT_EXT));
+            lb.mark_changed(moved.into());
+            let fill: Vec<Ipv4Frame> = [62, 63].map(|i| udp4(c4(i), 500, 500, &sa_init(8))).into();
+            let init_kept = udp4(kept, 500, 500, &sa_init(10));
+            let init_moved = udp4(moved, 500, 500, &sa_init(11));
+            let init_new = udp4(c4(64), 500, 500, &sa_init(12));
+            let from_backend = Ipv4Frame::udp(
+                ROUTER_MAC,
+                EXT_MAC,
+                (backend_v4(1), 500),
+                (VIP4, 500),
+                &sa_init(13),
+            );
+            let w0 = fresh_window();
+            #[rustfmt::skip]
+            let rows = [
+                case("fill the ration 1", fill[0].bytes(), Expect::Redirect(fwd4(&fill[0], ring(lb, c4(62)))), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)]),
+                case("fill the ration 2", fill[1].bytes(), Expect::Redirect(fwd4(&fill[1], ring(lb, c4(63)))), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1)]),
+                case("established, unchanged slot: its backend, the ring's", init_kept.bytes(), Expect::Redirect(fwd4(&init_kept, rk)), counter::FORWARD)
+                    .events(if fast { &[(event::PROBATION_THROTTLED, 1)][..] } else { &[][..] }),
+                case("established, flagged slot: its entry's backend", init_moved.bytes(), Expect::Redirect(fwd4(&init_moved, other4(rm))), counter::FORWARD).events(&[]),
+                case("new source over the ration: the ring, no entry", init_new.bytes(), Expect::Redirect(fwd4(&init_new, ring(lb, c4(64)))), counter::FORWARD).events(&[(event::PROBATION_THROTTLED, 1)]),
+                case("a backend's address over the ration: dropped", from_backend.bytes(), Expect::Drop, counter::DROP_SOURCE_BACKEND).events(&[]),
+            ];
+            lb.check(&rows);
+            assert_eq!(
+                quota_window(),
+                w0,
+                "the rows crossed a quota window (retry)"
+            );
+            assert_eq!(lb.probation(c4(64).into()), None, "nothing inserted over quota");
+            assert_eq!(lb.probation(backend_v4(1).into()), None, "no entry for a backend");
+            let atime = |lb: &mut Fixture, c: Ipv4Addr| lb.persisted(c.into()).map(|e| e.atime);
+            // The shortcut is seen in what it leaves alone: the entry it did not read.
+            if fast {
+                assert_eq!(atime(lb, kept), Some(old), "unchanged slot: entry not read");
+            } else {
+                assert_ne!(atime(lb, kept), Some(old), "fast path off: entry refreshed");
+            }
+            assert_ne!(atime(lb, moved), Some(old), "flagged slot: entry refreshed");
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Selection with entries
 

@@ -447,6 +447,20 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
                 b.ext,
                 forwarded,
             )?);
+            // The default setting's flood cost: a throttled IKE_SA_INIT in an unchanged slot
+            // reads neither map (`select::forward`). Run once first so the ration is spent.
+            eprintln!("  program cost: lever_spoofed_init_64k");
+            b.run(LB, &init, spoof, b.ext, REPEAT, Some(rationed(false)))?;
+            rows.push(b.row(
+                "lever_spoofed_init_64k",
+                format!(
+                    "lever on: spoofed IKE_SA_INIT, new source (of 2^26), unchanged slot, {clients} established, default ration"
+                ),
+                &init,
+                spoof,
+                b.ext,
+                rationed(false),
+            )?);
             b.flag_ring(true)?;
             let r = b.row(
                 "lever_changed_64k",
