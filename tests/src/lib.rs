@@ -1,6 +1,9 @@
 //! ikelb's black-box integration tests: network-namespace labs, the backends' UDP responder,
 //! and the demo (see `lab`).
 
+pub mod family;
+pub mod fixture;
+pub mod frame;
 pub mod fuzz;
 pub mod ike;
 pub mod lab;

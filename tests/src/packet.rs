@@ -1,15 +1,17 @@
-//! A tiny Ethernet/IPv4 frame builder for the program tests.
+//! The Ethernet/IPv4 frame builder for the program tests ([`Ipv4Frame`]), and the
+//! family-neutral payloads (IKE messages, proofs).
 //!
-//! Headers are serialised by `etherparse`, which computes the IPv4 header checksum and the UDP
-//! checksum from scratch: a frame the XDP program rewrote incrementally must equal, byte for
-//! byte, the frame built here with the rewritten fields. Odd frames (truncated, bad IHL, IP
-//! options, VLAN tags) are made by editing the bytes of a good one ([`Ipv4Frame::bytes`]).
+//! What IPv4 shares with IPv6 — UDP, TCP, checksums from scratch, NAT, the wire bytes — is
+//! [`IpFrame`] (`crate::frame`); this file lays out the IPv4 header (by `etherparse`, which
+//! computes its checksum) and IPv4's fragments. Odd frames (truncated, bad IHL, IP options,
+//! VLAN tags) are made by editing the bytes of a good one ([`IpFrame::bytes`]).
 
 use std::net::Ipv4Addr;
 
-use etherparse::{
-    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, TcpHeader, UdpHeader,
-};
+use etherparse::{IpFragOffset, IpNumber, Ipv4Header};
+
+use crate::frame::{common_fields, icmp_error_of};
+pub use crate::frame::{IpFrame, TcpFlags};
 
 pub type Mac = [u8; 6];
 
@@ -37,9 +39,10 @@ pub struct Ipv4Frame {
     pub payload: Vec<u8>,
 }
 
-impl Ipv4Frame {
-    /// A frame with protocol `proto` and an opaque payload.
-    pub fn raw(
+impl IpFrame for Ipv4Frame {
+    type Addr = Ipv4Addr;
+
+    fn raw(
         eth_src: Mac,
         eth_dst: Mac,
         src: Ipv4Addr,
@@ -62,84 +65,39 @@ impl Ipv4Frame {
         }
     }
 
-    /// A UDP datagram with its checksum computed from scratch.
-    pub fn udp(
-        eth_src: Mac,
-        eth_dst: Mac,
-        (src, sport): (Ipv4Addr, u16),
-        (dst, dport): (Ipv4Addr, u16),
-        data: &[u8],
-    ) -> Self {
-        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_UDP, &[]);
-        let udp = UdpHeader::with_ipv4_checksum(sport, dport, &f.ip_header(data.len() + 8), data)
-            .expect("UDP datagram fits");
-        f.payload = [&udp.to_bytes()[..], data].concat();
-        f
+    common_fields!();
+
+    fn is_whole(&self) -> bool {
+        self.frag_offset == 0 && !self.more_fragments
     }
 
-    /// A TCP segment (SYN when `data` is empty, else PSH|ACK) with its checksum computed
-    /// from scratch.
-    pub fn tcp(
-        eth_src: Mac,
-        eth_dst: Mac,
-        (src, sport): (Ipv4Addr, u16),
-        (dst, dport): (Ipv4Addr, u16),
-        data: &[u8],
-    ) -> Self {
-        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
-        let tcp = crate::packet6::tcp_header(sport, dport, data.is_empty());
-        f.payload = [&tcp.to_bytes()[..], data].concat();
-        f.readdressed(src, dst)
+    fn ip_header(&self) -> Vec<u8> {
+        let mut ip = Ipv4Header::new(
+            self.payload.len() as u16,
+            self.ttl,
+            IpNumber(self.proto),
+            self.src.octets(),
+            self.dst.octets(),
+        )
+        .expect("IPv4 payload fits");
+        ip.identification = self.id;
+        ip.dont_fragment = self.dont_fragment;
+        ip.more_fragments = self.more_fragments;
+        ip.fragment_offset = IpFragOffset::try_new(self.frag_offset).expect("13-bit offset");
+        ip.header_checksum = ip.calc_header_checksum();
+        ip.to_bytes().to_vec()
     }
+}
 
+impl Ipv4Frame {
     /// The same datagram with UDP checksum 0 ("none", RFC 768).
-    pub fn without_udp_checksum(mut self) -> Self {
-        assert_eq!(self.proto, PROTO_UDP);
-        self.payload[6] = 0;
-        self.payload[7] = 0;
-        self
+    pub fn without_udp_checksum(self) -> Self {
+        self.with_udp_checksum(0)
     }
 
     pub fn with_ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
         self
-    }
-
-    pub fn with_macs(mut self, eth_src: Mac, eth_dst: Mac) -> Self {
-        self.eth_src = eth_src;
-        self.eth_dst = eth_dst;
-        self
-    }
-
-    /// The datagram with new addresses and every checksum recomputed from scratch — what a
-    /// correct NAT produces. (UDP and TCP; other payloads are copied unchanged.)
-    pub fn readdressed(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        let mut f = Self {
-            src,
-            dst,
-            ..self.clone()
-        };
-        if f.proto == PROTO_TCP && f.frag_offset == 0 && !f.more_fragments {
-            let (tcp, data) = TcpHeader::from_slice(&self.payload).expect("a TCP header");
-            let c = tcp
-                .calc_checksum_ipv4(&f.ip_header(self.payload.len()), data)
-                .expect("TCP segment fits");
-            f.payload[16..18].copy_from_slice(&c.to_be_bytes());
-        }
-        if f.proto == PROTO_UDP && f.frag_offset == 0 && !f.more_fragments {
-            let (udp, data) = UdpHeader::from_slice(&self.payload).expect("a UDP header");
-            if udp.checksum != 0 {
-                let udp = UdpHeader::with_ipv4_checksum(
-                    udp.source_port,
-                    udp.destination_port,
-                    &f.ip_header(self.payload.len()),
-                    data,
-                )
-                .expect("UDP datagram fits");
-                f.payload[..8].copy_from_slice(&udp.to_bytes());
-            }
-        }
-        f
     }
 
     /// Splits the (whole) datagram into two fragments: the first carries the first
@@ -161,41 +119,10 @@ impl Ipv4Frame {
         };
         (first, second)
     }
-
-    fn ip_header(&self, payload_len: usize) -> Ipv4Header {
-        let mut ip = Ipv4Header::new(
-            payload_len as u16,
-            self.ttl,
-            IpNumber(self.proto),
-            self.src.octets(),
-            self.dst.octets(),
-        )
-        .expect("IPv4 payload fits");
-        ip.identification = self.id;
-        ip.dont_fragment = self.dont_fragment;
-        ip.more_fragments = self.more_fragments;
-        ip.fragment_offset = IpFragOffset::try_new(self.frag_offset).expect("13-bit offset");
-        ip.header_checksum = ip.calc_header_checksum();
-        ip
-    }
-
-    /// The frame on the wire.
-    pub fn bytes(&self) -> Vec<u8> {
-        let eth = Ethernet2Header {
-            source: self.eth_src,
-            destination: self.eth_dst,
-            ether_type: EtherType::IPV4,
-        };
-        let mut out = Vec::with_capacity(14 + 20 + self.payload.len());
-        out.extend_from_slice(&eth.to_bytes());
-        out.extend_from_slice(&self.ip_header(self.payload.len()).to_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
 }
 
 /// Offset of the IPv4 header in a frame built here.
-pub const IP_OFFSET: usize = 14;
+pub const IP_OFFSET: usize = crate::frame::ETH_LEN;
 
 /// Recomputes the IPv4 header checksum of a frame edited by hand (`ihl` words of header).
 pub fn fix_ipv4_checksum(frame: &mut [u8]) {
@@ -284,63 +211,6 @@ pub fn tcp_proof(seq: u32) -> u64 {
     u64::from(u32::from_ne_bytes(seq.wrapping_add(1).to_be_bytes()))
 }
 
-/// TCP flags of [`Ipv4Frame::tcp_segment`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TcpFlags {
-    pub syn: bool,
-    pub ack: bool,
-    pub psh: bool,
-    pub rst: bool,
-}
-
-impl TcpFlags {
-    /// A connection's first segment.
-    pub const SYN: TcpFlags = TcpFlags {
-        syn: true,
-        ack: false,
-        psh: false,
-        rst: false,
-    };
-    /// A pure acknowledgment (40 bytes of IPv4: a frame Ethernet pads to 60).
-    pub const ACK: TcpFlags = TcpFlags {
-        syn: false,
-        ack: true,
-        psh: false,
-        rst: false,
-    };
-}
-
-impl Ipv4Frame {
-    /// A TCP segment with the given sequence and acknowledgment numbers and flags, its
-    /// checksum computed from scratch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn tcp_segment(
-        eth_src: Mac,
-        eth_dst: Mac,
-        (src, sport): (Ipv4Addr, u16),
-        (dst, dport): (Ipv4Addr, u16),
-        seq: u32,
-        ack: u32,
-        flags: TcpFlags,
-        data: &[u8],
-    ) -> Self {
-        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
-        let mut tcp = TcpHeader::new(sport, dport, seq, 64_240);
-        tcp.syn = flags.syn;
-        tcp.ack = flags.ack;
-        tcp.psh = flags.psh;
-        tcp.rst = flags.rst;
-        tcp.acknowledgment_number = ack;
-        f.payload = [&tcp.to_bytes()[..], data].concat();
-        f.readdressed(src, dst)
-    }
-
-    /// The IPv4 header and IP payload (no Ethernet header).
-    pub fn ip_bytes(&self) -> Vec<u8> {
-        self.bytes()[IP_OFFSET..].to_vec()
-    }
-}
-
 /// An ICMP destination unreachable / fragmentation needed (type 3 code 4, RFC 1191) from
 /// `router` to `dst` about `quoted`: its IPv4 header and the first `quote` bytes of its IP
 /// payload, with next-hop MTU `mtu` and the ICMP checksum computed from scratch.
@@ -369,11 +239,9 @@ pub fn icmp_error(
     quote: usize,
     mtu: u16,
 ) -> Ipv4Frame {
-    let inner = quoted.ip_bytes();
-    let mut icmp = vec![kind, code, 0, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&inner[..(20 + quote).min(inner.len())]);
-    let c = lb_common::csum::checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
-    Ipv4Frame::raw(eth_src, eth_dst, router, dst, PROTO_ICMP, &icmp)
+    let [hi, lo] = mtu.to_be_bytes();
+    let param = [0, 0, hi, lo];
+    icmp_error_of(
+        eth_src, eth_dst, router, dst, kind, code, param, quoted, quote,
+    )
 }

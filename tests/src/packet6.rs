@@ -1,18 +1,19 @@
-//! An Ethernet/IPv6 frame builder for the program tests, with extension headers and fragments.
+//! The Ethernet/IPv6 frame builder for the program tests ([`Ipv6Frame`]), with extension
+//! headers and fragments.
 //!
-//! As in [`crate::packet`], transport checksums come from `etherparse`, computed from scratch
-//! over the pseudo-header of the final addresses (RFC 8200 §8.1): a frame the XDP program
-//! rewrote incrementally must equal, byte for byte, the frame built here with the rewritten
-//! fields. Extension headers are laid out by hand (they are a next-header byte, a length in
-//! 8-octet units beyond the first 8, and a body; RFC 8200 §4).
+//! What IPv6 shares with IPv4 — UDP, TCP, transport checksums from scratch over the
+//! pseudo-header of the final addresses (RFC 8200 §8.1), NAT, the wire bytes — is
+//! [`IpFrame`] (`crate::frame`); this file lays out the IPv6 header and its extension headers
+//! by hand (a next-header byte, a length in 8-octet units beyond the first 8, and a body;
+//! RFC 8200 §4).
 
 use std::net::Ipv6Addr;
 
-use etherparse::{Ipv6Header, TcpHeader, UdpHeader};
-
-use crate::packet::{Mac, PROTO_TCP, PROTO_UDP};
-
-pub const PROTO_ICMPV6: u8 = 58;
+use crate::family::Family;
+pub use crate::family::PROTO_ICMPV6;
+use crate::frame::{common_fields, icmp_error_of};
+pub use crate::frame::{esp_body, IpFrame};
+use crate::packet::Mac;
 pub const NEXT_HOP_BY_HOP: u8 = 0;
 pub const NEXT_ROUTING: u8 = 43;
 pub const NEXT_FRAGMENT: u8 = 44;
@@ -101,8 +102,10 @@ pub struct Ipv6Frame {
     pub payload: Vec<u8>,
 }
 
-impl Ipv6Frame {
-    pub fn raw(
+impl IpFrame for Ipv6Frame {
+    type Addr = Ipv6Addr;
+
+    fn raw(
         eth_src: Mac,
         eth_dst: Mac,
         src: Ipv6Addr,
@@ -122,59 +125,40 @@ impl Ipv6Frame {
         }
     }
 
-    fn pseudo(&self) -> Ipv6Header {
-        Ipv6Header {
-            source: self.src.octets(),
-            destination: self.dst.octets(),
-            ..Default::default()
+    common_fields!();
+
+    fn is_whole(&self) -> bool {
+        !self
+            .ext
+            .iter()
+            .any(|e| matches!(e, Ext::Fragment { offset, more, .. } if *offset != 0 || *more))
+    }
+
+    /// The fixed header and the extension headers.
+    fn ip_header(&self) -> Vec<u8> {
+        let mut chain = Vec::new();
+        for (i, e) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(self.proto, Ext::kind);
+            chain.extend(e.bytes(next));
         }
+        let first = self.ext.first().map_or(self.proto, Ext::kind);
+        let payload_len = (chain.len() + self.payload.len()) as u16;
+        let mut out = Vec::with_capacity(IP6_LEN + chain.len());
+        // Version 6, traffic class 0, a flow label (RFC 6437) the program must leave alone.
+        out.extend_from_slice(&[0x60, 0x0a, 0xbc, 0xde]);
+        out.extend_from_slice(&payload_len.to_be_bytes());
+        out.push(first);
+        out.push(self.hop_limit);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.dst.octets());
+        out.extend(chain);
+        out
     }
+}
 
-    /// A UDP datagram with its checksum computed from scratch.
-    pub fn udp(
-        eth_src: Mac,
-        eth_dst: Mac,
-        (src, sport): (Ipv6Addr, u16),
-        (dst, dport): (Ipv6Addr, u16),
-        data: &[u8],
-    ) -> Self {
-        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_UDP, &[]);
-        let udp = UdpHeader::with_ipv6_checksum(sport, dport, &f.pseudo(), data)
-            .expect("UDP datagram fits");
-        f.payload = [&udp.to_bytes()[..], data].concat();
-        f
-    }
-
-    /// A TCP segment (flags PSH|ACK, or SYN when `data` is empty) with its checksum.
-    pub fn tcp(
-        eth_src: Mac,
-        eth_dst: Mac,
-        (src, sport): (Ipv6Addr, u16),
-        (dst, dport): (Ipv6Addr, u16),
-        data: &[u8],
-    ) -> Self {
-        let mut f = Self::raw(eth_src, eth_dst, src, dst, PROTO_TCP, &[]);
-        let tcp = tcp_header(sport, dport, data.is_empty());
-        f.payload = [&tcp.to_bytes()[..], data].concat();
-        f.fix_transport_checksum();
-        f
-    }
-
-    /// The UDP checksum field set to `c` (e.g. 0, which IPv6 forbids: RFC 8200 §8.1).
-    pub fn with_udp_checksum(mut self, c: u16) -> Self {
-        assert_eq!(self.proto, PROTO_UDP);
-        self.payload[6..8].copy_from_slice(&c.to_be_bytes());
-        self
-    }
-
+impl Ipv6Frame {
     pub fn with_hop_limit(mut self, hop_limit: u8) -> Self {
         self.hop_limit = hop_limit;
-        self
-    }
-
-    pub fn with_macs(mut self, eth_src: Mac, eth_dst: Mac) -> Self {
-        self.eth_src = eth_src;
-        self.eth_dst = eth_dst;
         self
     }
 
@@ -182,48 +166,6 @@ impl Ipv6Frame {
     pub fn with_ext(mut self, ext: Ext) -> Self {
         self.ext.push(ext);
         self
-    }
-
-    fn is_fragment(&self) -> bool {
-        self.ext
-            .iter()
-            .any(|e| matches!(e, Ext::Fragment { offset, more, .. } if *offset != 0 || *more))
-    }
-
-    /// Recomputes the UDP or TCP checksum from scratch (whole packets only; a zero UDP
-    /// checksum stays zero).
-    fn fix_transport_checksum(&mut self) {
-        if self.is_fragment() {
-            return;
-        }
-        let ip = self.pseudo();
-        match self.proto {
-            PROTO_UDP => {
-                let (udp, data) = UdpHeader::from_slice(&self.payload).expect("a UDP header");
-                if udp.checksum != 0 {
-                    let c = udp.calc_checksum_ipv6(&ip, data).expect("fits");
-                    self.payload[6..8].copy_from_slice(&c.to_be_bytes());
-                }
-            }
-            PROTO_TCP => {
-                let (tcp, data) = TcpHeader::from_slice(&self.payload).expect("a TCP header");
-                let c = tcp.calc_checksum_ipv6(&ip, data).expect("fits");
-                self.payload[16..18].copy_from_slice(&c.to_be_bytes());
-            }
-            _ => {}
-        }
-    }
-
-    /// The packet with new addresses and its transport checksum recomputed from scratch —
-    /// what a correct NAT produces (fragments: see [`Ipv6Frame::fragments`]).
-    pub fn readdressed(&self, src: Ipv6Addr, dst: Ipv6Addr) -> Self {
-        let mut f = Self {
-            src,
-            dst,
-            ..self.clone()
-        };
-        f.fix_transport_checksum();
-        f
     }
 
     /// Splits the (whole) packet's payload into two fragments behind a Fragment header: the
@@ -250,44 +192,6 @@ impl Ipv6Frame {
         });
         (first, second)
     }
-
-    /// The frame on the wire.
-    pub fn bytes(&self) -> Vec<u8> {
-        let mut chain = Vec::new();
-        for (i, e) in self.ext.iter().enumerate() {
-            let next = self.ext.get(i + 1).map_or(self.proto, Ext::kind);
-            chain.extend(e.bytes(next));
-        }
-        let first = self.ext.first().map_or(self.proto, Ext::kind);
-        let payload_len = (chain.len() + self.payload.len()) as u16;
-        let mut out = Vec::with_capacity(14 + 40 + payload_len as usize);
-        out.extend_from_slice(&self.eth_dst);
-        out.extend_from_slice(&self.eth_src);
-        out.extend_from_slice(&0x86ddu16.to_be_bytes());
-        // Version 6, traffic class 0, a flow label (RFC 6437) the program must leave alone.
-        out.extend_from_slice(&[0x60, 0x0a, 0xbc, 0xde]);
-        out.extend_from_slice(&payload_len.to_be_bytes());
-        out.push(first);
-        out.push(self.hop_limit);
-        out.extend_from_slice(&self.src.octets());
-        out.extend_from_slice(&self.dst.octets());
-        out.extend(chain);
-        out.extend_from_slice(&self.payload);
-        out
-    }
-}
-
-/// A TCP header without options: SYN, or PSH|ACK.
-pub fn tcp_header(sport: u16, dport: u16, syn: bool) -> TcpHeader {
-    let mut tcp = TcpHeader::new(sport, dport, 0x1000_0000, 64_240);
-    if syn {
-        tcp.syn = true;
-    } else {
-        tcp.ack = true;
-        tcp.psh = true;
-        tcp.acknowledgment_number = 0x2000_0000;
-    }
-    tcp
 }
 
 /// An ICMPv6 neighbour solicitation for `target` (RFC 4861 §4.3), to its solicited-node
@@ -309,34 +213,13 @@ pub fn neighbour_solicitation(eth_src: Mac, src: Ipv6Addr, target: Ipv6Addr) -> 
     // Source link-layer address option.
     icmp.extend_from_slice(&[1, 1]);
     icmp.extend_from_slice(&eth_src);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
-    pseudo.extend_from_slice(&icmp);
-    let c = lb_common::csum::checksum(&pseudo);
-    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    let c = Ipv6Addr::icmp_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&c);
     let d = dst.octets();
     let mac = [0x33, 0x33, d[12], d[13], d[14], d[15]];
     let mut f = Ipv6Frame::raw(eth_src, mac, src, dst, PROTO_ICMPV6, &icmp);
     f.hop_limit = 255;
     f.bytes()
-}
-
-/// An ESP packet body (SPI, sequence number, opaque data): what ikelb forwards unparsed.
-pub fn esp_body(spi: u32, seq: u32, len: usize) -> Vec<u8> {
-    let mut b = spi.to_be_bytes().to_vec();
-    b.extend_from_slice(&seq.to_be_bytes());
-    b.extend((0..len).map(|i| (i * 13 + 5) as u8));
-    b
-}
-
-impl Ipv6Frame {
-    /// The IPv6 header, extension headers and payload (no Ethernet header).
-    pub fn ip_bytes(&self) -> Vec<u8> {
-        self.bytes()[IP6_OFFSET..].to_vec()
-    }
 }
 
 /// An ICMPv6 message of `kind`/`code` (RFC 4443) from `src` to `dst` whose 4-byte parameter
@@ -354,17 +237,6 @@ pub fn icmpv6_error(
     quoted: &Ipv6Frame,
     quote: usize,
 ) -> Ipv6Frame {
-    let inner = quoted.ip_bytes();
-    let mut icmp = vec![kind, code, 0, 0];
-    icmp.extend_from_slice(&param.to_be_bytes());
-    icmp.extend_from_slice(&inner[..(IP6_LEN + quote).min(inner.len())]);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
-    pseudo.extend_from_slice(&icmp);
-    let c = lb_common::csum::checksum(&pseudo);
-    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
-    Ipv6Frame::raw(eth_src, eth_dst, src, dst, PROTO_ICMPV6, &icmp)
+    let param = param.to_be_bytes();
+    icmp_error_of(eth_src, eth_dst, src, dst, kind, code, param, quoted, quote)
 }

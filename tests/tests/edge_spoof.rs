@@ -24,7 +24,7 @@ use ikelb_tests::lab::{
     flood::{attach_macvlan, link_mac, send_frames},
     lb_ctl_path, metrics, Lab, LabSpec, NetNs, GW_EXT, GW_INT, VIP,
 };
-use ikelb_tests::packet::Ipv4Frame;
+use ikelb_tests::packet::{IpFrame, Ipv4Frame};
 
 const WAIT: Duration = Duration::from_millis(400);
 

@@ -1,8 +1,9 @@
 //! Real IKEv2 through ikelb: strongSwan initiators behind a NAT router reach
 //! strongSwan responders through the VIP, with certificates from a throwaway CA and userspace
-//! ESP. See `ikelb_tests::ike` for the lab and the evidence it collects.
+//! ESP. See `ikelb_tests::ike` for the lab and the evidence it collects, and
+//! `ikelb_tests::fixture::interop` for how each test gets its lab.
 //!
-//! Assertions (numbered as in the issue):
+//! Assertions (numbered; the tests cite them by number):
 //! 1. every client's IKE SA and CHILD_SA are up and a ping through every tunnel is answered;
 //!    the clients are spread over all responders;
 //! 2. each client's IKE_SA_INIT (UDP 500), IKE_AUTH and ESP-in-UDP (UDP 4500) reached the
@@ -21,9 +22,9 @@
 //! per-client table and the measured setup times. The tests need root and strongSwan; without
 //! them each prints why and returns.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ikelb_tests::fixture::interop::{Balancer, InteropLab};
 use ikelb_tests::ike::{self, ChecksumTally, Fragmentation, Gateway, IkeLab, IkeLabSpec, Snapshot};
 use ikelb_tests::lab;
 
@@ -45,44 +46,6 @@ const PINGS: u32 = 3;
 /// the failure, a re-initiation ~0.5 s under load; the rest is slack for a busy machine.
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
-/// One lab at a time: each runs ~30 charons, and the suite must stay fast on 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Say that `test` did not run, and why, on the process's stderr itself: libtest captures
-/// `eprintln!` of passing tests, and a skip must never look like a pass.
-fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
-/// `false` (after saying why) when this machine cannot run real IKEv2 peers.
-fn can_run(test: &str) -> bool {
-    match ike::unavailable() {
-        Some(why) => {
-            skipped(test, &why);
-            false
-        }
-        None => true,
-    }
-}
-
-/// The `lb-ctl` to test, or `None` after saying why there is none.
-fn lb_ctl(test: &str) -> Option<std::path::PathBuf> {
-    match lab::lb_ctl_path() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            skipped(test, &format!("{e:#}"));
-            None
-        }
-    }
-}
-
 fn spec(gateway: Gateway, fragmentation: Fragmentation) -> IkeLabSpec {
     IkeLabSpec {
         clients: CLIENTS,
@@ -91,17 +54,6 @@ fn spec(gateway: Gateway, fragmentation: Fragmentation) -> IkeLabSpec {
         fragmentation,
         gateway,
     }
-}
-
-fn build(test: &str, spec: IkeLabSpec) -> IkeLab {
-    let start = Instant::now();
-    let lab = IkeLab::build(spec).unwrap_or_else(|e| panic!("{test}: building the lab: {e:#}"));
-    eprintln!(
-        "{test}: lab up in {:?} ({} charons)",
-        start.elapsed(),
-        lab.clients.len() + lab.responders.len()
-    );
-    lab
 }
 
 /// What one run of every client produced.
@@ -294,41 +246,53 @@ fn assert_checksums(test: &str, lab: &IkeLab, run: &Run) {
     eprintln!("{test}: checksums: offload off at the sources; verified ok by tcpdump: {}; 0 bad, 0 stack errors", verified.join(", "));
 }
 
+/// The lab `spec` makes with `fragmentation` behind `balancer`, or `None` when the test
+/// cannot run here (said on stderr).
+fn start(
+    test: &'static str,
+    balancer: Balancer,
+    fragmentation: Fragmentation,
+) -> Option<InteropLab> {
+    InteropLab::start(test, balancer, |gateway| spec(gateway, fragmentation))
+}
+
+/// Assertions 1, 2 and 6 for every client initiated (client 0 alone first): connected,
+/// one responder per client, real checksums, spread over every responder; `fragments`
+/// checks how IKE_AUTH crossed (assertion 3) before the checksums and the spread.
+fn assert_everyone_through_one_responder(fx: &InteropLab, fragments: impl FnOnce(&Snapshot)) {
+    let (test, lab) = (fx.test, &fx.lab);
+    let run = connect_all(test, lab, true);
+    let snap = &run.snap;
+    assert_all_connected(test, lab, snap);
+    assert_same_responder(test, snap);
+    fragments(snap);
+    assert_checksums(test, lab, &run);
+    assert_spread(test, snap);
+}
+
 /// Phase 1 proof, without ikelb: the harness establishes everyone through a gateway that
 /// balances on the client's source address (nft jhash), with IKE_AUTH IP-fragmented.
 #[test]
 fn control_nft_source_hash_ip_fragments() {
     const TEST: &str = "control_nft_source_hash_ip_fragments";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::NftSourceHash, Fragmentation::Ip) else {
         return;
-    }
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::NftSourceHash, Fragmentation::Ip));
-    let run = connect_all(TEST, &lab, true);
-    let snap = &run.snap;
-    assert_all_connected(TEST, &lab, snap);
-    assert_same_responder(TEST, snap);
-    assert_ip_fragmented(TEST, snap);
-    assert_checksums(TEST, &lab, &run);
-    assert_spread(TEST, snap);
-    drop(lab);
-    eprintln!("{TEST}: {:?} in all", start.elapsed());
+    };
+    assert_everyone_through_one_responder(&fx, |snap| assert_ip_fragmented(TEST, snap));
+    fx.finish();
 }
 
 /// Assertion 5: the same run with UDP 4500 steered to a different responder than UDP 500
-/// fails for most clients — and fails the way the issue describes: IKE_SA_INIT answered by
-/// one responder, IKE_AUTH dropped by another that has no such SA.
+/// fails for most clients — and fails the way a balancer without a persistency group across
+/// ports makes it fail: IKE_SA_INIT answered by one responder, IKE_AUTH dropped by another
+/// that has no such SA.
 #[test]
 fn negative_control_nft_split_ports() {
     const TEST: &str = "negative_control_nft_split_ports";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::NftSplitPorts, Fragmentation::Ip) else {
         return;
-    }
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::NftSplitPorts, Fragmentation::Ip));
-    let run = connect_all(TEST, &lab, false);
+    };
+    let run = connect_all(TEST, &fx.lab, false);
     let snap = &run.snap;
     let failed = snap.connectivity_problems();
     assert!(
@@ -365,37 +329,28 @@ fn negative_control_nft_split_ports() {
     );
     eprintln!(
         "{TEST}: {} of {} clients failed as expected: {half_open} half-open SAs, each one's \
-         IKE_AUTH dropped by another responder; {:?} in all",
+         IKE_AUTH dropped by another responder",
         failed.len(),
         snap.clients.len(),
-        start.elapsed()
     );
+    fx.finish();
 }
 
 /// Assertions 1, 2, 3, 6 through the real ikelb gateway, IKE_AUTH as IP fragments.
 #[test]
 fn ikelb_ip_fragments() {
     const TEST: &str = "ikelb_ip_fragments";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::Ikelb, Fragmentation::Ip) else {
         return;
-    }
-    let Some(lb_ctl) = lb_ctl(TEST) else { return };
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::Ikelb(lb_ctl), Fragmentation::Ip));
-    let run = connect_all(TEST, &lab, true);
-    let snap = &run.snap;
-    assert_all_connected(TEST, &lab, snap);
-    assert_same_responder(TEST, snap);
-    assert_ip_fragmented(TEST, snap);
-    // ikelb forwards fragments itself (XDP): the gateway's stack must not have had to
-    // reassemble any.
-    let gw_reasm = snap.counter("gw", "Ip.ReasmReqds");
-    assert_eq!(gw_reasm, 0, "{TEST}: assertion 3: the gateway's kernel reassembled {gw_reasm} fragments that ikelb should have forwarded");
-    assert_checksums(TEST, &lab, &run);
-    assert_spread(TEST, snap);
-    drop(lab);
-    eprintln!("{TEST}: {:?} in all", start.elapsed());
+    };
+    assert_everyone_through_one_responder(&fx, |snap| {
+        assert_ip_fragmented(TEST, snap);
+        // ikelb forwards fragments itself (XDP): the gateway's stack must not have had to
+        // reassemble any.
+        let gw_reasm = snap.counter("gw", "Ip.ReasmReqds");
+        assert_eq!(gw_reasm, 0, "{TEST}: assertion 3: the gateway's kernel reassembled {gw_reasm} fragments that ikelb should have forwarded");
+    });
+    fx.finish();
 }
 
 /// Assertions 1, 2, 6 through ikelb with RFC 7383 IKE fragmentation (every datagram below
@@ -403,22 +358,11 @@ fn ikelb_ip_fragments() {
 #[test]
 fn ikelb_ike_fragments() {
     const TEST: &str = "ikelb_ike_fragments";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::Ikelb, Fragmentation::Ike) else {
         return;
-    }
-    let Some(lb_ctl) = lb_ctl(TEST) else { return };
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::Ikelb(lb_ctl), Fragmentation::Ike));
-    let run = connect_all(TEST, &lab, true);
-    let snap = &run.snap;
-    assert_all_connected(TEST, &lab, snap);
-    assert_same_responder(TEST, snap);
-    assert_ike_fragmented(TEST, snap);
-    assert_checksums(TEST, &lab, &run);
-    assert_spread(TEST, snap);
-    drop(lab);
-    eprintln!("{TEST}: {:?} in all", start.elapsed());
+    };
+    assert_everyone_through_one_responder(&fx, |snap| assert_ike_fragmented(TEST, snap));
+    fx.finish();
 }
 
 /// Assertion 4: cut the busiest responder's link; once the gateway has noticed
@@ -509,46 +453,43 @@ fn fail_over(test: &str, lab: &IkeLab, mark_down: impl FnOnce(usize) -> Duration
 #[test]
 fn control_nft_failover() {
     const TEST: &str = "control_nft_failover";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::NftSourceHash, Fragmentation::Ip) else {
         return;
-    }
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::NftSourceHash, Fragmentation::Ip));
-    fail_over(TEST, &lab, |dead| {
+    };
+    let lab = &fx.lab;
+    fail_over(TEST, lab, |dead| {
         let t = Instant::now();
         lab.nft_fail_over(dead)
             .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
         t.elapsed()
     });
-    drop(lab);
-    eprintln!("{TEST}: {:?} in all", start.elapsed());
+    fx.finish();
 }
 
 /// Assertion 4 through ikelb: its health checks must take the cut responder out.
 #[test]
 fn ikelb_failover() {
     const TEST: &str = "ikelb_failover";
-    if !can_run(TEST) {
+    let Some(fx) = start(TEST, Balancer::Ikelb, Fragmentation::Ip) else {
         return;
-    }
-    let Some(lb_ctl) = lb_ctl(TEST) else { return };
-    let _serial = serial();
-    let start = Instant::now();
-    let lab = build(TEST, spec(Gateway::Ikelb(lb_ctl), Fragmentation::Ip));
+    };
+    let lab = &fx.lab;
     // The daemon reports `ikelb_backend_up` on /metrics; without it nothing could show a
     // dead responder taken out, so its absence is a failure.
-    if let Err(why) = backend_up(&lab, lab.responders[0].addr) {
-        panic!("{TEST}: ikelb_backend_up for {}: {why}", lab.responders[0].addr);
+    if let Err(why) = backend_up(lab, lab.responders[0].addr) {
+        panic!(
+            "{TEST}: ikelb_backend_up for {}: {why}",
+            lab.responders[0].addr
+        );
     }
-    fail_over(TEST, &lab, |dead| {
+    fail_over(TEST, lab, |dead| {
         let t = Instant::now();
         let addr = lab.responders[dead].addr;
         lab::wait_for(
             &format!("ikelb to mark {addr} down"),
             FAILOVER_BOUND,
             Duration::from_millis(50),
-            || Ok(backend_up(&lab, addr).ok().filter(|up| !up)),
+            || Ok(backend_up(lab, addr).ok().filter(|up| !up)),
         )
         .unwrap_or_else(|e| {
             panic!(
@@ -558,8 +499,7 @@ fn ikelb_failover() {
         });
         t.elapsed()
     });
-    drop(lab);
-    eprintln!("{TEST}: {:?} in all", start.elapsed());
+    fx.finish();
 }
 
 /// `ikelb_backend_up{backend=ADDR}` from the daemon's /metrics.

@@ -1,7 +1,8 @@
-//! Issue 6 with real traffic through a real XDP attachment and the real daemon, in the
-//! protocol lab (`ikelb_tests::lab::dual`: the standard lab with IPv6, a dual-stack virtual
-//! server with UDP 500/4500, TCP 443 and ESP). Namespaces are `ik6<pid>n<k>-…`. Root only:
-//! without root each test says why and returns.
+//! IPv6, ESP, SSTP and DSR with real traffic through a real XDP attachment and the real
+//! daemon, in the protocol lab (`ikelb_tests::lab::dual`: the standard lab with IPv6, a
+//! dual-stack virtual server with UDP 500/4500, TCP 443 and ESP), set up by
+//! `ikelb_tests::fixture::protocols`. Namespaces are `ik6<pid>n<k>-…`. Root only: without
+//! root each test says why and returns.
 //!
 //! * `ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend`: 120 IPv6 client addresses
 //!   send UDP 500, UDP 4500, a 4,000-byte UDP datagram their stack fragments, ESP from a raw
@@ -15,263 +16,94 @@
 //!   the replies arrive on the client side's direct link and never cross the gateway (the
 //!   reverse path counts nothing).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ikelb_tests::fixture::protocols::{First, Patience, ProtocolLab, Step};
 use ikelb_tests::lab::{
     self,
     dual::{DualLab, Mode, TCP_PORT, VIP6},
-    metrics,
-    traffic6::{send_bad_checksum6, tcp_ask, Esp6Probe, Reply6, Udp6Probe},
-    EspProbe, LabSpec, UdpProbe, VIP,
+    send_bad_checksum, VIP,
 };
 
 const BIG: usize = 4000;
 const ESP_LEN: usize = 120;
-const TRIES: u32 = 3;
-const TIMEOUT: Duration = Duration::from_millis(500);
+const PATIENCE: Patience = Patience {
+    tries: 3,
+    timeout: Duration::from_millis(500),
+};
 const ENOUGH_FAILURES: usize = 10;
-
-fn skip_unless_root(test: &str) -> bool {
-    if lab::is_root() {
-        return false;
-    }
-    eprintln!(
-        "SKIP {test}: needs root (CAP_SYS_ADMIN for network namespaces, CAP_NET_ADMIN and \
-         CAP_BPF for veth and XDP); run `cargo xtask test` as root"
-    );
-    true
-}
 
 fn responder() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder"))
 }
 
-/// What one answer must look like; `Ok(backend name)` or how it differed.
-fn check(
-    what: &str,
-    reply: Option<Reply6>,
-    client: IpAddr,
-    from: SocketAddr,
-    len: Option<usize>,
-    backend: Option<&str>,
-) -> Result<String, String> {
-    let Some(r) = reply else {
-        return Err(format!("{client} {what} → {from}: no answer"));
-    };
-    let mut bad = Vec::new();
-    if r.from != from {
-        bad.push(format!("answer came from {} (want {from})", r.from));
-    }
-    if r.echo.seen != client {
-        bad.push(format!(
-            "backend saw {} (want the client's own address)",
-            r.echo.seen
-        ));
-    }
-    if let Some(len) = len {
-        if r.echo.len != len {
-            bad.push(format!("backend got {} bytes (want {len})", r.echo.len));
-        }
-    }
-    if r.echo.port != from.port() {
-        bad.push(format!(
-            "backend got it on port {} (want {})",
-            r.echo.port,
-            from.port()
-        ));
-    }
-    if let Some(b) = backend {
-        if r.echo.backend != b {
-            bad.push(format!(
-                "answered by {} (want {b}, the client's backend)",
-                r.echo.backend
-            ));
-        }
-    }
-    if bad.is_empty() {
-        Ok(r.echo.backend)
-    } else {
-        Err(format!("{client} {what} → {from}: {}", bad.join("; ")))
-    }
-}
-
-/// Records `result` for `client`: the first answer fixes its backend.
-fn note(result: Result<String, String>, backend: &mut Option<String>, failures: &mut Vec<String>) {
-    match result {
-        Ok(b) => *backend = Some(b),
-        Err(e) => failures.push(e),
-    }
-}
-
-fn assert_no_failures(what: &str, failures: &[String], lab: &DualLab) {
-    assert!(
-        failures.is_empty(),
-        "{what}: {} failures, first ones:\n  {}\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n  "),
-        lab.lab.daemon_output_tail(30)
-    );
-}
-
-fn as_v4(r: Option<lab::Reply>) -> Option<Reply6> {
-    r.map(|r| Reply6 {
-        from: r.from.into(),
-        echo: r.echo,
-    })
-}
-
-/// Wait until `ask` gets an answer through the VIP (attachment comes before the maps and
-/// the health checks settle); on timeout, fail with the daemon's output.
-fn wait_first_answer<T: Send>(
-    lab: &DualLab,
-    what: &str,
-    ask: impl FnMut() -> anyhow::Result<Option<T>> + Send,
-) {
-    let first = lab
-        .lab
-        .client_ns
-        .run(|| lab::wait_for(what, Duration::from_secs(30), Duration::ZERO, ask))
-        .expect("client namespace");
-    if let Err(e) = first {
-        panic!("{e:#}\n{}", lab.lab.daemon_output_tail(40));
-    }
-}
-
-/// The XDP verdict counters from `/metrics`: (action/reason → packets).
-fn xdp_counters(lab: &DualLab) -> BTreeMap<String, f64> {
-    let text = lab.lab.metrics().expect("scrape /metrics");
-    metrics::samples(&text, "ikelb_xdp_packets_total")
-        .into_iter()
-        .map(|s| {
-            (
-                format!("{}/{}", s.label("action"), s.label("reason")),
-                s.value,
-            )
-        })
-        .collect()
-}
-
-fn assert_no_csum_errors(lab: &DualLab) {
-    let v4 = lab.lab.udp_csum_errors().expect("snmp");
-    let v6 = lab.udp6_csum_errors().expect("snmp6");
-    let bad: Vec<_> = v4.iter().chain(&v6).filter(|(_, n)| *n != 0).collect();
-    assert!(
-        bad.is_empty(),
-        "UDP checksum errors must stay 0 everywhere: {bad:?}"
-    );
+/// Each client with its family's VIP.
+fn with_vip<A: Into<IpAddr> + Copy>(clients: &[A], vip: IpAddr) -> Vec<(IpAddr, IpAddr)> {
+    clients.iter().map(|&c| (c.into(), vip)).collect()
 }
 
 #[test]
 fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
-    if skip_unless_root("ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend") {
+    const TEST: &str = "ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend";
+    let Some(fx) = ProtocolLab::start(TEST, 120, Mode::Nat, &responder(), First::V6) else {
         return;
-    }
-    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    let spec = LabSpec {
-        clients: 120,
-        ..LabSpec::default()
     };
-    let mut lab = DualLab::build(&spec, Mode::Nat).expect("build the protocol lab");
-    lab.start_responders(&responder())
-        .expect("start responders");
-    lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
-    let first = lab.clients6[0];
-    wait_first_answer(&lab, "the first IPv6 answer through the VIP", || {
-        let probe = Udp6Probe::bind(first)?;
-        probe.ask(
-            SocketAddrV6::new(VIP6, 500, 0, 0),
-            64,
-            1,
-            Duration::from_millis(200),
-        )
-    });
-
+    let lab = &fx.dual;
     let t0 = Instant::now();
     let clients = lab.clients6.clone();
-    let (failures, chosen) = lab
-        .lab
-        .client_ns
-        .run(|| {
-            let mut failures = Vec::new();
-            let mut chosen = BTreeMap::new();
-            for &c in &clients {
-                if failures.len() >= ENOUGH_FAILURES {
-                    break;
-                }
-                let client = IpAddr::V6(c);
-                let probe = Udp6Probe::bind(c).expect("bind client");
-                let mut backend: Option<String> = None;
-                for (port, len) in [(500, 64), (4500, 64), (4500, BIG)] {
-                    let to = SocketAddrV6::new(VIP6, port, 0, 0);
-                    let r = probe.ask(to, len, TRIES, TIMEOUT).expect("ask");
-                    let what = format!("UDP {len} B");
-                    note(
-                        check(&what, r, client, to.into(), Some(len), backend.as_deref()),
-                        &mut backend,
-                        &mut failures,
-                    );
-                }
-                let esp = Esp6Probe::bind(c).expect("bind ESP");
-                let r = esp.ask(VIP6, ESP_LEN, TRIES, TIMEOUT).expect("ask ESP");
-                let to = SocketAddr::new(VIP6.into(), 0);
-                note(
-                    check("ESP", r, client, to, Some(ESP_LEN), backend.as_deref()),
-                    &mut backend,
-                    &mut failures,
-                );
-                let to = SocketAddr::new(VIP6.into(), TCP_PORT);
-                let r = tcp_ask(client, to, TRIES, TIMEOUT).expect("TCP");
-                note(
-                    check("TCP 443", r, client, to, None, backend.as_deref()),
-                    &mut backend,
-                    &mut failures,
-                );
-                if let Some(b) = backend {
-                    chosen.insert(c, b);
-                }
-            }
-            (failures, chosen)
-        })
-        .expect("client namespace");
+    let steps = [
+        Step::Udp { port: 500, len: 64 },
+        Step::Udp {
+            port: 4500,
+            len: 64,
+        },
+        Step::Udp {
+            port: 4500,
+            len: BIG,
+        },
+        Step::Esp { len: ESP_LEN },
+        Step::Tcp { port: TCP_PORT },
+    ];
+    let out = fx.exchange(
+        &with_vip(&clients, VIP6.into()),
+        &steps,
+        PATIENCE,
+        ENOUGH_FAILURES,
+    );
     let took = t0.elapsed();
-    assert_no_failures("IPv6 clients through the VIP", &failures, &lab);
-    assert_eq!(chosen.len(), clients.len());
-    let used: BTreeSet<&String> = chosen.values().collect();
+    fx.assert_no_failures("IPv6 clients through the VIP", &out.failures);
+    assert_eq!(out.chosen.len(), clients.len());
+    let used: BTreeSet<&String> = out.chosen.values().collect();
     assert_eq!(
         used.len(),
         lab.lab.backends.len(),
         "every backend takes clients: {used:?}"
     );
-    assert_no_csum_errors(&lab);
+    fx.assert_no_csum_errors();
 
     // The control plane sees the IPv6 clients: lookup names the backend that answered.
     let c = clients[7];
-    let out = lab
+    let out_json = lab
         .lab
-        .lb_ctl(&lb_ctl, &["lookup", &c.to_string(), "--json"])
+        .lb_ctl(&fx.lb_ctl, &["lookup", &c.to_string(), "--json"])
         .expect("lookup");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let v: serde_json::Value = serde_json::from_str(&out_json).expect("JSON");
     let r = &v["results"][0];
     let i = lab
         .lab
         .backends
         .iter()
-        .position(|b| b.name == chosen[&c])
+        .position(|b| b.name == out.chosen[&IpAddr::V6(c)])
         .unwrap();
     assert_eq!(r["source"], "persistence", "{r}");
     assert_eq!(r["vip"], VIP6.to_string(), "{r}");
     assert_eq!(r["backend"], lab.backends6[i].to_string(), "{r}");
     let list = lab
         .lab
-        .lb_ctl(&lb_ctl, &["backend", "list", "--json"])
+        .lb_ctl(&fx.lb_ctl, &["backend", "list", "--json"])
         .expect("list");
     let list: serde_json::Value = serde_json::from_str(&list).expect("JSON");
     let clients_of_v6: u64 = list["backends"]
@@ -285,7 +117,7 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
 
     // The data path's own account: every exchange forwarded and reversed, NDP passed, nothing
     // malformed.
-    let counters = xdp_counters(&lab);
+    let counters = fx.xdp_counters();
     let exchanges = clients.len() as f64 * 5.0;
     assert!(counters["redirect/forward"] >= exchanges, "{counters:?}");
     assert!(counters["redirect/reverse"] >= exchanges, "{counters:?}");
@@ -298,16 +130,13 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
 
     // Receivers really verify IPv6 UDP checksums: a corrupted datagram is counted.
     let b1 = lab.backends6[0];
-    lab.lab
-        .client_ns
-        .run(|| {
-            send_bad_checksum6(
-                SocketAddrV6::new(clients[0], 40_000, 0, 0),
-                SocketAddrV6::new(b1, 9, 0, 0),
-            )
-        })
-        .expect("client namespace")
-        .expect("send a corrupted datagram");
+    fx.in_clients(|| {
+        send_bad_checksum(
+            SocketAddrV6::new(clients[0], 40_000, 0, 0),
+            SocketAddrV6::new(b1, 9, 0, 0),
+        )
+    })
+    .expect("send a corrupted datagram");
     lab::wait_for(
         "b1 to count it",
         Duration::from_secs(2),
@@ -322,232 +151,83 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
         "{} IPv6 clients × (UDP 500, 4500, {BIG} B fragmented, ESP, TCP 443) in {took:.2?}; \
          spread {:?}",
         clients.len(),
-        spread(&chosen)
+        out.spread()
     );
-}
-
-fn spread<K>(chosen: &BTreeMap<K, String>) -> BTreeMap<&str, usize> {
-    let mut s = BTreeMap::new();
-    for b in chosen.values() {
-        *s.entry(b.as_str()).or_default() += 1;
-    }
-    s
 }
 
 #[test]
 fn ipv4_sstp_lands_on_the_backend_of_the_clients_ike() {
-    if skip_unless_root("ipv4_sstp_lands_on_the_backend_of_the_clients_ike") {
+    const TEST: &str = "ipv4_sstp_lands_on_the_backend_of_the_clients_ike";
+    let Some(fx) = ProtocolLab::start(TEST, 100, Mode::Nat, &responder(), First::V4) else {
         return;
-    }
-    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    let spec = LabSpec {
-        clients: 100,
-        ..LabSpec::default()
     };
-    let mut lab = DualLab::build(&spec, Mode::Nat).expect("build the protocol lab");
-    lab.start_responders(&responder())
-        .expect("start responders");
-    lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
-    let first = lab.lab.clients[0];
-    wait_first_answer(&lab, "the first IPv4 answer through the VIP", || {
-        UdpProbe::bind(first)?.ask(
-            SocketAddrV4::new(VIP, 500),
-            64,
-            1,
-            Duration::from_millis(200),
-        )
-    });
-
-    let clients = lab.lab.clients.clone();
-    let (failures, chosen) = lab
-        .lab
-        .client_ns
-        .run(|| {
-            let mut failures = Vec::new();
-            let mut chosen = BTreeMap::new();
-            for &c in &clients {
-                if failures.len() >= ENOUGH_FAILURES {
-                    break;
-                }
-                let client = IpAddr::V4(c);
-                let probe = UdpProbe::bind(c).expect("bind client");
-                let mut backend: Option<String> = None;
-                for port in [500, 4500] {
-                    let to = SocketAddrV4::new(VIP, port);
-                    let r = as_v4(probe.ask(to, 64, TRIES, TIMEOUT).expect("ask"));
-                    note(
-                        check("UDP", r, client, to.into(), Some(64), backend.as_deref()),
-                        &mut backend,
-                        &mut failures,
-                    );
-                }
-                // Windows falls back to SSTP when UDP is blocked: a fresh TCP connection to
-                // VIP:443 must reach the server that already knows the client.
-                let to = SocketAddr::new(VIP.into(), TCP_PORT);
-                let r = tcp_ask(client, to, TRIES, TIMEOUT).expect("TCP");
-                note(
-                    check("TCP 443", r, client, to, None, backend.as_deref()),
-                    &mut backend,
-                    &mut failures,
-                );
-                let esp = EspProbe::bind(c).expect("bind ESP");
-                let r = as_v4(esp.ask(VIP, ESP_LEN, TRIES, TIMEOUT).expect("ask ESP"));
-                let to = SocketAddr::new(VIP.into(), 0);
-                note(
-                    check("ESP", r, client, to, Some(ESP_LEN), backend.as_deref()),
-                    &mut backend,
-                    &mut failures,
-                );
-                if let Some(b) = backend {
-                    chosen.insert(c, b);
-                }
-            }
-            (failures, chosen)
-        })
-        .expect("client namespace");
-    assert_no_failures("IPv4 clients: IKE, SSTP, ESP", &failures, &lab);
-    assert_eq!(chosen.len(), clients.len());
+    let clients = fx.dual.lab.clients.clone();
+    // Windows falls back to SSTP when UDP is blocked: a fresh TCP connection to VIP:443
+    // must reach the server that already knows the client.
+    let steps = [
+        Step::Udp { port: 500, len: 64 },
+        Step::Udp {
+            port: 4500,
+            len: 64,
+        },
+        Step::Tcp { port: TCP_PORT },
+        Step::Esp { len: ESP_LEN },
+    ];
+    let out = fx.exchange(
+        &with_vip(&clients, VIP.into()),
+        &steps,
+        PATIENCE,
+        ENOUGH_FAILURES,
+    );
+    fx.assert_no_failures("IPv4 clients: IKE, SSTP, ESP", &out.failures);
+    assert_eq!(out.chosen.len(), clients.len());
     assert_eq!(
-        chosen.values().collect::<BTreeSet<_>>().len(),
-        lab.lab.backends.len(),
+        out.chosen.values().collect::<BTreeSet<_>>().len(),
+        fx.dual.lab.backends.len(),
         "every backend takes clients"
     );
-    assert_no_csum_errors(&lab);
-    let counters = xdp_counters(&lab);
+    fx.assert_no_csum_errors();
+    let counters = fx.xdp_counters();
     assert_eq!(counters["drop/malformed"], 0.0, "{counters:?}");
     eprintln!(
         "{} IPv4 clients, IKE + SSTP + ESP on one backend each; spread {:?}",
         clients.len(),
-        spread(&chosen)
+        out.spread()
     );
 }
 
 #[test]
 fn dsr_backends_answer_clients_directly() {
-    if skip_unless_root("dsr_backends_answer_clients_directly") {
+    const TEST: &str = "dsr_backends_answer_clients_directly";
+    let Some(fx) = ProtocolLab::start(TEST, 40, Mode::Dsr, &responder(), First::Both) else {
         return;
-    }
-    let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    let spec = LabSpec {
-        clients: 40,
-        ..LabSpec::default()
     };
-    let mut lab = DualLab::build(&spec, Mode::Dsr).expect("build the DSR lab");
-    lab.start_responders(&responder())
-        .expect("start responders");
-    lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
-    let (first4, first6) = (lab.lab.clients[0], lab.clients6[0]);
-    wait_first_answer(&lab, "the first DSR answers", || {
-        let a = UdpProbe::bind(first4)?.ask(
-            SocketAddrV4::new(VIP, 500),
-            64,
-            1,
-            Duration::from_millis(200),
-        )?;
-        let b = Udp6Probe::bind(first6)?.ask(
-            SocketAddrV6::new(VIP6, 500, 0, 0),
-            64,
-            1,
-            Duration::from_millis(200),
-        )?;
-        Ok(a.zip(b))
-    });
-
+    let lab = &fx.dual;
     let direct_before = DualLab::link_packets(&lab.lab.client_ns, "bk").expect("bk counters");
     let via_gw_before = DualLab::link_packets(&lab.lab.client_ns, "eth0").expect("eth0 counters");
-    let before = xdp_counters(&lab);
-    let clients: Vec<(IpAddr, IpAddr)> = lab
-        .lab
-        .clients
-        .iter()
-        .map(|&c| (IpAddr::V4(c), IpAddr::V4(VIP)))
-        .chain(
-            lab.clients6
-                .iter()
-                .map(|&c| (IpAddr::V6(c), IpAddr::V6(VIP6))),
-        )
-        .collect();
-    let (failures, chosen, replies) = lab
-        .lab
-        .client_ns
-        .run(|| {
-            let mut failures = Vec::new();
-            let mut chosen = BTreeMap::new();
-            let mut replies = 0u64;
-            for &(client, vip) in &clients {
-                if failures.len() >= ENOUGH_FAILURES {
-                    break;
-                }
-                let mut backend: Option<String> = None;
-                for port in [500, 4500] {
-                    let to = SocketAddr::new(vip, port);
-                    let r = match (client, vip) {
-                        (IpAddr::V4(c), IpAddr::V4(v)) => as_v4(
-                            UdpProbe::bind(c)
-                                .unwrap()
-                                .ask(SocketAddrV4::new(v, port), 64, TRIES, TIMEOUT)
-                                .unwrap(),
-                        ),
-                        (IpAddr::V6(c), IpAddr::V6(v)) => Udp6Probe::bind(c)
-                            .unwrap()
-                            .ask(SocketAddrV6::new(v, port, 0, 0), 64, TRIES, TIMEOUT)
-                            .unwrap(),
-                        _ => unreachable!(),
-                    };
-                    note(
-                        check("UDP", r, client, to, Some(64), backend.as_deref()),
-                        &mut backend,
-                        &mut failures,
-                    );
-                }
-                let r = match (client, vip) {
-                    (IpAddr::V4(c), IpAddr::V4(v)) => as_v4(
-                        EspProbe::bind(c)
-                            .unwrap()
-                            .ask(v, ESP_LEN, TRIES, TIMEOUT)
-                            .unwrap(),
-                    ),
-                    (IpAddr::V6(c), IpAddr::V6(v)) => Esp6Probe::bind(c)
-                        .unwrap()
-                        .ask(v, ESP_LEN, TRIES, TIMEOUT)
-                        .unwrap(),
-                    _ => unreachable!(),
-                };
-                note(
-                    check(
-                        "ESP",
-                        r,
-                        client,
-                        SocketAddr::new(vip, 0),
-                        Some(ESP_LEN),
-                        backend.as_deref(),
-                    ),
-                    &mut backend,
-                    &mut failures,
-                );
-                let to = SocketAddr::new(vip, TCP_PORT);
-                let r = tcp_ask(client, to, TRIES, TIMEOUT).unwrap();
-                note(
-                    check("TCP 443", r, client, to, None, backend.as_deref()),
-                    &mut backend,
-                    &mut failures,
-                );
-                replies += 4;
-                if let Some(b) = backend {
-                    chosen.insert(client, b);
-                }
-            }
-            (failures, chosen, replies)
-        })
-        .expect("client namespace");
-    assert_no_failures("DSR clients", &failures, &lab);
-    assert_eq!(chosen.len(), clients.len());
+    let before = fx.xdp_counters();
+    let mut clients = with_vip(&lab.lab.clients, VIP.into());
+    clients.extend(with_vip(&lab.clients6, VIP6.into()));
+    let steps = [
+        Step::Udp { port: 500, len: 64 },
+        Step::Udp {
+            port: 4500,
+            len: 64,
+        },
+        Step::Esp { len: ESP_LEN },
+        Step::Tcp { port: TCP_PORT },
+    ];
+    let out = fx.exchange(&clients, &steps, PATIENCE, ENOUGH_FAILURES);
+    fx.assert_no_failures("DSR clients", &out.failures);
+    // Every client asked one question per step, each answered once.
+    let replies = (clients.len() * steps.len()) as u64;
+    assert_eq!(out.chosen.len(), clients.len());
     assert_eq!(
-        chosen.values().collect::<BTreeSet<_>>().len(),
+        out.chosen.values().collect::<BTreeSet<_>>().len(),
         lab.lab.backends.len(),
         "every backend takes clients"
     );
-    let after = xdp_counters(&lab);
+    let after = fx.xdp_counters();
     let delta = |k: &str| after[k] - before[k];
     // Requests crossed the program (MAC rewrite only); replies never came back through it.
     assert!(delta("redirect/forward") >= replies as f64, "{after:?}");
@@ -569,11 +249,11 @@ fn dsr_backends_answer_clients_directly() {
         via_gw_rx < replies / 10,
         "{via_gw_rx} packets reached the clients through the gateway for {replies} replies"
     );
-    assert_no_csum_errors(&lab);
+    fx.assert_no_csum_errors();
     eprintln!(
         "DSR: {} clients (IPv4 and IPv6) × (UDP 500, 4500, ESP, TCP 443): {replies} replies, \
          {direct_rx} packets on the direct link, {via_gw_rx} through the gateway; spread {:?}",
         clients.len(),
-        spread(&chosen)
+        out.spread()
     );
 }

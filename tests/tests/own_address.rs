@@ -16,7 +16,7 @@ use ikelb_tests::lab::{
     flood::{link_mac, send_frames},
     lb_ctl_path, metrics, Lab, LabSpec, GW_EXT, VIP,
 };
-use ikelb_tests::packet::Ipv4Frame;
+use ikelb_tests::packet::{IpFrame, Ipv4Frame};
 
 /// The gateway's addresses on `ext` and `int` (`tests/src/lab/topology.rs`).
 const GW_EXT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

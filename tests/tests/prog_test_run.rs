@@ -22,7 +22,7 @@
 use std::net::Ipv4Addr;
 
 use ikelb_tests::{
-    packet::{self, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
+    packet::{self, IpFrame, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
     xdp::{
         backend_mac, backend_v4, case, mac_str, now_ticks, ticks_ago, Expect, Fixture, Setup, Side,
         Topology, EXT_MAC, INT_MAC, PORT_EXT, RING, ROUTER4, ROUTER_MAC, SVC4, SVC6, VIP4,

@@ -27,7 +27,7 @@ use ikelb_tests::{
         icmp_error, icmp_frag_needed, ike_message, ike_proof, non_esp, tcp_proof, Ipv4Frame,
         TcpFlags, PROTO_ESP, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     },
-    packet6::{esp_body, icmpv6_error, Ext, Ipv6Frame, PROTO_ICMPV6},
+    packet6::{esp_body, icmpv6_error, Ext, IpFrame, Ipv6Frame, PROTO_ICMPV6},
     xdp::{
         backend_mac, backend_v4, backend_v6, case, mac_str, now_ticks, ticks_ago, Expect, Fixture,
         Setup, Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, ROUTER4, ROUTER_MAC, VIP4, VIP6,

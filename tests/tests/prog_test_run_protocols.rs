@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ikelb_tests::{
-    packet::{Ipv4Frame, PROTO_ESP},
+    packet::{IpFrame, Ipv4Frame, PROTO_ESP},
     packet6::{
         esp_body, neighbour_solicitation, Ext, Ipv6Frame, IP6_LEN, IP6_OFFSET, NEXT_AUTH,
         NEXT_NONE, PROTO_ICMPV6,

@@ -23,7 +23,7 @@ use ikelb_tests::{
         fix_ipv4_checksum, icmp_frag_needed, ike_message, with_ip_option, Ipv4Frame, TcpFlags,
         PROTO_ESP, PROTO_UDP,
     },
-    packet6::{esp_body, icmpv6_error, Ext, Ipv6Frame},
+    packet6::{esp_body, icmpv6_error, Ext, IpFrame, Ipv6Frame},
     xdp::{
         backend_mac, backend_v4, backend_v6, case, Case, Expect, Fixture, Setup, Side, EXT_MAC,
         INT_MAC, PORT_EXT, ROUTER_MAC, VIP4, VIP6,

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::PersistValue;
 
 use crate::packet::{
-    arp_request, icmp_frag_needed, ike_message, non_esp, Ipv4Frame, TcpFlags, PROTO_ESP,
+    arp_request, icmp_frag_needed, ike_message, non_esp, IpFrame, Ipv4Frame, TcpFlags, PROTO_ESP,
 };
 use crate::packet6::{esp_body, icmpv6_error, neighbour_solicitation, Ipv6Frame};
 use crate::xdp::{

@@ -12,7 +12,7 @@ use super::frame::{
     fix_ipv4_checksum, fix_l4_checksum, ipv4_checksum_ok, l4_checksum_ok, put16, Layout,
 };
 use super::{mutate, Rng, MIN_FRAME};
-use crate::packet::{icmp_frag_needed, Ipv4Frame};
+use crate::packet::{icmp_frag_needed, IpFrame, Ipv4Frame};
 use crate::packet6::Ipv6Frame;
 use crate::xdp::{Side, EXT_MAC, ROUTER_MAC, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 

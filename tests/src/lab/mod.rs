@@ -23,7 +23,7 @@ mod traffic;
 pub mod traffic6;
 
 pub use topology::{Lab, LabSpec, BACKEND_PORTS, GW_EXT, GW_INT, VIP};
-pub use traffic::{send_bad_checksum, EspProbe, Reply, UdpProbe};
+pub use traffic::{send_bad_checksum, tcp_ask, EspProbe, Reply, UdpProbe};
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -1,64 +1,68 @@
-//! Client side of the lab: a UDP socket bound to one client address that asks a responder
-//! (through the VIP or directly) and matches the answer to the question.
+//! Client side of the lab, for either address family ([`Family`]): a UDP socket or a raw ESP
+//! socket bound to one client address that asks a responder (through the VIP or directly)
+//! and matches the answer to the question; a TCP exchange from a chosen address; and a
+//! datagram with a deliberately corrupted UDP checksum (the receivers' checksum control).
+//! Answers are the responder's lines ([`super::responder`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::raw::{esp_packet, RawSocket, ESP_HEADER, IPPROTO_ESP};
+use super::raw::{esp_packet, ESP_HEADER, IPPROTO_ESP};
 use super::responder::{Answer, Echo, Stats, STATS_QUERY};
+use super::sock;
+use crate::family::{udp_with_bad_checksum, Family, FamilySock, RawIp};
 
 /// An answer and where it came from (the address the client saw: the VIP when ikelb rewrote
-/// it, the backend's own address when the kernel merely routed it).
+/// it or in DSR, the backend's own address when the kernel merely routed it). `S` is the
+/// socket address type: `SocketAddrV4` (the default), `SocketAddrV6`, or `SocketAddr` for
+/// answers of either family ([`Reply::any`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub from: SocketAddrV4,
+pub struct Reply<S = SocketAddrV4> {
+    pub from: S,
     pub echo: Echo,
 }
 
-/// A UDP socket bound to `addr:0` that never sets DF: a datagram larger than the path MTU is
-/// fragmented by the sender, as an IKE_AUTH with certificates is. The socket is non-blocking;
-/// waits use poll(2), so many probes can have questions in flight at once ([`UdpProbe::send`]
-/// then [`UdpProbe::collect`]).
+impl<S: Into<SocketAddr>> Reply<S> {
+    /// The same answer with a family-neutral address.
+    pub fn any(self) -> Reply<SocketAddr> {
+        Reply {
+            from: self.from.into(),
+            echo: self.echo,
+        }
+    }
+}
+
+/// A UDP socket bound to `addr:0` ([`Family::udp_socket`]: a datagram larger than the path
+/// MTU is fragmented by the sender, as an IKE_AUTH with certificates is). The socket is
+/// non-blocking; waits use poll(2), so many probes can have questions in flight at once
+/// ([`UdpProbe::send`] then [`UdpProbe::collect`]).
 #[derive(Debug)]
-pub struct UdpProbe {
+pub struct UdpProbe<A: Family = Ipv4Addr> {
     sock: UdpSocket,
-    local: SocketAddrV4,
+    local: A::Sock,
     sent: Cell<u64>,
     /// Echoes read while waiting for another tag: with several questions in flight, answers
     /// may come in any order.
-    early: RefCell<VecDeque<Reply>>,
+    early: RefCell<VecDeque<Reply<A::Sock>>>,
 }
 
 /// Echoes kept for a later [`UdpProbe::collect`]; older ones (answers to abandoned tries) are
 /// dropped.
 const MAX_EARLY: usize = 16;
 
-impl UdpProbe {
-    pub fn bind(addr: Ipv4Addr) -> Result<Self> {
-        let sock = UdpSocket::bind((addr, 0)).with_context(|| format!("bind {addr}:0"))?;
-        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-        // SAFETY: setsockopt on an open socket with a correctly sized int option.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&dont as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("IP_MTU_DISCOVER");
-        }
+impl<A: Family> UdpProbe<A> {
+    pub fn bind(addr: A) -> Result<Self> {
+        let sock = A::udp_socket(addr)?;
         sock.set_nonblocking(true)?;
-        let SocketAddr::V4(local) = sock.local_addr()? else {
-            bail!("not IPv4")
+        let bound = sock.local_addr()?;
+        let Some(local) = A::of_sock(bound) else {
+            bail!("{addr}: bound to {bound}, not {}", A::NAME)
         };
         Ok(Self {
             sock,
@@ -68,26 +72,26 @@ impl UdpProbe {
         })
     }
 
-    pub fn local(&self) -> SocketAddrV4 {
+    pub fn local(&self) -> A::Sock {
         self.local
     }
 
     /// Send a `len`-byte datagram to `to` and return its tag (the word the responder echoes).
-    pub fn send(&self, to: SocketAddrV4, len: usize) -> Result<String> {
+    pub fn send(&self, to: A::Sock, len: usize) -> Result<String> {
         let n = self.sent.get();
         self.sent.set(n + 1);
-        let tag = format!("q{}.{n}", self.local.port());
+        let tag = format!("q{}.{n}", self.local.port_number());
         let mut payload = format!("{tag} ").into_bytes();
         payload.resize(len.max(payload.len()), b'x');
         self.sock
-            .send_to(&payload, to)
+            .send_to(&payload, to.into())
             .with_context(|| format!("send to {to}"))?;
         Ok(tag)
     }
 
     /// Wait until `deadline` for the echo of the datagram tagged `tag`, keeping the others for
     /// their own `collect`. `Ok(None)`: it did not come.
-    pub fn collect(&self, tag: &str, deadline: Instant) -> Result<Option<Reply>> {
+    pub fn collect(&self, tag: &str, deadline: Instant) -> Result<Option<Reply<A::Sock>>> {
         let mut early = self.early.borrow_mut();
         if let Some(i) = early.iter().position(|r| r.echo.tag == tag) {
             return Ok(early.remove(i));
@@ -110,11 +114,11 @@ impl UdpProbe {
     /// `tries` times in all. `Ok(None)`: no answer at all.
     pub fn ask(
         &self,
-        to: SocketAddrV4,
+        to: A::Sock,
         len: usize,
         tries: u32,
         timeout: Duration,
-    ) -> Result<Option<Reply>> {
+    ) -> Result<Option<Reply<A::Sock>>> {
         for _ in 0..tries {
             let tag = self.send(to, len)?;
             if let Some(reply) = self.collect(&tag, Instant::now() + timeout)? {
@@ -126,9 +130,9 @@ impl UdpProbe {
 
     /// Ask the responder at `to` for its counters; `Ok(None)` if it does not answer within
     /// `timeout`.
-    pub fn stats(&self, to: SocketAddrV4, timeout: Duration) -> Result<Option<Stats>> {
+    pub fn stats(&self, to: A::Sock, timeout: Duration) -> Result<Option<Stats>> {
         self.sock
-            .send_to(STATS_QUERY, to)
+            .send_to(STATS_QUERY, to.into())
             .with_context(|| format!("send to {to}"))?;
         let deadline = Instant::now() + timeout;
         while let Some((from, answer)) = self.recv(deadline)? {
@@ -143,18 +147,20 @@ impl UdpProbe {
 
     /// The next answer, waiting until `deadline` (not at all once it has passed: then only
     /// what is already queued).
-    fn recv(&self, deadline: Instant) -> Result<Option<(SocketAddrV4, Answer)>> {
+    fn recv(&self, deadline: Instant) -> Result<Option<(A::Sock, Answer)>> {
         let mut buf = [0u8; 512];
         loop {
             match self.sock.recv_from(&mut buf) {
-                Ok((n, SocketAddr::V4(from))) => {
+                Ok((n, from)) => {
+                    let Some(from) = A::of_sock(from) else {
+                        bail!("answer from non-{} {from}", A::NAME)
+                    };
                     let text = String::from_utf8_lossy(&buf[..n]);
                     let answer = Answer::parse(&text).with_context(|| {
                         format!("{} got a garbled answer from {from}", self.local)
                     })?;
                     return Ok(Some((from, answer)));
                 }
-                Ok((_, from)) => bail!("answer from non-IPv4 {from}"),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 // An ICMP error (port unreachable) reported on the socket: no answer.
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
@@ -187,19 +193,17 @@ impl UdpProbe {
 /// ESP (IP protocol 50) from one client address: raw packets with the lab's SPI whose text the
 /// responder echoes back in ESP (see [`super::raw`]).
 #[derive(Debug)]
-pub struct EspProbe {
-    raw: RawSocket,
-    local: Ipv4Addr,
+pub struct EspProbe<A: Family = Ipv4Addr> {
+    raw: A::Raw,
+    local: A,
     seq: Cell<u32>,
 }
 
-impl EspProbe {
+impl<A: Family> EspProbe<A> {
     /// A raw ESP socket bound to `addr`: it sends from `addr` and sees only ESP to `addr`.
-    pub fn bind(addr: Ipv4Addr) -> Result<Self> {
-        let raw = RawSocket::new(IPPROTO_ESP)?;
-        raw.bind(addr)?;
+    pub fn bind(addr: A) -> Result<Self> {
         Ok(Self {
-            raw,
+            raw: A::Raw::open(IPPROTO_ESP, addr)?,
             local: addr,
             seq: Cell::new(1),
         })
@@ -209,11 +213,11 @@ impl EspProbe {
     /// for the echo; resend up to `tries` times in all. The reply's `from` has port 0.
     pub fn ask(
         &self,
-        to: Ipv4Addr,
+        to: A,
         len: usize,
         tries: u32,
         timeout: Duration,
-    ) -> Result<Option<Reply>> {
+    ) -> Result<Option<Reply<A::Sock>>> {
         let mut buf = vec![0u8; 2048];
         for _ in 0..tries {
             let seq = self.seq.get();
@@ -221,17 +225,16 @@ impl EspProbe {
             let tag = format!("e{}.{seq}", self.local);
             let mut data = format!("{tag} ").into_bytes();
             data.resize(len.saturating_sub(ESP_HEADER).max(data.len()), b'x');
-            self.raw.send_to(&esp_packet(seq, &data), to)?;
+            self.raw.send(&esp_packet(seq, &data), to)?;
             let deadline = Instant::now() + timeout;
-            while let Some((from, body)) = self.raw.recv(&mut buf, Some(deadline))? {
+            while let Some((from, body)) = self.raw.receive(&mut buf, Some(deadline))? {
                 let Some(text) = body.get(ESP_HEADER..) else {
                     continue;
                 };
-                let text = String::from_utf8_lossy(text);
-                match Answer::parse(&text) {
+                match Answer::parse(&String::from_utf8_lossy(text)) {
                     Ok(Answer::Echo(echo)) if echo.tag == tag => {
                         return Ok(Some(Reply {
-                            from: SocketAddrV4::new(from, 0),
+                            from: from.sock(0),
                             echo,
                         }))
                     }
@@ -243,61 +246,47 @@ impl EspProbe {
     }
 }
 
-/// Send one UDP datagram from `src` to `dst` whose UDP checksum is deliberately wrong, through
-/// a raw socket of the calling thread's namespace. The receiver must count it in
-/// `Udp: InCsumErrors`: the lab's proof that checksums are really verified there (so a zero
-/// count after ikelb's rewrites means something). Sent through ikelb, it also shows that the
-/// incremental checksum update keeps a bad checksum bad.
-pub fn send_bad_checksum(src: SocketAddrV4, dst: SocketAddrV4) -> Result<()> {
-    let (sport, port) = (src.port(), dst.port());
-    let (src, dst) = (*src.ip(), *dst.ip());
-    let payload = b"bad checksum";
-    let udp_len = (8 + payload.len()) as u16;
-    let mut udp = Vec::with_capacity(udp_len as usize);
-    udp.extend_from_slice(&sport.to_be_bytes());
-    udp.extend_from_slice(&port.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    // RFC 768: one's complement sum over the pseudo-header and the datagram.
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
-    pseudo.extend_from_slice(&udp_len.to_be_bytes());
-    pseudo.extend_from_slice(&udp);
-    let good = internet_checksum(&pseudo);
-    let bad: u16 = if good == 0xdead { 0xbeef } else { 0xdead };
-    udp[6..8].copy_from_slice(&bad.to_be_bytes());
-
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0];
-    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let ip_sum = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    ip.extend_from_slice(&udp);
-
-    RawSocket::new(libc::IPPROTO_RAW)?.send_to(&ip, dst)
+/// One TCP exchange from `local` to `to` (either family): connect, send a line with a tag,
+/// read the responder's line. `Ok(None)`: no connection or no answer within `timeout` per
+/// try, after `tries` tries.
+pub fn tcp_ask(
+    local: IpAddr,
+    to: SocketAddr,
+    tries: u32,
+    timeout: Duration,
+) -> Result<Option<Reply<SocketAddr>>> {
+    for i in 0..tries {
+        let Ok(mut stream) = sock::tcp_connect(local, to, timeout) else {
+            continue;
+        };
+        let tag = format!("t{}.{i}", stream.local_addr()?.port());
+        stream.write_all(format!("{tag} SSTP_DUPLEX_POST\n").as_bytes())?;
+        let mut text = String::new();
+        match stream.read_to_string(&mut text) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => continue,
+            Err(e) => return Err(e).context("read the TCP answer"),
+        }
+        if let Ok(Answer::Echo(echo)) = Answer::parse(text.trim()) {
+            if echo.tag == tag {
+                return Ok(Some(Reply {
+                    from: stream.peer_addr()?,
+                    echo,
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn checksum_matches_rfc1071_example() {
-        // RFC 1071 §3: 0001 f203 f4f5 f6f7 sums to ddf2, complemented 220d.
-        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(super::internet_checksum(&data), !0xddf2);
-    }
+/// Send one UDP datagram from `src` to `dst` (`SocketAddrV4` or `SocketAddrV6`) whose UDP
+/// checksum is deliberately wrong, through a raw socket of the calling thread's namespace.
+/// The receiver must count it in `Udp: InCsumErrors` (`Udp6InCsumErrors` over IPv6): the
+/// lab's proof that checksums are really verified there (so a zero count after ikelb's
+/// rewrites means something). Sent through ikelb, it also shows that the incremental checksum
+/// update keeps a bad checksum bad.
+pub fn send_bad_checksum<S: FamilySock>(src: S, dst: S) -> Result<()> {
+    let udp = udp_with_bad_checksum(src, dst, b"bad checksum");
+    S::Ip::send_raw_udp(src, dst, &udp)
 }
