@@ -22,7 +22,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::XdpContext};
 use lb_common::{
     event,
-    hash::{client_hash_v4, client_hash_v6},
+    hash::{client_hash_v4, client_hash_v6, ring_slot},
     Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4, ProofKeyV6,
     Service, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
@@ -270,8 +270,11 @@ fn live(atime: u32, now: u32) -> bool {
 /// table.
 #[inline(always)]
 fn ring_index(svc: &Service, hash: u32) -> Result<u32, Verdict> {
-    let slot = hash.checked_rem(maps::ring_size()).ok_or(DROP_NO_BACKEND)?;
-    Ok(svc.ring_base.wrapping_add(slot))
+    let m = maps::ring_size();
+    if m == 0 {
+        return Err(DROP_NO_BACKEND);
+    }
+    Ok(svc.ring_base.wrapping_add(ring_slot(hash, m)))
 }
 
 /// A ring slot's value: backend id | `RING_F_*` (`BACKEND_NONE` beyond the map).

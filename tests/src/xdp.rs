@@ -715,7 +715,7 @@ impl Fixture {
             IpAddr::V4(_) => (client_hash_v4(words(client)[0], SEED), SVC4),
             IpAddr::V6(_) => (client_hash_v6(&words(client), SEED), SVC6),
         };
-        self.services[svc as usize].ring_base + hash % RING
+        self.services[svc as usize].ring_base + lb_common::hash::ring_slot(hash, RING)
     }
 
     /// The raw ring slot of `client` (backend id and `RING_F_*` flags).

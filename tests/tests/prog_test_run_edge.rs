@@ -1115,9 +1115,10 @@ impl Fam {
     /// `c`'s slot in the service's ring (the fixture's seed and ring size).
     fn slot(self, c: IpAddr) -> u32 {
         use ikelb_tests::xdp::{words, RING, SEED};
+        use lb_common::hash::ring_slot;
         match self {
-            Fam::V4 => lb_common::hash::client_hash_v4(words(c)[0], SEED) % RING,
-            Fam::V6 => lb_common::hash::client_hash_v6(&words(c), SEED) % RING,
+            Fam::V4 => ring_slot(lb_common::hash::client_hash_v4(words(c)[0], SEED), RING),
+            Fam::V6 => ring_slot(lb_common::hash::client_hash_v6(&words(c), SEED), RING),
         }
     }
 }

@@ -48,7 +48,7 @@ pub(super) fn lookup<D: Dataplane>(
             continue;
         }
         let (hash, entry) = entry_of(lb, s, client)?;
-        let slot = hash % lb.ring_size();
+        let slot = lb_common::hash::ring_slot(hash, lb.ring_size());
         let ring_id = s.active_backend(slot as usize);
         let mut persisted = None;
         let mut chosen = None;

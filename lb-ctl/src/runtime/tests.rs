@@ -34,7 +34,7 @@ fn config(state_dir: &Path) -> Config {
     config::parse(
         "t.yaml",
         &format!(
-            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\npersistence_timeout: 10s
+            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\npersistence_timeout: 10s\nslot_move_delay: 0s
 virtual_servers:
   - name: aovpn
     vip: 203.0.113.10
@@ -228,7 +228,7 @@ impl Harness {
                 }
             }
         }
-        let slot = client_hash_v4(client, seed) % M;
+        let slot = lb_common::hash::ring_slot(client_hash_v4(client, seed), M);
         let id = dp.rings.get(&(s.ring_base + slot)).copied().unwrap_or(0) & RING_BACKEND_MASK;
         if id == BACKEND_NONE {
             return None;

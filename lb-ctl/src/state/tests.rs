@@ -16,7 +16,7 @@ fn config() -> Config {
     config::parse(
         "t.yaml",
         &format!(
-            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nvirtual_servers:
+            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nslot_move_delay: 0s\nvirtual_servers:
   - name: a
     vip: 203.0.113.10
     backends:
@@ -98,7 +98,7 @@ fn slow(lb: &mut Balancer<FakeDataplane>, client: u32, now: u32, write: bool) ->
             }
         }
     }
-    let slot = lb_common::hash::client_hash_v4(client, seed) % M;
+    let slot = lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(client, seed), M);
     let id = dp.rings.get(&(s.ring_base + slot)).copied().unwrap_or(0) & RING_BACKEND_MASK;
     if id == BACKEND_NONE {
         return None;
@@ -122,7 +122,7 @@ fn slow(lb: &mut Balancer<FakeDataplane>, client: u32, now: u32, write: bool) ->
 fn fast(lb: &Balancer<FakeDataplane>, client: u32) -> Option<u32> {
     let dp = lb.dataplane();
     let s = dp.services[&0];
-    let slot = lb_common::hash::client_hash_v4(client, lb.seed()) % M;
+    let slot = lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(client, lb.seed()), M);
     let v = dp.rings.get(&(s.ring_base + slot)).copied().unwrap_or(0);
     let b = dp.backends.get(&(v & RING_BACKEND_MASK))?;
     (v & RING_F_CHANGED == 0 && b.flags & BACKEND_F_USABLE != 0 && b.service == 0)
@@ -161,6 +161,7 @@ fn moved(a: &[u32], b: &[u32]) -> Vec<usize> {
 mod apply;
 mod backends;
 mod interfaces;
+mod moves;
 mod sweep;
 
 // Probation entries and the slot flag sweep: a file of its own.

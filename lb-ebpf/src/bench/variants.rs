@@ -117,7 +117,11 @@ fn now<const SKIP: u32>() -> u32 {
 
 #[inline(always)]
 fn ring_choice(svc: &Service, hash: u32) -> Result<u32, Verdict> {
-    let slot = hash.checked_rem(maps::ring_size()).ok_or(DROP_NO_BACKEND)?;
+    let m = maps::ring_size();
+    if m == 0 {
+        return Err(DROP_NO_BACKEND);
+    }
+    let slot = lb_common::hash::ring_slot(hash, m);
     match RINGS.get(svc.ring_base.wrapping_add(slot)) {
         Some(&s) => Ok(s),
         None => Ok(BACKEND_NONE),

@@ -233,7 +233,7 @@ pub fn establish<T: BorrowMut<MapData>>(
             crate::sys::check_interrupted()?;
         }
         let client = crate::frame::client_wire(base, i);
-        let slot = client_hash_v4(client, HASH_SEED) % m;
+        let slot = lb_common::hash::ring_slot(client_hash_v4(client, HASH_SEED), m);
         let value = PersistValue {
             backend: ring[slot as usize] & RING_BACKEND_MASK,
             atime: now,

@@ -14,7 +14,7 @@ fn clients_in(lb: &Balancer<FakeDataplane>, slots: &[usize], n: u32) -> Vec<(u32
         .map(|c| {
             (
                 c,
-                (lb_common::hash::client_hash_v4(c, lb.seed()) % M) as usize,
+                lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(c, lb.seed()), M) as usize,
             )
         })
         .filter(|(_, s)| slots.contains(s) && seen.insert(*s))

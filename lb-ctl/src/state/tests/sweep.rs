@@ -68,7 +68,7 @@ fn the_sweep_clears_only_slots_no_live_entry_disagrees_with() {
     let flagged = moved(&t0, &t1);
     check_invariant(&mut lb, &cs, now);
     // Slots with an established client keep their flag; the others lose it.
-    let slot = |c: u32| (lb_common::hash::client_hash_v4(c, lb.seed()) % M) as usize;
+    let slot = |c: u32| lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(c, lb.seed()), M) as usize;
     let busy: std::collections::BTreeSet<usize> = cs
         .iter()
         .map(|&c| slot(c))
@@ -305,7 +305,7 @@ fn v6_client_in(lb: &Balancer<FakeDataplane>, slot: usize) -> [u32; 4] {
                 std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, (i >> 16) as u16, i as u16);
             crate::dataplane::addr_words(ip.into())
         })
-        .find(|w| (lb_common::hash::client_hash_v6(w, lb.seed()) % M) as usize == slot)
+        .find(|w| lb_common::hash::ring_slot(lb_common::hash::client_hash_v6(w, lb.seed()), M) as usize == slot)
         .expect("a client in every slot")
 }
 
