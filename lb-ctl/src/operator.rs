@@ -116,9 +116,11 @@ pub fn render(reply: &Reply) -> String {
                     vs.active,
                     vs.backends.len(),
                     if vs.active == 0 {
-                        " — NO BACKEND: packets are dropped"
+                        " — NO BACKEND: packets are dropped".to_owned()
+                    } else if vs.held_slots > 0 {
+                        format!(" — {} ring slots wait to move (slot_move_delay)", vs.held_slots)
                     } else {
-                        ""
+                        String::new()
                     }
                 );
                 if !vs.backends.is_empty() {

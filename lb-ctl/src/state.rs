@@ -80,6 +80,27 @@
 //! behaviour without the fast path. Each family's services are swept by that family's maps
 //! only: the data path looks an IPv6 client up in the IPv6 maps, never in the IPv4 ones.
 //!
+//! ## Slot moves (`slot_move_delay`)
+//!
+//! The fast path refreshes one client's entry per slot and tick (`lb-ebpf/README.md`, "Slot
+//! fast path"). A client that shares its slot with a busier one may come first in a tick so
+//! rarely that its entry idles out while it is active; that costs it nothing while the slot
+//! keeps its backend (the ring names the same one), but when the slot's backend changes it
+//! would move. So with the fast path on, a slot whose backend changes while the old one is
+//! still usable (a backend added, a weight changed, a recovery, a drain) **keeps the old
+//! backend, flagged, for `slot_move_delay`** (default 5 s) before it moves
+//! ([`Balancer::apply_at`]): flagged, every packet of the slot takes the persistence path, so
+//! a client that sends anything meanwhile refreshes its entry — an idled-out one is
+//! re-selected by the ring, which still names the old backend — and keeps that backend after
+//! the move. New clients of the slot go to the old backend until then. A slot whose old
+//! backend is no longer usable (failed, removed) moves at once: its sessions are gone; so
+//! does a slot of a backend that starts draining, which takes no new client from then on —
+//! there, a client of the slot whose entry idled out while it was active is re-balanced (the
+//! trade for a drain that means what it says). A new
+//! change during a hold restarts the service's delay; the sweep never clears a held slot's
+//! flag. The daemon applies at least once a second, so a due move is made within a second.
+//! With the fast path off every packet refreshes its own entry and slots move at once.
+//!
 //! ## Modules
 //!
 //! * `state/backends.rs` — backends and their ids: add/remove, health, drain, weight, and the
@@ -169,6 +190,9 @@ pub struct Balancer<D> {
     /// Flips since start, as the generation [`ServiceState::changed_at`] and sweep tickets
     /// count in.
     epoch: u32,
+    /// How long a slot whose backend changes keeps its old, still usable backend, flagged,
+    /// before it moves ("Slot moves"); zero with the slot fast path off.
+    slot_move_delay: std::time::Duration,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -275,6 +299,7 @@ impl<D: Dataplane> Balancer<D> {
                 changed_at: vec![0; m as usize],
                 flag_all: false,
                 built_from: None,
+                hold: None,
             });
         }
         // Interfaces beyond the config's (only in tests) get both roles.
@@ -316,6 +341,11 @@ impl<D: Dataplane> Balancer<D> {
             flips: 0,
             builds: 0,
             epoch: 0,
+            slot_move_delay: if config.slot_fast_path {
+                config.slot_move_delay
+            } else {
+                std::time::Duration::ZERO
+            },
         })
     }
 

@@ -106,7 +106,10 @@ fn decision(r: &Value) -> (String, String, u32) {
 }
 
 fn slot_of(addr: Ipv4Addr) -> u32 {
-    client_hash_v4(u32::from_ne_bytes(addr.octets()), HASH_SEED) % RING_SIZE
+    lb_common::hash::ring_slot(
+        client_hash_v4(u32::from_ne_bytes(addr.octets()), HASH_SEED),
+        RING_SIZE,
+    )
 }
 
 /// The backend the Maglev ring names for `slot`: `lookup` of an address in 172.16.0.0/12 (used
@@ -387,6 +390,12 @@ fn backend_state_is(lab: &IkeLab, addr: Ipv4Addr, state: &str, within: Duration)
     .unwrap_or_else(|e| fail(lab, format!("{e:#}")))
 }
 
+/// Waits until `addr` holds ring slots (they move to it `slot_move_delay` after the change).
+fn slots_moved_to(lab: &IkeLab, addr: Ipv4Addr) -> Duration {
+    control::wait_ring_slots(&lab.lab, addr, Duration::from_secs(15))
+        .unwrap_or_else(|e| fail(lab, format!("{e:#}")))
+}
+
 /// One lab at a time: each runs ~30 charons.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -528,6 +537,7 @@ fn floods_do_not_evict_established_clients() {
         .lb_ctl(&lb_ctl, &["backend", "add", "aovpn", &b4.to_string()])
         .unwrap_or_else(|e| fail(&lab, format!("backend add: {e:#}")));
     backend_state_is(&lab, b4, "active", Duration::from_secs(10));
+    slots_moved_to(&lab, b4);
     assert_persisted(&lab, &lb_ctl, &first, "after b4 joined");
 
     // 2b. The busiest responder fails and recovers; its clients re-establish elsewhere.
@@ -561,6 +571,7 @@ fn floods_do_not_evict_established_clients() {
         .ip(&["link", "set", &port, "up"])
         .unwrap_or_else(|e| fail(&lab, format!("restore: {e:#}")));
     let recovered = backend_state_is(&lab, dead_addr, "active", Duration::from_secs(15));
+    slots_moved_to(&lab, dead_addr);
     let pings = lab.ping_all(PINGS);
     let snap = lab
         .snapshot(None, Some(&pings))

@@ -180,6 +180,10 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
         |l| control::has_state(l, victim_addr, "active"),
     );
     let recovered = or_log(&lab, recovered, "recovery");
+    // Its slots come back `slot_move_delay` later (lb-ctl/src/state.rs, "Slot moves").
+    let back = control::wait_ring_slots(&lab, victim_addr, Duration::from_secs(15));
+    let back = or_log(&lab, back, "the victim's slots back");
+    eprintln!("RECOVERY: {victim}'s ring slots back {back:.2?} after it was up again");
     eprintln!(
         "RECOVERY: {victim} back in the table {recovered:.2?} after the link came up (rise {RISE})"
     );

@@ -532,6 +532,10 @@ fn failed_backend_loses_only_its_clients_and_takes_none_back() {
         .sysctl("net/ipv4/icmp_echo_ignore_all", "0")
         .expect("sysctl");
     wait_backend_health(&lab, &lb_ctl, b1, "up");
+    // b1's slots come back `slot_move_delay` later (lb-ctl/src/state.rs, "Slot moves").
+    if let Err(e) = lab::control::wait_ring_slots(&lab, b1, Duration::from_secs(15)) {
+        panic!("{e:#}\n{}", lab.daemon_output_tail(30));
+    }
     let (failures, after) = ask_via_vip(&lab, known, Ask::Ike);
     assert_no_failures("after b1 is back", &failures);
     let moved: Vec<String> = during

@@ -186,6 +186,10 @@ fn backend_add_under_traffic_moves_nobody_and_remove_stops_every_packet() {
         control::has_state(l, b4, "active")
     });
     let joined = or_log(&lab, joined, "b4 joins");
+    // Its slots move to it `slot_move_delay` later (lb-ctl/src/state.rs, "Slot moves"): the
+    // traffic runs through the hold and the move.
+    let moved = control::wait_ring_slots(&lab, b4, Duration::from_secs(15));
+    or_log(&lab, moved, "b4 takes its slots");
     std::thread::sleep(Duration::from_millis(500));
     let (clients, rounds) = traffic.stop().expect("traffic");
     eprintln!(

@@ -125,6 +125,10 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         control::has_state(l, b4, "active")
     });
     or_log(&lab, joined, "b4 joins");
+    // Its slots wait `slot_move_delay` (5 s) before they move to it: traffic runs through the
+    // hold and the move.
+    let moved = control::wait_ring_slots(&lab, b4, Duration::from_secs(15));
+    or_log(&lab, moved, "b4 takes its slots");
     std::thread::sleep(Duration::from_millis(500));
     let (bulk, rounds) = traffic.stop().expect("traffic");
     assert_nobody_moved(&rounds, &start, "bulk traffic while b4 joined");
@@ -175,6 +179,8 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         control::has_state(l, victim_addr, "active")
     });
     or_log(&lab, up, "victim back");
+    let moved = control::wait_ring_slots(&lab, victim_addr, Duration::from_secs(15));
+    or_log(&lab, moved, "the victim's slots come back");
     std::thread::sleep(Duration::from_millis(500));
     let (bulk, rounds) = traffic.stop().expect("traffic");
     let after = or_log(

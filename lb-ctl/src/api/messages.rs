@@ -204,6 +204,10 @@ pub struct VirtualServerStatus {
     /// Backends holding slots in the active table (0: every packet is dropped as
     /// `no_backend`).
     pub active: usize,
+    /// Ring slots that keep their old backend until their move is due (`slot_move_delay`;
+    /// absent from older daemons).
+    #[serde(default)]
+    pub held_slots: usize,
     pub backends: Vec<BackendInfo>,
 }
 

@@ -24,6 +24,10 @@
 //!   ([`Config::warnings`]).
 //! * `slot_fast_path` — bulk packets (ESP) of clients whose Maglev slot never changed skip
 //!   the persistence lookup (load-time global `SLOT_FAST_PATH`; default true).
+//! * `slot_move_delay` — with the fast path on, how long a slot whose backend changes keeps
+//!   its old, still usable backend (flagged) before it moves (default 5s or
+//!   `persistence_timeout` if shorter; 0 at once; at most
+//!   `persistence_timeout`).
 //! * `tcp_ports` per virtual server — TCP ports in the same persistency group (SSTP
 //!   fallback), at most [`MAX_PORTS`](lb_common::MAX_PORTS).
 //! * `vip` may be a list of one IPv4 and one IPv6 address: a dual-stack virtual server.
@@ -114,6 +118,10 @@ pub struct Config {
     /// Skip the persistence lookup for bulk packets of clients in unchanged ring slots
     /// (extension; load-time global `SLOT_FAST_PATH`, see `state`, "Slot flags").
     pub slot_fast_path: bool,
+    /// With `slot_fast_path` on: how long a ring slot whose backend changes while the old one
+    /// is still usable keeps that backend, flagged, before it moves (extension; default 5 s,
+    /// 0 moves at once; see `state`, "Slot moves").
+    pub slot_move_delay: Duration,
     /// What is valid but probably not meant (a v6 size without an IPv6 VIP), one line each
     /// like a problem; [`load`] logs them.
     warnings: Vec<Problem>,

@@ -81,6 +81,8 @@ pub(super) struct RawConfig {
     pub(super) detach_on_exit: bool,
     #[serde(default = "default_slot_fast_path")]
     pub(super) slot_fast_path: bool,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) slot_move_delay: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +197,10 @@ fn default_persistence_timeout() -> Duration {
 }
 fn default_slot_fast_path() -> bool {
     true
+}
+/// `slot_move_delay` when the config sets none: 5 s, or `persistence_timeout` if shorter.
+pub(super) fn default_slot_move_delay(persistence_timeout: Duration) -> Duration {
+    Duration::from_secs(5).min(persistence_timeout)
 }
 fn default_table_size() -> u32 {
     lb_common::DEFAULT_RING_SIZE

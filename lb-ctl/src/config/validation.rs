@@ -257,6 +257,21 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
     }
 
     c.duration("persistence_timeout", raw.persistence_timeout);
+    let slot_move_delay = match raw.slot_move_delay {
+        Some(d) if d > raw.persistence_timeout => {
+            c.refuse(
+                "slot_move_delay",
+                format!(
+                    "{} is longer than persistence_timeout ({}): entries idle out before the move",
+                    humantime::format_duration(d),
+                    humantime::format_duration(raw.persistence_timeout)
+                ),
+            );
+            d
+        }
+        Some(d) => d,
+        None => super::schema::default_slot_move_delay(raw.persistence_timeout),
+    };
     let raw_vips: usize = raw.virtual_servers.iter().map(|vs| vs.vip.0.len()).sum();
     if !lb_common::maglev::is_prime(raw.maglev_table_size) {
         c.refuse(
@@ -569,6 +584,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         instance: raw.instance,
         detach_on_exit: raw.detach_on_exit,
         slot_fast_path: raw.slot_fast_path,
+        slot_move_delay,
         warnings,
         origin,
     })

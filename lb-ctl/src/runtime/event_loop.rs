@@ -28,7 +28,8 @@ pub fn apply_and_log<D: Dataplane>(lb: &mut Balancer<D>) -> Result<ApplyReport, 
         if active == 0 {
             warn!(virtual_server = %svc.name, slots_written = slots, "Maglev table flipped with no usable backend: packets to this virtual server are dropped (no_backend)");
         } else {
-            info!(virtual_server = %svc.name, slots_written = slots, active, "Maglev table rebuilt and flipped");
+            let held = svc.held_slots();
+            info!(virtual_server = %svc.name, slots_written = slots, active, held, "Maglev table rebuilt and flipped");
         }
     }
     Ok(report)

@@ -290,6 +290,7 @@ impl Controller {
                         tcp_ports: vs.tcp_ports.clone(),
                         esp: vs.esp,
                         active: mine.iter().filter(|b| b.ring_slots > 0).count(),
+                        held_slots: s.held_slots(),
                         backends: mine,
                     }
                 })

@@ -2,7 +2,7 @@
 //! `RINGS`; [`Balancer::apply`] writes interfaces, backends and tables in the order of the
 //! module doc of [`super`], building each service's table and flipping it.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
 use lb_common::{
     maglev::{self, Member},
@@ -36,12 +36,39 @@ pub struct ServiceState {
     /// The members the active table was last built from (`None`: not built yet, or the last
     /// attempt failed). Events that change no member (most health reports) skip the build.
     pub(super) built_from: Option<Vec<Member>>,
+    /// Slots held on their old backend ("Slot moves" in the module doc of [`super`]).
+    pub(super) hold: Option<Hold>,
+}
+
+/// A service's slot moves in waiting: until `until`, every slot whose active backend differs
+/// from `target` (the last table built) keeps the active one, flagged.
+#[derive(Clone, Debug)]
+pub(super) struct Hold {
+    pub(super) until: Instant,
+    pub(super) target: Vec<u32>,
+}
+
+impl Hold {
+    /// Whether `slot` waits to move (its active backend is `active`).
+    pub(super) fn holds(&self, slot: usize, active: u32) -> bool {
+        self.target[slot] & RING_BACKEND_MASK != active
+    }
 }
 
 impl ServiceState {
     /// The table the data path reads now (backend id | `RING_F_*` per slot).
     pub fn active_table(&self) -> &[u32] {
         &self.buffers[self.active]
+    }
+
+    /// Slots that keep their old backend until their move is due ("Slot moves").
+    pub fn held_slots(&self) -> usize {
+        match &self.hold {
+            Some(h) => (0..self.active_table().len())
+                .filter(|&i| h.holds(i, self.active_backend(i)))
+                .count(),
+            None => 0,
+        }
     }
 
     /// The backend of `slot` in the active table (flags stripped).
@@ -82,6 +109,12 @@ impl<D: Dataplane> Balancer<D> {
 
     /// Brings the maps to the desired state (see the module doc for the write order).
     pub fn apply(&mut self) -> Result<ApplyReport, StateError> {
+        self.apply_at(Instant::now())
+    }
+
+    /// [`apply`](Balancer::apply) at time `now` (held slot moves whose delay ended by `now`
+    /// are made).
+    pub fn apply_at(&mut self, now: Instant) -> Result<ApplyReport, StateError> {
         let mut report = ApplyReport::default();
         if !self.ifaces_written {
             for ((i, &roles), &port) in self.ifaces.iter().zip(&self.roles).zip(&self.ports) {
@@ -110,7 +143,7 @@ impl<D: Dataplane> Balancer<D> {
         }
         report.backends_written += self.write_backends(true)?;
         for idx in 0..self.services.len() {
-            if let Some(flip) = self.rebuild(idx)? {
+            if let Some(flip) = self.rebuild(idx, now)? {
                 report.flips.push(flip);
             }
         }
@@ -119,9 +152,23 @@ impl<D: Dataplane> Balancer<D> {
         Ok(report)
     }
 
+    /// When held slot moves are due: the earliest end of a service's hold (`None`: none held).
+    /// The daemon applies at least once a second, so a due move is made within a second.
+    pub fn next_move(&self) -> Option<Instant> {
+        self.services
+            .iter()
+            .filter_map(|s| s.hold.as_ref().map(|h| h.until))
+            .min()
+    }
+
+    /// Slots held on their old backend now, all services.
+    pub fn held_slots(&self) -> usize {
+        self.services.iter().map(ServiceState::held_slots).sum()
+    }
+
     /// Rebuilds one service's table; writes and flips it if it differs from the active one.
     /// Returns (service id, slots written) when it flipped.
-    fn rebuild(&mut self, idx: usize) -> Result<Option<(u32, usize)>, StateError> {
+    fn rebuild(&mut self, idx: usize, now: Instant) -> Result<Option<(u32, usize)>, StateError> {
         let members: Vec<Member> = self.services[idx]
             .members
             .iter()
@@ -135,11 +182,25 @@ impl<D: Dataplane> Balancer<D> {
                 }
             })
             .collect();
+        // Backends a held slot may keep: in the ring (usable and not draining — a drain
+        // takes no new client from its start, so its slots move at once).
+        let keepers: BTreeSet<u32> = if self.slot_move_delay.is_zero() {
+            BTreeSet::new()
+        } else {
+            self.backends
+                .values()
+                .filter(|b| b.in_ring())
+                .map(|b| b.id)
+                .collect()
+        };
+        let delay = self.slot_move_delay;
         let svc = &mut self.services[idx];
-        // Same members, written, nothing to flag: the build would give the active table
-        // again (its flags are kept or cleared by the sweep, never set by a rebuild of the
-        // same members). A Maglev build is O(M × backends): not on every health report.
-        if svc.written && !svc.flag_all && svc.built_from.as_ref() == Some(&members) {
+        let due = svc.hold.as_ref().is_some_and(|h| now >= h.until);
+        // Same members, written, nothing to flag, no held move due: the build would give the
+        // active table again (its flags are kept or cleared by the sweep, never set by a
+        // rebuild of the same members). A Maglev build is O(M × backends): not on every
+        // health report.
+        if svc.written && !svc.flag_all && !due && svc.built_from.as_ref() == Some(&members) {
             return Ok(None);
         }
         svc.built_from = None;
@@ -148,13 +209,27 @@ impl<D: Dataplane> Balancer<D> {
         let m = self.ring_size;
         // Slot flags (module doc, "Slot flags"): set where the backend changes against the
         // active table (a slot that had none holds no session), kept where already set.
+        // Slot moves ("Slot moves"): a slot whose backend changes while the old one is
+        // usable keeps it, flagged, until the delay ends; a slot held since an earlier build
+        // moves once its hold is due, a newly held one restarts the delay.
         let flag_all = svc.flag_all;
+        let mut held = false;
+        let mut newly_held = false;
         let table: Vec<u32> = built
             .iter()
             .zip(&svc.buffers[svc.active])
-            .map(|(&new, &old)| {
+            .enumerate()
+            .map(|(slot, (&new, &old))| {
                 let was = old & RING_BACKEND_MASK;
                 let changed = was != BACKEND_NONE && was != new;
+                if changed && keepers.contains(&was) {
+                    let before = svc.hold.as_ref().is_some_and(|h| h.holds(slot, was));
+                    if !(before && due) {
+                        held = true;
+                        newly_held |= !before;
+                        return was | RING_F_CHANGED;
+                    }
+                }
                 if flag_all || changed || old & RING_F_CHANGED != 0 {
                     new | RING_F_CHANGED
                 } else {
@@ -162,6 +237,13 @@ impl<D: Dataplane> Balancer<D> {
                 }
             })
             .collect();
+        svc.hold = held.then(|| Hold {
+            until: match &svc.hold {
+                Some(h) if !newly_held && !due => h.until,
+                _ => now + delay,
+            },
+            target: built,
+        });
         if table == svc.buffers[svc.active] {
             svc.flag_all = false;
             if !svc.written {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    hash::{client_hash_v4, client_hash_v6},
+    hash::{client_hash_v4, client_hash_v6, ring_slot},
     PersistKeyV4, PersistKeyV6, PersistValue, FAMILY_V4, FAMILY_V6, RING_F_CHANGED,
 };
 
@@ -89,7 +89,7 @@ impl<D: Dataplane> Balancer<D> {
         let (seed, m) = (self.seed, self.ring_size);
         let keyed = entries
             .iter()
-            .map(|(k, v)| (k.service, client_hash_v4(k.client, seed) % m, v));
+            .map(|(k, v)| (k.service, ring_slot(client_hash_v4(k.client, seed), m), v));
         self.clear_family(FAMILY_V4, ticket, keyed, timeout_ticks)
     }
 
@@ -106,7 +106,7 @@ impl<D: Dataplane> Balancer<D> {
         let (seed, m) = (self.seed, self.ring_size);
         let keyed = entries
             .iter()
-            .map(|(k, v)| (k.service, client_hash_v6(&k.client, seed) % m, v));
+            .map(|(k, v)| (k.service, ring_slot(client_hash_v6(&k.client, seed), m), v));
         self.clear_family(FAMILY_V6, ticket, keyed, timeout_ticks)
     }
 
@@ -150,8 +150,14 @@ impl<D: Dataplane> Balancer<D> {
                     continue;
                 }
                 let since = svc.changed_at[slot];
-                // Changed after the ticket (epochs wrap after 2^32 flips; not a concern).
-                if since > ticket.epoch || keep.contains(&(slot as u32)) {
+                // Changed after the ticket (epochs wrap after 2^32 flips; not a concern), or
+                // held to move ("Slot moves": its flag makes its clients refresh their
+                // entries before the move).
+                let held = svc
+                    .hold
+                    .as_ref()
+                    .is_some_and(|h| h.holds(slot, v & lb_common::RING_BACKEND_MASK));
+                if since > ticket.epoch || keep.contains(&(slot as u32)) || held {
                     report.kept += 1;
                     continue;
                 }

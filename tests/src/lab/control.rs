@@ -86,6 +86,17 @@ pub fn wait_backends(
     Ok(t0.elapsed())
 }
 
+/// Waits until backend `addr` holds ring slots in the active table: slots whose backend
+/// changes keep the old, still usable one, flagged, for `slot_move_delay` (5 s by default)
+/// before they move (`lb-ctl/src/state.rs`, "Slot moves").
+pub fn wait_ring_slots(lab: &Lab, addr: Ipv4Addr, timeout: Duration) -> Result<Duration> {
+    wait_backends(lab, &format!("{addr} holds ring slots"), timeout, |l| {
+        l.iter().any(|b| {
+            b["address"] == addr.to_string() && b["ring_slots"].as_u64().unwrap_or(0) > 0
+        })
+    })
+}
+
 /// Whether the backend `addr` is in `list` with `state` (`active`, `draining`, `unusable`).
 pub fn has_state(list: &[Value], addr: Ipv4Addr, state: &str) -> bool {
     list.iter()

@@ -20,7 +20,7 @@ fn config(backends: &[&str]) -> config::Config {
     config::parse(
         "t.yaml",
         &format!(
-            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nvirtual_servers:
+            "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: 7\nslot_move_delay: 0s\nvirtual_servers:
   - name: a
     vip: 203.0.113.10
     backends:
