@@ -83,10 +83,10 @@ const LEVER: usize = 4;
 /// Client counts of the sweep.
 pub const SIZES: [(&str, u32); 3] = [("1k", 1_000), ("64k", 65_536), ("1M", 1_000_000)];
 
-const CLIENT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+pub(crate) const CLIENT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 /// Frames per test_run call (≈ 20–100 ms); the loop stops at the first call past the deadline.
-const CHUNK: u32 = 1 << 16;
-const BATCH: u32 = 64;
+pub(crate) const CHUNK: u32 = 1 << 16;
+pub(crate) const BATCH: u32 = 64;
 
 /// Conntrack entries the nft gateway needs at 1M clients (the per-namespace value is
 /// read-only: the global one is raised for the run and restored).
@@ -564,7 +564,7 @@ fn start_daemon(
     }
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -633,7 +633,7 @@ fn set_clients(rig: &mut Rig, clients: u32) -> Result<()> {
     )
 }
 
-fn sink_count(ebpf: &Ebpf) -> Result<u64> {
+pub(crate) fn sink_count(ebpf: &Ebpf) -> Result<u64> {
     let m: PerCpuArray<&MapData, u64> =
         PerCpuArray::try_from(ebpf.map("BENCH_SINK").context("BENCH_SINK")?)?;
     Ok(m.get(&0, 0)?.iter().sum())

@@ -1,7 +1,7 @@
 //! The frames the benchmark sends and the bench maps' user-side layouts (mirrors of
 //! `lb-ebpf/src/bench/mod.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::csum;
 
@@ -38,8 +38,16 @@ unsafe impl aya::Pod for BenchCfg {}
 /// The template block and a frame built from it (addresses 0 where the stamp writes them).
 pub struct Template {
     pub block: [u8; 64],
+    /// IPv6 frames: the block for `BENCH_TEMPLATE6` (`bench_stamp6`), and `block` is unused.
+    pub block6: Option<[u8; 72]>,
     pub frame: Vec<u8>,
 }
+
+/// Bytes of the stamped IPv6 header block (Ethernet + IPv6 + UDP).
+pub const HEADERS6: usize = 62;
+/// An IPv6 bulk frame: the IPv4 frame's 18 payload bytes behind the 20 bytes more of the
+/// IPv6 header, 84 bytes on the wire.
+pub const FRAME_LEN6: usize = HEADERS6 + FRAME_LEN - HEADERS;
 
 /// Builds the header block of a UDP frame between `port` and `port` (both directions of IKE
 /// and NAT-T use the same port on each side): `daddr` is fixed (`None` = left 0 for the
@@ -131,7 +139,106 @@ fn build(
     // the UDP checksum was computed with.
     let mut block = [0u8; 64];
     block[..HEADERS + 8].copy_from_slice(&f[..HEADERS + 8]);
-    Template { block, frame: f }
+    Template {
+        block,
+        block6: None,
+        frame: f,
+    }
+}
+
+/// [`template`] over IPv6, from `saddr` to `daddr`: the stamp writes the low 32-bit word of
+/// the source (forward: the client; reverse: the backend) and, in reverse mode, of the
+/// destination (the client), so those words must be 0 here (`daddr`'s only in reverse).
+pub fn template6(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: Ipv6Addr,
+    daddr: Ipv6Addr,
+    port: u16,
+) -> Template {
+    let mut payload: Vec<u8> = (0..FRAME_LEN - HEADERS).map(|i| i as u8).collect();
+    payload[0..4].copy_from_slice(&SPI.to_be_bytes());
+    if port == ESP_IN_UDP {
+        payload[4..8].copy_from_slice(&1u32.to_be_bytes());
+    }
+    build6(dst_mac, src_mac, saddr, daddr, port, &payload)
+}
+
+/// [`ike_sa_init_template`] over IPv6 (90 bytes, 94 on the wire).
+pub fn ike_sa_init_template6(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: Ipv6Addr,
+    daddr: Ipv6Addr,
+) -> Template {
+    let t = ike_sa_init_template(dst_mac, src_mac, Ipv4Addr::UNSPECIFIED);
+    build6(dst_mac, src_mac, saddr, daddr, IKE, &t.frame[HEADERS..])
+}
+
+fn build6(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: Ipv6Addr,
+    daddr: Ipv6Addr,
+    port: u16,
+    payload: &[u8],
+) -> Template {
+    assert!(payload.len() >= 8, "the stamp rewrites payload bytes 4..8");
+    assert_eq!(
+        saddr.octets()[12..],
+        [0; 4],
+        "the stamp writes the source's low word: 0 in the template"
+    );
+    let len = HEADERS6 + payload.len();
+    let udp_len = (8 + payload.len()) as u16;
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    {
+        let ip = &mut f[14..54];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        ip[6] = 17; // UDP
+        ip[7] = 64; // hop limit
+        ip[8..24].copy_from_slice(&saddr.octets());
+        ip[24..40].copy_from_slice(&daddr.octets());
+    }
+    f[54..56].copy_from_slice(&port.to_be_bytes());
+    f[56..58].copy_from_slice(&port.to_be_bytes());
+    f[58..60].copy_from_slice(&udp_len.to_be_bytes());
+    f[62..].copy_from_slice(payload);
+    let c = udp6_checksum(&f);
+    f[60..62].copy_from_slice(&c.to_ne_bytes());
+    let mut block6 = [0u8; 72];
+    block6[..HEADERS6 + 8].copy_from_slice(&f[..HEADERS6 + 8]);
+    Template {
+        block: [0; 64],
+        block6: Some(block6),
+        frame: f,
+    }
+}
+
+/// The UDP checksum of an IPv6 frame (RFC 8200 §8.1 pseudo-header), its own field taken as 0.
+fn udp6_checksum(f: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 40];
+    pseudo[0..32].copy_from_slice(&f[22..54]);
+    pseudo[34..36].copy_from_slice(&f[58..60]);
+    pseudo[39] = 17;
+    let mut udp = f[54..].to_vec();
+    udp[6..8].fill(0);
+    match !csum::fold(csum::sum_bytes(&udp, csum::sum_bytes(&pseudo, 0))) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// Wire-order words of client `i` of an IPv6 client set: the /96 `prefix`, then the low word
+/// `base + i` (host order `base`), as `bench_stamp6` writes it.
+pub fn client6_wire(prefix: Ipv6Addr, base: u32, i: u32) -> [u32; 4] {
+    let o = prefix.octets();
+    let w = |k: usize| u32::from_ne_bytes([o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]]);
+    [w(0), w(1), w(2), client_wire(base, i)]
 }
 
 /// A concrete frame of `t` from client `client` (wire order), checksums updated the way the
@@ -180,6 +287,31 @@ mod tests {
         pseudo[9] = 17;
         pseudo[10..12].copy_from_slice(&f[38..40]);
         assert_eq!(csum::fold(csum::sum_bytes(&f[34..], csum::sum_bytes(&pseudo, 0))), 0xffff);
+    }
+
+    /// The IPv6 templates' UDP checksums verify, and so do they after writing a client's low
+    /// word the way `bench_stamp6` does (incrementally).
+    #[test]
+    fn template6_checksums() {
+        let vip: Ipv6Addr = "2001:db8:ffff::10".parse().unwrap();
+        let prefix: Ipv6Addr = "2001:db8:c::".parse().unwrap();
+        for t in [
+            template6([2; 6], [4; 6], prefix, vip, ESP_IN_UDP),
+            ike_sa_init_template6([2; 6], [4; 6], prefix, vip),
+        ] {
+            let f = &t.frame;
+            assert_eq!(f[60..62], udp6_checksum(f).to_ne_bytes());
+            let mut g = f.clone();
+            let client = client6_wire(prefix, 0x6440_0000, 7)[3];
+            g[34..38].copy_from_slice(&client.to_ne_bytes());
+            let c = csum::udp_replace32(u16::from_ne_bytes([f[60], f[61]]), 0, client);
+            g[60..62].copy_from_slice(&c.to_ne_bytes());
+            assert_eq!(g[60..62], udp6_checksum(&g).to_ne_bytes());
+        }
+        let t = template6([2; 6], [4; 6], prefix, vip, ESP_IN_UDP);
+        assert_eq!(t.frame.len(), FRAME_LEN6);
+        let t = ike_sa_init_template6([2; 6], [4; 6], prefix, vip);
+        assert_eq!(&t.frame[HEADERS6 + 8..HEADERS6 + 16], &[0; 8], "responder SPI 0");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! 1. program cost (`progcost`): BPF_PROG_TEST_RUN with the stamp method;
 //! 2. closed loop (`closed_loop`): live-frame generator → gateway → XDP sink on one core,
-//!    ikelb against a trivial forwarder, nftables DNAT + conntrack and plain forwarding;
+//!    ikelb against a trivial forwarder, nftables DNAT + conntrack and plain forwarding; then
+//!    the same over IPv6 against a trivial IPv6 forwarder (`closed_loop6`);
 //! 3. memory of the persistence and probation maps (`progcost::Memory`);
 //! 4. control plane (`control`): Maglev builds, health-check CPU with 1,000 backends, and
 //!    persistence scans at 1M clients (scrape, `backend list`, full walk; idle and under
@@ -14,9 +15,11 @@
 
 mod chart;
 mod closed_loop;
+mod closed_loop6;
 mod control;
 mod frame;
 mod lb;
+mod lb6;
 mod progcost;
 mod report;
 mod stats;
@@ -95,19 +98,23 @@ fn main() -> Result<()> {
     eprintln!("==> 1/4 program cost (BPF_PROG_TEST_RUN, stamp method)");
     let prog = progcost::run(&prefix, cpu, args.trials)?;
     eprintln!("==> 2/4 closed loop (generator → gateway → sink on CPU {cpu})");
+    let loop_opts = closed_loop::Options {
+        cpu,
+        daemon_cpu: 0,
+        measure: Duration::from_secs_f64(args.seconds),
+        repeats: args.repeats,
+        lb_ctl: args.lb_ctl.clone(),
+    };
     let closed = if args.skip_loop {
         closed_loop::Results::default()
     } else {
-        closed_loop::run(
-            &prefix,
-            &closed_loop::Options {
-                cpu,
-                daemon_cpu: 0,
-                measure: Duration::from_secs_f64(args.seconds),
-                repeats: args.repeats,
-                lb_ctl: args.lb_ctl.clone(),
-            },
-        )?
+        closed_loop::run(&prefix, &loop_opts)?
+    };
+    eprintln!("==> 2/4 closed loop over IPv6 (generator → gateway → sink on CPU {cpu})");
+    let closed6 = if args.skip_loop {
+        closed_loop::Results::default()
+    } else {
+        closed_loop6::run(&prefix, &loop_opts)?
     };
     eprintln!("==> 3/4 Maglev builds");
     let maglev: Vec<(u32, f64)> = control::MAGLEV_SIZES
@@ -133,6 +140,7 @@ fn main() -> Result<()> {
         machine: &machine,
         prog: &prog,
         closed: &closed,
+        closed6: &closed6,
         maglev: &maglev,
         health: &health,
         scans: &scans,

@@ -18,9 +18,14 @@
 //! ring slot, as a promotion would have left it; the clients' MAC and interface), then one
 //! warm-up pass runs through the program. Rows whose sources are new (`miss*`,
 //! `spoofed_init*`) draw them from 2^26 addresses, far more than both maps hold.
+//!
+//! The IPv6 rows (`*_v6`) run after every IPv4 row, on the object loaded again for a virtual
+//! server with an IPv6 VIP and IPv6 backends (`lb6`), with the IPv6 stamp (`bench_stamp6`,
+//! `bench_stamp_lb6`): the same rows at the same client counts and the same checks, over
+//! `PERSIST_V6` / `PROBATION_V6`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     time::Instant,
 };
@@ -30,7 +35,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
-use lb_common::{counter, event, PersistKeyV4, PersistValue, QUOTA_WINDOW_SHIFT, RING_F_CHANGED};
+use lb_common::{
+    counter, event, PersistKeyV4, PersistKeyV6, PersistValue, QUOTA_WINDOW_SHIFT, RING_F_CHANGED,
+};
 use lb_ctl::{
     config::Config,
     dataplane::{AyaDataplane, Dataplane},
@@ -42,6 +49,7 @@ use crate::{
         self, client_wire, BenchCfg, Template, ESP_IN_UDP, IKE, MODE_FORWARD, MODE_REVERSE,
     },
     lb::{self, backend_addr, BACKENDS, VIP},
+    lb6::{self, BACKEND_PREFIX6, VIP6},
     stats::median,
     sys::{self, NetNs, Prefix},
 };
@@ -61,6 +69,12 @@ const SPOOF_BASE: u32 = u32::from_be_bytes([64, 0, 0, 0]);
 /// one, and more than the frames of one row (≤ 20 × 2^20, stamp runs included), so no source
 /// of a row comes twice: every frame is a new client.
 const MISS_CLIENTS: u32 = 1 << 26;
+/// The IPv6 rows' /96 prefixes (the low word from the stamp): established clients
+/// (`HIT_BASE` + i, as over IPv4), ESP from new sources and spoofed IKE_SA_INIT (low words
+/// 1 … 2^26), disjoint as above.
+pub const HIT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0);
+const MISS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x3200, 0, 0, 0, 0, 0);
+const SPOOF6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x6400, 0, 0, 0, 0, 0);
 /// Not a VIP, not a backend: the pass-through row's destination.
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// MAC of every backend's next hop (never used to send: test_run does not transmit).
@@ -203,6 +217,9 @@ struct Bench {
     quota: u32,
     /// Event deltas summed over the checked runs since the last reset (`row`).
     acc: [u64; EVENTS],
+    /// The IPv6 object (`setup6`): the IPv6 stamp programs, `PERSIST_V6`, clients under
+    /// [`HIT6`].
+    v6: bool,
 }
 
 /// The benchmark's configuration as the daemon would parse it.
@@ -223,14 +240,32 @@ fn setup(
     if unlimited {
         config.new_client_rate = 0;
     }
+    let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path && !unlimited);
+    let progs: Vec<&str> = [STAMP, LB].into_iter().chain(variants).collect();
+    setup_config(ifaces, trials, fast_path, &config, &progs, false)
+}
+
+/// [`setup`] for the IPv6 virtual server (`lb6`), the default ration, no variants.
+fn setup6(ifaces: &[IfaceInfo; 2], trials: usize, fast_path: bool) -> Result<Bench> {
+    let config = lb6::config6(&["ext", "int"])?;
+    Ok(setup_config(ifaces, trials, fast_path, &config, &[STAMP6, LB6], true)?.0)
+}
+
+fn setup_config(
+    ifaces: &[IfaceInfo; 2],
+    trials: usize,
+    fast_path: bool,
+    config: &Config,
+    progs: &[&str],
+    v6: bool,
+) -> Result<(Bench, Memory)> {
     let quota = config.new_client_quota(lb::quota_cpus());
-    let ebpf = lb::load_like_daemon(&config, 1 << 16, fast_path)?;
-    let memory = memory(&ebpf, &config)?;
-    let mut lb = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), BACKEND_MAC)?;
+    let ebpf = lb::load_like_daemon(config, 1 << 16, fast_path)?;
+    let memory = memory(&ebpf, config)?;
+    let mut lb = lb::fill_like_daemon(ebpf, config, ifaces.to_vec(), BACKEND_MAC)?;
     {
         let ebpf = lb.dataplane_mut().ebpf_mut();
-        let variants = VARIANTS.iter().map(|v| v.prog).filter(|_| !fast_path && !unlimited);
-        for p in [STAMP, LB].into_iter().chain(variants) {
+        for p in progs {
             lb::load_prog(ebpf, p)?;
         }
     }
@@ -242,6 +277,7 @@ fn setup(
             trials,
             quota,
             acc: [0; EVENTS],
+            v6,
         },
         memory,
     ))
@@ -474,6 +510,7 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
             rows.push(r?);
         }
     }
+    rows.extend(measure_v6(&ifaces, trials)?);
     for r in &mut rows {
         r.fast_path_on = r.key.starts_with("lever_");
     }
@@ -486,6 +523,155 @@ fn measure(ifaces: [IfaceInfo; 2], trials: usize, cpu: usize) -> Result<ProgCost
         repeat: REPEAT,
         cpu,
     })
+}
+
+/// The IPv6 rows, after every IPv4 one: the object loaded for the IPv6 virtual server, the
+/// IPv4 rows' frames over IPv6 (`frame::template6`), the same expectations. Keys: the IPv4
+/// row's with `_v6`.
+fn measure_v6(ifaces: &[IfaceInfo; 2], trials: usize) -> Result<Vec<Row>> {
+    let (ext_mac, int_mac) = (ifaces[0].mac, ifaces[1].mac);
+    let fwd = frame::template6(ext_mac, ROUTER_MAC, HIT6, VIP6, ESP_IN_UDP);
+    let ike = frame::template6(ext_mac, ROUTER_MAC, HIT6, VIP6, IKE);
+    let init = frame::ike_sa_init_template6(ext_mac, ROUTER_MAC, SPOOF6, VIP6);
+    let miss = frame::template6(ext_mac, ROUTER_MAC, MISS6, VIP6, ESP_IN_UDP);
+    let rev = frame::template6(int_mac, BACKEND_MAC, BACKEND_PREFIX6, HIT6, ESP_IN_UDP);
+    let flood = fwd_cfg(MISS_CLIENTS, 1);
+    let spoof = fwd_cfg(MISS_CLIENTS, 1);
+    let forwarded = Expect {
+        counter: Some(counter::FORWARD),
+        action: XDP_REDIRECT,
+        news: News::None,
+        fast: Fast::Never,
+    };
+    let rationed = |lost: bool| Expect {
+        news: News::Rationed { lost },
+        ..forwarded
+    };
+
+    let mut rows = Vec::new();
+    let mut b = setup6(ifaces, trials, false)?;
+    for (key, clients) in [("hit_64k_v6", 65_536), ("hit_1M_v6", 1_000_000)] {
+        eprintln!("  program cost: {key}");
+        let cfg = fwd_cfg(clients, HIT_BASE);
+        b.establish(cfg)?;
+        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), Some(forwarded))?;
+        let mut row = b.row(
+            key,
+            format!("IPv6: forward, established client (PERSIST_V6 hit), {clients} clients"),
+            &fwd,
+            cfg,
+            b.ext,
+            forwarded,
+        )?;
+        row.resident = Some(b.resident(cfg)?);
+        rows.push(row);
+        if clients != 65_536 {
+            continue;
+        }
+        eprintln!("  program cost: reverse_v6");
+        b.fill_rev(cfg)?;
+        let rcfg = BenchCfg {
+            mode: MODE_REVERSE,
+            ..cfg
+        };
+        let reversed = Expect {
+            counter: Some(counter::REVERSE),
+            ..forwarded
+        };
+        rows.push(b.row(
+            "reverse_v6",
+            format!("IPv6: reverse (backend → established client), {clients} clients"),
+            &rev,
+            rcfg,
+            b.int,
+            reversed,
+        )?);
+        eprintln!("  program cost: spoofed_init_64k_v6");
+        b.run(LB, &init, spoof, b.ext, REPEAT, Some(rationed(false)))?;
+        let mut row = b.row(
+            "spoofed_init_64k_v6",
+            format!(
+                "IPv6: spoofed IKE_SA_INIT, new source (of 2^26), {clients} established, default ration"
+            ),
+            &init,
+            spoof,
+            b.ext,
+            rationed(false),
+        )?;
+        row.resident = Some(b.resident(cfg)?);
+        rows.push(row);
+    }
+    eprintln!("  program cost: miss_v6");
+    b.run(LB, &miss, flood, b.ext, 2 * REPEAT, Some(rationed(true)))?;
+    let mut row = b.row(
+        "miss_v6",
+        "IPv6: forward, ESP from a new source (of 2^26; miss in both maps, lost), default ration"
+            .into(),
+        &miss,
+        flood,
+        b.ext,
+        rationed(true),
+    )?;
+    row.resident = Some(b.resident(fwd_cfg(1_000_000, HIT_BASE))?);
+    rows.push(row);
+    drop(b);
+
+    let mut b = setup6(ifaces, trials, true)?;
+    let bulk = Expect {
+        fast: Fast::Any,
+        ..forwarded
+    };
+    for (key, clients) in [("lever_hit_64k_v6", 65_536), ("lever_hit_1M_v6", 1_000_000)] {
+        eprintln!("  program cost: {key}");
+        let cfg = fwd_cfg(clients, HIT_BASE);
+        b.establish(cfg)?;
+        b.run(LB, &fwd, cfg, b.ext, clients.max(REPEAT), Some(bulk))?;
+        let mut row = b.row(
+            key,
+            format!("IPv6: lever on: ESP in UDP, unchanged slot, established, {clients} clients"),
+            &fwd,
+            cfg,
+            b.ext,
+            bulk,
+        )?;
+        row.resident = Some(b.resident(cfg)?);
+        rows.push(row);
+        if clients != 65_536 {
+            continue;
+        }
+        rows.push(b.row(
+            "lever_ike_64k_v6",
+            format!("IPv6: lever on: IKE message (persistence path), {clients} clients"),
+            &ike,
+            cfg,
+            b.ext,
+            forwarded,
+        )?);
+        eprintln!("  program cost: lever_spoofed_init_64k_v6");
+        b.run(LB, &init, spoof, b.ext, REPEAT, Some(rationed(false)))?;
+        rows.push(b.row(
+            "lever_spoofed_init_64k_v6",
+            format!(
+                "IPv6: lever on: spoofed IKE_SA_INIT, new source (of 2^26), unchanged slot, {clients} established, default ration"
+            ),
+            &init,
+            spoof,
+            b.ext,
+            rationed(false),
+        )?);
+        b.flag_ring(true)?;
+        let r = b.row(
+            "lever_changed_64k_v6",
+            format!("IPv6: lever on: ESP, slot flagged changed, {clients} clients"),
+            &fwd,
+            cfg,
+            b.ext,
+            forwarded,
+        );
+        b.flag_ring(false)?;
+        rows.push(r?);
+    }
+    Ok(rows)
 }
 
 /// What every frame of a run must have done.
@@ -522,6 +708,9 @@ enum Fast {
 
 const LB: &str = "bench_stamp_lb";
 const STAMP: &str = "bench_stamp";
+/// The IPv6 stamp (`Bench::run` runs these for `LB` and `STAMP` on the IPv6 object).
+const LB6: &str = "bench_stamp_lb6";
+const STAMP6: &str = "bench_stamp6";
 
 /// One attribution program: stamp + ikelb's forward path with a step removed (or the lever).
 pub struct Variant {
@@ -708,7 +897,12 @@ impl Bench {
         expect: Option<Expect>,
     ) -> Result<f64> {
         sys::check_interrupted()?;
-        lb::set_template(self.lb.dataplane_mut().ebpf_mut(), t.block)?;
+        let prog = match (self.v6, prog) {
+            (true, STAMP) => STAMP6,
+            (true, LB) => LB6,
+            (_, p) => p,
+        };
+        lb6::set_template_of(self.lb.dataplane_mut().ebpf_mut(), t)?;
         lb::set_cfg(self.lb.dataplane_mut().ebpf_mut(), cfg)?;
         let before = self.counters()?;
         let events_before = self.events()?;
@@ -847,6 +1041,12 @@ impl Bench {
                 .map(|i| rings.get(&i, 0))
                 .collect::<Result<_, _>>()?
         };
+        if self.v6 {
+            let mut persist: HashMap<&mut MapData, PersistKeyV6, PersistValue> =
+                HashMap::try_from(ebpf.map_mut("PERSIST_V6").context("PERSIST_V6")?)?;
+            let (base, n) = (cfg.base, cfg.clients);
+            return lb6::establish6(&mut persist, svc.id, &ring, HIT6, base, n, ROUTER_MAC, EXT_PORT);
+        }
         let mut persist: HashMap<&mut MapData, PersistKeyV4, PersistValue> =
             HashMap::try_from(ebpf.map_mut("PERSIST_V4").context("PERSIST_V4")?)?;
         lb::establish(&mut persist, svc.id, &ring, cfg.base, cfg.clients, ROUTER_MAC, EXT_PORT)
@@ -893,6 +1093,9 @@ impl Bench {
     /// Fraction of 4096 clients spread over the key space that have an entry.
     fn resident(&mut self, cfg: BenchCfg) -> Result<f64> {
         let service = self.lb.services()[0].value.id;
+        if self.v6 {
+            return self.resident6(cfg, service);
+        }
         let m: HashMap<&MapData, PersistKeyV4, PersistValue> = HashMap::try_from(
             self.lb
                 .dataplane_mut()
@@ -915,8 +1118,36 @@ impl Bench {
         Ok(f64::from(present) / f64::from(samples))
     }
 
-    /// `BENCH_REV[i]` = the address of the backend client `i` is persisted to.
+    /// [`Self::resident`] over `PERSIST_V6`.
+    fn resident6(&mut self, cfg: BenchCfg, service: u32) -> Result<f64> {
+        let m: HashMap<&MapData, PersistKeyV6, PersistValue> = HashMap::try_from(
+            self.lb
+                .dataplane_mut()
+                .ebpf_mut()
+                .map("PERSIST_V6")
+                .context("PERSIST_V6")?,
+        )?;
+        let samples = 4096u32.min(cfg.clients);
+        let step = cfg.clients / samples;
+        let mut present = 0;
+        for s in 0..samples {
+            let key = PersistKeyV6 {
+                service,
+                client: frame::client6_wire(HIT6, cfg.base, s * step),
+            };
+            if m.get(&key, 0).is_ok() {
+                present += 1;
+            }
+        }
+        Ok(f64::from(present) / f64::from(samples))
+    }
+
+    /// `BENCH_REV[i]` = the address of the backend client `i` is persisted to (IPv6: its low
+    /// word; every backend is under `BACKEND_PREFIX6`).
     fn fill_rev(&mut self, cfg: BenchCfg) -> Result<()> {
+        if self.v6 {
+            return self.fill_rev6(cfg);
+        }
         let addrs: std::collections::HashMap<u32, u32> = self
             .lb
             .backends()
@@ -940,6 +1171,44 @@ impl Bench {
                 let v = m
                     .get(&key, 0)
                     .with_context(|| format!("client {i} has no persistence entry"))?;
+                rev_vals.push(*addrs.get(&v.backend).context("unknown backend id")?);
+            }
+        }
+        let mut rev: Array<&mut MapData, u32> =
+            Array::try_from(ebpf.map_mut("BENCH_REV").context("BENCH_REV")?)?;
+        for (i, a) in rev_vals.into_iter().enumerate() {
+            rev.set(i as u32, a, 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bench {
+    fn fill_rev6(&mut self, cfg: BenchCfg) -> Result<()> {
+        let prefix = &BACKEND_PREFIX6.octets()[..12];
+        let mut addrs = std::collections::HashMap::new();
+        for b in self.lb.backends() {
+            let std::net::IpAddr::V6(a) = b.address else {
+                bail!("backend {} of the IPv6 service is not IPv6", b.address)
+            };
+            let o = a.octets();
+            ensure!(&o[..12] == prefix, "backend {a} is not under {BACKEND_PREFIX6}/96");
+            addrs.insert(b.id, u32::from_ne_bytes([o[12], o[13], o[14], o[15]]));
+        }
+        let service = self.lb.services()[0].value.id;
+        let ebpf = self.lb.dataplane_mut().ebpf_mut();
+        let mut rev_vals = Vec::with_capacity(cfg.clients as usize);
+        {
+            let m: HashMap<&MapData, PersistKeyV6, PersistValue> =
+                HashMap::try_from(ebpf.map("PERSIST_V6").context("PERSIST_V6")?)?;
+            for i in 0..cfg.clients {
+                let key = PersistKeyV6 {
+                    service,
+                    client: frame::client6_wire(HIT6, cfg.base, i),
+                };
+                let v = m
+                    .get(&key, 0)
+                    .with_context(|| format!("IPv6 client {i} has no persistence entry"))?;
                 rev_vals.push(*addrs.get(&v.backend).context("unknown backend id")?);
             }
         }

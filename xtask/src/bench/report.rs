@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     closed_loop::{self, SIZES, VARIANTS},
+    closed_loop6::VARIANTS6,
     control::{self, Health, MAGLEV_M},
     progcost::{Memory, ProgCost, Row, V6Memory},
 };
@@ -38,6 +39,8 @@ pub struct All<'a> {
     pub machine: &'a Machine,
     pub prog: &'a ProgCost,
     pub closed: &'a closed_loop::Results,
+    /// The IPv6 loop (`closed_loop6`; variants [`VARIANTS6`]).
+    pub closed6: &'a closed_loop::Results,
     pub maglev: &'a [(u32, f64)],
     pub health: &'a Health,
     pub scans: &'a control::Scans,
@@ -123,6 +126,23 @@ fn targets(a: &All<'_>) -> Vec<Target> {
         higher_is_better: false,
         unit: " ns",
     });
+    t.push(Target {
+        what: "IPv6 ÷ IPv4 hit path at 64k (hit_64k_v6 ÷ hit_64k)".into(),
+        value: row("hit_64k_v6") / row("hit_64k"),
+        goal: 1.1,
+        higher_is_better: false,
+        unit: "×",
+    });
+    let c6 = a.closed6;
+    for (variant, label) in [("ikelb_v6", "fast path off"), ("lever_v6", "fast path on")] {
+        t.push(Target {
+            what: format!("IPv6 ikelb ÷ trivial at 64k clients ({label})"),
+            value: c6.median("64k", variant) / c6.median("64k", "trivial_v6"),
+            goal: 0.85,
+            higher_is_better: true,
+            unit: "",
+        });
+    }
     t
 }
 
@@ -240,8 +260,8 @@ pub fn table(a: &All<'_>) -> String {
     }
     o += "   (clients: distinct sources of the frames — 2^26 new ones for the rows of new sources; \
           resident: share of a sample of\n\
-          \x20   the established clients in PERSIST_V4 after the row — after the flood for the rows \
-          of new sources; events: shares of\n\
+          \x20   the established clients in PERSIST_V4 (PERSIST_V6 for the *_v6 rows) after the row — \
+          after the flood for the rows of new sources; events: shares of\n\
           \x20   the measured frames, from EVENTS; the fast path needs its ring slot's REFRESHED_V4 \
           stamp of this tick, written by\n\
           \x20   the slot's first packet of each tick, which refreshes its client's entry)\n";
@@ -320,6 +340,7 @@ pub fn table(a: &All<'_>) -> String {
         "\n   clients established in both ikelb gateways before each size; frames counted as new \
          clients while measuring: {news}\n"
     );
+    o += &closed6_table(a.closed6);
 
     let mem = &p.memory;
     o += &format!(
@@ -382,6 +403,78 @@ pub fn table(a: &All<'_>) -> String {
         );
     }
     o
+}
+
+/// The IPv6 loop's lines (section 2b).
+fn closed6_table(c: &closed_loop::Results) -> String {
+    let mut o = format!(
+        "\n2b. Closed loop over IPv6 — as above, 80-byte frames (84 on the wire), {} × {:.1} s per \
+         point, medians, Mpps\n   {:<8}",
+        c.repeats, c.measure_secs, "clients"
+    );
+    for (v, _) in VARIANTS6 {
+        o += &format!(" {v:>10}");
+    }
+    o += &format!(" {:>17} {:>17} {:>14}\n", "ikelb_v6÷trivial", "lever_v6÷trivial", "sink≠generated");
+    for (s, _) in SIZES {
+        o += &format!("   {s:<8}");
+        for (v, _) in VARIANTS6 {
+            o += &format!(" {:>10.3}", c.median(s, v));
+        }
+        let lost: u64 = VARIANTS6.iter().map(|(v, _)| c.lost(s, v)).sum();
+        let r = |v: &str| c.median(s, v) / c.median(s, "trivial_v6");
+        o += &format!(
+            " {:>17.2} {:>17.2} {:>14}\n",
+            r("ikelb_v6"),
+            r("lever_v6"),
+            if lost == 0 { "0".to_owned() } else { format!("{lost} lost") }
+        );
+    }
+    o += "   (trivial_v6 = bench_fwd6, XDP MAC swap + redirect of IPv6 frames; ikelb_v6 / lever_v6 = \
+          lb-ctl daemon with an IPv6 VIP,\n\
+          \x20   slot fast path off / on)\n   lever_v6: share of frames through the slot fast path:";
+    for (s, _) in SIZES {
+        o += &format!(" {s} {:.1}%;", c.fast_path_share(s) * 100.0);
+    }
+    let news: u64 = c.samples.iter().filter_map(|s| s.new_clients).sum();
+    o += &format!("\n   frames counted as new clients while measuring: {news}\n");
+    o
+}
+
+/// `closed_loop_v6` of the JSON: per size, each variant's median and the ratios to the
+/// trivial IPv6 forwarder.
+fn closed6_json(c: &closed_loop::Results) -> Value {
+    let mut closed = Map::new();
+    for (s, clients) in SIZES {
+        let mut e = Map::new();
+        e.insert("clients".into(), json!(clients));
+        for (v, _) in VARIANTS6 {
+            e.insert(format!("{v}_mpps"), json!(round3(c.median(s, v))));
+        }
+        for v in ["ikelb_v6", "lever_v6"] {
+            e.insert(
+                format!("{v}_over_trivial_v6"),
+                json!(round3(c.median(s, v) / c.median(s, "trivial_v6"))),
+            );
+        }
+        let lost: u64 = VARIANTS6.iter().map(|(v, _)| c.lost(s, v)).sum();
+        e.insert("frames_lost".into(), json!(lost));
+        e.insert("lever_v6_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
+        closed.insert(s.into(), Value::Object(e));
+    }
+    Value::Object(closed)
+}
+
+fn samples_json(c: &closed_loop::Results) -> Vec<Value> {
+    c.samples
+        .iter()
+        .map(|s| {
+            json!({"clients": s.size, "variant": s.variant, "repeat": s.repeat,
+                   "generated": s.generated, "received": s.received, "seconds": s.secs,
+                   "mpps": s.mpps, "fast_path_share": s.fast_path_share,
+                   "new_clients": s.new_clients})
+        })
+        .collect()
 }
 
 pub fn json(a: &All<'_>) -> Value {
@@ -453,16 +546,7 @@ pub fn json(a: &All<'_>) -> Value {
         e.insert("lever_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
         closed.insert(s.into(), Value::Object(e));
     }
-    let samples: Vec<Value> = c
-        .samples
-        .iter()
-        .map(|s| {
-            json!({"clients": s.size, "variant": s.variant, "repeat": s.repeat,
-                   "generated": s.generated, "received": s.received, "seconds": s.secs,
-                   "mpps": s.mpps, "fast_path_share": s.fast_path_share,
-                   "new_clients": s.new_clients})
-        })
-        .collect();
+    let samples = samples_json(c);
     let mut maglev = Map::new();
     for (n, ms) in a.maglev {
         maglev.insert(n.to_string(), json!(round3(*ms)));
@@ -499,6 +583,11 @@ pub fn json(a: &All<'_>) -> Value {
         "fast_path_share": fast_path_share,
         "closed_loop": closed,
         "closed_loop_samples": samples,
+        "closed_loop_v6": closed6_json(a.closed6),
+        "closed_loop_samples_v6": samples_json(a.closed6),
+        "closed_loop_method_v6": {"seconds_per_point": a.closed6.measure_secs,
+                                  "repeats": a.closed6.repeats,
+                                  "frame_bytes": crate::frame::FRAME_LEN6},
         "closed_loop_method": {"cpu": c.opts_cpu, "seconds_per_point": c.measure_secs,
                                "repeats": c.repeats, "frame_bytes": crate::frame::FRAME_LEN,
                                "lever_loaded_by": c.lever_loaded_by},
