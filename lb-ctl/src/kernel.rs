@@ -241,5 +241,26 @@ pub fn last_meaningful_line(log: &str) -> Option<&str> {
         .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
 }
 
+
+/// Loads `prog` into the kernel, retrying a load the verifier gave up with `EAGAIN`: it does
+/// when a signal is pending for the loading thread (`bpf_check`: `signal_pending(current)`),
+/// e.g. a SIGCHLD of another thread's child process delivered to this one. libbpf retries
+/// the same way (`sys_bpf_prog_load`, five attempts); any other error is returned at once.
+pub fn load_xdp(prog: &mut aya::programs::Xdp) -> Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                debug!(attempt, "the verifier was interrupted (EAGAIN): loading again");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -451,7 +451,7 @@ fn load(setup: &Setup) -> Ebpf {
         .expect("the ikelb program")
         .try_into()
         .expect("an XDP program");
-    if let Err(e) = prog.load() {
+    if let Err(e) = lb_ctl::kernel::load_xdp(prog) {
         panic!("the verifier rejected the program: {e:#?}");
     }
     ebpf

@@ -89,7 +89,7 @@ pub fn attach(
     if all_linked && !migrate && previous.as_deref() == Some(fingerprint) {
         report.kept = targets.iter().map(|t| t.iface.clone()).collect();
     } else {
-        prog.load().map_err(prog_err("load"))?;
+        crate::kernel::load_xdp(prog).map_err(prog_err("load"))?;
         if migrate {
             report.copied = Some(copy_persistence_of(pins, ebpf)?);
         }

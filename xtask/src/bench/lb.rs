@@ -185,7 +185,7 @@ pub fn load_prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("program {name} is not in the object"))?
         .try_into()
         .with_context(|| format!("{name} is not an XDP program"))?;
-    p.load().with_context(|| format!("loading {name}"))?;
+    lb_ctl::kernel::load_xdp(p).with_context(|| format!("loading {name}"))?;
     Ok(p)
 }
 
