@@ -34,6 +34,9 @@ pub struct Pkt {
     pub first: bool,
     /// As `l4::classify` found it.
     pub csum: Csum,
+    /// Frame offset where the IP datagram ends: evidence is read before it only (the bytes
+    /// past it are no part of the packet, and the exit cuts them off).
+    pub end: usize,
 }
 
 /// A packet's session evidence (module docs).
@@ -57,7 +60,7 @@ pub fn read(ctx: &XdpContext, p: &Pkt, side: Side) -> Signal {
         return Signal::default();
     }
     match p.csum {
-        Csum::Udp(udp) => udp_signal(ctx, udp, side),
+        Csum::Udp(udp) => udp_signal(ctx, udp, side, p.end),
         Csum::Tcp(tcp) => tcp_signal(ctx, tcp, side),
         Csum::None => Signal {
             proof: 0,
@@ -68,8 +71,11 @@ pub fn read(ctx: &XdpContext, p: &Pkt, side: Side) -> Signal {
 }
 
 #[inline(always)]
-fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
-    let payload = udp as usize - ctx.data() + UdpHdr::LEN;
+fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Signal {
+    // Bytes of the datagram after the UDP header (a scalar, only compared), and the payload
+    // as a pointer off `udp` (what the verifier bounds-checks against the frame's end).
+    let room = end.saturating_sub(udp as usize - ctx.data() + UdpHdr::LEN);
+    let payload = udp as usize + UdpHdr::LEN;
     // SAFETY: `l4::classify` bounds-checked the UDP header.
     let port = unsafe {
         match side {
@@ -77,26 +83,27 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side) -> Signal {
             Side::Reverse => load16(&(*udp).src),
         }
     };
-    let ike = if port == 500u16.to_be() {
-        payload
+    let (ike, room) = if port == 500u16.to_be() {
+        (payload, room)
     } else {
-        let Ok(first) = ptr_at::<[u8; 4]>(ctx, payload) else {
+        if payload + 4 > ctx.data_end() || room < 4 {
             return Signal::default();
-        };
+        }
         // SAFETY: bounds-checked just now.
-        if unsafe { load32(first) } != 0 {
+        if unsafe { load32(payload as *const [u8; 4]) } != 0 {
             // ESP in UDP: an SPI and a sequence number at least.
             return Signal {
                 proof: 0,
-                mid_session: ptr_at::<[u8; 8]>(ctx, payload).is_ok(),
+                mid_session: room >= 8,
                 ike_init: false,
             };
         }
-        payload + 4
+        (payload + 4, room - 4)
     };
-    let Ok(hdr) = ptr_at::<[[u8; 4]; IKE_HDR_LEN / 4]>(ctx, ike) else {
+    if ike + IKE_HDR_LEN > ctx.data_end() || room < IKE_HDR_LEN {
         return Signal::default();
-    };
+    }
+    let hdr = ike as *const [[u8; 4]; IKE_HDR_LEN / 4];
     // SAFETY: bounds-checked just now.
     let (spi, version) = unsafe {
         (

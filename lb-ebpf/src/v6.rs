@@ -87,6 +87,7 @@ fn forward(
         proto: t.proto,
         first: t.first,
         csum,
+        end: t.end,
     };
     let origin = Origin::of(ctx, eth, ingress);
     let choice = select::forward::<V6>(ctx, svc, &saddr, &pkt, &origin, bulk)?;
@@ -124,6 +125,7 @@ fn reverse(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Result<u32, 
         proto: t.proto,
         first: t.first,
         csum,
+        end: t.end,
     };
     let back = select::reverse::<V6>(ctx, svc, id, &client, &pkt)?;
     let hop = select::hop(back)?;

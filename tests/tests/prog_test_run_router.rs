@@ -591,6 +591,33 @@ fn bytes_past_the_datagram_are_cut_from_what_is_forwarded() {
     });
 }
 
+/// What a packet says of its session is read inside its datagram only: an IKE header or an
+/// ESP SPI in the bytes past it (which the exit cuts off) is no evidence. A UDP 500 datagram
+/// without payload, followed by an IKE header with a responder SPI, is a new client's first
+/// packet, not lost mid-session traffic; so is a one-byte datagram on 4500 followed by an SPI.
+#[test]
+fn session_evidence_past_the_datagram_is_not_read() {
+    Fixture::both_fast_paths(Setup::default(), |lb| {
+        let trailing = |f: &[u8], t: &[u8]| [f, t].concat();
+        let (c1, c2, c3) = (c4(30), c4(31), c6(30));
+        let empty = udp4(c1, 500, &[]);
+        let keepalive = udp4(c2, 4500, &[0xff]);
+        let empty6 = udp6(c3, 500, &[]);
+        let mid = ike_message(9, 0x77, 37, 0x08, 28);
+        let spi = [0u8, 0, 0x12, 0x34, 0, 0, 0, 1];
+        #[rustfmt::skip]
+        let rows = [
+            case("UDP 500, empty, + an IKE header with a responder SPI", trailing(&empty.bytes(), &mid), Expect::Redirect(fwd4(&empty, ring(lb, c1))), counter::FORWARD)
+                .events(&[(event::PROBATION_INSERT, 1), (event::TRIMMED, 1)]),
+            case("UDP 4500 keepalive + an ESP SPI and sequence", trailing(&keepalive.bytes(), &spi), Expect::Redirect(fwd4(&keepalive, ring(lb, c2))), counter::FORWARD)
+                .events(&[(event::PROBATION_INSERT, 1), (event::TRIMMED, 1)]),
+            case("IPv6 UDP 500, empty, + an IKE header with a responder SPI", trailing(&empty6.bytes(), &mid), Expect::Redirect(fwd6(&empty6, ring(lb, c3))), counter::FORWARD)
+                .events(&[(event::PROBATION_INSERT, 1), (event::TRIMMED, 1)]),
+        ];
+        lb.check(&rows);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reverse path only on a backends interface
 
