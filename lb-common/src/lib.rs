@@ -278,6 +278,37 @@ pub struct Iface {
 }
 const _: () = assert!(size_of::<Iface>() == 12);
 
+/// One slot of [`maps::VIP_INDEX_V4`], the direct-mapped index the data path reads before any
+/// hash lookup: slot [`vip_slot`]`(vip)` of each IPv4 VIP says which service it is, or that
+/// several VIPs share the slot. Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    /// [`VIP_SLOT_EMPTY`], [`VIP_SLOT_ONE`] or [`VIP_SLOT_SHARED`].
+    pub state: u32,
+    /// The VIP (wire order), with `VIP_SLOT_ONE`.
+    pub addr: u32,
+    /// Its service id (index in [`maps::SERVICES`]), with `VIP_SLOT_ONE`.
+    pub service: u32,
+}
+const _: () = assert!(size_of::<VipSlot>() == 12);
+
+/// No VIP hashes to the slot: a packet whose destination does is to no VIP.
+pub const VIP_SLOT_EMPTY: u32 = 0;
+/// Exactly one VIP hashes to the slot.
+pub const VIP_SLOT_ONE: u32 = 1;
+/// Several VIPs hash to the slot: the data path asks [`maps::VIPS_V4`].
+pub const VIP_SLOT_SHARED: u32 = 2;
+/// Slots of [`maps::VIP_INDEX_V4`] (a power of two).
+pub const VIP_INDEX_SLOTS: u32 = 256;
+
+/// The slot of IPv4 address `addr` (wire order) in [`maps::VIP_INDEX_V4`]: Fibonacci hashing,
+/// one multiply and a shift (Knuth, TAOCP vol. 3, §6.4).
+#[inline(always)]
+pub fn vip_slot(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9e37_79b9) >> (32 - VIP_INDEX_SLOTS.trailing_zeros())
+}
+
 /// Packets and bytes, one per CPU, per backend and direction. Value of
 /// [`maps::BACKEND_STATS`], indexed by `backend_id * 2 + DIR_*`.
 #[repr(C)]
@@ -301,6 +332,9 @@ pub mod maps {
     pub const VIPS_V6: &str = "VIPS_V6";
     /// Array<Service> indexed by service id (reverse path).
     pub const SERVICES: &str = "SERVICES";
+    /// Array<VipSlot> of `VIP_INDEX_SLOTS`, indexed by `vip_slot(daddr)`: which IPv4 VIP, if
+    /// any, a destination is, without a hash lookup (`VIPS_V4` only for a shared slot).
+    pub const VIP_INDEX_V4: &str = "VIP_INDEX_V4";
     /// Array<u32 backend id | RING_F_*>: every service's two Maglev tables back to back.
     pub const RINGS: &str = "RINGS";
     /// Array<Backend> indexed by backend id.
@@ -566,4 +600,5 @@ mod pod {
     unsafe impl aya::Pod for ProofKeyV6 {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for VipSlot {}
 }

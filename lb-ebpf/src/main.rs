@@ -55,7 +55,7 @@ mod prog {
             PASS_NOT_CLIENT, PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
         },
         edge, icmp, l4,
-        maps::{self, VIPS_V4},
+        maps,
         parse::{self, ptr_at, Side, L3},
         parse6, rewrite, sanity,
         select::{self, Origin, V4},
@@ -90,8 +90,7 @@ mod prog {
 
     #[inline(always)]
     fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, Verdict> {
-        // SAFETY: a plain-old-data map value, read-only here.
-        match unsafe { VIPS_V4.get(parse::daddr(ip)) } {
+        match maps::vip_v4(parse::daddr(ip)) {
             Some(svc) => forward_v4(ctx, eth, ip, svc),
             None => reverse_v4(ctx, eth, ip),
         }

@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, event, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
-    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, DEFAULT_RING_SIZE, INGRESS_SLOTS, MAX_IFACES,
+    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot, DEFAULT_RING_SIZE, INGRESS_SLOTS,
+    MAX_IFACES, VIP_INDEX_SLOTS, VIP_SLOT_ONE, VIP_SLOT_SHARED,
 };
 
 /// Default number of services (VIPs) and backends the maps hold.
@@ -28,6 +29,11 @@ pub static VIPS_V4: HashMap<u32, Service> = HashMap::with_max_entries(SERVICES_D
 /// yet (IPv6 is passed as `pass_ipv6` until IPv6 services exist).
 #[map]
 pub static VIPS_V6: HashMap<[u32; 4], Service> = HashMap::with_max_entries(SERVICES_DEFAULT, 0);
+
+/// Key: `lb_common::vip_slot(daddr)`. Value: which IPv4 VIP hashes there ([`VipSlot`]). Written
+/// by the daemon after `VIPS_V4` and `SERVICES`; read first by every IPv4 packet (`vip_v4`).
+#[map]
+pub static VIP_INDEX_V4: Array<VipSlot> = Array::with_max_entries(VIP_INDEX_SLOTS, 0);
 
 /// Key: service id. Value: its [`Service`]. Written by the daemon; read by the reverse path
 /// (backend → client) to find the VIP and port set of a backend's service.
@@ -172,6 +178,20 @@ static SLOT_FAST_PATH: u32 = 0;
 /// Probation inserts per CPU per window (`lb_common::QUOTA_WINDOW_SHIFT`); 0 = unlimited.
 #[no_mangle]
 static NEW_CLIENT_QUOTA: u32 = 0;
+
+/// The service of IPv4 VIP `daddr` (wire order), if it is one: `VIP_INDEX_V4` first — one
+/// array read and a compare where a hash lookup would hash the key and walk a bucket — and
+/// `VIPS_V4` only when several VIPs share the slot.
+#[inline(always)]
+pub fn vip_v4(daddr: u32) -> Option<&'static Service> {
+    let slot = VIP_INDEX_V4.get(lb_common::vip_slot(daddr))?;
+    match slot.state {
+        VIP_SLOT_ONE if slot.addr == daddr => SERVICES.get(slot.service),
+        // SAFETY: a plain-old-data map value, read-only here.
+        VIP_SLOT_SHARED => unsafe { VIPS_V4.get(&daddr) },
+        _ => None,
+    }
+}
 
 #[inline(always)]
 pub fn ring_size() -> u32 {

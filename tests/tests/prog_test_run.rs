@@ -583,3 +583,49 @@ fn vip_traffic_only_on_a_clients_interface() {
         );
     });
 }
+
+/// The data path finds an IPv4 VIP in `VIP_INDEX_V4` (one array read) before any hash lookup:
+/// the slot names its one VIP and service, or says that several VIPs share it (then
+/// `VIPS_V4` decides). An address in a VIP's slot that is not that VIP is no VIP; a VIP whose
+/// slot the daemon has not written yet (it writes the index after `VIPS_V4` and `SERVICES`)
+/// is not served yet.
+#[test]
+fn the_vip_index_decides_and_a_shared_slot_asks_the_hash() {
+    use aya::maps::Array;
+    use lb_common::{maps, vip_slot, VipSlot, VIP_SLOT_SHARED};
+    Fixture::both_fast_paths(setup(), |lb| {
+        let vip = u32::from_ne_bytes(VIP4.octets());
+        let slot = vip_slot(vip);
+        let twin = (1u32..)
+            .map(|i| Ipv4Addr::new(203, 0, (i >> 8) as u8, i as u8))
+            .find(|a| *a != VIP4 && vip_slot(u32::from_ne_bytes(a.octets())) == slot)
+            .expect("an address in the VIP's slot");
+        let f = to_vip(C1, 500, 500, &ike(40));
+        let b = lb.ring_choice(C1.into());
+        let to_twin = Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (C2, 500), (twin, 500), &ike(40));
+        #[rustfmt::skip]
+        lb.check(&[
+            case("the VIP, alone in its slot", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
+            case("another address of the slot: no VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+        ]);
+        let set = |lb: &mut Fixture, v: VipSlot| {
+            let mut a: Array<_, VipSlot> = lb.map(maps::VIP_INDEX_V4);
+            a.set(slot, v, 0).unwrap();
+        };
+        set(
+            lb,
+            VipSlot {
+                state: VIP_SLOT_SHARED,
+                ..VipSlot::default()
+            },
+        );
+        #[rustfmt::skip]
+        lb.check(&[
+            case("shared slot: VIPS_V4 has the VIP", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
+            case("shared slot: VIPS_V4 has no such VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+        ]);
+        set(lb, VipSlot::default());
+        #[rustfmt::skip]
+        lb.check(&[case("slot not written yet: not served", f.bytes(), Expect::Pass, counter::PASS_NOT_VIP)]);
+    });
+}
