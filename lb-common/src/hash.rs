@@ -113,7 +113,7 @@ mod tests {
             assert_eq!(ring_slot(u32::MAX, m), m - 1);
             let lo = (1u64 << 32) / u64::from(m);
             // First hash of slot s is ⌈s·2^32/m⌉; check a spread of slots.
-            let first = |s: u64| ((s << 32) + u64::from(m) - 1) / u64::from(m);
+            let first = |s: u64| (s << 32).div_ceil(u64::from(m));
             for s in (0..u64::from(m)).step_by((m as usize / 97).max(1)) {
                 let (a, b) = (first(s), first(s + 1));
                 let width = b - a;
