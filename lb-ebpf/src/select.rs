@@ -390,13 +390,7 @@ pub fn forward<F: Family>(
             if let Some(id) = F::listed(saddr) {
                 return Err(sanity::listed_source(id));
             }
-            counters::event(event::PROBATION_THROTTLED);
-            let (id, b) = ring_backend(index)?;
-            return Ok(Choice {
-                id,
-                backend: b,
-                persisted: true,
-            });
+            return throttled(index);
         }
         Some(sig)
     } else {
@@ -446,13 +440,7 @@ pub fn forward<F: Family>(
     // (`docs/security.md`). In a changed slot, or with the fast path off, this keeps a
     // spoofed IKE_SA_INIT at two map lookups (its entry, `BACKEND_IDS_*`).
     if sig.ike_init && !edge::quota_left(now_ns) {
-        counters::event(event::PROBATION_THROTTLED);
-        let (id, b) = ring_backend(index)?;
-        return Ok(Choice {
-            id,
-            backend: b,
-            persisted: true,
-        });
+        return throttled(index);
     }
 
     if let Some(p) = F::probation().get_ptr_mut(&key) {
@@ -528,6 +516,18 @@ pub fn forward<F: Family>(
         id,
         backend: b,
         persisted,
+    })
+}
+
+/// A new client past this CPU's ration: the ring's backend, no entry (`probation_throttled`).
+#[inline(always)]
+fn throttled(index: u32) -> Result<Choice, Verdict> {
+    counters::event(event::PROBATION_THROTTLED);
+    let (id, b) = ring_backend(index)?;
+    Ok(Choice {
+        id,
+        backend: b,
+        persisted: true,
     })
 }
 
