@@ -307,3 +307,24 @@ fn a_delay_longer_than_the_persistence_timeout_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_default_delay_is_five_seconds_or_the_persistence_timeout_if_shorter() {
+    let parse = |timeout: &str| {
+        config::parse(
+            "t.yaml",
+            &format!(
+                "interfaces: [ext]\npersistence_timeout: {timeout}\nvirtual_servers:
+  - name: a
+    vip: 203.0.113.10
+    backends:
+      - address: 10.0.0.11
+"
+            ),
+        )
+        .unwrap()
+        .slot_move_delay
+    };
+    assert_eq!(parse("30m"), Duration::from_secs(5));
+    assert_eq!(parse("3s"), Duration::from_secs(3));
+}
