@@ -10,7 +10,8 @@
 //! b4 is added and takes that slot. With the default delay (5 s), the slot keeps its backend,
 //! flagged, until the move; B's next packet takes the persistence path, its idle entry is
 //! re-selected by the ring — still the old backend — and B keeps that backend after the move.
-//! The negative control runs the same with `slot_move_delay: 0s`: B moves to b4. In both runs
+//! The negative control runs the same with `slot_move_delay: 0s`, B silent from the check of its
+//! idle entry until the slot has moved: B moves to b4. In both runs
 //! a third client C of the slot, new after the move, lands on b4 (the ring names b4: B stays
 //! by its entry alone).
 
@@ -185,7 +186,13 @@ fn run(lb_ctl: &Path, delay: &str) -> Option<Run> {
             "b4 never took its slots\n{}",
             lab.daemon_output_tail(30)
         );
-        after.extend(ask_b(&quiet));
+        // With a delay, B sends through the hold (what keeps it: its packets refresh its entry
+        // on the old backend). Without one, B is silent until the slot has moved, so that its
+        // entry is still idle when it next sends: one datagram of B that came first in a tick
+        // just before the move would refresh it and keep B where it was, by chance.
+        if delay != "0s" || moved_at.is_some() {
+            after.extend(ask_b(&quiet));
+        }
         if moved_at.is_none()
             && control::backend_list(&lab).is_ok_and(|l| {
                 l.iter().any(|x| {
