@@ -135,19 +135,13 @@ mod prog {
         // lookups (lb_common::RING_F_CHANGED); the verifier prunes this when it is off.
         // TCP (SSTP) is never bulk: `bulk_v4` reads an ESP header behind the transport one.
         let bulk = maps::slot_fast_path() && !csum.is_tcp() && parse::bulk_v4(ctx, ip, csum.udp());
-        let end = parse::end_v4(ip);
-        let pkt = Pkt {
-            proto,
-            first,
-            csum,
-            end,
-        };
+        let pkt = pkt_v4(ip, csum);
         let origin = Origin::of(ctx, eth, ingress);
         let choice = select::forward::<V4>(ctx, svc, &saddr, &pkt, &origin, bulk)?;
         // SAFETY: a pointer into the BACKENDS array map.
         let b = unsafe { &*choice.backend };
         rewrite::forward_v4(eth, ip, csum, b, !maps::mode_dsr());
-        let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
+        let action = rewrite::send(ctx, pkt.end, b.ifindex, b.tx_port)?;
         let counter = if choice.persisted {
             counter::FORWARD
         } else {
@@ -179,20 +173,25 @@ mod prog {
         if parse::ttl(ip) <= 1 {
             return Err(PASS_TTL);
         }
-        let (proto, first) = parse::proto_first(ip);
-        let end = parse::end_v4(ip);
-        let pkt = Pkt {
-            proto,
-            first,
-            csum,
-            end,
-        };
+        let pkt = pkt_v4(ip, csum);
         let back = select::reverse::<V4>(ctx, svc, id, &client, &pkt)?;
         let hop = select::hop(back)?;
         rewrite::reverse_v4(eth, ip, csum, svc.vip[0], &hop.dmac, &hop.smac);
-        let action = rewrite::send(ctx, end, hop.ifindex, hop.port)?;
+        let action = rewrite::send(ctx, pkt.end, hop.ifindex, hop.port)?;
         counters::forwarded(counter::REVERSE, id, DIR_REVERSE, parse::frame_len(ctx));
         Ok(action)
+    }
+
+    /// What the selection needs of an IPv4 packet besides its addresses (`signal::Pkt`).
+    #[inline(always)]
+    fn pkt_v4(ip: *const Ipv4Hdr, csum: l4::Csum) -> Pkt {
+        let (proto, first) = parse::proto_first(ip);
+        Pkt {
+            proto,
+            first,
+            csum,
+            end: parse::end_v4(ip),
+        }
     }
 
     #[panic_handler]
