@@ -61,7 +61,7 @@ use lb_ctl::{
 
 use crate::{
     control::MAGLEV_M,
-    frame::{self, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN, MODE_FORWARD},
+    frame::{self, BenchCfg, Template, ESP_IN_UDP, MODE_FORWARD},
     lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
     stats::median,
     sys::{self, ChildGuard, NetNs, Prefix, Sysctl, TempDir},
@@ -86,7 +86,7 @@ pub const SIZES: [(&str, u32); 3] = [("1k", 1_000), ("64k", 65_536), ("1M", 1_00
 pub(crate) const CLIENT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 /// Frames per test_run call (≈ 20–100 ms); the loop stops at the first call past the deadline.
 pub(crate) const CHUNK: u32 = 1 << 16;
-pub(crate) const BATCH: u32 = 64;
+const BATCH: u32 = 64;
 
 /// Conntrack entries the nft gateway needs at 1M clients (the per-namespace value is
 /// read-only: the global one is raised for the run and restored).
@@ -660,22 +660,36 @@ fn run_calls(
 ) -> Result<(u64, f64)> {
     let prog: &Xdp = lb::prog(&rig.ebpf, "bench_stamp")?;
     let (ifindex, ref t) = rig.paths[vi];
-    let md = frame::xdp_md(ifindex, FRAME_LEN);
-    let frame_bytes = &t.frame;
-    rig.gen.run(|| {
+    live_frames(&rig.gen, prog, ifindex, &t.frame, cpu, chunk, go_on)
+}
+
+/// Generator calls (in `gen`, pinned to `cpu`) of `chunk` live frames of `frame` through the
+/// stamping program `prog` on `ifindex`, while `go_on(elapsed, frames so far)`; (frames,
+/// seconds). Shared by the IPv4 and IPv6 loops.
+pub(crate) fn live_frames(
+    gen: &NetNs,
+    prog: &Xdp,
+    ifindex: u32,
+    frame: &[u8],
+    cpu: usize,
+    chunk: u32,
+    go_on: impl Fn(Duration, u64) -> bool + Send + Sync,
+) -> Result<(u64, f64)> {
+    let md = frame::xdp_md(ifindex, frame.len());
+    gen.run(|| {
         sys::pin_to_cpu(cpu)?;
         let start = Instant::now();
         let mut generated = 0u64;
         while go_on(start.elapsed(), generated) {
             sys::check_interrupted()?;
             prog.test_run(TestRunOptions {
-                    data_in: Some(frame_bytes),
-                    ctx_in: Some(&md),
-                    repeat: chunk,
-                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                    ..TestRunOptions::new()
-                })
-                .context("test_run (live frames) of the generator")?;
+                data_in: Some(frame),
+                ctx_in: Some(&md),
+                repeat: chunk,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::new()
+            })
+            .context("test_run (live frames) of the generator")?;
             generated += u64::from(chunk);
         }
         Ok((generated, start.elapsed().as_secs_f64()))

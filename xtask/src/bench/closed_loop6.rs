@@ -27,16 +27,16 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{event, PersistKeyV6, PersistValue, Service};
 use lb_ctl::{pin::Pins, EBPF_OBJECT};
 
 use crate::{
-    closed_loop::{self, Options, Sample, BATCH, CHUNK, CLIENT_BASE, SIZES},
+    closed_loop::{self, Options, Sample, CHUNK, CLIENT_BASE, SIZES},
     control::MAGLEV_M,
-    frame::{self, BenchCfg, Template, ESP_IN_UDP, FRAME_LEN6, MODE_FORWARD},
+    frame::{self, BenchCfg, Template, ESP_IN_UDP, MODE_FORWARD},
     lb::{self, DaemonPaths, BACKENDS},
     lb6::{self, backend_addr6, VIP6},
     progcost::HIT6,
@@ -393,24 +393,5 @@ fn run_calls(
     lb6::set_template_of(&mut rig.ebpf, &rig.paths[vi].1)?;
     let prog: &Xdp = lb::prog(&rig.ebpf, "bench_stamp6")?;
     let (ifindex, ref t) = rig.paths[vi];
-    let md = frame::xdp_md(ifindex, FRAME_LEN6);
-    let frame_bytes = &t.frame;
-    rig.gen.run(|| {
-        sys::pin_to_cpu(cpu)?;
-        let start = Instant::now();
-        let mut generated = 0u64;
-        while go_on(start.elapsed(), generated) {
-            sys::check_interrupted()?;
-            prog.test_run(TestRunOptions {
-                data_in: Some(frame_bytes),
-                ctx_in: Some(&md),
-                repeat: chunk,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .context("test_run (live frames) of the IPv6 generator")?;
-            generated += u64::from(chunk);
-        }
-        Ok((generated, start.elapsed().as_secs_f64()))
-    })
+    closed_loop::live_frames(&rig.gen, prog, ifindex, &t.frame, cpu, chunk, go_on)
 }
