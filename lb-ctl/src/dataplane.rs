@@ -88,7 +88,8 @@ pub trait Dataplane {
 
     /// Makes `service.ring_base` the active table: the same writes as [`set_service`], in
     /// the same order (VIP map first, the forward path's entry point). Called only after the
-    /// new table's slots are written.
+    /// new table's slots are written, and only for a service already written (the first
+    /// table goes through `set_service`).
     ///
     /// [`set_service`]: Dataplane::set_service
     fn flip(&mut self, service: &Service) -> Result<(), DataplaneError> {

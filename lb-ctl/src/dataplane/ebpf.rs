@@ -244,17 +244,23 @@ impl Dataplane for AyaDataplane {
     }
 
     fn set_service(&mut self, service: &Service) -> Result<(), DataplaneError> {
-        if service.family == FAMILY_V4 {
-            self.hash_insert(maps::VIPS_V4, service.vip[0], *service)?;
-        } else {
-            self.hash_insert(maps::VIPS_V6, service.vip, *service)?;
-        }
-        self.array_set(maps::SERVICES, service.id, *service)?;
+        self.flip(service)?;
         // The index last: it names the service only once both maps hold it.
         if service.family == FAMILY_V4 {
             self.index_vip(vip_slot(service.vip[0]), None)?;
         }
         Ok(())
+    }
+
+    /// The two value writes of [`set_service`](Dataplane::set_service) only: a flip changes a
+    /// written service's `ring_base`, never its VIP, so its `VIP_INDEX_V4` slot stays right.
+    fn flip(&mut self, service: &Service) -> Result<(), DataplaneError> {
+        if service.family == FAMILY_V4 {
+            self.hash_insert(maps::VIPS_V4, service.vip[0], *service)?;
+        } else {
+            self.hash_insert(maps::VIPS_V6, service.vip, *service)?;
+        }
+        self.array_set(maps::SERVICES, service.id, *service)
     }
 
     fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError> {

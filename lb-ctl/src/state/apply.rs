@@ -271,7 +271,12 @@ impl<D: Dataplane> Balancer<D> {
         svc.buffers[inactive] = table;
         let mut value = svc.value;
         value.ring_base = base;
-        self.dp.flip(&value)?;
+        // A service's first table is its first write (`set_service`: the VIP index too).
+        if svc.written {
+            self.dp.flip(&value)?;
+        } else {
+            self.dp.set_service(&value)?;
+        }
         self.epoch = self.epoch.wrapping_add(1).max(1);
         let epoch = self.epoch;
         for ((at, &new), &old) in svc
