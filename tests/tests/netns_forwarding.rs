@@ -154,6 +154,18 @@ fn wait_first_answer(lab: &Lab) {
     }
 }
 
+/// Waits until every backend holds ring slots. A backend that fails the daemon's first health
+/// round (a slow emulated guest) comes up later, and its slots then move to it only after
+/// `slot_move_delay` (`lb-ctl/src/state.rs`, "Slot moves"): the tests' clients must not
+/// start before.
+fn wait_every_backend_in_ring(lab: &Lab) {
+    for b in &lab.backends {
+        if let Err(e) = lab::control::wait_ring_slots(lab, b.addr, Duration::from_secs(20)) {
+            panic!("{e:#}\n{}", lab.daemon_output_tail(40));
+        }
+    }
+}
+
 /// What each client sends to the VIP in [`ask_via_vip`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ask {
@@ -326,6 +338,7 @@ fn daemon_balances_clients_and_keeps_ike_and_nat_t_together() {
     let attached = t1.elapsed();
     wait_first_answer(&lab);
     let ready = t1.elapsed();
+    wait_every_backend_in_ring(&lab);
 
     let t2 = Instant::now();
     let (failures, chosen) = ask_via_vip(&lab, &lab.clients, Ask::Everything);
@@ -406,6 +419,7 @@ fn daemon_leaves_everything_else_to_the_kernel() {
         .expect("start responders");
     lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
     wait_first_answer(&lab);
+    wait_every_backend_in_ring(&lab);
     let client = lab.clients[0];
 
     let backend_datagrams = |lab: &Lab| -> u64 {
@@ -498,6 +512,7 @@ fn failed_backend_loses_only_its_clients_and_takes_none_back() {
         .expect("start responders");
     lab.start_daemon(&lb_ctl).expect("start lb-ctl daemon");
     wait_first_answer(&lab);
+    wait_every_backend_in_ring(&lab);
     // 200 clients go through all three phases; 50 stay unseen until b1 is back.
     let (known, unseen) = lab.clients.split_at(200);
     let (b1_name, b1) = (lab.backends[0].name.clone(), lab.backends[0].addr);
