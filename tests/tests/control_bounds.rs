@@ -184,6 +184,7 @@ fn daemon_answers_everyone_while_thousands_of_idle_connections_are_held() {
         role: 'b',
         clients: 250,
         backends: 3,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())
@@ -344,6 +345,7 @@ fn out_of_descriptors_the_daemon_keeps_its_backends_and_answers() {
         role: 'b',
         clients: 100,
         backends: 3,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())
@@ -465,6 +467,7 @@ fn a_peer_that_is_not_root_is_refused_by_its_credentials() {
         role: 'b',
         clients: 1,
         backends: 1,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

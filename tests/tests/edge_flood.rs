@@ -818,26 +818,5 @@ fn shield_count(ns: &NetNs) -> Result<u64> {
 
 /// `nft -f -` in `ns`.
 fn nft(ns: &NetNs, ruleset: &str) -> Result<()> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(ruleset.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{}: nft: {}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    ns.exec_stdin("nft", &["-f", "-"], ruleset)
 }

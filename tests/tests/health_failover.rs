@@ -56,6 +56,7 @@ fn failover_moves_only_the_dead_backends_clients_and_recovery_moves_nobody_back(
         role: 'h',
         clients: 90,
         backends: 3,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ikelb_tests::lab::{self, control, dual, metrics, Lab, LabSpec, NetNs, Veth};
+use ikelb_tests::lab::{self, control, metrics, Lab, LabSpec, NetNs, Veth};
 use serde_json::Value;
 
 fn skip_unless_root(test: &str) -> bool {
@@ -87,23 +87,14 @@ impl Far {
             .ip(&["link", "set", "rtr", "master", "br0"])
             .expect("router port on the bridge");
         if ipv6 {
-            // As dual.rs: IPv6 on for links made while it was off, no DAD, no RS/RA.
+            // As the lab's IPv6 layer: on without DAD or RS/RA, also for the links made
+            // while it was off.
             for (ns, ifaces) in [
                 (&router, &["lo", "eth0", "eth1"][..]),
                 (&far, &["lo", "eth0"][..]),
                 (&lab.bridge, &["rtr"][..]),
             ] {
-                for conf in ["all", "default"].iter().chain(ifaces) {
-                    for (key, value) in [
-                        ("accept_dad", "0"),
-                        ("router_solicitations", "0"),
-                        ("accept_ra", "0"),
-                        ("disable_ipv6", "0"),
-                    ] {
-                        ns.sysctl(&format!("net/ipv6/conf/{conf}/{key}"), value)
-                            .expect("IPv6 on");
-                    }
-                }
+                ns.enable_ipv6(ifaces).expect("IPv6 on");
             }
         }
         router
@@ -267,6 +258,7 @@ fn a_backend_behind_a_router_that_answers_unreachable_is_down_until_it_answers()
         role: 'i',
         clients: 1,
         backends: 1,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     let far_net = Far::build(&lab, false);
@@ -302,31 +294,31 @@ fn an_ipv6_backend_behind_a_router_that_answers_unreachable_is_down_until_it_ans
         return;
     }
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
-    let mut dual = dual::DualLab::build(
-        &LabSpec {
-            role: '6',
-            clients: 1,
-            backends: 1,
-        },
-        dual::Mode::Nat,
-    )
+    let mut lab = Lab::build(&LabSpec {
+        role: '6',
+        clients: 1,
+        backends: 1,
+        ipv6: true,
+        sstp: true,
+        ..LabSpec::default()
+    })
     .expect("build the protocol lab");
-    let far_net = Far::build(&dual.lab, true);
-    let b1 = dual.backends6[0];
+    let far_net = Far::build(&lab, true);
+    let b1 = lab.backends6[0];
     let far: Ipv6Addr = "2001:db8:9::20".parse().unwrap();
     ping_says(
-        &dual.lab,
+        &lab,
         far.into(),
         "From 2001:db8:1::fe icmp_seq=1 Destination unreachable: No route",
     );
 
-    let config = dual.daemon_config().replace(
+    let config = lab.daemon_config().replace(
         &format!("      - address: {b1}\n"),
         &format!("      - address: {b1}\n      - address: {far}\n"),
     );
     assert!(config.contains(&format!("address: {far}")), "{config}");
     far_is_down_until_it_answers(
-        &mut dual.lab,
+        &mut lab,
         &lb_ctl,
         &config,
         &far_net.router,

@@ -294,6 +294,7 @@ fn reordering_and_inserting_moves_no_client() {
         role: 'i',
         clients: CLIENTS,
         backends: 5,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

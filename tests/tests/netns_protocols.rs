@@ -1,6 +1,6 @@
 //! IPv6, ESP, SSTP and DSR with real traffic through a real XDP attachment and the real
-//! daemon, in the protocol lab (`ikelb_tests::lab::dual`: the standard lab with IPv6, a
-//! dual-stack virtual server with UDP 500/4500, TCP 443 and ESP), set up by
+//! daemon, in the protocol lab (`ikelb_tests::lab::Lab` with `ipv6` and `sstp`: the standard
+//! lab with IPv6, a dual-stack virtual server with UDP 500/4500, TCP 443 and ESP), set up by
 //! `ikelb_tests::fixture::protocols`. Namespaces are `ik6<pid>n<k>-…`. Root only: without
 //! root each test says why and returns.
 //!
@@ -22,11 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ikelb_tests::fixture::protocols::{First, Patience, ProtocolLab, Step};
-use ikelb_tests::lab::{
-    self,
-    dual::{DualLab, Mode, TCP_PORT, VIP6},
-    send_bad_checksum, VIP,
-};
+use ikelb_tests::lab::{self, send_bad_checksum, Lab, Mode, TCP_PORT, VIP, VIP6};
 
 const BIG: usize = 4000;
 const ESP_LEN: usize = 120;
@@ -51,7 +47,7 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
     let Some(fx) = ProtocolLab::start(TEST, 120, Mode::Nat, &responder(), First::V6) else {
         return;
     };
-    let lab = &fx.dual;
+    let lab = &fx.lab;
     let t0 = Instant::now();
     let clients = lab.clients6.clone();
     let steps = [
@@ -79,7 +75,7 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
     let used: BTreeSet<&String> = out.chosen.values().collect();
     assert_eq!(
         used.len(),
-        lab.lab.backends.len(),
+        lab.backends.len(),
         "every backend takes clients: {used:?}"
     );
     fx.assert_no_csum_errors();
@@ -87,13 +83,11 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
     // The control plane sees the IPv6 clients: lookup names the backend that answered.
     let c = clients[7];
     let out_json = lab
-        .lab
         .lb_ctl(&fx.lb_ctl, &["lookup", &c.to_string(), "--json"])
         .expect("lookup");
     let v: serde_json::Value = serde_json::from_str(&out_json).expect("JSON");
     let r = &v["results"][0];
     let i = lab
-        .lab
         .backends
         .iter()
         .position(|b| b.name == out.chosen[&IpAddr::V6(c)])
@@ -102,7 +96,6 @@ fn ipv6_clients_keep_udp_fragments_esp_and_tcp_on_one_backend() {
     assert_eq!(r["vip"], VIP6.to_string(), "{r}");
     assert_eq!(r["backend"], lab.backends6[i].to_string(), "{r}");
     let list = lab
-        .lab
         .lb_ctl(&fx.lb_ctl, &["backend", "list", "--json"])
         .expect("list");
     let list: serde_json::Value = serde_json::from_str(&list).expect("JSON");
@@ -161,7 +154,7 @@ fn ipv4_sstp_lands_on_the_backend_of_the_clients_ike() {
     let Some(fx) = ProtocolLab::start(TEST, 100, Mode::Nat, &responder(), First::V4) else {
         return;
     };
-    let clients = fx.dual.lab.clients.clone();
+    let clients = fx.lab.clients.clone();
     // Windows falls back to SSTP when UDP is blocked: a fresh TCP connection to VIP:443
     // must reach the server that already knows the client.
     let steps = [
@@ -183,7 +176,7 @@ fn ipv4_sstp_lands_on_the_backend_of_the_clients_ike() {
     assert_eq!(out.chosen.len(), clients.len());
     assert_eq!(
         out.chosen.values().collect::<BTreeSet<_>>().len(),
-        fx.dual.lab.backends.len(),
+        fx.lab.backends.len(),
         "every backend takes clients"
     );
     fx.assert_no_csum_errors();
@@ -202,11 +195,11 @@ fn dsr_backends_answer_clients_directly() {
     let Some(fx) = ProtocolLab::start(TEST, 40, Mode::Dsr, &responder(), First::Both) else {
         return;
     };
-    let lab = &fx.dual;
-    let direct_before = DualLab::link_packets(&lab.lab.client_ns, "bk").expect("bk counters");
-    let via_gw_before = DualLab::link_packets(&lab.lab.client_ns, "eth0").expect("eth0 counters");
+    let lab = &fx.lab;
+    let direct_before = Lab::link_packets(&lab.client_ns, "bk").expect("bk counters");
+    let via_gw_before = Lab::link_packets(&lab.client_ns, "eth0").expect("eth0 counters");
     let before = fx.xdp_counters();
-    let mut clients = with_vip(&lab.lab.clients, VIP.into());
+    let mut clients = with_vip(&lab.clients, VIP.into());
     clients.extend(with_vip(&lab.clients6, VIP6.into()));
     let steps = [
         Step::Udp { port: 500, len: 64 },
@@ -224,7 +217,7 @@ fn dsr_backends_answer_clients_directly() {
     assert_eq!(out.chosen.len(), clients.len());
     assert_eq!(
         out.chosen.values().collect::<BTreeSet<_>>().len(),
-        lab.lab.backends.len(),
+        lab.backends.len(),
         "every backend takes clients"
     );
     let after = fx.xdp_counters();
@@ -235,8 +228,8 @@ fn dsr_backends_answer_clients_directly() {
         after["redirect/reverse"], 0.0,
         "DSR has no reverse path: {after:?}"
     );
-    let direct = DualLab::link_packets(&lab.lab.client_ns, "bk").unwrap();
-    let via_gw = DualLab::link_packets(&lab.lab.client_ns, "eth0").unwrap();
+    let direct = Lab::link_packets(&lab.client_ns, "bk").unwrap();
+    let via_gw = Lab::link_packets(&lab.client_ns, "eth0").unwrap();
     let direct_rx = direct.0 - direct_before.0;
     let via_gw_rx = via_gw.0 - via_gw_before.0;
     assert!(

@@ -50,6 +50,7 @@ fn frames_from_the_gateways_own_addresses_are_dropped_without_an_entry() {
         role: 'o',
         clients: 1,
         backends: 2,
+        ..LabSpec::default()
     })
     .expect("lab");
     lab.start_daemon(&lb_ctl).expect("daemon");

@@ -180,6 +180,7 @@ fn prometheus_sees_every_backend_up_then_the_failed_one_down() {
         role: 'r',
         clients: 10,
         backends: 3,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

@@ -263,6 +263,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         role: 'r',
         clients: CLIENTS,
         backends: 3,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

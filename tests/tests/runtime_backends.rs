@@ -65,6 +65,7 @@ fn lab_with_config(
         role: 'h',
         clients: 120,
         backends,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())

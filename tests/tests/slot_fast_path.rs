@@ -72,6 +72,7 @@ fn bulk_clients_keep_their_backend_when_their_slot_changes() {
         role: 'l',
         clients: 120,
         backends: 4,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder")))

@@ -77,6 +77,7 @@ fn run(lb_ctl: &Path, delay: &str) -> Run {
         role: 'm',
         clients: 250,
         backends: 4,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder")))

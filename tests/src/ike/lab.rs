@@ -149,6 +149,7 @@ impl IkeLab {
             role,
             clients: spec.nat_addrs,
             backends: spec.responders,
+            ..LabSpec::default()
         })?;
         let mut veths = Vec::new();
 

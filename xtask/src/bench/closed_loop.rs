@@ -64,7 +64,7 @@ use crate::{
     frame::{self, BenchCfg, Template, ESP_IN_UDP, MODE_FORWARD},
     lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
     stats::median,
-    sys::{self, ChildGuard, NetNs, Prefix, Sysctl, TempDir},
+    sys::{self, BpfFs, Child, NetNs, RunPrefix, Sysctl, TempDir, Veth},
 };
 
 /// The compared paths, in the order they alternate.
@@ -218,31 +218,33 @@ impl Results {
 }
 
 /// Everything the loop is made of, torn down in field order: the daemon first, then the
-/// programs, the namespaces, the run directory (bpffs) and the global sysctls.
+/// programs, the links, the namespaces, the bpffs mounts, the run directories and the global
+/// sysctls.
 struct Rig {
-    daemon: Option<ChildGuard>,
+    daemon: Option<Child>,
     /// gw-e's ikelb with the lever: `lb-ctl daemon` with `slot_fast_path: true` when this
     /// lb-ctl accepts the key, else loaded through the library (maps and attachments live as
     /// long as the `Balancer`).
-    lever_daemon: Option<ChildGuard>,
+    lever_daemon: Option<Child>,
     _lever: Option<Balancer<AyaDataplane>>,
     ebpf: Ebpf,
+    _veths: Vec<Veth>,
     gen: NetNs,
     _gws: Vec<NetNs>,
     _sinks: Vec<NetNs>,
+    /// The bpffs mounts the daemons of gw-b and gw-e pin their maps under.
+    bpffs: BpfFs,
+    lever_bpffs: BpfFs,
     _dir: TempDir,
     _lever_dir: TempDir,
     _conntrack: (Sysctl, Sysctl),
-    /// The bpffs mounts the daemons of gw-b and gw-e pin their maps under.
-    bpffs: PathBuf,
-    lever_bpffs: PathBuf,
     /// Per variant: the generator's egress ifindex and the frame template.
     paths: Vec<(u32, Template)>,
     log: PathBuf,
     lever_log: PathBuf,
 }
 
-pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
+pub fn run(prefix: &RunPrefix, o: &Options) -> Result<Results> {
     let mut rig = build(prefix, o)?;
     let mut samples = Vec::new();
     for (size, clients) in SIZES {
@@ -309,12 +311,12 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
         }
     }
     if let Some(d) = rig.daemon.as_mut() {
-        if !d.alive() {
+        if d.exit_status().is_some() {
             bail!("the daemon exited during the run; its log: {}", tail(&rig.log));
         }
     }
     if let Some(d) = rig.lever_daemon.as_mut() {
-        if !d.alive() {
+        if d.exit_status().is_some() {
             bail!("the slot-fast-path daemon exited during the run; its log: {}", tail(&rig.lever_log));
         }
     }
@@ -331,22 +333,23 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<Results> {
     })
 }
 
-fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
+fn build(prefix: &RunPrefix, o: &Options) -> Result<Rig> {
     let conntrack = (
         Sysctl::set("net/netfilter/nf_conntrack_max", CONNTRACK_MAX)?,
         Sysctl::set("net/netfilter/nf_conntrack_buckets", CONNTRACK_BUCKETS)?,
     );
-    let mut dir = TempDir::new(prefix, "loop")?;
-    let bpffs = dir.mount_bpffs()?;
+    let dir = TempDir::named(prefix, "loop")?;
+    let bpffs = BpfFs::mount_in(&dir)?;
     let gen = NetNs::new(prefix.name("gen"))?;
     let mut gws = Vec::new();
     let mut sinks = Vec::new();
+    let mut veths = Vec::new();
     let letters = ['a', 'b', 'c', 'd', 'e'];
     for l in letters {
         let gw = NetNs::new(prefix.name(&format!("gw{l}")))?;
         let sink = NetNs::new(prefix.name(&format!("sink{l}")))?;
-        sys::veth((&gen, &format!("to_{l}")), (&gw, "in"))?;
-        sys::veth((&gw, "out"), (&sink, "s0"))?;
+        veths.push(Veth::new((&gen, &format!("to_{l}")), (&gw, "in"))?);
+        veths.push(Veth::new((&gw, "out"), (&sink, "s0"))?);
         let mut cmds = String::from(
             "addr add 192.0.2.1/24 dev in\naddr add 10.0.0.1/24 dev out\n",
         );
@@ -388,15 +391,15 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         sink.run(|| {
             prog.attach("s0", XdpMode::Driver)
                 .context("attach bench_sink (native)")
-        })?;
+        })??;
     }
     {
         let out = gws[0].ifindex("out")?;
         let mut tx: DevMap<&mut MapData> =
             DevMap::try_from(ebpf.map_mut("BENCH_TX").context("BENCH_TX")?)?;
-        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw-a out"))?;
+        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw-a out"))??;
         let prog: &mut Xdp = ebpf.program_mut("bench_fwd").context("bench_fwd")?.try_into()?;
-        gws[0].run(|| prog.attach("in", XdpMode::Driver).context("attach bench_fwd"))?;
+        gws[0].run(|| prog.attach("in", XdpMode::Driver).context("attach bench_fwd"))??;
     }
 
     let mut paths = Vec::new();
@@ -406,9 +409,13 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         paths.push((gen.ifindex(&ifname)?, t));
     }
 
-    let mut lever_dir = TempDir::new(prefix, "lever")?;
-    let lever_bpffs = lever_dir.mount_bpffs()?;
-    let lever_cfg = write_config(&lever_dir.path, &lever_bpffs, "slot_fast_path: true\n")?;
+    let lever_dir = TempDir::named(prefix, "lever")?;
+    let lever_bpffs = BpfFs::mount_in(&lever_dir)?;
+    let lever_cfg = write_config(
+        lever_dir.path(),
+        lever_bpffs.path(),
+        "slot_fast_path: true\n",
+    )?;
     let daemon_has_lever = Command::new("ip")
         .args(["netns", "exec", gws[4].name()])
         .arg(&o.lb_ctl)
@@ -427,12 +434,12 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         );
         Some(lever_gateway(&gws[4], &sinks[4])?)
     };
-    let log = dir.path.join("daemon.log");
-    let lever_log = lever_dir.path.join("daemon.log");
+    let log = dir.path().join("daemon.log");
+    let lever_log = lever_dir.path().join("daemon.log");
     // With the key, both daemons say explicitly which way they run.
     let cfg = write_config(
-        &dir.path,
-        &bpffs,
+        dir.path(),
+        bpffs.path(),
         if daemon_has_lever { "slot_fast_path: false\n" } else { "" },
     )?;
     let mut rig = Rig {
@@ -440,14 +447,15 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         lever_daemon: None,
         _lever: lever,
         ebpf,
+        _veths: veths,
         gen,
         _gws: gws,
         _sinks: sinks,
+        bpffs,
+        lever_bpffs,
         _dir: dir,
         _lever_dir: lever_dir,
         _conntrack: conntrack,
-        bpffs: bpffs.clone(),
-        lever_bpffs: lever_bpffs.clone(),
         paths,
         log,
         lever_log,
@@ -497,7 +505,7 @@ fn lever_gateway(gw: &NetNs, sink: &NetNs) -> Result<Balancer<AyaDataplane>> {
                 .with_context(|| format!("attach ikelb (lever) to {i}"))?;
         }
         Ok(b)
-    })
+    })?
 }
 
 fn nft_rules(gw: &NetNs) -> Result<()> {
@@ -509,7 +517,7 @@ fn nft_rules(gw: &NetNs) -> Result<()> {
          ip daddr {VIP} udp dport {{ 500, 4500 }} dnat to jhash ip saddr mod {BACKENDS} map {{ {} }}\n  }}\n}}\n",
         map.join(", ")
     );
-    sys::run_stdin("ip", &["netns", "exec", gw.name(), "nft", "-f", "-"], &rules)
+    gw.exec_stdin("nft", &["-f", "-"], &rules)
         .context("loading the nft DNAT rules")
 }
 
@@ -523,29 +531,27 @@ fn start_daemon(
     cfg: &Path,
     o: &Options,
     lever: bool,
-) -> Result<ChildGuard> {
+) -> Result<Child> {
     let log_path = if lever { rig.lever_log.clone() } else { rig.log.clone() };
-    let log = fs::File::create(&log_path)?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "taskset", "-c", &o.daemon_cpu.to_string()])
-        .arg(&o.lb_ctl)
-        .args(["daemon", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting lb-ctl daemon")?;
-    let mut daemon = ChildGuard {
-        child,
-        what: format!("lb-ctl daemon in {ns}"),
-    };
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "taskset",
+        "-c",
+        &o.daemon_cpu.to_string(),
+    ])
+    .arg(&o.lb_ctl)
+    .args(["daemon", "--config"])
+    .arg(cfg)
+    .env("RUST_LOG", "info");
+    let mut daemon = Child::spawn(&format!("lb-ctl daemon in {ns}"), cmd, log_path.clone())?;
     set_clients(rig, 1_000)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         sys::check_interrupted()?;
-        if !daemon.alive() {
+        if daemon.exit_status().is_some() {
             bail!("lb-ctl daemon in {ns} exited; its log:\n{}", tail(&log_path));
         }
         let before = sink_count(&rig.ebpf)?;
@@ -585,7 +591,7 @@ fn ikelb_map(rig: &mut Rig, vi: usize, name: &str) -> Result<MapData> {
         }
     }
     let bpffs = if vi == LEVER { &rig.lever_bpffs } else { &rig.bpffs };
-    let path = Pins::new(bpffs, lb_ctl::paths::INSTANCE).map(name);
+    let path = Pins::new(bpffs.path(), lb_ctl::paths::INSTANCE).map(name);
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 
@@ -693,5 +699,5 @@ pub(crate) fn live_frames(
             generated += u64::from(chunk);
         }
         Ok((generated, start.elapsed().as_secs_f64()))
-    })
+    })?
 }

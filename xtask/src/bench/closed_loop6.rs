@@ -18,8 +18,8 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -40,7 +40,7 @@ use crate::{
     lb::{self, DaemonPaths, BACKENDS},
     lb6::{self, backend_addr6, VIP6},
     progcost::HIT6,
-    sys::{self, ChildGuard, NetNs, Prefix, TempDir},
+    sys::{self, BpfFs, Child, NetNs, RunPrefix, TempDir, Veth},
 };
 
 /// The compared paths, in the order they alternate (keys of the JSON's `closed_loop_v6`).
@@ -62,22 +62,23 @@ const IKELB: usize = 1;
 const LEVER: usize = 2;
 const LETTERS: [char; 3] = ['a', 'b', 'c'];
 
-/// Torn down in field order: the daemons, the programs, the namespaces, the run
-/// directories (bpffs).
+/// Torn down in field order: the daemons, the programs, the links, the namespaces, the
+/// bpffs mounts and the run directories.
 struct Rig {
-    daemons: Vec<ChildGuard>,
+    daemons: Vec<Child>,
     ebpf: Ebpf,
+    _veths: Vec<Veth>,
     gen: NetNs,
     _gws: Vec<NetNs>,
     _sinks: Vec<NetNs>,
-    _dirs: Vec<TempDir>,
     /// The bpffs of the daemons of gw6b and gw6c, by variant index.
-    bpffs: Vec<Option<PathBuf>>,
+    bpffs: Vec<Option<BpfFs>>,
+    _dirs: Vec<TempDir>,
     /// Per variant: the generator's egress ifindex and the frame template.
     paths: Vec<(u32, Template)>,
 }
 
-pub fn run(prefix: &Prefix, o: &Options) -> Result<closed_loop::Results> {
+pub fn run(prefix: &RunPrefix, o: &Options) -> Result<closed_loop::Results> {
     let mut rig = build(prefix, o)?;
     let mut samples = Vec::new();
     for (size, clients) in SIZES {
@@ -145,8 +146,8 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<closed_loop::Results> {
         }
     }
     for (d, (v, _)) in rig.daemons.iter_mut().zip(&VARIANTS6[1..]) {
-        if !d.alive() {
-            bail!("the {v} daemon exited during the run ({})", d.what);
+        if d.exit_status().is_some() {
+            bail!("the {v} daemon exited during the run ({})", d.name());
         }
     }
     Ok(closed_loop::Results {
@@ -158,30 +159,24 @@ pub fn run(prefix: &Prefix, o: &Options) -> Result<closed_loop::Results> {
     })
 }
 
-/// A namespace with IPv6 on (`NetNs::new` turns it off), without duplicate address
-/// detection or router solicitations.
+/// A namespace with IPv6 on (`NetNs::new` turns it off) for the links made in it from now
+/// on, without duplicate address detection or router solicitations.
 fn ns6(name: String) -> Result<NetNs> {
     let ns = NetNs::new(name)?;
-    for (key, value) in [
-        ("net/ipv6/conf/default/accept_dad", "0"),
-        ("net/ipv6/conf/default/router_solicitations", "0"),
-        ("net/ipv6/conf/default/disable_ipv6", "0"),
-        ("net/ipv6/conf/all/disable_ipv6", "0"),
-    ] {
-        ns.sysctl(key, value)?;
-    }
+    ns.enable_ipv6(&[])?;
     Ok(ns)
 }
 
-fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
+fn build(prefix: &RunPrefix, o: &Options) -> Result<Rig> {
     let gen = NetNs::new(prefix.name("gen6"))?;
     let mut gws = Vec::new();
     let mut sinks = Vec::new();
+    let mut veths = Vec::new();
     for l in LETTERS {
         let gw = ns6(prefix.name(&format!("gw6{l}")))?;
         let sink = ns6(prefix.name(&format!("sink6{l}")))?;
-        sys::veth((&gen, &format!("to6{l}")), (&gw, "in"))?;
-        sys::veth((&gw, "out"), (&sink, "s0"))?;
+        veths.push(Veth::new((&gen, &format!("to6{l}")), (&gw, "in"))?);
+        veths.push(Veth::new((&gw, "out"), (&sink, "s0"))?);
         gw.ip_batch(
             "addr add 2001:db8:e::1/64 dev in nodad\naddr add 2001:db8::1/64 dev out nodad\n",
         )?;
@@ -209,13 +204,13 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         sink.run(|| {
             prog.attach("s0", XdpMode::Driver)
                 .context("attach bench_sink6 (native)")
-        })?;
+        })??;
     }
     {
         let out = gws[0].ifindex("out")?;
         let mut tx: DevMap<&mut MapData> =
             DevMap::try_from(ebpf.map_mut("BENCH_TX").context("BENCH_TX")?)?;
-        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw6a out"))?;
+        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw6a out"))??;
         let prog: &mut Xdp = ebpf
             .program_mut("bench_fwd6")
             .context("bench_fwd6")?
@@ -223,7 +218,7 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
         gws[0].run(|| {
             prog.attach("in", XdpMode::Driver)
                 .context("attach bench_fwd6")
-        })?;
+        })??;
     }
     let mut paths = Vec::new();
     for (i, l) in LETTERS.iter().enumerate() {
@@ -234,27 +229,28 @@ fn build(prefix: &Prefix, o: &Options) -> Result<Rig> {
     let mut rig = Rig {
         daemons: Vec::new(),
         ebpf,
+        _veths: veths,
         gen,
         _gws: gws,
         _sinks: sinks,
+        bpffs: VARIANTS6.iter().map(|_| None).collect(),
         _dirs: Vec::new(),
-        bpffs: vec![None; VARIANTS6.len()],
         paths,
     };
     for (vi, fast) in [(IKELB, false), (LEVER, true)] {
-        let mut dir = TempDir::new(prefix, &format!("loop6{}", LETTERS[vi]))?;
-        let bpffs = dir.mount_bpffs()?;
+        let dir = TempDir::named(prefix, &format!("loop6{}", LETTERS[vi]))?;
+        let bpffs = BpfFs::mount_in(&dir)?;
         let yaml = lb6::config_yaml6(
             &["in", "out"],
             Some(&DaemonPaths {
-                dir: &dir.path,
-                bpffs: &bpffs,
+                dir: dir.path(),
+                bpffs: bpffs.path(),
             }),
             &format!("slot_fast_path: {fast}\n"),
         );
-        let cfg = dir.path.join("ikelb.yaml");
+        let cfg = dir.path().join("ikelb.yaml");
         fs::write(&cfg, yaml)?;
-        let log = dir.path.join("daemon.log");
+        let log = dir.path().join("daemon.log");
         rig._dirs.push(dir);
         rig.bpffs[vi] = Some(bpffs);
         let ns = prefix.name(&format!("gw6{}", LETTERS[vi]));
@@ -273,35 +269,26 @@ fn start_daemon(
     cfg: &Path,
     log_path: &Path,
     o: &Options,
-) -> Result<ChildGuard> {
-    let log = fs::File::create(log_path)?;
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "taskset",
-            "-c",
-            &o.daemon_cpu.to_string(),
-        ])
-        .arg(&o.lb_ctl)
-        .args(["daemon", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting lb-ctl daemon (IPv6)")?;
-    let mut daemon = ChildGuard {
-        child,
-        what: format!("lb-ctl daemon in {ns}"),
-    };
+) -> Result<Child> {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "taskset",
+        "-c",
+        &o.daemon_cpu.to_string(),
+    ])
+    .arg(&o.lb_ctl)
+    .args(["daemon", "--config"])
+    .arg(cfg)
+    .env("RUST_LOG", "info");
+    let mut daemon = Child::spawn(&format!("lb-ctl daemon in {ns}"), cmd, log_path.into())?;
     set_clients(rig, 1_000)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         sys::check_interrupted()?;
-        if !daemon.alive() {
+        if daemon.exit_status().is_some() {
             bail!(
                 "lb-ctl daemon in {ns} exited; its log:\n{}",
                 closed_loop::tail(log_path)
@@ -326,7 +313,7 @@ fn start_daemon(
 /// Map `name` pinned by the daemon of gateway `vi`.
 fn ikelb_map(rig: &Rig, vi: usize, name: &str) -> Result<MapData> {
     let bpffs = rig.bpffs[vi].as_ref().context("not an ikelb gateway")?;
-    let path = Pins::new(bpffs, lb_ctl::paths::INSTANCE).map(name);
+    let path = Pins::new(bpffs.path(), lb_ctl::paths::INSTANCE).map(name);
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 

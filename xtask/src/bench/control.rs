@@ -22,7 +22,7 @@ use lb_common::{
 use crate::{
     lb::{self, DaemonPaths, HASH_SEED},
     stats::median,
-    sys::{self, ChildGuard, NetNs, Prefix, TempDir},
+    sys::{self, BpfFs, Child, NetNs, RunPrefix, TempDir, Veth},
 };
 
 pub const MAGLEV_M: u32 = 65_537;
@@ -76,10 +76,10 @@ pub struct Health {
 
 /// Runs `lb-ctl daemon` with 1,000 backends in a namespace whose peer holds all 1,000
 /// addresses (the kernel answers ARP and ping), and measures its CPU over three intervals.
-pub fn health(prefix: &Prefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<Health> {
+pub fn health(prefix: &RunPrefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<Health> {
     let gw = NetNs::new(prefix.name("hcgw"))?;
     let be = NetNs::new(prefix.name("hcbe"))?;
-    sys::veth((&gw, "int"), (&be, "be"))?;
+    let _link = Veth::new((&gw, "int"), (&be, "be"))?;
     gw.ip(&["addr", "add", "10.1.255.254/16", "dev", "int"])?;
     let addrs: Vec<Ipv4Addr> = (0..HC_BACKENDS)
         .map(|i| Ipv4Addr::from(u32::from_be_bytes([10, 1, 0, 1]) + i))
@@ -94,38 +94,37 @@ pub fn health(prefix: &Prefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<He
 
     let floor_cpu_pct = icmp_floor(&gw, &addrs)?;
 
-    let mut dir = TempDir::new(prefix, "hc")?;
-    let bpffs = dir.mount_bpffs()?;
+    let dir = TempDir::named(prefix, "hc")?;
+    let bpffs = BpfFs::mount_in(&dir)?;
     let yaml = lb::config_yaml(
         &["int"],
         &addrs,
         Some(&DaemonPaths {
-            dir: &dir.path,
-            bpffs: &bpffs,
+            dir: dir.path(),
+            bpffs: bpffs.path(),
         }),
     );
-    let cfg = dir.path.join("ikelb.yaml");
+    let cfg = dir.path().join("ikelb.yaml");
     fs::write(&cfg, yaml)?;
-    let log_path = dir.path.join("daemon.log");
-    let log = fs::File::create(&log_path)?;
-    let mut daemon = ChildGuard {
-        child: Command::new("ip")
-            .args(["netns", "exec", gw.name(), "taskset", "-c", &daemon_cpu.to_string()])
-            .arg(lb_ctl)
-            .args(["daemon", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lb-ctl daemon")?,
-        what: "lb-ctl daemon (health)".into(),
-    };
+    let log_path = dir.path().join("daemon.log");
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        gw.name(),
+        "taskset",
+        "-c",
+        &daemon_cpu.to_string(),
+    ])
+    .arg(lb_ctl)
+    .args(["daemon", "--config"])
+    .arg(&cfg);
+    let mut daemon = Child::spawn("lb-ctl daemon (health)", cmd, log_path.clone())?;
     // Running = the program is attached; then let one interval pass.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         sys::check_interrupted()?;
-        if !daemon.alive() {
+        if daemon.exit_status().is_some() {
             bail!(
                 "lb-ctl daemon with {HC_BACKENDS} backends exited: {}",
                 fs::read_to_string(&log_path).unwrap_or_default()
@@ -142,7 +141,7 @@ pub fn health(prefix: &Prefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<He
     }
     sys::sleep(HC_INTERVAL)?;
     let pid = daemon.pid();
-    let echoes = |be: &NetNs| -> Result<f64> { snmp(be, "Icmp", "InEchos") };
+    let echoes = |be: &NetNs| -> Result<f64> { snmp(be, "Icmp.InEchos") };
     let (c0, k0, e0, t0) = (
         sys::process_cpu_seconds(pid, false)?,
         sys::process_cpu_seconds(pid, true)?,
@@ -156,7 +155,10 @@ pub fn health(prefix: &Prefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<He
         echoes(&be)?,
     );
     let secs = t0.elapsed().as_secs_f64();
-    ensure!(daemon.alive(), "lb-ctl daemon (health) exited during the measurement");
+    ensure!(
+        daemon.exit_status().is_none(),
+        "lb-ctl daemon (health) exited during the measurement"
+    );
     let echoes_per_s = (e1 - e0) / secs;
     let note = if echoes_per_s < 1.0 {
         "the daemon sent no ICMP echo: health checks are not active in this build; the floor \
@@ -177,31 +179,21 @@ pub fn health(prefix: &Prefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result<He
     })
 }
 
-/// A counter of `/proc/net/snmp` in `ns`.
-fn snmp(ns: &NetNs, proto: &str, field: &str) -> Result<f64> {
-    let text = ns.proc_net("snmp")?;
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.chunks(2) {
-        if let [h, v] = pair {
-            if h.starts_with(&format!("{proto}:")) {
-                let names = h.split_whitespace().skip(1);
-                let values = v.split_whitespace().skip(1);
-                for (n, v) in names.zip(values) {
-                    if n == field {
-                        return Ok(v.parse()?);
-                    }
-                }
-            }
-        }
-    }
-    bail!("no {proto}.{field} in /proc/net/snmp")
+/// A counter of `/proc/net/snmp` in `ns` (`Icmp.InEchos`); an error when the kernel has
+/// none of that name.
+fn snmp(ns: &NetNs, key: &str) -> Result<f64> {
+    ns.snmp()?
+        .0
+        .get(key)
+        .map(|&n| n as f64)
+        .with_context(|| format!("no {key} in /proc/net/snmp"))
 }
 
 /// CPU of one round of ICMP echoes to every address from one raw socket (send all, then
 /// read replies until all came back or 2 s passed), median of 3 rounds, as % of one core
 /// per health-check interval.
 fn icmp_floor(ns: &NetNs, addrs: &[Ipv4Addr]) -> Result<f64> {
-    ns.run(|| {
+    ns.run(|| -> Result<f64> {
         // SAFETY: plain socket syscalls on a descriptor we own and close.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
         ensure!(fd >= 0, "raw ICMP socket: {}", std::io::Error::last_os_error());
@@ -276,7 +268,7 @@ fn icmp_floor(ns: &NetNs, addrs: &[Ipv4Addr]) -> Result<f64> {
         // SAFETY: our descriptor.
         unsafe { libc::close(fd) };
         Ok(median(&rounds) / HC_INTERVAL.as_secs_f64() * 100.0)
-    })
+    })?
 }
 
 // ---------------------------------------------------------------------------------------
@@ -344,7 +336,7 @@ pub struct Scans {
 
 /// Runs this build's daemon (and `before`'s, when given) with [`SCAN_CLIENTS`] established
 /// clients and times scrapes, `backend list` and full walks, idle and under insert churn.
-pub fn scans(prefix: &Prefix, lb_ctl: &PathBuf, before: Option<&PathBuf>) -> Result<Scans> {
+pub fn scans(prefix: &RunPrefix, lb_ctl: &PathBuf, before: Option<&PathBuf>) -> Result<Scans> {
     let (after, walks) = daemon_scans(prefix, "scan", lb_ctl, true)?;
     let before = match before {
         Some(b) => Some(daemon_scans(prefix, "scanb", b, false)?.0),
@@ -370,7 +362,7 @@ fn median_opt(v: &[Option<f64>]) -> Option<f64> {
 /// One `GET /metrics` from inside `ns`: its duration and body (`None`: timed out).
 fn scrape(ns: &NetNs) -> Result<Option<(f64, String)>> {
     use std::io::{Read, Write};
-    ns.run(|| {
+    ns.run(|| -> Result<Option<(f64, String)>> {
         let start = Instant::now();
         let mut s = std::net::TcpStream::connect("127.0.0.1:9435").context("connecting to /metrics")?;
         s.set_read_timeout(Some(SCAN_TIMEOUT))?;
@@ -392,7 +384,7 @@ fn scrape(ns: &NetNs) -> Result<Option<(f64, String)>> {
         let text = String::from_utf8_lossy(&body).into_owned();
         ensure!(text.starts_with("HTTP/1.1 200"), "scrape: {}", text.lines().next().unwrap_or(""));
         Ok(Some((t, text)))
-    })
+    })?
 }
 
 /// `lb-ctl --socket SOCK backend list --json`: its duration (`None`: timed out, killed).
@@ -526,14 +518,14 @@ impl Drop for Churn {
 }
 
 fn daemon_scans(
-    prefix: &Prefix,
+    prefix: &RunPrefix,
     what: &str,
     lb_ctl: &PathBuf,
     walks: bool,
 ) -> Result<(DaemonScans, Option<WalkTimes>)> {
     let gw = NetNs::new(prefix.name(&format!("{what}gw")))?;
     let be = NetNs::new(prefix.name(&format!("{what}be")))?;
-    sys::veth((&gw, "int"), (&be, "be"))?;
+    let _link = Veth::new((&gw, "int"), (&be, "be"))?;
     gw.ip(&["addr", "add", "10.1.255.254/16", "dev", "int"])?;
     let addrs: Vec<Ipv4Addr> = (0..SCAN_BACKENDS)
         .map(|i| Ipv4Addr::from(u32::from_be_bytes([10, 1, 0, 1]) + i))
@@ -541,37 +533,29 @@ fn daemon_scans(
     for a in &addrs {
         be.ip(&["addr", "add", &format!("{a}/16"), "dev", "be"])?;
     }
-    let mut dir = TempDir::new(prefix, what)?;
-    let bpffs = dir.mount_bpffs()?;
+    let dir = TempDir::named(prefix, what)?;
+    let bpffs = BpfFs::mount_in(&dir)?;
     let yaml = lb::config_yaml(
         &["int"],
         &addrs,
         Some(&DaemonPaths {
-            dir: &dir.path,
-            bpffs: &bpffs,
+            dir: dir.path(),
+            bpffs: bpffs.path(),
         }),
     );
-    let cfg = dir.path.join("ikelb.yaml");
+    let cfg = dir.path().join("ikelb.yaml");
     fs::write(&cfg, yaml)?;
-    let log_path = dir.path.join("daemon.log");
-    let log = fs::File::create(&log_path)?;
-    let mut daemon = ChildGuard {
-        child: Command::new("ip")
-            .args(["netns", "exec", gw.name()])
-            .arg(lb_ctl)
-            .args(["daemon", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lb-ctl daemon")?,
-        what: format!("lb-ctl daemon ({what})"),
-    };
+    let log_path = dir.path().join("daemon.log");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", gw.name()])
+        .arg(lb_ctl)
+        .args(["daemon", "--config"])
+        .arg(&cfg);
+    let mut daemon = Child::spawn(&format!("lb-ctl daemon ({what})"), cmd, log_path.clone())?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         sys::check_interrupted()?;
-        if !daemon.alive() {
+        if daemon.exit_status().is_some() {
             bail!(
                 "lb-ctl daemon ({what}) exited: {}",
                 fs::read_to_string(&log_path).unwrap_or_default()
@@ -585,7 +569,7 @@ fn daemon_scans(
     }
     // 1M established clients, spread over the backends (ids 1 … 10 in config order).
     {
-        let mut m = persist_hash(&bpffs)?;
+        let mut m = persist_hash(bpffs.path())?;
         let now = crate::lb::now_ticks();
         for i in 0..SCAN_CLIENTS {
             if i % 65_536 == 0 {
@@ -601,7 +585,7 @@ fn daemon_scans(
                 .context("PERSIST_V4 insert")?;
         }
     }
-    let socket = dir.path.join("ctl.sock");
+    let socket = dir.path().join("ctl.sock");
     let mut out = DaemonScans {
         binary: lb_ctl.display().to_string(),
         ..DaemonScans::default()
@@ -629,11 +613,11 @@ fn daemon_scans(
 
     let mut times = None;
     if walks {
-        let m = persist_hash(&bpffs)?;
+        let m = persist_hash(bpffs.path())?;
         let mut b = Vec::new();
         let mut n = Vec::new();
         for _ in 0..3 {
-            b.push(batch_walk(&bpffs)?.0);
+            b.push(batch_walk(bpffs.path())?.0);
             n.push(next_key_walk(&m, SCAN_TIMEOUT).map_or(f64::NAN, |x| x.0));
         }
         times = Some(WalkTimes {
@@ -644,7 +628,7 @@ fn daemon_scans(
     }
 
     // Insert churn.
-    let churn = Churn::start(&bpffs)?;
+    let churn = Churn::start(bpffs.path())?;
     // As before the first idle scrape: no scan to share.
     sys::sleep(Duration::from_secs(6))?;
     out.churn_scrape_first_ms = scrape(&gw)?.map(|x| x.0);
@@ -667,11 +651,11 @@ fn daemon_scans(
     }
     out.churn_list_ms = median_opt(&l);
     if let Some(t) = times.as_mut() {
-        let (ms, stats) = batch_walk(&bpffs)?;
+        let (ms, stats) = batch_walk(bpffs.path())?;
         t.churn_batch_ms = ms;
         t.churn_batch_entries = stats.visited - stats.duplicates;
         t.churn_batch_truncated = stats.truncated;
-        let m = persist_hash(&bpffs)?;
+        let m = persist_hash(bpffs.path())?;
         let start = Instant::now();
         match next_key_walk(&m, SCAN_TIMEOUT) {
             Some((ms, dups)) => {
@@ -691,6 +675,9 @@ fn daemon_scans(
     if let Some(t) = times.as_mut() {
         t.churn_inserts_per_s = rate;
     }
-    ensure!(daemon.alive(), "lb-ctl daemon ({what}) exited during the scan figures");
+    ensure!(
+        daemon.exit_status().is_none(),
+        "lb-ctl daemon ({what}) exited during the scan figures"
+    );
     Ok((out, times))
 }

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     sys::install_signal_handlers();
     sys::reap_stale();
-    let prefix = sys::Prefix::new();
+    let prefix = sys::RunPrefix::new('b');
     // bpf_stats_enabled adds ~70 ns to every program run: off, whatever it was, and restored.
     let _stats = sys::Sysctl::set("kernel/bpf_stats_enabled", "0")?;
     let cpus = sys::cpus();

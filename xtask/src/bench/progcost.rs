@@ -51,7 +51,7 @@ use crate::{
     lb::{self, backend_addr, BACKENDS, VIP},
     lb6::{self, BACKEND_PREFIX6, VIP6},
     stats::median,
-    sys::{self, NetNs, Prefix},
+    sys::{self, NetNs, RunPrefix, Veth},
 };
 
 const XDP_PASS: u32 = 2;
@@ -180,14 +180,14 @@ pub struct ProgCost {
     pub cpu: usize,
 }
 
-pub fn run(prefix: &Prefix, cpu: usize, trials: usize) -> Result<ProgCost> {
+pub fn run(prefix: &RunPrefix, cpu: usize, trials: usize) -> Result<ProgCost> {
     let ns = NetNs::new(prefix.name("prog"))?;
-    sys::veth((&ns, "ext"), (&ns, "int"))?;
+    let _link = Veth::new((&ns, "ext"), (&ns, "int"))?;
     let ext_mac = ns.mac("ext")?;
     let int_mac = ns.mac("int")?;
     let ext = ns.ifindex("ext")?;
     let int = ns.ifindex("int")?;
-    ns.run(|| {
+    ns.run(|| -> Result<ProgCost> {
         sys::pin_to_cpu(cpu)?;
         measure(
             [
@@ -205,7 +205,7 @@ pub fn run(prefix: &Prefix, cpu: usize, trials: usize) -> Result<ProgCost> {
             trials,
             cpu,
         )
-    })
+    })?
 }
 
 struct Bench {

@@ -48,6 +48,7 @@ pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
         role: 'd',
         clients: args.clients.unwrap_or(250),
         backends: args.backends,
+        ..LabSpec::default()
     })?;
     lab.start_responders(&responder)?;
     println!(
