@@ -293,13 +293,27 @@ pub struct VipSlot {
 }
 const _: () = assert!(size_of::<VipSlot>() == 12);
 
+/// One slot of [`maps::VIP_INDEX_V6`]: [`VipSlot`] for IPv6 VIPs, at slot
+/// [`vip_slot6`]`(vip)`. Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot6 {
+    /// [`VIP_SLOT_EMPTY`], [`VIP_SLOT_ONE`] or [`VIP_SLOT_SHARED`].
+    pub state: u32,
+    /// Its service id, with `VIP_SLOT_ONE`.
+    pub service: u32,
+    /// The VIP (wire order words), with `VIP_SLOT_ONE`.
+    pub addr: [u32; 4],
+}
+const _: () = assert!(size_of::<VipSlot6>() == 24);
+
 /// No VIP hashes to the slot: a packet whose destination does is to no VIP.
 pub const VIP_SLOT_EMPTY: u32 = 0;
 /// Exactly one VIP hashes to the slot.
 pub const VIP_SLOT_ONE: u32 = 1;
 /// Several VIPs hash to the slot: the data path asks [`maps::VIPS_V4`].
 pub const VIP_SLOT_SHARED: u32 = 2;
-/// Slots of [`maps::VIP_INDEX_V4`] (a power of two).
+/// Slots of [`maps::VIP_INDEX_V4`] and [`maps::VIP_INDEX_V6`] (a power of two).
 pub const VIP_INDEX_SLOTS: u32 = 256;
 
 /// The slot of IPv4 address `addr` (wire order) in [`maps::VIP_INDEX_V4`]: Fibonacci hashing,
@@ -307,6 +321,13 @@ pub const VIP_INDEX_SLOTS: u32 = 256;
 #[inline(always)]
 pub fn vip_slot(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> (32 - VIP_INDEX_SLOTS.trailing_zeros())
+}
+
+/// The slot of IPv6 address `addr` (wire order words) in [`maps::VIP_INDEX_V6`]: its four
+/// words folded by XOR, then [`vip_slot`] (VIPs of one prefix differ in the low words).
+#[inline(always)]
+pub fn vip_slot6(addr: &[u32; 4]) -> u32 {
+    vip_slot(addr[0] ^ addr[1] ^ addr[2] ^ addr[3])
 }
 
 /// Packets and bytes, one per CPU, per backend and direction. Value of
@@ -335,6 +356,8 @@ pub mod maps {
     /// Array<VipSlot> of `VIP_INDEX_SLOTS`, indexed by `vip_slot(daddr)`: which IPv4 VIP, if
     /// any, a destination is, without a hash lookup (`VIPS_V4` only for a shared slot).
     pub const VIP_INDEX_V4: &str = "VIP_INDEX_V4";
+    /// Array<VipSlot6> of `VIP_INDEX_SLOTS`, indexed by `vip_slot6(daddr)`: the same for IPv6.
+    pub const VIP_INDEX_V6: &str = "VIP_INDEX_V6";
     /// Array<u32 backend id | RING_F_*>: every service's two Maglev tables back to back.
     pub const RINGS: &str = "RINGS";
     /// Array<Backend> indexed by backend id.
@@ -601,4 +624,5 @@ mod pod {
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for VipSlot {}
+    unsafe impl aya::Pod for VipSlot6 {}
 }

@@ -42,7 +42,6 @@ impl Verdict {
 
 pub const PASS_NOT_IP: Verdict = Verdict::pass(counter::PASS_NOT_IP);
 pub const PASS_VLAN: Verdict = Verdict::pass(counter::PASS_VLAN);
-pub const PASS_IPV6: Verdict = Verdict::pass(counter::PASS_IPV6);
 pub const PASS_ICMPV6: Verdict = Verdict::pass(counter::PASS_ICMPV6);
 pub const PASS_IPV6_EXT: Verdict = Verdict::pass(counter::PASS_IPV6_EXT);
 pub const PASS_NOT_VIP: Verdict = Verdict::pass(counter::PASS_NOT_VIP);

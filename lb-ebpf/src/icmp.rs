@@ -18,12 +18,13 @@ use network_types::{
 
 use crate::{
     counters::{self, Verdict, PASS_ICMPV6, PASS_NOT_SERVICE_PORT, PASS_TTL},
-    l4::{IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP},
+    l4::{Csum, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP},
     maps,
     parse::{self, has_port, load16, load32, ptr_at, store16, store32},
     parse6::{self, load128, store128},
-    rewrite, rewrite6, sanity,
-    select::{self, Family, V4, V6},
+    family::{Family, V4, V6},
+    rewrite, sanity,
+    select,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -112,7 +113,7 @@ pub fn frag_needed_v4(
     let b = unsafe { &*b };
     if maps::mode_dsr() {
         // The backend holds the VIP itself: the message is right as it is.
-        rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, false);
+        rewrite::forward::<V4>(eth, ip, Csum::None, b, false);
     } else {
         let new = b.addr[0];
         unsafe {
@@ -134,7 +135,7 @@ pub fn frag_needed_v4(
             store16(&mut (*icmp).check, icmp_check);
         }
         // The outer header: destination VIP → backend, TTL, MACs (ICMP has no pseudo-header).
-        rewrite::forward_v4(eth, ip, crate::l4::Csum::None, b, true);
+        rewrite::forward::<V4>(eth, ip, Csum::None, b, true);
     }
     let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
     counters::forwarded(
@@ -204,7 +205,7 @@ pub fn too_big_v6(
     if nat {
         unsafe {
             let mut check = load16(&(*icmp).check);
-            // Pseudo-header: outer destination VIP → backend (written by `forward_v6`).
+            // Pseudo-header: outer destination VIP → backend (written by `rewrite::forward`).
             check = csum::replace128(check, &svc.vip, &b.addr);
             store128(&raw mut (*inner).src_addr, &b.addr);
             check = csum::replace128(check, &svc.vip, &b.addr);
@@ -217,7 +218,7 @@ pub fn too_big_v6(
             store16(&mut (*icmp).check, check);
         }
     }
-    rewrite6::forward_v6(eth, ip, crate::l4::Csum::None, b, nat);
+    rewrite::forward::<V6>(eth, ip, Csum::None, b, nat);
     let action = rewrite::send(ctx, end, b.ifindex, b.tx_port)?;
     counters::forwarded(
         counter::FORWARD_ICMP,

@@ -2,7 +2,7 @@
 //! a VIP (or from a backend) ikelb steers by client address, and which transport checksum a
 //! rewrite of the addresses must fix.
 //!
-//! The group (DESIGN.md, "Why this exists"; issue 6) is, per service:
+//! The group (`docs/configuration.md`, `virtual_servers`) is, per service:
 //!
 //! * UDP to one of `udp_ports` (IKE 500, NAT-T 4500), TCP to one of `tcp_ports` (SSTP 443, the
 //!   Always On VPN fallback), unfragmented or first fragment: the transport header must lie in
@@ -18,18 +18,18 @@
 //! a UDP length equal to the IP payload (at least what a first fragment carries,
 //! `DROP_UDP_LENGTH`), a TCP data offset of 5 words or more inside the segment
 //! (`DROP_TCP_DATA_OFFSET`), and, over IPv4, a fragment ending within 65,535 bytes
-//! (`DROP_FRAGMENT_END`; `parse6::walk` checks IPv6's). Transport checksums are not verified,
+//! (`DROP_FRAGMENT_END`, `parse::transport_v4`; `parse6::walk` checks IPv6's). Transport checksums are not verified,
 //! as a router does not: a wrong one stays wrong (incremental updates keep it so), a zero
 //! UDP checksum stays zero — over IPv6 too (RFC 8200 §8.1 makes it invalid; the backend's stack
 //! drops it, `docs/security.md`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{csum, Service, SVC_F_ESP};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    counters::{Verdict, DROP_FRAGMENT_END, DROP_MALFORMED, DROP_TCP_DATA_OFFSET, DROP_UDP_LENGTH},
-    parse::{has_port, load16, ptr_at, store16, Side},
+    counters::{Verdict, DROP_MALFORMED, DROP_TCP_DATA_OFFSET, DROP_UDP_LENGTH},
+    parse::{has_port, load16, load32, ptr_at, store16, Side},
 };
 
 /// IP protocol numbers (IANA).
@@ -37,11 +37,6 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ESP: u8 = 50;
-/// Fragment offset bits of the IPv4 flags/offset word (RFC 791 §3.1), host order.
-const IP_OFFSET_MASK: u16 = 0x1fff;
-/// The More Fragments flag of that word.
-const IP_MF: u16 = 0x2000;
-
 /// Where a packet's transport header is, as the network layer found it.
 #[derive(Clone, Copy)]
 pub struct Transport {
@@ -72,7 +67,7 @@ pub enum Csum {
 }
 
 impl Csum {
-    /// The UDP header of a UDP packet (for `parse::bulk_v4`, which reads its port).
+    /// The UDP header of a UDP packet (for [`bulk`], which reads its port).
     #[inline(always)]
     pub fn udp(self) -> Option<*mut UdpHdr> {
         match self {
@@ -186,36 +181,6 @@ fn data_offset(tcp: *const TcpHdr, t: Transport) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// [`classify`] for an IPv4 packet without options (`parse::l3` checked the header). A
-/// fragment whose datagram would end past 65,535 bytes (RFC 791 §3.1: the offset in 8-byte
-/// units plus the fragment's total length; the header is 20 bytes here) is dropped
-/// (`DROP_FRAGMENT_END`): whatever reassembles it overflows.
-#[inline(always)]
-pub fn classify_v4(
-    ctx: &XdpContext,
-    ip: *const Ipv4Hdr,
-    svc: &Service,
-    side: Side,
-    miss: Verdict,
-) -> Result<Csum, Verdict> {
-    // SAFETY: a bounds-checked header.
-    let (proto, frags, total_len) =
-        unsafe { ((*ip).proto, load16(&(*ip).frags), load16(&(*ip).tot_len)) };
-    let total_len = usize::from(u16::from_be(total_len));
-    let first = frags & IP_OFFSET_MASK.to_be() == 0;
-    if !first && usize::from(u16::from_be(frags) & IP_OFFSET_MASK) * 8 + total_len > 65_535 {
-        return Err(DROP_FRAGMENT_END);
-    }
-    let t = Transport {
-        proto,
-        offset: EthHdr::LEN + Ipv4Hdr::LEN,
-        end: EthHdr::LEN + total_len,
-        first,
-        whole: frags & (IP_OFFSET_MASK | IP_MF).to_be() == 0,
-    };
-    classify(ctx, t, svc, side, miss)
-}
-
 /// Fixes the transport checksum after a 32-bit address changed from `old` to `new`.
 ///
 /// # Safety
@@ -258,4 +223,37 @@ pub unsafe fn fix128(c: Csum, old: &[u32; 4], new: &[u32; 4]) {
             }
         }
     }
+}
+
+/// Whether a packet of the persistency group (`classify` accepted `t`) is bulk data that may
+/// take the slot fast path (`SLOT_FAST_PATH`): ESP (SPI non-zero), in UDP or not, and
+/// non-first fragments. IKE messages never are: UDP to 500, or starting with the non-ESP
+/// marker (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte, shorter than an ESP header) —
+/// so every session start, rekey and keepalive goes through the persistence entries. The ESP
+/// header must lie in the datagram, not in bytes past it (a keepalive's Ethernet padding is
+/// no SPI). The caller rules out TCP.
+#[inline(always)]
+pub fn bulk(ctx: &XdpContext, t: Transport, udp: Option<*mut UdpHdr>) -> bool {
+    if !t.first {
+        return true;
+    }
+    let esp = match udp {
+        Some(udp) => {
+            // SAFETY: `classify` bounds-checked the UDP header.
+            if unsafe { load16(&(*udp).dst) } == 500u16.to_be() {
+                return false;
+            }
+            t.offset + UdpHdr::LEN
+        }
+        None => t.offset,
+    };
+    // SPI and sequence number; a shorter payload is a keepalive (or malformed): not bulk.
+    if esp + 8 > t.end {
+        return false;
+    }
+    let Ok(hdr) = ptr_at::<[[u8; 4]; 2]>(ctx, esp) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just now.
+    unsafe { load32(&(*hdr)[0]) != 0 }
 }

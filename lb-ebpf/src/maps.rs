@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, event, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
-    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot, DEFAULT_RING_SIZE, INGRESS_SLOTS,
+    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot, VipSlot6, DEFAULT_RING_SIZE, INGRESS_SLOTS,
     MAX_IFACES, VIP_INDEX_SLOTS, VIP_SLOT_ONE, VIP_SLOT_SHARED,
 };
 
@@ -21,12 +21,12 @@ const PERSIST_DEFAULT: u32 = 4096;
 const PROBATION_DEFAULT: u32 = 1024;
 
 /// Key: VIP (IPv4, wire order). Value: its [`Service`]. Written by the daemon; read by the
-/// forward path (the first lookup of every IPv4 packet).
+/// forward path when several IPv4 VIPs share a `VIP_INDEX_V4` slot.
 #[map]
 pub static VIPS_V4: HashMap<u32, Service> = HashMap::with_max_entries(SERVICES_DEFAULT, 0);
 
-/// Key: VIP (IPv6, wire order words). Value: its [`Service`]. Written by the daemon; not read
-/// yet (IPv6 is passed as `pass_ipv6` until IPv6 services exist).
+/// Key: VIP (IPv6, wire order words). Value: its [`Service`]. Written by the daemon; read by
+/// the forward path when several IPv6 VIPs share a `VIP_INDEX_V6` slot.
 #[map]
 pub static VIPS_V6: HashMap<[u32; 4], Service> = HashMap::with_max_entries(SERVICES_DEFAULT, 0);
 
@@ -34,6 +34,11 @@ pub static VIPS_V6: HashMap<[u32; 4], Service> = HashMap::with_max_entries(SERVI
 /// by the daemon after `VIPS_V4` and `SERVICES`; read first by every IPv4 packet (`vip_v4`).
 #[map]
 pub static VIP_INDEX_V4: Array<VipSlot> = Array::with_max_entries(VIP_INDEX_SLOTS, 0);
+
+/// Key: `lb_common::vip_slot6(daddr)`. Value: which IPv6 VIP hashes there ([`VipSlot6`]).
+/// As `VIP_INDEX_V4`, for every IPv6 packet (`vip_v6`).
+#[map]
+pub static VIP_INDEX_V6: Array<VipSlot6> = Array::with_max_entries(VIP_INDEX_SLOTS, 0);
 
 /// Key: service id. Value: its [`Service`]. Written by the daemon; read by the reverse path
 /// (backend → client) to find the VIP and port set of a backend's service.
@@ -187,8 +192,23 @@ pub fn vip_v4(daddr: u32) -> Option<&'static Service> {
     let slot = VIP_INDEX_V4.get(lb_common::vip_slot(daddr))?;
     match slot.state {
         VIP_SLOT_ONE if slot.addr == daddr => SERVICES.get(slot.service),
+        // The same `SERVICES` value as above, found by id: one kind of pointer for the
+        // verifier, which would otherwise check everything after this twice.
         // SAFETY: a plain-old-data map value, read-only here.
-        VIP_SLOT_SHARED => unsafe { VIPS_V4.get(&daddr) },
+        VIP_SLOT_SHARED => SERVICES.get(unsafe { VIPS_V4.get(&daddr) }?.id),
+        _ => None,
+    }
+}
+
+/// [`vip_v4`] for IPv6 VIP `daddr` (wire order words): `VIP_INDEX_V6`, then `VIPS_V6` for a
+/// shared slot.
+#[inline(always)]
+pub fn vip_v6(daddr: &[u32; 4]) -> Option<&'static Service> {
+    let slot = VIP_INDEX_V6.get(lb_common::vip_slot6(daddr))?;
+    match slot.state {
+        VIP_SLOT_ONE if slot.addr == *daddr => SERVICES.get(slot.service),
+        // SAFETY: a plain-old-data map value, read-only here.
+        VIP_SLOT_SHARED => SERVICES.get(unsafe { VIPS_V6.get(daddr) }?.id),
         _ => None,
     }
 }

@@ -1,5 +1,5 @@
-//! Header access and classification: the one bounds helper, Ethernet and IPv4 parsing, and
-//! the bulk-data test of the slot fast path (the persistency-group test is `l4`).
+//! Header access: the one bounds helper, word loads and stores, Ethernet and IPv4 parsing
+//! (IPv6's is `parse6`; the persistency-group test and the bulk-data test are `l4`).
 
 use core::mem::size_of;
 
@@ -7,14 +7,21 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::MAX_PORTS;
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
-    udp::UdpHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::counters::{Verdict, DROP_MALFORMED, PASS_IPV6, PASS_NOT_IP, PASS_VLAN};
+use crate::{
+    counters::{
+        Verdict, DROP_FRAGMENT_END, DROP_FRAGMENT_OFFSET, DROP_MALFORMED, PASS_NOT_IP, PASS_VLAN,
+    },
+    l4::{Transport, IPPROTO_TCP},
+    parse6,
+};
 
 /// Fragment offset bits of the IPv4 flags/offset word (RFC 791 §3.1), host order.
 const IP_OFFSET_MASK: u16 = 0x1fff;
+/// The More Fragments flag of that word.
+const IP_MF: u16 = 0x2000;
 
 /// The one bounds check: a pointer to a `T` at `offset` from the start of the frame, or
 /// `DROP_MALFORMED` when the frame is too short to hold it.
@@ -85,12 +92,13 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
-/// Network layer of a frame ikelb may handle.
+/// Network layer of a frame ikelb may handle, its header bounds-checked.
 pub enum L3 {
     V4(*mut Ipv4Hdr),
+    V6(*mut Ipv6Hdr),
 }
 
-/// Ethernet: tagged frames, IPv6 (for now) and non-IP frames are the kernel's.
+/// Ethernet: tagged frames and non-IP frames are the kernel's.
 #[inline(always)]
 pub fn l3(ctx: &XdpContext, eth: *mut EthHdr) -> Result<L3, Verdict> {
     // SAFETY (all header reads below): `ptr_at` checked the header lies inside the frame.
@@ -98,9 +106,10 @@ pub fn l3(ctx: &XdpContext, eth: *mut EthHdr) -> Result<L3, Verdict> {
     if ether_type == EtherType::Ipv4 as u16 {
         return Ok(L3::V4(ipv4(ctx)?));
     }
-    Err(if ether_type == EtherType::Ipv6 as u16 {
-        PASS_IPV6
-    } else if ether_type == EtherType::Ieee8021q as u16
+    if ether_type == EtherType::Ipv6 as u16 {
+        return Ok(L3::V6(parse6::ipv6(ctx)?));
+    }
+    Err(if ether_type == EtherType::Ieee8021q as u16
         || ether_type == EtherType::Ieee8021ad as u16
     {
         PASS_VLAN
@@ -164,11 +173,35 @@ pub fn proto_first(ip: *const Ipv4Hdr) -> (u8, bool) {
     }
 }
 
-/// The fragment offset in 8-byte units (RFC 791 §3.1).
+/// Where an IPv4 packet without options (`l3` checked the header) carries its transport
+/// header, and the fragment rules:
+///
+/// * a fragment whose datagram would end past 65,535 bytes (RFC 791 §3.1: the offset in
+///   8-byte units plus the fragment's total length; the header is 20 bytes here) is dropped
+///   (`DROP_FRAGMENT_END`): whatever reassembles it overflows;
+/// * on the way to a VIP, a TCP fragment at offset 8 bytes can only serve to overwrite the
+///   first fragment's flags; no sender makes one (RFC 1858 §3.2, `DROP_FRAGMENT_OFFSET`).
 #[inline(always)]
-pub fn fragment_offset(ip: *const Ipv4Hdr) -> u16 {
+pub fn transport_v4(ip: *const Ipv4Hdr, side: Side) -> Result<Transport, Verdict> {
     // SAFETY: a bounds-checked header.
-    u16::from_be(unsafe { load16(&(*ip).frags) }) & IP_OFFSET_MASK
+    let (proto, frags, total_len) =
+        unsafe { ((*ip).proto, load16(&(*ip).frags), load16(&(*ip).tot_len)) };
+    let total_len = usize::from(u16::from_be(total_len));
+    let offset = u16::from_be(frags) & IP_OFFSET_MASK;
+    if side == Side::Forward && proto == IPPROTO_TCP && offset == 1 {
+        return Err(DROP_FRAGMENT_OFFSET);
+    }
+    let first = offset == 0;
+    if !first && usize::from(offset) * 8 + total_len > 65_535 {
+        return Err(DROP_FRAGMENT_END);
+    }
+    Ok(Transport {
+        proto,
+        offset: EthHdr::LEN + Ipv4Hdr::LEN,
+        end: EthHdr::LEN + total_len,
+        first,
+        whole: frags & (IP_OFFSET_MASK | IP_MF).to_be() == 0,
+    })
 }
 
 #[inline(always)]
@@ -182,43 +215,6 @@ pub fn ttl(ip: *const Ipv4Hdr) -> u8 {
 pub enum Side {
     Forward,
     Reverse,
-}
-
-/// Whether a packet of the persistency group (as `l4::classify_v4` found it, IPv4 without
-/// options) is bulk data that may take the slot fast path (`SLOT_FAST_PATH`): ESP, in UDP or
-/// not, and non-first fragments. IKE messages never are: UDP to 500, or starting with the
-/// non-ESP marker (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte) — so every session
-/// start, rekey and keepalive goes through the persistence entries. The fast path itself
-/// still sends each client through them once a tick (`select::forward_v4`).
-#[inline(always)]
-pub fn bulk_v4(ctx: &XdpContext, ip: *const Ipv4Hdr, udp: Option<*mut UdpHdr>) -> bool {
-    const L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
-    let esp = match udp {
-        Some(udp) => {
-            // SAFETY: `classify_v4` bounds-checked the UDP header.
-            if unsafe { load16(&(*udp).dst) } == 500u16.to_be() {
-                return false;
-            }
-            L4 + UdpHdr::LEN
-        }
-        None => {
-            // SAFETY: a bounds-checked IPv4 header.
-            if unsafe { load16(&(*ip).frags) } & IP_OFFSET_MASK.to_be() != 0 {
-                return true;
-            }
-            L4
-        }
-    };
-    // SPI and sequence number, inside the datagram: a shorter payload is a keepalive (or
-    // malformed), not bulk — and a keepalive's Ethernet padding is not an SPI.
-    if esp + 8 > end_v4(ip) {
-        return false;
-    }
-    let Ok(hdr) = ptr_at::<[[u8; 4]; 2]>(ctx, esp) else {
-        return false;
-    };
-    // SAFETY: bounds-checked just now.
-    unsafe { load32(&(*hdr)[0]) != 0 }
 }
 
 /// `port` (wire order) is one of `ports` (unused entries are 0 and last; port 0 never

@@ -25,7 +25,7 @@
 //! datagram would end past 65,535 bytes of payload is `DROP_FRAGMENT_END` (§4.5).
 
 use aya_ebpf::programs::XdpContext;
-use network_types::{eth::EthHdr, ip::Ipv6Hdr, udp::UdpHdr};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{Verdict, DROP_FRAGMENT_END, DROP_MALFORMED, PASS_IPV6_EXT},
@@ -77,13 +77,6 @@ struct ExtHdr {
     len: u8,
     routing_type: u8,
     segments_left: u8,
-}
-
-/// Is this an IPv6 frame (EtherType 0x86DD)?
-#[inline(always)]
-pub fn is_ipv6(eth: *const EthHdr) -> bool {
-    // SAFETY: the caller bounds-checked the Ethernet header.
-    unsafe { (*eth).ether_type == network_types::eth::EtherType::Ipv6 as u16 }
 }
 
 /// IPv6 header sanity (RFC 8200 §3): version 6, the payload length inside the frame (which
@@ -266,37 +259,4 @@ pub fn walk(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Result<Transport, Verdict> 
         first: true,
         whole: true,
     })
-}
-
-/// Whether a packet of the persistency group (`l4::classify` accepted `t`) is bulk data that
-/// may take the slot fast path (`SLOT_FAST_PATH`), by the rules of `parse::bulk_v4`, read where
-/// [`walk`] found the transport header: ESP (SPI non-zero), in UDP or not, and non-first
-/// fragments. IKE messages never are: UDP to 500, or starting with the non-ESP marker
-/// (RFC 3948 §2.2), or a NAT keepalive (one 0xff byte, shorter than an ESP header) — so every
-/// session start, rekey and keepalive goes through the persistence entries. The ESP header
-/// must lie in the datagram, not in bytes past it. The caller rules out TCP.
-#[inline(always)]
-pub fn bulk(ctx: &XdpContext, t: Transport, udp: Option<*mut UdpHdr>) -> bool {
-    if !t.first {
-        return true;
-    }
-    let esp = match udp {
-        Some(udp) => {
-            // SAFETY: `classify` bounds-checked the UDP header.
-            if unsafe { load16(&(*udp).dst) } == 500u16.to_be() {
-                return false;
-            }
-            t.offset + UdpHdr::LEN
-        }
-        None => t.offset,
-    };
-    // SPI and sequence number; a shorter payload is a keepalive (or malformed): not bulk.
-    if esp + 8 > t.end {
-        return false;
-    }
-    let Ok(hdr) = ptr_at::<[[u8; 4]; 2]>(ctx, esp) else {
-        return false;
-    };
-    // SAFETY: bounds-checked just now.
-    unsafe { load32(&(*hdr)[0]) != 0 }
 }

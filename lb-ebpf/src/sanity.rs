@@ -20,7 +20,7 @@
 //!   `backends` role, from its MAC, to the interface's MAC ([`from_backend`]).
 //!
 //! Lengths are checked where the headers are read: the UDP length and the TCP data offset in
-//! `l4::classify`, where a fragment ends in `l4::classify_v4` and `parse6::walk`; bytes past
+//! `l4::classify`, where a fragment ends in `parse::transport_v4` and `parse6::walk`; bytes past
 //! the datagram are cut off on the way out ([`trim`]).
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};

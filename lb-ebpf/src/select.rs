@@ -1,7 +1,7 @@
 //! Backend selection for both address families (Katran's chain: VIP → per-client state →
 //! Maglev ring → backend array), and the reverse-path check that a backend's packet answers
 //! one of its live clients. Only the key, the hash and the maps differ per family
-//! ([`Family`]); the rules are one.
+//! (`family::Family`); the rules are one.
 //!
 //! Per-client state has two tiers (`docs/security.md`, "Floods"):
 //!
@@ -19,12 +19,10 @@
 //! client is reached that way (`edge::confirms`): one spoofed frame cannot redirect a
 //! client's replies.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::LruHashMap, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    event,
-    hash::{client_hash_v4, client_hash_v6, ring_slot},
-    Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, ProofKeyV4, ProofKeyV6,
-    Service, BACKEND_F_USABLE, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    event, hash::ring_slot, Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE,
+    BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -33,41 +31,13 @@ use crate::{
         self, Verdict, DROP_BAD_BACKEND, DROP_NO_BACKEND, DROP_NO_ROUTE, DROP_REVERSE_NOT_CLIENT,
         PASS_NOT_CLIENT, PASS_NOT_VIP,
     },
-    edge::{self, Addr},
-    maps::{
-        self, BACKENDS, BACKEND_IDS_V4, BACKEND_IDS_V6, PERSIST_V4, PERSIST_V6, PROBATION_V4,
-        PROBATION_V6, PROOFS_V4, PROOFS_V6, REFRESHED_V4, RINGS, SERVICES,
-    },
+    edge,
+    family::Family,
+    maps::{self, BACKENDS, REFRESHED_V4, RINGS, SERVICES},
     parse::{load_mac, store_mac, Side},
     sanity,
     signal::{self, Pkt},
 };
-
-/// One address family's keys, maps and hash.
-pub trait Family {
-    type Addr: 'static;
-    type Key: 'static;
-    type ProofKey: 'static;
-    fn key(service: u32, addr: &Self::Addr) -> Self::Key;
-    fn proof_key(service: u32, addr: &Self::Addr, proof: u64) -> Self::ProofKey;
-    fn proofs() -> &'static LruHashMap<Self::ProofKey, u32>;
-    fn hash(addr: &Self::Addr) -> u32;
-    fn persist() -> &'static LruHashMap<Self::Key, PersistValue>;
-    fn probation() -> &'static LruHashMap<Self::Key, ProbationValue>;
-    fn fib(addr: &Self::Addr) -> Addr<'_>;
-    /// The service's VIP of this family, as the FIB wants it.
-    fn vip(svc: &Service) -> Addr<'_>;
-    /// Whether a packet of ring slot `index` refreshed its client's entry in tick `now` (the
-    /// slot fast path's condition).
-    fn refreshed(index: u32, now: u32) -> bool;
-    /// Notes that a packet of ring slot `index` refreshed its client's entry in tick `now`.
-    fn mark_refreshed(index: u32, now: u32);
-    /// `BACKEND_IDS_*[addr]`: a backend's id, or `lb_common::OWN_ADDRESS_ID`.
-    fn listed(addr: &Self::Addr) -> Option<u32>;
-}
-
-pub struct V4;
-pub struct V6;
 
 /// Whether ring slot `index` (of a service of either family) is stamped with tick `now` in
 /// `REFRESHED_V4`, which is indexed like `RINGS` for both families despite its name
@@ -91,128 +61,6 @@ fn stamp(index: u32, now: u32) {
                 *stamp = now;
             }
         }
-    }
-}
-
-impl Family for V4 {
-    type Addr = u32;
-    type Key = PersistKeyV4;
-    type ProofKey = ProofKeyV4;
-
-    #[inline(always)]
-    fn proof_key(service: u32, addr: &u32, proof: u64) -> ProofKeyV4 {
-        ProofKeyV4 {
-            service,
-            client: *addr,
-            proof,
-        }
-    }
-    #[inline(always)]
-    fn proofs() -> &'static LruHashMap<ProofKeyV4, u32> {
-        &PROOFS_V4
-    }
-
-    #[inline(always)]
-    fn key(service: u32, addr: &u32) -> PersistKeyV4 {
-        PersistKeyV4 {
-            service,
-            client: *addr,
-        }
-    }
-    #[inline(always)]
-    fn hash(addr: &u32) -> u32 {
-        client_hash_v4(*addr, maps::hash_seed())
-    }
-    #[inline(always)]
-    fn persist() -> &'static LruHashMap<PersistKeyV4, PersistValue> {
-        &PERSIST_V4
-    }
-    #[inline(always)]
-    fn probation() -> &'static LruHashMap<PersistKeyV4, ProbationValue> {
-        &PROBATION_V4
-    }
-    #[inline(always)]
-    fn fib(addr: &u32) -> Addr<'_> {
-        Addr::V4(*addr)
-    }
-    #[inline(always)]
-    fn vip(svc: &Service) -> Addr<'_> {
-        Addr::V4(svc.vip[0])
-    }
-    #[inline(always)]
-    fn refreshed(index: u32, now: u32) -> bool {
-        stamped(index, now)
-    }
-    #[inline(always)]
-    fn listed(addr: &u32) -> Option<u32> {
-        // SAFETY: plain-old-data value read once.
-        unsafe { BACKEND_IDS_V4.get(addr) }.copied()
-    }
-    #[inline(always)]
-    fn mark_refreshed(index: u32, now: u32) {
-        stamp(index, now);
-    }
-}
-
-impl Family for V6 {
-    type Addr = [u32; 4];
-    type Key = PersistKeyV6;
-    type ProofKey = ProofKeyV6;
-
-    #[inline(always)]
-    fn proof_key(service: u32, addr: &[u32; 4], proof: u64) -> ProofKeyV6 {
-        ProofKeyV6 {
-            service,
-            client: *addr,
-            _pad: 0,
-            proof,
-        }
-    }
-    #[inline(always)]
-    fn proofs() -> &'static LruHashMap<ProofKeyV6, u32> {
-        &PROOFS_V6
-    }
-
-    #[inline(always)]
-    fn key(service: u32, addr: &[u32; 4]) -> PersistKeyV6 {
-        PersistKeyV6 {
-            service,
-            client: *addr,
-        }
-    }
-    #[inline(always)]
-    fn hash(addr: &[u32; 4]) -> u32 {
-        client_hash_v6(addr, maps::hash_seed())
-    }
-    #[inline(always)]
-    fn persist() -> &'static LruHashMap<PersistKeyV6, PersistValue> {
-        &PERSIST_V6
-    }
-    #[inline(always)]
-    fn probation() -> &'static LruHashMap<PersistKeyV6, ProbationValue> {
-        &PROBATION_V6
-    }
-    #[inline(always)]
-    fn fib(addr: &[u32; 4]) -> Addr<'_> {
-        Addr::V6(addr)
-    }
-    #[inline(always)]
-    fn vip(svc: &Service) -> Addr<'_> {
-        Addr::V6(&svc.vip)
-    }
-    // The same stamps as IPv4: ring indices are unique across the services of both families.
-    #[inline(always)]
-    fn refreshed(index: u32, now: u32) -> bool {
-        stamped(index, now)
-    }
-    #[inline(always)]
-    fn mark_refreshed(index: u32, now: u32) {
-        stamp(index, now);
-    }
-    #[inline(always)]
-    fn listed(addr: &[u32; 4]) -> Option<u32> {
-        // SAFETY: plain-old-data value read once.
-        unsafe { BACKEND_IDS_V6.get(addr) }.copied()
     }
 }
 
@@ -332,7 +180,7 @@ unsafe fn learn<F: Family>(
         }
         let mut mac = [0u8; 6];
         store_mac(&mut mac, o.mac);
-        if edge::confirms(ctx, F::vip(svc), F::fib(client), o.ifindex, &mac) {
+        if edge::confirms(ctx, F::fib(F::vip(svc)), F::fib(client), o.ifindex, &mac) {
             store_mac(&mut (*e).client_mac, o.mac);
             (*e).port = o.port;
             counters::event(event::MAC_MOVE_ACCEPTED);
@@ -343,7 +191,7 @@ unsafe fn learn<F: Family>(
 }
 
 /// The backend for client `saddr` of `svc` (module docs). `bulk` (only with `SLOT_FAST_PATH`
-/// on, see `parse::bulk_v4` and `parse6::bulk`): when the client's slot is not flagged `RING_F_CHANGED`, its
+/// on, see `l4::bulk`): when the client's slot is not flagged `RING_F_CHANGED`, its
 /// backend is usable and a packet of the slot already refreshed its client's entry in this
 /// tick (`REFRESHED_V4`), the ring's backend is the one its sessions began on and both maps
 /// are skipped. So each tick the first packet of every slot refreshes an entry: a slot's
@@ -367,7 +215,7 @@ pub fn forward<F: Family>(
         if s & RING_F_CHANGED == 0 {
             let id = s & RING_BACKEND_MASK;
             if let Some(b) = usable(id, svc) {
-                if F::refreshed(index, now) {
+                if stamped(index, now) {
                     counters::event(event::FAST_PATH);
                     return Ok(Choice {
                         id,
@@ -415,7 +263,7 @@ pub fn forward<F: Family>(
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
-        F::mark_refreshed(index, now);
+        stamp(index, now);
         return Ok(Choice {
             id,
             backend: b,
@@ -471,7 +319,7 @@ pub fn forward<F: Family>(
                 counters::event(event::PROMOTED);
             }
         }
-        F::mark_refreshed(index, now);
+        stamp(index, now);
         return Ok(Choice {
             id,
             backend: b,
@@ -598,7 +446,7 @@ pub fn reverse<F: Family>(
     let ours = ring_at(ring_index(svc, F::hash(daddr))?) & RING_BACKEND_MASK == id;
     match edge::lookup(
         ctx,
-        F::vip(svc),
+        F::fib(F::vip(svc)),
         F::fib(daddr),
         ctx.ingress_ifindex() as u32,
     ) {

@@ -15,7 +15,7 @@ use aya_ebpf::programs::XdpContext;
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    l4::{Csum, IPPROTO_ESP},
+    l4::{Csum, Transport, IPPROTO_ESP},
     parse::{load16, load32, ptr_at, Side},
 };
 
@@ -37,6 +37,20 @@ pub struct Pkt {
     /// Frame offset where the IP datagram ends: evidence is read before it only (the bytes
     /// past it are no part of the packet, and the exit cuts them off).
     pub end: usize,
+}
+
+impl Pkt {
+    /// A packet of the persistency group: where `l4::classify` found its transport header
+    /// `t`, and the checksum it returned.
+    #[inline(always)]
+    pub fn of(t: Transport, csum: Csum) -> Pkt {
+        Pkt {
+            proto: t.proto,
+            first: t.first,
+            csum,
+            end: t.end,
+        }
+    }
 }
 
 /// A packet's session evidence (module docs).

@@ -579,7 +579,7 @@ impl Fixture {
         let mut services: Array<_, Service> = self.map(maps::SERVICES);
         services.set(SVC4, s4, 0).unwrap();
         services.set(SVC6, s6, 0).unwrap();
-        // As the daemon writes it (`lb_ctl::dataplane`): the IPv4 VIP alone in its slot.
+        // As the daemon writes them (`lb_ctl::dataplane`): each VIP alone in its slot.
         let mut index: Array<_, lb_common::VipSlot> = self.map(maps::VIP_INDEX_V4);
         let vip_slot = lb_common::VipSlot {
             state: lb_common::VIP_SLOT_ONE,
@@ -587,6 +587,13 @@ impl Fixture {
             service: SVC4,
         };
         index.set(lb_common::vip_slot(s4.vip[0]), vip_slot, 0).unwrap();
+        let mut index6: Array<_, lb_common::VipSlot6> = self.map(maps::VIP_INDEX_V6);
+        let vip_slot6 = lb_common::VipSlot6 {
+            state: lb_common::VIP_SLOT_ONE,
+            service: SVC6,
+            addr: s6.vip,
+        };
+        index6.set(lb_common::vip_slot6(&s6.vip), vip_slot6, 0).unwrap();
 
         let one_arm = self.setup.topology == Topology::OneArm;
         let mut ifaces: Array<_, Iface> = self.map(maps::IFACES);

@@ -7,9 +7,8 @@ use aya::{
     Ebpf, Pod,
 };
 use lb_common::{
-    counter, event, maps, vip_slot, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue,
-    ProbationValue, Service, VipSlot, FAMILY_V4, INGRESS_SLOTS, OWN_ADDRESS_ID, VIP_SLOT_ONE,
-    VIP_SLOT_SHARED,
+    counter, event, maps, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue,
+    ProbationValue, Service, FAMILY_V4, INGRESS_SLOTS, OWN_ADDRESS_ID,
 };
 
 use std::net::IpAddr;
@@ -18,6 +17,8 @@ use super::{
     addr_words, ingress_value, probation_as_persist, Dataplane, DataplaneError, PersistEntry,
     PersistReader, PersistV4Reader,
 };
+
+mod vip_index;
 
 /// Every entry of persistence or probation map `m`, each once: a bounded walk
 /// ([`crate::scan::walk`]; a walk stopped at `max_entries` is logged and its entries kept).
@@ -137,41 +138,6 @@ impl AyaDataplane {
         }
     }
 
-    /// Rewrites `VIP_INDEX_V4[slot]` from the VIPs `VIPS_V4` holds there (`except` one about
-    /// to be removed): none, exactly one (its address and service id), or several (the data
-    /// path then asks `VIPS_V4`).
-    fn index_vip(&mut self, slot: u32, except: Option<u32>) -> Result<(), DataplaneError> {
-        let map = maps::VIPS_V4;
-        let vips: HashMap<&MapData, u32, Service> =
-            HashMap::try_from(self.map(map)?).map_err(|source| DataplaneError::MapType {
-                map,
-                source: Box::new(source),
-            })?;
-        let mut here = Vec::new();
-        for entry in vips.iter() {
-            let (vip, svc) = entry.map_err(|source| DataplaneError::Read {
-                map,
-                source: Box::new(source),
-            })?;
-            if vip_slot(vip) == slot && Some(vip) != except {
-                here.push((vip, svc.id));
-            }
-        }
-        let value = match here[..] {
-            [] => VipSlot::default(),
-            [(addr, service)] => VipSlot {
-                state: VIP_SLOT_ONE,
-                addr,
-                service,
-            },
-            _ => VipSlot {
-                state: VIP_SLOT_SHARED,
-                ..VipSlot::default()
-            },
-        };
-        self.array_set(maps::VIP_INDEX_V4, slot, value)
-    }
-
     fn array_set<V: Pod>(
         &mut self,
         map: &'static str,
@@ -247,13 +213,14 @@ impl Dataplane for AyaDataplane {
         self.flip(service)?;
         // The index last: it names the service only once both maps hold it.
         if service.family == FAMILY_V4 {
-            self.index_vip(vip_slot(service.vip[0]), None)?;
+            self.index_vip(service.vip[0], None)
+        } else {
+            self.index_vip(service.vip, None)
         }
-        Ok(())
     }
 
     /// The two value writes of [`set_service`](Dataplane::set_service) only: a flip changes a
-    /// written service's `ring_base`, never its VIP, so its `VIP_INDEX_V4` slot stays right.
+    /// written service's `ring_base`, never its VIP, so its `VIP_INDEX_*` slot stays right.
     fn flip(&mut self, service: &Service) -> Result<(), DataplaneError> {
         if service.family == FAMILY_V4 {
             self.hash_insert(maps::VIPS_V4, service.vip[0], *service)?;
@@ -264,11 +231,12 @@ impl Dataplane for AyaDataplane {
     }
 
     fn forget_service(&mut self, service: &Service, slot: bool) -> Result<(), DataplaneError> {
+        // The index first: it stops naming the service before the maps forget it.
         if service.family == FAMILY_V4 {
-            // The index first: it stops naming the service before the maps forget it.
-            self.index_vip(vip_slot(service.vip[0]), Some(service.vip[0]))?;
+            self.index_vip(service.vip[0], Some(service.vip[0]))?;
             self.hash_remove_of::<_, Service>(maps::VIPS_V4, service.vip[0])?;
         } else {
+            self.index_vip(service.vip, Some(service.vip))?;
             self.hash_remove_of::<_, Service>(maps::VIPS_V6, service.vip)?;
         }
         if slot {
@@ -517,75 +485,5 @@ impl AyaDataplane {
     {
         let m = self.walker::<K, V>(map)?;
         Ok(Box::new(move || read_persistence(&m)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use lb_common::{vip_slot, VipSlot, FAMILY_V4, VIP_SLOT_ONE, VIP_SLOT_SHARED};
-
-    use super::*;
-
-    fn service(id: u32, vip: u32) -> Service {
-        Service {
-            id,
-            family: FAMILY_V4,
-            vip: [vip, 0, 0, 0],
-            ..Service::default()
-        }
-    }
-
-    fn index(dp: &AyaDataplane, slot: u32) -> VipSlot {
-        let a: Array<&MapData, VipSlot> =
-            Array::try_from(dp.ebpf.map(maps::VIP_INDEX_V4).unwrap()).unwrap();
-        a.get(&slot, 0).unwrap()
-    }
-
-    /// The index the data path reads first (`maps::vip_v4` in lb-ebpf) follows every service
-    /// write: a VIP alone in its slot is named there, two VIPs sharing a slot send the data
-    /// path to `VIPS_V4`, and forgetting one names the other alone again.
-    #[test]
-    fn root_the_vip_index_names_a_vip_alone_in_its_slot_and_marks_a_shared_one() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root (loads the object's maps)");
-            return;
-        }
-        let ebpf = aya::EbpfLoader::new()
-            .load(crate::EBPF_OBJECT)
-            .expect("load the object's maps");
-        let mut dp = AyaDataplane::new(ebpf);
-        let a = u32::from_ne_bytes([203, 0, 113, 10]);
-        let slot = vip_slot(a);
-        let b = (1u32..)
-            .map(|i| u32::from_ne_bytes([198, 18, (i >> 8) as u8, i as u8]))
-            .find(|&x| vip_slot(x) == slot)
-            .expect("an address in the same slot");
-        assert_eq!(index(&dp, slot), VipSlot::default());
-        dp.set_service(&service(3, a)).unwrap();
-        assert_eq!(
-            index(&dp, slot),
-            VipSlot {
-                state: VIP_SLOT_ONE,
-                addr: a,
-                service: 3
-            }
-        );
-        // A flip writes the same service again: the index is unchanged.
-        dp.flip(&service(3, a)).unwrap();
-        assert_eq!(index(&dp, slot).service, 3);
-        dp.set_service(&service(5, b)).unwrap();
-        assert_eq!(index(&dp, slot).state, VIP_SLOT_SHARED);
-        dp.forget_service(&service(3, a), true).unwrap();
-        assert_eq!(
-            index(&dp, slot),
-            VipSlot {
-                state: VIP_SLOT_ONE,
-                addr: b,
-                service: 5
-            }
-        );
-        dp.forget_service(&service(5, b), true).unwrap();
-        assert_eq!(index(&dp, slot), VipSlot::default());
     }
 }

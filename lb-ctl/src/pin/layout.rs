@@ -33,6 +33,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::VIPS_V6,
     maps::SERVICES,
     maps::VIP_INDEX_V4,
+    maps::VIP_INDEX_V6,
     maps::RINGS,
     maps::BACKENDS,
     maps::BACKEND_IDS_V4,

@@ -1,4 +1,4 @@
-//! Attribution: `ikelb`'s IPv4 forward path (`main.rs` `forward_v4` + `select::forward`),
+//! Attribution: `ikelb`'s IPv4 forward path (`flow::forward` + `select::forward`),
 //! copied step for step with one step taken out at a time, each as a stamp + variant program.
 //! `bench_v_full` takes nothing out and must cost what `bench_stamp_lb` costs on the forward
 //! path (the harness prints both, so a drift of this copy from the real code shows).
@@ -12,8 +12,8 @@
 //! ingress role, VIP, classify, persistence lookup, atime, the MAC/port comparison, rewrite,
 //! redirect, counters. The rest is **not** copied and is the design before it: a miss
 //! inserts straight into `PERSIST_V4` (no probation map, no `NEW_CLIENT_QUOTA` ration, no
-//! FIB check before a MAC move, no `REFRESHED_V4` tag), the ICMP and TCP-fragment checks of
-//! `forward_v4` are left out. The new-client path is measured on the real program (rows
+//! FIB check before a MAC move, no `REFRESHED_V4` tag, no `VIP_INDEX_V4`), the ICMP and
+//! TCP-fragment checks of `flow::forward` are left out. The new-client path is measured on the real program (rows
 //! `miss*`, `spoofed_init*`), and so is the lever.
 
 use aya_ebpf::{
@@ -33,7 +33,9 @@ use crate::{
         self, Verdict, DROP_BAD_BACKEND, DROP_NOT_CLIENT_IFACE, DROP_NO_BACKEND, PASS_IP_OPTIONS,
         PASS_NOT_SERVICE_PORT, PASS_NOT_VIP, PASS_TTL,
     },
-    edge, l4,
+    edge,
+    family::V4,
+    l4,
     maps::{self, PERSIST_V4, RINGS, SERVICES, VIPS_V4},
     parse::{self, load_mac, ptr_at, store_mac, Side, L3},
     rewrite, sanity, select,
@@ -66,7 +68,9 @@ fn run<const SKIP: u32>(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    let L3::V4(ip) = parse::l3(ctx, eth)?;
+    let L3::V4(ip) = parse::l3(ctx, eth)? else {
+        return Err(PASS_NOT_VIP);
+    };
     let svc: &Service = if has(SKIP, NO_VIP) {
         // SAFETY: a plain-old-data array value, read-only.
         unsafe { &*SERVICES.get_ptr(0).ok_or(PASS_NOT_VIP)? }
@@ -84,7 +88,8 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     }
     sanity::checksum_v4(ip)?;
     sanity::source_v4(parse::saddr(ip), svc.vip[0])?;
-    let l4 = l4::classify_v4(ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+    let t = parse::transport_v4(ip, Side::Forward)?;
+    let l4 = l4::classify(ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
     if parse::ttl(ip) <= 1 {
         return Err(PASS_TTL);
     }
@@ -93,7 +98,7 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
     let b = unsafe { &*b };
     let end = parse::end_v4(ip);
     if !has(SKIP, NO_REWRITE) {
-        rewrite::forward_v4(eth, ip, l4, b, !maps::mode_dsr());
+        rewrite::forward::<V4>(eth, ip, l4, b, !maps::mode_dsr());
     }
     let action = if has(SKIP, NO_REDIRECT) {
         XDP_TX
@@ -240,10 +245,13 @@ pub fn bench_v_parse(ctx: XdpContext) -> u32 {
     }
     let r = (|| -> Result<u32, Verdict> {
         let eth: *mut EthHdr = ptr_at(&ctx, 0)?;
-        let L3::V4(ip) = parse::l3(&ctx, eth)?;
+        let L3::V4(ip) = parse::l3(&ctx, eth)? else {
+            return Err(PASS_NOT_VIP);
+        };
         // SAFETY: hash map value, read-only.
         let svc = unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?;
-        l4::classify_v4(&ctx, ip, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
+        let t = parse::transport_v4(ip, Side::Forward)?;
+        l4::classify(&ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
         Ok(XDP_TX)
     })();
     r.unwrap_or_else(Verdict::record)
