@@ -23,6 +23,7 @@
 //! * [`daemon`] — load, attach, fill, run until a signal, detach;
 //! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
 //! * [`identity`] — service and interface numbers by name (`state_dir/identity.json`, pins);
+//! * [`announce`] — host routes of the VIPs this node can serve, for BGP (docs/cluster.md);
 //! * [`cli`] — the command line.
 //!
 //! Data flows one way, from the operator's intent to the kernel, and counters flow back:
@@ -38,6 +39,7 @@
 //! `daemon` wires it together at start (`kernel` check, `pin` reuse or migration, attach)
 //! and runs the loop (`runtime::Runtime`); `operator` is the client side of `api`.
 
+pub mod announce;
 pub mod api;
 pub mod bpf_sys;
 pub mod cli;

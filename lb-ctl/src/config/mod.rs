@@ -39,6 +39,10 @@
 //!   they prove return routability (default `persistence_entries / 4`, at least 1024).
 //! * `new_client_rate` — probation inserts per second for the whole gateway (default 20000,
 //!   0 = unlimited; load-time global `NEW_CLIENT_QUOTA`, [`Config::new_client_quota`]).
+//! * `announce: {table, withdraw_on_stop}` — a host route per VIP this node can serve in
+//!   kernel routing table `table` (1..=2^32-1, not 253/254/255), for BIRD or FRR to export
+//!   over BGP; withdrawn on a clean stop unless `withdraw_on_stop: false` ([`Announce`],
+//!   `crate::announce`, docs/cluster.md).
 //!
 //! Defaults for keys the schema leaves optional: `mode: nat`, `xdp_mode: auto`,
 //! `persistence_timeout: 30m`, `hash_seed: 0`, `ports: [500, 4500]`, `esp: true`,
@@ -74,7 +78,7 @@ pub use interfaces::{InterfaceSpec, Role};
 pub use locate::line_of;
 pub use schema::{Mode, XdpAttachMode, DEFAULT_NEW_CLIENT_RATE};
 pub use validation::{
-    address_problem, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
+    address_problem, table_problem, TABLE_PROBLEMS, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
     MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE,
 };
 
@@ -122,6 +126,9 @@ pub struct Config {
     /// is still usable keeps that backend, flagged, before it moves (extension; default 5 s,
     /// 0 moves at once; see `state`, "Slot moves").
     pub slot_move_delay: Duration,
+    /// Route announcement of the VIPs this node can serve (extension; `None`: no routes are
+    /// written).
+    pub announce: Option<Announce>,
     /// What is valid but probably not meant (a v6 size without an IPv6 VIP), one line each
     /// like a problem; [`load`] logs them.
     warnings: Vec<Problem>,
@@ -149,6 +156,18 @@ pub struct VirtualServer {
 pub struct BackendConfig {
     pub address: IpAddr,
     pub weight: u32,
+}
+
+/// `announce`: where the daemon keeps the host routes of the VIPs it can serve
+/// (`crate::announce`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announce {
+    /// Kernel routing table (`ip route … table N`): 1..=2^32-1 but not 253 (`default`),
+    /// 254 (`main`) or 255 (`local`), see [`TABLE_PROBLEMS`].
+    pub table: u32,
+    /// Remove the routes on a clean stop (SIGTERM/SIGINT; default true). A daemon that is
+    /// killed leaves them, with the data path, in place.
+    pub withdraw_on_stop: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -83,6 +83,18 @@ pub(super) struct RawConfig {
     pub(super) slot_fast_path: bool,
     #[serde(default, with = "humantime_serde")]
     pub(super) slot_move_delay: Option<Duration>,
+    #[serde(default)]
+    pub(super) announce: Option<RawAnnounce>,
+}
+
+/// `announce`: keep a host route for every VIP this node can serve in kernel routing table
+/// `table`, for a routing daemon to export (docs/cluster.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) table: u32,
+    #[serde(default = "default_true")]
+    pub(super) withdraw_on_stop: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,8 @@ metrics:
   listen: 127.0.0.1:9435
 state_dir: /var/lib/ikelb
 bpffs: /sys/fs/bpf/ikelb
+announce:
+  table: 100
 ";
 
 fn refused(source: &str) -> String {
@@ -90,6 +92,14 @@ fn full_config_parses() {
     assert_eq!(c.metrics_listen, "127.0.0.1:9435".parse().unwrap());
     assert_eq!(c.bpffs, Path::new("/sys/fs/bpf/ikelb"));
     assert_eq!(c.backend_count(), 3);
+    assert_eq!(
+        c.announce,
+        Some(Announce {
+            table: 100,
+            withdraw_on_stop: true
+        }),
+        "withdraw_on_stop defaults to true"
+    );
 }
 
 #[test]
@@ -124,6 +134,49 @@ fn minimal_config_gets_the_documented_defaults() {
         "a quarter of persistence_entries"
     );
     assert_eq!(c.new_client_rate, 20_000);
+    assert_eq!(c.announce, None, "no routes unless asked for");
+}
+
+/// `announce.table` takes any table of the kernel's 32-bit space but the kernel's own
+/// (`default`, `main`, `local`) and 0; `withdraw_on_stop: false` with `detach_on_exit: true`
+/// is valid but has no effect, which the operator hears of.
+#[test]
+fn announce_tables_and_the_withdraw_warning() {
+    for table in [1u32, 100, 252, 256, 1 << 31, u32::MAX] {
+        let source = FULL.replacen("table: 100", &format!("table: {table}"), 1);
+        let c = parse("ikelb.yaml", &source).unwrap_or_else(|e| panic!("table {table}: {e}"));
+        assert_eq!(c.announce.map(|a| a.table), Some(table));
+    }
+    for table in [0u32, 253, 254, 255] {
+        let source = FULL.replacen("table: 100", &format!("table: {table}"), 1);
+        let got = refused(&source);
+        assert!(
+            got.starts_with(&format!("ikelb.yaml:34: announce.table: {table} is ")),
+            "{got}"
+        );
+        assert_eq!(got.lines().count(), 1, "{got}");
+        assert!(table_problem(table).is_some());
+    }
+    let kept = FULL.replacen("table: 100", "table: 100\n  withdraw_on_stop: false", 1);
+    let c = parse("ikelb.yaml", &kept).unwrap();
+    assert!(!c.announce.unwrap().withdraw_on_stop);
+    assert!(c.warnings().is_empty());
+    let detached = kept.replacen(
+        "bpffs: /sys/fs/bpf/ikelb",
+        "bpffs: /sys/fs/bpf/ikelb\ndetach_on_exit: true",
+        1,
+    );
+    let got: Vec<String> = parse("ikelb.yaml", &detached)
+        .unwrap()
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        got,
+        ["ikelb.yaml:36: announce.withdraw_on_stop: has no effect with detach_on_exit: true: \
+          the routes are withdrawn with the data path on every clean stop"]
+    );
 }
 
 #[test]
@@ -343,6 +396,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "persistence_entries: 1048576\nnew_client_rate: -5", "ikelb.yaml:8: new_client_rate: invalid type"),
     ("missing required key", "interfaces: [eth0, eth1]\n", "",
         "missing field `interfaces`"),
+    ("announce.table main", "table: 100", "table: 254",
+        "ikelb.yaml:34: announce.table: 254 is the kernel's `main` table"),
+    ("announce.table negative", "table: 100", "table: -1",
+        "ikelb.yaml:34: announce.table: invalid type: integer `-1`, expected u32"),
+    ("announce.table above 2^32-1", "table: 100", "table: 4294967296",
+        "ikelb.yaml:34: announce.table: invalid value: integer `4294967296`, expected u32"),
+    ("announce without a table", "  table: 100", "  withdraw_on_stop: true",
+        "ikelb.yaml:34: announce: missing field `table`"),
+    ("unknown key in announce", "table: 100", "table: 100\n  withdraw: false",
+        "ikelb.yaml:35: announce: unknown field `withdraw`"),
+    ("withdraw_on_stop not a bool", "table: 100", "table: 100\n  withdraw_on_stop: maybe",
+        "ikelb.yaml:35: announce.withdraw_on_stop: invalid type"),
 ];
 
 #[test]
