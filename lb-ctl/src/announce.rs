@@ -98,10 +98,7 @@ pub enum RouteError {
         source: std::io::Error,
     },
     #[error("listing the routes of table {table}: {source}")]
-    List {
-        table: u32,
-        source: std::io::Error,
-    },
+    List { table: u32, source: std::io::Error },
 }
 
 /// The kernel routing table, as far as ikelb's routes go (protocol [`RTPROT_IKELB`]).

@@ -9,8 +9,11 @@
 //! 3. interfaces, services, backends and tables are written, and next hops resolved, so the
 //!    first packet already meets a complete configuration;
 //! 4. the program is attached to every interface (`xdp_mode`);
-//! 5. next hops are re-resolved every [`RESOLVE_INTERVAL`] until a signal arrives;
-//! 6. with `detach_on_exit`, every attachment is detached and the pins removed; without it
+//! 5. with `announce`, the host routes of the VIPs this node can serve are reconciled
+//!    ([`crate::announce`]), then kept current after every event; next hops are re-resolved
+//!    (and the routes re-read) every [`RESOLVE_INTERVAL`] until a signal arrives;
+//! 6. the routes are withdrawn (`announce.withdraw_on_stop`, or `detach_on_exit`); with
+//!    `detach_on_exit`, every attachment is detached and the pins removed; without it
 //!    (the default) the data path stays attached for the next daemon.
 //!
 //! Maps, program and links are pinned under `<bpffs>/<instance>` ([`crate::pin`]): step 2
@@ -24,7 +27,8 @@
 //!   [`run`], [`unload`], and the running daemon's state.
 //! * `daemon/load.rs`: steps 1–2 — service ids and interface ports, resource limits, the
 //!   kernel probe, the XDP object loaded against the pins.
-//! * `daemon/run.rs`: the start in order (steps 2–4) and the loop until a signal (step 5).
+//! * `daemon/run.rs`: the start in order (steps 2–4), the loop until a signal (step 5) and
+//!   the routes' withdrawal (step 6).
 //! * `daemon/next_hops.rs`: next-hop resolution in the blocking pool and its results applied
 //!   (steps 3 and 5).
 //! * `daemon/attach.rs`: attaching through the pins (step 4), detaching on the way out
@@ -35,6 +39,7 @@ use std::{collections::HashMap, ffi::CString, net::IpAddr, path::PathBuf, time::
 use aya::{programs::ProgramError, EbpfError};
 
 use crate::{
+    announce::{self, Announcer, Netlink, RouteError},
     config::{self, Config, ConfigError},
     dataplane::AyaDataplane,
     identity,
@@ -120,6 +125,9 @@ pub enum DaemonError {
     /// Boxed: large. Runtime changes, health checks, control socket.
     #[error(transparent)]
     Control(Box<crate::runtime::RuntimeError>),
+    /// Withdrawing the announced routes (`--unload`, or a clean stop).
+    #[error("withdrawing the routes of announce.table: {0}")]
+    Announce(#[from] RouteError),
 }
 
 impl From<PinError> for DaemonError {
@@ -173,11 +181,22 @@ pub fn run(config: Config, ifindexes: Vec<u32>) -> Result<(), DaemonError> {
     rt.block_on(run::run_async(config, ifindexes))
 }
 
-/// `lb-ctl daemon --unload`: detaches the data path of `config`'s instance and removes its
-/// pins (stop the daemon first: it holds the maps open, though not the links).
+/// `lb-ctl daemon --unload`: withdraws the routes of `announce.table` (first: routers stop
+/// sending before the data path goes), then detaches the data path of `config`'s instance
+/// and removes its pins (stop the daemon first: it holds the maps open, though not the
+/// links). A route that cannot be removed fails the command after the detaching.
 pub fn unload(config: &Config) -> Result<Vec<String>, DaemonError> {
+    let withdrawn = config.announce.map(|a| {
+        Announcer::new(a.table, Netlink::default())
+            .withdraw_all(&[])
+            .inspect(|routes| {
+                tracing::info!(table = a.table, "routes withdrawn: [{}]", routes.join(", "));
+            })
+    });
     let pins = Pins::new(&config.bpffs, &config.instance);
-    Ok(pin::remove_all(&pins)?)
+    let detached = pin::remove_all(&pins)?;
+    withdrawn.transpose()?;
+    Ok(detached)
 }
 
 /// A next-hop resolution running in the blocking pool: the backends asked about (id,
@@ -198,4 +217,16 @@ struct Daemon {
     /// Next-hop resolver; keeps each backend's route across refreshes
     /// ([`neighbor::ROUTE_TTL`](crate::neighbor::ROUTE_TTL)).
     resolver: IpCommand,
+    /// The host routes of `announce` (none without it); made once the program is attached.
+    announcer: Option<Announcer<Netlink>>,
+}
+
+impl Daemon {
+    /// Brings the announced routes to what the balancer can serve now (no-op without
+    /// `announce`, or before the program is attached).
+    fn announce(&mut self, trigger: announce::Trigger) -> Option<announce::View> {
+        let announcer = self.announcer.as_mut()?;
+        announcer.sync(&announce::decide(&self.balancer), trigger);
+        Some(announcer.view())
+    }
 }

@@ -17,7 +17,9 @@
 //! * **Kept by the daemon**: `ikelb_maglev_rebuilds_total` (one per table flip),
 //!   `ikelb_health_check_duration_seconds{backend}` (histogram) and
 //!   `ikelb_health_checks_total{backend,result}` (fed by the health monitor through
-//!   [`Metrics::probe_observer`]), `ikelb_build_info{version}`.
+//!   [`Metrics::probe_observer`]), `ikelb_build_info{version}`, and with `announce`
+//!   ([`Metrics::announce`]) `ikelb_vip_announced{vs,vip}`,
+//!   `ikelb_announce_route_changes_total` and `ikelb_announce_route_errors_total`.
 //!
 //! Counters live in pinned maps, so they keep counting across daemon restarts (a map
 //! migration starts them from zero, which Prometheus' `rate()` treats as a counter reset).
@@ -148,6 +150,9 @@ pub struct Metrics {
     probes: IntCounterVec,
     sweeps: IntCounterVec,
     flags_cleared: IntCounter,
+    vip_announced: IntGaugeVec,
+    route_changes: IntCounter,
+    route_errors: IntCounter,
 }
 
 impl Metrics {
@@ -223,6 +228,30 @@ impl Metrics {
             "ikelb_slot_flags_cleared_total",
             Box::new(flags_cleared.clone()),
         )?;
+        let vip_announced = gauge_vec(
+            "ikelb_vip_announced",
+            "1 while the VIP's host route is in announce.table (the node can serve it), else 0.",
+            &["vs", "vip"],
+        );
+        reg("ikelb_vip_announced", Box::new(vip_announced.clone()))?;
+        let route_changes = IntCounter::new(
+            "ikelb_announce_route_changes_total",
+            "Host routes of VIPs added to or removed from announce.table.",
+        )
+        .expect("valid metric definition");
+        reg(
+            "ikelb_announce_route_changes_total",
+            Box::new(route_changes.clone()),
+        )?;
+        let route_errors = IntCounter::new(
+            "ikelb_announce_route_errors_total",
+            "Reads and writes of announce.table that failed (retried every health round).",
+        )
+        .expect("valid metric definition");
+        reg(
+            "ikelb_announce_route_errors_total",
+            Box::new(route_errors.clone()),
+        )?;
         let build = gauge_vec(
             "ikelb_build_info",
             "Always 1; the version label names the running lb-ctl.",
@@ -240,7 +269,25 @@ impl Metrics {
             probes,
             sweeps,
             flags_cleared,
+            vip_announced,
+            route_changes,
+            route_errors,
         })
+    }
+
+    /// The announce state (`crate::announce::View`): one `ikelb_vip_announced` per VIP, and
+    /// the counters brought to the view's totals.
+    pub fn announce(&self, view: &crate::announce::View) {
+        self.vip_announced.reset();
+        for v in &view.vips {
+            self.vip_announced
+                .with_label_values(&[v.vs.as_str(), &v.vip.to_string()])
+                .set(i64::from(v.announced));
+        }
+        self.route_changes
+            .inc_by(view.changes.saturating_sub(self.route_changes.get()));
+        self.route_errors
+            .inc_by(view.errors.saturating_sub(self.route_errors.get()));
     }
 
     /// Scrapes read the persistence maps through `scanner` (the daemon's, shared with

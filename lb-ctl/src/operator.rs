@@ -99,6 +99,14 @@ pub fn render(reply: &Reply) -> String {
                     p.probation_entries, p.probation_capacity
                 );
             }
+            if let Some(table) = s.announce_table {
+                let what = if s.announced.is_empty() {
+                    "nothing (no virtual server has a usable backend)".to_owned()
+                } else {
+                    s.announced.join(", ")
+                };
+                let _ = writeln!(out, "announced (routing table {table}): {what}");
+            }
             for vs in &s.virtual_servers {
                 let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
                 let tcp = if vs.tcp_ports.is_empty() {

@@ -109,8 +109,8 @@ const TICK: Duration = Duration::from_nanos(1 << TICK_SHIFT);
 // Persisted runtime changes: `runtime/store.rs`
 
 mod store;
-pub use store::{AddedBackend, Draining, RuntimeChanges, Store, StoreError, VsChanges, STATE_FILE};
 pub(crate) use store::{sync_dir_default, write_atomic, AtomicWriteError};
+pub use store::{AddedBackend, Draining, RuntimeChanges, Store, StoreError, VsChanges, STATE_FILE};
 
 // ---------------------------------------------------------------------------------------
 // The controller
@@ -134,6 +134,8 @@ pub struct Controller {
     /// The daemon's shared persistence scans: `backend add/remove` read their last result
     /// instead of scanning on the loop. None (unit tests): they read the data path.
     scans: Option<Arc<crate::scan::Scanner>>,
+    /// The announced routes (`announce`), for `status`; None without it.
+    announced: Option<crate::announce::Shared>,
 }
 
 impl Controller {
@@ -147,7 +149,13 @@ impl Controller {
             trackers: HashMap::new(),
             started: Instant::now(),
             scans: None,
+            announced: None,
         }
+    }
+
+    /// `status` reports the routes of `view` from now on (`crate::announce`).
+    pub fn share_announcements(&mut self, view: crate::announce::Shared) {
+        self.announced = Some(view);
     }
 
     /// `backend add/remove` count clients from `scanner`'s last result from now on.

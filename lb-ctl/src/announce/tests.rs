@@ -104,7 +104,11 @@ fn a_vip_is_served_while_one_backend_of_its_family_is_usable() {
     set(&mut lb, "10.0.1.11", true);
     assert_eq!(
         served(&lb),
-        ["203.0.113.10/32", "2001:db8:ffff::10/128", "203.0.113.11/32"]
+        [
+            "203.0.113.10/32",
+            "2001:db8:ffff::10/128",
+            "203.0.113.11/32"
+        ]
     );
 
     // Health Up without a next hop is not usable.

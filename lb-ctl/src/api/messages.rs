@@ -165,6 +165,13 @@ pub struct Status {
     pub health_check: HealthCheckInfo,
     pub persistence: PersistenceInfo,
     pub virtual_servers: Vec<VirtualServerStatus>,
+    /// Host routes of the VIPs this node announces (`203.0.113.10/32`, config order; empty
+    /// when none, or without `announce`; absent from older daemons).
+    #[serde(default)]
+    pub announced: Vec<String>,
+    /// `announce.table`, when the config announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_table: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

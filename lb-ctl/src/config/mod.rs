@@ -78,8 +78,8 @@ pub use interfaces::{InterfaceSpec, Role};
 pub use locate::line_of;
 pub use schema::{Mode, XdpAttachMode, DEFAULT_NEW_CLIENT_RATE};
 pub use validation::{
-    address_problem, table_problem, TABLE_PROBLEMS, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
-    MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE,
+    address_problem, table_problem, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE,
+    MAX_WEIGHT, MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE, TABLE_PROBLEMS,
 };
 
 /// A validated configuration.

@@ -174,8 +174,10 @@ fn announce_tables_and_the_withdraw_warning() {
         .collect();
     assert_eq!(
         got,
-        ["ikelb.yaml:36: announce.withdraw_on_stop: has no effect with detach_on_exit: true: \
-          the routes are withdrawn with the data path on every clean stop"]
+        [
+            "ikelb.yaml:36: announce.withdraw_on_stop: has no effect with detach_on_exit: true: \
+          the routes are withdrawn with the data path on every clean stop"
+        ]
     );
 }
 

@@ -79,8 +79,14 @@ pub const TABLE_PROBLEMS: &[(u32, &str)] = &[
         253,
         "253 is the kernel's `default` table (policy routing's fallback)",
     ),
-    (254, "254 is the kernel's `main` table, which this host forwards by"),
-    (255, "255 is the kernel's `local` table, which makes addresses local"),
+    (
+        254,
+        "254 is the kernel's `main` table, which this host forwards by",
+    ),
+    (
+        255,
+        "255 is the kernel's `local` table, which makes addresses local",
+    ),
 ];
 
 /// Why `table` cannot be `announce.table`, if it cannot.
@@ -584,12 +590,14 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
     }
     // A detached node cannot serve: its routes go with the data path on every clean stop.
     if raw.detach_on_exit && announce.is_some_and(|a| !a.withdraw_on_stop) {
-        warnings.push(origin.problem(
-            "announce.withdraw_on_stop".to_owned(),
-            "has no effect with detach_on_exit: true: the routes are withdrawn with the data \
+        warnings.push(
+            origin.problem(
+                "announce.withdraw_on_stop".to_owned(),
+                "has no effect with detach_on_exit: true: the routes are withdrawn with the data \
              path on every clean stop"
-                .to_owned(),
-        ));
+                    .to_owned(),
+            ),
+        );
     }
     let interfaces = if_names
         .iter()

@@ -1,7 +1,8 @@
 //! The daemon's start, in the order of `daemon.rs`'s steps 2–4 (identity, load, adoption,
-//! first health round, fill, next hops, own addresses, attach), and its loop until SIGINT or
-//! SIGTERM: control events, periodic next-hop resolution and own-address refresh, metrics
-//! published after each change.
+//! first health round, fill, next hops, own addresses, attach, announced routes reconciled),
+//! its loop until SIGINT or SIGTERM: control events, periodic next-hop resolution and
+//! own-address refresh, metrics and announced routes brought up to date after each change;
+//! and the routes withdrawn on a clean stop (step 6).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use super::{
     RESOLVE_INTERVAL,
 };
 use crate::{
+    announce::{Announcer, Netlink, Trigger},
     config::Config,
     dataplane::{words_addr, AyaDataplane},
     neighbor::IpCommand,
@@ -99,6 +101,7 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
         migrate: matches!(loaded.plan, MapPlan::Migrate(_)),
         status: HashMap::new(),
         resolver: IpCommand::default(),
+        announcer: None,
     };
     // One health round before the maps are applied and the program attached; then the
     // health monitor, the control socket and drains run in the loop below.
@@ -130,6 +133,18 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     let outcome = match attached {
         Ok(()) => {
             metrics.publish(&daemon.balancer);
+            // Attached: from now on the node can serve, and says so (announce.rs).
+            if let Some(a) = daemon.config.announce {
+                let announcer = Announcer::new(a.table, Netlink::default());
+                control.controller.share_announcements(announcer.shared());
+                daemon.announcer = Some(announcer);
+                info!(
+                    table = a.table,
+                    withdraw_on_stop = a.withdraw_on_stop,
+                    "announcing the VIPs this node can serve as host routes (proto 75)"
+                );
+            }
+            announce(&mut daemon, &metrics, Trigger::Recheck);
             let server =
                 crate::metrics::http::serve(metrics_listener, std::sync::Arc::clone(&metrics));
             info!(listen = %daemon.config.metrics_listen, "Prometheus metrics at http://{}/metrics", daemon.config.metrics_listen);
@@ -154,6 +169,11 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
                     _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
                     _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
                     event = control.next_event() => {
+                        // A failed route write is retried on a health round.
+                        let trigger = match event {
+                            runtime::Event::Health(_) => Trigger::Round,
+                            _ => Trigger::Change,
+                        };
                         if control.handle(&mut daemon.balancer, event) {
                             // A backend came up or was added: look up its next hop now.
                             match resolving {
@@ -162,9 +182,11 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
                             }
                         }
                         metrics.publish(&daemon.balancer);
+                        announce(&mut daemon, &metrics, trigger);
                     }
                     _ = tick.tick() => {
                         refresh_own_addresses(&mut daemon, &mut own);
+                        announce(&mut daemon, &metrics, Trigger::Recheck);
                         if resolving.is_none() {
                             resolving = Some(daemon.start_resolve());
                         }
@@ -186,10 +208,12 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
                             resolving = Some(daemon.start_resolve());
                         }
                         metrics.publish(&daemon.balancer);
+                        announce(&mut daemon, &metrics, Trigger::Change);
                     }
                 }
             };
             server.abort();
+            withdraw_on_stop(&mut daemon);
             outcome
         }
         Err(e) => Err(e),
@@ -197,6 +221,34 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     let detached = daemon.detach_all();
     daemon.log_counters();
     outcome.and(detached)
+}
+
+/// Brings the announced routes up to date and their metrics with them.
+fn announce(daemon: &mut Daemon, metrics: &crate::metrics::Metrics, trigger: Trigger) {
+    if let Some(view) = daemon.announce(trigger) {
+        metrics.announce(&view);
+    }
+}
+
+/// A clean stop: withdraws the announced routes with `withdraw_on_stop` (default), and
+/// always with `detach_on_exit` (a detached node cannot serve). Before detaching, so routers
+/// stop sending first. A failure is logged: the stop goes on.
+fn withdraw_on_stop(daemon: &mut Daemon) {
+    let (Some(a), Some(announcer)) = (daemon.config.announce, daemon.announcer.as_mut()) else {
+        return;
+    };
+    if !a.withdraw_on_stop && !daemon.config.detach_on_exit {
+        info!(table = a.table, "leaving the announced routes in place (withdraw_on_stop: false): the data path stays attached for the next daemon");
+        return;
+    }
+    match announcer.withdraw_all(&crate::announce::decide(&daemon.balancer)) {
+        Ok(routes) => info!(
+            table = a.table,
+            "routes withdrawn on stop: [{}]",
+            routes.join(", ")
+        ),
+        Err(e) => warn!(table = a.table, "withdrawing the routes on stop: {e}"),
+    }
 }
 
 /// Lists every local address of the daemon's network namespace as the gateway's own

@@ -284,3 +284,68 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
         Some(0.0)
     );
 }
+
+/// With `announce`: one `ikelb_vip_announced` per VIP (0 or 1), and the route counters at
+/// the announcer's totals; a VIP the config lost drops out of the gauge.
+#[test]
+fn the_announce_state_is_exported() {
+    let source = Arc::new(Fake {
+        dp: Mutex::new(FakeDataplane::default()),
+        traffic: BTreeMap::new(),
+    });
+    let metrics = Metrics::new(
+        source,
+        10,
+        Capacity {
+            persistence: 1000,
+            probation: 250,
+        },
+    )
+    .unwrap();
+    let text = metrics.render().unwrap();
+    assert!(
+        !text.contains("ikelb_vip_announced{"),
+        "no VIP before any announce state:\n{text}"
+    );
+    let announced = |vs: &str, vip: &str, announced| crate::announce::Announced {
+        vs: vs.into(),
+        vip: vip.parse().unwrap(),
+        announced,
+    };
+    let mut view = crate::announce::View {
+        table: 100,
+        vips: vec![
+            announced("aovpn", "203.0.113.10", true),
+            announced("aovpn", "2001:db8:ffff::10", false),
+        ],
+        changes: 3,
+        errors: 2,
+    };
+    metrics.announce(&view);
+    let text = metrics.render().unwrap();
+    let v = |line: &str| line_value(&text, line);
+    assert_eq!(
+        v(r#"ikelb_vip_announced{vip="203.0.113.10",vs="aovpn"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(r#"ikelb_vip_announced{vip="2001:db8:ffff::10",vs="aovpn"}"#),
+        Some(0.0)
+    );
+    assert_eq!(v("ikelb_announce_route_changes_total "), Some(3.0));
+    assert_eq!(v("ikelb_announce_route_errors_total "), Some(2.0));
+
+    view.vips.pop();
+    view.vips[0].announced = false;
+    view.changes = 4;
+    metrics.announce(&view);
+    let text = metrics.render().unwrap();
+    let v = |line: &str| line_value(&text, line);
+    assert_eq!(
+        v(r#"ikelb_vip_announced{vip="203.0.113.10",vs="aovpn"}"#),
+        Some(0.0)
+    );
+    assert_eq!(v(r#"ikelb_vip_announced{vip="2001:db8:ffff::10""#), None);
+    assert_eq!(v("ikelb_announce_route_changes_total "), Some(4.0));
+    assert_eq!(v("ikelb_announce_route_errors_total "), Some(2.0));
+}

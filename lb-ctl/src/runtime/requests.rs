@@ -243,6 +243,10 @@ impl Controller {
         now: Clock,
     ) -> Status {
         let backends = self.list(lb, entries, now);
+        let announced = self
+            .announced
+            .as_ref()
+            .map(|v| v.read().expect("not poisoned").clone());
         let c = &self.config;
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         Status {
@@ -295,6 +299,10 @@ impl Controller {
                     }
                 })
                 .collect(),
+            announced: announced
+                .as_ref()
+                .map_or_else(Vec::new, crate::announce::View::prefixes),
+            announce_table: c.announce.map(|a| a.table),
         }
     }
 
