@@ -1,6 +1,7 @@
 //! ikelb's black-box integration tests: network-namespace labs, the backends' UDP responder,
 //! and the demo (see `lab`).
 
+pub mod bird;
 pub mod family;
 pub mod fixture;
 pub mod frame;

@@ -1,7 +1,7 @@
 //! Toolchain and system bootstrap: everything a fresh machine of the project's kind lacks.
 //!
 //! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables,
-//!   prometheus, strongSwan, …);
+//!   prometheus, strongSwan, BIRD 2, …);
 //! * the `nightly` toolchain's `rust-src` (for `-Z build-std=core`);
 //! * `bpf-linker`, built against the LLVM that ships inside the nightly toolchain (no
 //!   prebuilt binary or matching system LLVM is reachable here; see docs/toolchain.md).
@@ -25,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/conntrack", "conntrack"),
     ("/usr/bin/tcpdump", "tcpdump"),
     ("/usr/bin/prometheus", "prometheus"),
+    // BGP for the route announcement test and docs/cluster.md (BIRD 2).
+    ("/usr/sbin/bird", "bird2"),
     // Real IKEv2 peers for the interop tests and the demo (docs/interop.md).
     ("/usr/lib/ipsec/charon", "strongswan-charon"),
     ("/usr/sbin/swanctl", "strongswan-swanctl"),
