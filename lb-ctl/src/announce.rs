@@ -47,8 +47,9 @@ mod netlink;
 pub use netlink::Netlink;
 
 /// Route protocol number (`rtm_protocol`, `ip route … proto 75`) of ikelb's routes: not in
-/// iproute2's `rt_protos` nor among the numbers FRR, BIRD, Calico or the kernel use
-/// (RTPROT_* in `include/uapi/linux/rtnetlink.h`: 0–4 kernel, 8–18, 42, 99, 186–192).
+/// iproute2's `rt_protos` nor among the numbers the kernel names (RTPROT_* in
+/// `include/uapi/linux/rtnetlink.h`: 0–4, 8–18, 42, 99, 186–192), BIRD (12) or FRR (11,
+/// 186 and up) write.
 pub const RTPROT_IKELB: u8 = 75;
 
 /// One VIP of the config and whether this node can serve it now.

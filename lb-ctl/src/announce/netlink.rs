@@ -2,9 +2,8 @@
 //! messages `ip route replace|del|show table N proto 75` send:
 //!
 //! * add: `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE` (idempotent), type unicast,
-//!   `RTA_OIF` = `lo`, scope link for IPv4 (a route without gateway, as `ip` sets it);
-//!   the kernel keeps an IPv6 route to `lo` as a reject route, which BIRD and FRR export
-//!   all the same;
+//!   `RTA_OIF` = `lo`, scope link for IPv4 (a route without gateway, as `ip` sets it),
+//!   universe for IPv6 (where the kernel ignores the scope);
 //! * remove: `RTM_DELROUTE` naming the table, destination and protocol (only ikelb's route
 //!   matches); `ESRCH` (none there) is success;
 //! * list: an `RTM_GETROUTE` dump per family with `NETLINK_GET_STRICT_CHK`, so the kernel
