@@ -165,6 +165,7 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         role: 'c',
         clients: 1,
         backends: 2,
+        ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&responder())
