@@ -203,7 +203,7 @@ impl Harness {
         }
     }
 
-    /// The data path's choice for `client` of service `svc` (model of `select::forward_v4`,
+    /// The data path's choice for `client` of service `svc` (model of `select::forward`,
     /// including the persistence entry it writes).
     fn route(&mut self, svc: u32, client: u32) -> Option<u32> {
         let now = self.now.tick;

@@ -75,7 +75,7 @@ fn resolve_all(lb: &mut Balancer<FakeDataplane>) {
 
 const TIMEOUT: u32 = 100;
 
-/// The data path's persistence path over the fake's maps (select.rs `forward_v4`
+/// The data path's persistence path over the fake's maps (select.rs `forward`
 /// without the fast path): a live entry naming a usable backend of the service wins,
 /// otherwise the ring picks and the entry is (re)written when `write`.
 fn slow(lb: &mut Balancer<FakeDataplane>, client: u32, now: u32, write: bool) -> Option<u32> {
