@@ -2,30 +2,34 @@
 //! `announce: {table: 100}` on the lab's gateway, BIRD 2 on the gateway exporting table 100
 //! over BGP (deploy/bird/ikelb-node.conf), and BIRD 2 on the upstream router — the lab's
 //! client namespace, one veth away, over the interface the XDP program is attached to —
-//! installing what it learns into its kernel (deploy/bird/router.conf). Root and BIRD only:
-//! without either the test says why and returns.
+//! installing what it learns into its kernel (deploy/bird/router.conf). The lab is dual
+//! stack: one virtual server with an IPv4 and an IPv6 VIP, IPv4 and IPv6 backends in the
+//! same namespaces; the IPv6 route travels over the IPv4 session with the node's IPv6
+//! address as next hop. Root and BIRD only: without either the test says why and returns.
 //!
 //! `the_router_learns_the_vip_while_the_node_can_serve_it`, in order:
 //! 1. before the daemon runs, a stale route of ikelb's protocol in table 100 (a VIP the
 //!    config does not have) reaches the router — the pipeline itself works — and the VIP
 //!    does not;
-//! 2. the daemon starts: the router gets `VIP/32 via 192.0.2.1 proto bird`, the stale route
-//!    is reconciled away (on the node and on the router); `lb-ctl status` (text and
-//!    `--json`) and `ikelb_vip_announced` say it is announced;
+//! 2. the daemon starts: the router gets `VIP/32 via 192.0.2.1` and `VIP6/128 via
+//!    2001:db8:e::1` (`proto bird`), the stale route is reconciled away (on the node and on
+//!    the router); `lb-ctl status` (text and `--json`) and `ikelb_vip_announced` say both
+//!    are announced;
 //! 3. every backend cut at the switch: once health checks take them out the router loses
-//!    the route, status and metrics say so; one backend back: the route comes back;
-//! 4. SIGTERM (default `withdraw_on_stop`): the route leaves the router;
-//! 5. a new daemon announces it again; `kill -9`: the route stays on the node and on the
+//!    both routes, status and metrics say so; one namespace's backends back: the routes come
+//!    back;
+//! 4. SIGTERM (default `withdraw_on_stop`): the routes leave the router;
+//! 5. a new daemon announces them again; `kill -9`: the routes stay on the node and on the
 //!    router past a BGP hold time, and a client is still answered through the VIP (the
 //!    pinned XDP program forwards without its daemon);
-//! 6. `lb-ctl daemon --unload`: the route leaves the node and the router.
+//! 6. `lb-ctl daemon --unload`: the routes leave the node and the router.
 //!
 //! Timers: health checks every 200 ms (timeout 150 ms, fall 3, rise 1, the lab's); BGP hold
 //! time 3 s, keepalive 1 s, connect retry 1 s (the shipped files say 9 s / 3 s / 10 s). The
 //! times from a backend change or SIGTERM to the router's table are printed (`ANNOUNCE:`
 //! lines), never asserted.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,7 +37,7 @@ use ikelb_tests::bird::{self, Bird};
 use ikelb_tests::lab::{
     self,
     control::{self, Clients},
-    metrics, Lab, LabSpec, VIP,
+    metrics, Lab, LabSpec, VIP, VIP6,
 };
 use serde_json::Value;
 
@@ -41,8 +45,9 @@ use serde_json::Value;
 const TABLE: &str = "100";
 /// ikelb's route protocol (lb-ctl/src/announce.rs).
 const PROTO: &str = "75";
-/// The gateway's address on the router link (the lab's `ext`).
+/// The gateway's addresses on the router link (the lab's `ext`): the next hops of its routes.
 const NODE: &str = "192.0.2.1";
+const NODE6: &str = "2001:db8:e::1";
 /// A VIP the config does not have, left in the table "by an earlier daemon".
 const STALE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 /// BGP hold time in the test's BIRD configs.
@@ -67,26 +72,43 @@ fn responder() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder"))
 }
 
-/// The shipped BIRD configs with the test's log target and short timers.
+/// The shipped BIRD configs with the test's log target and short timers (and, on the node,
+/// its IPv6 address on the router link as the IPv6 routes' next hop).
 fn bird_config(name: &str) -> String {
-    bird::deploy_config(
-        name,
-        &[
-            ("log syslog all;", "log stderr all;"),
-            ("hold time 9;", "hold time 3;"),
-            ("keepalive time 3;", "keepalive time 1;"),
-            ("connect retry time 10;", "connect retry time 1;"),
-            ("error wait time 5, 30;", "error wait time 1, 5;"),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"))
+    let mut edits = vec![
+        ("log syslog all;", "log stderr all;"),
+        ("hold time 9;", "hold time 3;"),
+        ("keepalive time 3;", "keepalive time 1;"),
+        ("connect retry time 10;", "connect retry time 1;"),
+        ("error wait time 5, 30;", "error wait time 1, 5;"),
+    ];
+    if name == "ikelb-node.conf" {
+        edits.push((
+            "next hop address 2001:db8:ff::1;",
+            "next hop address 2001:db8:e::1;",
+        ));
+    }
+    bird::deploy_config(name, &edits).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The router's (client namespace's) BGP route to `dst`: its gateway, if any.
-fn router_route(lab: &Lab, dst: Ipv4Addr) -> Option<String> {
+fn router_route(lab: &Lab, dst: impl Into<IpAddr>) -> Option<String> {
+    let dst = dst.into();
+    let (family, len) = if dst.is_ipv4() {
+        ("-4", 32)
+    } else {
+        ("-6", 128)
+    };
     let routes = lab
         .client_ns
-        .ip_json(&["route", "show", &format!("{dst}/32"), "proto", "bird"])
+        .ip_json(&[
+            family,
+            "route",
+            "show",
+            &format!("{dst}/{len}"),
+            "proto",
+            "bird",
+        ])
         .expect("ip route show on the router");
     routes.as_array()?.first().map(|r| {
         r["gateway"]
@@ -95,31 +117,43 @@ fn router_route(lab: &Lab, dst: Ipv4Addr) -> Option<String> {
     })
 }
 
-/// The node's routes of ikelb's protocol in table 100, as `dst dev`.
+/// The node's routes of ikelb's protocol in table 100, as `dst dev`, IPv4 first.
 fn node_routes(lab: &Lab) -> Vec<String> {
-    let routes = lab
-        .gateway
-        .ip_json(&["route", "show", "table", TABLE, "proto", PROTO])
-        .expect("ip route show table 100");
-    routes
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    format!(
-                        "{} {}",
-                        r["dst"].as_str().unwrap_or("?"),
-                        r["dev"].as_str().unwrap_or("?")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        let routes = lab
+            .gateway
+            .ip_json(&[family, "route", "show", "table", TABLE, "proto", PROTO])
+            .expect("ip route show table 100");
+        out.extend(routes.as_array().into_iter().flatten().map(|r| {
+            format!(
+                "{} {}",
+                r["dst"].as_str().unwrap_or("?"),
+                r["dev"].as_str().unwrap_or("?")
+            )
+        }));
+    }
+    out
+}
+
+/// What the node's table 100 holds while it serves both VIPs.
+fn both_routes() -> Vec<String> {
+    vec![format!("{VIP} lo"), format!("{VIP6} lo")]
+}
+
+/// Waits until the router has both VIPs via the node (`true`) or neither (`false`); returns
+/// how long it took.
+fn wait_vips(lab: &Lab, announced: bool, what: &str) -> Duration {
+    let t0 = Instant::now();
+    wait_router(lab, VIP, announced.then_some(NODE), what);
+    wait_router(lab, VIP6, announced.then_some(NODE6), what);
+    t0.elapsed()
 }
 
 /// Waits until the router has (`Some(NODE)`) or lacks (`None`) a route to `dst`; returns
 /// how long it took.
-fn wait_router(lab: &Lab, dst: Ipv4Addr, want: Option<&str>, what: &str) -> Duration {
+fn wait_router(lab: &Lab, dst: impl Into<IpAddr>, want: Option<&str>, what: &str) -> Duration {
+    let dst = dst.into();
     let t0 = Instant::now();
     let got = lab::wait_for(
         what,
@@ -145,13 +179,16 @@ fn status_json(lab: &Lab, lb_ctl: &Path) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn announced_gauge(lab: &Lab) -> f64 {
+/// `ikelb_vip_announced` of the IPv4 and the IPv6 VIP.
+fn announced_gauges(lab: &Lab) -> [f64; 2] {
     let text = lab.metrics().expect("metrics");
-    metrics::sum(
-        &text,
-        "ikelb_vip_announced",
-        &[("vs", "aovpn"), ("vip", &VIP.to_string())],
-    )
+    [VIP.to_string(), VIP6.to_string()].map(|vip| {
+        metrics::sum(
+            &text,
+            "ikelb_vip_announced",
+            &[("vs", "aovpn"), ("vip", &vip)],
+        )
+    })
 }
 
 #[test]
@@ -165,6 +202,7 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         role: 'c',
         clients: 1,
         backends: 2,
+        ipv6: true,
         ..LabSpec::default()
     })
     .expect("build the lab");
@@ -206,6 +244,11 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         .expect("add a stale route");
     wait_router(&lab, STALE, Some(NODE), "the stale route on the router");
     assert_eq!(router_route(&lab, VIP), None, "the VIP before any daemon");
+    assert_eq!(
+        router_route(&lab, VIP6),
+        None,
+        "the IPv6 VIP before any daemon"
+    );
 
     // 2. The daemon announces the VIP once a backend is usable, and reconciles the table.
     let config = lab.daemon_config().replace("detach_on_exit: true\n", "")
@@ -213,26 +256,28 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
     let t0 = Instant::now();
     lab.start_daemon_with_config(&lb_ctl, &config)
         .expect("start lb-ctl daemon");
-    wait_router(&lab, VIP, Some(NODE), "the VIP on the router");
+    wait_vips(&lab, true, "both VIPs on the router");
     eprintln!(
-        "ANNOUNCE: VIP on the router {:.2?} after the daemon started",
+        "ANNOUNCE: VIPs on the router {:.2?} after the daemon started",
         t0.elapsed()
     );
     wait_router(&lab, STALE, None, "the stale route reconciled away");
-    assert_eq!(node_routes(&lab), [format!("{VIP} lo")]);
+    assert_eq!(node_routes(&lab), both_routes());
     let s = status_json(&lab, &lb_ctl);
     assert_eq!(
         s["announced"],
-        serde_json::json!([format!("{VIP}/32")]),
+        serde_json::json!([format!("{VIP}/32"), format!("{VIP6}/128")]),
         "{s}"
     );
     assert_eq!(s["announce_table"], 100, "{s}");
     let text = lab.lb_ctl(&lb_ctl, &["status"]).expect("lb-ctl status");
     assert!(
-        text.contains(&format!("announced (routing table {TABLE}): {VIP}/32")),
+        text.contains(&format!(
+            "announced (routing table {TABLE}): {VIP}/32, {VIP6}/128"
+        )),
         "{text}"
     );
-    assert_eq!(announced_gauge(&lab), 1.0);
+    assert_eq!(announced_gauges(&lab), [1.0, 1.0]);
 
     // 3. No usable backend: withdrawn; one back: announced again.
     let names: Vec<String> = lab.backends.iter().map(|b| b.name.clone()).collect();
@@ -242,13 +287,12 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
             .ip(&["link", "set", b, "down"])
             .expect("cut a backend");
     }
-    let gone = wait_router(&lab, VIP, None, "the VIP withdrawn with every backend down");
+    wait_vips(&lab, false, "the VIPs withdrawn with every backend down");
     eprintln!(
-        "ANNOUNCE: VIP gone from the router {:.2?} after the last backend was cut \
+        "ANNOUNCE: VIPs gone from the router {:.2?} after the last backends were cut \
          (health checks: interval 200 ms × fall 3)",
         t1.elapsed()
     );
-    let _ = gone;
     let list = control::backend_list(&lab).expect("backend list");
     assert!(list.iter().all(|b| b["state"] != "active"), "{list:?}");
     assert!(node_routes(&lab).is_empty(), "{:?}", node_routes(&lab));
@@ -259,20 +303,20 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         text.contains(&format!("announced (routing table {TABLE}): nothing")),
         "{text}"
     );
-    assert_eq!(announced_gauge(&lab), 0.0);
+    assert_eq!(announced_gauges(&lab), [0.0, 0.0]);
     let t2 = Instant::now();
     lab.bridge
         .ip(&["link", "set", &names[0], "up"])
         .expect("restore a backend");
-    wait_router(&lab, VIP, Some(NODE), "the VIP back with one backend");
+    wait_vips(&lab, true, "the VIPs back with one backend");
     eprintln!(
-        "ANNOUNCE: VIP back on the router {:.2?} after a backend's link came up (rise 1)",
+        "ANNOUNCE: VIPs back on the router {:.2?} after a backend's link came up (rise 1)",
         t2.elapsed()
     );
     let text = lab.metrics().expect("metrics");
     assert!(
-        metrics::sum(&text, "ikelb_announce_route_changes_total", &[]) >= 3.0,
-        "stale removed, VIP added, removed, added"
+        metrics::sum(&text, "ikelb_announce_route_changes_total", &[]) >= 7.0,
+        "stale removed, each VIP added, removed, added"
     );
     assert_eq!(
         metrics::sum(&text, "ikelb_announce_route_errors_total", &[]),
@@ -287,9 +331,9 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         "daemon exited with {stopped}\n{}",
         lab.daemon_output_tail(20)
     );
-    wait_router(&lab, VIP, None, "the VIP withdrawn on SIGTERM");
+    wait_vips(&lab, false, "the VIPs withdrawn on SIGTERM");
     eprintln!(
-        "ANNOUNCE: VIP gone from the router {:.2?} after SIGTERM",
+        "ANNOUNCE: VIPs gone from the router {:.2?} after SIGTERM",
         t3.elapsed()
     );
     assert!(node_routes(&lab).is_empty());
@@ -303,7 +347,7 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
     // 5. kill -9 leaves the data path and the route: the node still forwards.
     lab.start_daemon_with_config(&lb_ctl, &config)
         .expect("start lb-ctl daemon again");
-    wait_router(&lab, VIP, Some(NODE), "the VIP announced by the new daemon");
+    wait_vips(&lab, true, "the VIPs announced by the new daemon");
     let pid = lab.daemon().expect("started").pid();
     // SAFETY: kill(2) on the lab's own unreaped child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -321,7 +365,12 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         Some(NODE),
         "the route left the router after kill -9"
     );
-    assert_eq!(node_routes(&lab), [format!("{VIP} lo")]);
+    assert_eq!(
+        router_route(&lab, VIP6).as_deref(),
+        Some(NODE6),
+        "the IPv6 route left the router after kill -9"
+    );
+    assert_eq!(node_routes(&lab), both_routes());
     assert!(router.established("node1").expect("birdc"));
     let clients = Clients::bind(&lab, &lab.clients[..1], 500).expect("bind a client");
     let answered = clients
@@ -344,5 +393,5 @@ fn the_router_learns_the_vip_while_the_node_can_serve_it() {
         .expect("lb-ctl daemon --unload");
     eprintln!("unload: {}", unload.trim());
     assert!(node_routes(&lab).is_empty(), "{:?}", node_routes(&lab));
-    wait_router(&lab, VIP, None, "the VIP withdrawn by --unload");
+    wait_vips(&lab, false, "the VIPs withdrawn by --unload");
 }
