@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/prometheus", "prometheus"),
     // BGP for the route announcement test and docs/cluster.md (BIRD 2).
     ("/usr/sbin/bird", "bird2"),
+    // VRRP among the cluster lab's nodes, the backends' one default gateway (docs/cluster.md).
+    ("/usr/sbin/keepalived", "keepalived"),
     // Real IKEv2 peers for the interop tests and the demo (docs/interop.md).
     ("/usr/lib/ipsec/charon", "strongswan-charon"),
     ("/usr/sbin/swanctl", "strongswan-swanctl"),
