@@ -41,6 +41,11 @@ pub trait Family:
     const IP_HEADER_LEN: usize;
     /// Its ICMP's protocol number.
     const PROTO_ICMP: u8;
+    /// Its ICMP's "too big" error, (type, code): destination unreachable / fragmentation
+    /// needed over IPv4 (RFC 1191), packet too big over IPv6 (RFC 4443 §3.2).
+    const ICMP_TOO_BIG: (u8, u8);
+    /// Its ICMP's echo request and echo reply types (RFC 792, RFC 4443 §4).
+    const ICMP_ECHO: (u8, u8);
 
     fn sock(self, port: u16) -> Self::Sock;
     /// `addr` if it is of this family.
@@ -120,6 +125,8 @@ impl Family for Ipv4Addr {
     const ETHER_TYPE: u16 = 0x0800;
     const IP_HEADER_LEN: usize = 20;
     const PROTO_ICMP: u8 = PROTO_ICMP;
+    const ICMP_TOO_BIG: (u8, u8) = (3, 4);
+    const ICMP_ECHO: (u8, u8) = (8, 0);
 
     fn sock(self, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(self, port)
@@ -202,6 +209,8 @@ impl Family for Ipv6Addr {
     const ETHER_TYPE: u16 = 0x86dd;
     const IP_HEADER_LEN: usize = 40;
     const PROTO_ICMP: u8 = PROTO_ICMPV6;
+    const ICMP_TOO_BIG: (u8, u8) = (2, 0);
+    const ICMP_ECHO: (u8, u8) = (128, 129);
 
     fn sock(self, port: u16) -> SocketAddrV6 {
         SocketAddrV6::new(self, port, 0, 0)

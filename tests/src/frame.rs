@@ -16,6 +16,10 @@ use crate::packet::{Mac, PROTO_TCP, PROTO_UDP};
 /// Offset of the IP header in a frame built here (untagged Ethernet II).
 pub const ETH_LEN: usize = 14;
 
+/// The identification of IPv6 fragments made by [`IpFrame::split`] and
+/// [`IpFrame::last_fragment_at`].
+pub const FRAGMENT_ID: u32 = 0x5eed;
+
 /// TCP flags of [`IpFrame::tcp_segment`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpFlags {
@@ -76,6 +80,16 @@ pub trait IpFrame: Clone {
     fn is_whole(&self) -> bool;
     /// The IP header (IPv6: with its extension headers) in front of the current payload.
     fn ip_header(&self) -> Vec<u8>;
+    /// The TTL (IPv4) or hop limit (IPv6).
+    fn hops(&self) -> u8;
+    fn with_hops(self, hops: u8) -> Self;
+    /// The (whole) packet as two fragments: the first carries the first `first_len` bytes (a
+    /// multiple of 8) of what follows the IP header, the second the rest. IPv4 keeps the
+    /// header's identification; IPv6 puts a Fragment header with id [`FRAGMENT_ID`] last.
+    fn split(&self, first_len: usize) -> (Self, Self);
+    /// The packet as the last fragment of a larger one, its payload at `offset` (8-byte
+    /// units); IPv6: behind a Fragment header with id [`FRAGMENT_ID`].
+    fn last_fragment_at(self, offset: u16) -> Self;
 
     /// A UDP datagram with its checksum computed from scratch.
     fn udp(
@@ -255,6 +269,34 @@ pub fn icmp_error_of<F: IpFrame>(
     let mut icmp = vec![kind, code, 0, 0];
     icmp.extend_from_slice(&param);
     icmp.extend_from_slice(&inner[..(F::Addr::IP_HEADER_LEN + quote).min(inner.len())]);
+    let c = F::Addr::icmp_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&c);
+    F::raw(eth_src, eth_dst, src, dst, F::Addr::PROTO_ICMP, &icmp)
+}
+
+/// The "too big" ICMP error of `quoted`'s family ([`Family::ICMP_TOO_BIG`]) from `src` to
+/// `dst` announcing `mtu`, quoting `quoted`'s fixed IP header and the first `quote` bytes
+/// after it: IPv4's frag-needed carries the next-hop MTU in the low 16 bits of its 4-byte
+/// field (RFC 1191), ICMPv6's packet too big the MTU in all 32 — the same bytes for an MTU
+/// below 65,536.
+#[allow(clippy::too_many_arguments)]
+pub fn too_big_of<F: IpFrame>(
+    eth_src: Mac,
+    eth_dst: Mac,
+    src: F::Addr,
+    dst: F::Addr,
+    quoted: &F,
+    quote: usize,
+    mtu: u16,
+) -> F {
+    let (kind, code) = F::Addr::ICMP_TOO_BIG;
+    let param = u32::from(mtu).to_be_bytes();
+    icmp_error_of(eth_src, eth_dst, src, dst, kind, code, param, quoted, quote)
+}
+
+/// An ICMP echo request (id 1, sequence 1, no data) of `F`'s family, checksum from scratch.
+pub fn echo_request_of<F: IpFrame>(eth_src: Mac, eth_dst: Mac, src: F::Addr, dst: F::Addr) -> F {
+    let mut icmp = vec![F::Addr::ICMP_ECHO.0, 0, 0, 0, 0, 1, 0, 1];
     let c = F::Addr::icmp_checksum(src, dst, &icmp);
     icmp[2..4].copy_from_slice(&c);
     F::raw(eth_src, eth_dst, src, dst, F::Addr::PROTO_ICMP, &icmp)

@@ -87,6 +87,24 @@ impl IpFrame for Ipv4Frame {
         ip.header_checksum = ip.calc_header_checksum();
         ip.to_bytes().to_vec()
     }
+
+    fn hops(&self) -> u8 {
+        self.ttl
+    }
+
+    fn with_hops(self, hops: u8) -> Self {
+        self.with_ttl(hops)
+    }
+
+    fn split(&self, first_len: usize) -> (Self, Self) {
+        self.fragments(first_len)
+    }
+
+    fn last_fragment_at(mut self, offset: u16) -> Self {
+        self.frag_offset = offset;
+        self.more_fragments = false;
+        self
+    }
 }
 
 impl Ipv4Frame {

@@ -11,7 +11,7 @@ use std::net::Ipv6Addr;
 
 use crate::family::Family;
 pub use crate::family::PROTO_ICMPV6;
-use crate::frame::{common_fields, icmp_error_of};
+use crate::frame::{common_fields, icmp_error_of, FRAGMENT_ID};
 pub use crate::frame::{esp_body, IpFrame};
 use crate::packet::Mac;
 pub const NEXT_HOP_BY_HOP: u8 = 0;
@@ -153,6 +153,26 @@ impl IpFrame for Ipv6Frame {
         out.extend_from_slice(&self.dst.octets());
         out.extend(chain);
         out
+    }
+
+    fn hops(&self) -> u8 {
+        self.hop_limit
+    }
+
+    fn with_hops(self, hops: u8) -> Self {
+        self.with_hop_limit(hops)
+    }
+
+    fn split(&self, first_len: usize) -> (Self, Self) {
+        self.fragments(first_len, FRAGMENT_ID)
+    }
+
+    fn last_fragment_at(self, offset: u16) -> Self {
+        self.with_ext(Ext::Fragment {
+            offset,
+            more: false,
+            id: FRAGMENT_ID,
+        })
     }
 }
 

@@ -49,7 +49,8 @@
 //!
 //! `net` builds the namespace ([`TestNet`]), `fixture` loads and fills the program
 //! ([`Fixture`]), `state` reads and writes its maps as the daemon and the data path do,
-//! and `case` is the table runner ([`Case`], [`Fixture::check`]).
+//! `case` is the table runner ([`Case`], [`Fixture::check`]), and `family` writes a table once
+//! for both address families ([`FixtureFamily`], [`both_families!`](crate::both_families)).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -58,12 +59,17 @@ use lb_common::TICK_SHIFT;
 use crate::packet::Mac;
 
 mod case;
+mod family;
 mod fixture;
 mod net;
 mod pool;
 mod state;
 
 pub use case::{case, diff, Case, Expect};
+pub use family::{
+    forwarded, forwarded_frame, forwarded_from, from_backend, persist_entry, probation_entry,
+    raw_from_backend, raw_to_vip, reversed, reversed_frame, to_vip, words_of, FixtureFamily,
+};
 pub use fixture::Fixture;
 pub use net::TestNet;
 
