@@ -17,8 +17,8 @@
 //! in [`RouterFamily`]: which addresses are martians (RFC 1122 §3.2.1.3 and RFC 6890 for
 //! IPv4; RFC 4291 §2.5 for IPv6), the group MAC of each family's multicast (RFC 1112 §6.4,
 //! RFC 2464 §7), where a fragment ends at 65,535 bytes (IPv4's total length counts its
-//! header, IPv6's payload length does not), and the verdict of an ICMP message that is the
-//! kernel's (IPv4's ICMP is parsed for frag-needed, ICMPv6 is passed before any lookup).
+//! header, IPv6's payload length does not); and `FixtureFamily::PASS_ICMP`, the verdict of
+//! an ICMP message that is the kernel's.
 //!
 //! The review's frames (hex as they were given, IPv4) are rows of their tables. Needs root
 //! (CAP_BPF + CAP_NET_ADMIN); without it each test says so and returns.
@@ -60,8 +60,6 @@ trait RouterFamily: FixtureFamily {
     /// A last fragment whose data ends at byte 65,535 of the reassembled packet: (offset in
     /// 8-byte units, bytes of data); one byte more ends past it.
     const LAST_FRAGMENT: (u16, usize);
-    /// The verdict of an ICMP message to the VIP that the kernel keeps.
-    const PASS_ICMP: u32;
     /// The review's frames of a table (`table`, `c` its client), with the addresses they
     /// would have made entries for.
     fn review_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>);
@@ -109,7 +107,6 @@ impl RouterFamily for Ipv4Addr {
     const MULTICAST_MAC: Mac = [0x01, 0, 0x5e, 0, 0, 0xfb];
     /// The total length counts the 20-byte header: 65,512 + 20 + 3.
     const LAST_FRAGMENT: (u16, usize) = (8189, 3);
-    const PASS_ICMP: u32 = counter::PASS_NOT_SERVICE_PORT;
 
     #[rustfmt::skip]
     fn review_rows(table: &str, _: Self) -> (Vec<Case>, Vec<IpAddr>) {
@@ -177,7 +174,6 @@ impl RouterFamily for Ipv6Addr {
     const MULTICAST_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
     /// The payload length leaves out the fixed header: 65,528 + 7.
     const LAST_FRAGMENT: (u16, usize) = (8191, 7);
-    const PASS_ICMP: u32 = counter::PASS_ICMPV6;
 
     fn review_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>) {
         if table != "lengths" {

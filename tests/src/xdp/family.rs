@@ -13,7 +13,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::{PersistValue, ProbationValue};
+use lb_common::{counter, PersistValue, ProbationValue};
 
 use super::{
     backend_mac, backend_v4, backend_v6, words, EXT_MAC, INT_MAC, ROUTER4, ROUTER6, ROUTER_MAC,
@@ -42,6 +42,10 @@ pub trait FixtureFamily: Family {
     const OWN_EXT: Self;
     const OWN_INT: Self;
     const LOOPBACK: Self;
+    /// The verdict of an ICMP message to the VIP that the data path leaves to the kernel:
+    /// IPv4's ICMP is parsed for frag-needed and is otherwise no service port; every ICMPv6
+    /// message but packet too big is the kernel's before any lookup (`lb-ebpf/src/v6.rs`).
+    const PASS_ICMP: u32;
     /// Bytes after the IP header in the first fragment of a packet on a 1500-byte link (IPv6:
     /// after the Fragment header too), a multiple of 8.
     const FRAG_LEN: usize;
@@ -92,6 +96,7 @@ impl FixtureFamily for Ipv4Addr {
     const OWN_EXT: Self = Ipv4Addr::new(192, 0, 2, 1);
     const OWN_INT: Self = Ipv4Addr::new(10, 0, 0, 1);
     const LOOPBACK: Self = Ipv4Addr::LOCALHOST;
+    const PASS_ICMP: u32 = counter::PASS_NOT_SERVICE_PORT;
     const FRAG_LEN: usize = 1480;
 
     fn backend(id: u32) -> Self {
@@ -137,6 +142,7 @@ impl FixtureFamily for Ipv6Addr {
     const OWN_EXT: Self = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 1);
     const OWN_INT: Self = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
     const LOOPBACK: Self = Ipv6Addr::LOCALHOST;
+    const PASS_ICMP: u32 = counter::PASS_ICMPV6;
     const FRAG_LEN: usize = 1448;
 
     fn backend(id: u32) -> Self {

@@ -52,12 +52,18 @@ impl Fixture {
         backends.get(&id, 0).unwrap()
     }
 
-    fn slot_index(&self, client: IpAddr) -> u32 {
-        let (hash, svc) = match client {
-            IpAddr::V4(_) => (client_hash_v4(words(client)[0], SEED), SVC4),
-            IpAddr::V6(_) => (client_hash_v6(&words(client), SEED), SVC6),
+    /// The slot of `client` in its service's Maglev table (the fixture's seed and size).
+    pub fn slot(&self, client: IpAddr) -> u32 {
+        let hash = match client {
+            IpAddr::V4(_) => client_hash_v4(words(client)[0], SEED),
+            IpAddr::V6(_) => client_hash_v6(&words(client), SEED),
         };
-        self.services[svc as usize].ring_base + lb_common::hash::ring_slot(hash, RING)
+        lb_common::hash::ring_slot(hash, RING)
+    }
+
+    fn slot_index(&self, client: IpAddr) -> u32 {
+        let svc = if client.is_ipv4() { SVC4 } else { SVC6 };
+        self.services[svc as usize].ring_base + self.slot(client)
     }
 
     /// The raw ring slot of `client` (backend id and `RING_F_*` flags).
