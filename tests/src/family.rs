@@ -2,12 +2,12 @@
 //!
 //! [`Family`] is implemented by `Ipv4Addr` and `Ipv6Addr` themselves, so a frame builder or
 //! a traffic driver that takes an address knows its family without being told (as the data
-//! path has one `Family` for its keys and maps, `lb-ebpf/src/select.rs`). It holds only what
-//! really differs between IPv4 and IPv6: the transport pseudo-header (RFC 768, RFC 8200
-//! §8.1), ICMP's checksum (ICMPv6 covers a pseudo-header, RFC 4443 §2.3), and the sockets
-//! (an IPv4 raw socket returns the IP header, an IPv6 one does not, RFC 3542 §3). The frame
-//! builders on top are [`crate::frame::IpFrame`], the drivers `crate::lab::UdpProbe` and
-//! `crate::lab::EspProbe`.
+//! path has one `Family` for its headers, keys and maps, `lb-ebpf/src/family.rs`). It holds
+//! only what really differs between IPv4 and IPv6: the transport pseudo-header (RFC 768,
+//! RFC 8200 §8.1), ICMP's checksum and types (ICMPv6 covers a pseudo-header, RFC 4443 §2.3),
+//! and the sockets (an IPv4 raw socket returns the IP header, an IPv6 one does not, RFC 3542
+//! §3). The frame builders on top are [`crate::frame::IpFrame`], the drivers
+//! `crate::lab::UdpProbe` and `crate::lab::EspProbe`.
 
 use std::fmt::{Debug, Display};
 use std::hash::Hash;

@@ -12,11 +12,8 @@
 //!
 //! Every table is written once, generic over the address family (`FixtureFamily`), and runs
 //! as two tests, `case::ipv4` and `case::ipv6` (`ikelb_tests::both_families!`): the data path
-//! selects, persists and rewrites both families alike. What only IPv4 has is in its own table,
-//! [`ipv4_options_icmp_and_foreign_frames`]: the IHL and options of its header (IPv6 has
-//! extension headers instead, `prog_test_run_protocols.rs`), ICMP parsed for frag-needed and
-//! otherwise left as "no service port" or "not a client" (every ICMPv6 message but packet too
-//! big is the kernel's before any lookup, also `prog_test_run_protocols.rs`), and ARP.
+//! selects, persists and rewrites both families alike. What only one family has (IPv4's header
+//! options and ICMP, IPv6's extension headers and ICMPv6) is in `prog_test_run_protocols.rs`.
 //!
 //! Every frame arrives on a real interface of the fixture's own network namespace (`ext` for
 //! clients, `int` for backends, through `xdp_md.ingress_ifindex`), and each redirect row runs
@@ -29,20 +26,24 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it each test says so and returns.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ikelb_tests::{
     both_families,
+    family::FamilySock,
     frame::ETH_LEN,
-    packet::{self, IpFrame, Ipv4Frame, Mac, PROTO_ESP, PROTO_ICMP},
+    packet::{self, IpFrame, Mac, PROTO_ESP},
     xdp::{
         backend_mac, case, forwarded, forwarded_frame, forwarded_from, from_backend, mac_str,
         now_ticks, persist_entry, raw_from_backend, raw_to_vip, reversed, reversed_frame,
         ticks_ago, to_vip, Expect, Fixture, FixtureFamily, Setup, Side, Topology, EXT_MAC, INT_MAC,
-        PORT_EXT, RING, ROUTER_MAC, VIP4,
+        PORT_EXT, RING, ROUTER_MAC,
     },
 };
-use lb_common::{counter, event, Backend, Traffic, BACKEND_F_USABLE, DIR_FORWARD, DIR_REVERSE};
+use lb_common::{
+    counter, event, Backend, Traffic, BACKEND_F_USABLE, DIR_FORWARD, DIR_REVERSE, VIP_SLOT_EMPTY,
+    VIP_SLOT_SHARED,
+};
 
 const ROUTER2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 
@@ -208,55 +209,6 @@ fn malformed_and_foreign_frames_are_never_forwarded<F: FixtureFamily>(lb: &mut F
         (None, None),
         "nothing was learned from refused frames"
     );
-}
-
-/// What only IPv4 has (module doc): its header's IHL and options, ICMP on the forward and the
-/// reverse path, ARP; and an IPv6 frame to no VIP.
-#[test]
-fn ipv4_options_icmp_and_foreign_frames() {
-    Fixture::both_fast_paths(setup(), |lb| {
-        let [c1, ..] = clients::<Ipv4Addr>();
-        let b1 = ring(lb, c1);
-        let good = to_vip(c1, 500, 500, &ike(64)).bytes();
-        let ip = packet::IP_OFFSET;
-        let mut ihl4 = good.clone();
-        ihl4[ip] = 0x44;
-        packet::fix_ipv4_checksum(&mut ihl4);
-        let mut shorter_than_header = good.clone();
-        shorter_than_header[ip + 2..ip + 4].copy_from_slice(&19u16.to_be_bytes());
-        packet::fix_ipv4_checksum(&mut shorter_than_header);
-        let echo = Ipv4Frame::raw(
-            ROUTER_MAC,
-            EXT_MAC,
-            c1,
-            VIP4,
-            PROTO_ICMP,
-            &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
-        );
-        let nat_t = from_backend(b1, 4500, c1, 4500, &ike(90));
-        let gateway_int = Ipv4Addr::OWN_INT;
-        let echo_reply =
-            raw_from_backend(b1, gateway_int, PROTO_ICMP, &[0, 0, 0xff, 0xff, 0, 0, 0, 0]);
-
-        #[rustfmt::skip]
-        let rows = vec![
-            case("IHL 4", ihl4, Expect::Drop, counter::DROP_MALFORMED),
-            case("total length below the header", shorter_than_header, Expect::Drop, counter::DROP_MALFORMED),
-            case("IP options to the VIP", packet::with_ip_option(&good), Expect::Pass, counter::PASS_IP_OPTIONS),
-            case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP4), Expect::Pass, counter::PASS_NOT_IP),
-            case("ICMP echo to the VIP", echo.bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
-            // IPv6 has its own tables; one not to a VIP is passed.
-            case("IPv6 not to a VIP", packet::ipv6_udp(ROUTER_MAC, EXT_MAC), Expect::Pass, counter::PASS_NOT_VIP),
-            case("backend reply with IP options", packet::with_ip_option(&nat_t.bytes()), Expect::Pass, counter::PASS_IP_OPTIONS),
-            case("ICMP echo reply to the gateway", echo_reply.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
-        ];
-        lb.check(&rows);
-        assert_eq!(
-            (lb.persisted(c1.into()), lb.probation(c1.into())),
-            (None, None),
-            "nothing was learned from refused frames"
-        );
-    });
 }
 
 both_families!(reverse_path, setup());
@@ -581,49 +533,54 @@ fn vip_traffic_only_on_a_clients_interface<F: FixtureFamily>(lb: &mut Fixture) {
     );
 }
 
-/// The data path finds an IPv4 VIP in `VIP_INDEX_V4` (one array read) before any hash lookup:
-/// the slot names its one VIP and service, or says that several VIPs share it (then
-/// `VIPS_V4` decides). An address in a VIP's slot that is not that VIP is no VIP; a VIP whose
-/// slot the daemon has not written yet (it writes the index after `VIPS_V4` and `SERVICES`)
-/// is not served yet.
-#[test]
-fn the_vip_index_decides_and_a_shared_slot_asks_the_hash() {
-    use aya::maps::Array;
-    use lb_common::{maps, vip_slot, VipSlot, VIP_SLOT_SHARED};
-    Fixture::both_fast_paths(setup(), |lb| {
-        let [c1, c2, ..] = clients::<Ipv4Addr>();
-        let vip = u32::from_ne_bytes(VIP4.octets());
-        let slot = vip_slot(vip);
-        let twin = (1u32..)
-            .map(|i| Ipv4Addr::new(203, 0, (i >> 8) as u8, i as u8))
-            .find(|a| *a != VIP4 && vip_slot(u32::from_ne_bytes(a.octets())) == slot)
-            .expect("an address in the VIP's slot");
-        let f = to_vip(c1, 500, 500, &ike(40));
-        let b = ring(lb, c1);
-        let to_twin = Ipv4Frame::udp(ROUTER_MAC, EXT_MAC, (c2, 500), (twin, 500), &ike(40));
-        #[rustfmt::skip]
-        lb.check(&[
-            case("the VIP, alone in its slot", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
-            case("another address of the slot: no VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-        ]);
-        let set = |lb: &mut Fixture, v: VipSlot| {
-            let mut a: Array<_, VipSlot> = lb.map(maps::VIP_INDEX_V4);
-            a.set(slot, v, 0).unwrap();
-        };
-        set(
-            lb,
-            VipSlot {
-                state: VIP_SLOT_SHARED,
-                ..VipSlot::default()
-            },
-        );
-        #[rustfmt::skip]
-        lb.check(&[
-            case("shared slot: VIPS_V4 has the VIP", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
-            case("shared slot: VIPS_V4 has no such VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
-        ]);
-        set(lb, VipSlot::default());
-        #[rustfmt::skip]
-        lb.check(&[case("slot not written yet: not served", f.bytes(), Expect::Pass, counter::PASS_NOT_VIP)]);
-    });
+both_families!(
+    the_vip_index_decides_and_a_shared_slot_asks_the_hash,
+    setup()
+);
+
+/// Address `i` of a network around the VIP: 203.0.`i / 256`.`i % 256`, 2001:db8:ffff::`i`
+/// (two low groups).
+fn near_vip<F: FixtureFamily>(i: u32) -> F {
+    let ip: IpAddr = match F::VIP.into() {
+        IpAddr::V4(_) => Ipv4Addr::new(203, 0, (i >> 8) as u8, i as u8).into(),
+        IpAddr::V6(vip) => {
+            let mut s = vip.segments();
+            (s[6], s[7]) = ((i >> 16) as u16, i as u16);
+            Ipv6Addr::from(s).into()
+        }
+    };
+    F::of_sock(SocketAddr::new(ip, 0))
+        .expect("the VIP's family")
+        .ip_addr()
+}
+
+/// The data path finds a VIP in its family's VIP index (`VIP_INDEX_V4`, `VIP_INDEX_V6`: one
+/// array read) before any hash lookup: the slot names its one VIP and service, or says that
+/// several VIPs share it (then `VIPS_V4` or `VIPS_V6` decides). An address in a VIP's slot
+/// that is not that VIP is no VIP; a VIP whose slot the daemon has not written yet (it writes
+/// the index after the VIP hash and `SERVICES`) is not served yet.
+fn the_vip_index_decides_and_a_shared_slot_asks_the_hash<F: FixtureFamily>(lb: &mut Fixture) {
+    let [c1, c2, ..] = clients::<F>();
+    let slot = Fixture::vip_index_slot(F::VIP.into());
+    let twin = (1u32..)
+        .map(near_vip::<F>)
+        .find(|&a| a != F::VIP && Fixture::vip_index_slot(a.into()) == slot)
+        .expect("an address in the VIP's slot");
+    let f = to_vip(c1, 500, 500, &ike(40));
+    let b = ring(lb, c1);
+    let to_twin = F::Frame::udp(ROUTER_MAC, EXT_MAC, (c2, 500), (twin, 500), &ike(40));
+    #[rustfmt::skip]
+    lb.check(&[
+        case("the VIP, alone in its slot", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
+        case("another address of the slot: no VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+    ]);
+    lb.set_vip_index(F::VIP.into(), VIP_SLOT_SHARED, 0);
+    #[rustfmt::skip]
+    lb.check(&[
+        case("shared slot: the hash has the VIP", f.bytes(), Expect::Redirect(forwarded(&f, b)), counter::FORWARD),
+        case("shared slot: the hash has no such VIP", to_twin.bytes(), Expect::Pass, counter::PASS_NOT_VIP),
+    ]);
+    lb.set_vip_index(F::VIP.into(), VIP_SLOT_EMPTY, 0);
+    #[rustfmt::skip]
+    lb.check(&[case("slot not written yet: not served", f.bytes(), Expect::Pass, counter::PASS_NOT_VIP)]);
 }

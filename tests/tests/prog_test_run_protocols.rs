@@ -1,10 +1,10 @@
 //! The protocols of a persistency group through `BPF_PROG_TEST_RUN`: TCP (the SSTP fallback)
 //! joining the client's UDP entry, TCP and ESP only when configured, ESP in every mode — each
 //! one table for both address families (`case::ipv4`, `case::ipv6`, `ikelb_tests::both_families!`)
-//! — and what only IPv6 has: extension headers (walked, passed, malformed) and ICMPv6, which is
-//! the kernel's before any lookup, neighbour discovery to a VIP or from a backend included
-//! (`lb-ebpf/src/v6.rs`); IPv4's header options and ICMP have their own table in
-//! `prog_test_run.rs`.
+//! — and what only one family has: IPv4's header length and options, its ICMP (parsed for
+//! frag-needed, else no service port) and ARP; IPv6's extension headers (walked, passed,
+//! malformed) and ICMPv6, which is the kernel's before any lookup, neighbour discovery to a
+//! VIP or from a backend included (`lb-ebpf/src/flow.rs`).
 //!
 //! Over the dual-stack fixture of `ikelb_tests::xdp` (a virtual server with an IPv4 and an
 //! IPv6 VIP, UDP 500/4500, TCP 443 and ESP). Expected frames are built independently
@@ -15,12 +15,12 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it each test says so and returns.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ikelb_tests::{
     both_families,
     frame::ETH_LEN,
-    packet::{IpFrame, PROTO_ESP},
+    packet::{self, IpFrame, Ipv4Frame, PROTO_ESP, PROTO_ICMP},
     packet6::{
         esp_body, neighbour_solicitation, Ext, Ipv6Frame, IP6_LEN, IP6_OFFSET, NEXT_AUTH,
         NEXT_NONE, PROTO_ICMPV6,
@@ -234,6 +234,63 @@ fn esp_rows<F: FixtureFamily>(lb: &mut Fixture, topology: Topology, dsr: bool) {
         rows.push(case(format!("{mode} backend ESP"), back.bytes(), wrap(reversed(&back, ROUTER_MAC)), counter::REVERSE));
     }
     lb.check(&rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What only IPv4 has
+
+/// What only IPv4 has: its header's IHL and options, ICMP on the forward and the reverse path
+/// (parsed for frag-needed, else no service port or not a client), ARP; and an IPv6 frame to
+/// no VIP. With the fixture of `prog_test_run.rs` (no TCP).
+#[test]
+fn ipv4_options_icmp_and_foreign_frames() {
+    let setup = Setup {
+        tcp: false,
+        ..Setup::default()
+    };
+    Fixture::both_fast_paths(setup, |lb| {
+        let c1 = Ipv4Addr::client(7);
+        let b1 = ring(lb, c1);
+        let good = to_vip(c1, 500, 500, &data(64)).bytes();
+        let ip = packet::IP_OFFSET;
+        let mut ihl4 = good.clone();
+        ihl4[ip] = 0x44;
+        packet::fix_ipv4_checksum(&mut ihl4);
+        let mut shorter_than_header = good.clone();
+        shorter_than_header[ip + 2..ip + 4].copy_from_slice(&19u16.to_be_bytes());
+        packet::fix_ipv4_checksum(&mut shorter_than_header);
+        let echo = Ipv4Frame::raw(
+            ROUTER_MAC,
+            EXT_MAC,
+            c1,
+            VIP4,
+            PROTO_ICMP,
+            &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+        );
+        let nat_t = from_backend(b1, 4500, c1, 4500, &data(90));
+        let gateway_int = Ipv4Addr::OWN_INT;
+        let echo_reply =
+            raw_from_backend(b1, gateway_int, PROTO_ICMP, &[0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+
+        #[rustfmt::skip]
+        let rows = vec![
+            case("IHL 4", ihl4, Expect::Drop, counter::DROP_MALFORMED),
+            case("total length below the header", shorter_than_header, Expect::Drop, counter::DROP_MALFORMED),
+            case("IP options to the VIP", packet::with_ip_option(&good), Expect::Pass, counter::PASS_IP_OPTIONS),
+            case("ARP", packet::arp_request(ROUTER_MAC, Ipv4Addr::new(203, 0, 113, 1), VIP4), Expect::Pass, counter::PASS_NOT_IP),
+            case("ICMP echo to the VIP", echo.bytes(), Expect::Pass, counter::PASS_NOT_SERVICE_PORT),
+            // IPv6 has its own tables; one not to a VIP is passed.
+            case("IPv6 not to a VIP", packet::ipv6_udp(ROUTER_MAC, EXT_MAC), Expect::Pass, counter::PASS_NOT_VIP),
+            case("backend reply with IP options", packet::with_ip_option(&nat_t.bytes()), Expect::Pass, counter::PASS_IP_OPTIONS),
+            case("ICMP echo reply to the gateway", echo_reply.bytes(), Expect::Pass, counter::PASS_NOT_CLIENT),
+        ];
+        lb.check(&rows);
+        assert_eq!(
+            (lb.persisted(c1.into()), lb.probation(c1.into())),
+            (None, None),
+            "nothing was learned from refused frames"
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@
 //! The review's frames (hex as they were given, IPv4) are rows of their tables. Needs root
 //! (CAP_BPF + CAP_NET_ADMIN); without it each test says so and returns.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{AddrParseError, IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 use aya::maps::HashMap;
 use ikelb_tests::{
@@ -47,74 +48,58 @@ const STRANGER_MAC: Mac = [0x02, 0, 0, 0, 0x0e, 0x0e];
 const MTU: u16 = 1400;
 
 /// What a table of this file needs to know of a family beyond the fixture (module doc).
-trait RouterFamily: FixtureFamily {
+trait RouterFamily: FixtureFamily + FromStr<Err = AddrParseError> {
     /// Sources no client can have by their address class, with the reason the data path
     /// gives (the VIP, backends and the gateway's own address are added by the table).
-    fn martians() -> Vec<(Self, u32)>;
+    const MARTIANS: &'static [(&'static str, u32)];
     /// Destinations a backend's reply is dropped for.
-    fn martian_destinations() -> Vec<Self>;
+    const MARTIAN_DESTINATIONS: &'static [&'static str];
     /// Sources at the edge of a martian range that are clients.
-    fn edge_clients() -> Vec<Self>;
+    const EDGE_CLIENTS: &'static [&'static str];
     /// The group MAC its multicast is sent to.
     const MULTICAST_MAC: Mac;
     /// A last fragment whose data ends at byte 65,535 of the reassembled packet: (offset in
     /// 8-byte units, bytes of data); one byte more ends past it.
     const LAST_FRAGMENT: (u16, usize);
-    /// The review's frames of a table (`table`, `c` its client), with the addresses they
-    /// would have made entries for.
-    fn review_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>);
+    /// The rows only this family has in table `table` (the review's frames are IPv4), `c`
+    /// its client, with the addresses they would have made entries for.
+    fn family_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>);
     /// The SYN of the review's trailer row from `c`.
     fn review_syn(c: Self) -> Self::Frame;
 }
 
-fn parse<A: std::str::FromStr>(s: &str) -> A
-where
-    A::Err: std::fmt::Debug,
-{
-    s.parse().unwrap()
+fn parse<F: RouterFamily>(list: &[&str]) -> Vec<F> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
 }
 
 impl RouterFamily for Ipv4Addr {
-    fn martians() -> Vec<(Self, u32)> {
-        vec![
-            (parse("0.0.0.0"), counter::DROP_SOURCE_UNSPECIFIED),
-            (parse("0.1.2.3"), counter::DROP_SOURCE_MARTIAN),
-            (parse("240.0.0.1"), counter::DROP_SOURCE_MARTIAN),
-            (parse("255.255.255.254"), counter::DROP_SOURCE_MARTIAN),
-            (parse("255.255.255.255"), counter::DROP_SOURCE_MULTICAST),
-            (parse("224.0.0.5"), counter::DROP_SOURCE_MULTICAST),
-            (parse("127.0.0.1"), counter::DROP_SOURCE_LOOPBACK),
-            (parse("127.255.0.9"), counter::DROP_SOURCE_LOOPBACK),
-        ]
-    }
-
-    fn martian_destinations() -> Vec<Self> {
-        [
-            "240.0.0.1",
-            "127.0.0.1",
-            "224.0.0.5",
-            "255.255.255.255",
-            "0.0.0.0",
-        ]
-        .map(parse)
-        .into()
-    }
-
-    fn edge_clients() -> Vec<Self> {
-        vec![]
-    }
-
+    #[rustfmt::skip]
+    const MARTIANS: &'static [(&'static str, u32)] = &[
+        ("0.0.0.0", counter::DROP_SOURCE_UNSPECIFIED),
+        ("0.1.2.3", counter::DROP_SOURCE_MARTIAN), ("240.0.0.1", counter::DROP_SOURCE_MARTIAN),
+        ("255.255.255.254", counter::DROP_SOURCE_MARTIAN),
+        ("255.255.255.255", counter::DROP_SOURCE_MULTICAST), ("224.0.0.5", counter::DROP_SOURCE_MULTICAST),
+        ("127.0.0.1", counter::DROP_SOURCE_LOOPBACK), ("127.255.0.9", counter::DROP_SOURCE_LOOPBACK),
+    ];
+    const MARTIAN_DESTINATIONS: &'static [&'static str] = &[
+        "240.0.0.1",
+        "127.0.0.1",
+        "224.0.0.5",
+        "255.255.255.255",
+        "0.0.0.0",
+    ];
+    const EDGE_CLIENTS: &'static [&'static str] = &[];
     const MULTICAST_MAC: Mac = [0x01, 0, 0x5e, 0, 0, 0xfb];
     /// The total length counts the 20-byte header: 65,512 + 20 + 3.
     const LAST_FRAGMENT: (u16, usize) = (8189, 3);
 
     #[rustfmt::skip]
-    fn review_rows(table: &str, _: Self) -> (Vec<Case>, Vec<IpAddr>) {
+    fn family_rows(table: &str, _: Self) -> (Vec<Case>, Vec<IpAddr>) {
         match table {
             // ESP from 239.255.255.250 (SSDP's group).
             "sources" => (
                 vec![dropped("review: ESP from a multicast source", hex("02000000e0010200000001010800450000141234000040323c7feffffffacb00710a"), counter::DROP_SOURCE_MULTICAST)],
-                vec![parse::<Ipv4Addr>("239.255.255.250").into()],
+                vec![Ipv4Addr::new(239, 255, 255, 250).into()],
             ),
             // ESP from backend 10.0.0.11 to 198.51.100.7.
             "mac" => (vec![case("review: backend ESP to the broadcast MAC", hex("ffffffffffff020000000b01080045000014123400004032343f0a00000bc6336407"), Expect::Drop, counter::DROP_DST_MAC_GROUP).on(Side::Int)], vec![]),
@@ -148,34 +133,22 @@ impl RouterFamily for Ipv4Addr {
 const REVIEW_SYN: &str = "02000000e001020000000101080045000028123440004006c256c6336407cb00710ac35001bb01020304000000004002faf0859a0000";
 
 impl RouterFamily for Ipv6Addr {
-    fn martians() -> Vec<(Self, u32)> {
-        vec![
-            (parse("::"), counter::DROP_SOURCE_UNSPECIFIED),
-            (parse("::1"), counter::DROP_SOURCE_LOOPBACK),
-            (parse("ff02::1"), counter::DROP_SOURCE_MULTICAST),
-            (parse("ff0e::1:3"), counter::DROP_SOURCE_MULTICAST),
-            (parse("fe80::1"), counter::DROP_SOURCE_MARTIAN),
-            (parse("febf::9"), counter::DROP_SOURCE_MARTIAN),
-            (parse("::ffff:198.51.100.7"), counter::DROP_SOURCE_MARTIAN),
-        ]
-    }
-
-    fn martian_destinations() -> Vec<Self> {
-        ["ff02::1", "::1", "fe80::1", "::", "::ffff:198.51.100.7"]
-            .map(parse)
-            .into()
-    }
-
+    #[rustfmt::skip]
+    const MARTIANS: &'static [(&'static str, u32)] = &[
+        ("::", counter::DROP_SOURCE_UNSPECIFIED), ("::1", counter::DROP_SOURCE_LOOPBACK),
+        ("ff02::1", counter::DROP_SOURCE_MULTICAST), ("ff0e::1:3", counter::DROP_SOURCE_MULTICAST),
+        ("fe80::1", counter::DROP_SOURCE_MARTIAN), ("febf::9", counter::DROP_SOURCE_MARTIAN),
+        ("::ffff:198.51.100.7", counter::DROP_SOURCE_MARTIAN),
+    ];
+    const MARTIAN_DESTINATIONS: &'static [&'static str] =
+        &["ff02::1", "::1", "fe80::1", "::", "::ffff:198.51.100.7"];
     /// Just past fe80::/10.
-    fn edge_clients() -> Vec<Self> {
-        vec![parse("fec0::1")]
-    }
-
+    const EDGE_CLIENTS: &'static [&'static str] = &["fec0::1"];
     const MULTICAST_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
     /// The payload length leaves out the fixed header: 65,528 + 7.
     const LAST_FRAGMENT: (u16, usize) = (8191, 7);
 
-    fn review_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>) {
+    fn family_rows(table: &str, c: Self) -> (Vec<Case>, Vec<IpAddr>) {
         if table != "lengths" {
             return (vec![], vec![]);
         }
@@ -346,14 +319,17 @@ both_families!(
 fn sources_that_cannot_be_clients_are_dropped_by_reason<F: RouterFamily>(lb: &mut Fixture) {
     list_own(lb);
     let ids = F::BACKEND_IDS;
-    let mut sources = F::martians();
+    let mut sources: Vec<(F, u32)> = F::MARTIANS
+        .iter()
+        .map(|&(a, reason)| (a.parse().unwrap(), reason))
+        .collect();
     sources.extend([
         (F::VIP, counter::DROP_SOURCE_VIP),
         (F::backend(ids[0]), counter::DROP_SOURCE_BACKEND),
         (F::backend(ids[2]), counter::DROP_SOURCE_BACKEND),
         (F::OWN_EXT, counter::DROP_SOURCE_OWN),
     ]);
-    let (review, mut addrs) = F::review_rows("sources", client(4));
+    let (review, mut addrs) = F::family_rows("sources", client(4));
     // A non-first fragment from a backend: no entry, so the lookup a new client meets.
     let (_, tail) = udp(F::backend(ids[1]), 4500, &data(200)).split(96);
     // ICMP "too big" to the VIP about one of its replies.
@@ -367,7 +343,7 @@ fn sources_that_cannot_be_clients_are_dropped_by_reason<F: RouterFamily>(lb: &mu
     let too_big = |src| too_big_of(ROUTER_MAC, EXT_MAC, src, F::VIP, &quoted, 8, MTU);
     // Clients still get through (the rows above fail for their source alone).
     let mut clients: Vec<(F, u64)> = vec![(client(4), 99)];
-    clients.extend(F::edge_clients().into_iter().map(|a| (a, 98)));
+    clients.extend(parse::<F>(F::EDGE_CLIENTS).into_iter().map(|a| (a, 98)));
     #[rustfmt::skip]
     let rows: Vec<Case> = sources.iter().enumerate().flat_map(|(i, &(src, reason))| [
         dropped(format!("IKE_SA_INIT from {src}"), udp(src, 500, &sa_init(i as u64)).bytes(), reason),
@@ -390,7 +366,7 @@ fn sources_that_cannot_be_clients_are_dropped_by_reason<F: RouterFamily>(lb: &mu
     // backends and the gateway itself are the kernel's.
     let r = |dst: F| reply(ids[0], dst).bytes();
     #[rustfmt::skip]
-    let rows: Vec<Case> = F::martian_destinations().into_iter().map(|d| {
+    let rows: Vec<Case> = parse::<F>(F::MARTIAN_DESTINATIONS).into_iter().map(|d| {
         case(format!("reply to {d}"), r(d), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT)
     }).chain([
         case("reply to another backend", r(F::backend(ids[1])), Expect::Pass, counter::PASS_NOT_CLIENT),
@@ -416,7 +392,7 @@ fn destination_mac_is_the_receiving_interface_s_both_ways<F: RouterFamily>(lb: &
     let reply = reply(rb, rc);
     let to = |f: Vec<u8>, mac: Mac| [&mac[..], &f[6..]].concat();
     let group = F::MULTICAST_MAC;
-    let (review, _) = F::review_rows("mac", c5);
+    let (review, _) = F::family_rows("mac", c5);
     #[rustfmt::skip]
     let rows: Vec<Case> = [
         case("IKE to the VIP, broadcast MAC", to(init.bytes(), [0xff; 6]), Expect::Drop, counter::DROP_DST_MAC_GROUP).on(Side::Ext).events(&[]),
@@ -454,7 +430,7 @@ fn udp_tcp_and_fragment_lengths_must_agree<F: RouterFamily>(lb: &mut Fixture) {
     // Last fragments at the highest offset: `fits` bytes end at 65,535, one more past it.
     let (offset, fits) = F::LAST_FRAGMENT;
     let frag = |n: usize| raw_to_vip(c, PROTO_UDP, &data(n)).last_fragment_at(offset);
-    let (review, _) = F::review_rows("lengths", c);
+    let (review, _) = F::family_rows("lengths", c);
     #[rustfmt::skip]
     let rows: Vec<Case> = [
         case("UDP length 4 (< 8)", set16(ike.bytes(), at + 4, 4), Expect::Drop, counter::DROP_UDP_LENGTH).events(&[]),

@@ -6,10 +6,11 @@
 //! turns a table written once, `fn case<F: FixtureFamily>(lb: &mut Fixture)`, into one test
 //! per family.
 //!
-//! The data path is one program for both families (`lb-ebpf/src/select.rs` is generic over
-//! its `Family`), so a case that means the same over IPv4 and IPv6 is one table. What only
-//! one family has — IPv4's header checksum, options and fragment rules, IPv6's extension
-//! headers, ICMPv6 handed to the kernel before any lookup — stays in per-family tables.
+//! The data path is one program for both families (its flows and selection are written once
+//! over its `Family`, `lb-ebpf/src/family.rs` and `flow.rs`), so a case that means the same
+//! over IPv4 and IPv6 is one table. What only one family has — IPv4's header checksum,
+//! options and fragment rules, IPv6's extension headers, ICMPv6 handed to the kernel before
+//! any lookup — stays in per-family tables.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -44,7 +45,7 @@ pub trait FixtureFamily: Family {
     const LOOPBACK: Self;
     /// The verdict of an ICMP message to the VIP that the data path leaves to the kernel:
     /// IPv4's ICMP is parsed for frag-needed and is otherwise no service port; every ICMPv6
-    /// message but packet too big is the kernel's before any lookup (`lb-ebpf/src/v6.rs`).
+    /// message but packet too big is the kernel's before any lookup (`lb-ebpf/src/flow.rs`).
     const PASS_ICMP: u32;
     /// Bytes after the IP header in the first fragment of a packet on a 1500-byte link (IPv6:
     /// after the Fragment header too), a multiple of 8.

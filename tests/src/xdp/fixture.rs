@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::{
     globals, maps, Backend, Iface, Service, BACKEND_F_USABLE, FAMILY_V4, FAMILY_V6,
-    INGRESS_F_ATTACHED, INGRESS_F_BACKENDS, INGRESS_F_CLIENTS, MAX_PORTS, SVC_F_ESP,
+    INGRESS_F_ATTACHED, INGRESS_F_BACKENDS, INGRESS_F_CLIENTS, MAX_PORTS, SVC_F_ESP, VIP_SLOT_ONE,
 };
 
 use super::{
@@ -217,24 +217,8 @@ impl Fixture {
         services.set(SVC4, s4, 0).unwrap();
         services.set(SVC6, s6, 0).unwrap();
         // As the daemon writes them (`lb_ctl::dataplane`): each VIP alone in its slot.
-        let mut index: Array<_, lb_common::VipSlot> = self.map(maps::VIP_INDEX_V4);
-        let vip_slot = lb_common::VipSlot {
-            state: lb_common::VIP_SLOT_ONE,
-            addr: s4.vip[0],
-            service: SVC4,
-        };
-        index
-            .set(lb_common::vip_slot(s4.vip[0]), vip_slot, 0)
-            .unwrap();
-        let mut index6: Array<_, lb_common::VipSlot6> = self.map(maps::VIP_INDEX_V6);
-        let vip_slot6 = lb_common::VipSlot6 {
-            state: lb_common::VIP_SLOT_ONE,
-            service: SVC6,
-            addr: s6.vip,
-        };
-        index6
-            .set(lb_common::vip_slot6(&s6.vip), vip_slot6, 0)
-            .unwrap();
+        self.set_vip_index(VIP4.into(), VIP_SLOT_ONE, SVC4);
+        self.set_vip_index(VIP6.into(), VIP_SLOT_ONE, SVC6);
 
         let one_arm = self.setup.topology == Topology::OneArm;
         let mut ifaces: Array<_, Iface> = self.map(maps::IFACES);

@@ -8,8 +8,8 @@ use lb_common::{
     counter, event,
     hash::{client_hash_v4, client_hash_v6},
     maglev::{self, Member},
-    maps, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue, Traffic,
-    RING_F_CHANGED,
+    maps, vip_slot, vip_slot6, Backend, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
+    Traffic, VipSlot, VipSlot6, RING_F_CHANGED, VIP_SLOT_ONE,
 };
 
 use super::{backend_addr, words, Fixture, RING, SEED, SVC4, SVC6};
@@ -64,6 +64,43 @@ impl Fixture {
     fn slot_index(&self, client: IpAddr) -> u32 {
         let svc = if client.is_ipv4() { SVC4 } else { SVC6 };
         self.services[svc as usize].ring_base + self.slot(client)
+    }
+
+    /// The slot of `addr` in its family's VIP index (`lb_common::vip_slot`, `vip_slot6`).
+    pub fn vip_index_slot(addr: IpAddr) -> u32 {
+        match addr {
+            IpAddr::V4(_) => vip_slot(words(addr)[0]),
+            IpAddr::V6(_) => vip_slot6(&words(addr)),
+        }
+    }
+
+    /// Writes the slot of `addr` in its family's VIP index (`VIP_INDEX_V4`, `VIP_INDEX_V6`)
+    /// as the daemon does: `state` (`VIP_SLOT_*`), and with `VIP_SLOT_ONE` the VIP `addr` and
+    /// its `service` (zeros otherwise).
+    pub fn set_vip_index(&mut self, addr: IpAddr, state: u32, service: u32) {
+        let slot = Self::vip_index_slot(addr);
+        let (vip, service) = if state == VIP_SLOT_ONE {
+            (words(addr), service)
+        } else {
+            ([0; 4], 0)
+        };
+        if addr.is_ipv4() {
+            let mut index: Array<_, VipSlot> = self.map(maps::VIP_INDEX_V4);
+            let v = VipSlot {
+                state,
+                addr: vip[0],
+                service,
+            };
+            index.set(slot, v, 0).unwrap();
+        } else {
+            let mut index: Array<_, VipSlot6> = self.map(maps::VIP_INDEX_V6);
+            let v = VipSlot6 {
+                state,
+                service,
+                addr: vip,
+            };
+            index.set(slot, v, 0).unwrap();
+        }
     }
 
     /// The raw ring slot of `client` (backend id and `RING_F_*` flags).

@@ -21,7 +21,7 @@
 //! Every table is written once for both address families and runs as `case::ipv4` and
 //! `case::ipv6` (`ikelb_tests::both_families!`). What differs is in [`EdgeFamily`]: IPv4's
 //! options and ICMP on the backends' interface against IPv6's extension headers and ICMPv6
-//! (the kernel's before the role check, `lb-ebpf/src/v6.rs`), the ICMP errors that are not
+//! (the kernel's before the role check, `lb-ebpf/src/flow.rs`), the ICMP errors that are not
 //! "too big", and the bulk packets only one family has; RFC 1858's rule is IPv4's alone
 //! (`docs/security.md`, "Fragments"), so the small-offset fragments have a table per family.
 //!
