@@ -252,3 +252,46 @@ impl RouteTable for Netlink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{Emitable, Parseable};
+    use netlink_packet_route::route::RouteProtocol;
+
+    use super::*;
+
+    /// A message as the kernel would send it back: emitted and parsed again.
+    fn round_trip(m: &RouteMessage) -> RouteMessage {
+        let mut buf = vec![0; m.buffer_len()];
+        m.emit(&mut buf);
+        RouteMessage::parse(&buf[..]).expect("parses")
+    }
+
+    #[test]
+    fn our_host_routes_are_recognised_in_their_table_only() {
+        for (table, vip) in [
+            (100, "203.0.113.10"),
+            (100, "2001:db8:ffff::10"),
+            (70_000, "203.0.113.10"),
+        ] {
+            let vip: IpAddr = vip.parse().unwrap();
+            let m = round_trip(&route(table, Some(vip), family(vip)));
+            assert_eq!(ours(&m, table), Some(vip), "table {table}, {vip}");
+            assert_eq!(ours(&m, table + 1), None, "another table");
+            let header_table = if table < 256 { table as u8 } else { 0 };
+            assert_eq!(m.header.table, header_table, "RT_TABLE_UNSPEC above 255");
+            assert_eq!(u8::from(m.header.protocol), RTPROT_IKELB);
+        }
+        let vip: IpAddr = "203.0.113.10".parse().unwrap();
+        let mut other = route(100, Some(vip), family(vip));
+        other.header.protocol = RouteProtocol::Bird;
+        assert_eq!(ours(&round_trip(&other), 100), None, "another protocol's");
+        let mut wider = route(100, Some(vip), family(vip));
+        wider.header.destination_prefix_length = 24;
+        assert_eq!(ours(&round_trip(&wider), 100), None, "not a host route");
+        // The dump request: no destination, the table in RTA_TABLE.
+        let dump = route(100, None, AddressFamily::Inet);
+        assert_eq!(dump.header.destination_prefix_length, 0);
+        assert_eq!(dump.attributes, [RouteAttribute::Table(100)]);
+    }
+}
