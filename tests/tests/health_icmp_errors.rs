@@ -11,7 +11,7 @@
 //!                                          unreachable 10.9.0.20/32          default via 10.9.0.1
 //! ```
 //!
-//! IPv6 (the protocol lab, `src/lab/dual.rs`): the same with `2001:db8:1::1` (int),
+//! IPv6 (the lab with `ipv6`, `src/lab/topology.rs`): the same with `2001:db8:1::1` (int),
 //! `2001:db8:1::11` (b1), `2001:db8:1::fe` / `2001:db8:9::1` (router), `2001:db8:9::20` (far).
 //!
 //! The router's `unreachable` route answers the probes of `far` with ICMP host unreachable
