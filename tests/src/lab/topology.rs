@@ -73,7 +73,7 @@ pub const TCP_PORT: u16 = 443;
 
 const GW_EXT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const CLIENT_LINK_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-pub(super) const GW_INT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const GW_INT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const GW_EXT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 1);
 const CLIENT_LINK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 2);
 const GW_INT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
