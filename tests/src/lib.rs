@@ -2,6 +2,7 @@
 //! and the demo (see `lab`).
 
 pub mod bird;
+pub mod cluster;
 pub mod family;
 pub mod fixture;
 pub mod frame;

@@ -1,0 +1,349 @@
+//! The cluster lab (`ikelb_tests::cluster`, docs/cluster.md "The cluster lab"): ikelb nodes
+//! active-active behind a BIRD router's ECMP, 24 real strongSwan clients behind NAT (one
+//! public address each), 3 real strongSwan responders on one segment whose default gateway
+//! is a VRRP address among the nodes.
+//!
+//! Every test checks, per client, that its IKE SA and CHILD_SA keep their SPIs on the same
+//! responder (nobody re-established, nobody moved) and that its tunnel answers pings:
+//! 1. `every_client_establishes_through_every_node`: every client comes up, every node
+//!    carries some clients (the router's FIB, each node's entries and counters agree), every
+//!    node would send every client to the responder that holds its SA, and the VRRP master
+//!    returns the replies of clients other nodes forwarded (`reverse_stateless`), from its
+//!    interface's real MAC;
+//! 2. `losing_a_node_keeps_every_ike_sa`: the VRRP master's links are cut; BFD takes it out
+//!    of the router's route and VRRP moves the gateway; every tunnel carries pings again and
+//!    no client re-established;
+//! 3. `adding_a_node_moves_nobody`: a fourth node starts and announces; the router spreads
+//!    clients over it, and no client changes responder or SA;
+//! 4. `a_planned_drain_loses_no_ping`: the VRRP master's daemon stops cleanly (its routes
+//!    are withdrawn), the router drops it, keepalived hands the gateway over, then the node
+//!    is cut: not one ping is lost.
+//!
+//! Packets lost and convergence times are printed (`CLUSTER:` lines) and written down in
+//! docs/cluster.md, never asserted. The tests need root, BIRD, keepalived and strongSwan;
+//! without them each says why and returns. One lab at a time (~30 charons each).
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use ikelb_tests::bird;
+use ikelb_tests::cluster::{
+    self, epoch, ClusterLab, ClusterSpec, LossSummary, Pings, Session, GATEWAY, INT, VRRP_VMAC,
+};
+use ikelb_tests::ike;
+use ikelb_tests::lab;
+
+const CLIENTS: usize = 24;
+const RESPONDERS: usize = 3;
+/// A setup takes tens of milliseconds; retransmits finish within charon's ~7 s budget.
+const INITIATE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The continuous pings' interval: the resolution of every outage measured.
+const PING_EVERY: Duration = Duration::from_millis(100);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Say that `test` did not run, and why, on the process's stderr itself (libtest captures
+/// `eprintln!` of passing tests, and a skip must never look like a pass).
+fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The `lb-ctl` to test, or `None` after saying why the test cannot run here.
+fn runnable(test: &str) -> Option<PathBuf> {
+    if let Some(why) = ike::unavailable() {
+        skipped(test, &why);
+        return None;
+    }
+    if !bird::available() {
+        skipped(
+            test,
+            &format!("needs BIRD 2 ({}, Debian package bird2)", bird::BIRD),
+        );
+        return None;
+    }
+    if !cluster::keepalived_available() {
+        skipped(
+            test,
+            &format!(
+                "needs keepalived ({}, Debian package keepalived)",
+                cluster::KEEPALIVED
+            ),
+        );
+        return None;
+    }
+    match lab::lb_ctl_path() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            skipped(test, &format!("{e:#}"));
+            None
+        }
+    }
+}
+
+/// A running lab with every client established (test 1's checks passed), and what each
+/// client's session was then.
+struct Up {
+    test: &'static str,
+    lab: ClusterLab,
+    lb_ctl: PathBuf,
+    before: Vec<Session>,
+    started: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Up {
+    /// Build the lab (`nodes` built, `started` of them running), bring every client up and
+    /// check test 1's assertions; `None` when the machine cannot run it.
+    fn start(test: &'static str, nodes: usize, started: usize) -> Option<Self> {
+        let lb_ctl = runnable(test)?;
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let t0 = Instant::now();
+        let lab = ClusterLab::build(
+            &ClusterSpec {
+                clients: CLIENTS,
+                nodes,
+                started,
+                responders: RESPONDERS,
+            },
+            &lb_ctl,
+        )
+        .unwrap_or_else(|e| panic!("{test}: building the lab: {e:#}"));
+        eprintln!("{test}: lab up in {:.1?}", t0.elapsed());
+        let t1 = Instant::now();
+        let initiations = lab.initiate_all(INITIATE_TIMEOUT);
+        let failed: Vec<String> = initiations
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| !i.ok)
+            .map(|(c, i)| {
+                format!(
+                    "  {}: {}",
+                    lab.clients[c].id,
+                    i.output.lines().last().unwrap_or("")
+                )
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{test}: {} clients did not come up:\n{}\n{}",
+            failed.len(),
+            failed.join("\n"),
+            lab.log_tails(20)
+        );
+        eprintln!("{test}: {CLIENTS} clients up in {:.1?}", t1.elapsed());
+        let mut up = Self {
+            test,
+            lab,
+            lb_ctl,
+            before: Vec::new(),
+            started: t0,
+            _serial: serial,
+        };
+        up.check_pings("after setup");
+        up.before = up.healthy_sessions("after setup");
+        up.check_spread(&(0..started).collect::<Vec<_>>());
+        Some(up)
+    }
+
+    /// Every tunnel answers 3 pings out of 3.
+    fn check_pings(&self, when: &str) {
+        let pings = self.lab.ping_all(3);
+        let bad: Vec<String> = pings
+            .iter()
+            .enumerate()
+            .filter(|(_, &(sent, got))| sent == 0 || got < sent)
+            .map(|(i, (sent, got))| format!("{} {got}/{sent}", self.lab.clients[i].id))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{}: {when}: tunnels not answering pings: {bad:?}\n{}",
+            self.test,
+            self.lab.log_tails(15)
+        );
+    }
+
+    /// Every client's session, each one IKE SA with an installed CHILD_SA, established at
+    /// exactly one responder.
+    fn healthy_sessions(&self, when: &str) -> Vec<Session> {
+        let sessions = self
+            .lab
+            .sessions()
+            .unwrap_or_else(|e| panic!("{}: {when}: listing SAs: {e:#}", self.test));
+        let bad: Vec<String> = sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.problem().map(|p| format!("  {}: {p}", self.lab.clients[i].id)))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{}: {when}: sessions not healthy:\n{}",
+            self.test,
+            bad.join("\n")
+        );
+        sessions
+    }
+
+    /// Test 1's spread: the router's FIB sends every client to one of `started` and each
+    /// of them gets some; the node a client is routed to holds an entry for it (it forwarded
+    /// it), the other nodes none (nothing has moved yet); every node would send every client
+    /// to the responder that holds its SA; the VRRP master returned the other nodes'
+    /// clients' replies statelessly, from its own MAC.
+    fn check_spread(&self, started: &[usize]) {
+        let test = self.test;
+        let lab = &self.lab;
+        let of = lab
+            .nodes_of_clients()
+            .unwrap_or_else(|e| panic!("{test}: the router's FIB: {e:#}"));
+        let per_node: Vec<usize> = (0..lab.nodes.len())
+            .map(|k| of.iter().filter(|&&n| n == k).count())
+            .collect();
+        let counters = lab.counters();
+        eprintln!(
+            "CLUSTER: {test}: clients per node (router FIB) {per_node:?}; node counters \
+             {counters:?}"
+        );
+        for &k in started {
+            assert!(
+                per_node[k] > 0,
+                "{test}: the router sends no client to {}: clients per node {per_node:?}",
+                lab.nodes[k].name
+            );
+        }
+        let mut wrong = Vec::new();
+        for (i, c) in lab.clients.iter().enumerate() {
+            let backend = self.before[i].backend.map(|r| lab.responders[r].addr);
+            for &k in started {
+                let l = lab.nodes[k]
+                    .lookup(&self.lb_ctl, c.public)
+                    .unwrap_or_else(|e| panic!("{test}: lookup: {e:#}"));
+                if l.backend != backend {
+                    wrong.push(format!(
+                        "  {}: {} would send it to {:?}, its SA is at {backend:?}",
+                        c.id, lab.nodes[k].name, l.backend
+                    ));
+                }
+                if l.entry != (of[i] == k) {
+                    wrong.push(format!(
+                        "  {}: routed to {}, yet {} {} an entry ({})",
+                        c.id,
+                        lab.nodes[of[i]].name,
+                        lab.nodes[k].name,
+                        if l.entry { "holds" } else { "lacks" },
+                        l.source
+                    ));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{test}: the nodes disagree with the router or the responders:\n{}",
+            wrong.join("\n")
+        );
+        let masters = lab.vrrp_masters().expect("VRRP masters");
+        assert_eq!(
+            masters.len(),
+            1,
+            "{test}: VRRP masters {masters:?}\n{}",
+            lab.log_tails(10)
+        );
+        let m = masters[0];
+        for &k in started {
+            let c = counters[k].unwrap_or_else(|| panic!("{test}: no metrics from node {k}"));
+            assert!(
+                c.forward > 0,
+                "{test}: {} forwarded nothing: {c:?}",
+                lab.nodes[k].name
+            );
+            if k == m {
+                assert!(
+                    c.reverse > 0 && c.reverse_stateless > 0,
+                    "{test}: the VRRP master {} returned no reply for the other nodes' \
+                     clients: {c:?}",
+                    lab.nodes[k].name
+                );
+            } else {
+                assert_eq!(
+                    c.reverse, 0,
+                    "{test}: {} is no VRRP master, yet rewrote replies",
+                    lab.nodes[k].name
+                );
+            }
+        }
+        let mac = lab.nodes[m].ns.mac(INT).expect("master's MAC");
+        let macs = lab.gateway_macs().expect("backends' neighbours");
+        assert!(
+            macs.iter().all(|x| *x == Some(mac)) && mac != VRRP_VMAC,
+            "{test}: the backends reach their gateway {GATEWAY} at {macs:?}; the master {}'s \
+             own MAC is {mac:02x?} (keepalived without use_vmac)",
+            lab.nodes[m].name
+        );
+    }
+
+    /// Every client's session is the one it had after setup (same SPIs, same responder,
+    /// no second IKE SA), and its tunnel answers pings.
+    fn check_kept(&self, when: &str) {
+        self.check_pings(when);
+        let after = self.healthy_sessions(when);
+        let moved: Vec<String> = self
+            .before
+            .iter()
+            .zip(&after)
+            .enumerate()
+            .filter(|(_, (b, a))| b != a)
+            .map(|(i, (b, a))| format!("  {}: {b:?}\n   → {a:?}", self.lab.clients[i].id))
+            .collect();
+        assert!(
+            moved.is_empty(),
+            "{}: {when}: {} clients' sessions changed:\n{}",
+            self.test,
+            moved.len(),
+            moved.join("\n")
+        );
+    }
+
+    fn finish(self) {
+        let Self {
+            test, lab, started, ..
+        } = self;
+        drop(lab);
+        eprintln!("{test}: {:.1?} in all", started.elapsed());
+    }
+}
+
+/// Every client's pings after the run: each tunnel answered to the end (its last reply less
+/// than a second before the stop, at most 3 requests in flight then).
+fn assert_answering_at_end(test: &str, lab: &ClusterLab, pings: &[Pings]) {
+    let bad: Vec<String> = pings
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.unanswered_tail() > 3 || p.last_reply_at().is_none_or(|t| p.stopped_at - t > 1.0)
+        })
+        .map(|(i, p)| {
+            format!(
+                "  {}: {} sent, last answered #{} ({:?} s before the stop)",
+                lab.clients[i].id,
+                p.transmitted,
+                p.last_answered(),
+                p.last_reply_at().map(|t| p.stopped_at - t)
+            )
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{test}: tunnels not answering at the end:\n{}\n{}",
+        bad.join("\n"),
+        lab.log_tails(15)
+    );
+}
+
+#[test]
+fn every_client_establishes_through_every_node() {
+    let Some(up) = Up::start("every_client_establishes_through_every_node", 3, 3) else {
+        return;
+    };
+    up.check_kept("at the end");
+    up.finish();
+}
