@@ -10,9 +10,9 @@
 //!    node would send every client to the responder that holds its SA, and the VRRP master
 //!    returns the replies of clients other nodes forwarded (`reverse_stateless`), from its
 //!    interface's real MAC;
-//! 2. `losing_a_node_keeps_every_ike_sa`: the VRRP master's links are cut; BFD takes it out
-//!    of the router's route and VRRP moves the gateway; every tunnel carries pings again and
-//!    no client re-established;
+//! 2. `losing_a_node_keeps_every_ike_sa`: a backup node's links are cut, then the VRRP
+//!    master's; each time BFD takes it out of the router's route (and VRRP moves the
+//!    gateway), every tunnel carries pings again and no client re-established;
 //! 3. `adding_a_node_moves_nobody`: a fourth node starts and announces; the router spreads
 //!    clients over it, and no client changes responder or SA;
 //! 4. `a_planned_drain_loses_no_ping`: the VRRP master's daemon stops cleanly (its routes
@@ -174,7 +174,10 @@ impl Up {
         let bad: Vec<String> = sessions
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.problem().map(|p| format!("  {}: {p}", self.lab.clients[i].id)))
+            .filter_map(|(i, s)| {
+                s.problem()
+                    .map(|p| format!("  {}: {p}", self.lab.clients[i].id))
+            })
             .collect();
         assert!(
             bad.is_empty(),
@@ -200,9 +203,14 @@ impl Up {
             .map(|k| of.iter().filter(|&&n| n == k).count())
             .collect();
         let counters = lab.counters();
+        let route = lab
+            .router
+            .ip(&["-d", "route", "show", &format!("{}/32", lab::VIP)])
+            .unwrap_or_else(|e| format!("{e:#}"));
         eprintln!(
-            "CLUSTER: {test}: clients per node (router FIB) {per_node:?}; node counters \
-             {counters:?}"
+            "CLUSTER: {test}: the router's route: {}; clients per node (router FIB) \
+             {per_node:?}; node counters {counters:?}",
+            route.split_whitespace().collect::<Vec<_>>().join(" ")
         );
         for &k in started {
             assert!(
@@ -303,6 +311,31 @@ impl Up {
         );
     }
 
+    /// Runs `event` while every tunnel is pinged every [`PING_EVERY`]: a second of pings
+    /// before it, `settle` after it returns. Every tunnel must answer at the end. Returns
+    /// what `event` returned, each client's pings and when the event began (epoch s).
+    fn across<T>(
+        &mut self,
+        tag: &str,
+        settle: Duration,
+        event: impl FnOnce(&mut ClusterLab) -> T,
+    ) -> (T, Vec<Pings>, f64) {
+        let test = self.test;
+        let run = self
+            .lab
+            .start_pings(PING_EVERY, tag)
+            .unwrap_or_else(|e| panic!("{test}: starting pings: {e:#}"));
+        std::thread::sleep(Duration::from_secs(1));
+        let at = epoch(SystemTime::now());
+        let out = event(&mut self.lab);
+        std::thread::sleep(settle);
+        let pings = run
+            .stop()
+            .unwrap_or_else(|e| panic!("{test}: stopping pings: {e:#}"));
+        assert_answering_at_end(test, &self.lab, &pings);
+        (out, pings, at)
+    }
+
     fn finish(self) {
         let Self {
             test, lab, started, ..
@@ -345,5 +378,224 @@ fn every_client_establishes_through_every_node() {
         return;
     };
     up.check_kept("at the end");
+    up.finish();
+}
+
+/// The node that takes the VRRP address over when `gone` leaves: the highest priority among
+/// the started others.
+fn next_master(lab: &ClusterLab, started: &[usize], gone: usize) -> usize {
+    *started
+        .iter()
+        .filter(|&&k| k != gone)
+        .max_by_key(|&&k| lab.nodes[k].priority)
+        .expect("a surviving node")
+}
+
+/// Clients the router sends to another node than before, leaving out those of `gone` (whose
+/// node left): with the kernel's hash-threshold ECMP a change of the set of next hops moves
+/// some clients between nodes that stayed. They keep their backend (every node selects
+/// alike); a client whose entry differs from the ring would not (docs/cluster.md).
+fn moved_between(before: &[usize], after: &[usize], gone: Option<usize>) -> usize {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| Some(**b) != gone && b != a)
+        .count()
+}
+
+/// Cuts node `lost` (one of `alive`) while every tunnel is pinged, and waits until the
+/// router's route leaves it out and, if it held the gateway, `heir` holds it and every
+/// backend's gateway entry names `heir`'s MAC. Prints what it measured; returns the nodes
+/// left.
+fn lose(up: &mut Up, alive: &[usize], lost: usize, heir: usize) -> Vec<usize> {
+    let test = up.test;
+    let survivors: Vec<usize> = alive.iter().copied().filter(|&k| k != lost).collect();
+    let master = up.lab.vrrp_masters().expect("VRRP masters") == [lost];
+    let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let on_lost = of.iter().filter(|&&k| k == lost).count();
+    let name = up.lab.nodes[lost].name.clone();
+    let tag = format!("loss-{name}");
+    let ((route, gateway), pings, at) = up.across(&tag, Duration::from_secs(2), |lab| {
+        let t0 = Instant::now();
+        lab.cut_node(lost).expect("cut the node");
+        lab.wait_nexthops(&survivors, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", lab.log_tails(15)));
+        let route = t0.elapsed();
+        let gateway = master.then(|| {
+            lab.wait_vrrp_master(heir, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+            let held = t0.elapsed();
+            lab.wait_gateway_mac(heir, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+            (held, t0.elapsed())
+        });
+        (route, gateway)
+    });
+    let summary = LossSummary::of(&pings, at);
+    let after = up.lab.nodes_of_clients().expect("the router's FIB");
+    assert!(
+        after.iter().all(|k| survivors.contains(k)),
+        "{test}: clients still routed to the lost node: {after:?}"
+    );
+    let gateway = match gateway {
+        Some((held, arp)) => format!(
+            "{} holds the gateway after {held:.2?}, every backend's gateway entry on its MAC \
+             after {arp:.2?}",
+            up.lab.nodes[heir].name
+        ),
+        None => "the gateway stays where it was".into(),
+    };
+    eprintln!(
+        "CLUSTER: {test}: cut {name}{} ({on_lost} of {CLIENTS} clients routed to it; {} \
+         others moved between the remaining nodes): out of the router's route after \
+         {route:.2?} (BFD 100 ms x 5), {gateway}; {summary}",
+        if master { ", the VRRP master" } else { "" },
+        moved_between(&of, &after, Some(lost)),
+    );
+    up.check_kept(&format!("after losing {name}"));
+    survivors
+}
+
+#[test]
+fn losing_a_node_keeps_every_ike_sa() {
+    let test = "losing_a_node_keeps_every_ike_sa";
+    let Some(mut up) = Up::start(test, 3, 3) else {
+        return;
+    };
+    let started = [0, 1, 2];
+    let master = up.lab.vrrp_masters().expect("VRRP masters")[0];
+    let backup = *started
+        .iter()
+        .filter(|&&k| k != master)
+        .min_by_key(|&&k| up.lab.nodes[k].priority)
+        .expect("a backup node");
+    // A backup node first (its clients' requests only), then the VRRP master (every reply
+    // and its own clients' requests).
+    let alive = lose(&mut up, &started, backup, master);
+    let heir = next_master(&up.lab, &alive, master);
+    lose(&mut up, &alive, master, heir);
+    up.finish();
+}
+
+#[test]
+fn adding_a_node_moves_nobody() {
+    let test = "adding_a_node_moves_nobody";
+    let Some(mut up) = Up::start(test, 4, 3) else {
+        return;
+    };
+    let master = up.lab.vrrp_masters().expect("VRRP masters");
+    let before = up.lab.counters();
+    let of_before = up.lab.nodes_of_clients().expect("the router's FIB");
+    let ((started, route), pings, at) = up.across("add", Duration::from_secs(2), |lab| {
+        let t0 = Instant::now();
+        lab.start_node(3)
+            .unwrap_or_else(|e| panic!("{test}: starting n4: {e:#}\n{}", lab.log_tails(15)));
+        let started = t0.elapsed();
+        lab.wait_nexthops(&[0, 1, 2, 3], Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", lab.log_tails(15)));
+        (started, t0.elapsed())
+    });
+    let summary = LossSummary::of(&pings, at);
+    let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let on_new = of.iter().filter(|&&k| k == 3).count();
+    let between = moved_between(&of_before, &of, None) - on_new;
+    let after = up.lab.counters();
+    eprintln!(
+        "CLUSTER: {test}: n4 started (daemon attached, BGP up) in {started:.2?}, in the \
+         router's route after {route:.2?}; {on_new} of {CLIENTS} clients now routed to it, \
+         {between} others moved between the old nodes; {summary}"
+    );
+    assert!(
+        on_new > 0,
+        "{test}: the router sends no client to the new node: {of:?}"
+    );
+    let n4 = after[3].unwrap_or_else(|| panic!("{test}: no metrics from n4"));
+    assert!(
+        n4.forward > 0,
+        "{test}: the new node forwarded nothing: {n4:?} (before {:?})",
+        before[3]
+    );
+    assert_eq!(
+        up.lab.vrrp_masters().expect("VRRP masters"),
+        master,
+        "{test}: the lowest-priority newcomer moved the gateway"
+    );
+    up.check_kept("after adding a node");
+    up.finish();
+}
+
+#[test]
+fn a_planned_drain_loses_no_ping() {
+    let test = "a_planned_drain_loses_no_ping";
+    let Some(mut up) = Up::start(test, 3, 3) else {
+        return;
+    };
+    let started = [0, 1, 2];
+    let drained = up.lab.vrrp_masters().expect("VRRP masters")[0];
+    let others: Vec<usize> = started.iter().copied().filter(|&k| k != drained).collect();
+    let heir = next_master(&up.lab, &started, drained);
+    let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let ((withdrawn, handed), pings, at) = up.across("drain", Duration::from_secs(2), |lab| {
+        let t0 = Instant::now();
+        let node = &mut lab.nodes[drained];
+        let status = node.stop_daemon().expect("SIGTERM the daemon");
+        assert!(
+            status.success(),
+            "{test}: the daemon exited with {status}\n{}",
+            node.daemon_tail(20)
+        );
+        assert_eq!(
+            node.announced().expect("table 100"),
+            Vec::<String>::new(),
+            "{test}: routes left after a clean stop"
+        );
+        lab.wait_nexthops(&others, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", lab.log_tails(15)));
+        let withdrawn = t0.elapsed();
+        let t1 = Instant::now();
+        lab.nodes[drained]
+            .terminate_keepalived()
+            .expect("SIGTERM keepalived");
+        lab.wait_vrrp_master(heir, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        let held = t1.elapsed();
+        lab.wait_gateway_mac(heir, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        let arp = t1.elapsed();
+        let status = lab.nodes[drained]
+            .stop_keepalived()
+            .expect("stop keepalived");
+        assert!(status.success(), "{test}: keepalived exited with {status}");
+        let handed = (held, arp);
+        lab.nodes[drained].stop_bird();
+        lab.cut_node(drained).expect("cut the drained node");
+        (withdrawn, handed)
+    });
+    let (held, arp) = handed;
+    let after = up.lab.nodes_of_clients().expect("the router's FIB");
+    let summary = LossSummary::of(&pings, at);
+    eprintln!(
+        "CLUSTER: {test}: SIGTERM to {name}'s daemon ({} of {CLIENTS} clients routed to \
+         it; {} others moved between the remaining nodes): out of the router's route after \
+         {withdrawn:.2?}; SIGTERM to its keepalived: {heir_name} holds the gateway after \
+         {held:.2?}, every backend's gateway entry on its MAC after {arp:.2?}; then BIRD \
+         stopped and the node cut, 2 s before the pings stopped; {summary}",
+        of.iter().filter(|&&k| k == drained).count(),
+        moved_between(&of, &after, Some(drained)),
+        name = up.lab.nodes[drained].name,
+        heir_name = up.lab.nodes[heir].name,
+    );
+    let lossy: Vec<String> = pings
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.lost().is_empty())
+        .map(|(i, p)| format!("  {}: lost {:?}", up.lab.clients[i].id, p.lost()))
+        .collect();
+    assert!(
+        lossy.is_empty(),
+        "{test}: pings lost during a planned drain:\n{}",
+        lossy.join("\n")
+    );
+    up.check_kept("after the drain");
     up.finish();
 }

@@ -76,6 +76,15 @@ impl Keepalived {
         Ok(Self { child })
     }
 
+    /// SIGTERM without waiting: the VRRP process sends its priority-0 advertisement and
+    /// removes the address at once, while the parent takes about a second more to exit.
+    pub fn terminate(&mut self) {
+        if self.child.exit_status().is_none() {
+            // SAFETY: kill(2) on our own unreaped child's PID.
+            unsafe { libc::kill(self.child.pid() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
     /// Stops it (SIGTERM, then SIGKILL after 5 s); how it ended.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.child.stop(Duration::from_secs(5))

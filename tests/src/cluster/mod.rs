@@ -51,6 +51,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::bird::{self, Bird};
 use crate::ike::{
     client_id, Charon, CharonFiles, Fragmentation, IkeSa, Initiation, Pki, HOST_ADDR, HOST_NET,
+    LOGS_ENV,
 };
 use crate::lab::{reap_stale, wait_for, NetNs, RunPrefix, TempDir, Veth, VIP};
 
@@ -252,8 +253,12 @@ impl ClusterLab {
              addr add {ROUTER_NODES_ADDR}/24 dev nodes\n"
         );
         for n in &nodes {
-            writeln!(batch, "link set {} master nodes\nlink set {} up", n.name, n.name)
-                .expect("write to String");
+            writeln!(
+                batch,
+                "link set {} master nodes\nlink set {} up",
+                n.name, n.name
+            )
+            .expect("write to String");
         }
         router.ip_batch(&batch)?;
         router.sysctl("net/ipv4/ip_forward", "1")?;
@@ -303,9 +308,8 @@ impl ClusterLab {
         }
 
         // The backends' switch.
-        let mut batch = String::from(
-            "link add br0 type bridge stp_state 0 forward_delay 0\nlink set br0 up\n",
-        );
+        let mut batch =
+            String::from("link add br0 type bridge stp_state 0 forward_delay 0\nlink set br0 up\n");
         let ports = nodes
             .iter()
             .map(|n| n.name.clone())
@@ -405,8 +409,7 @@ impl ClusterLab {
         for i in 0..spec.clients {
             let cdir = lab.dir.path().join(format!("charon-c{i:02}"));
             std::fs::create_dir_all(&cdir)?;
-            let files =
-                CharonFiles::initiator(&cdir, &pki, i, VIP, HOST_NET, Fragmentation::Ip);
+            let files = CharonFiles::initiator(&cdir, &pki, i, VIP, HOST_NET, Fragmentation::Ip);
             let charon = Charon::spawn(&format!("c{i:02}"), &lab.client_ns[i], cdir, &files)?;
             lab.clients.push(Client {
                 id: client_id(i),
@@ -466,14 +469,9 @@ impl ClusterLab {
 
     /// The router's next hops for the VIP (its ECMP route), sorted; empty without a route.
     pub fn nexthops(&self) -> Result<Vec<Ipv4Addr>> {
-        let v = self.router.ip_json(&[
-            "-4",
-            "route",
-            "show",
-            &format!("{VIP}/32"),
-            "proto",
-            "bird",
-        ])?;
+        let v =
+            self.router
+                .ip_json(&["-4", "route", "show", &format!("{VIP}/32"), "proto", "bird"])?;
         let mut hops: Vec<Ipv4Addr> = Vec::new();
         for r in v.as_array().into_iter().flatten() {
             if let Some(g) = r["gateway"].as_str() {
@@ -566,7 +564,10 @@ impl ClusterLab {
     pub fn wait_vrrp_master(&self, k: usize, timeout: Duration) -> Result<Duration> {
         let t0 = Instant::now();
         wait_for(
-            &format!("{} to hold the VRRP address {GATEWAY} alone", self.nodes[k].name),
+            &format!(
+                "{} to hold the VRRP address {GATEWAY} alone",
+                self.nodes[k].name
+            ),
             timeout,
             Duration::from_millis(10),
             || Ok((self.vrrp_masters()? == [k]).then_some(())),
@@ -588,10 +589,7 @@ impl ClusterLab {
             .iter()
             .map(|b| {
                 let v = b.ip_json(&["-4", "neigh", "show", &GATEWAY.to_string(), "dev", "eth0"])?;
-                v[0]["lladdr"]
-                    .as_str()
-                    .map(lab_sys::parse_mac)
-                    .transpose()
+                v[0]["lladdr"].as_str().map(lab_sys::parse_mac).transpose()
             })
             .collect()
     }
@@ -602,10 +600,19 @@ impl ClusterLab {
         let mac = self.nodes[k].ns.mac(INT)?;
         let t0 = Instant::now();
         wait_for(
-            &format!("every backend's gateway entry on {}'s MAC", self.nodes[k].name),
+            &format!(
+                "every backend's gateway entry on {}'s MAC",
+                self.nodes[k].name
+            ),
             timeout,
             Duration::from_millis(10),
-            || Ok(self.gateway_macs()?.iter().all(|m| *m == Some(mac)).then_some(())),
+            || {
+                Ok(self
+                    .gateway_macs()?
+                    .iter()
+                    .all(|m| *m == Some(mac))
+                    .then_some(()))
+            },
         )?;
         Ok(t0.elapsed())
     }
@@ -731,7 +738,8 @@ impl ClusterLab {
                 node.name,
                 node.daemon_tail(n),
                 node.name,
-                node.bird().map_or_else(|| "not running".into(), |b| b.log_tail(n)),
+                node.bird()
+                    .map_or_else(|| "not running".into(), |b| b.log_tail(n)),
                 node.name,
                 node.keepalived_tail(n),
             )
@@ -755,8 +763,46 @@ impl ClusterLab {
     }
 }
 
+impl ClusterLab {
+    /// Copy every log and config of the run (charons, each node's daemon, BIRD and
+    /// keepalived, the router's BIRD, the pings) to `dest/<run prefix>/`: the run's own
+    /// directory disappears with the lab.
+    pub fn save_logs(&self, dest: &Path) -> Result<PathBuf> {
+        let to = dest.join(self.prefix.as_str());
+        std::fs::create_dir_all(&to).with_context(|| format!("mkdir {}", to.display()))?;
+        let wanted = |name: &str| {
+            [".log", ".conf", ".yaml", ".out"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+        };
+        for entry in std::fs::read_dir(self.dir.path())?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                let peer = name.strip_prefix("charon-").unwrap_or(&name);
+                for file in std::fs::read_dir(&path)?.flatten() {
+                    let fname = file.file_name().to_string_lossy().into_owned();
+                    if wanted(&fname) && file.path().is_file() {
+                        let _ = std::fs::copy(file.path(), to.join(format!("{peer}-{fname}")));
+                    }
+                }
+            } else if wanted(&name) {
+                let _ = std::fs::copy(&path, to.join(&name));
+            }
+        }
+        Ok(to)
+    }
+}
+
 impl Drop for ClusterLab {
     fn drop(&mut self) {
+        // $IKELB_INTEROP_LOGS=DIR keeps every log, also when a test fails.
+        if let Some(dest) = std::env::var_os(LOGS_ENV) {
+            match self.save_logs(Path::new(&dest)) {
+                Ok(to) => eprintln!("cluster lab: logs saved in {}", to.display()),
+                Err(e) => eprintln!("cluster lab: cannot save logs: {e:#}"),
+            }
+        }
         // Signal every charon first so their shutdowns overlap; each guard then waits for its
         // own process as the fields drop.
         for c in self

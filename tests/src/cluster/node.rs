@@ -128,7 +128,11 @@ impl Node {
     /// interfaces.
     pub fn start_daemon(&mut self, lb_ctl: &Path, backends: &[Ipv4Addr]) -> Result<()> {
         if let Some(d) = self.daemon.as_mut() {
-            ensure!(d.exit_status().is_some(), "{}: daemon already running", self.name);
+            ensure!(
+                d.exit_status().is_some(),
+                "{}: daemon already running",
+                self.name
+            );
         }
         let config = self.dir.join("ikelb.yaml");
         std::fs::write(&config, self.daemon_config(backends))?;
@@ -151,7 +155,10 @@ impl Node {
             Duration::from_millis(50),
             || {
                 if let Some(status) = daemon.exit_status() {
-                    bail!("lb-ctl daemon exited ({status}):\n{}", daemon.output_tail(40));
+                    bail!(
+                        "lb-ctl daemon exited ({status}):\n{}",
+                        daemon.output_tail(40)
+                    );
                 }
                 Ok(ns.xdp(EXT)?.zip(ns.xdp(INT)?))
             },
@@ -195,7 +202,10 @@ impl Node {
             &[
                 ("log syslog all;", "log stderr all;"),
                 ("router id 192.0.2.1;", &format!("router id {ext};")),
-                ("local 192.0.2.1 as 65001;", &format!("local {ext} as 65001;")),
+                (
+                    "local 192.0.2.1 as 65001;",
+                    &format!("local {ext} as 65001;"),
+                ),
                 (
                     "neighbor 192.0.2.2 as 65000;",
                     &format!("neighbor {ROUTER_NODES_ADDR} as 65000;"),
@@ -224,9 +234,18 @@ impl Node {
             "priority 100 ",
             &format!("priority {} ", self.priority),
         )])?;
-        self.keepalived = Some(Keepalived::start(
-            &self.ns, &self.name, &config, &self.dir,
-        )?);
+        self.keepalived = Some(Keepalived::start(&self.ns, &self.name, &config, &self.dir)?);
+        Ok(())
+    }
+
+    /// SIGTERM to keepalived without waiting for it to exit (see
+    /// [`Keepalived::terminate`]).
+    pub fn terminate_keepalived(&mut self) -> Result<()> {
+        let name = &self.name;
+        self.keepalived
+            .as_mut()
+            .with_context(|| format!("{name}: keepalived not started"))?
+            .terminate();
         Ok(())
     }
 
@@ -312,11 +331,7 @@ impl Node {
     pub fn counters(&self) -> Result<Counters> {
         let text = self.metrics()?;
         let packets = |dir: &str| {
-            metrics::sum(
-                &text,
-                "ikelb_backend_packets_total",
-                &[("direction", dir)],
-            ) as u64
+            metrics::sum(&text, "ikelb_backend_packets_total", &[("direction", dir)]) as u64
         };
         Ok(Counters {
             forward: packets("forward"),

@@ -16,7 +16,8 @@ use crate::lab::{Child, NetNs};
 
 /// Seconds since the epoch, as `ping -D` prints them.
 pub fn epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `count` echo requests from `ns` to `to`, 200 ms apart, each given 2 s: (sent, received).
