@@ -387,8 +387,13 @@ impl ClusterLab {
             dir,
             prefix,
         };
+        // Each node's BGP session takes a few seconds (BIRD's connect delay and retry):
+        // start them all, then wait.
         for k in 0..spec.started {
-            lab.start_node(k)?;
+            lab.launch_node(k)?;
+        }
+        for k in 0..spec.started {
+            lab.wait_session(k)?;
         }
         let started: Vec<usize> = (0..spec.started).collect();
         lab.wait_nexthops(&started, Duration::from_secs(20))?;
@@ -443,11 +448,23 @@ impl ClusterLab {
     /// Start node `k`: its daemon (XDP attached), BIRD (its session with the router up) and
     /// keepalived.
     pub fn start_node(&mut self, k: usize) -> Result<()> {
+        self.launch_node(k)?;
+        self.wait_session(k)
+    }
+
+    /// Start node `k`'s daemon (XDP attached), BIRD and keepalived, without waiting for its
+    /// BGP session.
+    fn launch_node(&mut self, k: usize) -> Result<()> {
         let backends = self.backend_addrs();
         let node = &mut self.nodes[k];
         node.start_daemon(&self.lb_ctl, &backends)?;
         node.start_bird()?;
-        node.start_keepalived()?;
+        node.start_keepalived()
+    }
+
+    /// Wait until the router's BGP session with node `k` is established.
+    fn wait_session(&self, k: usize) -> Result<()> {
+        let node = &self.nodes[k];
         let session = format!("node{}", k + 1);
         let router = &self.router_bird;
         wait_for(
