@@ -200,6 +200,13 @@ pub struct PersistValue {
 }
 const _: () = assert!(size_of::<PersistValue>() == 16);
 
+/// [`PersistValue::port`] of an entry the daemon wrote from another cluster node's shared
+/// persistence (`docs/cluster.md`, "Shared persistence"): no MAC is learned for the client
+/// on this node yet, so its backend's replies go where the kernel FIB routes them, until the
+/// client's own frames arrive here and the entry learns their MAC and port (with the FIB's
+/// confirmation, as any move).
+pub const PORT_SHARED: u8 = 254;
+
 /// Value of [`maps::PROBATION_V4`] / [`maps::PROBATION_V6`]: a client that has not yet shown
 /// return routability. Its first fields are a [`PersistValue`] (same meaning, same offsets).
 ///

@@ -22,7 +22,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     event, hash::ring_slot, Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    BACKEND_NONE, PORT_SHARED, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -403,7 +403,8 @@ pub enum Back {
 }
 
 /// Whether a backend's packet (`id`, of `svc`) to `daddr` answers a live client of that
-/// backend: its established entry, else its probation entry (whose proof the packet may set),
+/// backend: its established entry (one shared by another cluster node, `PORT_SHARED`, has no
+/// MAC yet and is routed by the FIB), else its probation entry (whose proof the packet may set),
 /// else — no entry at all — the ring, with the route the kernel FIB gives. What the FIB would
 /// not forward (the gateway's own addresses: its probes of the backend's service, tools run on
 /// it; or a destination without any route, which the kernel then drops itself) is the
@@ -422,10 +423,17 @@ pub fn reverse<F: Family>(
     let key = F::key(svc.id, daddr);
     // SAFETY (entry accesses): see `forward`.
     if let Some(e) = F::persist().get_ptr(&key) {
-        return if unsafe { (*e).backend == id && live((*e).atime, now) } {
-            Ok(Back::Entry(e))
-        } else {
-            Err(DROP_REVERSE_NOT_CLIENT)
+        if unsafe { (*e).backend != id || !live((*e).atime, now) } {
+            return Err(DROP_REVERSE_NOT_CLIENT);
+        }
+        if unsafe { (*e).port } != PORT_SHARED {
+            return Ok(Back::Entry(e));
+        }
+        // Another node's shared entry, no MAC learned here: where the FIB routes.
+        return match fib::<F>(ctx, svc, daddr) {
+            edge::Fib::Route(r) => Ok(Back::Stateless(r)),
+            edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
+            edge::Fib::Unreachable => Err(DROP_NO_ROUTE),
         };
     }
     if let Some(p) = F::probation().get_ptr_mut(&key) {
@@ -444,17 +452,24 @@ pub fn reverse<F: Family>(
         return Err(PASS_NOT_CLIENT);
     }
     let ours = ring_at(ring_index(svc, F::hash(daddr))?) & RING_BACKEND_MASK == id;
-    match edge::lookup(
-        ctx,
-        F::fib(F::vip(svc)),
-        F::fib(daddr),
-        ctx.ingress_ifindex() as u32,
-    ) {
+    match fib::<F>(ctx, svc, daddr) {
         edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
         edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
         edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
         _ => Err(DROP_REVERSE_NOT_CLIENT),
     }
+}
+
+/// The kernel's route from the service's VIP to client `daddr`, for a reply that arrived on
+/// this interface.
+#[inline(always)]
+fn fib<F: Family>(ctx: &XdpContext, svc: &Service, daddr: &F::Addr) -> edge::Fib {
+    edge::lookup(
+        ctx,
+        F::fib(F::vip(svc)),
+        F::fib(daddr),
+        ctx.ingress_ifindex() as u32,
+    )
 }
 
 /// The backend that serves client `client` of `svc` now, without touching any state (for

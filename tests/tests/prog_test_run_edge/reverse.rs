@@ -169,3 +169,38 @@ fn reverse_path_checks_and_stateless_replies<F: FixtureFamily>(lb: &mut Fixture)
         "a stateless reply creates no entry"
     );
 }
+
+both_families!(a_shared_entry_is_answered_by_the_fib_until_the_client_comes, Setup::default());
+
+/// An entry another cluster node shared (`lb_common::PORT_SHARED`: the daemon writes it with
+/// no MAC, `docs/cluster.md`, "Shared persistence") holds its client on its backend even where
+/// the ring names another one: the backend's replies go where the FIB routes them, another
+/// backend's are refused, and the client's first frame here is forwarded to the entry's
+/// backend and teaches the entry its MAC and port (the FIB agrees), after which replies leave
+/// by the entry as for any client.
+fn a_shared_entry_is_answered_by_the_fib_until_the_client_comes<F: FixtureFamily>(
+    lb: &mut Fixture,
+) {
+    let now = now_ticks();
+    let c = client::<F>(90);
+    let theirs = F::other_backend(ring(lb, c));
+    lb.persist(
+        c.into(),
+        persist_entry(theirs, now, [0; 6], u32::from(lb_common::PORT_SHARED)),
+    );
+    let reply = from_backend(theirs, 4500, c, 4500, &data(60));
+    let ring_reply = from_backend(ring(lb, c), 4500, c, 4500, &data(60));
+    let first = udp(c, 4500, 4500, &data(80));
+    #[rustfmt::skip]
+    lb.check(&[
+        case("shared entry, its backend's reply: FIB route", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[(event::REVERSE_STATELESS, 1)]),
+        case("shared entry, the ring's backend replies: refused", ring_reply.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT).events(&[]),
+        case("the client's first frame here: the shared backend, MAC learned", first.bytes(), Expect::Redirect(forwarded(&first, theirs)), counter::FORWARD).events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
+        case("then replies by the entry", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[]),
+    ]);
+    assert_eq!(
+        lb.persisted(c.into()).map(|e| (e.backend, e.client_mac, e.port)),
+        Some((theirs, ROUTER_MAC, PORT_EXT as u8)),
+        "the entry learned where the client is"
+    );
+}
