@@ -52,6 +52,7 @@ pub mod kernel;
 pub mod listen;
 pub mod metrics;
 pub mod neighbor;
+pub mod netlink;
 pub mod operator;
 pub mod own_addresses;
 pub mod paths;
