@@ -180,6 +180,22 @@ pub trait Dataplane {
         key: &PersistKeyV6,
     ) -> Result<Option<PersistValue>, DataplaneError>;
 
+    /// Inserts `value` for `key` into `PERSIST_V4` unless the client has an entry there
+    /// (`BPF_NOEXIST`): `Ok(false)` when it has. For entries another cluster node shares
+    /// (`crate::share`), which never overwrite what this node learned itself.
+    fn persistence_v4_insert_new(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError>;
+
+    /// As [`persistence_v4_insert_new`](Dataplane::persistence_v4_insert_new), `PERSIST_V6`.
+    fn persistence_v6_insert_new(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError>;
+
     /// One entry of `PROBATION_V4` (`lb-ctl lookup`).
     fn probation_v4_get(
         &self,

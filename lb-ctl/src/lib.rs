@@ -59,6 +59,7 @@ pub mod paths;
 pub mod pin;
 pub mod runtime;
 pub mod scan;
+pub mod share;
 pub mod state;
 
 /// `e` and its sources on one line. Our errors already print their direct source; aya's

@@ -138,6 +138,35 @@ impl AyaDataplane {
         }
     }
 
+    /// Inserts `key` unless it is there (`BPF_NOEXIST`): `Ok(false)` when it is.
+    fn insert_new<K: Pod + std::fmt::Debug, V: Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+        value: V,
+    ) -> Result<bool, DataplaneError> {
+        let mut m: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
+                map,
+                source: Box::new(source),
+            })?;
+        // BPF_NOEXIST (include/uapi/linux/bpf.h): create, never replace.
+        const BPF_NOEXIST: u64 = 1;
+        match m.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(DataplaneError::Update {
+                map,
+                key: format!("{key:?}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     fn array_set<V: Pod>(
         &mut self,
         map: &'static str,
@@ -425,6 +454,22 @@ impl Dataplane for AyaDataplane {
         key: &PersistKeyV6,
     ) -> Result<Option<PersistValue>, DataplaneError> {
         self.persist_get(maps::PERSIST_V6, key)
+    }
+
+    fn persistence_v4_insert_new(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError> {
+        self.insert_new(maps::PERSIST_V4, *key, *value)
+    }
+
+    fn persistence_v6_insert_new(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError> {
+        self.insert_new(maps::PERSIST_V6, *key, *value)
     }
 }
 

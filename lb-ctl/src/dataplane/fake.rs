@@ -457,4 +457,28 @@ impl Dataplane for FakeDataplane {
             .find(|(k, _)| k == key)
             .map(|(_, v)| *v))
     }
+
+    fn persistence_v4_insert_new(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError> {
+        if self.persist_v4.iter().any(|(k, _)| k == key) {
+            return Ok(false);
+        }
+        self.persist_v4.push((*key, *value));
+        Ok(true)
+    }
+
+    fn persistence_v6_insert_new(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &PersistValue,
+    ) -> Result<bool, DataplaneError> {
+        if self.persist_v6.iter().any(|(k, _)| k == key) {
+            return Ok(false);
+        }
+        self.persist_v6.push((*key, *value));
+        Ok(true)
+    }
 }

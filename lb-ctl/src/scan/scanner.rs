@@ -33,6 +33,11 @@ pub struct Scanned {
     /// own vectors, kept rather than dropped: 36 bytes an entry (20 of key, 16 of value)
     /// beside the 24 of its [`PersistEntry`], until the next scan replaces this one.
     pub v6: Vec<(PersistKeyV6, PersistValue)>,
+    /// How many of `v4`, from the start, are `PERSIST_V4`'s (established clients); the rest
+    /// are `PROBATION_V4`'s.
+    pub established_v4: usize,
+    /// The same of `v6`.
+    pub established_v6: usize,
     /// One per map walked.
     pub maps: Vec<WalkStats>,
 }
@@ -49,6 +54,8 @@ impl Scanned {
         let maps = vec![v4.stats, v6.stats, p4.stats, p6.stats];
         Self {
             entries,
+            established_v4: v4.entries.len(),
+            established_v6: v6.entries.len(),
             v4: keyed(v4.entries, &p4.entries),
             v6: keyed(v6.entries, &p6.entries),
             maps,

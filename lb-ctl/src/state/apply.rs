@@ -95,6 +95,19 @@ impl<D: Dataplane> Balancer<D> {
         &self.services
     }
 
+    /// The backend slot `slot` of service `service` names once every pending move is done:
+    /// the held table's target for a held slot ("Slot moves"), else the active table's.
+    /// `None` for an unknown service or slot.
+    pub fn converged_backend(&self, service: u32, slot: u32) -> Option<u32> {
+        let svc = &self.services[self.service_index(service)?];
+        let slot = slot as usize;
+        let active = svc.active_table().get(slot)? & RING_BACKEND_MASK;
+        Some(match &svc.hold {
+            Some(h) if h.holds(slot, active) => h.target[slot] & RING_BACKEND_MASK,
+            _ => active,
+        })
+    }
+
     /// Index in [`services`](Balancer::services) (and `config.virtual_servers`) of service
     /// `id`.
     pub fn service_index(&self, id: u32) -> Option<usize> {

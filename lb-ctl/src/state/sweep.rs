@@ -47,6 +47,33 @@ impl<D: Dataplane> Balancer<D> {
         }
     }
 
+    /// Flags `slot` of service `service`'s active table `RING_F_CHANGED` (the map, then the
+    /// mirror), before an entry that disagrees with the slot is written from outside the data
+    /// path (`crate::share`): the fast path then sends the slot's clients through their
+    /// entries. The flag counts as a change of its own epoch, so no sweep whose ticket is older
+    /// clears it on a read that missed the entry. Nothing to do when the slot is flagged
+    /// already; an unknown service or slot changes nothing.
+    pub fn flag_slot(&mut self, service: u32, slot: u32) -> Result<(), StateError> {
+        let Some(i) = self.service_index(service) else {
+            return Ok(());
+        };
+        let svc = &self.services[i];
+        let Some(&v) = svc.active_table().get(slot as usize) else {
+            return Ok(());
+        };
+        if v & RING_F_CHANGED != 0 || !svc.written {
+            return Ok(());
+        }
+        let write = (svc.value.ring_base + slot, v | RING_F_CHANGED);
+        self.dp.write_ring_slots(&[write])?;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let svc = &mut self.services[i];
+        let active = svc.active;
+        svc.buffers[active][slot as usize] = write.1;
+        svc.changed_at[slot as usize] = self.epoch;
+        Ok(())
+    }
+
     /// Slots flagged `RING_F_CHANGED` in the active tables, all services.
     pub fn flagged_slots(&self) -> usize {
         self.services
