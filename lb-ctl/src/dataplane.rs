@@ -180,20 +180,23 @@ pub trait Dataplane {
         key: &PersistKeyV6,
     ) -> Result<Option<PersistValue>, DataplaneError>;
 
-    /// Inserts `value` for `key` into `PERSIST_V4` unless the client has an entry there
-    /// (`BPF_NOEXIST`): `Ok(false)` when it has. For entries another cluster node shares
-    /// (`crate::share`), which never overwrite what this node learned itself.
-    fn persistence_v4_insert_new(
+    /// Writes `value` for `key` into `PERSIST_V4`; with `new_only`, only if the client has
+    /// no entry there (`BPF_NOEXIST`), else only if it has one (`BPF_EXIST`): `Ok(false)`
+    /// when that condition failed. For entries another cluster node shares (`crate::share`),
+    /// which never overwrite what this node learned itself.
+    fn persistence_v4_write(
         &mut self,
         key: &PersistKeyV4,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError>;
 
-    /// As [`persistence_v4_insert_new`](Dataplane::persistence_v4_insert_new), `PERSIST_V6`.
-    fn persistence_v6_insert_new(
+    /// As [`persistence_v4_write`](Dataplane::persistence_v4_write), `PERSIST_V6`.
+    fn persistence_v6_write(
         &mut self,
         key: &PersistKeyV6,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError>;
 
     /// One entry of `PROBATION_V4` (`lb-ctl lookup`).

@@ -50,6 +50,8 @@ pub struct Shared {
 pub struct ImportReport {
     /// Entries written.
     pub inserted: usize,
+    /// Shared entries of an earlier import, not yet used here, kept alive.
+    pub refreshed: usize,
     /// Clients that had an entry here already (this node's own knowledge wins).
     pub present: usize,
     /// Routes naming no usable backend of ours, or a client of the other family.
@@ -138,7 +140,8 @@ pub fn divergent<D: Dataplane>(
 }
 
 /// Writes an established entry, marked `PORT_SHARED` with `atime = tick`, for every shared
-/// client that has none here, on every usable backend of ours with the route's backend
+/// client that has none here (and refreshes such an entry of an earlier import the client has
+/// not used here yet), on every usable backend of ours with the route's backend
 /// address and a service of the client's family (a backend address in two virtual servers
 /// of one family gives the client an entry in each; only the one it uses is read). The
 /// client's ring slot is flagged first (`Balancer::flag_slot`) when the entry disagrees with
@@ -188,25 +191,31 @@ pub fn import<D: Dataplane>(
                 _ => continue,
             };
             any = true;
-            let present = match key {
-                Key::V4(k) => lb.dataplane().persistence_v4_get(&k)?.is_some(),
-                Key::V6(k) => lb.dataplane().persistence_v6_get(&k)?.is_some(),
+            let existing = match key {
+                Key::V4(k) => lb.dataplane().persistence_v4_get(&k)?,
+                Key::V6(k) => lb.dataplane().persistence_v6_get(&k)?,
             };
-            if present {
-                report.present += 1;
-                continue;
-            }
-            if lb.services()[i].active_backend(slot as usize) != id {
-                lb.flag_slot(service, slot)?;
-            }
-            let inserted = match key {
-                Key::V4(k) => lb.dataplane_mut().persistence_v4_insert_new(&k, &value)?,
-                Key::V6(k) => lb.dataplane_mut().persistence_v6_insert_new(&k, &value)?,
-            };
-            if inserted {
-                report.inserted += 1;
-            } else {
-                report.present += 1;
+            match existing {
+                // Still only shared (the client has not come here): kept alive while the
+                // other node keeps publishing it, or it would idle out here after
+                // `persistence_timeout` however long the client stays with that node.
+                Some(e) if e.port == PORT_SHARED && e.backend == id => {
+                    if e.atime != tick {
+                        let _ = write(lb, &key, &value, false)?;
+                    }
+                    report.refreshed += 1;
+                }
+                Some(_) => report.present += 1,
+                None => {
+                    if lb.services()[i].active_backend(slot as usize) != id {
+                        lb.flag_slot(service, slot)?;
+                    }
+                    if write(lb, &key, &value, true)? {
+                        report.inserted += 1;
+                    } else {
+                        report.present += 1;
+                    }
+                }
             }
         }
         if !any {
@@ -219,6 +228,19 @@ pub fn import<D: Dataplane>(
 enum Key {
     V4(PersistKeyV4),
     V6(PersistKeyV6),
+}
+
+fn write<D: Dataplane>(
+    lb: &mut Balancer<D>,
+    key: &Key,
+    value: &PersistValue,
+    new_only: bool,
+) -> Result<bool, StateError> {
+    let dp = lb.dataplane_mut();
+    Ok(match key {
+        Key::V4(k) => dp.persistence_v4_write(k, value, new_only)?,
+        Key::V6(k) => dp.persistence_v6_write(k, value, new_only)?,
+    })
 }
 
 #[cfg(test)]

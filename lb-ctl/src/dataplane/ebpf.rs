@@ -138,24 +138,26 @@ impl AyaDataplane {
         }
     }
 
-    /// Inserts `key` unless it is there (`BPF_NOEXIST`): `Ok(false)` when it is.
-    fn insert_new<K: Pod + std::fmt::Debug, V: Pod>(
+    /// Writes `key` only if it is not there (`new_only`, `BPF_NOEXIST`: `EEXIST` otherwise)
+    /// or only if it is (`BPF_EXIST`: `ENOENT` otherwise): `Ok(false)` when it failed so.
+    fn write_if<K: Pod + std::fmt::Debug, V: Pod>(
         &mut self,
         map: &'static str,
         key: K,
         value: V,
+        new_only: bool,
     ) -> Result<bool, DataplaneError> {
         let mut m: HashMap<&mut MapData, K, V> =
             HashMap::try_from(self.map_mut(map)?).map_err(|source| DataplaneError::MapType {
                 map,
                 source: Box::new(source),
             })?;
-        // BPF_NOEXIST (include/uapi/linux/bpf.h): create, never replace.
-        const BPF_NOEXIST: u64 = 1;
-        match m.insert(key, value, BPF_NOEXIST) {
+        // BPF_NOEXIST, BPF_EXIST (include/uapi/linux/bpf.h).
+        let (flags, refused) = if new_only { (1, libc::EEXIST) } else { (2, libc::ENOENT) };
+        match m.insert(key, value, flags) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
-                if io_error.raw_os_error() == Some(libc::EEXIST) =>
+                if io_error.raw_os_error() == Some(refused) =>
             {
                 Ok(false)
             }
@@ -456,20 +458,22 @@ impl Dataplane for AyaDataplane {
         self.persist_get(maps::PERSIST_V6, key)
     }
 
-    fn persistence_v4_insert_new(
+    fn persistence_v4_write(
         &mut self,
         key: &PersistKeyV4,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError> {
-        self.insert_new(maps::PERSIST_V4, *key, *value)
+        self.write_if(maps::PERSIST_V4, *key, *value, new_only)
     }
 
-    fn persistence_v6_insert_new(
+    fn persistence_v6_write(
         &mut self,
         key: &PersistKeyV6,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError> {
-        self.insert_new(maps::PERSIST_V6, *key, *value)
+        self.write_if(maps::PERSIST_V6, *key, *value, new_only)
     }
 }
 

@@ -458,27 +458,41 @@ impl Dataplane for FakeDataplane {
             .map(|(_, v)| *v))
     }
 
-    fn persistence_v4_insert_new(
+    fn persistence_v4_write(
         &mut self,
         key: &PersistKeyV4,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError> {
-        if self.persist_v4.iter().any(|(k, _)| k == key) {
-            return Ok(false);
-        }
-        self.persist_v4.push((*key, *value));
-        Ok(true)
+        Ok(fake_write(&mut self.persist_v4, key, value, new_only))
     }
 
-    fn persistence_v6_insert_new(
+    fn persistence_v6_write(
         &mut self,
         key: &PersistKeyV6,
         value: &PersistValue,
+        new_only: bool,
     ) -> Result<bool, DataplaneError> {
-        if self.persist_v6.iter().any(|(k, _)| k == key) {
-            return Ok(false);
+        Ok(fake_write(&mut self.persist_v6, key, value, new_only))
+    }
+}
+
+/// `BPF_NOEXIST` (`new_only`) or `BPF_EXIST` over a vector map.
+fn fake_write<K: PartialEq + Copy>(
+    map: &mut Vec<(K, PersistValue)>,
+    key: &K,
+    value: &PersistValue,
+    new_only: bool,
+) -> bool {
+    match (map.iter_mut().find(|(k, _)| k == key), new_only) {
+        (Some(_), true) | (None, false) => false,
+        (Some((_, v)), false) => {
+            *v = *value;
+            true
         }
-        self.persist_v6.push((*key, *value));
-        Ok(true)
+        (None, true) => {
+            map.push((*key, *value));
+            true
+        }
     }
 }
