@@ -43,6 +43,11 @@
 //!   kernel routing table `table` (1..=2^32-1, not 253/254/255), for BIRD or FRR to export
 //!   over BGP; withdrawn on a clean stop unless `withdraw_on_stop: false` ([`Announce`],
 //!   `crate::announce`, docs/cluster.md).
+//! * `share: {export_table, import_table}` — shared persistence between the nodes of a
+//!   cluster: this node's divergent clients as routes `CLIENT via BACKEND proto 76` in
+//!   `export_table`, the other nodes' read from `import_table` where BIRD writes them; both
+//!   required, the same tables refused as for `announce.table`, all three different
+//!   ([`Share`], `config/tables.rs`, docs/cluster.md).
 //!
 //! Defaults for keys the schema leaves optional: `mode: nat`, `xdp_mode: auto`,
 //! `persistence_timeout: 30m`, `hash_seed: 0`, `ports: [500, 4500]`, `esp: true`,
@@ -56,11 +61,13 @@
 //! * `config/validation.rs` — the checks that turn a parsed file into a [`Config`], and the
 //!   problems (`file:line: key: reason`) they report;
 //! * `config/interfaces.rs` — `interfaces` items and their roles;
+//! * `config/tables.rs` — the routing tables of `announce` and `share`;
 //! * `config/locate.rs` — the line of a key in the YAML source.
 
 mod interfaces;
 mod locate;
 mod schema;
+mod tables;
 mod validation;
 
 use std::{
@@ -77,9 +84,10 @@ use validation::{serde_problem, validate, Origin};
 pub use interfaces::{InterfaceSpec, Role};
 pub use locate::line_of;
 pub use schema::{Mode, XdpAttachMode, DEFAULT_NEW_CLIENT_RATE};
+pub use tables::{table_problem, TABLE_PROBLEMS};
 pub use validation::{
-    address_problem, table_problem, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE,
-    MAX_WEIGHT, MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE, TABLE_PROBLEMS,
+    address_problem, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
+    MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE,
 };
 
 /// A validated configuration.
@@ -129,6 +137,9 @@ pub struct Config {
     /// Route announcement of the VIPs this node can serve (extension; `None`: no routes are
     /// written).
     pub announce: Option<Announce>,
+    /// Shared persistence between the nodes of a cluster: the kernel tables of its routes
+    /// (extension; `None`: nothing is published or read).
+    pub share: Option<Share>,
     /// What is valid but probably not meant (a v6 size without an IPv6 VIP), one line each
     /// like a problem; [`load`] logs them.
     warnings: Vec<Problem>,
@@ -168,6 +179,18 @@ pub struct Announce {
     /// Remove the routes on a clean stop (SIGTERM/SIGINT; default true). A daemon that is
     /// killed leaves them, with the data path, in place.
     pub withdraw_on_stop: bool,
+}
+
+/// `share`: where the daemon publishes its divergent clients and reads the other nodes'
+/// (`crate::share`, docs/cluster.md). Each a table of ikelb's own (see [`TABLE_PROBLEMS`]),
+/// different from each other and from `announce.table`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// Where this node writes `CLIENT/32 via BACKEND proto 76` (`/128` for IPv6), one route
+    /// per divergent client, for BIRD to export over iBGP.
+    pub export_table: u32,
+    /// Where BIRD writes the routes it learned from the other nodes; the daemon reads it.
+    pub import_table: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

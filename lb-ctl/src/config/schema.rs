@@ -85,6 +85,8 @@ pub(super) struct RawConfig {
     pub(super) slot_move_delay: Option<Duration>,
     #[serde(default)]
     pub(super) announce: Option<RawAnnounce>,
+    #[serde(default)]
+    pub(super) share: Option<RawShare>,
 }
 
 /// `announce`: keep a host route for every VIP this node can serve in kernel routing table
@@ -95,6 +97,15 @@ pub(super) struct RawAnnounce {
     pub(super) table: u32,
     #[serde(default = "default_true")]
     pub(super) withdraw_on_stop: bool,
+}
+
+/// `share`: the kernel tables of shared persistence between the nodes of a cluster
+/// (docs/cluster.md). Both keys are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShare {
+    pub(super) export_table: u32,
+    pub(super) import_table: u32,
 }
 
 #[derive(Debug, Deserialize)]

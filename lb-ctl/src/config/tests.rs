@@ -38,6 +38,9 @@ state_dir: /var/lib/ikelb
 bpffs: /sys/fs/bpf/ikelb
 announce:
   table: 100
+share:
+  export_table: 101
+  import_table: 102
 ";
 
 fn refused(source: &str) -> String {
@@ -100,6 +103,13 @@ fn full_config_parses() {
         }),
         "withdraw_on_stop defaults to true"
     );
+    assert_eq!(
+        c.share,
+        Some(Share {
+            export_table: 101,
+            import_table: 102
+        })
+    );
 }
 
 #[test]
@@ -135,6 +145,7 @@ fn minimal_config_gets_the_documented_defaults() {
     );
     assert_eq!(c.new_client_rate, 20_000);
     assert_eq!(c.announce, None, "no routes unless asked for");
+    assert_eq!(c.share, None, "nothing shared unless asked for");
 }
 
 /// `announce.table` takes any table of the kernel's 32-bit space but the kernel's own
@@ -179,6 +190,74 @@ fn announce_tables_and_the_withdraw_warning() {
           the routes are withdrawn with the data path on every clean stop"
         ]
     );
+}
+
+/// `share` takes the tables `announce.table` takes, each different from the other and from
+/// `announce.table`, and works without `announce`; every refusal is one line naming the key.
+#[test]
+fn share_tables_are_ikelbs_own_and_distinct() {
+    let with = |export: u32, import: u32| {
+        FULL.replacen(
+            "export_table: 101\n  import_table: 102",
+            &format!("export_table: {export}\n  import_table: {import}"),
+            1,
+        )
+    };
+    for (export, import) in [(1u32, 2u32), (252, 256), (u32::MAX, 1 << 31)] {
+        let c = parse("ikelb.yaml", &with(export, import))
+            .unwrap_or_else(|e| panic!("tables {export}, {import}: {e}"));
+        assert_eq!(
+            c.share,
+            Some(Share {
+                export_table: export,
+                import_table: import
+            })
+        );
+    }
+    let alone = FULL.replacen("announce:\n  table: 100\n", "", 1);
+    let c = parse("ikelb.yaml", &alone).expect("share without announce");
+    assert_eq!(
+        (c.announce, c.share.map(|s| s.import_table)),
+        (None, Some(102))
+    );
+    for table in [0u32, 253, 254, 255] {
+        let got = refused(&with(table, 102));
+        assert!(
+            got.starts_with(&format!("ikelb.yaml:36: share.export_table: {table} is ")),
+            "{got}"
+        );
+        assert_eq!(got.lines().count(), 1, "{got}");
+        let got = refused(&with(101, table));
+        assert!(
+            got.starts_with(&format!("ikelb.yaml:37: share.import_table: {table} is ")),
+            "{got}"
+        );
+        assert_eq!(got.lines().count(), 1, "{got}");
+    }
+    for (export, import, want) in [
+        (
+            101,
+            101,
+            "ikelb.yaml:37: share.import_table: 101 is already share.export_table: ",
+        ),
+        (
+            100,
+            102,
+            "ikelb.yaml:36: share.export_table: 100 is already announce.table: ",
+        ),
+        (
+            101,
+            100,
+            "ikelb.yaml:37: share.import_table: 100 is already announce.table: ",
+        ),
+    ] {
+        let got = refused(&with(export, import));
+        assert!(got.starts_with(want), "{export}, {import}: {got}");
+        assert_eq!(got.lines().count(), 1, "{got}");
+    }
+    // All three the same: each later key names the first.
+    let got = refused(&with(100, 100));
+    assert_eq!(got.lines().count(), 2, "{got}");
 }
 
 #[test]
@@ -408,6 +487,18 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "ikelb.yaml:34: announce: missing field `table`"),
     ("unknown key in announce", "table: 100", "table: 100\n  withdraw: false",
         "ikelb.yaml:35: announce: unknown field `withdraw`"),
+    ("share without export_table", "  export_table: 101\n", "",
+        "ikelb.yaml:36: share: missing field `export_table`"),
+    ("share without import_table", "  import_table: 102\n", "",
+        "ikelb.yaml:36: share: missing field `import_table`"),
+    ("share empty", "share:\n  export_table: 101\n  import_table: 102\n", "share: {}\n",
+        "ikelb.yaml:35: share: missing field `export_table`"),
+    ("unknown key in share", "import_table: 102", "import_table: 102\n  table: 103",
+        "ikelb.yaml:38: share: unknown field `table`"),
+    ("share.export_table negative", "export_table: 101", "export_table: -1",
+        "ikelb.yaml:36: share.export_table: invalid type: integer `-1`, expected u32"),
+    ("share.import_table local", "import_table: 102", "import_table: 255",
+        "ikelb.yaml:37: share.import_table: 255 is the kernel's `local` table"),
     ("withdraw_on_stop not a bool", "table: 100", "table: 100\n  withdraw_on_stop: maybe",
         "ikelb.yaml:35: announce.withdraw_on_stop: invalid type"),
 ];

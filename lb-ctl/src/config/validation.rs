@@ -12,8 +12,8 @@ use std::{
 use lb_common::{MAX_IFACES, MAX_PORTS};
 
 use super::{
-    interfaces, line_of, schema::RawConfig, Announce, BackendConfig, Config, HealthCheck,
-    InterfaceSpec, VirtualServer,
+    interfaces, line_of, schema::RawConfig, tables, Announce, BackendConfig, Config, HealthCheck,
+    InterfaceSpec, Share, VirtualServer,
 };
 
 /// Largest accepted backend weight. Weights are relative: with the default table of 65537
@@ -67,36 +67,6 @@ pub fn address_problem(ip: IpAddr) -> Option<String> {
             }
         }
     }
-}
-
-/// Routing tables `announce.table` may not name, and why: the kernel's own (`rt_tables`).
-/// A host route to `lo` there would change how this host forwards (`main`, `default`) or
-/// make the VIP a local address (`local`); a table of ikelb's own changes nothing until a
-/// routing daemon exports it.
-pub const TABLE_PROBLEMS: &[(u32, &str)] = &[
-    (0, "0 is RT_TABLE_UNSPEC, not a table"),
-    (
-        253,
-        "253 is the kernel's `default` table (policy routing's fallback)",
-    ),
-    (
-        254,
-        "254 is the kernel's `main` table, which this host forwards by",
-    ),
-    (
-        255,
-        "255 is the kernel's `local` table, which makes addresses local",
-    ),
-];
-
-/// Why `table` cannot be `announce.table`, if it cannot.
-pub fn table_problem(table: u32) -> Option<String> {
-    TABLE_PROBLEMS
-        .iter()
-        .find(|(t, _)| *t == table)
-        .map(|(_, why)| {
-            format!("{why}: use a table of ikelb's own (1..=4294967295 but not 253-255, e.g. 100)")
-        })
 }
 
 /// Where a configuration came from: the file name and its text, to locate problems.
@@ -555,8 +525,15 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         table: a.table,
         withdraw_on_stop: a.withdraw_on_stop,
     });
-    if let Some(why) = announce.and_then(|a| table_problem(a.table)) {
-        c.refuse("announce.table", why);
+    let share = raw.share.as_ref().map(|s| Share {
+        export_table: s.export_table,
+        import_table: s.import_table,
+    });
+    for (key, why) in tables::problems(
+        announce.map(|a| a.table),
+        share.map(|s| (s.export_table, s.import_table)),
+    ) {
+        c.refuse(key, why);
     }
 
     if !c.problems.is_empty() {
@@ -635,6 +612,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         slot_fast_path: raw.slot_fast_path,
         slot_move_delay,
         announce,
+        share,
         warnings,
         origin,
     })
