@@ -153,6 +153,9 @@ pub struct Metrics {
     vip_announced: IntGaugeVec,
     route_changes: IntCounter,
     route_errors: IntCounter,
+    share_clients: IntGaugeVec,
+    share_imported: IntCounter,
+    share_errors: IntCounter,
 }
 
 impl Metrics {
@@ -252,6 +255,27 @@ impl Metrics {
             "ikelb_announce_route_errors_total",
             Box::new(route_errors.clone()),
         )?;
+        let share_clients = gauge_vec(
+            "ikelb_share_clients",
+            "Shared persistence: this node's divergent clients in share.export_table (table=\"exported\"), the other nodes' in share.import_table (table=\"learned\"), at the last round.",
+            &["table"],
+        );
+        reg("ikelb_share_clients", Box::new(share_clients.clone()))?;
+        let share_imported = IntCounter::new(
+            "ikelb_share_imported_total",
+            "Persistence entries written from the other nodes' shared clients.",
+        )
+        .expect("valid metric definition");
+        reg(
+            "ikelb_share_imported_total",
+            Box::new(share_imported.clone()),
+        )?;
+        let share_errors = IntCounter::new(
+            "ikelb_share_errors_total",
+            "Reads and writes of the shared persistence tables that failed (retried every round).",
+        )
+        .expect("valid metric definition");
+        reg("ikelb_share_errors_total", Box::new(share_errors.clone()))?;
         let build = gauge_vec(
             "ikelb_build_info",
             "Always 1; the version label names the running lb-ctl.",
@@ -272,6 +296,9 @@ impl Metrics {
             vip_announced,
             route_changes,
             route_errors,
+            share_clients,
+            share_imported,
+            share_errors,
         })
     }
 
@@ -349,6 +376,23 @@ impl Metrics {
                 me.flags_cleared.inc_by(cleared);
             }
             Err(()) => me.sweeps.with_label_values(&["failed"]).inc(),
+        })
+    }
+
+    /// The observer to give the shared persistence rounds (`Runtime::observe_shares`).
+    pub fn share_observer(self: &Arc<Self>) -> crate::runtime::share::ShareObserver {
+        let me = Arc::clone(self);
+        Arc::new(move |s| {
+            me.share_clients
+                .with_label_values(&["exported"])
+                .set(s.exported as i64);
+            me.share_clients
+                .with_label_values(&["learned"])
+                .set(s.learned as i64);
+            me.share_imported
+                .inc_by(s.imported.saturating_sub(me.share_imported.get()));
+            me.share_errors
+                .inc_by(s.errors.saturating_sub(me.share_errors.get()));
         })
     }
 

@@ -184,6 +184,7 @@ mod drain;
 mod event_loop;
 mod health_verdicts;
 mod requests;
+pub mod share;
 pub use drain::MAX_DRAIN;
 pub use event_loop::{apply_and_log, Event, Runtime, RuntimeError};
 

@@ -113,6 +113,7 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     .await
     .map_err(|e| DaemonError::Control(Box::new(e)))?;
     control.observe_sweeps(metrics.sweep_observer());
+    control.observe_shares(metrics.share_observer());
     // One persistence scan at a time for scrapes, queries, drains and the sweep.
     metrics.share_scans(control.scanner());
 

@@ -1,13 +1,14 @@
 //! The daemon's side ([`Runtime`]): the controller wired to tokio — the health monitor and
 //! control socket tasks, the drain timer, the shared persistence scans waited for off the
-//! loop, the slot flag sweep — and the maps applied after every event.
+//! loop, the slot flag sweep, shared persistence between cluster nodes — and the maps
+//! applied after every event.
 
 use std::{sync::Arc, time::SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::{sweep, Clock, Controller, Effects, Store, StoreError};
+use super::{share, sweep, Clock, Controller, Effects, Store, StoreError};
 use crate::{
     api::{ApiError, ControlSocket, ErrorCode, Request, Response, SocketError},
     config::Config,
@@ -58,6 +59,8 @@ pub enum Event {
     Scanned(crate::scan::Outcome),
     /// The slot flag sweep (`sweep.rs`).
     Sweep(sweep::SweepEvent),
+    /// Shared persistence between cluster nodes (`share.rs`).
+    Share(share::ShareEvent),
 }
 
 /// A wait for the shared scanner's result (`crate::scan::Scanner::get`).
@@ -82,6 +85,8 @@ pub struct Runtime {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The slot flag sweep, when `slot_fast_path` is on.
     sweeper: Option<sweep::Sweeper>,
+    /// Shared persistence, when `share` is configured.
+    sharer: Option<share::Sharer>,
 }
 
 impl Controller {
@@ -105,6 +110,13 @@ impl Controller {
 }
 
 impl Runtime {
+    /// Reports every shared-persistence round to `observer` (no-op without `share`).
+    pub fn observe_shares(&mut self, observer: share::ShareObserver) {
+        if let Some(s) = self.sharer.as_mut() {
+            s.set_observer(observer);
+        }
+    }
+
     /// Reports every slot flag sweep to `observer` (no-op when the fast path is off).
     pub fn observe_sweeps(&mut self, observer: sweep::SweepObserver) {
         if let Some(s) = self.sweeper.as_mut() {
@@ -160,6 +172,7 @@ impl Runtime {
             requests: requests_rx,
             drain_tick,
             sweeper: sweep::Sweeper::new(&config, Arc::clone(&scanner)),
+            sharer: share::Sharer::new(&config, Arc::clone(&scanner)),
             scanner,
             scan: None,
             last_scan: None,
@@ -178,6 +191,8 @@ impl Runtime {
             _ = self.drain_tick.tick() => Event::DrainCheck,
             ev = async { self.sweeper.as_mut().expect("guarded by the condition").next().await },
                 if self.sweeper.is_some() => Event::Sweep(ev),
+            ev = async { self.sharer.as_mut().expect("guarded by the condition").next().await },
+                if self.sharer.is_some() => Event::Share(ev),
             done = async { self.scan.as_mut().expect("guarded by the condition").await },
                 if self.scan.is_some() =>
             {
@@ -196,6 +211,12 @@ impl Runtime {
             Event::Health(reports) => self.controller.on_health(lb, &reports),
             Event::Sweep(ev) => {
                 if let Some(s) = self.sweeper.as_mut() {
+                    s.handle(lb, ev);
+                }
+                return false;
+            }
+            Event::Share(ev) => {
+                if let Some(s) = self.sharer.as_mut() {
                     s.handle(lb, ev);
                 }
                 return false;
