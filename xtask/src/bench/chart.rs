@@ -28,12 +28,16 @@ const COLORS: [RGBColor; 5] = [
 
 pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
     let font = std::fs::read(FONT).with_context(|| format!("reading the chart font {FONT}"))?;
-    register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| anyhow!("{FONT} is not a usable TrueType font"))?;
+    register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow!("{FONT} is not a usable TrueType font"))?;
 
     let ymax = SIZES
         .iter()
-        .flat_map(|(s, _)| VARIANTS.iter().map(move |(v, _)| r.median(s, v)))
+        .flat_map(|(s, _)| VARIANTS.iter().map(move |v| r.median(s, v.key)))
         .fold(0.0f64, f64::max)
         * 1.32;
     let root = BitMapBackend::new(path, (1200, 680)).into_drawing_area();
@@ -74,16 +78,20 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
 
     let width = 0.8 / VARIANTS.len() as f64;
-    for (vi, (v, label)) in VARIANTS.iter().enumerate() {
+    for (vi, variant) in VARIANTS.iter().enumerate() {
+        let (v, label) = (variant.key, variant.what);
         let color = COLORS[vi];
         let bars = SIZES.iter().enumerate().map(|(si, (s, _))| {
             let x0 = si as f64 + 0.1 + vi as f64 * width;
-            Rectangle::new([(x0, 0.0), (x0 + width * 0.92, r.median(s, v))], color.filled())
+            Rectangle::new(
+                [(x0, 0.0), (x0 + width * 0.92, r.median(s, v))],
+                color.filled(),
+            )
         });
         chart
             .draw_series(bars)
             .map_err(|e| anyhow!("{e}"))?
-            .label(*label)
+            .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
         for (si, (s, _)) in SIZES.iter().enumerate() {
             let x = si as f64 + 0.1 + (vi as f64 + 0.46) * width;
@@ -112,8 +120,12 @@ pub fn draw(r: &Results, machine: &str, path: &Path) -> Result<()> {
                 .color(&BLACK)
                 .pos(Pos::new(HPos::Center, VPos::Top))
         };
-        root.draw(&Text::new(format!("{} clients", thousands(*clients)), (at.0, at.1 + 8), centered(17)))
-            .map_err(|e| anyhow!("{e}"))?;
+        root.draw(&Text::new(
+            format!("{} clients", thousands(*clients)),
+            (at.0, at.1 + 8),
+            centered(17),
+        ))
+        .map_err(|e| anyhow!("{e}"))?;
         root.draw(&Text::new(
             format!("ikelb = {:.2} × trivial, {:.1} × nft", i / t, i / n),
             (at.0, at.1 + 30),

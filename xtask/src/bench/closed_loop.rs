@@ -1,4 +1,4 @@
-//! Throughput through real veth in a single-core closed loop:
+//! Throughput through real veth in a single-core closed loop, once per address family:
 //!
 //! ```text
 //!            ┌ to_a ══ in [gw-a: MAC swap + redirect] out ══ s0 [sink-a] ┐
@@ -7,16 +7,18 @@
 //!  live      └ to_d ══ in [gw-d: kernel forwarding] out ══ s0 [sink-d] ┘
 //! ```
 //!
-//! The generator is `bench_stamp` driven by `BPF_PROG_TEST_RUN` with
-//! `BPF_F_TEST_XDP_LIVE_FRAMES` (batch 64) on the chosen `to_*` veth: every frame is rewritten
-//! from the template (next client address) and sent with XDP_TX into that gateway. Frames
-//! are bulk VPN data: ESP in UDP to 4500, 64 bytes on the wire. Everything
+//! The generator is the family's stamp (`bench_stamp`, `bench_stamp6`) driven by
+//! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (batch 64) on the chosen `to_*` veth:
+//! every frame is rewritten from the template (next client address) and sent with XDP_TX into
+//! that gateway. Frames are bulk VPN data: ESP in UDP to 4500 of the VIP, 64 bytes on the
+//! wire over IPv4, the same payload behind the IPv6 header over IPv6 (84). Everything
 //! downstream — the gateway's NAPI, its XDP program or the kernel stack, the sink's NAPI and
 //! XDP program — runs in the softirqs the generator's `local_bh_enable` triggers, on the
 //! generator's CPU: one core carries the whole loop, so packets per second measure the cost
-//! per packet of the path. The four gateways stay configured for the whole run, so the
-//! variants alternate (A B C D, A B C D, …) with nothing rebuilt in between.
+//! per packet of the path. The gateways stay configured for the whole run, so the variants
+//! alternate (A B C D E, A B C D E, …) with nothing rebuilt in between.
 //!
+//! IPv4 ([`VARIANTS`]):
 //! * gw-a: `bench_fwd` (MAC swap + devmap redirect): the physical limit of this path.
 //! * gw-b: `lb-ctl daemon` with the benchmark configuration — the real program with the maps
 //!   the daemon fills (it resolves the backends and health-checks them like in production;
@@ -27,71 +29,164 @@
 //!   this lb-ctl accepts the key (`--check`), else the same object loaded with the global on
 //!   and filled by `lb_ctl`'s own `Balancer`, attached to both veths (the table says which).
 //!
+//! IPv6 ([`VARIANTS_V6`]), after the IPv4 rig is torn down (so the IPv4 loop runs exactly as
+//! without it): `bench_fwd6`, and the two daemons with the IPv6 benchmark configuration (the
+//! IPv6 VIP, 10 IPv6 backends held by the sinks, which answer neighbour discovery and the
+//! daemons' ICMPv6 echoes through the kernel; `bench_sink6` counts and drops only UDP to
+//! 500/4500). Gateways and sinks have IPv6 on without duplicate address detection.
+//!
 //! The clients are **established** in both ikelb gateways before each size is measured:
 //! since the two-tier persistence only a promotion (the client echoing its backend's IKE
-//! responder SPI) creates a `PERSIST_V4` entry, and ESP from unknown sources would only reach
+//! responder SPI) creates a `PERSIST_*` entry, and ESP from unknown sources would only reach
 //! the rationed probation map, the bench writes each client's entry into the daemon's pinned
-//! `PERSIST_V4` as a promotion leaves it (`lb::establish`). Each ikelb sample also records,
-//! from the gateway's `EVENTS`, the share of its frames that took the slot fast path (gw-e)
-//! and how many counted as new clients (0 unless entries were lost).
+//! `PERSIST_V4` / `PERSIST_V6` as a promotion leaves it (`lb::establish`). Each ikelb sample
+//! also records, from the gateway's `EVENTS`, the share of its frames that took the slot fast
+//! path (the lever) and how many counted as new clients (0 unless entries were lost).
+
+mod rig;
 
 use std::{
-    fs,
-    os::fd::AsFd as _,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{Array, DevMap, HashMap, Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
-    Ebpf, EbpfLoader,
-};
-use lb_common::{event, PersistKeyV4, PersistValue, Service};
-use lb_ctl::{
-    dataplane::AyaDataplane,
-    pin::Pins,
-    state::{Balancer, IfaceInfo},
-    EBPF_OBJECT,
-};
+use anyhow::{Context as _, Result};
+use lb_common::event;
 
 use crate::{
-    control::MAGLEV_M,
-    frame::{self, BenchCfg, Template, ESP_IN_UDP, MODE_FORWARD},
-    lb::{self, backend_addr, DaemonPaths, BACKENDS, VIP},
+    family::Family,
     stats::median,
-    sys::{self, BpfFs, Child, NetNs, RunPrefix, Sysctl, TempDir, Veth},
+    sys::{NetNs, RunPrefix},
 };
+use rig::{Rig, CHUNK};
 
-/// The compared paths, in the order they alternate.
-pub const VARIANTS: [(&str, &str); 5] = [
-    ("trivial", "MAC swap + redirect (XDP)"),
-    ("ikelb", "ikelb (lb-ctl daemon), slot fast path off"),
-    ("nft", "nft DNAT jhash + conntrack"),
-    ("kernel", "kernel forwarding"),
-    ("lever", "ikelb, slot fast path on"),
+/// What a gateway of the loop runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The family's trivial forwarder (`Family::FWD`): MAC swap + devmap redirect.
+    Trivial,
+    /// ikelb, the slot fast path off or on.
+    Ikelb { fast_path: bool },
+    /// nftables DNAT `jhash saddr mod N` + conntrack, kernel forwarding.
+    Nft,
+    /// Kernel forwarding, a static route for the VIP.
+    Kernel,
+}
+
+/// One compared path: its key (the JSON's, the chart's), what it is, how it is built.
+pub struct Variant {
+    pub key: &'static str,
+    pub what: &'static str,
+    pub path: Path,
+}
+
+impl Variant {
+    const fn new(key: &'static str, what: &'static str, path: Path) -> Self {
+        Self { key, what, path }
+    }
+
+    /// The ikelb gateway with the slot fast path on.
+    pub fn lever(&self) -> bool {
+        self.path == Path::Ikelb { fast_path: true }
+    }
+}
+
+/// The IPv4 paths, in the order they alternate.
+pub const VARIANTS: [Variant; 5] = [
+    Variant::new("trivial", "MAC swap + redirect (XDP)", Path::Trivial),
+    Variant::new(
+        "ikelb",
+        "ikelb (lb-ctl daemon), slot fast path off",
+        Path::Ikelb { fast_path: false },
+    ),
+    Variant::new("nft", "nft DNAT jhash + conntrack", Path::Nft),
+    Variant::new("kernel", "kernel forwarding", Path::Kernel),
+    Variant::new(
+        "lever",
+        "ikelb, slot fast path on",
+        Path::Ikelb { fast_path: true },
+    ),
 ];
 
-/// Indices in [`VARIANTS`] of the ikelb gateways (gw-b, gw-e).
-const IKELB: usize = 1;
-const LEVER: usize = 4;
+/// The IPv6 paths (keys of the JSON's `closed_loop_v6`): no nft or kernel-forwarding variant.
+pub const VARIANTS_V6: [Variant; 3] = [
+    Variant::new(
+        "trivial_v6",
+        "MAC swap + redirect of IPv6 frames (XDP, bench_fwd6)",
+        Path::Trivial,
+    ),
+    Variant::new(
+        "ikelb_v6",
+        "ikelb (lb-ctl daemon), IPv6 VIP, slot fast path off",
+        Path::Ikelb { fast_path: false },
+    ),
+    Variant::new(
+        "lever_v6",
+        "ikelb (lb-ctl daemon), IPv6 VIP, slot fast path on",
+        Path::Ikelb { fast_path: true },
+    ),
+];
 
 /// Client counts of the sweep.
 pub const SIZES: [(&str, u32); 3] = [("1k", 1_000), ("64k", 65_536), ("1M", 1_000_000)];
 
-pub(crate) const CLIENT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
-/// Frames per test_run call (≈ 20–100 ms); the loop stops at the first call past the deadline.
-pub(crate) const CHUNK: u32 = 1 << 16;
-const BATCH: u32 = 64;
+/// What the loop of one family is made of, beyond its addresses (`Family`).
+pub trait LoopFamily: Family {
+    /// The compared paths, in the order they alternate.
+    const VARIANTS: &'static [Variant];
+    /// Progress lines: what they start with, and the width of the variant column.
+    const LABEL: &'static str;
+    const WIDTH: usize;
+    /// A gateway's `ip -batch`: the addresses of `in` (clients' side) and `out` (backends').
+    const GATEWAY: &'static str;
+    /// A gateway's sysctls: forwarding on (and, over IPv4, no reverse-path filter).
+    const FORWARDING: &'static [(&'static str, &'static str)];
+    /// What follows a backend's address in the sink's `ip addr add`.
+    const SINK_ADDR: &'static str;
+    /// nftables' name of the family (`ip`, `ip6`).
+    const NFT: &'static str;
+    /// A namespace of the rig, this family on in it.
+    fn namespace(name: String) -> Result<NetNs> {
+        NetNs::new(name)
+    }
+}
 
-/// Conntrack entries the nft gateway needs at 1M clients (the per-namespace value is
-/// read-only: the global one is raised for the run and restored).
-const CONNTRACK_MAX: &str = "2097152";
-const CONNTRACK_BUCKETS: &str = "1048576";
+impl LoopFamily for Ipv4Addr {
+    const VARIANTS: &'static [Variant] = &VARIANTS;
+    const LABEL: &'static str = "closed loop";
+    const WIDTH: usize = 8;
+    const GATEWAY: &'static str = "addr add 192.0.2.1/24 dev in\naddr add 10.0.0.1/24 dev out\n";
+    const FORWARDING: &'static [(&'static str, &'static str)] = &[
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv4/conf/all/rp_filter", "0"),
+        ("net/ipv4/conf/default/rp_filter", "0"),
+        ("net/ipv4/conf/in/rp_filter", "0"),
+    ];
+    const SINK_ADDR: &'static str = "/24 dev s0";
+    const NFT: &'static str = "ip";
+}
+
+impl LoopFamily for Ipv6Addr {
+    const VARIANTS: &'static [Variant] = &VARIANTS_V6;
+    const LABEL: &'static str = "closed loop IPv6";
+    const WIDTH: usize = 10;
+    const GATEWAY: &'static str =
+        "addr add 2001:db8:e::1/64 dev in nodad\naddr add 2001:db8::1/64 dev out nodad\n";
+    const FORWARDING: &'static [(&'static str, &'static str)] =
+        &[("net/ipv6/conf/all/forwarding", "1")];
+    const SINK_ADDR: &'static str = "/64 dev s0 nodad";
+    const NFT: &'static str = "ip6";
+
+    /// `NetNs::new` turns IPv6 off: on again for the links made in it from now on, without
+    /// duplicate address detection or router solicitations.
+    fn namespace(name: String) -> Result<NetNs> {
+        let ns = NetNs::new(name)?;
+        ns.enable_ipv6(&[])?;
+        Ok(ns)
+    }
+}
 
 pub struct Options {
     pub cpu: usize,
@@ -122,7 +217,7 @@ pub struct Sample {
 #[derive(Default)]
 pub struct Results {
     pub samples: Vec<Sample>,
-    /// How gw-e's ikelb with the slot fast path was set up: "lb-ctl daemon" or "library".
+    /// How the lever's ikelb was set up: "lb-ctl daemon" or "library".
     pub lever_loaded_by: String,
     pub opts_cpu: usize,
     pub measure_secs: f64,
@@ -141,11 +236,14 @@ impl Results {
         median(&v)
     }
 
-    /// The samples of an earlier `results.json`, and its machine line (for `--redraw`).
+    /// The IPv4 samples of an earlier `results.json`, and its machine line (for `--redraw`).
     pub fn from_json(text: &str) -> Result<(Self, String)> {
         let v: serde_json::Value = serde_json::from_str(text)?;
         let mut samples = Vec::new();
-        for s in v["closed_loop_samples"].as_array().context("closed_loop_samples")? {
+        for s in v["closed_loop_samples"]
+            .as_array()
+            .context("closed_loop_samples")?
+        {
             let size = SIZES
                 .iter()
                 .find(|(k, _)| s["clients"] == *k)
@@ -153,9 +251,9 @@ impl Results {
                 .0;
             let variant = VARIANTS
                 .iter()
-                .find(|(k, _)| s["variant"] == *k)
+                .find(|v| s["variant"] == v.key)
                 .context("unknown variant")?
-                .0;
+                .key;
             samples.push(Sample {
                 size,
                 variant,
@@ -217,44 +315,19 @@ impl Results {
     }
 }
 
-/// Everything the loop is made of, torn down in field order: the daemon first, then the
-/// programs, the links, the namespaces, the bpffs mounts, the run directories and the global
-/// sysctls.
-struct Rig {
-    daemon: Option<Child>,
-    /// gw-e's ikelb with the lever: `lb-ctl daemon` with `slot_fast_path: true` when this
-    /// lb-ctl accepts the key, else loaded through the library (maps and attachments live as
-    /// long as the `Balancer`).
-    lever_daemon: Option<Child>,
-    _lever: Option<Balancer<AyaDataplane>>,
-    ebpf: Ebpf,
-    _veths: Vec<Veth>,
-    gen: NetNs,
-    _gws: Vec<NetNs>,
-    _sinks: Vec<NetNs>,
-    /// The bpffs mounts the daemons of gw-b and gw-e pin their maps under.
-    bpffs: BpfFs,
-    lever_bpffs: BpfFs,
-    _dir: TempDir,
-    _lever_dir: TempDir,
-    _conntrack: (Sysctl, Sysctl),
-    /// Per variant: the generator's egress ifindex and the frame template.
-    paths: Vec<(u32, Template)>,
-    log: PathBuf,
-    lever_log: PathBuf,
-}
-
-pub fn run(prefix: &RunPrefix, o: &Options) -> Result<Results> {
-    let mut rig = build(prefix, o)?;
+/// The loop of family `F`: every size, the variants alternating, `o.repeats` times.
+pub fn run<F: LoopFamily>(prefix: &RunPrefix, o: &Options) -> Result<Results> {
+    let mut rig = Rig::<F>::build(prefix, o)?;
+    let (label, width) = (F::LABEL, F::WIDTH);
     let mut samples = Vec::new();
     for (size, clients) in SIZES {
-        set_clients(&mut rig, clients)?;
-        for vi in [IKELB, LEVER] {
-            establish(&mut rig, vi, clients)?;
+        rig.set_clients(clients)?;
+        for vi in rig.ikelb() {
+            rig.establish(vi, clients)?;
         }
-        eprintln!("  closed loop {size:>3}: {clients} clients established in both ikelb gateways");
+        eprintln!("  {label} {size:>3}: {clients} clients established in both ikelb gateways");
         for repeat in 0..o.repeats {
-            for (vi, (variant, _)) in VARIANTS.iter().enumerate() {
+            for (vi, v) in F::VARIANTS.iter().enumerate() {
                 // Warm-up: in the first round of a size every path sees every client at
                 // least twice (LRU entries, conntrack entries exist before measuring).
                 let (min_frames, min_time) = if repeat == 0 {
@@ -262,23 +335,24 @@ pub fn run(prefix: &RunPrefix, o: &Options) -> Result<Results> {
                 } else {
                     (0, Duration::from_millis(500))
                 };
-                lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
-                run_calls(&rig, vi, o.cpu, CHUNK, |elapsed, frames| {
+                rig.generate(vi, o.cpu, CHUNK, |elapsed, frames| {
                     elapsed < min_time || frames < min_frames
                 })?;
                 thread::sleep(Duration::from_millis(20));
-                let before = sink_count(&rig.ebpf)?;
-                let ev_before = ikelb_events(&mut rig, vi)?;
-                let (generated, secs) = generate(&mut rig, vi, o.measure, o.cpu)?;
+                let before = rig.sink_count()?;
+                let ev_before = rig.events(vi)?;
+                let measure = o.measure;
+                let (generated, secs) =
+                    rig.generate(vi, o.cpu, CHUNK, |elapsed, _| elapsed < measure)?;
                 thread::sleep(Duration::from_millis(50));
-                let received = sink_count(&rig.ebpf)? - before;
-                let ev_after = ikelb_events(&mut rig, vi)?;
+                let received = rig.sink_count()? - before;
+                let ev_after = rig.events(vi)?;
                 let mpps = received as f64 / secs / 1e6;
                 let (fast_path_share, new_clients) = match (ev_before, ev_after) {
                     (Some(b), Some(a)) => {
                         let d = |e: u32| a[e as usize] - b[e as usize];
                         (
-                            (vi == LEVER)
+                            v.lever()
                                 .then(|| d(event::FAST_PATH) as f64 / received.max(1) as f64),
                             Some(d(event::PROBATION_INSERT) + d(event::PROBATION_THROTTLED)),
                         )
@@ -292,8 +366,9 @@ pub fn run(prefix: &RunPrefix, o: &Options) -> Result<Results> {
                 if let Some(n) = new_clients.filter(|&n| n > 0) {
                     note += &format!(", {n} as new clients");
                 }
+                let variant = v.key;
                 eprintln!(
-                    "  closed loop {size:>3} {variant:8} #{repeat}: {mpps:6.3} Mpps \
+                    "  {label} {size:>3} {variant:width$} #{repeat}: {mpps:6.3} Mpps \
                      ({received} of {generated} frames in {secs:.2} s{note})"
                 );
                 samples.push(Sample {
@@ -310,394 +385,12 @@ pub fn run(prefix: &RunPrefix, o: &Options) -> Result<Results> {
             }
         }
     }
-    if let Some(d) = rig.daemon.as_mut() {
-        if d.exit_status().is_some() {
-            bail!("the daemon exited during the run; its log: {}", tail(&rig.log));
-        }
-    }
-    if let Some(d) = rig.lever_daemon.as_mut() {
-        if d.exit_status().is_some() {
-            bail!("the slot-fast-path daemon exited during the run; its log: {}", tail(&rig.lever_log));
-        }
-    }
+    rig.check_daemons()?;
     Ok(Results {
-        lever_loaded_by: if rig.lever_daemon.is_some() {
-            "lb-ctl daemon (slot_fast_path: true)".into()
-        } else {
-            "lb_ctl library (this lb-ctl has no slot_fast_path key)".into()
-        },
+        lever_loaded_by: rig.lever_loaded_by().into(),
         samples,
         opts_cpu: o.cpu,
         measure_secs: o.measure.as_secs_f64(),
         repeats: o.repeats,
     })
-}
-
-fn build(prefix: &RunPrefix, o: &Options) -> Result<Rig> {
-    let conntrack = (
-        Sysctl::set("net/netfilter/nf_conntrack_max", CONNTRACK_MAX)?,
-        Sysctl::set("net/netfilter/nf_conntrack_buckets", CONNTRACK_BUCKETS)?,
-    );
-    let dir = TempDir::named(prefix, "loop")?;
-    let bpffs = BpfFs::mount_in(&dir)?;
-    let gen = NetNs::new(prefix.name("gen"))?;
-    let mut gws = Vec::new();
-    let mut sinks = Vec::new();
-    let mut veths = Vec::new();
-    let letters = ['a', 'b', 'c', 'd', 'e'];
-    for l in letters {
-        let gw = NetNs::new(prefix.name(&format!("gw{l}")))?;
-        let sink = NetNs::new(prefix.name(&format!("sink{l}")))?;
-        veths.push(Veth::new((&gen, &format!("to_{l}")), (&gw, "in"))?);
-        veths.push(Veth::new((&gw, "out"), (&sink, "s0"))?);
-        let mut cmds = String::from(
-            "addr add 192.0.2.1/24 dev in\naddr add 10.0.0.1/24 dev out\n",
-        );
-        if l == 'd' {
-            cmds.push_str(&format!("route add {VIP}/32 via {}\n", backend_addr(0)));
-        }
-        gw.ip_batch(&cmds)?;
-        for key in [
-            "net/ipv4/ip_forward",
-            "net/ipv4/conf/all/rp_filter",
-            "net/ipv4/conf/default/rp_filter",
-            "net/ipv4/conf/in/rp_filter",
-        ] {
-            gw.sysctl(key, if key.ends_with("ip_forward") { "1" } else { "0" })?;
-        }
-        let mut cmds = String::new();
-        for i in 0..BACKENDS {
-            cmds.push_str(&format!("addr add {}/24 dev s0\n", backend_addr(i)));
-        }
-        sink.ip_batch(&cmds)?;
-        gws.push(gw);
-        sinks.push(sink);
-    }
-    // Kernel paths: NAPI on the gateway's ingress veth (GRO) so XDP_TX frames from the
-    // generator are accepted (a veth drops XDP frames unless the receiver has XDP or GRO).
-    for gw in &gws[2..4] {
-        gw.exec("ethtool", &["-K", "in", "gro", "on"])?;
-    }
-    nft_rules(&gws[2])?;
-
-    let mut ebpf = EbpfLoader::new()
-        .load(EBPF_OBJECT)
-        .context("loading the XDP object (bench programs)")?;
-    for p in ["bench_stamp", "bench_sink", "bench_fwd"] {
-        lb::load_prog(&mut ebpf, p)?;
-    }
-    for sink in &sinks {
-        let prog: &mut Xdp = ebpf.program_mut("bench_sink").context("bench_sink")?.try_into()?;
-        sink.run(|| {
-            prog.attach("s0", XdpMode::Driver)
-                .context("attach bench_sink (native)")
-        })??;
-    }
-    {
-        let out = gws[0].ifindex("out")?;
-        let mut tx: DevMap<&mut MapData> =
-            DevMap::try_from(ebpf.map_mut("BENCH_TX").context("BENCH_TX")?)?;
-        gws[0].run(|| tx.set(0, out, None, 0).context("BENCH_TX[0] = gw-a out"))??;
-        let prog: &mut Xdp = ebpf.program_mut("bench_fwd").context("bench_fwd")?.try_into()?;
-        gws[0].run(|| prog.attach("in", XdpMode::Driver).context("attach bench_fwd"))??;
-    }
-
-    let mut paths = Vec::new();
-    for (i, l) in letters.iter().enumerate() {
-        let ifname = format!("to_{l}");
-        let t = frame::template(gws[i].mac("in")?, gen.mac(&ifname)?, Some(VIP), ESP_IN_UDP);
-        paths.push((gen.ifindex(&ifname)?, t));
-    }
-
-    let lever_dir = TempDir::named(prefix, "lever")?;
-    let lever_bpffs = BpfFs::mount_in(&lever_dir)?;
-    let lever_cfg = write_config(
-        lever_dir.path(),
-        lever_bpffs.path(),
-        "slot_fast_path: true\n",
-    )?;
-    let daemon_has_lever = Command::new("ip")
-        .args(["netns", "exec", gws[4].name()])
-        .arg(&o.lb_ctl)
-        .args(["daemon", "--check", "--config"])
-        .arg(&lever_cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let lever = if daemon_has_lever {
-        None
-    } else {
-        eprintln!(
-            "  this lb-ctl has no `slot_fast_path` key: gw-e loads ikelb with the lever through \
-             the lb_ctl library instead of the daemon"
-        );
-        Some(lever_gateway(&gws[4], &sinks[4])?)
-    };
-    let log = dir.path().join("daemon.log");
-    let lever_log = lever_dir.path().join("daemon.log");
-    // With the key, both daemons say explicitly which way they run.
-    let cfg = write_config(
-        dir.path(),
-        bpffs.path(),
-        if daemon_has_lever { "slot_fast_path: false\n" } else { "" },
-    )?;
-    let mut rig = Rig {
-        daemon: None,
-        lever_daemon: None,
-        _lever: lever,
-        ebpf,
-        _veths: veths,
-        gen,
-        _gws: gws,
-        _sinks: sinks,
-        bpffs,
-        lever_bpffs,
-        _dir: dir,
-        _lever_dir: lever_dir,
-        _conntrack: conntrack,
-        paths,
-        log,
-        lever_log,
-    };
-    rig.daemon = Some(start_daemon(&mut rig, &prefix.name("gwb"), 1, &cfg, o, false)?);
-    if daemon_has_lever {
-        rig.lever_daemon = Some(start_daemon(&mut rig, &prefix.name("gwe"), 4, &lever_cfg, o, true)?);
-    }
-    Ok(rig)
-}
-
-/// The benchmark configuration for `lb-ctl daemon`, its runtime files under `dir`; `extra`
-/// is appended (top-level keys). Returns the file.
-fn write_config(dir: &Path, bpffs: &Path, extra: &str) -> Result<PathBuf> {
-    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
-    let yaml = lb::config_yaml(&["in", "out"], &backends, Some(&DaemonPaths { dir, bpffs })) + extra;
-    let path = dir.join("ikelb.yaml");
-    fs::write(&path, yaml)?;
-    Ok(path)
-}
-
-/// ikelb with `SLOT_FAST_PATH` on in `gw`: loaded with the daemon's globals and sizes,
-/// filled by `Balancer` (backends usable via the sink's MAC, health up), attached natively to
-/// `in` and `out`.
-fn lever_gateway(gw: &NetNs, sink: &NetNs) -> Result<Balancer<AyaDataplane>> {
-    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
-    let config = lb::parse_config(&lb::config_yaml(&["in", "out"], &backends, None))?;
-    let ifaces = [
-        IfaceInfo {
-            name: "in".into(),
-            ifindex: gw.ifindex("in")?,
-            mac: gw.mac("in")?,
-        },
-        IfaceInfo {
-            name: "out".into(),
-            ifindex: gw.ifindex("out")?,
-            mac: gw.mac("out")?,
-        },
-    ];
-    let sink_mac = sink.mac("s0")?;
-    gw.run(|| {
-        let ebpf = lb::load_like_daemon(&config, 1, true)?;
-        let mut b = lb::fill_like_daemon(ebpf, &config, ifaces.to_vec(), sink_mac)?;
-        let prog = lb::load_prog(b.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?;
-        for i in ["in", "out"] {
-            prog.attach(i, XdpMode::Driver)
-                .with_context(|| format!("attach ikelb (lever) to {i}"))?;
-        }
-        Ok(b)
-    })?
-}
-
-fn nft_rules(gw: &NetNs) -> Result<()> {
-    let map: Vec<String> = (0..BACKENDS)
-        .map(|i| format!("{i} : {}", backend_addr(i)))
-        .collect();
-    let rules = format!(
-        "table ip ikelb_bench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
-         ip daddr {VIP} udp dport {{ 500, 4500 }} dnat to jhash ip saddr mod {BACKENDS} map {{ {} }}\n  }}\n}}\n",
-        map.join(", ")
-    );
-    gw.exec_stdin("nft", &["-f", "-"], &rules)
-        .context("loading the nft DNAT rules")
-}
-
-/// Starts `lb-ctl daemon --config cfg` in namespace `ns` (pinned to the other CPU) and waits
-/// until it forwards every frame of a probe burst through variant `vi` (backends resolved and
-/// health-checked up).
-fn start_daemon(
-    rig: &mut Rig,
-    ns: &str,
-    vi: usize,
-    cfg: &Path,
-    o: &Options,
-    lever: bool,
-) -> Result<Child> {
-    let log_path = if lever { rig.lever_log.clone() } else { rig.log.clone() };
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        ns,
-        "taskset",
-        "-c",
-        &o.daemon_cpu.to_string(),
-    ])
-    .arg(&o.lb_ctl)
-    .args(["daemon", "--config"])
-    .arg(cfg)
-    .env("RUST_LOG", "info");
-    let mut daemon = Child::spawn(&format!("lb-ctl daemon in {ns}"), cmd, log_path.clone())?;
-    set_clients(rig, 1_000)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        sys::check_interrupted()?;
-        if daemon.exit_status().is_some() {
-            bail!("lb-ctl daemon in {ns} exited; its log:\n{}", tail(&log_path));
-        }
-        let before = sink_count(&rig.ebpf)?;
-        let (generated, _) = generate_n(rig, vi, 4096, o.cpu)?;
-        thread::sleep(Duration::from_millis(20));
-        if sink_count(&rig.ebpf)? - before == generated {
-            return Ok(daemon);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "ikelb did not forward within 60 s of the daemon's start in {ns}; its log:\n{}",
-                tail(&log_path)
-            );
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
-pub(crate) fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Map `name` of ikelb gateway `vi` (gw-b or gw-e), opened anew: from its daemon's pins
-/// (instance `default` under the run's bpffs), or from the library-loaded lever's object.
-fn ikelb_map(rig: &mut Rig, vi: usize, name: &str) -> Result<MapData> {
-    if vi == LEVER {
-        if let Some(b) = rig._lever.as_mut() {
-            let m = b.dataplane_mut().ebpf_mut().map(name).with_context(|| name.to_owned())?;
-            let d = match m {
-                Map::Array(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
-                _ => bail!("{name}: unexpected map type"),
-            };
-            let fd = d.fd().as_fd().try_clone_to_owned()?;
-            return MapData::from_fd(fd).with_context(|| format!("reopening {name}"));
-        }
-    }
-    let bpffs = if vi == LEVER { &rig.lever_bpffs } else { &rig.bpffs };
-    let path = Pins::new(bpffs.path(), lb_ctl::paths::INSTANCE).map(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
-}
-
-/// Establishes clients 0 … `clients` − 1 in ikelb gateway `vi` (module docs): entries
-/// toward each client's ring backend, with the generator's MAC toward that gateway and port
-/// 0 (`in`, the clients' interface).
-fn establish(rig: &mut Rig, vi: usize, clients: u32) -> Result<()> {
-    let services: Array<MapData, Service> =
-        Array::try_from(Map::Array(ikelb_map(rig, vi, "SERVICES")?))?;
-    let svc = services.get(&0, 0)?;
-    let rings: Array<MapData, u32> = Array::try_from(Map::Array(ikelb_map(rig, vi, "RINGS")?))?;
-    let ring: Vec<u32> = (svc.ring_base..svc.ring_base + MAGLEV_M)
-        .map(|i| rings.get(&i, 0))
-        .collect::<Result<_, _>>()?;
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&rig.paths[vi].1.frame[6..12]);
-    let mut persist: HashMap<MapData, PersistKeyV4, PersistValue> =
-        HashMap::try_from(Map::LruHashMap(ikelb_map(rig, vi, "PERSIST_V4")?))?;
-    lb::establish(&mut persist, svc.id, &ring, CLIENT_BASE, clients, mac, 0)
-}
-
-/// `EVENTS` of ikelb gateway `vi`, summed over the CPUs (`None` for the other variants).
-fn ikelb_events(rig: &mut Rig, vi: usize) -> Result<Option<[u64; event::COUNT as usize]>> {
-    if vi != IKELB && vi != LEVER {
-        return Ok(None);
-    }
-    let m: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(ikelb_map(rig, vi, "EVENTS")?))?;
-    let mut out = [0u64; event::COUNT as usize];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = m.get(&(i as u32), 0)?.iter().sum();
-    }
-    Ok(Some(out))
-}
-
-fn set_clients(rig: &mut Rig, clients: u32) -> Result<()> {
-    lb::set_cfg(
-        &mut rig.ebpf,
-        BenchCfg {
-            mode: MODE_FORWARD,
-            clients,
-            base: CLIENT_BASE,
-            _pad: 0,
-        },
-    )
-}
-
-pub(crate) fn sink_count(ebpf: &Ebpf) -> Result<u64> {
-    let m: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(ebpf.map("BENCH_SINK").context("BENCH_SINK")?)?;
-    Ok(m.get(&0, 0)?.iter().sum())
-}
-
-/// Generates through variant `vi` for `dur`; (frames generated, seconds).
-fn generate(rig: &mut Rig, vi: usize, dur: Duration, cpu: usize) -> Result<(u64, f64)> {
-    lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
-    run_calls(rig, vi, cpu, CHUNK, |elapsed, _| elapsed < dur)
-}
-
-/// Generates `n` frames (one call) through variant `vi`.
-fn generate_n(rig: &mut Rig, vi: usize, n: u32, cpu: usize) -> Result<(u64, f64)> {
-    lb::set_template(&mut rig.ebpf, rig.paths[vi].1.block)?;
-    run_calls(rig, vi, cpu, n, |_, frames| frames == 0)
-}
-
-fn run_calls(
-    rig: &Rig,
-    vi: usize,
-    cpu: usize,
-    chunk: u32,
-    go_on: impl Fn(Duration, u64) -> bool + Send + Sync,
-) -> Result<(u64, f64)> {
-    let prog: &Xdp = lb::prog(&rig.ebpf, "bench_stamp")?;
-    let (ifindex, ref t) = rig.paths[vi];
-    live_frames(&rig.gen, prog, ifindex, &t.frame, cpu, chunk, go_on)
-}
-
-/// Generator calls (in `gen`, pinned to `cpu`) of `chunk` live frames of `frame` through the
-/// stamping program `prog` on `ifindex`, while `go_on(elapsed, frames so far)`; (frames,
-/// seconds). Shared by the IPv4 and IPv6 loops.
-pub(crate) fn live_frames(
-    gen: &NetNs,
-    prog: &Xdp,
-    ifindex: u32,
-    frame: &[u8],
-    cpu: usize,
-    chunk: u32,
-    go_on: impl Fn(Duration, u64) -> bool + Send + Sync,
-) -> Result<(u64, f64)> {
-    let md = frame::xdp_md(ifindex, frame.len());
-    gen.run(|| {
-        sys::pin_to_cpu(cpu)?;
-        let start = Instant::now();
-        let mut generated = 0u64;
-        while go_on(start.elapsed(), generated) {
-            sys::check_interrupted()?;
-            prog.test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&md),
-                repeat: chunk,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .context("test_run (live frames) of the generator")?;
-            generated += u64::from(chunk);
-        }
-        Ok((generated, start.elapsed().as_secs_f64()))
-    })?
 }

@@ -20,6 +20,7 @@ use lb_common::{
 };
 
 use crate::{
+    family::Family,
     lb::{self, DaemonPaths, HASH_SEED},
     stats::median,
     sys::{self, BpfFs, Child, NetNs, RunPrefix, TempDir, Veth},
@@ -98,11 +99,13 @@ pub fn health(prefix: &RunPrefix, lb_ctl: &PathBuf, daemon_cpu: usize) -> Result
     let bpffs = BpfFs::mount_in(&dir)?;
     let yaml = lb::config_yaml(
         &["int"],
+        Ipv4Addr::VIP,
         &addrs,
         Some(&DaemonPaths {
             dir: dir.path(),
             bpffs: bpffs.path(),
         }),
+        "",
     );
     let cfg = dir.path().join("ikelb.yaml");
     fs::write(&cfg, yaml)?;
@@ -537,11 +540,13 @@ fn daemon_scans(
     let bpffs = BpfFs::mount_in(&dir)?;
     let yaml = lb::config_yaml(
         &["int"],
+        Ipv4Addr::VIP,
         &addrs,
         Some(&DaemonPaths {
             dir: dir.path(),
             bpffs: bpffs.path(),
         }),
+        "",
     );
     let cfg = dir.path().join("ikelb.yaml");
     fs::write(&cfg, yaml)?;

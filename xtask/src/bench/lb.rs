@@ -1,21 +1,17 @@
 //! ikelb as the daemon sets it up: the benchmark's configuration file, and (for the program
 //! cost) the embedded object loaded with the daemon's globals and map sizes and filled by
-//! `lb_ctl`'s own control logic (`Balancer`), plus the bench programs of the same object.
+//! `lb_ctl`'s own control logic (`Balancer`), plus the bench programs of the same object and
+//! established clients of either family.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{borrow::BorrowMut, fmt::Display, path::Path};
 
 use anyhow::{Context as _, Result};
-use std::borrow::BorrowMut;
-
 use aya::{
     maps::{Array, HashMap, MapData},
     programs::Xdp,
     Ebpf, EbpfLoader,
 };
-use lb_common::{
-    globals, hash::client_hash_v4, maps, PersistKeyV4, PersistValue, RING_BACKEND_MASK,
-    TICK_SHIFT,
-};
+use lb_common::{globals, maps, PersistValue, RING_BACKEND_MASK, TICK_SHIFT};
 use lb_ctl::{
     config::{self, Config, Mode},
     dataplane::AyaDataplane,
@@ -24,16 +20,14 @@ use lb_ctl::{
     EBPF_OBJECT,
 };
 
-use crate::frame::BenchCfg;
+use crate::{
+    family::{Clients, Family},
+    frame::BenchCfg,
+};
 
-pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const HASH_SEED: u32 = 0x5eed;
-/// Backends of the benchmark's virtual server: 10.0.0.11 … 10.0.0.(10 + BACKENDS).
+/// Backends of the benchmark's virtual server (`Family::backend`).
 pub const BACKENDS: u32 = 10;
-
-pub fn backend_addr(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 11 + i as u8)
-}
 
 /// Where the daemon keeps its runtime files (all inside the run's temporary directory).
 pub struct DaemonPaths<'a> {
@@ -41,17 +35,20 @@ pub struct DaemonPaths<'a> {
     pub bpffs: &'a Path,
 }
 
-/// The benchmark's configuration: one virtual server (UDP 500/4500 + ESP) over `backends`,
-/// every other key at its default (persistence capacity included) except where the daemon
-/// must keep its files in the run's directory.
-pub fn config_yaml(
+/// The benchmark's configuration: one virtual server (UDP 500/4500 + ESP) at `vip` over
+/// `backends`, every other key at its default (persistence capacity included) except where
+/// the daemon must keep its files in the run's directory; `extra` is appended (top-level
+/// keys).
+pub fn config_yaml<A: Display>(
     interfaces: &[&str],
-    backends: &[Ipv4Addr],
+    vip: A,
+    backends: &[A],
     paths: Option<&DaemonPaths<'_>>,
+    extra: &str,
 ) -> String {
     let mut y = format!(
         "interfaces: [{}]\nmode: nat\nxdp_mode: native\nhash_seed: {HASH_SEED:#x}\n\
-         virtual_servers:\n  - name: bench\n    vip: {VIP}\n    ports: [500, 4500]\n    \
+         virtual_servers:\n  - name: bench\n    vip: {vip}\n    ports: [500, 4500]\n    \
          esp: true\n    backends:\n",
         interfaces.join(", ")
     );
@@ -67,7 +64,22 @@ pub fn config_yaml(
             p.bpffs.display()
         ));
     }
-    y
+    y + extra
+}
+
+/// [`config_yaml`] for family `F`'s VIP and the [`BACKENDS`] backends.
+pub fn family_yaml<F: Family>(
+    interfaces: &[&str],
+    paths: Option<&DaemonPaths<'_>>,
+    extra: &str,
+) -> String {
+    let backends: Vec<F> = (0..BACKENDS).map(F::backend).collect();
+    config_yaml(interfaces, F::VIP, &backends, paths, extra)
+}
+
+/// [`family_yaml`] as the daemon parses it (no runtime paths).
+pub fn family_config<F: Family>(interfaces: &[&str]) -> Result<Config> {
+    parse_config(&family_yaml::<F>(interfaces, None, ""))
 }
 
 pub fn parse_config(yaml: &str) -> Result<Config> {
@@ -203,37 +215,30 @@ pub fn set_cfg(ebpf: &mut Ebpf, cfg: BenchCfg) -> Result<()> {
     Ok(())
 }
 
-pub fn set_template(ebpf: &mut Ebpf, block: [u8; 64]) -> Result<()> {
-    let mut m: Array<&mut MapData, [u8; 64]> =
-        Array::try_from(ebpf.map_mut("BENCH_TEMPLATE").context("BENCH_TEMPLATE")?)?;
-    m.set(0, block, 0)?;
-    Ok(())
-}
-
-/// Established clients: writes a `PERSIST_V4` entry for clients `base` … `base + clients − 1`
-/// (host order) of service `service` as a promotion leaves it — the backend of the client's
-/// slot in `ring` (the service's active Maglev table), last seen now, and the MAC and port
-/// its frames arrive with (so the data path never considers a MAC move). Since the two-tier
-/// persistence only a promotion (the client echoing its backend's IKE responder SPI) creates
-/// such an entry; traffic from unknown sources only reaches the probation map, rationed.
-pub fn establish<T: BorrowMut<MapData>>(
-    persist: &mut HashMap<T, PersistKeyV4, PersistValue>,
+/// Established clients: writes a `PERSIST_*` entry for `n` clients of `clients` of service
+/// `service` as a promotion leaves it — the backend of the client's slot in `ring` (the
+/// service's active Maglev table), last seen now, and the MAC and port its frames arrive with
+/// (so the data path never considers a MAC move). Since the two-tier persistence only a
+/// promotion (the client echoing its backend's IKE responder SPI) creates such an entry;
+/// traffic from unknown sources only reaches the probation map, rationed.
+pub fn establish<F: Family, T: BorrowMut<MapData>>(
+    persist: &mut HashMap<T, F::Key, PersistValue>,
     service: u32,
     ring: &[u32],
-    base: u32,
-    clients: u32,
+    clients: Clients<F>,
+    n: u32,
     mac: [u8; 6],
     port: u8,
 ) -> Result<()> {
     let m = ring.len() as u32;
     anyhow::ensure!(m > 0, "empty ring");
     let now = now_ticks();
-    for i in 0..clients {
+    for i in 0..n {
         if i % 65_536 == 0 {
             crate::sys::check_interrupted()?;
         }
-        let client = crate::frame::client_wire(base, i);
-        let slot = lb_common::hash::ring_slot(client_hash_v4(client, HASH_SEED), m);
+        let client = F::client(clients.prefix, clients.base, i);
+        let slot = lb_common::hash::ring_slot(F::hash(&client), m);
         let value = PersistValue {
             backend: ring[slot as usize] & RING_BACKEND_MASK,
             atime: now,
@@ -242,8 +247,8 @@ pub fn establish<T: BorrowMut<MapData>>(
             _pad: 0,
         };
         persist
-            .insert(PersistKeyV4 { service, client }, value, 0)
-            .context("PERSIST_V4 insert")?;
+            .insert(F::key(service, client), value, 0)
+            .with_context(|| format!("{} insert", F::PERSIST))?;
     }
     Ok(())
 }

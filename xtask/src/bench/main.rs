@@ -4,7 +4,8 @@
 //! 1. program cost (`progcost`): BPF_PROG_TEST_RUN with the stamp method;
 //! 2. closed loop (`closed_loop`): live-frame generator → gateway → XDP sink on one core,
 //!    ikelb against a trivial forwarder, nftables DNAT + conntrack and plain forwarding; then
-//!    the same over IPv6 against a trivial IPv6 forwarder (`closed_loop6`);
+//!    the same over IPv6 against a trivial IPv6 forwarder (one code path for both families:
+//!    `family`);
 //! 3. memory of the persistence and probation maps (`progcost::Memory`);
 //! 4. control plane (`control`): Maglev builds, health-check CPU with 1,000 backends, and
 //!    persistence scans at 1M clients (scrape, `backend list`, full walk; idle and under
@@ -15,17 +16,22 @@
 
 mod chart;
 mod closed_loop;
-mod closed_loop6;
 mod control;
+mod family;
 mod frame;
 mod lb;
-mod lb6;
 mod progcost;
 mod report;
 mod stats;
 mod sys;
 
-use std::{fs, path::PathBuf, time::Duration, time::Instant};
+use std::{
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+    time::Instant,
+};
 
 use anyhow::{ensure, Context as _, Result};
 use clap::Parser;
@@ -77,7 +83,10 @@ fn main() -> Result<()> {
         let (results, machine) = closed_loop::Results::from_json(&fs::read_to_string(json)?)?;
         return chart::draw(&results, &machine, chart);
     }
-    ensure!(args.trials >= 7 && args.repeats >= 3, "at least 7 trials and 3 repeats");
+    ensure!(
+        args.trials >= 7 && args.repeats >= 3,
+        "at least 7 trials and 3 repeats"
+    );
     let started = Instant::now();
     sys::install_signal_handlers();
     sys::reap_stale();
@@ -85,7 +94,10 @@ fn main() -> Result<()> {
     // bpf_stats_enabled adds ~70 ns to every program run: off, whatever it was, and restored.
     let _stats = sys::Sysctl::set("kernel/bpf_stats_enabled", "0")?;
     let cpus = sys::cpus();
-    ensure!(cpus >= 2, "the benchmark needs 2 CPUs (one measured, one for the rest)");
+    ensure!(
+        cpus >= 2,
+        "the benchmark needs 2 CPUs (one measured, one for the rest)"
+    );
     let cpu = cpus - 1;
     let mut machine = machine();
     if args.scans_only {
@@ -108,13 +120,13 @@ fn main() -> Result<()> {
     let closed = if args.skip_loop {
         closed_loop::Results::default()
     } else {
-        closed_loop::run(&prefix, &loop_opts)?
+        closed_loop::run::<Ipv4Addr>(&prefix, &loop_opts)?
     };
     eprintln!("==> 2/4 closed loop over IPv6 (generator → gateway → sink on CPU {cpu})");
     let closed6 = if args.skip_loop {
         closed_loop::Results::default()
     } else {
-        closed_loop6::run(&prefix, &loop_opts)?
+        closed_loop::run::<Ipv6Addr>(&prefix, &loop_opts)?
     };
     eprintln!("==> 3/4 Maglev builds");
     let maglev: Vec<(u32, f64)> = control::MAGLEV_SIZES
@@ -127,7 +139,10 @@ fn main() -> Result<()> {
     } else {
         control::health(&prefix, &args.lb_ctl, 0)?
     };
-    eprintln!("==> 4/4 persistence scans at {} clients", control::SCAN_CLIENTS);
+    eprintln!(
+        "==> 4/4 persistence scans at {} clients",
+        control::SCAN_CLIENTS
+    );
     let scans = if args.skip_control {
         control::Scans::default()
     } else {
@@ -148,7 +163,10 @@ fn main() -> Result<()> {
     print!("{}", report::table(&all));
     fs::create_dir_all(&args.out)?;
     let json_path = args.out.join("results.json");
-    fs::write(&json_path, serde_json::to_string_pretty(&report::json(&all))? + "\n")?;
+    fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&report::json(&all))? + "\n",
+    )?;
     println!("\nwrote {}", json_path.display());
     if let (Some(chart), false) = (&args.chart, args.skip_loop) {
         chart::draw(&closed, &machine.one_line(), chart)

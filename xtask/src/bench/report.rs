@@ -1,14 +1,14 @@
-//! The readable table on stdout, `target/bench/results.json`, and the performance targets (docs/benchmarks.md, "Against the targets")
-//! checked against the figures (reported, never asserted).
+//! The readable table on stdout, `target/bench/results.json`, and the performance targets
+//! (docs/benchmarks.md, "Against the targets") checked against the figures (reported, never
+//! asserted).
 
 use lb_common::event;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    closed_loop::{self, SIZES, VARIANTS},
-    closed_loop6::VARIANTS6,
+    closed_loop::{self, Variant, SIZES, VARIANTS, VARIANTS_V6},
     control::{self, Health, MAGLEV_M},
-    progcost::{Memory, ProgCost, Row, V6Memory},
+    progcost::{Memory, ProgCost, Row},
 };
 
 /// Where and when the figures were taken.
@@ -30,7 +30,13 @@ impl Machine {
     pub fn one_line(&self) -> String {
         format!(
             "{} · {} vCPU {} · {:.0} GiB · Linux {} · ikelb {} · {}",
-            self.date, self.cpus, self.cpu, self.mem_gib, self.kernel, self.commit, "cargo xtask bench"
+            self.date,
+            self.cpus,
+            self.cpu,
+            self.mem_gib,
+            self.kernel,
+            self.commit,
+            "cargo xtask bench"
         )
     }
 }
@@ -39,7 +45,7 @@ pub struct All<'a> {
     pub machine: &'a Machine,
     pub prog: &'a ProgCost,
     pub closed: &'a closed_loop::Results,
-    /// The IPv6 loop (`closed_loop6`; variants [`VARIANTS6`]).
+    /// The IPv6 loop (variants [`closed_loop::VARIANTS_V6`]).
     pub closed6: &'a closed_loop::Results,
     pub maglev: &'a [(u32, f64)],
     pub health: &'a Health,
@@ -147,54 +153,17 @@ fn targets(a: &All<'_>) -> Vec<Target> {
 }
 
 pub fn bytes_per_entry(p: &ProgCost) -> f64 {
-    p.memory.persist_memlock as f64 / f64::from(p.memory.persist_entries)
+    p.memory.v4.per_entry()[0].1
 }
 
 pub fn probation_bytes_per_entry(p: &ProgCost) -> f64 {
-    p.memory.probation_memlock as f64 / f64::from(p.memory.probation_entries)
+    p.memory.v4.per_entry()[1].1
 }
 
-/// Bytes per entry of each per-client map, (IPv4, IPv6): persistence, probation, proofs
-/// (NaN where the IPv6 maps were not measured).
+/// Bytes per entry of each per-client map, (IPv4, IPv6): persistence, probation, proofs.
 fn per_family(p: &ProgCost) -> [(&'static str, f64, f64); 3] {
-    let m = &p.memory;
-    let per = |bytes: u64, entries: u32| bytes as f64 / f64::from(entries);
-    let v6 =
-        |f: fn(&V6Memory) -> (u64, u32)| m.v6.as_ref().map_or(f64::NAN, |v| per(f(v).0, f(v).1));
-    [
-        (
-            "persistence",
-            bytes_per_entry(p),
-            v6(|v| (v.persist_memlock, v.persist_entries)),
-        ),
-        (
-            "probation",
-            probation_bytes_per_entry(p),
-            v6(|v| (v.probation_memlock, v.probation_entries)),
-        ),
-        (
-            "proofs",
-            per(m.proofs_memlock, m.probation_entries),
-            v6(|v| (v.proofs_memlock, v.probation_entries)),
-        ),
-    ]
-}
-
-/// The raw figures behind the bytes per entry: each map's `max_entries` and `memlock` per
-/// family (`null` for IPv6 when not measured).
-fn per_family_memlock(m: &Memory) -> Value {
-    let v6 = m.v6.as_ref();
-    json!({
-        "persistence": {"entries": m.persist_entries, "v4": m.persist_memlock,
-                        "v6_entries": v6.map(|v| v.persist_entries),
-                        "v6": v6.map(|v| v.persist_memlock)},
-        "probation": {"entries": m.probation_entries, "v4": m.probation_memlock,
-                      "v6_entries": v6.map(|v| v.probation_entries),
-                      "v6": v6.map(|v| v.probation_memlock)},
-        "proofs": {"entries": m.probation_entries, "v4": m.proofs_memlock,
-                   "v6_entries": v6.map(|v| v.probation_entries),
-                   "v6": v6.map(|v| v.proofs_memlock)},
-    })
+    let (v4, v6) = (p.memory.v4.per_entry(), p.memory.v6.per_entry());
+    [0, 1, 2].map(|i| (v4[i].0, v4[i].1, v6[i].1))
 }
 
 /// What the row's frames did besides the verdict: the fast-path share (lever rows) and the
@@ -221,7 +190,15 @@ pub fn table(a: &All<'_>) -> String {
     o += &format!(
         "ikelb benchmark — {}\n  machine: {} vCPU, {}, {:.0} GiB, Linux {}\n  \
          ikelb {} (BPF built with {}); load average at start {}, at end {}; {:.0} s\n\n",
-        m.date, m.cpus, m.cpu, m.mem_gib, m.kernel, m.commit, m.nightly, m.load_start, m.load_end,
+        m.date,
+        m.cpus,
+        m.cpu,
+        m.mem_gib,
+        m.kernel,
+        m.commit,
+        m.nightly,
+        m.load_start,
+        m.load_end,
         m.seconds
     );
 
@@ -274,7 +251,10 @@ pub fn table(a: &All<'_>) -> String {
             o += &format!(" {:>9} {:>7}", format!("{}", at.clients), "Δ");
         }
         o += "\n";
-        o += &format!("   {:<17} {:<50}", "bench_stamp_lb", "ikelb itself (same trials)");
+        o += &format!(
+            "   {:<17} {:<50}",
+            "bench_stamp_lb", "ikelb itself (same trials)"
+        );
         for at in &p.attribution {
             o += &format!(" {:>7.0}ns {:>7}", at.real_ns, "");
         }
@@ -286,7 +266,11 @@ pub fn table(a: &All<'_>) -> String {
             for at in &p.attribution {
                 let full = at.rows[0].2;
                 let v = at.rows[i].2;
-                let delta = if i == 0 { String::new() } else { format!("{:+.0}", full - v) };
+                let delta = if i == 0 {
+                    String::new()
+                } else {
+                    format!("{:+.0}", full - v)
+                };
                 o += &format!(" {v:>7.0}ns {delta:>7}");
             }
             o += "\n";
@@ -300,8 +284,8 @@ pub fn table(a: &All<'_>) -> String {
         c.opts_cpu, c.repeats, c.measure_secs
     );
     o += &format!("   {:<8}", "clients");
-    for (v, _) in VARIANTS {
-        o += &format!(" {v:>8}");
+    for v in &VARIANTS {
+        o += &format!(" {:>8}", v.key);
     }
     o += &format!(
         " {:>14} {:>10} {:>14} {:>10} {:>14}\n",
@@ -309,10 +293,10 @@ pub fn table(a: &All<'_>) -> String {
     );
     for (s, _) in SIZES {
         o += &format!("   {s:<8}");
-        for (v, _) in VARIANTS {
-            o += &format!(" {:>8.3}", c.median(s, v));
+        for v in &VARIANTS {
+            o += &format!(" {:>8.3}", c.median(s, v.key));
         }
-        let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
+        let lost: u64 = VARIANTS.iter().map(|v| c.lost(s, v.key)).sum();
         let r = |a: &str, b: &str| c.median(s, a) / c.median(s, b);
         o += &format!(
             " {:>14.2} {:>9.2}× {:>14.2} {:>9.2}× {:>14}\n",
@@ -342,19 +326,19 @@ pub fn table(a: &All<'_>) -> String {
     );
     o += &closed6_table(a.closed6);
 
-    let mem = &p.memory;
+    let (mem, v4) = (&p.memory, &p.memory.v4);
     o += &format!(
         "\n3. Memory — PERSIST_V4 at its configured capacity ({} entries): memlock {} B = {:.1} B \
          per entry; 1,000,000 clients ≈ {:.1} MB.\n   PROBATION_V4 ({} entries): memlock {} B = \
          {:.1} B per entry. REFRESHED_V4 ({} slot stamps): {} B.\n   Every map of the daemon's \
          configuration (1 virtual server, M = {}): {:.1} MB.\n   Bytes per entry, IPv4 / IPv6 \
          (the IPv6 maps at the same sizes):",
-        mem.persist_entries,
-        mem.persist_memlock,
+        v4.persist_entries,
+        v4.persist_memlock,
         bytes_per_entry(p),
         bytes_per_entry(p) * 1e6 / 1e6,
-        mem.probation_entries,
-        mem.probation_memlock,
+        v4.probation_entries,
+        v4.probation_memlock,
         probation_bytes_per_entry(p),
         mem.refreshed_entries,
         mem.refreshed_memlock,
@@ -412,22 +396,29 @@ fn closed6_table(c: &closed_loop::Results) -> String {
          point, medians, Mpps\n   {:<8}",
         c.repeats, c.measure_secs, "clients"
     );
-    for (v, _) in VARIANTS6 {
-        o += &format!(" {v:>10}");
+    for v in &VARIANTS_V6 {
+        o += &format!(" {:>10}", v.key);
     }
-    o += &format!(" {:>17} {:>17} {:>14}\n", "ikelb_v6÷trivial", "lever_v6÷trivial", "sink≠generated");
+    o += &format!(
+        " {:>17} {:>17} {:>14}\n",
+        "ikelb_v6÷trivial", "lever_v6÷trivial", "sink≠generated"
+    );
     for (s, _) in SIZES {
         o += &format!("   {s:<8}");
-        for (v, _) in VARIANTS6 {
-            o += &format!(" {:>10.3}", c.median(s, v));
+        for v in &VARIANTS_V6 {
+            o += &format!(" {:>10.3}", c.median(s, v.key));
         }
-        let lost: u64 = VARIANTS6.iter().map(|(v, _)| c.lost(s, v)).sum();
+        let lost: u64 = VARIANTS_V6.iter().map(|v| c.lost(s, v.key)).sum();
         let r = |v: &str| c.median(s, v) / c.median(s, "trivial_v6");
         o += &format!(
             " {:>17.2} {:>17.2} {:>14}\n",
             r("ikelb_v6"),
             r("lever_v6"),
-            if lost == 0 { "0".to_owned() } else { format!("{lost} lost") }
+            if lost == 0 {
+                "0".to_owned()
+            } else {
+                format!("{lost} lost")
+            }
         );
     }
     o += "   (trivial_v6 = bench_fwd6, XDP MAC swap + redirect of IPv6 frames; ikelb_v6 / lever_v6 = \
@@ -441,25 +432,90 @@ fn closed6_table(c: &closed_loop::Results) -> String {
     o
 }
 
-/// `closed_loop_v6` of the JSON: per size, each variant's median and the ratios to the
-/// trivial IPv6 forwarder.
-fn closed6_json(c: &closed_loop::Results) -> Value {
+/// A duration in ms, or how long it was not done by.
+fn ms_or_timeout(v: Option<f64>) -> String {
+    match v {
+        Some(ms) if ms.is_finite() => format!("{ms:.1} ms"),
+        _ => format!("> {:.0} s (not done)", control::SCAN_TIMEOUT.as_secs_f64()),
+    }
+}
+
+/// The persistence-scan lines of the control-plane section.
+pub fn scans_table(s: &control::Scans) -> String {
+    let w = &s.walks;
+    let mut o = format!(
+        "   Persistence scans at {} clients (PERSIST_V4, 2^20 entries):\n   full walk: \
+         BPF_MAP_LOOKUP_BATCH {:.1} ms, GET_NEXT_KEY + lookups (before) {}\n   under churn \
+         ({:.0} inserts/s): batch {:.1} ms ({} entries{}), GET_NEXT_KEY {} ({} keys read twice)\n",
+        s.clients,
+        w.batch_ms,
+        ms_or_timeout(Some(w.next_key_ms)),
+        w.churn_inserts_per_s,
+        w.churn_batch_ms,
+        w.churn_batch_entries,
+        if w.churn_batch_truncated {
+            ", truncated"
+        } else {
+            ""
+        },
+        ms_or_timeout(w.churn_next_key_ms),
+        w.churn_next_key_duplicates,
+    );
+    for (label, d) in [
+        ("this build", Some(&s.after)),
+        ("before", s.before.as_ref()),
+    ] {
+        let Some(d) = d else { continue };
+        o += &format!(
+            "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
+             scrape {} first, {} next, backend list {}; ikelb_persistence_entries {}\n",
+            ms_or_timeout(d.scrape_first_ms),
+            ms_or_timeout(d.scrape_ms),
+            ms_or_timeout(d.list_ms),
+            ms_or_timeout(d.churn_scrape_first_ms),
+            ms_or_timeout(d.churn_scrape_ms),
+            ms_or_timeout(d.churn_list_ms),
+            d.entries_scraped
+                .map_or("?".to_owned(), |e| format!("{e:.0}")),
+        );
+    }
+    o
+}
+
+/// The raw figures behind the bytes per entry: each map's `max_entries` and `memlock` per
+/// family.
+fn per_family_memlock(m: &Memory) -> Value {
+    let (v4, v6) = (&m.v4, &m.v6);
+    json!({
+        "persistence": {"entries": v4.persist_entries, "v4": v4.persist_memlock,
+                        "v6_entries": v6.persist_entries, "v6": v6.persist_memlock},
+        "probation": {"entries": v4.probation_entries, "v4": v4.probation_memlock,
+                      "v6_entries": v6.probation_entries, "v6": v6.probation_memlock},
+        "proofs": {"entries": v4.probation_entries, "v4": v4.proofs_memlock,
+                   "v6_entries": v6.probation_entries, "v6": v6.proofs_memlock},
+    })
+}
+
+/// `closed_loop` / `closed_loop_v6` of the JSON: per size, each variant's median, the ratios
+/// `a_over_b` of `ratios`, the frames lost and the lever's fast-path share.
+fn closed_json(c: &closed_loop::Results, variants: &[Variant], ratios: &[(&str, &str)]) -> Value {
     let mut closed = Map::new();
     for (s, clients) in SIZES {
         let mut e = Map::new();
         e.insert("clients".into(), json!(clients));
-        for (v, _) in VARIANTS6 {
-            e.insert(format!("{v}_mpps"), json!(round3(c.median(s, v))));
+        for v in variants {
+            e.insert(format!("{}_mpps", v.key), json!(round3(c.median(s, v.key))));
         }
-        for v in ["ikelb_v6", "lever_v6"] {
-            e.insert(
-                format!("{v}_over_trivial_v6"),
-                json!(round3(c.median(s, v) / c.median(s, "trivial_v6"))),
-            );
+        for (a, b) in ratios {
+            let r = c.median(s, a) / c.median(s, b);
+            e.insert(format!("{a}_over_{b}"), json!(round3(r)));
         }
-        let lost: u64 = VARIANTS6.iter().map(|(v, _)| c.lost(s, v)).sum();
+        let lost: u64 = variants.iter().map(|v| c.lost(s, v.key)).sum();
         e.insert("frames_lost".into(), json!(lost));
-        e.insert("lever_v6_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
+        for v in variants.iter().filter(|v| v.lever()) {
+            let share = json!(round4(c.fast_path_share(s)));
+            e.insert(format!("{}_fast_path_share", v.key), share);
+        }
         closed.insert(s.into(), Value::Object(e));
     }
     Value::Object(closed)
@@ -482,9 +538,9 @@ pub fn json(a: &All<'_>) -> Value {
     let mut fast_path_share = Map::new();
     let mut rows = Vec::new();
     for r in &a.prog.rows {
-        program_ns.insert(r.key.into(), json!(round1(r.cost_ns)));
+        program_ns.insert(r.key.clone(), json!(round1(r.cost_ns)));
         if let Some(f) = r.fast_path_share() {
-            fast_path_share.insert(r.key.into(), json!(round4(f)));
+            fast_path_share.insert(r.key.clone(), json!(round4(f)));
         }
         let events: Map<String, Value> = event::LABELS
             .iter()
@@ -514,38 +570,17 @@ pub fn json(a: &All<'_>) -> Value {
         attribution.insert(at.clients.to_string(), Value::Object(e));
     }
     let c = a.closed;
-    let mut closed = Map::new();
-    for (s, clients) in SIZES {
-        let mut e = Map::new();
-        e.insert("clients".into(), json!(clients));
-        for (v, _) in VARIANTS {
-            e.insert(format!("{v}_mpps"), json!(round3(c.median(s, v))));
-        }
-        e.insert(
-            "ikelb_over_trivial".into(),
-            json!(round3(c.median(s, "ikelb") / c.median(s, "trivial"))),
-        );
-        e.insert(
-            "ikelb_over_nft".into(),
-            json!(round3(c.median(s, "ikelb") / c.median(s, "nft"))),
-        );
-        e.insert(
-            "lever_over_trivial".into(),
-            json!(round3(c.median(s, "lever") / c.median(s, "trivial"))),
-        );
-        e.insert(
-            "lever_over_nft".into(),
-            json!(round3(c.median(s, "lever") / c.median(s, "nft"))),
-        );
-        e.insert(
-            "ikelb_over_kernel".into(),
-            json!(round3(c.median(s, "ikelb") / c.median(s, "kernel"))),
-        );
-        let lost: u64 = VARIANTS.iter().map(|(v, _)| c.lost(s, v)).sum();
-        e.insert("frames_lost".into(), json!(lost));
-        e.insert("lever_fast_path_share".into(), json!(round4(c.fast_path_share(s))));
-        closed.insert(s.into(), Value::Object(e));
-    }
+    let closed = closed_json(
+        c,
+        &VARIANTS,
+        &[
+            ("ikelb", "trivial"),
+            ("ikelb", "nft"),
+            ("lever", "trivial"),
+            ("lever", "nft"),
+            ("ikelb", "kernel"),
+        ],
+    );
     let samples = samples_json(c);
     let mut maglev = Map::new();
     for (n, ms) in a.maglev {
@@ -583,7 +618,11 @@ pub fn json(a: &All<'_>) -> Value {
         "fast_path_share": fast_path_share,
         "closed_loop": closed,
         "closed_loop_samples": samples,
-        "closed_loop_v6": closed6_json(a.closed6),
+        "closed_loop_v6": closed_json(
+            a.closed6,
+            &VARIANTS_V6,
+            &[("ikelb_v6", "trivial_v6"), ("lever_v6", "trivial_v6")],
+        ),
         "closed_loop_samples_v6": samples_json(a.closed6),
         "closed_loop_method_v6": {"seconds_per_point": a.closed6.measure_secs,
                                   "repeats": a.closed6.repeats,
@@ -592,19 +631,19 @@ pub fn json(a: &All<'_>) -> Value {
                                "repeats": c.repeats, "frame_bytes": crate::frame::FRAME_LEN,
                                "lever_loaded_by": c.lever_loaded_by},
         "persistence_bytes_per_entry": family["persistence"].clone(),
-        "persistence_entries_configured": a.prog.memory.persist_entries,
-        "persistence_memlock_bytes": a.prog.memory.persist_memlock,
+        "persistence_entries_configured": a.prog.memory.v4.persist_entries,
+        "persistence_memlock_bytes": a.prog.memory.v4.persist_memlock,
         "persistence_bytes_1M_clients": (bytes_per_entry(a.prog) * 1e6).round(),
         "probation_bytes_per_entry": family["probation"].clone(),
         "proofs_bytes_per_entry": family["proofs"].clone(),
         "per_family_memlock_bytes": per_family_memlock(&a.prog.memory),
-        "probation_entries_configured": a.prog.memory.probation_entries,
-        "probation_memlock_bytes": a.prog.memory.probation_memlock,
+        "probation_entries_configured": a.prog.memory.v4.probation_entries,
+        "probation_memlock_bytes": a.prog.memory.v4.probation_memlock,
         "refreshed_entries_configured": a.prog.memory.refreshed_entries,
         "refreshed_memlock_bytes": a.prog.memory.refreshed_memlock,
         "all_maps_memlock_bytes": a.prog.memory.all_maps_memlock,
         "maglev_build_ms": maglev,
-        "maglev_table_size": control::MAGLEV_M,
+        "maglev_table_size": MAGLEV_M,
         "health_checks": {
             "backends": h.backends, "interval_s": h.interval_s, "observed_s": h.observed_s,
             "echoes_per_s": h.echoes_per_s, "daemon_cpu_percent": h.daemon_cpu_pct,
@@ -614,48 +653,6 @@ pub fn json(a: &All<'_>) -> Value {
         "persistence_scans": scans_json(a.scans),
         "targets": targets,
     })
-}
-
-/// A duration in ms, or how long it was not done by.
-fn ms_or_timeout(v: Option<f64>) -> String {
-    match v {
-        Some(ms) if ms.is_finite() => format!("{ms:.1} ms"),
-        _ => format!("> {:.0} s (not done)", control::SCAN_TIMEOUT.as_secs_f64()),
-    }
-}
-
-/// The persistence-scan lines of the control-plane section.
-pub fn scans_table(s: &control::Scans) -> String {
-    let w = &s.walks;
-    let mut o = format!(
-        "   Persistence scans at {} clients (PERSIST_V4, 2^20 entries):\n   full walk: \
-         BPF_MAP_LOOKUP_BATCH {:.1} ms, GET_NEXT_KEY + lookups (before) {}\n   under churn \
-         ({:.0} inserts/s): batch {:.1} ms ({} entries{}), GET_NEXT_KEY {} ({} keys read twice)\n",
-        s.clients,
-        w.batch_ms,
-        ms_or_timeout(Some(w.next_key_ms)),
-        w.churn_inserts_per_s,
-        w.churn_batch_ms,
-        w.churn_batch_entries,
-        if w.churn_batch_truncated { ", truncated" } else { "" },
-        ms_or_timeout(w.churn_next_key_ms),
-        w.churn_next_key_duplicates,
-    );
-    for (label, d) in [("this build", Some(&s.after)), ("before", s.before.as_ref())] {
-        let Some(d) = d else { continue };
-        o += &format!(
-            "   daemon ({label}): scrape {} first, {} next; backend list {}; under churn \
-             scrape {} first, {} next, backend list {}; ikelb_persistence_entries {}\n",
-            ms_or_timeout(d.scrape_first_ms),
-            ms_or_timeout(d.scrape_ms),
-            ms_or_timeout(d.list_ms),
-            ms_or_timeout(d.churn_scrape_first_ms),
-            ms_or_timeout(d.churn_scrape_ms),
-            ms_or_timeout(d.churn_list_ms),
-            d.entries_scraped.map_or("?".to_owned(), |e| format!("{e:.0}")),
-        );
-    }
-    o
 }
 
 fn scans_json(s: &control::Scans) -> Value {

@@ -95,3 +95,38 @@ pub fn thread_cpu_seconds() -> f64 {
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
+
+/// Polls `ready` every `every` until it says so: an error (with the end of the child's log)
+/// if `child` exits first or `within` passes, or on SIGINT/SIGTERM. `what` completes "did
+/// not … within".
+pub fn wait_ready(
+    child: &mut Child,
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        check_interrupted()?;
+        if child.exit_status().is_some() {
+            bail!(
+                "{} exited; its log:\n{}",
+                child.name(),
+                child.output_tail(20)
+            );
+        }
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not {what} within {} s; its log:\n{}",
+                child.name(),
+                within.as_secs(),
+                child.output_tail(20)
+            );
+        }
+        sleep(every)?;
+    }
+}
