@@ -57,6 +57,15 @@ use crate::lab::{reap_stale, wait_for, NetNs, RunPrefix, TempDir, Veth, VIP};
 
 /// `announce.table` on every node (the shipped configs' example).
 pub const TABLE: &str = "100";
+/// `share.export_table` and `share.import_table` on every node when shared persistence is
+/// on (the shipped configs' example): BIRD learns the node's divergent clients from the
+/// first and writes the other nodes' into the second.
+pub const SHARE_EXPORT: &str = "101";
+pub const SHARE_IMPORT: &str = "102";
+/// Every node's `hash_seed` and `maglev_table_size`: with the backends, what makes every
+/// node's ring the same (and lets a test compute it, [`ClusterLab::ring_backend`]).
+pub const HASH_SEED: u32 = 0x5eed;
+pub const MAGLEV_SIZE: u32 = 65537;
 /// The router's address on the nodes' segment (the shipped configs').
 pub const ROUTER_NODES_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 /// The backends' default gateway: the VRRP address.
@@ -111,8 +120,14 @@ pub struct ClusterSpec {
     /// … of which the first `started` run their daemon, BIRD and keepalived from the start
     /// (the others are cabled, idle, for a test to start).
     pub started: usize,
-    /// strongSwan responders (at most 9).
+    /// strongSwan responders (at most 9) …
     pub responders: usize,
+    /// … of which the first `listed` are the daemons' configured backends (the others run,
+    /// for a test to add with `lb-ctl backend add`).
+    pub listed: usize,
+    /// Shared persistence on every node: `share` in the daemon's config, the optional part
+    /// of `deploy/bird/ikelb-node.conf` with iBGP sessions to every other node over `int`.
+    pub share: bool,
 }
 
 /// One initiator.
@@ -151,6 +166,7 @@ pub struct ClusterLab {
     lb_ctl: PathBuf,
     dir: TempDir,
     prefix: RunPrefix,
+    listed: usize,
 }
 
 /// A client's IKE SA and CHILD_SA as both ends report them, and where it lives.
@@ -198,6 +214,10 @@ impl ClusterLab {
         ensure!((1..=9).contains(&spec.nodes), "1..=9 nodes");
         ensure!(spec.started <= spec.nodes, "started ≤ nodes");
         ensure!((1..=9).contains(&spec.responders), "1..=9 responders");
+        ensure!(
+            (1..=spec.responders).contains(&spec.listed),
+            "1..=responders listed"
+        );
         reap_stale();
         let pki = Pki::get(spec.clients)?;
         let prefix = RunPrefix::new('k');
@@ -216,12 +236,16 @@ impl ClusterLab {
             let ns = netns(&name)?;
             let priority = 100 - 10 * k as u8;
             let node_dir = dir.path().join(&name);
+            let peers = spec
+                .share
+                .then(|| (0..spec.nodes).filter(|&j| j != k).map(node_int).collect());
             nodes.push(Node::new(
                 name,
                 ns,
                 node_ext(k),
                 node_int(k),
                 priority,
+                peers,
                 node_dir,
             )?);
         }
@@ -386,6 +410,7 @@ impl ClusterLab {
             lb_ctl: lb_ctl.to_path_buf(),
             dir,
             prefix,
+            listed: spec.listed,
         };
         // Each node's BGP session takes a few seconds (BIRD's connect delay and retry):
         // start them all, then wait.
@@ -440,9 +465,79 @@ impl ClusterLab {
         self.dir.path()
     }
 
-    /// The backends' addresses, in order (every node's config lists them alike).
+    /// The configured backends' addresses, in order (every node's config lists them alike).
     pub fn backend_addrs(&self) -> Vec<Ipv4Addr> {
-        (0..self.backends.len()).map(backend_addr).collect()
+        (0..self.listed).map(backend_addr).collect()
+    }
+
+    /// The responder whose address is `addr`.
+    pub fn responder_of(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.responders.iter().position(|r| r.addr == addr)
+    }
+
+    /// The responder client `i`'s ring slot converges to when the nodes' backends are
+    /// `backends` (all usable, weight 1): the same pure function every daemon computes
+    /// (`lb_common::maglev::build` over the backends' addresses, the client's hash with
+    /// [`HASH_SEED`], [`MAGLEV_SIZE`] slots); and the slot.
+    pub fn ring_backend(&self, i: usize, backends: &[usize]) -> (usize, u32) {
+        use lb_common::hash::{client_hash_v4, ring_slot};
+        use lb_common::maglev::{build, Member};
+        let members: Vec<Member> = backends
+            .iter()
+            .map(|&r| Member {
+                id: r as u32 + 1,
+                key: self.responders[r].addr.octets().to_vec(),
+                weight: 1,
+                usable: true,
+            })
+            .collect();
+        let table = build(&members, MAGLEV_SIZE, HASH_SEED);
+        let client = u32::from_ne_bytes(public(i).octets());
+        let slot = ring_slot(client_hash_v4(client, HASH_SEED), MAGLEV_SIZE);
+        (table[slot as usize] as usize - 1, slot)
+    }
+
+    /// Cuts responder `i`'s port on the backends' switch (health checks and its clients'
+    /// traffic fail), or restores it.
+    pub fn set_responder_link(&self, i: usize, up: bool) -> Result<()> {
+        let port = format!("b{}", i + 1);
+        self.switch
+            .ip(&["link", "set", &port, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    /// `lb-ctl backend list --json` of node `k`: (address, state, ring slots) per backend.
+    pub fn backend_list(&self, k: usize) -> Result<Vec<(Ipv4Addr, String, u32)>> {
+        let out = self.nodes[k].lb_ctl(&self.lb_ctl, &["backend", "list", "--json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        let list = v
+            .as_array()
+            .or_else(|| v["backends"].as_array())
+            .with_context(|| format!("backend list: no array in {out}"))?;
+        list.iter()
+            .map(|b| {
+                Ok((
+                    b["address"]
+                        .as_str()
+                        .context("backend without address")?
+                        .parse()?,
+                    b["state"].as_str().unwrap_or("").to_owned(),
+                    b["ring_slots"].as_u64().unwrap_or(0) as u32,
+                ))
+            })
+            .collect()
+    }
+
+    /// Node `k`'s ring slots still held for their old backend (`lb-ctl status`,
+    /// `held_slots`).
+    pub fn held_slots(&self, k: usize) -> Result<u64> {
+        let out = self.nodes[k].lb_ctl(&self.lb_ctl, &["status", "--json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        v["virtual_servers"][0]["held_slots"]
+            .as_u64()
+            .with_context(|| format!("status: no held_slots in {out}"))
     }
 
     /// Start node `k`: its daemon (XDP attached), BIRD (its session with the router up) and
@@ -600,9 +695,10 @@ impl ClusterLab {
         Ok(t0.elapsed())
     }
 
-    /// Every backend's neighbour entry for its gateway: the MAC (if resolved).
+    /// Every configured backend's neighbour entry for its gateway: the MAC (if resolved).
+    /// A spare responder (added at runtime) takes no new client, so it has none to resolve.
     pub fn gateway_macs(&self) -> Result<Vec<Option<[u8; 6]>>> {
-        self.backends
+        self.backends[..self.listed]
             .iter()
             .map(|b| {
                 let v = b.ip_json(&["-4", "neigh", "show", &GATEWAY.to_string(), "dev", "eth0"])?;

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::keepalived::{self, Keepalived};
-use super::{ROUTER_NODES_ADDR, TABLE};
+use super::{HASH_SEED, MAGLEV_SIZE, ROUTER_NODES_ADDR, SHARE_EXPORT, SHARE_IMPORT, TABLE};
 use crate::bird::{self, Bird};
 use crate::lab::{self, metrics, wait_for, BpfFs, Child, NetNs, XdpAttachment, VIP};
 
@@ -36,6 +36,9 @@ pub struct Node {
     pub int_addr: Ipv4Addr,
     /// Its VRRP priority (highest: master).
     pub priority: u8,
+    /// The other nodes' `int` addresses when shared persistence is on (its iBGP peers),
+    /// `None` without `share`.
+    share_peers: Option<Vec<Ipv4Addr>>,
     keepalived: Option<Keepalived>,
     bird: Option<Bird>,
     daemon: Option<Child>,
@@ -51,6 +54,7 @@ impl Node {
         ext_addr: Ipv4Addr,
         int_addr: Ipv4Addr,
         priority: u8,
+        share_peers: Option<Vec<Ipv4Addr>>,
         dir: PathBuf,
     ) -> Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
@@ -60,6 +64,7 @@ impl Node {
             ext_addr,
             int_addr,
             priority,
+            share_peers,
             keepalived: None,
             bird: None,
             daemon: None,
@@ -79,6 +84,9 @@ impl Node {
     /// lab's fast health checks, and `announce` into table [`TABLE`] with the default
     /// `withdraw_on_stop: true`. `detach_on_exit` stays false: a stopped daemon's pinned
     /// program keeps forwarding what still arrives (the planned drain relies on it).
+    /// `slot_move_delay: 1s` (5 s by default) so that the slots of a backend added or
+    /// recovered move within the tests' patience. With shared persistence on,
+    /// `share: {export_table: 101, import_table: 102}` ([`SHARE_EXPORT`], [`SHARE_IMPORT`]).
     pub fn daemon_config(&self, backends: &[Ipv4Addr]) -> String {
         let mut list = String::new();
         for b in backends {
@@ -90,8 +98,9 @@ impl Node {
              mode: nat\n\
              xdp_mode: native\n\
              persistence_timeout: 30m\n\
-             hash_seed: 0x5eed\n\
-             maglev_table_size: 65537\n\
+             slot_move_delay: 1s\n\
+             hash_seed: {HASH_SEED:#x}\n\
+             maglev_table_size: {MAGLEV_SIZE}\n\
              virtual_servers:\n\
              \x20 - name: aovpn\n\
              \x20   vip: {VIP}\n\
@@ -111,8 +120,14 @@ impl Node {
              state_dir: {state}\n\
              bpffs: {bpffs}\n\
              announce:\n\
-             \x20 table: {TABLE}\n",
+             \x20 table: {TABLE}\n\
+             {share}",
             name = self.name,
+            share = if self.share_peers.is_some() {
+                format!("share: {{export_table: {SHARE_EXPORT}, import_table: {SHARE_IMPORT}}}\n")
+            } else {
+                String::new()
+            },
             sock = self.control_socket().display(),
             state = self.dir.join("state").display(),
             bpffs = self.bpffs.path().display(),
@@ -194,10 +209,11 @@ impl Node {
     /// Starts BIRD with the shipped node config: this node's addresses, logging to its
     /// file, and the test's short reconnect timers (`connect retry`, `error wait`: a
     /// session comes up within a second of both ends running). Hold time and BFD stay as
-    /// shipped.
+    /// shipped. With shared persistence on, the file's optional part is enabled as its
+    /// comments say ([`share_bird_part`]).
     pub fn start_bird(&mut self) -> Result<()> {
         let ext = self.ext_addr.to_string();
-        let config = bird::deploy_config(
+        let mut config = bird::deploy_config(
             "ikelb-node.conf",
             &[
                 ("log syslog all;", "log stderr all;"),
@@ -214,6 +230,9 @@ impl Node {
                 ("error wait time 5, 30;", "error wait time 1, 5;"),
             ],
         )?;
+        if let Some(peers) = &self.share_peers {
+            config = share_bird_part(&config, self.int_addr, peers)?;
+        }
         self.bird = Some(Bird::start(&self.ns, &self.name, &config, &self.dir)?);
         Ok(())
     }
@@ -327,6 +346,38 @@ impl Node {
         })?
     }
 
+    /// `ikelb_share_clients{table}` (`exported`, `learned`): `None` when the daemon reports
+    /// none (no `share`, or no round yet).
+    pub fn share_clients(&self, table: &str) -> Result<Option<u64>> {
+        let text = self.metrics()?;
+        let samples = metrics::samples(&text, "ikelb_share_clients");
+        Ok(samples
+            .iter()
+            .find(|s| s.label("table") == table)
+            .map(|s| s.value as u64))
+    }
+
+    /// The host routes of kernel table `table` of this node: (client, gateway), sorted.
+    /// A table that never held a route does not exist yet: empty.
+    pub fn share_routes(&self, table: &str) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        let v = match self.ns.ip_json(&["-4", "route", "show", "table", table]) {
+            Ok(v) => v,
+            Err(e) if format!("{e:#}").contains("FIB table does not exist") => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for r in v.as_array().into_iter().flatten() {
+            let (Some(dst), Some(gw)) = (r["dst"].as_str(), r["gateway"].as_str()) else {
+                continue;
+            };
+            out.push((dst.parse()?, gw.parse()?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The counters that say what this node's data path carried.
     pub fn counters(&self) -> Result<Counters> {
         let text = self.metrics()?;
@@ -377,4 +428,68 @@ impl std::ops::Sub for Counters {
             reverse_stateless: self.reverse_stateless.saturating_sub(o.reverse_stateless),
         }
     }
+}
+
+/// Where the optional shared persistence part of `deploy/bird/ikelb-node.conf` begins.
+const SHARE_PART: &str = "# --- Optional: shared persistence between the nodes";
+
+/// Enables the optional shared persistence part of the node config the way its comments
+/// tell an operator to: every line of it that holds configuration (a `#` not followed by a
+/// space) loses its `#`; this node's address on the shared segment replaces 10.0.0.1, one
+/// `protocol bgp` per other node replaces the two examples; the lab's short reconnect
+/// timers as on the upstream session. The tables stay 101 and 102 ([`SHARE_EXPORT`],
+/// [`SHARE_IMPORT`]), as in the daemon's config.
+pub(super) fn share_bird_part(config: &str, own: Ipv4Addr, peers: &[Ipv4Addr]) -> Result<String> {
+    let at = config
+        .find(SHARE_PART)
+        .with_context(|| format!("ikelb-node.conf: no {SHARE_PART:?} part"))?;
+    let (head, part) = config.split_at(at);
+    let mut enabled = String::with_capacity(part.len());
+    for line in part.lines() {
+        let uncommented = match line.strip_prefix('#') {
+            Some(rest) if !rest.starts_with(' ') => rest,
+            _ => line,
+        };
+        enabled.push_str(uncommented);
+        enabled.push('\n');
+    }
+    let mut sessions = String::new();
+    for (j, p) in peers.iter().enumerate() {
+        write!(
+            sessions,
+            "protocol bgp share_peer{} from share_peer {{\n\tneighbor {p} as 65001;\n}}\n\n",
+            j + 1
+        )
+        .expect("write to String");
+    }
+    let examples =
+        "protocol bgp share_node2 from share_peer {\n\tneighbor 10.0.0.2 as 65001;\n}\n\n\
+                    protocol bgp share_node3 from share_peer {\n\tneighbor 10.0.0.3 as 65001;\n}\n";
+    let edits: [(&str, &str); 3] = [
+        (
+            "local 10.0.0.1 as 65001;",
+            &format!("local {own} as 65001;"),
+        ),
+        (
+            "\tkeepalive time 3;\n\tipv4 {\n\t\ttable share4;",
+            "\tkeepalive time 3;\n\tconnect retry time 1;\n\terror wait time 1, 5;\n\
+             \tipv4 {\n\t\ttable share4;",
+        ),
+        (examples, &sessions),
+    ];
+    for (from, to) in edits {
+        ensure!(
+            enabled.contains(from),
+            "ikelb-node.conf, shared persistence part: no {from:?} to replace"
+        );
+        enabled = enabled.replacen(from, to, 1);
+    }
+    for table in [SHARE_EXPORT, SHARE_IMPORT] {
+        ensure!(
+            enabled.contains(&format!("\n\tkernel table {table};")),
+            "ikelb-node.conf, shared persistence part: no kernel table {table} (the daemon's \
+             share tables)"
+        );
+    }
+    Ok(format!("{head}{enabled}"))
 }
