@@ -119,6 +119,12 @@ pub fn divergent<D: Dataplane>(
         if !lb_common::is_live(tick, v.atime, timeout_ticks) {
             continue;
         }
+        // Another node's client taken by `import`, not used here yet: that node publishes
+        // it. Publishing it again would keep it alive in both nodes' tables (each import
+        // refreshing the other's) after its own node withdrew it.
+        if v.port == PORT_SHARED {
+            continue;
+        }
         let Some(i) = lb.service_index(service) else {
             continue;
         };
