@@ -135,7 +135,7 @@ fn key6(lb: &Balancer<FakeDataplane>, c: IpAddr) -> PersistKeyV6 {
 
 /// Published: established, live, on another backend than the slot's — of both families.
 /// Not: a client on its slot's backend, an idle one, a probation entry (a spoofer can make
-/// those).
+/// those), another node's client taken here and not used yet (that node publishes it).
 #[test]
 fn a_node_publishes_its_live_established_clients_off_their_ring_slot() {
     let lb = balancer();
@@ -145,6 +145,9 @@ fn a_node_publishes_its_live_established_clients_off_their_ring_slot() {
     let moved = client_on(&lb, b1, false, 1);
     let idle = client_on(&lb, b1, false, 2);
     let probation = client_on(&lb, b1, false, 3);
+    let imported = client_on(&lb, b1, false, 4);
+    let mut taken = entry(b2, now);
+    taken.port = PORT_SHARED;
     let moved6 = client_on(&lb, b6, true, 0);
     let on_ring6 = client_on(&lb, b6, true, 1);
     let scanned = Scanned {
@@ -152,9 +155,10 @@ fn a_node_publishes_its_live_established_clients_off_their_ring_slot() {
             (key4(&lb, on_ring), entry(b1, now)),
             (key4(&lb, moved), entry(b2, now - 5)),
             (key4(&lb, idle), entry(b2, now - TIMEOUT - 1)),
+            (key4(&lb, imported), taken),
             (key4(&lb, probation), entry(b2, now)),
         ],
-        established_v4: 3,
+        established_v4: 4,
         v6: vec![
             (key6(&lb, moved6), entry(b6b, now)),
             (key6(&lb, on_ring6), entry(b6, now)),
