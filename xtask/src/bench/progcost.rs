@@ -278,6 +278,26 @@ fn measure(ifaces: &[IfaceInfo], trials: usize, cpu: usize) -> Result<ProgCost> 
 }
 
 impl<F: Family> Bench<F> {
+    /// Row `key` of `t` from the established clients of `cfg`, written first, then one
+    /// warm-up pass of every client through the program (steady state); with the share of them
+    /// still resident after the row.
+    fn established_row(
+        &mut self,
+        key: String,
+        what: String,
+        t: &Template,
+        cfg: BenchCfg,
+        expect: Expect,
+    ) -> Result<Row> {
+        eprintln!("  program cost: {key}");
+        self.establish(cfg)?;
+        let (ext, warm_up) = (self.ext, cfg.clients.max(REPEAT));
+        self.run(F::STAMP_LB, t, cfg, ext, warm_up, Some(expect))?;
+        let mut row = self.row(key, what, t, cfg, ext, expect)?;
+        row.resident = Some(self.resident(cfg)?);
+        Ok(row)
+    }
+
     /// Established clients at each of `sizes` (`hit_*`); at 64k also the reverse path and a
     /// spoofed IKE_SA_INIT flood; with `attribution`, the attribution above 1k; then ESP from
     /// new sources with 1M established (`miss`).
@@ -291,30 +311,15 @@ impl<F: Family> Bench<F> {
         let (ext, int, sfx, what) = (self.ext, self.int, F::SUFFIX, F::WHAT);
         let forwarded = Expect::FORWARDED;
         for &(size, clients) in sizes {
-            let key = format!("hit_{size}{sfx}");
-            eprintln!("  program cost: {key}");
             let cfg = fwd_cfg(clients, F::ESTABLISHED.base);
-            self.establish(cfg)?;
-            // Warm-up: every client once more through the program (steady state).
-            self.run(
-                F::STAMP_LB,
-                &f.fwd,
-                cfg,
-                ext,
-                clients.max(REPEAT),
-                Some(forwarded),
-            )?;
             let persist = F::PERSIST;
-            let mut row = self.row(
-                key,
+            rows.push(self.established_row(
+                format!("hit_{size}{sfx}"),
                 format!("{what}forward, established client ({persist} hit), {clients} clients"),
                 &f.fwd,
                 cfg,
-                ext,
                 forwarded,
-            )?;
-            row.resident = Some(self.resident(cfg)?);
-            rows.push(row);
+            )?);
             if clients == 65_536 {
                 eprintln!("  program cost: reverse{sfx}");
                 self.fill_rev(cfg)?;
@@ -426,31 +431,17 @@ impl<F: Family> Bench<F> {
             ..forwarded
         };
         for &(size, clients) in &SIZES[1..] {
-            let key = format!("lever_hit_{size}{sfx}");
-            eprintln!("  program cost: {key}");
             let cfg = fwd_cfg(clients, F::ESTABLISHED.base);
-            self.establish(cfg)?;
-            // Warm-up: every client's first packet of the tick writes its REFRESHED_V4 tag.
-            self.run(
-                F::STAMP_LB,
-                &f.fwd,
-                cfg,
-                ext,
-                clients.max(REPEAT),
-                Some(bulk),
-            )?;
-            let mut row = self.row(
-                key,
+            // The warm-up writes every client's REFRESHED_V4 tag (its first packet of the tick).
+            rows.push(self.established_row(
+                format!("lever_hit_{size}{sfx}"),
                 format!(
                     "{what}lever on: ESP in UDP, unchanged slot, established, {clients} clients"
                 ),
                 &f.fwd,
                 cfg,
-                ext,
                 bulk,
-            )?;
-            row.resident = Some(self.resident(cfg)?);
-            rows.push(row);
+            )?);
             if clients != 65_536 {
                 continue;
             }

@@ -168,16 +168,31 @@ fn persist_map(bpffs: &Path) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 
-fn persist_hash(bpffs: &Path) -> Result<AyaHashMap<MapData, PersistKeyV4, PersistValue>> {
+/// The daemon's `PERSIST_V4`, opened from its pin.
+type PersistMap = AyaHashMap<MapData, PersistKeyV4, PersistValue>;
+
+fn persist_hash(bpffs: &Path) -> Result<PersistMap> {
     Ok(AyaHashMap::try_from(Map::LruHashMap(persist_map(bpffs)?))?)
+}
+
+/// An established entry of client `client` (host order) on backend id `backend`, last seen
+/// at tick `now`.
+fn insert(m: &mut PersistMap, client: u32, backend: u32, now: u32) -> Result<()> {
+    let key = PersistKeyV4 {
+        service: 0,
+        client: client.to_be(),
+    };
+    let v = PersistValue {
+        backend,
+        atime: now,
+        ..PersistValue::default()
+    };
+    m.insert(key, v, 0).context("PERSIST_V4 insert")
 }
 
 /// Today's walk before the shared scan: every key by `GET_NEXT_KEY`, each looked up, no cap;
 /// stops at `deadline` (`None`). Returns the time and the keys read more than once.
-fn next_key_walk(
-    m: &AyaHashMap<MapData, PersistKeyV4, PersistValue>,
-    deadline: Duration,
-) -> Option<(f64, u64)> {
+fn next_key_walk(m: &PersistMap, deadline: Duration) -> Option<(f64, u64)> {
     let start = Instant::now();
     let mut seen = std::collections::HashSet::new();
     let mut dups = 0u64;
@@ -226,19 +241,8 @@ impl Churn {
                 let due = (start.elapsed().as_secs_f64() * f64::from(CHURN_PER_S)) as u64;
                 while n < due {
                     let client = u32::from_be_bytes([100, 64, 0, 0]).wrapping_add(n as u32);
-                    let v = PersistValue {
-                        backend: 1 + (n % u64::from(SCAN_BACKENDS)) as u32,
-                        atime: now,
-                        ..PersistValue::default()
-                    };
-                    m.insert(
-                        PersistKeyV4 {
-                            service: 0,
-                            client: client.to_be(),
-                        },
-                        v,
-                        0,
-                    )?;
+                    let backend = 1 + (n % u64::from(SCAN_BACKENDS)) as u32;
+                    insert(&mut m, client, backend, now)?;
                     n += 1;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -291,20 +295,7 @@ fn daemon_scans(
                 sys::check_interrupted()?;
             }
             let client = u32::from_be_bytes([100, 0, 0, 0]) + i;
-            let v = PersistValue {
-                backend: 1 + i % SCAN_BACKENDS,
-                atime: now,
-                ..PersistValue::default()
-            };
-            m.insert(
-                PersistKeyV4 {
-                    service: 0,
-                    client: client.to_be(),
-                },
-                v,
-                0,
-            )
-            .context("PERSIST_V4 insert")?;
+            insert(&mut m, client, 1 + i % SCAN_BACKENDS, now)?;
         }
     }
     let socket = lab.dir.path().join("ctl.sock");
