@@ -383,3 +383,5 @@ pub use adopt::AdoptReport;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -12,8 +12,7 @@ use super::*;
 use crate::{
     config,
     dataplane::fake::FakeDataplane,
-    health::HealthState,
-    state::{Balancer, IfaceInfo, NextHop},
+    state::{test_support, Balancer},
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -41,35 +40,13 @@ announce: {table: 100}
 ",
     )
     .expect("valid config");
-    let ifaces = ["ext", "int"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| IfaceInfo {
-            name: (*n).into(),
-            ifindex: 10 + i as u32,
-            mac: [2, 0, 0, 0, 0, i as u8],
-        })
-        .collect();
-    Balancer::new(FakeDataplane::default(), &cfg, ifaces, 64).unwrap()
+    test_support::balancer(&cfg, 64)
 }
 
 /// Backend `addr` health Up and next hop resolved (usable), or Down.
 fn set(lb: &mut Balancer<FakeDataplane>, addr: &str, up: bool) {
     let id = lb.backend_by_address(ip(addr)).unwrap().id;
-    lb.set_next_hop(
-        id,
-        Some(NextHop {
-            port: 1,
-            mac: [0xaa, 0, 0, 0, 0, id as u8],
-        }),
-    )
-    .unwrap();
-    let health = if up {
-        HealthState::Up
-    } else {
-        HealthState::Down
-    };
-    lb.set_health(id, health).unwrap();
+    test_support::set_usable(lb, id, up);
 }
 
 fn served(lb: &Balancer<FakeDataplane>) -> Vec<String> {

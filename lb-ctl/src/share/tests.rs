@@ -6,11 +6,9 @@ use lb_common::RING_F_CHANGED;
 
 use super::*;
 use crate::{
-    config,
     dataplane::fake::FakeDataplane,
-    health::HealthState,
     scan::Scanned,
-    state::{Balancer, IfaceInfo, NextHop},
+    state::{test_support, Balancer},
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -24,8 +22,7 @@ const B6B: &str = "2001:db8:1::12";
 const TIMEOUT: u32 = 100;
 
 fn balancer() -> Balancer<FakeDataplane> {
-    let cfg = config::parse(
-        "t.yaml",
+    let cfg = test_support::config(
         "interfaces: [ext, int]\nmaglev_table_size: 251
 virtual_servers:
   - name: aovpn
@@ -36,30 +33,9 @@ virtual_servers:
       - address: 2001:db8:1::11
       - address: 2001:db8:1::12
 ",
-    )
-    .expect("valid config");
-    let ifaces = ["ext", "int"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| IfaceInfo {
-            name: (*n).into(),
-            ifindex: 10 + i as u32,
-            mac: [2, 0, 0, 0, 0, i as u8],
-        })
-        .collect();
-    let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces, 64).unwrap();
-    for a in [B1, B2, B6, B6B] {
-        let id = lb.backend_by_address(ip(a)).unwrap().id;
-        lb.set_next_hop(
-            id,
-            Some(NextHop {
-                port: 1,
-                mac: [0xaa, 0, 0, 0, 0, id as u8],
-            }),
-        )
-        .unwrap();
-        lb.set_health(id, HealthState::Up).unwrap();
-    }
+    );
+    let mut lb = test_support::balancer(&cfg, 64);
+    test_support::all_usable(&mut lb);
     lb.apply().unwrap();
     lb
 }

@@ -13,11 +13,9 @@ use lb_common::{
 
 use super::*;
 use crate::{
-    config,
     dataplane::fake::FakeDataplane,
-    health::HealthState,
     scan::{Scanned, Scanner},
-    state::{IfaceInfo, NextHop},
+    state::test_support,
 };
 
 type Tables = Arc<Mutex<(BTreeSet<(IpAddr, IpAddr)>, BTreeSet<(IpAddr, IpAddr)>)>>;
@@ -51,8 +49,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn setup() -> (Config, Balancer<FakeDataplane>) {
-    let cfg = config::parse(
-        "t.yaml",
+    let cfg = test_support::config(
         "interfaces: [ext, int]\nmaglev_table_size: 251
 share: {export_table: 101, import_table: 102}
 virtual_servers:
@@ -62,27 +59,9 @@ virtual_servers:
       - address: 10.0.0.11
       - address: 10.0.0.12
 ",
-    )
-    .expect("valid config");
-    let ifaces = ["ext", "int"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| IfaceInfo {
-            name: (*n).into(),
-            ifindex: 10 + i as u32,
-            mac: [2, 0, 0, 0, 0, i as u8],
-        })
-        .collect();
-    let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces, 64).unwrap();
-    for a in ["10.0.0.11", "10.0.0.12"] {
-        let id = lb.backend_by_address(ip(a)).unwrap().id;
-        let hop = NextHop {
-            port: 1,
-            mac: [0xaa, 0, 0, 0, 0, id as u8],
-        };
-        lb.set_next_hop(id, Some(hop)).unwrap();
-        lb.set_health(id, HealthState::Up).unwrap();
-    }
+    );
+    let mut lb = test_support::balancer(&cfg, 64);
+    test_support::all_usable(&mut lb);
     lb.apply().unwrap();
     (cfg, lb)
 }
