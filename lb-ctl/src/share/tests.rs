@@ -237,10 +237,21 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
         "an entry on the slot's own backend needs no flag"
     );
     // The next round, a tick later: the shared entries are kept alive, not duplicated.
-    let again = import(&mut lb, &[Shared { client: new, backend: ip(B2) }], tick + 1).unwrap();
+    let again = import(
+        &mut lb,
+        &[Shared {
+            client: new,
+            backend: ip(B2),
+        }],
+        tick + 1,
+    )
+    .unwrap();
     assert_eq!((again.inserted, again.refreshed), (0, 1));
     assert_eq!(
-        lb.dataplane().persistence_v4_get(&key4(&lb, new)).unwrap().map(|e| e.atime),
+        lb.dataplane()
+            .persistence_v4_get(&key4(&lb, new))
+            .unwrap()
+            .map(|e| e.atime),
         Some(tick + 1)
     );
 }
@@ -312,8 +323,14 @@ fn root_a_shared_entry_never_replaces_one_in_the_kernel_map() {
     assert!(dp.persistence_v6_write(&k6, &first, true).unwrap());
     assert!(!dp.persistence_v6_write(&k6, &second, true).unwrap());
     assert_eq!(dp.persistence_v6_get(&k6).unwrap(), Some(first));
-    let k4b = PersistKeyV4 { service: 1, client: 8 };
-    assert!(!dp.persistence_v4_write(&k4b, &second, false).unwrap(), "BPF_EXIST on no entry");
+    let k4b = PersistKeyV4 {
+        service: 1,
+        client: 8,
+    };
+    assert!(
+        !dp.persistence_v4_write(&k4b, &second, false).unwrap(),
+        "BPF_EXIST on no entry"
+    );
     assert!(dp.persistence_v4_write(&k4, &second, false).unwrap());
     assert_eq!(dp.persistence_v4_get(&k4).unwrap(), Some(second));
     assert_eq!(dp.persistence_v4_get(&k4b).unwrap(), None);
