@@ -21,7 +21,7 @@
 //! route tables are read and written by the daemon.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -160,14 +160,18 @@ pub fn import<D: Dataplane>(
 ) -> Result<ImportReport, StateError> {
     let (seed, m) = (lb.seed(), lb.ring_size());
     let mut report = ImportReport::default();
+    // Our usable backends by address, once a round (not once a route).
+    let mut by_address: BTreeMap<IpAddr, Vec<(u32, u32)>> = BTreeMap::new();
+    for b in lb.backends().filter(|b| b.usable()) {
+        by_address
+            .entry(b.address)
+            .or_default()
+            .push((b.service, b.id));
+    }
     for s in shared {
-        let targets: Vec<(u32, u32)> = lb
-            .backends()
-            .filter(|b| b.address == s.backend && b.usable())
-            .map(|b| (b.service, b.id))
-            .collect();
+        let targets = by_address.get(&s.backend).map_or(&[][..], Vec::as_slice);
         let mut any = false;
-        for (service, id) in targets {
+        for &(service, id) in targets {
             let Some(i) = lb.service_index(service) else {
                 continue;
             };
