@@ -13,14 +13,18 @@
 //! The socket is opened on first use and reopened after any failure; replies wait at most
 //! [`REPLY_TIMEOUT`] (they come at once: the kernel answers synchronously).
 
-use std::{io, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{collections::BTreeSet, io, net::IpAddr, os::fd::AsRawFd, time::Duration};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_route::{
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::announce::RouteError;
 
 /// Longest wait for the kernel's reply to one request.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -130,6 +134,33 @@ fn exchange(
                 _ => {}
             }
         }
+    }
+}
+
+impl Netlink {
+    /// What `pick` keeps of the unicast routes of `table`, both families (a dump per family,
+    /// filtered by the kernel on `protocol` — 0, `RTPROT_UNSPEC`, filters nothing — and
+    /// again by `pick`). A table that does not exist yet is empty (`ENOENT`).
+    pub fn dump<T: Ord>(
+        &mut self,
+        table: u32,
+        protocol: u8,
+        pick: impl Fn(&RouteMessage) -> Option<T>,
+    ) -> Result<BTreeSet<T>, RouteError> {
+        let mut found = BTreeSet::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = route(table, protocol, None, family);
+            m.header.kind = RouteType::Unicast;
+            let reply = self
+                .request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)
+                .map_err(|source| RouteError::Socket { source })?;
+            match reply {
+                Ok(routes) => found.extend(routes.iter().filter_map(&pick)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(RouteError::List { table, source }),
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -16,7 +16,7 @@
 
 use std::{collections::BTreeSet, io, net::IpAddr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::{
     route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
     AddressFamily, RouteNetlinkMessage,
@@ -59,18 +59,7 @@ fn loopback() -> io::Result<u32> {
 
 impl RouteTable for Netlink {
     fn list(&mut self, table: u32) -> Result<BTreeSet<IpAddr>, RouteError> {
-        let mut found = BTreeSet::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = route(table, None, family);
-            m.header.kind = RouteType::Unicast;
-            match request(self, RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)? {
-                Ok(routes) => found.extend(routes.iter().filter_map(|r| ours(r, table))),
-                // The table does not exist (yet): nothing of ours in it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => return Err(RouteError::List { table, source }),
-            }
-        }
-        Ok(found)
+        self.dump(table, RTPROT_IKELB, |r| ours(r, table))
     }
 
     fn add(&mut self, table: u32, vip: IpAddr) -> Result<(), RouteError> {

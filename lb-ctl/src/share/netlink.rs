@@ -22,10 +22,10 @@
 
 use std::{collections::BTreeSet, io, net::IpAddr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType},
-    AddressFamily, RouteNetlinkMessage,
+    RouteNetlinkMessage,
 };
 
 use crate::{
@@ -73,26 +73,9 @@ fn dump(
     table: u32,
     protocol: Option<u8>,
 ) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
-    let mut found = BTreeSet::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        // Protocol 0 (RTPROT_UNSPEC) in a strict dump request filters nothing.
-        let mut m = route(table, protocol.unwrap_or(0), None, family);
-        m.header.kind = RouteType::Unicast;
-        match nl
-            .request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)
-            .map_err(socket)?
-        {
-            Ok(routes) => found.extend(
-                routes
-                    .iter()
-                    .filter_map(|r| client_route(r, table, protocol)),
-            ),
-            // The table does not exist (yet): nothing in it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(source) => return Err(RouteError::List { table, source }),
-        }
-    }
-    Ok(found)
+    nl.dump(table, protocol.unwrap_or(0), |r| {
+        client_route(r, table, protocol)
+    })
 }
 
 fn socket(source: io::Error) -> RouteError {
@@ -241,7 +224,7 @@ mod tests {
         let mixed = new_route(100, client, ip("2001:db8:1::9"));
         assert_eq!(client_route(&mixed, 100, None), None, "v4 via v6");
         // The dump request: no destination, the table in RTA_TABLE.
-        let dump = route(100, 0, None, AddressFamily::Inet);
+        let dump = route(100, 0, None, netlink_packet_route::AddressFamily::Inet);
         assert_eq!(dump.header.destination_prefix_length, 0);
         assert_eq!(dump.attributes, [RouteAttribute::Table(100)]);
     }
