@@ -403,8 +403,9 @@ pub enum Back {
 }
 
 /// Whether a backend's packet (`id`, of `svc`) to `daddr` answers a live client of that
-/// backend: its established entry (one shared by another cluster node, `PORT_SHARED`, has no
-/// MAC yet and is routed by the FIB), else its probation entry (whose proof the packet may set),
+/// backend: its established entry, else its probation entry (whose proof the packet may set) —
+/// either one shared by another cluster node (`PORT_SHARED`) has no MAC yet and is routed by
+/// the FIB —
 /// else — no entry at all — the ring, with the route the kernel FIB gives. What the FIB would
 /// not forward (the gateway's own addresses: its probes of the backend's service, tools run on
 /// it; or a destination without any route, which the kernel then drops itself) is the
@@ -429,12 +430,7 @@ pub fn reverse<F: Family>(
         if unsafe { (*e).port } != PORT_SHARED {
             return Ok(Back::Entry(e));
         }
-        // Another node's shared entry, no MAC learned here: where the FIB routes.
-        return match fib::<F>(ctx, svc, daddr) {
-            edge::Fib::Route(r) => Ok(Back::Stateless(r)),
-            edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
-            edge::Fib::Unreachable => Err(DROP_NO_ROUTE),
-        };
+        return shared::<F>(ctx, svc, daddr);
     }
     if let Some(p) = F::probation().get_ptr_mut(&key) {
         if unsafe { (*p).backend != id || !live((*p).atime, now) } {
@@ -445,7 +441,10 @@ pub fn reverse<F: Family>(
             unsafe { (*p).proof = proof };
             let _ = F::proofs().insert(&F::proof_key(svc.id, daddr, proof), &id, 0);
         }
-        return Ok(Back::Entry(p.cast::<PersistValue>()));
+        if unsafe { (*p).port } != PORT_SHARED {
+            return Ok(Back::Entry(p.cast::<PersistValue>()));
+        }
+        return shared::<F>(ctx, svc, daddr);
     }
     // A backend or the gateway itself is not a client: the kernel routes that.
     if F::listed(daddr).is_some() {
@@ -457,6 +456,17 @@ pub fn reverse<F: Family>(
         edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
         edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
         _ => Err(DROP_REVERSE_NOT_CLIENT),
+    }
+}
+
+/// A reply to a client another cluster node shared (an entry of either tier marked
+/// `PORT_SHARED`: no MAC learned here): where the FIB routes it.
+#[inline(always)]
+fn shared<F: Family>(ctx: &XdpContext, svc: &Service, daddr: &F::Addr) -> Result<Back, Verdict> {
+    match fib::<F>(ctx, svc, daddr) {
+        edge::Fib::Route(r) => Ok(Back::Stateless(r)),
+        edge::Fib::NotForwarded => Err(PASS_NOT_CLIENT),
+        edge::Fib::Unreachable => Err(DROP_NO_ROUTE),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use ikelb_tests::{
     both_families,
-    packet::{IpFrame, PROTO_ESP, PROTO_UDP},
+    packet::{ike_message, ike_proof, non_esp, IpFrame, PROTO_ESP, PROTO_UDP},
     packet6::esp_body,
     xdp::{
         backend_mac, case, forwarded, from_backend, mac_str, now_ticks, persist_entry,
@@ -170,7 +170,59 @@ fn reverse_path_checks_and_stateless_replies<F: FixtureFamily>(lb: &mut Fixture)
     );
 }
 
-both_families!(a_shared_entry_is_answered_by_the_fib_until_the_client_comes, Setup::default());
+both_families!(
+    a_shared_probation_entry_is_answered_by_the_fib_and_promoted_by_its_proof,
+    Setup::default()
+);
+
+/// A probation entry another cluster node shared (`PORT_SHARED`, no MAC, no proof: the node
+/// that forwarded the client never saw its backend's replies, which all come through the
+/// backends' gateway, `docs/cluster.md`, "Shared persistence") holds the client on its backend
+/// where the ring names another: the backend's replies go where the FIB routes them and record
+/// their proof, another backend's are refused, the client's first frame here teaches the entry
+/// its MAC and port, and its frame echoing the proof establishes it, as on any node.
+fn a_shared_probation_entry_is_answered_by_the_fib_and_promoted_by_its_proof<F: FixtureFamily>(
+    lb: &mut Fixture,
+) {
+    let now = now_ticks();
+    let c = client::<F>(91);
+    let theirs = F::other_backend(ring(lb, c));
+    let shared = probation_entry(theirs, now, [0; 6], u32::from(lb_common::PORT_SHARED), 0);
+    lb.set_probation(c.into(), shared);
+    let (spi_i, spi_r) = (0x1112_1314_1516_1718, 0x2122_2324_2526_2728);
+    let response = non_esp(&ike_message(spi_i, spi_r, 35, 0x20, 400));
+    let reply = from_backend(theirs, 4500, c, 4500, &response);
+    let ring_reply = from_backend(ring(lb, c), 4500, c, 4500, &data(60));
+    let first = udp(c, 4500, 4500, &data(80));
+    let echo = udp(c, 4500, 4500, &non_esp(&auth(spi_i, spi_r)));
+    #[rustfmt::skip]
+    lb.check(&[
+        case("shared probation entry, the ring's backend replies: refused", ring_reply.bytes(), Expect::Drop, counter::DROP_REVERSE_NOT_CLIENT).events(&[]),
+        case("shared probation entry, its backend's reply: FIB route", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[(event::REVERSE_STATELESS, 1)]),
+    ]);
+    assert_eq!(
+        lb.probation(c.into()).map(|p| (p.backend, p.proof, p.port)),
+        Some((theirs, ike_proof(spi_r), lb_common::PORT_SHARED)),
+        "the reply's proof is recorded, the entry still shared"
+    );
+    #[rustfmt::skip]
+    lb.check(&[
+        case("the client's first frame here: the shared backend, MAC learned", first.bytes(), Expect::Redirect(forwarded(&first, theirs)), counter::FORWARD).events(&[(event::MAC_MOVE_ACCEPTED, 1)]),
+        case("its frame echoing the proof: established", echo.bytes(), Expect::Redirect(forwarded(&echo, theirs)), counter::FORWARD).events(&[(event::PROMOTED, 1)]),
+        case("then replies by the entry", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[]),
+    ]);
+    assert_eq!(
+        lb.persisted(c.into())
+            .map(|e| (e.backend, e.client_mac, e.port)),
+        Some((theirs, ROUTER_MAC, PORT_EXT as u8)),
+        "established on the shared backend, where the client is"
+    );
+}
+
+both_families!(
+    a_shared_entry_is_answered_by_the_fib_until_the_client_comes,
+    Setup::default()
+);
 
 /// An entry another cluster node shared (`lb_common::PORT_SHARED`: the daemon writes it with
 /// no MAC, `docs/cluster.md`, "Shared persistence") holds its client on its backend even where
@@ -199,7 +251,8 @@ fn a_shared_entry_is_answered_by_the_fib_until_the_client_comes<F: FixtureFamily
         case("then replies by the entry", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[]),
     ]);
     assert_eq!(
-        lb.persisted(c.into()).map(|e| (e.backend, e.client_mac, e.port)),
+        lb.persisted(c.into())
+            .map(|e| (e.backend, e.client_mac, e.port)),
         Some((theirs, ROUTER_MAC, PORT_EXT as u8)),
         "the entry learned where the client is"
     );
