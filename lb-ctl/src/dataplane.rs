@@ -199,6 +199,24 @@ pub trait Dataplane {
         new_only: bool,
     ) -> Result<bool, DataplaneError>;
 
+    /// Writes `value` for `key` into `PROBATION_V4`, on the condition of
+    /// [`persistence_v4_write`](Dataplane::persistence_v4_write): another cluster node's
+    /// unproven client (`crate::share`).
+    fn probation_v4_write(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError>;
+
+    /// As [`probation_v4_write`](Dataplane::probation_v4_write), `PROBATION_V6`.
+    fn probation_v6_write(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError>;
+
     /// One entry of `PROBATION_V4` (`lb-ctl lookup`).
     fn probation_v4_get(
         &self,
@@ -231,7 +249,7 @@ pub fn probation_as_persist(v: &ProbationValue) -> PersistValue {
 }
 
 /// Which map an entry is in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tier {
     /// `PERSIST_V4`/`_V6`: a client that proved return routability.
     #[default]

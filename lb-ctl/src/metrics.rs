@@ -154,6 +154,7 @@ pub struct Metrics {
     route_changes: IntCounter,
     route_errors: IntCounter,
     share_clients: IntGaugeVec,
+    share_over_limit: IntGauge,
     share_imported: IntCounter,
     share_errors: IntCounter,
 }
@@ -257,10 +258,19 @@ impl Metrics {
         )?;
         let share_clients = gauge_vec(
             "ikelb_share_clients",
-            "Shared persistence: this node's divergent clients in share.export_table (table=\"exported\"), the other nodes' in share.import_table (table=\"learned\"), at the last round.",
-            &["table"],
+            "Shared persistence: this node's divergent clients in share.export_table (table=\"exported\"), the other nodes' in share.import_table (table=\"learned\"), by the tier of their entry at the node that publishes them, at the last round.",
+            &["table", "tier"],
         );
         reg("ikelb_share_clients", Box::new(share_clients.clone()))?;
+        let share_over_limit = IntGauge::new(
+            "ikelb_share_probation_over_limit",
+            "Shared persistence: divergent probation clients this node did not publish at the last round (over the per-round limit).",
+        )
+        .expect("valid metric definition");
+        reg(
+            "ikelb_share_probation_over_limit",
+            Box::new(share_over_limit.clone()),
+        )?;
         let share_imported = IntCounter::new(
             "ikelb_share_imported_total",
             "Persistence entries written from the other nodes' shared clients.",
@@ -297,6 +307,7 @@ impl Metrics {
             route_changes,
             route_errors,
             share_clients,
+            share_over_limit,
             share_imported,
             share_errors,
         })
@@ -383,12 +394,14 @@ impl Metrics {
     pub fn share_observer(self: &Arc<Self>) -> crate::runtime::share::ShareObserver {
         let me = Arc::clone(self);
         Arc::new(move |s| {
-            me.share_clients
-                .with_label_values(&["exported"])
-                .set(s.exported as i64);
-            me.share_clients
-                .with_label_values(&["learned"])
-                .set(s.learned as i64);
+            for (table, t) in [("exported", s.exported), ("learned", s.learned)] {
+                for (tier, n) in [("established", t.established), ("probation", t.probation)] {
+                    me.share_clients
+                        .with_label_values(&[table, tier])
+                        .set(n as i64);
+                }
+            }
+            me.share_over_limit.set(s.over_limit as i64);
             me.share_imported
                 .inc_by(s.imported.saturating_sub(me.share_imported.get()));
             me.share_errors

@@ -13,9 +13,15 @@
 //! (no MAC learned here yet: replies go where the FIB routes), in a slot flagged
 //! `RING_F_CHANGED` first, so that the slot fast path sends the client through the entry.
 //!
-//! Only established entries are published: a probation entry is a client that has not shown
-//! return routability, which a spoofed source can create; publishing those would let a
-//! flood fill every node's tables.
+//! Probation entries are published too, tagged as such, and taken into the other nodes'
+//! probation maps, never into their persistence: a node promotes a client when the client
+//! echoes the proof its backend's reply carried, and only the node the backends' gateway
+//! address lives on (the VRRP master) sees those replies, so the clients every other node
+//! forwards stay in probation there. A probation entry is also what a spoofed source can
+//! create, so what a node publishes of them is capped ([`PROBATION_LIMIT`], the most
+//! recently active first), and a node under a flood of them fills only the other nodes'
+//! probation maps, which a flood churns anyway (`docs/security.md`, "Shared persistence
+//! between cluster nodes").
 //!
 //! This module decides what to publish and what to take ([`divergent`], [`import`]); the
 //! route tables are read and written by the daemon.
@@ -27,22 +33,38 @@ use std::{
 
 use lb_common::{
     hash::{client_hash_v4, client_hash_v6, ring_slot},
-    PersistKeyV4, PersistKeyV6, PersistValue, FAMILY_V4, FAMILY_V6, PORT_SHARED,
+    PersistKeyV4, PersistKeyV6, ProbationValue, FAMILY_V4, FAMILY_V6, PORT_SHARED,
 };
 
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, Tier},
     scan::Scanned,
     state::{Balancer, StateError},
 };
 
 pub mod netlink;
 
-/// One divergent client of one node: the route `client via backend`.
+/// Most probation clients one node publishes a round: the most recently active of them.
+/// Real clients in probation at a backup node are those that began on it since the last
+/// ring change, a few per second per node even in a reconnect storm; a flood of spoofed
+/// sources that was under way when a slot moved is what could make many more.
+pub const PROBATION_LIMIT: usize = 4096;
+
+/// One divergent client of one node: the route `client via backend`, and which of the
+/// node's maps the client is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Shared {
     pub client: IpAddr,
     pub backend: IpAddr,
+    pub tier: Tier,
+}
+
+/// What a node publishes: its divergent clients, one route per client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Divergent {
+    pub clients: BTreeSet<Shared>,
+    /// Divergent probation clients left out by [`PROBATION_LIMIT`].
+    pub over_limit: usize,
 }
 
 /// What one [`import`] did.
@@ -81,41 +103,50 @@ fn v6_words(a: Ipv6Addr) -> [u32; 4] {
     })
 }
 
-/// The established clients of `scanned` that are live at `tick` (the data path's idle test
+/// The clients of `scanned`, either tier, that are live at `tick` (the data path's idle test
 /// with `timeout_ticks`) and whose entry names another backend than their ring slot: the
 /// one the slot will name once every pending move is done (`Balancer::converged_backend`),
-/// so that a client is published before its slot moves, not after.
+/// so that a client is published before its slot moves, not after. One route per client
+/// (an established entry wins over a probation one of the same address), and at most
+/// [`PROBATION_LIMIT`] probation clients.
 pub fn divergent<D: Dataplane>(
     lb: &Balancer<D>,
     scanned: &Scanned,
     tick: u32,
     timeout_ticks: u32,
-) -> BTreeSet<Shared> {
+) -> Divergent {
     let (seed, m) = (lb.seed(), lb.ring_size());
-    let v4 = scanned.v4[..scanned.established_v4.min(scanned.v4.len())]
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.service,
-                FAMILY_V4,
-                ring_slot(client_hash_v4(k.client, seed), m),
-                v4_addr(k.client),
-                v,
-            )
-        });
-    let v6 = scanned.v6[..scanned.established_v6.min(scanned.v6.len())]
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.service,
-                FAMILY_V6,
-                ring_slot(client_hash_v6(&k.client, seed), m),
-                v6_addr(&k.client),
-                v,
-            )
-        });
-    let mut out = BTreeSet::new();
-    for (service, family, slot, client, v) in v4.chain(v6) {
+    let tier = |i: usize, established: usize| {
+        if i < established {
+            Tier::Established
+        } else {
+            Tier::Probation
+        }
+    };
+    let v4 = scanned.v4.iter().enumerate().map(|(i, (k, v))| {
+        (
+            k.service,
+            FAMILY_V4,
+            ring_slot(client_hash_v4(k.client, seed), m),
+            v4_addr(k.client),
+            v,
+            tier(i, scanned.established_v4),
+        )
+    });
+    let v6 = scanned.v6.iter().enumerate().map(|(i, (k, v))| {
+        (
+            k.service,
+            FAMILY_V6,
+            ring_slot(client_hash_v6(&k.client, seed), m),
+            v6_addr(&k.client),
+            v,
+            tier(i, scanned.established_v6),
+        )
+    });
+    let mut established = BTreeMap::new();
+    // (idle ticks, the route): the most recently active first.
+    let mut probation = Vec::new();
+    for (service, family, slot, client, v, tier) in v4.chain(v6) {
         if !lb_common::is_live(tick, v.atime, timeout_ticks) {
             continue;
         }
@@ -135,24 +166,46 @@ pub fn divergent<D: Dataplane>(
             continue;
         }
         // A backend of that service, by its address (the same on every node; ids are not).
-        if let Some(b) = lb.backend(v.backend).filter(|b| b.service == service) {
-            out.insert(Shared {
-                client,
-                backend: b.address,
-            });
+        let Some(b) = lb.backend(v.backend).filter(|b| b.service == service) else {
+            continue;
+        };
+        let shared = Shared {
+            client,
+            backend: b.address,
+            tier,
+        };
+        match tier {
+            Tier::Established => {
+                established.entry(client).or_insert(shared);
+            }
+            Tier::Probation => probation.push((tick.wrapping_sub(v.atime), shared)),
         }
     }
-    out
+    probation.sort_unstable();
+    let mut seen: BTreeSet<IpAddr> = established.keys().copied().collect();
+    let mut probation: Vec<Shared> = probation
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| seen.insert(s.client))
+        .collect();
+    let over_limit = probation.len().saturating_sub(PROBATION_LIMIT);
+    probation.truncate(PROBATION_LIMIT);
+    let mut clients: BTreeSet<Shared> = established.into_values().collect();
+    clients.extend(probation);
+    Divergent {
+        clients,
+        over_limit,
+    }
 }
 
-/// Writes an established entry, marked `PORT_SHARED` with `atime = tick`, for every shared
-/// client that has none here (and refreshes such an entry of an earlier import the client has
-/// not used here yet), on every usable backend of ours with the route's backend
-/// address and a service of the client's family (a backend address in two virtual servers
-/// of one family gives the client an entry in each; only the one it uses is read). The
-/// client's ring slot is flagged first (`Balancer::flag_slot`) when the entry disagrees with
-/// it. An entry present here is left alone: what this node learned from the client's own
-/// packets wins.
+/// Writes an entry marked `PORT_SHARED` with `atime = tick` for every shared client that has
+/// none here — established or probation as the other node has it — (and refreshes such an
+/// entry of an earlier import the client has not used here yet), on every usable backend of
+/// ours with the route's backend address and a service of the client's family (a backend
+/// address in two virtual servers of one family gives the client an entry in each; only the
+/// one it uses is read). The client's ring slot is flagged first (`Balancer::flag_slot`)
+/// when the entry disagrees with it. An entry of this node's own, in either map, is left
+/// alone: what this node learned from the client's own packets wins.
 pub fn import<D: Dataplane>(
     lb: &mut Balancer<D>,
     shared: &[Shared],
@@ -175,15 +228,7 @@ pub fn import<D: Dataplane>(
             let Some(i) = lb.service_index(service) else {
                 continue;
             };
-            let family = lb.services()[i].value.family;
-            let value = PersistValue {
-                backend: id,
-                atime: tick,
-                client_mac: [0; 6],
-                port: PORT_SHARED,
-                _pad: 0,
-            };
-            let (slot, key) = match (s.client, family) {
+            let (slot, key) = match (s.client, lb.services()[i].value.family) {
                 (IpAddr::V4(c), FAMILY_V4) => {
                     let w = v4_words(c);
                     (
@@ -201,26 +246,31 @@ pub fn import<D: Dataplane>(
                 _ => continue,
             };
             any = true;
-            let existing = match key {
-                Key::V4(k) => lb.dataplane().persistence_v4_get(&k)?,
-                Key::V6(k) => lb.dataplane().persistence_v6_get(&k)?,
+            let entry = Entry {
+                backend: id,
+                atime: tick,
+                client_mac: [0; 6],
+                port: PORT_SHARED,
+                _pad: 0,
+                proof: 0,
             };
-            match existing {
+            match here(lb, &key, s.tier)? {
                 // Still only shared (the client has not come here): kept alive while the
                 // other node keeps publishing it, or it would idle out here after
-                // `persistence_timeout` however long the client stays with that node.
-                Some(e) if e.port == PORT_SHARED && e.backend == id => {
+                // `persistence_timeout` however long the client stays with that node. A
+                // proof a reply recorded in it is kept.
+                Here::Shared(e) if e.backend == id => {
                     if e.atime != tick {
-                        let _ = write(lb, &key, &value, false)?;
+                        let _ = write(lb, &key, s.tier, &Entry { atime: tick, ..e }, false)?;
                     }
                     report.refreshed += 1;
                 }
-                Some(_) => report.present += 1,
-                None => {
+                Here::Shared(_) | Here::Own => report.present += 1,
+                Here::None => {
                     if lb.services()[i].active_backend(slot as usize) != id {
                         lb.flag_slot(service, slot)?;
                     }
-                    if write(lb, &key, &value, true)? {
+                    if write(lb, &key, s.tier, &entry, true)? {
                         report.inserted += 1;
                     } else {
                         report.present += 1;
@@ -235,6 +285,56 @@ pub fn import<D: Dataplane>(
     Ok(report)
 }
 
+/// An entry of either map (a persistence entry has no proof).
+type Entry = ProbationValue;
+
+/// What a node has of a client before it takes another node's entry of `tier`.
+enum Here {
+    /// Nothing in either map.
+    None,
+    /// An earlier import of the same tier, not used here yet.
+    Shared(Entry),
+    /// An entry this node learned (or one of the other tier, which the data path reads
+    /// first or which a promotion here made).
+    Own,
+}
+
+fn here<D: Dataplane>(lb: &Balancer<D>, key: &Key, tier: Tier) -> Result<Here, StateError> {
+    let dp = lb.dataplane();
+    let persist = match key {
+        Key::V4(k) => dp.persistence_v4_get(k)?,
+        Key::V6(k) => dp.persistence_v6_get(k)?,
+    };
+    let probation = match key {
+        Key::V4(k) => dp.probation_v4_get(k)?,
+        Key::V6(k) => dp.probation_v6_get(k)?,
+    };
+    let persist = persist.map(|e| Entry {
+        backend: e.backend,
+        atime: e.atime,
+        client_mac: e.client_mac,
+        port: e.port,
+        _pad: 0,
+        proof: 0,
+    });
+    let shared = |e: Entry| {
+        if e.port == PORT_SHARED {
+            Here::Shared(e)
+        } else {
+            Here::Own
+        }
+    };
+    Ok(match (tier, persist, probation) {
+        (Tier::Established, Some(e), _) => shared(e),
+        // A shared probation entry of an earlier round, now established at the other node:
+        // the established entry is taken (the data path reads it first).
+        (Tier::Established, None, Some(p)) if p.port == PORT_SHARED => Here::None,
+        (Tier::Probation, None, Some(p)) => shared(p),
+        (_, None, None) => Here::None,
+        _ => Here::Own,
+    })
+}
+
 enum Key {
     V4(PersistKeyV4),
     V6(PersistKeyV6),
@@ -243,13 +343,17 @@ enum Key {
 fn write<D: Dataplane>(
     lb: &mut Balancer<D>,
     key: &Key,
-    value: &PersistValue,
+    tier: Tier,
+    e: &Entry,
     new_only: bool,
 ) -> Result<bool, StateError> {
     let dp = lb.dataplane_mut();
-    Ok(match key {
-        Key::V4(k) => dp.persistence_v4_write(k, value, new_only)?,
-        Key::V6(k) => dp.persistence_v6_write(k, value, new_only)?,
+    let persist = crate::dataplane::probation_as_persist(e);
+    Ok(match (key, tier) {
+        (Key::V4(k), Tier::Established) => dp.persistence_v4_write(k, &persist, new_only)?,
+        (Key::V6(k), Tier::Established) => dp.persistence_v6_write(k, &persist, new_only)?,
+        (Key::V4(k), Tier::Probation) => dp.probation_v4_write(k, e, new_only)?,
+        (Key::V6(k), Tier::Probation) => dp.probation_v6_write(k, e, new_only)?,
     })
 }
 

@@ -475,6 +475,24 @@ impl Dataplane for AyaDataplane {
     ) -> Result<bool, DataplaneError> {
         self.write_if(maps::PERSIST_V6, *key, *value, new_only)
     }
+
+    fn probation_v4_write(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError> {
+        self.write_if(maps::PROBATION_V4, *key, *value, new_only)
+    }
+
+    fn probation_v6_write(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError> {
+        self.write_if(maps::PROBATION_V6, *key, *value, new_only)
+    }
 }
 
 impl AyaDataplane {

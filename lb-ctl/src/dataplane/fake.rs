@@ -475,13 +475,31 @@ impl Dataplane for FakeDataplane {
     ) -> Result<bool, DataplaneError> {
         Ok(fake_write(&mut self.persist_v6, key, value, new_only))
     }
+
+    fn probation_v4_write(
+        &mut self,
+        key: &PersistKeyV4,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError> {
+        Ok(fake_write(&mut self.probation_v4, key, value, new_only))
+    }
+
+    fn probation_v6_write(
+        &mut self,
+        key: &PersistKeyV6,
+        value: &ProbationValue,
+        new_only: bool,
+    ) -> Result<bool, DataplaneError> {
+        Ok(fake_write(&mut self.probation_v6, key, value, new_only))
+    }
 }
 
 /// `BPF_NOEXIST` (`new_only`) or `BPF_EXIST` over a vector map.
-fn fake_write<K: PartialEq + Copy>(
-    map: &mut Vec<(K, PersistValue)>,
+fn fake_write<K: PartialEq + Copy, V: Copy>(
+    map: &mut Vec<(K, V)>,
     key: &K,
-    value: &PersistValue,
+    value: &V,
     new_only: bool,
 ) -> bool {
     match (map.iter_mut().find(|(k, _)| k == key), new_only) {

@@ -3,8 +3,9 @@
 //! established entries from its shared persistence scan (off the loop: the scanner runs it,
 //! or shares one already running or just done), then, back on the loop:
 //!
-//! 1. publishes its divergent clients: `share.export_table` is brought to exactly
-//!    `crate::share::divergent` (routes added, replaced when the backend changed, removed);
+//! 1. publishes its divergent clients, established and probation: `share.export_table` is
+//!    brought to exactly `crate::share::divergent` (routes added, replaced when the backend
+//!    or the tier changed, removed);
 //! 2. takes the other nodes' (`share.import_table`, which BIRD writes) with
 //!    `crate::share::import`.
 //!
@@ -13,7 +14,9 @@
 //! `max_entries` under churn) publishes nothing that round: a partial read would withdraw
 //! clients it missed.
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+
+use crate::dataplane::Tier;
 
 use tracing::{debug, warn};
 
@@ -23,7 +26,7 @@ use crate::{
     config::{Config, Share},
     dataplane::Dataplane,
     scan::{Outcome, Scanner},
-    share::{self, netlink::ShareRoutes, Shared},
+    share::{self, netlink::ShareRoutes, Divergent, Shared},
     state::Balancer,
 };
 
@@ -32,13 +35,36 @@ use crate::{
 /// their slot is held (`Balancer::converged_backend`), so a round comes before the move.
 pub const SHARE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Clients by the tier of their entry at the node that publishes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tiers {
+    pub established: u64,
+    pub probation: u64,
+}
+
+impl Tiers {
+    fn of<'a>(clients: impl IntoIterator<Item = &'a Shared>) -> Self {
+        let mut t = Self::default();
+        for c in clients {
+            match c.tier {
+                Tier::Established => t.established += 1,
+                Tier::Probation => t.probation += 1,
+            }
+        }
+        t
+    }
+}
+
 /// What the rounds did so far (for `ikelb_share_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShareStats {
     /// Routes in the export table after the last round.
-    pub exported: u64,
+    pub exported: Tiers,
+    /// Divergent probation clients not published at the last round
+    /// (`crate::share::PROBATION_LIMIT`).
+    pub over_limit: u64,
     /// Routes in the import table at the last round.
-    pub learned: u64,
+    pub learned: Tiers,
     /// Entries written from the import table, all rounds.
     pub imported: u64,
     /// Failed route reads or writes, all rounds.
@@ -151,21 +177,24 @@ impl Sharer {
         }
     }
 
-    /// Brings the export table to exactly `mine`.
-    fn publish(&mut self, mine: &BTreeSet<Shared>) -> Result<(), RouteError> {
+    /// Brings the export table to exactly `mine` (one route per client).
+    fn publish(&mut self, mine: &Divergent) -> Result<(), RouteError> {
         let table = self.tables.export_table;
         let there = self.routes.list_ours(table)?;
-        let want: BTreeSet<(IpAddr, IpAddr)> = mine.iter().map(|s| (s.client, s.backend)).collect();
-        let clients: BTreeSet<IpAddr> = want.iter().map(|(c, _)| *c).collect();
-        for (client, _) in there.difference(&want) {
-            if !clients.contains(client) {
-                self.routes.remove(table, *client)?;
+        let want = &mine.clients;
+        let tiers: BTreeMap<IpAddr, Tier> = want.iter().map(|s| (s.client, s.tier)).collect();
+        // A client gone, or whose tier changed (another metric: another route); a backend
+        // change alone is a replace.
+        for gone in there.difference(want) {
+            if tiers.get(&gone.client) != Some(&gone.tier) {
+                self.routes.remove(table, gone.client)?;
             }
         }
-        for (client, backend) in want.difference(&there) {
-            self.routes.add(table, *client, *backend)?;
+        for new in want.difference(&there) {
+            self.routes.add(table, new)?;
         }
-        self.stats.exported = want.len() as u64;
+        self.stats.exported = Tiers::of(want);
+        self.stats.over_limit = mine.over_limit as u64;
         Ok(())
     }
 
@@ -175,9 +204,8 @@ impl Sharer {
             .routes
             .list_learned(self.tables.import_table)?
             .into_iter()
-            .map(|(client, backend)| Shared { client, backend })
             .collect();
-        self.stats.learned = learned.len() as u64;
+        self.stats.learned = Tiers::of(&learned);
         match share::import(lb, &learned, tick) {
             Ok(r) => {
                 self.stats.imported += r.inserted as u64;

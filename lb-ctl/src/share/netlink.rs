@@ -6,7 +6,8 @@
 //!
 //! * add: `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE` (idempotent; a client whose
 //!   backend changed is one replace), type unicast, scope universe, `RTA_GATEWAY` = the
-//!   backend; the kernel resolves the outgoing interface from the gateway, as for
+//!   backend, and for a probation client `RTA_PRIORITY` = [`METRIC_PROBATION`] (`ip route …
+//!   metric 1`); the kernel resolves the outgoing interface from the gateway, as for
 //!   `ip route add … via BACKEND` (so the backend must be reachable on a connected network,
 //!   which every backend of a node is);
 //! * remove: `RTM_DELROUTE` naming the table, the client's host prefix and protocol 76 (only
@@ -15,7 +16,10 @@
 //!   routes with a gateway;
 //! * list learned: the same dump, any protocol (BIRD writes its routes as protocol `bird`,
 //!   12): the unicast host routes with one gateway of the client's family; anything else
-//!   (a wider prefix, a multipath or device route) is ignored.
+//!   (a wider prefix, a multipath or device route) is ignored. Metric [`METRIC_PROBATION`]
+//!   marks a probation client (BIRD carries it as a BGP community and writes it back as that
+//!   metric, see `deploy/bird/ikelb-node.conf`); where a client has two routes, the other
+//!   one, established, is the one read.
 //!
 //! A table that does not exist yet is empty (`ENOENT`). The socket and the exchange are
 //! `crate::netlink`'s, shared with the VIP announcement.
@@ -28,8 +32,10 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
 };
 
+use super::Shared;
 use crate::{
     announce::{prefix, RouteError},
+    dataplane::Tier,
     netlink::{family, gateway, host_destination, route, table_of, Netlink},
 };
 
@@ -39,23 +45,29 @@ use crate::{
 /// iproute2's `rt_protos`). BIRD exports exactly these (`krt_source = 76`).
 pub const RTPROT_IKELB_SHARE: u8 = 76;
 
+/// The route metric (`RTA_PRIORITY`, `ip route … metric 1`, BIRD's `krt_metric`) of a
+/// client that is in probation at the node that publishes it; an established client's
+/// route has the kernel's default (0 for IPv4, 1024 for IPv6; BIRD writes 32). The metric
+/// is part of a route's key, so a client promoted there is a remove and an add. (Route
+/// realms, an attribute, would be one replace, but exist for IPv4 only.) Nothing on these
+/// hosts routes by the share tables, so nothing else reads it.
+pub const METRIC_PROBATION: u32 = 1;
+
 /// The kernel tables of shared persistence, as far as client routes go.
 pub trait ShareRoutes {
-    /// `(client, backend)` of every route of ours (protocol [`RTPROT_IKELB_SHARE`]) in
-    /// `table`.
-    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError>;
-    /// `(client, backend)` of every host route with a gateway in `table`, whoever wrote it
-    /// (BIRD: protocol 12).
-    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError>;
-    /// Adds, or replaces, the route `client via backend` (one family).
-    fn add(&mut self, table: u32, client: IpAddr, backend: IpAddr) -> Result<(), RouteError>;
-    /// Removes our route of `client`; one that is not there is no error.
+    /// Every route of ours (protocol [`RTPROT_IKELB_SHARE`]) in `table`.
+    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError>;
+    /// Every host route with a gateway in `table`, whoever wrote it (BIRD: protocol 12).
+    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError>;
+    /// Adds, or replaces, the route of `client` (one family).
+    fn add(&mut self, table: u32, client: &Shared) -> Result<(), RouteError>;
+    /// Removes our route of `client`, whatever its metric; one that is not there is no error.
     fn remove(&mut self, table: u32, client: IpAddr) -> Result<(), RouteError>;
 }
 
-/// `(client, backend)` of `m` if it is a unicast host route in `table` with one gateway of
-/// the client's family, written by `protocol` (any when `None`).
-fn client_route(m: &RouteMessage, table: u32, protocol: Option<u8>) -> Option<(IpAddr, IpAddr)> {
+/// The client route of `m` if it is a unicast host route in `table` with one gateway of the
+/// client's family, written by `protocol` (any when `None`).
+fn client_route(m: &RouteMessage, table: u32, protocol: Option<u8>) -> Option<Shared> {
     if protocol.is_some_and(|p| u8::from(m.header.protocol) != p)
         || m.header.kind != RouteType::Unicast
         || table_of(m) != table
@@ -64,58 +76,89 @@ fn client_route(m: &RouteMessage, table: u32, protocol: Option<u8>) -> Option<(I
     }
     let client = host_destination(m)?;
     let backend = gateway(m).filter(|g| g.is_ipv4() == client.is_ipv4())?;
-    Some((client, backend))
+    let probation = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::Priority(p) if *p == METRIC_PROBATION));
+    Some(Shared {
+        client,
+        backend,
+        tier: if probation {
+            Tier::Probation
+        } else {
+            Tier::Established
+        },
+    })
 }
 
-/// The client routes of `table` (both families) written by `protocol` (any when `None`).
+/// The client routes of `table` (both families) written by `protocol` (any when `None`),
+/// one per client.
 fn dump(
     nl: &mut Netlink,
     table: u32,
     protocol: Option<u8>,
-) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
-    nl.dump(table, protocol.unwrap_or(0), |r| {
+) -> Result<BTreeSet<Shared>, RouteError> {
+    let all = nl.dump(table, protocol.unwrap_or(0), |r| {
         client_route(r, table, protocol)
-    })
+    })?;
+    // One per client, `Tier::Established` (which orders first) where it has two.
+    let mut by_tier: Vec<Shared> = all.into_iter().collect();
+    by_tier.sort_by_key(|s| s.tier);
+    let mut seen = BTreeSet::new();
+    Ok(by_tier
+        .into_iter()
+        .filter(|s| seen.insert(s.client))
+        .collect())
 }
 
 fn socket(source: io::Error) -> RouteError {
     RouteError::Socket { source }
 }
 
-/// The `RTM_NEWROUTE` of `client via backend` in `table`.
-fn new_route(table: u32, client: IpAddr, backend: IpAddr) -> RouteMessage {
-    let mut m = route(table, RTPROT_IKELB_SHARE, Some(client), family(client));
+/// The `RTM_NEWROUTE` of `client` in `table`.
+fn new_route(table: u32, client: &Shared) -> RouteMessage {
+    let mut m = route(
+        table,
+        RTPROT_IKELB_SHARE,
+        Some(client.client),
+        family(client.client),
+    );
     m.header.kind = RouteType::Unicast;
     m.header.scope = RouteScope::Universe;
     m.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::from(backend)));
+        .push(RouteAttribute::Gateway(RouteAddress::from(client.backend)));
+    if client.tier == Tier::Probation {
+        m.attributes
+            .push(RouteAttribute::Priority(METRIC_PROBATION));
+    }
     m
 }
 
 impl ShareRoutes for Netlink {
-    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
+    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError> {
         dump(self, table, Some(RTPROT_IKELB_SHARE))
     }
 
-    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
+    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError> {
         dump(self, table, None)
     }
 
-    fn add(&mut self, table: u32, client: IpAddr, backend: IpAddr) -> Result<(), RouteError> {
+    fn add(&mut self, table: u32, client: &Shared) -> Result<(), RouteError> {
+        let backend = client.backend;
         let write = |source| RouteError::Write {
             op: "adding",
-            prefix: format!("{} via {backend}", prefix(client)),
+            prefix: format!("{} via {backend}", prefix(client.client)),
             table,
             source,
         };
-        if client.is_ipv4() != backend.is_ipv4() {
+        if client.client.is_ipv4() != backend.is_ipv4() {
             return Err(write(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the client and the backend are of different address families",
             )));
         }
         self.request(
-            RouteNetlinkMessage::NewRoute(new_route(table, client, backend)),
+            RouteNetlinkMessage::NewRoute(new_route(table, client)),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map_err(socket)?
@@ -156,6 +199,21 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn established(client: IpAddr, backend: IpAddr) -> Shared {
+        Shared {
+            client,
+            backend,
+            tier: Tier::Established,
+        }
+    }
+
+    fn probation(client: IpAddr, backend: IpAddr) -> Shared {
+        Shared {
+            tier: Tier::Probation,
+            ..established(client, backend)
+        }
+    }
+
     /// A message as the kernel would send it back: emitted and parsed again.
     fn round_trip(m: &RouteMessage) -> RouteMessage {
         let mut buf = vec![0; m.buffer_len()];
@@ -172,8 +230,8 @@ mod tests {
             (70_000, "198.51.100.7", "192.0.2.9"),
         ] {
             let (client, backend) = (ip(client), ip(backend));
-            let m = round_trip(&new_route(table, client, backend));
-            let want = Some((client, backend));
+            let m = round_trip(&new_route(table, &established(client, backend)));
+            let want = Some(established(client, backend));
             assert_eq!(
                 client_route(&m, table, ours),
                 want,
@@ -187,18 +245,24 @@ mod tests {
             assert_eq!(u8::from(m.header.protocol), RTPROT_IKELB_SHARE);
             assert_eq!(m.header.scope, RouteScope::Universe);
             assert_eq!(m.header.kind, RouteType::Unicast);
+            let p = round_trip(&new_route(table, &probation(client, backend)));
+            assert_eq!(
+                client_route(&p, table, None),
+                Some(probation(client, backend)),
+                "the realm marks a probation client"
+            );
         }
         let (client, backend) = (ip("198.51.100.7"), ip("192.0.2.9"));
-        let mut bird = new_route(100, client, backend);
+        let mut bird = new_route(100, &established(client, backend));
         bird.header.protocol = RouteProtocol::Bird;
         let bird = round_trip(&bird);
         assert_eq!(client_route(&bird, 100, ours), None, "BIRD's is not ours");
         assert_eq!(
             client_route(&bird, 100, None),
-            Some((client, backend)),
+            Some(established(client, backend)),
             "but is learned"
         );
-        let mut wider = new_route(100, client, backend);
+        let mut wider = new_route(100, &established(client, backend));
         wider.header.destination_prefix_length = 24;
         assert_eq!(
             client_route(&round_trip(&wider), 100, None),
@@ -213,7 +277,7 @@ mod tests {
             None,
             "no gateway"
         );
-        let mut blackhole = new_route(100, client, backend);
+        let mut blackhole = new_route(100, &established(client, backend));
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(
             client_route(&round_trip(&blackhole), 100, None),
@@ -221,7 +285,7 @@ mod tests {
             "not unicast"
         );
         // (Not round-tripped: the parser reads a gateway by the header's family.)
-        let mixed = new_route(100, client, ip("2001:db8:1::9"));
+        let mixed = new_route(100, &established(client, ip("2001:db8:1::9")));
         assert_eq!(client_route(&mixed, 100, None), None, "v4 via v6");
         // The dump request: no destination, the table in RTA_TABLE.
         let dump = route(100, 0, None, netlink_packet_route::AddressFamily::Inet);
@@ -307,36 +371,54 @@ mod tests {
             );
             let (c4, b4, b4b) = (ip("198.51.100.7"), ip("192.0.2.9"), ip("192.0.2.10"));
             let (c6, b6) = (ip("2001:db8:9::7"), ip("2001:db8:1::9"));
-            nl.add(table, c4, b4).unwrap();
-            nl.add(table, c6, b6).unwrap();
-            nl.add(table, c4, b4b).expect("a replace");
+            nl.add(table, &established(c4, b4)).unwrap();
+            nl.add(table, &probation(c6, b6)).unwrap();
+            nl.add(table, &established(c4, b4b)).expect("a replace");
             let shown = show(table);
             assert!(
                 shown.contains("198.51.100.7 via 192.0.2.10 dev f0 proto 76"),
                 "{shown}"
             );
             assert!(
-                shown.contains("2001:db8:9::7 via 2001:db8:1::9 dev f0 proto 76"),
+                shown.contains("2001:db8:9::7 via 2001:db8:1::9 dev f0 proto 76 metric 1 "),
                 "{shown}"
             );
             assert_eq!(
                 nl.list_ours(table).unwrap(),
-                BTreeSet::from([(c4, b4b), (c6, b6)])
+                BTreeSet::from([established(c4, b4b), probation(c6, b6)])
             );
-            let bird = (ip("198.51.100.99"), ip("192.0.2.99"));
+            // Promoted at the node: the probation route goes, the established one comes.
+            nl.remove(table, c6).unwrap();
+            nl.add(table, &established(c6, b6)).unwrap();
+            // Two routes of one client (BIRD between a remove and an add): the established
+            // one is read.
+            nl.add(table, &probation(c4, b4b)).unwrap();
+            assert_eq!(
+                nl.list_ours(table).unwrap(),
+                BTreeSet::from([established(c4, b4b), established(c6, b6)])
+            );
+            nl.remove(table, c4).unwrap();
+            nl.remove(table, c4).unwrap();
+            assert!(
+                !nl.list_ours(table).unwrap().iter().any(|s| s.client == c4),
+                "a remove takes a route of either metric"
+            );
+            nl.add(table, &established(c4, b4b)).unwrap();
+            let bird = established(ip("198.51.100.99"), ip("192.0.2.99"));
             assert_eq!(
                 nl.list_learned(table).unwrap(),
-                BTreeSet::from([(c4, b4b), (c6, b6), bird])
+                BTreeSet::from([established(c4, b4b), established(c6, b6), bird])
             );
-            let err = nl.add(table, c4, b6).unwrap_err().to_string();
+            let err = nl.add(table, &established(c4, b6)).unwrap_err().to_string();
             assert!(err.contains("different address families"), "{err}");
-            let err = nl.add(table, ip("198.51.100.8"), ip("203.0.113.1"));
+            let err = nl.add(table, &established(ip("198.51.100.8"), ip("203.0.113.1")));
             assert!(err.is_err(), "a gateway on no connected network");
 
             nl.remove(table, c4).unwrap();
             nl.remove(table, c6).unwrap();
             nl.remove(table, c6).expect("ESRCH is success");
-            nl.remove(table, bird.0).expect("not ours: nothing removed");
+            nl.remove(table, bird.client)
+                .expect("not ours: nothing removed");
             assert_eq!(nl.list_ours(table).unwrap(), BTreeSet::new());
             assert_eq!(nl.list_learned(table).unwrap(), BTreeSet::from([bird]));
         })

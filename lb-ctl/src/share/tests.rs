@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use lb_common::RING_F_CHANGED;
 
+use lb_common::PersistValue;
+
 use super::*;
 use crate::{
     dataplane::fake::FakeDataplane,
@@ -61,8 +63,17 @@ fn ring_of(lb: &Balancer<FakeDataplane>, client: IpAddr) -> (u32, u32, u32) {
 
 /// A client of family `v6` whose slot names backend `want`.
 fn client_on(lb: &Balancer<FakeDataplane>, want: u32, v6: bool, skip: usize) -> IpAddr {
+    clients_on(lb, want, v6).nth(skip).unwrap()
+}
+
+/// The clients of family `v6` whose slot names backend `want`, always in the same order.
+fn clients_on(
+    lb: &Balancer<FakeDataplane>,
+    want: u32,
+    v6: bool,
+) -> impl Iterator<Item = IpAddr> + '_ {
     (1u32..)
-        .map(|i| {
+        .map(move |i| {
             if v6 {
                 IpAddr::V6(Ipv6Addr::new(
                     0x2001,
@@ -78,9 +89,22 @@ fn client_on(lb: &Balancer<FakeDataplane>, want: u32, v6: bool, skip: usize) -> 
                 IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))
             }
         })
-        .filter(|&c| ring_of(lb, c).2 == want)
-        .nth(skip)
-        .unwrap()
+        .filter(move |&c| ring_of(lb, c).2 == want)
+}
+
+fn est(client: IpAddr, backend: IpAddr) -> Shared {
+    Shared {
+        client,
+        backend,
+        tier: Tier::Established,
+    }
+}
+
+fn prob(client: IpAddr, backend: IpAddr) -> Shared {
+    Shared {
+        tier: Tier::Probation,
+        ..est(client, backend)
+    }
 }
 
 fn entry(backend: u32, atime: u32) -> PersistValue {
@@ -109,11 +133,12 @@ fn key6(lb: &Balancer<FakeDataplane>, c: IpAddr) -> PersistKeyV6 {
     }
 }
 
-/// Published: established, live, on another backend than the slot's — of both families.
-/// Not: a client on its slot's backend, an idle one, a probation entry (a spoofer can make
-/// those), another node's client taken here and not used yet (that node publishes it).
+/// Published: live entries of either tier on another backend than the slot's, of both
+/// families, one route per client (its established entry's when it has both). Not: a client
+/// on its slot's backend, an idle one, another node's client taken here and not used yet
+/// (that node publishes it).
 #[test]
-fn a_node_publishes_its_live_established_clients_off_their_ring_slot() {
+fn a_node_publishes_its_live_clients_off_their_ring_slot() {
     let lb = balancer();
     let now = 1000;
     let (b1, b2, b6, b6b) = (id(&lb, B1), id(&lb, B2), id(&lb, B6), id(&lb, B6B));
@@ -122,40 +147,82 @@ fn a_node_publishes_its_live_established_clients_off_their_ring_slot() {
     let idle = client_on(&lb, b1, false, 2);
     let probation = client_on(&lb, b1, false, 3);
     let imported = client_on(&lb, b1, false, 4);
+    let idle_probation = client_on(&lb, b1, false, 5);
+    let both = client_on(&lb, b1, false, 6);
     let mut taken = entry(b2, now);
     taken.port = PORT_SHARED;
     let moved6 = client_on(&lb, b6, true, 0);
     let on_ring6 = client_on(&lb, b6, true, 1);
+    let probation6 = client_on(&lb, b6, true, 2);
     let scanned = Scanned {
         v4: vec![
             (key4(&lb, on_ring), entry(b1, now)),
             (key4(&lb, moved), entry(b2, now - 5)),
             (key4(&lb, idle), entry(b2, now - TIMEOUT - 1)),
             (key4(&lb, imported), taken),
+            (key4(&lb, both), entry(b2, now)),
             (key4(&lb, probation), entry(b2, now)),
+            (key4(&lb, imported), taken),
+            (key4(&lb, idle_probation), entry(b2, now - TIMEOUT - 1)),
+            (key4(&lb, on_ring), entry(b1, now)),
+            (key4(&lb, both), entry(b2, now)),
         ],
-        established_v4: 4,
+        established_v4: 5,
         v6: vec![
             (key6(&lb, moved6), entry(b6b, now)),
             (key6(&lb, on_ring6), entry(b6, now)),
+            (key6(&lb, probation6), entry(b6b, now)),
         ],
         established_v6: 2,
         ..Scanned::default()
     };
     let shared = divergent(&lb, &scanned, now, TIMEOUT);
+    assert_eq!(shared.over_limit, 0);
     assert_eq!(
-        shared.into_iter().collect::<Vec<_>>(),
-        vec![
-            Shared {
-                client: moved,
-                backend: ip(B2)
-            },
-            Shared {
-                client: moved6,
-                backend: ip(B6B)
-            },
-        ]
+        shared.clients,
+        BTreeSet::from([
+            est(moved, ip(B2)),
+            est(both, ip(B2)),
+            prob(probation, ip(B2)),
+            est(moved6, ip(B6B)),
+            prob(probation6, ip(B6B)),
+        ])
     );
+}
+
+/// A node publishes at most `PROBATION_LIMIT` probation clients, the most recently active;
+/// its established clients are never left out.
+#[test]
+fn probation_clients_over_the_limit_are_the_least_recently_active() {
+    let lb = balancer();
+    let now = 1000;
+    let (b1, b2) = (id(&lb, B1), id(&lb, B2));
+    let extra = 3;
+    let clients: Vec<IpAddr> = clients_on(&lb, b1, false)
+        .take(PROBATION_LIMIT + extra + 1)
+        .collect();
+    let (established, probation) = clients.split_at(1);
+    // The first `extra` probation clients idle longest.
+    let mut v4 = vec![(key4(&lb, established[0]), entry(b2, now - 50))];
+    v4.extend(probation.iter().enumerate().map(|(i, &c)| {
+        let idle = if i < extra { 20 } else { 1 };
+        (key4(&lb, c), entry(b2, now - idle))
+    }));
+    let scanned = Scanned {
+        v4,
+        established_v4: 1,
+        ..Scanned::default()
+    };
+    let shared = divergent(&lb, &scanned, now, TIMEOUT);
+    assert_eq!(shared.over_limit, extra);
+    assert_eq!(shared.clients.len(), PROBATION_LIMIT + 1);
+    assert!(shared.clients.contains(&est(established[0], ip(B2))));
+    for &c in &probation[..extra] {
+        assert!(
+            !shared.clients.contains(&prob(c, ip(B2))),
+            "{c} is the oldest"
+        );
+    }
 }
 
 /// A shared client gets an established entry here, marked `PORT_SHARED`, on our backend of
@@ -175,26 +242,11 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
     let report = import(
         &mut lb,
         &[
-            Shared {
-                client: new,
-                backend: ip(B2),
-            },
-            Shared {
-                client: known,
-                backend: ip(B2),
-            },
-            Shared {
-                client: same,
-                backend: ip(B2),
-            },
-            Shared {
-                client: new,
-                backend: ip("10.9.9.9"),
-            },
-            Shared {
-                client: ip("2001:db8:c::1"),
-                backend: ip(B2),
-            },
+            est(new, ip(B2)),
+            est(known, ip(B2)),
+            est(same, ip(B2)),
+            est(new, ip("10.9.9.9")),
+            est(ip("2001:db8:c::1"), ip(B2)),
         ],
         tick,
     )
@@ -237,15 +289,7 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
         "an entry on the slot's own backend needs no flag"
     );
     // The next round, a tick later: the shared entries are kept alive, not duplicated.
-    let again = import(
-        &mut lb,
-        &[Shared {
-            client: new,
-            backend: ip(B2),
-        }],
-        tick + 1,
-    )
-    .unwrap();
+    let again = import(&mut lb, &[est(new, ip(B2))], tick + 1).unwrap();
     assert_eq!((again.inserted, again.refreshed), (0, 1));
     assert_eq!(
         lb.dataplane()
@@ -253,6 +297,94 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
             .unwrap()
             .map(|e| e.atime),
         Some(tick + 1)
+    );
+}
+
+/// A shared probation client goes into this node's probation map, never into persistence,
+/// marked `PORT_SHARED`, its slot flagged; the next round keeps the proof a reply recorded
+/// here meanwhile; an entry of ours in either map wins; once the other node promotes the
+/// client, its established entry is taken.
+#[test]
+fn a_shared_probation_client_is_taken_into_probation_only() {
+    let mut lb = balancer();
+    let tick = 4000;
+    let (b1, b2) = (id(&lb, B1), id(&lb, B2));
+    let new = client_on(&lb, b1, false, 0);
+    let established_here = client_on(&lb, b1, false, 1);
+    let in_probation_here = client_on(&lb, b1, false, 2);
+    let ours = entry(b1, tick - 2);
+    let k_established = key4(&lb, established_here);
+    lb.dataplane_mut().persist_v4.push((k_established, ours));
+    let own = ProbationValue {
+        backend: b1,
+        atime: tick - 2,
+        client_mac: ours.client_mac,
+        port: 0,
+        _pad: 0,
+        proof: 0,
+    };
+    let k_probation = key4(&lb, in_probation_here);
+    lb.dataplane_mut().probation_v4.push((k_probation, own));
+    let report = import(
+        &mut lb,
+        &[
+            prob(new, ip(B2)),
+            prob(established_here, ip(B2)),
+            prob(in_probation_here, ip(B2)),
+        ],
+        tick,
+    )
+    .unwrap();
+    assert_eq!((report.inserted, report.present), (1, 2));
+    let k = key4(&lb, new);
+    let probation = |lb: &Balancer<FakeDataplane>| lb.dataplane().probation_v4_get(&k).unwrap();
+    assert_eq!(
+        lb.dataplane().persistence_v4_get(&k).unwrap(),
+        None,
+        "never into persistence"
+    );
+    let p = probation(&lb).expect("taken into probation");
+    assert_eq!(
+        (p.backend, p.atime, p.port, p.proof, p.client_mac),
+        (b2, tick, PORT_SHARED, 0, [0; 6])
+    );
+    assert_eq!(
+        lb.dataplane().persistence_v4_get(&k_established).unwrap(),
+        Some(ours)
+    );
+    assert_eq!(
+        lb.dataplane().probation_v4_get(&k_probation).unwrap(),
+        Some(own)
+    );
+    let (svc, slot, _) = ring_of(&lb, new);
+    assert!(
+        lb.service(svc).active_table()[slot as usize] & RING_F_CHANGED != 0,
+        "the slot is flagged"
+    );
+    // The backend's reply through this node recorded a proof (the data path).
+    let recorded = 0x77;
+    lb.dataplane_mut()
+        .probation_v4
+        .iter_mut()
+        .find(|(key, _)| *key == k)
+        .unwrap()
+        .1
+        .proof = recorded;
+    let again = import(&mut lb, &[prob(new, ip(B2))], tick + 1).unwrap();
+    assert_eq!((again.inserted, again.refreshed), (0, 1));
+    assert_eq!(
+        probation(&lb).map(|p| (p.atime, p.proof)),
+        Some((tick + 1, recorded)),
+        "kept alive, proof kept"
+    );
+    let promoted = import(&mut lb, &[est(new, ip(B2))], tick + 2).unwrap();
+    assert_eq!(promoted.inserted, 1);
+    assert_eq!(
+        lb.dataplane()
+            .persistence_v4_get(&k)
+            .unwrap()
+            .map(|e| (e.backend, e.port)),
+        Some((b2, PORT_SHARED))
     );
 }
 
@@ -267,15 +399,7 @@ fn a_sweep_older_than_the_import_keeps_its_flag() {
     let c = client_on(&lb, b1, false, 0);
     let (svc, slot, _) = ring_of(&lb, c);
     let ticket = lb.sweep_ticket(tick);
-    import(
-        &mut lb,
-        &[Shared {
-            client: c,
-            backend: ip(B2),
-        }],
-        tick,
-    )
-    .unwrap();
+    import(&mut lb, &[est(c, ip(B2))], tick).unwrap();
     let flagged = |lb: &Balancer<FakeDataplane>| {
         lb.service(svc).active_table()[slot as usize] & RING_F_CHANGED != 0
     };
@@ -334,4 +458,20 @@ fn root_a_shared_entry_never_replaces_one_in_the_kernel_map() {
     assert!(dp.persistence_v4_write(&k4, &second, false).unwrap());
     assert_eq!(dp.persistence_v4_get(&k4).unwrap(), Some(second));
     assert_eq!(dp.persistence_v4_get(&k4b).unwrap(), None);
+    // The probation maps, for another node's unproven clients.
+    let p = |backend, atime| ProbationValue {
+        backend,
+        atime,
+        client_mac: [0; 6],
+        port: PORT_SHARED,
+        _pad: 0,
+        proof: 0,
+    };
+    assert!(dp.probation_v4_write(&k4, &p(3, 10), true).unwrap());
+    assert!(!dp.probation_v4_write(&k4, &p(4, 11), true).unwrap());
+    assert!(dp.probation_v6_write(&k6, &p(3, 10), true).unwrap());
+    assert!(dp.probation_v6_write(&k6, &p(4, 11), false).unwrap());
+    assert!(!dp.probation_v4_write(&k4b, &p(4, 11), false).unwrap());
+    assert_eq!(dp.probation_v4_get(&k4).unwrap(), Some(p(3, 10)));
+    assert_eq!(dp.probation_v6_get(&k6).unwrap(), Some(p(4, 11)));
 }

@@ -18,34 +18,54 @@ use crate::{
     state::test_support,
 };
 
-type Tables = Arc<Mutex<(BTreeSet<(IpAddr, IpAddr)>, BTreeSet<(IpAddr, IpAddr)>)>>;
+type Tables = Arc<Mutex<(BTreeSet<Shared>, BTreeSet<Shared>)>>;
 
 /// The export table (ours) and the import table (BIRD's), in memory.
 struct FakeRoutes(Tables);
 
 impl ShareRoutes for FakeRoutes {
-    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
+    fn list_ours(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError> {
         assert_eq!(table, 101);
         Ok(self.0.lock().unwrap().0.clone())
     }
-    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<(IpAddr, IpAddr)>, RouteError> {
+    fn list_learned(&mut self, table: u32) -> Result<BTreeSet<Shared>, RouteError> {
         assert_eq!(table, 102);
         Ok(self.0.lock().unwrap().1.clone())
     }
-    fn add(&mut self, _: u32, client: IpAddr, backend: IpAddr) -> Result<(), RouteError> {
+    /// As the kernel: a route's key is its client and metric (tier), a replace keeps the key.
+    fn add(&mut self, _: u32, client: &Shared) -> Result<(), RouteError> {
         let mut t = self.0.lock().unwrap();
-        t.0.retain(|(c, _)| *c != client);
-        t.0.insert((client, backend));
+        t.0.retain(|s| (s.client, s.tier) != (client.client, client.tier));
+        t.0.insert(*client);
         Ok(())
     }
+    /// As the kernel: one route of the client, whatever its metric.
     fn remove(&mut self, _: u32, client: IpAddr) -> Result<(), RouteError> {
-        self.0.lock().unwrap().0.retain(|(c, _)| *c != client);
+        let mut t = self.0.lock().unwrap();
+        if let Some(s) = t.0.iter().find(|s| s.client == client).copied() {
+            t.0.remove(&s);
+        }
         Ok(())
     }
 }
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+fn established(client: IpAddr, backend: IpAddr) -> Shared {
+    Shared {
+        client,
+        backend,
+        tier: Tier::Established,
+    }
+}
+
+fn probation(client: IpAddr, backend: IpAddr) -> Shared {
+    Shared {
+        tier: Tier::Probation,
+        ..established(client, backend)
+    }
 }
 
 fn setup() -> (Config, Balancer<FakeDataplane>) {
@@ -84,8 +104,10 @@ fn round(sharer: &mut Sharer, lb: &mut Balancer<FakeDataplane>) {
     sharer.handle(lb, ev);
 }
 
-/// Two rounds: the first publishes this node's divergent client and takes the other node's;
-/// after the client's entry here names its ring backend again, the second withdraws it.
+/// Rounds: the first publishes this node's divergent client, in probation, and takes the
+/// other node's; once the client is established here its route is replaced by an
+/// established one (not added next to it); after its entry names its ring backend again, it
+/// is withdrawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
     let (cfg, mut lb) = setup();
@@ -106,6 +128,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
         .collect();
     let (mine, theirs) = (on_b1[0], on_b1[1]);
     let now = Clock::now().tick;
+    let promoted = Arc::new(Mutex::new(0));
     let entries = Arc::new(Mutex::new(vec![(
         PersistKeyV4 {
             service: svc,
@@ -119,11 +142,11 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
             _pad: 0,
         },
     )]));
-    let source = Arc::clone(&entries);
+    let (source, tier) = (Arc::clone(&entries), Arc::clone(&promoted));
     let scanner = Scanner::new(Box::new(move || {
         let v4 = source.lock().unwrap().clone();
         Ok(Scanned {
-            established_v4: v4.len(),
+            established_v4: *tier.lock().unwrap(),
             v4,
             ..Scanned::default()
         })
@@ -133,7 +156,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
         .lock()
         .unwrap()
         .1
-        .insert((addr(theirs), ip("10.0.0.12")));
+        .insert(established(addr(theirs), ip("10.0.0.12")));
     let routes = Box::new(FakeRoutes(Arc::clone(&tables)));
     let mut sharer = Sharer::with_routes(&cfg, scanner, routes).expect("share is configured");
     let stats = Arc::new(Mutex::new(ShareStats::default()));
@@ -143,8 +166,8 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
     round(&mut sharer, &mut lb);
     assert_eq!(
         tables.lock().unwrap().0,
-        BTreeSet::from([(addr(mine), ip("10.0.0.12"))]),
-        "the divergent client is published"
+        BTreeSet::from([probation(addr(mine), ip("10.0.0.12"))]),
+        "the divergent client is published, in probation"
     );
     let key = PersistKeyV4 {
         service: svc,
@@ -159,14 +182,29 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
     assert_eq!(
         *stats.lock().unwrap(),
         ShareStats {
-            exported: 1,
-            learned: 1,
+            exported: Tiers {
+                established: 0,
+                probation: 1
+            },
+            over_limit: 0,
+            learned: Tiers {
+                established: 1,
+                probation: 0
+            },
             imported: 1,
             errors: 0
         }
     );
 
     // The client names its ring backend again: withdrawn at the next round.
+    *promoted.lock().unwrap() = 1;
+    round(&mut sharer, &mut lb);
+    assert_eq!(
+        tables.lock().unwrap().0,
+        BTreeSet::from([established(addr(mine), ip("10.0.0.12"))]),
+        "promoted: one route, established"
+    );
+
     entries.lock().unwrap()[0].1.backend = b1;
     round(&mut sharer, &mut lb);
     assert!(tables.lock().unwrap().0.is_empty(), "withdrawn");
