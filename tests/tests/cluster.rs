@@ -842,9 +842,6 @@ fn node_with_most(up: &Up, clients: &[usize]) -> usize {
 }
 
 #[test]
-#[ignore = "fails: a client forwarded by a backup node never leaves probation (its backend's \
-            replies, which carry the proof, go through the VRRP master), so it is never \
-            published (docs/cluster.md, \"Shared persistence\")"]
 fn a_backend_added_at_runtime_keeps_its_clients_across_a_node_loss() {
     let test = "a_backend_added_at_runtime_keeps_its_clients_across_a_node_loss";
     let Some(mut up) = Up::start_with(test, share_spec(true)) else {

@@ -346,15 +346,13 @@ impl Node {
         })?
     }
 
-    /// `ikelb_share_clients{table}` (`exported`, `learned`): `None` when the daemon reports
-    /// none (no `share`, or no round yet).
+    /// `ikelb_share_clients{table}` (`exported`, `learned`), both tiers: `None` when the
+    /// daemon reports none (no `share`, or no round yet).
     pub fn share_clients(&self, table: &str) -> Result<Option<u64>> {
         let text = self.metrics()?;
         let samples = metrics::samples(&text, "ikelb_share_clients");
-        Ok(samples
-            .iter()
-            .find(|s| s.label("table") == table)
-            .map(|s| s.value as u64))
+        let of_table: Vec<_> = samples.iter().filter(|s| s.label("table") == table).collect();
+        Ok((!of_table.is_empty()).then(|| of_table.iter().map(|s| s.value as u64).sum()))
     }
 
     /// The host routes of kernel table `table` of this node: (client, gateway), sorted.
