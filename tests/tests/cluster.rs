@@ -364,25 +364,31 @@ impl Up {
     }
 }
 
-/// Every client's pings after the run: each tunnel answered to the end (its last reply less
-/// than a second before the stop, at most 3 requests in flight then).
-fn assert_answering_at_end(test: &str, lab: &ClusterLab, pings: &[Pings]) {
-    let bad: Vec<String> = pings
+/// The clients whose tunnel did not answer to the end of the run (its last reply a second
+/// or more before the stop, or more than 3 requests in flight then), described.
+fn silent(lab: &ClusterLab, pings: &[Pings]) -> Vec<(usize, String)> {
+    pings
         .iter()
         .enumerate()
         .filter(|(_, p)| {
             p.unanswered_tail() > 3 || p.last_reply_at().is_none_or(|t| p.stopped_at - t > 1.0)
         })
         .map(|(i, p)| {
-            format!(
+            let what = format!(
                 "  {}: {} sent, last answered #{} ({:?} s before the stop)",
                 lab.clients[i].id,
                 p.transmitted,
                 p.last_answered(),
                 p.last_reply_at().map(|t| p.stopped_at - t)
-            )
+            );
+            (i, what)
         })
-        .collect();
+        .collect()
+}
+
+/// Every client's pings after the run: each tunnel answered to the end ([`silent`]).
+fn assert_answering_at_end(test: &str, lab: &ClusterLab, pings: &[Pings]) {
+    let bad: Vec<String> = silent(lab, pings).into_iter().map(|(_, w)| w).collect();
     assert!(
         bad.is_empty(),
         "{test}: tunnels not answering at the end:\n{}\n{}",
@@ -833,10 +839,15 @@ fn add_spare_backend(up: &Up) -> (Vec<usize>, Instant) {
     (div, t0)
 }
 
-/// The started node carrying the most of `clients` (by the router's FIB).
-fn node_with_most(up: &Up, clients: &[usize]) -> usize {
+/// The node carrying the most of `clients` (by the router's FIB) among those that do not
+/// hold the backends' gateway: the clients of such a node are in probation there (their
+/// backends' replies, which carry the proof, go through the VRRP master), so losing it shows
+/// that probation clients are shared too.
+fn backup_with_most(up: &Up, clients: &[usize]) -> usize {
     let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let master = up.lab.vrrp_masters().expect("VRRP masters")[0];
     (0..3)
+        .filter(|&k| k != master)
         .max_by_key(|&k| clients.iter().filter(|&&i| of[i] == k).count())
         .expect("nodes")
 }
@@ -857,9 +868,47 @@ fn a_backend_added_at_runtime_keeps_its_clients_across_a_node_loss() {
     // Case (b): the divergent clients a backup node forwards get their replies through
     // the VRRP master; and nobody moved to the new responder.
     up.check_kept("after the backend add, before any cut");
-    let cut = node_with_most(&up, &div);
+    let cut = backup_with_most(&up, &div);
     let started = [0, 1, 2];
     let heir = next_master(&up.lab, &started, cut);
     lose(&mut up, &started, cut, heir);
+    up.finish();
+}
+
+/// The control for the test above: without `share`, the divergent clients a backup node
+/// forwards lose their tunnel as soon as the rings move, before any node is lost — their
+/// backend's replies reach the VRRP master, which has no entry for them and whose ring
+/// names another backend, so it drops them (`drop/reverse_not_client`).
+#[test]
+fn without_sharing_a_backup_nodes_divergent_clients_lose_their_replies() {
+    let test = "without_sharing_a_backup_nodes_divergent_clients_lose_their_replies";
+    let Some(mut up) = Up::start_with(test, share_spec(false)) else {
+        return;
+    };
+    let (div, _) = add_spare_backend(&up);
+    let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let master = up.lab.vrrp_masters().expect("VRRP masters")[0];
+    let on_backups: Vec<usize> = div.iter().copied().filter(|&i| of[i] != master).collect();
+    let (_, pings, _) = up.across_unchecked("control", Duration::from_secs(2), |_| ());
+    let silent = silent(&up.lab, &pings);
+    let silent_ids: Vec<usize> = silent.iter().map(|(i, _)| *i).collect();
+    eprintln!(
+        "CLUSTER: {test}: divergent clients on backup nodes {on_backups:?}, tunnels not \
+         answering {silent_ids:?}"
+    );
+    assert!(
+        on_backups.iter().all(|i| silent_ids.contains(i)),
+        "{test}: a backup node's divergent client still gets its replies without sharing, so \
+         the test with sharing shows nothing: silent {silent_ids:?}, on backups {on_backups:?}"
+    );
+    assert!(
+        silent_ids.iter().all(|i| on_backups.contains(i)),
+        "{test}: tunnels lost that are no backup node's divergent clients:\n{}",
+        silent
+            .iter()
+            .map(|(_, w)| w.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     up.finish();
 }
