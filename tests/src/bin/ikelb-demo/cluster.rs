@@ -86,6 +86,9 @@ pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
     let result = drive(&lab, lb_ctl);
     let prefix = lab.prefix().as_str().to_string();
     let t = Instant::now();
+    if stopping() {
+        println!("\nstopped by a signal before the end");
+    }
     println!("\nstopping: charons, keepalived, BIRD, daemons, namespaces …");
     drop(lab);
     println!(
