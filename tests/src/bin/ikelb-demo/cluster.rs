@@ -170,15 +170,25 @@ fn drive(lab: &ClusterLab, lb_ctl: &Path) -> Result<()> {
     let failover = lab.lose_node(lost, &survivors, Some(heir));
     crate::sleep_until(Instant::now() + PINGS_AFTER);
     let pings = run.stop()?;
-    let Failover { route, gateway } =
-        failover.with_context(|| format!("after cutting {name}\n{}", lab.log_tails(10)))?;
-    println!("  {name} out of the router's route after {route:.2?} (BFD, 100 ms × 5)");
-    if let Some((held, arp)) = gateway {
-        println!(
-            "  {heir} holds the gateway {GATEWAY} after {held:.2?}, every backend's gateway \
-             entry on its MAC after {arp:.2?} (VRRP)",
-            heir = lab.nodes[heir].name
-        );
+    // A cluster that did not converge is reported with the sessions, not instead of them.
+    let mut failures = Vec::new();
+    match failover {
+        Ok(Failover { route, gateway }) => {
+            println!("  {name} out of the router's route after {route:.2?} (BFD, 100 ms × 5)");
+            if let Some((held, arp)) = gateway {
+                println!(
+                    "  {heir} holds the gateway {GATEWAY} after {held:.2?}, every backend's \
+                     gateway entry on its MAC after {arp:.2?} (VRRP)",
+                    heir = lab.nodes[heir].name
+                );
+            }
+        }
+        Err(e) => {
+            println!("  NOT CONVERGED: {e:#}");
+            failures.push(format!(
+                "the cluster did not converge after cutting {name}: {e:#}"
+            ));
+        }
     }
     println!("  pings across the cut: {}", LossSummary::of(&pings, at));
     print_router(lab)?;
@@ -191,10 +201,17 @@ fn drive(lab: &ClusterLab, lb_ctl: &Path) -> Result<()> {
     let broken = print_survival(lab, &before, &after, lost, &pings, at, &check);
     print_nodes(lab, &after.nodes, Some(lost));
     if !broken.is_empty() {
-        bail!(
+        failures.push(format!(
             "{} of {n} sessions did not survive losing {name}:\n  {}",
             broken.len(),
             broken.join("\n  ")
+        ));
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{}\n(IKELB_INTEROP_LOGS=DIR keeps every log of a run: charons, daemons, BIRDs, \
+             keepalived)",
+            failures.join("\n")
         );
     }
     println!(
