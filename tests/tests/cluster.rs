@@ -27,11 +27,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use ikelb_tests::bird;
 use ikelb_tests::cluster::{
-    self, epoch, ClusterLab, ClusterSpec, LossSummary, Pings, Session, GATEWAY, INT, VRRP_VMAC,
+    self, epoch, ClusterLab, ClusterSpec, Failover, LossSummary, Pings, Session, GATEWAY, INT,
+    VRRP_VMAC,
 };
-use ikelb_tests::ike;
 use ikelb_tests::lab;
 
 const CLIENTS: usize = 24;
@@ -52,25 +51,8 @@ fn skipped(test: &str, why: &str) {
 
 /// The `lb-ctl` to test, or `None` after saying why the test cannot run here.
 fn runnable(test: &str) -> Option<PathBuf> {
-    if let Some(why) = ike::unavailable() {
+    if let Some(why) = cluster::unavailable() {
         skipped(test, &why);
-        return None;
-    }
-    if !bird::available() {
-        skipped(
-            test,
-            &format!("needs BIRD 2 ({}, Debian package bird2)", bird::BIRD),
-        );
-        return None;
-    }
-    if !cluster::keepalived_available() {
-        skipped(
-            test,
-            &format!(
-                "needs keepalived ({}, Debian package keepalived)",
-                cluster::KEEPALIVED
-            ),
-        );
         return None;
     }
     match lab::lb_ctl_path() {
@@ -406,14 +388,9 @@ fn every_client_establishes_through_every_node() {
     up.finish();
 }
 
-/// The node that takes the VRRP address over when `gone` leaves: the highest priority among
-/// the started others.
+/// The node that takes the VRRP address over when `gone` leaves ([`ClusterLab::next_master`]).
 fn next_master(lab: &ClusterLab, started: &[usize], gone: usize) -> usize {
-    *started
-        .iter()
-        .filter(|&&k| k != gone)
-        .max_by_key(|&&k| lab.nodes[k].priority)
-        .expect("a surviving node")
+    lab.next_master(started, gone).expect("a surviving node")
 }
 
 /// Clients the router sends to another node than before, leaving out those of `gone` (whose
@@ -440,21 +417,9 @@ fn lose(up: &mut Up, alive: &[usize], lost: usize, heir: usize) -> Vec<usize> {
     let on_lost = of.iter().filter(|&&k| k == lost).count();
     let name = up.lab.nodes[lost].name.clone();
     let tag = format!("loss-{name}");
-    let ((route, gateway), pings, at) = up.across(&tag, Duration::from_secs(2), |lab| {
-        let t0 = Instant::now();
-        lab.cut_node(lost).expect("cut the node");
-        lab.wait_nexthops(&survivors, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", lab.log_tails(15)));
-        let route = t0.elapsed();
-        let gateway = master.then(|| {
-            lab.wait_vrrp_master(heir, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("{test}: {e:#}"));
-            let held = t0.elapsed();
-            lab.wait_gateway_mac(heir, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("{test}: {e:#}"));
-            (held, t0.elapsed())
-        });
-        (route, gateway)
+    let (Failover { route, gateway }, pings, at) = up.across(&tag, Duration::from_secs(2), |lab| {
+        lab.lose_node(lost, &survivors, master.then_some(heir))
+            .unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", lab.log_tails(15)))
     });
     let summary = LossSummary::of(&pings, at);
     let after = up.lab.nodes_of_clients().expect("the router's FIB");

@@ -7,6 +7,7 @@ mod cmd;
 mod fuzz;
 mod kernels;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -38,12 +39,16 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Without arguments: a self-contained demo in network namespaces. With `--config FILE`:
-    /// run the daemon for real.
+    /// Without arguments: a self-contained demo in network namespaces. With `--cluster`: the
+    /// cluster demo (docs/cluster.md). With `--config FILE`: run the daemon for real.
     Run {
         /// Run `lb-ctl daemon --config FILE` instead of the demo.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The cluster demo: 3 ikelb nodes behind a BGP router's ECMP, one cut off; exits
+        /// non-zero unless every VPN session survives.
+        #[arg(long, conflicts_with = "config")]
+        cluster: bool,
     },
     /// Benchmark (root, < 10 min, not part of `test`): program cost, closed-loop throughput
     /// against a trivial forwarder and nftables, memory, control plane. Prints a table,
@@ -61,15 +66,27 @@ enum Task {
     },
 }
 
+/// The command line without a `--` right after `run`: `cargo xtask run -- --cluster` (the form
+/// README documents, as for `cargo run -- ARGS`) reaches xtask as `run -- --cluster`, because
+/// the alias in .cargo/config.toml already ends cargo's own options with `--`; clap would then
+/// read `--cluster` as a positional argument, which `run` has none of.
+fn command_line(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "run") && args.get(2).is_some_and(|a| a == "--") {
+        args.remove(2);
+    }
+    args
+}
+
 fn main() -> Result<()> {
-    match Cli::parse().task {
+    match Cli::parse_from(command_line(std::env::args_os())).task {
         Task::Bootstrap => bootstrap::all(),
         Task::Test {
             kernels,
             no_kernels,
             args,
         } => test(&kernels, no_kernels, &args),
-        Task::Run { config } => run(config),
+        Task::Run { config, cluster } => run(config, cluster),
         Task::Bench { args } => bench(&args),
         Task::Fuzz { args } => fuzz::run(&args),
     }
@@ -183,7 +200,7 @@ fn test(kernels: &[PathBuf], no_kernels: bool, args: &[String]) -> Result<()> {
     kernels::summary(&kernels::host_verifier(&tests), &outcomes)
 }
 
-fn run(config: Option<PathBuf>) -> Result<()> {
+fn run(config: Option<PathBuf>, cluster: bool) -> Result<()> {
     bootstrap::all()?;
     if !cmd::is_root() {
         anyhow::bail!("ikelb attaches XDP programs and builds network namespaces: run as root");
@@ -208,9 +225,71 @@ fn run(config: Option<PathBuf>) -> Result<()> {
             )
         }
         None => {
-            cmd::step("demo: namespace lab with clients, the ikelb gateway and 3 backends");
             let demo = cmd::target_dir().join("release/ikelb-demo");
-            cmd::exec(&demo, &["--lb-ctl".as_ref(), lb_ctl.as_os_str()])
+            let mut args = vec!["--lb-ctl".as_ref(), lb_ctl.as_os_str()];
+            if cluster {
+                cmd::step(
+                    "cluster demo: a BGP router, 3 ikelb nodes, 3 backends, 24 VPN clients; one \
+                     node cut off",
+                );
+                args.push("--cluster".as_ref());
+            } else {
+                cmd::step("demo: namespace lab with clients, the ikelb gateway and 3 backends");
+            }
+            cmd::exec(&demo, &args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{command_line, Cli, Task};
+
+    #[test]
+    fn run_takes_cluster_or_config_not_both() {
+        let run = |args: &[&str]| {
+            let line = ["xtask", "run"].iter().chain(args).map(Into::into);
+            Cli::try_parse_from(command_line(line))
+        };
+        assert!(matches!(
+            run(&["--cluster"]).map(|c| c.task),
+            Ok(Task::Run {
+                config: None,
+                cluster: true
+            })
+        ));
+        // `cargo xtask run -- --cluster`: the `--` after `run` is cargo's, not an argument.
+        assert!(matches!(
+            run(&["--", "--cluster"]).map(|c| c.task),
+            Ok(Task::Run {
+                config: None,
+                cluster: true
+            })
+        ));
+        assert!(matches!(
+            run(&[]).map(|c| c.task),
+            Ok(Task::Run {
+                config: None,
+                cluster: false
+            })
+        ));
+        let err = run(&["--cluster", "--config", "x.yaml"])
+            .err()
+            .expect("both accepted");
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
+        let err = run(&["--", "--config", "x.yaml", "--cluster"])
+            .err()
+            .expect("both accepted after --");
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::ArgumentConflict,
+            "{err}"
+        );
     }
 }

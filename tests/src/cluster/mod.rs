@@ -74,7 +74,8 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// 00:00:5e:00:01:33 (RFC 5798 §7.3), which the master must NOT use.
 pub const VRRP_VMAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 51];
 
-const ROUTER_ISP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The router's address toward the clients' NAT.
+pub const ROUTER_ISP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const NAT_WAN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const NAT_LAN: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 
@@ -93,7 +94,8 @@ pub fn public(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(100, 64, 1, 1 + i as u8)
 }
 
-fn client_addr(i: usize) -> Ipv4Addr {
+/// Client `i`'s own address, behind the NAT.
+pub fn client_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 1, 0, 10 + i as u8)
 }
 
@@ -106,7 +108,7 @@ fn responder_inner(i: usize) -> Ipv4Addr {
 }
 
 /// Responder `i`'s virtual IP pool: 10.100.(i+1).0/24.
-fn pool(i: usize) -> Ipv4Addr {
+pub fn pool(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, 1 + i as u8, 0)
 }
 
@@ -128,6 +130,36 @@ pub struct ClusterSpec {
     /// Shared persistence on every node: `share` in the daemon's config, the optional part
     /// of `deploy/bird/ikelb-node.conf` with iBGP sessions to every other node over `int`.
     pub share: bool,
+}
+
+/// What losing a node took, from the cut ([`ClusterLab::lose_node`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Failover {
+    /// Until the router's VIP route left the node out.
+    pub route: Duration,
+    /// When the node held the gateway: until its heir held the VRRP address, and until every
+    /// backend's gateway entry named the heir's MAC.
+    pub gateway: Option<(Duration, Duration)>,
+}
+
+/// Why the cluster lab cannot run here (root, strongSwan, BIRD 2, keepalived), if it
+/// cannot; `cargo xtask bootstrap` installs what it needs.
+pub fn unavailable() -> Option<String> {
+    if let Some(why) = crate::ike::unavailable() {
+        return Some(why);
+    }
+    if !bird::available() {
+        return Some(format!(
+            "needs BIRD 2 ({}, Debian package bird2)",
+            bird::BIRD
+        ));
+    }
+    if !keepalived::available() {
+        return Some(format!(
+            "needs keepalived ({KEEPALIVED}, Debian package keepalived)"
+        ));
+    }
+    None
 }
 
 /// One initiator.
@@ -210,6 +242,12 @@ impl ClusterLab {
     /// (configuration loaded). No IKE SA exists yet; the VIP is routed over every started
     /// node.
     pub fn build(spec: &ClusterSpec, lb_ctl: &Path) -> Result<Self> {
+        Self::build_as('k', spec, lb_ctl)
+    }
+
+    /// [`ClusterLab::build`] under another run-prefix role letter (the demo's `d`: its
+    /// namespaces then never share a prefix with the tests').
+    pub fn build_as(role: char, spec: &ClusterSpec, lb_ctl: &Path) -> Result<Self> {
         ensure!((1..=200).contains(&spec.clients), "1..=200 clients");
         ensure!((1..=9).contains(&spec.nodes), "1..=9 nodes");
         ensure!(spec.started <= spec.nodes, "started ≤ nodes");
@@ -220,7 +258,7 @@ impl ClusterLab {
         );
         reap_stale();
         let pki = Pki::get(spec.clients)?;
-        let prefix = RunPrefix::new('k');
+        let prefix = RunPrefix::new(role);
         let dir = TempDir::new(&prefix)?;
         let netns = |what: &str| NetNs::new(prefix.name(what));
         let nat = netns("nat")?;
@@ -738,6 +776,42 @@ impl ClusterLab {
         self.router.ip(&["link", "set", port, "down"])?;
         self.switch.ip(&["link", "set", port, "down"])?;
         Ok(())
+    }
+
+    /// The node that takes the VRRP address over when `gone` leaves: the highest priority
+    /// among the others of `started`.
+    pub fn next_master(&self, started: &[usize], gone: usize) -> Option<usize> {
+        started
+            .iter()
+            .copied()
+            .filter(|&k| k != gone)
+            .max_by_key(|&k| self.nodes[k].priority)
+    }
+
+    /// Cuts node `lost` ([`ClusterLab::cut_node`]) and waits until the router's VIP route
+    /// goes over `survivors` alone (BFD) and, when `heir` is given (the lost node held the
+    /// gateway), until `heir` holds the VRRP address and every backend's gateway entry names
+    /// its MAC; how long each took from the cut.
+    pub fn lose_node(
+        &self,
+        lost: usize,
+        survivors: &[usize],
+        heir: Option<usize>,
+    ) -> Result<Failover> {
+        let t0 = Instant::now();
+        self.cut_node(lost)?;
+        self.wait_nexthops(survivors, Duration::from_secs(10))?;
+        let route = t0.elapsed();
+        let gateway = match heir {
+            Some(heir) => {
+                self.wait_vrrp_master(heir, Duration::from_secs(10))?;
+                let held = t0.elapsed();
+                self.wait_gateway_mac(heir, Duration::from_secs(10))?;
+                Some((held, t0.elapsed()))
+            }
+            None => None,
+        };
+        Ok(Failover { route, gateway })
     }
 
     /// Client `i`'s namespace.

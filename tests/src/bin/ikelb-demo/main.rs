@@ -1,8 +1,9 @@
-//! `ikelb-demo [--udp | --ike] [--lb-ctl PATH] [--clients N] [--backends N] [--every SECONDS]`:
-//! what `cargo xtask run` shows with no arguments.
+//! `ikelb-demo [--udp | --ike | --cluster] [--lb-ctl PATH] [--clients N] [--backends N]
+//! [--every SECONDS]`: what `cargo xtask run` shows with no arguments (and `cargo xtask run --
+//! --cluster` with `--cluster`).
 //!
-//! Two modes, both around the real `lb-ctl daemon` on an ikelb gateway namespace, both under
-//! their own namespace prefix (`ikd…`, never the tests'):
+//! Two modes around the real `lb-ctl daemon` on an ikelb gateway namespace, and a third with a
+//! cluster of them, all under their own namespace prefix (`ikd…`, never the tests'):
 //!
 //! * **IKE** (the default when strongSwan is installed, as `cargo xtask bootstrap` does; see
 //!   `ike.rs`): strongSwan initiators behind a NAT router establish IKEv2 SAs through the VIP
@@ -10,11 +11,16 @@
 //!   seconds: VPN sessions per server, where each client landed, pings, the daemon's view.
 //! * **UDP** (`--udp`, or the fallback when strongSwan is missing, saying why; see `udp.rs`):
 //!   250 client addresses send IKE and NAT-T datagrams to `ikelb-responder` backends.
+//! * **Cluster** (`--cluster`; see `cluster.rs`): three ikelb nodes behind a BIRD router's
+//!   ECMP with BFD, keepalived VRRP for the backends' gateway, strongSwan peers on both sides
+//!   (docs/cluster.md); every client establishes, the VRRP master is cut off, and every
+//!   session must survive. Runs once and exits: non-zero if any session did not survive.
 //!
-//! `IKELB_DEMO=udp` (or `ike`) selects the mode when the demo is started by `cargo xtask run`.
+//! `IKELB_DEMO=udp` (or `ike`, `cluster`) selects the mode when the demo is started by `cargo xtask run`.
 //! Ctrl-C (SIGINT) or SIGTERM stops every process the demo started, by PID, and removes every
 //! namespace and mount it made.
 
+mod cluster;
 mod ike;
 mod udp;
 
@@ -27,12 +33,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ikelb_tests::lab::{self, metrics, Lab};
 
-const USAGE: &str = "usage: ikelb-demo [--udp | --ike] [--lb-ctl PATH] [--clients N] \
-                     [--backends N] [--every SECONDS]\n\
+const USAGE: &str = "usage: ikelb-demo [--udp | --ike | --cluster] [--lb-ctl PATH] \
+                     [--clients N] [--backends N] [--every SECONDS]\n\
                      \x20 --udp      UDP-responder backends instead of strongSwan (also: IKELB_DEMO=udp)\n\
                      \x20 --ike      real IKEv2 peers, and fail rather than fall back without strongSwan\n\
-                     \x20 --clients  VPN clients (IKE: default 24, at most 200; UDP: default 250)\n\
-                     \x20 --backends servers behind the gateway (default 3; IKE: at most 9)\n\
+                     \x20 --cluster  3 ikelb nodes behind a BGP router's ECMP; one is cut off and every\n\
+                     \x20            VPN session must survive (docs/cluster.md; also: IKELB_DEMO=cluster)\n\
+                     \x20 --clients  VPN clients (IKE, cluster: default 24, at most 200; UDP: default 250)\n\
+                     \x20 --backends servers behind the gateway (default 3; IKE, cluster: at most 9)\n\
                      \x20 --every    seconds between reports (default 3)";
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -76,6 +84,7 @@ enum Mode {
     Auto,
     Ike,
     Udp,
+    Cluster,
 }
 
 pub struct Args {
@@ -91,8 +100,9 @@ fn parse_args() -> Result<Args> {
     let mode = match std::env::var("IKELB_DEMO").as_deref() {
         Ok("udp") => Mode::Udp,
         Ok("ike") => Mode::Ike,
+        Ok("cluster") => Mode::Cluster,
         Ok("") | Err(_) => Mode::Auto,
-        Ok(other) => bail!("IKELB_DEMO={other:?}: want `udp` or `ike`"),
+        Ok(other) => bail!("IKELB_DEMO={other:?}: want `udp`, `ike` or `cluster`"),
     };
     let mut a = Args {
         mode,
@@ -110,6 +120,7 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--udp" => a.mode = Mode::Udp,
             "--ike" => a.mode = Mode::Ike,
+            "--cluster" => a.mode = Mode::Cluster,
             "--lb-ctl" => a.lb_ctl = Some(value()?.into()),
             "--clients" => a.clients = Some(value()?.parse().context("--clients")?),
             "--backends" => a.backends = value()?.parse().context("--backends")?,
@@ -136,6 +147,7 @@ fn main() -> Result<()> {
     install_signal_handlers()?;
     match (args.mode, ikelb_tests::ike::unavailable()) {
         (Mode::Udp, _) => udp::run(&args, &lb_ctl),
+        (Mode::Cluster, _) => cluster::run(&args, &lb_ctl),
         (Mode::Ike | Mode::Auto, None) => ike::run(&args, &lb_ctl),
         (Mode::Ike, Some(why)) => bail!("--ike: {why}"),
         (Mode::Auto, Some(why)) => {
