@@ -877,3 +877,84 @@ fn without_sharing_a_backup_nodes_divergent_clients_lose_their_replies() {
     );
     up.finish();
 }
+
+/// A failover and recovery makes clients divergent as an add does: the clients of the
+/// responder with the most are moved by its failure (its link cut: every node's health checks
+/// take it out, and the clients re-establish on the others); once it is back, its slots move
+/// back to it, and those clients — on another backend than their slot's now, forwarded by
+/// every node — must keep their IKE SA across the loss of a node (a backup node, whose
+/// clients are in probation there).
+#[test]
+fn a_failover_and_recovery_keeps_its_clients_across_a_node_loss() {
+    let test = "a_failover_and_recovery_keeps_its_clients_across_a_node_loss";
+    let Some(mut up) = Up::start_with(test, share_spec(true)) else {
+        return;
+    };
+    let listed: Vec<usize> = (0..RESPONDERS).collect();
+    let on = |up: &Up, r: usize| -> Vec<usize> {
+        (0..CLIENTS)
+            .filter(|&i| up.before[i].backend == Some(r))
+            .collect()
+    };
+    let dead = (0..RESPONDERS)
+        .max_by_key(|&r| on(&up, r).len())
+        .expect("responders");
+    let moved = on(&up, dead);
+    up.lab
+        .set_responder_link(dead, false)
+        .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    let down = wait_ring(&up, dead, "unusable", Duration::from_secs(20));
+    let t0 = Instant::now();
+    for &i in &moved {
+        let c = &up.lab.clients[i];
+        c.charon
+            .terminate_ike("vpn")
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        let init = c.charon.initiate("vpn", INITIATE_TIMEOUT);
+        assert!(
+            init.ok,
+            "{test}: {} did not re-establish:\n{}",
+            c.id, init.output
+        );
+    }
+    let reestablished = t0.elapsed();
+    up.before = up.healthy_sessions("after the failover");
+    let back_on_dead: Vec<usize> = on(&up, dead);
+    assert!(
+        back_on_dead.is_empty(),
+        "{test}: clients {back_on_dead:?} re-established on the dead responder"
+    );
+    up.lab
+        .set_responder_link(dead, true)
+        .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+    let recovered = wait_ring(&up, dead, "active", Duration::from_secs(30));
+    let div = divergent(&up, &listed);
+    let of = up.lab.nodes_of_clients().expect("the router's FIB");
+    let master = up.lab.vrrp_masters().expect("VRRP masters")[0];
+    let on_backups = div.iter().filter(|&&i| of[i] != master).count();
+    eprintln!(
+        "CLUSTER: {test}: {} ({} clients) cut: out of every ring after {down:.2?}; its \
+         clients re-established on the others in {reestablished:.2?}; back in every ring \
+         {recovered:.2?} after its link came back; {} of {CLIENTS} clients divergent, {on_backups} \
+         of them forwarded by a backup node",
+        up.lab.responders[dead].addr,
+        moved.len(),
+        div.len(),
+    );
+    assert!(
+        div.iter().all(|i| moved.contains(i)) && on_backups > 0,
+        "{test}: divergent {div:?}, want the failed responder's clients {moved:?}, some on a \
+         backup node"
+    );
+    let shared = wait_shared(&up, &div, Duration::from_secs(20));
+    eprintln!(
+        "CLUSTER: {test}: every node published its divergent clients and learned the \
+         others' {shared:.2?} after the rings moved back"
+    );
+    up.check_kept("after the recovery, before any cut");
+    let cut = backup_with_most(&up, &div);
+    let started = [0, 1, 2];
+    let heir = next_master(&up.lab, &started, cut);
+    lose(&mut up, &started, cut, heir);
+    up.finish();
+}
