@@ -228,12 +228,20 @@ pub struct ProbationValue {
     pub client_mac: [u8; 6],
     /// As [`PersistValue::port`].
     pub port: u8,
-    pub _pad: u8,
+    /// `PROBATION_F_*`.
+    pub flags: u8,
     /// What the client must echo to be promoted, as the 8 (IKE responder SPI) or 4 (TCP ack
     /// number, high word 0) header bytes loaded in native order; 0 = nothing recorded yet.
     pub proof: u64,
 }
 const _: () = assert!(size_of::<ProbationValue>() == 24);
+
+/// [`ProbationValue::flags`]: the entry was made for a mid-session packet (IKE with a
+/// responder SPI, ESP) of an SA this node does not know, so its backend is the ring's guess.
+/// A packet of an SA the node does know (`globals::SA_STEERING`) may still correct it, until a
+/// reply of the entry's backend that carries a proof shows the backend knows the client, which
+/// clears the flag. An entry without it is never moved by an SA.
+pub const PROBATION_F_GUESS: u8 = 1;
 
 /// Key of [`maps::IKE_SAS`]: an IKE SA of a service, by its initiator SPI (RFC 7296 §3.1,
 /// header bytes 0–8, loaded as two native words like [`ProbationValue::proof`]). The value is

@@ -251,7 +251,7 @@ pub fn import<D: Dataplane>(
                 atime: tick,
                 client_mac: [0; 6],
                 port: PORT_SHARED,
-                _pad: 0,
+                flags: 0,
                 proof: 0,
             };
             match here(lb, &key, s.tier)? {
@@ -314,7 +314,7 @@ fn here<D: Dataplane>(lb: &Balancer<D>, key: &Key, tier: Tier) -> Result<Here, S
         atime: e.atime,
         client_mac: e.client_mac,
         port: e.port,
-        _pad: 0,
+        flags: 0,
         proof: 0,
     });
     let shared = |e: Entry| {

@@ -22,7 +22,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     event, hash::ring_slot, Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, PORT_SHARED, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    BACKEND_NONE, PORT_SHARED, PROBATION_F_GUESS, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -60,6 +60,25 @@ fn stamp(index: u32, now: u32) {
         unsafe {
             if *stamp != now {
                 *stamp = now;
+            }
+        }
+    }
+}
+
+/// Flags ring slot `index` `RING_F_CHANGED` when `id` is not its backend: an entry of the
+/// slot now names another backend than the ring's (SA steering), so the slot fast path must
+/// look its clients' entries up. The daemon's flag sweep adopts a flag set here, and clears
+/// it once no live entry of the slot disagrees (`lb-ctl/src/state/sweep.rs`).
+#[inline(always)]
+fn flag_if_divergent(index: u32, id: u32) {
+    if !maps::slot_fast_path() {
+        return;
+    }
+    if let Some(v) = RINGS.get_ptr_mut(index) {
+        // SAFETY: a pointer into the array map; the daemon writes whole slots.
+        unsafe {
+            if *v & RING_BACKEND_MASK != id && *v & RING_F_CHANGED == 0 {
+                *v |= RING_F_CHANGED;
             }
         }
     }
@@ -259,16 +278,19 @@ pub fn forward<F: Family>(
             }
         };
         unsafe {
-            if (*e).atime != now {
+            let first_in_tick = (*e).atime != now;
+            if first_in_tick {
                 (*e).atime = now;
-                // The client's first packet this tick: the SA it names, for SA steering.
-                if maps::sa_steering() && pkt.first {
-                    let sig = match early {
-                        Some(sig) => sig,
-                        None => signal::read(ctx, pkt, Side::Forward),
-                    };
-                    steer::learn(svc.id, &sig, id);
-                }
+            }
+            // The SA the packet names, for SA steering: of every IKE message (rare; several
+            // clients behind one NAT address each have their own), and of the address's first
+            // packet each tick (ESP is the bulk: once a tick is enough to learn a rekey's SA).
+            if maps::sa_steering() && pkt.first && (first_in_tick || !bulk) {
+                let sig = match early {
+                    Some(sig) => sig,
+                    None => signal::read(ctx, pkt, Side::Forward),
+                };
+                steer::learn(svc.id, &sig, id, first_in_tick);
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
@@ -309,9 +331,28 @@ pub fn forward<F: Family>(
                 unsafe {
                     (*p).backend = id;
                     (*p).proof = 0;
+                    (*p).flags = 0;
                 }
                 (id, b)
             }
+        };
+        // The ring's guess for a mid-session packet of an unknown SA, not confirmed by its
+        // backend yet: a packet of a known SA corrects it (`lb_common::PROBATION_F_GUESS`).
+        let (id, b) = match unsafe { (*p).flags } & PROBATION_F_GUESS {
+            0 => (id, b),
+            _ => match steer::backend(svc.id, &sig).and_then(|s| Some((s, usable(s, svc)?))) {
+                Some((s, sb)) => {
+                    unsafe {
+                        (*p).backend = s;
+                        (*p).proof = 0;
+                        (*p).flags = 0;
+                    }
+                    flag_if_divergent(index, s);
+                    counters::event(event::SA_STEERED);
+                    (s, sb)
+                }
+                None => (id, b),
+            },
         };
         unsafe {
             (*p).atime = now;
@@ -326,7 +367,7 @@ pub fn forward<F: Family>(
             if persisted {
                 let _ = F::probation().remove(&key);
                 counters::event(event::PROMOTED);
-                steer::learn(svc.id, &sig, id);
+                steer::learn(svc.id, &sig, id, true);
             }
         }
         stamp(index, now);
@@ -355,6 +396,7 @@ pub fn forward<F: Family>(
         });
     }
     if steered.is_some() {
+        flag_if_divergent(index, id);
         counters::event(event::SA_STEERED);
     } else if sig.mid_session {
         counters::event(event::LOST);
@@ -365,7 +407,11 @@ pub fn forward<F: Family>(
             atime: now,
             client_mac: [0; 6],
             port: origin.port,
-            _pad: 0,
+            flags: if sig.mid_session && steered.is_none() {
+                PROBATION_F_GUESS
+            } else {
+                0
+            },
             proof: 0,
         };
         // SAFETY: a field of a local.
@@ -457,7 +503,11 @@ pub fn reverse<F: Family>(
         }
         let proof = signal::read(ctx, pkt, Side::Reverse).proof;
         if proof != 0 {
-            unsafe { (*p).proof = proof };
+            // The backend knows the client: no longer the ring's guess.
+            unsafe {
+                (*p).proof = proof;
+                (*p).flags = 0;
+            }
             let _ = F::proofs().insert(&F::proof_key(svc.id, daddr, proof), &id, 0);
         }
         if unsafe { (*p).port } != PORT_SHARED {

@@ -7,8 +7,8 @@
 //! entry for the new address: its replies then come back from the VIP, and its next proof
 //! establishes it, as for any new client (`docs/security.md`, "SA steering").
 //!
-//! Learning is bounded: only a promoted client's SAs (its promotion, then its first packet
-//! each tick), never over a known SA (`BPF_NOEXIST`: the first backend an SA was seen on is
+//! Learning is bounded: only a promoted client's SAs (at its promotion, from each of its IKE
+//! messages, and from its address's first packet each tick for ESP), never over a known SA (`BPF_NOEXIST`: the first backend an SA was seen on is
 //! its backend), and the lookups happen only for a packet from an address without any entry.
 
 use lb_common::{EspSaKey, IkeSaKey};
@@ -22,10 +22,10 @@ use crate::{
 const BPF_NOEXIST: u64 = 1;
 
 /// Records that the SA `sig` names (if any) of an established client of `service` is on
-/// `backend`, unless it is known already. A lookup first: an LRU map's update takes a free
-/// element before it checks the key, which could evict another SA.
+/// `backend`, unless it is known already — an ESP SA only with `esp`. A lookup first: an LRU
+/// map's update takes a free element before it checks the key, which could evict another SA.
 #[inline(always)]
-pub fn learn(service: u32, sig: &Signal, backend: u32) {
+pub fn learn(service: u32, sig: &Signal, backend: u32, esp: bool) {
     if !maps::sa_steering() {
         return;
     }
@@ -39,7 +39,7 @@ pub fn learn(service: u32, sig: &Signal, backend: u32) {
             let _ = IKE_SAS.insert(&key, &backend, BPF_NOEXIST);
         }
     }
-    if sig.esp_spi != 0 {
+    if esp && sig.esp_spi != 0 {
         let key = EspSaKey {
             service,
             spi: sig.esp_spi,

@@ -53,6 +53,7 @@ fn spec(gateway: Gateway, fragmentation: Fragmentation) -> IkeLabSpec {
         responders: RESPONDERS,
         fragmentation,
         gateway,
+        client_dpd: None,
     }
 }
 

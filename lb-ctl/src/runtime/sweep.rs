@@ -119,12 +119,18 @@ impl Sweeper {
                             Ok(SweepReport {
                                 cleared: v4.cleared + v6.cleared,
                                 kept: v4.kept + v6.kept,
+                                adopted: v4.adopted + v6.adopted,
                             })
                         });
                         v6.map_err(|e| crate::error_chain(&e))
                     }) {
                     Ok(r) => {
-                        debug!(cleared = r.cleared, kept = r.kept, "slot flag sweep");
+                        debug!(
+                            cleared = r.cleared,
+                            kept = r.kept,
+                            adopted = r.adopted,
+                            "slot flag sweep"
+                        );
                         if let Some(o) = &self.observer {
                             o(Ok(r.cleared as u64));
                         }

@@ -320,7 +320,7 @@ fn a_shared_probation_client_is_taken_into_probation_only() {
         atime: tick - 2,
         client_mac: ours.client_mac,
         port: 0,
-        _pad: 0,
+        flags: 0,
         proof: 0,
     };
     let k_probation = key4(&lb, in_probation_here);
@@ -464,7 +464,7 @@ fn root_a_shared_entry_never_replaces_one_in_the_kernel_map() {
         atime,
         client_mac: [0; 6],
         port: PORT_SHARED,
-        _pad: 0,
+        flags: 0,
         proof: 0,
     };
     assert!(dp.probation_v4_write(&k4, &p(3, 10), true).unwrap());

@@ -34,6 +34,9 @@ pub struct SweepReport {
     pub cleared: usize,
     /// Flagged slots left flagged (a disagreeing live entry, or changed since the ticket).
     pub kept: usize,
+    /// Unflagged slots (in the mirror) flagged because a live entry disagrees: the data
+    /// path's SA steering flagged them in the map.
+    pub adopted: usize,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -172,8 +175,16 @@ impl<D: Dataplane> Balancer<D> {
             let base = svc.value.ring_base;
             let active = svc.active;
             let mut writes = Vec::new();
+            let mut adopt = Vec::new();
             for (slot, &v) in svc.buffers[active].iter().enumerate() {
                 if v & RING_F_CHANGED == 0 {
+                    // A live entry that disagrees in a slot the mirror has unflagged: the
+                    // data path flagged it in the map when it steered a client by its SA
+                    // (`lb-ebpf/src/steer.rs`), or a table flip since lost that flag. The
+                    // mirror takes the flag, and the map has it again.
+                    if keep.contains(&(slot as u32)) {
+                        adopt.push((base + slot as u32, v | RING_F_CHANGED));
+                    }
                     continue;
                 }
                 let since = svc.changed_at[slot];
@@ -189,6 +200,11 @@ impl<D: Dataplane> Balancer<D> {
                     continue;
                 }
                 writes.push((base + slot as u32, v & !RING_F_CHANGED));
+            }
+            for w in adopt {
+                self.dp.write_ring_slots(&[w])?;
+                svc.buffers[active][(w.0 - base) as usize] = w.1;
+                report.adopted += 1;
             }
             // One slot at a time, the mirror following each write: after a failure the
             // mirror still matches the map exactly.

@@ -153,6 +153,24 @@ impl CharonFiles {
     }
 }
 
+impl CharonFiles {
+    /// An initiator's config with dead peer detection every `delay` of silence (swanctl
+    /// `dpd_delay`): an INFORMATIONAL request whenever nothing came from the peer for that
+    /// long, which is also how a client behind a NAT that rebound tells its responder where
+    /// it is now (RFC 7296 §2.23).
+    pub fn with_dpd(mut self, delay: Duration) -> Self {
+        self.swanctl_conf = self.swanctl_conf.replacen(
+            "    version = 2\n",
+            &format!(
+                "    version = 2\n    dpd_delay = {}s\n",
+                delay.as_secs().max(1)
+            ),
+            1,
+        );
+        self
+    }
+}
+
 /// strongswan.conf for an instance living in `dir`; its file log at level 1 except for the
 /// `(subsystem, level)` pairs in `log_levels`.
 fn strongswan_conf(dir: &Path, fragment_size: Option<u32>, log_levels: &[(&str, i32)]) -> String {

@@ -78,6 +78,8 @@ pub struct IkeLabSpec {
     pub responders: usize,
     pub fragmentation: Fragmentation,
     pub gateway: Gateway,
+    /// The initiators' dead peer detection delay (`dpd_delay`); none by default.
+    pub client_dpd: Option<Duration>,
 }
 
 /// One initiator.
@@ -245,6 +247,10 @@ impl IkeLab {
             let dir = lab.dir().join(format!("charon-c{i:02}"));
             std::fs::create_dir_all(&dir)?;
             let files = CharonFiles::initiator(&dir, &pki, i, VIP, HOST_NET, spec.fragmentation);
+            let files = match spec.client_dpd {
+                Some(delay) => files.with_dpd(delay),
+                None => files,
+            };
             clients.push(Client {
                 id: client_id(i),
                 addr: client_addr(i),
@@ -313,6 +319,33 @@ impl IkeLab {
                 .map(|t| t.join().expect("ping thread panicked"))
                 .collect()
         })
+    }
+
+    /// The router rebinds client `i` to public address `public` (added to its uplink if it
+    /// is new), as a NAT that lost its mapping or moved the client to another address of its
+    /// pool: a rule ahead of the masquerade, and the client's conntrack entries flushed, so its
+    /// next packet leaves from `public`. The gateway routes all of 100.64.0.0/16 to the router.
+    pub fn rebind(&self, i: usize, public: Ipv4Addr) -> Result<()> {
+        let router = &self.lab.client_ns;
+        let has = router.ip(&["-4", "addr", "show", "dev", "eth0"])?;
+        if !has.contains(&format!(" {public}/32 ")) {
+            router.ip(&["addr", "add", &format!("{public}/32"), "dev", "eth0"])?;
+        }
+        let client = client_addr(i);
+        nft(
+            router,
+            &format!(
+                "insert rule ip ikelb_interop postrouting ip saddr {client} oifname \"eth0\" \
+                 snat to {public}\n"
+            ),
+        )?;
+        // Exit status 1 when nothing matched: not an error here.
+        let _ = router
+            .command("conntrack")
+            .args(["-D", "-s", &client.to_string()])
+            .output()
+            .context("cannot run conntrack")?;
+        Ok(())
     }
 
     /// Cut responder `i`'s link to the gateway (its port on the internal switch goes down),

@@ -300,7 +300,7 @@ pub fn probation_entry(
         atime,
         client_mac: mac,
         port: port as u8,
-        _pad: 0,
+        flags: 0,
         proof,
     }
 }

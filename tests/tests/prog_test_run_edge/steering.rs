@@ -119,6 +119,8 @@ fn a_rebound_client_follows_its_esp_sa<F: FixtureFamily>(lb: &mut Fixture) {
     );
     let keepalive = udp(n1, 4500, 4500, &[0xff]);
     let after = udp(n1, 4500, 4500, &esp_body(0x0506_0708, 10, 64));
+    let again = udp(n1, 4500, 4500, &esp_body(0x0506_0708, 11, 64));
+    let third = udp(n1, 4500, 4500, &esp_body(0x0506_0708, 12, 64));
     let plain = raw_to_vip(n2, PROTO_ESP, &esp_body(0x0102_0304, 8, 64));
     let unknown = raw_to_vip(n3, PROTO_ESP, &esp_body(0x0909_0909, 1, 64));
     let (r1, r3) = (ring(lb, n1), ring(lb, n3));
@@ -127,10 +129,50 @@ fn a_rebound_client_follows_its_esp_sa<F: FixtureFamily>(lb: &mut Fixture) {
     lb.check(&[
         case("a NAT keepalive from a new address: the ring, no entry", keepalive.bytes(), Expect::Redirect(forwarded(&keepalive, r1)), counter::FORWARD).events(&[]),
         case("then its ESP-in-UDP: the SA's backend", after.bytes(), Expect::Redirect(forwarded(&after, bd)), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1), (event::SA_STEERED, 1)]),
+        // The entry's refresh stamps its slot; the steering flagged the slot, so the next
+        // packet takes no fast path to the ring's backend.
+        case("its next ESP-in-UDP: the SA's backend again", again.bytes(), Expect::Redirect(forwarded(&again, bd)), counter::FORWARD).events(&[]),
+        case("and the next, in a stamped slot", third.bytes(), Expect::Redirect(forwarded(&third, bd)), counter::FORWARD).events(&[]),
         case("the backend's ESP to the new address", reply.bytes(), Expect::Redirect(reversed(&reply, ROUTER_MAC)), counter::REVERSE).events(&[]),
         case("plain ESP of the other SA from another new address: its backend", plain.bytes(), Expect::Redirect(forwarded(&plain, bc)), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1), (event::SA_STEERED, 1)]),
         case("ESP of an SA nobody established: the ring", unknown.bytes(), Expect::Redirect(forwarded(&unknown, r3)), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1), (event::LOST, 1)]),
     ]);
+    // That entry is the ring's guess: a packet of a known SA from the address corrects it
+    // (a client whose first packet after the move was of an SA not learned yet). An entry
+    // that is no guess — steered, or confirmed by its backend's proof — is never moved.
+    assert_eq!(
+        lb.probation(n3.into()).map(|p| p.flags),
+        Some(lb_common::PROBATION_F_GUESS)
+    );
+    let known = raw_to_vip(n3, PROTO_ESP, &esp_body(0x0102_0304, 9, 64));
+    let other_sa = raw_to_vip(n2, PROTO_ESP, &esp_body(0x0506_0708, 11, 64));
+    let n4 = elsewhere::<F>(lb, bc, 100);
+    let r4 = ring(lb, n4);
+    let guess = raw_to_vip(n4, PROTO_ESP, &esp_body(0x0a0a_0a0a, 1, 64));
+    let proof = from_backend(
+        r4,
+        4500,
+        n4,
+        4500,
+        &non_esp(&ike_message(5, 6, 37, 0x20, 60)),
+    );
+    let late = raw_to_vip(n4, PROTO_ESP, &esp_body(0x0102_0304, 10, 64));
+    #[rustfmt::skip]
+    lb.check(&[
+        case("a known SA from the guessed address: corrected to its backend", known.bytes(), Expect::Redirect(forwarded(&known, bc)), counter::FORWARD).events(&[(event::SA_STEERED, 1)]),
+        case("another SA from a steered address: it stays", other_sa.bytes(), Expect::Redirect(forwarded(&other_sa, bc)), counter::FORWARD).events(&[]),
+        case("an unknown SA from a fourth address: the ring's guess", guess.bytes(), Expect::Redirect(forwarded(&guess, r4)), counter::FORWARD).events(&[(event::PROBATION_INSERT, 1), (event::LOST, 1)]),
+        case("its backend's IKE reply carries a proof: confirmed", proof.bytes(), Expect::Redirect(reversed(&proof, ROUTER_MAC)), counter::REVERSE).events(&[]),
+        case("then a known SA from it: it stays", late.bytes(), Expect::Redirect(forwarded(&late, r4)), counter::FORWARD).events(&[]),
+    ]);
+    assert_eq!(
+        lb.probation(n3.into()).map(|p| (p.backend, p.flags)),
+        Some((bc, 0))
+    );
+    assert_eq!(
+        lb.probation(n4.into()).map(|p| (p.backend, p.flags)),
+        Some((r4, 0))
+    );
 }
 
 both_families!(

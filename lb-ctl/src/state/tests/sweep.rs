@@ -451,3 +451,41 @@ fn an_ipv6_services_flag_is_kept_while_a_live_entry_names_another_backend() {
         .iter()
         .all(|&v| v & RING_F_CHANGED == 0));
 }
+
+/// A live entry that disagrees with its unflagged slot — a client the data path steered by
+/// its SA to another backend (`lb-ebpf/src/steer.rs`), which flags the slot in the map only,
+/// or whose flag a table flip lost — makes the sweep flag the slot in the mirror and the map;
+/// the next sweep after the entry idled out clears it again.
+#[test]
+fn the_sweep_adopts_a_flag_for_a_disagreeing_entry_in_an_unflagged_slot() {
+    let mut lb = balancer();
+    resolve_all(&mut lb);
+    lb.apply().unwrap();
+    assert_eq!(lb.flagged_slots(), 0);
+    let c = clients(1)[0];
+    let ring = fast(&lb, c).expect("an unflagged slot");
+    let other = lb
+        .backends()
+        .find(|b| b.service == 0 && b.id != ring)
+        .expect("another backend")
+        .id;
+    let now = 1000;
+    lb.dataplane_mut().probation_v4.push((
+        PersistKeyV4 {
+            service: 0,
+            client: c,
+        },
+        ProbationValue {
+            backend: other,
+            atime: now,
+            ..ProbationValue::default()
+        },
+    ));
+    let report = sweep(&mut lb, now);
+    assert_eq!((report.adopted, report.cleared), (1, 0));
+    assert_eq!(lb.flagged_slots(), 1);
+    assert_eq!(fast(&lb, c), None, "the map's slot is flagged: no fast path");
+    let report = sweep(&mut lb, now + TIMEOUT + 5);
+    assert_eq!((report.adopted, report.cleared), (0, 1), "idle: cleared");
+    assert_eq!(fast(&lb, c), Some(ring));
+}

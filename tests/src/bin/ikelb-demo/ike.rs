@@ -66,6 +66,7 @@ pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
         responders: args.backends,
         fragmentation: Fragmentation::Ip,
         gateway: Gateway::Ikelb(lb_ctl.to_path_buf()),
+        client_dpd: None,
     };
     println!(
         "IKE demo: {clients} strongSwan initiators → NAT router ({} public addresses) → VIP \
