@@ -13,8 +13,9 @@
 //!
 //! * The gateway, the backends and the router's uplink are the standard [`Lab`]: the gateway is
 //!   configured and started exactly as an operator would ([`Lab::start_daemon`] writes a config
-//!   file and runs `lb-ctl daemon --config`). For the control runs an nft DNAT takes ikelb's
-//!   place ([`Gateway`]).
+//!   file and runs `lb-ctl daemon --config`), with both health probe types (`probes: [icmp,
+//!   ike]`: the responders speak IKE). For the control runs an nft DNAT takes ikelb's place
+//!   ([`Gateway`]).
 //! * The router masquerades the clients onto K public addresses with `persistent`, so a client
 //!   keeps one public address for UDP 500 and 4500 and several clients share each address, as
 //!   behind a carrier NAT. ikelb's persistence key is that public address.
@@ -38,7 +39,7 @@ use super::charon::{Charon, CharonFiles, Fragmentation, Initiation};
 use super::log::{CharonLog, Received};
 use super::pki::{client_id, Pki};
 use super::sas::IkeSa;
-use crate::lab::{wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, VIP};
+use crate::lab::{control, wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, VIP};
 
 /// The network behind the responders: what clients reach through their tunnels.
 pub const HOST_NET: &str = "10.200.0.0/24";
@@ -219,7 +220,9 @@ impl IkeLab {
         let identity: Vec<usize> = (0..spec.responders).collect();
         match &spec.gateway {
             Gateway::Ikelb(lb_ctl) => {
-                let text = config(lab.daemon_config());
+                // Real IKE responders: both probe types, the product's default (the plain
+                // lab's backends answer no IKE and ping only).
+                let text = config(control::with_probes(&lab.daemon_config(), "[icmp, ike]"));
                 lab.start_daemon_with_config(lb_ctl, &text)?
             }
             Gateway::NftSourceHash => nft(&lab.gateway, &nft_dnat(&lab, &identity, 0))?,
@@ -313,6 +316,29 @@ impl IkeLab {
                 .map(|t| t.join().expect("ping thread panicked"))
                 .collect()
         })
+    }
+
+    /// Kill responder `i`'s charon as a crash would (SIGKILL: no DELETE reaches its
+    /// clients). The server stays up: it answers ping, and UDP 500 with port unreachable.
+    pub fn kill_responder_charon(&mut self, i: usize) -> Result<()> {
+        self.responders[i].charon.kill(Duration::from_secs(10))
+    }
+
+    /// Start responder `i`'s charon again with the configuration it had (no SAs: its
+    /// clients went elsewhere) and wait until it has loaded it.
+    pub fn restart_responder_charon(&mut self, i: usize) -> Result<()> {
+        let pki = Pki::get(self.spec.clients)?;
+        let b = &self.lab.backends[i];
+        let dir = self.lab.dir().join(format!("charon-{}", b.name));
+        // The dead instance's vici socket: `ready` must wait for the new one.
+        let _ = std::fs::remove_file(dir.join("charon.vici"));
+        let (net, len) = pool(i);
+        let files = CharonFiles::responder(&dir, &pki, &format!("{net}/{len}"), HOST_NET);
+        let mut charon = Charon::spawn(&b.name, &b.ns, dir, &files)?;
+        charon.ready(Duration::from_secs(20))?;
+        // The old guard drops here: its charon has exited already.
+        self.responders[i].charon = charon;
+        Ok(())
     }
 
     /// Cut responder `i`'s link to the gateway (its port on the internal switch goes down),
