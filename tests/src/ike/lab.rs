@@ -24,7 +24,8 @@
 //! * Responder i hands out virtual IPs from 10.100.i.0/24, so a client's inner address says
 //!   which responder serves it; the host routes each pool back to its responder.
 //! * Checksums are real on the wire: tx checksum offload is off on every interface where UDP
-//!   originates (clients' and responders' `eth0`, the latter done by [`Lab`]), so a receiver
+//!   originates (clients' and responders' `eth0`, the latter done by [`Lab`]; the gateway's
+//!   `int`, where ikelb's IKE health probes leave), so a receiver
 //!   verifies every UDP checksum and counts failures in `Udp: InCsumErrors`.
 
 use std::fmt::Write as _;
@@ -39,7 +40,7 @@ use super::charon::{Charon, CharonFiles, Fragmentation, Initiation};
 use super::log::{CharonLog, Received};
 use super::pki::{client_id, Pki};
 use super::sas::IkeSa;
-use crate::lab::{control, wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, VIP};
+use crate::lab::{control, wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, GW_INT, VIP};
 
 /// The network behind the responders: what clients reach through their tunnels.
 pub const HOST_NET: &str = "10.200.0.0/24";
@@ -217,6 +218,9 @@ impl IkeLab {
             b.ns.sysctl("net/ipv4/ip_forward", "1")?;
         }
 
+        // The gateway originates UDP too: ikelb's IKE health probes leave from `int`.
+        lab.gateway.ethtool_features(GW_INT, &[("tx", false)])?;
+
         let identity: Vec<usize> = (0..spec.responders).collect();
         match &spec.gateway {
             Gateway::Ikelb(lb_ctl) => {
@@ -379,22 +383,25 @@ impl IkeLab {
         Ok(())
     }
 
-    /// Interfaces where UDP originates (clients' `eth0`, responders' `eth0`) whose tx
-    /// checksum offload is still on: each would put unverifiable partial checksums on the wire.
+    /// Interfaces where UDP originates (clients' `eth0`, responders' `eth0`, the gateway's
+    /// `int`) whose tx checksum offload is still on: each would put unverifiable partial
+    /// checksums on the wire.
     pub fn tx_checksum_offloaded(&self) -> Result<Vec<String>> {
         let mut on = Vec::new();
-        let namespaces = self
+        let interfaces = self
             .client_ns
             .iter()
-            .chain(self.lab.backends.iter().map(|b| &b.ns));
-        for ns in namespaces {
-            let features = ns.exec("ethtool", &["-k", "eth0"])?;
+            .chain(self.lab.backends.iter().map(|b| &b.ns))
+            .map(|ns| (ns, "eth0"))
+            .chain([(&self.lab.gateway, GW_INT)]);
+        for (ns, ifname) in interfaces {
+            let features = ns.exec("ethtool", &["-k", ifname])?;
             let tx = features
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
                 .context("ethtool -k: no tx-checksumming line")?;
             if !tx.trim().starts_with("off") {
-                on.push(format!("{}/eth0", ns.name()));
+                on.push(format!("{}/{ifname}", ns.name()));
             }
         }
         Ok(on)
