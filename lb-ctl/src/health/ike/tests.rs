@@ -112,6 +112,28 @@ async fn a_closed_port_is_an_error_at_once() {
 }
 
 #[tokio::test]
+async fn ipv6_backends_are_probed_over_ipv6() {
+    // A host without IPv6 on loopback cannot run this.
+    let Ok(sock) = StdUdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)) else {
+        return;
+    };
+    let port = sock.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut buf).expect("recv");
+        sock.send_to(&cookie_for(&buf[..n]), from).expect("send");
+    });
+    let p = IkeProber::with_port(port)
+        .probe(
+            ProbeKind::Ike,
+            std::net::Ipv6Addr::LOCALHOST.into(),
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(p.outcome, ProbeOutcome::Success, "{:?}", p.error);
+}
+
+#[tokio::test]
 async fn silence_is_a_timeout() {
     let port = responder(|_| None);
     let p = IkeProber::with_port(port)

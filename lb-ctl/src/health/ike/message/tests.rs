@@ -268,3 +268,51 @@ fn every_prefix_of_a_response_is_refused_without_panicking() {
         assert!(classify(SPI, &ok[..n]).is_err(), "prefix of {n} bytes");
     }
 }
+
+/// strongSwan 5.9.8's answers to this module's request (the same layout, SPIs as below, a
+/// random KE value and nonce), captured on UDP 500 from a charon whose only IKE proposal was
+/// `aes256-sha256-modp2048` and whose `cookie_threshold_ip` was 1: the first request got the
+/// IKE_SA_INIT response (SA, KE, Nonce, N(CHILDLESS_IKEV2_SUPPORTED), N(MULTIPLE_AUTH_SUPPORTED)),
+/// the second, with one half-open SA from our address already there, N(COOKIE).
+const STRONGSWAN_SA_INIT: &[&str] = &[
+    "112233445566778807e32dfb57cccb6821202220000000000000018822000030",
+    "0000002c010100040300000c0100000c800e0100030000080300000c03000008",
+    "02000005000000080400000e28000108000e00003a402714c889768feccc6de5",
+    "3c10b31524913d2866145690f27ecd36f0412de5f8720dd0cd2a8a4efbd9debf",
+    "f0ff2698815479cdc4db919dcbf858dc903564c4ddb58e63264782de6e2fa0ac",
+    "798f7b0854abc5e748d11d4d51e5e0251a00fc64de3fb2beebcea64ee5af1600",
+    "1056c4b6af25c0ada71e88b2575f51ba0215637073ae0d17a548bf097967bb00",
+    "8208b97c6358d2cb34028af48710dd2d65a2ce3399818d72d2e221dd1f38e441",
+    "8692d9f2d72ef1e1661f741c3e58a7303c03db9cde7ff291ca10f5d734bb1c45",
+    "0871f201c85c8a32190c3c019d9ecee2d464a1a54dea042117064dc48d56f933",
+    "47677547fc2e5108b436e2a919bcd63f74a01b7929000024b50b33012a7868be",
+    "2ba0995c61ef3b403ad5586b2fa19bad9b96276362598ee92900000800004022",
+    "0000000800004014",
+];
+const STRONGSWAN_COOKIE: &[&str] = &[
+    "8877665544332211000000000000000029202220000000000000003c00000020",
+    "000040061c050000996158a0f64d4783b2141156721b7b464c8b4e58",
+];
+
+fn unhex(parts: &[&str]) -> Vec<u8> {
+    let s: String = parts.concat();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn real_strongswan_answers_are_alive() {
+    let accepted = unhex(STRONGSWAN_SA_INIT);
+    assert_eq!(accepted.len(), 392);
+    assert_eq!(classify(SPI, &accepted), Ok(Alive::SaInit));
+    let spi2 = [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11];
+    let cookie = unhex(STRONGSWAN_COOKIE);
+    assert_eq!(classify(spi2, &cookie), Ok(Alive::Cookie));
+    // Each answers only the request it was sent for.
+    assert!(classify(spi2, &accepted)
+        .unwrap_err()
+        .contains("is not ours"));
+    assert!(classify(SPI, &cookie).unwrap_err().contains("is not ours"));
+}
