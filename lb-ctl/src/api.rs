@@ -51,7 +51,7 @@ mod server;
 pub use client::{call, ClientError};
 pub use messages::{
     parse_request, ApiError, BackendInfo, ErrorCode, HealthCheckInfo, LookupResult, PersistedInfo,
-    PersistenceInfo, Reply, Request, Response, Status, VirtualServerStatus,
+    PersistenceInfo, ProbeHealth, Reply, Request, Response, Status, VirtualServerStatus,
 };
 pub use server::{ControlSocket, SocketError};
 

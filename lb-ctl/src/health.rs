@@ -1,12 +1,20 @@
-//! ICMP health checks: every backend is pinged (ICMP echo, ICMPv6 for IPv6 backends) every
-//! `health_check.interval`, each probe bounded by `health_check.timeout`.
+//! Health checks: every backend is probed with every configured probe type
+//! (`health_check.probes`, default `[icmp, ike]`) every `health_check.interval`, each probe
+//! bounded by `health_check.timeout`:
+//!
+//! * **icmp** — ICMP echo (ICMPv6 for IPv6 backends): the server's stack is up;
+//! * **ike** — an IKE_SA_INIT request to UDP 500 (`health/ike.rs`): its IKE service answers.
+//!   A ping alone says a server is up while its charon or RRAS is dead, and clients sent there
+//!   fail (Windows error 809).
 //!
 //! ## Verdicts (NetScaler PING monitor semantics)
 //!
-//! A [`Tracker`] per backend turns probe results into a [`HealthState`] with consecutive
-//! counts, as pingora's `observe_health`: [`Tracker::observe`] returns `true` only when the
-//! state flips, and the daemon acts on flips only (one table rebuild per transition, one
-//! log line).
+//! A [`Tracker`] per backend *and probe type* turns that type's results into a
+//! [`HealthState`] with consecutive counts, as pingora's `observe_health`:
+//! [`Tracker::observe`] returns `true` only when the state flips. A backend's [`Trackers`]
+//! combine them: it is **Up** only while every configured type is Up, **Down** as soon as
+//! one is Down, **Unknown** otherwise. The daemon acts on flips of the combined state only
+//! (one table rebuild per transition, one log line naming the probe type that decided it).
 //!
 //! * **Unknown** — a backend nobody has probed yet (daemon start, `lb-ctl backend add`).
 //!   It is *not* usable: no packet goes to a server ikelb has not seen alive. The first
@@ -23,35 +31,42 @@
 //!
 //! ## What counts as alive
 //!
-//! Only an ICMP **Echo Reply** (type 0; ICMPv6 type 129) *from the probed address* carrying
-//! our random identifier, our sequence number and the random token of that very request is a
-//! success ([`packet::classify`]). An ICMP error quoting the request (destination
+//! For `ike`, a well-formed IKE_SA_INIT response to our request, or its N(INVALID_KE_PAYLOAD),
+//! N(NO_PROPOSAL_CHOSEN) or N(COOKIE) (`health/ike/message.rs`); an ICMP port unreachable
+//! (`ECONNREFUSED` on the probe's connected socket) or any other datagram fails it at once.
+//!
+//! For `icmp`, only an ICMP **Echo Reply** (type 0; ICMPv6 type 129) *from the probed
+//! address* carrying our random identifier, our sequence number and the random token of that
+//! very request is a success ([`packet::classify`]). An ICMP error quoting the request (destination
 //! unreachable from a router, time exceeded, …) fails the probe at once, with the reason in
 //! [`Probe::error`] (`ICMP destination unreachable (host unreachable) from 10.0.0.254`) and
 //! the `error` result. Anything else is ignored and the probe waits on: a forged or stale
 //! reply neither brings a backend up nor cuts a live backend's probe short. A probe also fails
-//! on timeout or when it cannot be sent. Health-check traffic is ICMP between the gateway's
-//! own address and the backend: the XDP program passes it untouched both ways (ICMP is no
-//! service protocol; replies come back as `pass/not_vip`-or-`pass/not_client`, never
-//! rewritten).
+//! on timeout or when it cannot be sent. Health-check traffic runs between the gateway's own
+//! address and the backend: the XDP program passes it untouched both ways (ICMP is no
+//! service protocol, and the IKE probe's UDP is not addressed to a VIP nor answered to a
+//! client; replies come back as `pass/not_vip`-or-`pass/not_client`, never rewritten).
 //!
 //! ## Pieces
 //!
-//! * [`Prober`]: one probe of one address; [`IcmpProber`] (`icmp.rs`: own raw or ping
-//!   sockets, one per family) is the real one, tests use scripted fakes.
-//! * [`packet`]: the echo request and the classification of what comes back.
+//! * [`Prober`]: one probe of one type of one address; [`Probers`] (`kind.rs`) dispatches to
+//!   [`IcmpProber`] (`icmp.rs`: own raw or ping sockets, one per family) and [`IkeProber`]
+//!   (`ike.rs`: a connected UDP socket per probe); tests use scripted fakes.
+//! * [`packet`]: the echo request and the classification of what comes back;
+//!   `ike/message.rs` the same for IKE.
 //! * [`Monitor`]: probes a set of [`Target`]s every interval (and new targets at once) and
 //!   sends each round's [`Report`]s to the daemon's loop, which owns the trackers and the
 //!   balancer (`runtime::Controller::on_health`).
 //!
-//! ## For the metrics endpoint (`ikelb_health_check_duration_seconds{backend}`,
-//! `ikelb_health_checks_total{backend,result}`)
+//! ## For the metrics endpoint (`ikelb_health_check_duration_seconds{backend,probe}`,
+//! `ikelb_health_checks_total{backend,probe,result}`)
 //!
 //! Every probe the monitor completes is handed to the optional [`ProbeObserver`] given to
-//! [`Monitor::new`] — `observer(backend_address, &probe)` — *as it completes*, from the
-//! monitor task. Use `probe.duration.as_secs_f64()` for the histogram and
-//! `probe.outcome.label()` (`success` | `timeout` | `error`) for the result label; the
-//! `backend` label is the address (`backend.to_string()`). The observer must not block.
+//! [`Monitor::new`] — `observer(backend_address, kind, &probe)` — *as it completes*, from the
+//! monitor task. Use `probe.duration.as_secs_f64()` for the histogram, `kind.label()`
+//! (`icmp` | `ike`) for the probe label and `probe.outcome.label()` (`success` | `timeout` |
+//! `error`) for the result label; the `backend` label is the address
+//! (`backend.to_string()`). The observer must not block.
 //! Current up/down state for `ikelb_backend_up{vs,backend}` is
 //! `BackendState::health` / `BackendState::usable()` in the balancer.
 
@@ -67,9 +82,13 @@ use tokio::{
 use crate::config::HealthCheck;
 
 mod icmp;
+mod ike;
+mod kind;
 pub mod packet;
 
 pub use icmp::IcmpProber;
+pub use ike::{IkeProber, IKE_PORT};
+pub use kind::{ProbeKind, ProbeKinds, Probers};
 
 /// What the health checks say about a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -140,6 +159,57 @@ impl Tracker {
     }
 }
 
+/// One backend's trackers, one per probe type, with their own `rise`/`fall` counts, and the
+/// verdict they make together: **Up** only while every enabled type is Up, **Down** as soon
+/// as one is Down, **Unknown** otherwise. A server that answers ping while its IKE service is
+/// dead is Down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trackers {
+    by_kind: [Tracker; ProbeKind::ALL.len()],
+}
+
+impl Trackers {
+    /// The state of probe type `kind` alone.
+    pub fn of(&self, kind: ProbeKind) -> HealthState {
+        self.by_kind[kind.index()].state()
+    }
+
+    /// The backend's state under the enabled `kinds`.
+    pub fn state(&self, kinds: ProbeKinds) -> HealthState {
+        let mut all_up = true;
+        for k in kinds.iter() {
+            match self.of(k) {
+                HealthState::Down => return HealthState::Down,
+                HealthState::Unknown => all_up = false,
+                HealthState::Up => {}
+            }
+        }
+        if all_up && !kinds.is_empty() {
+            HealthState::Up
+        } else {
+            HealthState::Unknown
+        }
+    }
+
+    /// Records one probe of type `kind`; the backend's new state under `kinds` when it
+    /// changed.
+    pub fn observe(
+        &mut self,
+        kinds: ProbeKinds,
+        kind: ProbeKind,
+        success: bool,
+        rise: u32,
+        fall: u32,
+    ) -> Option<HealthState> {
+        let before = self.state(kinds);
+        if !self.by_kind[kind.index()].observe(success, rise, fall) {
+            return None;
+        }
+        let after = self.state(kinds);
+        (after != before).then_some(after)
+    }
+}
+
 /// How one probe ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProbeOutcome {
@@ -180,8 +250,14 @@ pub struct Probe {
 
 /// Sends one probe. `Send + Sync` so the monitor can run probes concurrently.
 pub trait Prober: Send + Sync + 'static {
-    /// Probes `addr`, giving up after `timeout`.
-    fn probe(&self, addr: IpAddr, timeout: Duration) -> impl Future<Output = Probe> + Send;
+    /// Probes `addr` with a probe of type `kind`, giving up after `timeout`. A prober of one
+    /// type ([`IcmpProber`], [`IkeProber`]) ignores `kind`; [`Probers`] dispatches on it.
+    fn probe(
+        &self,
+        kind: ProbeKind,
+        addr: IpAddr,
+        timeout: Duration,
+    ) -> impl Future<Output = Probe> + Send;
 }
 
 /// Why the ICMP prober could not start.
@@ -203,18 +279,19 @@ pub struct Target {
     pub addr: IpAddr,
 }
 
-/// The result of probing one target.
+/// The result of probing one target with one type of probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub id: u32,
     pub addr: IpAddr,
+    pub kind: ProbeKind,
     pub probe: Probe,
 }
 
-/// Called with every completed probe (backend address, probe), from the monitor task: the
-/// hook for `ikelb_health_check_duration_seconds` and `ikelb_health_checks_total`. Must not
-/// block.
-pub type ProbeObserver = Arc<dyn Fn(IpAddr, &Probe) + Send + Sync>;
+/// Called with every completed probe (backend address, probe type, probe), from the monitor
+/// task: the hook for `ikelb_health_check_duration_seconds` and `ikelb_health_checks_total`.
+/// Must not block.
+pub type ProbeObserver = Arc<dyn Fn(IpAddr, ProbeKind, &Probe) + Send + Sync>;
 
 /// Probes targets every interval and reports each round.
 pub struct Monitor<P> {
@@ -232,31 +309,36 @@ impl<P: Prober> Monitor<P> {
         }
     }
 
-    /// Probes every target concurrently, each bounded by the timeout; reports come back in
-    /// target order.
+    /// Probes every target with every configured probe type, all concurrently, each bounded
+    /// by the timeout; reports come back in target order, then [`ProbeKind::ALL`] order.
     pub async fn round(&self, targets: &[Target]) -> Vec<Report> {
         let mut set = JoinSet::new();
+        let kinds: Vec<ProbeKind> = self.check.probes.iter().collect();
         for (i, t) in targets.iter().enumerate() {
-            let prober = Arc::clone(&self.prober);
-            let t = t.clone();
-            let timeout = self.check.timeout;
-            set.spawn(async move {
-                let probe = prober.probe(t.addr, timeout).await;
-                (
-                    i,
-                    Report {
-                        id: t.id,
-                        addr: t.addr,
-                        probe,
-                    },
-                )
-            });
+            for (k, &kind) in kinds.iter().enumerate() {
+                let prober = Arc::clone(&self.prober);
+                let t = t.clone();
+                let timeout = self.check.timeout;
+                set.spawn(async move {
+                    let probe = prober.probe(kind, t.addr, timeout).await;
+                    (
+                        (i, k),
+                        Report {
+                            id: t.id,
+                            addr: t.addr,
+                            kind,
+                            probe,
+                        },
+                    )
+                });
+            }
         }
-        let mut out: Vec<(usize, Report)> = Vec::with_capacity(targets.len());
+        let mut out: Vec<((usize, usize), Report)> =
+            Vec::with_capacity(targets.len() * kinds.len());
         while let Some(joined) = set.join_next().await {
             let (i, report) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             if let Some(observe) = &self.observer {
-                observe(report.addr, &report.probe);
+                observe(report.addr, report.kind, &report.probe);
             }
             out.push((i, report));
         }
@@ -394,13 +476,18 @@ mod tests {
     /// Answers from a script: address → outcomes in order (then the last one forever).
     #[derive(Default)]
     struct Scripted {
-        script: Mutex<HashMap<IpAddr, Vec<ProbeOutcome>>>,
+        script: Mutex<HashMap<(IpAddr, ProbeKind), Vec<ProbeOutcome>>>,
     }
 
     impl Prober for Scripted {
-        fn probe(&self, addr: IpAddr, _timeout: Duration) -> impl Future<Output = Probe> + Send {
+        fn probe(
+            &self,
+            kind: ProbeKind,
+            addr: IpAddr,
+            _timeout: Duration,
+        ) -> impl Future<Output = Probe> + Send {
             let mut s = self.script.lock().unwrap();
-            let v = s.entry(addr).or_default();
+            let v = s.entry((addr, kind)).or_default();
             let outcome = if v.len() > 1 {
                 v.remove(0)
             } else {
@@ -420,6 +507,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             fall: 3,
             rise: 2,
+            probes: ProbeKinds::of(&[ProbeKind::Icmp]),
         }
     }
 
@@ -433,14 +521,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_round_reports_in_target_order_and_feeds_the_observer() {
         let prober = Arc::new(Scripted::default());
-        prober
-            .script
-            .lock()
-            .unwrap()
-            .insert(target(2).addr, vec![ProbeOutcome::Timeout]);
+        prober.script.lock().unwrap().insert(
+            (target(2).addr, ProbeKind::Icmp),
+            vec![ProbeOutcome::Timeout],
+        );
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = Arc::clone(&seen);
-        let observer: ProbeObserver = Arc::new(move |addr, p: &Probe| {
+        let observer: ProbeObserver = Arc::new(move |addr, _kind, p: &Probe| {
             seen2.lock().unwrap().push((addr, p.outcome.label()));
         });
         let m = Monitor::new(prober, check(), Some(observer));
@@ -500,5 +587,116 @@ mod tests {
 
         drop(targets_tx);
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_probes_every_target_with_every_enabled_type() {
+        let prober = Arc::new(Scripted::default());
+        prober
+            .script
+            .lock()
+            .unwrap()
+            .insert((target(1).addr, ProbeKind::Ike), vec![ProbeOutcome::Error]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let observer: ProbeObserver = Arc::new(move |addr, kind, p: &Probe| {
+            seen2.lock().unwrap().push((addr, kind, p.outcome));
+        });
+        let check = HealthCheck {
+            probes: ProbeKinds::DEFAULT,
+            ..check()
+        };
+        let m = Monitor::new(prober, check, Some(observer));
+        let reports = m.round(&[target(1), target(2)]).await;
+        let got: Vec<_> = reports
+            .iter()
+            .map(|r| (r.id, r.kind, r.probe.outcome))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, ProbeKind::Icmp, ProbeOutcome::Success),
+                (1, ProbeKind::Ike, ProbeOutcome::Error),
+                (2, ProbeKind::Icmp, ProbeOutcome::Success),
+                (2, ProbeKind::Ike, ProbeOutcome::Success),
+            ]
+        );
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            4,
+            "the observer sees every probe"
+        );
+    }
+
+    /// `results`: one character per probe, `i`/`I` an ICMP failure/success, `k`/`K` an IKE
+    /// one; the backend's state after each, and whether it changed.
+    fn run_both(t: &mut Trackers, kinds: ProbeKinds, results: &str) -> Vec<(HealthState, bool)> {
+        results
+            .chars()
+            .map(|c| {
+                let kind = match c.to_ascii_lowercase() {
+                    'i' => ProbeKind::Icmp,
+                    'k' => ProbeKind::Ike,
+                    _ => unreachable!("{c}"),
+                };
+                let flip = t.observe(kinds, kind, c.is_ascii_uppercase(), 2, 3);
+                (t.state(kinds), flip.is_some())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backend_is_up_only_while_every_enabled_probe_type_is_up() {
+        let both = ProbeKinds::DEFAULT;
+        let mut t = Trackers::default();
+        // ICMP alone up is not enough; the first IKE success makes it Up.
+        assert_eq!(
+            run_both(&mut t, both, "IK"),
+            [(HealthState::Unknown, false), (HealthState::Up, true)]
+        );
+        // IKE fails `fall` times while ping keeps answering: Down, with ICMP still Up.
+        assert_eq!(
+            run_both(&mut t, both, "kIkIk"),
+            [
+                (HealthState::Up, false),
+                (HealthState::Up, false),
+                (HealthState::Up, false),
+                (HealthState::Up, false),
+                (HealthState::Down, true)
+            ]
+        );
+        assert_eq!(t.of(ProbeKind::Icmp), HealthState::Up);
+        assert_eq!(t.of(ProbeKind::Ike), HealthState::Down);
+        // IKE's own `rise` (2) brings it back.
+        assert_eq!(
+            run_both(&mut t, both, "KK"),
+            [(HealthState::Down, false), (HealthState::Up, true)]
+        );
+    }
+
+    #[test]
+    fn a_type_that_is_not_enabled_has_no_say() {
+        let icmp = ProbeKinds::of(&[ProbeKind::Icmp]);
+        let mut t = Trackers::default();
+        assert_eq!(
+            run_both(&mut t, icmp, "Ikkkk"),
+            [
+                (HealthState::Up, true),
+                (HealthState::Up, false),
+                (HealthState::Up, false),
+                (HealthState::Up, false),
+                (HealthState::Up, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn probe_kinds_parse_and_iterate_in_a_fixed_order() {
+        assert_eq!(ProbeKind::from_label("ike"), Some(ProbeKind::Ike));
+        assert_eq!(ProbeKind::from_label("IKE"), None);
+        let k = ProbeKinds::of(&[ProbeKind::Ike, ProbeKind::Icmp]);
+        assert_eq!(k, ProbeKinds::DEFAULT);
+        assert_eq!(k.labels(), ["icmp", "ike"]);
+        assert!(ProbeKinds::of(&[]).is_empty());
     }
 }

@@ -61,7 +61,7 @@ use prometheus::{
 
 use crate::{
     dataplane::Dataplane,
-    health::{Probe, ProbeObserver},
+    health::{Probe, ProbeKind, ProbeObserver},
     scan::{Scanned, Scanner},
     state::Balancer,
 };
@@ -201,10 +201,10 @@ impl Metrics {
         let probe_duration = HistogramVec::new(
             HistogramOpts::new(
                 "ikelb_health_check_duration_seconds",
-                "Duration of ICMP health check probes (to the reply, timeout or error).",
+                "Duration of health check probes by type (icmp, ike), to the answer, timeout or error.",
             )
             .buckets(PROBE_BUCKETS.to_vec()),
-            &["backend"],
+            &["backend", "probe"],
         )
         .expect("valid metric definition");
         reg(
@@ -213,8 +213,8 @@ impl Metrics {
         )?;
         let probes = counter_vec(
             "ikelb_health_checks_total",
-            "ICMP health check probes by result (success, timeout, error).",
-            &["backend", "result"],
+            "Health check probes by type (icmp, ike) and result (success, timeout, error).",
+            &["backend", "probe", "result"],
         );
         reg("ikelb_health_checks_total", Box::new(probes.clone()))?;
         let sweeps = counter_vec(
@@ -361,21 +361,21 @@ impl Metrics {
         );
     }
 
-    /// Records one health check probe.
-    pub fn observe_probe(&self, backend: IpAddr, probe: &Probe) {
+    /// Records one health check probe of type `kind`.
+    pub fn observe_probe(&self, backend: IpAddr, kind: ProbeKind, probe: &Probe) {
         let backend = backend.to_string();
         self.probe_duration
-            .with_label_values(&[&backend])
+            .with_label_values(&[backend.as_str(), kind.label()])
             .observe(probe.duration.as_secs_f64());
         self.probes
-            .with_label_values(&[backend.as_str(), probe.outcome.label()])
+            .with_label_values(&[backend.as_str(), kind.label(), probe.outcome.label()])
             .inc();
     }
 
     /// The observer to give the health monitor (`health::Monitor::new`).
     pub fn probe_observer(self: &Arc<Self>) -> ProbeObserver {
         let me = Arc::clone(self);
-        Arc::new(move |addr, probe| me.observe_probe(addr, probe))
+        Arc::new(move |addr, kind, probe| me.observe_probe(addr, kind, probe))
     }
 
     /// The observer to give the slot flag sweeper (`Runtime::observe_sweeps`).

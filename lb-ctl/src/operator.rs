@@ -76,9 +76,14 @@ pub fn render(reply: &Reply) -> String {
             );
             let _ = writeln!(out, "interfaces: {} (mode {})", s.interfaces.join(", "), s.mode);
             let h = &s.health_check;
+            let probes = if h.probes.is_empty() {
+                "icmp".to_owned()
+            } else {
+                h.probes.join(" + ")
+            };
             let _ = writeln!(
                 out,
-                "health checks: ICMP echo every {}, timeout {}, down after {} failures, up after {} successes",
+                "health checks: {probes} every {}, timeout {}, down after {} failures, up after {} successes (per probe type)",
                 h.interval, h.timeout, h.fall, h.rise
             );
             let p = &s.persistence;
@@ -165,7 +170,7 @@ fn backend_table(backends: &[BackendInfo], with_vs: bool) -> String {
             b.id.to_string(),
             b.weight.to_string(),
             state,
-            b.health.to_string(),
+            health_cell(b),
             b.ring_slots.to_string(),
             b.clients.to_string(),
             b.next_hop
@@ -176,6 +181,20 @@ fn backend_table(backends: &[BackendInfo], with_vs: bool) -> String {
         row
     });
     table(&header, rows)
+}
+
+/// The HEALTH cell: the backend's state, and each probe type's when they disagree
+/// (`down (icmp up, ike down)`): which service failed.
+fn health_cell(b: &BackendInfo) -> String {
+    if b.probes.iter().all(|p| p.health == b.health) {
+        return b.health.to_string();
+    }
+    let each: Vec<String> = b
+        .probes
+        .iter()
+        .map(|p| format!("{} {}", p.probe, p.health))
+        .collect();
+    format!("{} ({})", b.health, each.join(", "))
 }
 
 fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
@@ -248,6 +267,7 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ProbeHealth;
     use crate::health::HealthState;
 
     fn backend(addr: &str, state: &str) -> BackendInfo {
@@ -258,6 +278,7 @@ mod tests {
             weight: 1,
             state: state.into(),
             health: HealthState::Up,
+            probes: Vec::new(),
             next_hop: Some("02:00:00:00:00:0b on int".into()),
             drain_until: None,
             ring_slots: 21846,
@@ -282,6 +303,26 @@ mod tests {
         let col = lines[0].find("HEALTH").unwrap();
         assert_eq!(&lines[1][col..col + 2], "up");
         assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn health_names_the_probe_type_that_failed() {
+        let mut b = backend("10.0.0.11", "unusable");
+        b.health = HealthState::Down;
+        b.probes = vec![
+            ProbeHealth {
+                probe: "icmp".into(),
+                health: HealthState::Up,
+            },
+            ProbeHealth {
+                probe: "ike".into(),
+                health: HealthState::Down,
+            },
+        ];
+        assert_eq!(health_cell(&b), "down (icmp up, ike down)");
+        b.health = HealthState::Up;
+        b.probes[1].health = HealthState::Up;
+        assert_eq!(health_cell(&b), "up");
     }
 
     #[test]

@@ -73,7 +73,7 @@ use crate::{
     api::{ApiError, ErrorCode},
     config::Config,
     dataplane::DataplaneError,
-    health::Tracker,
+    health::Trackers,
 };
 
 /// Now, as both clocks that matter see it.
@@ -129,7 +129,7 @@ pub struct Controller {
     config: Config,
     store: Store,
     changes: RuntimeChanges,
-    trackers: HashMap<u32, Tracker>,
+    trackers: HashMap<u32, Trackers>,
     started: Instant,
     /// The daemon's shared persistence scans: `backend add/remove` read their last result
     /// instead of scanning on the loop. None (unit tests): they read the data path.

@@ -44,6 +44,7 @@ fn the_example_config_is_valid_and_names_every_key() {
         "timeout:",
         "fall:",
         "rise:",
+        "probes:",
         "control:",
         "socket:",
         "metrics:",

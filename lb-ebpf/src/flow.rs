@@ -5,8 +5,10 @@
 //!   persistency group (`l4::classify`), the hop limit, then the selection (`select::forward`,
 //!   the slot fast path for bulk packets included), the rewrite and the exit.
 //! * **Reverse** (backend → client, NAT mode only: in DSR mode backends answer clients
-//!   directly): the backend and its service (`select::reverse_service`), the group, the
-//!   backend's interface and MACs, a destination that can be a client, the reverse-path check
+//!   directly): the backend and its service (`select::reverse_service`), the group, a
+//!   destination that is not the gateway itself (its health probes' replies are the kernel's
+//!   even while the backend is not usable), the backend's interface and MACs, a destination
+//!   that can be a client, the reverse-path check
 //!   (`select::reverse`), the VIP back as the source, and the exit toward the client's MAC.
 //!
 //! Every check comes before the selection, so nothing the selection writes is written for a
@@ -15,7 +17,7 @@
 //! checks (IPv4 options and header checksum) sit where the IPv4 flow always had them.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS};
+use lb_common::{counter, Service, DIR_FORWARD, DIR_REVERSE, INGRESS_F_CLIENTS, OWN_ADDRESS_ID};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -106,6 +108,13 @@ fn reverse<F: Family>(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut F::Hdr) -> Re
     // replies, its own connections through the gateway) is the kernel's.
     let t = F::transport(ctx, ip, Side::Reverse)?;
     let csum = l4::classify(ctx, t, svc, Side::Reverse, PASS_NOT_CLIENT)?;
+    // To the gateway itself (its IKE health probe of this backend, tools run on it): the
+    // kernel's, whatever the backend's state. A backend that is not usable has no interface
+    // or MACs in its entry, so the checks below would drop the very replies that could bring
+    // it back up.
+    if F::listed(&F::daddr(ip)) == Some(OWN_ADDRESS_ID) {
+        return Err(PASS_NOT_CLIENT);
+    }
     sanity::from_backend(ctx, eth, b)?;
     F::checksum(ip)?;
     let client = F::daddr(ip);

@@ -40,7 +40,7 @@ use ikelb_tests::{
         ROUTER_MAC,
     },
 };
-use lb_common::{counter, event, maps, DIR_FORWARD, DIR_REVERSE, OWN_ADDRESS_ID};
+use lb_common::{counter, event, maps, Backend, DIR_FORWARD, DIR_REVERSE, OWN_ADDRESS_ID};
 
 /// A MAC that is no interface's, router's or backend's.
 const STRANGER_MAC: Mac = [0x02, 0, 0, 0, 0x0e, 0x0e];
@@ -373,6 +373,27 @@ fn sources_that_cannot_be_clients_are_dropped_by_reason<F: RouterFamily>(lb: &mu
         case("reply to the gateway's own address", r(F::OWN_EXT), Expect::Pass, counter::PASS_NOT_CLIENT),
     ]).collect();
     lb.check(&rows);
+
+    // A backend that is not usable (down: the daemon's entry has no interface or MACs) still
+    // reaches the gateway itself — the replies to its IKE health probe that can bring it
+    // back — while its replies to clients stay dropped.
+    let up = lb.backend(ids[0]);
+    lb.set_backend(
+        ids[0],
+        Backend {
+            addr: up.addr,
+            service: up.service,
+            ..Backend::default()
+        },
+    );
+    let client_reply = reply(ids[0], client::<F>(4)).bytes();
+    #[rustfmt::skip]
+    let rows = [
+        case("IKE reply of a down backend to the gateway's own address", r(F::OWN_EXT), Expect::Pass, counter::PASS_NOT_CLIENT),
+        case("IKE reply of a down backend to a client", client_reply, Expect::Drop, counter::DROP_REVERSE_WRONG_IFACE),
+    ];
+    lb.check(&rows);
+    lb.set_backend(ids[0], up);
 }
 
 // ---------------------------------------------------------------------------------------------

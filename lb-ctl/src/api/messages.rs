@@ -138,7 +138,12 @@ pub struct BackendInfo {
     /// `active` (takes new clients), `draining` (keeps its persisted clients only) or
     /// `unusable` (health not up, or next hop unresolved: its clients are re-balanced).
     pub state: String,
+    /// Every configured probe type together: up only while each is up.
     pub health: HealthState,
+    /// Each configured probe type's own state, in `health_check.probes` order (absent from
+    /// older daemons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeHealth>,
     /// `aa:bb:cc:dd:ee:ff on int`, or `None` while unresolved.
     pub next_hop: Option<String>,
     /// RFC 3339 drain deadline while draining.
@@ -174,12 +179,23 @@ pub struct Status {
     pub announce_table: Option<u32>,
 }
 
+/// One probe type's verdict on a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeHealth {
+    /// `icmp` or `ike`.
+    pub probe: String,
+    pub health: HealthState,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheckInfo {
     pub interval: String,
     pub timeout: String,
     pub fall: u32,
     pub rise: u32,
+    /// `health_check.probes` (absent from older daemons, which only pinged).
+    #[serde(default)]
+    pub probes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

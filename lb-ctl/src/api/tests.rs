@@ -155,6 +155,7 @@ fn the_client_reads_an_answer_over_one_mebibyte_and_refuses_one_over_its_limit()
             weight: 1,
             state: "active".into(),
             health: HealthState::Up,
+            probes: Vec::new(),
             next_hop: Some("02:00:00:00:00:0b on int".into()),
             drain_until: None,
             ring_slots: 13,

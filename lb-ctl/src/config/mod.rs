@@ -51,10 +51,15 @@
 //!   `export_table`, the other nodes' read from `import_table` where BIRD writes them; both
 //!   required, the same tables refused as for `announce.table`, all three different
 //!   ([`Share`], `config/tables.rs`, docs/cluster.md).
+//! * `health_check.probes` — the probe types, a non-empty list of distinct names out of
+//!   `icmp` (echo) and `ike` (an IKE_SA_INIT request to UDP 500); a backend is up only while
+//!   every listed type says up, each with its own `rise`/`fall` counts (default
+//!   `[icmp, ike]`; `[icmp]` is the ping-only behaviour of earlier versions; `crate::health`).
 //!
 //! Defaults for keys the schema leaves optional: `mode: nat`, `xdp_mode: auto`,
 //! `persistence_timeout: 30m`, `hash_seed: 0`, `ports: [500, 4500]`, `esp: true`,
-//! `weight: 1`, `health_check: {interval: 5s, timeout: 2s, fall: 3, rise: 2}`, and the paths
+//! `weight: 1`, `health_check: {interval: 5s, timeout: 2s, fall: 3, rise: 2, probes: [icmp, ike]}`,
+//! and the paths
 //! of [`crate::paths`].
 
 //!
@@ -80,6 +85,8 @@ use std::{
 };
 
 use lb_common::{QUOTA_WINDOW_SHIFT, TICK_SHIFT};
+
+use crate::health::ProbeKinds;
 
 use schema::RawConfig;
 use validation::{serde_problem, validate, Origin};
@@ -203,8 +210,13 @@ pub struct Share {
 pub struct HealthCheck {
     pub interval: Duration,
     pub timeout: Duration,
+    /// Per probe type: consecutive failures that take a backend down.
     pub fall: u32,
+    /// Per probe type: consecutive successes that bring a down backend back.
     pub rise: u32,
+    /// `probes` (extension): the probe types; a backend is up only while every one says up
+    /// (`health::Trackers`). Default `[icmp, ike]`.
+    pub probes: ProbeKinds,
 }
 
 impl Config {

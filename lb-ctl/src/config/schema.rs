@@ -174,6 +174,9 @@ pub(super) struct RawHealthCheck {
     pub(super) fall: u32,
     #[serde(default = "default_rise")]
     pub(super) rise: u32,
+    /// Names as written: validation reports unknown ones and duplicates with their index.
+    #[serde(default = "default_probes")]
+    pub(super) probes: Vec<String>,
 }
 
 impl Default for RawHealthCheck {
@@ -183,6 +186,7 @@ impl Default for RawHealthCheck {
             timeout: default_timeout(),
             fall: default_fall(),
             rise: default_rise(),
+            probes: default_probes(),
         }
     }
 }
@@ -259,6 +263,9 @@ fn default_fall() -> u32 {
 }
 fn default_rise() -> u32 {
     2
+}
+fn default_probes() -> Vec<String> {
+    crate::health::ProbeKinds::DEFAULT.labels()
 }
 fn default_socket() -> PathBuf {
     PathBuf::from(paths::CONTROL_SOCKET)

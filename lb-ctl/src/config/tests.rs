@@ -1,4 +1,5 @@
 use super::*;
+use crate::health::ProbeKind;
 use crate::paths;
 
 /// A complete, valid file using every key of schema v1 and the extensions. Line numbers in
@@ -88,7 +89,8 @@ fn full_config_parses() {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             fall: 3,
-            rise: 2
+            rise: 2,
+            probes: ProbeKinds::DEFAULT,
         }
     );
     assert_eq!(c.control_socket, Path::new("/run/ikelb/ctl.sock"));
@@ -113,6 +115,22 @@ fn full_config_parses() {
 }
 
 #[test]
+fn probes_icmp_alone_is_ping_only() {
+    let c = parse(
+        "ikelb.yaml",
+        &FULL.replacen("rise: 2", "rise: 2\n  probes: [icmp]", 1),
+    )
+    .expect("valid config");
+    assert_eq!(c.health_check.probes, ProbeKinds::of(&[ProbeKind::Icmp]));
+    let c = parse(
+        "ikelb.yaml",
+        &FULL.replacen("rise: 2", "rise: 2\n  probes: [ike]", 1),
+    )
+    .expect("valid config");
+    assert_eq!(c.health_check.probes, ProbeKinds::of(&[ProbeKind::Ike]));
+}
+
+#[test]
 fn minimal_config_gets_the_documented_defaults() {
     let c = parse(
         "m.yaml",
@@ -129,6 +147,11 @@ fn minimal_config_gets_the_documented_defaults() {
     assert!(c.virtual_servers[0].esp);
     assert_eq!(c.virtual_servers[0].backends[0].weight, 1);
     assert_eq!(c.health_check.fall, 3);
+    assert_eq!(
+        c.health_check.probes.labels(),
+        ["icmp", "ike"],
+        "both probe types by default"
+    );
     assert_eq!(c.control_socket, Path::new(paths::CONTROL_SOCKET));
     assert_eq!(c.state_dir, Path::new(paths::STATE_DIR));
     assert_eq!(c.bpffs, Path::new(paths::BPFFS));
@@ -438,6 +461,16 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "ikelb.yaml:25: health_check.fall: must be at least 1"),
     ("rise 0", "rise: 2", "rise: 0",
         "ikelb.yaml:26: health_check.rise: must be at least 1"),
+    ("no probe type", "rise: 2", "rise: 2\n  probes: []",
+        "ikelb.yaml:27: health_check.probes: at least one probe type is required (icmp, ike)"),
+    ("unknown probe type", "rise: 2", "rise: 2\n  probes: [icmp, http]",
+        "ikelb.yaml:27: health_check.probes[1]: unknown probe type \"http\" (known: icmp, ike)"),
+    ("probe type listed twice", "rise: 2", "rise: 2\n  probes: [ike, ike]",
+        "ikelb.yaml:27: health_check.probes[1]: \"ike\" is listed twice"),
+    ("unknown probe type in a block list", "rise: 2", "rise: 2\n  probes:\n    - icmp\n    - IKE",
+        "ikelb.yaml:29: health_check.probes[1]: unknown probe type \"IKE\" (known: icmp, ike)"),
+    ("probes not a list", "rise: 2", "rise: 2\n  probes: icmp",
+        "ikelb.yaml:27: health_check.probes: invalid type: string \"icmp\", expected a sequence"),
     ("interface listed twice", "interfaces: [eth0, eth1]", "interfaces: [eth0, eth0]",
         "ikelb.yaml:1: interfaces[1]: interface \"eth0\" is listed twice"),
     ("bad interface name", "interfaces: [eth0, eth1]", "interfaces: [eth0, this-name-is-far-too-long]",

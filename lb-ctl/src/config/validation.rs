@@ -11,6 +11,8 @@ use std::{
 
 use lb_common::{MAX_IFACES, MAX_PORTS};
 
+use crate::health::{ProbeKind, ProbeKinds};
+
 use super::{
     interfaces, line_of, schema::RawConfig, tables, Announce, BackendConfig, Config, HealthCheck,
     InterfaceSpec, Share, VirtualServer,
@@ -197,6 +199,37 @@ impl Checker<'_> {
         Some(ip)
     }
 
+    /// `health_check.probes`: at least one, each a known type, none twice.
+    fn probes(&mut self, key: &str, names: &[String]) -> ProbeKinds {
+        let known = || {
+            ProbeKind::ALL
+                .iter()
+                .map(|k| k.label())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if names.is_empty() {
+            self.refuse(
+                key,
+                format!("at least one probe type is required ({})", known()),
+            );
+        }
+        let mut kinds = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            match ProbeKind::from_label(name) {
+                None => self.refuse(
+                    format!("{key}[{i}]"),
+                    format!("unknown probe type {name:?} (known: {})", known()),
+                ),
+                Some(k) if kinds.contains(&k) => {
+                    self.refuse(format!("{key}[{i}]"), format!("{name:?} is listed twice"))
+                }
+                Some(k) => kinds.push(k),
+            }
+        }
+        ProbeKinds::of(&kinds)
+    }
+
     fn ports(&mut self, key: &str, ports: &[u16]) {
         if ports.len() > MAX_PORTS {
             self.refuse(
@@ -333,6 +366,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
     if hc.rise == 0 {
         c.refuse("health_check.rise", "must be at least 1");
     }
+    let probes = c.probes("health_check.probes", &hc.probes);
 
     c.absolute("control.socket", &raw.control.socket);
     c.absolute("state_dir", &raw.state_dir);
@@ -602,6 +636,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
             timeout: hc.timeout,
             fall: hc.fall,
             rise: hc.rise,
+            probes,
         },
         control_socket: raw.control.socket,
         metrics_listen: metrics_listen.expect("checked above"),

@@ -41,13 +41,15 @@ use tokio::{net::UdpSocket, sync::oneshot, task::JoinHandle};
 use tracing::debug;
 
 use super::packet::{self, Expected, Family};
-use super::{HealthError, Probe, ProbeOutcome, Prober};
+use super::{HealthError, Probe, ProbeKind, ProbeOutcome, Prober};
 
 mod receive;
 mod socket;
 
 use receive::receive;
-use socket::{bind_ident, filter_raw, open_socket, random_bytes, random_u16, setsockopt};
+/// getrandom(2), also for the IKE probe's SPI, KE value and nonce.
+pub(super) use socket::random_bytes;
+use socket::{bind_ident, filter_raw, open_socket, random_u16, setsockopt};
 
 /// Fixed start of every echo request's data (for whoever reads a packet capture); the random
 /// token follows.
@@ -119,6 +121,7 @@ impl IcmpProber {
 impl Prober for IcmpProber {
     fn probe(
         &self,
+        _kind: ProbeKind,
         addr: IpAddr,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Probe> + Send {

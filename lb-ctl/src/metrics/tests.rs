@@ -9,7 +9,7 @@ use super::*;
 use crate::{
     config,
     dataplane::{fake::FakeDataplane, Dataplane, DataplaneError, PersistEntry},
-    health::{Probe, ProbeOutcome},
+    health::{Probe, ProbeKind, ProbeOutcome},
     state::{IfaceInfo, NextHop},
 };
 
@@ -156,13 +156,15 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     metrics.publish(&lb);
     metrics.publish(&lb); // counted once
     let observe = metrics.probe_observer();
-    for (ms, outcome) in [
-        (1, ProbeOutcome::Success),
-        (3, ProbeOutcome::Success),
-        (150, ProbeOutcome::Timeout),
+    for (ms, kind, outcome) in [
+        (1, ProbeKind::Icmp, ProbeOutcome::Success),
+        (3, ProbeKind::Icmp, ProbeOutcome::Success),
+        (150, ProbeKind::Icmp, ProbeOutcome::Timeout),
+        (2, ProbeKind::Ike, ProbeOutcome::Error),
     ] {
         observe(
             "10.0.0.11".parse().unwrap(),
+            kind,
             &Probe {
                 outcome,
                 duration: Duration::from_millis(ms),
@@ -234,20 +236,30 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
     );
     assert_eq!(v("ikelb_maglev_rebuilds_total "), 1.0);
     assert_eq!(
-        v(r#"ikelb_health_checks_total{backend="10.0.0.11",result="success"}"#),
+        v(r#"ikelb_health_checks_total{backend="10.0.0.11",probe="icmp",result="success"}"#),
         2.0
     );
     assert_eq!(
-        v(r#"ikelb_health_checks_total{backend="10.0.0.11",result="timeout"}"#),
+        v(r#"ikelb_health_checks_total{backend="10.0.0.11",probe="icmp",result="timeout"}"#),
         1.0
     );
     assert_eq!(
-        v(r#"ikelb_health_check_duration_seconds_bucket{backend="10.0.0.11",le="0.005"}"#),
+        v(r#"ikelb_health_checks_total{backend="10.0.0.11",probe="ike",result="error"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(
+            r#"ikelb_health_check_duration_seconds_bucket{backend="10.0.0.11",probe="icmp",le="0.005"}"#
+        ),
         2.0
     );
     assert_eq!(
-        v(r#"ikelb_health_check_duration_seconds_count{backend="10.0.0.11"}"#),
+        v(r#"ikelb_health_check_duration_seconds_count{backend="10.0.0.11",probe="icmp"}"#),
         3.0
+    );
+    assert_eq!(
+        v(r#"ikelb_health_check_duration_seconds_count{backend="10.0.0.11",probe="ike"}"#),
+        1.0
     );
     assert_eq!(
         v(&format!(

@@ -11,7 +11,7 @@ use crate::{
     api::{Reply, Request, Response},
     config,
     dataplane::{addr_words, fake::FakeDataplane},
-    health::{Probe, ProbeOutcome, Report},
+    health::{Probe, ProbeKind, ProbeOutcome, Report},
     state::{Balancer, IfaceInfo, NextHop},
 };
 
@@ -30,7 +30,7 @@ virtual_servers:
     vip: 203.0.113.11
     backends:
       - address: 10.0.1.11
-health_check: {interval: 1s, timeout: 500ms, fall: 3, rise: 2}
+health_check: {interval: 1s, timeout: 500ms, fall: 3, rise: 2, probes: [icmp]}
 ";
 
 fn ip(s: &str) -> IpAddr {
@@ -97,6 +97,7 @@ impl Dual {
             .map(|t| Report {
                 id: t.id,
                 addr: t.addr,
+                kind: ProbeKind::Icmp,
                 probe: Probe {
                     outcome: ProbeOutcome::Success,
                     duration: Duration::from_millis(1),

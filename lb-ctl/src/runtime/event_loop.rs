@@ -13,7 +13,7 @@ use crate::{
     api::{ApiError, ControlSocket, ErrorCode, Request, Response, SocketError},
     config::Config,
     dataplane::Dataplane,
-    health::{HealthError, IcmpProber, Monitor, ProbeObserver, Report, Target},
+    health::{HealthError, Monitor, ProbeObserver, Probers, Report, Target},
     state::{ApplyReport, Balancer, StateError},
 };
 
@@ -151,7 +151,7 @@ impl Runtime {
         );
         controller.share_scans(Arc::clone(&scanner));
         info!(socket = %socket.path().display(), "control socket ready");
-        let prober = Arc::new(IcmpProber::new()?);
+        let prober = Arc::new(Probers::new(config.health_check.probes)?);
         let monitor = Monitor::new(prober, config.health_check, observer);
         let targets = controller.targets(lb);
         let first = monitor.round(&targets).await;

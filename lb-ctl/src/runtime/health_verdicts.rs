@@ -1,5 +1,6 @@
 //! Health verdicts applied to the balancer: the probe targets, and each round of probe
-//! results fed to the trackers, whose flips become backend health in the balancer.
+//! results fed to each backend's trackers (one per probe type, `health::Trackers`), whose
+//! combined flips become backend health in the balancer.
 
 use tracing::{info, warn};
 
@@ -32,24 +33,33 @@ impl Controller {
                 continue;
             };
             let vs = lb.service(b.service).name.clone();
-            let tracker = self.trackers.entry(r.id).or_default();
-            let before = tracker.state();
-            if !tracker.observe(r.probe.outcome.is_success(), hc.rise, hc.fall) {
+            let trackers = self.trackers.entry(r.id).or_default();
+            let before = trackers.state(hc.probes);
+            let Some(after) = trackers.observe(
+                hc.probes,
+                r.kind,
+                r.probe.outcome.is_success(),
+                hc.rise,
+                hc.fall,
+            ) else {
                 continue;
-            }
-            let after = tracker.state();
+            };
             lb.set_health(r.id, after).expect("backend exists");
             let why = match &r.probe.error {
                 Some(e) => format!("{} ({e})", r.probe.outcome.label()),
                 None => r.probe.outcome.label().to_owned(),
             };
+            let kind = r.kind;
             match after {
                 HealthState::Up => {
-                    info!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → up (last probe {why} in {:.1?})", r.probe.duration);
+                    info!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → up (last {kind} probe {why} in {:.1?})", r.probe.duration);
                     effects.resolve = true;
                 }
-                _ => {
-                    warn!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → {after} after {} failed probes (last: {why})", hc.fall)
+                HealthState::Down => {
+                    warn!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → down after {} failed {kind} probes (last: {why})", hc.fall)
+                }
+                HealthState::Unknown => {
+                    info!(virtual_server = %vs, backend = %r.addr, id = r.id, "health: {before} → unknown ({kind} probe {why}; waiting for the other probe types)")
                 }
             }
         }

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     api::{
-        ApiError, BackendInfo, ErrorCode, HealthCheckInfo, PersistenceInfo, Reply, Request,
-        Response, Status, VirtualServerStatus,
+        ApiError, BackendInfo, ErrorCode, HealthCheckInfo, PersistenceInfo, ProbeHealth, Reply,
+        Request, Response, Status, VirtualServerStatus,
     },
     config::Mode,
     dataplane::{Dataplane, PersistEntry, Tier},
@@ -265,6 +265,7 @@ impl Controller {
                 timeout: fmt(c.health_check.timeout),
                 fall: c.health_check.fall,
                 rise: c.health_check.rise,
+                probes: c.health_check.probes.labels(),
             },
             persistence: PersistenceInfo {
                 entries: tier_count(entries, Tier::Established),
@@ -358,6 +359,18 @@ impl Controller {
             weight: b.weight,
             state: state.to_owned(),
             health: b.health,
+            probes: {
+                let trackers = self.trackers.get(&b.id).copied().unwrap_or_default();
+                self.config
+                    .health_check
+                    .probes
+                    .iter()
+                    .map(|k| ProbeHealth {
+                        probe: k.label().to_owned(),
+                        health: trackers.of(k),
+                    })
+                    .collect()
+            },
             next_hop: b.next_hop.map(|nh| {
                 let m = nh.mac;
                 let dev = lb.iface(nh.port).map_or("?", |i| i.name.as_str());

@@ -24,7 +24,7 @@ use crate::{
     api::{ApiError, BackendInfo, ErrorCode, Reply, Request, Response},
     config::{self, Config},
     dataplane::fake::{FakeDataplane, Op},
-    health::{HealthState, Probe, ProbeOutcome, Report},
+    health::{HealthState, Probe, ProbeKind, ProbeOutcome, Report},
     state::{ApplyReport, Balancer, IfaceInfo, NextHop},
 };
 
@@ -46,7 +46,7 @@ virtual_servers:
     vip: 203.0.113.11
     backends:
       - address: 10.0.1.11
-health_check: {{interval: 1s, timeout: 500ms, fall: 3, rise: 2}}
+health_check: {{interval: 1s, timeout: 500ms, fall: 3, rise: 2, probes: [icmp]}}
 state_dir: {}
 ",
             state_dir.display()
@@ -168,6 +168,7 @@ impl Harness {
             .map(|t| Report {
                 id: t.id,
                 addr: t.addr,
+                kind: ProbeKind::Icmp,
                 probe: Probe {
                     outcome: if answers(t.addr) {
                         ProbeOutcome::Success

@@ -113,6 +113,7 @@ impl Node {
              \x20 timeout: 150ms\n\
              \x20 fall: 3\n\
              \x20 rise: 1\n\
+             \x20 probes: [icmp]\n\
              control:\n\
              \x20 socket: {sock}\n\
              metrics:\n\

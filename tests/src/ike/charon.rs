@@ -345,6 +345,22 @@ impl Charon {
         }
     }
 
+    /// Kill charon with SIGKILL, as a crash would (no DELETE reaches its peers), and wait
+    /// until it has exited: its UDP ports close, its namespace still answers ping.
+    pub fn kill(&mut self, timeout: Duration) -> Result<()> {
+        if self.child.exit_status().is_none() {
+            // SAFETY: kill(2) on our own unreaped child's PID: the PID cannot have been reused.
+            unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGKILL) };
+        }
+        let name = self.name.clone();
+        wait_for(
+            &format!("charon {name} to exit"),
+            timeout,
+            Duration::from_millis(10),
+            || Ok(self.child.exit_status().map(drop)),
+        )
+    }
+
     /// `unix://DIR/charon.vici`.
     pub fn vici_uri(&self) -> String {
         format!("unix://{}", self.dir.join("charon.vici").display())

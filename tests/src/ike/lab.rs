@@ -13,8 +13,9 @@
 //!
 //! * The gateway, the backends and the router's uplink are the standard [`Lab`]: the gateway is
 //!   configured and started exactly as an operator would ([`Lab::start_daemon`] writes a config
-//!   file and runs `lb-ctl daemon --config`). For the control runs an nft DNAT takes ikelb's
-//!   place ([`Gateway`]).
+//!   file and runs `lb-ctl daemon --config`), with both health probe types (`probes: [icmp,
+//!   ike]`: the responders speak IKE). For the control runs an nft DNAT takes ikelb's place
+//!   ([`Gateway`]).
 //! * The router masquerades the clients onto K public addresses with `persistent`, so a client
 //!   keeps one public address for UDP 500 and 4500 and several clients share each address, as
 //!   behind a carrier NAT. ikelb's persistence key is that public address.
@@ -23,7 +24,8 @@
 //! * Responder i hands out virtual IPs from 10.100.i.0/24, so a client's inner address says
 //!   which responder serves it; the host routes each pool back to its responder.
 //! * Checksums are real on the wire: tx checksum offload is off on every interface where UDP
-//!   originates (clients' and responders' `eth0`, the latter done by [`Lab`]), so a receiver
+//!   originates (clients' and responders' `eth0`, the latter done by [`Lab`]; the gateway's
+//!   `int`, where ikelb's IKE health probes leave), so a receiver
 //!   verifies every UDP checksum and counts failures in `Udp: InCsumErrors`.
 
 use std::fmt::Write as _;
@@ -38,7 +40,7 @@ use super::charon::{Charon, CharonFiles, Fragmentation, Initiation};
 use super::log::{CharonLog, Received};
 use super::pki::{client_id, Pki};
 use super::sas::IkeSa;
-use crate::lab::{wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, VIP};
+use crate::lab::{control, wait_for, Child, Lab, LabSpec, NetNs, Snmp, Veth, GW_INT, VIP};
 
 /// The network behind the responders: what clients reach through their tunnels.
 pub const HOST_NET: &str = "10.200.0.0/24";
@@ -218,10 +220,15 @@ impl IkeLab {
             b.ns.sysctl("net/ipv4/ip_forward", "1")?;
         }
 
+        // The gateway originates UDP too: ikelb's IKE health probes leave from `int`.
+        lab.gateway.ethtool_features(GW_INT, &[("tx", false)])?;
+
         let identity: Vec<usize> = (0..spec.responders).collect();
         match &spec.gateway {
             Gateway::Ikelb(lb_ctl) => {
-                let text = config(lab.daemon_config());
+                // Real IKE responders: both probe types, the product's default (the plain
+                // lab's backends answer no IKE and ping only).
+                let text = config(control::with_probes(&lab.daemon_config(), "[icmp, ike]"));
                 lab.start_daemon_with_config(lb_ctl, &text)?
             }
             Gateway::NftSourceHash => nft(&lab.gateway, &nft_dnat(&lab, &identity, 0))?,
@@ -348,6 +355,29 @@ impl IkeLab {
         Ok(())
     }
 
+    /// Kill responder `i`'s charon as a crash would (SIGKILL: no DELETE reaches its
+    /// clients). The server stays up: it answers ping, and UDP 500 with port unreachable.
+    pub fn kill_responder_charon(&mut self, i: usize) -> Result<()> {
+        self.responders[i].charon.kill(Duration::from_secs(10))
+    }
+
+    /// Start responder `i`'s charon again with the configuration it had (no SAs: its
+    /// clients went elsewhere) and wait until it has loaded it.
+    pub fn restart_responder_charon(&mut self, i: usize) -> Result<()> {
+        let pki = Pki::get(self.spec.clients)?;
+        let b = &self.lab.backends[i];
+        let dir = self.lab.dir().join(format!("charon-{}", b.name));
+        // The dead instance's vici socket: `ready` must wait for the new one.
+        let _ = std::fs::remove_file(dir.join("charon.vici"));
+        let (net, len) = pool(i);
+        let files = CharonFiles::responder(&dir, &pki, &format!("{net}/{len}"), HOST_NET);
+        let mut charon = Charon::spawn(&b.name, &b.ns, dir, &files)?;
+        charon.ready(Duration::from_secs(20))?;
+        // The old guard drops here: its charon has exited already.
+        self.responders[i].charon = charon;
+        Ok(())
+    }
+
     /// Cut responder `i`'s link to the gateway (its port on the internal switch goes down),
     /// as a failed server or cable would.
     pub fn cut_responder(&self, i: usize) -> Result<()> {
@@ -386,22 +416,25 @@ impl IkeLab {
         Ok(())
     }
 
-    /// Interfaces where UDP originates (clients' `eth0`, responders' `eth0`) whose tx
-    /// checksum offload is still on: each would put unverifiable partial checksums on the wire.
+    /// Interfaces where UDP originates (clients' `eth0`, responders' `eth0`, the gateway's
+    /// `int`) whose tx checksum offload is still on: each would put unverifiable partial
+    /// checksums on the wire.
     pub fn tx_checksum_offloaded(&self) -> Result<Vec<String>> {
         let mut on = Vec::new();
-        let namespaces = self
+        let interfaces = self
             .client_ns
             .iter()
-            .chain(self.lab.backends.iter().map(|b| &b.ns));
-        for ns in namespaces {
-            let features = ns.exec("ethtool", &["-k", "eth0"])?;
+            .chain(self.lab.backends.iter().map(|b| &b.ns))
+            .map(|ns| (ns, "eth0"))
+            .chain([(&self.lab.gateway, GW_INT)]);
+        for (ns, ifname) in interfaces {
+            let features = ns.exec("ethtool", &["-k", ifname])?;
             let tx = features
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
                 .context("ethtool -k: no tx-checksumming line")?;
             if !tx.trim().starts_with("off") {
-                on.push(format!("{}/eth0", ns.name()));
+                on.push(format!("{}/{ifname}", ns.name()));
             }
         }
         Ok(on)

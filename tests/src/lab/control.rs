@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::{Lab, UdpProbe, VIP};
 
-/// `config` (a [`Lab::daemon_config`] text) with another `health_check` block.
+/// `config` (a [`Lab::daemon_config`] text) with another `health_check` block; its
+/// `probes` line, if any, is kept.
 pub fn with_health(config: &str, interval: &str, timeout: &str, fall: u32, rise: u32) -> String {
     let start = config
         .find("health_check:\n")
@@ -25,8 +26,35 @@ pub fn with_health(config: &str, interval: &str, timeout: &str, fall: u32, rise:
         .find("control:\n")
         .map(|i| start + i)
         .expect("health_check is followed by control");
+    let probes: String = config[start..end]
+        .lines()
+        .filter(|l| l.starts_with("  probes:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     format!(
-        "{}health_check:\n  interval: {interval}\n  timeout: {timeout}\n  fall: {fall}\n  rise: {rise}\n{}",
+        "{}health_check:\n  interval: {interval}\n  timeout: {timeout}\n  fall: {fall}\n  rise: {rise}\n{probes}{}",
+        &config[..start],
+        &config[end..]
+    )
+}
+
+/// `config` (a [`Lab::daemon_config`] text) with `health_check.probes` set to `probes`
+/// (`"[icmp, ike]"`).
+pub fn with_probes(config: &str, probes: &str) -> String {
+    let start = config
+        .find("health_check:\n")
+        .expect("config has health_check");
+    let end = config[start..]
+        .find("control:\n")
+        .map(|i| start + i)
+        .expect("health_check is followed by control");
+    let block: String = config[start..end]
+        .lines()
+        .filter(|l| !l.starts_with("  probes:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!(
+        "{}{block}  probes: {probes}\n{}",
         &config[..start],
         &config[end..]
     )
@@ -91,9 +119,8 @@ pub fn wait_backends(
 /// before they move (`lb-ctl/src/state.rs`, "Slot moves").
 pub fn wait_ring_slots(lab: &Lab, addr: Ipv4Addr, timeout: Duration) -> Result<Duration> {
     wait_backends(lab, &format!("{addr} holds ring slots"), timeout, |l| {
-        l.iter().any(|b| {
-            b["address"] == addr.to_string() && b["ring_slots"].as_u64().unwrap_or(0) > 0
-        })
+        l.iter()
+            .any(|b| b["address"] == addr.to_string() && b["ring_slots"].as_u64().unwrap_or(0) > 0)
     })
 }
 
@@ -238,5 +265,14 @@ mod tests {
         assert!(!c.contains("150ms"));
         let c = without_backend(&c, Ipv4Addr::new(10, 0, 0, 12));
         assert!(c.contains("10.0.0.11") && !c.contains("10.0.0.12"));
+        let c = with_probes(&c, "[icmp]");
+        assert!(c.contains("  rise: 2\n  probes: [icmp]\ncontrol:\n"), "{c}");
+        let c = with_probes(&c, "[icmp, ike]");
+        assert_eq!(c.matches("probes:").count(), 1, "{c}");
+        let c = with_health(&c, "1s", "500ms", 2, 1);
+        assert!(
+            c.contains("  rise: 1\n  probes: [icmp, ike]\ncontrol:\n"),
+            "with_health keeps the probes: {c}"
+        );
     }
 }

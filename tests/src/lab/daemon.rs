@@ -21,7 +21,10 @@ const METRICS_PORT: u16 = 9435;
 impl Lab {
     /// The daemon configuration for this lab (schema v1, docs/configuration.md): both gateway
     /// interfaces, native XDP, the lab's mode, one virtual server with every backend at weight
-    /// 1 (IPv4, then IPv6), fast health checks, and every path inside this run's directory.
+    /// 1 (IPv4, then IPv6), fast health checks — ICMP only (`probes: [icmp]`): the lab's
+    /// backends run `ikelb-responder`, which answers UDP 500 with a text line, not IKE; the
+    /// strongSwan lab turns the IKE probe on ([`crate::ike::IkeLab`]) — and every path inside
+    /// this run's directory.
     /// With IPv6 the virtual server is dual-stack (`vip: [VIP, VIP6]`); with SSTP it has
     /// `tcp_ports`.
     pub fn daemon_config(&self) -> String {
@@ -65,6 +68,7 @@ impl Lab {
              \x20 timeout: 150ms\n\
              \x20 fall: 3\n\
              \x20 rise: 1\n\
+             \x20 probes: [icmp]\n\
              control:\n\
              \x20 socket: {sock}\n\
              metrics:\n\

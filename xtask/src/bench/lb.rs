@@ -55,7 +55,8 @@ pub fn config_yaml<A: Display>(
     for b in backends {
         y.push_str(&format!("      - address: {b}\n"));
     }
-    y.push_str("health_check:\n  interval: 5s\n  timeout: 2s\n");
+    // ICMP only: the bench's backends answer no IKE on UDP 500.
+    y.push_str("health_check:\n  interval: 5s\n  timeout: 2s\n  probes: [icmp]\n");
     if let Some(p) = paths {
         y.push_str(&format!(
             "control:\n  socket: {}\nmetrics:\n  listen: 127.0.0.1:9435\nstate_dir: {}\nbpffs: {}\n",

@@ -152,7 +152,7 @@ pub(super) fn bind_ident(fd: &OwnedFd, family: Family) -> Result<u16, HealthErro
     })
 }
 
-pub(super) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+pub(in crate::health) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];

@@ -207,7 +207,7 @@ fn a_ping_socket_gets_replies_and_icmp_errors() {
             }
             for &t in &targets {
                 for _ in 0..2 {
-                    let p = prober.probe(t, timeout).await;
+                    let p = prober.probe(ProbeKind::Icmp, t, timeout).await;
                     assert_eq!(p.outcome, ProbeOutcome::Success, "{t}: {p:?}");
                 }
             }
@@ -232,7 +232,7 @@ fn a_ping_socket_gets_replies_and_icmp_errors() {
                 "ICMPv6 destination unreachable (address unreachable) from ::1",
             ];
             for (&t, reason) in targets.iter().zip(reasons) {
-                let p = prober.probe(t, timeout).await;
+                let p = prober.probe(ProbeKind::Icmp, t, timeout).await;
                 assert_eq!(p.outcome, ProbeOutcome::Error, "{t}: {p:?}");
                 assert_eq!(p.error.as_deref(), Some(reason));
                 assert!(p.duration < timeout, "{p:?}");
@@ -259,14 +259,18 @@ async fn loopback_answers_real_probes() {
     let mut seqs = Vec::new();
     for _ in 0..3 {
         seqs.push(prober.v4.seq.load(Ordering::Relaxed));
-        let p = prober.probe(Ipv4Addr::LOCALHOST.into(), timeout).await;
+        let p = prober
+            .probe(ProbeKind::Icmp, Ipv4Addr::LOCALHOST.into(), timeout)
+            .await;
         assert_eq!(p.outcome, ProbeOutcome::Success, "{p:?}");
     }
     assert_eq!(seqs[1], seqs[0].wrapping_add(1));
     assert!(prober.v4.waiting.lock().unwrap().is_empty());
     match &prober.v6 {
         Some(v6) if std::net::UdpSocket::bind("[::1]:0").is_ok() => {
-            let p = prober.probe(Ipv6Addr::LOCALHOST.into(), timeout).await;
+            let p = prober
+                .probe(ProbeKind::Icmp, Ipv6Addr::LOCALHOST.into(), timeout)
+                .await;
             assert_eq!(p.outcome, ProbeOutcome::Success, "{p:?}");
             assert!(v6.waiting.lock().unwrap().is_empty());
         }

@@ -131,3 +131,103 @@ fn all_backends_down_gives_an_empty_table_and_no_packet_to_a_dead_server() {
         r => panic!("{r:?}"),
     }
 }
+
+/// A harness whose configuration probes with both types (`probes: [icmp, ike]`, the default).
+fn both_probes() -> Harness {
+    let dir = TempDir::new("both");
+    let mut cfg = config(&dir.0);
+    cfg.health_check.probes = crate::health::ProbeKinds::DEFAULT;
+    let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces(), 64).unwrap();
+    let mut c = Controller::new(cfg.clone(), Store::new(&cfg.state_dir));
+    c.replay(&mut lb, SystemTime::now()).unwrap();
+    let mut h = Harness {
+        lb,
+        c,
+        now: Clock::now(),
+        _dir: dir,
+    };
+    h.resolve();
+    h
+}
+
+/// One round of both probe types: every ping answered, `ike_ok(address)` says which IKE
+/// probes are.
+fn round_both(h: &mut Harness, ike_ok: impl Fn(IpAddr) -> bool) {
+    let reports: Vec<Report> =
+        h.c.targets(&h.lb)
+            .into_iter()
+            .flat_map(|t| {
+                [ProbeKind::Icmp, ProbeKind::Ike].map(|kind| {
+                    let ok = kind == ProbeKind::Icmp || ike_ok(t.addr);
+                    Report {
+                        id: t.id,
+                        addr: t.addr,
+                        kind,
+                        probe: Probe {
+                            outcome: if ok {
+                                ProbeOutcome::Success
+                            } else {
+                                ProbeOutcome::Error
+                            },
+                            duration: Duration::from_millis(1),
+                            error: (!ok).then(|| "ICMP port unreachable".to_owned()),
+                        },
+                    }
+                })
+            })
+            .collect();
+    h.c.on_health(&mut h.lb, &reports);
+    h.apply();
+}
+
+#[test]
+fn a_backend_that_answers_ping_but_not_ike_is_taken_out_and_nobody_else_moves() {
+    let mut h = both_probes();
+    round_both(&mut h, |_| true);
+    let before = h.traffic(600);
+    let dead = h.id("10.0.0.12");
+    assert!(before.values().filter(|b| **b == Some(dead)).count() > 100);
+
+    for _ in 0..3 {
+        round_both(&mut h, |a| a != ip("10.0.0.12"));
+    }
+    let b = h.lb.backend(dead).unwrap();
+    assert_eq!(b.health, HealthState::Down);
+    assert!(!b.usable());
+    let info = h.list().into_iter().find(|b| b.id == dead).unwrap();
+    let probes: Vec<(&str, HealthState)> = info
+        .probes
+        .iter()
+        .map(|p| (p.probe.as_str(), p.health))
+        .collect();
+    assert_eq!(
+        probes,
+        [("icmp", HealthState::Up), ("ike", HealthState::Down)]
+    );
+    let after = h.traffic(600);
+    for (c, was) in &before {
+        if *was == Some(dead) {
+            assert_ne!(after[c], Some(dead), "client {c} still on the dead backend");
+        } else {
+            assert_eq!(after[c], *was, "client {c} moved");
+        }
+    }
+
+    // IKE answers again: `rise` (2) rounds bring it back.
+    round_both(&mut h, |_| true);
+    assert_eq!(h.lb.backend(dead).unwrap().health, HealthState::Down);
+    round_both(&mut h, |_| true);
+    assert_eq!(h.lb.backend(dead).unwrap().health, HealthState::Up);
+}
+
+#[test]
+fn with_probes_icmp_a_dead_ike_service_is_not_seen() {
+    let mut h = Harness::new();
+    let dead = h.id("10.0.0.12");
+    // The harness configures `probes: [icmp]`: IKE reports (as a monitor of that config
+    // never sends) have no say.
+    for _ in 0..5 {
+        round_both(&mut h, |a| a != ip("10.0.0.12"));
+    }
+    assert_eq!(h.lb.backend(dead).unwrap().health, HealthState::Up);
+}

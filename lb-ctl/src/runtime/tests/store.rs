@@ -22,7 +22,7 @@ virtual_servers:
       - address: 10.0.0.11
       - address: 10.0.0.12
       - address: 10.0.0.13
-health_check: {{interval: 1s, timeout: 500ms, fall: 3, rise: 2}}
+health_check: {{interval: 1s, timeout: 500ms, fall: 3, rise: 2, probes: [icmp]}}
 state_dir: {}
 ",
             state_dir.display()
