@@ -110,12 +110,15 @@ fn reverse<F: Family>(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut F::Hdr) -> Re
     let csum = l4::classify(ctx, t, svc, Side::Reverse, PASS_NOT_CLIENT)?;
     // To the gateway itself (its IKE health probe of this backend, tools run on it): the
     // kernel's, whatever the backend's state. A backend that is not usable has no interface
-    // or MACs in its entry, so the checks below would drop the very replies that could bring
-    // it back up.
-    if F::listed(&F::daddr(ip)) == Some(OWN_ADDRESS_ID) {
-        return Err(PASS_NOT_CLIENT);
+    // or MACs in its entry, so its check would drop the very replies that could bring it
+    // back up. Looked up only when that check fails: a usable backend's reply to the gateway
+    // passes it and reaches the kernel by the reverse-path check (`select::reverse`).
+    if let Err(v) = sanity::from_backend(ctx, eth, b) {
+        if F::listed(&F::daddr(ip)) == Some(OWN_ADDRESS_ID) {
+            return Err(PASS_NOT_CLIENT);
+        }
+        return Err(v);
     }
-    sanity::from_backend(ctx, eth, b)?;
     F::checksum(ip)?;
     let client = F::daddr(ip);
     F::client(&client)?;
