@@ -103,17 +103,10 @@ fn bench(args: &[String]) -> Result<()> {
     // The chart's font (plotters renders text with ab_glyph from a TrueType file).
     const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
     if !std::path::Path::new(FONT).exists() {
-        cmd::step("installing fonts-dejavu-core (the benchmark chart's font)");
-        cmd::run("apt-get", &["update", "-qq"])?;
-        cmd::run(
-            "apt-get",
-            &[
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "fonts-dejavu-core",
-            ],
+        bootstrap::apt_install(
+            &["fonts-dejavu-core"],
+            " for the benchmark chart's font",
+            "apt-install-bench-font",
         )?;
     }
     cmd::step("build lb-ctl and ikelb-bench (release)");
