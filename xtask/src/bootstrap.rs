@@ -9,6 +9,9 @@
 //! * for the kernel matrix (`test`): QEMU, busybox (virtme-ng's initramfs), the Debian
 //!   kernel packages of the matrix, and virtme-ng from PyPI (docs/kernels.md).
 //!
+//! * for `deb` (docs/packaging.md): dpkg-dev, systemd's `systemd-analyze`, man-db, and
+//!   cargo-deb from crates.io.
+//!
 //! Each step checks first and says what it installs, in one line that names the file its
 //! output goes to (`<target>/bootstrap-logs/`); a failure shows that log's last lines. A
 //! second run installs nothing.
@@ -62,6 +65,43 @@ fn packages() -> Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     apt_install(&missing, "", "apt-install")
+}
+
+/// cargo-deb, pinned: 3.8 needs rustc 1.85, and the stable toolchain here is 1.95
+/// (docs/toolchain.md).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// What `cargo xtask deb` and its test need besides the build: dpkg-dev (`dpkg-shlibdeps`,
+/// which computes the package's libc dependency), `systemd-analyze`, man-db, and cargo-deb.
+pub fn packaging() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+        ("/usr/bin/systemd-analyze", "systemd"),
+        ("/usr/bin/man", "man-db"),
+    ]
+    .iter()
+    .filter(|(file, _)| !std::path::Path::new(file).exists())
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    apt_install(&missing, " for the Debian package", "apt-install-packaging")?;
+    let installed = cmd::output("cargo-deb", &["--version"]);
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.trim() == format!("cargo-deb {CARGO_DEB_VERSION}"))
+    {
+        return Ok(());
+    }
+    cmd::run_logged(
+        &format!("installing cargo-deb {CARGO_DEB_VERSION} from crates.io (builds the Debian package), ~1 min"),
+        "cargo-install-cargo-deb",
+        std::process::Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]),
+    )
 }
 
 /// What the kernel matrix needs: QEMU, busybox, virtme-ng and (`with_kernels`) the Debian
