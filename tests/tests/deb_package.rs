@@ -103,10 +103,25 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
+/// PATH with the sbin directories, where dpkg looks for `ldconfig` and `start-stop-daemon`
+/// before it installs anything (a user's PATH may lack them).
+fn path_with_sbin() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for sbin in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|d| d == Path::new(sbin)) {
+            dirs.push(sbin.into());
+        }
+    }
+    std::env::join_paths(dirs).expect("PATH entries have no ':'")
+}
+
 /// Runs `program args`, failing with its stderr unless it exits 0; returns its output.
 fn run(program: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(program)
         .args(args)
+        .env("PATH", path_with_sbin())
         .env("LC_ALL", "C.UTF-8")
         .output()
         .with_context(|| format!("cannot run {program}"))?;
