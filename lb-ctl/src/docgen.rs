@@ -44,9 +44,7 @@ pub fn generate(out: &Path) -> Result<Vec<PathBuf>, DocgenError> {
     let mut written = Vec::new();
     let man_dir = out.join(format!("man{MAN_SECTION}"));
     create_dir(&man_dir)?;
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    cmd.build();
-    man_pages(&cmd, &man_dir, &mut written)?;
+    man_pages(&public_command(), &man_dir, &mut written)?;
     for shell in SHELLS {
         let dir = out.join("completions").join(shell.to_string());
         create_dir(&dir)?;
@@ -56,6 +54,32 @@ pub fn generate(out: &Path) -> Result<Vec<PathBuf>, DocgenError> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// The command line as documented: built (so subcommands carry their display names) and
+/// without clap's `help` subcommand, which needs no page.
+fn public_command() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// The name of every man page [`generate`] writes (`lb-ctl`, `lb-ctl-backend-add`, …), without
+/// the section: what the package must hold (tests/tests/deb_package.rs).
+pub fn man_page_names() -> Vec<String> {
+    fn walk(cmd: &clap::Command, names: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub, names);
+        }
+        names.push(
+            cmd.get_display_name()
+                .unwrap_or_else(|| cmd.get_name())
+                .to_owned(),
+        );
+    }
+    let mut names = Vec::new();
+    walk(&public_command(), &mut names);
+    names
 }
 
 /// `cmd`'s page and, recursively, its subcommands' (named `lb-ctl-backend-add` by clap's
@@ -123,6 +147,16 @@ mod tests {
             );
         }
         assert!(!names.iter().any(|n| n.contains("help")), "{names:?}");
+        let pages: Vec<String> = man_page_names()
+            .iter()
+            .map(|n| format!("man8/{n}.8"))
+            .collect();
+        let written: Vec<&String> = names.iter().filter(|n| n.starts_with("man8/")).collect();
+        assert_eq!(
+            pages.iter().collect::<std::collections::BTreeSet<_>>(),
+            written.into_iter().collect(),
+            "man_page_names() and the pages written differ"
+        );
         let page = fs::read_to_string(dir.join("man8/lb-ctl.8")).unwrap();
         assert!(page.contains(".TH lb-ctl 8"), "{page}");
         assert!(

@@ -197,16 +197,8 @@ fn expected_files() -> BTreeMap<String, (u32, Option<PathBuf>)> {
         Some("README.md"),
     );
     from("usr/share/doc/ikelb/copyright".into(), 0o644, None);
-    for page in [
-        "lb-ctl",
-        "lb-ctl-daemon",
-        "lb-ctl-backend",
-        "lb-ctl-backend-add",
-        "lb-ctl-backend-remove",
-        "lb-ctl-backend-list",
-        "lb-ctl-status",
-        "lb-ctl-lookup",
-    ] {
+    // One page per public command of the lb-ctl this crate links (lb-ctl/src/docgen.rs).
+    for page in lb_ctl::docgen::man_page_names() {
         from(format!("usr/share/man/man8/{page}.8.gz"), 0o644, None);
     }
     for completion in [
