@@ -13,7 +13,8 @@ use crate::{api::Request, daemon, operator, paths};
 #[command(
     name = "lb-ctl",
     version,
-    about = "ikelb: XDP load balancer for IKEv2 VPN servers"
+    about = "ikelb: XDP load balancer for IKEv2 VPN servers",
+    after_long_help = files_help()
 )]
 pub struct Cli {
     /// Control socket of the daemon (operator commands).
@@ -21,6 +22,23 @@ pub struct Cli {
     pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The FILES part of `lb-ctl --help` and of the man page (docs/packaging.md says where the
+/// Debian package puts the rest).
+fn files_help() -> String {
+    let files = [
+        (paths::CONFIG_FILE, "configuration (docs/configuration.md)"),
+        (paths::CONTROL_SOCKET, "control socket (root only)"),
+        (paths::STATE_DIR, "runtime backend changes"),
+        (paths::BPFFS, "pins: maps, program, XDP links"),
+    ];
+    let mut text = String::from("Files:\n");
+    for (path, what) in files {
+        text.push_str(&format!("  {path:<24}{what}\n"));
+    }
+    text.push_str("\nDocumentation: /usr/share/doc/ikelb/ (README.md, docs/, examples/)");
+    text
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,12 +51,14 @@ pub enum Command {
     Backend(BackendCommand),
     /// Show virtual servers, backends and their health.
     Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Which backend a client address goes to, and why.
     Lookup {
         client: IpAddr,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -81,11 +101,13 @@ pub enum BackendCommand {
         vs: String,
         /// Backend address.
         addr: IpAddr,
+        /// Drain for at most this long (`10m`, `1h`) instead of removing at once.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         drain: Option<Duration>,
     },
     /// List backends and their state.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

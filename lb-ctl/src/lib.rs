@@ -24,7 +24,8 @@
 //! * [`operator`] — `lb-ctl backend/status/lookup`: requests and their tables;
 //! * [`identity`] — service and interface numbers by name (`state_dir/identity.json`, pins);
 //! * [`announce`] — host routes of the VIPs this node can serve, for BGP (docs/cluster.md);
-//! * [`cli`] — the command line.
+//! * [`cli`] — the command line;
+//! * [`docgen`] — its man pages and shell completions, for the Debian package.
 //!
 //! Data flows one way, from the operator's intent to the kernel, and counters flow back:
 //!
@@ -45,6 +46,7 @@ pub mod bpf_sys;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod docgen;
 pub mod dataplane;
 pub mod health;
 pub mod identity;

@@ -64,7 +64,7 @@ fn the_unit_keeps_the_host_bpffs_and_restarts_without_detaching() {
     let unit = deploy("ikelb.service");
     // Pins must be on the host's bpffs: one the daemon mounted inside the unit's private
     // mount namespace (ProtectSystem=) would vanish with the service.
-    assert!(unit.contains("Requires=sys-fs-bpf.mount"), "{unit}");
+    assert!(unit.contains("\nRequiresMountsFor=/sys/fs/bpf\n"), "{unit}");
     assert!(unit.contains("ReadWritePaths=/sys/fs/bpf"), "{unit}");
     assert!(unit.contains("Restart=always"), "{unit}");
     assert!(

@@ -9,7 +9,12 @@
 //! * for the kernel matrix (`test`): QEMU, busybox (virtme-ng's initramfs), the Debian
 //!   kernel packages of the matrix, and virtme-ng from PyPI (docs/kernels.md).
 //!
-//! Each step checks first and says what it installs; a second run installs nothing.
+//! * for `deb` (docs/packaging.md): dpkg-dev, systemd's `systemd-analyze`, man-db, and
+//!   cargo-deb from crates.io.
+//!
+//! Each step checks first and says what it installs, in one line that names the file its
+//! output goes to (`<target>/bootstrap-logs/`); a failure shows that log's last lines. A
+//! second run installs nothing.
 
 use anyhow::{bail, Context as _, Result};
 
@@ -59,7 +64,44 @@ fn packages() -> Result<()> {
         .filter(|(file, _)| !std::path::Path::new(file).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
-    apt_install(&missing, "")
+    apt_install(&missing, "", "apt-install")
+}
+
+/// cargo-deb, pinned: 3.8 needs rustc 1.85, and the stable toolchain here is 1.95
+/// (docs/toolchain.md).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// What `cargo xtask deb` and its test need besides the build: dpkg-dev (`dpkg-shlibdeps`,
+/// which computes the package's libc dependency), `systemd-analyze`, man-db, and cargo-deb.
+pub fn packaging() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+        ("/usr/bin/systemd-analyze", "systemd"),
+        ("/usr/bin/man", "man-db"),
+    ]
+    .iter()
+    .filter(|(file, _)| !std::path::Path::new(file).exists())
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    apt_install(&missing, " for the Debian package", "apt-install-packaging")?;
+    let installed = cmd::output("cargo-deb", &["--version"]);
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.trim() == format!("cargo-deb {CARGO_DEB_VERSION}"))
+    {
+        return Ok(());
+    }
+    cmd::run_logged(
+        &format!("installing cargo-deb {CARGO_DEB_VERSION} from crates.io (builds the Debian package), ~1 min"),
+        "cargo-install-cargo-deb",
+        std::process::Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]),
+    )
 }
 
 /// What the kernel matrix needs: QEMU, busybox, virtme-ng and (`with_kernels`) the Debian
@@ -84,21 +126,24 @@ pub fn kernel_matrix(with_kernels: bool) -> Result<()> {
                 }),
         );
     }
-    apt_install(&missing, " for the kernel matrix")?;
+    apt_install(
+        &missing,
+        " for the kernel matrix",
+        "apt-install-kernel-matrix",
+    )?;
     if cmd::output("vng", &["--version"]).is_some() {
         return Ok(());
     }
-    cmd::step("installing virtme-ng from PyPI (boots the matrix's kernels under QEMU)");
-    cmd::run(
-        "python3",
-        &[
+    cmd::run_logged(
+        "installing virtme-ng from PyPI (boots the matrix's kernels under QEMU)",
+        "pip-install-virtme-ng",
+        std::process::Command::new("python3").args([
             "-m",
             "pip",
             "install",
-            "--quiet",
             "--root-user-action=ignore",
             "virtme-ng",
-        ],
+        ]),
     )?;
     // pyenv puts new commands on PATH through shims made by `rehash`.
     let _ = cmd::output("pyenv", &["rehash"]);
@@ -108,23 +153,31 @@ pub fn kernel_matrix(with_kernels: bool) -> Result<()> {
     Ok(())
 }
 
-fn apt_install(missing: &[&str], why: &str) -> Result<()> {
+/// Installs Debian packages, `why` said after "installing Debian packages"; the output of
+/// `apt-get update` and `apt-get install` goes to `<target>/bootstrap-logs/apt-update.log` and
+/// `<log>.log`.
+pub fn apt_install(missing: &[&str], why: &str, log: &str) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
     if !cmd::is_root() {
         bail!("missing Debian packages {missing:?}: install them (apt-get install) or run as root");
     }
-    cmd::step(&format!(
-        "installing Debian packages{why}: {}",
-        missing.join(" ")
-    ));
-    cmd::run("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(missing);
-    // Debian's prometheus package starts no daemon here (no systemd); the tests start their own.
-    std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
-    cmd::run("apt-get", &args)
+    cmd::run_logged(
+        "updating Debian's package lists",
+        "apt-update",
+        std::process::Command::new("apt-get").arg("update"),
+    )?;
+    cmd::run_logged(
+        &format!("installing Debian packages{why}: {}", missing.join(" ")),
+        log,
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(missing)
+            // Debian's prometheus package starts no daemon here (no systemd); the tests start
+            // their own.
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn rust_src() -> Result<()> {
@@ -138,10 +191,16 @@ fn rust_src() -> Result<()> {
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
-    cmd::step("installing the nightly toolchain's rust-src (needed for -Z build-std=core)");
-    cmd::run(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    cmd::run_logged(
+        "installing the nightly toolchain's rust-src (needed for -Z build-std=core)",
+        "rustup-rust-src",
+        std::process::Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]),
     )
 }
 
@@ -199,30 +258,27 @@ fn bpf_linker() -> Result<()> {
     if bpf_linker_ok(&llvm) {
         return Ok(());
     }
-    cmd::step(&format!(
-        "installing bpf-linker against the nightly toolchain's LLVM {} ({}), ~1 min",
-        llvm.major, llvm.dylib
-    ));
     let rustflags = format!(
         "-L {dir} -l dylib={lib} -C link-arg=-Wl,-rpath,{dir}",
         dir = llvm.lib_dir,
         lib = llvm.dylib
     );
     let features = format!("llvm-{},no-llvm-linking", llvm.major);
-    let status = std::process::Command::new("cargo")
-        .args([
-            "+nightly",
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--no-default-features",
-        ])
-        .args(["--features", &features])
-        .env("RUSTFLAGS", rustflags)
-        .status()
-        .context("could not run cargo install")?;
-    if !status.success() {
-        bail!("installing bpf-linker failed ({status}); see the output above");
-    }
-    Ok(())
+    cmd::run_logged(
+        &format!(
+            "installing bpf-linker against the nightly toolchain's LLVM {} ({}), ~1 min",
+            llvm.major, llvm.dylib
+        ),
+        "cargo-install-bpf-linker",
+        std::process::Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+            ])
+            .args(["--features", &features])
+            .env("RUSTFLAGS", rustflags),
+    )
 }

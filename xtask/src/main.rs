@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cmd;
+mod deb;
 mod fuzz;
 mod kernels;
 
@@ -22,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing ikelb needs (apt packages, nightly rust-src,
-    /// bpf-linker), saying what it installs. Run by `test` and `run` too.
+    /// Install what building, testing and packaging ikelb needs (apt packages, nightly
+    /// rust-src, bpf-linker, cargo-deb), saying what it installs. Run by `test`, `run` and
+    /// `deb` too.
     Bootstrap,
     /// Run every test: host unit tests, then (as root) BPF_PROG_TEST_RUN and namespace tests,
     /// then the kernel matrix: the tests that exercise the kernel, inside QEMU on Debian 12's
@@ -50,6 +52,9 @@ enum Task {
         #[arg(long, conflicts_with = "config")]
         cluster: bool,
     },
+    /// Build the Debian package `ikelb` (release lb-ctl, unit, example config, Prometheus
+    /// rules, examples, man pages, completions) into <target>/debian/ (docs/packaging.md).
+    Deb,
     /// Benchmark (root, < 10 min, not part of `test`): program cost, closed-loop throughput
     /// against a trivial forwarder and nftables, memory, control plane. Prints a table,
     /// writes target/bench/results.json and docs/bench-closed-loop.png (docs/benchmarks.md).
@@ -80,13 +85,14 @@ fn command_line(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 
 fn main() -> Result<()> {
     match Cli::parse_from(command_line(std::env::args_os())).task {
-        Task::Bootstrap => bootstrap::all(),
+        Task::Bootstrap => bootstrap::all().and_then(|()| bootstrap::packaging()),
         Task::Test {
             kernels,
             no_kernels,
             args,
         } => test(&kernels, no_kernels, &args),
         Task::Run { config, cluster } => run(config, cluster),
+        Task::Deb => deb::build().map(drop),
         Task::Bench { args } => bench(&args),
         Task::Fuzz { args } => fuzz::run(&args),
     }
@@ -103,17 +109,10 @@ fn bench(args: &[String]) -> Result<()> {
     // The chart's font (plotters renders text with ab_glyph from a TrueType file).
     const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
     if !std::path::Path::new(FONT).exists() {
-        cmd::step("installing fonts-dejavu-core (the benchmark chart's font)");
-        cmd::run("apt-get", &["update", "-qq"])?;
-        cmd::run(
-            "apt-get",
-            &[
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "fonts-dejavu-core",
-            ],
+        bootstrap::apt_install(
+            &["fonts-dejavu-core"],
+            " for the benchmark chart's font",
+            "apt-install-bench-font",
         )?;
     }
     cmd::step("build lb-ctl and ikelb-bench (release)");
@@ -144,8 +143,9 @@ fn bench(args: &[String]) -> Result<()> {
     cmd::exec(&release.join("ikelb-bench"), &all)
 }
 
-/// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces); then the
-/// kernel matrix (unless `no_kernels`).
+/// Host tests need no root; the `ikelb-tests` crate needs root (XDP, namespaces) and is
+/// given the Debian package to install (`IKELB_DEB`); then the kernel matrix (unless
+/// `no_kernels`).
 fn test(kernels: &[PathBuf], no_kernels: bool, args: &[String]) -> Result<()> {
     bootstrap::all()?;
     if !no_kernels {
@@ -159,6 +159,9 @@ fn test(kernels: &[PathBuf], no_kernels: bool, args: &[String]) -> Result<()> {
              CAP_SYS_ADMIN): run `cargo xtask test` as root"
         );
     }
+    // The package test (tests/tests/deb_package.rs) installs this one under a scratch root.
+    let deb = deb::build()?;
+    std::env::set_var("IKELB_DEB", &deb);
     cmd::step("build lb-ctl for the namespace tests");
     cmd::cargo(&["build", "-p", "lb-ctl", "-p", "ikelb-tests", "--bins"])?;
     cmd::step("root tests (cargo test -p ikelb-tests)");
