@@ -4,8 +4,9 @@
 //!
 //! `tests/prometheus_scrape.rs` runs every expression against a real Prometheus scraping the
 //! daemon; the unit tests here check the file's shape without root (it parses, panel ids are
-//! unique, every panel has the templated datasource and a target, and every `ikelb_*` metric
-//! it names is one docs/metrics.md documents).
+//! unique, every panel has the templated datasource, a description and a target, the
+//! dashboard shows exactly the `ikelb_*` metrics docs/metrics.md documents, and its panel
+//! descriptions name exactly the alerts of `deploy/prometheus/ikelb-alerts.yml`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -247,12 +248,25 @@ mod tests {
         assert_eq!(names, ["node", "vs"]);
     }
 
+    fn project_file(rel: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The metrics of docs/metrics.md's table (its rows begin with the name in backticks).
+    fn documented_metrics() -> BTreeSet<String> {
+        project_file("docs/metrics.md")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `ikelb_"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(rest, _)| format!("ikelb_{rest}"))
+            .collect()
+    }
+
     #[test]
-    fn the_dashboard_names_only_documented_metrics() {
-        let doc = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
-        )
-        .expect("docs/metrics.md");
+    fn the_dashboard_shows_every_documented_metric_and_no_other() {
+        let documented = documented_metrics();
+        assert!(documented.len() >= 25, "docs/metrics.md: {documented:?}");
         let d = shipped();
         let mut used = BTreeSet::new();
         for t in d.targets() {
@@ -261,29 +275,55 @@ mod tests {
         for v in d.label_values().unwrap() {
             used.extend(metric_names(&v.selector));
         }
-        let undocumented: Vec<&String> = used
-            .iter()
-            .filter(|m| !doc.contains(&format!("| `{m}` |")))
-            .collect();
+        let undocumented: Vec<&String> = used.difference(&documented).collect();
         assert!(
             undocumented.is_empty(),
             "metrics the dashboard queries that docs/metrics.md's table does not list: {undocumented:?}"
         );
-        // The families a dashboard of ikelb cannot do without.
-        for m in [
-            "ikelb_backend_clients",
-            "ikelb_backend_up",
-            "ikelb_health_checks_total",
-            "ikelb_health_check_duration_seconds",
-            "ikelb_xdp_packets_total",
-            "ikelb_xdp_events_total",
-            "ikelb_persistence_entries",
-            "ikelb_slot_sweeps_total",
-            "ikelb_vip_announced",
-            "ikelb_share_clients",
-        ] {
-            assert!(used.contains(m), "the dashboard does not show {m}");
+        let unshown: Vec<&String> = documented.difference(&used).collect();
+        assert!(
+            unshown.is_empty(),
+            "metrics of docs/metrics.md that no panel of deploy/grafana/ikelb.json shows: \
+             {unshown:?} (add a panel, with a description saying what to do when it looks wrong)"
+        );
+    }
+
+    /// The descriptions name alerts that exist, and every alert has a panel that names it:
+    /// the operator paged by one finds where to look.
+    #[test]
+    fn panel_descriptions_and_alert_rules_name_the_same_alerts() {
+        let rules = project_file("deploy/prometheus/ikelb-alerts.yml");
+        let alerts: BTreeSet<&str> = rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- alert: "))
+            .map(str::trim)
+            .collect();
+        assert!(alerts.len() >= 9, "ikelb-alerts.yml: {alerts:?}");
+        let d = shipped();
+        let mut named = BTreeSet::new();
+        for p in d.panels() {
+            let text = p["description"].as_str().unwrap_or_default();
+            for (i, _) in text.match_indices("Ikelb") {
+                let word: String = text[i..]
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                named.insert(word);
+            }
         }
+        let unknown: Vec<&String> = named
+            .iter()
+            .filter(|n| !alerts.contains(n.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "panel descriptions name alerts deploy/prometheus/ikelb-alerts.yml does not have: {unknown:?}"
+        );
+        let unnamed: Vec<&&str> = alerts.iter().filter(|a| !named.contains(**a)).collect();
+        assert!(
+            unnamed.is_empty(),
+            "alerts no panel description names (the panel to look at when it fires): {unnamed:?}"
+        );
     }
 
     #[test]
