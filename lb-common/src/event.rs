@@ -27,8 +27,12 @@ pub const REVERSE_STATELESS: u32 = 7;
 /// trailer): they were cut off (`bpf_xdp_adjust_tail`) before it left, as a Linux router
 /// trims them (`docs/security.md`, "What a router checks").
 pub const TRIMMED: u32 = 8;
+/// A packet of an IKE or ESP SA established through this node came from an address without
+/// any entry (the client moved: MOBIKE, a NAT rebinding) and went to that SA's backend, which
+/// the address's new probation entry names (`SA_STEERING`).
+pub const SA_STEERED: u32 = 9;
 /// Number of events (size of `EVENTS`).
-pub const COUNT: u32 = 9;
+pub const COUNT: u32 = 10;
 /// The `event` label of each index.
 pub const LABELS: [&str; COUNT as usize] = [
     "fast_path",
@@ -40,4 +44,5 @@ pub const LABELS: [&str; COUNT as usize] = [
     "mac_move_rejected",
     "reverse_stateless",
     "trimmed",
+    "sa_steered",
 ];

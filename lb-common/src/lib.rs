@@ -235,6 +235,29 @@ pub struct ProbationValue {
 }
 const _: () = assert!(size_of::<ProbationValue>() == 24);
 
+/// Key of [`maps::IKE_SAS`]: an IKE SA of a service, by its initiator SPI (RFC 7296 §3.1,
+/// header bytes 0–8, loaded as two native words like [`ProbationValue::proof`]). The value is
+/// the backend id the SA was established on. Both families' clients share the map: the
+/// service id tells them apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IkeSaKey {
+    pub service: u32,
+    pub _pad: u32,
+    pub spi: u64,
+}
+const _: () = assert!(size_of::<IkeSaKey>() == 16);
+
+/// Key of [`maps::ESP_SAS`]: an inbound ESP SA of a service (client to backend), by its SPI
+/// (RFC 4303 §2.1, wire order). The value is the backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EspSaKey {
+    pub service: u32,
+    pub spi: u32,
+}
+const _: () = assert!(size_of::<EspSaKey>() == 8);
+
 /// Key of [`maps::PROOFS_V4`]: a proof the backend sent to a probation client. Many clients
 /// behind one NAT address share a probation entry and handshake at once; each of their
 /// backends' answers is kept here, so whichever client echoes its own proof promotes the
@@ -385,6 +408,12 @@ pub mod maps {
     pub const PROOFS_V4: &str = "PROOFS_V4";
     /// LruHashMap<ProofKeyV6, u32 backend id>.
     pub const PROOFS_V6: &str = "PROOFS_V6";
+    /// LruHashMap<IkeSaKey, u32 backend id>: IKE SAs of established clients, by initiator SPI
+    /// (SA steering).
+    pub const IKE_SAS: &str = "IKE_SAS";
+    /// LruHashMap<EspSaKey, u32 backend id>: inbound ESP SAs of established clients, by SPI
+    /// (SA steering).
+    pub const ESP_SAS: &str = "ESP_SAS";
     /// Array<u32 tick> indexed like `RINGS` (`ring_base + slot`): the tick in which a packet of
     /// the slot last refreshed its client's entry (slot fast path). Serves the services of both
     /// families despite its name (ring indices are unique across them); renaming this pinned
@@ -425,6 +454,10 @@ pub mod globals {
     /// u32: probation inserts allowed per CPU per window of 2^QUOTA_WINDOW_SHIFT ns
     /// (config `new_client_rate` spread over the CPUs); 0 = unlimited.
     pub const NEW_CLIENT_QUOTA: &str = "NEW_CLIENT_QUOTA";
+    /// u32: 1 = a packet of an IKE or ESP SA established through ikelb, from an address
+    /// without any entry (the client moved: MOBIKE, a NAT rebinding), goes to that SA's
+    /// backend (config `sa_steering`); 0 = it follows the ring.
+    pub const SA_STEERING: &str = "SA_STEERING";
 }
 
 pub mod counter;
@@ -445,6 +478,8 @@ mod pod {
     unsafe impl aya::Pod for Quota {}
     unsafe impl aya::Pod for ProofKeyV4 {}
     unsafe impl aya::Pod for ProofKeyV6 {}
+    unsafe impl aya::Pod for IkeSaKey {}
+    unsafe impl aya::Pod for EspSaKey {}
     unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for VipSlot {}

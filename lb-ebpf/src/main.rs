@@ -42,6 +42,8 @@ mod sanity;
 mod select;
 #[cfg(target_arch = "bpf")]
 mod signal;
+#[cfg(target_arch = "bpf")]
+mod steer;
 
 #[cfg(target_arch = "bpf")]
 mod prog {

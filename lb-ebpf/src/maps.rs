@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counter, event, Backend, Iface, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
+    counter, event, Backend, EspSaKey, Iface, IkeSaKey, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
     ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot, VipSlot6, DEFAULT_RING_SIZE, INGRESS_SLOTS,
     MAX_IFACES, VIP_INDEX_SLOTS, VIP_SLOT_ONE, VIP_SLOT_SHARED,
 };
@@ -106,6 +106,20 @@ pub static PROOFS_V4: LruHashMap<ProofKeyV4, u32> =
 pub static PROOFS_V6: LruHashMap<ProofKeyV6, u32> =
     LruHashMap::with_max_entries(PROBATION_DEFAULT, 0);
 
+/// Key: (service, IKE initiator SPI). Value: the backend id of an IKE SA an established client
+/// of the service has through ikelb. Written by the forward path (when a client is promoted,
+/// and once a tick from an established client's IKE message), never over an existing entry;
+/// read for a packet from an address without any entry (`sa_steering`). Sized like the
+/// persistence maps together by the daemon.
+#[map]
+pub static IKE_SAS: LruHashMap<IkeSaKey, u32> = LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
+
+/// Key: (service, ESP SPI). Value: the backend id of an inbound ESP SA (client to backend) of
+/// an established client. As [`IKE_SAS`], learned once a tick from an established client's
+/// ESP.
+#[map]
+pub static ESP_SAS: LruHashMap<EspSaKey, u32> = LruHashMap::with_max_entries(PERSIST_DEFAULT, 0);
+
 /// Key: `Service::ring_base + slot`, as `RINGS`. Value: the tick (`select::now_ticks`) in
 /// which a packet of that ring slot last went through the persistence path and refreshed its
 /// client's entry. Written by the forward path (at most once a tick per slot, only with the
@@ -183,6 +197,9 @@ static SLOT_FAST_PATH: u32 = 0;
 /// Probation inserts per CPU per window (`lb_common::QUOTA_WINDOW_SHIFT`); 0 = unlimited.
 #[no_mangle]
 static NEW_CLIENT_QUOTA: u32 = 0;
+/// 1 = SA steering (`lb_common::globals::SA_STEERING`); the daemon loads config `sa_steering`.
+#[no_mangle]
+static SA_STEERING: u32 = 0;
 
 /// The service of IPv4 VIP `daddr` (wire order), if it is one: `VIP_INDEX_V4` first — one
 /// array read and a compare where a hash lookup would hash the key and walk a bucket — and
@@ -235,6 +252,12 @@ pub fn hash_seed() -> u32 {
 pub fn mode_dsr() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&MODE_DSR) != 0 }
+}
+
+#[inline(always)]
+pub fn sa_steering() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&SA_STEERING) != 0 }
 }
 
 #[inline(always)]

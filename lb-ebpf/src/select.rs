@@ -37,6 +37,7 @@ use crate::{
     parse::{load_mac, store_mac, Side},
     sanity,
     signal::{self, Pkt},
+    steer,
 };
 
 /// Whether ring slot `index` (of a service of either family) is stamped with tick `now` in
@@ -260,6 +261,14 @@ pub fn forward<F: Family>(
         unsafe {
             if (*e).atime != now {
                 (*e).atime = now;
+                // The client's first packet this tick: the SA it names, for SA steering.
+                if maps::sa_steering() && pkt.first {
+                    let sig = match early {
+                        Some(sig) => sig,
+                        None => signal::read(ctx, pkt, Side::Forward),
+                    };
+                    steer::learn(svc.id, &sig, id);
+                }
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
@@ -317,6 +326,7 @@ pub fn forward<F: Family>(
             if persisted {
                 let _ = F::probation().remove(&key);
                 counters::event(event::PROMOTED);
+                steer::learn(svc.id, &sig, id);
             }
         }
         stamp(index, now);
@@ -327,17 +337,26 @@ pub fn forward<F: Family>(
         });
     }
 
-    // A client without any entry: the ring decides.
-    let (id, b) = ring_backend(index)?;
-    // Non-first fragments carry nothing to keep (their first fragment made the entry).
-    if !pkt.first {
+    // A client without any entry: the backend of the established SA its packet names, if
+    // it moved (`steer`), else the ring.
+    let steered = steer::backend(svc.id, &sig).and_then(|id| Some((id, usable(id, svc)?)));
+    let (id, b) = match steered {
+        Some(choice) => choice,
+        None => ring_backend(index)?,
+    };
+    // Non-first fragments carry nothing to keep (their first fragment made the entry), nor
+    // does a NAT keepalive: it would pin a client that moved to the ring's backend before
+    // its first ESP packet could be steered.
+    if !pkt.first || sig.keepalive {
         return Ok(Choice {
             id,
             backend: b,
             persisted: true,
         });
     }
-    if sig.mid_session {
+    if steered.is_some() {
+        counters::event(event::SA_STEERED);
+    } else if sig.mid_session {
         counters::event(event::LOST);
     }
     let persisted = if edge::take_quota(now_ns) {

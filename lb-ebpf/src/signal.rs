@@ -4,7 +4,9 @@
 //! * the **proof** of return routability (`lb_common::ProbationValue`): the responder SPI of
 //!   an IKE message (RFC 7296 §3.1, header bytes 8–16), or a TCP acknowledgement number;
 //! * whether it is **mid-session** (an IKE message with a responder SPI, or ESP): such a packet
-//!   from a client without any entry means its entry was lost.
+//!   from a client without any entry means its entry was lost, or the client moved;
+//! * the **SA** it belongs to: an IKE message's initiator SPI (header bytes 0–8), an ESP
+//!   packet's SPI (RFC 4303 §2.1), for SA steering (`select`).
 //!
 //! IKE is found where RFC 7296 §2.23 and RFC 3948 §2.2 put it: at the start of a UDP 500
 //! payload, or behind the four-byte zero non-ESP marker on any other service port (NAT-T 4500).
@@ -37,6 +39,8 @@ pub struct Pkt {
     /// Frame offset where the IP datagram ends: evidence is read before it only (the bytes
     /// past it are no part of the packet, and the exit cuts them off).
     pub end: usize,
+    /// Frame offset of the transport header (an ESP header for plain ESP).
+    pub offset: usize,
 }
 
 impl Pkt {
@@ -49,6 +53,7 @@ impl Pkt {
             first: t.first,
             csum,
             end: t.end,
+            offset: t.offset,
         }
     }
 }
@@ -62,6 +67,12 @@ pub struct Signal {
     pub mid_session: bool,
     /// An IKEv2 message without a responder SPI: a session's first (IKE_SA_INIT).
     pub ike_init: bool,
+    /// An IKEv2 message's initiator SPI, as [`proof`](Signal::proof) is encoded (0: none).
+    pub ike_spi: u64,
+    /// An ESP packet's SPI, wire order (0: not ESP).
+    pub esp_spi: u32,
+    /// A NAT keepalive (RFC 3948 §2.3: one 0xff byte on a port other than 500).
+    pub keepalive: bool,
 }
 
 /// The evidence in a client's packet (`Side::Forward`) or a backend's (`Side::Reverse`). A
@@ -76,11 +87,23 @@ pub fn read(ctx: &XdpContext, p: &Pkt, side: Side) -> Signal {
     match p.csum {
         Csum::Udp(udp) => udp_signal(ctx, udp, side, p.end),
         Csum::Tcp(tcp) => tcp_signal(ctx, tcp, side),
-        Csum::None => Signal {
-            proof: 0,
-            mid_session: p.proto == IPPROTO_ESP,
-            ike_init: false,
-        },
+        Csum::None if p.proto == IPPROTO_ESP => esp_signal(ctx, p),
+        Csum::None => Signal::default(),
+    }
+}
+
+/// Plain ESP: its SPI, when the header is there (an SPI and a sequence number).
+#[inline(always)]
+fn esp_signal(ctx: &XdpContext, p: &Pkt) -> Signal {
+    let spi = match ptr_at::<[[u8; 4]; 2]>(ctx, p.offset) {
+        // SAFETY: bounds-checked just now.
+        Ok(h) if p.offset + 8 <= p.end => unsafe { load32(&(*h)[0]) },
+        _ => 0,
+    };
+    Signal {
+        mid_session: true,
+        esp_spi: spi,
+        ..Signal::default()
     }
 }
 
@@ -99,17 +122,26 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Sig
     };
     let (ike, room) = if port == 500u16.to_be() {
         (payload, room)
+    } else if room == 1 {
+        // SAFETY (the read): bounds-checked in the same expression.
+        let keepalive = payload < ctx.data_end() && unsafe { *(payload as *const u8) } == 0xff;
+        return Signal {
+            keepalive,
+            ..Signal::default()
+        };
     } else {
         if payload + 4 > ctx.data_end() || room < 4 {
             return Signal::default();
         }
         // SAFETY: bounds-checked just now.
-        if unsafe { load32(payload as *const [u8; 4]) } != 0 {
+        let spi = unsafe { load32(payload as *const [u8; 4]) };
+        if spi != 0 {
             // ESP in UDP: an SPI and a sequence number at least.
+            let esp = room >= 8;
             return Signal {
-                proof: 0,
-                mid_session: room >= 8,
-                ike_init: false,
+                mid_session: esp,
+                esp_spi: if esp { spi } else { 0 },
+                ..Signal::default()
             };
         }
         (payload + 4, room - 4)
@@ -119,8 +151,9 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Sig
     }
     let hdr = ike as *const [[u8; 4]; IKE_HDR_LEN / 4];
     // SAFETY: bounds-checked just now.
-    let (spi, version) = unsafe {
+    let (initiator, spi, version) = unsafe {
         (
+            proof64(load32(&(*hdr)[0]), load32(&(*hdr)[1])),
             proof64(load32(&(*hdr)[2]), load32(&(*hdr)[3])),
             (*hdr)[4][1],
         )
@@ -134,6 +167,8 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Sig
         proof: spi,
         mid_session: spi != 0,
         ike_init: spi == 0,
+        ike_spi: initiator,
+        ..Signal::default()
     }
 }
 
@@ -155,8 +190,7 @@ fn tcp_signal(ctx: &XdpContext, tcp: *mut TcpHdr, side: Side) -> Signal {
     };
     Signal {
         proof,
-        mid_session: false,
-        ike_init: false,
+        ..Signal::default()
     }
 }
 

@@ -219,6 +219,8 @@ pub struct Setup {
     pub slot_fast_path: bool,
     /// `NEW_CLIENT_QUOTA`: probation inserts per CPU per window; 0 = unlimited.
     pub new_client_quota: u32,
+    /// `SA_STEERING` (on by default, as the daemon's `sa_steering`).
+    pub sa_steering: bool,
 }
 
 impl Default for Setup {
@@ -231,6 +233,7 @@ impl Default for Setup {
             persist_timeout_ticks: 1676,
             slot_fast_path: false,
             new_client_quota: 0,
+            sa_steering: true,
         }
     }
 }

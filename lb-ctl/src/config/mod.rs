@@ -24,6 +24,9 @@
 //!   ([`Config::warnings`]).
 //! * `slot_fast_path` — bulk packets (ESP) of clients whose Maglev slot never changed skip
 //!   the persistence lookup (load-time global `SLOT_FAST_PATH`; default true).
+//! * `sa_steering` — a packet of an IKE or ESP SA established through ikelb, from an address
+//!   without any entry (the client moved), goes to the SA's backend (load-time global
+//!   `SA_STEERING`; default true; `docs/configuration.md`).
 //! * `slot_move_delay` — with the fast path on, how long a slot whose backend changes keeps
 //!   its old, still usable backend (flagged) before it moves (default 5s or
 //!   `persistence_timeout` if shorter; 0 at once; at most
@@ -130,6 +133,9 @@ pub struct Config {
     /// Skip the persistence lookup for bulk packets of clients in unchanged ring slots
     /// (extension; load-time global `SLOT_FAST_PATH`, see `state`, "Slot flags").
     pub slot_fast_path: bool,
+    /// Send a packet of a known SA from an address without any entry to the SA's backend
+    /// (extension; load-time global `SA_STEERING`, see `lb-ebpf/src/steer.rs`).
+    pub sa_steering: bool,
     /// With `slot_fast_path` on: how long a ring slot whose backend changes while the old one
     /// is still usable keeps that backend, flagged, before it moves (extension; default 5 s,
     /// 0 moves at once; see `state`, "Slot moves").

@@ -81,6 +81,8 @@ pub(super) struct RawConfig {
     pub(super) detach_on_exit: bool,
     #[serde(default = "default_slot_fast_path")]
     pub(super) slot_fast_path: bool,
+    #[serde(default = "default_sa_steering")]
+    pub(super) sa_steering: bool,
     #[serde(default, with = "humantime_serde")]
     pub(super) slot_move_delay: Option<Duration>,
     #[serde(default)]
@@ -219,6 +221,9 @@ fn default_persistence_timeout() -> Duration {
     Duration::from_secs(30 * 60)
 }
 fn default_slot_fast_path() -> bool {
+    true
+}
+fn default_sa_steering() -> bool {
     true
 }
 /// `slot_move_delay` when the config sets none: 5 s, or `persistence_timeout` if shorter.

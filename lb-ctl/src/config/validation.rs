@@ -610,6 +610,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         instance: raw.instance,
         detach_on_exit: raw.detach_on_exit,
         slot_fast_path: raw.slot_fast_path,
+        sa_steering: raw.sa_steering,
         slot_move_delay,
         announce,
         share,

@@ -84,6 +84,7 @@ pub(super) fn load(
         (globals::HASH_SEED, seed),
         (globals::MODE_DSR, dsr),
         (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
+        (globals::SA_STEERING, u32::from(config.sa_steering)),
         (globals::NEW_CLIENT_QUOTA, quota),
     ];
     let max_entries = map_sizes(config, services, backend_capacity);
@@ -180,7 +181,7 @@ pub(super) fn map_sizes(
     config: &Config,
     services: u32,
     backend_capacity: u32,
-) -> [(&'static str, u32); 15] {
+) -> [(&'static str, u32); 17] {
     let v6_services = config
         .virtual_servers
         .iter()
@@ -209,6 +210,10 @@ pub(super) fn map_sizes(
         (maps::PROOFS_V6, v6_probation),
         // One tick stamp per ring slot, indexed like RINGS.
         (maps::REFRESHED_V4, rings),
+        // One IKE SA per established client, and an inbound ESP SA (two while it rekeys);
+        // both families' clients share them.
+        (maps::IKE_SAS, config.persistence_entries.saturating_add(v6_persist)),
+        (maps::ESP_SAS, config.persistence_entries.saturating_add(v6_persist)),
     ]
 }
 
@@ -309,7 +314,11 @@ mod tests {
         let base = config("", DUAL);
         let p = config("persistence_entries_v6: 512\n", DUAL);
         assert_eq!(size(&p, maps::PERSIST_V6), 512);
-        assert_eq!(changed(&base, &p), [maps::PERSIST_V6]);
+        // The SA maps hold both families' clients.
+        assert_eq!(
+            changed(&base, &p),
+            [maps::PERSIST_V6, maps::IKE_SAS, maps::ESP_SAS]
+        );
         let q = config("probation_entries_v6: 300\n", DUAL);
         assert_eq!(size(&q, maps::PROBATION_V6), 300);
         assert_eq!(changed(&base, &q), [maps::PROBATION_V6, maps::PROOFS_V6]);

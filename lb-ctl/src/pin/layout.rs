@@ -44,6 +44,8 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::PROBATION_V6,
     maps::PROOFS_V4,
     maps::PROOFS_V6,
+    maps::IKE_SAS,
+    maps::ESP_SAS,
     maps::REFRESHED_V4,
     maps::INGRESS,
     maps::QUOTA,

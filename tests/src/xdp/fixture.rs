@@ -46,6 +46,7 @@ fn globals(setup: &Setup) -> pool::Globals {
         dsr: setup.dsr,
         slot_fast_path: setup.slot_fast_path,
         new_client_quota: setup.new_client_quota,
+        sa_steering: setup.sa_steering,
     }
 }
 
@@ -56,6 +57,7 @@ const LRU_ENTRIES: u32 = 4096;
 fn load(setup: &Setup) -> Ebpf {
     let dsr = u32::from(setup.dsr);
     let fast = u32::from(setup.slot_fast_path);
+    let steering = u32::from(setup.sa_steering);
     let mut ebpf = EbpfLoader::new()
         .override_global(globals::RING_SIZE, &RING, true)
         .override_global(globals::HASH_SEED, &SEED, true)
@@ -67,6 +69,7 @@ fn load(setup: &Setup) -> Ebpf {
         .override_global(globals::MODE_DSR, &dsr, true)
         .override_global(globals::SLOT_FAST_PATH, &fast, true)
         .override_global(globals::NEW_CLIENT_QUOTA, &setup.new_client_quota, true)
+        .override_global(globals::SA_STEERING, &steering, true)
         .map_max_entries(maps::RINGS, 4 * RING)
         // LRU maps far larger than any row fills: a reused program's maps were emptied by
         // deletes (`pool`), and on Debian 12's 6.1 a 64-entry LRU emptied that way evicted
@@ -78,6 +81,8 @@ fn load(setup: &Setup) -> Ebpf {
         .map_max_entries(maps::PROBATION_V6, LRU_ENTRIES)
         .map_max_entries(maps::PROOFS_V4, LRU_ENTRIES)
         .map_max_entries(maps::PROOFS_V6, LRU_ENTRIES)
+        .map_max_entries(maps::IKE_SAS, LRU_ENTRIES)
+        .map_max_entries(maps::ESP_SAS, LRU_ENTRIES)
         .map_max_entries(maps::REFRESHED_V4, 4 * RING)
         .map_max_entries(maps::BACKENDS, 16)
         .map_max_entries(maps::BACKEND_STATS, 32)

@@ -28,6 +28,7 @@ pub(super) struct Globals {
     pub dsr: bool,
     pub slot_fast_path: bool,
     pub new_client_quota: u32,
+    pub sa_steering: bool,
 }
 
 /// Programs no fixture holds now.

@@ -15,6 +15,7 @@
 //!   backend interface and MAC, live entry of this backend, else the ring and a FIB route
 //!   (`reverse_stateless`), else a drop;
 //! * `fast_path`: the slot fast path, keyed by the ring slot's `REFRESHED_V4` stamp;
+//! * `steering`: SA steering — a client that moved follows its established IKE or ESP SA;
 //! * `icmp`: ICMP fragmentation-needed / ICMPv6 packet-too-big about a client's flow, sent on
 //!   to its backend with every checksum right (expected frames built from scratch).
 //!
@@ -43,6 +44,7 @@ mod ingress;
 mod probation;
 mod promotion;
 mod reverse;
+mod steering;
 
 const ROUTER2_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
 /// A MAC that is neither a backend's nor a router's.
