@@ -3,6 +3,7 @@
 
 pub mod bird;
 pub mod cluster;
+pub mod dashboard;
 pub mod family;
 pub mod fixture;
 pub mod frame;
