@@ -39,6 +39,14 @@ struct Totals {
     lost: u64,
 }
 
+/// Where a table print stands: the round, the time since the start, datagrams lost this round.
+#[derive(Clone, Copy)]
+struct Progress {
+    round: u64,
+    elapsed: Duration,
+    lost_now: u64,
+}
+
 pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
     let responder = lab::sibling_binary("ikelb-responder")
         .context("ikelb-responder is not next to ikelb-demo: cargo build -p ikelb-tests --bins")?;
@@ -166,16 +174,12 @@ fn drive(lab: &mut Lab, lb_ctl: &Path, every: Duration) -> Result<()> {
             }
         }
         if last_print.elapsed() >= every && !stopping() {
-            print_table(
-                lab,
-                lb_ctl,
-                &clients,
-                &views,
-                &totals,
+            let progress = Progress {
                 round,
-                start.elapsed(),
+                elapsed: start.elapsed(),
                 lost_now,
-            );
+            };
+            print_table(lab, lb_ctl, &clients, &views, &totals, &progress);
             last_print = Instant::now();
         }
         sleep_until(round_start + ROUND);
@@ -189,10 +193,13 @@ fn print_table(
     clients: &[Ipv4Addr],
     views: &[ClientView],
     totals: &Totals,
-    round: u64,
-    elapsed: Duration,
-    lost_now: u64,
+    progress: &Progress,
 ) {
+    let Progress {
+        round,
+        elapsed,
+        lost_now,
+    } = *progress;
     let mut per_backend: BTreeMap<&str, usize> =
         lab.backends.iter().map(|b| (b.name.as_str(), 0)).collect();
     for v in views {
@@ -214,8 +221,8 @@ fn print_table(
         totals.lost
     );
     println!(
-        "{:<8}{:<12}{:>8}{:>8}{:>14}{:>14}{:>14}  {}",
-        "backend", "address", "clients", "share", "resp.dgrams", "ikelb fwd", "ikelb rev", "health"
+        "{:<8}{:<12}{:>8}{:>8}{:>14}{:>14}{:>14}  health",
+        "backend", "address", "clients", "share", "resp.dgrams", "ikelb fwd", "ikelb rev"
     );
     let n_clients = clients.len().max(1) as f64;
     for (i, b) in lab.backends.iter().enumerate() {
