@@ -70,7 +70,7 @@ pub struct Divergent {
 /// What one [`import`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
-    /// Entries written.
+    /// Entries written: new, or over a shared entry of another backend.
     pub inserted: usize,
     /// Shared entries of an earlier import, not yet used here, kept alive.
     pub refreshed: usize,
@@ -166,7 +166,12 @@ pub fn divergent<D: Dataplane>(
             continue;
         }
         // A backend of that service, by its address (the same on every node; ids are not).
-        let Some(b) = lb.backend(v.backend).filter(|b| b.service == service) else {
+        // Not a client of a backend that is not usable here: its next packet re-selects it,
+        // and what another node took of it would outlive that (a failover).
+        let Some(b) = lb
+            .backend(v.backend)
+            .filter(|b| b.service == service && b.usable())
+        else {
             continue;
         };
         let shared = Shared {
@@ -205,7 +210,8 @@ pub fn divergent<D: Dataplane>(
 /// address in two virtual servers of one family gives the client an entry in each; only the
 /// one it uses is read). The client's ring slot is flagged first (`Balancer::flag_slot`)
 /// when the entry disagrees with it. An entry of this node's own, in either map, is left
-/// alone: what this node learned from the client's own packets wins.
+/// alone: what this node learned from the client's own packets wins; a shared entry not used
+/// here yet follows the other node's latest backend.
 pub fn import<D: Dataplane>(
     lb: &mut Balancer<D>,
     shared: &[Shared],
@@ -265,7 +271,17 @@ pub fn import<D: Dataplane>(
                     }
                     report.refreshed += 1;
                 }
-                Here::Shared(_) | Here::Own => report.present += 1,
+                // Still only shared, and the other node now names another backend (its client
+                // moved there: a failover, a re-establishment): that node's latest word wins.
+                Here::Shared(_) => {
+                    if lb.services()[i].active_backend(slot as usize) != id {
+                        lb.flag_slot(service, slot)?;
+                    }
+                    if write(lb, &key, s.tier, &entry, false)? {
+                        report.inserted += 1;
+                    }
+                }
+                Here::Own => report.present += 1,
                 Here::None => {
                     if lb.services()[i].active_backend(slot as usize) != id {
                         lb.flag_slot(service, slot)?;

@@ -727,26 +727,60 @@ fn wait_shared(up: &Up, div: &[usize], timeout: Duration) -> Duration {
         );
     }
     let took = t0.elapsed();
+    // Every node sends the client where its SA is; the other nodes hold it in the map the
+    // forwarding node has it in: persistence for the VRRP master's clients (it sees their
+    // backends' replies and promotes them), probation for a backup node's (the tier travels
+    // as route metric 1 and BGP community (65001, 1)).
+    let master = lab.vrrp_masters().expect("VRRP masters")[0];
     let mut wrong = Vec::new();
     for &i in div {
         let (client, backend) = route(i);
+        let tier = if of[i] == master {
+            "persistence"
+        } else {
+            "probation"
+        };
         for k in 0..3 {
             let l = lab.nodes[k]
                 .lookup(&up.lb_ctl, client)
                 .unwrap_or_else(|e| panic!("{test}: lookup: {e:#}"));
-            if l.backend != Some(backend) {
+            if l.backend != Some(backend) || (k != of[i] && l.source != tier) {
                 wrong.push(format!(
-                    "  {}: {} would send it to {:?} ({}), its SA is at {backend}",
-                    lab.clients[i].id, lab.nodes[k].name, l.backend, l.source
+                    "  {}: {} would send it to {:?} ({}), its SA is at {backend}, {} holds \
+                     it in {tier}",
+                    lab.clients[i].id,
+                    lab.nodes[k].name,
+                    l.backend,
+                    l.source,
+                    lab.nodes[of[i]].name
                 ));
             }
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{test}: shared, yet not where the SA is:\n{}",
-        wrong.join("\n")
-    );
+    if !wrong.is_empty() {
+        let tables: String = lab
+            .nodes
+            .iter()
+            .take(3)
+            .map(|n| {
+                let show = |t: &str| n.ns.ip(&["route", "show", "table", t]).unwrap_or_default();
+                let bird = n
+                    .bird()
+                    .and_then(|b| b.birdc(&["show", "route", "all", "table", "share4"]).ok())
+                    .unwrap_or_default();
+                format!(
+                    "\n--- {}: table 101\n{}--- table 102\n{}--- BIRD share4\n{bird}",
+                    n.name,
+                    show("101"),
+                    show("102")
+                )
+            })
+            .collect();
+        panic!(
+            "{test}: shared, yet not where the SA is or not in its tier:\n{}{tables}",
+            wrong.join("\n")
+        );
+    }
     took
 }
 

@@ -47,7 +47,8 @@ pub const RTPROT_IKELB_SHARE: u8 = 76;
 
 /// The route metric (`RTA_PRIORITY`, `ip route … metric 1`, BIRD's `krt_metric`) of a
 /// client that is in probation at the node that publishes it; an established client's
-/// route has the kernel's default (0 for IPv4, 1024 for IPv6; BIRD writes 32). The metric
+/// route has the kernel's default (0 for IPv4, 1024 for IPv6; BIRD too, with `metric 0`
+/// in its kernel protocol, which lets a filter set `krt_metric` per route). The metric
 /// is part of a route's key, so a client promoted there is a remove and an add. (Route
 /// realms, an attribute, would be one replace, but exist for IPv4 only.) Nothing on these
 /// hosts routes by the share tables, so nothing else reads it.

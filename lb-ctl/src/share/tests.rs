@@ -475,3 +475,59 @@ fn root_a_shared_entry_never_replaces_one_in_the_kernel_map() {
     assert_eq!(dp.probation_v4_get(&k4).unwrap(), Some(p(3, 10)));
     assert_eq!(dp.probation_v6_get(&k6).unwrap(), Some(p(4, 11)));
 }
+
+/// A client whose entry names a backend that is not usable here is not published: its next
+/// packet re-selects it, and what another node took of it would outlive the failover.
+#[test]
+fn a_client_of_an_unusable_backend_is_not_published() {
+    let mut lb = balancer();
+    let now = 1000;
+    let (b1, b2) = (id(&lb, B1), id(&lb, B2));
+    let c = client_on(&lb, b1, false, 0);
+    let scanned = Scanned {
+        v4: vec![(key4(&lb, c), entry(b2, now))],
+        established_v4: 1,
+        ..Scanned::default()
+    };
+    assert_eq!(
+        divergent(&lb, &scanned, now, TIMEOUT).clients,
+        BTreeSet::from([est(c, ip(B2))])
+    );
+    lb.set_next_hop(b2, None).unwrap();
+    lb.apply().unwrap();
+    assert!(divergent(&lb, &scanned, now, TIMEOUT).clients.is_empty());
+}
+
+/// A shared entry the client has not used here follows the other node's latest backend for
+/// it (the client moved there: a failover, a re-establishment); an entry of this node's own
+/// never does.
+#[test]
+fn a_shared_entry_follows_the_other_nodes_latest_backend() {
+    let mut lb = balancer();
+    let tick = 5000;
+    let (b1, b2) = (id(&lb, B1), id(&lb, B2));
+    let c = client_on(&lb, b1, false, 0);
+    import(&mut lb, &[est(c, ip(B2))], tick).unwrap();
+    let k = key4(&lb, c);
+    let got = |lb: &Balancer<FakeDataplane>| {
+        lb.dataplane()
+            .persistence_v4_get(&k)
+            .unwrap()
+            .map(|e| (e.backend, e.port))
+    };
+    assert_eq!(got(&lb), Some((b2, PORT_SHARED)));
+    let moved = import(&mut lb, &[est(c, ip(B1))], tick + 1).unwrap();
+    assert_eq!(moved.inserted, 1);
+    assert_eq!(got(&lb), Some((b1, PORT_SHARED)), "the latest word wins");
+    // Once the client came here (its MAC and port learned), its entry is this node's own.
+    lb.dataplane_mut()
+        .persist_v4
+        .iter_mut()
+        .find(|(key, _)| *key == k)
+        .unwrap()
+        .1
+        .port = 0;
+    let again = import(&mut lb, &[est(c, ip(B2))], tick + 2).unwrap();
+    assert_eq!((again.inserted, again.present), (0, 1));
+    assert_eq!(got(&lb), Some((b1, 0)));
+}
