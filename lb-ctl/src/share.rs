@@ -59,6 +59,25 @@ pub struct Shared {
     pub tier: Tier,
 }
 
+impl Shared {
+    /// An established client of the publishing node.
+    pub fn established(client: IpAddr, backend: IpAddr) -> Self {
+        Self {
+            client,
+            backend,
+            tier: Tier::Established,
+        }
+    }
+
+    /// A client in probation at the publishing node.
+    pub fn probation(client: IpAddr, backend: IpAddr) -> Self {
+        Self {
+            tier: Tier::Probation,
+            ..Self::established(client, backend)
+        }
+    }
+}
+
 /// What a node publishes: its divergent clients, one route per client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Divergent {

@@ -81,14 +81,10 @@ fn client_route(m: &RouteMessage, table: u32, protocol: Option<u8>) -> Option<Sh
         .attributes
         .iter()
         .any(|a| matches!(a, RouteAttribute::Priority(p) if *p == METRIC_PROBATION));
-    Some(Shared {
-        client,
-        backend,
-        tier: if probation {
-            Tier::Probation
-        } else {
-            Tier::Established
-        },
+    Some(if probation {
+        Shared::probation(client, backend)
+    } else {
+        Shared::established(client, backend)
     })
 }
 
@@ -200,21 +196,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn established(client: IpAddr, backend: IpAddr) -> Shared {
-        Shared {
-            client,
-            backend,
-            tier: Tier::Established,
-        }
-    }
-
-    fn probation(client: IpAddr, backend: IpAddr) -> Shared {
-        Shared {
-            tier: Tier::Probation,
-            ..established(client, backend)
-        }
-    }
-
     /// A message as the kernel would send it back: emitted and parsed again.
     fn round_trip(m: &RouteMessage) -> RouteMessage {
         let mut buf = vec![0; m.buffer_len()];
@@ -231,8 +212,8 @@ mod tests {
             (70_000, "198.51.100.7", "192.0.2.9"),
         ] {
             let (client, backend) = (ip(client), ip(backend));
-            let m = round_trip(&new_route(table, &established(client, backend)));
-            let want = Some(established(client, backend));
+            let m = round_trip(&new_route(table, &Shared::established(client, backend)));
+            let want = Some(Shared::established(client, backend));
             assert_eq!(
                 client_route(&m, table, ours),
                 want,
@@ -246,24 +227,24 @@ mod tests {
             assert_eq!(u8::from(m.header.protocol), RTPROT_IKELB_SHARE);
             assert_eq!(m.header.scope, RouteScope::Universe);
             assert_eq!(m.header.kind, RouteType::Unicast);
-            let p = round_trip(&new_route(table, &probation(client, backend)));
+            let p = round_trip(&new_route(table, &Shared::probation(client, backend)));
             assert_eq!(
                 client_route(&p, table, None),
-                Some(probation(client, backend)),
+                Some(Shared::probation(client, backend)),
                 "the realm marks a probation client"
             );
         }
         let (client, backend) = (ip("198.51.100.7"), ip("192.0.2.9"));
-        let mut bird = new_route(100, &established(client, backend));
+        let mut bird = new_route(100, &Shared::established(client, backend));
         bird.header.protocol = RouteProtocol::Bird;
         let bird = round_trip(&bird);
         assert_eq!(client_route(&bird, 100, ours), None, "BIRD's is not ours");
         assert_eq!(
             client_route(&bird, 100, None),
-            Some(established(client, backend)),
+            Some(Shared::established(client, backend)),
             "but is learned"
         );
-        let mut wider = new_route(100, &established(client, backend));
+        let mut wider = new_route(100, &Shared::established(client, backend));
         wider.header.destination_prefix_length = 24;
         assert_eq!(
             client_route(&round_trip(&wider), 100, None),
@@ -278,7 +259,7 @@ mod tests {
             None,
             "no gateway"
         );
-        let mut blackhole = new_route(100, &established(client, backend));
+        let mut blackhole = new_route(100, &Shared::established(client, backend));
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(
             client_route(&round_trip(&blackhole), 100, None),
@@ -286,7 +267,7 @@ mod tests {
             "not unicast"
         );
         // (Not round-tripped: the parser reads a gateway by the header's family.)
-        let mixed = new_route(100, &established(client, ip("2001:db8:1::9")));
+        let mixed = new_route(100, &Shared::established(client, ip("2001:db8:1::9")));
         assert_eq!(client_route(&mixed, 100, None), None, "v4 via v6");
         // The dump request: no destination, the table in RTA_TABLE.
         let dump = route(100, 0, None, netlink_packet_route::AddressFamily::Inet);
@@ -372,9 +353,10 @@ mod tests {
             );
             let (c4, b4, b4b) = (ip("198.51.100.7"), ip("192.0.2.9"), ip("192.0.2.10"));
             let (c6, b6) = (ip("2001:db8:9::7"), ip("2001:db8:1::9"));
-            nl.add(table, &established(c4, b4)).unwrap();
-            nl.add(table, &probation(c6, b6)).unwrap();
-            nl.add(table, &established(c4, b4b)).expect("a replace");
+            nl.add(table, &Shared::established(c4, b4)).unwrap();
+            nl.add(table, &Shared::probation(c6, b6)).unwrap();
+            nl.add(table, &Shared::established(c4, b4b))
+                .expect("a replace");
             let shown = show(table);
             assert!(
                 shown.contains("198.51.100.7 via 192.0.2.10 dev f0 proto 76"),
@@ -386,17 +368,17 @@ mod tests {
             );
             assert_eq!(
                 nl.list_ours(table).unwrap(),
-                BTreeSet::from([established(c4, b4b), probation(c6, b6)])
+                BTreeSet::from([Shared::established(c4, b4b), Shared::probation(c6, b6)])
             );
             // Promoted at the node: the probation route goes, the established one comes.
             nl.remove(table, c6).unwrap();
-            nl.add(table, &established(c6, b6)).unwrap();
+            nl.add(table, &Shared::established(c6, b6)).unwrap();
             // Two routes of one client (BIRD between a remove and an add): the established
             // one is read.
-            nl.add(table, &probation(c4, b4b)).unwrap();
+            nl.add(table, &Shared::probation(c4, b4b)).unwrap();
             assert_eq!(
                 nl.list_ours(table).unwrap(),
-                BTreeSet::from([established(c4, b4b), established(c6, b6)])
+                BTreeSet::from([Shared::established(c4, b4b), Shared::established(c6, b6)])
             );
             nl.remove(table, c4).unwrap();
             nl.remove(table, c4).unwrap();
@@ -404,15 +386,25 @@ mod tests {
                 !nl.list_ours(table).unwrap().iter().any(|s| s.client == c4),
                 "a remove takes a route of either metric"
             );
-            nl.add(table, &established(c4, b4b)).unwrap();
-            let bird = established(ip("198.51.100.99"), ip("192.0.2.99"));
+            nl.add(table, &Shared::established(c4, b4b)).unwrap();
+            let bird = Shared::established(ip("198.51.100.99"), ip("192.0.2.99"));
             assert_eq!(
                 nl.list_learned(table).unwrap(),
-                BTreeSet::from([established(c4, b4b), established(c6, b6), bird])
+                BTreeSet::from([
+                    Shared::established(c4, b4b),
+                    Shared::established(c6, b6),
+                    bird
+                ])
             );
-            let err = nl.add(table, &established(c4, b6)).unwrap_err().to_string();
+            let err = nl
+                .add(table, &Shared::established(c4, b6))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("different address families"), "{err}");
-            let err = nl.add(table, &established(ip("198.51.100.8"), ip("203.0.113.1")));
+            let err = nl.add(
+                table,
+                &Shared::established(ip("198.51.100.8"), ip("203.0.113.1")),
+            );
             assert!(err.is_err(), "a gateway on no connected network");
 
             nl.remove(table, c4).unwrap();

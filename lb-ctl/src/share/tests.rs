@@ -92,21 +92,6 @@ fn clients_on(
         .filter(move |&c| ring_of(lb, c).2 == want)
 }
 
-fn est(client: IpAddr, backend: IpAddr) -> Shared {
-    Shared {
-        client,
-        backend,
-        tier: Tier::Established,
-    }
-}
-
-fn prob(client: IpAddr, backend: IpAddr) -> Shared {
-    Shared {
-        tier: Tier::Probation,
-        ..est(client, backend)
-    }
-}
-
 fn entry(backend: u32, atime: u32) -> PersistValue {
     PersistValue {
         backend,
@@ -181,11 +166,11 @@ fn a_node_publishes_its_live_clients_off_their_ring_slot() {
     assert_eq!(
         shared.clients,
         BTreeSet::from([
-            est(moved, ip(B2)),
-            est(both, ip(B2)),
-            prob(probation, ip(B2)),
-            est(moved6, ip(B6B)),
-            prob(probation6, ip(B6B)),
+            Shared::established(moved, ip(B2)),
+            Shared::established(both, ip(B2)),
+            Shared::probation(probation, ip(B2)),
+            Shared::established(moved6, ip(B6B)),
+            Shared::probation(probation6, ip(B6B)),
         ])
     );
 }
@@ -216,10 +201,12 @@ fn probation_clients_over_the_limit_are_the_least_recently_active() {
     let shared = divergent(&lb, &scanned, now, TIMEOUT);
     assert_eq!(shared.over_limit, extra);
     assert_eq!(shared.clients.len(), PROBATION_LIMIT + 1);
-    assert!(shared.clients.contains(&est(established[0], ip(B2))));
+    assert!(shared
+        .clients
+        .contains(&Shared::established(established[0], ip(B2))));
     for &c in &probation[..extra] {
         assert!(
-            !shared.clients.contains(&prob(c, ip(B2))),
+            !shared.clients.contains(&Shared::probation(c, ip(B2))),
             "{c} is the oldest"
         );
     }
@@ -242,11 +229,11 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
     let report = import(
         &mut lb,
         &[
-            est(new, ip(B2)),
-            est(known, ip(B2)),
-            est(same, ip(B2)),
-            est(new, ip("10.9.9.9")),
-            est(ip("2001:db8:c::1"), ip(B2)),
+            Shared::established(new, ip(B2)),
+            Shared::established(known, ip(B2)),
+            Shared::established(same, ip(B2)),
+            Shared::established(new, ip("10.9.9.9")),
+            Shared::established(ip("2001:db8:c::1"), ip(B2)),
         ],
         tick,
     )
@@ -289,7 +276,7 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
         "an entry on the slot's own backend needs no flag"
     );
     // The next round, a tick later: the shared entries are kept alive, not duplicated.
-    let again = import(&mut lb, &[est(new, ip(B2))], tick + 1).unwrap();
+    let again = import(&mut lb, &[Shared::established(new, ip(B2))], tick + 1).unwrap();
     assert_eq!((again.inserted, again.refreshed), (0, 1));
     assert_eq!(
         lb.dataplane()
@@ -328,9 +315,9 @@ fn a_shared_probation_client_is_taken_into_probation_only() {
     let report = import(
         &mut lb,
         &[
-            prob(new, ip(B2)),
-            prob(established_here, ip(B2)),
-            prob(in_probation_here, ip(B2)),
+            Shared::probation(new, ip(B2)),
+            Shared::probation(established_here, ip(B2)),
+            Shared::probation(in_probation_here, ip(B2)),
         ],
         tick,
     )
@@ -370,14 +357,14 @@ fn a_shared_probation_client_is_taken_into_probation_only() {
         .unwrap()
         .1
         .proof = recorded;
-    let again = import(&mut lb, &[prob(new, ip(B2))], tick + 1).unwrap();
+    let again = import(&mut lb, &[Shared::probation(new, ip(B2))], tick + 1).unwrap();
     assert_eq!((again.inserted, again.refreshed), (0, 1));
     assert_eq!(
         probation(&lb).map(|p| (p.atime, p.proof)),
         Some((tick + 1, recorded)),
         "kept alive, proof kept"
     );
-    let promoted = import(&mut lb, &[est(new, ip(B2))], tick + 2).unwrap();
+    let promoted = import(&mut lb, &[Shared::established(new, ip(B2))], tick + 2).unwrap();
     assert_eq!(promoted.inserted, 1);
     assert_eq!(
         lb.dataplane()
@@ -399,7 +386,7 @@ fn a_sweep_older_than_the_import_keeps_its_flag() {
     let c = client_on(&lb, b1, false, 0);
     let (svc, slot, _) = ring_of(&lb, c);
     let ticket = lb.sweep_ticket(tick);
-    import(&mut lb, &[est(c, ip(B2))], tick).unwrap();
+    import(&mut lb, &[Shared::established(c, ip(B2))], tick).unwrap();
     let flagged = |lb: &Balancer<FakeDataplane>| {
         lb.service(svc).active_table()[slot as usize] & RING_F_CHANGED != 0
     };
@@ -491,7 +478,7 @@ fn a_client_of_an_unusable_backend_is_not_published() {
     };
     assert_eq!(
         divergent(&lb, &scanned, now, TIMEOUT).clients,
-        BTreeSet::from([est(c, ip(B2))])
+        BTreeSet::from([Shared::established(c, ip(B2))])
     );
     lb.set_next_hop(b2, None).unwrap();
     lb.apply().unwrap();
@@ -507,7 +494,7 @@ fn a_shared_entry_follows_the_other_nodes_latest_backend() {
     let tick = 5000;
     let (b1, b2) = (id(&lb, B1), id(&lb, B2));
     let c = client_on(&lb, b1, false, 0);
-    import(&mut lb, &[est(c, ip(B2))], tick).unwrap();
+    import(&mut lb, &[Shared::established(c, ip(B2))], tick).unwrap();
     let k = key4(&lb, c);
     let got = |lb: &Balancer<FakeDataplane>| {
         lb.dataplane()
@@ -516,7 +503,7 @@ fn a_shared_entry_follows_the_other_nodes_latest_backend() {
             .map(|e| (e.backend, e.port))
     };
     assert_eq!(got(&lb), Some((b2, PORT_SHARED)));
-    let moved = import(&mut lb, &[est(c, ip(B1))], tick + 1).unwrap();
+    let moved = import(&mut lb, &[Shared::established(c, ip(B1))], tick + 1).unwrap();
     assert_eq!(moved.inserted, 1);
     assert_eq!(got(&lb), Some((b1, PORT_SHARED)), "the latest word wins");
     // Once the client came here (its MAC and port learned), its entry is this node's own.
@@ -527,7 +514,7 @@ fn a_shared_entry_follows_the_other_nodes_latest_backend() {
         .unwrap()
         .1
         .port = 0;
-    let again = import(&mut lb, &[est(c, ip(B2))], tick + 2).unwrap();
+    let again = import(&mut lb, &[Shared::established(c, ip(B2))], tick + 2).unwrap();
     assert_eq!((again.inserted, again.present), (0, 1));
     assert_eq!(got(&lb), Some((b1, 0)));
 }

@@ -53,21 +53,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn established(client: IpAddr, backend: IpAddr) -> Shared {
-    Shared {
-        client,
-        backend,
-        tier: Tier::Established,
-    }
-}
-
-fn probation(client: IpAddr, backend: IpAddr) -> Shared {
-    Shared {
-        tier: Tier::Probation,
-        ..established(client, backend)
-    }
-}
-
 fn setup() -> (Config, Balancer<FakeDataplane>) {
     let cfg = test_support::config(
         "interfaces: [ext, int]\nmaglev_table_size: 251
@@ -156,7 +141,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
         .lock()
         .unwrap()
         .1
-        .insert(established(addr(theirs), ip("10.0.0.12")));
+        .insert(Shared::established(addr(theirs), ip("10.0.0.12")));
     let routes = Box::new(FakeRoutes(Arc::clone(&tables)));
     let mut sharer = Sharer::with_routes(&cfg, scanner, routes).expect("share is configured");
     let stats = Arc::new(Mutex::new(ShareStats::default()));
@@ -166,7 +151,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
     round(&mut sharer, &mut lb);
     assert_eq!(
         tables.lock().unwrap().0,
-        BTreeSet::from([probation(addr(mine), ip("10.0.0.12"))]),
+        BTreeSet::from([Shared::probation(addr(mine), ip("10.0.0.12"))]),
         "the divergent client is published, in probation"
     );
     let key = PersistKeyV4 {
@@ -201,7 +186,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
     round(&mut sharer, &mut lb);
     assert_eq!(
         tables.lock().unwrap().0,
-        BTreeSet::from([established(addr(mine), ip("10.0.0.12"))]),
+        BTreeSet::from([Shared::established(addr(mine), ip("10.0.0.12"))]),
         "promoted: one route, established"
     );
 
