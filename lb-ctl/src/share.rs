@@ -290,24 +290,18 @@ pub fn import<D: Dataplane>(
                     }
                     report.refreshed += 1;
                 }
-                // Still only shared, and the other node now names another backend (its client
-                // moved there: a failover, a re-establishment): that node's latest word wins.
-                Here::Shared(_) => {
-                    if lb.services()[i].active_backend(slot as usize) != id {
-                        lb.flag_slot(service, slot)?;
-                    }
-                    if write(lb, &key, s.tier, &entry, false)? {
-                        report.inserted += 1;
-                    }
-                }
                 Here::Own => report.present += 1,
-                Here::None => {
+                // Nothing here yet; or still only shared, and the other node now names
+                // another backend (its client moved there: a failover, a re-establishment):
+                // that node's latest word wins.
+                here @ (Here::None | Here::Shared(_)) => {
                     if lb.services()[i].active_backend(slot as usize) != id {
                         lb.flag_slot(service, slot)?;
                     }
-                    if write(lb, &key, s.tier, &entry, true)? {
+                    let fresh = matches!(here, Here::None);
+                    if write(lb, &key, s.tier, &entry, fresh)? {
                         report.inserted += 1;
-                    } else {
+                    } else if fresh {
                         report.present += 1;
                     }
                 }
