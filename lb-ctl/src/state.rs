@@ -108,6 +108,7 @@
 //! * `state/interfaces.rs` — the attached interfaces, their ports, and backends' next hops;
 //! * `state/apply.rs` — services and their Maglev tables: build, write and flip
 //!   ([`Balancer::apply`]);
+//! * `state/preview.rs` — the tables an edit would give, for dry runs;
 //! * `state/sweep.rs` — the slot flag sweep ("Slot flags" above);
 //! * `state/adopt.rs` — restart over pinned maps.
 
@@ -128,6 +129,7 @@ use crate::{
 mod apply;
 mod backends;
 mod interfaces;
+mod preview;
 mod sweep;
 
 use backends::IdAllocator;
@@ -135,6 +137,7 @@ use backends::IdAllocator;
 pub use apply::{ApplyReport, ServiceState};
 pub use backends::{backend_capacity, BackendState, MIN_BACKEND_CAPACITY};
 pub use interfaces::{IfaceInfo, NextHop};
+pub use preview::{Edit, Preview};
 pub use sweep::{SweepReport, SweepTicket, SWEEP_GRACE};
 
 /// Errors of the control logic.

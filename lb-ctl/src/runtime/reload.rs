@@ -1,0 +1,444 @@
+//! `lb-ctl reload` and SIGHUP (docs/operations.md, "Reload"): the config file read again, and
+//! the difference applied without a restart.
+//!
+//! * The file is validated as at start; a file that does not validate changes nothing and
+//!   is answered with its problems (`file:line: key: reason`).
+//! * Keys only a restart can apply ([`restart_only`]: map sizes, interfaces, load-time
+//!   globals, paths, a virtual server's VIP and ports, virtual servers added or removed) are
+//!   refused, each with its line and the reason, and nothing changes.
+//! * What a reload applies: backends added and removed (a removed one drains for
+//!   `reload_drain`, 0 removes at once), weights, and `health_check` (the monitor restarts
+//!   with the new parameters), and `reload_drain` itself.
+//! * Runtime changes (`backends.json`) keep the precedence they have at start: the desired
+//!   backends of a virtual server are the file's, with the runtime changes replayed over them
+//!   — runtime removals stay removed, runtime additions and weight overrides win, runtime
+//!   drains go on. A reload is what a restart with the new file would run, minus what only a
+//!   restart can change.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+    time::Instant,
+};
+
+use tracing::info;
+
+use super::{blast, Clock, Controller, Effects};
+use crate::{
+    api::{ApiError, ErrorCode, Plan, Reply},
+    config::{self, Config, Problem},
+    dataplane::Dataplane,
+    state::{Balancer, Edit},
+};
+
+/// What a reload would do: the edit of the backends, a line per change, and the labels of
+/// the blast radius.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    pub(super) edit: Edit,
+    pub(super) lines: Vec<String>,
+    pub(super) labels: HashMap<IpAddr, String>,
+    pub(super) added: Vec<(usize, IpAddr)>,
+    pub(super) health: bool,
+}
+
+impl Controller {
+    /// Reads the config file again; with `dry_run` answers what would change, else applies
+    /// it (see the module doc).
+    pub(super) fn reload<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        dry_run: bool,
+        effects: &mut Effects,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let path = self.config.file().to_owned();
+        let new = config::load(Path::new(&path)).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidConfig,
+                format!("{}\nnothing was changed", crate::error_chain(&e)),
+            )
+        })?;
+        let refused = restart_only(&self.config, &new);
+        if !refused.is_empty() {
+            let lines: Vec<String> = refused.iter().map(ToString::to_string).collect();
+            return Err(ApiError::new(
+                ErrorCode::RestartRequired,
+                format!(
+                    "{}\nnothing was changed: restart the daemon to apply these keys (docs/configuration.md, \"What a reload applies\")",
+                    lines.join("\n")
+                ),
+            ));
+        }
+        let changes = self.reload_changes(lb, &new, now)?;
+        let preview = lb.preview(&changes.edit, Instant::now());
+        let impact = blast::blast_radius(
+            &self.config,
+            lb,
+            &preview,
+            &changes.labels,
+            &changes.added,
+            now,
+        )?;
+        let plan = Plan {
+            dry_run,
+            changes: changes.lines.clone(),
+            virtual_servers: impact,
+        };
+        if dry_run {
+            return Ok(Reply::Plan(plan));
+        }
+        self.apply_edit(lb, &changes.edit, effects);
+        effects.health = changes.health;
+        self.config = new;
+        info!(file = %path, changes = changes.lines.len(), "configuration reloaded");
+        for line in &changes.lines {
+            info!("reload: {line}");
+        }
+        Ok(Reply::Plan(plan))
+    }
+
+    /// Makes `edit` in `lb` (validated by its maker) and records what the daemon must do.
+    pub(super) fn apply_edit<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        edit: &Edit,
+        effects: &mut Effects,
+    ) {
+        for &id in &edit.remove {
+            lb.remove_backend(id).expect("member");
+            self.trackers.remove(&id);
+            effects.targets_changed = true;
+        }
+        for &(id, until) in &edit.drain {
+            lb.set_drain(id, Some(until)).expect("member");
+        }
+        for &id in &edit.undrain {
+            lb.set_drain(id, None).expect("member");
+        }
+        for &(id, w) in &edit.weight {
+            lb.set_weight(id, w).expect("member");
+        }
+        for &(idx, address, weight) in &edit.add {
+            match lb.add_backend(idx as u32, address, weight) {
+                Ok(_) => {
+                    effects.targets_changed = true;
+                    effects.resolve = true;
+                }
+                Err(e) => tracing::warn!("reload: adding {address}: {e}"),
+            }
+        }
+    }
+
+    /// The difference between what `lb` runs and `new` with the runtime changes replayed
+    /// over it (module doc).
+    fn reload_changes<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        new: &Config,
+        now: Clock,
+    ) -> Result<Changes, ApiError> {
+        let mut c = Changes {
+            health: format!("{:?}", new.health_check) != format!("{:?}", self.config.health_check),
+            ..Changes::default()
+        };
+        if c.health {
+            let h = &new.health_check;
+            c.lines.push(format!(
+                "health_check: interval {}, timeout {}, fall {}, rise {}, probes [{}]",
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.timeout),
+                h.fall,
+                h.rise,
+                h.probes.labels().join(", ")
+            ));
+        }
+        if new.reload_drain != self.config.reload_drain {
+            c.lines.push(format!(
+                "reload_drain: {}",
+                humantime::format_duration(new.reload_drain)
+            ));
+        }
+        let mut removed_now: HashSet<IpAddr> = HashSet::new();
+        let mut adds: Vec<(usize, IpAddr, u32)> = Vec::new();
+        for (idx, s) in lb.services().iter().enumerate() {
+            let vs = &self.config.virtual_servers[idx];
+            let Some(nvs) = new
+                .virtual_servers
+                .iter()
+                .find(|n| n.name == vs.name && n.vip == vs.vip)
+            else {
+                continue; // refused by `restart_only`
+            };
+            let runtime = self.changes.virtual_servers.get(&vs.name);
+            let runtime_drain =
+                |a: IpAddr| runtime.is_some_and(|r| r.draining.iter().any(|d| d.address == a));
+            // The file's backends, then the runtime changes over them (as at start).
+            let mut desired: Vec<(IpAddr, u32)> =
+                nvs.backends.iter().map(|b| (b.address, b.weight)).collect();
+            if let Some(r) = runtime {
+                desired.retain(|(a, _)| !r.removed.contains(a));
+                for a in &r.added {
+                    if a.address.is_ipv4() != vs.vip.is_ipv4() {
+                        continue;
+                    }
+                    match desired.iter_mut().find(|(d, _)| *d == a.address) {
+                        Some(d) => d.1 = a.weight,
+                        None => desired.push((a.address, a.weight)),
+                    }
+                }
+            }
+            for b in s.members.iter().filter_map(|id| lb.backend(*id)) {
+                let name = &vs.name;
+                match desired.iter().find(|(a, _)| *a == b.address) {
+                    Some(&(_, w)) => {
+                        if w != b.weight {
+                            c.edit.weight.push((b.id, w));
+                            c.lines
+                                .push(format!("{name}: {} weight {} → {w}", b.address, b.weight));
+                            c.labels
+                                .insert(b.address, format!("weight {} → {w}", b.weight));
+                        }
+                        if b.draining() && !runtime_drain(b.address) {
+                            c.edit.undrain.push(b.id);
+                            c.lines
+                                .push(format!("{name}: {} drain cancelled", b.address));
+                            c.labels.insert(b.address, "drain cancelled".into());
+                        }
+                    }
+                    // Draining already (a runtime drain, or an earlier reload's): it goes on.
+                    None if b.draining() => {}
+                    None if new.reload_drain.is_zero() => {
+                        c.edit.remove.push(b.id);
+                        removed_now.insert(b.address);
+                        c.lines.push(format!("{name}: {} removed", b.address));
+                        c.labels.insert(b.address, "removed".into());
+                    }
+                    None => {
+                        let until = now.wall + new.reload_drain;
+                        c.edit.drain.push((b.id, until));
+                        c.lines.push(format!(
+                            "{name}: {} draining until {}",
+                            b.address,
+                            humantime::format_rfc3339_seconds(until)
+                        ));
+                        c.labels.insert(b.address, "draining".into());
+                    }
+                }
+            }
+            for &(a, w) in &desired {
+                if !s
+                    .members
+                    .iter()
+                    .any(|id| lb.backend(*id).is_some_and(|b| b.address == a))
+                {
+                    adds.push((idx, a, w));
+                }
+            }
+        }
+        for (idx, a, w) in adds {
+            // An address serves one virtual server: one still draining elsewhere moves in a
+            // later reload, once it is gone.
+            if let Some(b) = lb.backend_by_address(a) {
+                if !removed_now.contains(&a) {
+                    return Err(ApiError::new(
+                        ErrorCode::DuplicateBackend,
+                        format!(
+                            "{a} is still a backend of {} (id {}): it can join {} once it has left; nothing was changed",
+                            lb.service(b.service).name,
+                            b.id,
+                            lb.services()[idx].name
+                        ),
+                    ));
+                }
+            }
+            c.edit.add.push((idx, a, w));
+            c.added.push((idx, a));
+            c.lines.push(format!(
+                "{}: {a} added (weight {w}; takes clients after its first successful health check)",
+                lb.services()[idx].name
+            ));
+            c.labels.insert(a, "added".into());
+        }
+        Ok(c)
+    }
+}
+
+/// The keys `new` changes that only a restart applies, each a problem at its line in `new`
+/// (docs/configuration.md, "What a reload applies").
+pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    // A key the new file does not set whose value follows another one reported already
+    // (`probation_entries` from `persistence_entries`, …) is that key's consequence.
+    let mut key = |k: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug, why: &str| {
+        let p = new.problem(k, format!("changed; {why}: needs a restart"));
+        if !same(a, b) && (p.line.is_some() || out.is_empty()) {
+            out.push(p);
+        }
+    };
+    let sizes = "a map size, fixed when the maps are created";
+    let global = "a load-time global of the XDP program";
+    key(
+        "interfaces",
+        &old.interfaces,
+        &new.interfaces,
+        "the interfaces XDP is attached to and their ports",
+    );
+    key("mode", &old.mode, &new.mode, global);
+    key(
+        "xdp_mode",
+        &old.xdp_mode,
+        &new.xdp_mode,
+        "chosen when XDP is attached",
+    );
+    key(
+        "persistence_timeout",
+        &old.persistence_timeout,
+        &new.persistence_timeout,
+        global,
+    );
+    key("hash_seed", &old.hash_seed, &new.hash_seed, global);
+    key(
+        "maglev_table_size",
+        &old.maglev_table_size,
+        &new.maglev_table_size,
+        sizes,
+    );
+    key(
+        "persistence_entries",
+        &old.persistence_entries,
+        &new.persistence_entries,
+        sizes,
+    );
+    key(
+        "probation_entries",
+        &old.probation_entries,
+        &new.probation_entries,
+        sizes,
+    );
+    key(
+        "persistence_entries_v6",
+        &old.persistence_entries_v6,
+        &new.persistence_entries_v6,
+        sizes,
+    );
+    key(
+        "probation_entries_v6",
+        &old.probation_entries_v6,
+        &new.probation_entries_v6,
+        sizes,
+    );
+    key(
+        "new_client_rate",
+        &old.new_client_rate,
+        &new.new_client_rate,
+        global,
+    );
+    key(
+        "slot_fast_path",
+        &old.slot_fast_path,
+        &new.slot_fast_path,
+        global,
+    );
+    key("sa_steering", &old.sa_steering, &new.sa_steering, global);
+    key(
+        "slot_move_delay",
+        &old.slot_move_delay,
+        &new.slot_move_delay,
+        "read when the daemon starts",
+    );
+    key(
+        "control",
+        &old.control_socket,
+        &new.control_socket,
+        "the socket is bound at start",
+    );
+    key(
+        "metrics",
+        &old.metrics_listen,
+        &new.metrics_listen,
+        "the listener is bound at start",
+    );
+    key(
+        "state_dir",
+        &old.state_dir,
+        &new.state_dir,
+        "runtime state is read at start",
+    );
+    key("bpffs", &old.bpffs, &new.bpffs, "where the pins live");
+    key(
+        "instance",
+        &old.instance,
+        &new.instance,
+        "where the pins live",
+    );
+    key(
+        "detach_on_exit",
+        &old.detach_on_exit,
+        &new.detach_on_exit,
+        "read when the daemon starts",
+    );
+    key(
+        "announce",
+        &old.announce,
+        &new.announce,
+        "read when the daemon starts",
+    );
+    key(
+        "share",
+        &old.share,
+        &new.share,
+        "read when the daemon starts",
+    );
+    // Virtual servers: by name and VIP; the raw list index (a dual-stack one is one entry)
+    // locates the line.
+    let raw_index = |c: &Config, name: &str| {
+        let mut names: Vec<&str> = Vec::new();
+        for vs in &c.virtual_servers {
+            if !names.contains(&vs.name.as_str()) {
+                names.push(&vs.name);
+            }
+        }
+        names.iter().position(|n| *n == name)
+    };
+    for vs in &new.virtual_servers {
+        let i = raw_index(new, &vs.name).expect("listed");
+        match old.virtual_servers.iter().find(|o| o.name == vs.name && o.vip.is_ipv4() == vs.vip.is_ipv4()) {
+            None => out.push(new.problem(
+                format!("virtual_servers[{i}]"),
+                format!("virtual server {} ({}) is new: its service id, ring and VIP entries are sized when the maps are created: needs a restart", vs.name, vs.vip),
+            )),
+            Some(o) => {
+                let k = |f: &str| format!("virtual_servers[{i}].{f}");
+                let why = "the service entry the data path reads";
+                if o.vip != vs.vip {
+                    out.push(new.problem(k("vip"), format!("changed from {} to {}; {why}: needs a restart", o.vip, vs.vip)));
+                }
+                for (f, a, b) in [("ports", &o.ports, &vs.ports), ("tcp_ports", &o.tcp_ports, &vs.tcp_ports)] {
+                    if a != b {
+                        out.push(new.problem(k(f), format!("changed; {why}: needs a restart")));
+                    }
+                }
+                if o.esp != vs.esp {
+                    out.push(new.problem(k("esp"), format!("changed; {why}: needs a restart")));
+                }
+            }
+        }
+    }
+    for o in &old.virtual_servers {
+        if !new
+            .virtual_servers
+            .iter()
+            .any(|n| n.name == o.name && n.vip.is_ipv4() == o.vip.is_ipv4())
+        {
+            out.push(new.problem(
+                "virtual_servers",
+                format!("virtual server {} ({}) is gone: removing a service needs a restart (its clients' entries and ring are keyed by its id)", o.name, o.vip),
+            ));
+        }
+    }
+    out
+}

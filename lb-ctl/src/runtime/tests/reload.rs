@@ -1,0 +1,339 @@
+//! `reload` and the dry runs' blast radius against the fake dataplane: what a reload
+//! applies, refuses and keeps, and that a dry run's predicted moves per backend are the
+//! moves the data path (the harness's model of it) then makes.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::api::{Plan, VsImpact};
+
+/// The harness's config as a real file in `dir` (a reload reads it again), with `extra`
+/// top-level keys and the backends of `aovpn` given as `(address, weight)`.
+fn yaml(dir: &Path, extra: &str, backends: &[(&str, u32)], seed: u32) -> String {
+    let list: String = backends
+        .iter()
+        .map(|(a, w)| format!("      - {{address: {a}, weight: {w}}}\n"))
+        .collect();
+    format!(
+        "interfaces: [ext, int]\nmaglev_table_size: {M}\nhash_seed: {seed}\npersistence_timeout: 10s\nslot_move_delay: 0s\n{extra}
+virtual_servers:
+  - name: aovpn
+    vip: 203.0.113.10
+    backends:
+{list}  - name: other
+    vip: 203.0.113.11
+    backends:
+      - address: 10.0.1.11
+health_check: {{interval: 1s, timeout: 500ms, fall: 3, rise: 2, probes: [icmp]}}
+state_dir: {}
+",
+        dir.display()
+    )
+}
+
+const THREE: &[(&str, u32)] = &[("10.0.0.11", 1), ("10.0.0.12", 1), ("10.0.0.13", 1)];
+
+fn harness(extra: &str) -> (Harness, PathBuf) {
+    let dir = TempDir::new("reload");
+    fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("ikelb.yaml");
+    fs::write(&file, yaml(&dir.0, extra, THREE, 7)).unwrap();
+    let cfg = config::load(&file).unwrap();
+    (Harness::start_with(dir, cfg), file)
+}
+
+fn write(h: &Harness, file: &Path, extra: &str, backends: &[(&str, u32)], seed: u32) {
+    fs::write(file, yaml(&h._dir.0, extra, backends, seed)).unwrap();
+}
+
+fn reload(h: &mut Harness, dry_run: bool) -> Response {
+    h.request(Request::Reload { dry_run })
+}
+
+fn plan(r: Response) -> Plan {
+    match ok(r) {
+        Reply::Plan(p) => p,
+        r => panic!("{r:?}"),
+    }
+}
+
+fn aovpn(p: &Plan) -> &VsImpact {
+    p.virtual_servers
+        .iter()
+        .find(|v| v.virtual_server == "aovpn")
+        .expect("aovpn listed")
+}
+
+/// (leaving, arriving) per backend address, without zeros.
+fn predicted(v: &VsImpact) -> BTreeMap<IpAddr, (u64, u64)> {
+    v.backends
+        .iter()
+        .filter(|b| b.leaving + b.arriving > 0)
+        .map(|b| (b.address, (b.leaving, b.arriving)))
+        .collect()
+}
+
+/// (leaving, arriving) per backend address between two routings of the same clients.
+fn observed(
+    h: &Harness,
+    before: &BTreeMap<u32, Option<u32>>,
+    after: &BTreeMap<u32, Option<u32>>,
+    removed: &BTreeMap<u32, IpAddr>,
+) -> BTreeMap<IpAddr, (u64, u64)> {
+    let addr = |id: u32| {
+        h.lb.backend(id)
+            .map(|b| b.address)
+            .or_else(|| removed.get(&id).copied())
+            .expect("known id")
+    };
+    let mut out: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
+    for (c, b) in before {
+        let a = after[c];
+        if *b != a {
+            out.entry(addr(b.unwrap())).or_default().0 += 1;
+            out.entry(addr(a.unwrap())).or_default().1 += 1;
+        }
+    }
+    out
+}
+
+fn ids(h: &Harness) -> BTreeMap<u32, IpAddr> {
+    h.lb.backends().map(|b| (b.id, b.address)).collect()
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_its_predicted_moves_are_the_moves_made() {
+    let (mut h, file) = harness("reload_drain: 0s");
+    let before = h.traffic(300);
+    let ids_before = ids(&h);
+    // 10.0.0.12 leaves at once, 10.0.0.11 weighs 3, 10.0.0.14 joins.
+    write(
+        &h,
+        &file,
+        "reload_drain: 0s",
+        &[("10.0.0.11", 3), ("10.0.0.13", 1), ("10.0.0.14", 1)],
+        7,
+    );
+    let maps = format!("{:?}", h.lb.dataplane());
+    let dry = plan(reload(&mut h, true));
+    assert_eq!(
+        format!("{:?}", h.lb.dataplane()),
+        maps,
+        "a dry run wrote the maps"
+    );
+    assert!(dry.dry_run);
+    assert_eq!(dry.changes.len(), 3, "{:?}", dry.changes);
+    let v = aovpn(&dry);
+    assert_eq!(v.clients, 300);
+    let gone = ip("10.0.0.12");
+    let on_12 = before
+        .values()
+        .filter(|b| **b == Some(h.id("10.0.0.12")))
+        .count() as u64;
+    assert!(on_12 > 50, "{on_12}");
+    // Only 10.0.0.12's clients move; established clients of the others stay (the weight
+    // change and the newcomer move nobody).
+    assert_eq!(v.moving, on_12);
+    let want = predicted(v);
+    assert_eq!(want[&gone], (on_12, 0));
+    assert!(!want.contains_key(&ip("10.0.0.14")), "{want:?}");
+
+    let applied = plan(reload(&mut h, false));
+    assert!(!applied.dry_run);
+    assert_eq!(aovpn(&applied), v, "the applied plan is the dry run's");
+    let after = h.traffic(300);
+    assert_eq!(observed(&h, &before, &after, &ids_before), want);
+    assert_eq!(h.lb.backend(h.id("10.0.0.11")).unwrap().weight, 3);
+    // The newcomer joins the ring on its first successful probe.
+    h.resolve();
+    h.health_round(|_| true);
+    let slots = h
+        .list()
+        .into_iter()
+        .find(|b| b.address == ip("10.0.0.14"))
+        .unwrap()
+        .ring_slots;
+    assert!(slots > 0);
+    // Nothing left to do.
+    assert!(plan(reload(&mut h, true)).changes.is_empty());
+}
+
+#[test]
+fn a_removed_backend_drains_for_reload_drain_and_nobody_moves() {
+    let (mut h, file) = harness("");
+    let before = h.traffic(200);
+    write(&h, &file, "", &[("10.0.0.11", 1), ("10.0.0.13", 1)], 7);
+    let p = plan(reload(&mut h, false));
+    let v = aovpn(&p);
+    assert_eq!(v.moving, 0, "{p:?}");
+    let b = v
+        .backends
+        .iter()
+        .find(|b| b.address == ip("10.0.0.12"))
+        .unwrap();
+    assert_eq!(b.change, "draining");
+    let drain =
+        h.lb.backend(h.id("10.0.0.12"))
+            .unwrap()
+            .drain_until
+            .unwrap();
+    assert_eq!(
+        drain,
+        h.now.wall + Duration::from_secs(3600),
+        "reload_drain default 1h"
+    );
+    assert_eq!(
+        h.traffic(200),
+        before,
+        "persisted clients stay during the drain"
+    );
+}
+
+#[test]
+fn an_invalid_file_changes_nothing_and_names_file_line_and_key() {
+    let (mut h, file) = harness("");
+    let maps = format!("{:?}", h.lb.dataplane());
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replace("10.0.0.13", "10.0.0.300");
+    fs::write(&file, &text).unwrap();
+    let e = err(reload(&mut h, false));
+    assert_eq!(e.code, ErrorCode::InvalidConfig);
+    let line = text.lines().position(|l| l.contains("10.0.0.300")).unwrap() + 1;
+    let head = format!(
+        "{}:{line}: virtual_servers[0].backends[2].address:",
+        file.display()
+    );
+    assert!(e.message.starts_with(&head), "{}", e.message);
+    assert!(e.message.ends_with("nothing was changed"), "{}", e.message);
+    assert_eq!(format!("{:?}", h.lb.dataplane()), maps);
+    assert!(h.lb.backend_by_address(ip("10.0.0.13")).is_some());
+}
+
+#[test]
+fn restart_only_keys_are_refused_with_their_line_and_nothing_changes() {
+    let (mut h, file) = harness("");
+    let maps = format!("{:?}", h.lb.dataplane());
+    // A restart-only key beside a backend change: the whole reload is refused.
+    write(
+        &h,
+        &file,
+        "persistence_entries: 4096",
+        &[("10.0.0.11", 5)],
+        8,
+    );
+    let text = fs::read_to_string(&file).unwrap();
+    let e = err(reload(&mut h, true));
+    assert_eq!(e.code, ErrorCode::RestartRequired);
+    for key in ["hash_seed", "persistence_entries"] {
+        let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        let want = format!("{}:{line}: {key}: changed;", file.display());
+        assert!(e.message.contains(&want), "{want} in {}", e.message);
+    }
+    assert_eq!(e.message.lines().count(), 3, "{}", e.message);
+    assert_eq!(format!("{:?}", h.lb.dataplane()), maps);
+    assert_eq!(h.lb.backend(h.id("10.0.0.11")).unwrap().weight, 1);
+    assert!(h.lb.backend_by_address(ip("10.0.0.12")).is_some());
+}
+
+#[test]
+fn runtime_changes_keep_their_precedence_over_the_reloaded_file() {
+    let (mut h, file) = harness("reload_drain: 0s");
+    ok(h.request(Request::BackendRemove {
+        virtual_server: "aovpn".into(),
+        address: ip("10.0.0.12"),
+        drain: None,
+        dry_run: false,
+    }));
+    ok(h.request(Request::BackendAdd {
+        virtual_server: "aovpn".into(),
+        address: ip("10.0.0.20"),
+        weight: 2,
+        dry_run: false,
+    }));
+    // The file now lists the runtime backend with another weight, changes 10.0.0.13's, and
+    // still lists 10.0.0.12.
+    write(
+        &h,
+        &file,
+        "reload_drain: 0s",
+        &[
+            ("10.0.0.11", 1),
+            ("10.0.0.12", 1),
+            ("10.0.0.13", 9),
+            ("10.0.0.20", 5),
+        ],
+        7,
+    );
+    let p = plan(reload(&mut h, false));
+    assert_eq!(p.changes, vec!["aovpn: 10.0.0.13 weight 1 → 9".to_owned()]);
+    assert!(
+        h.lb.backend_by_address(ip("10.0.0.12")).is_none(),
+        "runtime removal kept"
+    );
+    assert_eq!(
+        h.lb.backend(h.id("10.0.0.20")).unwrap().weight,
+        2,
+        "runtime weight wins"
+    );
+    // The file dropping the runtime backend does not remove it either.
+    write(&h, &file, "reload_drain: 0s", THREE, 7);
+    let p = plan(reload(&mut h, false));
+    assert_eq!(p.changes, vec!["aovpn: 10.0.0.13 weight 9 → 1".to_owned()]);
+    assert!(h.lb.backend_by_address(ip("10.0.0.20")).is_some());
+}
+
+#[test]
+fn backend_remove_dry_run_predicts_the_moves_of_the_remove() {
+    let (mut h, _file) = harness("");
+    let before = h.traffic(300);
+    let ids_before = ids(&h);
+    let remove = |dry_run| Request::BackendRemove {
+        virtual_server: "aovpn".into(),
+        address: ip("10.0.0.13"),
+        drain: None,
+        dry_run,
+    };
+    let maps = format!("{:?}", h.lb.dataplane());
+    let dry = plan(h.request(remove(true)));
+    assert_eq!(
+        format!("{:?}", h.lb.dataplane()),
+        maps,
+        "a dry run wrote the maps"
+    );
+    assert!(h.lb.backend_by_address(ip("10.0.0.13")).is_some());
+    let want = predicted(aovpn(&dry));
+    ok(h.request(remove(false)));
+    let after = h.traffic(300);
+    let seen = observed(&h, &before, &after, &ids_before);
+    assert_eq!(seen, want);
+    assert!(seen[&ip("10.0.0.13")].0 > 50, "{seen:?}");
+    // Adding moves no established client.
+    let add = Request::BackendAdd {
+        virtual_server: "aovpn".into(),
+        address: ip("10.0.0.13"),
+        weight: 1,
+        dry_run: true,
+    };
+    let p = plan(h.request(add));
+    assert_eq!(aovpn(&p).moving, 0);
+    assert_eq!(aovpn(&p).backends.last().unwrap().change, "added");
+}
+
+#[test]
+fn a_reload_of_health_check_says_so() {
+    let (mut h, file) = harness("");
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replace("interval: 1s", "interval: 2s");
+    fs::write(&file, text).unwrap();
+    let (resp, effects) =
+        h.c.handle(&mut h.lb, Request::Reload { dry_run: false }, h.now);
+    let p = plan(resp);
+    assert!(effects.health);
+    assert!(
+        p.changes[0].starts_with("health_check: interval 2s"),
+        "{p:?}"
+    );
+    assert_eq!(h.c.config().health_check.interval, Duration::from_secs(2));
+}
