@@ -91,7 +91,7 @@ impl Controller {
         }
         self.apply_edit(lb, &changes.edit, effects);
         effects.health = changes.health;
-        self.config = new;
+        self.config = in_service_order(new, lb);
         info!(file = %path, changes = changes.lines.len(), "configuration reloaded");
         for line in &changes.lines {
             info!("reload: {line}");
@@ -263,6 +263,23 @@ impl Controller {
         }
         Ok(c)
     }
+}
+
+/// `new` with its virtual servers in the order of `lb`'s services (the controller pairs them
+/// by position; a file may list them in another order: the services keep their ids by name).
+/// Every one of them has its service (`restart_only` refuses others).
+fn in_service_order<D: Dataplane>(mut new: Config, lb: &Balancer<D>) -> Config {
+    let pos = |vs: &config::VirtualServer| {
+        lb.services()
+            .iter()
+            .position(|s| {
+                s.name == vs.name
+                    && crate::dataplane::words_addr(s.value.family, &s.value.vip) == vs.vip
+            })
+            .unwrap_or(usize::MAX)
+    };
+    new.virtual_servers.sort_by_key(pos);
+    new
 }
 
 /// The keys `new` changes that only a restart applies, each a problem at its line in `new`

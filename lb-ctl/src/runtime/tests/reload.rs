@@ -337,3 +337,66 @@ fn a_reload_of_health_check_says_so() {
     );
     assert_eq!(h.c.config().health_check.interval, Duration::from_secs(2));
 }
+
+#[test]
+fn a_file_listing_the_virtual_servers_in_another_order_changes_nothing() {
+    let (mut h, file) = harness("");
+    let text = fs::read_to_string(&file).unwrap();
+    let (head, rest) = text.split_at(text.find("  - name: aovpn").unwrap());
+    let (aovpn, rest) = rest.split_at(rest.find("  - name: other").unwrap());
+    let (other, tail) = rest.split_at(rest.find("health_check").unwrap());
+    fs::write(&file, format!("{head}{other}{aovpn}{tail}")).unwrap();
+    let p = plan(reload(&mut h, false));
+    assert!(p.changes.is_empty(), "{p:?}");
+    // The controller still pairs each service with its own virtual server.
+    let names: Vec<&str> =
+        h.c.config()
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+    assert_eq!(names, ["aovpn", "other"]);
+    let r = ok(h.request(Request::Lookup {
+        client: ip("100.64.0.1"),
+    }));
+    let Reply::Lookup { results, .. } = r else {
+        panic!()
+    };
+    assert_eq!(results[0].virtual_server, "aovpn");
+    assert_eq!(results[0].vip, ip("203.0.113.10"));
+}
+
+#[test]
+fn held_slot_moves_are_predicted_as_the_apply_makes_them() {
+    // With a move delay a weight change holds slots on their old backend: the preview is the
+    // table written, flags and holds included, so the prediction stays exact.
+    let (mut h, file) = harness("reload_drain: 0s");
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replace("slot_move_delay: 0s", "slot_move_delay: 5s");
+    fs::write(&file, &text).unwrap();
+    // slot_move_delay is restart-only: start over with it.
+    let cfg = config::load(&file).unwrap();
+    let dir = std::mem::replace(&mut h._dir, TempDir::new("unused"));
+    drop(h);
+    let mut h = Harness::start_with(dir, cfg);
+    let before = h.traffic(300);
+    let ids_before = ids(&h);
+    write(
+        &h,
+        &file,
+        "reload_drain: 0s",
+        &[("10.0.0.11", 4), ("10.0.0.13", 1)],
+        7,
+    );
+    let text = fs::read_to_string(&file)
+        .unwrap()
+        .replace("slot_move_delay: 0s", "slot_move_delay: 5s");
+    fs::write(&file, &text).unwrap();
+    let dry = plan(reload(&mut h, true));
+    let want = predicted(aovpn(&dry));
+    plan(reload(&mut h, false));
+    assert!(h.lb.held_slots() > 0, "the weight change holds slots");
+    let after = h.traffic(300);
+    assert_eq!(observed(&h, &before, &after, &ids_before), want);
+}
