@@ -3,9 +3,10 @@
 //! returns.
 //!
 //! `reload_applies_refuses_and_predicts_the_moves_it_makes`, one lab, in order:
-//! 1. the file gains b4 and b2's weight becomes 3; `lb-ctl reload --dry-run` lists the two
-//!    changes and no moving client, `lb-ctl reload` applies them: b4 becomes active and takes
-//!    slots, b2 weighs 3, no answered client changes backend, new clients reach b4;
+//! 1. the file gains b4 and a second virtual server (VIP 203.0.113.20, backend b5), and b2's
+//!    weight becomes 3; `lb-ctl reload --dry-run` lists the three changes and no moving
+//!    client, `lb-ctl reload` applies them: b4 becomes active and takes slots, b2 weighs 3, no
+//!    answered client changes backend, new clients reach b4, the new VIP is answered by b5;
 //! 2. an invalid file (a bad address) is refused naming file:line: key, and nothing changes;
 //! 3. a restart-only key (`hash_seed`) is refused with its line, and nothing changes;
 //! 4. the file drops b1 (`reload_drain: 0s`): a dry run leaves every map the daemon reads
@@ -16,7 +17,7 @@
 //!    invalid file under SIGHUP is logged with its line and the daemon runs on unchanged.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,12 +25,14 @@ use aya::maps::{Array, HashMap as BpfHash, Map, MapData};
 use ikelb_tests::lab::{
     self,
     control::{self, Clients},
-    Lab, LabSpec,
+    Lab, LabSpec, UdpProbe,
 };
 use lb_common::{Backend, PersistKeyV4, PersistValue, ProbationValue, Service};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_millis(300);
+/// The VIP of the virtual server a reload adds.
+const SECOND_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 
 fn or_log<T>(lab: &Lab, r: anyhow::Result<T>, what: &str) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", lab.daemon_output_tail(40)))
@@ -176,18 +179,18 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
     let mut lab = Lab::build(&LabSpec {
         role: 'e',
         clients: 120,
-        backends: 4,
+        backends: 5,
         ..LabSpec::default()
     })
     .expect("build the lab");
     lab.start_responders(&PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder")))
         .expect("start responders");
-    let [b1, b2, b3, b4] = ["b1", "b2", "b3", "b4"].map(|n| addr_of(&lab, n));
+    let [b1, b2, b3, b4, b5] = ["b1", "b2", "b3", "b4", "b5"].map(|n| addr_of(&lab, n));
     let base = control::with_health(&lab.daemon_config(), "200ms", "100ms", 3, 2).replace(
         "hash_seed: 0x5eed\n",
         "hash_seed: 0x5eed\nreload_drain: 0s\n",
     );
-    let start = control::without_backend(&base, b4);
+    let start = control::without_backend(&control::without_backend(&base, b4), b5);
     lab.start_daemon_with_config(&lb_ctl, &start)
         .expect("start lb-ctl daemon");
     let up = control::wait_backends(&lab, "b1-b3 active", Duration::from_secs(20), |l| {
@@ -202,8 +205,15 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
     let clients = Clients::bind(&lab, old, 500).expect("bind clients");
     let before = or_log(&lab, clients.all_answered(5, WAIT), "first answers");
 
-    // 1. b4 joins, b2 weighs 3.
-    let edited = with_weight(&with_backend(&start, b3, b4), b2, 3);
+    // 1. b4 joins, b2 weighs 3, a second virtual server with b5.
+    let second = format!(
+        "  - name: second\n    vip: {SECOND_VIP}\n    ports: [500]\n    backends:\n      - address: {b5}\n"
+    );
+    let edited = with_weight(&with_backend(&start, b3, b4), b2, 3).replacen(
+        "health_check:\n",
+        &format!("{second}health_check:\n"),
+        1,
+    );
     write(&edited);
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload", "--dry-run", "--json"]);
     assert!(ok, "{err}");
@@ -213,12 +223,12 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
         run(&lab, &lb_ctl, &["reload", "--dry-run"]).1
     );
     assert_eq!(plan["dry_run"], true);
-    assert_eq!(plan["changes"].as_array().unwrap().len(), 2, "{plan}");
+    assert_eq!(plan["changes"].as_array().unwrap().len(), 3, "{plan}");
     assert!(predicted(&lab, &plan).is_empty(), "{plan}");
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
-    assert!(ok && out.starts_with("2 change(s) (applied)"), "{out}{err}");
-    let joined = control::wait_backends(&lab, "b4 active", Duration::from_secs(10), |l| {
-        control::has_state(l, b4, "active")
+    assert!(ok && out.starts_with("3 change(s) (applied)"), "{out}{err}");
+    let joined = control::wait_backends(&lab, "b4, b5 active", Duration::from_secs(10), |l| {
+        control::has_state(l, b4, "active") && control::has_state(l, b5, "active")
     });
     or_log(&lab, joined, "b4 joins");
     or_log(
@@ -240,6 +250,18 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
         "{:?}",
         control::spread(&fresh)
     );
+    let to = SocketAddrV4::new(SECOND_VIP, 500);
+    let one = lab.clients[0];
+    let probe = lab
+        .client_ns
+        .run(move || UdpProbe::bind(one))
+        .unwrap()
+        .unwrap();
+    let reply = probe
+        .ask(to, 64, 10, WAIT)
+        .unwrap()
+        .expect("the new VIP answers");
+    assert_eq!((reply.echo.backend.as_str(), reply.from), ("b5", to));
 
     // 2. An invalid file changes nothing.
     let listed = backends(&lab);

@@ -74,6 +74,11 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
         capacity,
         &identity,
     )?;
+    // Room for services a reload adds (the maps' spare service ids: daemon/load.rs).
+    balancer.set_service_capacity(
+        super::load::service_capacity(identity.service_slots(), config.maglev_table_size),
+        super::load::v6_capacity(&config),
+    );
     // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
     let controller = runtime::Controller::for_daemon(&config, &mut balancer)
         .map_err(|e| DaemonError::Control(Box::new(e)))?;

@@ -32,6 +32,10 @@ use crate::{
     state::{Balancer, Edit},
 };
 
+/// A virtual server a reload adds: its service, the id it takes and its backends (address,
+/// weight).
+pub(super) type NewService = (config::VirtualServer, u32, Vec<(IpAddr, u32)>);
+
 /// What a reload would do: the edit of the backends, a line per change, and the labels of
 /// the blast radius.
 #[derive(Debug, Default)]
@@ -41,6 +45,8 @@ pub(super) struct Changes {
     pub(super) labels: HashMap<IpAddr, String>,
     pub(super) added: Vec<(usize, IpAddr)>,
     pub(super) health: bool,
+    /// Virtual servers (services) added: the service, its id and its backends.
+    pub(super) services: Vec<NewService>,
 }
 
 impl Controller {
@@ -90,6 +96,7 @@ impl Controller {
             return Ok(Reply::Plan(plan));
         }
         self.apply_edit(lb, &changes.edit, effects);
+        self.apply_services(lb, &changes.services, effects);
         effects.health = changes.health;
         self.config = in_service_order(new, lb);
         info!(file = %path, changes = changes.lines.len(), "configuration reloaded");
@@ -97,6 +104,36 @@ impl Controller {
             info!("reload: {line}");
         }
         Ok(Reply::Plan(plan))
+    }
+
+    /// Adds the new virtual servers' services and their backends, and records their ids in
+    /// `state_dir/identity.json` (the pins would give them back anyway: the file is a record).
+    fn apply_services<D: Dataplane>(
+        &mut self,
+        lb: &mut Balancer<D>,
+        services: &[NewService],
+        effects: &mut Effects,
+    ) {
+        if services.is_empty() {
+            return;
+        }
+        let path = self.config.state_dir.join(crate::identity::IDENTITY_FILE);
+        let mut identity = crate::identity::load(&path).unwrap_or_default();
+        for (vs, id, backends) in services {
+            let pos = lb.add_service(vs, *id);
+            let edit = Edit {
+                add: backends.iter().map(|&(a, w)| (pos, a, w)).collect(),
+                ..Edit::default()
+            };
+            self.apply_edit(lb, &edit, effects);
+            identity
+                .services
+                .insert(crate::identity::service_key(vs), *id);
+            info!(virtual_server = %vs.name, vip = %vs.vip, id, "virtual server added");
+        }
+        if let Err(e) = crate::identity::save(&path, &identity) {
+            tracing::warn!("reload: recording the new services' ids: {e}");
+        }
     }
 
     /// Makes `edit` in `lb` (validated by its maker) and records what the daemon must do.
@@ -129,6 +166,35 @@ impl Controller {
                 Err(e) => tracing::warn!("reload: adding {address}: {e}"),
             }
         }
+        // Last: removing a service shifts the index of the services after it.
+        let mut gone = edit.remove_services.clone();
+        gone.sort_unstable();
+        for &idx in gone.iter().rev() {
+            for id in lb.remove_service(idx).expect("a service of lb") {
+                self.trackers.remove(&id);
+            }
+            effects.targets_changed = true;
+        }
+    }
+
+    /// The backends of `vs` (from the new file) with the runtime changes replayed over them,
+    /// as at start: runtime removals dropped, runtime additions and weight overrides applied.
+    fn desired(&self, vs: &config::VirtualServer) -> Vec<(IpAddr, u32)> {
+        let mut desired: Vec<(IpAddr, u32)> =
+            vs.backends.iter().map(|b| (b.address, b.weight)).collect();
+        if let Some(r) = self.changes.virtual_servers.get(&vs.name) {
+            desired.retain(|(a, _)| !r.removed.contains(a));
+            for a in &r.added {
+                if a.address.is_ipv4() != vs.vip.is_ipv4() {
+                    continue;
+                }
+                match desired.iter_mut().find(|(d, _)| *d == a.address) {
+                    Some(d) => d.1 = a.weight,
+                    None => desired.push((a.address, a.weight)),
+                }
+            }
+        }
+        desired
     }
 
     /// The difference between what `lb` runs and `new` with the runtime changes replayed
@@ -169,26 +235,24 @@ impl Controller {
                 .iter()
                 .find(|n| n.name == vs.name && n.vip == vs.vip)
             else {
-                continue; // refused by `restart_only`
+                // Gone from the file (a changed VIP is refused by `restart_only`).
+                c.edit.remove_services.push(idx);
+                c.lines.push(format!(
+                    "{}: virtual server {} removed with its {} backends",
+                    vs.name,
+                    vs.vip,
+                    s.members.len()
+                ));
+                for b in s.members.iter().filter_map(|id| lb.backend(*id)) {
+                    removed_now.insert(b.address);
+                    c.labels.insert(b.address, "removed".into());
+                }
+                continue;
             };
             let runtime = self.changes.virtual_servers.get(&vs.name);
             let runtime_drain =
                 |a: IpAddr| runtime.is_some_and(|r| r.draining.iter().any(|d| d.address == a));
-            // The file's backends, then the runtime changes over them (as at start).
-            let mut desired: Vec<(IpAddr, u32)> =
-                nvs.backends.iter().map(|b| (b.address, b.weight)).collect();
-            if let Some(r) = runtime {
-                desired.retain(|(a, _)| !r.removed.contains(a));
-                for a in &r.added {
-                    if a.address.is_ipv4() != vs.vip.is_ipv4() {
-                        continue;
-                    }
-                    match desired.iter_mut().find(|(d, _)| *d == a.address) {
-                        Some(d) => d.1 = a.weight,
-                        None => desired.push((a.address, a.weight)),
-                    }
-                }
-            }
+            let desired = self.desired(nvs);
             for b in s.members.iter().filter_map(|id| lb.backend(*id)) {
                 let name = &vs.name;
                 match desired.iter().find(|(a, _)| *a == b.address) {
@@ -236,6 +300,69 @@ impl Controller {
                     adds.push((idx, a, w));
                 }
             }
+        }
+        // Virtual servers new in the file: an id the maps hold, then their backends.
+        let mut pending: Vec<(u32, bool)> = Vec::new();
+        for nvs in &new.virtual_servers {
+            let known = lb.services().iter().enumerate().any(|(i, _)| {
+                let vs = &self.config.virtual_servers[i];
+                vs.name == nvs.name && vs.vip == nvs.vip
+            });
+            if known {
+                continue;
+            }
+            let id = lb.free_service_id(nvs, &pending).map_err(|why| {
+                let i = new
+                    .virtual_servers
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .fold(Vec::<&str>::new(), |mut names, n| {
+                        if !names.contains(&n) {
+                            names.push(n);
+                        }
+                        names
+                    })
+                    .iter()
+                    .position(|n| *n == nvs.name)
+                    .unwrap_or(0);
+                let p = new.problem(
+                    format!("virtual_servers[{i}]"),
+                    format!(
+                        "virtual server {} ({}) is new and {why}: needs a restart",
+                        nvs.name, nvs.vip
+                    ),
+                );
+                ApiError::new(
+                    ErrorCode::RestartRequired,
+                    format!("{p}\nnothing was changed: restart the daemon to add it"),
+                )
+            })?;
+            pending.push((id, nvs.vip.is_ipv6()));
+            let desired = self.desired(nvs);
+            for &(a, _) in &desired {
+                if let Some(b) = lb
+                    .backend_by_address(a)
+                    .filter(|_| !removed_now.contains(&a))
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::DuplicateBackend,
+                        format!(
+                            "{a} is still a backend of {} (id {}): it can join {} once it has left; nothing was changed",
+                            lb.service(b.service).name,
+                            b.id,
+                            nvs.name
+                        ),
+                    ));
+                }
+                c.labels.insert(a, "added".into());
+            }
+            c.lines.push(format!(
+                "{}: virtual server {} added with {} backends (they take clients after their first successful health check)",
+                nvs.name,
+                nvs.vip,
+                desired.len()
+            ));
+            c.services.push((nvs.clone(), id, desired));
         }
         for (idx, a, w) in adds {
             // An address serves one virtual server: one still draining elsewhere moves in a
@@ -421,20 +548,38 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
         }
         names.iter().position(|n| *n == name)
     };
+    let had_v6 = old.virtual_servers.iter().any(|o| o.vip.is_ipv6());
     for vs in &new.virtual_servers {
         let i = raw_index(new, &vs.name).expect("listed");
-        match old.virtual_servers.iter().find(|o| o.name == vs.name && o.vip.is_ipv4() == vs.vip.is_ipv4()) {
-            None => out.push(new.problem(
+        let same =
+            |o: &&config::VirtualServer| o.name == vs.name && o.vip.is_ipv4() == vs.vip.is_ipv4();
+        match old.virtual_servers.iter().find(same) {
+            // A new virtual server is added live (its id: `reload_changes`), unless it is the
+            // first IPv6 one: the IPv6 per-client maps hold 1 entry without one.
+            None if vs.vip.is_ipv6() && !had_v6 => out.push(new.problem(
                 format!("virtual_servers[{i}]"),
-                format!("virtual server {} ({}) is new: its service id, ring and VIP entries are sized when the maps are created: needs a restart", vs.name, vs.vip),
+                format!(
+                    "virtual server {} has the first IPv6 VIP ({}): the IPv6 persistence maps were created with 1 entry: needs a restart",
+                    vs.name, vs.vip
+                ),
             )),
+            None => {}
             Some(o) => {
                 let k = |f: &str| format!("virtual_servers[{i}].{f}");
                 let why = "the service entry the data path reads";
                 if o.vip != vs.vip {
-                    out.push(new.problem(k("vip"), format!("changed from {} to {}; {why}: needs a restart", o.vip, vs.vip)));
+                    out.push(new.problem(
+                        k("vip"),
+                        format!(
+                            "changed from {} to {}; {why}: needs a restart",
+                            o.vip, vs.vip
+                        ),
+                    ));
                 }
-                for (f, a, b) in [("ports", &o.ports, &vs.ports), ("tcp_ports", &o.tcp_ports, &vs.tcp_ports)] {
+                for (f, a, b) in [
+                    ("ports", &o.ports, &vs.ports),
+                    ("tcp_ports", &o.tcp_ports, &vs.tcp_ports),
+                ] {
                     if a != b {
                         out.push(new.problem(k(f), format!("changed; {why}: needs a restart")));
                     }
@@ -443,18 +588,6 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
                     out.push(new.problem(k("esp"), format!("changed; {why}: needs a restart")));
                 }
             }
-        }
-    }
-    for o in &old.virtual_servers {
-        if !new
-            .virtual_servers
-            .iter()
-            .any(|n| n.name == o.name && n.vip.is_ipv4() == o.vip.is_ipv4())
-        {
-            out.push(new.problem(
-                "virtual_servers",
-                format!("virtual server {} ({}) is gone: removing a service needs a restart (its clients' entries and ring are keyed by its id)", o.name, o.vip),
-            ));
         }
     }
     out

@@ -34,6 +34,9 @@ pub struct Edit {
     /// New backends: (index in [`Balancer::services`], address, weight). Health unknown
     /// until their first probe, so they hold no slot in the next table.
     pub add: Vec<(usize, IpAddr, u32)>,
+    /// Services removed with their backends (index in [`Balancer::services`]): their
+    /// clients have no backend left.
+    pub remove_services: Vec<usize>,
 }
 
 impl Edit {
@@ -58,6 +61,13 @@ impl<D: Dataplane> Balancer<D> {
     pub fn preview(&self, edit: &Edit, now: Instant) -> Preview {
         let mut backends: BTreeMap<u32, BackendState> = self.backends.clone();
         let mut members: Vec<Vec<u32>> = self.services.iter().map(|s| s.members.clone()).collect();
+        for &idx in &edit.remove_services {
+            if let Some(m) = members.get_mut(idx) {
+                for id in m.drain(..) {
+                    backends.remove(&id);
+                }
+            }
+        }
         for id in &edit.remove {
             backends.remove(id);
             for m in &mut members {

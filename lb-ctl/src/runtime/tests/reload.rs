@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::api::{Plan, VsImpact};
+use crate::{
+    api::{Plan, VsImpact},
+    dataplane::addr_words,
+};
 
 /// The harness's config as a real file in `dir` (a reload reads it again), with `extra`
 /// top-level keys and the backends of `aovpn` given as `(address, weight)`.
@@ -399,4 +402,145 @@ fn held_slot_moves_are_predicted_as_the_apply_makes_them() {
     assert!(h.lb.held_slots() > 0, "the weight change holds slots");
     let after = h.traffic(300);
     assert_eq!(observed(&h, &before, &after, &ids_before), want);
+}
+
+/// `text` with `block` (virtual server list items) added before `health_check`.
+fn with_vs(text: &str, block: &str) -> String {
+    text.replacen("health_check:", &format!("{block}health_check:"), 1)
+}
+
+/// `text` without the virtual server `other`.
+fn without_other(text: &str) -> String {
+    let start = text.find("  - name: other").unwrap();
+    let end = text.find("health_check:").unwrap();
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+const THIRD: &str = "  - name: third\n    vip: 203.0.113.12\n    backends:\n      - address: 10.0.2.11\n      - address: 10.0.2.12\n";
+
+#[test]
+fn a_reload_adds_a_virtual_server_that_takes_clients_once_its_backends_are_up() {
+    let (mut h, file) = harness("");
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, with_vs(&text, THIRD)).unwrap();
+    let maps = format!("{:?}", h.lb.dataplane());
+    let dry = plan(reload(&mut h, true));
+    assert_eq!(format!("{:?}", h.lb.dataplane()), maps);
+    assert_eq!(dry.changes.len(), 1, "{dry:?}");
+    assert!(dry.changes[0].starts_with("third: virtual server 203.0.113.12 added with 2 backends"));
+    plan(reload(&mut h, false));
+    let names: Vec<&str> =
+        h.c.config()
+            .virtual_servers
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+    assert_eq!(names, ["aovpn", "other", "third"]);
+    let id = h.lb.services()[2].value.id;
+    assert_eq!(id, 2, "the lowest free service id");
+    h.resolve();
+    h.health_round(|_| true);
+    let vip = addr_words(ip("203.0.113.12"));
+    assert_eq!(
+        h.lb.dataplane().vips[&vip].id,
+        id,
+        "VIP written with its first table"
+    );
+    let landed: Vec<u32> = (1..=50).filter_map(|c| h.route(id, client(c))).collect();
+    assert_eq!(landed.len(), 50);
+    let third: Vec<u32> = ["10.0.2.11", "10.0.2.12"].iter().map(|a| h.id(a)).collect();
+    assert!(landed.iter().all(|b| third.contains(b)), "{landed:?}");
+    let saved = crate::identity::load(&h.c.config().state_dir.join(crate::identity::IDENTITY_FILE))
+        .unwrap();
+    assert_eq!(saved.services["third/ipv4"], id);
+    // And it goes again: its clients are dropped, predicted so.
+    fs::write(&file, &text).unwrap();
+    let dry = plan(reload(&mut h, true));
+    let v = dry
+        .virtual_servers
+        .iter()
+        .find(|v| v.virtual_server == "third")
+        .unwrap();
+    assert_eq!((v.clients, v.moving, v.dropped), (50, 50, 50), "{v:?}");
+    plan(reload(&mut h, false));
+    assert!(!h.lb.dataplane().vips.contains_key(&vip), "VIP forgotten");
+    assert!(
+        !h.lb.dataplane().services.contains_key(&id),
+        "SERVICES slot cleared"
+    );
+    assert!(h.lb.backend_by_address(ip("10.0.2.11")).is_none());
+    // A removed service's id is not given to a new one before a restart.
+    let text4 = with_vs(&text, &THIRD.replace("third", "fourth"));
+    fs::write(&file, text4).unwrap();
+    plan(reload(&mut h, false));
+    assert_eq!(h.lb.services()[2].value.id, 3);
+}
+
+#[test]
+fn a_reload_removes_a_virtual_server_and_its_backends() {
+    let (mut h, file) = harness("");
+    let other = h.lb.services()[1].value.id;
+    for c in 1..=20 {
+        h.route(other, client(c));
+    }
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, without_other(&text)).unwrap();
+    let p = plan(reload(&mut h, false));
+    assert_eq!(
+        p.changes,
+        ["other: virtual server 203.0.113.11 removed with its 1 backends"]
+    );
+    let v = p
+        .virtual_servers
+        .iter()
+        .find(|v| v.virtual_server == "other")
+        .unwrap();
+    assert_eq!((v.clients, v.dropped), (20, 20));
+    assert_eq!(h.lb.services().len(), 1);
+    assert!(h.lb.backend_by_address(ip("10.0.1.11")).is_none());
+    assert!(!h
+        .lb
+        .dataplane()
+        .vips
+        .contains_key(&addr_words(ip("203.0.113.11"))));
+    // Requests still pair services and virtual servers.
+    let Reply::Status(s) = ok(h.request(Request::Status)) else {
+        panic!()
+    };
+    assert_eq!(s.virtual_servers.len(), 1);
+    assert_eq!(s.virtual_servers[0].name, "aovpn");
+    assert!(h.traffic(10).values().all(Option::is_some));
+}
+
+#[test]
+fn a_virtual_server_the_maps_have_no_room_for_needs_a_restart() {
+    let (mut h, file) = harness("");
+    h.lb.set_service_capacity(2, 1);
+    let text = with_vs(&fs::read_to_string(&file).unwrap(), THIRD);
+    fs::write(&file, &text).unwrap();
+    let e = err(reload(&mut h, false));
+    assert_eq!(e.code, ErrorCode::RestartRequired);
+    let line = text
+        .lines()
+        .position(|l| l.contains("name: third"))
+        .unwrap()
+        + 1;
+    let want = format!(
+        "{}:{line}: virtual_servers[2]: virtual server third (203.0.113.12) is new and the maps indexed by service id hold ids 0-1 and none is free: needs a restart",
+        file.display()
+    );
+    assert!(e.message.starts_with(&want), "{}", e.message);
+    assert_eq!(h.lb.services().len(), 2);
+    // The first IPv6 VIP needs a restart too (the IPv6 maps hold 1 entry).
+    h.lb.set_service_capacity(8, 1);
+    let v6 = "  - name: six\n    vip: 2001:db8:ffff::10\n    backends:\n      - address: 2001:db8:1::11\n";
+    let text = with_vs(&fs::read_to_string(&file).unwrap().replace(THIRD, ""), v6);
+    fs::write(&file, &text).unwrap();
+    let e = err(reload(&mut h, true));
+    assert!(
+        e.message
+            .contains("virtual_servers[2]: virtual server six has the first IPv6 VIP"),
+        "{}",
+        e.message
+    );
 }
