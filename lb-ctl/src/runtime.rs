@@ -18,7 +18,8 @@
 //! * `runtime/event_loop.rs`: [`Runtime`], the daemon's side — tokio tasks, the control
 //!   socket, the drain timer, persistence scans off the loop.
 //! * `runtime/reload.rs`: `reload` and SIGHUP — the config file read again, the difference
-//!   applied; `runtime/blast.rs`: the blast radius of a change (dry runs).
+//!   applied; `runtime/restart_only.rs`: the keys it refuses; `runtime/blast.rs`: the blast
+//!   radius of a change (dry runs).
 //! * `runtime/store.rs`: the runtime changes file; `runtime/lookup.rs`: `lookup`'s answer;
 //!   `runtime/sweep.rs`: the slot flag sweep.
 //!
@@ -190,10 +191,11 @@ mod event_loop;
 mod health_verdicts;
 mod reload;
 mod requests;
+mod restart_only;
 pub mod share;
 pub use drain::MAX_DRAIN;
 pub use event_loop::{apply_and_log, Event, Runtime, RuntimeError};
-pub use reload::restart_only;
+pub use restart_only::restart_only;
 
 #[cfg(test)]
 mod dual_stack_tests;
