@@ -74,6 +74,7 @@
 
 mod interfaces;
 mod locate;
+mod problem;
 mod schema;
 mod tables;
 mod validation;
@@ -88,15 +89,17 @@ use lb_common::{QUOTA_WINDOW_SHIFT, TICK_SHIFT};
 
 use crate::health::ProbeKinds;
 
+use problem::{serde_problem, Origin};
 use schema::RawConfig;
-use validation::{serde_problem, validate, Origin};
+use validation::validate;
 
 pub use interfaces::{InterfaceSpec, Role};
 pub use locate::line_of;
+pub use problem::{ConfigError, Problem};
 pub use schema::{Mode, XdpAttachMode, DEFAULT_NEW_CLIENT_RATE};
 pub use tables::{table_problem, TABLE_PROBLEMS};
 pub use validation::{
-    address_problem, ConfigError, Problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
+    address_problem, MAX_PERSISTENCE_ENTRIES, MAX_TABLE_SIZE, MAX_WEIGHT,
     MIN_DEFAULT_PROBATION_ENTRIES, MIN_TABLE_SIZE,
 };
 
