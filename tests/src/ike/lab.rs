@@ -991,7 +991,7 @@ fn client_addr(i: usize) -> Ipv4Addr {
 
 /// Client i's private address after [`IkeLab::roam`]: the same host number on the second
 /// subnet.
-pub fn roamed_addr(i: usize) -> Ipv4Addr {
+fn roamed_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 2, 0, 10 + i as u8)
 }
 
