@@ -429,6 +429,7 @@ fn concurrent_handshakes_behind_one_nat_address_are_promoted() {
         fragmentation: Fragmentation::Ip,
         gateway: Gateway::Ikelb(lb_ctl.clone()),
         client_dpd: None,
+        mobike: false,
     };
     let lab = IkeLab::build_with_config('f', spec, |c| c)
         .unwrap_or_else(|e| panic!("{TEST}: building the lab: {e:#}"));
@@ -477,6 +478,7 @@ fn floods_do_not_evict_established_clients() {
         fragmentation: Fragmentation::Ip,
         gateway: Gateway::Ikelb(lb_ctl.clone()),
         client_dpd: None,
+        mobike: false,
     };
     let b4 = Ipv4Addr::new(10, 0, 0, 14);
     let lab = IkeLab::build_with_config('f', spec, |config| {

@@ -44,6 +44,7 @@ fn spec(gateway: Gateway, clients: usize, nat_addrs: usize) -> IkeLabSpec {
         fragmentation: Fragmentation::Ike,
         gateway,
         client_dpd: None,
+        mobike: false,
     }
 }
 

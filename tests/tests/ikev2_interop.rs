@@ -54,6 +54,7 @@ fn spec(gateway: Gateway, fragmentation: Fragmentation) -> IkeLabSpec {
         fragmentation,
         gateway,
         client_dpd: None,
+        mobike: false,
     }
 }
 

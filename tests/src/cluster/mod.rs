@@ -466,7 +466,8 @@ impl ClusterLab {
             let name = format!("b{}", i + 1);
             let cdir = lab.dir.path().join(format!("charon-{name}"));
             std::fs::create_dir_all(&cdir)?;
-            let files = CharonFiles::responder(&cdir, &pki, &format!("{}/24", pool(i)), HOST_NET);
+            let files =
+                CharonFiles::responder(&cdir, &pki, &format!("{}/24", pool(i)), HOST_NET, false);
             let charon = Charon::spawn(&name, &lab.backends[i], cdir, &files)?;
             lab.responders.push(Responder {
                 name,

@@ -49,10 +49,27 @@ pub struct CharonFiles {
 
 impl CharonFiles {
     /// A responder behind the VIP: certificate [`SERVER_ID`], virtual IPs from `pool`, traffic
-    /// selector `local_ts` (the network behind the responders), MOBIKE off. Its log also has
-    /// `mgr = 2`, which records the SPIs of messages that found no IKE SA (see
-    /// [`CharonLog::orphans`]).
-    pub fn responder(dir: &Path, pki: &Pki, pool: &str, local_ts: &str) -> Self {
+    /// selector `local_ts` (the network behind the responders), MOBIKE (RFC 4555) on when
+    /// `mobike`. Its log also has `mgr = 2`, which records the SPIs of messages that found no
+    /// IKE SA (see [`CharonLog::orphans`]).
+    ///
+    /// Behind a VIP, MOBIKE must not announce this server's own addresses: in IKE_AUTH and in
+    /// every address update charon lists each address of each interface it uses, except the
+    /// SA's own, as ADDITIONAL_IP4_ADDRESS, and a roaming client may move its SA to one of
+    /// them, straight past the load balancer. So with MOBIKE on, charon uses no interface but
+    /// `eth0` (strongswan.conf `charon.interfaces_use`), whose only address is the one the
+    /// balancer forwards to: it announces none (N(NO_ADD_ADDR)), and never learns the address
+    /// of `eth1` toward the network it serves, which the kernel routes to all the same.
+    /// (`interfaces_ignore = eth1` would do here too, but would let any interface added later
+    /// be announced.)
+    pub fn responder(dir: &Path, pki: &Pki, pool: &str, local_ts: &str, mobike: bool) -> Self {
+        let mobike_lines = if mobike {
+            "    # Announcing no address of its own: interfaces_use in strongswan.conf.\n    \
+             mobike = yes\n"
+        } else {
+            "    # Behind a VIP: MOBIKE would announce this server's own addresses to the\n    \
+             # client, which would then bypass the load balancer.\n    mobike = no\n"
+        };
         let swanctl_conf = format!(
             "# responder: written by ikelb-tests\n\
              connections {{\n\
@@ -60,9 +77,7 @@ impl CharonFiles {
              \x20   version = 2\n\
              \x20   proposals = {IKE_PROPOSALS}\n\
              \x20   pools = pool\n\
-             \x20   # Behind a VIP: MOBIKE would announce this server's own addresses to the\n\
-             \x20   # client, which would then bypass the load balancer.\n\
-             \x20   mobike = no\n\
+             {mobike_lines}\
              \x20   fragmentation = yes\n\
              \x20   local {{\n\
              \x20     auth = pubkey\n\
@@ -87,8 +102,19 @@ impl CharonFiles {
              \x20 }}\n\
              }}\n"
         );
+        let mut strongswan_conf = strongswan_conf(dir, None, &[("mgr", 2)]);
+        if mobike {
+            strongswan_conf = strongswan_conf.replacen(
+                "  load_modular = no\n",
+                "  load_modular = no\n  \
+                 # MOBIKE behind a VIP: use, and so announce, no interface but the one the\n  \
+                 # load balancer forwards to (see CharonFiles::responder).\n  \
+                 interfaces_use = eth0\n",
+                1,
+            );
+        }
         Self {
-            strongswan_conf: strongswan_conf(dir, None, &[("mgr", 2)]),
+            strongswan_conf,
             swanctl_conf,
             files: vec![
                 ("x509ca/ca.pem".into(), pki.ca_cert.clone()),
@@ -154,6 +180,21 @@ impl CharonFiles {
 }
 
 impl CharonFiles {
+    /// An initiator's config with MOBIKE (RFC 4555) spelled out: `mobike = yes`, the swanctl
+    /// default, negotiated only with a responder that has it on too. When the address its SA
+    /// uses vanishes, charon 5.9.8 probes the new path with an empty INFORMATIONAL request and,
+    /// once that is answered, moves the IKE SA and its CHILD_SAs with an UPDATE_SA_ADDRESSES
+    /// request from the new address (§3.5); unanswered, it gives up after 10 probes 2.5 s
+    /// apart and destroys the SA.
+    pub fn with_mobike(mut self) -> Self {
+        self.swanctl_conf = self.swanctl_conf.replacen(
+            "    version = 2\n",
+            "    version = 2\n    mobike = yes\n",
+            1,
+        );
+        self
+    }
+
     /// An initiator's config with dead peer detection every `delay` of silence (swanctl
     /// `dpd_delay`): an INFORMATIONAL request whenever nothing came from the peer for that
     /// long, which is also how a client behind a NAT that rebound tells its responder where

@@ -48,6 +48,9 @@ pub const HOST_NET: &str = "10.200.0.0/24";
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 /// The router's client-side address; client i is 10.1.0.(10 + i).
 const ROUTER_LAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// The router's address on the second client subnet, the network clients roam to
+/// ([`IkeLab::roam`]).
+const ROUTER_ROAMED_ADDR: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
 /// Name of the environment variable that, set to a directory, makes every lab save its
 /// peers' logs there when it is torn down.
 pub const LOGS_ENV: &str = "IKELB_INTEROP_LOGS";
@@ -82,6 +85,9 @@ pub struct IkeLabSpec {
     pub gateway: Gateway,
     /// The initiators' dead peer detection delay (`dpd_delay`); none by default.
     pub client_dpd: Option<Duration>,
+    /// MOBIKE (RFC 4555) on the responders and the initiators, the responders announcing no
+    /// address of their own ([`CharonFiles::responder`]); off on the responders otherwise.
+    pub mobike: bool,
 }
 
 /// One initiator.
@@ -241,7 +247,8 @@ impl IkeLab {
             let dir = lab.dir().join(format!("charon-{}", b.name));
             std::fs::create_dir_all(&dir)?;
             let (net, len) = pool(i);
-            let files = CharonFiles::responder(&dir, &pki, &format!("{net}/{len}"), HOST_NET);
+            let files =
+                CharonFiles::responder(&dir, &pki, &format!("{net}/{len}"), HOST_NET, spec.mobike);
             responders.push(Responder {
                 name: b.name.clone(),
                 addr: b.addr,
@@ -257,6 +264,11 @@ impl IkeLab {
             let files = match spec.client_dpd {
                 Some(delay) => files.with_dpd(delay),
                 None => files,
+            };
+            let files = if spec.mobike {
+                files.with_mobike()
+            } else {
+                files
             };
             clients.push(Client {
                 id: client_id(i),
@@ -355,6 +367,45 @@ impl IkeLab {
         Ok(())
     }
 
+    /// Client `i` moves to another network, as a laptop going from Wi-Fi to LTE: it gets
+    /// address [`roamed_addr`]`(i)` on a second subnet of the router's LAN, its default route
+    /// goes through the router's address there, and its old address is removed — one `ip`
+    /// batch, so its charon sees the address it used vanish. The router NATs the new address
+    /// to `public` (added to its uplink if it is new). With MOBIKE, charon moves its SAs to the
+    /// new path with UPDATE_SA_ADDRESSES (RFC 4555 §3.5); without, its SA is stuck on an
+    /// address it no longer has. Once per client. The new private address.
+    pub fn roam(&self, i: usize, public: Ipv4Addr) -> Result<Ipv4Addr> {
+        let router = &self.lab.client_ns;
+        let lan = router.ip(&["-4", "addr", "show", "dev", "lan"])?;
+        if !lan.contains(&format!(" {ROUTER_ROAMED_ADDR}/24 ")) {
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("{ROUTER_ROAMED_ADDR}/24"),
+                "dev",
+                "lan",
+            ])?;
+        }
+        let uplink = router.ip(&["-4", "addr", "show", "dev", "eth0"])?;
+        if !uplink.contains(&format!(" {public}/32 ")) {
+            router.ip(&["addr", "add", &format!("{public}/32"), "dev", "eth0"])?;
+        }
+        let (old, new) = (client_addr(i), roamed_addr(i));
+        nft(
+            router,
+            &format!(
+                "insert rule ip ikelb_interop postrouting ip saddr {new} oifname \"eth0\" \
+                 snat to {public}\n"
+            ),
+        )?;
+        self.client_ns[i].ip_batch(&format!(
+            "addr add {new}/24 dev eth0\n\
+             route replace default via {ROUTER_ROAMED_ADDR}\n\
+             addr del {old}/24 dev eth0\n"
+        ))?;
+        Ok(new)
+    }
+
     /// Kill responder `i`'s charon as a crash would (SIGKILL: no DELETE reaches its
     /// clients). The server stays up: it answers ping, and UDP 500 with port unreachable.
     pub fn kill_responder_charon(&mut self, i: usize) -> Result<()> {
@@ -370,7 +421,13 @@ impl IkeLab {
         // The dead instance's vici socket: `ready` must wait for the new one.
         let _ = std::fs::remove_file(dir.join("charon.vici"));
         let (net, len) = pool(i);
-        let files = CharonFiles::responder(&dir, &pki, &format!("{net}/{len}"), HOST_NET);
+        let files = CharonFiles::responder(
+            &dir,
+            &pki,
+            &format!("{net}/{len}"),
+            HOST_NET,
+            self.spec.mobike,
+        );
         let mut charon = Charon::spawn(&b.name, &b.ns, dir, &files)?;
         charon.ready(Duration::from_secs(20))?;
         // The old guard drops here: its charon has exited already.
@@ -930,6 +987,12 @@ impl Snapshot {
 /// Client i's private address.
 fn client_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 1, 0, 10 + i as u8)
+}
+
+/// Client i's private address after [`IkeLab::roam`]: the same host number on the second
+/// subnet.
+fn roamed_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 2, 0, 10 + i as u8)
 }
 
 /// Responder i's address toward the host.

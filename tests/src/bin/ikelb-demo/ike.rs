@@ -67,6 +67,7 @@ pub fn run(args: &Args, lb_ctl: &Path) -> Result<()> {
         fragmentation: Fragmentation::Ip,
         gateway: Gateway::Ikelb(lb_ctl.to_path_buf()),
         client_dpd: None,
+        mobike: false,
     };
     println!(
         "IKE demo: {clients} strongSwan initiators → NAT router ({} public addresses) → VIP \

@@ -9,10 +9,14 @@
 //! The control, with `sa_steering: false`, sends the same packets to the ring's responder,
 //! which knows nothing of them: every moved client loses its SA.
 //!
-//! The responders run with MOBIKE off (behind a VIP a MOBIKE responder would announce its own
-//! addresses), so this is the NAT rebinding without MOBIKE; a client that roams with MOBIKE
-//! sends its UPDATE_SA_ADDRESSES the same way, an IKE message of the SA from the new address,
-//! and is steered by the same rule (`tests/tests/prog_test_run_edge/steering.rs`).
+//! Those responders run with MOBIKE off. The MOBIKE tests (`mobike.rs`) turn it on at both
+//! ends ([`IkeLabSpec::mobike`]; the responders announce no address of their own) and move
+//! each client itself to a new address ([`IkeLab::roam`], a laptop going from Wi-Fi to LTE),
+//! which the router NATs to a fresh public address: charon probes the new path with an
+//! INFORMATIONAL of its SA and then sends UPDATE_SA_ADDRESSES from it (RFC 4555 §3.5), both
+//! steered to the SA's responder. Without steering the probes reach a responder without the
+//! SA and the client gives up. (A NAT rebinding with MOBIKE on is not repaired by strongSwan
+//! 5.9.8 at all: see docs/security.md, "SA steering".)
 //!
 //! Needs root and strongSwan (`cargo xtask bootstrap`); says why when it cannot run.
 
@@ -24,6 +28,8 @@ use ikelb_tests::{
     ike::{Fragmentation, IkeLab, IkeLabSpec, Snapshot},
     lab::{self, metrics},
 };
+
+mod mobike;
 
 const CLIENTS: usize = 6;
 const NAT_ADDRS: usize = 2;
@@ -39,6 +45,7 @@ fn spec(gateway: ikelb_tests::ike::Gateway) -> IkeLabSpec {
         fragmentation: Fragmentation::Ip,
         gateway,
         client_dpd: Some(DPD),
+        mobike: false,
     }
 }
 
@@ -70,14 +77,13 @@ fn establish(test: &str, lab: &IkeLab) -> Vec<Sa> {
     (0..CLIENTS).map(|i| sa_of(&snap, i)).collect()
 }
 
-/// Rebinds every client to a fresh public address (100.64.9.x) whose ring slot names another
-/// responder than its SA's (`lb-ctl lookup` of the address, which has no entry yet). The new
-/// addresses, by client.
-fn rebind_all(test: &str, lab: &IkeLab, sas: &[Sa]) -> Vec<Ipv4Addr> {
+/// For every client, a fresh public address (100.64.9.x) whose ring slot names another
+/// responder than its SA's (`lb-ctl lookup` of the address, which has no entry yet).
+fn fresh_publics(test: &str, lab: &IkeLab, sas: &[Sa]) -> Vec<Ipv4Addr> {
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl");
     let mut next = 1u8;
-    let mut moved = Vec::with_capacity(CLIENTS);
-    for (i, (at, _, _)) in sas.iter().enumerate() {
+    let mut publics = Vec::with_capacity(CLIENTS);
+    for (at, _, _) in sas {
         let holder = lab.responders[at.expect("established")].addr;
         let public = loop {
             let candidate = Ipv4Addr::new(100, 64, 9, next);
@@ -94,9 +100,17 @@ fn rebind_all(test: &str, lab: &IkeLab, sas: &[Sa]) -> Vec<Ipv4Addr> {
                 break candidate;
             }
         };
-        lab.rebind(i, public)
+        publics.push(public);
+    }
+    publics
+}
+
+/// Rebinds every client to its [`fresh_publics`] address; those addresses, by client.
+fn rebind_all(test: &str, lab: &IkeLab, sas: &[Sa]) -> Vec<Ipv4Addr> {
+    let moved = fresh_publics(test, lab, sas);
+    for (i, public) in moved.iter().enumerate() {
+        lab.rebind(i, *public)
             .unwrap_or_else(|e| panic!("{test}: rebinding client {i}: {e:#}"));
-        moved.push(public);
     }
     moved
 }

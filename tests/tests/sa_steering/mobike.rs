@@ -1,0 +1,213 @@
+//! SA steering under a MOBIKE roam (RFC 4555 §3.5), with MOBIKE on both ends: see `main.rs`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ikelb_tests::{
+    fixture::interop::{Balancer, InteropLab},
+    ike::{IkeLab, IkeLabSpec},
+    lab,
+};
+
+use super::{
+    establish, event, events, fresh_publics, sa_of, seen_at, spec, Sa, CLIENTS, RESPONDERS,
+};
+
+/// The lab with MOBIKE on both ends ([`IkeLabSpec::mobike`]).
+fn mobike_spec(gateway: ikelb_tests::ike::Gateway) -> IkeLabSpec {
+    IkeLabSpec {
+        mobike: true,
+        ..spec(gateway)
+    }
+}
+
+/// Lines of client `i`'s log that contain every one of `words`.
+fn client_lines(lab: &IkeLab, i: usize, words: &[&str]) -> Vec<String> {
+    lab.clients[i]
+        .charon
+        .log_text()
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every client's IKE_AUTH response carried N(MOBIKE_SUP) and N(NO_ADD_ADDR): MOBIKE was
+/// negotiated, and the responder announced no address of its own.
+fn assert_mobike_negotiated(test: &str, lab: &IkeLab) {
+    for i in 0..CLIENTS {
+        let auth = client_lines(lab, i, &["parsed IKE_AUTH response"]);
+        assert!(
+            auth.iter()
+                .any(|l| l.contains("N(MOBIKE_SUP)") && l.contains("N(NO_ADD_ADDR)"))
+                && !auth.iter().any(|l| l.contains("ADD_4_ADDR")),
+            "{test}: client {i}: MOBIKE not negotiated, or the responder announced addresses: \
+             {auth:?}"
+        );
+    }
+}
+
+/// Every client roams ([`IkeLab::roam`]) to a new private address the router NATs to its
+/// [`fresh_publics`] address; those public addresses, by client.
+fn roam_all(test: &str, lab: &IkeLab, sas: &[Sa]) -> Vec<Ipv4Addr> {
+    let moved = fresh_publics(test, lab, sas);
+    for (i, public) in moved.iter().enumerate() {
+        lab.roam(i, *public)
+            .unwrap_or_else(|e| panic!("{test}: client {i} roaming: {e:#}"));
+    }
+    moved
+}
+
+#[test]
+fn a_mobike_roam_keeps_every_ike_sa_on_its_responder() {
+    const TEST: &str = "a_mobike_roam_keeps_every_ike_sa_on_its_responder";
+    let Some(fx) = InteropLab::start(TEST, Balancer::Ikelb, mobike_spec) else {
+        return;
+    };
+    let lab = &fx.lab;
+    let before = establish(TEST, lab);
+    assert_mobike_negotiated(TEST, lab);
+    let t0 = Instant::now();
+    let moved = roam_all(TEST, lab, &before);
+    let during = lab.ping_all(5);
+    let arrived = lab::wait_for(
+        "every responder to see its client at the new address",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let snap = lab.snapshot(None, None)?;
+            Ok((0..CLIENTS)
+                .all(|i| seen_at(&snap, i) == Some(moved[i]))
+                .then_some(()))
+        },
+    );
+    let took = t0.elapsed();
+    let pings = lab.ping_all(3);
+    let after = lab
+        .snapshot(None, Some(&pings))
+        .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+    let steered = event(lab, "sa_steered");
+    let mut wrong = Vec::new();
+    for i in 0..CLIENTS {
+        let now = sa_of(&after, i);
+        let c = &after.clients[i];
+        let answered = c.ping.as_ref().is_some_and(|p| p.received == p.sent);
+        // RFC 4555 §3.5: the client moved its SA itself, from its new address.
+        let updates = client_lines(lab, i, &["generating INFORMATIONAL request", "UPD_SA_ADDR"]);
+        if now != before[i]
+            || !c.up()
+            || !answered
+            || seen_at(&after, i) != Some(moved[i])
+            || updates.is_empty()
+        {
+            wrong.push(format!(
+                "  {}: SA {:?} → {now:?}, up {}, pings {:?}, seen at {:?} (moved to {}), \
+                 {} UPDATE_SA_ADDRESSES sent",
+                c.id,
+                before[i],
+                c.up(),
+                c.ping,
+                seen_at(&after, i),
+                moved[i],
+                updates.len()
+            ));
+        }
+    }
+    assert!(
+        arrived.is_ok() && wrong.is_empty(),
+        "{TEST}: after the roam ({took:?}; events {}):\n{}\n{}",
+        events(lab),
+        wrong.join("\n"),
+        lab.responder_log_tails(20)
+    );
+    assert!(
+        steered >= CLIENTS as f64,
+        "{TEST}: every moved client's packets were steered: sa_steered {steered}"
+    );
+    let lost: u32 = during.iter().map(|p| p.sent - p.received).sum();
+    eprintln!(
+        "{TEST}: {CLIENTS} clients roamed with MOBIKE to addresses whose slot names another \
+         responder; every responder saw its client at the new address {took:.2?} after the \
+         moves; {lost} of {} pings sent meanwhile lost; sa_steered {steered}; the same IKE SA \
+         SPIs on the same responder for all",
+        during.iter().map(|p| p.sent).sum::<u32>()
+    );
+    fx.finish();
+}
+
+/// The control: the same roam with `sa_steering: false`. strongSwan's initiator first
+/// probes the new path with an empty INFORMATIONAL request and sends UPDATE_SA_ADDRESSES only
+/// once that is answered. Without steering the probes follow the ring to a responder that
+/// knows nothing of the SA and drops them; after 10 probes 2.5 s apart the client gives up and
+/// destroys its SA, and the responder holding it never hears from the new address.
+#[test]
+fn without_sa_steering_a_mobike_roam_loses_the_moved_sas() {
+    const TEST: &str = "without_sa_steering_a_mobike_roam_loses_the_moved_sas";
+    let Some(fx) = InteropLab::start_with_config(TEST, Balancer::Ikelb, mobike_spec, |config| {
+        format!("{config}sa_steering: false\n")
+    }) else {
+        return;
+    };
+    let lab = &fx.lab;
+    let before = establish(TEST, lab);
+    assert_mobike_negotiated(TEST, lab);
+    let t0 = Instant::now();
+    let moved = roam_all(TEST, lab, &before);
+    let gone = lab::wait_for(
+        "every moved client to lose its SA",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let snap = lab.snapshot(None, None)?;
+            Ok((0..CLIENTS)
+                .all(|i| !snap.clients[i].up() || sa_of(&snap, i) != before[i])
+                .then_some(()))
+        },
+    );
+    let took = t0.elapsed();
+    let after = lab
+        .snapshot(None, None)
+        .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+    let mut wrong = Vec::new();
+    for i in 0..CLIENTS {
+        let (at, ispi, rspi) = &before[i];
+        let at = at.expect("established");
+        let spis = (ispi.clone(), rspi.clone());
+        let holder = after.responder_sas[at]
+            .iter()
+            .find(|s| &s.initiator_spi == ispi);
+        let dropped_by: Vec<usize> = (0..RESPONDERS)
+            .filter(|&r| r != at && after.responder_logs[r].orphans.contains(&spis))
+            .collect();
+        let gave_up = client_lines(lab, i, &["giving up after", "path probings"]);
+        let updates = client_lines(lab, i, &["generating INFORMATIONAL request", "UPD_SA_ADDR"]);
+        let holder_at = holder.map(|s| s.remote_host.clone());
+        if holder_at.is_none()
+            || holder_at == Some(moved[i].to_string())
+            || dropped_by.is_empty()
+            || gave_up.is_empty()
+            || !updates.is_empty()
+        {
+            wrong.push(format!(
+                "  client {i}: holder {at} has it at {holder_at:?} (moved to {}); its SPIs \
+                 dropped by responders {dropped_by:?}; gave up {gave_up:?}; {} \
+                 UPDATE_SA_ADDRESSES sent",
+                moved[i],
+                updates.len()
+            ));
+        }
+    }
+    assert!(
+        gone.is_ok() && wrong.is_empty(),
+        "{TEST}: without SA steering ({gone:?}, {took:?}), want every roamed client's path \
+         probes dropped by another responder, the client giving up without an \
+         UPDATE_SA_ADDRESSES, and its responder still holding the SA at the old address:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(event(lab, "sa_steered"), 0.0, "{TEST}: nothing is steered");
+    eprintln!(
+        "{TEST}: every one of {CLIENTS} roamed clients had its path probes dropped by a \
+         responder without its SA and gave up its SA {took:.2?} after the moves"
+    );
+    fx.finish();
+}
