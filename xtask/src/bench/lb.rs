@@ -90,7 +90,7 @@ pub fn parse_config(yaml: &str) -> Result<Config> {
 /// CPUs the new-client ration is spread over (`NEW_CLIENT_QUOTA` =
 /// `Config::new_client_quota(cpus)`): the possible CPUs, one `QUOTA` slot each.
 pub fn quota_cpus() -> u32 {
-    aya::util::nr_cpus().map_or(1, |n| n as u32)
+    aya::util::nr_cpus().map_or(1, |n| n.get())
 }
 
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
