@@ -292,12 +292,7 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
         "cargo-install-bpf-linker",
         std::process::Command::new("cargo")
             .arg(format!("+{toolchain}"))
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-            ])
+            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
             .args(["--features", &features])
             .env("RUSTFLAGS", rustflags),
     )
