@@ -70,8 +70,8 @@ fn packages() -> Result<()> {
     apt_install(&missing, "", "apt-install")
 }
 
-/// cargo-deb, pinned: 3.8 needs rustc 1.85, and the stable toolchain here is 1.95
-/// (docs/toolchain.md).
+/// cargo-deb, pinned so a newer release cannot raise its rustc requirement: 3.8 needs rustc
+/// 1.85 (docs/toolchain.md).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// What `cargo xtask deb` and its test need besides the build: dpkg-dev (`dpkg-shlibdeps`,
