@@ -50,8 +50,9 @@ mod server;
 
 pub use client::{call, ClientError};
 pub use messages::{
-    parse_request, ApiError, BackendInfo, ErrorCode, HealthCheckInfo, LookupResult, PersistedInfo,
-    PersistenceInfo, ProbeHealth, Reply, Request, Response, Status, VirtualServerStatus,
+    parse_request, ApiError, BackendImpact, BackendInfo, ErrorCode, HealthCheckInfo, LookupResult,
+    PersistedInfo, PersistenceInfo, Plan, ProbeHealth, Reply, Request, Response, Status,
+    VirtualServerStatus, VsImpact,
 };
 pub use server::{ControlSocket, SocketError};
 

@@ -55,6 +55,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the daemon's config file again and apply the difference without a restart
+    /// (SIGHUP does the same); keys only a restart applies are refused.
+    Reload {
+        /// Only print what would change and how many live clients would move; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Which backend a client address goes to, and why.
     Lookup {
         client: IpAddr,
@@ -93,6 +103,12 @@ pub enum BackendCommand {
         /// Relative weight.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_WEIGHT)))]
         weight: u32,
+        /// Only print how many live clients would move and where; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a sentence or table.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a backend at once, or with --drain let its persisted clients stay until they
     /// are idle or the drain time is up (it takes no new client meanwhile).
@@ -104,6 +120,12 @@ pub enum BackendCommand {
         /// Drain for at most this long (`10m`, `1h`) instead of removing at once.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         drain: Option<Duration>,
+        /// Only print how many live clients would move and where; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a sentence or table.
+        #[arg(long)]
+        json: bool,
     },
     /// List backends and their state.
     List {
@@ -151,21 +173,38 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(daemon::run(config, ifindexes)?)
         }
-        Command::Backend(BackendCommand::Add { vs, addr, weight }) => {
+        Command::Backend(BackendCommand::Add {
+            vs,
+            addr,
+            weight,
+            dry_run,
+            json,
+        }) => {
             let request = Request::BackendAdd {
                 virtual_server: vs,
                 address: addr,
                 weight,
+                dry_run,
             };
-            Ok(operator::run(&cli.socket, &request, false)?)
+            Ok(operator::run(&cli.socket, &request, json)?)
         }
-        Command::Backend(BackendCommand::Remove { vs, addr, drain }) => {
+        Command::Backend(BackendCommand::Remove {
+            vs,
+            addr,
+            drain,
+            dry_run,
+            json,
+        }) => {
             let request = Request::BackendRemove {
                 virtual_server: vs,
                 address: addr,
                 drain,
+                dry_run,
             };
-            Ok(operator::run(&cli.socket, &request, false)?)
+            Ok(operator::run(&cli.socket, &request, json)?)
+        }
+        Command::Reload { dry_run, json } => {
+            Ok(operator::run(&cli.socket, &Request::Reload { dry_run }, json)?)
         }
         Command::Backend(BackendCommand::List { json }) => {
             Ok(operator::run(&cli.socket, &Request::BackendList, json)?)
@@ -191,6 +230,10 @@ mod tests {
             "lb-ctl backend list --json",
             "lb-ctl status --json",
             "lb-ctl lookup 198.51.100.7 --json",
+            "lb-ctl reload",
+            "lb-ctl reload --dry-run --json",
+            "lb-ctl backend add aovpn 10.0.0.13 --dry-run --json",
+            "lb-ctl backend remove aovpn 10.0.0.13 --drain 1m --dry-run",
         ] {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
@@ -205,6 +248,7 @@ mod tests {
             "lookup 192.0.2.1",
             "backend add aovpn 10.0.0.14",
             "backend remove aovpn 10.0.0.14 --drain 1m",
+            "reload --dry-run",
         ] {
             let mut args = vec!["lb-ctl", "--socket", sock.to_str().unwrap()];
             args.extend(line.split(' '));

@@ -137,6 +137,7 @@ mod tests {
             "man8/lb-ctl-backend-list.8",
             "man8/lb-ctl-status.8",
             "man8/lb-ctl-lookup.8",
+            "man8/lb-ctl-reload.8",
             "completions/bash/lb-ctl.bash",
             "completions/zsh/_lb-ctl",
             "completions/fish/lb-ctl.fish",

@@ -6,7 +6,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use crate::api::{
-    self, ApiError, BackendInfo, ClientError, LookupResult, Reply, Request, Response,
+    self, ApiError, BackendInfo, ClientError, LookupResult, Plan, Reply, Request, Response,
 };
 
 /// Why an operator command failed.
@@ -145,7 +145,60 @@ pub fn render(reply: &Reply) -> String {
             out
         }
         Reply::Lookup { client, results } => lookup_table(*client, results),
+        Reply::Plan(plan) => plan_text(plan),
     }
+}
+
+/// A reload or dry run: the changes, then per virtual server and backend the live clients
+/// that move (docs/operations.md, "Blast radius").
+fn plan_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let head = if plan.dry_run {
+        "dry run, nothing changed"
+    } else {
+        "applied"
+    };
+    if plan.changes.is_empty() {
+        let _ = writeln!(out, "no change ({head})");
+        return out;
+    }
+    let _ = writeln!(out, "{} change(s) ({head}):", plan.changes.len());
+    for c in &plan.changes {
+        let _ = writeln!(out, "  {c}");
+    }
+    for vs in &plan.virtual_servers {
+        let _ = writeln!(
+            out,
+            "\nvirtual server {} {}: {} of {} live clients move{}",
+            vs.virtual_server,
+            vs.vip,
+            vs.moving,
+            vs.clients,
+            if vs.dropped > 0 {
+                format!(" ({} to no backend: dropped)", vs.dropped)
+            } else {
+                String::new()
+            }
+        );
+        let header = ["BACKEND", "CHANGE", "CLIENTS", "MOVE AWAY", "START HERE"];
+        let rows = vs.backends.iter().map(|b| {
+            vec![
+                b.address.to_string(),
+                if b.change.is_empty() {
+                    "-".to_owned()
+                } else {
+                    b.change.clone()
+                },
+                b.clients.to_string(),
+                b.leaving.to_string(),
+                b.arriving.to_string(),
+            ]
+        });
+        for line in table(&header, rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 fn backend_table(backends: &[BackendInfo], with_vs: bool) -> String {

@@ -17,6 +17,9 @@
 //! * `runtime/drain.rs`: drains — start limits, deadlines, idle-client counting, the end.
 //! * `runtime/event_loop.rs`: [`Runtime`], the daemon's side — tokio tasks, the control
 //!   socket, the drain timer, persistence scans off the loop.
+//! * `runtime/reload.rs`: `reload` and SIGHUP — the config file read again, the difference
+//!   applied; `runtime/restart_only.rs`: the keys it refuses; `runtime/blast.rs`: the blast
+//!   radius of a change (dry runs).
 //! * `runtime/store.rs`: the runtime changes file; `runtime/lookup.rs`: `lookup`'s answer;
 //!   `runtime/sweep.rs`: the slot flag sweep.
 //!
@@ -122,6 +125,8 @@ pub struct Effects {
     pub resolve: bool,
     /// The health targets changed (backends added or removed).
     pub targets_changed: bool,
+    /// `health_check` changed (a reload): the monitor restarts with the controller's config.
+    pub health: bool,
 }
 
 /// The control logic: requests, health verdicts, drains, runtime changes.
@@ -179,14 +184,18 @@ fn dp_error(e: DataplaneError) -> ApiError {
 // ---------------------------------------------------------------------------------------
 // The controller's parts and the daemon's side (see "Modules" above)
 
+mod blast;
 mod changes;
 mod drain;
 mod event_loop;
 mod health_verdicts;
+mod reload;
 mod requests;
+mod restart_only;
 pub mod share;
 pub use drain::MAX_DRAIN;
 pub use event_loop::{apply_and_log, Event, Runtime, RuntimeError};
+pub use restart_only::restart_only;
 
 #[cfg(test)]
 mod dual_stack_tests;

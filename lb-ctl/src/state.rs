@@ -108,6 +108,8 @@
 //! * `state/interfaces.rs` — the attached interfaces, their ports, and backends' next hops;
 //! * `state/apply.rs` — services and their Maglev tables: build, write and flip
 //!   ([`Balancer::apply`]);
+//! * `state/services.rs` — services from the config, and those a reload adds or removes;
+//! * `state/preview.rs` — the tables an edit would give, for dry runs;
 //! * `state/sweep.rs` — the slot flag sweep ("Slot flags" above);
 //! * `state/adopt.rs` — restart over pinned maps.
 
@@ -116,11 +118,11 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{Service, BACKEND_NONE, FAMILY_V4, FAMILY_V6, MAX_PORTS, SVC_F_ESP};
+use lb_common::{Service, BACKEND_NONE};
 
 use crate::{
     config::Config,
-    dataplane::{addr_words, port_wire, Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError},
     health::HealthState,
     identity::Identity,
 };
@@ -128,6 +130,8 @@ use crate::{
 mod apply;
 mod backends;
 mod interfaces;
+mod preview;
+mod services;
 mod sweep;
 
 use backends::IdAllocator;
@@ -135,6 +139,7 @@ use backends::IdAllocator;
 pub use apply::{ApplyReport, ServiceState};
 pub use backends::{backend_capacity, BackendState, MIN_BACKEND_CAPACITY};
 pub use interfaces::{IfaceInfo, NextHop};
+pub use preview::{Edit, Preview};
 pub use sweep::{SweepReport, SweepTicket, SWEEP_GRACE};
 
 /// Errors of the control logic.
@@ -174,8 +179,16 @@ pub struct Balancer<D> {
     services: Vec<ServiceState>,
     /// Service id → index in `services`.
     service_pos: BTreeMap<u32, usize>,
-    /// Services pinned by a previous daemon whose VIP the config no longer has (adoption):
-    /// forgotten by the next apply.
+    /// Ids below this fit the maps indexed by service id (`SERVICES`, `RINGS`): a service a
+    /// reload adds needs one ([`Balancer::add_service`]).
+    service_capacity: u32,
+    /// IPv6 services `VIPS_V6` holds.
+    v6_capacity: u32,
+    /// Ids of services removed while running: not given to a new service before a restart
+    /// (entries keyed by them may still be in the persistence maps).
+    retired: Vec<u32>,
+    /// Services pinned by a previous daemon whose VIP the config no longer has (adoption),
+    /// or removed by a reload: forgotten by the next apply.
     stale_services: Vec<Service>,
     backends: BTreeMap<u32, BackendState>,
     ids: IdAllocator,
@@ -238,32 +251,7 @@ impl<D: Dataplane> Balancer<D> {
                     vip: vs.vip,
                 })?;
             service_pos.insert(id, pos);
-            let mut value = Service {
-                id,
-                flags: if vs.esp { SVC_F_ESP } else { 0 },
-                ring_base: id * 2 * m,
-                family: if vs.vip.is_ipv4() {
-                    FAMILY_V4
-                } else {
-                    FAMILY_V6
-                },
-                vip: addr_words(vs.vip),
-                ..Service::default()
-            };
-            for (slot, &p) in value
-                .udp_ports
-                .iter_mut()
-                .zip(vs.ports.iter().take(MAX_PORTS))
-            {
-                *slot = port_wire(p);
-            }
-            for (slot, &p) in value
-                .tcp_ports
-                .iter_mut()
-                .zip(vs.tcp_ports.iter().take(MAX_PORTS))
-            {
-                *slot = port_wire(p);
-            }
+            let mut service = ServiceState::new(vs, id, m);
             let mut members = Vec::new();
             for b in &vs.backends {
                 let bid = ids.alloc().ok_or(StateError::IdsExhausted {
@@ -286,21 +274,8 @@ impl<D: Dataplane> Balancer<D> {
                     },
                 );
             }
-            services.push(ServiceState {
-                name: vs.name.clone(),
-                value,
-                members,
-                buffers: [
-                    vec![BACKEND_NONE; m as usize],
-                    vec![BACKEND_NONE; m as usize],
-                ],
-                active: 0,
-                written: false,
-                changed_at: vec![0; m as usize],
-                flag_all: false,
-                built_from: None,
-                hold: None,
-            });
+            service.members = members;
+            services.push(service);
         }
         // Interfaces beyond the config's (only in tests) get both roles.
         let roles = (0..ifaces.len())
@@ -333,6 +308,9 @@ impl<D: Dataplane> Balancer<D> {
             roles,
             services,
             service_pos,
+            service_capacity: u32::MAX,
+            v6_capacity: u32::MAX,
+            retired: Vec::new(),
             stale_services: Vec::new(),
             backends,
             ids,

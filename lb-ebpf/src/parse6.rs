@@ -29,7 +29,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     counters::{Verdict, DROP_FRAGMENT_END, DROP_MALFORMED, PASS_IPV6_EXT},
-    l4::Transport,
+    l4::{Transport, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP},
     parse::{load16, load32, ptr_at, store32},
 };
 
@@ -184,6 +184,16 @@ pub fn walk(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Result<Transport, Verdict> 
     let end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len;
     let mut next = next_hdr(ip);
     let mut offset = EthHdr::LEN + Ipv6Hdr::LEN;
+    // What nearly every packet carries: its upper layer right behind the IPv6 header.
+    if matches!(next, IPPROTO_UDP | IPPROTO_ESP | IPPROTO_TCP) {
+        return Ok(Transport {
+            proto: next,
+            offset,
+            end,
+            first: true,
+            whole: true,
+        });
+    }
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         if next == NEXTHDR_FRAGMENT {

@@ -233,10 +233,21 @@ pub fn forward<F: Family>(
     origin: &Origin,
     bulk: bool,
 ) -> Result<Choice, Verdict> {
-    let hash = F::hash(saddr);
-    let index = ring_index(svc, hash)?;
+    if maps::ring_size() == 0 {
+        return Err(DROP_NO_BACKEND);
+    }
+    // The client's ring slot. The fast path's first test needs it; with the fast path off an
+    // established client's packet needs none, and skips the client hash (four words over
+    // IPv6) until a choice is made. Stamps and flags are the fast path's only.
+    let slot = || ring_index(svc, F::hash(saddr));
+    let fast = if maps::slot_fast_path() {
+        Some(slot()?)
+    } else {
+        None
+    };
+    let index = || fast.map_or_else(slot, Ok);
     let (now_ns, now) = now();
-    if bulk {
+    if let (true, Some(index)) = (bulk, fast) {
         let s = ring_at(index);
         if s & RING_F_CHANGED == 0 {
             let id = s & RING_BACKEND_MASK;
@@ -258,7 +269,9 @@ pub fn forward<F: Family>(
     // an established entry would give, and it could not get a probation entry. A spoofed
     // IKE_SA_INIT then costs one ring read and `BACKEND_IDS_*`, no lookup in the large maps
     // (`docs/security.md`, "Floods"). Only UDP that is not bulk reads its IKE header here.
-    let early = if maps::slot_fast_path() && !bulk && pkt.first && pkt.csum.udp().is_some() {
+    let early = if let (false, true, true, Some(index)) =
+        (bulk, pkt.first, pkt.csum.udp().is_some(), fast)
+    {
         let sig = signal::read(ctx, pkt, Side::Forward);
         if sig.ike_init && ring_at(index) & RING_F_CHANGED == 0 && !edge::quota_left(now_ns) {
             if let Some(id) = F::listed(saddr) {
@@ -278,7 +291,7 @@ pub fn forward<F: Family>(
             Some(b) if live(unsafe { (*e).atime }, now) => (unsafe { (*e).backend }, b),
             _ => {
                 // Re-selection in place (no LRU insert, no eviction).
-                let (id, b) = ring_backend(index)?;
+                let (id, b) = ring_backend(index()?)?;
                 unsafe { (*e).backend = id };
                 (id, b)
             }
@@ -300,7 +313,9 @@ pub fn forward<F: Family>(
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
-        stamp(index, now);
+        if let Some(i) = fast {
+            stamp(i, now);
+        }
         return Ok(Choice {
             id,
             backend: b,
@@ -325,7 +340,7 @@ pub fn forward<F: Family>(
     // (`docs/security.md`). In a changed slot, or with the fast path off, this keeps a
     // spoofed IKE_SA_INIT at two map lookups (its entry, `BACKEND_IDS_*`).
     if sig.ike_init && !edge::quota_left(now_ns) {
-        return throttled(index);
+        return throttled(index()?);
     }
 
     if let Some(p) = F::probation().get_ptr_mut(&key) {
@@ -333,7 +348,7 @@ pub fn forward<F: Family>(
         let (id, b) = match unsafe { usable((*p).backend, svc) } {
             Some(b) if live(unsafe { (*p).atime }, now) => (unsafe { (*p).backend }, b),
             _ => {
-                let (id, b) = ring_backend(index)?;
+                let (id, b) = ring_backend(index()?)?;
                 unsafe {
                     (*p).backend = id;
                     (*p).proof = 0;
@@ -353,7 +368,9 @@ pub fn forward<F: Family>(
                         (*p).proof = 0;
                         (*p).flags = 0;
                     }
-                    flag_if_divergent(index, s);
+                    if let Some(i) = fast {
+                        flag_if_divergent(i, s);
+                    }
                     counters::event(event::SA_STEERED);
                     (s, sb)
                 }
@@ -376,7 +393,9 @@ pub fn forward<F: Family>(
                 steer::learn(svc.id, &sig, id, true);
             }
         }
-        stamp(index, now);
+        if let Some(i) = fast {
+            stamp(i, now);
+        }
         return Ok(Choice {
             id,
             backend: b,
@@ -389,7 +408,7 @@ pub fn forward<F: Family>(
     let steered = steer::backend(svc.id, &sig).and_then(|id| Some((id, usable(id, svc)?)));
     let (id, b) = match steered {
         Some(choice) => choice,
-        None => ring_backend(index)?,
+        None => ring_backend(index()?)?,
     };
     // Non-first fragments carry nothing to keep (their first fragment made the entry), nor
     // does a NAT keepalive: it would pin a client that moved to the ring's backend before
@@ -402,7 +421,9 @@ pub fn forward<F: Family>(
         });
     }
     if steered.is_some() {
-        flag_if_divergent(index, id);
+        if let Some(i) = fast {
+            flag_if_divergent(i, id);
+        }
         counters::event(event::SA_STEERED);
     } else if sig.mid_session {
         counters::event(event::LOST);

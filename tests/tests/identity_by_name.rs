@@ -25,209 +25,25 @@
 //! `one/ipv4` 0, `two/ipv4` 1, `three/ipv4` 2, `ext` 0, `int` 1. Root only; otherwise the test
 //! says why and returns.
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ikelb_tests::lab::{
-    self, responder::Answer, Lab, LabSpec, UdpProbe, BACKEND_PORTS, GW_EXT, GW_INT, VIP,
-};
+use ikelb_tests::fixture;
+use ikelb_tests::lab::stream::Stream;
+use ikelb_tests::lab::{self, Lab, LabSpec, UdpProbe, BACKEND_PORTS, GW_EXT, GW_INT, VIP};
 
 /// Client addresses sending at once (half to each of the first two VIPs).
 const CLIENTS: usize = 40;
 /// Datagrams per second over all clients.
 const RATE: u64 = 1000;
-/// How long a reply may take before its datagram counts as lost.
-const REPLY_GRACE: Duration = Duration::from_secs(2);
 const VIP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const VIP3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
 
-fn skip_unless_root(test: &str) -> bool {
-    if lab::is_root() {
-        return false;
-    }
-    eprintln!(
-        "SKIP {test}: needs root (network namespaces, veth, XDP, bpffs); run `cargo xtask test` \
-         as root"
-    );
-    true
-}
-
 fn responder() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder"))
-}
-
-/// What the sender saw.
-#[derive(Debug, Default)]
-struct Tally {
-    sent: u64,
-    answered: u64,
-    /// Answers not from the VIP or not showing the client's own address.
-    wrong: u64,
-    /// Clients answered by more than one backend.
-    moved: Vec<(Ipv4Addr, Vec<String>)>,
-    /// Datagrams never answered: (sequence number, seconds since start).
-    lost: Vec<(u64, f64)>,
-    per_backend: BTreeMap<String, u64>,
-}
-
-/// Joins the network namespace `name` (this thread only).
-fn enter_netns(name: &str) {
-    let f = File::open(format!("/run/netns/{name}")).expect("open the namespace handle");
-    // SAFETY: setns on a valid fd; CLONE_NEWNET moves only the calling thread.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-}
-
-/// Sends `RATE` datagrams a second round-robin from `clients` (address, the VIP it talks to) until `stop`, then waits
-/// [`REPLY_GRACE`] for the last answers. Runs in the client namespace.
-fn send_until(netns: String, clients: Vec<(Ipv4Addr, Ipv4Addr)>, stop: Arc<AtomicBool>) -> Tally {
-    enter_netns(&netns);
-    let socks: Vec<UdpSocket> = clients
-        .iter()
-        .map(|&(c, _)| {
-            let s = UdpSocket::bind((c, 0)).expect("bind client");
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
-    let mut tally = Tally::default();
-    let mut seen: Vec<Vec<String>> = vec![Vec::new(); clients.len()];
-    // seq → (client index, sent at)
-    let mut outstanding: BTreeMap<u64, (usize, Instant)> = BTreeMap::new();
-    let start = Instant::now();
-    let period = Duration::from_nanos(1_000_000_000 / RATE);
-    let mut next_send = start;
-    let mut stopped_at: Option<Instant> = None;
-    let mut buf = [0u8; 2048];
-    loop {
-        let now = Instant::now();
-        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
-            stopped_at = Some(now);
-        }
-        match stopped_at {
-            Some(t) if outstanding.is_empty() || now - t > REPLY_GRACE => break,
-            Some(_) => {}
-            None => {
-                while next_send <= now {
-                    let seq = tally.sent;
-                    let i = (seq % clients.len() as u64) as usize;
-                    let port = BACKEND_PORTS[(seq / clients.len() as u64 % 2) as usize];
-                    let mut payload = format!("r{seq} ").into_bytes();
-                    payload.resize(120, b'x');
-                    socks[i]
-                        .send_to(&payload, SocketAddrV4::new(clients[i].1, port))
-                        .expect("send");
-                    outstanding.insert(seq, (i, now));
-                    tally.sent += 1;
-                    next_send += period;
-                }
-            }
-        }
-        // Wait for answers until the next send is due.
-        let wait = next_send
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_micros(200));
-        let mut fds: Vec<libc::pollfd> = socks
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                wait.as_millis().max(1) as libc::c_int,
-            )
-        };
-        for (i, s) in socks.iter().enumerate() {
-            loop {
-                let (n, from) = match s.recv_from(&mut buf) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
-                    Err(e) => panic!("recv: {e}"),
-                };
-                let Ok(Answer::Echo(echo)) = Answer::parse(&String::from_utf8_lossy(&buf[..n]))
-                else {
-                    continue;
-                };
-                let Some(seq) = echo
-                    .tag
-                    .strip_prefix('r')
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                if outstanding.remove(&seq).is_none() {
-                    continue; // a duplicate
-                }
-                tally.answered += 1;
-                let from_vip = matches!(from, SocketAddr::V4(a) if *a.ip() == clients[i].1);
-                if !from_vip || echo.seen != IpAddr::V4(clients[i].0) {
-                    tally.wrong += 1;
-                }
-                *tally.per_backend.entry(echo.backend.clone()).or_default() += 1;
-                if !seen[i].contains(&echo.backend) {
-                    seen[i].push(echo.backend);
-                }
-            }
-        }
-    }
-    tally.lost = outstanding
-        .iter()
-        .map(|(&seq, &(_, at))| (seq, (at - start).as_secs_f64()))
-        .collect();
-    tally.moved = clients
-        .iter()
-        .zip(seen)
-        .filter(|(_, b)| b.len() > 1)
-        .map(|(&(c, _), b)| (c, b))
-        .collect();
-    tally
-}
-
-/// Waits until the daemon log holds `n` occurrences of `needle`.
-fn wait_log(lab: &mut Lab, needle: &str, n: usize) {
-    let waited = lab::wait_for(
-        &format!("{n}× {needle:?} in the daemon log"),
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || {
-            let d = lab.daemon().expect("daemon started");
-            if let Some(status) = d.exit_status() {
-                anyhow::bail!("daemon exited ({status}):\n{}", d.output_tail(40));
-            }
-            Ok((d.output().matches(needle).count() >= n).then_some(()))
-        },
-    );
-    if let Err(e) = waited {
-        panic!("{e:#}\n{}", lab.daemon_output_tail(40));
-    }
-}
-
-fn kill_daemon(lab: &mut Lab, signal: libc::c_int) {
-    let d = lab.daemon().expect("daemon started");
-    // SAFETY: kill(2) on our own unreaped child (`ip netns exec` execs lb-ctl in place).
-    assert_eq!(unsafe { libc::kill(d.pid() as libc::pid_t, signal) }, 0);
-    let status = lab::wait_for(
-        "the daemon to exit",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || Ok(d.exit_status()),
-    )
-    .expect("daemon exit");
-    eprintln!("identity: daemon ended by signal {signal}: {status}");
 }
 
 /// The lab's config with `servers` (in this order) and the interfaces in this order (roles
@@ -286,7 +102,7 @@ fn config(lab: &Lab, servers: &[&str], ifaces: [&str; 2]) -> String {
 
 #[test]
 fn reordering_and_inserting_moves_no_client() {
-    if skip_unless_root("reordering_and_inserting_moves_no_client") {
+    if fixture::skip_unless_root("reordering_and_inserting_moves_no_client") {
         return;
     }
     let lb_ctl = lab::lb_ctl_path().expect("lb-ctl binary");
@@ -302,7 +118,8 @@ fn reordering_and_inserting_moves_no_client() {
     let first = config(&lab, &["one", "two"], [GW_EXT, GW_INT]);
     lab.start_daemon_with_config(&lb_ctl, &first)
         .expect("start lb-ctl daemon");
-    wait_log(&mut lab, "ikelb running", 1);
+    lab.wait_daemon_log("ikelb running", 1)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let clients: Vec<(Ipv4Addr, Ipv4Addr)> = lab
         .clients
         .iter()
@@ -328,15 +145,7 @@ fn reordering_and_inserting_moves_no_client() {
         })
         .expect("client namespace");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (ns, clients, stop) = (
-            lab.client_ns.name().to_string(),
-            clients.clone(),
-            Arc::clone(&stop),
-        );
-        thread::spawn(move || send_until(ns, clients, stop))
-    };
+    let stream = Stream::start(&lab.client_ns, clients.clone(), RATE);
     let t0 = Instant::now();
     thread::sleep(Duration::from_secs(2));
 
@@ -369,7 +178,11 @@ fn reordering_and_inserting_moves_no_client() {
     ];
     let mut at = Vec::new();
     for (what, servers, ifaces, n) in &steps {
-        kill_daemon(&mut lab, libc::SIGTERM);
+        let status = lab.signal_daemon(libc::SIGTERM).expect("daemon exit");
+        eprintln!(
+            "identity: daemon ended by signal {}: {status}",
+            libc::SIGTERM
+        );
         if *n == 5 {
             // The pins alone give the identities back.
             match std::fs::remove_file(&identity_file) {
@@ -383,12 +196,12 @@ fn reordering_and_inserting_moves_no_client() {
         let text = config(&lab, servers, *ifaces);
         lab.start_daemon_with_config(&lb_ctl, &text)
             .unwrap_or_else(|e| panic!("{what}: start the daemon: {e:#}"));
-        wait_log(&mut lab, "ikelb running", *n);
+        lab.wait_daemon_log("ikelb running", *n)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         at.push(format!("{what} at {:.1} s", t0.elapsed().as_secs_f64()));
         thread::sleep(Duration::from_secs(2));
     }
-    stop.store(true, Ordering::Relaxed);
-    let tally = sender.join().expect("sender thread");
+    let tally = stream.stop();
     eprintln!(
         "identity: {} datagrams sent at {RATE}/s from {CLIENTS} clients to 2 VIPs over {:.1} s, \
          {} answered, {} lost, {} wrong, {} clients moved; per backend {:?}; restarts: {}",
@@ -451,5 +264,9 @@ fn reordering_and_inserting_moves_no_client() {
         "the four backends of one and two served clients: {:?}",
         tally.per_backend
     );
-    kill_daemon(&mut lab, libc::SIGTERM);
+    let status = lab.signal_daemon(libc::SIGTERM).expect("daemon exit");
+    eprintln!(
+        "identity: daemon ended by signal {}: {status}",
+        libc::SIGTERM
+    );
 }

@@ -13,6 +13,10 @@ fn default_weight() -> u32 {
     1
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// One request. `virtual_server` is a name or a VIP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
@@ -22,6 +26,9 @@ pub enum Request {
         address: IpAddr,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// Only say which live clients would move (the blast radius); change nothing.
+        #[serde(default, skip_serializing_if = "is_false")]
+        dry_run: bool,
     },
     BackendRemove {
         virtual_server: String,
@@ -33,6 +40,15 @@ pub enum Request {
             skip_serializing_if = "Option::is_none"
         )]
         drain: Option<Duration>,
+        /// Only say which live clients would move (the blast radius); change nothing.
+        #[serde(default, skip_serializing_if = "is_false")]
+        dry_run: bool,
+    },
+    /// Read the config file again and apply the difference (docs/operations.md, "Reload").
+    Reload {
+        /// Only say what would change and which live clients would move; change nothing.
+        #[serde(default, skip_serializing_if = "is_false")]
+        dry_run: bool,
     },
     BackendList,
     Status,
@@ -86,6 +102,51 @@ pub enum Reply {
         client: IpAddr,
         results: Vec<LookupResult>,
     },
+    /// A reload, or a `--dry-run` of a reload or `backend add/remove`.
+    Plan(Plan),
+}
+
+/// What a change does (or, with `dry_run`, would do) and its blast radius: per virtual
+/// server and backend, the live clients that move and where they start
+/// (docs/operations.md, "Blast radius").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `true`: nothing was changed.
+    pub dry_run: bool,
+    /// The changes, one line each (`aovpn: 10.0.0.14 added (weight 1)`); empty when the file
+    /// says what the daemon runs.
+    pub changes: Vec<String>,
+    /// Every virtual server (service) a change touches or a client of which moves.
+    pub virtual_servers: Vec<VsImpact>,
+}
+
+/// One service's blast radius.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsImpact {
+    pub virtual_server: String,
+    pub vip: IpAddr,
+    /// Live clients (persistence and probation entries the data path follows or that are not
+    /// idle).
+    pub clients: u64,
+    /// Live clients whose backend changes.
+    pub moving: u64,
+    /// Moving clients that would have no backend (every backend gone: dropped).
+    pub dropped: u64,
+    pub backends: Vec<BackendImpact>,
+}
+
+/// One backend's share of a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendImpact {
+    pub address: IpAddr,
+    /// `added`, `removed`, `draining`, `drain cancelled`, `weight 1 → 2`, or empty.
+    pub change: String,
+    /// Live clients it serves now.
+    pub clients: u64,
+    /// Of those, the ones that move to another backend.
+    pub leaving: u64,
+    /// Live clients of other backends that would start on it.
+    pub arriving: u64,
 }
 
 /// Why a request failed.
@@ -125,6 +186,10 @@ pub enum ErrorCode {
     Forbidden,
     /// Every connection slot is serving a request: try again.
     Busy,
+    /// The config file does not validate (`file:line: key: reason`); nothing was changed.
+    InvalidConfig,
+    /// The file changes a key only a restart applies; nothing was changed.
+    RestartRequired,
 }
 
 /// A backend as the daemon sees it.

@@ -16,6 +16,7 @@ fn requests_round_trip_and_read_as_documented() {
         virtual_server: "aovpn".into(),
         address: "10.0.0.14".parse().unwrap(),
         weight: 2,
+        dry_run: false,
     };
     let json = serde_json::to_string(&add).unwrap();
     assert_eq!(
@@ -33,6 +34,7 @@ fn requests_round_trip_and_read_as_documented() {
             virtual_server: "203.0.113.10".into(),
             address: "10.0.0.12".parse().unwrap(),
             drain: Some(Duration::from_secs(600)),
+            dry_run: false
         }
     );
     assert_eq!(
@@ -41,7 +43,8 @@ fn requests_round_trip_and_read_as_documented() {
         Request::BackendAdd {
             virtual_server: "a".into(),
             address: "10.0.0.1".parse().unwrap(),
-            weight: 1
+            weight: 1,
+            dry_run: false
         }
     );
     assert_eq!(

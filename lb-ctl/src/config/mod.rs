@@ -147,6 +147,9 @@ pub struct Config {
     /// is still usable keeps that backend, flagged, before it moves (extension; default 5 s,
     /// 0 moves at once; see `state`, "Slot moves").
     pub slot_move_delay: Duration,
+    /// How long a backend that a reload removes from the file drains before it leaves
+    /// (extension; default 1 h, 0 removes at once; docs/operations.md, "Reload").
+    pub reload_drain: Duration,
     /// Route announcement of the VIPs this node can serve (extension; `None`: no routes are
     /// written).
     pub announce: Option<Announce>,
@@ -268,6 +271,11 @@ impl Config {
     /// Keys that are valid but have no effect, one line each (`file:line: key: reason`).
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+
+    /// A problem with key `key` of this file, at the key's line (`file:line: key: reason`).
+    pub fn problem(&self, key: impl Into<String>, reason: impl Into<String>) -> Problem {
+        self.origin.problem(key.into(), reason.into())
     }
 
     /// The file this configuration was read from, as given.

@@ -85,6 +85,8 @@ pub(super) struct RawConfig {
     pub(super) sa_steering: bool,
     #[serde(default, with = "humantime_serde")]
     pub(super) slot_move_delay: Option<Duration>,
+    #[serde(default = "default_reload_drain", with = "humantime_serde")]
+    pub(super) reload_drain: Duration,
     #[serde(default)]
     pub(super) announce: Option<RawAnnounce>,
     #[serde(default)]
@@ -219,6 +221,12 @@ impl Default for RawMetrics {
             listen: default_listen(),
         }
     }
+}
+
+/// `reload_drain` when the config sets none: backends a reload removes drain for up to an
+/// hour.
+fn default_reload_drain() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_persistence_timeout() -> Duration {

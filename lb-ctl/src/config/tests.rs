@@ -641,3 +641,17 @@ fn persistence_timeout_rounds_up_to_ticks() {
     c.persistence_timeout = Duration::from_secs(1800);
     assert_eq!(c.persist_timeout_ticks(), 1677); // 1.8e12 ns / 2^30 ns = 1676.4
 }
+
+#[test]
+fn reload_drain_defaults_to_an_hour_and_is_bounded_like_a_drain() {
+    let base = "interfaces: [eth0]\nvirtual_servers:\n  - name: a\n    vip: 192.0.2.1\n";
+    let c = parse("m.yaml", base).expect("valid config");
+    assert_eq!(c.reload_drain, Duration::from_secs(3600));
+    let c = parse("m.yaml", &format!("reload_drain: 0s\n{base}")).expect("valid config");
+    assert!(c.reload_drain.is_zero());
+    let e = refused(&format!("reload_drain: 31days\n{base}"));
+    assert!(
+        e.starts_with("ikelb.yaml:1: reload_drain: 1month 13h 26m 24s is longer than the maximum drain 30days"),
+        "{e}"
+    );
+}

@@ -305,6 +305,16 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         Some(d) => d,
         None => super::schema::default_slot_move_delay(raw.persistence_timeout),
     };
+    if raw.reload_drain > crate::runtime::MAX_DRAIN {
+        c.refuse(
+            "reload_drain",
+            format!(
+                "{} is longer than the maximum drain {}",
+                humantime::format_duration(raw.reload_drain),
+                humantime::format_duration(crate::runtime::MAX_DRAIN)
+            ),
+        );
+    }
     let raw_vips: usize = raw.virtual_servers.iter().map(|vs| vs.vip.0.len()).sum();
     if !lb_common::maglev::is_prime(raw.maglev_table_size) {
         c.refuse(
@@ -647,6 +657,7 @@ pub(super) fn validate(raw: RawConfig, origin: Origin) -> Result<Config, ConfigE
         slot_fast_path: raw.slot_fast_path,
         sa_steering: raw.sa_steering,
         slot_move_delay,
+        reload_drain: raw.reload_drain,
         announce,
         share,
         warnings,

@@ -71,7 +71,7 @@ pub(super) fn load(
     kernel::require()?;
     // Maps indexed by service id hold the highest id + 1 (ids follow names and may leave
     // gaps: `crate::identity`).
-    let services = identity.service_slots().max(1);
+    let services = service_capacity(identity.service_slots(), config.maglev_table_size);
     let ring_size = config.maglev_table_size;
     let ticks = config.persist_timeout_ticks();
     let seed = config.hash_seed;
@@ -182,12 +182,7 @@ pub(super) fn map_sizes(
     services: u32,
     backend_capacity: u32,
 ) -> [(&'static str, u32); 17] {
-    let v6_services = config
-        .virtual_servers
-        .iter()
-        .filter(|vs| vs.vip.is_ipv6())
-        .count() as u32;
-    // `identity::check_bounds` keeps (highest id + 1) × 2 × M within 2^32.
+    // `identity::check_bounds` and `service_capacity` keeps (highest id + 1) × 2 × M within 2^32.
     let rings = services * 2 * config.maglev_table_size;
     // The IPv6 maps are sized for IPv6 services only: an LRU hash preallocates every entry,
     // and with no IPv6 service nothing is ever inserted there.
@@ -196,7 +191,7 @@ pub(super) fn map_sizes(
         (maps::RINGS, rings),
         (maps::SERVICES, services),
         (maps::VIPS_V4, services),
-        (maps::VIPS_V6, v6_services.max(1)),
+        (maps::VIPS_V6, v6_capacity(config)),
         (maps::BACKENDS, backend_capacity),
         (maps::BACKEND_IDS_V4, backend_capacity),
         (maps::BACKEND_IDS_V6, backend_capacity),
@@ -215,6 +210,42 @@ pub(super) fn map_sizes(
         (maps::IKE_SAS, config.persistence_entries.saturating_add(v6_persist)),
         (maps::ESP_SAS, config.persistence_entries.saturating_add(v6_persist)),
     ]
+}
+
+/// Service ids beyond the configured ones that the maps indexed by service id hold, so a
+/// reload can add a virtual server (`state/services.rs`): at most this many.
+pub const SPARE_SERVICES: u32 = 4;
+
+/// Memory the spare ids may cost in `RINGS` and `REFRESHED_V4` together (each spare id is
+/// 2 tables of M `u32` in each): fewer spare ids for large tables, none past 2^20 slots.
+const SPARE_RING_BYTES: u64 = 16 << 20;
+
+/// Service ids the maps hold for `slots` configured ones (highest id + 1) and tables of `m`
+/// slots: `slots` plus up to [`SPARE_SERVICES`] spare ids within [`SPARE_RING_BYTES`] and the
+/// 2^32 ring index.
+pub fn service_capacity(slots: u32, m: u32) -> u32 {
+    let per_id = 2 * u64::from(m) * 4 * 2;
+    let by_memory = SPARE_RING_BYTES / per_id.max(1);
+    let by_index =
+        (u64::from(u32::MAX) / (2 * u64::from(m).max(1))).saturating_sub(u64::from(slots));
+    let spare = u64::from(SPARE_SERVICES).min(by_memory).min(by_index) as u32;
+    slots.max(1) + spare
+}
+
+/// IPv6 services `VIPS_V6` holds: the configured ones plus the spare ids, or 1 entry without
+/// an IPv6 service (then the IPv6 per-client maps hold 1 entry too: adding the first IPv6
+/// VIP needs a restart).
+pub fn v6_capacity(config: &Config) -> u32 {
+    let v6 = config
+        .virtual_servers
+        .iter()
+        .filter(|vs| vs.vip.is_ipv6())
+        .count() as u32;
+    if v6 == 0 {
+        1
+    } else {
+        v6 + SPARE_SERVICES
+    }
 }
 
 /// Possible CPUs (`/sys/devices/system/cpu/possible`, what per-CPU maps and the quota are

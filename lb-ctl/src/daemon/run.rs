@@ -43,6 +43,11 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
         signal: "SIGINT",
         source,
     })?;
+    // SIGHUP (`systemctl reload ikelb`) reloads the config: `lb-ctl reload` without a socket.
+    let mut sighup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Signal {
+        signal: "SIGHUP",
+        source,
+    })?;
 
     // A taken metrics port stops the start before the data path is touched.
     let metrics_listener = crate::metrics::http::bind(config.metrics_listen).await?;
@@ -69,6 +74,11 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
         capacity,
         &identity,
     )?;
+    // Room for services a reload adds (the maps' spare service ids: daemon/load.rs).
+    balancer.set_service_capacity(
+        super::load::service_capacity(identity.service_slots(), config.maglev_table_size),
+        super::load::v6_capacity(&config),
+    );
     // Runtime backend changes (state_dir) before adoption, so adopted ids follow addresses.
     let controller = runtime::Controller::for_daemon(&config, &mut balancer)
         .map_err(|e| DaemonError::Control(Box::new(e)))?;
@@ -169,6 +179,17 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
                 tokio::select! {
                     _ = sigterm.recv() => { info!("SIGTERM received"); break Ok(()); }
                     _ = sigint.recv() => { info!("SIGINT received"); break Ok(()); }
+                    _ = sighup.recv() => {
+                        info!("SIGHUP received: reloading the configuration");
+                        if reload(&mut control, &mut daemon) {
+                            match resolving {
+                                None => resolving = Some(daemon.start_resolve()),
+                                Some(_) => resolve_again = true,
+                            }
+                        }
+                        metrics.publish(&daemon.balancer);
+                        announce(&mut daemon, &metrics, Trigger::Change);
+                    }
                     event = control.next_event() => {
                         // A failed route write is retried on a health round.
                         let trigger = match event {
@@ -222,6 +243,29 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     let detached = daemon.detach_all();
     daemon.log_counters();
     outcome.and(detached)
+}
+
+/// SIGHUP: the reload request handled as if `lb-ctl reload` had sent it, its answer logged
+/// (a refusal as a warning: the file's problems, nothing changed). Returns whether next hops
+/// should be resolved now.
+fn reload(control: &mut runtime::Runtime, daemon: &mut Daemon) -> bool {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let request = crate::api::Request::Reload { dry_run: false };
+    let resolve = control.handle(&mut daemon.balancer, runtime::Event::Request(request, tx));
+    match rx.try_recv() {
+        Ok(crate::api::Response::Ok(reply)) => {
+            for line in crate::operator::render(&reply).lines() {
+                info!("SIGHUP reload: {line}");
+            }
+        }
+        Ok(crate::api::Response::Error(e)) => {
+            for line in e.message.lines() {
+                warn!("SIGHUP reload refused: {line}");
+            }
+        }
+        Err(_) => warn!("SIGHUP reload: no answer"),
+    }
+    resolve
 }
 
 /// Brings the announced routes up to date and their metrics with them.

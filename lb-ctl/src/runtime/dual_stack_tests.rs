@@ -163,6 +163,7 @@ fn names_resolve_to_the_service_of_the_address_family() {
             virtual_server: "aovpn".into(),
             address: ip(addr),
             weight: 1,
+            dry_run: false,
         });
         assert!(matches!(r, Response::Ok(_)), "{addr}: {r:?}");
     }
@@ -173,6 +174,7 @@ fn names_resolve_to_the_service_of_the_address_family() {
         virtual_server: "2001:db8:ffff::10".into(),
         address: ip("2001:db8:1::13"),
         drain: None,
+        dry_run: false,
     });
     assert!(matches!(r, Response::Ok(_)), "{r:?}");
     assert!(d.lb.backend_by_address(ip("2001:db8:1::13")).is_none());
@@ -185,12 +187,14 @@ fn names_resolve_to_the_service_of_the_address_family() {
         virtual_server: "v4only".into(),
         address: ip("2001:db8:1::14"),
         weight: 1,
+        dry_run: false,
     }));
     assert!(msg.contains("not of the address family of v4only"), "{msg}");
     let msg = refused(d.request(Request::BackendAdd {
         virtual_server: "aovpn".into(),
         address: ip("::ffff:10.0.0.14"),
         weight: 1,
+        dry_run: false,
     }));
     assert!(msg.contains("::/32"), "{msg}");
 }
@@ -240,6 +244,7 @@ fn ipv6_clients_are_counted_looked_up_and_hold_a_drain() {
         virtual_server: "aovpn".into(),
         address: ip("2001:db8:1::12"),
         drain: Some(Duration::from_secs(3600)),
+        dry_run: false,
     });
     assert!(matches!(r, Response::Ok(_)), "{r:?}");
     // The IPv6 client is active: the drain goes on.

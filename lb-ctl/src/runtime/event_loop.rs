@@ -87,6 +87,9 @@ pub struct Runtime {
     sweeper: Option<sweep::Sweeper>,
     /// Shared persistence, when `share` is configured.
     sharer: Option<share::Sharer>,
+    /// The probe observer, for a monitor restarted by a reload of `health_check`.
+    observer: Option<ProbeObserver>,
+    reports_tx: mpsc::Sender<Vec<Report>>,
 }
 
 impl Controller {
@@ -152,7 +155,7 @@ impl Runtime {
         controller.share_scans(Arc::clone(&scanner));
         info!(socket = %socket.path().display(), "control socket ready");
         let prober = Arc::new(Probers::new(config.health_check.probes)?);
-        let monitor = Monitor::new(prober, config.health_check, observer);
+        let monitor = Monitor::new(prober, config.health_check, observer.clone());
         let targets = controller.targets(lb);
         let first = monitor.round(&targets).await;
         controller.on_health(lb, &first);
@@ -160,7 +163,7 @@ impl Runtime {
         let (reports_tx, reports_rx) = mpsc::channel(16);
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let tasks = vec![
-            tokio::spawn(monitor.run(targets_rx, reports_tx)),
+            tokio::spawn(monitor.run(targets_rx, reports_tx.clone())),
             tokio::spawn(async move { socket.serve(requests_tx).await }),
         ];
         let mut drain_tick = tokio::time::interval(controller.drain_check_interval());
@@ -178,6 +181,8 @@ impl Runtime {
             last_scan: None,
             queries: Vec::new(),
             tasks,
+            observer,
+            reports_tx,
         })
     }
 
@@ -247,7 +252,9 @@ impl Runtime {
             Event::Request(request, reply) => {
                 let mutating = matches!(
                     request,
-                    Request::BackendAdd { .. } | Request::BackendRemove { .. }
+                    Request::BackendAdd { dry_run: false, .. }
+                        | Request::BackendRemove { dry_run: false, .. }
+                        | Request::Reload { dry_run: false }
                 );
                 let (mut response, effects) = self.controller.handle(lb, request, Clock::now());
                 // Applied after a refusal too (nothing changed: nothing is written), so that a
@@ -269,6 +276,9 @@ impl Runtime {
                     }
                 }
                 let _ = reply.send(response);
+                if effects.health {
+                    self.restart_monitor();
+                }
                 if effects.targets_changed {
                     self.targets.send_replace(self.controller.targets(lb));
                 }
@@ -289,6 +299,27 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Replaces the health monitor (task 0) by one with the controller's `health_check`
+    /// (a reload changed it); the trackers keep their counts. A monitor that cannot start
+    /// (no probe socket) leaves the old one running, with a warning.
+    fn restart_monitor(&mut self) {
+        let hc = self.controller.config().health_check;
+        let prober = match Probers::new(hc.probes) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                warn!(
+                    "reload: the health monitor keeps its old parameters: {}",
+                    crate::error_chain(&e)
+                );
+                return;
+            }
+        };
+        let monitor = Monitor::new(prober, hc, self.observer.clone());
+        let task = tokio::spawn(monitor.run(self.targets.subscribe(), self.reports_tx.clone()));
+        std::mem::replace(&mut self.tasks[0], task).abort();
+        info!(interval = %humantime::format_duration(hc.interval), "health monitor restarted with the reloaded health_check");
+    }
+
     /// Starts a persistence scan when something drains, none is running, and the last one
     /// started at least a health interval ago.
     fn maybe_scan<D: Dataplane>(&mut self, lb: &Balancer<D>) {

@@ -60,12 +60,7 @@ pub(super) fn lookup<D: Dataplane>(
         {
             let idle = lb_common::idle_ticks(now.tick, e.atime);
             let b = lb.backend(e.backend).filter(|b| b.service == s.value.id);
-            let ignored = match b {
-                None => Some("backend removed"),
-                Some(b) if !b.usable() => Some("backend unusable"),
-                Some(_) if idle > timeout => Some("idle"),
-                Some(_) => None,
-            };
+            let ignored = ignored_because(lb, s.value.id, &e, now.tick, timeout);
             if ignored.is_none() {
                 chosen = Some((e.backend, tier));
             }
@@ -94,6 +89,23 @@ pub(super) fn lookup<D: Dataplane>(
         });
     }
     Ok(Reply::Lookup { client, results })
+}
+
+/// Why the data path would not follow entry `e` of service `service` at `tick` (`None`: it
+/// sends the client to `e.backend`): the rule of `lookup` and of the dry runs' blast radius.
+pub(super) fn ignored_because<D: Dataplane>(
+    lb: &Balancer<D>,
+    service: u32,
+    e: &PersistValue,
+    tick: u32,
+    timeout: u32,
+) -> Option<&'static str> {
+    match lb.backend(e.backend).filter(|b| b.service == service) {
+        None => Some("backend removed"),
+        Some(b) if !b.usable() => Some("backend unusable"),
+        Some(_) if lb_common::idle_ticks(tick, e.atime) > timeout => Some("idle"),
+        Some(_) => None,
+    }
 }
 
 /// The entry that decides for a client, as the data path finds it.

@@ -11,12 +11,12 @@ use super::{
 };
 use crate::{
     api::{
-        ApiError, BackendInfo, ErrorCode, HealthCheckInfo, PersistenceInfo, ProbeHealth, Reply,
-        Request, Response, Status, VirtualServerStatus,
+        ApiError, BackendInfo, ErrorCode, HealthCheckInfo, PersistenceInfo, Plan, ProbeHealth,
+        Reply, Request, Response, Status, VirtualServerStatus,
     },
     config::Mode,
     dataplane::{Dataplane, PersistEntry, Tier},
-    state::{BackendState, Balancer, StateError},
+    state::{BackendState, Balancer, Edit, StateError},
 };
 
 impl Controller {
@@ -36,12 +36,27 @@ impl Controller {
                 virtual_server,
                 address,
                 weight,
+                dry_run,
+            } if dry_run => self.add_dry_run(lb, &virtual_server, address, weight, now),
+            Request::BackendAdd {
+                virtual_server,
+                address,
+                weight,
+                ..
             } => self.add(lb, &virtual_server, address, weight, &mut effects, now),
             Request::BackendRemove {
                 virtual_server,
                 address,
                 drain,
+                dry_run,
+            } if dry_run => self.remove_dry_run(lb, &virtual_server, address, drain, now),
+            Request::BackendRemove {
+                virtual_server,
+                address,
+                drain,
+                ..
             } => self.remove(lb, &virtual_server, address, drain, &mut effects, now),
+            Request::Reload { dry_run } => self.reload(lb, dry_run, &mut effects, now),
             Request::BackendList | Request::Status => {
                 let response = lb
                     .dataplane()
@@ -161,28 +176,7 @@ impl Controller {
     ) -> Result<Reply, ApiError> {
         let service = self.service(lb, vs, address)?;
         let name = lb.services()[service].name.clone();
-        let id = self.member(lb, service, address).ok_or_else(|| {
-            let elsewhere = lb
-                .backend_by_address(address)
-                .map(|b| format!(" (it is a backend of {})", lb.service(b.service).name))
-                .unwrap_or_default();
-            ApiError::new(
-                ErrorCode::UnknownBackend,
-                format!("{address} is not a backend of {name}{elsewhere}"),
-            )
-        })?;
-        if let Some(d) = drain {
-            if d > MAX_DRAIN {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidDrain,
-                    format!(
-                        "drain {} is longer than the maximum {}",
-                        humantime::format_duration(d),
-                        humantime::format_duration(MAX_DRAIN)
-                    ),
-                ));
-            }
-        }
+        let id = self.removal_target(lb, service, address, drain)?;
         let clients = self.active_clients(lb, now).unwrap_or_default();
         let before = self.info(lb, lb.backend(id).expect("member"), &clients);
         let in_config = self.config_weight(service, address).is_some();
@@ -219,6 +213,132 @@ impl Controller {
                 })
             }
         }
+    }
+
+    /// `backend add --dry-run`: the same checks as the add, then its blast radius.
+    fn add_dry_run<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        vs: &str,
+        address: IpAddr,
+        weight: u32,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let service = self.service(lb, vs, address)?;
+        let name = lb.services()[service].name.clone();
+        let existing = self
+            .member(lb, service, address)
+            .filter(|id| lb.backend(*id).is_some_and(BackendState::draining));
+        let mut edit = Edit::default();
+        let (line, label) = match existing {
+            Some(id) => {
+                check_weight(weight)?;
+                edit.undrain.push(id);
+                edit.weight.push((id, weight));
+                (
+                    format!("{name}: {address} drain cancelled (weight {weight})"),
+                    "drain cancelled",
+                )
+            }
+            None => {
+                self.check_new_backend(lb, service, address, weight)?;
+                edit.add.push((service, address, weight));
+                (format!("{name}: {address} added (weight {weight}; takes clients after its first successful health check)"), "added")
+            }
+        };
+        let added: Vec<(usize, IpAddr)> = edit.add.iter().map(|&(i, a, _)| (i, a)).collect();
+        self.dry_run_plan(lb, &edit, line, (address, label), &added, now)
+    }
+
+    /// `backend remove --dry-run`: the same checks as the remove, then its blast radius.
+    fn remove_dry_run<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        vs: &str,
+        address: IpAddr,
+        drain: Option<Duration>,
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let service = self.service(lb, vs, address)?;
+        let name = lb.services()[service].name.clone();
+        let id = self.removal_target(lb, service, address, drain)?;
+        let mut edit = Edit::default();
+        let (line, label) = match drain.filter(|d| !d.is_zero()) {
+            Some(d) => {
+                edit.drain.push((id, now.wall + d));
+                (
+                    format!(
+                        "{name}: {address} draining for {}",
+                        humantime::format_duration(d)
+                    ),
+                    "draining",
+                )
+            }
+            None => {
+                edit.remove.push(id);
+                (format!("{name}: {address} removed"), "removed")
+            }
+        };
+        self.dry_run_plan(lb, &edit, line, (address, label), &[], now)
+    }
+
+    fn dry_run_plan<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        edit: &Edit,
+        line: String,
+        (address, label): (IpAddr, &str),
+        added: &[(usize, IpAddr)],
+        now: Clock,
+    ) -> Result<Reply, ApiError> {
+        let preview = lb.preview(edit, std::time::Instant::now());
+        let labels = HashMap::from([(address, label.to_owned())]);
+        Ok(Reply::Plan(Plan {
+            dry_run: true,
+            changes: vec![line],
+            virtual_servers: super::blast::blast_radius(
+                &self.config,
+                lb,
+                &preview,
+                &labels,
+                added,
+                now,
+            )?,
+        }))
+    }
+
+    /// The backend `backend remove` names, after its checks (member, drain bound).
+    fn removal_target<D: Dataplane>(
+        &self,
+        lb: &Balancer<D>,
+        service: usize,
+        address: IpAddr,
+        drain: Option<Duration>,
+    ) -> Result<u32, ApiError> {
+        let name = &lb.services()[service].name;
+        let id = self.member(lb, service, address).ok_or_else(|| {
+            let elsewhere = lb
+                .backend_by_address(address)
+                .map(|b| format!(" (it is a backend of {})", lb.service(b.service).name))
+                .unwrap_or_default();
+            ApiError::new(
+                ErrorCode::UnknownBackend,
+                format!("{address} is not a backend of {name}{elsewhere}"),
+            )
+        })?;
+        if let Some(d) = drain {
+            if d > MAX_DRAIN {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidDrain,
+                    format!(
+                        "drain {} is longer than the maximum {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_DRAIN)
+                    ),
+                ));
+            }
+        }
+        Ok(id)
     }
 
     fn list<D: Dataplane>(

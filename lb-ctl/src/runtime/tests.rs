@@ -4,7 +4,7 @@
 //!
 //! This file is the harness; the tests are in `tests/`, by topic: `health_verdicts.rs`,
 //! `requests.rs`, `drain.rs`, `changes.rs` (replay and saving), `store.rs` (the file),
-//! `probation.rs` (new clients).
+//! `probation.rs` (new clients), `reload.rs` (reload and dry runs).
 
 use std::{
     collections::BTreeMap,
@@ -115,6 +115,11 @@ fn err(r: Response) -> ApiError {
 impl Harness {
     fn start(dir: TempDir) -> Self {
         let cfg = config(&dir.0);
+        Self::start_with(dir, cfg)
+    }
+
+    /// [`start`](Harness::start) with `cfg` (its `state_dir` in `dir`).
+    fn start_with(dir: TempDir, cfg: Config) -> Self {
         let mut lb = Balancer::new(FakeDataplane::default(), &cfg, ifaces(), 64).unwrap();
         let mut c = Controller::new(cfg.clone(), Store::new(&cfg.state_dir));
         let warnings = c
@@ -283,3 +288,6 @@ mod probation;
 
 // The runtime changes file and the requests that write it: a file of its own.
 mod store;
+
+// Reload and the blast radius of dry runs.
+mod reload;

@@ -2,14 +2,18 @@
 //! `RINGS`; [`Balancer::apply`] writes interfaces, backends and tables in the order of the
 //! module doc of [`super`], building each service's table and flipping it.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Instant,
+};
 
 use lb_common::{
     maglev::{self, Member},
     Iface, Service, BACKEND_NONE, RING_BACKEND_MASK, RING_F_CHANGED,
 };
 
-use super::{Balancer, StateError};
+use super::{BackendState, Balancer, StateError};
 use crate::dataplane::Dataplane;
 
 /// A service (one VIP) and the mirror of its two ring buffers.
@@ -182,30 +186,8 @@ impl<D: Dataplane> Balancer<D> {
     /// Rebuilds one service's table; writes and flips it if it differs from the active one.
     /// Returns (service id, slots written) when it flipped.
     fn rebuild(&mut self, idx: usize, now: Instant) -> Result<Option<(u32, usize)>, StateError> {
-        let members: Vec<Member> = self.services[idx]
-            .members
-            .iter()
-            .map(|id| {
-                let b = &self.backends[id];
-                Member {
-                    id: b.id,
-                    key: key_bytes(b.address),
-                    weight: b.weight,
-                    usable: b.in_ring(),
-                }
-            })
-            .collect();
-        // Backends a held slot may keep: in the ring (usable and not draining — a drain
-        // takes no new client from its start, so its slots move at once).
-        let keepers: BTreeSet<u32> = if self.slot_move_delay.is_zero() {
-            BTreeSet::new()
-        } else {
-            self.backends
-                .values()
-                .filter(|b| b.in_ring())
-                .map(|b| b.id)
-                .collect()
-        };
+        let members = members_of(&self.backends, &self.services[idx].members);
+        let keepers = self.keepers(&self.backends);
         let delay = self.slot_move_delay;
         let svc = &mut self.services[idx];
         let due = svc.hold.as_ref().is_some_and(|h| now >= h.until);
@@ -220,36 +202,11 @@ impl<D: Dataplane> Balancer<D> {
         self.builds += 1;
         let built = maglev::build(&members, self.ring_size, self.seed);
         let m = self.ring_size;
-        // Slot flags (module doc, "Slot flags"): set where the backend changes against the
-        // active table (a slot that had none holds no session), kept where already set.
-        // Slot moves ("Slot moves"): a slot whose backend changes while the old one is
-        // usable keeps it, flagged, until the delay ends; a slot held since an earlier build
-        // moves once its hold is due, a newly held one restarts the delay.
-        let flag_all = svc.flag_all;
-        let mut held = false;
-        let mut newly_held = false;
-        let table: Vec<u32> = built
-            .iter()
-            .zip(&svc.buffers[svc.active])
-            .enumerate()
-            .map(|(slot, (&new, &old))| {
-                let was = old & RING_BACKEND_MASK;
-                let changed = was != BACKEND_NONE && was != new;
-                if changed && keepers.contains(&was) {
-                    let before = svc.hold.as_ref().is_some_and(|h| h.holds(slot, was));
-                    if !(before && due) {
-                        held = true;
-                        newly_held |= !before;
-                        return was | RING_F_CHANGED;
-                    }
-                }
-                if flag_all || changed || old & RING_F_CHANGED != 0 {
-                    new | RING_F_CHANGED
-                } else {
-                    new
-                }
-            })
-            .collect();
+        let Next {
+            table,
+            held,
+            newly_held,
+        } = next_table(svc, &built, &keepers, now);
         svc.hold = held.then(|| Hold {
             until: match &svc.hold {
                 Some(h) if !newly_held && !due => h.until,
@@ -309,6 +266,93 @@ impl<D: Dataplane> Balancer<D> {
         svc.built_from = Some(members);
         self.flips += 1;
         Ok(Some((value.id, slots.len())))
+    }
+}
+
+/// The Maglev members of a service: its backends `ids` in member order, each usable for new
+/// clients while it is in the ring (usable and not draining).
+pub(super) fn members_of(backends: &BTreeMap<u32, BackendState>, ids: &[u32]) -> Vec<Member> {
+    ids.iter()
+        .map(|id| {
+            let b = &backends[id];
+            Member {
+                id: b.id,
+                key: key_bytes(b.address),
+                weight: b.weight,
+                usable: b.in_ring(),
+            }
+        })
+        .collect()
+}
+
+/// The table a service writes next, given the Maglev build `built`: flags and held slot
+/// moves applied ("Slot flags", "Slot moves" in the module doc of [`super`]).
+pub(super) struct Next {
+    pub(super) table: Vec<u32>,
+    /// Some slot keeps its old backend, flagged.
+    pub(super) held: bool,
+    /// Some slot is held that was not held before (the delay starts over).
+    pub(super) newly_held: bool,
+}
+
+/// [`Next`] for service `svc` at `now`: `keepers` are the backends a held slot may keep.
+/// Shared by the apply and by [`Balancer::preview`], so a prediction is the table written.
+pub(super) fn next_table(
+    svc: &ServiceState,
+    built: &[u32],
+    keepers: &BTreeSet<u32>,
+    now: Instant,
+) -> Next {
+    let due = svc.hold.as_ref().is_some_and(|h| now >= h.until);
+    // Slot flags (module doc, "Slot flags"): set where the backend changes against the
+    // active table (a slot that had none holds no session), kept where already set.
+    // Slot moves ("Slot moves"): a slot whose backend changes while the old one is
+    // usable keeps it, flagged, until the delay ends; a slot held since an earlier build
+    // moves once its hold is due, a newly held one restarts the delay.
+    let flag_all = svc.flag_all;
+    let mut held = false;
+    let mut newly_held = false;
+    let table: Vec<u32> = built
+        .iter()
+        .zip(&svc.buffers[svc.active])
+        .enumerate()
+        .map(|(slot, (&new, &old))| {
+            let was = old & RING_BACKEND_MASK;
+            let changed = was != BACKEND_NONE && was != new;
+            if changed && keepers.contains(&was) {
+                let before = svc.hold.as_ref().is_some_and(|h| h.holds(slot, was));
+                if !(before && due) {
+                    held = true;
+                    newly_held |= !before;
+                    return was | RING_F_CHANGED;
+                }
+            }
+            if flag_all || changed || old & RING_F_CHANGED != 0 {
+                new | RING_F_CHANGED
+            } else {
+                new
+            }
+        })
+        .collect();
+    Next {
+        table,
+        held,
+        newly_held,
+    }
+}
+
+impl<D: Dataplane> Balancer<D> {
+    /// Backends a held slot may keep: in the ring (usable and not draining — a drain takes
+    /// no new client from its start, so its slots move at once); none without a move delay.
+    pub(super) fn keepers(&self, backends: &BTreeMap<u32, BackendState>) -> BTreeSet<u32> {
+        if self.slot_move_delay.is_zero() {
+            return BTreeSet::new();
+        }
+        backends
+            .values()
+            .filter(|b| b.in_ring())
+            .map(|b| b.id)
+            .collect()
     }
 }
 

@@ -2,12 +2,18 @@
 //! data path, and a model of the data path's two paths for the slot flag tests); the tests
 //! themselves are in `tests/`, one file per topic.
 
-use lb_common::{PersistKeyV4, PersistValue, BACKEND_F_USABLE, RING_BACKEND_MASK, RING_F_CHANGED};
+use lb_common::{
+    PersistKeyV4, PersistValue, BACKEND_F_USABLE, RING_BACKEND_MASK, RING_F_CHANGED, SVC_F_ESP,
+};
 
 use super::*;
 use crate::{
     config,
-    dataplane::fake::{FakeDataplane, Op},
+    dataplane::{
+        addr_words,
+        fake::{FakeDataplane, Op},
+        port_wire,
+    },
 };
 
 const M: u32 = 251;

@@ -156,6 +156,43 @@ impl Lab {
         }
     }
 
+    /// Waits (30 s at most) until the daemon's output holds `n` occurrences of `needle`;
+    /// fails at once, with its last lines, if the daemon exits first.
+    pub fn wait_daemon_log(&mut self, needle: &str, n: usize) -> Result<()> {
+        let d = self.daemon.as_mut().context("daemon not started")?;
+        wait_for(
+            &format!("{n}× {needle:?} in the daemon log"),
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                if let Some(status) = d.exit_status() {
+                    bail!("daemon exited ({status}):\n{}", d.output_tail(40));
+                }
+                Ok((d.output().matches(needle).count() >= n).then_some(()))
+            },
+        )
+        .with_context(|| self.daemon_output_tail(40))
+    }
+
+    /// Sends `signal` to the daemon (SIGKILL to crash it, SIGTERM to stop it) and waits for it
+    /// to exit.
+    pub fn signal_daemon(&mut self, signal: libc::c_int) -> Result<std::process::ExitStatus> {
+        let d = self.daemon.as_mut().context("daemon not started")?;
+        // SAFETY: kill(2) on our own unreaped child (`ip netns exec` execs lb-ctl in place).
+        ensure!(
+            unsafe { libc::kill(d.pid() as libc::pid_t, signal) } == 0,
+            "kill({}, {signal}): {}",
+            d.pid(),
+            std::io::Error::last_os_error()
+        );
+        wait_for(
+            "the daemon to exit",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || Ok(d.exit_status()),
+        )
+    }
+
     /// Stop the daemon (SIGTERM), returning whether it exited cleanly.
     pub fn stop_daemon(&mut self) -> Result<std::process::ExitStatus> {
         let d = self.daemon.as_mut().context("daemon not started")?;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod raw;
 pub mod responder;
 pub mod sock;
+pub mod stream;
 mod topology;
 mod traffic;
 

@@ -28,6 +28,7 @@
 
 mod attribution;
 mod memory;
+mod paired;
 mod testrun;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -38,6 +39,7 @@ use lb_ctl::state::IfaceInfo;
 
 pub use attribution::Attribution;
 pub use memory::Memory;
+pub use paired::Pairs;
 
 use crate::{
     closed_loop::SIZES,
@@ -130,6 +132,8 @@ pub struct ProgCost {
     pub rows: Vec<Row>,
     pub attribution: Vec<Attribution>,
     pub memory: Memory,
+    /// IPv6 ÷ IPv4 hit path in pairs, fast path off then on (`paired`).
+    pub pairs: Vec<Pairs>,
     pub ration: Ration,
     pub trials: usize,
     pub repeat: u32,
@@ -266,10 +270,12 @@ fn measure(ifaces: &[IfaceInfo], trials: usize, cpu: usize) -> Result<ProgCost> 
     for r in &mut rows {
         r.fast_path_on = r.key.starts_with("lever_");
     }
+    let pairs = paired::hit_pairs(ifaces, trials)?;
     Ok(ProgCost {
         rows,
         attribution,
         memory,
+        pairs,
         ration,
         trials,
         repeat: REPEAT,

@@ -12,16 +12,19 @@ fn runtime_changes_survive_a_restart_with_the_same_ids() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.14"),
         weight: 3,
+        dry_run: false,
     }));
     ok(h.request(Request::BackendRemove {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.12"),
         drain: None,
+        dry_run: false,
     }));
     ok(h.request(Request::BackendRemove {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.13"),
         drain: Some(Duration::from_secs(3600)),
+        dry_run: false,
     }));
     let ids = |h: &Harness| {
         h.lb.backends()
@@ -116,6 +119,7 @@ fn an_unwritable_state_dir_refuses_the_change_and_changes_nothing() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.14"),
         weight: 1,
+        dry_run: false,
     }));
     assert_eq!(e.code, ErrorCode::Internal);
     assert!(e.message.contains("nothing was changed"), "{e:?}");

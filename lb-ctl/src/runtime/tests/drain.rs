@@ -13,6 +13,7 @@ fn drain_keeps_persisted_clients_takes_no_new_ones_and_ends_when_they_are_idle()
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.13"),
         drain: Some(Duration::from_secs(3600)),
+        dry_run: false,
     }));
     assert!(matches!(
         ok_reply,
@@ -68,6 +69,7 @@ fn drain_ends_at_the_deadline_with_clients_still_active() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.12"),
         drain: Some(Duration::from_secs(30)),
+        dry_run: false,
     }));
     h.now.wall += Duration::from_secs(29);
     h.traffic(300);
@@ -87,11 +89,13 @@ fn adding_a_draining_backend_cancels_the_drain() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.12"),
         drain: Some(Duration::from_secs(60)),
+        dry_run: false,
     }));
     let r = ok(h.request(Request::BackendAdd {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.12"),
         weight: 1,
+        dry_run: false,
     }));
     assert!(matches!(
         r,
@@ -116,6 +120,7 @@ fn without_a_scan_only_deadlines_end_drains() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.12"),
         drain: Some(Duration::from_secs(30)),
+        dry_run: false,
     }));
     // No client at all, but no scan either: the drain goes on.
     assert_eq!(

@@ -92,6 +92,7 @@ fn clients_in_probation_are_counted_and_hold_a_drain_open() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.13"),
         drain: Some(Duration::from_secs(3600)),
+        dry_run: false,
     }));
     assert_eq!(
         h.c.check_drains(&mut h.lb, h.now).unwrap(),

@@ -13,6 +13,7 @@ fn backend_add_moves_no_established_client_and_is_probed_before_it_takes_clients
             virtual_server: "203.0.113.10".into(),
             address: ip("10.0.0.14"),
             weight: 2,
+            dry_run: false,
         },
         h.now,
     );
@@ -62,6 +63,7 @@ fn backend_remove_stops_every_packet_to_it_and_frees_it_in_the_maps() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.11"),
         drain: None,
+        dry_run: false,
     }))
     else {
         panic!()
@@ -106,6 +108,7 @@ fn every_bad_request_is_refused_and_changes_nothing() {
         virtual_server: "aovpn".into(),
         address: ip("10.0.0.13"),
         drain: Some(Duration::from_secs(60)),
+        dry_run: false,
     }));
     let list_before = h.list();
     let file_before = h.state_file();
@@ -115,11 +118,13 @@ fn every_bad_request_is_refused_and_changes_nothing() {
         virtual_server: vs.into(),
         address: ip(a),
         weight,
+        dry_run: false,
     };
     let remove = |vs: &str, a: &str, drain: Option<u64>| Request::BackendRemove {
         virtual_server: vs.into(),
         address: ip(a),
         drain: drain.map(Duration::from_secs),
+        dry_run: false,
     };
     let cases = [
         (

@@ -104,6 +104,7 @@ fn add(h: &mut Harness, vs: &str, address: IpAddr) -> Response {
         virtual_server: vs.into(),
         address,
         weight: 1,
+        dry_run: false,
     })
 }
 
@@ -112,6 +113,7 @@ fn remove(h: &mut Harness, vs: &str, address: IpAddr) -> Response {
         virtual_server: vs.into(),
         address,
         drain: None,
+        dry_run: false,
     })
 }
 
@@ -171,6 +173,7 @@ fn an_add_that_gets_no_id_saves_nothing() {
             virtual_server: "aovpn".into(),
             address: ip("10.0.0.14"),
             drain: None,
+            dry_run: false,
         },
         h.now,
     );
@@ -183,11 +186,16 @@ fn an_add_that_gets_no_id_saves_nothing() {
             virtual_server: "aovpn".into(),
             address: ip("10.0.0.15"),
             weight: 1,
+            dry_run: false,
         },
         h.now,
     );
     assert_eq!(err(resp).code, ErrorCode::CapacityExhausted);
-    assert_eq!(h.state_file().unwrap(), file, "a failed add leaves the file unchanged");
+    assert_eq!(
+        h.state_file().unwrap(),
+        file,
+        "a failed add leaves the file unchanged"
+    );
     assert!(h.lb.backend_by_address(ip("10.0.0.15")).is_none());
     assert_eq!(h.c.changes(), &h.c.store.load().unwrap());
     // Once applied, the id is free again.
@@ -209,7 +217,10 @@ fn an_add_whose_change_cannot_be_saved_gives_its_id_back() {
     let Reply::BackendAdded { backend, .. } = ok(add(&mut h, "aovpn", ip("10.0.0.15"))) else {
         panic!()
     };
-    assert_eq!(backend.id, 5, "the id the failed add took is handed out again");
+    assert_eq!(
+        backend.id, 5,
+        "the id the failed add took is handed out again"
+    );
 }
 
 #[test]
@@ -261,14 +272,22 @@ fn entries_the_config_does_not_allow_now_are_kept_with_a_warning() {
     let (h, w) = start(dir, 64, true, None);
     assert_eq!(w.len(), 5, "{w:#?}");
     assert!(w.iter().all(|w| w.contains("kept in")), "{w:#?}");
-    assert!(w.iter().any(|w| w.contains("203.0.113.11") && w.contains("VIP")), "{w:#?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("203.0.113.11") && w.contains("VIP")),
+        "{w:#?}"
+    );
     assert!(h.lb.backend_by_address(ip("10.0.0.20")).is_some());
     assert_eq!(
         h.lb.backend_by_address(ip("10.0.1.11")).unwrap().service,
         1,
         "the config's owner keeps it"
     );
-    assert_eq!(h.state_file().unwrap(), text, "nothing dropped, file untouched");
+    assert_eq!(
+        h.state_file().unwrap(),
+        text,
+        "nothing dropped, file untouched"
+    );
 }
 
 #[test]
@@ -294,7 +313,11 @@ fn a_failed_directory_fsync_is_an_error_and_the_change_is_made() {
     assert!(h.lb.backend_by_address(ip("10.0.0.11")).is_none());
     assert!(h.state_file().unwrap().contains("10.0.0.11"));
     h.apply();
-    assert_eq!(h.lb.dataplane().backends[&1].addr, [0; 4], "forgotten in the maps");
+    assert_eq!(
+        h.lb.dataplane().backends[&1].addr,
+        [0; 4],
+        "forgotten in the maps"
+    );
 }
 
 #[test]
@@ -343,7 +366,11 @@ fn an_unknown_version_is_refused_with_one_line_naming_the_file() {
             "version 2",
         ),
         ("v0", r#"{"version":0}"#, "version 0"),
-        ("vs", r#"{"version":"1"}"#, "version \"1\" (not a whole number)"),
+        (
+            "vs",
+            r#"{"version":"1"}"#,
+            "version \"1\" (not a whole number)",
+        ),
     ] {
         let msg = start_error(name, text);
         assert!(
@@ -356,10 +383,18 @@ fn an_unknown_version_is_refused_with_one_line_naming_the_file() {
 #[test]
 fn a_corrupt_file_gives_one_line_with_the_file_and_the_recovery() {
     for (name, text, line) in [
-        ("trunc", "{\"version\":1,\n\"virtual_servers\": {\"aovpn\": {\"add", "line 2"),
+        (
+            "trunc",
+            "{\"version\":1,\n\"virtual_servers\": {\"aovpn\": {\"add",
+            "line 2",
+        ),
         ("empty", "", "line 1"),
         ("array", "[1, 2]", "line 1"),
-        ("badip", "{\"virtual_servers\": {\"a\": {\"removed\": [\"10.0.0.300\"]}}}", "line 1"),
+        (
+            "badip",
+            "{\"virtual_servers\": {\"a\": {\"removed\": [\"10.0.0.300\"]}}}",
+            "line 1",
+        ),
     ] {
         let msg = start_error(name, text);
         assert!(

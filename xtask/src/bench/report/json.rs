@@ -145,6 +145,12 @@ pub fn json(a: &All<'_>) -> Value {
                            "new_client_quota_cpus": a.prog.ration.cpus,
                            "quota_window_ns": 1u64 << lb_common::QUOTA_WINDOW_SHIFT},
         "fast_path_share": fast_path_share,
+        "hit_pairs_v6_v4": a.prog.pairs.iter().map(|p| {
+            let (v4, v6) = p.median_ns();
+            json!({"fast_path": p.fast_path, "clients": 65_536, "ratio_median": p.ratio(),
+                   "v4_ns_median": v4, "v6_ns_median": v6,
+                   "trials": p.costs.iter().map(|(a, b)| [*a, *b]).collect::<Vec<_>>()})
+        }).collect::<Vec<_>>(),
         "closed_loop": closed,
         "closed_loop_samples": samples,
         "closed_loop_v6": closed_json(

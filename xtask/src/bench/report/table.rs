@@ -120,6 +120,21 @@ pub fn table(a: &All<'_>) -> String {
         }
     }
 
+    if !p.pairs.is_empty() {
+        o += "\n1c. IPv6 ÷ IPv4 hit path at 64k established clients, in pairs — both objects \
+               loaded, the families' trials back to back (ns over stamp, medians)\n";
+        for pr in &p.pairs {
+            let (v4, v6) = pr.median_ns();
+            o += &format!(
+                "   fast path {:<3}  IPv4 {v4:>5.0} ns  IPv6 {v6:>5.0} ns  ratio {:.2}× (median of {} \
+                 per-trial ratios)\n",
+                if pr.fast_path { "on" } else { "off" },
+                pr.ratio(),
+                pr.costs.len()
+            );
+        }
+    }
+
     let c = a.closed;
     o += &format!(
         "\n2. Closed loop — one core (CPU {}), 60-byte frames (64 on the wire), {} × {:.1} s per \
