@@ -92,12 +92,12 @@ pub fn ipv4_header_ok(w: &[u32; 5]) -> bool {
 /// One's-complement sum of a byte slice as 16-bit words read in native order; with
 /// [`fold`] and `!` it gives the checksum of the slice (host tests and builders).
 pub fn sum_bytes(bytes: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_ne_bytes([c[0], c[1]]));
+    let (chunks, rest) = bytes.as_chunks::<2>();
+    for c in chunks {
+        acc += u32::from(u16::from_ne_bytes(*c));
         acc = (acc & 0xffff) + (acc >> 16);
     }
-    if let [b] = chunks.remainder() {
+    if let [b] = rest {
         acc += u32::from(u16::from_ne_bytes([*b, 0]));
         acc = (acc & 0xffff) + (acc >> 16);
     }

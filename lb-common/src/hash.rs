@@ -55,11 +55,10 @@ pub fn client_hash_v6(addr: &[u32; 4], seed: u32) -> u32 {
 /// (host side only; not on the per-packet path).
 pub fn murmur3(bytes: &[u8], seed: u32) -> u32 {
     let mut h = seed;
-    let mut chunks = bytes.chunks_exact(4);
-    for c in &mut chunks {
-        h = mix(h, u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let (chunks, rest) = bytes.as_chunks::<4>();
+    for c in chunks {
+        h = mix(h, u32::from_le_bytes(*c));
     }
-    let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut k = 0u32;
         for (i, b) in rest.iter().enumerate() {

@@ -159,7 +159,7 @@ pub fn require() -> Result<(), KernelError> {
     check(&AyaProbe)?;
     info!(
         vmlinux_btf = Path::new(VMLINUX_BTF).exists(),
-        program_btf = aya::features().btf().is_some(),
+        program_btf = aya::sys::is_btf_supported().unwrap_or(false),
         "kernel BTF is optional for ikelb (no CO-RE relocations)"
     );
     Ok(())
@@ -184,7 +184,9 @@ impl Probe for AyaProbe {
             }
             // aya's probe says "no" on any failure, EPERM included: trust a "no" only when an
             // XDP program can be loaded at all.
-            Kind::GlobalData if aya::features().bpf_global_data() => Ok(true),
+            Kind::GlobalData if aya::sys::is_bpf_global_data_supported().unwrap_or(false) => {
+                Ok(true)
+            }
             Kind::GlobalData => match aya::sys::is_program_supported(ProgramType::Xdp) {
                 Ok(true) => Ok(false),
                 Ok(false) => Err("no XDP program can be loaded to probe it".to_owned()),

@@ -27,7 +27,7 @@ pub fn iface_info(ifindex: u32) -> u32 {
         return INGRESS.get(ifindex).copied().unwrap_or(0);
     }
     // SAFETY: plain-old-data value read once.
-    unsafe { IFINDEX_PORTS.get(ifindex) }.copied().unwrap_or(0)
+    unsafe { IFINDEX_PORTS.get(&ifindex) }.copied().unwrap_or(0)
 }
 
 /// The persistence port of an `iface_info` value.
@@ -99,10 +99,13 @@ pub fn lookup(ctx: &XdpContext, src: Addr, dst: Addr, ifindex: u32) -> Fib {
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Fib::Unreachable;
     }
+    // SAFETY: a successful lookup fills the union's MAC pair (its other member, `mark`, is
+    // an input only for BPF_FIB_LOOKUP_MARK, which is not set).
+    let macs = unsafe { p.__bindgen_anon_6.__bindgen_anon_2 };
     Fib::Route(Route {
         ifindex: p.ifindex,
-        smac: p.smac,
-        dmac: p.dmac,
+        smac: macs.smac,
+        dmac: macs.dmac,
     })
 }
 

@@ -85,6 +85,12 @@ fn flag_if_divergent(index: u32, id: u32) {
 }
 
 /// The chosen backend of a forwarded packet.
+///
+/// `repr(C)` keeps `id` first: `Result<Choice, Verdict>` then lays the error's `u32` over `id`
+/// rather than over the low half of `backend`. Over the pointer, LLVM 23 (the nightly pinned
+/// in lb-ebpf/rust-toolchain.toml) moves the pointer as two 32-bit halves, and the verifier
+/// refuses shifts of a map value pointer (docs/toolchain.md).
+#[repr(C)]
 pub struct Choice {
     pub id: u32,
     pub backend: *const Backend,

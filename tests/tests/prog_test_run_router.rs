@@ -235,10 +235,10 @@ fn ring<F: FixtureFamily>(lb: &mut Fixture, a: F) -> u32 {
 /// lists them.
 fn list_own(lb: &mut Fixture) {
     let mut v4: HashMap<_, u32, u32> = lb.map(maps::BACKEND_IDS_V4);
-    v4.insert(words_of(Ipv4Addr::OWN_EXT)[0], OWN_ADDRESS_ID, 0)
+    v4.insert(&words_of(Ipv4Addr::OWN_EXT)[0], &OWN_ADDRESS_ID, 0)
         .unwrap();
     let mut v6: HashMap<_, [u32; 4], u32> = lb.map(maps::BACKEND_IDS_V6);
-    v6.insert(words_of(Ipv6Addr::OWN_EXT), OWN_ADDRESS_ID, 0)
+    v6.insert(&words_of(Ipv6Addr::OWN_EXT), &OWN_ADDRESS_ID, 0)
         .unwrap();
 }
 

@@ -22,7 +22,7 @@ fn default_globals(slot_fast_path: bool) -> Vec<(&'static str, u32)> {
          vip: 203.0.113.10\n    backends:\n      - address: 10.0.0.11\n"
     );
     let c = lb_ctl::config::parse("defaults.yaml", &yaml).expect("a valid default config");
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
     vec![
         (globals::RING_SIZE, c.maglev_table_size),
         (globals::PERSIST_TIMEOUT_TICKS, c.persist_timeout_ticks()),

@@ -2,9 +2,11 @@
 //!
 //! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables,
 //!   prometheus, strongSwan, BIRD 2, …);
-//! * the `nightly` toolchain's `rust-src` (for `-Z build-std=core`);
-//! * `bpf-linker`, built against the LLVM that ships inside the nightly toolchain (no
-//!   prebuilt binary or matching system LLVM is reachable here; see docs/toolchain.md).
+//! * the nightly pinned in `lb-ebpf/rust-toolchain.toml`, with `rust-src` (for
+//!   `-Z build-std=core`); the stable toolchain is pinned by `rust-toolchain.toml`, which
+//!   rustup reads before xtask runs (docs/toolchain.md);
+//! * `bpf-linker`, built against the LLVM that ships inside that nightly (no prebuilt binary
+//!   or matching system LLVM is reachable here; see docs/toolchain.md).
 //!
 //! * for the kernel matrix (`test`): QEMU, busybox (virtme-ng's initramfs), the Debian
 //!   kernel packages of the matrix, and virtme-ng from PyPI (docs/kernels.md).
@@ -54,8 +56,9 @@ const PACKAGES: &[(&str, &str)] = &[
 
 pub fn all() -> Result<()> {
     packages()?;
-    rust_src()?;
-    bpf_linker()
+    let toolchain = pinned_nightly()?;
+    nightly(&toolchain)?;
+    bpf_linker(&toolchain)
 }
 
 fn packages() -> Result<()> {
@@ -67,8 +70,8 @@ fn packages() -> Result<()> {
     apt_install(&missing, "", "apt-install")
 }
 
-/// cargo-deb, pinned: 3.8 needs rustc 1.85, and the stable toolchain here is 1.95
-/// (docs/toolchain.md).
+/// cargo-deb, pinned so a newer release cannot raise its rustc requirement: 3.8 needs rustc
+/// 1.85 (docs/toolchain.md).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// What `cargo xtask deb` and its test need besides the build: dpkg-dev (`dpkg-shlibdeps`,
@@ -180,40 +183,57 @@ pub fn apt_install(missing: &[&str], why: &str, log: &str) -> Result<()> {
     )
 }
 
-fn rust_src() -> Result<()> {
+/// The nightly the XDP object builds with: the `channel` of `lb-ebpf/rust-toolchain.toml`,
+/// which lb-ctl/build.rs hands to aya-build too.
+pub fn pinned_nightly() -> Result<String> {
+    let file = cmd::workspace_root().join("lb-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{}: cannot read the pinned nightly", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .find(|v| !v.is_empty())
+        .with_context(|| format!("{}: no `channel = \"…\"` line", file.display()))
+}
+
+/// Installs the pinned nightly with rust-src unless it is there.
+fn nightly(toolchain: &str) -> Result<()> {
     let installed = cmd::output(
         "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .context(
-        "rustup has no `nightly` toolchain: install one (`rustup toolchain install nightly`)",
-    )?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        &["component", "list", "--toolchain", toolchain, "--installed"],
+    );
+    if installed.is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src"))) {
         return Ok(());
     }
     cmd::run_logged(
-        "installing the nightly toolchain's rust-src (needed for -Z build-std=core)",
-        "rustup-rust-src",
+        &format!(
+            "installing the pinned nightly {toolchain} with rust-src (builds the XDP object), ~15 s"
+        ),
+        "rustup-nightly",
         std::process::Command::new("rustup").args([
-            "component",
-            "add",
+            "toolchain",
+            "install",
+            toolchain,
+            "--profile",
+            "minimal",
+            "--component",
             "rust-src",
-            "--toolchain",
-            "nightly",
         ]),
     )
 }
 
-/// The nightly toolchain's LLVM: its sysroot, the dylib name to link, and the major version.
+/// The pinned nightly's LLVM: its sysroot, the dylib name to link, and the major version.
 struct NightlyLlvm {
     lib_dir: String,
     dylib: String,
     major: String,
 }
 
-fn nightly_llvm() -> Result<NightlyLlvm> {
-    let sysroot = cmd::output("rustc", &["+nightly", "--print", "sysroot"])
-        .context("`rustc +nightly` does not run")?
+fn nightly_llvm(toolchain: &str) -> Result<NightlyLlvm> {
+    let plus = format!("+{toolchain}");
+    let sysroot = cmd::output("rustc", &[plus.as_str(), "--print", "sysroot"])
+        .with_context(|| format!("`rustc {plus}` does not run"))?
         .trim()
         .to_owned();
     let lib_dir = format!("{sysroot}/lib");
@@ -226,13 +246,13 @@ fn nightly_llvm() -> Result<NightlyLlvm> {
         .trim_start_matches("lib")
         .trim_end_matches(".so")
         .to_owned();
-    let version =
-        cmd::output("rustc", &["+nightly", "-vV"]).context("`rustc +nightly -vV` failed")?;
+    let version = cmd::output("rustc", &[plus.as_str(), "-vV"])
+        .with_context(|| format!("`rustc {plus} -vV` failed"))?;
     let major = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
-        .context("`rustc +nightly -vV` names no LLVM version")?
+        .with_context(|| format!("`rustc {plus} -vV` names no LLVM version"))?
         .to_owned();
     Ok(NightlyLlvm {
         lib_dir,
@@ -241,8 +261,8 @@ fn nightly_llvm() -> Result<NightlyLlvm> {
     })
 }
 
-/// bpf-linker must run and be linked against *this* nightly's LLVM (a nightly update
-/// replaces the library it was linked to).
+/// bpf-linker must run and be linked against *this* nightly's LLVM: a bpf-linker linked to
+/// another toolchain's library (an earlier pin, another LLVM) is rebuilt.
 fn bpf_linker_ok(llvm: &NightlyLlvm) -> bool {
     let Some(path) = cmd::output("sh", &["-c", "command -v bpf-linker"]) else {
         return false;
@@ -253,8 +273,8 @@ fn bpf_linker_ok(llvm: &NightlyLlvm) -> bool {
     cmd::output("ldd", &[path.trim()]).is_some_and(|ldd| ldd.contains(&llvm.lib_dir))
 }
 
-fn bpf_linker() -> Result<()> {
-    let llvm = nightly_llvm()?;
+fn bpf_linker(toolchain: &str) -> Result<()> {
+    let llvm = nightly_llvm(toolchain)?;
     if bpf_linker_ok(&llvm) {
         return Ok(());
     }
@@ -266,18 +286,13 @@ fn bpf_linker() -> Result<()> {
     let features = format!("llvm-{},no-llvm-linking", llvm.major);
     cmd::run_logged(
         &format!(
-            "installing bpf-linker against the nightly toolchain's LLVM {} ({}), ~1 min",
+            "installing bpf-linker against {toolchain}'s LLVM {} ({}), ~3 min",
             llvm.major, llvm.dylib
         ),
         "cargo-install-bpf-linker",
         std::process::Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-            ])
+            .arg(format!("+{toolchain}"))
+            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
             .args(["--features", &features])
             .env("RUSTFLAGS", rustflags),
     )

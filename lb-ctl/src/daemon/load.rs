@@ -252,7 +252,7 @@ pub fn v6_capacity(config: &Config) -> u32 {
 /// spread over); 1 when it cannot be read, which only makes the quota more generous.
 fn possible_cpus() -> u32 {
     match aya::util::nr_cpus() {
-        Ok(n) => n.max(1) as u32,
+        Ok(n) => n.get(),
         Err((path, e)) => {
             warn!("reading {path}: {e}; spreading new_client_rate as if there were one CPU");
             1

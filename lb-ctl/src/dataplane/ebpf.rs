@@ -92,7 +92,7 @@ impl AyaDataplane {
                 map,
                 source: Box::new(source),
             })?;
-        m.insert(key, value, 0)
+        m.insert(&key, &value, 0)
             .map_err(|source| DataplaneError::Update {
                 map,
                 key: format!("{key:?}"),
@@ -154,7 +154,7 @@ impl AyaDataplane {
             })?;
         // BPF_NOEXIST, BPF_EXIST (include/uapi/linux/bpf.h).
         let (flags, refused) = if new_only { (1, libc::EEXIST) } else { (2, libc::ENOENT) };
-        match m.insert(key, value, flags) {
+        match m.insert(&key, &value, flags) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(aya::sys::SyscallError { io_error, .. }))
                 if io_error.raw_os_error() == Some(refused) =>
@@ -180,7 +180,7 @@ impl AyaDataplane {
                 map,
                 source: Box::new(source),
             })?;
-        m.set(index, value, 0)
+        m.set(index, &value, 0)
             .map_err(|source| DataplaneError::Update {
                 map,
                 key: index.to_string(),
@@ -366,7 +366,7 @@ impl Dataplane for AyaDataplane {
             })?;
         for &(index, value) in slots {
             rings
-                .set(index, value, 0)
+                .set(index, &value, 0)
                 .map_err(|source| DataplaneError::Update {
                     map,
                     key: index.to_string(),

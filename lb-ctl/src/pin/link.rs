@@ -255,7 +255,7 @@ fn attach_fresh(
 ) -> Result<&'static str, PinError> {
     let mut last = None;
     for &(mode, name) in modes {
-        match prog.attach_to_if_index(t.ifindex, mode) {
+        match prog.attach(t.ifindex, mode) {
             Ok(id) => {
                 let link = prog.take_link(id).map_err(|source| PinError::Program {
                     name: "xdp",

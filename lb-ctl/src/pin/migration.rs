@@ -45,7 +45,7 @@ pub fn copy_persistence(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinE
         for entry in old.iter() {
             let Ok((k, v)) = entry else { continue };
             // A full new map (smaller capacity) keeps what fits; the rest re-balance.
-            if new.insert(k, v, 0).is_ok() {
+            if new.insert(&k, &v, 0).is_ok() {
                 n += 1;
             }
         }

@@ -392,7 +392,7 @@ fn insert_range(
             atime: i,
             ..PersistValue::default()
         };
-        m.insert(key(i), v, 0).unwrap();
+        m.insert(&key(i), &v, 0).unwrap();
     }
 }
 

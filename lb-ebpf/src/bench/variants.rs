@@ -76,7 +76,7 @@ fn try_fwd<const SKIP: u32>(ctx: &XdpContext) -> Result<u32, Verdict> {
         unsafe { &*SERVICES.get_ptr(0).ok_or(PASS_NOT_VIP)? }
     } else {
         // SAFETY: as above, hash map value.
-        unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?
+        unsafe { VIPS_V4.get(&parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?
     };
     let ingress = edge::iface_info(ctx.ingress_ifindex() as u32);
     if ingress & INGRESS_F_CLIENTS == 0 {
@@ -153,7 +153,7 @@ fn select_fwd<const SKIP: u32>(
     let entry = if has(SKIP, NO_PERSIST) {
         None
     } else {
-        PERSIST_V4.get_ptr_mut(key)
+        PERSIST_V4.get_ptr_mut(&key)
     };
     if let Some(e) = entry {
         let id = unsafe { (*e).backend };
@@ -196,7 +196,7 @@ fn select_fwd<const SKIP: u32>(
     match entry {
         Some(e) => unsafe { *e = value },
         None => {
-            let _ = PERSIST_V4.insert(key, value, 0);
+            let _ = PERSIST_V4.insert(&key, &value, 0);
         }
     }
     Ok((id, b))
@@ -249,7 +249,7 @@ pub fn bench_v_parse(ctx: XdpContext) -> u32 {
             return Err(PASS_NOT_VIP);
         };
         // SAFETY: hash map value, read-only.
-        let svc = unsafe { VIPS_V4.get(parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?;
+        let svc = unsafe { VIPS_V4.get(&parse::daddr(ip)) }.ok_or(PASS_NOT_VIP)?;
         let t = parse::transport_v4(ip, Side::Forward)?;
         l4::classify(&ctx, t, svc, Side::Forward, PASS_NOT_SERVICE_PORT)?;
         Ok(XDP_TX)

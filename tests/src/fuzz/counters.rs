@@ -27,7 +27,7 @@ impl Counters {
             .as_fd()
             .try_clone_to_owned()
             .expect("dup the COUNTERS fd");
-        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let cpus = aya::util::nr_cpus().expect("possible CPUs").get() as usize;
         Counters { fd, cpus }
     }
 

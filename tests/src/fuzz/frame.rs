@@ -37,11 +37,11 @@ pub fn put16(f: &mut [u8], at: usize, v: u16) {
 
 /// The one's-complement sum of `data` (odd length padded with a zero byte), folded.
 pub fn sum16(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    let (chunks, rest) = data.as_chunks::<2>();
+    for c in chunks {
+        acc += u32::from(u16::from_be_bytes(*c));
     }
-    if let [last] = chunks.remainder() {
+    if let [last] = rest {
         acc += u32::from(*last) << 8;
     }
     fold(acc)

@@ -198,12 +198,12 @@ impl Fixture {
     pub fn set_ingress(&mut self, side: Side, value: u32) {
         let ifindex = self.ifindex(side);
         let mut ingress: Array<_, u32> = self.map(maps::INGRESS);
-        ingress.set(ifindex, value, 0).unwrap();
+        ingress.set(ifindex, &value, 0).unwrap();
         let mut ports: HashMap<_, u32, u32> = self.map(maps::IFINDEX_PORTS);
         if value == 0 {
             let _ = ports.remove(&ifindex);
         } else {
-            ports.insert(ifindex, value, 0).unwrap();
+            ports.insert(&ifindex, &value, 0).unwrap();
         }
     }
 
@@ -215,12 +215,12 @@ impl Fixture {
         };
         let [s4, s6] = self.services;
         let mut vips4: HashMap<_, u32, Service> = self.map(maps::VIPS_V4);
-        vips4.insert(s4.vip[0], s4, 0).unwrap();
+        vips4.insert(&s4.vip[0], &s4, 0).unwrap();
         let mut vips6: HashMap<_, [u32; 4], Service> = self.map(maps::VIPS_V6);
-        vips6.insert(s6.vip, s6, 0).unwrap();
+        vips6.insert(&s6.vip, &s6, 0).unwrap();
         let mut services: Array<_, Service> = self.map(maps::SERVICES);
-        services.set(SVC4, s4, 0).unwrap();
-        services.set(SVC6, s6, 0).unwrap();
+        services.set(SVC4, &s4, 0).unwrap();
+        services.set(SVC6, &s6, 0).unwrap();
         // As the daemon writes them (`lb_ctl::dataplane`): each VIP alone in its slot.
         self.set_vip_index(VIP4.into(), VIP_SLOT_ONE, SVC4);
         self.set_vip_index(VIP6.into(), VIP_SLOT_ONE, SVC6);
@@ -236,7 +236,7 @@ impl Fixture {
                 mac,
                 _pad: [0; 2],
             };
-            ifaces.set(port, iface, 0).unwrap();
+            ifaces.set(port, &iface, 0).unwrap();
         }
         for side in [Side::Ext, Side::Int] {
             let v = self.ingress_value(side);
@@ -266,10 +266,10 @@ impl Fixture {
             );
             if addr.is_ipv4() {
                 let mut ids: HashMap<_, u32, u32> = self.map(maps::BACKEND_IDS_V4);
-                ids.insert(words(addr)[0], id, 0).unwrap();
+                ids.insert(&words(addr)[0], &id, 0).unwrap();
             } else {
                 let mut ids: HashMap<_, [u32; 4], u32> = self.map(maps::BACKEND_IDS_V6);
-                ids.insert(words(addr), id, 0).unwrap();
+                ids.insert(&words(addr), &id, 0).unwrap();
             }
         }
         for svc in [SVC4, SVC6] {

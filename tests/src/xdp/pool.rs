@@ -73,7 +73,7 @@ fn empty(name: &str, map: &mut Map) -> std::io::Result<()> {
             let info = d.info().map_err(std::io::Error::other)?;
             let per_cpu = matches!(map, Map::PerCpuArray(_));
             let cpus = if per_cpu {
-                aya::util::nr_cpus().map_err(|(_, e)| e)?
+                aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize
             } else {
                 1
             };

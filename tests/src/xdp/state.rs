@@ -44,7 +44,7 @@ impl Fixture {
 
     pub fn set_backend(&mut self, id: u32, b: Backend) {
         let mut backends: Array<_, Backend> = self.map(maps::BACKENDS);
-        backends.set(id, b, 0).unwrap();
+        backends.set(id, &b, 0).unwrap();
     }
 
     pub fn backend(&mut self, id: u32) -> Backend {
@@ -91,7 +91,7 @@ impl Fixture {
                 addr: vip[0],
                 service,
             };
-            index.set(slot, v, 0).unwrap();
+            index.set(slot, &v, 0).unwrap();
         } else {
             let mut index: Array<_, VipSlot6> = self.map(maps::VIP_INDEX_V6);
             let v = VipSlot6 {
@@ -99,7 +99,7 @@ impl Fixture {
                 service,
                 addr: vip,
             };
-            index.set(slot, v, 0).unwrap();
+            index.set(slot, &v, 0).unwrap();
         }
     }
 
@@ -114,7 +114,7 @@ impl Fixture {
     pub fn set_ring_slot(&mut self, client: IpAddr, value: u32) {
         let i = self.slot_index(client);
         let mut rings: Array<_, u32> = self.map(maps::RINGS);
-        rings.set(i, value, 0).unwrap();
+        rings.set(i, &value, 0).unwrap();
     }
 
     /// Sets `RING_F_CHANGED` on `client`'s slot, as the daemon does for a slot whose live
@@ -148,11 +148,11 @@ impl Fixture {
         match client {
             IpAddr::V4(_) => {
                 let mut m: HashMap<_, PersistKeyV4, PersistValue> = self.map(maps::PERSIST_V4);
-                m.insert(key4(client), v, 0).unwrap();
+                m.insert(&key4(client), &v, 0).unwrap();
             }
             IpAddr::V6(_) => {
                 let mut m: HashMap<_, PersistKeyV6, PersistValue> = self.map(maps::PERSIST_V6);
-                m.insert(key6(client), v, 0).unwrap();
+                m.insert(&key6(client), &v, 0).unwrap();
             }
         }
     }
@@ -190,11 +190,11 @@ impl Fixture {
         match client {
             IpAddr::V4(_) => {
                 let mut m: HashMap<_, PersistKeyV4, ProbationValue> = self.map(maps::PROBATION_V4);
-                m.insert(key4(client), v, 0).unwrap();
+                m.insert(&key4(client), &v, 0).unwrap();
             }
             IpAddr::V6(_) => {
                 let mut m: HashMap<_, PersistKeyV6, ProbationValue> = self.map(maps::PROBATION_V6);
-                m.insert(key6(client), v, 0).unwrap();
+                m.insert(&key6(client), &v, 0).unwrap();
             }
         }
     }
@@ -225,7 +225,7 @@ impl Fixture {
     pub fn set_refreshed(&mut self, client: impl Into<IpAddr>, tick: u32) {
         let i = self.slot_index(client.into());
         let mut m: Array<_, u32> = self.map(maps::REFRESHED_V4);
-        m.set(i, tick, 0).unwrap();
+        m.set(i, &tick, 0).unwrap();
     }
 
     pub fn counters(&mut self) -> Vec<u64> {

@@ -125,7 +125,7 @@ fn set_block<const N: usize>(ebpf: &mut Ebpf, map: &str, block: &[u8]) -> Result
     value[..block.len()].copy_from_slice(block);
     let mut m: Array<&mut MapData, [u8; N]> =
         Array::try_from(ebpf.map_mut(map).with_context(|| map.to_owned())?)?;
-    m.set(0, value, 0)?;
+    m.set(0, &value, 0)?;
     Ok(())
 }
 

@@ -163,8 +163,8 @@ pub fn with_source<F: Family>(t: &Template, word: u32) -> Vec<u8> {
 pub fn xdp_md(ifindex: u32, len: usize) -> [u8; 24] {
     let words = [0u32, len as u32, 0, ifindex, 0, 0];
     let mut out = [0u8; 24];
-    for (o, w) in out.chunks_exact_mut(4).zip(words) {
-        o.copy_from_slice(&w.to_ne_bytes());
+    for (o, w) in out.as_chunks_mut::<4>().0.iter_mut().zip(words) {
+        *o = w.to_ne_bytes();
     }
     out
 }

@@ -90,7 +90,7 @@ pub fn parse_config(yaml: &str) -> Result<Config> {
 /// CPUs the new-client ration is spread over (`NEW_CLIENT_QUOTA` =
 /// `Config::new_client_quota(cpus)`): the possible CPUs, one `QUOTA` slot each.
 pub fn quota_cpus() -> u32 {
-    aya::util::nr_cpus().map_or(1, |n| n as u32)
+    aya::util::nr_cpus().map_or(1, |n| n.get())
 }
 
 /// Loads the embedded object with the globals and map sizes `lb-ctl daemon` uses for
@@ -212,7 +212,7 @@ pub fn prog<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
 pub fn set_cfg(ebpf: &mut Ebpf, cfg: BenchCfg) -> Result<()> {
     let mut m: Array<&mut MapData, BenchCfg> =
         Array::try_from(ebpf.map_mut("BENCH_CFG").context("BENCH_CFG")?)?;
-    m.set(0, cfg, 0)?;
+    m.set(0, &cfg, 0)?;
     Ok(())
 }
 
@@ -248,7 +248,7 @@ pub fn establish<F: Family, T: BorrowMut<MapData>>(
             _pad: 0,
         };
         persist
-            .insert(F::key(service, client), value, 0)
+            .insert(&F::key(service, client), &value, 0)
             .with_context(|| format!("{} insert", F::PERSIST))?;
     }
     Ok(())

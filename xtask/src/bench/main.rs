@@ -192,7 +192,13 @@ fn machine() -> report::Machine {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let commit = sys::run("git", &["-C", root, "describe", "--always", "--dirty"])
         .map_or("unknown".to_owned(), |s| s.trim().to_owned());
-    let nightly = sys::run("rustc", &["+nightly", "-V"])
+    // The nightly the XDP object was built with (pinned in lb-ebpf/rust-toolchain.toml).
+    let pinned = fs::read_to_string(format!("{root}/lb-ebpf/rust-toolchain.toml"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map_or("nightly".to_owned(), |v| v.trim_matches('"').to_owned());
+    let nightly = sys::run("rustc", &[&format!("+{pinned}"), "-V"])
         .map_or("unknown".to_owned(), |s| s.trim().to_owned());
     report::Machine {
         date: sys::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])

@@ -128,7 +128,7 @@ impl<F: LoopFamily> Rig<F> {
         for sink in &sinks {
             let prog: &mut Xdp = ebpf.program_mut(F::SINK).context(F::SINK)?.try_into()?;
             sink.run(|| {
-                prog.attach("s0", XdpMode::Driver)
+                prog.attach(c"s0", XdpMode::Driver)
                     .with_context(|| format!("attach {} (native)", F::SINK))
             })??;
         }
@@ -147,7 +147,7 @@ impl<F: LoopFamily> Rig<F> {
             })??;
             let prog: &mut Xdp = ebpf.program_mut(F::FWD).context(F::FWD)?.try_into()?;
             gw.run(|| {
-                prog.attach("in", XdpMode::Driver)
+                prog.attach(c"in", XdpMode::Driver)
                     .with_context(|| format!("attach {}", F::FWD))
             })??;
         }
@@ -436,9 +436,9 @@ fn lever_gateway<F: Family>(gw: &NetNs, sink: &NetNs) -> Result<Balancer<AyaData
         let ebpf = lb::load_like_daemon(&config, 1, true)?;
         let mut b = lb::fill_like_daemon(ebpf, &config, ifaces, sink_mac)?;
         let prog = lb::load_prog(b.dataplane_mut().ebpf_mut(), lb_ctl::XDP_PROGRAM)?;
-        for i in ["in", "out"] {
+        for i in [c"in", c"out"] {
             prog.attach(i, XdpMode::Driver)
-                .with_context(|| format!("attach ikelb (lever) to {i}"))?;
+                .with_context(|| format!("attach ikelb (lever) to {}", i.to_string_lossy()))?;
         }
         Ok(b)
     })?

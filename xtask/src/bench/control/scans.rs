@@ -187,7 +187,7 @@ fn insert(m: &mut PersistMap, client: u32, backend: u32, now: u32) -> Result<()>
         atime: now,
         ..PersistValue::default()
     };
-    m.insert(key, v, 0).context("PERSIST_V4 insert")
+    m.insert(&key, &v, 0).context("PERSIST_V4 insert")
 }
 
 /// Today's walk before the shared scan: every key by `GET_NEXT_KEY`, each looked up, no cap;

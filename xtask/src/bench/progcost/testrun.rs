@@ -434,7 +434,7 @@ impl<F: Family> Bench<F> {
         let mut rev: Array<&mut MapData, u32> =
             Array::try_from(ebpf.map_mut("BENCH_REV").context("BENCH_REV")?)?;
         for (i, a) in rev_vals.into_iter().enumerate() {
-            rev.set(i as u32, a, 0)?;
+            rev.set(i as u32, &a, 0)?;
         }
         Ok(())
     }
@@ -524,7 +524,7 @@ impl<F: Family> Bench<F> {
             let v = rings.get(&i, 0)?;
             rings.set(
                 i,
-                if on {
+                &if on {
                     v | RING_F_CHANGED
                 } else {
                     v & !RING_F_CHANGED
