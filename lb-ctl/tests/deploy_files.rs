@@ -60,7 +60,7 @@ fn the_example_config_is_valid_and_names_every_key() {
 }
 
 #[test]
-fn the_unit_keeps_the_host_bpffs_and_restarts_without_detaching() {
+fn the_unit_keeps_the_host_bpffs_restarts_without_detaching_and_reloads_by_sighup() {
     let unit = deploy("ikelb.service");
     // Pins must be on the host's bpffs: one the daemon mounted inside the unit's private
     // mount namespace (ProtectSystem=) would vanish with the service.
@@ -71,9 +71,10 @@ fn the_unit_keeps_the_host_bpffs_and_restarts_without_detaching() {
         !unit.contains("--detach-on-exit"),
         "a restart must not detach: {unit}"
     );
+    // `systemctl reload` is the daemon's SIGHUP reload (docs/operations.md, "Reload").
     assert!(
-        !unit.contains("ExecReload=/bin/kill -HUP"),
-        "the daemon has no SIGHUP reload"
+        unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"),
+        "systemctl reload must send SIGHUP: {unit}"
     );
     for cap in [
         "CAP_BPF",

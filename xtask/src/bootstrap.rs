@@ -2,9 +2,9 @@
 //!
 //! * Debian packages the tests and the demo use (iproute2, ethtool, ping, nftables,
 //!   prometheus, strongSwan, BIRD 2, …);
-//! * the nightly pinned in `lb-ebpf/rust-toolchain.toml`, with `rust-src` (for
-//!   `-Z build-std=core`); the stable toolchain is pinned by `rust-toolchain.toml`, which
-//!   rustup reads before xtask runs (docs/toolchain.md);
+//! * the stable toolchain pinned in `stable-toolchain.toml`, which every cargo xtask starts
+//!   then uses ([`stable`]), and the nightly pinned in `lb-ebpf/rust-toolchain.toml`, with
+//!   `rust-src` (for `-Z build-std=core`) (docs/toolchain.md);
 //! * `bpf-linker`, built against the LLVM that ships inside that nightly (no prebuilt binary
 //!   or matching system LLVM is reachable here; see docs/toolchain.md).
 //!
@@ -186,9 +186,49 @@ pub fn apt_install(missing: &[&str], why: &str, log: &str) -> Result<()> {
 /// The nightly the XDP object builds with: the `channel` of `lb-ebpf/rust-toolchain.toml`,
 /// which lb-ctl/build.rs hands to aya-build too.
 pub fn pinned_nightly() -> Result<String> {
-    let file = cmd::workspace_root().join("lb-ebpf/rust-toolchain.toml");
+    pinned_channel("lb-ebpf/rust-toolchain.toml")
+}
+
+/// Installs the stable toolchain pinned in `stable-toolchain.toml` (with clippy and rustfmt)
+/// unless it is there, and makes every cargo this process starts use it: through the rustup
+/// proxy with `RUSTUP_TOOLCHAIN`, not the `$CARGO` of whatever toolchain built xtask.
+pub fn stable() -> Result<()> {
+    let toolchain = pinned_channel("stable-toolchain.toml")?;
+    let installed = cmd::output(
+        "rustup",
+        &[
+            "component",
+            "list",
+            "--toolchain",
+            &toolchain,
+            "--installed",
+        ],
+    );
+    let has = |c: &str| {
+        installed
+            .as_ref()
+            .is_some_and(|l| l.lines().any(|l| l.starts_with(c)))
+    };
+    if !(has("cargo") && has("clippy") && has("rustfmt")) {
+        cmd::run_logged(
+            &format!("installing the pinned stable toolchain {toolchain} (builds everything but the XDP object), ~15 s"),
+            "rustup-stable",
+            std::process::Command::new("rustup").args([
+                "toolchain", "install", &toolchain, "--profile", "minimal",
+                "--component", "clippy", "--component", "rustfmt",
+            ]),
+        )?;
+    }
+    std::env::set_var("RUSTUP_TOOLCHAIN", &toolchain);
+    std::env::remove_var("CARGO");
+    Ok(())
+}
+
+/// The `channel = "…"` of a rustup toolchain file under the workspace root.
+fn pinned_channel(path: &str) -> Result<String> {
+    let file = cmd::workspace_root().join(path);
     let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("{}: cannot read the pinned nightly", file.display()))?;
+        .with_context(|| format!("{}: cannot read the pinned toolchain", file.display()))?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("channel"))
         .filter_map(|rest| rest.trim_start().strip_prefix('='))

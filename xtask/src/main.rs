@@ -84,7 +84,10 @@ fn command_line(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse_from(command_line(std::env::args_os())).task {
+    let cli = Cli::parse_from(command_line(std::env::args_os()));
+    // Every task runs cargo with the pinned stable toolchain, whichever built xtask.
+    bootstrap::stable()?;
+    match cli.task {
         Task::Bootstrap => bootstrap::all().and_then(|()| bootstrap::packaging()),
         Task::Test {
             kernels,
@@ -187,7 +190,10 @@ fn test(kernels: &[PathBuf], no_kernels: bool, args: &[String]) -> Result<()> {
     // The guests run side by side: much of a guest's time is the tests' own waiting (ticks,
     // restarts), which the other guest's emulation fills.
     for (label, image) in &images {
-        cmd::step(&format!("kernel matrix: booting {} ({label}) under QEMU", image.display()));
+        cmd::step(&format!(
+            "kernel matrix: booting {} ({label}) under QEMU",
+            image.display()
+        ));
     }
     cmd::step("kernel matrix: the guests run side by side, ~10 min");
     let outcomes = std::thread::scope(|s| {
