@@ -21,8 +21,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    event, hash::ring_slot, Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, PORT_SHARED, PROBATION_F_GUESS, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    event,
+    hash::ring_slot,
+    ike::{self as ike_counter, CLIENT_F_STEERED},
+    Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE, BACKEND_NONE, PORT_SHARED,
+    PROBATION_F_GUESS, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -33,8 +36,9 @@ use crate::{
     },
     edge,
     family::Family,
+    ike,
     maps::{self, BACKENDS, REFRESHED_V4, RINGS, SERVICES},
-    parse::{load_mac, store_mac, Side},
+    parse::{load16, load_mac, store_mac, Side},
     sanity,
     signal::{self, Pkt},
     steer,
@@ -282,15 +286,17 @@ pub fn forward<F: Family>(
             if first_in_tick {
                 (*e).atime = now;
             }
-            // The SA the packet names, for SA steering: of every IKE message (rare; several
-            // clients behind one NAT address each have their own), and of the address's first
-            // packet each tick (ESP is the bulk: once a tick is enough to learn a rekey's SA).
-            if maps::sa_steering() && pkt.first && (first_in_tick || !bulk) {
+            // The SA the packet names, for SA steering, and the client's IKE stage (`ike`): of
+            // every IKE message (rare; several clients behind one NAT address each have their
+            // own), and of the address's first packet each tick (ESP is the bulk: once a tick
+            // is enough to learn a rekey's SA, and to see the client got that far).
+            if pkt.first && (first_in_tick || !bulk) {
                 let sig = match early {
                     Some(sig) => sig,
                     None => signal::read(ctx, pkt, Side::Forward),
                 };
                 steer::learn(svc.id, &sig, id, first_in_tick);
+                ike::set(&raw mut (*e).flags, ike::forward(&sig, pkt.frag));
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
@@ -345,10 +351,11 @@ pub fn forward<F: Family>(
                     unsafe {
                         (*p).backend = s;
                         (*p).proof = 0;
-                        (*p).flags = 0;
+                        (*p).flags = CLIENT_F_STEERED;
                     }
                     flag_if_divergent(index, s);
                     counters::event(event::SA_STEERED);
+                    ike::steered(&sig);
                     (s, sb)
                 }
                 None => (id, b),
@@ -356,12 +363,15 @@ pub fn forward<F: Family>(
         };
         unsafe {
             (*p).atime = now;
+            ike::set(&raw mut (*p).flags, ike::forward(&sig, pkt.frag));
             learn::<F>(ctx, e, svc, saddr, origin);
         }
         let recorded = unsafe { (*p).proof };
         let mut persisted = true;
         if recorded != 0 && echoes::<F>(sig.proof, svc.id, saddr, recorded, id) {
-            // The client echoed what its backend sent it: it receives at its address.
+            // The client echoed what its backend sent it: it receives at its address. Its
+            // flags carry its IKE stage over (`PROBATION_F_GUESS` is cleared by then: a
+            // proof is recorded only with it).
             let value = unsafe { *e };
             persisted = F::persist().insert(&key, &value, 0).is_ok();
             if persisted {
@@ -388,6 +398,10 @@ pub fn forward<F: Family>(
     // Non-first fragments carry nothing to keep (their first fragment made the entry), nor
     // does a NAT keepalive: it would pin a client that moved to the ring's backend before
     // its first ESP packet could be steered.
+    if !pkt.first {
+        // Its first fragment made no entry: lost, throttled, or not here yet.
+        ike::count(ike_counter::FRAGMENT_NO_ENTRY);
+    }
     if !pkt.first || sig.keepalive {
         return Ok(Choice {
             id,
@@ -395,11 +409,15 @@ pub fn forward<F: Family>(
             persisted: true,
         });
     }
+    let mut flags = ike_counter::with_stage(0, ike::forward(&sig, pkt.frag));
     if steered.is_some() {
         flag_if_divergent(index, id);
         counters::event(event::SA_STEERED);
+        ike::steered(&sig);
+        flags |= CLIENT_F_STEERED;
     } else if sig.mid_session {
         counters::event(event::LOST);
+        flags |= PROBATION_F_GUESS;
     }
     let persisted = if edge::take_quota(now_ns) {
         let mut value = ProbationValue {
@@ -407,11 +425,7 @@ pub fn forward<F: Family>(
             atime: now,
             client_mac: [0; 6],
             port: origin.port,
-            flags: if sig.mid_session && steered.is_none() {
-                PROBATION_F_GUESS
-            } else {
-                0
-            },
+            flags,
             proof: 0,
         };
         // SAFETY: a field of a local.
@@ -488,9 +502,15 @@ pub fn reverse<F: Family>(
     let now = now_ticks();
     let key = F::key(svc.id, daddr);
     // SAFETY (entry accesses): see `forward`.
-    if let Some(e) = F::persist().get_ptr(&key) {
+    if let Some(e) = F::persist().get_ptr_mut(&key) {
         if unsafe { (*e).backend != id || !live((*e).atime, now) } {
             return Err(DROP_REVERSE_NOT_CLIENT);
+        }
+        // An IKE_SA_INIT response (a client re-connecting from the same address) comes from
+        // UDP 500 (RFC 7296 §2.23: NAT-T moves to 4500 after it); ESP never reads further.
+        if ike_port(pkt) {
+            let sig = signal::read(ctx, pkt, Side::Reverse);
+            unsafe { ike::set(&raw mut (*e).flags, ike::reverse(&sig)) };
         }
         if unsafe { (*e).port } != PORT_SHARED {
             return Ok(Back::Entry(e));
@@ -501,12 +521,14 @@ pub fn reverse<F: Family>(
         if unsafe { (*p).backend != id || !live((*p).atime, now) } {
             return Err(DROP_REVERSE_NOT_CLIENT);
         }
-        let proof = signal::read(ctx, pkt, Side::Reverse).proof;
+        let sig = signal::read(ctx, pkt, Side::Reverse);
+        unsafe { ike::set(&raw mut (*p).flags, ike::reverse(&sig)) };
+        let proof = sig.proof;
         if proof != 0 {
             // The backend knows the client: no longer the ring's guess.
             unsafe {
                 (*p).proof = proof;
-                (*p).flags = 0;
+                (*p).flags &= !PROBATION_F_GUESS;
             }
             let _ = F::proofs().insert(&F::proof_key(svc.id, daddr, proof), &id, 0);
         }
@@ -525,6 +547,16 @@ pub fn reverse<F: Family>(
         edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
         edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
         _ => Err(DROP_REVERSE_NOT_CLIENT),
+    }
+}
+
+/// Whether a backend's packet comes from UDP port 500 (where an IKE_SA_INIT response does).
+#[inline(always)]
+fn ike_port(pkt: &Pkt) -> bool {
+    match pkt.csum.udp() {
+        // SAFETY: `l4::classify` bounds-checked the UDP header.
+        Some(udp) => (unsafe { load16(&(*udp).src) }) == 500u16.to_be(),
+        None => false,
     }
 }
 
