@@ -135,7 +135,11 @@ fn ike_auth_in_ip_fragments<F: FixtureFamily>(lb: &mut Fixture) {
         lb.persisted(c.into()).map(|e| ike::stage(e.flags)),
         Some(STAGE_AUTH_FRAGMENTED)
     );
-    assert_eq!(lb.probation(stranger.into()), None, "a fragment makes no entry");
+    assert_eq!(
+        lb.probation(stranger.into()),
+        None,
+        "a fragment makes no entry"
+    );
 }
 
 both_families!(steered_clients_are_counted_by_sa, Setup::default());
