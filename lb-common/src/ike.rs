@@ -15,15 +15,19 @@ pub const EXCHANGE_IKE_AUTH: u8 = 35;
 /// The Response flag of the IKE header's flags byte.
 pub const FLAG_RESPONSE: u8 = 0x20;
 
+// The counter of each request is its client's stage − 1 (`STAGE_*`), which the data path
+// relies on (`lb-ebpf/src/ike.rs`); a test below keeps them in step.
+
 /// An IKE_SA_INIT request of a client, forwarded to its backend.
 pub const SA_INIT_REQUEST: u32 = 0;
 /// An IKE_SA_INIT response of a backend (an error notification with a zero responder SPI
 /// included: COOKIE, INVALID_KE_PAYLOAD), sent back to its client.
 pub const SA_INIT_RESPONSE: u32 = 1;
-/// An IKE_AUTH request of a client, forwarded (whole, or its first IP fragment).
+/// An IKE_AUTH request of a client, forwarded whole (an RFC 7383 IKE fragment included).
 pub const AUTH_REQUEST: u32 = 2;
 /// An IKE_AUTH request whose first IP fragment was forwarded: the client does not use IKEv2
 /// fragmentation (RFC 7383), and whatever drops IP fragments on its path drops its IKE_AUTH.
+/// Not also counted under [`AUTH_REQUEST`]: the IKE_AUTH requests are the sum of both.
 pub const AUTH_FRAGMENTED: u32 = 3;
 /// A non-first IP fragment to a service from a client without any entry: its first fragment
 /// never came this way (lost, or it arrived later), so it followed the ring.
@@ -117,6 +121,18 @@ mod tests {
         assert_eq!(stage(with_stage(f, STAGE_NONE)), STAGE_NONE);
         for s in STAGE_NONE..=STAGE_ESP {
             assert_eq!(stage(with_stage(0, s)), s);
+        }
+    }
+
+    #[test]
+    fn each_request_counter_is_its_stage_minus_one() {
+        for (counter, stage) in [
+            (SA_INIT_REQUEST, STAGE_SA_INIT_SENT),
+            (SA_INIT_RESPONSE, STAGE_SA_INIT_ANSWERED),
+            (AUTH_REQUEST, STAGE_AUTH_SENT),
+            (AUTH_FRAGMENTED, STAGE_AUTH_FRAGMENTED),
+        ] {
+            assert_eq!(counter + 1, u32::from(stage));
         }
     }
 

@@ -38,7 +38,7 @@ use crate::{
     family::Family,
     ike,
     maps::{self, BACKENDS, REFRESHED_V4, RINGS, SERVICES},
-    parse::{load16, load_mac, store_mac, Side},
+    parse::{load_mac, store_mac, Side},
     sanity,
     signal::{self, Pkt},
     steer,
@@ -289,14 +289,16 @@ pub fn forward<F: Family>(
             // The SA the packet names, for SA steering, and the client's IKE stage (`ike`): of
             // every IKE message (rare; several clients behind one NAT address each have their
             // own), and of the address's first packet each tick (ESP is the bulk: once a tick
-            // is enough to learn a rekey's SA, and to see the client got that far).
-            if pkt.first && (first_in_tick || !bulk) {
+            // is enough to learn a rekey's SA, and to see the client got that far). Without
+            // SA steering an established client's packets are not read at all (its stage
+            // stays where the handshake left it: `docs/metrics.md`).
+            if maps::sa_steering() && pkt.first && (first_in_tick || !bulk) {
                 let sig = match early {
                     Some(sig) => sig,
                     None => signal::read(ctx, pkt, Side::Forward),
                 };
                 steer::learn(svc.id, &sig, id, first_in_tick);
-                ike::set(&raw mut (*e).flags, ike::forward(&sig, pkt.frag));
+                ike::set(&raw mut (*e).flags, ike::forward::<true>(&sig, pkt.frag));
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
@@ -363,7 +365,7 @@ pub fn forward<F: Family>(
         };
         unsafe {
             (*p).atime = now;
-            ike::set(&raw mut (*p).flags, ike::forward(&sig, pkt.frag));
+            ike::set(&raw mut (*p).flags, ike::forward::<false>(&sig, pkt.frag));
             learn::<F>(ctx, e, svc, saddr, origin);
         }
         let recorded = unsafe { (*p).proof };
@@ -409,7 +411,7 @@ pub fn forward<F: Family>(
             persisted: true,
         });
     }
-    let mut flags = ike_counter::with_stage(0, ike::forward(&sig, pkt.frag));
+    let mut flags = ike_counter::with_stage(0, ike::forward::<false>(&sig, pkt.frag));
     if steered.is_some() {
         flag_if_divergent(index, id);
         counters::event(event::SA_STEERED);
@@ -502,15 +504,9 @@ pub fn reverse<F: Family>(
     let now = now_ticks();
     let key = F::key(svc.id, daddr);
     // SAFETY (entry accesses): see `forward`.
-    if let Some(e) = F::persist().get_ptr_mut(&key) {
+    if let Some(e) = F::persist().get_ptr(&key) {
         if unsafe { (*e).backend != id || !live((*e).atime, now) } {
             return Err(DROP_REVERSE_NOT_CLIENT);
-        }
-        // An IKE_SA_INIT response (a client re-connecting from the same address) comes from
-        // UDP 500 (RFC 7296 §2.23: NAT-T moves to 4500 after it); ESP never reads further.
-        if ike_port(pkt) {
-            let sig = signal::read(ctx, pkt, Side::Reverse);
-            unsafe { ike::set(&raw mut (*e).flags, ike::reverse(&sig)) };
         }
         if unsafe { (*e).port } != PORT_SHARED {
             return Ok(Back::Entry(e));
@@ -547,16 +543,6 @@ pub fn reverse<F: Family>(
         edge::Fib::Route(r) if ours => Ok(Back::Stateless(r)),
         edge::Fib::Unreachable if ours => Err(DROP_NO_ROUTE),
         _ => Err(DROP_REVERSE_NOT_CLIENT),
-    }
-}
-
-/// Whether a backend's packet comes from UDP port 500 (where an IKE_SA_INIT response does).
-#[inline(always)]
-fn ike_port(pkt: &Pkt) -> bool {
-    match pkt.csum.udp() {
-        // SAFETY: `l4::classify` bounds-checked the UDP header.
-        Some(udp) => (unsafe { load16(&(*udp).src) }) == 500u16.to_be(),
-        None => false,
     }
 }
 

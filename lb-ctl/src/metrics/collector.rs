@@ -164,14 +164,16 @@ impl Families {
     /// (zeros included) so alerts need no `absent()`.
     fn ike_counters(&self, stages: &[u64]) {
         let n = |i: u32| stages.get(i as usize).copied().unwrap_or(0);
-        for (i, exchange, direction) in [
-            (ike::SA_INIT_REQUEST, "ike_sa_init", "request"),
-            (ike::SA_INIT_RESPONSE, "ike_sa_init", "response"),
-            (ike::AUTH_REQUEST, "ike_auth", "request"),
+        // IKE_AUTH requests: whole, and as IP fragments (counted apart in the data path).
+        let auth = n(ike::AUTH_REQUEST) + n(ike::AUTH_FRAGMENTED);
+        for (count, exchange, direction) in [
+            (n(ike::SA_INIT_REQUEST), "ike_sa_init", "request"),
+            (n(ike::SA_INIT_RESPONSE), "ike_sa_init", "response"),
+            (auth, "ike_auth", "request"),
         ] {
             self.ike_messages
                 .with_label_values(&[exchange, direction])
-                .inc_by(n(i));
+                .inc_by(count);
         }
         self.ike_auth_fragmented
             .with_label_values::<&str>(&[])

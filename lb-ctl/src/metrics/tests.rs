@@ -447,7 +447,7 @@ fn the_ike_stages_are_exported() {
         ),
         (
             r#"ikelb_ike_messages_total{direction="request",exchange="ike_auth"}"#,
-            3.0,
+            5.0,
         ),
         ("ikelb_ike_auth_fragmented_total ", 2.0),
         ("ikelb_ike_fragments_no_entry_total ", 7.0),
