@@ -311,6 +311,37 @@ mod tests {
         }
     }
 
+    /// `lookup` prints where a client's IKE handshake stopped, and steering.
+    #[test]
+    fn lookup_says_where_the_ike_handshake_stopped() {
+        let result = |stage: Option<&str>, steered| LookupResult {
+            virtual_server: "aovpn".into(),
+            vip: "203.0.113.10".parse().unwrap(),
+            backend: Some("10.0.0.11".parse().unwrap()),
+            backend_id: Some(1),
+            source: "probation".into(),
+            slot: 7,
+            persisted: Some(crate::api::PersistedInfo {
+                backend_id: 1,
+                backend: Some("10.0.0.11".parse().unwrap()),
+                idle_seconds: 3,
+                ignored_because: None,
+                tier: "probation".into(),
+                proof_recorded: Some(false),
+                ike_stage: stage.map(str::to_owned),
+                steered,
+            }),
+        };
+        let client = "198.51.100.7".parse().unwrap();
+        let text = |r| lookup_table(client, &[r]);
+        assert!(text(result(Some("ike_sa_init_sent"), false))
+            .contains("ike: IKE_SA_INIT sent, no response from the backend (last packet 3 s ago)"));
+        assert!(text(result(Some("ike_auth_fragmented"), false)).contains("IKE_AUTH fragmented"));
+        let steered = text(result(Some("established"), true));
+        assert!(steered.contains("ike: established (ESP seen); steered by SPI"));
+        assert!(!text(result(None, false)).contains("ike:"));
+    }
+
     #[test]
     fn backend_list_is_an_aligned_table() {
         let mut draining = backend("10.0.0.12", "draining");
