@@ -74,6 +74,25 @@ pub fn template<F: Family>(
     build(dst_mac, src_mac, saddr, daddr, port, &payload)
 }
 
+/// An IKEv2 INFORMATIONAL request (a DPD, the commonest IKE message of an established client)
+/// to UDP 500, as [`template`] with `IKE` but with the header's version 2.0, exchange type 37
+/// and the Initiator flag (RFC 7296 §3.1), so the data path reads it as IKEv2: its initiator
+/// SPI is learnt for SA steering (`IKE_SAS`, a lookup once known). ([`template`]'s filler has
+/// version byte 0x11, which the data path takes for no IKEv2 and reads no further.)
+pub fn ike_informational_template<F: Family>(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: F,
+    daddr: F,
+) -> Template {
+    let mut payload: Vec<u8> = (0..PAYLOAD_LEN).map(|i| i as u8).collect();
+    payload[0..4].copy_from_slice(&SPI.to_be_bytes());
+    payload[17] = 0x20;
+    payload[18] = 37;
+    payload[19] = 0x08;
+    build(dst_mac, src_mac, saddr, daddr, IKE, &payload)
+}
+
 /// Bytes of a bare IKE header (RFC 7296 §3.1).
 pub const IKE_HDR_LEN: usize = 28;
 

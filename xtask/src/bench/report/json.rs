@@ -146,6 +146,11 @@ pub fn json(a: &All<'_>) -> Value {
                            "quota_window_ns": 1u64 << lb_common::QUOTA_WINDOW_SHIFT},
         "fast_path_share": fast_path_share,
         "closed_loop": closed,
+        "default_path_check": {
+            "what": "lever (the daemon's defaults) ÷ trivial at 64k clients, this run",
+            "ratio": c.median("64k", "lever") / c.median("64k", "trivial"),
+            "bound": super::table::DEFAULT_PATH_MIN,
+        },
         "closed_loop_samples": samples,
         "closed_loop_v6": closed_json(
             a.closed6,
