@@ -326,15 +326,15 @@ impl<F: Family> Bench<F> {
             if clients == 65_536 {
                 // The hit path with SPI learning: every IKE message of an established client
                 // is read (SA steering, its IKE stage) and its initiator SPI looked up in
-                // IKE_SAS (inserted once). The ESP hit rows above read each packet's SPI too
-                // (fast path off: no packet is bulk) and learn it at a client's first packet
-                // of a tick.
+                // IKE_SAS — here a new SA each frame, so also inserted (the worst case). The
+                // ESP hit rows above read each packet's SPI too (fast path off: no packet is
+                // bulk) and learn it at a client's first packet of a tick.
                 let key = format!("hit_ike_{size}{sfx}");
                 eprintln!("  program cost: {key}");
                 rows.push(self.row(
                     key,
                     format!(
-                        "{what}forward, IKEv2 INFORMATIONAL of an established client (SPI learnt: IKE_SAS lookup), {clients} clients"
+                        "{what}forward, IKEv2 INFORMATIONAL of an established client, a new IKE SA each (IKE_SAS lookup + insert), {clients} clients"
                     ),
                     &f.ike2,
                     cfg,
