@@ -196,7 +196,10 @@ pub struct PersistValue {
     pub client_mac: [u8; 6],
     /// Ingress port (index in `IFACES`) of the client's last frame.
     pub port: u8,
-    pub _pad: u8,
+    /// The same byte as [`ProbationValue::flags`] (a promotion copies it): the client's last
+    /// IKE stage and [`ike::CLIENT_F_STEERED`] (`ike`); `PROBATION_F_GUESS` is never set
+    /// here. Builds before the IKE stages wrote 0 (padding): no stage.
+    pub flags: u8,
 }
 const _: () = assert!(size_of::<PersistValue>() == 16);
 
@@ -228,7 +231,8 @@ pub struct ProbationValue {
     pub client_mac: [u8; 6],
     /// As [`PersistValue::port`].
     pub port: u8,
-    /// `PROBATION_F_*`.
+    /// `PROBATION_F_*` (bit 0), the client's last IKE stage and [`ike::CLIENT_F_STEERED`]
+    /// (`ike`).
     pub flags: u8,
     /// What the client must echo to be promoted, as the 8 (IKE responder SPI) or 4 (TCP ack
     /// number, high word 0) header bytes loaded in native order; 0 = nothing recorded yet.
@@ -442,6 +446,8 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     /// PerCpuArray<u64> indexed by [`crate::counter`] index.
     pub const COUNTERS: &str = "COUNTERS";
+    /// PerCpuArray<u64> indexed by [`crate::ike`] counter index: where IKE clients stop.
+    pub const IKE_STAGES: &str = "IKE_STAGES";
     /// PerCpuArray<Traffic> indexed by backend id * 2 + direction.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
 }
@@ -471,6 +477,8 @@ pub mod globals {
 pub mod counter;
 
 pub mod event;
+
+pub mod ike;
 
 #[cfg(feature = "user")]
 mod pod {

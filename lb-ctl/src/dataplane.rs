@@ -237,14 +237,15 @@ pub fn ingress_value(port: u32, roles: u32) -> u32 {
 }
 
 /// The [`PersistValue`] part of a probation entry (its first 16 bytes, same fields): what
-/// the data path sends the client by.
+/// the data path sends the client by, and its IKE stage (`lb_common::ike`), without the
+/// probation-only `PROBATION_F_GUESS`.
 pub fn probation_as_persist(v: &ProbationValue) -> PersistValue {
     PersistValue {
         backend: v.backend,
         atime: v.atime,
         client_mac: v.client_mac,
         port: v.port,
-        _pad: 0,
+        flags: v.flags & !lb_common::PROBATION_F_GUESS,
     }
 }
 

@@ -250,6 +250,22 @@ fn health_cell(b: &BackendInfo) -> String {
     format!("{} ({})", b.health, each.join(", "))
 }
 
+/// What a client's last IKE stage (`lb_common::ike::stage_name`) says of where it stopped, its
+/// last packet `idle` seconds ago.
+fn ike_detail(stage: Option<&str>, idle: u64) -> Option<String> {
+    let what = match stage? {
+        "ike_sa_init_sent" => "IKE_SA_INIT sent, no response from the backend",
+        "ike_sa_init_answered" => "IKE_SA_INIT answered, no IKE_AUTH from the client",
+        "ike_auth_sent" => "IKE_AUTH sent, no ESP from the client yet",
+        "ike_auth_fragmented" => {
+            "IKE_AUTH fragmented (IP fragments: enable IKEv2 fragmentation), no ESP yet"
+        }
+        "established" => return Some("established (ESP seen)".to_owned()),
+        other => other,
+    };
+    Some(format!("{what} (last packet {idle} s ago)"))
+}
+
 fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
     if results.is_empty() {
         return format!("{client}: no virtual server of its address family\n");
@@ -267,12 +283,20 @@ fn lookup_table(client: std::net::IpAddr, results: &[LookupResult]) -> String {
                     Some(false) => "in probation (no reply from the backend yet)",
                     Some(true) => "in probation (waiting for the client to echo the backend)",
                 };
-                match &p.ignored_because {
+                let mut d = match &p.ignored_because {
                     None => format!("{what}, idle {}s", p.idle_seconds),
                     Some(why) => {
                         format!("{what} on {on} (idle {}s), ignored: {why}", p.idle_seconds)
                     }
+                };
+                if let Some(ike) = ike_detail(p.ike_stage.as_deref(), p.idle_seconds) {
+                    d.push_str("; ike: ");
+                    d.push_str(&ike);
                 }
+                if p.steered {
+                    d.push_str("; steered by SPI (address changed)");
+                }
+                d
             }
         };
         vec![
@@ -338,6 +362,37 @@ mod tests {
             clients: 84,
             origin: "config".into(),
         }
+    }
+
+    /// `lookup` prints where a client's IKE handshake stopped, and steering.
+    #[test]
+    fn lookup_says_where_the_ike_handshake_stopped() {
+        let result = |stage: Option<&str>, steered| LookupResult {
+            virtual_server: "aovpn".into(),
+            vip: "203.0.113.10".parse().unwrap(),
+            backend: Some("10.0.0.11".parse().unwrap()),
+            backend_id: Some(1),
+            source: "probation".into(),
+            slot: 7,
+            persisted: Some(crate::api::PersistedInfo {
+                backend_id: 1,
+                backend: Some("10.0.0.11".parse().unwrap()),
+                idle_seconds: 3,
+                ignored_because: None,
+                tier: "probation".into(),
+                proof_recorded: Some(false),
+                ike_stage: stage.map(str::to_owned),
+                steered,
+            }),
+        };
+        let client = "198.51.100.7".parse().unwrap();
+        let text = |r| lookup_table(client, &[r]);
+        assert!(text(result(Some("ike_sa_init_sent"), false))
+            .contains("ike: IKE_SA_INIT sent, no response from the backend (last packet 3 s ago)"));
+        assert!(text(result(Some("ike_auth_fragmented"), false)).contains("IKE_AUTH fragmented"));
+        let steered = text(result(Some("established"), true));
+        assert!(steered.contains("ike: established (ESP seen); steered by SPI"));
+        assert!(!text(result(None, false)).contains("ike:"));
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod flow;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod ike;
+#[cfg(target_arch = "bpf")]
 mod l4;
 #[cfg(target_arch = "bpf")]
 mod maps;

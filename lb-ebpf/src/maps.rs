@@ -9,9 +9,10 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counter, event, Backend, EspSaKey, Iface, IkeSaKey, PersistKeyV4, PersistKeyV6, PersistValue, ProbationValue,
-    ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot, VipSlot6, DEFAULT_RING_SIZE, INGRESS_SLOTS,
-    MAX_IFACES, VIP_INDEX_SLOTS, VIP_SLOT_ONE, VIP_SLOT_SHARED,
+    counter, event, ike, Backend, EspSaKey, Iface, IkeSaKey, PersistKeyV4, PersistKeyV6,
+    PersistValue, ProbationValue, ProofKeyV4, ProofKeyV6, Quota, Service, Traffic, VipSlot,
+    VipSlot6, DEFAULT_RING_SIZE, INGRESS_SLOTS, MAX_IFACES, VIP_INDEX_SLOTS, VIP_SLOT_ONE,
+    VIP_SLOT_SHARED,
 };
 
 /// Default number of services (VIPs) and backends the maps hold.
@@ -168,6 +169,12 @@ pub static TX_PORTS: DevMap = DevMap::with_max_entries(MAX_IFACES, 0);
 /// verdict bumps exactly one); read by the daemon for `ikelb_xdp_packets_total`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Key: `lb_common::ike::*`. Value: occurrences, per CPU. Written by the program on IKE
+/// messages, IP fragments and SA steering only (`crate::ike`); read by the daemon for the
+/// `ikelb_ike_*` metrics.
+#[map]
+pub static IKE_STAGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ike::COUNT, 0);
 
 /// Key: `backend id * 2 + DIR_*`. Value: [`Traffic`], per CPU. Written by the program on
 /// every forwarded packet; read by the daemon for `ikelb_backend_{packets,bytes}_total`.

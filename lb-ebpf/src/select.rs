@@ -21,8 +21,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    event, hash::ring_slot, Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE,
-    BACKEND_NONE, PORT_SHARED, PROBATION_F_GUESS, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
+    event,
+    hash::ring_slot,
+    ike::{self as ike_counter, CLIENT_F_STEERED},
+    Backend, PersistValue, ProbationValue, Service, BACKEND_F_USABLE, BACKEND_NONE, PORT_SHARED,
+    PROBATION_F_GUESS, RING_BACKEND_MASK, RING_F_CHANGED, TICK_SHIFT,
 };
 use network_types::eth::EthHdr;
 
@@ -33,6 +36,7 @@ use crate::{
     },
     edge,
     family::Family,
+    ike,
     maps::{self, BACKENDS, REFRESHED_V4, RINGS, SERVICES},
     parse::{load_mac, store_mac, Side},
     sanity,
@@ -301,15 +305,19 @@ pub fn forward<F: Family>(
             if first_in_tick {
                 (*e).atime = now;
             }
-            // The SA the packet names, for SA steering: of every IKE message (rare; several
-            // clients behind one NAT address each have their own), and of the address's first
-            // packet each tick (ESP is the bulk: once a tick is enough to learn a rekey's SA).
+            // The SA the packet names, for SA steering, and the client's IKE stage (`ike`): of
+            // every IKE message (rare; several clients behind one NAT address each have their
+            // own), and of the address's first packet each tick (ESP is the bulk: once a tick
+            // is enough to learn a rekey's SA, and to see the client got that far). Without
+            // SA steering an established client's packets are not read at all (its stage
+            // stays where the handshake left it: `docs/metrics.md`).
             if maps::sa_steering() && pkt.first && (first_in_tick || !bulk) {
                 let sig = match early {
                     Some(sig) => sig,
                     None => signal::read(ctx, pkt, Side::Forward),
                 };
                 steer::learn(svc.id, &sig, id, first_in_tick);
+                ike::set(&raw mut (*e).flags, ike::forward::<true>(&sig, pkt.frag));
             }
             learn::<F>(ctx, e, svc, saddr, origin);
         }
@@ -366,12 +374,13 @@ pub fn forward<F: Family>(
                     unsafe {
                         (*p).backend = s;
                         (*p).proof = 0;
-                        (*p).flags = 0;
+                        (*p).flags = CLIENT_F_STEERED;
                     }
                     if let Some(i) = fast {
                         flag_if_divergent(i, s);
                     }
                     counters::event(event::SA_STEERED);
+                    ike::steered(&sig);
                     (s, sb)
                 }
                 None => (id, b),
@@ -379,12 +388,15 @@ pub fn forward<F: Family>(
         };
         unsafe {
             (*p).atime = now;
+            ike::set(&raw mut (*p).flags, ike::forward::<false>(&sig, pkt.frag));
             learn::<F>(ctx, e, svc, saddr, origin);
         }
         let recorded = unsafe { (*p).proof };
         let mut persisted = true;
         if recorded != 0 && echoes::<F>(sig.proof, svc.id, saddr, recorded, id) {
-            // The client echoed what its backend sent it: it receives at its address.
+            // The client echoed what its backend sent it: it receives at its address. Its
+            // flags carry its IKE stage over (`PROBATION_F_GUESS` is cleared by then: a
+            // proof is recorded only with it).
             let value = unsafe { *e };
             persisted = F::persist().insert(&key, &value, 0).is_ok();
             if persisted {
@@ -413,6 +425,10 @@ pub fn forward<F: Family>(
     // Non-first fragments carry nothing to keep (their first fragment made the entry), nor
     // does a NAT keepalive: it would pin a client that moved to the ring's backend before
     // its first ESP packet could be steered.
+    if !pkt.first {
+        // Its first fragment made no entry: lost, throttled, or not here yet.
+        ike::count(ike_counter::FRAGMENT_NO_ENTRY);
+    }
     if !pkt.first || sig.keepalive {
         return Ok(Choice {
             id,
@@ -420,13 +436,17 @@ pub fn forward<F: Family>(
             persisted: true,
         });
     }
+    let mut flags = ike_counter::with_stage(0, ike::forward::<false>(&sig, pkt.frag));
     if steered.is_some() {
         if let Some(i) = fast {
             flag_if_divergent(i, id);
         }
         counters::event(event::SA_STEERED);
+        ike::steered(&sig);
+        flags |= CLIENT_F_STEERED;
     } else if sig.mid_session {
         counters::event(event::LOST);
+        flags |= PROBATION_F_GUESS;
     }
     let persisted = if edge::take_quota(now_ns) {
         let mut value = ProbationValue {
@@ -434,11 +454,7 @@ pub fn forward<F: Family>(
             atime: now,
             client_mac: [0; 6],
             port: origin.port,
-            flags: if sig.mid_session && steered.is_none() {
-                PROBATION_F_GUESS
-            } else {
-                0
-            },
+            flags,
             proof: 0,
         };
         // SAFETY: a field of a local.
@@ -528,12 +544,14 @@ pub fn reverse<F: Family>(
         if unsafe { (*p).backend != id || !live((*p).atime, now) } {
             return Err(DROP_REVERSE_NOT_CLIENT);
         }
-        let proof = signal::read(ctx, pkt, Side::Reverse).proof;
+        let sig = signal::read(ctx, pkt, Side::Reverse);
+        unsafe { ike::set(&raw mut (*p).flags, ike::reverse(&sig)) };
+        let proof = sig.proof;
         if proof != 0 {
             // The backend knows the client: no longer the ring's guess.
             unsafe {
                 (*p).proof = proof;
-                (*p).flags = 0;
+                (*p).flags &= !PROBATION_F_GUESS;
             }
             let _ = F::proofs().insert(&F::proof_key(svc.id, daddr, proof), &id, 0);
         }

@@ -6,7 +6,9 @@
 //! * whether it is **mid-session** (an IKE message with a responder SPI, or ESP): such a packet
 //!   from a client without any entry means its entry was lost, or the client moved;
 //! * the **SA** it belongs to: an IKE message's initiator SPI (header bytes 0–8), an ESP
-//!   packet's SPI (RFC 4303 §2.1), for SA steering (`select`).
+//!   packet's SPI (RFC 4303 §2.1), for SA steering (`select`);
+//! * an IKE message's **exchange type and flags** (bytes 18 and 19), for the IKE stages
+//!   (`ike`).
 //!
 //! IKE is found where RFC 7296 §2.23 and RFC 3948 §2.2 put it: at the start of a UDP 500
 //! payload, or behind the four-byte zero non-ESP marker on any other service port (NAT-T 4500).
@@ -41,6 +43,8 @@ pub struct Pkt {
     pub end: usize,
     /// Frame offset of the transport header (an ESP header for plain ESP).
     pub offset: usize,
+    /// The first fragment of an IP datagram (`first` and not whole).
+    pub frag: bool,
 }
 
 impl Pkt {
@@ -54,6 +58,7 @@ impl Pkt {
             csum,
             end: t.end,
             offset: t.offset,
+            frag: t.first && !t.whole,
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct Signal {
     pub esp_spi: u32,
     /// A NAT keepalive (RFC 3948 §2.3: one 0xff byte on a port other than 500).
     pub keepalive: bool,
+    /// An IKEv2 message's exchange type (RFC 7296 §3.1, `lb_common::ike::EXCHANGE_*`; 0: none).
+    pub exchange: u8,
+    /// An IKEv2 message's flags byte (`lb_common::ike::FLAG_RESPONSE`).
+    pub ike_flags: u8,
 }
 
 /// The evidence in a client's packet (`Side::Forward`) or a backend's (`Side::Reverse`). A
@@ -151,11 +160,13 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Sig
     }
     let hdr = ike as *const [[u8; 4]; IKE_HDR_LEN / 4];
     // SAFETY: bounds-checked just now.
-    let (initiator, spi, version) = unsafe {
+    let (initiator, spi, version, exchange, ike_flags) = unsafe {
         (
             proof64(load32(&(*hdr)[0]), load32(&(*hdr)[1])),
             proof64(load32(&(*hdr)[2]), load32(&(*hdr)[3])),
             (*hdr)[4][1],
+            (*hdr)[4][2],
+            (*hdr)[4][3],
         )
     };
     // IKEv2 only (major version 2, RFC 7296 §3.1): whatever else a service port carries
@@ -168,6 +179,8 @@ fn udp_signal(ctx: &XdpContext, udp: *mut UdpHdr, side: Side, end: usize) -> Sig
         mid_session: spi != 0,
         ike_init: spi == 0,
         ike_spi: initiator,
+        exchange,
+        ike_flags,
         ..Signal::default()
     }
 }

@@ -336,6 +336,14 @@ pub struct PersistedInfo {
     /// recorded, i.e. the entry waits for the client to echo it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof_recorded: Option<bool>,
+    /// The last IKE stage the data path saw of the client (`lb_common::ike::stage_name`:
+    /// `ike_sa_init_sent`, `ike_sa_init_answered`, `ike_auth_sent`, `ike_auth_fragmented`,
+    /// `established`), `None` when none was seen (or the entry predates the stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_stage: Option<String>,
+    /// The entry was made for a packet steered by its SA's SPI (the client's address changed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub steered: bool,
 }
 
 fn tier_persistence() -> String {

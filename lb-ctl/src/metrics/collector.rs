@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 
 use aya::maps::MapError;
-use lb_common::{counter, event, maps, DIR_FORWARD, DIR_REVERSE};
+use lb_common::{counter, event, ike, maps, DIR_FORWARD, DIR_REVERSE};
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
@@ -44,6 +44,11 @@ struct Families {
     capacity: IntGauge,
     probation: IntGauge,
     probation_capacity: IntGauge,
+    ike_messages: IntCounterVec,
+    ike_auth_fragmented: IntCounterVec,
+    ike_fragments_no_entry: IntCounterVec,
+    ike_steered: IntCounterVec,
+    ike_clients: IntGaugeVec,
 }
 
 impl Families {
@@ -96,10 +101,36 @@ impl Families {
                 "ikelb_probation_capacity",
                 "Capacity of the probation map (probation_entries).",
             ),
+            ike_messages: counter_vec(
+                "ikelb_ike_messages_total",
+                "IKE_SA_INIT requests of clients and responses of backends, IKE_AUTH requests \
+                 of clients, forwarded (clients throttled by new_client_rate not counted).",
+                &["exchange", "direction"],
+            ),
+            ike_auth_fragmented: counter_vec(
+                "ikelb_ike_auth_fragmented_total",
+                "IKE_AUTH requests that arrived as IP fragments (no IKEv2 fragmentation).",
+                &[],
+            ),
+            ike_fragments_no_entry: counter_vec(
+                "ikelb_ike_fragments_no_entry_total",
+                "Non-first IP fragments from a client without any entry (they follow the ring).",
+                &[],
+            ),
+            ike_steered: counter_vec(
+                "ikelb_ike_steered_total",
+                "Packets from an address without an entry steered by their SA's SPI, by SA.",
+                &["sa"],
+            ),
+            ike_clients: gauge_vec(
+                "ikelb_ike_clients",
+                "Clients seen within persistence_timeout, by the last IKE stage seen of them.",
+                &["stage"],
+            ),
         }
     }
 
-    fn all(&self) -> [&dyn Collector; 10] {
+    fn all(&self) -> [&dyn Collector; 15] {
         [
             &self.xdp,
             &self.events,
@@ -111,6 +142,11 @@ impl Families {
             &self.capacity,
             &self.probation,
             &self.probation_capacity,
+            &self.ike_messages,
+            &self.ike_auth_fragmented,
+            &self.ike_fragments_no_entry,
+            &self.ike_steered,
+            &self.ike_clients,
         ]
     }
 
@@ -120,6 +156,34 @@ impl Families {
             d.extend(c.desc().into_iter().cloned());
         }
         d
+    }
+}
+
+impl Families {
+    /// The `ikelb_ike_*` counters from `IKE_STAGES` (`lb_common::ike`), every series present
+    /// (zeros included) so alerts need no `absent()`.
+    fn ike_counters(&self, stages: &[u64]) {
+        let n = |i: u32| stages.get(i as usize).copied().unwrap_or(0);
+        // IKE_AUTH requests: whole, and as IP fragments (counted apart in the data path).
+        let auth = n(ike::AUTH_REQUEST) + n(ike::AUTH_FRAGMENTED);
+        for (count, exchange, direction) in [
+            (n(ike::SA_INIT_REQUEST), "ike_sa_init", "request"),
+            (n(ike::SA_INIT_RESPONSE), "ike_sa_init", "response"),
+            (auth, "ike_auth", "request"),
+        ] {
+            self.ike_messages
+                .with_label_values(&[exchange, direction])
+                .inc_by(count);
+        }
+        self.ike_auth_fragmented
+            .with_label_values::<&str>(&[])
+            .inc_by(n(ike::AUTH_FRAGMENTED));
+        self.ike_fragments_no_entry
+            .with_label_values::<&str>(&[])
+            .inc_by(n(ike::FRAGMENT_NO_ENTRY));
+        for (i, sa) in [(ike::STEERED_IKE, "ike"), (ike::STEERED_ESP, "esp")] {
+            self.ike_steered.with_label_values(&[sa]).inc_by(n(i));
+        }
     }
 }
 
@@ -152,6 +216,8 @@ impl DataplaneCollector {
         for (label, n) in event::LABELS.iter().zip(&events) {
             f.events.with_label_values(&[*label]).inc_by(*n);
         }
+        let stages = self.source.ike_stages()?;
+        f.ike_counters(&stages);
         f.capacity.set(i64::from(self.capacity.persistence));
         f.probation_capacity.set(i64::from(self.capacity.probation));
         let backends = self.view.read().expect("not poisoned").backends.clone();
@@ -193,6 +259,7 @@ impl DataplaneCollector {
             .map(|(i, b)| ((b.id, b.service), i))
             .collect();
         let mut clients = vec![0u64; backends.len()];
+        let mut by_stage = [0i64; ike::STAGES.len()];
         for &PersistEntry {
             service,
             value,
@@ -209,6 +276,14 @@ impl DataplaneCollector {
             if let Some(&i) = by_id.get(&(value.backend, service)) {
                 clients[i] += 1;
             }
+            if let Some(n) = by_stage.get_mut(usize::from(ike::stage(value.flags))) {
+                *n += 1;
+            }
+        }
+        for (stage, n) in ike::STAGES.iter().zip(by_stage) {
+            f.ike_clients
+                .with_label_values(&[ike::stage_name(*stage)])
+                .set(n);
         }
         for (b, n) in backends.iter().zip(clients) {
             f.clients

@@ -235,6 +235,9 @@ mod tests {
         fn events(&self) -> Result<Vec<u64>, DataplaneError> {
             Ok(vec![])
         }
+        fn ike_stages(&self) -> Result<Vec<u64>, DataplaneError> {
+            Ok(vec![])
+        }
         fn backend_traffic(&self, _: u32) -> Result<[lb_common::Traffic; 2], DataplaneError> {
             Ok(Default::default())
         }
@@ -385,6 +388,9 @@ mod tests {
             Ok(vec![])
         }
         fn events(&self) -> Result<Vec<u64>, DataplaneError> {
+            Ok(vec![])
+        }
+        fn ike_stages(&self) -> Result<Vec<u64>, DataplaneError> {
             Ok(vec![])
         }
         fn backend_traffic(&self, _: u32) -> Result<[lb_common::Traffic; 2], DataplaneError> {

@@ -1,11 +1,11 @@
 //! What a scrape reads from the data path: [`StatsSource`], and [`PinnedStats`], its
 //! implementation over the pinned maps through descriptors of its own (per-CPU `COUNTERS`,
-//! `EVENTS`, `BACKEND_STATS` summed over CPUs; the persistence and probation maps walked).
+//! `EVENTS`, `IKE_STAGES`, `BACKEND_STATS` summed over CPUs; the persistence and probation maps walked).
 
 use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use lb_common::{counter, event, maps, Traffic, DIR_FORWARD, DIR_REVERSE};
+use lb_common::{counter, event, ike, maps, Traffic, DIR_FORWARD, DIR_REVERSE};
 
 use crate::{
     dataplane::{DataplaneError, PersistEntry},
@@ -18,6 +18,8 @@ pub trait StatsSource: Send + Sync + 'static {
     fn counters(&self) -> Result<Vec<u64>, DataplaneError>;
     /// `EVENTS` summed over CPUs, indexed like `lb_common::event`.
     fn events(&self) -> Result<Vec<u64>, DataplaneError>;
+    /// `IKE_STAGES` summed over CPUs, indexed like `lb_common::ike`'s counters.
+    fn ike_stages(&self) -> Result<Vec<u64>, DataplaneError>;
     /// `BACKEND_STATS` of backend `id`, summed over CPUs, indexed by `DIR_*`.
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError>;
     /// Every entry of `PERSIST_V4`, `PERSIST_V6`, `PROBATION_V4` and `PROBATION_V6`: what
@@ -38,12 +40,13 @@ fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
 pub struct PinnedStats {
     counters: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
+    ike: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, Traffic>,
     persistence: PersistMaps,
 }
 
 impl PinnedStats {
-    /// Opens `COUNTERS`, `EVENTS`, `BACKEND_STATS` and the persistence and probation maps
+    /// Opens `COUNTERS`, `EVENTS`, `IKE_STAGES`, `BACKEND_STATS` and the persistence and probation maps
     /// from `maps_dir` (`pin::Pins::maps_dir`).
     pub fn open(maps_dir: &Path) -> Result<Self, DataplaneError> {
         fn open(dir: &Path, map: &'static str) -> Result<Map, DataplaneError> {
@@ -61,6 +64,8 @@ impl PinnedStats {
                 .map_err(typed(maps::COUNTERS))?,
             events: PerCpuArray::try_from(open(maps_dir, maps::EVENTS)?)
                 .map_err(typed(maps::EVENTS))?,
+            ike: PerCpuArray::try_from(open(maps_dir, maps::IKE_STAGES)?)
+                .map_err(typed(maps::IKE_STAGES))?,
             stats: PerCpuArray::try_from(open(maps_dir, maps::BACKEND_STATS)?)
                 .map_err(typed(maps::BACKEND_STATS))?,
             persistence: PersistMaps::from_pins(maps_dir)?,
@@ -87,6 +92,17 @@ impl StatsSource for PinnedStats {
                     .get(&i, 0)
                     .map(|v| v.iter().sum())
                     .map_err(read_err(maps::EVENTS))
+            })
+            .collect()
+    }
+
+    fn ike_stages(&self) -> Result<Vec<u64>, DataplaneError> {
+        (0..ike::COUNT)
+            .map(|i| {
+                self.ike
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(read_err(maps::IKE_STAGES))
             })
             .collect()
     }

@@ -17,6 +17,8 @@ use crate::{
 struct Fake {
     dp: Mutex<FakeDataplane>,
     traffic: BTreeMap<u32, [Traffic; 2]>,
+    /// `IKE_STAGES` (which `FakeDataplane` does not model).
+    ike: Vec<u64>,
 }
 
 impl StatsSource for Fake {
@@ -25,6 +27,9 @@ impl StatsSource for Fake {
     }
     fn events(&self) -> Result<Vec<u64>, DataplaneError> {
         self.dp.lock().unwrap().events()
+    }
+    fn ike_stages(&self) -> Result<Vec<u64>, DataplaneError> {
+        Ok(self.ike.clone())
     }
     fn backend_traffic(&self, id: u32) -> Result<[Traffic; 2], DataplaneError> {
         Ok(self.traffic.get(&id).copied().unwrap_or_default())
@@ -146,6 +151,7 @@ fn the_exposition_has_every_contract_metric_with_the_data_path_values() {
                 },
             ],
         )]),
+        ike: vec![],
     });
     let capacity = Capacity {
         persistence: 1000,
@@ -304,6 +310,7 @@ fn the_announce_state_is_exported() {
     let source = Arc::new(Fake {
         dp: Mutex::new(FakeDataplane::default()),
         traffic: BTreeMap::new(),
+        ike: vec![],
     });
     let metrics = Metrics::new(
         source,
@@ -360,4 +367,108 @@ fn the_announce_state_is_exported() {
     assert_eq!(v(r#"ikelb_vip_announced{vip="2001:db8:ffff::10""#), None);
     assert_eq!(v("ikelb_announce_route_changes_total "), Some(4.0));
     assert_eq!(v("ikelb_announce_route_errors_total "), Some(2.0));
+}
+
+/// `IKE_STAGES` becomes the `ikelb_ike_*` counters (every series present, zeros included), and
+/// the stage in each live client entry's flags the `ikelb_ike_clients` gauge; an idle entry
+/// and the probation-only guess flag count for nothing.
+#[test]
+fn the_ike_stages_are_exported() {
+    use lb_common::ike;
+    let mut stages = vec![0; ike::COUNT as usize];
+    stages[ike::SA_INIT_REQUEST as usize] = 9;
+    stages[ike::SA_INIT_RESPONSE as usize] = 4;
+    stages[ike::AUTH_REQUEST as usize] = 3;
+    stages[ike::AUTH_FRAGMENTED as usize] = 2;
+    stages[ike::FRAGMENT_NO_ENTRY as usize] = 7;
+    stages[ike::STEERED_ESP as usize] = 5;
+    let now = now_ticks();
+    let key = |client: u8| PersistKeyV4 {
+        service: 0,
+        client: u32::from_ne_bytes([100, 64, 1, client]),
+    };
+    let persist = |client, stage, atime| {
+        (
+            key(client),
+            PersistValue {
+                backend: 1,
+                atime,
+                flags: ike::with_stage(0, stage),
+                ..PersistValue::default()
+            },
+        )
+    };
+    let probation = |client, flags| {
+        (
+            key(client),
+            ProbationValue {
+                backend: 1,
+                atime: now,
+                flags,
+                ..ProbationValue::default()
+            },
+        )
+    };
+    let dp = FakeDataplane {
+        persist_v4: vec![
+            persist(1, ike::STAGE_ESP, now),
+            persist(2, ike::STAGE_ESP, now),
+            persist(3, ike::STAGE_AUTH_FRAGMENTED, now),
+            persist(4, ike::STAGE_SA_INIT_SENT, now.saturating_sub(1000)), // idle
+        ],
+        probation_v4: vec![
+            probation(5, ike::with_stage(0, ike::STAGE_SA_INIT_SENT)),
+            probation(6, ike::with_stage(0, ike::STAGE_SA_INIT_SENT)),
+            probation(7, ike::with_stage(0, ike::STAGE_SA_INIT_ANSWERED)),
+            probation(8, lb_common::PROBATION_F_GUESS),
+        ],
+        ..FakeDataplane::default()
+    };
+    let source = Arc::new(Fake {
+        dp: Mutex::new(dp),
+        traffic: BTreeMap::new(),
+        ike: stages,
+    });
+    let capacity = Capacity {
+        persistence: 100,
+        probation: 100,
+    };
+    let metrics = Metrics::new(source, 10, capacity).unwrap();
+    let text = metrics.render().unwrap();
+    let v = |l: &str| line_value(&text, l).unwrap_or_else(|| panic!("no {l} in\n{text}"));
+    for (series, n) in [
+        (
+            r#"ikelb_ike_messages_total{direction="request",exchange="ike_sa_init"}"#,
+            9.0,
+        ),
+        (
+            r#"ikelb_ike_messages_total{direction="response",exchange="ike_sa_init"}"#,
+            4.0,
+        ),
+        (
+            r#"ikelb_ike_messages_total{direction="request",exchange="ike_auth"}"#,
+            5.0,
+        ),
+        ("ikelb_ike_auth_fragmented_total ", 2.0),
+        ("ikelb_ike_fragments_no_entry_total ", 7.0),
+        (r#"ikelb_ike_steered_total{sa="ike"}"#, 0.0),
+        (r#"ikelb_ike_steered_total{sa="esp"}"#, 5.0),
+        (r#"ikelb_ike_clients{stage="none"}"#, 1.0),
+        (r#"ikelb_ike_clients{stage="ike_sa_init_sent"}"#, 2.0),
+        (r#"ikelb_ike_clients{stage="ike_sa_init_answered"}"#, 1.0),
+        (r#"ikelb_ike_clients{stage="ike_auth_sent"}"#, 0.0),
+        (r#"ikelb_ike_clients{stage="ike_auth_fragmented"}"#, 1.0),
+        (r#"ikelb_ike_clients{stage="established"}"#, 2.0),
+    ] {
+        assert_eq!(v(series), n, "{series}");
+    }
+    for family in [
+        "# TYPE ikelb_ike_messages_total counter",
+        "# TYPE ikelb_ike_auth_fragmented_total counter",
+        "# TYPE ikelb_ike_fragments_no_entry_total counter",
+        "# TYPE ikelb_ike_steered_total counter",
+        "# TYPE ikelb_ike_clients gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing in\n{text}");
+    }
 }

@@ -55,6 +55,7 @@ pub const PINNED_MAPS: &[&str] = &[
     maps::TX_PORTS,
     maps::COUNTERS,
     maps::BACKEND_STATS,
+    maps::IKE_STAGES,
 ];
 
 /// The paths of one instance (see the module doc).

@@ -7,12 +7,15 @@
 //! 2. without one, a `PROBATION_*` entry (a new client that has not echoed its backend's
 //!    proof yet) decides by the same rules;
 //! 3. without either, the client's Maglev slot.
+//!
+//! With an entry, also the last IKE stage the data path saw of the client and whether it was
+//! steered by its SA's SPI (`lb_common::ike`): where a client that fails to connect stopped.
 
 use std::net::IpAddr;
 
 use lb_common::{
     hash::{client_hash_v4, client_hash_v6},
-    PersistKeyV4, PersistKeyV6, PersistValue, BACKEND_NONE,
+    ike, PersistKeyV4, PersistKeyV6, PersistValue, BACKEND_NONE,
 };
 
 use super::{dp_error, Clock, TICK};
@@ -71,6 +74,11 @@ pub(super) fn lookup<D: Dataplane>(
                 ignored_because: ignored.map(str::to_owned),
                 tier: tier.to_owned(),
                 proof_recorded: proof,
+                ike_stage: match ike::stage(e.flags) {
+                    ike::STAGE_NONE => None,
+                    stage => Some(ike::stage_name(stage).to_owned()),
+                },
+                steered: e.flags & ike::CLIENT_F_STEERED != 0,
             });
         }
         let (source, id) = match chosen {

@@ -98,7 +98,7 @@ fn entry(backend: u32, atime: u32) -> PersistValue {
         atime,
         client_mac: [2, 0, 0, 0, 0, 9],
         port: 0,
-        _pad: 0,
+        flags: 0,
     }
 }
 
@@ -256,7 +256,7 @@ fn a_node_takes_what_it_does_not_know_and_flags_the_slot_first() {
             atime: tick,
             client_mac: [0; 6],
             port: PORT_SHARED,
-            _pad: 0
+            flags: 0
         })
     );
     assert_eq!(got(&lb, known), Some(own), "this node's own entry wins");

@@ -190,7 +190,7 @@ fn select_fwd<const SKIP: u32>(
         atime: now,
         client_mac: [0; 6],
         port,
-        _pad: 0,
+        flags: 0,
     };
     unsafe { store_mac(&mut value.client_mac, src_mac) };
     match entry {

@@ -51,7 +51,7 @@ pub fn entry(backend: u32) -> PersistValue {
         atime: now_ticks(),
         client_mac: ROUTER_MAC,
         port: PORT_EXT as u8,
-        _pad: 0,
+        flags: 0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The table runner: one row is an input frame, the interface it arrives on, the expected
-//! action and output frame, the one counter the verdict bumps and optionally the events.
+//! action and output frame, the one counter the verdict bumps and optionally the events and
+//! IKE stage counters.
 
-use lb_common::{counter, event};
+use lb_common::{counter, event, ike};
 
 use super::{
     Fixture, Side, EXT_MAC, INT_MAC, PORT_EXT, PORT_INT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
@@ -29,6 +30,8 @@ pub struct Case {
     pub ingress: Option<Side>,
     /// Exact `EVENTS` deltas (index, count); `None`: not checked.
     pub events: Option<Vec<(u32, u64)>>,
+    /// Exact `IKE_STAGES` deltas (`lb_common::ike` index, count); `None`: not checked.
+    pub ike: Option<Vec<(u32, u64)>>,
 }
 
 pub fn case(name: impl Into<String>, input: Vec<u8>, expect: Expect, counter: u32) -> Case {
@@ -39,6 +42,7 @@ pub fn case(name: impl Into<String>, input: Vec<u8>, expect: Expect, counter: u3
         counter,
         ingress: None,
         events: None,
+        ike: None,
     }
 }
 
@@ -54,6 +58,14 @@ impl Case {
         let mut e: Vec<_> = events.iter().copied().filter(|&(_, n)| n != 0).collect();
         e.sort_unstable();
         self.events = Some(e);
+        self
+    }
+
+    /// The row must add exactly these `IKE_STAGES` counts (and no other; `&[]`: none).
+    pub fn ike(mut self, stages: &[(u32, u64)]) -> Self {
+        let mut e: Vec<_> = stages.iter().copied().filter(|&(_, n)| n != 0).collect();
+        e.sort_unstable();
+        self.ike = Some(e);
         self
     }
 }
@@ -102,9 +114,11 @@ impl Fixture {
             }
             let before = self.counters();
             let ev_before = self.events();
+            let ike_before = self.ike_stages();
             let (action, out) = self.run_on(&case.input, side);
             let after = self.counters();
             let ev_after = self.events();
+            let ike_after = self.ike_stages();
             if let Some((port, target)) = removed {
                 self.set_tx_port(port, Some(target));
             }
@@ -159,6 +173,28 @@ impl Fixture {
                     };
                     failures.push(format!(
                         "{}: event deltas {:?}, want {:?}",
+                        case.name,
+                        label(&got),
+                        label(want)
+                    ));
+                }
+            }
+            if let Some(want) = &case.ike {
+                let got: Vec<(u32, u64)> = ike_before
+                    .iter()
+                    .zip(&ike_after)
+                    .enumerate()
+                    .filter(|(_, (b, a))| a != b)
+                    .map(|(i, (b, a))| (i as u32, a - b))
+                    .collect();
+                if &got != want {
+                    let label = |v: &[(u32, u64)]| -> Vec<(&str, u64)> {
+                        v.iter()
+                            .map(|&(i, n)| (ike::NAMES[i as usize], n))
+                            .collect()
+                    };
+                    failures.push(format!(
+                        "{}: IKE stage deltas {:?}, want {:?}",
                         case.name,
                         label(&got),
                         label(want)

@@ -282,7 +282,7 @@ pub fn persist_entry(backend: u32, atime: u32, mac: Mac, port: u32) -> PersistVa
         atime,
         client_mac: mac,
         port: port as u8,
-        _pad: 0,
+        flags: 0,
     }
 }
 

@@ -243,6 +243,14 @@ impl Fixture {
             .collect()
     }
 
+    /// `IKE_STAGES`, summed over the CPUs.
+    pub fn ike_stages(&mut self) -> Vec<u64> {
+        let c: PerCpuArray<_, u64> = self.map(maps::IKE_STAGES);
+        (0..lb_common::ike::COUNT)
+            .map(|i| c.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
     pub fn traffic(&mut self, id: u32, dir: u32) -> Traffic {
         let s: PerCpuArray<_, Traffic> = self.map(maps::BACKEND_STATS);
         s.get(&(id * 2 + dir), 0)

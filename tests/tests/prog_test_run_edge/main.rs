@@ -16,6 +16,8 @@
 //!   (`reverse_stateless`), else a drop;
 //! * `fast_path`: the slot fast path, keyed by the ring slot's `REFRESHED_V4` stamp;
 //! * `steering`: SA steering — a client that moved follows its established IKE or ESP SA;
+//! * `ike_stages`: the `IKE_STAGES` counters and each client's last IKE stage (where a client
+//!   that fails to connect stopped);
 //! * `icmp`: ICMP fragmentation-needed / ICMPv6 packet-too-big about a client's flow, sent on
 //!   to its backend with every checksum right (expected frames built from scratch).
 //!
@@ -40,6 +42,7 @@ use lb_common::counter;
 
 mod fast_path;
 mod icmp;
+mod ike_stages;
 mod ingress;
 mod probation;
 mod promotion;

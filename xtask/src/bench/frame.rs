@@ -74,6 +74,31 @@ pub fn template<F: Family>(
     build(dst_mac, src_mac, saddr, daddr, port, &payload)
 }
 
+/// An IKEv2 INFORMATIONAL request (a DPD, the commonest IKE message of an established client)
+/// to UDP 500: a bare 28-byte IKE header as in [`ike_sa_init_template`], with a responder SPI
+/// (mid-session) and exchange type 37, so the data path reads it as IKEv2 and learns its SA
+/// (SA steering). The stamp writes its frame counter into the initiator SPI's low word, so
+/// every frame names a new IKE SA: the learning's worst case, a lookup miss and an insert into
+/// `IKE_SAS`. ([`template`]'s 18-byte payload on 500 holds no whole IKE header: the data path
+/// reads nothing of it.)
+pub fn ike_informational_template<F: Family>(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: F,
+    daddr: F,
+) -> Template {
+    let mut ike = [0u8; IKE_HDR_LEN];
+    ike[0..4].copy_from_slice(&SPI.to_be_bytes()); // initiator SPI (low word: stamp's counter)
+    ike[4..8].copy_from_slice(&1u32.to_be_bytes());
+    ike[8..16].copy_from_slice(&0x5151_5151_5151_5151u64.to_be_bytes()); // responder SPI
+    ike[17] = 0x20; // version 2.0
+    ike[18] = 37; // exchange type INFORMATIONAL
+    ike[19] = 0x08; // flags: initiator
+    ike[20..24].copy_from_slice(&2u32.to_be_bytes()); // message id
+    ike[24..28].copy_from_slice(&(IKE_HDR_LEN as u32).to_be_bytes());
+    build(dst_mac, src_mac, saddr, daddr, IKE, &ike)
+}
+
 /// Bytes of a bare IKE header (RFC 7296 §3.1).
 pub const IKE_HDR_LEN: usize = 28;
 

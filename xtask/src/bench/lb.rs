@@ -245,7 +245,7 @@ pub fn establish<F: Family, T: BorrowMut<MapData>>(
             atime: now,
             client_mac: mac,
             port,
-            _pad: 0,
+            flags: 0,
         };
         persist
             .insert(&F::key(service, client), &value, 0)

@@ -172,6 +172,8 @@ struct Frames {
     fwd: Template,
     /// A mid-session IKE message from an established client.
     ike: Template,
+    /// An IKEv2 INFORMATIONAL request from an established client (read, its SA learnt).
+    ike2: Template,
     /// A spoofed IKE_SA_INIT from a new source (`spoof`).
     init: Template,
     /// ESP in UDP from a new source (`flood`).
@@ -189,6 +191,7 @@ impl Frames {
         Self {
             fwd: frame::template(ext, ROUTER_MAC, est, F::VIP, ESP_IN_UDP),
             ike: frame::template(ext, ROUTER_MAC, est, F::VIP, IKE),
+            ike2: frame::ike_informational_template(ext, ROUTER_MAC, est, F::VIP),
             init: frame::ike_sa_init_template(ext, ROUTER_MAC, F::SPOOFED.prefix, F::VIP),
             miss: frame::template(ext, ROUTER_MAC, F::NEW_ESP.prefix, F::VIP, ESP_IN_UDP),
             rev: frame::template(int, BACKEND_MAC, F::BACKEND_PREFIX, est, ESP_IN_UDP),
@@ -327,6 +330,23 @@ impl<F: Family> Bench<F> {
                 forwarded,
             )?);
             if clients == 65_536 {
+                // The hit path with SPI learning: every IKE message of an established client
+                // is read (SA steering, its IKE stage) and its initiator SPI looked up in
+                // IKE_SAS — here a new SA each frame, so also inserted (the worst case). The
+                // ESP hit rows above read each packet's SPI too (fast path off: no packet is
+                // bulk) and learn it at a client's first packet of a tick.
+                let key = format!("hit_ike_{size}{sfx}");
+                eprintln!("  program cost: {key}");
+                rows.push(self.row(
+                    key,
+                    format!(
+                        "{what}forward, IKEv2 INFORMATIONAL of an established client, a new IKE SA each (IKE_SAS lookup + insert), {clients} clients"
+                    ),
+                    &f.ike2,
+                    cfg,
+                    ext,
+                    forwarded,
+                )?);
                 eprintln!("  program cost: reverse{sfx}");
                 self.fill_rev(cfg)?;
                 let rcfg = BenchCfg {

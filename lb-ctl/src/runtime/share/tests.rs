@@ -124,7 +124,7 @@ async fn a_round_publishes_divergent_clients_and_takes_the_learned_ones() {
             atime: now,
             client_mac: [2; 6],
             port: 0,
-            _pad: 0,
+            flags: 0,
         },
     )]));
     let (source, tier) = (Arc::clone(&entries), Arc::clone(&promoted));

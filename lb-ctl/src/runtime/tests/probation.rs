@@ -121,3 +121,44 @@ fn status_counts_the_two_tiers_apart() {
     assert_eq!(s.persistence.probation_capacity, 1 << 18);
     assert_eq!(s.persistence.new_client_rate, 20_000);
 }
+
+/// `lookup` reports the client's last IKE stage from its entry's flags (`lb_common::ike`),
+/// without the probation-only guess bit, and whether SA steering made the entry; an entry
+/// without a stage (or of an older build) reports none.
+#[test]
+fn lookup_reports_the_ike_stage_and_steering() {
+    use lb_common::{ike, PROBATION_F_GUESS};
+    let mut h = Harness::new();
+    let c = client(9);
+    let ring = lookup(&mut h, c).backend_id.unwrap();
+    let now = h.now.tick;
+    probation(&mut h, c, ring, now, 0);
+    let p = lookup(&mut h, c).persisted.unwrap();
+    assert_eq!((p.ike_stage, p.steered), (None, false));
+    for (flags, stage, steered) in [
+        (
+            ike::with_stage(0, ike::STAGE_SA_INIT_SENT),
+            "ike_sa_init_sent",
+            false,
+        ),
+        (
+            ike::with_stage(PROBATION_F_GUESS, ike::STAGE_SA_INIT_ANSWERED),
+            "ike_sa_init_answered",
+            false,
+        ),
+        (
+            ike::with_stage(ike::CLIENT_F_STEERED, ike::STAGE_ESP),
+            "established",
+            true,
+        ),
+    ] {
+        let dp = h.lb.dataplane_mut();
+        dp.probation_v4[0].1.flags = flags;
+        let p = lookup(&mut h, c).persisted.unwrap();
+        assert_eq!(
+            (p.ike_stage.as_deref(), p.steered),
+            (Some(stage), steered),
+            "flags {flags:#x}"
+        );
+    }
+}

@@ -14,7 +14,8 @@ fn clients_in(lb: &Balancer<FakeDataplane>, slots: &[usize], n: u32) -> Vec<(u32
         .map(|c| {
             (
                 c,
-                lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(c, lb.seed()), M) as usize,
+                lb_common::hash::ring_slot(lb_common::hash::client_hash_v4(c, lb.seed()), M)
+                    as usize,
             )
         })
         .filter(|(_, s)| slots.contains(s) && seen.insert(*s))
@@ -102,7 +103,7 @@ fn the_sweep_reads_both_maps() {
             atime: 4,
             client_mac: [1, 2, 3, 4, 5, 6],
             port: 1,
-            _pad: 0
+            flags: 0
         },
         "the PersistValue part of the probation value"
     );

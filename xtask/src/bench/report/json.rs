@@ -152,6 +152,11 @@ pub fn json(a: &All<'_>) -> Value {
                    "trials": p.costs.iter().map(|(a, b)| [*a, *b]).collect::<Vec<_>>()})
         }).collect::<Vec<_>>(),
         "closed_loop": closed,
+        "default_path_check": {
+            "what": "lever (the daemon's defaults) ÷ trivial at 64k clients, this run",
+            "ratio": c.median("64k", "lever") / c.median("64k", "trivial"),
+            "bound": super::table::DEFAULT_PATH_MIN,
+        },
         "closed_loop_samples": samples,
         "closed_loop_v6": closed_json(
             a.closed6,

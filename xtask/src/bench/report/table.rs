@@ -172,6 +172,7 @@ pub fn table(a: &All<'_>) -> String {
     o += "   (trivial = XDP MAC swap + redirect, the path's physical limit; ikelb = lb-ctl daemon;\n\
           \x20   nft = kernel forwarding + nft DNAT jhash ip saddr mod 10 + conntrack; kernel = plain\n\
           \x20   forwarding; lever = ikelb with the slot fast path on)\n";
+    o += &default_path_check(c);
     o += &format!("   lever loaded by: {}\n", c.lever_loaded_by);
     o += "   lever: share of frames through the slot fast path (median of the samples):";
     for (s, _) in SIZES {
@@ -339,3 +340,24 @@ pub fn scans_table(s: &control::Scans) -> String {
     }
     o
 }
+
+/// The closed loop's check at 64k clients, from this run: the daemon's default path (the lever:
+/// `slot_fast_path` and `sa_steering` on, IKE stages included) must forward at least 95 % of
+/// the trivial forwarder's rate.
+fn default_path_check(c: &closed_loop::Results) -> String {
+    let ratio = c.median("64k", "lever") / c.median("64k", "trivial");
+    let verdict = if ratio.is_nan() {
+        "not measured"
+    } else if ratio >= DEFAULT_PATH_MIN {
+        "ok"
+    } else {
+        "BELOW the bound"
+    };
+    format!(
+        "   check: default path (lever) ÷ trivial at 64k clients = {ratio:.3} (bound ≥ \
+         {DEFAULT_PATH_MIN}): {verdict}\n"
+    )
+}
+
+/// Lowest default path ÷ trivial ratio at 64k clients the closed loop accepts.
+pub const DEFAULT_PATH_MIN: f64 = 0.95;
