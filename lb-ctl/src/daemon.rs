@@ -54,6 +54,8 @@ mod load;
 mod next_hops;
 mod run;
 
+pub use load::program_globals;
+
 /// How often next hops are looked up again: unresolved backends are retried, resolved ones
 /// re-checked (a backend or gateway whose MAC changed is rewritten).
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);

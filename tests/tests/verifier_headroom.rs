@@ -9,13 +9,13 @@
 //! matrix and prints the lines `verifier: …` in its summary (figures in docs/benchmarks.md).
 
 use aya::{programs::Xdp, EbpfLoader};
-use lb_common::{globals, maps};
+use lb_common::maps;
 
 /// The verifier's limit on processed instructions (`BPF_COMPLEXITY_LIMIT_INSNS`, Linux 5.2+).
 const LIMIT: u32 = 1_000_000;
 
 /// The globals `lb-ctl daemon` sets from a configuration with every default
-/// (`lb-ctl/src/daemon/load.rs`, `load`), with the slot fast path as given.
+/// (`lb_ctl::daemon::program_globals`), with the slot fast path as given.
 fn default_globals(slot_fast_path: bool) -> Vec<(&'static str, u32)> {
     let yaml = format!(
         "interfaces: [eth0]\nslot_fast_path: {slot_fast_path}\nvirtual_servers:\n  - name: vpn\n    \
@@ -23,14 +23,7 @@ fn default_globals(slot_fast_path: bool) -> Vec<(&'static str, u32)> {
     );
     let c = lb_ctl::config::parse("defaults.yaml", &yaml).expect("a valid default config");
     let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
-    vec![
-        (globals::RING_SIZE, c.maglev_table_size),
-        (globals::PERSIST_TIMEOUT_TICKS, c.persist_timeout_ticks()),
-        (globals::HASH_SEED, c.hash_seed),
-        (globals::MODE_DSR, 0),
-        (globals::SLOT_FAST_PATH, u32::from(c.slot_fast_path)),
-        (globals::NEW_CLIENT_QUOTA, c.new_client_quota(cpus)),
-    ]
+    lb_ctl::daemon::program_globals(&c, cpus).to_vec()
 }
 
 /// Loads the program (small maps: their size does not change the verifier's walk) and

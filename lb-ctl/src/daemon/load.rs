@@ -78,15 +78,7 @@ pub(super) fn load(
     let dsr = u32::from(config.mode == Mode::Dsr);
     let cpus = possible_cpus();
     let quota = config.new_client_quota(cpus);
-    let globals = [
-        (globals::RING_SIZE, ring_size),
-        (globals::PERSIST_TIMEOUT_TICKS, ticks),
-        (globals::HASH_SEED, seed),
-        (globals::MODE_DSR, dsr),
-        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
-        (globals::SA_STEERING, u32::from(config.sa_steering)),
-        (globals::NEW_CLIENT_QUOTA, quota),
-    ];
+    let globals = program_globals(config, cpus);
     let max_entries = map_sizes(config, services, backend_capacity);
     let size = |name: &str| max_entries.iter().find(|e| e.0 == name).map_or(0, |e| e.1);
     debug!(
@@ -382,4 +374,19 @@ mod tests {
         assert_eq!(size(&v6_only, maps::PERSIST_V6), 100_000);
         assert!(v6_only.warnings().is_empty());
     }
+}
+
+/// The load-time globals of the XDP program for `config` on `cpus` CPUs (frozen read-only
+/// data: the verifier prunes every branch they close). The daemon loads with these, and
+/// `tests/verifier_headroom.rs` measures the program as they leave it.
+pub fn program_globals(config: &Config, cpus: u32) -> [(&'static str, u32); 7] {
+    [
+        (globals::RING_SIZE, config.maglev_table_size),
+        (globals::PERSIST_TIMEOUT_TICKS, config.persist_timeout_ticks()),
+        (globals::HASH_SEED, config.hash_seed),
+        (globals::MODE_DSR, u32::from(config.mode == Mode::Dsr)),
+        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
+        (globals::SA_STEERING, u32::from(config.sa_steering)),
+        (globals::NEW_CLIENT_QUOTA, config.new_client_quota(cpus)),
+    ]
 }
