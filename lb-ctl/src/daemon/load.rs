@@ -278,6 +278,21 @@ fn raise_memlock_limit() {
     }
 }
 
+/// The load-time globals of the XDP program for `config` on `cpus` CPUs (frozen read-only
+/// data: the verifier prunes every branch they close). The daemon loads with these, and
+/// `tests/verifier_headroom.rs` measures the program as they leave it.
+pub fn program_globals(config: &Config, cpus: u32) -> [(&'static str, u32); 7] {
+    [
+        (globals::RING_SIZE, config.maglev_table_size),
+        (globals::PERSIST_TIMEOUT_TICKS, config.persist_timeout_ticks()),
+        (globals::HASH_SEED, config.hash_seed),
+        (globals::MODE_DSR, u32::from(config.mode == Mode::Dsr)),
+        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
+        (globals::SA_STEERING, u32::from(config.sa_steering)),
+        (globals::NEW_CLIENT_QUOTA, config.new_client_quota(cpus)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,19 +389,4 @@ mod tests {
         assert_eq!(size(&v6_only, maps::PERSIST_V6), 100_000);
         assert!(v6_only.warnings().is_empty());
     }
-}
-
-/// The load-time globals of the XDP program for `config` on `cpus` CPUs (frozen read-only
-/// data: the verifier prunes every branch they close). The daemon loads with these, and
-/// `tests/verifier_headroom.rs` measures the program as they leave it.
-pub fn program_globals(config: &Config, cpus: u32) -> [(&'static str, u32); 7] {
-    [
-        (globals::RING_SIZE, config.maglev_table_size),
-        (globals::PERSIST_TIMEOUT_TICKS, config.persist_timeout_ticks()),
-        (globals::HASH_SEED, config.hash_seed),
-        (globals::MODE_DSR, u32::from(config.mode == Mode::Dsr)),
-        (globals::SLOT_FAST_PATH, u32::from(config.slot_fast_path)),
-        (globals::SA_STEERING, u32::from(config.sa_steering)),
-        (globals::NEW_CLIENT_QUOTA, config.new_client_quota(cpus)),
-    ]
 }
