@@ -36,14 +36,28 @@ fn read_persistence<K: Pod + Eq + std::hash::Hash, V: Pod>(
     Ok(w.entries)
 }
 
+/// Loads the program anew with `PERSIST_TIMEOUT_TICKS` = the `u32`, over the pinned maps, and
+/// moves every link from the running object's program (the `&mut Ebpf`, to move them back on
+/// an error) to it; returns the new object (the daemon's: `daemon/swap.rs`).
+pub type Swapper = Box<dyn FnMut(&mut Ebpf, u32) -> Result<Ebpf, String>>;
+
 /// The maps of a loaded `lb-ebpf` object.
 pub struct AyaDataplane {
     ebpf: Ebpf,
+    swapper: Option<Swapper>,
 }
 
 impl AyaDataplane {
     pub fn new(ebpf: Ebpf) -> Self {
-        Self { ebpf }
+        Self {
+            ebpf,
+            swapper: None,
+        }
+    }
+
+    /// [`Dataplane::swap_program`] goes through `swapper` from now on (without one it fails).
+    pub fn set_swapper(&mut self, swapper: Swapper) {
+        self.swapper = Some(swapper);
     }
 
     /// The object, for attaching and detaching its program.
@@ -373,6 +387,17 @@ impl Dataplane for AyaDataplane {
                     source: Box::new(source),
                 })?;
         }
+        Ok(())
+    }
+
+    fn swap_program(&mut self, persist_timeout_ticks: u32) -> Result<(), DataplaneError> {
+        let swap = self
+            .swapper
+            .as_mut()
+            .ok_or_else(|| DataplaneError::Swap("no program loader (not a daemon)".into()))?;
+        let new = swap(&mut self.ebpf, persist_timeout_ticks).map_err(DataplaneError::Swap)?;
+        // The old object's program is held by no link now: dropping it frees it.
+        self.ebpf = new;
         Ok(())
     }
 

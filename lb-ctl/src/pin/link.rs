@@ -146,6 +146,85 @@ pub fn attach(
     Ok(report)
 }
 
+/// A reload's program swap (`persistence_timeout`, docs/operations.md, "Reload"): loads
+/// `new`'s program (the verifier runs here), then moves the pinned link of every target to it
+/// with `BPF_LINK_UPDATE` — the same swap a restart makes, without a fresh attachment as a
+/// fallback (that would leave the interface without a program for a moment). A link that
+/// cannot be updated moves every link already moved back to `old`'s program, and the error is
+/// returned: every interface runs the program it ran. On success the program pin names
+/// `fingerprint`. Returns the interfaces swapped.
+pub fn swap(
+    new: &mut aya::Ebpf,
+    old: &mut aya::Ebpf,
+    program: &'static str,
+    pins: &Pins,
+    targets: &[Target],
+    fingerprint: &str,
+) -> Result<Vec<String>, PinError> {
+    let prog_err = |op| {
+        move |source| PinError::Program {
+            name: program,
+            op,
+            source,
+        }
+    };
+    fn xdp<'a>(ebpf: &'a mut aya::Ebpf, program: &'static str) -> Result<&'a mut Xdp, PinError> {
+        ebpf.program_mut(program)
+            .ok_or(PinError::MissingMap {
+                map: program.into(),
+            })?
+            .try_into()
+            .map_err(|source| PinError::Program {
+                name: program,
+                op: "type",
+                source,
+            })
+    }
+    let linked = pinned_links(pins);
+    if let Some(t) = targets.iter().find(|t| !linked.contains(&t.iface)) {
+        return Err(PinError::Io {
+            path: pins.link(&t.iface),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no pinned link to update"),
+        });
+    }
+    let prog = xdp(new, program)?;
+    crate::kernel::load_xdp(prog).map_err(prog_err("load"))?;
+    let mut moved: Vec<String> = Vec::new();
+    for t in targets {
+        if let Err(e) = replace_link(xdp(new, program)?, &pins.link(&t.iface)) {
+            for iface in &moved {
+                if let Err(back) = replace_link(xdp(old, program)?, &pins.link(iface)) {
+                    warn!(interface = %iface, "moving the link back to the running program failed: {}", crate::error_chain(&back));
+                }
+            }
+            return Err(e);
+        }
+        moved.push(t.iface.clone());
+    }
+    // The links run the new program now: a pin that cannot be written is only logged, and
+    // an old one never stays (a next daemon with the old file would keep this program).
+    let dir = pins.prog_dir();
+    let pinned = remove_tree(&dir).and_then(|()| {
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(fingerprint);
+        xdp(new, program)?
+            .pin(&path)
+            .map_err(|source| PinError::Pin {
+                what: format!("program {program}"),
+                path,
+                source,
+            })
+    });
+    if let Err(e) = pinned {
+        warn!(
+            "pinning the swapped program (the next start replaces it): {}",
+            crate::error_chain(&e)
+        );
+        let _ = remove_tree(&dir);
+    }
+    Ok(moved)
+}
+
 // `copy_persistence` needs the Ebpf while `prog` borrows it: split for the borrow checker.
 fn copy_persistence_of(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinError> {
     copy_persistence(pins, ebpf)
