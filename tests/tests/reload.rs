@@ -377,11 +377,7 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
     assert!(ok && out.starts_with("0 change(s)"), "{out}{err}");
     let ids = prog_ids(&lab);
-    let stream = Stream::start(
-        &lab.client_ns,
-        old.iter().map(|&c| (c, VIP)).collect(),
-        500,
-    );
+    let stream = Stream::start(&lab.client_ns, old.iter().map(|&c| (c, VIP)).collect(), 500);
     std::thread::sleep(Duration::from_secs(1));
     let longer = back.replace("persistence_timeout: 30m", "persistence_timeout: 31m");
     assert_ne!(longer, back);
