@@ -24,7 +24,7 @@ pub(super) fn swapper(
     max_entries: Vec<(&'static str, u32)>,
     targets: Vec<pin::Target>,
 ) -> Swapper {
-    Box::new(move |old, ticks| {
+    Box::new(move |ticks| {
         let mut next = globals.clone();
         for g in &mut next {
             if g.0 == globals::PERSIST_TIMEOUT_TICKS {
@@ -47,10 +47,12 @@ pub(super) fn swapper(
             .map_err(|e| format!("loading the XDP object: {}", crate::error_chain(&e)))?;
         xdp_program(&mut ebpf).map_err(|e| crate::error_chain(&e))?;
         let fingerprint = pin::fingerprint(EBPF_OBJECT, &next);
-        let swapped = pin::swap(&mut ebpf, old, XDP_PROGRAM, &pins, &targets, &fingerprint)
-            .map_err(|e| match kernel::refusal(XDP_PROGRAM, &e) {
-                Some(refused) => crate::error_chain(&refused),
-                None => crate::error_chain(&e),
+        let swapped =
+            pin::swap(&mut ebpf, XDP_PROGRAM, &pins, &targets, &fingerprint).map_err(|e| {
+                match kernel::refusal(XDP_PROGRAM, &e) {
+                    Some(refused) => crate::error_chain(&refused),
+                    None => crate::error_chain(&e),
+                }
             })?;
         for iface in &swapped {
             info!(interface = %iface, fingerprint = %fingerprint, persist_timeout_ticks = ticks, "XDP program replaced atomically (BPF_LINK_UPDATE)");

@@ -37,9 +37,8 @@ fn read_persistence<K: Pod + Eq + std::hash::Hash, V: Pod>(
 }
 
 /// Loads the program anew with `PERSIST_TIMEOUT_TICKS` = the `u32`, over the pinned maps, and
-/// moves every link from the running object's program (the `&mut Ebpf`, to move them back on
-/// an error) to it; returns the new object (the daemon's: `daemon/swap.rs`).
-pub type Swapper = Box<dyn FnMut(&mut Ebpf, u32) -> Result<Ebpf, String>>;
+/// moves every link to it; returns the new object (the daemon's: `daemon/swap.rs`).
+pub type Swapper = Box<dyn FnMut(u32) -> Result<Ebpf, String>>;
 
 /// The maps of a loaded `lb-ebpf` object.
 pub struct AyaDataplane {
@@ -395,8 +394,8 @@ impl Dataplane for AyaDataplane {
             .swapper
             .as_mut()
             .ok_or_else(|| DataplaneError::Swap("no program loader (not a daemon)".into()))?;
-        let new = swap(&mut self.ebpf, persist_timeout_ticks).map_err(DataplaneError::Swap)?;
-        // The old object's program is held by no link now: dropping it frees it.
+        let new = swap(persist_timeout_ticks).map_err(DataplaneError::Swap)?;
+        // No link holds the old object's program now: dropping it frees it.
         self.ebpf = new;
         Ok(())
     }

@@ -148,38 +148,18 @@ pub fn attach(
 
 /// A reload's program swap (`persistence_timeout`, docs/operations.md, "Reload"): loads
 /// `new`'s program (the verifier runs here), then moves the pinned link of every target to it
-/// with `BPF_LINK_UPDATE` — the same swap a restart makes, without a fresh attachment as a
+/// with `BPF_LINK_UPDATE` — the swap a restart makes, without a fresh attachment as a
 /// fallback (that would leave the interface without a program for a moment). A link that
-/// cannot be updated moves every link already moved back to `old`'s program, and the error is
-/// returned: every interface runs the program it ran. On success the program pin names
-/// `fingerprint`. Returns the interfaces swapped.
+/// cannot be updated moves every link already moved back to the running program (opened from
+/// its pin), and the error is returned: every interface runs the program it ran. On success
+/// the program pin names `fingerprint`. Returns the interfaces swapped.
 pub fn swap(
     new: &mut aya::Ebpf,
-    old: &mut aya::Ebpf,
     program: &'static str,
     pins: &Pins,
     targets: &[Target],
     fingerprint: &str,
 ) -> Result<Vec<String>, PinError> {
-    let prog_err = |op| {
-        move |source| PinError::Program {
-            name: program,
-            op,
-            source,
-        }
-    };
-    fn xdp<'a>(ebpf: &'a mut aya::Ebpf, program: &'static str) -> Result<&'a mut Xdp, PinError> {
-        ebpf.program_mut(program)
-            .ok_or(PinError::MissingMap {
-                map: program.into(),
-            })?
-            .try_into()
-            .map_err(|source| PinError::Program {
-                name: program,
-                op: "type",
-                source,
-            })
-    }
     let linked = pinned_links(pins);
     if let Some(t) = targets.iter().find(|t| !linked.contains(&t.iface)) {
         return Err(PinError::Io {
@@ -187,15 +167,29 @@ pub fn swap(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no pinned link to update"),
         });
     }
-    let prog = xdp(new, program)?;
-    crate::kernel::load_xdp(prog).map_err(prog_err("load"))?;
+    // What the links run now, to move them back to.
+    let running = pinned_fingerprint(pins).map(|f| pins.prog_dir().join(f));
+    let prog: &mut Xdp = new
+        .program_mut(program)
+        .ok_or(PinError::MissingMap {
+            map: program.into(),
+        })?
+        .try_into()
+        .map_err(|source| PinError::Program {
+            name: program,
+            op: "type",
+            source,
+        })?;
+    crate::kernel::load_xdp(prog).map_err(|source| PinError::Program {
+        name: program,
+        op: "load",
+        source,
+    })?;
     let mut moved: Vec<String> = Vec::new();
     for t in targets {
-        if let Err(e) = replace_link(xdp(new, program)?, &pins.link(&t.iface)) {
-            for iface in &moved {
-                if let Err(back) = replace_link(xdp(old, program)?, &pins.link(iface)) {
-                    warn!(interface = %iface, "moving the link back to the running program failed: {}", crate::error_chain(&back));
-                }
+        if let Err(e) = replace_link(prog, &pins.link(&t.iface)) {
+            if !moved.is_empty() {
+                move_back(running.as_deref(), pins, &moved);
             }
             return Err(e);
         }
@@ -207,13 +201,11 @@ pub fn swap(
     let pinned = remove_tree(&dir).and_then(|()| {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(fingerprint);
-        xdp(new, program)?
-            .pin(&path)
-            .map_err(|source| PinError::Pin {
-                what: format!("program {program}"),
-                path,
-                source,
-            })
+        prog.pin(&path).map_err(|source| PinError::Pin {
+            what: format!("program {program}"),
+            path,
+            source,
+        })
     });
     if let Err(e) = pinned {
         warn!(
@@ -223,6 +215,28 @@ pub fn swap(
         let _ = remove_tree(&dir);
     }
     Ok(moved)
+}
+
+/// Moves the links of `ifaces` back to the program pinned at `running` (a failed [`swap`]).
+fn move_back(running: Option<&Path>, pins: &Pins, ifaces: &[String]) {
+    let opened = running
+        .ok_or_else(|| "no program pin".to_owned())
+        .and_then(|path| {
+            Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|e| crate::error_chain(&e))
+        });
+    let mut prog = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(interfaces = ?ifaces, "the running program cannot be opened ({e}): these interfaces stay on the new one");
+            return;
+        }
+    };
+    for iface in ifaces {
+        if let Err(e) = replace_link(&mut prog, &pins.link(iface)) {
+            warn!(interface = %iface, "moving the link back to the running program failed: {}", crate::error_chain(&e));
+        }
+    }
 }
 
 // `copy_persistence` needs the Ebpf while `prog` borrows it: split for the borrow checker.
