@@ -375,9 +375,10 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
     // 6. persistence_timeout, live: the program swapped under traffic.
     write(&back);
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
-    assert!(ok && out.starts_with("0 change(s)"), "{out}{err}");
+    assert!(ok && out.starts_with("no change (applied)"), "{out}{err}");
     let ids = prog_ids(&lab);
-    let stream = Stream::start(&lab.client_ns, old.iter().map(|&c| (c, VIP)).collect(), 500);
+    let senders = lab.clients[..60].iter().map(|&c| (c, VIP)).collect();
+    let stream = Stream::start(&lab.client_ns, senders, 500);
     std::thread::sleep(Duration::from_secs(1));
     let longer = back.replace("persistence_timeout: 30m", "persistence_timeout: 31m");
     assert_ne!(longer, back);
