@@ -3,9 +3,9 @@
 //!
 //! * The file is validated as at start; a file that does not validate changes nothing and
 //!   is answered with its problems (`file:line: key: reason`).
-//! * Keys only a restart can apply (`runtime/restart_only.rs`: map sizes, interfaces, the other load-time
-//!   globals, paths, a virtual server's VIP and ports, virtual servers added or removed) are
-//!   refused, each with its line and the reason, and nothing changes.
+//! * Keys only a restart can apply (`runtime/restart_only.rs`: map sizes, interfaces, the
+//!   other load-time globals, paths, a virtual server's VIP and ports, virtual servers added
+//!   or removed) are refused, each with its line and the reason, and nothing changes.
 //! * What a reload applies: backends added and removed (a removed one drains for
 //!   `reload_drain`, 0 removes at once), weights, and `health_check` (the monitor restarts
 //!   with the new parameters), `reload_drain` itself, and `persistence_timeout` (a load-time
