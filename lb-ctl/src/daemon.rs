@@ -33,6 +33,8 @@
 //!   (steps 3 and 5).
 //! * `daemon/attach.rs`: attaching through the pins (step 4), detaching on the way out
 //!   (step 6), the packet counters logged at exit.
+//! * `daemon/swap.rs`: a reload's program swap (`persistence_timeout`): the object loaded
+//!   again with the new global and every link moved to it (`BPF_LINK_UPDATE`).
 
 use std::{collections::HashMap, ffi::CString, net::IpAddr, path::PathBuf, time::Duration};
 
@@ -53,6 +55,7 @@ mod attach;
 mod load;
 mod next_hops;
 mod run;
+mod swap;
 
 pub use load::program_globals;
 

@@ -24,7 +24,7 @@ use lb_common::{
 mod ebpf;
 pub mod fake;
 
-pub use ebpf::AyaDataplane;
+pub use ebpf::{AyaDataplane, Swapper};
 
 /// A BPF map operation that failed, naming the map and the entry. aya's errors are boxed:
 /// they are large and this error travels through every control-plane call.
@@ -60,6 +60,10 @@ pub enum DataplaneError {
         key: String,
         source: Box<MapError>,
     },
+    /// The XDP program could not be replaced ([`Dataplane::swap_program`]); every interface
+    /// still runs the program it ran.
+    #[error("replacing the XDP program: {0}")]
+    Swap(String),
 }
 
 /// What the control plane needs from the data path.
@@ -120,6 +124,13 @@ pub trait Dataplane {
 
     /// Writes `RINGS[index] = value` for each pair (absolute indices).
     fn write_ring_slots(&mut self, slots: &[(u32, u32)]) -> Result<(), DataplaneError>;
+
+    /// Replaces the running XDP program by the same build with `PERSIST_TIMEOUT_TICKS` =
+    /// `persist_timeout_ticks` (a reload of `persistence_timeout`), over the same maps: the new
+    /// program is loaded (and verified), then every attached interface's link is moved to it
+    /// with `BPF_LINK_UPDATE` — atomic, no interface is ever without a program. On an error
+    /// no interface is left on the new program (links already moved are moved back).
+    fn swap_program(&mut self, persist_timeout_ticks: u32) -> Result<(), DataplaneError>;
 
     /// `COUNTERS`, summed over CPUs, indexed like [`lb_common::counter`].
     fn counters(&self) -> Result<Vec<u64>, DataplaneError>;

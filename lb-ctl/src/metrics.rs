@@ -99,6 +99,9 @@ pub struct BackendLabel {
 #[derive(Clone, Debug, Default)]
 struct View {
     backends: Vec<BackendLabel>,
+    /// The running program's `PERSIST_TIMEOUT_TICKS` (a reload may change it), once
+    /// published; the config's until then.
+    persist_timeout_ticks: Option<u32>,
 }
 
 /// Now in the data path's persistence ticks.
@@ -342,6 +345,10 @@ impl Metrics {
     /// [`set_backends`](Self::set_backends) and the rebuild count from the balancer's
     /// current model; call after every `apply` (calling it more often is harmless).
     pub fn publish<D: Dataplane>(&self, balancer: &Balancer<D>) {
+        self.view
+            .write()
+            .expect("not poisoned")
+            .persist_timeout_ticks = Some(balancer.persist_timeout_ticks());
         let flips = balancer.flips();
         let seen = self
             .flips_seen

@@ -89,7 +89,7 @@ pub use layout::{
     configure_loader, ensure_bpffs, link_pin_name, pinned_fingerprint, pinned_links, read_identity,
     read_state, remove_all, PinnedState, Pins, PINNED_MAPS,
 };
-pub use link::{attach, AttachReport, Target};
+pub use link::{attach, swap, AttachReport, Target};
 pub use migration::{commit_migration, copy_persistence};
 
 /// A pinning operation that failed, naming the object and the path.

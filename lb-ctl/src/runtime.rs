@@ -127,6 +127,8 @@ pub struct Effects {
     pub targets_changed: bool,
     /// `health_check` changed (a reload): the monitor restarts with the controller's config.
     pub health: bool,
+    /// `persistence_timeout` changed (a reload swapped the program): the sweep follows it.
+    pub persistence: bool,
 }
 
 /// The control logic: requests, health verdicts, drains, runtime changes.

@@ -111,6 +111,8 @@
 //! * `state/services.rs` — services from the config, and those a reload adds or removes;
 //! * `state/preview.rs` — the tables an edit would give, for dry runs;
 //! * `state/sweep.rs` — the slot flag sweep ("Slot flags" above);
+//! * `state/timeout.rs` — `persistence_timeout` changed by a reload (the program swap, the
+//!   flags it needs, the sweeps it outdates);
 //! * `state/adopt.rs` — restart over pinned maps.
 
 use std::{
@@ -161,6 +163,8 @@ pub enum StateError {
     NoServiceId { name: String, vip: IpAddr },
     #[error("interface {name} has no port assigned")]
     NoPort { name: String },
+    #[error("the sweep began under another persistence_timeout (a reload changed it): its result is discarded")]
+    SweepOutdated,
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -206,6 +210,10 @@ pub struct Balancer<D> {
     /// How long a slot whose backend changes keeps its old, still usable backend, flagged,
     /// before it moves ("Slot moves"); zero with the slot fast path off.
     slot_move_delay: std::time::Duration,
+    /// `PERSIST_TIMEOUT_TICKS` of the running program, and how many times a reload changed
+    /// it (sweep tickets carry it: `state/timeout.rs`).
+    persist_timeout_ticks: u32,
+    timeout_generation: u32,
 }
 
 impl<D: Dataplane> Balancer<D> {
@@ -324,6 +332,8 @@ impl<D: Dataplane> Balancer<D> {
             } else {
                 std::time::Duration::ZERO
             },
+            persist_timeout_ticks: config.persist_timeout_ticks(),
+            timeout_generation: 0,
         })
     }
 
@@ -354,6 +364,8 @@ impl<D: Dataplane> Balancer<D> {
         self.seed
     }
 }
+
+mod timeout;
 
 // Restart over pinned maps (`crate::pin`): a separate file, `state/adopt.rs`.
 mod adopt;

@@ -14,7 +14,11 @@
 //!    was, its predicted moves per backend are the moves the clients then make when the
 //!    reload is applied;
 //! 5. SIGHUP reloads too: the file brings b1 back (weight 2), the daemon picks it up; an
-//!    invalid file under SIGHUP is logged with its line and the daemon runs on unchanged.
+//!    invalid file under SIGHUP is logged with its line and the daemon runs on unchanged;
+//! 6. `persistence_timeout` 30m → 31m while 60 clients send 500 datagrams a second: the dry
+//!    run says it moves no client, the reload swaps the program (a new program id on both
+//!    interfaces, `BPF_LINK_UPDATE`), not a datagram is lost nor a client moved, and
+//!    `lb-ctl status --json` shows 31m.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -25,7 +29,8 @@ use aya::maps::{Array, HashMap as BpfHash, Map, MapData};
 use ikelb_tests::lab::{
     self,
     control::{self, Clients},
-    Lab, LabSpec, UdpProbe,
+    stream::Stream,
+    Lab, LabSpec, UdpProbe, XdpAttachment, GW_EXT, GW_INT, VIP,
 };
 use lb_common::{Backend, PersistKeyV4, PersistValue, ProbationValue, Service};
 use serde_json::Value;
@@ -160,6 +165,19 @@ fn observed(
         }
     }
     out
+}
+
+/// Program ids attached to ext and int, panicking if either has none.
+fn prog_ids(lab: &Lab) -> (u64, u64) {
+    let get = |ifname| {
+        let a: XdpAttachment = lab
+            .gateway
+            .xdp(ifname)
+            .expect("ip link")
+            .unwrap_or_else(|| panic!("no XDP program on {ifname}"));
+        a.prog_id
+    };
+    (get(GW_EXT), get(GW_INT))
 }
 
 fn daemon_pid(lab: &mut Lab) -> i32 {
@@ -353,4 +371,61 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
         lab.daemon().unwrap().exit_status().is_none(),
         "the daemon exited"
     );
+
+    // 6. persistence_timeout, live: the program swapped under traffic.
+    write(&back);
+    let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
+    assert!(ok && out.starts_with("no change (applied)"), "{out}{err}");
+    let ids = prog_ids(&lab);
+    let senders = lab.clients[..60].iter().map(|&c| (c, VIP)).collect();
+    let stream = Stream::start(&lab.client_ns, senders, 500);
+    std::thread::sleep(Duration::from_secs(1));
+    let longer = back.replace("persistence_timeout: 30m", "persistence_timeout: 31m");
+    assert_ne!(longer, back);
+    write(&longer);
+    let (ok, out, err) = run(&lab, &lb_ctl, &["reload", "--dry-run", "--json"]);
+    assert!(ok, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let line = plan["changes"][0].as_str().unwrap_or_default().to_owned();
+    assert!(
+        plan["changes"].as_array().unwrap().len() == 1
+            && line.starts_with("persistence_timeout: 30m → 31m")
+            && line.contains("moves no client"),
+        "{plan}"
+    );
+    assert!(
+        plan["virtual_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["moving"] == 0),
+        "{plan}"
+    );
+    assert_eq!(prog_ids(&lab), ids, "a dry run swapped the program");
+    let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
+    assert!(ok && out.starts_with("1 change(s) (applied)"), "{out}{err}");
+    let swapped = prog_ids(&lab);
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = stream.stop();
+    eprintln!(
+        "persistence_timeout reload: program {ids:?} → {swapped:?}; {} datagrams sent, {} \
+         answered, {} lost, {} wrong, {} clients moved",
+        tally.sent,
+        tally.answered,
+        tally.lost.len(),
+        tally.wrong,
+        tally.moved.len()
+    );
+    assert!(
+        swapped.0 != ids.0 && swapped.1 != ids.1,
+        "no new program on both interfaces: {ids:?} → {swapped:?}"
+    );
+    let (ok, out, err) = run(&lab, &lb_ctl, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["persistence"]["timeout"], "31m", "{status}");
+    assert!(tally.sent > 0 && tally.lost.is_empty(), "{tally:?}");
+    assert_eq!(tally.answered, tally.sent);
+    assert_eq!(tally.wrong, 0);
+    assert!(tally.moved.is_empty(), "clients moved: {:?}", tally.moved);
 }

@@ -51,6 +51,10 @@ pub(super) struct Loaded {
     /// What the pinned maps held (ids, health, tables), unless the start is fresh.
     pub(super) pinned: Option<PinnedState>,
     pub(super) fingerprint: String,
+    /// The load-time globals and map sizes it was loaded with (a reload's program swap loads
+    /// the same, one global changed: `daemon/swap.rs`).
+    pub(super) globals: Vec<(&'static str, u32)>,
+    pub(super) max_entries: Vec<(&'static str, u32)>,
 }
 
 /// Loads the embedded object with the config's globals and map sizes, its maps bound to the
@@ -78,7 +82,7 @@ pub(super) fn load(
     let dsr = u32::from(config.mode == Mode::Dsr);
     let cpus = possible_cpus();
     let quota = config.new_client_quota(cpus);
-    let globals = program_globals(config, cpus);
+    let globals = program_globals(config, cpus).to_vec();
     let max_entries = map_sizes(config, services, backend_capacity);
     let size = |name: &str| max_entries.iter().find(|e| e.0 == name).map_or(0, |e| e.1);
     debug!(
@@ -163,6 +167,8 @@ pub(super) fn load(
         plan,
         pinned,
         fingerprint,
+        globals,
+        max_entries: max_entries.to_vec(),
     })
 }
 
@@ -252,7 +258,7 @@ fn possible_cpus() -> u32 {
     }
 }
 
-fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
+pub(super) fn xdp_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DaemonError> {
     ebpf.program_mut(XDP_PROGRAM)
         .ok_or(DaemonError::MissingProgram { name: XDP_PROGRAM })?
         .try_into()

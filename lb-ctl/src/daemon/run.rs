@@ -67,6 +67,7 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
             probation: config.probation_entries,
         },
     )?);
+    let (globals, max_entries) = (loaded.globals.clone(), loaded.max_entries.clone());
     let mut balancer = Balancer::with_identity(
         AyaDataplane::new(loaded.ebpf),
         &config,
@@ -143,6 +144,18 @@ pub(super) async fn run_async(config: Config, ifindexes: Vec<u32>) -> Result<(),
     let attached = daemon.attach_all();
     let outcome = match attached {
         Ok(()) => {
+            // A reload of `persistence_timeout` swaps the program on these interfaces.
+            let targets = daemon
+                .balancer
+                .ifaces()
+                .iter()
+                .map(|i| pin::Target {
+                    iface: i.name.clone(),
+                    ifindex: i.ifindex,
+                })
+                .collect();
+            let swapper = super::swap::swapper(daemon.pins.clone(), globals, max_entries, targets);
+            daemon.balancer.dataplane_mut().set_swapper(swapper);
             metrics.publish(&daemon.balancer);
             // Attached: from now on the node can serve, and says so (announce.rs).
             if let Some(a) = daemon.config.announce {

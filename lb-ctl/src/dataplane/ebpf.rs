@@ -36,14 +36,27 @@ fn read_persistence<K: Pod + Eq + std::hash::Hash, V: Pod>(
     Ok(w.entries)
 }
 
+/// Loads the program anew with `PERSIST_TIMEOUT_TICKS` = the `u32`, over the pinned maps, and
+/// moves every link to it; returns the new object (the daemon's: `daemon/swap.rs`).
+pub type Swapper = Box<dyn FnMut(u32) -> Result<Ebpf, String>>;
+
 /// The maps of a loaded `lb-ebpf` object.
 pub struct AyaDataplane {
     ebpf: Ebpf,
+    swapper: Option<Swapper>,
 }
 
 impl AyaDataplane {
     pub fn new(ebpf: Ebpf) -> Self {
-        Self { ebpf }
+        Self {
+            ebpf,
+            swapper: None,
+        }
+    }
+
+    /// [`Dataplane::swap_program`] goes through `swapper` from now on (without one it fails).
+    pub fn set_swapper(&mut self, swapper: Swapper) {
+        self.swapper = Some(swapper);
     }
 
     /// The object, for attaching and detaching its program.
@@ -373,6 +386,17 @@ impl Dataplane for AyaDataplane {
                     source: Box::new(source),
                 })?;
         }
+        Ok(())
+    }
+
+    fn swap_program(&mut self, persist_timeout_ticks: u32) -> Result<(), DataplaneError> {
+        let swap = self
+            .swapper
+            .as_mut()
+            .ok_or_else(|| DataplaneError::Swap("no program loader (not a daemon)".into()))?;
+        let new = swap(persist_timeout_ticks).map_err(DataplaneError::Swap)?;
+        // No link holds the old object's program now: dropping it frees it.
+        self.ebpf = new;
         Ok(())
     }
 

@@ -36,6 +36,10 @@ pub enum Op {
         first: u32,
         last: u32,
     },
+    /// The program replaced by one with this `PERSIST_TIMEOUT_TICKS`.
+    SwapProgram {
+        persist_timeout_ticks: u32,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +65,11 @@ pub struct FakeDataplane {
     pub probation_v6: Vec<(PersistKeyV6, ProbationValue)>,
     /// How the maps answer the walks of [`Dataplane::persistence_scan`].
     pub scan: FakeScan,
+    /// `PERSIST_TIMEOUT_TICKS` of the running program after the last
+    /// [`Dataplane::swap_program`] (None: never swapped).
+    pub persist_timeout_ticks: Option<u32>,
+    /// Fail the next `swap_program` (nothing changes).
+    pub fail_swap: bool,
 }
 
 /// How the fake's persistence and probation maps answer a walk ([`crate::scan::MapWalk`]),
@@ -392,6 +401,19 @@ impl Dataplane for FakeDataplane {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| *v))
+    }
+
+    fn swap_program(&mut self, persist_timeout_ticks: u32) -> Result<(), DataplaneError> {
+        if std::mem::take(&mut self.fail_swap) {
+            return Err(DataplaneError::Swap(
+                "the verifier refused it (fake)".into(),
+            ));
+        }
+        self.persist_timeout_ticks = Some(persist_timeout_ticks);
+        self.ops.push(Op::SwapProgram {
+            persist_timeout_ticks,
+        });
+        Ok(())
     }
 
     fn counters(&self) -> Result<Vec<u64>, DataplaneError> {

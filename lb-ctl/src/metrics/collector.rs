@@ -220,7 +220,13 @@ impl DataplaneCollector {
         f.ike_counters(&stages);
         f.capacity.set(i64::from(self.capacity.persistence));
         f.probation_capacity.set(i64::from(self.capacity.probation));
-        let backends = self.view.read().expect("not poisoned").backends.clone();
+        let (backends, timeout) = {
+            let view = self.view.read().expect("not poisoned");
+            let timeout = view
+                .persist_timeout_ticks
+                .unwrap_or(self.persist_timeout_ticks);
+            (view.backends.clone(), timeout)
+        };
         for b in &backends {
             let addr = b.address.to_string();
             f.up.with_label_values(&[b.vs.as_str(), &addr])
@@ -266,7 +272,7 @@ impl DataplaneCollector {
             tier,
         } in &scanned.entries
         {
-            if !lb_common::is_live(now, value.atime, self.persist_timeout_ticks) {
+            if !lb_common::is_live(now, value.atime, timeout) {
                 continue;
             }
             match tier {

@@ -146,6 +146,99 @@ pub fn attach(
     Ok(report)
 }
 
+/// A reload's program swap (`persistence_timeout`, docs/operations.md, "Reload"): loads
+/// `new`'s program (the verifier runs here), then moves the pinned link of every target to it
+/// with `BPF_LINK_UPDATE` — the swap a restart makes, without a fresh attachment as a
+/// fallback (that would leave the interface without a program for a moment). A link that
+/// cannot be updated moves every link already moved back to the running program (opened from
+/// its pin), and the error is returned: every interface runs the program it ran. On success
+/// the program pin names `fingerprint`. Returns the interfaces swapped.
+pub fn swap(
+    new: &mut aya::Ebpf,
+    program: &'static str,
+    pins: &Pins,
+    targets: &[Target],
+    fingerprint: &str,
+) -> Result<Vec<String>, PinError> {
+    let linked = pinned_links(pins);
+    if let Some(t) = targets.iter().find(|t| !linked.contains(&t.iface)) {
+        return Err(PinError::Io {
+            path: pins.link(&t.iface),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no pinned link to update"),
+        });
+    }
+    // What the links run now, to move them back to.
+    let running = pinned_fingerprint(pins).map(|f| pins.prog_dir().join(f));
+    let prog: &mut Xdp = new
+        .program_mut(program)
+        .ok_or(PinError::MissingMap {
+            map: program.into(),
+        })?
+        .try_into()
+        .map_err(|source| PinError::Program {
+            name: program,
+            op: "type",
+            source,
+        })?;
+    crate::kernel::load_xdp(prog).map_err(|source| PinError::Program {
+        name: program,
+        op: "load",
+        source,
+    })?;
+    let mut moved: Vec<String> = Vec::new();
+    for t in targets {
+        if let Err(e) = replace_link(prog, &pins.link(&t.iface)) {
+            if !moved.is_empty() {
+                move_back(running.as_deref(), pins, &moved);
+            }
+            return Err(e);
+        }
+        moved.push(t.iface.clone());
+    }
+    // The links run the new program now: a pin that cannot be written is only logged, and
+    // an old one never stays (a next daemon with the old file would keep this program).
+    let dir = pins.prog_dir();
+    let pinned = remove_tree(&dir).and_then(|()| {
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(fingerprint);
+        prog.pin(&path).map_err(|source| PinError::Pin {
+            what: format!("program {program}"),
+            path,
+            source,
+        })
+    });
+    if let Err(e) = pinned {
+        warn!(
+            "pinning the swapped program (the next start replaces it): {}",
+            crate::error_chain(&e)
+        );
+        let _ = remove_tree(&dir);
+    }
+    Ok(moved)
+}
+
+/// Moves the links of `ifaces` back to the program pinned at `running` (a failed [`swap`]).
+fn move_back(running: Option<&Path>, pins: &Pins, ifaces: &[String]) {
+    let opened = running
+        .ok_or_else(|| "no program pin".to_owned())
+        .and_then(|path| {
+            Xdp::from_pin(path, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|e| crate::error_chain(&e))
+        });
+    let mut prog = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(interfaces = ?ifaces, "the running program cannot be opened ({e}): these interfaces stay on the new one");
+            return;
+        }
+    };
+    for iface in ifaces {
+        if let Err(e) = replace_link(&mut prog, &pins.link(iface)) {
+            warn!(interface = %iface, "moving the link back to the running program failed: {}", crate::error_chain(&e));
+        }
+    }
+}
+
 // `copy_persistence` needs the Ebpf while `prog` borrows it: split for the borrow checker.
 fn copy_persistence_of(pins: &Pins, ebpf: &mut aya::Ebpf) -> Result<usize, PinError> {
     copy_persistence(pins, ebpf)

@@ -279,6 +279,11 @@ impl Runtime {
                 if effects.health {
                     self.restart_monitor();
                 }
+                if effects.persistence {
+                    if let Some(s) = self.sweeper.as_mut() {
+                        s.retime(self.controller.config().persistence_timeout);
+                    }
+                }
                 if effects.targets_changed {
                     self.targets.send_replace(self.controller.targets(lb));
                 }

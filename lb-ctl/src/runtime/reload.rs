@@ -3,12 +3,14 @@
 //!
 //! * The file is validated as at start; a file that does not validate changes nothing and
 //!   is answered with its problems (`file:line: key: reason`).
-//! * Keys only a restart can apply (`runtime/restart_only.rs`: map sizes, interfaces, load-time
-//!   globals, paths, a virtual server's VIP and ports, virtual servers added or removed) are
-//!   refused, each with its line and the reason, and nothing changes.
+//! * Keys only a restart can apply (`runtime/restart_only.rs`: map sizes, interfaces, the
+//!   other load-time globals, paths, a virtual server's VIP and ports, virtual servers added
+//!   or removed) are refused, each with its line and the reason, and nothing changes.
 //! * What a reload applies: backends added and removed (a removed one drains for
 //!   `reload_drain`, 0 removes at once), weights, and `health_check` (the monitor restarts
-//!   with the new parameters), and `reload_drain` itself.
+//!   with the new parameters), `reload_drain` itself, and `persistence_timeout` (a load-time
+//!   global: the program is loaded again with it and swapped in on every interface with
+//!   `BPF_LINK_UPDATE`, first, so a swap that fails changes nothing; `state/timeout.rs`).
 //! * Runtime changes (`backends.json`) keep the precedence they have at start: the desired
 //!   backends of a virtual server are the file's, with the runtime changes replayed over them
 //!   — runtime removals stay removed, runtime additions and weight overrides win, runtime
@@ -45,6 +47,8 @@ pub(super) struct Changes {
     pub(super) labels: HashMap<IpAddr, String>,
     pub(super) added: Vec<(usize, IpAddr)>,
     pub(super) health: bool,
+    /// `persistence_timeout` changed: the program is swapped (`state/timeout.rs`).
+    pub(super) timeout: bool,
     /// Virtual servers (services) added: the service, its id and its backends.
     pub(super) services: Vec<NewService>,
 }
@@ -94,6 +98,20 @@ impl Controller {
         };
         if dry_run {
             return Ok(Reply::Plan(plan));
+        }
+        // The program swap first: one that fails changes nothing.
+        if changes.timeout {
+            lb.set_persist_timeout(new.persist_timeout_ticks())
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "persistence_timeout: {}\nnothing was changed: every interface runs the program it ran",
+                            crate::error_chain(&e)
+                        ),
+                    )
+                })?;
+            effects.persistence = true;
         }
         self.apply_edit(lb, &changes.edit, effects);
         self.apply_services(lb, &changes.services, effects);
@@ -219,6 +237,10 @@ impl Controller {
                 h.rise,
                 h.probes.labels().join(", ")
             ));
+        }
+        if new.persistence_timeout != self.config.persistence_timeout {
+            c.timeout = true;
+            c.lines.push(timeout_line(&self.config, new));
         }
         if new.reload_drain != self.config.reload_drain {
             c.lines.push(format!(
@@ -390,6 +412,27 @@ impl Controller {
         }
         Ok(c)
     }
+}
+
+/// The line of a `persistence_timeout` change: what it does to clients (none moves).
+fn timeout_line(old: &Config, new: &Config) -> String {
+    let f = |d| humantime::format_duration(d).to_string();
+    let (o, n) = (f(old.persistence_timeout), f(new.persistence_timeout));
+    let what = if new.persistence_timeout > old.persistence_timeout {
+        format!(
+            "entries idle between {o} and {n} at the change are live again, as after a restart \
+             with {n}; every ring slot is flagged until the next sweep"
+        )
+    } else {
+        format!(
+            "entries idle longer than {n} at the change are no longer live: such a client is \
+             re-balanced on its next packet"
+        )
+    };
+    format!(
+        "persistence_timeout: {o} → {n} (the XDP program swapped on every interface, \
+         BPF_LINK_UPDATE; moves no client: {what})"
+    )
 }
 
 /// `new` with its virtual servers in the order of `lb`'s services (the controller pairs them

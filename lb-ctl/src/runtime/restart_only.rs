@@ -33,12 +33,6 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
         &new.xdp_mode,
         "chosen when XDP is attached",
     );
-    key(
-        "persistence_timeout",
-        &old.persistence_timeout,
-        &new.persistence_timeout,
-        global,
-    );
     key("hash_seed", &old.hash_seed, &new.hash_seed, global);
     key(
         "maglev_table_size",

@@ -86,7 +86,6 @@ pub enum ShareEvent {
 pub struct Sharer {
     tables: Share,
     tick: tokio::time::Interval,
-    timeout_ticks: u32,
     running: Option<tokio::task::JoinHandle<Outcome>>,
     scanner: Arc<Scanner>,
     routes: Box<dyn ShareRoutes + Send>,
@@ -117,7 +116,6 @@ impl Sharer {
         Some(Self {
             tables,
             tick,
-            timeout_ticks: config.persist_timeout_ticks(),
             running: None,
             scanner,
             routes,
@@ -158,7 +156,7 @@ impl Sharer {
                 let tick = Clock::now().tick;
                 match read.result {
                     Ok(scanned) if !scanned.truncated() => {
-                        let mine = share::divergent(lb, &scanned, tick, self.timeout_ticks);
+                        let mine = share::divergent(lb, &scanned, tick, lb.persist_timeout_ticks());
                         let r = self.publish(&mine);
                         self.outcome(r, "publishing divergent clients");
                     }

@@ -6,20 +6,24 @@
 //! for a scrape or a query), and clears, back on the loop, the `RING_F_CHANGED` flags no
 //! live entry needs any more: the IPv4 services' by the IPv4 maps, then the IPv6 services'
 //! by the IPv6 maps, with the same ticket. A truncated scan (stopped at `max_entries` visits
-//! under churn) may miss a live entry: the sweep fails and the next one retries. Nothing of
-//! it blocks the loop.
+//! under churn) may miss a live entry: the sweep fails and the next one retries. A sweep
+//! that began before a reload changed `persistence_timeout` clears nothing
+//! (`state/timeout.rs`). Nothing of it blocks the loop.
 
 use std::{sync::Arc, time::Duration};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Clock;
 use crate::{
     config::Config,
     dataplane::Dataplane,
     scan::{Outcome, Scanner},
-    state::{Balancer, SweepReport, SweepTicket, SWEEP_GRACE},
+    state::{Balancer, StateError, SweepReport, SweepTicket, SWEEP_GRACE},
 };
+
+/// Why a sweep was discarded: it began before a reload changed `persistence_timeout`.
+const OUTDATED: &str = "it began under another persistence_timeout (changed by a reload)";
 
 type Read = Outcome;
 
@@ -38,7 +42,6 @@ pub enum SweepEvent {
 /// Schedules sweeps and holds the one in flight.
 pub struct Sweeper {
     tick: tokio::time::Interval,
-    timeout_ticks: u32,
     running: Option<(SweepTicket, tokio::task::JoinHandle<Read>)>,
     observer: Option<SweepObserver>,
     scanner: Arc<Scanner>,
@@ -46,7 +49,11 @@ pub struct Sweeper {
 
 /// How often flags are swept: a quarter of the persistence timeout, at least a second.
 pub fn sweep_interval(config: &Config) -> Duration {
-    (config.persistence_timeout / 4).max(Duration::from_secs(1))
+    interval_for(config.persistence_timeout)
+}
+
+fn interval_for(persistence_timeout: Duration) -> Duration {
+    (persistence_timeout / 4).max(Duration::from_secs(1))
 }
 
 impl Sweeper {
@@ -60,11 +67,19 @@ impl Sweeper {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Some(Self {
             tick,
-            timeout_ticks: config.persist_timeout_ticks(),
             running: None,
             observer: None,
             scanner,
         })
+    }
+
+    /// A reload changed `persistence_timeout`: sweeps every quarter of the new one from now
+    /// on, the next one at once (the one in flight, if any, is discarded when it ends: its
+    /// ticket is of the old timeout, `state/timeout.rs`).
+    pub fn retime(&mut self, persistence_timeout: Duration) {
+        let mut tick = tokio::time::interval(interval_for(persistence_timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.tick = tick;
     }
 
     /// Reports every finished sweep to `observer`.
@@ -112,7 +127,8 @@ impl Sweeper {
                         if scanned.truncated() {
                             return Err("the persistence scan was truncated".to_owned());
                         }
-                        let t = self.timeout_ticks;
+                        // The program's timeout now; a ticket of another one is refused.
+                        let t = lb.persist_timeout_ticks();
                         let v4 = lb.clear_flags(ticket, &scanned.v4, t);
                         let v6 = v4.and_then(|v4| {
                             let v6 = lb.clear_flags_v6(ticket, &scanned.v6, t)?;
@@ -122,7 +138,10 @@ impl Sweeper {
                                 adopted: v4.adopted + v6.adopted,
                             })
                         });
-                        v6.map_err(|e| crate::error_chain(&e))
+                        v6.map_err(|e| match e {
+                            StateError::SweepOutdated => OUTDATED.to_owned(),
+                            e => crate::error_chain(&e),
+                        })
                     }) {
                     Ok(r) => {
                         debug!(
@@ -134,6 +153,9 @@ impl Sweeper {
                         if let Some(o) = &self.observer {
                             o(Ok(r.cleared as u64));
                         }
+                    }
+                    Err(e) if e == OUTDATED => {
+                        info!("slot flag sweep discarded, nothing cleared: {e}");
                     }
                     Err(e) => {
                         warn!("slot flag sweep failed (retried at the next one): {e}");

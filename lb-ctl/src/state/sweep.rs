@@ -20,6 +20,9 @@ pub struct SweepTicket {
     /// Persistence tick (`CLOCK_MONOTONIC_COARSE` >> `TICK_SHIFT`) when the sweep began:
     /// entries idle by then are ignored.
     pub tick: u32,
+    /// [`Balancer::timeout_generation`] when the sweep began: a sweep that ends under another
+    /// `persistence_timeout` is discarded (`state/timeout.rs`).
+    pub generation: u32,
 }
 
 /// How long a sweep waits between its ticket and reading the persistence map, so that every
@@ -99,6 +102,7 @@ impl<D: Dataplane> Balancer<D> {
         SweepTicket {
             epoch: self.epoch,
             tick,
+            generation: self.timeout_generation,
         }
     }
 
@@ -107,7 +111,9 @@ impl<D: Dataplane> Balancer<D> {
     /// `ticket`, and that no entry of `entries` (a read of `PERSIST_V4` and `PROBATION_V4`,
     /// the latter as their `PersistValue` part, begun at least [`SWEEP_GRACE`] after the
     /// ticket) disagrees with while live. Live: `ticket.tick − atime ≤ timeout + 1` ticks (the
-    /// data path's own idle test, one tick more; an atime after the ticket is live). The
+    /// data path's own idle test, one tick more; an atime after the ticket is live). A ticket
+    /// taken before a reload changed `persistence_timeout` is refused
+    /// ([`StateError::SweepOutdated`]) and nothing is cleared. The
     /// active table's slots and the mirror are written in place. IPv6 services are left as
     /// they are: [`clear_flags_v6`](Balancer::clear_flags_v6) sweeps them.
     pub fn clear_flags(
@@ -150,6 +156,10 @@ impl<D: Dataplane> Balancer<D> {
         entries: impl Iterator<Item = (u32, u32, &'a PersistValue)>,
         timeout_ticks: u32,
     ) -> Result<SweepReport, StateError> {
+        // Liveness decided under another timeout than the program's: nothing is cleared.
+        if ticket.generation != self.timeout_generation {
+            return Err(StateError::SweepOutdated);
+        }
         let mut report = SweepReport::default();
         // Per service: slots with a live entry that disagrees with the active table.
         let mut keep: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();

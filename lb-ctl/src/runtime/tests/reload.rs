@@ -544,3 +544,6 @@ fn a_virtual_server_the_maps_have_no_room_for_needs_a_restart() {
         e.message
     );
 }
+
+// `persistence_timeout`: the program swap and the sweeps it outdates.
+mod timeout;
