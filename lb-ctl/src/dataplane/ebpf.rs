@@ -38,7 +38,7 @@ fn read_persistence<K: Pod + Eq + std::hash::Hash, V: Pod>(
 
 /// Loads the program anew with `PERSIST_TIMEOUT_TICKS` = the `u32`, over the pinned maps, and
 /// moves every link to it; returns the new object (the daemon's: `daemon/swap.rs`).
-pub type Swapper = Box<dyn FnMut(u32) -> Result<Ebpf, String>>;
+pub type Swapper = Box<dyn FnMut(u32) -> Result<Ebpf, String> + Send>;
 
 /// The maps of a loaded `lb-ebpf` object.
 pub struct AyaDataplane {

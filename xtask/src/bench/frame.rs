@@ -18,8 +18,12 @@ const PAYLOAD_LEN: usize = FRAME_LEN - 42;
 /// payload starting with a non-zero SPI; IKE messages go to 500.
 pub const ESP_IN_UDP: u16 = 4500;
 pub const IKE: u16 = 500;
-/// SPI of the bulk frames (any non-zero value: zero would be the non-ESP marker of IKE).
+/// SPI of the bulk frames (any non-zero value: zero would be the non-ESP marker of IKE). The
+/// established clients' ESP carries it, so the data path learns it (SA steering).
 const SPI: u32 = 0x1000_0001;
+/// SPI of the ESP from new sources (`miss*`): one no established client sent, so its frames
+/// are lost as a real unknown SA's would be, not steered.
+pub const UNKNOWN_SPI: u32 = 0x2000_0002;
 
 /// `BenchCfg::mode` values.
 pub const MODE_FORWARD: u32 = 0;
@@ -65,8 +69,20 @@ pub fn template<F: Family>(
     daddr: F,
     port: u16,
 ) -> Template {
+    template_spi(dst_mac, src_mac, saddr, daddr, port, SPI)
+}
+
+/// [`template`] with ESP (or initiator) SPI `spi`.
+pub fn template_spi<F: Family>(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: F,
+    daddr: F,
+    port: u16,
+    spi: u32,
+) -> Template {
     let mut payload: Vec<u8> = (0..PAYLOAD_LEN).map(|i| i as u8).collect();
-    payload[0..4].copy_from_slice(&SPI.to_be_bytes());
+    payload[0..4].copy_from_slice(&spi.to_be_bytes());
     if port == ESP_IN_UDP {
         payload[4..8].copy_from_slice(&1u32.to_be_bytes());
     }

@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{globals, maps, PersistValue, RING_BACKEND_MASK, TICK_SHIFT};
 use lb_ctl::{
-    config::{self, Config, Mode},
+    config::{self, Config},
     dataplane::AyaDataplane,
     health::HealthState,
     state::{backend_capacity, Balancer, IfaceInfo, NextHop},
@@ -105,21 +105,26 @@ pub fn load_like_daemon(config: &Config, rev_entries: u32, fast_path: bool) -> R
     );
     let services = config.virtual_servers.len() as u32;
     let capacity = backend_capacity(config.backend_count());
-    let ticks = config.persist_timeout_ticks();
-    let dsr = u32::from(config.mode == Mode::Dsr);
-    let fast = u32::from(fast_path);
-    let quota = config.new_client_quota(quota_cpus());
     // One tick stamp per ring slot, as the daemon sizes it.
     let refreshed = services * 2 * config.maglev_table_size;
     // 1 and 1 without an IPv6 service, as the daemon sizes them.
     let (v6_persist, v6_probation) = config.v6_map_entries();
-    let ebpf = EbpfLoader::new()
-        .override_global(globals::SLOT_FAST_PATH, &fast, true)
-        .override_global(globals::RING_SIZE, &config.maglev_table_size, true)
-        .override_global(globals::PERSIST_TIMEOUT_TICKS, &ticks, true)
-        .override_global(globals::HASH_SEED, &config.hash_seed, true)
-        .override_global(globals::MODE_DSR, &dsr, true)
-        .override_global(globals::NEW_CLIENT_QUOTA, &quota, true)
+    // The daemon's own globals (SA steering on, as by default), the lever as asked.
+    let globals: Vec<(&str, u32)> = lb_ctl::daemon::program_globals(config, quota_cpus())
+        .into_iter()
+        .map(|(name, v)| match name {
+            globals::SLOT_FAST_PATH => (name, u32::from(fast_path)),
+            _ => (name, v),
+        })
+        .collect();
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &globals {
+        loader.override_global(name, value, true);
+    }
+    let sas = config.persistence_entries.saturating_add(v6_persist);
+    let ebpf = loader
+        .map_max_entries(maps::IKE_SAS, sas)
+        .map_max_entries(maps::ESP_SAS, sas)
         .map_max_entries(maps::RINGS, services * 2 * config.maglev_table_size)
         .map_max_entries(maps::SERVICES, services)
         .map_max_entries(maps::VIPS_V4, services)

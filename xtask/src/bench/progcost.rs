@@ -176,8 +176,11 @@ struct Frames {
     ike2: Template,
     /// A spoofed IKE_SA_INIT from a new source (`spoof`).
     init: Template,
-    /// ESP in UDP from a new source (`flood`).
+    /// ESP in UDP of an SA nobody established, from a new source (`flood`).
     miss: Template,
+    /// ESP in UDP of the established clients' SA from a new source (`flood`): a client whose
+    /// address changed, steered to its SA's backend.
+    moved: Template,
     /// ESP in UDP from a backend to an established client.
     rev: Template,
     flood: BenchCfg,
@@ -193,7 +196,15 @@ impl Frames {
             ike: frame::template(ext, ROUTER_MAC, est, F::VIP, IKE),
             ike2: frame::ike_informational_template(ext, ROUTER_MAC, est, F::VIP),
             init: frame::ike_sa_init_template(ext, ROUTER_MAC, F::SPOOFED.prefix, F::VIP),
-            miss: frame::template(ext, ROUTER_MAC, F::NEW_ESP.prefix, F::VIP, ESP_IN_UDP),
+            miss: frame::template_spi(
+                ext,
+                ROUTER_MAC,
+                F::NEW_ESP.prefix,
+                F::VIP,
+                ESP_IN_UDP,
+                frame::UNKNOWN_SPI,
+            ),
+            moved: frame::template(ext, ROUTER_MAC, F::NEW_ESP.prefix, F::VIP, ESP_IN_UDP),
             rev: frame::template(int, BACKEND_MAC, F::BACKEND_PREFIX, est, ESP_IN_UDP),
             flood: fwd_cfg(MISS_CLIENTS, F::NEW_ESP.base),
             spoof: fwd_cfg(MISS_CLIENTS, F::SPOOFED.base),
@@ -399,6 +410,30 @@ impl<F: Family> Bench<F> {
             ext,
             lost,
         )?;
+        row.resident = Some(self.resident(established)?);
+        rows.push(row);
+        // The SPI lookup of SA steering: the same new sources, now with the ESP SA the
+        // established clients' frames carried (learned by the hit rows above), each steered
+        // to that SA's backend — none lost — and rationed into probation like any new client.
+        eprintln!("  program cost: steered{sfx}");
+        let steered = Expect::rationed(false);
+        self.run(F::STAMP_LB, &f.moved, f.flood, ext, REPEAT, Some(steered))?;
+        let mut row = self.row(
+            format!("steered{sfx}"),
+            format!(
+                "{what}forward, ESP of a known SA from a new source (of 2^26; ESP_SAS lookup, steered), default ration"
+            ),
+            &f.moved,
+            f.flood,
+            ext,
+            steered,
+        )?;
+        ensure!(
+            row.share(event::SA_STEERED) == 1.0,
+            "steered{sfx}: {} of {} frames steered",
+            row.events[event::SA_STEERED as usize],
+            row.frames
+        );
         row.resident = Some(self.resident(established)?);
         rows.push(row);
         Ok(())
