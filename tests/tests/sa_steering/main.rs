@@ -139,16 +139,20 @@ fn seen_at(snap: &Snapshot, i: usize) -> Option<Ipv4Addr> {
     snap.clients[i].public.map(|p| *p.ip())
 }
 
-#[test]
-fn a_nat_rebinding_keeps_every_ike_sa_on_its_responder() {
-    const TEST: &str = "a_nat_rebinding_keeps_every_ike_sa_on_its_responder";
-    let Some(fx) = InteropLab::start(TEST, Balancer::Ikelb, spec) else {
-        return;
-    };
-    let lab = &fx.lab;
-    let before = establish(TEST, lab);
-    let t0 = Instant::now();
-    let moved = rebind_all(TEST, lab, &before);
+/// After every client moved (`what`) from its SA `before` to the public address `moved`, from
+/// `t0`: pings every tunnel at once, waits until every responder sees its client at the new
+/// address, and asserts that each client kept its SA (the same SPIs on the same responder), is
+/// up, answers pings, is seen at its new address and has no `extra` complaint, and that every
+/// moved client was steered. Returns what happened, for the test's summary line.
+fn assert_every_sa_kept(
+    test: &str,
+    lab: &IkeLab,
+    before: &[Sa],
+    moved: &[Ipv4Addr],
+    t0: Instant,
+    what: &str,
+    extra: impl Fn(usize) -> Option<String>,
+) -> String {
     // Pings during the move: each tunnel's packets leave from the new address at once.
     let during = lab.ping_all(5);
     let arrived = lab::wait_for(
@@ -166,43 +170,66 @@ fn a_nat_rebinding_keeps_every_ike_sa_on_its_responder() {
     let pings = lab.ping_all(3);
     let after = lab
         .snapshot(None, Some(&pings))
-        .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+        .unwrap_or_else(|e| panic!("{test}: {e:#}"));
     let steered = event(lab, "sa_steered");
     let mut wrong = Vec::new();
     for i in 0..CLIENTS {
         let now = sa_of(&after, i);
         let c = &after.clients[i];
         let answered = c.ping.as_ref().is_some_and(|p| p.received == p.sent);
-        if now != before[i] || !c.up() || !answered || seen_at(&after, i) != Some(moved[i]) {
+        let complaint = extra(i);
+        if now != before[i]
+            || !c.up()
+            || !answered
+            || seen_at(&after, i) != Some(moved[i])
+            || complaint.is_some()
+        {
             wrong.push(format!(
-                "  {}: SA {:?} → {now:?}, up {}, pings {:?}, seen at {:?} (moved to {})",
+                "  {}: SA {:?} → {now:?}, up {}, pings {:?}, seen at {:?} (moved to {}){}",
                 c.id,
                 before[i],
                 c.up(),
                 c.ping,
                 seen_at(&after, i),
-                moved[i]
+                moved[i],
+                complaint.map(|w| format!(", {w}")).unwrap_or_default()
             ));
         }
     }
     assert!(
         arrived.is_ok() && wrong.is_empty(),
-        "{TEST}: after the rebinding ({took:?}; events {}):\n{}\n{}",
+        "{test}: after the {what} ({took:?}; events {}):\n{}\n{}",
         events(lab),
         wrong.join("\n"),
         lab.responder_log_tails(20)
     );
     assert!(
         steered >= CLIENTS as f64,
-        "{TEST}: every moved client's packets were steered: sa_steered {steered}"
+        "{test}: every moved client's packets were steered: sa_steered {steered}"
     );
     let lost: u32 = during.iter().map(|p| p.sent - p.received).sum();
+    format!(
+        "every responder saw its client at the new address {took:.2?} after the {what}; {lost} \
+         of {} pings sent meanwhile lost; sa_steered {steered}; the same IKE SA SPIs on the same \
+         responder for all",
+        during.iter().map(|p| p.sent).sum::<u32>()
+    )
+}
+
+#[test]
+fn a_nat_rebinding_keeps_every_ike_sa_on_its_responder() {
+    const TEST: &str = "a_nat_rebinding_keeps_every_ike_sa_on_its_responder";
+    let Some(fx) = InteropLab::start(TEST, Balancer::Ikelb, spec) else {
+        return;
+    };
+    let lab = &fx.lab;
+    let before = establish(TEST, lab);
+    let t0 = Instant::now();
+    let moved = rebind_all(TEST, lab, &before);
+    let summary = assert_every_sa_kept(TEST, lab, &before, &moved, t0, "rebinding", |_| None);
     eprintln!(
         "{TEST}: {CLIENTS} clients rebound to addresses whose slot names another responder; \
-         every responder saw its client at the new address {took:.2?} after the rebinding \
-         (DPD every {DPD:?}); {lost} of {} pings sent meanwhile lost; sa_steered {steered}; \
-         the same IKE SA SPIs on the same responder for all",
-        during.iter().map(|p| p.sent).sum::<u32>()
+         {summary} (DPD every {DPD:?})"
     );
     fx.finish();
 }
