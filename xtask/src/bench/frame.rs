@@ -103,15 +103,8 @@ pub fn ike_informational_template<F: Family>(
     saddr: F,
     daddr: F,
 ) -> Template {
-    let mut ike = [0u8; IKE_HDR_LEN];
-    ike[0..4].copy_from_slice(&SPI.to_be_bytes()); // initiator SPI (low word: stamp's counter)
-    ike[4..8].copy_from_slice(&1u32.to_be_bytes());
-    ike[8..16].copy_from_slice(&0x5151_5151_5151_5151u64.to_be_bytes()); // responder SPI
-    ike[17] = 0x20; // version 2.0
-    ike[18] = 37; // exchange type INFORMATIONAL
-    ike[19] = 0x08; // flags: initiator
-    ike[20..24].copy_from_slice(&2u32.to_be_bytes()); // message id
-    ike[24..28].copy_from_slice(&(IKE_HDR_LEN as u32).to_be_bytes());
+    // A mid-session message: a responder SPI.
+    let ike = ike_header(0x5151_5151_5151_5151, 37, 2);
     build(dst_mac, src_mac, saddr, daddr, IKE, &ike)
 }
 
@@ -128,16 +121,25 @@ pub fn ike_sa_init_template<F: Family>(
     saddr: F,
     daddr: F,
 ) -> Template {
-    let mut ike = [0u8; IKE_HDR_LEN];
-    ike[0..4].copy_from_slice(&SPI.to_be_bytes()); // initiator SPI (low word: stamp's counter)
-    ike[4..8].copy_from_slice(&1u32.to_be_bytes());
-    // 8..16: responder SPI 0; next payload 0 (none: a bare header).
-    ike[17] = 0x20; // version 2.0
-    ike[18] = 34; // exchange type IKE_SA_INIT
-    ike[19] = 0x08; // flags: initiator
-                    // 20..24: message id 0.
-    ike[24..28].copy_from_slice(&(IKE_HDR_LEN as u32).to_be_bytes());
+    // The first message of a session: responder SPI 0, message id 0.
+    let ike = ike_header(0, 34, 0);
     build(dst_mac, src_mac, saddr, daddr, IKE, &ike)
+}
+
+/// A bare IKEv2 header (RFC 7296 §3.1) of an initiator's request: initiator SPI [`SPI`] (the
+/// stamp writes its frame counter into its low word), `responder_spi`, no next payload,
+/// version 2.0, `exchange` type, flags "initiator", `message_id`, length 28.
+fn ike_header(responder_spi: u64, exchange: u8, message_id: u32) -> [u8; IKE_HDR_LEN] {
+    let mut ike = [0u8; IKE_HDR_LEN];
+    ike[0..4].copy_from_slice(&SPI.to_be_bytes());
+    ike[4..8].copy_from_slice(&1u32.to_be_bytes());
+    ike[8..16].copy_from_slice(&responder_spi.to_be_bytes());
+    ike[17] = 0x20;
+    ike[18] = exchange;
+    ike[19] = 0x08;
+    ike[20..24].copy_from_slice(&message_id.to_be_bytes());
+    ike[24..28].copy_from_slice(&(IKE_HDR_LEN as u32).to_be_bytes());
+    ike
 }
 
 fn build<F: Family>(
