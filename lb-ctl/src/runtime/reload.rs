@@ -31,7 +31,7 @@ use crate::{
     api::{ApiError, ErrorCode, Plan, Reply},
     config::{self, Config},
     dataplane::Dataplane,
-    state::{Balancer, Edit},
+    state::{Balancer, Edit, ServiceState},
 };
 
 /// A virtual server a reload adds: its service, the id it takes and its backends (address,
@@ -366,15 +366,7 @@ impl Controller {
                     .backend_by_address(a)
                     .filter(|_| !removed_now.contains(&a))
                 {
-                    return Err(ApiError::new(
-                        ErrorCode::DuplicateBackend,
-                        format!(
-                            "{a} is still a backend of {} (id {}): it can join {} once it has left; nothing was changed",
-                            lb.service(b.service).name,
-                            b.id,
-                            nvs.name
-                        ),
-                    ));
+                    return Err(still_a_backend(a, lb.service(b.service), b.id, &nvs.name));
                 }
                 c.labels.insert(a, "added".into());
             }
@@ -391,15 +383,8 @@ impl Controller {
             // later reload, once it is gone.
             if let Some(b) = lb.backend_by_address(a) {
                 if !removed_now.contains(&a) {
-                    return Err(ApiError::new(
-                        ErrorCode::DuplicateBackend,
-                        format!(
-                            "{a} is still a backend of {} (id {}): it can join {} once it has left; nothing was changed",
-                            lb.service(b.service).name,
-                            b.id,
-                            lb.services()[idx].name
-                        ),
-                    ));
+                    let joining = &lb.services()[idx].name;
+                    return Err(still_a_backend(a, lb.service(b.service), b.id, joining));
                 }
             }
             c.edit.add.push((idx, a, w));
@@ -450,4 +435,16 @@ fn in_service_order<D: Dataplane>(mut new: Config, lb: &Balancer<D>) -> Config {
     };
     new.virtual_servers.sort_by_key(pos);
     new
+}
+
+/// An address that is still a backend of another virtual server (draining, or not removed by
+/// this file) cannot join `joining` in the same reload.
+fn still_a_backend(a: IpAddr, of: &ServiceState, id: u32, joining: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::DuplicateBackend,
+        format!(
+            "{a} is still a backend of {} (id {id}): it can join {joining} once it has left; nothing was changed",
+            of.name
+        ),
+    )
 }
