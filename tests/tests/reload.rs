@@ -30,7 +30,7 @@ use ikelb_tests::lab::{
     self,
     control::{self, Clients},
     stream::Stream,
-    Lab, LabSpec, UdpProbe, XdpAttachment, GW_EXT, GW_INT, VIP,
+    Lab, LabSpec, UdpProbe, VIP,
 };
 use lb_common::{Backend, PersistKeyV4, PersistValue, ProbationValue, Service};
 use serde_json::Value;
@@ -165,19 +165,6 @@ fn observed(
         }
     }
     out
-}
-
-/// Program ids attached to ext and int, panicking if either has none.
-fn prog_ids(lab: &Lab) -> (u64, u64) {
-    let get = |ifname| {
-        let a: XdpAttachment = lab
-            .gateway
-            .xdp(ifname)
-            .expect("ip link")
-            .unwrap_or_else(|| panic!("no XDP program on {ifname}"));
-        a.prog_id
-    };
-    (get(GW_EXT), get(GW_INT))
 }
 
 fn daemon_pid(lab: &mut Lab) -> i32 {
@@ -376,7 +363,7 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
     write(&back);
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
     assert!(ok && out.starts_with("no change (applied)"), "{out}{err}");
-    let ids = prog_ids(&lab);
+    let ids = lab.prog_ids();
     let senders = lab.clients[..60].iter().map(|&c| (c, VIP)).collect();
     let stream = Stream::start(&lab.client_ns, senders, 500);
     std::thread::sleep(Duration::from_secs(1));
@@ -401,10 +388,10 @@ fn reload_applies_refuses_and_predicts_the_moves_it_makes() {
             .all(|v| v["moving"] == 0),
         "{plan}"
     );
-    assert_eq!(prog_ids(&lab), ids, "a dry run swapped the program");
+    assert_eq!(lab.prog_ids(), ids, "a dry run swapped the program");
     let (ok, out, err) = run(&lab, &lb_ctl, &["reload"]);
     assert!(ok && out.starts_with("1 change(s) (applied)"), "{out}{err}");
-    let swapped = prog_ids(&lab);
+    let swapped = lab.prog_ids();
     std::thread::sleep(Duration::from_secs(1));
     let tally = stream.stop();
     eprintln!(

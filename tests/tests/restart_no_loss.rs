@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use ikelb_tests::fixture;
 use ikelb_tests::lab::stream::Stream;
-use ikelb_tests::lab::{self, Lab, LabSpec, UdpProbe, XdpAttachment, GW_EXT, GW_INT, VIP};
+use ikelb_tests::lab::{self, Lab, LabSpec, UdpProbe, GW_EXT, GW_INT, VIP};
 
 /// Client addresses sending at once.
 const CLIENTS: usize = 50;
@@ -51,20 +51,6 @@ fn rate() -> u64 {
 
 fn responder() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ikelb-responder"))
-}
-
-/// Program ids attached to ext and int (native mode), panicking if either has none.
-fn prog_ids(lab: &Lab) -> (u64, u64) {
-    let get = |ifname| {
-        let a: XdpAttachment = lab
-            .gateway
-            .xdp(ifname)
-            .expect("ip link")
-            .unwrap_or_else(|| panic!("no XDP program on {ifname}"));
-        assert_eq!(a.mode, XdpAttachment::MODE_NATIVE, "{ifname}: {a:?}");
-        a.prog_id
-    };
-    (get(GW_EXT), get(GW_INT))
 }
 
 #[test]
@@ -119,7 +105,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     thread::sleep(Duration::from_secs(2));
 
     // 1. kill -9: the pinned link keeps the program attached; the next daemon keeps it.
-    let before = prog_ids(&lab);
+    let before = lab.prog_ids();
     let status = lab.signal_daemon(libc::SIGKILL).expect("daemon exit");
     eprintln!(
         "restart: daemon ended by signal {}: {status}",
@@ -128,7 +114,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     let killed_at = t0.elapsed();
     thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        prog_ids(&lab),
+        lab.prog_ids(),
         before,
         "the program changed while no daemon ran"
     );
@@ -140,7 +126,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     lab.wait_daemon_log("XDP program unchanged", 1)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
-        prog_ids(&lab),
+        lab.prog_ids(),
         before,
         "same build and config: the program is kept"
     );
@@ -153,7 +139,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         libc::SIGTERM
     );
     assert_eq!(
-        prog_ids(&lab),
+        lab.prog_ids(),
         before,
         "detach_on_exit: false leaves the data path attached"
     );
@@ -166,7 +152,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
     let upgraded_at = t0.elapsed();
     lab.wait_daemon_log("XDP program replaced atomically", 2)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let after = prog_ids(&lab);
+    let after = lab.prog_ids();
     assert!(
         after.0 != before.0 && after.1 != before.1,
         "a new program on both interfaces: {before:?} → {after:?}"
@@ -195,7 +181,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         .find(|l| l.contains("map migration committed"))
         .unwrap_or_default()
         .to_string();
-    let migrated = prog_ids(&lab);
+    let migrated = lab.prog_ids();
     assert!(
         migrated.0 != after.0 && migrated.1 != after.1,
         "the migrated maps come with a new program: {after:?} → {migrated:?}"
@@ -272,7 +258,7 @@ fn kill_9_and_upgrade_lose_no_packet_and_move_no_client() {
         "restart: daemon ended by signal {}: {status}",
         libc::SIGTERM
     );
-    prog_ids(&lab);
+    lab.prog_ids();
     let config_file = lab.dir().join("ikelb.yaml");
     let out = lab
         .gateway

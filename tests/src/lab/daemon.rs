@@ -156,6 +156,21 @@ impl Lab {
         }
     }
 
+    /// The ids of the XDP programs attached to the gateway's `ext` and `int` (both in native
+    /// mode, as the lab's config asks), panicking if either has none.
+    pub fn prog_ids(&self) -> (u64, u64) {
+        let get = |ifname| {
+            let a: XdpAttachment = self
+                .gateway
+                .xdp(ifname)
+                .expect("ip link")
+                .unwrap_or_else(|| panic!("no XDP program on {ifname}"));
+            assert_eq!(a.mode, XdpAttachment::MODE_NATIVE, "{ifname}: {a:?}");
+            a.prog_id
+        };
+        (get(GW_EXT), get(GW_INT))
+    }
+
     /// Waits (30 s at most) until the daemon's output holds `n` occurrences of `needle`;
     /// fails at once, with its last lines, if the daemon exits first.
     pub fn wait_daemon_log(&mut self, needle: &str, n: usize) -> Result<()> {

@@ -216,6 +216,22 @@ fn assert_every_sa_kept(
     )
 }
 
+/// Waits up to `timeout` until every client is down or holds another SA than `before` (the
+/// controls without steering).
+fn wait_all_lost(lab: &IkeLab, before: &[Sa], timeout: Duration) -> anyhow::Result<()> {
+    lab::wait_for(
+        "every moved client to lose its SA",
+        timeout,
+        Duration::from_millis(250),
+        || {
+            let snap = lab.snapshot(None, None)?;
+            Ok((0..CLIENTS)
+                .all(|i| !snap.clients[i].up() || sa_of(&snap, i) != before[i])
+                .then_some(()))
+        },
+    )
+}
+
 #[test]
 fn a_nat_rebinding_keeps_every_ike_sa_on_its_responder() {
     const TEST: &str = "a_nat_rebinding_keeps_every_ike_sa_on_its_responder";
@@ -249,17 +265,7 @@ fn without_sa_steering_a_nat_rebinding_loses_the_moved_sas() {
     let before = establish(TEST, lab);
     let moved = rebind_all(TEST, lab, &before);
     // DPD every second; charon gives up after ~7 s of retransmits (1 + 1.4 + 1.96 + 2.74 s).
-    let gone = lab::wait_for(
-        "every moved client to lose its SA",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || {
-            let snap = lab.snapshot(None, None)?;
-            Ok((0..CLIENTS)
-                .all(|i| !snap.clients[i].up() || sa_of(&snap, i) != before[i])
-                .then_some(()))
-        },
-    );
+    let gone = wait_all_lost(lab, &before, Duration::from_secs(30));
     let after = lab
         .snapshot(None, None)
         .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));

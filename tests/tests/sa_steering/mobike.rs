@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use ikelb_tests::{
     fixture::interop::{Balancer, InteropLab},
     ike::{IkeLab, IkeLabSpec},
-    lab,
 };
 
 use super::{
-    assert_every_sa_kept, establish, event, fresh_publics, sa_of, spec, Sa, CLIENTS, RESPONDERS,
+    assert_every_sa_kept, establish, event, fresh_publics, spec, wait_all_lost, Sa, CLIENTS,
+    RESPONDERS,
 };
 
 /// The lab with MOBIKE on both ends ([`IkeLabSpec::mobike`]).
@@ -101,17 +101,7 @@ fn without_sa_steering_a_mobike_roam_loses_the_moved_sas() {
     assert_mobike_negotiated(TEST, lab);
     let t0 = Instant::now();
     let moved = roam_all(TEST, lab, &before);
-    let gone = lab::wait_for(
-        "every moved client to lose its SA",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || {
-            let snap = lab.snapshot(None, None)?;
-            Ok((0..CLIENTS)
-                .all(|i| !snap.clients[i].up() || sa_of(&snap, i) != before[i])
-                .then_some(()))
-        },
-    );
+    let gone = wait_all_lost(lab, &before, Duration::from_secs(60));
     let took = t0.elapsed();
     let after = lab
         .snapshot(None, None)
